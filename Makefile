@@ -1,0 +1,26 @@
+# Corral: `make demo` starts a local cluster, `make test` runs the tests.
+# Both install what they need (Debian packages, a venv, the test guest).
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+export CORRAL_GUEST_DIR ?= /var/cache/corral/guest
+PYTEST_ARGS ?=
+
+.PHONY: deps guest test demo demo-stop bench
+
+deps:
+	@VENV=$(VENV) packaging/install-deps.sh
+
+guest: deps
+	@packaging/guest/build-guest.sh $(CORRAL_GUEST_DIR)
+
+test: guest
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+demo: guest
+	@packaging/demo.sh start
+
+demo-stop:
+	@packaging/demo.sh stop
+
+bench: guest
+	$(VENV)/bin/python bench/instance_start.py

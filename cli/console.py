@@ -1,0 +1,67 @@
+"""`corral instance console`: the serial console through the agent's websocket.
+
+Raw terminal mode; Ctrl-] detaches (like telnet and virsh), leaving the
+instance running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import termios
+import tty
+
+import aiohttp
+
+ESCAPE = b"\x1d"  # Ctrl-]
+
+
+async def _bridge(socket_path: str, name: str) -> int:
+    connector = aiohttp.UnixConnector(path=socket_path)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        try:
+            ws = await session.ws_connect(f"http://localhost/v1/instances/{name}/console")
+        except aiohttp.WSServerHandshakeError as exc:
+            async with session.get(f"http://localhost/v1/instances/{name}/console") as resp:
+                data = await resp.json(content_type=None) if resp.content_type == "application/json" else {}
+            print(f"error: {data.get('message', exc.message)}", file=sys.stderr)
+            return 1
+        print(f"connected to the serial console of '{name}'; Ctrl-] to detach\r", file=sys.stderr)
+        loop = asyncio.get_running_loop()
+        stdin = sys.stdin.fileno()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        loop.add_reader(stdin, lambda: queue.put_nowait(os.read(stdin, 1024)))
+
+        async def keyboard() -> None:
+            while True:
+                data = await queue.get()
+                if not data or ESCAPE in data:
+                    before = data.split(ESCAPE, 1)[0]
+                    if before:
+                        await ws.send_bytes(before)
+                    await ws.close()
+                    return
+                await ws.send_bytes(data)
+
+        task = asyncio.create_task(keyboard())
+        try:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    os.write(sys.stdout.fileno(), msg.data)
+        finally:
+            loop.remove_reader(stdin)
+            task.cancel()
+        print("\r\ndetached from the console\r", file=sys.stderr)
+        return 0
+
+
+def attach(socket_path: str, name: str) -> int:
+    if not sys.stdin.isatty():
+        return asyncio.run(_bridge(socket_path, name))
+    saved = termios.tcgetattr(sys.stdin.fileno())
+    try:
+        tty.setraw(sys.stdin.fileno())
+        return asyncio.run(_bridge(socket_path, name))
+    finally:
+        termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)

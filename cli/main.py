@@ -1,0 +1,329 @@
+"""`corral`: the command line for the whole cluster, usable on any node.
+
+Reads come from the local agent's config replica; changes become jobs whose
+log is streamed until they end (`--submit` returns the job id at once).
+Exit codes: 0 ok, 1 the operation failed, 2 bad input, 3 agent unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+from urllib.parse import quote
+
+from cli import jobs
+from cli.client import AgentClient, AgentUnreachable, ApiError, socket_path
+from cli.render import mib, table, warn_if_stale, when
+from hostagent.units import SizeError, parse_mib
+
+EXIT_BAD_INPUT = 2
+EXIT_UNREACHABLE = 3
+
+
+class UsageError(Exception):
+    pass
+
+
+def _kv_list(values: list[str] | None, what: str) -> dict[str, str]:
+    """Parse repeated 'k=v,k2=v2' options into one dict."""
+    out: dict[str, str] = {}
+    for value in values or []:
+        for part in value.split(","):
+            if "=" not in part or not part.split("=", 1)[0]:
+                raise UsageError(f"{what}: {part!r} is not NAME=VALUE (e.g. accel=tcg)")
+            key, val = part.split("=", 1)
+            out[key.strip()] = val.strip()
+    return out
+
+
+def _disk(spec: str) -> dict[str, str]:
+    """'10G' or '10G,format=qcow2' or 'size=10G,format=qcow2'."""
+    disk: dict[str, str] = {}
+    for i, part in enumerate(spec.split(",")):
+        if "=" in part:
+            key, val = part.split("=", 1)
+            if key not in ("size", "format"):
+                raise UsageError(f"--disk: unknown option {key!r} (size, format)")
+            disk[key] = val
+        elif i == 0:
+            disk["size"] = part
+        else:
+            raise UsageError(f"--disk: {part!r} is not NAME=VALUE")
+    if "size" not in disk:
+        raise UsageError("--disk needs a size, e.g. --disk 10G or --disk 10G,format=qcow2")
+    try:
+        parse_mib(disk["size"], "disk size")
+    except SizeError as exc:
+        raise UsageError(str(exc)) from None
+    return disk
+
+
+class Cli:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.client = AgentClient(socket_path(args.socket))
+
+    def out(self, answer: dict[str, Any], human: Any) -> int:
+        if self.args.json:
+            print(json.dumps(answer["data"], indent=2, sort_keys=True))
+        else:
+            warn_if_stale(answer)
+            human(answer["data"])
+        return 0
+
+    def job(self, answer: dict[str, Any]) -> int:
+        job_id = answer["data"]["job_id"]
+        if self.args.submit:
+            print(json.dumps({"job_id": job_id}) if self.args.json else job_id)
+            return 0
+        job = jobs.watch(self.client, job_id, self.args.timeout, quiet=self.args.json)
+        if self.args.json:
+            print(json.dumps(job, indent=2, sort_keys=True))
+        return jobs.finish(job)
+
+    # ---- cluster -----------------------------------------------------------
+    def cluster_init(self) -> int:
+        hv = _kv_list(self.args.hv, "--hv")
+        return self.job(self.client.post("/v1/cluster/init", {"name": self.args.name, "hvparams": hv}))
+
+    def cluster_info(self) -> int:
+        def human(d: dict[str, Any]) -> None:
+            if not d["initialized"]:
+                print(f"node '{d['this_node']}' is not in a cluster yet: `corral cluster init --name NAME`")
+                return
+            print(f"cluster:      {d['name']}")
+            print(f"master:       {d['master'] or 'NONE ELECTED'}" + (f" (token {d['token']})" if d["token"] else ""))
+            print(f"candidates:   {', '.join(d['candidates']) or '-'}")
+            print(f"nodes:        {d['nodes']}    instances: {d['instances']}")
+            print(f"this node:    {d['this_node']}" + (" (master)" if d["this_node_is_master"] else ""))
+            if d["hvparams"]:
+                print("hv defaults:  " + ", ".join(f"{k}={v}" for k, v in sorted(d["hvparams"].items())))
+        return self.out(self.client.get("/v1/cluster"), human)
+
+    def cluster_verify(self) -> int:
+        answer = self.client.get("/v1/cluster/verify")
+        findings = answer["data"]
+        self.out(answer, lambda d: print("\n".join(f"{f['severity'].upper()}: {f['message']}" for f in d)
+                                         or "cluster verify: no problems found"))
+        return 1 if any(f["severity"] == "error" for f in findings) else 0
+
+    # ---- nodes -------------------------------------------------------------
+    def node_list(self) -> int:
+        def human(rows: list[dict[str, Any]]) -> None:
+            print(table(["NODE", "ROLE", "STATUS", "GOSSIP", "MEM FREE/TOTAL", "DISK FREE/TOTAL", "CPUS",
+                         "PINST", "SINST", "PROBLEMS"],
+                        [[r["name"], r["role"], r["status"], r["gossip"],
+                          f"{mib(r['memory_free'])}/{mib(r['memory_total'])}",
+                          f"{mib(r['disk_free'])}/{mib(r['disk_total'])}", r["cpus"],
+                          r["primary_instances"], r["secondary_instances"], "; ".join(r["problems"]) or ""]
+                         for r in rows]))
+        return self.out(self.client.get("/v1/nodes"), human)
+
+    def node_info(self) -> int:
+        def human(r: dict[str, Any]) -> None:
+            for key in ("name", "role", "status", "address", "gossip", "drained", "offline", "cpus", "load_1m",
+                        "version", "report_age_s"):
+                print(f"{key + ':':14}{r[key]}")
+            print(f"{'memory:':14}{mib(r['memory_free'])} free of {mib(r['memory_total'])}")
+            print(f"{'disk:':14}{mib(r['disk_free'])} free of {mib(r['disk_total'])}")
+            print(f"{'instances:':14}{', '.join(r['instances']) or '-'}")
+            print(f"{'os:':14}{', '.join(sorted(r['os'])) or '-'}")
+            if r["problems"]:
+                print(f"{'problems:':14}{'; '.join(r['problems'])}")
+        return self.out(self.client.get(f"/v1/nodes/{quote(self.args.name)}"), human)
+
+    # ---- instances ---------------------------------------------------------
+    def instance_add(self) -> int:
+        a = self.args
+        body: dict[str, Any] = {"name": a.name, "os": a.os, "disk_template": a.disk_template,
+                                "memory": a.memory, "vcpus": a.vcpus, "start": not a.no_start,
+                                "disks": [_disk(d) for d in (a.disk or ["1G"])],
+                                "nics": [_kv_list([n], "--net") for n in (a.net or ["mode=user"])],
+                                "hvparams": _kv_list(a.hv, "--hv"), "osparams": _kv_list(a.os_param, "--os-param")}
+        try:
+            parse_mib(a.memory, "memory")
+        except SizeError as exc:
+            raise UsageError(str(exc)) from None
+        if a.node:
+            body["node"] = a.node
+        return self.job(self.client.post("/v1/instances", body))
+
+    def instance_list(self) -> int:
+        def human(rows: list[dict[str, Any]]) -> None:
+            print(table(["INSTANCE", "STATUS", "NODE", "TEMPLATE", "MEMORY", "VCPUS", "OS", "REASON"],
+                        [[r["name"], r["status"], r["primary_node"], r["disk_template"], mib(r["memory"]),
+                          r["vcpus"], r["os"], r["reason"]] for r in rows]))
+        return self.out(self.client.get("/v1/instances"), human)
+
+    def instance_info(self) -> int:
+        def human(r: dict[str, Any]) -> None:
+            print(f"instance:     {r['name']} ({r['uuid']})")
+            print(f"status:       {r['status']}" + (f" - {r['reason']}" if r["reason"] else "")
+                  + (f" (pid {r['pid']})" if r["pid"] else ""))
+            print(f"admin state:  {r['admin_state']}")
+            print(f"nodes:        primary {r['primary_node']}" + (f", secondary {r['secondary_node']}" if r["secondary_node"] else ""))
+            print(f"os:           {r['os']}")
+            print(f"resources:    {mib(r['memory'])} memory, {r['vcpus']} vcpus")
+            for d in r["disks"]:
+                print(f"disk {d['index']}:       {r['disk_template']} {mib(d['size_mib'])} {d['format']}")
+            for i, n in enumerate(r["nics"]):
+                print(f"nic {i}:        {n['mode']} {n['mac']}" + (f" bridge {n['bridge']}" if n["bridge"] else ""))
+            if r["hvparams"]:
+                print("hv overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(r["hvparams"].items())))
+            print(f"created:      {when(r['ctime'])}")
+            if r.get("console_tail"):
+                print("console (last lines):")
+                for line in r["console_tail"]:
+                    print(f"  | {line}")
+        return self.out(self.client.get(f"/v1/instances/{quote(self.args.name)}"), human)
+
+    def instance_action(self, action: str) -> int:
+        body: dict[str, Any] = {}
+        if action == "stop":
+            body = {"force": self.args.force, "timeout_s": self.args.shutdown_timeout}
+        elif action == "reboot":
+            body = {"type": self.args.type}
+        return self.job(self.client.post(f"/v1/instances/{quote(self.args.name)}/{action}", body))
+
+    def instance_remove(self) -> int:
+        return self.job(self.client.delete(f"/v1/instances/{quote(self.args.name)}"))
+
+    def instance_console(self) -> int:
+        from cli.console import attach  # imports aiohttp: only for this command
+        return attach(self.client.path, self.args.name)
+
+    # ---- jobs and OS -------------------------------------------------------
+    def job_list(self) -> int:
+        def human(rows: list[dict[str, Any]]) -> None:
+            print(table(["ID", "STATUS", "CREATED", "SUMMARY", "ERROR"],
+                        [[r["id"], r["status"], when(r["created"]), r["summary"], r["error"] or ""] for r in rows]))
+        return self.out(self.client.get("/v1/jobs"), human)
+
+    def job_info(self) -> int:
+        def human(j: dict[str, Any]) -> None:
+            print(f"job {j['id']}: {j['summary']} ({j['op']})")
+            print(f"status:   {j['status']}" + (f" - {j['error']}" if j["error"] else ""))
+            print(f"created:  {when(j['created'])}  started: {when(j['started'])}  ended: {when(j['ended'])}")
+            print(f"master:   {j['master']}")
+            print("log:")
+            for t, line in j["log"]:
+                print(f"  {when(t)} {line}")
+        return self.out(self.client.get(f"/v1/jobs/{self.args.id}"), human)
+
+    def job_watch(self) -> int:
+        job = jobs.watch(self.client, self.args.id, self.args.timeout, quiet=self.args.json)
+        if self.args.json:
+            print(json.dumps(job, indent=2, sort_keys=True))
+        return jobs.finish(job)
+
+    def os_list(self) -> int:
+        def human(d: dict[str, Any]) -> None:
+            print(table(["OS", "KIND", "VARIANTS", "PATH"],
+                        [[r["name"], r["kind"], ",".join(r["variants"]) or "-", r["path"]] for r in d["os"]]))
+            for p in d["problems"]:
+                print(f"warning: {p}", file=sys.stderr)
+        return self.out(self.client.get("/v1/os"), human)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help="agent socket (default $CORRAL_SOCKET or /run/corral/agent.sock)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    jobopts = argparse.ArgumentParser(add_help=False)
+    jobopts.add_argument("--submit", action="store_true", help="print the job id and return at once")
+    jobopts.add_argument("--timeout", type=float, default=3600, help="stop waiting for the job after S seconds")
+
+    p = argparse.ArgumentParser(prog="corral", description="Corral: a KVM cluster with no fixed master",
+                                parents=[common])
+    top = p.add_subparsers(dest="group", required=True, metavar="{cluster,node,instance,job,os}")
+
+    def group(name: str, help_: str) -> argparse._SubParsersAction:
+        g = top.add_parser(name, help=help_, parents=[common])
+        return g.add_subparsers(dest="cmd", required=True)
+
+    c = group("cluster", "the cluster as a whole")
+    s = c.add_parser("init", help="create a cluster with this node as master", parents=[common, jobopts])
+    s.add_argument("--name", required=True)
+    s.add_argument("--hv", action="append", help="default hypervisor parameters, e.g. accel=tcg")
+    c.add_parser("info", help="name, master, candidates", parents=[common])
+    c.add_parser("verify", help="check the cluster; non-zero exit on errors", parents=[common])
+
+    n = group("node", "nodes")
+    n.add_parser("list", help="all nodes", parents=[common])
+    s = n.add_parser("info", help="one node", parents=[common])
+    s.add_argument("name")
+
+    i = group("instance", "instances (virtual machines)")
+    s = i.add_parser("add", help="create an instance", parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("--os", "-o", required=True, help="OS definition or image (`corral os list`)")
+    s.add_argument("--node", "-n", help="primary node (default: chosen by the master)")
+    s.add_argument("--disk-template", "-t", default="file")
+    s.add_argument("--disk", action="append", help="SIZE[,format=raw|qcow2]; repeat for more disks (default 1G)")
+    s.add_argument("--memory", "-m", default="512M", help="e.g. 512M, 2G")
+    s.add_argument("--vcpus", type=int, default=1)
+    s.add_argument("--net", action="append", help="mode=user or mode=bridged,bridge=br0[,mac=..]")
+    s.add_argument("--hv", action="append", help="hypervisor parameters, e.g. accel=tcg,kernel_path=/boot/vmlinuz")
+    s.add_argument("--os-param", action="append", help="OS parameters NAME=VALUE")
+    s.add_argument("--no-start", action="store_true", help="create but do not start")
+    i.add_parser("list", help="all instances", parents=[common])
+    for name, help_ in (("info", "one instance"), ("console", "attach to the serial console (Ctrl-] detaches)")):
+        s = i.add_parser(name, help=help_, parents=[common])
+        s.add_argument("name")
+    s = i.add_parser("start", help="start an instance", parents=[common, jobopts])
+    s.add_argument("name")
+    s = i.add_parser("stop", help="ACPI power-down, then hard stop after the timeout", parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("--force", action="store_true", help="hard stop at once")
+    s.add_argument("--shutdown-timeout", type=float, help="seconds before the hard stop")
+    s = i.add_parser("reboot", help="soft (power-down + start) or hard (reset)", parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("--type", choices=("soft", "hard"), default="soft")
+    s = i.add_parser("remove", help="stop an instance and delete it with its disks", parents=[common, jobopts])
+    s.add_argument("name")
+
+    j = group("job", "jobs (every change is one)")
+    j.add_parser("list", help="all jobs", parents=[common])
+    for name in ("info", "watch"):
+        s = j.add_parser(name, help=f"{name} one job", parents=[common] + ([jobopts] if name == "watch" else []))
+        s.add_argument("id", type=int)
+    o = group("os", "operating system definitions and images")
+    o.add_parser("list", help="OS definitions and images on this node", parents=[common])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.socket = getattr(args, "socket", None)
+    args.json = getattr(args, "json", False)
+    cli = Cli(args)
+    dispatch = {
+        ("cluster", "init"): cli.cluster_init, ("cluster", "info"): cli.cluster_info,
+        ("cluster", "verify"): cli.cluster_verify, ("node", "list"): cli.node_list,
+        ("node", "info"): cli.node_info, ("instance", "add"): cli.instance_add,
+        ("instance", "list"): cli.instance_list, ("instance", "info"): cli.instance_info,
+        ("instance", "start"): lambda: cli.instance_action("start"),
+        ("instance", "stop"): lambda: cli.instance_action("stop"),
+        ("instance", "reboot"): lambda: cli.instance_action("reboot"),
+        ("instance", "remove"): cli.instance_remove, ("instance", "console"): cli.instance_console,
+        ("job", "list"): cli.job_list, ("job", "info"): cli.job_info, ("job", "watch"): cli.job_watch,
+        ("os", "list"): cli.os_list,
+    }
+    try:
+        return dispatch[(args.group, args.cmd)]()
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except AgentUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ApiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_INPUT if exc.status in (400, 404, 409) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

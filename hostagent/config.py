@@ -1,0 +1,169 @@
+"""The node-local static configuration, read once from /etc/corral/agent.toml.
+
+Everything is overridable so that several agents can share one machine on
+different 127.0.0.x addresses (tests, demo). Validation reports every problem
+at once: an operator fixing a config file should not have to iterate.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from typing import Any
+
+DEFAULT_CONFIG_PATH = "/etc/corral/agent.toml"
+_NODE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class ConfigError(ValueError):
+    """The agent config is unusable; `problems` lists every reason."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        super().__init__(f"invalid agent config {path}:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.path = path
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """One node's agent settings; units are in the names."""
+
+    node_name: str
+    address: str
+    api_port: int = 7947
+    gossip_port: int = 7946
+    serf_rpc_port: int = 7373
+    etcd_client_port: int = 2379
+    etcd_peer_port: int = 2380
+    state_dir: str = "/var/lib/corral"
+    run_dir: str = "/run/corral"
+    log_dir: str = "/var/log/corral"
+    socket_path: str = ""
+    file_storage_dir: str = ""
+    os_search_paths: tuple[str, ...] = (
+        "/srv/ganeti/os", "/usr/local/lib/ganeti/os", "/usr/lib/ganeti/os",
+        "/usr/share/ganeti/os", "/usr/share/corral/os",
+    )
+    image_paths: tuple[str, ...] = ("/var/lib/corral/images",)
+    serf_binary: str = "serf"
+    etcd_binary: str = "etcd"
+    qemu_binary: str = "qemu-system-x86_64"
+    report_interval_s: float = 5.0
+    master_lease_ttl_s: int = 10
+    os_install_timeout_s: float = 1800.0
+
+    @property
+    def socket(self) -> str:
+        return self.socket_path or os.path.join(self.run_dir, "agent.sock")
+
+    @property
+    def file_storage(self) -> str:
+        return self.file_storage_dir or os.path.join(self.state_dir, "file-storage")
+
+    @property
+    def pki_dir(self) -> str:
+        return os.path.join(self.state_dir, "pki")
+
+
+# TOML section -> {toml key: dataclass field}
+_SECTIONS: dict[str, dict[str, str]] = {
+    "node": {"name": "node_name", "address": "address"},
+    "ports": {"api": "api_port", "gossip": "gossip_port", "serf_rpc": "serf_rpc_port",
+              "etcd_client": "etcd_client_port", "etcd_peer": "etcd_peer_port"},
+    "paths": {"state_dir": "state_dir", "run_dir": "run_dir", "log_dir": "log_dir",
+              "socket": "socket_path", "file_storage_dir": "file_storage_dir",
+              "os_search_paths": "os_search_paths", "image_paths": "image_paths"},
+    "binaries": {"serf": "serf_binary", "etcd": "etcd_binary", "qemu": "qemu_binary"},
+    "agent": {"report_interval_s": "report_interval_s",
+              "master_lease_ttl_s": "master_lease_ttl_s",
+              "os_install_timeout_s": "os_install_timeout_s"},
+}
+_TYPES = {f.name: f.type for f in fields(AgentConfig)}
+
+
+def load_config(path: str) -> AgentConfig:
+    """Read and validate the TOML file at `path`; raise ConfigError listing all problems."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found (create it, see packaging/agent.toml.example)"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: str = "<config>") -> AgentConfig:
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for section, body in raw.items():
+        if section not in _SECTIONS:
+            problems.append(f"unknown section [{section}] (known: {', '.join(_SECTIONS)})")
+            continue
+        if not isinstance(body, dict):
+            problems.append(f"[{section}] must be a table")
+            continue
+        for key, value in body.items():
+            field = _SECTIONS[section].get(key)
+            if field is None:
+                problems.append(f"unknown key '{key}' in [{section}] "
+                                f"(known: {', '.join(_SECTIONS[section])})")
+                continue
+            converted = _convert(f"{section}.{key}", _TYPES[field], value, problems)
+            if converted is not None:
+                values[field] = converted
+    for required in ("node_name", "address"):
+        if required not in values:
+            section, key = next((s, k) for s, m in _SECTIONS.items() for k, f in m.items() if f == required)
+            problems.append(f"missing required key '{key}' in [{section}]")
+    if "node_name" in values and not _NODE_NAME_RE.match(values["node_name"]):
+        problems.append(f"node.name: {values['node_name']!r} is not a valid node name "
+                        "(lower-case letters, digits and '-', at most 63 characters)")
+    if "address" in values:
+        try:
+            ipaddress.ip_address(values["address"])
+        except ValueError:
+            problems.append(f"node.address: {values['address']!r} is not an IP address (e.g. 192.0.2.10)")
+    defaults = {f.name: f.default for f in fields(AgentConfig) if f.name.endswith("_port")}
+    ports = sorted({**defaults, **{k: v for k, v in values.items() if k.endswith("_port")}}.items())
+    for key, port in ports:
+        if not 1 <= port <= 65535:
+            problems.append(f"ports: {key.removesuffix('_port')} = {port} is not a TCP port (1-65535)")
+    seen: dict[int, str] = {}
+    for key, port in ports:
+        if port in seen:
+            problems.append(f"ports: {key.removesuffix('_port')} and {seen[port]} both use port {port}")
+        seen[port] = key.removesuffix("_port")
+    for key in ("report_interval_s", "master_lease_ttl_s", "os_install_timeout_s"):
+        if key in values and values[key] <= 0:
+            problems.append(f"agent.{key} must be positive, got {values[key]}")
+    for key in ("state_dir", "run_dir", "log_dir"):
+        if key in values and not os.path.isabs(values[key]):
+            problems.append(f"paths.{key}: {values[key]!r} must be an absolute path")
+    if problems:
+        raise ConfigError(path, problems)
+    return AgentConfig(**values)
+
+
+def _convert(name: str, typ: Any, value: Any, problems: list[str]) -> Any:
+    typ = str(typ)
+    if typ == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{name}: expected an integer, got {value!r}")
+    elif typ == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{name}: expected a number, got {value!r}")
+    elif typ.startswith("tuple"):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        problems.append(f"{name}: expected a list of strings, got {value!r}")
+    else:
+        if isinstance(value, str) and value:
+            return value
+        problems.append(f"{name}: expected a non-empty string, got {value!r}")
+    return None

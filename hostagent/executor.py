@@ -1,0 +1,113 @@
+"""The node side of orders: this node's disks and QEMU processes, nothing else.
+
+Every order is idempotent (create-if-missing, start-if-not-running,
+remove-if-present), so a new master or a retried job can always re-send it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from kvm.cmdline import DiskSpec, InstanceSpec, NicSpec
+from kvm.hvparams import parse_hvparams
+from kvm.process import QemuManager
+from kvm import tap
+from storage.filedisk import FileTemplate
+from storage.install import DiskSpec as InstallDisk, install_os
+from storage.osdef import NicEnv, OsCatalog, lookup, split_os_name
+
+log = logging.getLogger(__name__)
+
+
+class OrderError(Exception):
+    """An order this node cannot carry out; the message is for the operator."""
+
+
+class NodeExecutor:
+    def __init__(self, node: str, qemu: QemuManager, files: FileTemplate,
+                 catalog: Callable[[], OsCatalog], log_dir: str, install_timeout_s: float) -> None:
+        self._node = node
+        self._qemu = qemu
+        self._files = files
+        self._catalog = catalog
+        self._log_dir = log_dir
+        self._install_timeout_s = install_timeout_s
+
+    async def handle(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        handler = getattr(self, "_op_" + op.replace("instance.", "").replace("-", "_"), None)
+        if handler is None or not op.startswith("instance."):
+            raise OrderError(f"unknown order {op!r}")
+        return await handler(args)
+
+    def spec(self, inst: dict[str, Any], hvparams: dict[str, Any]) -> InstanceSpec:
+        hv = parse_hvparams(hvparams)
+        disks = tuple(DiskSpec(self._files.path(inst["name"], d["index"], d["format"]), d["format"])
+                      for d in inst["disks"])
+        nics = tuple(NicSpec(mac=n["mac"], mode=n["mode"],
+                             tap=tap.tap_name(inst["name"], i) if n["mode"] == "bridged" else "")
+                     for i, n in enumerate(inst["nics"]))
+        return InstanceSpec(name=inst["name"], uuid=inst["uuid"], memory_mib=inst["memory_mib"],
+                            vcpus=inst["vcpus"], hv=hv, disks=disks, nics=nics)
+
+    async def _op_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        inst = args["instance"]
+        present = [d for d in inst["disks"]
+                   if os.path.exists(self._files.path(inst["name"], d["index"], d["format"]))]
+        if len(present) == len(inst["disks"]):
+            return {"created": False}  # re-sent order: the disks are already there
+        for disk in present:  # an earlier attempt died half-way: start over
+            log.warning("instance '%s': removing disk %d left by an interrupted create",
+                        inst["name"], disk["index"])
+            await self._files.remove(inst["name"], disk["index"])
+        entry = lookup(self._catalog(), inst["os"])
+        _, variant = split_os_name(inst["os"])
+        paths = await install_os(
+            entry, self._files, instance_name=inst["name"], instance_uuid=inst["uuid"],
+            disks=[InstallDisk(d["size_mib"], d["format"], d["uuid"], f"disk{d['index']}") for d in inst["disks"]],
+            primary_node=self._node, secondary_nodes=[s for s in [inst.get("secondary_node")] if s],
+            hvparams={k: str(v) for k, v in args.get("hvparams", {}).items()},
+            beparams={"memory": str(inst["memory_mib"]), "vcpus": str(inst["vcpus"])},
+            nics=[NicEnv(mac=n["mac"], mode=n["mode"], link=n.get("bridge", "")) for n in inst["nics"]],
+            variant=variant, osparams=inst.get("osparams", {}),
+            log_dir=self._log_dir, timeout_s=self._install_timeout_s)
+        return {"created": True, "paths": paths}
+
+    async def _op_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        inst = args["instance"]
+        spec = self.spec(inst, args["hvparams"])
+        for nic, cfg in zip(spec.nics, inst["nics"]):
+            if nic.tap:
+                await tap.create_tap(nic.tap, cfg["bridge"])
+        pid = await self._qemu.start(spec)
+        return {"pid": pid}
+
+    async def _op_stop(self, args: dict[str, Any]) -> dict[str, Any]:
+        how = await self._qemu.stop(args["name"], timeout_s=float(args.get("timeout_s", 120)),
+                                    force=bool(args.get("force", False)))
+        await self._delete_taps(args["name"], int(args.get("nic_count", 0)))
+        return {"how": how}
+
+    async def _op_reset(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self._qemu.find(args["name"]) is None:
+            raise OrderError(f"instance '{args['name']}' is not running on node '{self._node}'")
+        await self._qemu.reset(args["name"])
+        return {}
+
+    async def _op_remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = args["name"]
+        how = await self._qemu.stop(name, timeout_s=0, force=True)
+        self._qemu.cleanup(name)
+        await self._delete_taps(name, int(args.get("nic_count", 0)))
+        for disk in args.get("disks", []):
+            await self._files.remove(name, disk["index"])
+        return {"stopped": how}
+
+    async def _op_console_tail(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"lines": self._qemu.console_log_tail(args["name"], int(args.get("lines", 20)))}
+
+    async def _delete_taps(self, name: str, count: int) -> None:
+        for i in range(count):
+            await tap.delete_tap(tap.tap_name(name, i))

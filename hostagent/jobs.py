@@ -1,0 +1,178 @@
+"""Jobs: every change to the cluster is one, recorded in the replicated config.
+
+A job record is {id, op, summary, args, status, created, started, ended, log,
+progress, result, error, master}. Only the master writes job records, each
+write guarded by its lease, so a deposed master cannot rewrite history. A job
+holds reservation keys (e.g. an instance name being created) from submit to
+end, which makes duplicate submits fail at once instead of half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from election.etcd import Compare, EtcdClient, Op
+from election.lease import FencingToken, MasterLease
+
+from hostagent import model
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("queued", "running", "success", "error", "canceled")
+FINAL = ("success", "error", "canceled")
+
+
+class JobFailed(Exception):
+    """Raised by a job handler: the message is what the operator reads."""
+
+
+class Conflict(Exception):
+    """A submit that collides with the config (duplicate name, busy object)."""
+
+
+class JobContext:
+    """What a running job handler may do: log lines and report progress."""
+
+    def __init__(self, runner: "JobRunner", job: dict[str, Any]) -> None:
+        self._runner = runner
+        self.job = job
+
+    async def log(self, message: str) -> None:
+        log.info("job %d: %s", self.job["id"], message)
+        self.job["log"].append([time.time(), message])
+        await self._runner.save(self.job)
+
+    async def progress(self, done: float, total: float, text: str, started: float) -> None:
+        """Record percent and an ETA extrapolated from the rate so far."""
+        percent = 100.0 * done / total if total else 100.0
+        elapsed = time.monotonic() - started
+        eta = (elapsed / done * (total - done)) if done > 0 else None
+        self.job["progress"] = {"percent": round(percent, 1), "text": text,
+                                "eta_s": None if eta is None else round(eta, 1)}
+        await self._runner.save(self.job)
+
+
+Handler = Callable[[JobContext, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+class JobRunner:
+    """Runs the master's jobs; exists only while this node holds the master lease."""
+
+    def __init__(self, node: str, client: EtcdClient, lease: MasterLease, token: FencingToken,
+                 handlers: dict[str, Handler], lock_keys: Callable[[dict[str, Any]], Sequence[str]]) -> None:
+        self._node = node
+        self._client = client
+        self._lease = lease
+        self._token = token
+        self._handlers = handlers
+        self._lock_keys = lock_keys
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._next_id = 1
+
+    async def start(self) -> None:
+        """Take over jobs left by an earlier master: run queued ones, end running ones."""
+        kvs, _ = await self._client.get_prefix(model.JOBS)
+        for kv in kvs:
+            job = model.loads(kv.value)
+            self._next_id = max(self._next_id, job["id"] + 1)
+            if job["status"] == "running":
+                job["log"].append([time.time(), f"the master running this job ({job.get('master')}) "
+                                                "stopped before it finished; ended by the new master "
+                                                f"'{self._node}'. Re-run the command: orders are idempotent."])
+                await self._finish(job, "error", error="interrupted by a master change")
+            elif job["status"] == "queued":
+                self._spawn(job)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def submit(self, op: str, args: dict[str, Any], summary: str,
+                     reservations: Sequence[str] = (),
+                     must_not_exist: Sequence[str] = (),
+                     must_exist: Sequence[str] = ()) -> int:
+        """Create a queued job atomically with its reservations; raise Conflict on a collision."""
+        if op not in self._handlers:
+            raise ValueError(f"unknown job operation {op!r}")
+        job_id = self._next_id
+        self._next_id += 1
+        job = {"id": job_id, "op": op, "summary": summary, "args": args, "status": "queued",
+               "created": time.time(), "started": None, "ended": None, "log": [],
+               "progress": None, "result": None, "error": None, "master": self._node,
+               "reservations": list(reservations)}
+        compares = [Compare.create_revision(k, "=", 0) for k in (*reservations, *must_not_exist)]
+        compares += [Compare.create_revision(k, ">", 0) for k in must_exist]
+        ops = [Op.put(model.job_key(job_id), model.dumps(job))]
+        ops += [Op.put(k, model.dumps({"job": job_id})) for k in reservations]
+        result = await self._lease.guarded_txn(self._token, ops, extra_compares=compares)
+        if not result.succeeded:
+            raise Conflict(await self._explain_conflict(reservations, must_not_exist, must_exist))
+        self._spawn(job)
+        return job_id
+
+    async def _explain_conflict(self, reservations: Sequence[str], must_not_exist: Sequence[str],
+                                must_exist: Sequence[str]) -> str:
+        for key in reservations:
+            kv = await self._client.get(key)
+            if kv is not None:
+                return f"job {model.loads(kv.value)['job']} is already working on '{key.rsplit('/', 1)[-1]}'"
+        for key in must_not_exist:
+            if await self._client.get(key) is not None:
+                return f"'{key.rsplit('/', 1)[-1]}' already exists"
+        for key in must_exist:
+            if await self._client.get(key) is None:
+                return f"'{key.rsplit('/', 1)[-1]}' does not exist"
+        return "the config changed while submitting; try again"
+
+    async def save(self, job: dict[str, Any]) -> None:
+        await self._lease.guarded_txn(self._token, [Op.put(model.job_key(job["id"]), model.dumps(job))])
+
+    def _spawn(self, job: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._run(job), name=f"job-{job['id']}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: dict[str, Any]) -> None:
+        keys = sorted(self._lock_keys(job))
+        locks = [self._locks.setdefault(k, asyncio.Lock()) for k in keys]
+        for lock in locks:  # sorted order: no deadlock between jobs
+            await lock.acquire()
+        try:
+            job["status"] = "running"
+            job["started"] = time.time()
+            await self.save(job)
+            ctx = JobContext(self, job)
+            try:
+                result = await self._handlers[job["op"]](ctx, job["args"])
+            except JobFailed as exc:
+                job["log"].append([time.time(), f"failed: {exc}"])
+                await self._finish(job, "error", error=str(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one broad catch per job, reported
+                log.exception("job %d (%s) crashed; please report this bug", job["id"], job["op"])
+                job["log"].append([time.time(), f"internal error: {exc!r} (please report this bug)"])
+                await self._finish(job, "error", error=f"internal error: {exc!r}")
+            else:
+                await self._finish(job, "success", result=result)
+        finally:
+            for lock in locks:
+                lock.release()
+
+    async def _finish(self, job: dict[str, Any], status: str, *, error: str | None = None,
+                      result: dict[str, Any] | None = None) -> None:
+        job.update(status=status, ended=time.time(), error=error, result=result)
+        if job.get("progress") and status == "success":
+            job["progress"] = {**job["progress"], "percent": 100.0, "eta_s": 0}
+        ops = [Op.put(model.job_key(job["id"]), model.dumps(job))]
+        ops += [Op.delete(k) for k in job.get("reservations", [])]
+        await self._lease.guarded_txn(self._token, ops)
+        level = logging.INFO if status == "success" else logging.WARNING
+        log.log(level, "job %d (%s) ended: %s%s", job["id"], job["summary"], status,
+                f" ({error})" if error else "")

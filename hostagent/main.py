@@ -1,0 +1,102 @@
+"""`corral-agent --config FILE`: run one node's agent until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from hostagent import pki
+from hostagent.agent import Agent, AlreadyRunning
+from hostagent.api import build_app
+from hostagent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from hostagent.notify import Notifier
+
+log = logging.getLogger("corral-agent")
+
+
+async def _serve(cfg: AgentConfig) -> None:
+    notifier = Notifier()
+    agent = Agent(cfg, notifier)
+    runners: list[web.AppRunner] = []
+
+    local = web.AppRunner(build_app(agent, node_site=False), access_log=None)
+    await local.setup()
+    if os.path.exists(cfg.socket):
+        os.unlink(cfg.socket)  # a leftover from a killed agent; we own this path
+    old_umask = os.umask(0o077)  # the unix socket is for root only
+    try:
+        await web.UnixSite(local, cfg.socket).start()
+    finally:
+        os.umask(old_umask)
+    runners.append(local)
+    log.info("node '%s': local API on %s", cfg.node_name, cfg.socket)
+
+    async def start_tls_site() -> None:
+        await agent.activated.wait()
+        remote = web.AppRunner(build_app(agent, node_site=True), access_log=None)
+        await remote.setup()
+        await web.TCPSite(remote, cfg.address, cfg.api_port, ssl_context=pki.server_context(agent.pki)).start()
+        runners.append(remote)
+        log.info("node '%s': node API on https://%s:%d (mutual TLS)", cfg.node_name, cfg.address, cfg.api_port)
+
+    tls_task = asyncio.create_task(start_tls_site())
+    local_cluster = agent.local_cluster()
+    if local_cluster is not None:
+        await agent.activate()
+        found = agent.qemu.discover()
+        log.info("member of cluster '%s'; found %d running instance(s) on this node%s", local_cluster["name"],
+                 len(found), (": " + ", ".join(sorted(found))) if found else "")
+        status = f"member of cluster '{local_cluster['name']}', {len(found)} instance(s) running here"
+    else:
+        log.info("not in a cluster yet: run `corral cluster init --name NAME`")
+        status = "waiting for `corral cluster init`"
+    notifier.ready(status)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    interval = notifier.watchdog_interval_s()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), interval or 3600)
+        except asyncio.TimeoutError:
+            notifier.watchdog()
+    log.info("stopping agent (instances keep running)")
+    notifier.stopping()
+    tls_task.cancel()
+    await agent.shutdown()
+    for runner in runners:
+        await runner.cleanup()
+    notifier.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="corral-agent", description="Corral node agent")
+    parser.add_argument("--config", default=DEFAULT_CONFIG_PATH, help=f"agent config (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--debug", action="store_true", help="log wire traffic too")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s corral-agent[%(process)d] %(levelname)s %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"corral-agent: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(cfg))
+    except AlreadyRunning as exc:
+        print(f"corral-agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

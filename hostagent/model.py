@@ -1,0 +1,95 @@
+"""The replicated config's key layout and record shapes.
+
+Every key lives under /corral/. Values are JSON. The master writes everything
+except /corral/reports/<node>, which each node writes about itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PREFIX = "/corral/"
+CLUSTER_KEY = "/corral/cluster"
+MASTER_KEY = "/corral/master"
+NODES = "/corral/nodes/"
+INSTANCES = "/corral/instances/"
+JOBS = "/corral/jobs/"
+REPORTS = "/corral/reports/"
+RESERVATIONS = "/corral/reservations/"
+
+
+def node_key(name: str) -> str:
+    return NODES + name
+
+
+def instance_key(name: str) -> str:
+    return INSTANCES + name
+
+
+def job_key(job_id: int) -> str:
+    return f"{JOBS}{job_id:010d}"
+
+
+def report_key(node: str) -> str:
+    return REPORTS + node
+
+
+def reservation_key(kind: str, name: str) -> str:
+    """Held by a queued/running job that will create `name`, so duplicates fail at submit."""
+    return f"{RESERVATIONS}{kind}/{name}"
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def loads(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+@dataclass
+class Disk:
+    index: int
+    size_mib: int
+    format: str
+    uuid: str
+
+
+@dataclass
+class Nic:
+    mac: str
+    mode: str
+    bridge: str = ""
+
+
+@dataclass
+class Instance:
+    """An instance as the config knows it (the wanted state, not the observed one)."""
+
+    name: str
+    uuid: str
+    os: str
+    disk_template: str
+    memory_mib: int
+    vcpus: int
+    primary_node: str
+    disks: list[Disk] = field(default_factory=list)
+    nics: list[Nic] = field(default_factory=list)
+    hvparams: dict[str, Any] = field(default_factory=dict)
+    osparams: dict[str, str] = field(default_factory=dict)
+    secondary_node: str | None = None
+    admin_state: str = "down"
+    ctime: float = 0.0
+    mtime: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Instance":
+        data = dict(data)
+        data["disks"] = [Disk(**d) for d in data.get("disks", [])]
+        data["nics"] = [Nic(**n) for n in data.get("nics", [])]
+        return cls(**data)

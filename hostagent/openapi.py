@@ -1,0 +1,78 @@
+"""The OpenAPI 3 description of the agent API, served at /v1/openapi.json.
+
+Kept next to the routes in api.py; a test checks both list the same paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hostagent.reporter import AGENT_VERSION
+
+_ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_JOB = {"description": "job accepted", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobAccepted"}}}}
+
+
+def _op(summary: str, ok: str = "200", body: str | None = None, params: tuple[str, ...] = (),
+        ok_desc: str = "answer from the local config replica") -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {ok: _JOB if ok == "202" else {"description": ok_desc},
+                                                            "4XX": _ERR, "5XX": _ERR}}
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
+    if params:
+        op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+    return op
+
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/v1/openapi.json": {"get": _op("This document", ok_desc="OpenAPI document")},
+    "/v1/cluster": {"get": _op("Cluster name, master, fencing token, candidates")},
+    "/v1/cluster/init": {"post": _op("Create a new cluster with this node as its first master", "202", "ClusterInit")},
+    "/v1/cluster/verify": {"get": _op("Findings of a cluster-wide consistency check")},
+    "/v1/nodes": {"get": _op("All nodes with role, status, resources, instance counts")},
+    "/v1/nodes/{name}": {"get": _op("One node", params=("name",))},
+    "/v1/instances": {"get": _op("All instances with their observed status"),
+                      "post": _op("Add an instance (a job)", "202", "InstanceAdd")},
+    "/v1/instances/{name}": {"get": _op("One instance", params=("name",)),
+                             "delete": _op("Remove an instance and its disks (a job)", "202", params=("name",))},
+    "/v1/instances/{name}/{action}": {"post": _op("start, stop or reboot an instance (a job)", "202",
+                                                  "InstanceAction", ("name", "action"))},
+    "/v1/instances/{name}/console": {"get": _op("Serial console as a websocket (binary frames)", "101",
+                                                params=("name",), ok_desc="websocket upgrade")},
+    "/v1/jobs": {"get": _op("All jobs")},
+    "/v1/jobs/{id}": {"get": _op("One job with its log and progress", params=("id",))},
+    "/v1/os": {"get": _op("OS definitions and images available on this node")},
+    "/v1/node/orders": {"post": _op("Order from the master to this node (node certificates only)",
+                                    body="Order", ok_desc="order result")},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error", "message"],
+              "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+    "JobAccepted": {"type": "object", "properties": {"data": {"type": "object", "properties": {"job_id": {"type": "integer"}}}}},
+    "ClusterInit": {"type": "object", "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "hvparams": {"type": "object"}}},
+    "InstanceAdd": {"type": "object", "required": ["name", "os"], "properties": {
+        "name": {"type": "string"}, "os": {"type": "string"}, "node": {"type": "string"},
+        "disk_template": {"type": "string", "enum": ["file"]},
+        "memory": {"type": "string", "example": "512M"}, "vcpus": {"type": "integer"},
+        "disks": {"type": "array", "items": {"type": "object", "properties": {
+            "size": {"type": "string", "example": "1G"}, "format": {"type": "string", "enum": ["raw", "qcow2"]}}}},
+        "nics": {"type": "array", "items": {"type": "object", "properties": {
+            "mode": {"type": "string", "enum": ["user", "bridged"]}, "bridge": {"type": "string"},
+            "mac": {"type": "string"}}}},
+        "hvparams": {"type": "object"}, "osparams": {"type": "object"}, "start": {"type": "boolean"}}},
+    "InstanceAction": {"type": "object", "properties": {
+        "force": {"type": "boolean"}, "timeout_s": {"type": "number"},
+        "type": {"type": "string", "enum": ["soft", "hard"]}}},
+    "Order": {"type": "object", "required": ["op", "args", "token"], "properties": {
+        "op": {"type": "string"}, "args": {"type": "object"}, "token": {"type": "string"}}},
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {"openapi": "3.0.3",
+            "info": {"title": "Corral agent API", "version": AGENT_VERSION,
+                     "description": "Reads come from the node's config replica (see `replica` in every "
+                                    "answer); changes are jobs run by the master."},
+            "paths": PATHS, "components": {"schemas": SCHEMAS}}

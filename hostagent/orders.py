@@ -1,0 +1,59 @@
+"""Node-to-node calls: the master's orders to agents, over mutual TLS.
+
+Each order carries the master's fencing token; the receiving agent refuses it
+if it has already seen a newer one. Failures come back as OrderFailed with the
+node's own message, translated here once.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from typing import Any
+
+import aiohttp
+
+from election.lease import FencingToken
+
+
+class OrderFailed(Exception):
+    def __init__(self, node: str, op: str, message: str) -> None:
+        super().__init__(f"node '{node}' could not {op.replace('instance.', '')}: {message}")
+        self.node = node
+        self.op = op
+        self.message = message
+
+
+class NodeClient:
+    """HTTPS client to other agents' /v1/node/orders, authenticated by node certificates."""
+
+    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+        self._ssl = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl))
+        return self._session
+
+    async def order(self, node: str, address: str, port: int, op: str, args: dict[str, Any],
+                    token: FencingToken, timeout_s: float = 600.0) -> dict[str, Any]:
+        url = f"https://{address}:{port}/v1/node/orders"
+        body = {"op": op, "args": args, "token": token.to_str()}
+        try:
+            async with self._client().post(url, json=body,
+                                           timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                text = await resp.text()
+                try:
+                    data = json.loads(text)
+                except ValueError:
+                    data = {"message": text[-500:]}
+                if resp.status != 200:
+                    raise OrderFailed(node, op, data.get("message", f"HTTP {resp.status}"))
+                return data
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise OrderFailed(node, op, f"unreachable at {address}:{port} ({exc or type(exc).__name__})") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

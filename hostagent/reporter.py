@@ -1,0 +1,56 @@
+"""What this node tells the cluster about itself: its QEMUs, resources, OSes, disks.
+
+Written to /corral/reports/<node> by the node itself, periodically and after
+each order, so `instance list` and `cluster verify` read the truth from the
+replica on any node.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from kvm.process import QemuManager
+from storage.filedisk import FileTemplate
+from storage.osdef import OsCatalog, OsImage
+
+AGENT_VERSION = "0.1.0"
+
+
+async def collect(node: str, qemu: QemuManager, files: FileTemplate,
+                  catalog: Callable[[], OsCatalog]) -> dict[str, Any]:
+    instances: dict[str, Any] = {}
+    for name, pid in qemu.discover().items():
+        instances[name] = {"pid": pid, "status": await qemu.status(name)}
+    mem = psutil.virtual_memory()
+    cat = catalog()
+    volumes = [{"instance": v.instance, "index": v.index, "path": v.path, "size_mib": v.size_mib,
+                "format": v.fmt} for v in await files.list_volumes()]
+    return {
+        "node": node,
+        "time": time.time(),
+        "version": AGENT_VERSION,
+        "boot_id": _boot_id(),
+        "instances": instances,
+        "memory_total_mib": mem.total // 2**20,
+        "memory_free_mib": mem.available // 2**20,
+        "cpus": psutil.cpu_count() or 1,
+        "load_1m": os.getloadavg()[0],
+        "disk_total_mib": files.total_mib(),
+        "disk_free_mib": files.free_mib(),
+        "os": {name: ("image" if isinstance(e, OsImage) else "script") for name, e in cat.entries.items()},
+        "os_problems": list(cat.problems),
+        "volumes": volumes,
+    }
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""

@@ -1,0 +1,50 @@
+"""What an instance's status is, from the wanted state and the node's report.
+
+Pure: the same function serves `instance list`, `cluster verify` and later
+the master's restart decisions. Vocabulary follows Ganeti's so operators
+coming from it read it at once: running, stopped, error (should run but does
+not), error-up (runs but should not), node-down, unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+REPORT_STALE_AFTER_S = 30.0
+
+
+@dataclass(frozen=True)
+class ObservedStatus:
+    status: str
+    reason: str
+    pid: int | None = None
+
+
+def report_age_s(report: dict[str, Any] | None, now: float) -> float | None:
+    if not report:
+        return None
+    return max(0.0, now - float(report.get("time", 0.0)))
+
+
+def instance_status(instance: dict[str, Any], report: dict[str, Any] | None,
+                    now: float) -> ObservedStatus:
+    """Combine the config record with the primary node's latest report."""
+    node = instance["primary_node"]
+    age = report_age_s(report, now)
+    if report is None or age is None:
+        return ObservedStatus("unknown", f"no report from node '{node}' yet")
+    if age > REPORT_STALE_AFTER_S:
+        return ObservedStatus("node-down", f"node '{node}' has not reported for {age:.0f} s")
+    seen = report.get("instances", {}).get(instance["name"])
+    running = bool(seen) and seen.get("status") in ("running", "paused", "guest-panicked", "unknown")
+    pid = seen.get("pid") if seen else None
+    if instance.get("admin_state") == "up":
+        if not running:
+            return ObservedStatus("error", "marked up but not running")
+        if seen.get("status") == "guest-panicked":
+            return ObservedStatus("error", "the guest kernel panicked", pid)
+        return ObservedStatus("running", "", pid)
+    if running:
+        return ObservedStatus("error-up", "running but marked down", pid)
+    return ObservedStatus("stopped", "")

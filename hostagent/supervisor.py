@@ -1,0 +1,105 @@
+"""Keeps a child daemon (serf, etcd) running: restart with backoff, stop on shutdown.
+
+The agent owns these children; they must die with it (stop()) but QEMU must
+not, which is why QEMU is daemonized elsewhere and never supervised here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the agent dies (even kill -9), so does the child.
+
+    Otherwise a restarted agent would find its old etcd/serf still holding the ports.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ChildSupervisor:
+    """Runs `argv` and restarts it when it exits, backing off 0.5 s .. 30 s.
+
+    The backoff resets once the child has stayed up for `stable_after_s`, so a
+    child crashing in a loop is visible in the log without burning a core.
+    """
+
+    def __init__(self, name: str, argv: Callable[[], Sequence[str]], log_path: str,
+                 *, stop_timeout_s: float = 10.0, stable_after_s: float = 30.0) -> None:
+        self.name = name
+        self._argv = argv
+        self._log_path = log_path
+        self._stop_timeout_s = stop_timeout_s
+        self._stable_after_s = stable_after_s
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.restarts = 0
+        self.started = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.returncode is None else None
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=f"supervise-{self.name}")
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            argv = list(self._argv())
+            os.makedirs(os.path.dirname(self._log_path), exist_ok=True)
+            with open(self._log_path, "ab") as out:
+                try:
+                    self._proc = await asyncio.create_subprocess_exec(
+                        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                        start_new_session=True, preexec_fn=_die_with_parent)
+                except OSError as exc:
+                    log.error("cannot start %s (%s): %s", self.name, argv[0], exc)
+                    self._proc = None
+            if self._proc is not None:
+                log.info("started %s (pid %d), output in %s", self.name, self._proc.pid, self._log_path)
+                self.started.set()
+                began = time.monotonic()
+                rc = await self._proc.wait()
+                if self._stopping:
+                    return
+                if time.monotonic() - began >= self._stable_after_s:
+                    backoff = 0.5
+                log.warning("%s (pid %d) exited with code %s; restarting in %.1f s (see %s)",
+                            self.name, self._proc.pid, rc, backoff, self._log_path)
+            self.restarts += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def stop(self) -> None:
+        """SIGTERM the child, SIGKILL after the timeout; no restart afterwards."""
+        self._stopping = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self._stop_timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it",
+                            self.name, proc.pid, self._stop_timeout_s)
+                proc.kill()
+                await proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

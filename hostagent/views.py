@@ -1,0 +1,109 @@
+"""Read models for the CLI and API, computed from the local replica only.
+
+Pure functions of (config records, node reports, now), so every node answers
+the same way and `cluster verify` findings are testable without processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hostagent.status import REPORT_STALE_AFTER_S, instance_status, report_age_s
+
+JOB_STUCK_AFTER_S = 3600.0
+
+
+def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: float) -> dict[str, Any]:
+    observed = instance_status(inst, reports.get(inst["primary_node"]), now)
+    return {"name": inst["name"], "status": observed.status, "reason": observed.reason,
+            "pid": observed.pid, "admin_state": inst["admin_state"],
+            "primary_node": inst["primary_node"], "secondary_node": inst.get("secondary_node"),
+            "disk_template": inst["disk_template"], "memory": inst["memory_mib"], "vcpus": inst["vcpus"],
+            "os": inst["os"], "disks": inst["disks"], "nics": inst["nics"], "hvparams": inst["hvparams"],
+            "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"]}
+
+
+def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | None,
+             gossip: dict[str, str], instances: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    age = report_age_s(report, now)
+    problems: list[str] = []
+    if age is None:
+        status, problems = "unknown", ["no report received yet"]
+    elif age > REPORT_STALE_AFTER_S:
+        status, problems = "down", [f"no report for {age:.0f} s"]
+    else:
+        status = "online"
+    if gossip and gossip.get(node["name"]) not in (None, "alive"):
+        problems.append(f"gossip status {gossip[node['name']]}")
+    if node.get("offline"):
+        status = "offline"
+    role = "master" if node["name"] == master else ("candidate" if node.get("candidate") else "regular")
+    report = report or {}
+    return {"name": node["name"], "role": role, "status": status, "problems": problems,
+            "address": node["address"], "gossip": gossip.get(node["name"], "unknown"),
+            "drained": node.get("drained", False), "offline": node.get("offline", False),
+            "memory_total": report.get("memory_total_mib"), "memory_free": report.get("memory_free_mib"),
+            "cpus": report.get("cpus"), "load_1m": report.get("load_1m"),
+            "disk_total": report.get("disk_total_mib"), "disk_free": report.get("disk_free_mib"),
+            "primary_instances": sum(1 for i in instances if i["primary_node"] == node["name"]),
+            "secondary_instances": sum(1 for i in instances if i.get("secondary_node") == node["name"]),
+            "report_age_s": None if age is None else round(age, 1), "version": report.get("version")}
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # "error" | "warning"
+    message: str
+
+
+def verify(nodes: list[dict[str, Any]], instances: list[dict[str, Any]],
+           reports: dict[str, dict[str, Any]], jobs: list[dict[str, Any]], master: str | None,
+           now: float) -> list[Finding]:
+    """Everything an operator should know is wrong; one finding per problem."""
+    out: list[Finding] = []
+    if master is None:
+        out.append(Finding("error", "no node holds the master lease"))
+    by_name = {i["name"]: i for i in instances}
+    running_on: dict[str, list[str]] = {}
+    for node in nodes:
+        name = node["name"]
+        report = reports.get(name)
+        age = report_age_s(report, now)
+        if age is None:
+            out.append(Finding("error", f"node '{name}': has never reported"))
+            continue
+        if age > REPORT_STALE_AFTER_S:
+            out.append(Finding("error", f"node '{name}': no report for {age:.0f} s (agent down?)"))
+            continue
+        for problem in report.get("os_problems", []):
+            out.append(Finding("warning", f"node '{name}': OS definition problem: {problem}"))
+        for inst_name, seen in report.get("instances", {}).items():
+            running_on.setdefault(inst_name, []).append(name)
+            inst = by_name.get(inst_name)
+            if inst is None:
+                out.append(Finding("error", f"node '{name}': QEMU for unknown instance '{inst_name}' "
+                                            f"is running (pid {seen.get('pid')})"))
+            elif inst["primary_node"] != name:
+                out.append(Finding("error", f"instance '{inst_name}' runs on node '{name}' but its "
+                                            f"primary is '{inst['primary_node']}'"))
+        for vol in report.get("volumes", []):
+            inst = by_name.get(vol["instance"])
+            if inst is None or inst["primary_node"] != name:
+                out.append(Finding("warning", f"node '{name}': orphan disk {vol['path']} "
+                                              f"(no instance '{vol['instance']}' here)"))
+    for inst in instances:
+        row = instance_row(inst, reports, now)
+        if row["status"] == "error":
+            out.append(Finding("error", f"instance '{inst['name']}': {row['reason']} "
+                                        f"on node '{inst['primary_node']}'"))
+        elif row["status"] == "error-up":
+            out.append(Finding("warning", f"instance '{inst['name']}': {row['reason']}"))
+        if len(running_on.get(inst["name"], [])) > 1:
+            out.append(Finding("error", f"instance '{inst['name']}' runs on several nodes: "
+                                        f"{', '.join(running_on[inst['name']])}"))
+    for job in jobs:
+        if job["status"] == "running" and now - (job.get("started") or now) > JOB_STUCK_AFTER_S:
+            out.append(Finding("warning", f"job {job['id']} ({job['summary']}) has been running for "
+                                          f"{(now - job['started']) / 60:.0f} min"))
+    return out

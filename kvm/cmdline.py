@@ -1,0 +1,334 @@
+"""The QEMU command line of an instance, built as a pure function.
+
+Nothing here touches the system: ``build_argv`` turns an instance's
+description and its runtime paths into an argv list, so every
+parameter combination is tested without starting QEMU. The choices
+that matter operationally:
+
+- QEMU daemonizes with a pidfile, so it outlives the agent that started it;
+  the agent finds it again from the pidfile and the QMP socket.
+- The serial console is a unix socket chardev that also writes a log file,
+  so boot output is kept even when nobody is attached.
+- Without a VGA device the machine runs with ``graphics=off``, which makes
+  SeaBIOS print its messages ("No bootable device.") on the serial console.
+- A pvpanic device plus ``-action panic=pause`` keeps a panicked guest in
+  QMP status ``guest-panicked`` instead of exiting, so it is seen and reported.
+"""
+
+import re
+import uuid as uuidlib
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from kvm.hvparams import HvParams
+
+DISK_FORMATS = ("raw", "qcow2")
+DISK_MEDIA = ("disk", "cdrom")
+NIC_MODES = ("user", "bridged")
+MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the final NUL
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000": "e1000", "rtl8139": "rtl8139"}
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One disk image; ``media`` 'cdrom' attaches it read-only as a CD-ROM."""
+
+    path: str
+    format: str
+    media: str = "disk"
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    """One network card; ``tap`` names the host tap device when bridged."""
+
+    mac: str
+    mode: str
+    tap: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything QEMU needs to run one instance on this node."""
+
+    name: str
+    uuid: str
+    memory_mib: int
+    vcpus: int
+    hv: HvParams
+    disks: tuple[DiskSpec, ...]
+    nics: tuple[NicSpec, ...]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one instance's runtime files live (the console log may persist)."""
+
+    pidfile: str
+    qmp_socket: str
+    console_socket: str
+    console_log: str
+
+    @property
+    def instance_dir(self) -> str:
+        """Directory holding the pidfile and sockets, removed on cleanup."""
+        return str(PurePosixPath(self.pidfile).parent)
+
+
+class SpecError(ValueError):
+    """An instance cannot be described to QEMU; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid instance: " + "; ".join(self.problems))
+
+
+def check_instance_name(name: str) -> str:
+    """Return a problem with ``name`` or "" (names become paths and QEMU options)."""
+    if _NAME_RE.match(name):
+        return ""
+    return (
+        f"instance name {name!r} must be 1-63 characters of letters, digits, '.', '_' "
+        "or '-', starting with a letter or digit"
+    )
+
+
+def run_paths(run_dir: str, name: str, log_dir: str | None = None) -> RunPaths:
+    """Runtime files in <run_dir>/instances/<name>/; the log in ``log_dir`` if given.
+
+    Keep ``log_dir`` on persistent storage so a console log survives a reboot
+    of the node, while the run directory may be a tmpfs.
+    """
+    problem = check_instance_name(name)
+    if problem:
+        raise SpecError([problem])
+    base = PurePosixPath(run_dir) / "instances" / name
+    log = PurePosixPath(log_dir) / f"{name}.console.log" if log_dir else base / "console.log"
+    return RunPaths(
+        pidfile=str(base / "qemu.pid"),
+        qmp_socket=str(base / "qmp.sock"),
+        console_socket=str(base / "console.sock"),
+        console_log=str(log),
+    )
+
+
+def check_spec(spec: InstanceSpec, paths: RunPaths) -> list[str]:
+    """Every reason QEMU could not be given this instance, or an empty list."""
+    name_problem = check_instance_name(spec.name)
+    problems = [name_problem] if name_problem else []
+    try:
+        uuidlib.UUID(spec.uuid)
+    except ValueError:
+        problems.append(f"instance uuid {spec.uuid!r} is not a UUID")
+    if spec.memory_mib < 16:
+        problems.append(f"memory_mib {spec.memory_mib} is too small (at least 16)")
+    if spec.vcpus < 1:
+        problems.append(f"vcpus {spec.vcpus} must be at least 1")
+    for index, disk in enumerate(spec.disks):
+        if disk.format not in DISK_FORMATS:
+            problems.append(
+                f"disk {index}: format {disk.format!r} is not one of {', '.join(DISK_FORMATS)}"
+            )
+        if disk.media not in DISK_MEDIA:
+            problems.append(
+                f"disk {index}: media {disk.media!r} is not one of {', '.join(DISK_MEDIA)}"
+            )
+        if not disk.path.startswith("/"):
+            problems.append(f"disk {index}: path {disk.path!r} must be absolute")
+    ide_devices = _count_ide_devices(spec)
+    ide_limit = 6 if "q35" in spec.hv.machine else 4
+    if ide_devices > ide_limit:
+        problems.append(
+            f"{ide_devices} IDE devices (CD-ROMs count) exceed the {ide_limit} machine "
+            f"{spec.hv.machine!r} has; use disk_bus virtio or scsi"
+        )
+    for index, nic in enumerate(spec.nics):
+        problems += _check_nic(index, nic)
+    for label, path in (("QMP socket", paths.qmp_socket), ("console socket", paths.console_socket)):
+        if len(path.encode()) > MAX_UNIX_SOCKET_PATH:
+            problems.append(
+                f"{label} path {path!r} is longer than {MAX_UNIX_SOCKET_PATH} bytes; "
+                "use a shorter run directory"
+            )
+    return problems
+
+
+def build_argv(
+    spec: InstanceSpec, paths: RunPaths, qemu_binary: str = "qemu-system-x86_64"
+) -> list[str]:
+    """The full argv of a daemonized QEMU for ``spec``; raises SpecError."""
+    problems = check_spec(spec, paths)
+    if problems:
+        raise SpecError(problems)
+    hv = spec.hv
+    argv = [
+        qemu_binary,
+        "-name", f"guest={_opt(spec.name)},process=corral-{_opt(spec.name)}",
+        "-uuid", spec.uuid,
+        "-nodefaults",
+        "-no-user-config",
+        "-msg", "timestamp=on",
+        "-accel", hv.accel,
+        "-machine", _machine(hv),
+        "-cpu", hv.cpu_model,
+        "-m", str(spec.memory_mib),
+        "-smp", str(spec.vcpus),
+        "-chardev", f"socket,id=qmp,path={_opt(paths.qmp_socket)},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
+        "-display", "none",
+        "-device", "pvpanic",
+        "-action", "panic=pause",
+        "-daemonize",
+        "-pidfile", paths.pidfile,
+    ]
+    argv += _serial(hv, paths)
+    argv += _vnc(hv)
+    argv += _kernel(hv)
+    argv += _devices(spec)
+    return argv
+
+
+def _count_ide_devices(spec: InstanceSpec) -> int:
+    """CD-ROMs use IDE unless the disks are on SCSI; disks too with disk_bus ide."""
+    if spec.hv.disk_bus == "scsi":
+        return 0
+    return sum(1 for d in spec.disks if d.media == "cdrom" or spec.hv.disk_bus == "ide")
+
+
+def _check_nic(index: int, nic: NicSpec) -> list[str]:
+    problems = []
+    if not _MAC_RE.match(nic.mac):
+        problems.append(f"nic {index}: mac {nic.mac!r} is not like 52:54:00:12:34:56 (lower case)")
+    if nic.mode not in NIC_MODES:
+        problems.append(f"nic {index}: mode {nic.mode!r} is not one of {', '.join(NIC_MODES)}")
+    if nic.mode == "bridged" and not _IFNAME_RE.match(nic.tap):
+        problems.append(
+            f"nic {index}: bridged mode needs a tap interface name of 1-15 characters, "
+            f"got {nic.tap!r}"
+        )
+    return problems
+
+
+def _opt(value: str) -> str:
+    """Escape a value inside a QEMU option list, where ',,' is a literal comma."""
+    return value.replace(",", ",,")
+
+
+def _machine(hv: HvParams) -> str:
+    if hv.vnc == "off":
+        return f"{hv.machine},graphics=off"
+    return hv.machine
+
+
+def _serial(hv: HvParams, paths: RunPaths) -> list[str]:
+    if not hv.serial_console:
+        return []
+    chardev = (
+        f"socket,id=serial0,path={_opt(paths.console_socket)},server=on,wait=off,"
+        f"logfile={_opt(paths.console_log)},logappend=on"
+    )
+    return ["-chardev", chardev, "-serial", "chardev:serial0"]
+
+
+def _vnc(hv: HvParams) -> list[str]:
+    """VNC on loopback only, first free display of 0..99 (ports 5900-5999)."""
+    if hv.vnc != "localhost":
+        return []
+    return [
+        "-vnc", "127.0.0.1:0,to=99",
+        "-device", "VGA",
+        "-device", "qemu-xhci,id=usb",
+        "-device", "usb-tablet,bus=usb.0",
+    ]
+
+
+def _kernel(hv: HvParams) -> list[str]:
+    if not hv.kernel_path:
+        return []
+    argv = ["-kernel", hv.kernel_path]
+    if hv.initrd_path:
+        argv += ["-initrd", hv.initrd_path]
+    args = hv.kernel_args.split()
+    if hv.serial_console and not any(a.split(",")[0] == "console=ttyS0" for a in args):
+        args.append("console=ttyS0")
+    if args:
+        argv += ["-append", " ".join(args)]
+    return argv
+
+
+def _devices(spec: InstanceSpec) -> list[str]:
+    """Disks and NICs, with boot indexes in the order ``hv.boot`` asks for."""
+    hard = [(i, d) for i, d in enumerate(spec.disks) if d.media == "disk"]
+    cdroms = [(i, d) for i, d in enumerate(spec.disks) if d.media == "cdrom"]
+    nics = list(enumerate(spec.nics))
+    groups = {"disk": len(hard), "cdrom": len(cdroms), "network": len(nics)}
+    order = [spec.hv.boot] + [g for g in ("disk", "cdrom", "network") if g != spec.hv.boot]
+    first_index: dict[str, int] = {}
+    next_index = 1
+    for group in order:
+        first_index[group] = next_index
+        next_index += groups[group]
+
+    hv = spec.hv
+    argv: list[str] = []
+    if hv.disk_bus == "scsi" and spec.disks:
+        argv += ["-device", "virtio-scsi-pci,id=scsi0"]
+    ide_slots = iter(range(len(spec.disks)))
+    for n, (i, disk) in enumerate(hard):
+        slot = next(ide_slots) if hv.disk_bus == "ide" else -1
+        argv += _hard_disk(i, disk, hv, first_index["disk"] + n, slot)
+    for n, (i, disk) in enumerate(cdroms):
+        slot = next(ide_slots) if hv.disk_bus != "scsi" else -1
+        argv += _cdrom(i, disk, hv, first_index["cdrom"] + n, slot)
+    for n, (i, nic) in enumerate(nics):
+        argv += _nic(i, nic, hv, first_index["network"] + n)
+    return argv
+
+
+def _ide_address(machine: str, slot: int) -> str:
+    """q35's AHCI has six one-device buses; the PC's PIIX two buses of two."""
+    if "q35" in machine:
+        return f"bus=ide.{slot}"
+    return f"bus=ide.{slot // 2},unit={slot % 2}"
+
+
+def _hard_disk(
+    index: int, disk: DiskSpec, hv: HvParams, bootindex: int, ide_slot: int
+) -> list[str]:
+    drive = (
+        f"file={_opt(disk.path)},format={disk.format},if=none,id=disk{index},"
+        f"cache={hv.disk_cache},discard=unmap"
+    )
+    device = {
+        "virtio": f"virtio-blk-pci,drive=disk{index}",
+        "scsi": f"scsi-hd,bus=scsi0.0,drive=disk{index}",
+        "ide": f"ide-hd,{_ide_address(hv.machine, ide_slot)},drive=disk{index}",
+    }[hv.disk_bus]
+    return ["-drive", drive, "-device", f"{device},bootindex={bootindex}"]
+
+
+def _cdrom(
+    index: int, disk: DiskSpec, hv: HvParams, bootindex: int, ide_slot: int
+) -> list[str]:
+    """CD-ROMs go on SCSI when the disks do, else on IDE (virtio-blk has no CD)."""
+    drive = (
+        f"file={_opt(disk.path)},format={disk.format},if=none,id=disk{index},"
+        "media=cdrom,readonly=on"
+    )
+    if hv.disk_bus == "scsi":
+        device = f"scsi-cd,bus=scsi0.0,drive=disk{index}"
+    else:
+        device = f"ide-cd,{_ide_address(hv.machine, ide_slot)},drive=disk{index}"
+    return ["-drive", drive, "-device", f"{device},bootindex={bootindex}"]
+
+
+def _nic(index: int, nic: NicSpec, hv: HvParams, bootindex: int) -> list[str]:
+    if nic.mode == "bridged":
+        netdev = f"tap,id=net{index},ifname={nic.tap},script=no,downscript=no"
+    else:
+        netdev = f"user,id=net{index}"
+    device = f"{_NIC_DEVICES[hv.nic_model]},netdev=net{index},mac={nic.mac},bootindex={bootindex}"
+    return ["-netdev", netdev, "-device", device]

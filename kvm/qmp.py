@@ -1,0 +1,138 @@
+"""The one module that speaks QMP to a QEMU process.
+
+Connections are short-lived on purpose: a QEMU monitor socket serves one
+client at a time, so holding it open would block the CLI, a restarted
+agent or an operator's debugging session. Every call is bounded by the
+connection's timeout, and every ``qemu.qmp`` error becomes a ``QmpError``
+here, so callers handle exactly one exception type.
+"""
+
+import asyncio
+import logging
+from types import TracebackType
+from typing import Any, Self
+
+from qemu.qmp import ExecInterruptedError, QMPClient, QMPError
+
+log = logging.getLogger(__name__)
+
+
+class _DebugOnly(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Demotes qemu.qmp's own log lines to DEBUG.
+
+    It logs each failure at ERROR, but callers get a QmpError and decide
+    what the operator sees, so its lines are wire detail.
+    """
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().log(logging.DEBUG, msg, *args, **kwargs)
+
+
+class QmpError(Exception):
+    """A QMP exchange with the QEMU behind ``socket_path`` failed."""
+
+    def __init__(self, socket_path: str, reason: str) -> None:
+        self.socket_path = socket_path
+        self.reason = reason
+        super().__init__(f"QMP at {socket_path!r}: {reason}")
+
+
+class Qmp:
+    """One open QMP session; use ``async with await Qmp.connect(...)``."""
+
+    def __init__(self, client: QMPClient, socket_path: str, timeout_s: float) -> None:
+        self._client = client
+        self._socket_path = socket_path
+        self._timeout_s = timeout_s
+
+    @classmethod
+    async def connect(cls, socket_path: str, timeout_s: float = 5.0) -> "Qmp":
+        """Connect and negotiate capabilities within ``timeout_s``."""
+        client = QMPClient(f"qmp:{socket_path}")
+        client.logger = _DebugOnly(log, {})  # type: ignore[assignment]
+        try:
+            await asyncio.wait_for(client.connect(socket_path), timeout_s)
+        except (QMPError, OSError) as exc:
+            raise QmpError(socket_path, f"cannot connect: {_describe(exc)}") from exc
+        except TimeoutError as exc:
+            await _disconnect_quietly(client)
+            raise QmpError(
+                socket_path, f"no QMP greeting within {timeout_s:g} s (QEMU hung or busy)"
+            ) from exc
+        return cls(client, socket_path, timeout_s)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Disconnect; never raises, since the QEMU may already be gone."""
+        await _disconnect_quietly(self._client)
+
+    async def execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
+        """Run one QMP command and return its ``return`` value."""
+        log.debug("QMP %s <- %s %s", self._socket_path, command, arguments or "")
+        try:
+            result = await asyncio.wait_for(
+                self._client.execute(command, arguments), self._timeout_s
+            )
+        except QMPError as exc:
+            raise QmpError(self._socket_path, f"{command}: {_describe(exc)}") from exc
+        except TimeoutError as exc:
+            raise QmpError(
+                self._socket_path, f"{command}: no answer within {self._timeout_s:g} s"
+            ) from exc
+        log.debug("QMP %s -> %s", self._socket_path, result)
+        return result
+
+    async def status(self) -> str:
+        """QEMU's run state: running, paused, shutdown, guest-panicked, ..."""
+        result = await self.execute("query-status")
+        if not isinstance(result, dict) or not isinstance(result.get("status"), str):
+            raise QmpError(self._socket_path, f"query-status: unexpected answer {result!r}")
+        return result["status"]
+
+    async def powerdown(self) -> None:
+        """Press the ACPI power button; the guest decides whether to obey."""
+        await self.execute("system_powerdown")
+
+    async def reset(self) -> None:
+        """Hard reset, like the reset button: the guest gets no warning."""
+        await self.execute("system_reset")
+
+    async def quit(self) -> None:
+        """Make QEMU exit at once; losing the connection is the expected answer."""
+        try:
+            await self.execute("quit")
+        except QmpError as exc:
+            if not isinstance(exc.__cause__, (ExecInterruptedError, EOFError)):
+                raise
+
+    async def vnc_address(self) -> str | None:
+        """'127.0.0.1:5901' style address of the VNC server, or None without VNC."""
+        result = await self.execute("query-vnc")
+        if not isinstance(result, dict) or not result.get("enabled"):
+            return None
+        host, port = result.get("host"), result.get("service")
+        if not host or not port:
+            return None
+        return f"{host}:{port}"
+
+
+def _describe(exc: BaseException) -> str:
+    """qemu.qmp's messages already name the root cause; some are empty."""
+    return str(exc) or type(exc).__name__
+
+
+async def _disconnect_quietly(client: QMPClient) -> None:
+    try:
+        await asyncio.wait_for(client.disconnect(), 2.0)
+    except (QMPError, OSError, EOFError, TimeoutError) as exc:
+        log.debug("QMP disconnect: %s", _describe(exc))

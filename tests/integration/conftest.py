@@ -1,0 +1,183 @@
+"""Fixtures that run real Corral agents (real etcd, Serf, QEMU) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+GUEST_DIR = Path(os.environ.get("CORRAL_GUEST_DIR", "/var/cache/corral/guest"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
+    """Poll `predicate` until it returns something truthy; bounded in time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class AgentNode:
+    """One corral-agent process with its own dirs and ports."""
+
+    root: Path
+    name: str = "n1"
+    address: str = "127.0.0.1"
+    proc: subprocess.Popen | None = None
+    ports: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ports = {k: free_port() for k in ("api", "gossip", "serf_rpc", "etcd_client", "etcd_peer")}
+        (self.root / "images").mkdir(parents=True, exist_ok=True)
+        image = self.root / "images" / "busybox-guest.qcow2"
+        if not image.exists():
+            image.symlink_to(GUEST_DIR / "base.qcow2")
+        ports = "\n".join(f"{k} = {v}" for k, v in self.ports.items())
+        self.config.write_text(f"""[node]
+name = "{self.name}"
+address = "{self.address}"
+
+[ports]
+{ports}
+
+[paths]
+state_dir = "{self.root}/state"
+run_dir = "{self.root}/run"
+log_dir = "{self.root}/log"
+os_search_paths = ["{REPO}/packaging/os"]
+image_paths = ["{self.root}/images"]
+
+[agent]
+report_interval_s = 1.0
+master_lease_ttl_s = 5
+""")
+
+    @property
+    def config(self) -> Path:
+        return self.root / "agent.toml"
+
+    @property
+    def socket(self) -> str:
+        return str(self.root / "run" / "agent.sock")
+
+    def start(self) -> None:
+        log = open(self.root / "agent.log", "ab")
+        self.proc = subprocess.Popen([str(BIN / "corral-agent"), "--config", str(self.config)],
+                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        wait_for(lambda: self._answers(), 30, f"agent {self.name} to answer on its socket")
+
+    def wait_fresh_report(self, timeout_s: float = 30) -> None:
+        """Wait until the replica holds a node report made after this call began."""
+        since = time.time()
+
+        def fresh() -> bool:
+            rows = [n for n in self.json("node", "list") if n["name"] == self.name]
+            return bool(rows) and rows[0]["report_age_s"] is not None and \
+                rows[0]["report_age_s"] < time.time() - since
+        wait_for(fresh, timeout_s, f"a fresh report from node {self.name}")
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"agent exited with {self.proc.returncode}: {self.log_tail()}")
+        return self.corral("cluster", "info").returncode == 0
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join((self.root / "agent.log").read_text(errors="replace").splitlines()[-n:])
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def corral(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = {**os.environ, "CORRAL_SOCKET": self.socket}
+        return subprocess.run([str(BIN / "corral"), *args], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+
+    def ok(self, *args: str) -> str:
+        result = self.corral(*args)
+        assert result.returncode == 0, f"corral {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def json(self, *args: str):
+        return json.loads(self.ok(*args, "--json"))
+
+    def instance(self, name: str) -> dict:
+        return next(i for i in self.json("instance", "list") if i["name"] == name)
+
+    def console_log(self, instance: str) -> str:
+        logs = list((self.root / "log").rglob(f"*{instance}*console*")) + \
+            list((self.root / "log").rglob(f"{instance}*.log"))
+        return "".join(p.read_text(errors="replace") for p in logs if p.is_file())
+
+    def qemu_pids(self) -> list[int]:
+        pids = []
+        for pidfile in (self.root / "run").rglob("qemu.pid"):
+            try:
+                pids.append(int(pidfile.read_text().strip()))
+            except ValueError:
+                pass
+        return pids
+
+    def kill_qemus(self) -> None:
+        """Teardown: stop only the QEMUs this node started (by pidfile, checked by cmdline)."""
+        for pid in self.qemu_pids():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(self.root).encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def guest_dir() -> Path:
+    for name in ("vmlinuz", "initrd.img", "base.qcow2"):
+        if not (GUEST_DIR / name).exists():
+            raise AssertionError(f"test guest missing: {GUEST_DIR / name}; run `make guest`")
+    return GUEST_DIR
+
+
+@pytest.fixture(scope="module")
+def one_node(tmp_path_factory, guest_dir):
+    """A one-node cluster initialized with TCG guests and the test guest kernel as defaults."""
+    node = AgentNode(tmp_path_factory.mktemp("cluster"))
+    node.start()
+    try:
+        node.ok("cluster", "init", "--name", "t1", "--hv",
+                f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
+                "kernel_args=quiet,shutdown_timeout_s=30")
+        yield node
+    finally:
+        node.stop()
+        node.kill_qemus()

@@ -1,0 +1,128 @@
+"""QemuManager with a real Linux guest (kernel + busybox initramfs, TCG).
+
+The guest is built by packaging/guest/build-guest.sh into .cache/guest. Its
+init counts boots on its qcow2 disk, prints CORRAL-GUEST-BOOTED count=N on
+the serial console and powers off on the ACPI power button; with
+corral.panic=1 it crashes the kernel after the marker.
+"""
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kvm.cmdline import DiskSpec, InstanceSpec
+from kvm.hvparams import HvParams
+from kvm.process import QemuManager
+
+GUEST_DIR = Path(os.environ.get("CORRAL_TEST_GUEST_DIR",
+                                Path(__file__).resolve().parents[2] / ".cache" / "guest"))
+GUEST_FILES = [GUEST_DIR / f for f in ("vmlinuz", "initrd.img", "base.qcow2")]
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not all(f.exists() for f in GUEST_FILES),
+                       reason=f"test guest not built in {GUEST_DIR} "
+                              "(run packaging/guest/build-guest.sh)"),
+]
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.1) -> bool:
+    """Bounded polling helper: True once predicate() holds, False at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    for _ in range(int(timeout_s / interval_s) + 1):
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval_s)
+    return bool(predicate())
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def wait_status(mgr: QemuManager, name: str, wanted: str, timeout_s: float) -> str:
+    """Poll QMP status (bounded) until it is ``wanted``; returns the last one seen."""
+    deadline = time.monotonic() + timeout_s
+    status = ""
+    for _ in range(int(timeout_s / 0.2) + 1):
+        status = await mgr.status(name)
+        if status == wanted or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+    return status
+
+
+@pytest.fixture
+def run_dir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="ckvm-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def manager(run_dir: str) -> AsyncIterator[QemuManager]:
+    """A manager whose QEMUs are SIGKILLed by pid at teardown if still running."""
+    mgr = QemuManager(run_dir, qmp_timeout_s=2.0)
+    yield mgr
+    for pid in mgr.discover().values():
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            continue
+        wait_until(lambda: is_gone(pid), 5)
+
+
+def guest_spec(run_dir: str, kernel_args: str) -> InstanceSpec:
+    overlay = f"{run_dir}/disk0.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(GUEST_DIR / "base.qcow2"),
+                    "-F", "qcow2", overlay], check=True, timeout=30)
+    hv = HvParams(accel="tcg", kernel_path=str(GUEST_DIR / "vmlinuz"),
+                  initrd_path=str(GUEST_DIR / "initrd.img"), kernel_args=kernel_args)
+    return InstanceSpec(name="guest1", uuid=str(uuid.uuid4()), memory_mib=256, vcpus=1, hv=hv,
+                        disks=(DiskSpec(overlay, "qcow2"),), nics=())
+
+
+def console_has(mgr: QemuManager, text: str) -> bool:
+    return any(text in line for line in mgr.console_log_tail("guest1", 200))
+
+
+async def test_guest_boots_from_its_disk_and_obeys_acpi_power_off(manager, run_dir):
+    pid = await manager.start(guest_spec(run_dir, "console=ttyS0"))
+    assert wait_until(lambda: console_has(manager, "CORRAL-GUEST-BOOTED count=1"), 60)
+    assert await manager.stop("guest1", timeout_s=30) == "acpi"
+    assert manager.find("guest1") is None
+    assert is_gone(pid)
+    assert console_has(manager, "CORRAL-GUEST-POWEROFF")
+    assert manager.discover() == {}
+
+
+async def test_reset_reboots_the_guest_which_keeps_its_disk(manager, run_dir):
+    await manager.start(guest_spec(run_dir, "console=ttyS0"))
+    assert wait_until(lambda: console_has(manager, "CORRAL-GUEST-BOOTED count=1"), 60)
+    await manager.reset("guest1")
+    assert wait_until(lambda: console_has(manager, "CORRAL-GUEST-BOOTED count=2"), 60)
+    assert await manager.stop("guest1", timeout_s=30) == "acpi"
+
+
+async def test_panicked_guest_is_reported_and_stopped_without_waiting_for_acpi(manager,
+                                                                               run_dir):
+    await manager.start(guest_spec(run_dir, "console=ttyS0 corral.panic=1"))
+    assert await wait_status(manager, "guest1", "guest-panicked", 60) == "guest-panicked"
+    began = time.monotonic()
+    assert await manager.stop("guest1", timeout_s=60) == "hard"
+    assert time.monotonic() - began < 15

@@ -1,0 +1,155 @@
+"""A one-node cluster with real etcd, Serf and QEMU (TCG) running the test guest.
+
+The tests run in file order against one cluster, like an operator's session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import AgentNode, wait_for
+
+pytestmark = pytest.mark.integration
+BOOT_TIMEOUT_S = 90
+
+
+def boots(node: AgentNode, name: str) -> list[int]:
+    return [int(n) for n in re.findall(r"CORRAL-GUEST-BOOTED count=(\d+)", node.console_log(name))]
+
+
+def wait_boot_count(node: AgentNode, name: str, count: int) -> None:
+    wait_for(lambda: count in boots(node, name), BOOT_TIMEOUT_S,
+             f"'{name}' to print CORRAL-GUEST-BOOTED count={count} (console so far: {boots(node, name)})")
+
+
+def test_cluster_init_makes_this_node_master(one_node):
+    info = one_node.json("cluster", "info")
+    assert info["name"] == "t1"
+    assert info["master"] == "n1"
+    nodes = one_node.json("node", "list")
+    assert [(n["name"], n["role"], n["status"]) for n in nodes] == [("n1", "master", "online")]
+    jobs = one_node.json("job", "list")
+    assert jobs[0]["op"] == "cluster.init" and jobs[0]["status"] == "success"
+
+
+def test_os_list_shows_image_and_script_os(one_node):
+    oses = {o["name"]: o["kind"] for o in one_node.json("os", "list")["os"]}
+    assert oses.get("busybox-guest") == "image"
+    assert oses.get("corral-guest") == "script"
+
+
+def test_instance_from_image_boots_and_prints_marker(one_node):
+    out = one_node.ok("instance", "add", "g1", "--os", "busybox-guest", "--memory", "256M",
+                      "--disk", "256M,format=qcow2")
+    assert "instance 'g1' is running on node 'n1'" in out
+    wait_boot_count(one_node, "g1", 1)
+    row = one_node.instance("g1")
+    assert (row["status"], row["primary_node"], row["disk_template"], row["memory"], row["vcpus"]) == \
+        ("running", "n1", "file", 256, 1)
+    assert row["secondary_node"] is None
+
+
+def test_stop_and_start_keeps_the_disk(one_node):
+    out = one_node.ok("instance", "stop", "g1")
+    assert "shut down cleanly (ACPI)" in out
+    wait_for(lambda: one_node.instance("g1")["status"] == "stopped", 15, "g1 to show stopped")
+    one_node.ok("instance", "start", "g1")
+    wait_boot_count(one_node, "g1", 2)
+
+
+def test_soft_and_hard_reboot_boot_again(one_node):
+    one_node.ok("instance", "reboot", "g1")
+    wait_boot_count(one_node, "g1", 3)
+    one_node.ok("instance", "reboot", "g1", "--type", "hard")
+    wait_boot_count(one_node, "g1", 4)
+
+
+def test_agent_killed_with_sigkill_finds_its_instance_again(one_node):
+    before = wait_for(lambda: one_node.instance("g1")["pid"], 15, "g1's pid in the node report")
+    one_node.kill9()
+    os.kill(before, 0)  # QEMU survived the agent
+    one_node.start()
+    one_node.wait_fresh_report()
+    assert one_node.instance("g1")["status"] == "running"
+    assert one_node.instance("g1")["pid"] == before
+    assert max(boots(one_node, "g1")) == 4  # not restarted
+
+
+def test_script_os_definition_installs_a_bootable_disk(one_node):
+    one_node.ok("instance", "add", "g2", "--os", "corral-guest", "--memory", "128M", "--disk", "128M")
+    wait_boot_count(one_node, "g2", 1)
+    os_logs = list((one_node.root / "log" / "os").glob("add-corral-guest-g2-*.log"))
+    assert os_logs, "the OS create script's log is kept"
+
+
+def test_remove_deletes_disk_pidfile_and_process(one_node):
+    pid = one_node.instance("g2")["pid"]
+    disk_dir = one_node.root / "state" / "file-storage" / "g2"
+    assert disk_dir.exists()
+    one_node.ok("instance", "remove", "g2")
+    assert not disk_dir.exists()
+    assert not list((one_node.root / "run").rglob("g2/qemu.pid"))
+    assert not Path(f"/proc/{pid}").exists() or b"g2" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert "g2" not in [i["name"] for i in one_node.json("instance", "list")]
+
+
+def _refused(node: AgentNode, args: list[str], message: str) -> None:
+    jobs_before = len(node.json("job", "list"))
+    instances_before = sorted(i["name"] for i in node.json("instance", "list"))
+    result = node.corral(*args)
+    assert result.returncode != 0, result.stdout
+    assert message in result.stderr, result.stderr
+    assert sorted(i["name"] for i in node.json("instance", "list")) == instances_before
+    assert len(node.json("job", "list")) == jobs_before  # refused before any job existed
+
+
+@pytest.mark.parametrize("args,message", [
+    (["instance", "add", "g1", "--os", "busybox-guest"], "an instance named 'g1' already exists"),
+    (["instance", "add", "g3", "--os", "nosuch"], "OS 'nosuch' is not available on node 'n1' (available: "),
+    (["instance", "add", "g3", "--os", "busybox-guest", "--disk", "12Q"], "'12Q' is not a size"),
+    (["instance", "add", "g3", "--os", "busybox-guest", "--memory", "64T"], "is more than node 'n1' has"),
+    (["instance", "add", "g3", "--os", "busybox-guest", "--hv", "accel=xen"], "'xen'"),
+    (["instance", "start", "g1"], "instance 'g1' is already running on node 'n1'"),
+    (["instance", "remove", "nosuch"], "no instance named 'nosuch'"),
+])
+def test_bad_input_is_refused_clearly_and_leaves_nothing(one_node, args, message):
+    _refused(one_node, args, message)
+    assert not (one_node.root / "state" / "file-storage" / "g3").exists()
+
+
+def test_malformed_agent_config_is_refused_with_every_problem(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "agent.toml"
+    bad.write_text('[node]\nname = "Bad Name"\n[ports]\napi = "x"\n')
+    result = subprocess.run([str(Path(sys.executable).parent / "corral-agent"), "--config", str(bad)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "'Bad Name' is not a valid node name" in result.stderr
+    assert "missing required key 'address' in [node]" in result.stderr
+    assert "ports.api: expected an integer" in result.stderr
+
+
+def test_cluster_verify_is_clean_then_reports_an_instance_that_died(one_node):
+    result = one_node.corral("cluster", "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    pid = one_node.instance("g1")["pid"]
+    os.kill(pid, 9)  # QEMU dies behind the agent's back
+    wait_for(lambda: one_node.instance("g1")["status"] == "error", 20, "g1 to show error")
+    result = one_node.corral("cluster", "verify")
+    assert result.returncode == 1
+    assert "instance 'g1': marked up but not running on node 'n1'" in result.stdout
+
+
+def test_job_info_and_submit(one_node):
+    job_id = one_node.ok("instance", "stop", "g1", "--submit").strip()
+    assert job_id.isdigit()
+    watched = one_node.corral("job", "watch", job_id)
+    assert watched.returncode == 0
+    job = one_node.json("job", "info", job_id)
+    assert job["status"] == "success" and job["op"] == "instance.stop"
+    assert any("stopping instance 'g1'" in line for _, line in job["log"])

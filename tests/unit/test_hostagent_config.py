@@ -1,0 +1,50 @@
+import pytest
+
+from hostagent.config import ConfigError, load_config, parse_config
+
+
+def test_minimal_config_gets_defaults(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text('[node]\nname = "n1"\naddress = "127.0.0.2"\n')
+    cfg = load_config(str(path))
+    assert (cfg.node_name, cfg.address, cfg.api_port) == ("n1", "127.0.0.2", 7947)
+    assert cfg.socket == "/run/corral/agent.sock"
+    assert cfg.file_storage == "/var/lib/corral/file-storage"
+
+
+def test_every_problem_is_reported_at_once():
+    raw = {"node": {"name": "N_1", "address": "not-an-ip"},
+           "ports": {"api": 70000, "gossip": "x"},
+           "paths": {"state_dir": "relative"},
+           "bogus": {}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, "agent.toml")
+    text = str(err.value)
+    assert "'N_1' is not a valid node name" in text
+    assert "'not-an-ip' is not an IP address" in text
+    assert "api = 70000 is not a TCP port" in text
+    assert "ports.gossip: expected an integer" in text
+    assert "'relative' must be an absolute path" in text
+    assert "unknown section [bogus]" in text
+    assert len(err.value.problems) == 6
+
+
+def test_port_clash_with_a_default_is_refused():
+    with pytest.raises(ConfigError, match="etcd_client and api both use port 2379"):
+        parse_config({"node": {"name": "n1", "address": "127.0.0.1"}, "ports": {"api": 2379}})
+
+
+def test_malformed_toml_and_missing_file_are_clear(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node\nname=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(str(tmp_path / "missing.toml"))
+
+
+def test_missing_required_keys_are_named():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"ports": {"api": 8000}})
+    assert "missing required key 'name' in [node]" in str(err.value)
+    assert "missing required key 'address' in [node]" in str(err.value)
