@@ -32,7 +32,7 @@ BOOTED = re.compile(r"^CORRAL-GUEST-BOOTED count=(\d+)\r?$", re.MULTILINE)
 
 
 def guest_dir() -> Path:
-    return Path(os.environ.get("CORRAL_GUEST_DIR") or REPO / ".cache" / "guest")
+    return Path(os.environ.get("CORRAL_GUEST_DIR") or "/var/cache/corral/guest")
 
 
 def run_build() -> subprocess.CompletedProcess[str]:

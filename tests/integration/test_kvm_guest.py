@@ -1,6 +1,6 @@
 """QemuManager with a real Linux guest (kernel + busybox initramfs, TCG).
 
-The guest is built by packaging/guest/build-guest.sh into .cache/guest. Its
+The guest is built by packaging/guest/build-guest.sh (`make guest`) into $CORRAL_GUEST_DIR. Its
 init counts boots on its qcow2 disk, prints CORRAL-GUEST-BOOTED count=N on
 the serial console and powers off on the ACPI power button; with
 corral.panic=1 it crashes the kernel after the marker.
@@ -23,17 +23,9 @@ from kvm.cmdline import DiskSpec, InstanceSpec
 from kvm.hvparams import HvParams
 from kvm.process import QemuManager
 
-GUEST_DIR = Path(os.environ.get("CORRAL_TEST_GUEST_DIR",
-                                Path(__file__).resolve().parents[2] / ".cache" / "guest"))
-GUEST_FILES = [GUEST_DIR / f for f in ("vmlinuz", "initrd.img", "base.qcow2")]
+GUEST_DIR = Path(os.environ.get("CORRAL_GUEST_DIR", "/var/cache/corral/guest"))
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(not all(f.exists() for f in GUEST_FILES),
-                       reason=f"test guest not built in {GUEST_DIR} "
-                              "(run packaging/guest/build-guest.sh)"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.1) -> bool:

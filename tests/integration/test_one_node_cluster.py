@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import AgentNode, wait_for
+from conftest import BIN, AgentNode, wait_for
 
 pytestmark = pytest.mark.integration
 BOOT_TIMEOUT_S = 90
@@ -66,6 +69,31 @@ def test_soft_and_hard_reboot_boot_again(one_node):
     wait_boot_count(one_node, "g1", 3)
     one_node.ok("instance", "reboot", "g1", "--type", "hard")
     wait_boot_count(one_node, "g1", 4)
+
+
+def test_console_reaches_the_guest_shell(one_node):
+    """`corral instance console` relays keystrokes to the guest and its answer back; Ctrl-] detaches."""
+    proc = subprocess.Popen([str(BIN / "corral"), "instance", "console", "g1"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "CORRAL_SOCKET": one_node.socket})
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"hi-42" not in seen and time.monotonic() < deadline:
+            proc.stdin.write(b"echo hi-$((6*7))\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if ready:
+                seen += os.read(proc.stdout.fileno(), 4096)
+        proc.stdin.write(b"\x1d")
+        proc.stdin.flush()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert b"hi-42" in seen
+    assert one_node.instance("g1")["status"] == "running"
 
 
 def test_agent_killed_with_sigkill_finds_its_instance_again(one_node):

@@ -1,0 +1,20 @@
+from hostagent.api import build_app
+from hostagent.openapi import PATHS, openapi_document
+
+
+def test_openapi_document_lists_exactly_the_served_routes():
+    app = build_app(agent=None, node_site=True)  # routes only; no handler runs
+    served = {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
+    documented = {(method, path) for path, ops in PATHS.items() for method in ops}
+    assert served == documented
+
+
+def test_openapi_document_is_versioned_and_every_path_is_v1():
+    doc = openapi_document()
+    assert doc["openapi"].startswith("3.")
+    assert all(path.startswith("/v1/") for path in doc["paths"])
+
+
+def test_the_local_socket_app_does_not_take_node_orders():
+    app = build_app(agent=None, node_site=False)
+    assert "/v1/node/orders" not in {r.resource.canonical for r in app.router.routes()}
