@@ -23,6 +23,7 @@ from hostagent.orders import NodeClient, OrderFailed
 from hostagent.status import instance_status
 from hostagent.units import SizeError, format_mib, parse_mib
 
+MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 DISK_TEMPLATES = ("file",)
 DISK_FORMATS = ("raw", "qcow2")
@@ -137,7 +138,10 @@ class Operations:
                 problems.append(f"nic {i}: mode {mode!r} is not one of {', '.join(NIC_MODES)}")
             if mode == "bridged" and not nic.get("bridge"):
                 problems.append(f"nic {i}: mode bridged needs a bridge, e.g. --net mode=bridged,bridge=br0")
-            nics.append(model.Nic(mac=nic.get("mac", ""), mode=mode, bridge=nic.get("bridge", "")))
+            mac = str(nic.get("mac", "")).lower()
+            if mac and not (MAC_RE.match(mac) and int(mac[:2], 16) % 2 == 0):
+                problems.append(f"nic {i}: {mac!r} is not a unicast MAC address (e.g. 52:54:00:12:34:56)")
+            nics.append(model.Nic(mac=mac, mode=mode, bridge=nic.get("bridge", "")))
         cluster_hv = await self.cluster_hv()
         try:
             parse_hvparams(req.get("hvparams", {}), parse_hvparams(cluster_hv))
@@ -167,9 +171,9 @@ class Operations:
         for nic in nics:
             if not nic.mac:
                 nic.mac = self._new_mac(macs)
-            elif nic.mac.lower() in macs:
+            elif nic.mac in macs:
                 raise Conflict(f"MAC address {nic.mac} is already used by another instance")
-            macs.add(nic.mac.lower())
+            macs.add(nic.mac)
         now = time.time()
         inst = model.Instance(name=name, uuid=str(uuid.uuid4()), os=str(req["os"]), disk_template=template,
                               memory_mib=memory, vcpus=vcpus, primary_node=node_name, disks=disks, nics=nics,
@@ -235,9 +239,12 @@ class Operations:
         disks = ", ".join(f"disk {d['index']} {format_mib(d['size_mib'])} {d['format']}" for d in inst["disks"])
         await ctx.log(f"creating instance '{name}' on node '{node}': {disks}, OS '{inst['os']}'")
         started = time.monotonic()
+        steps = 2 if args["start"] else 1
+        await ctx.progress(0, steps, "creating disks and installing the OS", started)
         try:
             result = await self._order(node, "instance.create", {"instance": inst, "hvparams": hv})
             await ctx.log(f"disks of '{name}' created and OS installed in {time.monotonic() - started:.1f} s")
+            await ctx.progress(1, steps, "disks ready", started)
             inst["admin_state"] = "up" if args["start"] else "down"
             await self._write([Op.put(model.instance_key(name), model.dumps(inst))])
         except JobFailed:

@@ -149,6 +149,12 @@ def test_bad_input_is_refused_clearly_and_leaves_nothing(one_node, args, message
     assert not (one_node.root / "state" / "file-storage" / "g3").exists()
 
 
+def test_mac_addresses_are_unique_in_the_cluster(one_node):
+    used = one_node.instance("g1")["nics"][0]["mac"]
+    _refused(one_node, ["instance", "add", "g3", "--os", "busybox-guest", "--net", f"mode=user,mac={used}"],
+             f"MAC address {used} is already used by another instance")
+
+
 def test_malformed_agent_config_is_refused_with_every_problem(tmp_path):
     import subprocess
     import sys
