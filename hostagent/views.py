@@ -70,7 +70,7 @@ def verify(nodes: list[dict[str, Any]], instances: list[dict[str, Any]],
         name = node["name"]
         report = reports.get(name)
         age = report_age_s(report, now)
-        if age is None:
+        if report is None or age is None:
             out.append(Finding("error", f"node '{name}': has never reported"))
             continue
         if age > REPORT_STALE_AFTER_S:

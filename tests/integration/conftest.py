@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +36,25 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.1) -> bool:
+    """Bounded polling helper: True once predicate() holds, False at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    for _ in range(int(timeout_s / interval_s) + 1):
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval_s)
+    return bool(predicate())
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @dataclass

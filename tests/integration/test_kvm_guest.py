@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import is_gone, wait_until
+
 from kvm.cmdline import DiskSpec, InstanceSpec
 from kvm.hvparams import HvParams
 from kvm.process import QemuManager
@@ -28,23 +30,6 @@ GUEST_DIR = Path(os.environ.get("CORRAL_GUEST_DIR", "/var/cache/corral/guest"))
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.1) -> bool:
-    """Bounded polling helper: True once predicate() holds, False at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    for _ in range(int(timeout_s / interval_s) + 1):
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval_s)
-    return bool(predicate())
-
-
-def is_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 async def wait_status(mgr: QemuManager, name: str, wanted: str, timeout_s: float) -> str:

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Iterator
 import psutil
 import pytest
 
+from conftest import is_gone, wait_until
+
 from kvm.cmdline import DiskSpec, InstanceSpec, NicSpec
 from kvm.console import ConsoleError, attach
 from kvm.hvparams import HvParams
@@ -33,23 +35,6 @@ def bare_spec(name: str, **hv_fields: object) -> InstanceSpec:
                         disks=(), nics=())
 
 
-def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
-    """Bounded polling helper: True once predicate() holds, False at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    for _ in range(int(timeout_s / interval_s) + 1):
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval_s)
-    return bool(predicate())
-
-
-def is_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.fixture
