@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 DEFAULT_SOCKET = "/run/corral/agent.sock"
+EXIT_UNREACHABLE = 3
 
 
 class AgentUnreachable(Exception):

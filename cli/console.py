@@ -14,6 +14,8 @@ import tty
 
 import aiohttp
 
+from cli.client import EXIT_UNREACHABLE, AgentUnreachable
+
 ESCAPE = b"\x1d"  # Ctrl-]
 
 
@@ -22,6 +24,9 @@ async def _bridge(socket_path: str, name: str) -> int:
     async with aiohttp.ClientSession(connector=connector) as session:
         try:
             ws = await session.ws_connect(f"http://localhost/v1/instances/{name}/console")
+        except aiohttp.ClientConnectionError as exc:
+            print(f"error: {AgentUnreachable(socket_path, str(exc))}", file=sys.stderr)
+            return EXIT_UNREACHABLE
         except aiohttp.WSServerHandshakeError as exc:
             async with session.get(f"http://localhost/v1/instances/{name}/console") as resp:
                 data = await resp.json(content_type=None) if resp.content_type == "application/json" else {}

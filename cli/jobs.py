@@ -10,6 +10,7 @@ from cli.client import AgentClient, ApiError
 from cli.render import clock, duration
 
 POLL_S = 0.2
+APPEAR_S = 5.0
 EXIT_JOB_FAILED = 1
 
 
@@ -19,14 +20,15 @@ def watch(client: AgentClient, job_id: int, timeout_s: float, quiet: bool = Fals
     progress_len = 0
     tty = sys.stderr.isatty()
     deadline = time.monotonic() + timeout_s
+    appear_by = time.monotonic() + APPEAR_S
     try:
         while True:
             try:
                 job = client.get(f"/v1/jobs/{job_id}")["data"]
             except ApiError as exc:
-                if exc.status != 404 or time.monotonic() > deadline:
+                if exc.status != 404 or time.monotonic() > appear_by:
                     raise
-                job = None
+                job = None  # submitted on another node: give the replica a moment
             if job is not None:
                 for t, line in job["log"][shown:]:
                     if progress_len:

@@ -14,12 +14,11 @@ from typing import Any
 from urllib.parse import quote
 
 from cli import jobs
-from cli.client import AgentClient, AgentUnreachable, ApiError, socket_path
+from cli.client import EXIT_UNREACHABLE, AgentClient, AgentUnreachable, ApiError, socket_path
 from cli.render import mib, table, warn_if_stale, when
 from hostagent.units import SizeError, parse_mib
 
 EXIT_BAD_INPUT = 2
-EXIT_UNREACHABLE = 3
 
 
 class UsageError(Exception):
@@ -212,6 +211,11 @@ class Cli:
                 print(f"  {when(t)} {line}")
         return self.out(self.client.get(f"/v1/jobs/{self.args.id}"), human)
 
+    def job_cancel(self) -> int:
+        self.client.post(f"/v1/jobs/{self.args.id}/cancel")
+        print(f"job {self.args.id} canceled")
+        return 0
+
     def job_watch(self) -> int:
         job = jobs.watch(self.client, self.args.id, self.args.timeout, quiet=self.args.json)
         if self.args.json:
@@ -287,8 +291,9 @@ def _parser() -> argparse.ArgumentParser:
 
     j = group("job", "jobs (every change is one)")
     j.add_parser("list", help="all jobs", parents=[common])
-    for name in ("info", "watch"):
-        s = j.add_parser(name, help=f"{name} one job", parents=[common] + ([jobopts] if name == "watch" else []))
+    for name, help_ in (("info", "one job with its log"), ("watch", "follow a job until it ends"),
+                        ("cancel", "cancel a job that has not started")):
+        s = j.add_parser(name, help=help_, parents=[common] + ([jobopts] if name == "watch" else []))
         s.add_argument("id", type=int)
     o = group("os", "operating system definitions and images")
     o.add_parser("list", help="OS definitions and images on this node", parents=[common])
@@ -310,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         ("instance", "reboot"): lambda: cli.instance_action("reboot"),
         ("instance", "remove"): cli.instance_remove, ("instance", "console"): cli.instance_console,
         ("job", "list"): cli.job_list, ("job", "info"): cli.job_info, ("job", "watch"): cli.job_watch,
+        ("job", "cancel"): cli.job_cancel,
         ("os", "list"): cli.os_list,
     }
     try:

@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from election.etcd import EtcdClient, EtcdError
@@ -73,7 +75,9 @@ class Agent:
         self.notifier = notifier or Notifier()
         self.pki = pki.PkiPaths(cfg.pki_dir)
         for path in (cfg.state_dir, cfg.run_dir, cfg.log_dir, cfg.file_storage):
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        for path in (cfg.state_dir, cfg.log_dir):
+            os.chmod(path, 0o700)  # job arguments and OS logs may hold secrets
         self._lock_fd = _lock_node(cfg.state_dir)
         self.replica = Replica(os.path.join(cfg.state_dir, "config.db"))
         self.qemu = QemuManager(cfg.run_dir, log_dir=os.path.join(cfg.log_dir, "console"),
@@ -92,7 +96,8 @@ class Agent:
         self._children: list[ChildSupervisor] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._init_lock = asyncio.Lock()
-        self.activated = asyncio.Event()
+        self._report_tasks: set[asyncio.Task[None]] = set()
+        self.node_site: Callable[[], Awaitable[None]] | None = None
         self.started_at = time.time()
 
     # ---- local state --------------------------------------------------------
@@ -152,45 +157,65 @@ class Agent:
         self.mirror = Mirror(self.etcd, self.replica, prefix=model.PREFIX)
         self.nodes = NodeClient(ssl_client)
         lease = MasterLease(self.etcd, key=model.MASTER_KEY, ttl_s=cfg.master_lease_ttl_s)
-        self.role = MasterRole(cfg.node_name, self.etcd, lease,
-                               handlers=lambda role: self.ops.handlers(),  # type: ignore[union-attr]
-                               lock_keys=lock_keys, on_change=self.notifier.status)
+        self.role = MasterRole(cfg.node_name, self.etcd, lease, lock_keys=lock_keys,
+                               on_change=self.notifier.status)
         self.ops = Operations(self.role, self.nodes)
+        self.role.handlers = self.ops.handlers()
+        if self.node_site is not None:
+            await self.node_site()  # orders, even the master's to itself, arrive here
         self._tasks += [asyncio.create_task(self.mirror.run(self.stop_event), name="mirror"),
                         asyncio.create_task(self.role.run(self.stop_event), name="master"),
                         asyncio.create_task(self._report_loop(), name="reporter")]
-        self.activated.set()
 
     def _tags(self) -> dict[str, str]:
         return {"api": f"{self.cfg.address}:{self.cfg.api_port}", "version": reporter.AGENT_VERSION}
 
     async def init_cluster(self, name: str, hvparams: dict[str, Any]) -> int:
-        """`corral cluster init`: secrets, a one-member etcd, the master lease, the cluster record."""
+        """`corral cluster init`: secrets, a one-member etcd, the master lease, the cluster record.
+
+        All or nothing: if any step fails, what was created is removed again so
+        that the operator can simply run the command again.
+        """
         async with self._init_lock:
-            if self.local_cluster() is not None:
-                raise FileExistsError(f"node '{self.cfg.node_name}' already belongs to cluster "
-                                      f"'{self.local_cluster()['name']}'")  # type: ignore[index]
-            pki.create_ca(self.pki, name)
-            pki.issue_node_cert(self.pki, self.cfg.node_name, self.cfg.address)
-            for secret, value in (("gossip.key", new_gossip_key()),
-                                  ("serf-rpc.key", secrets.token_urlsafe(24))):
-                fd = os.open(os.path.join(self.cfg.pki_dir, secret), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(value)
-            local = {"name": name, "joined": time.time(),
-                     "etcd_initial_cluster": f"{self.cfg.node_name}=https://{self.cfg.address}:{self.cfg.etcd_peer_port}",
-                     "etcd_cluster_state": "new"}
-            tmp = self._cluster_file + ".tmp"
-            with open(tmp, "w") as fh:
-                json.dump(local, fh)
-            os.replace(tmp, self._cluster_file)
-            log.info("initializing cluster '%s' on node '%s' (CA %s)", name, self.cfg.node_name,
-                     pki.ca_fingerprint(self.pki))
-            await self.activate()
-            assert self.role is not None and self.ops is not None
-            await asyncio.wait_for(self.role.became_master.wait(), timeout=30)
-            await self.report_now()
-            return await self.ops.submit_cluster_init(name, self.node_record(), hvparams)
+            local = self.local_cluster()
+            if local is not None:
+                raise FileExistsError(f"node '{self.cfg.node_name}' already belongs to cluster '{local['name']}'")
+            try:
+                return await self._init_cluster(name, hvparams)
+            except BaseException:
+                log.error("cluster init failed; removing what it created on node '%s'", self.cfg.node_name)
+                await self._deactivate()
+                for path in (self._cluster_file, self.cfg.pki_dir, os.path.join(self.cfg.state_dir, "etcd"),
+                             os.path.join(self.cfg.state_dir, "serf.snapshot")):
+                    if os.path.isdir(path):
+                        shutil.rmtree(path)
+                    elif os.path.exists(path):
+                        os.unlink(path)
+                self.replica.reset([], 0)
+                raise
+
+    async def _init_cluster(self, name: str, hvparams: dict[str, Any]) -> int:
+        pki.create_ca(self.pki, name)
+        pki.issue_node_cert(self.pki, self.cfg.node_name, self.cfg.address)
+        for secret, value in (("gossip.key", new_gossip_key()),
+                              ("serf-rpc.key", secrets.token_urlsafe(24))):
+            fd = os.open(os.path.join(self.cfg.pki_dir, secret), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(value)
+        local = {"name": name, "joined": time.time(),
+                 "etcd_initial_cluster": f"{self.cfg.node_name}=https://{self.cfg.address}:{self.cfg.etcd_peer_port}",
+                 "etcd_cluster_state": "new"}
+        tmp = self._cluster_file + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(local, fh)
+        os.replace(tmp, self._cluster_file)
+        log.info("initializing cluster '%s' on node '%s' (CA %s)", name, self.cfg.node_name,
+                 pki.ca_fingerprint(self.pki))
+        await self.activate()
+        assert self.role is not None and self.ops is not None
+        await asyncio.wait_for(self.role.became_master.wait(), timeout=30)
+        await self.report_now()
+        return await self.ops.submit_cluster_init(name, self.node_record(), hvparams)
 
     def node_record(self) -> dict[str, Any]:
         return {"name": self.cfg.node_name, "address": self.cfg.address, "api_port": self.cfg.api_port,
@@ -235,17 +260,31 @@ class Agent:
         finally:
             await rpc.close()
 
-    async def shutdown(self) -> None:
+    def schedule_report(self) -> None:
+        """Publish a report soon (after an order) without making the caller wait."""
+        task = asyncio.get_running_loop().create_task(self.report_now())
+        self._report_tasks.add(task)
+        task.add_done_callback(self._report_tasks.discard)
+
+    async def _deactivate(self) -> None:
+        """Stop the cluster side (tasks, etcd, serf); the local API stays up."""
         self.stop_event.set()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._report_tasks]:
             try:
                 await asyncio.wait_for(task, 15)
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
                 task.cancel()
+        self._tasks = []
         for child in reversed(self._children):
             await child.stop()
+        self._children = []
         if self.nodes is not None:
             await self.nodes.close()
         if self.etcd is not None:
             await self.etcd.close()
+        self.etcd = self.mirror = self.role = self.ops = self.nodes = None
+        self.stop_event = asyncio.Event()
+
+    async def shutdown(self) -> None:
+        await self._deactivate()
         self.replica.close()

@@ -17,30 +17,31 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from election.etcd import EtcdError
-from election.lease import FencingToken
+from election.lease import FencingToken, NotMaster
 from kvm.cmdline import run_paths
-from kvm.hvparams import HvParamError
+from kvm.hvparams import HvParamError, parse_hvparams
 from storage.base import StorageError
 from storage.osdef import OsDefinition
 
 from hostagent import model, views
 from hostagent.agent import Agent, NotInitialized
+from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.executor import OrderError
 from hostagent.fencing import StaleToken
-from hostagent.jobs import Conflict
 from hostagent.master import NoMaster
 from hostagent.openapi import openapi_document
-from hostagent.operations import BadRequest, NotFound
+from hostagent.operations import Operations
+from hostagent.status import REPORT_STALE_AFTER_S
 from hostagent.units import SizeError
 
 log = logging.getLogger(__name__)
 
-STALE_AFTER_S = 15.0
 _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (BadRequest, 400, "bad-request"), (SizeError, 400, "bad-request"), (HvParamError, 400, "bad-request"),
     (NotFound, 404, "not-found"), (Conflict, 409, "conflict"), (FileExistsError, 409, "conflict"),
     (StaleToken, 409, "stale-token"), (NoMaster, 503, "no-master"), (NotInitialized, 503, "not-initialized"),
-    (EtcdError, 503, "no-quorum"), (OrderError, 422, "order-failed"), (StorageError, 422, "storage"),
+    (NotMaster, 503, "no-master"), (EtcdError, 503, "no-quorum"), (TimeoutError, 503, "timeout"),
+    (OrderError, 422, "order-failed"), (StorageError, 422, "storage"),
 ]
 
 
@@ -74,12 +75,13 @@ class Api:
         age = None if not last else max(0.0, time.time() - last)
         return {"revision": self.agent.replica.applied_revision(),
                 "age_s": None if age is None else round(age, 1),
-                "stale": age is None or age > STALE_AFTER_S}
+                "stale": age is None or age > REPORT_STALE_AFTER_S}
 
     def _ok(self, data: Any, status: int = 200) -> web.Response:
         return web.json_response({"data": data, "replica": self._replica_info()}, status=status)
 
     def _all(self, prefix: str) -> list[Any]:
+        self._require_cluster()
         return [obj for _, obj in self.agent.replica.prefix_json(prefix)]
 
     def _reports(self) -> dict[str, dict[str, Any]]:
@@ -114,7 +116,7 @@ class Api:
             await asyncio.sleep(0.05)
         return self._ok({"job_id": job_id}, status=202)
 
-    async def _ops(self) -> Any:
+    async def _ops(self) -> Operations:
         """The master's operations; waits briefly while this node is (re)taking the master role."""
         self._require_cluster()
         role = self.agent.role
@@ -132,16 +134,20 @@ class Api:
     # ---- cluster -------------------------------------------------------------
     async def cluster_info(self, request: web.Request) -> web.Response:
         local = self.agent.local_cluster()
+        if local is None:
+            return self._ok({"name": None, "initialized": False, "master": None, "token": None,
+                             "this_node": self.agent.cfg.node_name, "this_node_is_master": False,
+                             "hvparams": {}, "candidates": [], "nodes": 0, "instances": 0})
         cluster = self.agent.replica.get_json(model.CLUSTER_KEY) or {}
-        master = self.agent.replica.get_json(model.MASTER_KEY)
         role = self.agent.role
+        token = role.token if role is not None and role.is_master else None
         return self._ok({
-            "name": cluster.get("name") or (local or {}).get("name"),
-            "initialized": local is not None,
+            "name": cluster.get("name") or local["name"],
+            "initialized": True,
             "master": self._master(),
-            "token": master.get("token") if isinstance(master, dict) else None,
+            "token": token.to_str() if token else None,
             "this_node": self.agent.cfg.node_name,
-            "this_node_is_master": bool(role and role.is_master),
+            "this_node_is_master": token is not None,
             "hvparams": cluster.get("hvparams", {}),
             "candidates": [n["name"] for n in self._all(model.NODES) if n.get("candidate")],
             "nodes": len(self._all(model.NODES)),
@@ -156,6 +162,7 @@ class Api:
         hv = body.get("hvparams", {})
         if not isinstance(hv, dict):
             raise BadRequest("hvparams must be an object of name: value")
+        parse_hvparams(hv)  # refuse bad defaults before anything is created
         job_id = await self.agent.init_cluster(name, hv)
         return await self._accepted(job_id)
 
@@ -234,7 +241,10 @@ class Api:
         path = run_paths(self.agent.cfg.run_dir, name).console_socket
         if self.agent.qemu.find(name) is None or not os.path.exists(path):
             raise Conflict(f"instance '{name}' is not running, so it has no console")
-        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except OSError as exc:
+            raise Conflict(f"the console of instance '{name}' does not answer ({exc.strerror or exc})") from None
         ws = web.WebSocketResponse()
         await ws.prepare(request)
 
@@ -286,11 +296,22 @@ class Api:
     # ---- node-to-node --------------------------------------------------------
     async def node_order(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        token = FencingToken.from_str(str(body.get("token", "")))
+        try:
+            token = FencingToken.from_str(str(body.get("token", "")))
+        except ValueError:
+            raise BadRequest(f"order token {body.get('token')!r} is not a fencing token") from None
         self.agent.tokens.admit(token)
         result = await self.agent.executor.handle(str(body.get("op", "")), body.get("args", {}))
-        asyncio.get_running_loop().create_task(self.agent.report_now())
+        self.agent.schedule_report()
         return web.json_response(result)
+
+    async def job_cancel(self, request: web.Request) -> web.Response:
+        raw = request.match_info["id"]
+        if not raw.isdigit():
+            raise BadRequest(f"job id {raw!r} is not a number")
+        runner = (await self._ops()).role.require()
+        await runner.cancel(int(raw))
+        return self._ok({"job_id": int(raw), "status": "canceled"})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
@@ -315,6 +336,7 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
     r.add_get("/v1/instances/{name}/console", api.instance_console)
     r.add_get("/v1/jobs", api.job_list)
     r.add_get("/v1/jobs/{id}", api.job_info)
+    r.add_post("/v1/jobs/{id}/cancel", api.job_cancel)
     r.add_get("/v1/os", api.os_list)
     if node_site:
         r.add_post("/v1/node/orders", api.node_order)

@@ -22,6 +22,14 @@ from storage.osdef import NicEnv, OsCatalog, lookup, split_os_name
 log = logging.getLogger(__name__)
 
 
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        return None
+
+
 class OrderError(Exception):
     """An order this node cannot carry out; the message is for the operator."""
 
@@ -54,11 +62,12 @@ class NodeExecutor:
 
     async def _op_create(self, args: dict[str, Any]) -> dict[str, Any]:
         inst = args["instance"]
+        marker = self._installed_marker(inst["name"])
         present = [d for d in inst["disks"]
                    if os.path.exists(self._files.path(inst["name"], d["index"], d["format"]))]
-        if len(present) == len(inst["disks"]):
-            return {"created": False}  # re-sent order: the disks are already there
-        for disk in present:  # an earlier attempt died half-way: start over
+        if _read(marker) == inst["uuid"] and len(present) == len(inst["disks"]):
+            return {"created": False}  # re-sent order: this instance's install completed
+        for disk in present:  # an earlier attempt died half-way, or another instance's leftovers
             log.warning("instance '%s': removing disk %d left by an interrupted create",
                         inst["name"], disk["index"])
             await self._files.remove(inst["name"], disk["index"])
@@ -72,8 +81,15 @@ class NodeExecutor:
             beparams={"memory": str(inst["memory_mib"]), "vcpus": str(inst["vcpus"])},
             nics=[NicEnv(mac=n["mac"], mode=n["mode"], link=n.get("bridge", "")) for n in inst["nics"]],
             variant=variant, osparams=inst.get("osparams", {}),
-            log_dir=self._log_dir, timeout_s=self._install_timeout_s)
+            log_dir=self._log_dir,
+            timeout_s=min(self._install_timeout_s, float(args.get("timeout_s", self._install_timeout_s))))
+        with open(marker, "w") as fh:
+            fh.write(inst["uuid"])
         return {"created": True, "paths": paths}
+
+    def _installed_marker(self, name: str) -> str:
+        """Written after a complete install; only then may a re-sent create adopt the disks."""
+        return os.path.join(self._files.instance_dir(name), ".installed")
 
     async def _op_start(self, args: dict[str, Any]) -> dict[str, Any]:
         inst = args["instance"]
@@ -101,12 +117,15 @@ class NodeExecutor:
         how = await self._qemu.stop(name, timeout_s=0, force=True)
         self._qemu.cleanup(name)
         await self._delete_taps(name, int(args.get("nic_count", 0)))
+        marker = self._installed_marker(name)
+        if os.path.exists(marker):
+            os.unlink(marker)
         for disk in args.get("disks", []):
             await self._files.remove(name, disk["index"])
+        console_log = self._qemu.paths(name).console_log
+        if os.path.exists(console_log):  # a new instance of the same name starts with a clean log
+            os.unlink(console_log)
         return {"stopped": how}
-
-    async def _op_console_tail(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"lines": self._qemu.console_log_tail(args["name"], int(args.get("lines", 20)))}
 
     async def _delete_taps(self, name: str, count: int) -> None:
         for i in range(count):

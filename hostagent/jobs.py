@@ -19,6 +19,7 @@ from election.etcd import Compare, EtcdClient, Op
 from election.lease import FencingToken, MasterLease
 
 from hostagent import model
+from hostagent.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,6 @@ FINAL = ("success", "error", "canceled")
 
 class JobFailed(Exception):
     """Raised by a job handler: the message is what the operator reads."""
-
-
-class Conflict(Exception):
-    """A submit that collides with the config (duplicate name, busy object)."""
 
 
 class JobContext:
@@ -71,7 +68,8 @@ class JobRunner:
         self._handlers = handlers
         self._lock_keys = lock_keys
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._active: dict[int, tuple[asyncio.Task[None], dict[str, Any]]] = {}
+        self._cancel_requested: set[int] = set()
         self._next_id = 1
 
     async def start(self) -> None:
@@ -89,9 +87,30 @@ class JobRunner:
                 self._spawn(job)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
+        """Master role lost: abandon the jobs here; the next master ends or runs them."""
+        tasks = [task for task, _ in self._active.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def busy(self, lock_key: str) -> bool:
+        """Whether a queued or running job holds or waits for `lock_key`."""
+        return any(lock_key in self._lock_keys(job) for _, job in self._active.values())
+
+    async def cancel(self, job_id: int) -> None:
+        """Cancel a job that has not started; a running job is never interrupted half-way."""
+        if job_id not in self._active:
+            kv = await self._client.get(model.job_key(job_id))
+            if kv is None:
+                raise NotFound(f"no job {job_id}")
+            raise Conflict(f"job {job_id} has already ended ({model.loads(kv.value)['status']})")
+        task, job = self._active[job_id]
+        if job["status"] != "queued":
+            raise Conflict(f"job {job_id} is already running and cannot be canceled safely; "
+                           f"wait for it: `corral job watch {job_id}`")
+        self._cancel_requested.add(job_id)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     async def submit(self, op: str, args: dict[str, Any], summary: str,
                      reservations: Sequence[str] = (),
@@ -135,14 +154,26 @@ class JobRunner:
 
     def _spawn(self, job: dict[str, Any]) -> None:
         task = asyncio.create_task(self._run(job), name=f"job-{job['id']}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._active[job["id"]] = (task, job)
+        task.add_done_callback(lambda _: self._active.pop(job["id"], None))
 
     async def _run(self, job: dict[str, Any]) -> None:
         keys = sorted(self._lock_keys(job))
         locks = [self._locks.setdefault(k, asyncio.Lock()) for k in keys]
-        for lock in locks:  # sorted order: no deadlock between jobs
-            await lock.acquire()
+        held: list[asyncio.Lock] = []
+        try:
+            for lock in locks:  # sorted order: no deadlock between jobs
+                await lock.acquire()
+                held.append(lock)
+        except asyncio.CancelledError:
+            for lock in held:
+                lock.release()
+            if job["id"] in self._cancel_requested:
+                self._cancel_requested.discard(job["id"])
+                job["log"].append([time.time(), "canceled before it started"])
+                await self._finish(job, "canceled", error="canceled by the operator")
+                return
+            raise
         try:
             job["status"] = "running"
             job["started"] = time.time()

@@ -11,6 +11,7 @@ import sys
 
 from aiohttp import web
 
+from election.etcd import EtcdError
 from hostagent import pki
 from hostagent.agent import Agent, AlreadyRunning
 from hostagent.api import build_app
@@ -20,8 +21,16 @@ from hostagent.notify import Notifier
 log = logging.getLogger("corral-agent")
 
 
+class StartupFailed(Exception):
+    """The agent cannot serve; the message says why in one sentence."""
+
+
 async def _serve(cfg: AgentConfig) -> None:
     notifier = Notifier()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     agent = Agent(cfg, notifier)
     runners: list[web.AppRunner] = []
 
@@ -37,44 +46,49 @@ async def _serve(cfg: AgentConfig) -> None:
     runners.append(local)
     log.info("node '%s': local API on %s", cfg.node_name, cfg.socket)
 
-    async def start_tls_site() -> None:
-        await agent.activated.wait()
+    async def start_node_site() -> None:
+        if len(runners) > 1:
+            return  # already serving (a retried cluster init)
         remote = web.AppRunner(build_app(agent, node_site=True), access_log=None)
         await remote.setup()
-        await web.TCPSite(remote, cfg.address, cfg.api_port, ssl_context=pki.server_context(agent.pki)).start()
+        try:
+            await web.TCPSite(remote, cfg.address, cfg.api_port, ssl_context=pki.server_context(agent.pki)).start()
+        except OSError as exc:
+            await remote.cleanup()
+            raise StartupFailed(f"cannot serve the node API on {cfg.address}:{cfg.api_port}: "
+                                f"{exc.strerror or exc}") from None
         runners.append(remote)
         log.info("node '%s': node API on https://%s:%d (mutual TLS)", cfg.node_name, cfg.address, cfg.api_port)
 
-    tls_task = asyncio.create_task(start_tls_site())
-    local_cluster = agent.local_cluster()
-    if local_cluster is not None:
-        await agent.activate()
-        found = agent.qemu.discover()
-        log.info("member of cluster '%s'; found %d running instance(s) on this node%s", local_cluster["name"],
-                 len(found), (": " + ", ".join(sorted(found))) if found else "")
-        status = f"member of cluster '{local_cluster['name']}', {len(found)} instance(s) running here"
-    else:
-        log.info("not in a cluster yet: run `corral cluster init --name NAME`")
-        status = "waiting for `corral cluster init`"
-    notifier.ready(status)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    interval = notifier.watchdog_interval_s()
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), interval or 3600)
-        except asyncio.TimeoutError:
-            notifier.watchdog()
-    log.info("stopping agent (instances keep running)")
-    notifier.stopping()
-    tls_task.cancel()
-    await agent.shutdown()
-    for runner in runners:
-        await runner.cleanup()
-    notifier.close()
+    agent.node_site = start_node_site
+    try:
+        local_cluster = agent.local_cluster()
+        if local_cluster is not None:
+            try:
+                await agent.activate()
+            except EtcdError as exc:
+                raise StartupFailed(f"etcd did not come up: {exc} (see {cfg.log_dir}/etcd.log)") from None
+            found = agent.qemu.discover()
+            log.info("member of cluster '%s'; found %d running instance(s) on this node%s", local_cluster["name"],
+                     len(found), (": " + ", ".join(sorted(found))) if found else "")
+            status = f"member of cluster '{local_cluster['name']}', {len(found)} instance(s) running here"
+        else:
+            log.info("not in a cluster yet: run `corral cluster init --name NAME`")
+            status = "waiting for `corral cluster init`"
+        notifier.ready(status)
+        interval = notifier.watchdog_interval_s()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval or 3600)
+            except asyncio.TimeoutError:
+                notifier.watchdog()
+        log.info("stopping agent (instances keep running)")
+    finally:
+        notifier.stopping()
+        await agent.shutdown()
+        for runner in runners:
+            await runner.cleanup()
+        notifier.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(_serve(cfg))
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, StartupFailed) as exc:
         print(f"corral-agent: {exc}", file=sys.stderr)
         return 1
     return 0

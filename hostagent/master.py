@@ -29,13 +29,12 @@ class NoMaster(Exception):
 
 class MasterRole:
     def __init__(self, node: str, client: EtcdClient, lease: MasterLease,
-                 handlers: Callable[["MasterRole"], dict[str, Handler]],
                  lock_keys: Callable[[dict[str, Any]], list[str]],
                  on_change: Callable[[str], None] = lambda s: None) -> None:
         self.node = node
         self.client = client
         self.lease = lease
-        self._handlers = handlers
+        self.handlers: dict[str, Handler] = {}  # set by the wiring: operations need the role
         self._lock_keys = lock_keys
         self._on_change = on_change
         self.token: FencingToken | None = None
@@ -101,8 +100,7 @@ class MasterRole:
                         f"(token {current[1].to_str()})")
             holder = current[0] if current else "nobody"
             return f"node '{holder}' holds the master lease; following"
-        runner = JobRunner(self.node, self.client, self.lease, token, self._handlers(self),
-                           self._lock_keys)
+        runner = JobRunner(self.node, self.client, self.lease, token, self.handlers, self._lock_keys)
         self.token, self.runner = token, runner
         await runner.start()
         self.became_master.set()

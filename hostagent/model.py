@@ -86,10 +86,3 @@ class Instance:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Instance":
-        data = dict(data)
-        data["disks"] = [Disk(**d) for d in data.get("disks", [])]
-        data["nics"] = [Nic(**n) for n in data.get("nics", [])]
-        return cls(**data)

@@ -41,6 +41,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                                 params=("name",), ok_desc="websocket upgrade")},
     "/v1/jobs": {"get": _op("All jobs")},
     "/v1/jobs/{id}": {"get": _op("One job with its log and progress", params=("id",))},
+    "/v1/jobs/{id}/cancel": {"post": _op("Cancel a job that has not started yet", params=("id",))},
     "/v1/os": {"get": _op("OS definitions and images available on this node")},
     "/v1/node/orders": {"post": _op("Order from the master to this node (node certificates only)",
                                     body="Order", ok_desc="order result")},

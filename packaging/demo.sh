@@ -10,6 +10,18 @@ GUEST=${CORRAL_GUEST_DIR:-/var/cache/corral/guest}
 export CORRAL_SOCKET=$DEMO/run/agent.sock
 CORRAL="$VENV/bin/corral"
 
+stop_qemus() {
+  # QEMU outlives the agent by design: stop the demo's own instances by pidfile.
+  for pidfile in "$DEMO"/run/instances/*/qemu.pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$DEMO/run"; then
+      echo "==> stopping instance QEMU pid $pid"
+      kill "$pid" 2>/dev/null || true
+    fi
+  done
+}
+
 stop() {
   if [ -f "$DEMO/agent.pid" ]; then
     pid=$(cat "$DEMO/agent.pid")
@@ -20,15 +32,7 @@ stop() {
       kill -9 "$pid" 2>/dev/null || true
     fi
   fi
-  # QEMU outlives the agent by design: stop the demo's own instances by pidfile.
-  for pidfile in "$DEMO"/run/instances/*/qemu.pid; do
-    [ -f "$pidfile" ] || continue
-    pid=$(cat "$pidfile")
-    if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$DEMO/run"; then
-      echo "==> stopping instance QEMU pid $pid"
-      kill "$pid" 2>/dev/null || true
-    fi
-  done
+  stop_qemus
   rm -rf "$DEMO"
   echo "demo stopped and removed"
 }
@@ -38,6 +42,7 @@ start() {
     echo "the demo is already running; \`make demo-stop\` first to start over"
     exit 1
   fi
+  stop_qemus  # leftovers of an earlier demo whose agent died
   rm -rf "$DEMO"
   mkdir -p "$DEMO/images" "$DEMO/log"
   ln -s "$GUEST/base.qcow2" "$DEMO/images/busybox-guest.qcow2"
@@ -69,9 +74,12 @@ TOML
     --hv "accel=tcg,kernel_path=$GUEST/vmlinuz,initrd_path=$GUEST/initrd.img,kernel_args=quiet"
   $CORRAL instance add web1 --os busybox-guest --memory 256M --disk 256M,format=qcow2
   echo "==> waiting for web1 to boot"
-  for _ in $(seq 1 60); do
-    grep -q CORRAL-GUEST-BOOTED "$DEMO"/log/console/web1* 2>/dev/null && break; sleep 0.5
+  booted=no
+  for _ in $(seq 1 120); do
+    if grep -q CORRAL-GUEST-BOOTED "$DEMO"/log/console/web1.console.log 2>/dev/null; then booted=yes; break; fi
+    sleep 0.5
   done
+  [ $booted = yes ] || echo "warning: web1 printed no boot marker within 60 s; see \`corral instance info web1\`"
   $CORRAL instance list
   cat <<MSG
 

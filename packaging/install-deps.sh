@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Corral needs on a Debian 12 machine (run as root):
 # Debian packages, then the corral Python package into a venv (default ./.venv).
+# Used by `make demo`/`make test`, and by packaging/install.sh for a real node.
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,6 @@ PACKAGES=(
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-  [[ $pkg == \#* ]] && continue
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -24,12 +24,20 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's etcd-server enables a system-wide etcd on 127.0.0.1:2379; Corral runs
-# its own members on their own ports and never uses it.
+# Debian's etcd-server enables a system-wide etcd on localhost:2379/2380, Corral's
+# default ports. Corral runs its own members and never uses it: switch it off.
+if [ -d /run/systemd/system ] && systemctl is-enabled --quiet etcd 2>/dev/null; then
+  echo "==> disabling Debian's system-wide etcd.service (Corral runs its own etcd members)"
+  systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+# Development default: an editable install with the test tools; packaging/install.sh
+# passes PIP_TARGET="." for a plain install.
+PIP_TARGET=${PIP_TARGET:--e .[test]}
 if [ ! -x "$VENV/bin/corral" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
   echo "==> installing corral into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q -e '.[test]'
+  # shellcheck disable=SC2086 # PIP_TARGET is two words for the editable install
+  "$VENV/bin/pip" install -q $PIP_TARGET
   touch "$VENV/.installed"
 fi

@@ -126,3 +126,28 @@ async def test_a_deposed_master_cannot_write_jobs(client):
         await runner.submit("demo.quick", {}, "too late")
     kvs, _ = await client.get_prefix(model.JOBS)
     assert kvs == []
+
+
+async def test_a_queued_job_can_be_canceled_but_a_running_one_cannot(client):
+    gate = asyncio.Event()
+
+    async def slow(ctx: JobContext, args: dict) -> None:
+        await gate.wait()
+
+    _, runner = await master(client, "n1", {"demo.slow": slow})
+    running = await runner.submit("demo.slow", {"name": "a"}, "first")
+    queued = await runner.submit("demo.slow", {"name": "a"}, "waits for the lock on 'a'")
+    deadline = time.monotonic() + 5
+    while (await job(client, running))["status"] != "running" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert runner.busy("a")
+    with pytest.raises(Conflict, match=f"job {running} is already running"):
+        await runner.cancel(running)
+    await runner.cancel(queued)
+    canceled = await job(client, queued)
+    assert canceled["status"] == "canceled" and canceled["started"] is None
+    gate.set()
+    assert (await until_final(client, running))["status"] == "success"
+    with pytest.raises(Conflict, match="has already ended"):
+        await runner.cancel(running)
+    await runner.stop()

@@ -1,0 +1,150 @@
+"""Submit-time checks of `instance add`: pure, so every refusal is unit-tested.
+
+Given the request and what the config says (cluster defaults, nodes, their
+reports, MACs in use), either build the instance record or refuse with every
+problem at once. Nothing here reads etcd or the clock.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from kvm.hvparams import HvParamError, parse_hvparams
+
+from hostagent import model
+from hostagent.errors import BadRequest, Conflict
+from hostagent.units import SizeError, format_mib, parse_mib
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+DISK_TEMPLATES = ("file",)
+DISK_FORMATS = ("raw", "qcow2")
+NIC_MODES = ("user", "bridged")
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What the master knows when it checks a request."""
+
+    cluster_hv: dict[str, Any]
+    nodes: dict[str, dict[str, Any]]
+    reports: dict[str, dict[str, Any]]
+    instances: set[str]
+    used_macs: set[str]
+
+
+def check_add(req: dict[str, Any], view: ClusterView, now: float,
+              rng: random.Random | None = None) -> model.Instance:
+    """The instance record for a valid `add` request; BadRequest/Conflict otherwise."""
+    problems: list[str] = []
+    name = str(req.get("name", ""))
+    if not NAME_RE.match(name):
+        problems.append(f"instance name {name!r} is not valid: use lower-case letters, digits, '-' and '.'")
+    elif name in view.instances:
+        raise Conflict(f"an instance named '{name}' already exists")
+    template = req.get("disk_template", "file")
+    if template not in DISK_TEMPLATES:
+        problems.append(f"disk template {template!r} is not available; use one of: {', '.join(DISK_TEMPLATES)}")
+    memory = _size(req.get("memory", "512M"), "memory", problems)
+    vcpus = req.get("vcpus", 1)
+    if not isinstance(vcpus, int) or isinstance(vcpus, bool) or not 1 <= vcpus <= 255:
+        problems.append(f"vcpus: {vcpus!r} is not a number of virtual CPUs (1-255)")
+    disks = _disks(req.get("disks") or [{"size": "1G"}], problems)
+    nics = _nics(req.get("nics") or [{"mode": "user"}], problems)
+    try:
+        parse_hvparams(req.get("hvparams", {}), parse_hvparams(view.cluster_hv))
+    except HvParamError as exc:
+        problems.extend(exc.problems)
+    node = req.get("node") or choose_node(view)
+    problems += _node_problems(node, req, memory, view)
+    if problems:
+        raise BadRequest("; ".join(problems))
+    _assign_macs(nics, view.used_macs, rng or random.SystemRandom())
+    return model.Instance(name=name, uuid=str(uuid.uuid4()), os=str(req["os"]), disk_template=template,
+                          memory_mib=memory, vcpus=vcpus, primary_node=node, disks=disks, nics=nics,
+                          hvparams=dict(req.get("hvparams", {})), osparams=dict(req.get("osparams", {})),
+                          admin_state="down", ctime=now, mtime=now)
+
+
+def _size(value: Any, what: str, problems: list[str]) -> int:
+    try:
+        return parse_mib(value, what)
+    except SizeError as exc:
+        problems.append(str(exc))
+        return 0
+
+
+def _disks(specs: list[dict[str, Any]], problems: list[str]) -> list[model.Disk]:
+    disks = []
+    for i, disk in enumerate(specs):
+        fmt = disk.get("format", "raw")
+        if fmt not in DISK_FORMATS:
+            problems.append(f"disk {i}: format {fmt!r} is not one of {', '.join(DISK_FORMATS)}")
+        disks.append(model.Disk(i, _size(disk.get("size", ""), f"disk {i} size", problems), fmt, str(uuid.uuid4())))
+    return disks
+
+
+def _nics(specs: list[dict[str, Any]], problems: list[str]) -> list[model.Nic]:
+    nics = []
+    for i, nic in enumerate(specs):
+        mode = nic.get("mode", "user")
+        if mode not in NIC_MODES:
+            problems.append(f"nic {i}: mode {mode!r} is not one of {', '.join(NIC_MODES)}")
+        if mode == "bridged" and not nic.get("bridge"):
+            problems.append(f"nic {i}: mode bridged needs a bridge, e.g. --net mode=bridged,bridge=br0")
+        mac = str(nic.get("mac", "")).lower()
+        if mac and not (MAC_RE.match(mac) and int(mac[:2], 16) % 2 == 0):
+            problems.append(f"nic {i}: {mac!r} is not a unicast MAC address (e.g. 52:54:00:12:34:56)")
+        nics.append(model.Nic(mac=mac, mode=mode, bridge=nic.get("bridge", "")))
+    return nics
+
+
+def _node_problems(node: str, req: dict[str, Any], memory: int, view: ClusterView) -> list[str]:
+    if node not in view.nodes:
+        usable = ", ".join(sorted(view.nodes)) or "none"
+        return [f"node {node!r} is not in the cluster (nodes: {usable})" if node
+                else "no node can take new instances (all drained or offline)"]
+    problems = []
+    report = view.reports.get(node, {})
+    total = report.get("memory_total_mib")
+    if total is not None and memory > total:
+        problems.append(f"memory {format_mib(memory)} is more than node '{node}' has ({format_mib(total)} in total)")
+    os_name = str(req.get("os", ""))
+    known = report.get("os", {})
+    if not os_name:
+        problems.append("an OS is required (--os NAME; see `corral os list`)")
+    elif os_name.split("+", 1)[0] not in known:
+        problems.append(f"OS {os_name!r} is not available on node '{node}' "
+                        f"(available: {', '.join(sorted(known)) or 'none'}; see `corral os list`)")
+    return problems
+
+
+def choose_node(view: ClusterView) -> str:
+    """Most free memory among usable nodes; the full allocator comes with replicated disks."""
+    usable = [n for n, rec in view.nodes.items() if not rec.get("drained") and not rec.get("offline")]
+    if not usable:
+        return ""
+    return max(usable, key=lambda n: view.reports.get(n, {}).get("memory_free_mib", 0))
+
+
+def _assign_macs(nics: list[model.Nic], used: set[str], rng: random.Random) -> None:
+    taken = set(used)
+    for nic in nics:
+        if not nic.mac:
+            nic.mac = new_mac(taken, rng)
+        elif nic.mac in taken:
+            raise Conflict(f"MAC address {nic.mac} is already used by another instance")
+        taken.add(nic.mac)
+
+
+def new_mac(used: set[str], rng: random.Random) -> str:
+    """A free address in QEMU's locally administered 52:54:00 range."""
+    for _ in range(1000):
+        mac = "52:54:00:%02x:%02x:%02x" % (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+        if mac not in used:
+            return mac
+    raise Conflict("could not find a free MAC address in 52:54:00:00:00:00/24")

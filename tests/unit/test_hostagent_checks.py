@@ -1,0 +1,86 @@
+import random
+
+import pytest
+
+from hostagent.checks import ClusterView, check_add, choose_node, new_mac
+from hostagent.errors import BadRequest, Conflict
+from hostagent.operations import lock_keys
+
+NODE = {"name": "n1", "address": "127.0.0.1"}
+REPORT = {"node": "n1", "memory_total_mib": 4096, "memory_free_mib": 3000, "os": {"img": "image"}}
+
+
+def view(**changes):
+    base = dict(cluster_hv={"accel": "tcg"}, nodes={"n1": NODE}, reports={"n1": REPORT},
+                instances=set(), used_macs=set())
+    base.update(changes)
+    return ClusterView(**base)
+
+
+def test_a_valid_request_becomes_an_instance_record():
+    inst = check_add({"name": "web1", "os": "img", "memory": "1G", "disks": [{"size": "2G", "format": "qcow2"}]},
+                     view(), now=100.0, rng=random.Random(1))
+    assert (inst.name, inst.primary_node, inst.memory_mib, inst.admin_state) == ("web1", "n1", 1024, "down")
+    assert [(d.index, d.size_mib, d.format) for d in inst.disks] == [(0, 2048, "qcow2")]
+    assert inst.nics[0].mode == "user" and inst.nics[0].mac.startswith("52:54:00:")
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(BadRequest) as err:
+        check_add({"name": "Web_1", "os": "nosuch", "memory": "lots", "vcpus": 0,
+                   "disks": [{"size": "12Q", "format": "vmdk"}], "nics": [{"mode": "bridged"}],
+                   "hvparams": {"accel": "xen"}}, view(), now=0)
+    text = str(err.value)
+    for part in ("instance name 'Web_1' is not valid", "memory: 'lots' is not a size",
+                 "vcpus: 0 is not a number", "'12Q' is not a size", "format 'vmdk' is not one of raw, qcow2",
+                 "mode bridged needs a bridge", "'xen'", "OS 'nosuch' is not available on node 'n1' (available: img"):
+        assert part in text
+
+
+def test_duplicate_name_is_a_conflict():
+    with pytest.raises(Conflict, match="an instance named 'web1' already exists"):
+        check_add({"name": "web1", "os": "img"}, view(instances={"web1"}), now=0)
+
+
+def test_more_memory_than_the_node_has_is_refused():
+    with pytest.raises(BadRequest, match=r"memory 8G is more than node 'n1' has \(4G in total\)"):
+        check_add({"name": "big", "os": "img", "memory": "8G"}, view(), now=0)
+
+
+def test_unknown_node_lists_the_nodes():
+    with pytest.raises(BadRequest, match=r"node 'n9' is not in the cluster \(nodes: n1\)"):
+        check_add({"name": "a", "os": "img", "node": "n9"}, view(), now=0)
+
+
+def test_drained_nodes_take_no_new_instances():
+    drained = {"n1": {**NODE, "drained": True}}
+    with pytest.raises(BadRequest, match="no node can take new instances"):
+        check_add({"name": "a", "os": "img"}, view(nodes=drained), now=0)
+
+
+def test_placement_prefers_the_node_with_most_free_memory():
+    nodes = {"n1": NODE, "n2": {**NODE, "name": "n2"}}
+    reports = {"n1": REPORT, "n2": {**REPORT, "node": "n2", "memory_free_mib": 3500}}
+    assert choose_node(view(nodes=nodes, reports=reports)) == "n2"
+
+
+def test_mac_addresses_are_unique_and_validated():
+    with pytest.raises(Conflict, match="MAC address 52:54:00:00:00:01 is already used"):
+        check_add({"name": "a", "os": "img", "nics": [{"mac": "52:54:00:00:00:01"}]},
+                  view(used_macs={"52:54:00:00:00:01"}), now=0)
+    with pytest.raises(BadRequest, match="'01:00:5e:00:00:01' is not a unicast MAC address"):
+        check_add({"name": "a", "os": "img", "nics": [{"mac": "01:00:5E:00:00:01"}]}, view(), now=0)
+    two = check_add({"name": "a", "os": "img", "nics": [{}, {}]}, view(), now=0, rng=random.Random(7))
+    assert len({n.mac for n in two.nics}) == 2
+
+
+def test_new_mac_avoids_used_addresses():
+    rng = random.Random(3)
+    first = new_mac(set(), random.Random(3))
+    assert new_mac({first}, rng) != first
+
+
+def test_jobs_lock_their_instance_and_cluster_jobs_the_cluster():
+    assert lock_keys({"op": "instance.add", "args": {"instance": {"name": "a"}}}) == ["instance/a"]
+    assert lock_keys({"op": "instance.stop", "args": {"name": "a"}}) == ["instance/a"]
+    assert lock_keys({"op": "cluster.init", "args": {"name": "c1"}}) == ["cluster"]
