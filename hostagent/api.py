@@ -208,7 +208,7 @@ class Api:
             raise NotFound(f"no instance named '{name}'")
         row = views.instance_row(inst, self._reports(), time.time())
         if inst["primary_node"] == self.agent.cfg.node_name:
-            row["console_tail"] = self.agent.qemu.console_log_tail(name, 10)
+            row["console_tail"] = [line for line in self.agent.qemu.console_log_tail(name, 30) if line.strip()][-10:]
         return self._ok(row)
 
     async def instance_add(self, request: web.Request) -> web.Response:
