@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -97,9 +98,37 @@ class Cli:
             print(f"candidates:   {', '.join(d['candidates']) or '-'}")
             print(f"nodes:        {d['nodes']}    instances: {d['instances']}")
             print(f"this node:    {d['this_node']}" + (" (master)" if d["this_node_is_master"] else ""))
+            quorum = d.get("quorum") or {}
+            print("quorum:       " + ("yes (etcd has a leader; changes are accepted)" if quorum.get("ok")
+                                      else f"NO - changes are refused: {quorum.get('reason')}"))
             if d["hvparams"]:
                 print("hv defaults:  " + ", ".join(f"{k}={v}" for k, v in sorted(d["hvparams"].items())))
         return self.out(self.client.get("/v1/cluster"), human)
+
+    def cluster_join(self) -> int:
+        answer = self.client.post("/v1/cluster/join", {"address": self.args.address, "token": self.args.token})
+        return self.out(answer, lambda d: print(f"node '{d['node']}' joined cluster '{d['cluster']}' "
+                                                f"(master: {d['master']})"))
+
+    def cluster_master_failover(self) -> int:
+        before = self.client.get("/v1/cluster")["data"]["master"]
+        self.client.post("/v1/cluster/master-failover", {"to": self.args.to} if self.args.to else {})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            info = self.client.get("/v1/cluster")["data"]
+            if info["master"] not in (None, before):
+                print(json.dumps({"from": before, "to": info["master"]}) if self.args.json
+                      else f"master is now '{info['master']}' (was '{before}')")
+                return 0
+            time.sleep(0.2)
+        print(f"error: no new master within 30 s after '{before}' stepped down; see `corral cluster info`",
+              file=sys.stderr)
+        return 1
+
+    def cluster_replica(self) -> int:
+        return self.out(self.client.get("/v1/cluster/replica"), lambda d: print(
+            f"node '{d['node']}': replica at revision {d['revision']}, config checksum {d['checksum'][:16]} "
+            f"(without node reports)"))
 
     def cluster_verify(self) -> int:
         answer = self.client.get("/v1/cluster/verify")
@@ -110,10 +139,13 @@ class Cli:
 
     # ---- nodes -------------------------------------------------------------
     def node_list(self) -> int:
+        def flags(r: dict[str, Any]) -> str:
+            return ",".join(f for f in ("drained", "offline") if r[f]) or "-"
+
         def human(rows: list[dict[str, Any]]) -> None:
-            print(table(["NODE", "ROLE", "STATUS", "GOSSIP", "MEM FREE/TOTAL", "DISK FREE/TOTAL", "CPUS",
-                         "PINST", "SINST", "PROBLEMS"],
-                        [[r["name"], r["role"], r["status"], r["gossip"],
+            print(table(["NODE", "ROLE", "STATUS", "GOSSIP", "ETCD", "LEASE", "FLAGS", "MEM FREE/TOTAL",
+                         "DISK FREE/TOTAL", "CPUS", "PINST", "SINST", "PROBLEMS"],
+                        [[r["name"], r["role"], r["status"], r["gossip"], r["etcd"], r["lease"], flags(r),
                           f"{mib(r['memory_free'])}/{mib(r['memory_total'])}",
                           f"{mib(r['disk_free'])}/{mib(r['disk_total'])}", r["cpus"],
                           r["primary_instances"], r["secondary_instances"], "; ".join(r["problems"]) or ""]
@@ -132,6 +164,52 @@ class Cli:
             if r["problems"]:
                 print(f"{'problems:':14}{'; '.join(r['problems'])}")
         return self.out(self.client.get(f"/v1/nodes/{quote(self.args.name)}"), human)
+
+    def node_add(self) -> int:
+        body: dict[str, Any] = {"name": self.args.name, "address": self.args.address}
+        if self.args.ttl:
+            body["ttl_s"] = self.args.ttl
+        answer = self.client.post("/v1/nodes", body)
+
+        def human(d: dict[str, Any]) -> None:
+            print(f"join token for node '{d['node']}' at {d['address']} (one use, expires {when(d['expires'])}):")
+            print(f"  {d['token']}")
+            print(f"on {d['node']}, with its agent running: corral cluster join <ADDRESS OF A NODE> --token {d['token']}")
+        return self.out(answer, human)
+
+    def node_remove(self) -> int:
+        suffix = "?force=1" if self.args.force else ""
+        answer = self.client.delete(f"/v1/nodes/{quote(self.args.name)}{suffix}")
+        return self.out(answer, lambda d: print(f"node '{d['node']}' removed"
+                                                + (f"; its instances now show node-down: {', '.join(d['instances_left'])}"
+                                                   if d["instances_left"] else "")))
+
+    def node_modify(self) -> int:
+        changes = {k: v == "yes" for k, v in (("candidate", self.args.candidate), ("drained", self.args.drained),
+                                              ("offline", self.args.offline)) if v is not None}
+        if not changes:
+            raise UsageError("nothing to change: give --candidate, --drained or --offline (yes|no)")
+        answer = self.client.post(f"/v1/nodes/{quote(self.args.name)}/modify", changes)
+        return self.out(answer, lambda d: print(f"node '{d['name']}': " + ", ".join(
+            f"{k}={'yes' if v else 'no'}" for k, v in changes.items())))
+
+    # ---- users -------------------------------------------------------------
+    def user_add(self) -> int:
+        answer = self.client.post("/v1/users", {"name": self.args.name, "role": self.args.role})
+
+        def human(d: dict[str, Any]) -> None:
+            print(f"user '{d['name']}' ({d['role']}) created; its token (shown only now):")
+            print(f"  {d['token']}")
+            print("use it as the HTTP header  Authorization: Bearer <token>  on any node's API (port 7947)")
+        return self.out(answer, human)
+
+    def user_list(self) -> int:
+        return self.out(self.client.get("/v1/users"), lambda rows: print(table(
+            ["USER", "ROLE", "CREATED"], [[u["name"], u["role"], when(u["created"])] for u in rows])))
+
+    def user_remove(self) -> int:
+        answer = self.client.delete(f"/v1/users/{quote(self.args.name)}")
+        return self.out(answer, lambda d: print(f"user '{d['name']}' removed"))
 
     # ---- instances ---------------------------------------------------------
     def instance_add(self) -> int:
@@ -242,7 +320,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="corral", description="Corral: a KVM cluster with no fixed master",
                                 parents=[common])
-    top = p.add_subparsers(dest="group", required=True, metavar="{cluster,node,instance,job,os}")
+    top = p.add_subparsers(dest="group", required=True, metavar="{cluster,node,instance,job,user,os}")
 
     def group(name: str, help_: str) -> argparse._SubParsersAction:
         g = top.add_parser(name, help=help_, parents=[common])
@@ -252,13 +330,31 @@ def _parser() -> argparse.ArgumentParser:
     s = c.add_parser("init", help="create a cluster with this node as master", parents=[common, jobopts])
     s.add_argument("--name", required=True)
     s.add_argument("--hv", action="append", help="default hypervisor parameters, e.g. accel=tcg")
-    c.add_parser("info", help="name, master, candidates", parents=[common])
+    c.add_parser("info", help="name, master, candidates, quorum", parents=[common])
     c.add_parser("verify", help="check the cluster; non-zero exit on errors", parents=[common])
+    c.add_parser("replica", help="this node's config replica: revision and checksum", parents=[common])
+    s = c.add_parser("join", help="join this node to a cluster (token from `corral node add`)", parents=[common])
+    s.add_argument("address", help="any cluster node's address, ADDRESS or ADDRESS:PORT")
+    s.add_argument("--token", required=True)
+    s = c.add_parser("master-failover", help="hand the master role to another candidate", parents=[common])
+    s.add_argument("--to", help="the candidate to become master (default: any)")
 
     n = group("node", "nodes")
     n.add_parser("list", help="all nodes", parents=[common])
     s = n.add_parser("info", help="one node", parents=[common])
     s.add_argument("name")
+    s = n.add_parser("add", help="issue a one-time join token for a new node", parents=[common])
+    s.add_argument("name")
+    s.add_argument("--address", required=True, help="the new node's IP address")
+    s.add_argument("--ttl", type=float, help="token lifetime in seconds (default 3600)")
+    s = n.add_parser("remove", help="remove a node from the cluster", parents=[common])
+    s.add_argument("name")
+    s.add_argument("--force", action="store_true", help="even if it still hosts instances")
+    s = n.add_parser("modify", help="change a node's flags", parents=[common])
+    s.add_argument("name")
+    for flag, help_ in (("candidate", "may be a master candidate (etcd member)"),
+                        ("drained", "takes no new instances"), ("offline", "out of service")):
+        s.add_argument(f"--{flag}", choices=("yes", "no"), help=help_)
 
     i = group("instance", "instances (virtual machines)")
     s = i.add_parser("add", help="create an instance", parents=[common, jobopts])
@@ -295,6 +391,13 @@ def _parser() -> argparse.ArgumentParser:
                         ("cancel", "cancel a job that has not started")):
         s = j.add_parser(name, help=help_, parents=[common] + ([jobopts] if name == "watch" else []))
         s.add_argument("id", type=int)
+    u = group("user", "API users for the TCP API (people and scripts)")
+    s = u.add_parser("add", help="create a user and print its token", parents=[common])
+    s.add_argument("name")
+    s.add_argument("--role", required=True, choices=("read", "write"))
+    u.add_parser("list", help="all users", parents=[common])
+    s = u.add_parser("remove", help="remove a user", parents=[common])
+    s.add_argument("name")
     o = group("os", "operating system definitions and images")
     o.add_parser("list", help="OS definitions and images on this node", parents=[common])
     return p
@@ -307,8 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     cli = Cli(args)
     dispatch = {
         ("cluster", "init"): cli.cluster_init, ("cluster", "info"): cli.cluster_info,
-        ("cluster", "verify"): cli.cluster_verify, ("node", "list"): cli.node_list,
-        ("node", "info"): cli.node_info, ("instance", "add"): cli.instance_add,
+        ("cluster", "verify"): cli.cluster_verify, ("cluster", "join"): cli.cluster_join,
+        ("cluster", "replica"): cli.cluster_replica,
+        ("cluster", "master-failover"): cli.cluster_master_failover, ("node", "list"): cli.node_list,
+        ("node", "info"): cli.node_info, ("node", "add"): cli.node_add, ("node", "remove"): cli.node_remove,
+        ("node", "modify"): cli.node_modify, ("user", "add"): cli.user_add, ("user", "list"): cli.user_list,
+        ("user", "remove"): cli.user_remove, ("instance", "add"): cli.instance_add,
         ("instance", "list"): cli.instance_list, ("instance", "info"): cli.instance_info,
         ("instance", "start"): lambda: cli.instance_action("start"),
         ("instance", "stop"): lambda: cli.instance_action("stop"),

@@ -130,6 +130,7 @@ class Member:
     name: str
     peer_urls: list[str]
     client_urls: list[str]
+    is_learner: bool = False
 
 
 CompareOp = Literal["=", "!=", ">", "<"]
@@ -371,10 +372,19 @@ class EtcdClient:
         reply = await self._unary("/v3/cluster/member/list", {}, require_leader=False)
         return [_member(raw) for raw in reply.get("members", [])]
 
-    async def member_add(self, peer_urls: list[str]) -> Member:
-        """Announce a new member; start its etcd with cluster state "existing" afterwards."""
-        reply = await self._unary("/v3/cluster/member/add", {"peerURLs": peer_urls}, idempotent=False)
+    async def member_add(self, peer_urls: list[str], learner: bool = False) -> Member:
+        """Announce a new member; start its etcd with cluster state "existing" afterwards.
+
+        As a learner it does not vote, so a member that fails to start cannot
+        cost the cluster its quorum; promote it once it has caught up.
+        """
+        reply = await self._unary("/v3/cluster/member/add", {"peerURLs": peer_urls, "isLearner": learner},
+                                  idempotent=False)
         return _member(reply["member"])
+
+    async def member_promote(self, member_id: int) -> None:
+        """Make a learner a voting member; refused by etcd until it is in sync with the leader."""
+        await self._unary("/v3/cluster/member/promote", {"ID": str(member_id)}, idempotent=False)
 
     async def member_remove(self, member_id: int) -> None:
         await self._unary("/v3/cluster/member/remove", {"ID": str(member_id)}, idempotent=False)
@@ -426,6 +436,14 @@ class EtcdClient:
         raise EtcdUnavailable(self.endpoints, "; ".join(reasons))
 
     # --- transport -----------------------------------------------------------
+
+    def set_endpoints(self, endpoints: Sequence[str]) -> None:
+        """Follow etcd membership changes (a member added or removed) without a new client."""
+        if not endpoints:
+            raise ValueError("EtcdClient needs at least one endpoint URL")
+        current = self.endpoints[self._preferred] if self._preferred < len(self.endpoints) else None
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self._preferred = self.endpoints.index(current) if current in self.endpoints else 0
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -562,6 +580,7 @@ def _member(raw: dict[str, Any]) -> Member:
         name=raw.get("name", ""),
         peer_urls=list(raw.get("peerURLs", [])),
         client_urls=list(raw.get("clientURLs", [])),
+        is_learner=bool(raw.get("isLearner", False)),
     )
 
 

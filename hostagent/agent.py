@@ -1,8 +1,9 @@
 """The agent: wires the seams together and owns their startup and cleanup.
 
 Startup order matters for operators: the local unix socket comes up first (so
-`corral` can always say something), then, on an initialized node, etcd, the
-config mirror, Serf, the master role and the TLS API.
+`corral` can always say something), then, on a node in a cluster, etcd (on
+master candidates), the config mirror, Serf, the node lease, the master role
+(candidates only) and the TLS API.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from election.etcd import EtcdClient, EtcdError
+from election.etcd import EtcdClient, EtcdError, Op
 from election.lease import MasterLease
 from election.member import EtcdTls, etcd_argv, wait_healthy
 from election.mirror import Mirror
@@ -26,14 +27,17 @@ from election.replica import Replica
 from kvm.process import QemuManager
 from membership.agent import new_gossip_key, serf_argv, write_serf_secrets
 from membership.rpc import SerfError, SerfRpc
+from membership.view import gossip_status, note_alive
 from storage.filedisk import FileTemplate
 from storage.osdef import OsCatalog, discover
 
-from hostagent import model, pki, reporter
+from hostagent import joining, model, pki, reporter
 from hostagent.config import AgentConfig
-from hostagent.executor import NodeExecutor
+from hostagent.executor import NodeExecutor, OrderError
 from hostagent.fencing import TokenGuard
 from hostagent.master import MasterRole
+from hostagent.node_ops import NodeOperations
+from hostagent.nodelease import NodeLease
 from hostagent.notify import Notifier
 from hostagent.operations import Operations, lock_keys
 from hostagent.orders import NodeClient
@@ -92,13 +96,17 @@ class Agent:
         self.mirror: Mirror | None = None
         self.role: MasterRole | None = None
         self.ops: Operations | None = None
+        self.node_ops: NodeOperations | None = None
         self.nodes: NodeClient | None = None
-        self._children: list[ChildSupervisor] = []
+        self.lease: NodeLease | None = None
+        self._etcd_child: ChildSupervisor | None = None
+        self._serf_child: ChildSupervisor | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._role_task: asyncio.Task[None] | None = None
         self._init_lock = asyncio.Lock()
         self._report_tasks: set[asyncio.Task[None]] = set()
+        self._gossip_seen: dict[str, float] = {}
         self.node_site: Callable[[], Awaitable[None]] | None = None
-        self.started_at = time.time()
 
     # ---- local state --------------------------------------------------------
     @property
@@ -112,6 +120,14 @@ class Agent:
         except FileNotFoundError:
             return None
 
+    def _save_local(self, local: dict[str, Any]) -> None:
+        tmp = self._cluster_file + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(local, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._cluster_file)
+
     def catalog(self) -> OsCatalog:
         return self._catalog
 
@@ -123,20 +139,29 @@ class Agent:
         with open(os.path.join(self.cfg.pki_dir, name)) as fh:
             return fh.read().strip()
 
+    def _write_secret(self, name: str, value: str) -> None:
+        pki.write_pem(os.path.join(self.cfg.pki_dir, name), value.encode(), secret=True)
+
+    @property
+    def client_url(self) -> str:
+        return f"https://{self.cfg.address}:{self.cfg.etcd_client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{self.cfg.address}:{self.cfg.etcd_peer_port}"
+
+    @property
+    def is_candidate(self) -> bool:
+        return bool((self.local_cluster() or {}).get("etcd_member"))
+
     # ---- lifecycle ----------------------------------------------------------
     async def activate(self) -> None:
-        """Bring up the cluster side on a node that has been initialized."""
+        """Bring up the cluster side on a node that belongs to a cluster."""
         cfg = self.cfg
         local = self.local_cluster()
         if local is None:
             raise NotInitialized("this node is not part of a cluster")
-        tls = EtcdTls(ca=self.pki.ca_cert, cert=self.pki.node_cert, key=self.pki.node_key)
-        client_url = f"https://{cfg.address}:{cfg.etcd_client_port}"
-        peer_url = f"https://{cfg.address}:{cfg.etcd_peer_port}"
-        etcd = ChildSupervisor("etcd", lambda: etcd_argv(
-            cfg.node_name, os.path.join(cfg.state_dir, "etcd"), client_url, peer_url,
-            local["etcd_initial_cluster"], local["etcd_cluster_state"], tls, binary=cfg.etcd_binary),
-            os.path.join(cfg.log_dir, "etcd.log"))
+        self.stop_event = asyncio.Event()
         serf_config = os.path.join(cfg.pki_dir, "serf.json")
 
         def serf_command() -> list[str]:
@@ -144,31 +169,89 @@ class Agent:
             return serf_argv(cfg.node_name, f"{cfg.address}:{cfg.gossip_port}",
                              f"{cfg.address}:{cfg.serf_rpc_port}", self._secret("gossip.key"), self._tags(),
                              rpc_auth=self._secret("serf-rpc.key"), config_file=serf_config,
+                             join=(self.local_cluster() or {}).get("serf_join", []),
                              snapshot_path=os.path.join(cfg.state_dir, "serf.snapshot"),
                              serf_binary=cfg.serf_binary)
 
-        serf = ChildSupervisor("serf", serf_command, os.path.join(cfg.log_dir, "serf.log"))
-        self._children = [etcd, serf]
-        for child in self._children:
-            child.start()
+        self._serf_child = ChildSupervisor("serf", serf_command, os.path.join(cfg.log_dir, "serf.log"))
+        self._serf_child.start()
+        if local.get("etcd_member"):
+            self._start_etcd()
         ssl_client = pki.client_context(self.pki)
-        self.etcd = EtcdClient([client_url], ssl=ssl_client)
-        await wait_healthy(self.etcd, timeout_s=30)
+        self.etcd = EtcdClient(self._endpoints(local), ssl=ssl_client)
+        if local.get("etcd_member"):
+            await wait_healthy(self.etcd, timeout_s=30)
         self.mirror = Mirror(self.etcd, self.replica, prefix=model.PREFIX)
         self.nodes = NodeClient(ssl_client)
         lease = MasterLease(self.etcd, key=model.MASTER_KEY, ttl_s=cfg.master_lease_ttl_s)
         self.role = MasterRole(cfg.node_name, self.etcd, lease, lock_keys=lock_keys,
-                               on_change=self.notifier.status)
+                               on_change=self.notifier.status, catch_up=self._catch_up)
         self.ops = Operations(self.role, self.nodes)
+        self.node_ops = NodeOperations(self.ops, self.pki)
         self.role.handlers = self.ops.handlers()
+        self.role.on_elected.append(self._fence_older_masters)
+        self.role.duties.append(self._pool_duty)
+        self.lease = NodeLease(self.etcd, cfg.node_name)
         if self.node_site is not None:
             await self.node_site()  # orders, even the master's to itself, arrive here
         self._tasks += [asyncio.create_task(self.mirror.run(self.stop_event), name="mirror"),
-                        asyncio.create_task(self.role.run(self.stop_event), name="master"),
+                        asyncio.create_task(self.lease.run(self.stop_event), name="node-lease"),
                         asyncio.create_task(self._report_loop(), name="reporter")]
+        if local.get("etcd_member"):
+            self._start_role()
+
+    def _endpoints(self, local: dict[str, Any]) -> list[str]:
+        endpoints = list(local.get("etcd_endpoints", []))
+        if local.get("etcd_member"):
+            endpoints = [self.client_url] + [e for e in endpoints if e != self.client_url]
+        return endpoints or [self.client_url]
+
+    def _start_etcd(self) -> None:
+        cfg = self.cfg
+        tls = EtcdTls(ca=self.pki.ca_cert, cert=self.pki.node_cert, key=self.pki.node_key)
+
+        def command() -> list[str]:
+            local = self.local_cluster() or {}
+            return etcd_argv(cfg.node_name, os.path.join(cfg.state_dir, "etcd"), self.client_url, self.peer_url,
+                             local["etcd_initial_cluster"], local["etcd_cluster_state"], tls, binary=cfg.etcd_binary)
+
+        self._etcd_child = ChildSupervisor("etcd", command, os.path.join(cfg.log_dir, "etcd.log"))
+        self._etcd_child.start()
+
+    def _start_role(self) -> None:
+        if self._role_task is None and self.role is not None:
+            self._role_task = asyncio.create_task(self.role.run(self.stop_event), name="master")
+
+    async def _catch_up(self, revision: int) -> bool:
+        """A new master acts only once its own replica has everything committed before it won."""
+        assert self.mirror is not None
+        return await self.mirror.wait_for_revision(revision, timeout_s=10)
+
+    async def _fence_older_masters(self) -> None:
+        """Record the new token and tell every node at once, so an older master's orders are refused."""
+        assert self.ops is not None and self.role is not None and self.role.token is not None
+        info = {"node": self.cfg.node_name, "token": self.role.token.to_str(), "since": time.time()}
+        await self.ops._write([Op.put(model.MASTER_INFO_KEY, model.dumps(info))])
+        nodes = await self.ops._prefix(model.NODES)
+
+        async def hello(name: str) -> None:
+            try:
+                await self.ops._order(name, "node.hello", {}, timeout_s=5)  # type: ignore[union-attr]
+            except Exception as exc:  # noqa: BLE001 - a node that is down learns the token later
+                log.info("node '%s' did not take the new master token yet: %s", name, exc)
+
+        await asyncio.gather(*(hello(n["name"]) for n in nodes))
+
+    async def _pool_duty(self) -> None:
+        assert self.node_ops is not None
+        try:
+            await self.node_ops.pool_step()
+        except Exception as exc:  # noqa: BLE001 - retried next pass; the reason is logged
+            log.warning("could not change the master candidate pool: %s", exc)
 
     def _tags(self) -> dict[str, str]:
-        return {"api": f"{self.cfg.address}:{self.cfg.api_port}", "version": reporter.AGENT_VERSION}
+        return {"api": f"{self.cfg.address}:{self.cfg.api_port}", "version": reporter.AGENT_VERSION,
+                "role": "candidate" if self.is_candidate else "regular"}
 
     async def init_cluster(self, name: str, hvparams: dict[str, Any]) -> int:
         """`corral cluster init`: secrets, a one-member etcd, the master lease, the cluster record.
@@ -177,38 +260,21 @@ class Agent:
         that the operator can simply run the command again.
         """
         async with self._init_lock:
-            local = self.local_cluster()
-            if local is not None:
-                raise FileExistsError(f"node '{self.cfg.node_name}' already belongs to cluster '{local['name']}'")
+            self._refuse_if_member()
             try:
                 return await self._init_cluster(name, hvparams)
             except BaseException:
-                log.error("cluster init failed; removing what it created on node '%s'", self.cfg.node_name)
-                await self._deactivate()
-                for path in (self._cluster_file, self.cfg.pki_dir, os.path.join(self.cfg.state_dir, "etcd"),
-                             os.path.join(self.cfg.state_dir, "serf.snapshot")):
-                    if os.path.isdir(path):
-                        shutil.rmtree(path)
-                    elif os.path.exists(path):
-                        os.unlink(path)
-                self.replica.reset([], 0)
+                await self._undo_local("cluster init")
                 raise
 
     async def _init_cluster(self, name: str, hvparams: dict[str, Any]) -> int:
         pki.create_ca(self.pki, name)
         pki.issue_node_cert(self.pki, self.cfg.node_name, self.cfg.address)
-        for secret, value in (("gossip.key", new_gossip_key()),
-                              ("serf-rpc.key", secrets.token_urlsafe(24))):
-            fd = os.open(os.path.join(self.cfg.pki_dir, secret), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(value)
-        local = {"name": name, "joined": time.time(),
-                 "etcd_initial_cluster": f"{self.cfg.node_name}=https://{self.cfg.address}:{self.cfg.etcd_peer_port}",
-                 "etcd_cluster_state": "new"}
-        tmp = self._cluster_file + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(local, fh)
-        os.replace(tmp, self._cluster_file)
+        self._write_secret("gossip.key", new_gossip_key())
+        self._write_secret("serf-rpc.key", secrets.token_urlsafe(24))
+        self._save_local({"name": name, "joined": time.time(), "etcd_member": True,
+                          "etcd_initial_cluster": f"{self.cfg.node_name}={self.peer_url}",
+                          "etcd_cluster_state": "new", "etcd_endpoints": [self.client_url], "serf_join": []})
         log.info("initializing cluster '%s' on node '%s' (CA %s)", name, self.cfg.node_name,
                  pki.ca_fingerprint(self.pki))
         await self.activate()
@@ -217,22 +283,172 @@ class Agent:
         await self.report_now()
         return await self.ops.submit_cluster_init(name, self.node_record(), hvparams)
 
+    async def join_cluster(self, address: str, token: str) -> dict[str, Any]:
+        """`corral cluster join ADDR --token T`: get a certificate and the secrets, then come up."""
+        async with self._init_lock:
+            self._refuse_if_member()
+            host, port = joining.split_address(address, self.cfg.api_port)
+            try:
+                csr = pki.new_node_key(self.pki)
+                record = self.node_record()
+                answer = await joining.request_join(host, port, token, {
+                    "name": self.cfg.node_name, "address": self.cfg.address, "csr": csr.decode(),
+                    "ports": {"api": record["api_port"], "gossip": record["gossip_port"],
+                              "etcd_client": record["etcd_client_port"], "etcd_peer": record["etcd_peer_port"]}})
+                pki.write_pem(self.pki.ca_cert, answer["ca_cert"].encode())
+                pki.write_pem(self.pki.node_cert, answer["node_cert"].encode())
+                self._write_secret("gossip.key", answer["gossip_key"])
+                self._write_secret("serf-rpc.key", secrets.token_urlsafe(24))
+                self._save_local({"name": answer["cluster"], "joined": time.time(), "etcd_member": False,
+                                  "etcd_endpoints": answer["etcd_endpoints"], "serf_join": answer["serf_join"]})
+                log.info("node '%s' joined cluster '%s' (admitted by master '%s')", self.cfg.node_name,
+                         answer["cluster"], answer["master"])
+                await self.activate()
+                assert self.mirror is not None and self.etcd is not None
+                revision = (await self.etcd.status())["revision"]
+                await self.mirror.wait_for_revision(revision, timeout_s=15)
+                await self.report_now()
+                return {"cluster": answer["cluster"], "node": self.cfg.node_name, "master": answer["master"]}
+            except BaseException:
+                await self._undo_local("cluster join")
+                raise
+
+    def _refuse_if_member(self) -> None:
+        local = self.local_cluster()
+        if local is not None:
+            raise FileExistsError(f"node '{self.cfg.node_name}' already belongs to cluster '{local['name']}'")
+
+    async def _undo_local(self, what: str) -> None:
+        log.error("%s failed; removing what it created on node '%s'", what, self.cfg.node_name)
+        await self._deactivate()
+        for path in (self._cluster_file, self.cfg.pki_dir, os.path.join(self.cfg.state_dir, "etcd"),
+                     os.path.join(self.cfg.state_dir, "serf.snapshot")):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.unlink(path)
+        self.replica.reset([], 0)
+
     def node_record(self) -> dict[str, Any]:
         return {"name": self.cfg.node_name, "address": self.cfg.address, "api_port": self.cfg.api_port,
                 "gossip_port": self.cfg.gossip_port, "etcd_client_port": self.cfg.etcd_client_port,
-                "etcd_peer_port": self.cfg.etcd_peer_port, "candidate": True,
+                "etcd_peer_port": self.cfg.etcd_peer_port, "candidate": True, "master_capable": True,
                 "drained": False, "offline": False, "added": time.time()}
 
+    # ---- orders about this node's own roles ---------------------------------------
+    async def node_order(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op == "node.hello":
+            return {"node": self.cfg.node_name}
+        if op == "etcd.join":
+            return await self._become_member(args["initial_cluster"], args["ca_key"])
+        if op == "etcd.leave":
+            return await self._stop_being_member()
+        raise OrderError(f"unknown order {op!r}")
+
+    async def _become_member(self, initial_cluster: str, ca_key: str) -> dict[str, Any]:
+        local = self.local_cluster() or {}
+        if local.get("etcd_member") and self._etcd_child is not None:
+            return {"member": True}  # re-sent order
+        pki.write_pem(self.pki.ca_key, ca_key.encode(), secret=True)  # candidates sign joins when master
+        data_dir = os.path.join(self.cfg.state_dir, "etcd")
+        if os.path.isdir(data_dir):
+            shutil.rmtree(data_dir)  # an old member's data would make etcd refuse to join as new
+        local.update(etcd_member=True, etcd_initial_cluster=initial_cluster, etcd_cluster_state="existing")
+        self._save_local(local)
+        self._start_etcd()
+        assert self.etcd is not None
+        await self._wait_member_follows(timeout_s=60)
+        self.etcd.set_endpoints(self._endpoints(local))
+        self._start_role()
+        log.info("node '%s' is now an etcd member and master candidate", self.cfg.node_name)
+        return {"member": True}
+
+    async def _wait_member_follows(self, timeout_s: float) -> None:
+        """Until this node's new member knows the leader. (A learner serves no reads, so
+        this asks for its status only; the master promotes it once it is in sync.)"""
+        client = EtcdClient([self.client_url], ssl=pki.client_context(self.pki))
+        deadline = time.monotonic() + timeout_s
+        reason = "no answer yet"
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    if (await client.status()).get("leader"):
+                        return
+                    reason = "the member has no leader yet"
+                except EtcdError as exc:
+                    reason = str(exc)
+                await asyncio.sleep(0.2)
+        finally:
+            await client.close()
+        raise OrderError(f"the new etcd member on node '{self.cfg.node_name}' did not reach the cluster "
+                         f"within {timeout_s:.0f} s: {reason} (see {self.cfg.log_dir}/etcd.log)")
+
+    async def _stop_being_member(self) -> dict[str, Any]:
+        local = self.local_cluster() or {}
+        if self._role_task is not None:
+            self._role_task.cancel()
+            await asyncio.gather(self._role_task, return_exceptions=True)
+            self._role_task = None
+        if self._etcd_child is not None:
+            await self._etcd_child.stop()
+            self._etcd_child = None
+        data_dir = os.path.join(self.cfg.state_dir, "etcd")
+        if os.path.isdir(data_dir):
+            shutil.rmtree(data_dir)
+        if os.path.exists(self.pki.ca_key):
+            os.unlink(self.pki.ca_key)
+        local.update(etcd_member=False)
+        local.pop("etcd_initial_cluster", None)
+        self._save_local(local)
+        if self.etcd is not None:
+            self.etcd.set_endpoints(self._endpoints(local))
+        log.info("node '%s' left the etcd members; it is now a regular node", self.cfg.node_name)
+        return {"member": False}
+
+    # ---- reports --------------------------------------------------------------------
     async def report_now(self) -> None:
         if self.etcd is None:
             return
         self.refresh_catalog()
         report = await reporter.collect(self.cfg.node_name, self.qemu, self.files, self.catalog)
+        report["agent_pid"] = os.getpid()
+        report["etcd"] = await self._member_health()
         await self.etcd.put(model.report_key(self.cfg.node_name), model.dumps(report))
+
+    async def _member_health(self) -> dict[str, Any]:
+        """This node's own etcd member, as `node list` shows it (empty for regular nodes)."""
+        if self._etcd_child is None or self.etcd is None:
+            return {}
+        try:
+            status = await asyncio.wait_for(self.etcd.status(self.client_url), 3)
+        except (EtcdError, TimeoutError) as exc:
+            return {"member": True, "healthy": False, "reason": f"member unreachable ({exc})"}
+        if not status.get("leader"):
+            return {"member": True, "healthy": False, "reason": "member has no leader"}
+        return {"member": True, "healthy": True, "reason": ""}
+
+    def schedule_report(self) -> None:
+        """Publish a report soon (after an order) without making the caller wait."""
+        task = asyncio.get_running_loop().create_task(self.report_now())
+        self._report_tasks.add(task)
+        task.add_done_callback(self._report_tasks.discard)
+
+    def _follow_members(self) -> None:
+        """Keep the etcd endpoints (and cluster.json) in step with the candidates in the config."""
+        local = self.local_cluster()
+        if local is None or self.etcd is None:
+            return
+        urls = sorted(model.etcd_client_url(n) for _, n in self.replica.prefix_json(model.NODES) if n.get("candidate"))
+        if urls and urls != sorted(local.get("etcd_endpoints", [])):
+            local["etcd_endpoints"] = urls
+            self._save_local(local)
+            self.etcd.set_endpoints(self._endpoints(local))
+            log.info("etcd endpoints are now %s", ", ".join(urls))
 
     async def _report_loop(self) -> None:
         while not self.stop_event.is_set():
             try:
+                self._follow_members()
                 await self.report_now()
             except EtcdError as exc:
                 log.warning("could not publish this node's report: %s", exc)
@@ -243,47 +459,45 @@ class Agent:
             except asyncio.TimeoutError:
                 pass
 
-    async def serf_members(self) -> list[dict[str, Any]]:
-        """Gossip view for `node list`; empty when Serf is not answering."""
+    async def gossip(self) -> dict[str, dict[str, Any]]:
+        """Gossip view for `node list`: status and why, by node name; empty when Serf is not answering."""
         if self.local_cluster() is None:
-            return []
+            return {}
         try:
             rpc = await SerfRpc.connect(self.cfg.address, self.cfg.serf_rpc_port,
                                         auth_key=self._secret("serf-rpc.key"), timeout_s=2)
         except (SerfError, OSError):
-            return []
+            return {}
         try:
-            return [{"name": m.name, "addr": m.addr, "status": m.status, "tags": m.tags}
-                    for m in await rpc.members()]
+            members = await rpc.members()
         except SerfError:
-            return []
+            return {}
         finally:
             await rpc.close()
-
-    def schedule_report(self) -> None:
-        """Publish a report soon (after an order) without making the caller wait."""
-        task = asyncio.get_running_loop().create_task(self.report_now())
-        self._report_tasks.add(task)
-        task.add_done_callback(self._report_tasks.discard)
+        now = time.time()
+        self._gossip_seen = note_alive(members, now, self._gossip_seen)
+        return {name: {"status": g.status, "reason": g.reason}
+                for name, g in gossip_status(members, now, self._gossip_seen).items()}
 
     async def _deactivate(self) -> None:
         """Stop the cluster side (tasks, etcd, serf); the local API stays up."""
         self.stop_event.set()
-        for task in [*self._tasks, *self._report_tasks]:
+        tasks = [*self._tasks, *self._report_tasks] + ([self._role_task] if self._role_task else [])
+        for task in tasks:
             try:
                 await asyncio.wait_for(task, 15)
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
                 task.cancel()
-        self._tasks = []
-        for child in reversed(self._children):
-            await child.stop()
-        self._children = []
+        self._tasks, self._role_task = [], None
+        for child in (self._serf_child, self._etcd_child):
+            if child is not None:
+                await child.stop()
+        self._serf_child = self._etcd_child = None
         if self.nodes is not None:
             await self.nodes.close()
         if self.etcd is not None:
             await self.etcd.close()
-        self.etcd = self.mirror = self.role = self.ops = self.nodes = None
-        self.stop_event = asyncio.Event()
+        self.etcd = self.mirror = self.role = self.ops = self.node_ops = self.nodes = self.lease = None
 
     async def shutdown(self) -> None:
         await self._deactivate()

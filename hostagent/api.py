@@ -1,8 +1,10 @@
-"""The agent's HTTP API (/v1): a unix socket for the local CLI, TLS for other nodes.
+"""The agent's HTTP API (/v1): a unix socket for the local CLI, TLS for nodes and users.
 
 Reads are answered from the local SQLite replica (with its age, so a stale
-answer says so); writes become jobs on the master. Errors are JSON
-{error, message} with the status code saying which kind.
+answer says so). Changes run on the master: a non-master agent forwards them
+over mutual TLS and answers once its own replica has the result
+(read-your-writes). Errors are JSON {error, message}; the status code says
+which kind.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from kvm.hvparams import HvParamError, parse_hvparams
 from storage.base import StorageError
 from storage.osdef import OsDefinition
 
-from hostagent import model, views
+from hostagent import auth, joining, model, users, views
 from hostagent.agent import Agent, NotInitialized
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.executor import OrderError
 from hostagent.fencing import StaleToken
+from hostagent.joining import JoinRefused
 from hostagent.master import NoMaster
+from hostagent.node_ops import NodeOperations
 from hostagent.openapi import openapi_document
 from hostagent.operations import Operations
 from hostagent.status import REPORT_STALE_AFTER_S
@@ -36,11 +40,15 @@ from hostagent.units import SizeError
 
 log = logging.getLogger(__name__)
 
+NO_QUORUM = ("no quorum: the cluster's etcd members cannot agree right now, so changes are refused "
+             "until a majority of the master candidates is reachable again; reads still work from "
+             "each node's replica. Detail: ")
 _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (BadRequest, 400, "bad-request"), (SizeError, 400, "bad-request"), (HvParamError, 400, "bad-request"),
     (NotFound, 404, "not-found"), (Conflict, 409, "conflict"), (FileExistsError, 409, "conflict"),
-    (StaleToken, 409, "stale-token"), (NoMaster, 503, "no-master"), (NotInitialized, 503, "not-initialized"),
-    (NotMaster, 503, "no-master"), (EtcdError, 503, "no-quorum"), (TimeoutError, 503, "timeout"),
+    (StaleToken, 409, "stale-token"), (JoinRefused, 403, "join-refused"),
+    (NoMaster, 503, "no-master"), (NotInitialized, 503, "not-initialized"),
+    (NotMaster, 503, "no-master"), (ConnectionError, 503, "master-unreachable"), (TimeoutError, 503, "timeout"),
     (OrderError, 422, "order-failed"), (StorageError, 422, "storage"),
 ]
 
@@ -50,11 +58,14 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def _errors(request: web.Request,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException:
         raise
+    except EtcdError as exc:
+        return _error(503, "no-quorum", NO_QUORUM + str(exc))
     except Exception as exc:  # noqa: BLE001 - translated once, here
         for typ, status, code in _ERRORS:
             if isinstance(exc, typ):
@@ -63,6 +74,12 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
             return _error(422, "node-error", str(exc))
         log.exception("API %s %s failed; please report this bug", request.method, request.path)
         return _error(500, "internal", f"internal error: {exc!r} (please report this bug)")
+
+
+def _job_id(raw: str) -> int:
+    if not raw.isdigit():
+        raise BadRequest(f"job id {raw!r} is not a number")
+    return int(raw)
 
 
 class Api:
@@ -89,9 +106,7 @@ class Api:
 
     def _master(self) -> str | None:
         master = self.agent.replica.get_json(model.MASTER_KEY)
-        if isinstance(master, dict):
-            return master.get("node")
-        return master
+        return master.get("node") if isinstance(master, dict) else None
 
     def _require_cluster(self) -> None:
         if self.agent.local_cluster() is None:
@@ -99,6 +114,8 @@ class Api:
                                  "run `corral cluster init --name NAME` first")
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
         try:
             body = await request.json()
         except ValueError:
@@ -107,29 +124,43 @@ class Api:
             raise BadRequest("the request body must be a JSON object")
         return body
 
-    async def _accepted(self, job_id: int) -> web.Response:
-        """Answer only once the local replica has the job: the CLI then reads its own write."""
-        key = model.job_key(job_id)
+    async def _wait_replica(self, key: str) -> None:
+        """Read-your-writes: return once this node's replica has `key` (bounded)."""
         for _ in range(100):
             if self.agent.replica.get(key) is not None:
-                break
+                return
             await asyncio.sleep(0.05)
+
+    async def _accepted(self, job_id: int) -> web.Response:
+        await self._wait_replica(model.job_key(job_id))
         return self._ok({"job_id": job_id}, status=202)
 
-    async def _ops(self) -> Operations:
-        """The master's operations; waits briefly while this node is (re)taking the master role."""
+    async def _on_master(self, request: web.Request,
+                         run: Callable[[Operations, NodeOperations], Awaitable[web.Response]]) -> web.Response:
+        """Run a change here if this node is master, else forward it to the master."""
         self._require_cluster()
         role = self.agent.role
         if role is not None and not role.is_master and self._master() in (None, self.agent.cfg.node_name):
-            try:
+            try:  # this node is (re)taking the master role: wait a moment rather than fail
                 await asyncio.wait_for(role.became_master.wait(), self.agent.cfg.master_lease_ttl_s + 5)
             except asyncio.TimeoutError:
                 pass
-        if self.agent.ops is None or role is None or not role.is_master:
-            raise NoMaster(self._master(), f"node '{self.agent.cfg.node_name}' is not the master "
-                                           f"(master: {self._master() or 'none elected'}); "
-                                           "forwarding comes with multi-node clusters")
-        return self.agent.ops
+        if self.agent.role is not None and self.agent.role.is_master:
+            assert self.agent.ops is not None and self.agent.node_ops is not None
+            return await run(self.agent.ops, self.agent.node_ops)
+        master = self._master()
+        node = self.agent.replica.get_json(model.node_key(master)) if master else None
+        if node is None or self.agent.nodes is None:
+            raise NoMaster(None, "no master is elected right now, so changes are refused; "
+                                 "`corral cluster info` shows the quorum state")
+        status, data = await self.agent.nodes.forward(node["address"], node["api_port"], request.method,
+                                                      request.path_qs, await request.read())
+        job_id = (data.get("data") or {}).get("job_id") if isinstance(data.get("data"), dict) else None
+        if status == 202 and job_id is not None:
+            await self._wait_replica(model.job_key(job_id))
+        if "data" in data:
+            data["replica"] = self._replica_info()
+        return web.json_response(data, status=status)
 
     # ---- cluster -------------------------------------------------------------
     async def cluster_info(self, request: web.Request) -> web.Response:
@@ -137,22 +168,38 @@ class Api:
         if local is None:
             return self._ok({"name": None, "initialized": False, "master": None, "token": None,
                              "this_node": self.agent.cfg.node_name, "this_node_is_master": False,
-                             "hvparams": {}, "candidates": [], "nodes": 0, "instances": 0})
+                             "hvparams": {}, "candidates": [], "nodes": 0, "instances": 0, "quorum": None})
         cluster = self.agent.replica.get_json(model.CLUSTER_KEY) or {}
+        master = self.agent.replica.get_json(model.MASTER_INFO_KEY) or {}
         role = self.agent.role
-        token = role.token if role is not None and role.is_master else None
+        mine = role.token if role is not None and role.is_master else None
         return self._ok({
             "name": cluster.get("name") or local["name"],
             "initialized": True,
             "master": self._master(),
-            "token": token.to_str() if token else None,
+            "token": mine.to_str() if mine else (master.get("token") if master.get("node") == self._master() else None),
             "this_node": self.agent.cfg.node_name,
-            "this_node_is_master": token is not None,
+            "this_node_is_master": mine is not None,
+            "this_node_is_candidate": bool(local.get("etcd_member")),
             "hvparams": cluster.get("hvparams", {}),
-            "candidates": [n["name"] for n in self._all(model.NODES) if n.get("candidate")],
+            "candidates": sorted(n["name"] for n in self._all(model.NODES) if n.get("candidate")),
             "nodes": len(self._all(model.NODES)),
             "instances": len(self._all(model.INSTANCES)),
+            "quorum": await self._quorum(),
         })
+
+    async def _quorum(self) -> dict[str, Any]:
+        """Whether etcd can commit right now, as seen from this node."""
+        etcd = self.agent.etcd
+        if etcd is None:
+            return {"ok": False, "reason": "this agent has no etcd client"}
+        try:
+            status = await asyncio.wait_for(etcd.status(), 3)
+        except (EtcdError, TimeoutError) as exc:
+            return {"ok": False, "reason": str(exc)}
+        if not status.get("leader"):
+            return {"ok": False, "reason": "the etcd member this node asked has no leader"}
+        return {"ok": True, "reason": "", "leader_id": status["leader"], "revision": status["revision"]}
 
     async def cluster_init(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -166,6 +213,14 @@ class Api:
         job_id = await self.agent.init_cluster(name, hv)
         return await self._accepted(job_id)
 
+    async def cluster_join(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        address, token = str(body.get("address", "")), str(body.get("token", ""))
+        if not address:
+            raise BadRequest("the address of a cluster node is required, e.g. 192.0.2.11 or 192.0.2.11:7947")
+        joining.parse_token(token)
+        return self._ok(await self.agent.join_cluster(address, token))
+
     async def cluster_verify(self, request: web.Request) -> web.Response:
         self._require_cluster()
         findings = views.verify(self._all(model.NODES), self._all(model.INSTANCES), self._reports(),
@@ -175,12 +230,27 @@ class Api:
                                                         "findings may be out of date"))
         return self._ok([{"severity": f.severity, "message": f.message} for f in findings])
 
+    async def master_failover(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        to = body.get("to")
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return self._ok(await nodes.master_failover(str(to) if to else None))
+        return await self._on_master(request, run)
+
+    async def replica_checksum(self, request: web.Request) -> web.Response:
+        self._require_cluster()
+        return self._ok({"node": self.agent.cfg.node_name, "revision": self.agent.replica.applied_revision(),
+                         "checksum": self.agent.replica.checksum(exclude_prefixes=(model.REPORTS,)),
+                         "checksum_all": self.agent.replica.checksum()})
+
     # ---- nodes ---------------------------------------------------------------
     async def _node_rows(self) -> list[dict[str, Any]]:
-        gossip = {m["name"]: m["status"] for m in await self.agent.serf_members()}
+        gossip = await self.agent.gossip()
         reports, instances, master = self._reports(), self._all(model.INSTANCES), self._master()
+        leases = {lease["node"] for lease in self._all(model.LEASES)}
         now = time.time()
-        return [views.node_row(n, reports.get(n["name"]), master, gossip, instances, now)
+        return [views.node_row(n, reports.get(n["name"]), master, gossip, instances, n["name"] in leases, now)
                 for n in self._all(model.NODES)]
 
     async def node_list(self, request: web.Request) -> web.Response:
@@ -196,6 +266,41 @@ class Api:
                 return self._ok(row)
         raise NotFound(f"no node named '{name}'")
 
+    async def node_add(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return self._ok(await nodes.issue_token(str(body.get("name", "")), str(body.get("address", "")),
+                                                    float(body.get("ttl_s", joining.TOKEN_TTL_S))))
+        return await self._on_master(request, run)
+
+    async def node_remove(self, request: web.Request) -> web.Response:
+        name, force = request.match_info["name"], request.query.get("force") == "1"
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return self._ok(await nodes.remove(name, force))
+        return await self._on_master(request, run)
+
+    async def node_modify(self, request: web.Request) -> web.Response:
+        name, body = request.match_info["name"], await self._body(request)
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            result = await nodes.modify(name, body)
+            await self._wait_replica(model.node_key(name))
+            return self._ok(result)
+        return await self._on_master(request, run)
+
+    async def join_ca(self, request: web.Request) -> web.Response:
+        with open(self.agent.pki.ca_cert) as fh:
+            return web.Response(text=fh.read(), content_type="application/x-pem-file")
+
+    async def join(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return self._ok(await nodes.accept_join(body))
+        return await self._on_master(request, run)
+
     # ---- instances -----------------------------------------------------------
     async def instance_list(self, request: web.Request) -> web.Response:
         reports, now = self._reports(), time.time()
@@ -203,41 +308,56 @@ class Api:
 
     async def instance_info(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        self._require_cluster()
         inst = self.agent.replica.get_json(model.instance_key(name))
         if inst is None:
             raise NotFound(f"no instance named '{name}'")
         row = views.instance_row(inst, self._reports(), time.time())
         if inst["primary_node"] == self.agent.cfg.node_name:
-            row["console_tail"] = [line for line in self.agent.qemu.console_log_tail(name, 30) if line.strip()][-10:]
+            lines = self.agent.qemu.console_log_tail(name, 30)
+            row["console_tail"] = [line for line in lines if line.strip()][-10:]
         return self._ok(row)
 
     async def instance_add(self, request: web.Request) -> web.Response:
-        return await self._accepted(await (await self._ops()).submit_add(await self._body(request)))
+        body = await self._body(request)
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await ops.submit_add(body))
+        return await self._on_master(request, run)
 
     async def instance_action(self, request: web.Request) -> web.Response:
         name, action = request.match_info["name"], request.match_info["action"]
-        body = await self._body(request) if request.can_read_body else {}
-        params: dict[str, Any] = {}
+        body = await self._body(request)
         if action == "stop":
             params = {"force": bool(body.get("force", False)), "timeout_s": body.get("timeout_s")}
         elif action == "reboot":
             params = {"type": body.get("type", "soft")}
-        elif action != "start":
+        elif action == "start":
+            params = {}
+        else:
             raise NotFound(f"unknown instance action '{action}' (start, stop, reboot)")
-        return await self._accepted(await (await self._ops()).submit_simple(f"instance.{action}", name, params))
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await ops.submit_simple(f"instance.{action}", name, params))
+        return await self._on_master(request, run)
 
     async def instance_remove(self, request: web.Request) -> web.Response:
-        return await self._accepted(await (await self._ops()).submit_simple("instance.remove", request.match_info["name"], {}))
+        name = request.match_info["name"]
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await ops.submit_simple("instance.remove", name, {}))
+        return await self._on_master(request, run)
 
     async def instance_console(self, request: web.Request) -> web.StreamResponse:
         """Bridge a websocket to the instance's serial console socket (instance on this node)."""
         name = request.match_info["name"]
+        self._require_cluster()
         inst = self.agent.replica.get_json(model.instance_key(name))
         if inst is None:
             raise NotFound(f"no instance named '{name}'")
         if inst["primary_node"] != self.agent.cfg.node_name:
             raise BadRequest(f"instance '{name}' runs on node '{inst['primary_node']}': run "
-                             "`corral instance console` there (console forwarding comes with multi-node)")
+                             "`corral instance console` there")
         path = run_paths(self.agent.cfg.run_dir, name).console_socket
         if self.agent.qemu.find(name) is None or not os.path.exists(path):
             raise Conflict(f"instance '{name}' is not running, so it has no console")
@@ -266,32 +386,58 @@ class Api:
             writer.close()
         return ws
 
-    # ---- jobs and OS ---------------------------------------------------------
+    # ---- jobs, OS, users -----------------------------------------------------
     async def job_list(self, request: web.Request) -> web.Response:
-        jobs = self._all(model.JOBS)
-        return self._ok([{k: j[k] for k in ("id", "op", "summary", "status", "created", "started", "ended",
-                                             "error")} for j in jobs])
+        keys = ("id", "op", "summary", "status", "created", "started", "ended", "error")
+        return self._ok([{k: j[k] for k in keys} for j in self._all(model.JOBS)])
 
     async def job_info(self, request: web.Request) -> web.Response:
-        raw = request.match_info["id"]
-        if not raw.isdigit():
-            raise BadRequest(f"job id {raw!r} is not a number")
-        job = self.agent.replica.get_json(model.job_key(int(raw)))
+        job_id = _job_id(request.match_info["id"])
+        self._require_cluster()
+        job = self.agent.replica.get_json(model.job_key(job_id))
         if job is None:
-            raise NotFound(f"no job {raw}")
+            raise NotFound(f"no job {job_id}")
         return self._ok(job)
+
+    async def job_cancel(self, request: web.Request) -> web.Response:
+        job_id = _job_id(request.match_info["id"])
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            await ops.role.require().cancel(job_id)
+            await asyncio.sleep(0)  # let the cancel's write reach etcd before answering
+            return self._ok({"job_id": job_id, "status": "canceled"})
+        return await self._on_master(request, run)
 
     async def os_list(self, request: web.Request) -> web.Response:
         catalog = self.agent.refresh_catalog()
         rows = []
         for name, entry in sorted(catalog.entries.items()):
-            if isinstance(entry, OsDefinition):
-                rows.append({"name": name, "kind": "script", "path": entry.path,
-                             "variants": list(entry.variants), "api_versions": list(entry.api_versions)})
-            else:
-                rows.append({"name": name, "kind": "image", "path": entry.path, "variants": [],
-                             "api_versions": []})
+            script = isinstance(entry, OsDefinition)
+            rows.append({"name": name, "kind": "script" if script else "image", "path": entry.path,
+                         "variants": list(entry.variants) if script else [],
+                         "api_versions": list(entry.api_versions) if script else []})
         return self._ok({"node": self.agent.cfg.node_name, "os": rows, "problems": list(catalog.problems)})
+
+    async def user_list(self, request: web.Request) -> web.Response:
+        return self._ok([users.public(u) for u in self._all(model.USERS)])
+
+    async def user_add(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        record, token = users.new_user(str(body.get("name", "")), str(body.get("role", "")))
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            await ops.put_new(model.user_key(record["name"]), record, f"user '{record['name']}' already exists")
+            await self._wait_replica(model.user_key(record["name"]))
+            return self._ok({**users.public(record), "token": token})
+        return await self._on_master(request, run)
+
+    async def user_remove(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            await ops.delete_existing(model.user_key(name), f"no user named '{name}'")
+            return self._ok({"name": name})
+        return await self._on_master(request, run)
 
     # ---- node-to-node --------------------------------------------------------
     async def node_order(self, request: web.Request) -> web.Response:
@@ -301,33 +447,35 @@ class Api:
         except ValueError:
             raise BadRequest(f"order token {body.get('token')!r} is not a fencing token") from None
         self.agent.tokens.admit(token)
-        result = await self.agent.executor.handle(str(body.get("op", "")), body.get("args", {}))
-        self.agent.schedule_report()
+        op, args = str(body.get("op", "")), body.get("args", {})
+        if op.startswith("instance."):
+            result = await self.agent.executor.handle(op, args)
+            self.agent.schedule_report()
+        else:
+            result = await self.agent.node_order(op, args)
         return web.json_response(result)
-
-    async def job_cancel(self, request: web.Request) -> web.Response:
-        raw = request.match_info["id"]
-        if not raw.isdigit():
-            raise BadRequest(f"job id {raw!r} is not a number")
-        runner = (await self._ops()).role.require()
-        await runner.cancel(int(raw))
-        return self._ok({"job_id": int(raw), "status": "canceled"})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
 
 def build_app(agent: Agent, *, node_site: bool) -> web.Application:
-    """The local app (unix socket) serves everything but orders; the TLS app adds orders."""
+    """The local app (unix socket) and the TLS app; only the TLS app takes orders and joins."""
     api = Api(agent)
-    app = web.Application(middlewares=[_errors])
+    middlewares = [_errors] + ([auth.middleware(agent.replica)] if node_site and agent is not None else [])
+    app = web.Application(middlewares=middlewares)
     r = app.router
     r.add_get("/v1/openapi.json", api.openapi)
     r.add_get("/v1/cluster", api.cluster_info)
     r.add_post("/v1/cluster/init", api.cluster_init)
     r.add_get("/v1/cluster/verify", api.cluster_verify)
+    r.add_post("/v1/cluster/master-failover", api.master_failover)
+    r.add_get("/v1/cluster/replica", api.replica_checksum)
     r.add_get("/v1/nodes", api.node_list)
+    r.add_post("/v1/nodes", api.node_add)
     r.add_get("/v1/nodes/{name}", api.node_info)
+    r.add_delete("/v1/nodes/{name}", api.node_remove)
+    r.add_post("/v1/nodes/{name}/modify", api.node_modify)
     r.add_get("/v1/instances", api.instance_list)
     r.add_post("/v1/instances", api.instance_add)
     r.add_get("/v1/instances/{name}", api.instance_info)
@@ -338,6 +486,13 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
     r.add_get("/v1/jobs/{id}", api.job_info)
     r.add_post("/v1/jobs/{id}/cancel", api.job_cancel)
     r.add_get("/v1/os", api.os_list)
+    r.add_get("/v1/users", api.user_list)
+    r.add_post("/v1/users", api.user_add)
+    r.add_delete("/v1/users/{name}", api.user_remove)
     if node_site:
+        r.add_get("/v1/join/ca", api.join_ca)
+        r.add_post("/v1/join", api.join)
         r.add_post("/v1/node/orders", api.node_order)
+    else:
+        r.add_post("/v1/cluster/join", api.cluster_join)
     return app

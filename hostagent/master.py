@@ -1,4 +1,4 @@
-"""The master role: campaign for the lease, and while held, run the jobs.
+"""The master role: campaign for the lease, and while held, run the jobs and duties.
 
 Patroni-style: each pass of the loop decides one thing and says it in one
 sentence, which is logged when it changes ("acquired the master lease ...").
@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from election.etcd import EtcdClient, EtcdError
 from election.lease import FencingToken, MasterLease, NotMaster
 
+from hostagent import model
 from hostagent.jobs import Handler, JobRunner
 
 log = logging.getLogger(__name__)
+
+Duty = Callable[[], Awaitable[Any]]
 
 
 class NoMaster(Exception):
@@ -30,18 +34,25 @@ class NoMaster(Exception):
 class MasterRole:
     def __init__(self, node: str, client: EtcdClient, lease: MasterLease,
                  lock_keys: Callable[[dict[str, Any]], list[str]],
-                 on_change: Callable[[str], None] = lambda s: None) -> None:
+                 on_change: Callable[[str], None] = lambda s: None,
+                 catch_up: Callable[[int], Awaitable[bool]] | None = None) -> None:
         self.node = node
         self.client = client
         self.lease = lease
         self.handlers: dict[str, Handler] = {}  # set by the wiring: operations need the role
+        self.on_elected: list[Duty] = []   # once, after winning and catching up
+        self.duties: list[Duty] = []       # every pass while master
         self._lock_keys = lock_keys
         self._on_change = on_change
+        self._catch_up = catch_up
         self.token: FencingToken | None = None
         self.runner: JobRunner | None = None
         self.became_master = asyncio.Event()
+        self.elected_at: float | None = None
         self._last_sentence = ""
         self._took_over = False
+        self._hold_until = 0.0
+        self._wake = asyncio.Event()
 
     @property
     def is_master(self) -> bool:
@@ -70,24 +81,37 @@ class MasterRole:
                 await self._demote(f"lost contact with etcd ({exc}); stopped master duties")
             except Exception:  # noqa: BLE001 - the loop must survive; reported
                 log.exception("master loop iteration failed; please report this bug")
+            self._wake.clear()
             try:
-                await asyncio.wait_for(stop.wait(), interval if self.is_master else 1.0)
+                await asyncio.wait_for(self._wait_either(stop), interval if self.is_master else 1.0)
             except asyncio.TimeoutError:
                 pass
         await self._demote("agent stopping")
-        if self.token is None:
-            return
+
+    async def _wait_either(self, stop: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
-            await self.lease.resign()
-        except EtcdError:
-            pass
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _step(self) -> str:
         if self.is_master:
-            if await self.lease.keepalive():
-                return f"node '{self.node}' is master (token {self.token.to_str()})"  # type: ignore[union-attr]
-            await self._demote("master lease expired")
-            return f"lost the master lease; node '{self.node}' is no longer master"
+            if not await self.lease.keepalive():
+                await self._demote("master lease expired")
+                return f"lost the master lease; node '{self.node}' is no longer master"
+            for duty in self.duties:
+                await duty()
+            return f"node '{self.node}' is master (token {self.token.to_str()})"  # type: ignore[union-attr]
+        if time.monotonic() < self._hold_until:
+            return f"node '{self.node}' stepped down; not campaigning for a moment"
+        handover = await self.client.get(model.HANDOVER_KEY)
+        if handover is not None:
+            plan = model.loads(handover.value)
+            someone_else = plan["to"] is not None and plan["to"] != self.node
+            if plan["until"] > time.time() and (plan["from"] == self.node or someone_else):
+                return f"master hand-over to {plan['to'] or 'another candidate'} in progress; not campaigning"
         token = await self.lease.campaign(self.node)
         if token is None:
             current = await self.lease.current()
@@ -100,11 +124,26 @@ class MasterRole:
                         f"(token {current[1].to_str()})")
             holder = current[0] if current else "nobody"
             return f"node '{holder}' holds the master lease; following"
+        if self._catch_up is not None:
+            revision = (await self.client.status())["revision"]
+            if not await self._catch_up(revision):
+                await self.lease.resign()
+                return f"won the election but this node's replica is behind revision {revision}; stepped back"
         runner = JobRunner(self.node, self.client, self.lease, token, self.handlers, self._lock_keys)
         self.token, self.runner = token, runner
+        self.elected_at = time.monotonic()
         await runner.start()
+        for hook in self.on_elected:
+            await hook()
         self.became_master.set()
         return f"acquired the master lease; node '{self.node}' is master (token {token.to_str()})"
+
+    async def step_down(self, hold_s: float) -> None:
+        """Planned hand-over: stop duties, end the lease, and stay out of the next election."""
+        self._hold_until = time.monotonic() + hold_s
+        await self._demote("stepped down for a planned master hand-over")
+        await self.lease.resign()
+        self._wake.set()
 
     async def _demote(self, reason: str) -> None:
         runner, self.runner, self.token = self.runner, None, None
@@ -112,3 +151,8 @@ class MasterRole:
         if runner is not None:
             self._say(reason)
             await runner.stop()
+        if reason == "agent stopping" and runner is not None:
+            try:
+                await self.lease.resign()
+            except EtcdError:
+                pass

@@ -13,11 +13,16 @@ from typing import Any
 PREFIX = "/corral/"
 CLUSTER_KEY = "/corral/cluster"
 MASTER_KEY = "/corral/master"
+MASTER_INFO_KEY = "/corral/master-info"  # who is master with which token, for every node to read
 NODES = "/corral/nodes/"
 INSTANCES = "/corral/instances/"
 JOBS = "/corral/jobs/"
 REPORTS = "/corral/reports/"
 RESERVATIONS = "/corral/reservations/"
+JOIN_TOKENS = "/corral/join-tokens/"
+USERS = "/corral/users/"
+LEASES = "/corral/leases/"
+HANDOVER_KEY = "/corral/handover"
 
 
 def node_key(name: str) -> str:
@@ -34,6 +39,26 @@ def job_key(job_id: int) -> str:
 
 def report_key(node: str) -> str:
     return REPORTS + node
+
+
+def join_token_key(token_hash: str) -> str:
+    return JOIN_TOKENS + token_hash
+
+
+def user_key(name: str) -> str:
+    return USERS + name
+
+
+def lease_key(node: str) -> str:
+    return LEASES + node
+
+
+def etcd_client_url(node: dict[str, Any]) -> str:
+    return f"https://{node['address']}:{node['etcd_client_port']}"
+
+
+def etcd_peer_url(node: dict[str, Any]) -> str:
+    return f"https://{node['address']}:{node['etcd_peer_port']}"
 
 
 def reservation_key(kind: str, name: str) -> str:

@@ -29,8 +29,20 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/cluster": {"get": _op("Cluster name, master, fencing token, candidates")},
     "/v1/cluster/init": {"post": _op("Create a new cluster with this node as its first master", "202", "ClusterInit")},
     "/v1/cluster/verify": {"get": _op("Findings of a cluster-wide consistency check")},
-    "/v1/nodes": {"get": _op("All nodes with role, status, resources, instance counts")},
-    "/v1/nodes/{name}": {"get": _op("One node", params=("name",))},
+    "/v1/cluster/join": {"post": _op("Join this (new) node to a cluster with a join token (local socket only)",
+                                     body="ClusterJoin")},
+    "/v1/cluster/master-failover": {"post": _op("Hand the master role to another candidate",
+                                                body="MasterFailover")},
+    "/v1/cluster/replica": {"get": _op("This node's config replica: revision and checksum")},
+    "/v1/join/ca": {"get": _op("The cluster CA certificate (public; pinned by join tokens)", ok_desc="PEM")},
+    "/v1/join": {"post": _op("Admit a node presenting a join token (no client certificate needed)",
+                             body="Join", ok_desc="the node's certificate and the cluster secrets")},
+    "/v1/nodes": {"get": _op("All nodes with role, status, resources, instance counts"),
+                  "post": _op("Issue a one-time join token for a new node", body="NodeAdd")},
+    "/v1/nodes/{name}": {"get": _op("One node", params=("name",)),
+                         "delete": _op("Remove a node (?force=1 even with instances)", params=("name",))},
+    "/v1/nodes/{name}/modify": {"post": _op("Set candidate, drained, offline", body="NodeModify",
+                                            params=("name",))},
     "/v1/instances": {"get": _op("All instances with their observed status"),
                       "post": _op("Add an instance (a job)", "202", "InstanceAdd")},
     "/v1/instances/{name}": {"get": _op("One instance", params=("name",)),
@@ -43,6 +55,9 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/jobs/{id}": {"get": _op("One job with its log and progress", params=("id",))},
     "/v1/jobs/{id}/cancel": {"post": _op("Cancel a job that has not started yet", params=("id",))},
     "/v1/os": {"get": _op("OS definitions and images available on this node")},
+    "/v1/users": {"get": _op("API users and their roles"),
+                  "post": _op("Add an API user; the answer holds its token, shown once", body="UserAdd")},
+    "/v1/users/{name}": {"delete": _op("Remove an API user", params=("name",))},
     "/v1/node/orders": {"post": _op("Order from the master to this node (node certificates only)",
                                     body="Order", ok_desc="order result")},
 }
@@ -66,6 +81,18 @@ SCHEMAS: dict[str, Any] = {
     "InstanceAction": {"type": "object", "properties": {
         "force": {"type": "boolean"}, "timeout_s": {"type": "number"},
         "type": {"type": "string", "enum": ["soft", "hard"]}}},
+    "ClusterJoin": {"type": "object", "required": ["address", "token"], "properties": {
+        "address": {"type": "string", "example": "192.0.2.11:7947"}, "token": {"type": "string"}}},
+    "MasterFailover": {"type": "object", "properties": {"to": {"type": "string"}}},
+    "Join": {"type": "object", "required": ["token", "name", "address", "csr", "ports"], "properties": {
+        "token": {"type": "string"}, "name": {"type": "string"}, "address": {"type": "string"},
+        "csr": {"type": "string"}, "ports": {"type": "object"}}},
+    "NodeAdd": {"type": "object", "required": ["name", "address"], "properties": {
+        "name": {"type": "string"}, "address": {"type": "string"}, "ttl_s": {"type": "number"}}},
+    "NodeModify": {"type": "object", "properties": {
+        "candidate": {"type": "boolean"}, "drained": {"type": "boolean"}, "offline": {"type": "boolean"}}},
+    "UserAdd": {"type": "object", "required": ["name", "role"], "properties": {
+        "name": {"type": "string"}, "role": {"type": "string", "enum": ["read", "write"]}}},
     "Order": {"type": "object", "required": ["op", "args", "token"], "properties": {
         "op": {"type": "string"}, "args": {"type": "object"}, "token": {"type": "string"}}},
 }

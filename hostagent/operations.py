@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from election.etcd import Op
+from election.etcd import Compare, Op
 from election.lease import NotMaster
 from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
 
@@ -88,6 +88,25 @@ class Operations:
             return await self.nodes.order(node_name, node["address"], node["api_port"], op, args, token, timeout_s)
         except OrderFailed as exc:
             raise JobFailed(str(exc)) from exc
+
+    async def put_new(self, key: str, record: dict[str, Any], exists_message: str) -> None:
+        """Create `key` only if absent, guarded by the master lease."""
+        token = self.role.token
+        if token is None:
+            raise Conflict("this node stopped being master; try again")
+        result = await self.role.lease.guarded_txn(token, [Op.put(key, model.dumps(record))],
+                                                   extra_compares=[Compare.create_revision(key, "=", 0)])
+        if not result.succeeded:
+            raise Conflict(exists_message)
+
+    async def delete_existing(self, key: str, missing_message: str) -> None:
+        token = self.role.token
+        if token is None:
+            raise Conflict("this node stopped being master; try again")
+        result = await self.role.lease.guarded_txn(token, [Op.delete(key)],
+                                                   extra_compares=[Compare.create_revision(key, ">", 0)])
+        if not result.succeeded:
+            raise NotFound(missing_message)
 
     async def cluster_hv(self) -> dict[str, Any]:
         cluster = await self._get(model.CLUSTER_KEY) or {}

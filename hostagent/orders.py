@@ -51,8 +51,27 @@ class NodeClient:
                 if resp.status != 200:
                     raise OrderFailed(node, op, data.get("message", f"HTTP {resp.status}"))
                 return data
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except TimeoutError as exc:
+            raise OrderFailed(node, op, f"no answer within {timeout_s:.0f} s from {address}:{port}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise OrderFailed(node, op, f"unreachable at {address}:{port} ({exc or type(exc).__name__})") from exc
+
+    async def forward(self, address: str, port: int, method: str, path: str,
+                      body: bytes | None, timeout_s: float = 30.0) -> tuple[int, dict[str, Any]]:
+        """Relay a CLI request to the master's API; (status, decoded answer)."""
+        url = f"https://{address}:{port}{path}"
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=3)
+        try:
+            async with self._client().request(method, url, data=body, timeout=timeout,
+                                              headers={"Content-Type": "application/json"}) as resp:
+                text = await resp.text()
+                try:
+                    return resp.status, json.loads(text) if text else {}
+                except ValueError:
+                    return resp.status, {"error": "bad-answer", "message": text[-500:]}
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ConnectionError(f"the master at {address}:{port} does not answer "
+                                  f"({exc or type(exc).__name__})") from exc
 
     async def close(self) -> None:
         if self._session is not None:

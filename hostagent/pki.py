@@ -13,6 +13,7 @@ import ipaddress
 import os
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_VALID_DAYS = 3650
+NODE_OU = "corral-node"
 NODE_VALID_DAYS = 825
 
 
@@ -82,18 +84,34 @@ def create_ca(paths: PkiPaths, cluster_name: str) -> None:
 
 
 def issue_node_cert(paths: PkiPaths, node_name: str, address: str) -> None:
-    """Sign a certificate for `node_name` valid for its name and address (server and client)."""
+    """Sign a certificate for this node (the one holding the CA key, e.g. at cluster init)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert_pem = sign_node_key(paths, key.public_key(), node_name, address)
+    _write(paths.node_key, _key_pem(key), 0o600)
+    _write(paths.node_cert, cert_pem, 0o644)
+
+
+def sign_node_key(paths: PkiPaths, public_key: Any, node_name: str, address: str) -> bytes:
+    """A node certificate (server and client) for `node_name` at `address`, signed by the CA.
+
+    The names come from the master's own records, never from the request, so a
+    joining node cannot ask for someone else's identity.
+    """
     with open(paths.ca_key, "rb") as fh:
         ca_key = serialization.load_pem_private_key(fh.read(), password=None)
     with open(paths.ca_cert, "rb") as fh:
         ca_cert = x509.load_pem_x509_certificate(fh.read())
-    key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
-    sans = [x509.DNSName(node_name), x509.IPAddress(ipaddress.ip_address(address))]
+    ip = ipaddress.ip_address(address)
+    sans: list[x509.GeneralName] = [x509.DNSName(node_name), x509.IPAddress(ip)]
+    if ip.is_loopback and ip != ipaddress.ip_address("127.0.0.1"):
+        # Several nodes on one machine (tests, demo) connect out from 127.0.0.1, and
+        # etcd checks a peer's certificate against the address it connects from.
+        sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_name),
-                                     x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "corral-node")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
+                                     x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, NODE_OU)]))
+            .issuer_name(ca_cert.subject).public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=NODE_VALID_DAYS))
@@ -101,22 +119,63 @@ def issue_node_cert(paths: PkiPaths, node_name: str, address: str) -> None:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def new_node_key(paths: PkiPaths) -> bytes:
+    """Create this node's private key (0600) and return a CSR carrying its public half."""
+    os.makedirs(paths.directory, mode=0o700, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
     _write(paths.node_key, _key_pem(key), 0o600)
-    _write(paths.node_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corral-join")]))
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def csr_public_key(csr_pem: bytes) -> Any:
+    """The public key of a CSR whose signature is valid (proof the requester holds the key)."""
+    csr = x509.load_pem_x509_csr(csr_pem)
+    if not csr.is_signature_valid:
+        raise ValueError("the certificate request's signature is not valid")
+    return csr.public_key()
+
+
+def write_pem(path: str, data: bytes, secret: bool = False) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    _write(path, data, 0o600 if secret else 0o644)
+
+
+def fingerprint_of(ca_pem: bytes) -> str:
+    der = x509.load_pem_x509_certificate(ca_pem).public_bytes(serialization.Encoding.DER)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def peer_node_name(peercert: dict[str, Any] | None) -> str | None:
+    """The node name of a verified peer certificate (ssl's getpeercert() form), or None."""
+    if not peercert:
+        return None
+    subject = dict(pair[0] for pair in peercert.get("subject", ()))
+    if subject.get("organizationalUnitName") != NODE_OU:
+        return None
+    return subject.get("commonName")
 
 
 def ca_fingerprint(paths: PkiPaths) -> str:
     """SHA-256 of the CA certificate (DER), shown to operators and pinned by join tokens."""
     with open(paths.ca_cert, "rb") as fh:
-        der = x509.load_pem_x509_certificate(fh.read()).public_bytes(serialization.Encoding.DER)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
+        return fingerprint_of(fh.read())
 
 
 def server_context(paths: PkiPaths) -> ssl.SSLContext:
-    """TLS server side: present the node cert, require a client cert from the cluster CA."""
+    """TLS server side: present the node cert; verify a client cert if one is offered.
+
+    Optional because people (bearer tokens) and joining nodes (join tokens) have
+    none; each route then decides who may call it (hostagent.auth).
+    """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=paths.ca_cert)
     ctx.load_cert_chain(paths.node_cert, paths.node_key)
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 

@@ -25,7 +25,9 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
 
 
 def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | None,
-             gossip: dict[str, str], instances: list[dict[str, Any]], now: float) -> dict[str, Any]:
+             gossip: dict[str, dict[str, Any]], instances: list[dict[str, Any]], lease_held: bool,
+             now: float) -> dict[str, Any]:
+    """One line of `node list`: what the node is, and why anything is wrong with it."""
     age = report_age_s(report, now)
     problems: list[str] = []
     if age is None:
@@ -34,15 +36,26 @@ def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | 
         status, problems = "down", [f"no report for {age:.0f} s"]
     else:
         status = "online"
-    if gossip and gossip.get(node["name"]) not in (None, "alive"):
-        problems.append(f"gossip status {gossip[node['name']]}")
+    seen = gossip.get(node["name"])
+    if gossip and seen is None:
+        problems.append("not in the gossip membership")
+    elif seen is not None and seen["status"] != "alive":
+        problems.append(f"gossip: {seen['reason']}")
+    if not lease_held:
+        problems.append("node lease expired (agent not renewing it)")
+    etcd = (report or {}).get("etcd") or {}
+    if node.get("candidate") and etcd and not etcd.get("healthy"):
+        problems.append(f"etcd member unhealthy: {etcd.get('reason')}")
     if node.get("offline"):
         status = "offline"
     role = "master" if node["name"] == master else ("candidate" if node.get("candidate") else "regular")
     report = report or {}
     return {"name": node["name"], "role": role, "status": status, "problems": problems,
-            "address": node["address"], "gossip": gossip.get(node["name"], "unknown"),
+            "address": node["address"], "gossip": seen["status"] if seen else "unknown",
+            "etcd": ("healthy" if etcd.get("healthy") else "unhealthy") if node.get("candidate") else "-",
+            "lease": "held" if lease_held else "expired",
             "drained": node.get("drained", False), "offline": node.get("offline", False),
+            "master_capable": node.get("master_capable", True),
             "memory_total": report.get("memory_total_mib"), "memory_free": report.get("memory_free_mib"),
             "cpus": report.get("cpus"), "load_1m": report.get("load_1m"),
             "disk_total": report.get("disk_total_mib"), "disk_free": report.get("disk_free_mib"),

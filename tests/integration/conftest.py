@@ -20,9 +20,9 @@ BIN = Path(sys.executable).parent
 GUEST_DIR = Path(os.environ.get("CORRAL_GUEST_DIR", "/var/cache/corral/guest"))
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return s.getsockname()[1]
 
 
@@ -68,7 +68,7 @@ class AgentNode:
     ports: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.ports = {k: free_port() for k in ("api", "gossip", "serf_rpc", "etcd_client", "etcd_peer")}
+        self.ports = {k: free_port(self.address) for k in ("api", "gossip", "serf_rpc", "etcd_client", "etcd_peer")}
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         image = self.root / "images" / "busybox-guest.qcow2"
         if not image.exists():
@@ -129,6 +129,33 @@ master_lease_ttl_s = 5
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+    def child_pids(self) -> list[int]:
+        """This agent's serf and etcd (its only children; QEMU is daemonized away)."""
+        assert self.proc is not None
+        try:
+            return [c.pid for c in psutil.Process(self.proc.pid).children()]
+        except psutil.NoSuchProcess:
+            return []
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP the agent and its serf and etcd, like a hung machine; returns the pids."""
+        assert self.proc is not None
+        pids = [self.proc.pid, *self.child_pids()]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def thaw(self, pids: list[int]) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    @property
+    def api(self) -> str:
+        return f"{self.address}:{self.ports['api']}"
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -201,3 +228,63 @@ def one_node(tmp_path_factory, guest_dir):
     finally:
         node.stop()
         node.kill_qemus()
+
+
+class Cluster:
+    """N agents on 127.0.0.1..N, formed by init on the first and join on the others."""
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.nodes = [AgentNode(root / f"n{i}", name=f"n{i}", address=f"127.0.0.{i}") for i in range(1, size + 1)]
+
+    def __getitem__(self, name: str) -> AgentNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    def form(self, hv: str = "accel=tcg") -> None:
+        first = self.nodes[0]
+        first.start()
+        first.ok("cluster", "init", "--name", "multi", "--hv", hv)
+        for node in self.nodes[1:]:
+            self.join(node)
+
+    def join(self, node: AgentNode, via: AgentNode | None = None) -> None:
+        via = via or self.alive()[0]
+        token = via.json("node", "add", node.name, "--address", node.address)["token"]
+        node.start()
+        node.ok("cluster", "join", via.api, "--token", token)
+
+    def alive(self) -> list[AgentNode]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def master(self, asked: AgentNode | None = None) -> str | None:
+        return (asked or self.alive()[0]).json("cluster", "info")["master"]
+
+    def wait_candidates(self, count: int, timeout_s: float = 90) -> list[str]:
+        def ready():
+            info = self.alive()[0].json("cluster", "info")
+            return info["candidates"] if len(info["candidates"]) == count and info["quorum"]["ok"] else None
+        return wait_for(ready, timeout_s, f"{count} master candidates")
+
+    def checksums(self) -> dict[str, str]:
+        return {n.name: n.json("cluster", "replica")["checksum"] for n in self.alive()}
+
+    def wait_replicas_agree(self, timeout_s: float = 30) -> str:
+        def agree():
+            sums = set(self.checksums().values())
+            return sums.pop() if len(sums) == 1 else None
+        return wait_for(agree, timeout_s, "every node's replica to have the same checksum")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+            node.kill_qemus()
+
+
+@pytest.fixture
+def cluster3(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("c3"), 3)
+    try:
+        cluster.form()
+        cluster.wait_candidates(3)
+        yield cluster
+    finally:
+        cluster.stop()

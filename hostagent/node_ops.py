@@ -1,0 +1,234 @@
+"""The master's node operations: join tokens, admitting nodes, removing and
+modifying them, the candidate pool, and planned master hand-over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+from typing import Any
+
+from election.etcd import Compare, EtcdRequestFailed, Op
+
+from hostagent import joining, model, pki
+from hostagent.errors import BadRequest, Conflict, NotFound
+from hostagent.master import MasterRole
+from hostagent.operations import Operations
+from hostagent.checks import NAME_RE
+from hostagent.pool import DEFAULT_POOL_SIZE, PoolChange, next_change
+
+log = logging.getLogger(__name__)
+
+HANDOVER_S = 15.0
+ETCD_JOIN_TIMEOUT_S = 90.0
+
+
+class NodeOperations:
+    def __init__(self, ops: Operations, pki_paths: pki.PkiPaths) -> None:
+        self.ops = ops
+        self.role: MasterRole = ops.role
+        self.pki = pki_paths
+
+    async def _nodes(self) -> list[dict[str, Any]]:
+        return await self.ops._prefix(model.NODES)
+
+    async def _node(self, name: str) -> dict[str, Any]:
+        node = await self.ops._get(model.node_key(name))
+        if node is None:
+            names = sorted(n["name"] for n in await self._nodes())
+            raise NotFound(f"no node named '{name}' (nodes: {', '.join(names)})")
+        return node
+
+    # ---- join ---------------------------------------------------------------------
+    async def issue_token(self, name: str, address: str, ttl_s: float) -> dict[str, Any]:
+        if not NAME_RE.match(name):
+            raise BadRequest(f"node name {name!r} is not valid: lower-case letters, digits and '-'")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise BadRequest(f"node address {address!r} is not an IP address") from None
+        nodes = await self._nodes()
+        if any(n["name"] == name for n in nodes):
+            raise Conflict(f"node '{name}' is already in the cluster")
+        if any(n["address"] == address for n in nodes):
+            raise Conflict(f"address {address} is already used by node "
+                           f"'{next(n['name'] for n in nodes if n['address'] == address)}'")
+        if not 60 <= ttl_s <= 7 * 86400:
+            raise BadRequest(f"token lifetime {ttl_s:.0f} s is out of range (60 s to 7 days)")
+        token, digest = joining.make_token(pki.ca_fingerprint(self.pki))
+        now = time.time()
+        record = {"node": name, "address": address, "created": now, "expires": now + ttl_s,
+                  "issued_by": self.role.node}
+        await self.ops._write([Op.put(model.join_token_key(digest), model.dumps(record))])
+        log.info("issued a join token for node '%s' at %s, valid %.0f s", name, address, ttl_s)
+        return {"token": token, "node": name, "address": address, "expires": record["expires"]}
+
+    async def accept_join(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Admit a node presenting a valid token: sign its key, record it, hand it the secrets."""
+        secret = str(req.get("token", ""))
+        digest = joining.token_hash(secret)
+        kv = await self.role.client.get(model.join_token_key(digest))
+        record = None if kv is None else model.loads(kv.value)
+        name, address = str(req.get("name", "")), str(req.get("address", ""))
+        joining.check_token(record, name, address, time.time())
+        assert kv is not None and record is not None
+        try:
+            public_key = pki.csr_public_key(str(req.get("csr", "")).encode())
+        except ValueError as exc:
+            raise BadRequest(f"bad certificate request: {exc}") from None
+        cert = pki.sign_node_key(self.pki, public_key, name, address)
+        ports = req.get("ports", {})
+        node = {"name": name, "address": address, "api_port": int(ports["api"]),
+                "gossip_port": int(ports["gossip"]), "etcd_client_port": int(ports["etcd_client"]),
+                "etcd_peer_port": int(ports["etcd_peer"]), "candidate": False, "master_capable": True,
+                "drained": False, "offline": False, "added": time.time()}
+        used = {**record, "used_at": time.time()}
+        token = self.role.token
+        if token is None:
+            raise Conflict("this node stopped being master; try again")
+        result = await self.role.lease.guarded_txn(
+            token, [Op.put(model.join_token_key(digest), model.dumps(used)),
+                    Op.put(model.node_key(name), model.dumps(node))],
+            extra_compares=[Compare.mod_revision(model.join_token_key(digest), "=", kv.mod_revision),
+                            Compare.create_revision(model.node_key(name), "=", 0)])
+        if not result.succeeded:
+            raise Conflict("this join token was used at the same moment by another request; "
+                           "issue a new one with `corral node add`")
+        nodes = await self._nodes()
+        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        with open(os.path.join(self.pki.directory, "gossip.key")) as fh:
+            gossip_key = fh.read().strip()
+        log.info("node '%s' at %s joined the cluster", name, address)
+        return {"cluster": cluster.get("name"), "node_cert": cert.decode(), "gossip_key": gossip_key,
+                "etcd_endpoints": [model.etcd_client_url(n) for n in nodes if n.get("candidate")],
+                "serf_join": [f"{n['address']}:{n['gossip_port']}" for n in nodes if n["name"] != name],
+                "master": self.role.node}
+
+    # ---- remove / modify -------------------------------------------------------------
+    async def remove(self, name: str, force: bool) -> dict[str, Any]:
+        node = await self._node(name)
+        if name == self.role.node:
+            raise Conflict(f"node '{name}' is the master; hand over first with "
+                           "`corral cluster master-failover`, then remove it from the new master")
+        hosted = [i["name"] for i in await self.ops._prefix(model.INSTANCES)
+                  if name in (i["primary_node"], i.get("secondary_node"))]
+        if hosted and not force:
+            raise Conflict(f"node '{name}' hosts instances ({', '.join(hosted)}); move or remove them, "
+                           "or use --force to remove the node anyway (its instances will show as node-down)")
+        if node.get("candidate"):
+            await self._leave_etcd(node, "node removed")
+        await self.ops._write([Op.delete(model.node_key(name)), Op.delete(model.report_key(name)),
+                               Op.delete(model.lease_key(name))])
+        log.info("node '%s' removed from the cluster", name)
+        return {"node": name, "instances_left": hosted}
+
+    async def modify(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        node = await self._node(name)
+        flags = {"candidate": "master_capable", "drained": "drained", "offline": "offline"}
+        unknown = set(changes) - set(flags)
+        if unknown:
+            raise BadRequest(f"unknown node setting(s) {', '.join(sorted(unknown))}; use candidate, drained, offline")
+        for key, value in changes.items():
+            if not isinstance(value, bool):
+                raise BadRequest(f"{key} must be yes or no, got {value!r}")
+            node[flags[key]] = value
+        if name == self.role.node and (node.get("offline") or not node.get("master_capable", True)):
+            raise Conflict(f"node '{name}' is the master; hand over first with `corral cluster master-failover`")
+        await self.ops._write([Op.put(model.node_key(name), model.dumps(node))])
+        log.info("node '%s' modified: %s", name, ", ".join(f"{k}={v}" for k, v in changes.items()))
+        return node
+
+    # ---- candidate pool --------------------------------------------------------------
+    async def pool_step(self) -> PoolChange | None:
+        """Carry out at most one pool change, only while every etcd member is healthy."""
+        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        nodes = await self._nodes()
+        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        change = next_change(nodes, reports, self.role.node, int(cluster.get("candidate_pool_size",
+                                                                                DEFAULT_POOL_SIZE)), time.time())
+        if change is None:
+            return None
+        members = await self.role.client.member_list()
+        for member in members:
+            if member.is_learner or not member.client_urls:
+                # a promotion that died half-way: a learner never votes, so removing it is safe
+                log.warning("removing etcd member %s left by an unfinished promotion", member.name or member.peer_urls)
+                await self.role.client.member_remove(member.id)
+                return None
+            try:
+                await self.role.client.status(member.client_urls[0])
+            except Exception:  # noqa: BLE001 - any failure means "not healthy now"
+                return None
+        node = next(n for n in nodes if n["name"] == change.node)
+        if change.action == "promote":
+            await self._join_etcd(node, members, change.reason)
+        else:
+            await self._leave_etcd(node, change.reason)
+        return change
+
+    async def _join_etcd(self, node: dict[str, Any], members: list[Any], reason: str) -> None:
+        """Add the node as a non-voting learner, start its member, promote it once in sync.
+
+        Until the promotion the quorum is unchanged, so a node that fails to
+        start its member costs nothing but a retry.
+        """
+        log.info("adding node '%s' to the master candidates (%s)", node["name"], reason)
+        member = await self.role.client.member_add([model.etcd_peer_url(node)], learner=True)
+        initial = [f"{m.name}={m.peer_urls[0]}" for m in members if m.name]
+        initial.append(f"{node['name']}={model.etcd_peer_url(node)}")
+        with open(self.pki.ca_key) as fh:
+            ca_key = fh.read()
+        try:
+            await self.ops._order(node["name"], "etcd.join", {"initial_cluster": ",".join(initial),
+                                                                "ca_key": ca_key}, timeout_s=ETCD_JOIN_TIMEOUT_S)
+            await self._promote(member.id, node["name"])
+        except Exception as exc:
+            log.warning("node '%s' could not become an etcd member (%s); removing the learner again",
+                        node["name"], exc)
+            await self.role.client.member_remove(member.id)
+            raise
+        await self.ops._write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": True}))])
+        log.info("node '%s' is now a master candidate", node["name"])
+
+    async def _promote(self, member_id: int, name: str) -> None:
+        deadline = time.monotonic() + ETCD_JOIN_TIMEOUT_S
+        while True:
+            try:
+                await self.role.client.member_promote(member_id)
+                return
+            except EtcdRequestFailed as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("etcd member of node '%s' is catching up before promotion (%s)", name, exc.message)
+                await asyncio.sleep(0.5)
+
+    async def _leave_etcd(self, node: dict[str, Any], reason: str) -> None:
+        log.info("removing node '%s' from the master candidates (%s)", node["name"], reason)
+        for member in await self.role.client.member_list():
+            if member.name == node["name"] or model.etcd_peer_url(node) in member.peer_urls:
+                await self.role.client.member_remove(member.id)
+        await self.ops._write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": False}))])
+        try:
+            await self.ops._order(node["name"], "etcd.leave", {}, timeout_s=30)
+        except Exception as exc:  # noqa: BLE001 - the member is already out; the node cleans up on restart
+            log.warning("node '%s' did not confirm leaving etcd (%s); it will when it is back", node["name"], exc)
+
+    # ---- planned hand-over -----------------------------------------------------------
+    async def master_failover(self, to: str | None) -> dict[str, Any]:
+        nodes = {n["name"]: n for n in await self._nodes()}
+        candidates = sorted(n for n, rec in nodes.items() if rec.get("candidate") and n != self.role.node)
+        if to is not None:
+            if to == self.role.node:
+                raise Conflict(f"node '{to}' is already the master")
+            if to not in candidates:
+                raise BadRequest(f"node '{to}' is not a master candidate (candidates: {', '.join(candidates) or 'none'})")
+        elif not candidates:
+            raise Conflict("there is no other master candidate to hand over to")
+        handover = {"from": self.role.node, "to": to, "until": time.time() + HANDOVER_S}
+        await self.ops._write([Op.put(model.HANDOVER_KEY, model.dumps(handover))])
+        log.info("handing the master role over to %s", f"node '{to}'" if to else "another candidate")
+        await self.role.step_down(HANDOVER_S)
+        return {"from": handover["from"], "to": to}
