@@ -86,7 +86,8 @@ class Cli:
     # ---- cluster -----------------------------------------------------------
     def cluster_init(self) -> int:
         hv = _kv_list(self.args.hv, "--hv")
-        return self.job(self.client.post("/v1/cluster/init", {"name": self.args.name, "hvparams": hv}))
+        return self.job(self.client.post("/v1/cluster/init", {"name": self.args.name, "hvparams": hv,
+                                                              "candidate_pool_size": self.args.candidates}))
 
     def cluster_info(self) -> int:
         def human(d: dict[str, Any]) -> None:
@@ -330,6 +331,8 @@ def _parser() -> argparse.ArgumentParser:
     s = c.add_parser("init", help="create a cluster with this node as master", parents=[common, jobopts])
     s.add_argument("--name", required=True)
     s.add_argument("--hv", action="append", help="default hypervisor parameters, e.g. accel=tcg")
+    s.add_argument("--candidates", type=int, default=3, choices=(1, 3, 5),
+                   help="master candidates (etcd members) to keep when nodes allow (default 3)")
     c.add_parser("info", help="name, master, candidates, quorum", parents=[common])
     c.add_parser("verify", help="check the cluster; non-zero exit on errors", parents=[common])
     c.add_parser("replica", help="this node's config replica: revision and checksum", parents=[common])

@@ -210,7 +210,10 @@ class Api:
         if not isinstance(hv, dict):
             raise BadRequest("hvparams must be an object of name: value")
         parse_hvparams(hv)  # refuse bad defaults before anything is created
-        job_id = await self.agent.init_cluster(name, hv)
+        pool = body.get("candidate_pool_size", 3)
+        if pool not in (1, 3, 5):
+            raise BadRequest(f"candidate pool size {pool!r} must be 1, 3 or 5 (odd, so etcd keeps a majority)")
+        job_id = await self.agent.init_cluster(name, hv, pool)
         return await self._accepted(job_id)
 
     async def cluster_join(self, request: web.Request) -> web.Response:

@@ -56,8 +56,8 @@ class NodeOperations:
         if any(n["address"] == address for n in nodes):
             raise Conflict(f"address {address} is already used by node "
                            f"'{next(n['name'] for n in nodes if n['address'] == address)}'")
-        if not 60 <= ttl_s <= 7 * 86400:
-            raise BadRequest(f"token lifetime {ttl_s:.0f} s is out of range (60 s to 7 days)")
+        if not 1 <= ttl_s <= 7 * 86400:
+            raise BadRequest(f"token lifetime {ttl_s:g} s is out of range (1 s to 7 days)")
         token, digest = joining.make_token(pki.ca_fingerprint(self.pki))
         now = time.time()
         record = {"node": name, "address": address, "created": now, "expires": now + ttl_s,

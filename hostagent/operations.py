@@ -116,10 +116,16 @@ class Operations:
         return hvparams_to_dict(parse_hvparams(inst.get("hvparams", {}), parse_hvparams(cluster_hv)))
 
     # ---- submit ---------------------------------------------------------------
-    async def submit_cluster_init(self, name: str, node: dict[str, Any], hvparams: dict[str, Any]) -> int:
+    async def submit_cluster_init(self, name: str, node: dict[str, Any], hvparams: dict[str, Any],
+                                  pool_size: int) -> int:
         return await self.role.require().submit(
-            "cluster.init", {"name": name, "node": node, "hvparams": hvparams_to_dict(parse_hvparams(hvparams))},
+            "cluster.init", {"name": name, "node": node, "hvparams": hvparams_to_dict(parse_hvparams(hvparams)),
+                             "candidate_pool_size": pool_size},
             f"initialize cluster '{name}'", must_not_exist=[model.CLUSTER_KEY])
+
+    async def submit_probe(self) -> int:
+        """A job that changes nothing: proves the master runs jobs (used by the failover drill)."""
+        return await self.role.require().submit("cluster.probe", {}, "probe the master's job runner")
 
     async def submit_add(self, req: dict[str, Any]) -> int:
         instances = await self._prefix(model.INSTANCES)
@@ -160,18 +166,23 @@ class Operations:
 
     # ---- job handlers -----------------------------------------------------------
     def handlers(self) -> dict[str, Handler]:
-        return {"cluster.init": self._job_cluster_init, "instance.add": self._job_add,
+        return {"cluster.init": self._job_cluster_init, "cluster.probe": self._job_probe,
+                "instance.add": self._job_add,
                 "instance.start": self._job_start, "instance.stop": self._job_stop,
                 "instance.reboot": self._job_reboot, "instance.remove": self._job_remove}
 
     @_operator_errors
     async def _job_cluster_init(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         cluster = {"name": args["name"], "created": time.time(), "hvparams": args["hvparams"],
-                   "init_node": args["node"]["name"]}
+                   "init_node": args["node"]["name"], "candidate_pool_size": args.get("candidate_pool_size", 3)}
         await self._write([Op.put(model.CLUSTER_KEY, model.dumps(cluster)),
                            Op.put(model.node_key(args["node"]["name"]), model.dumps(args["node"]))])
         await ctx.log(f"cluster '{args['name']}' created with node '{args['node']['name']}' as master")
         return {"name": args["name"]}
+
+    async def _job_probe(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        await ctx.log(f"master '{self.role.node}' is running jobs")
+        return {"master": self.role.node}
 
     @_operator_errors
     async def _job_add(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
