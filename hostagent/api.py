@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from election.etcd import EtcdError
+from election.etcd import EtcdError, EtcdRequestFailed
 from election.lease import FencingToken, NotMaster
 from kvm.cmdline import run_paths
 from kvm.hvparams import HvParamError, parse_hvparams
@@ -65,6 +65,8 @@ async def _errors(request: web.Request,
     except web.HTTPException:
         raise
     except EtcdError as exc:
+        if isinstance(exc, EtcdRequestFailed) or "unhealthy cluster" in str(exc):
+            return _error(503, "etcd-refused", f"etcd refused the change for now: {exc}; try again in a few seconds")
         return _error(503, "no-quorum", NO_QUORUM + str(exc))
     except Exception as exc:  # noqa: BLE001 - translated once, here
         for typ, status, code in _ERRORS:
@@ -148,6 +150,9 @@ class Api:
         if self.agent.role is not None and self.agent.role.is_master:
             assert self.agent.ops is not None and self.agent.node_ops is not None
             return await run(self.agent.ops, self.agent.node_ops)
+        quorum = await self._quorum()
+        if not quorum["ok"]:  # say why at once instead of timing out on a master that cannot commit
+            raise NoMaster(None, NO_QUORUM + quorum["reason"])
         master = self._master()
         node = self.agent.replica.get_json(model.node_key(master)) if master else None
         if node is None or self.agent.nodes is None:

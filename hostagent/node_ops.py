@@ -9,9 +9,10 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from election.etcd import Compare, EtcdRequestFailed, Op
+from election.etcd import Compare, EtcdError, EtcdRequestFailed, Op
 
 from hostagent import joining, model, pki
 from hostagent.errors import BadRequest, Conflict, NotFound
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 
 HANDOVER_S = 15.0
 ETCD_JOIN_TIMEOUT_S = 90.0
+
+
+def _settling(exc: EtcdError) -> bool:
+    """etcd's refusal of membership changes right after a member (re)connected."""
+    return "unhealthy cluster" in str(exc)
 
 
 class NodeOperations:
@@ -175,8 +181,13 @@ class NodeOperations:
         Until the promotion the quorum is unchanged, so a node that fails to
         start its member costs nothing but a retry.
         """
+        try:
+            member = await self.role.client.member_add([model.etcd_peer_url(node)], learner=True)
+        except EtcdError as exc:
+            if _settling(exc):
+                return  # etcd's 5 s settling rule after a member (re)connected; next pass
+            raise
         log.info("adding node '%s' to the master candidates (%s)", node["name"], reason)
-        member = await self.role.client.member_add([model.etcd_peer_url(node)], learner=True)
         initial = [f"{m.name}={m.peer_urls[0]}" for m in members if m.name]
         initial.append(f"{node['name']}={model.etcd_peer_url(node)}")
         with open(self.pki.ca_key) as fh:
@@ -192,6 +203,19 @@ class NodeOperations:
             raise
         await self.ops._write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": True}))])
         log.info("node '%s' is now a master candidate", node["name"])
+
+    @staticmethod
+    async def _patiently(change: Callable[[], Awaitable[None]]) -> None:
+        """etcd refuses membership changes for 5 s after a member (re)connects: wait that out."""
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                await change()
+                return
+            except EtcdError as exc:
+                if not _settling(exc) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def _promote(self, member_id: int, name: str) -> None:
         deadline = time.monotonic() + ETCD_JOIN_TIMEOUT_S
@@ -209,7 +233,7 @@ class NodeOperations:
         log.info("removing node '%s' from the master candidates (%s)", node["name"], reason)
         for member in await self.role.client.member_list():
             if member.name == node["name"] or model.etcd_peer_url(node) in member.peer_urls:
-                await self.role.client.member_remove(member.id)
+                await self._patiently(lambda: self.role.client.member_remove(member.id))
         await self.ops._write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": False}))])
         try:
             await self.ops._order(node["name"], "etcd.leave", {}, timeout_s=30)

@@ -239,10 +239,10 @@ class Cluster:
     def __getitem__(self, name: str) -> AgentNode:
         return next(n for n in self.nodes if n.name == name)
 
-    def form(self, hv: str = "accel=tcg") -> None:
+    def form(self, hv: str = "accel=tcg", candidates: int = 3) -> None:
         first = self.nodes[0]
         first.start()
-        first.ok("cluster", "init", "--name", "multi", "--hv", hv)
+        first.ok("cluster", "init", "--name", "multi", "--hv", hv, "--candidates", str(candidates))
         for node in self.nodes[1:]:
             self.join(node)
 

@@ -1,0 +1,219 @@
+"""Clusters of several agents on 127.0.0.x: join, candidates, election, forwarding, security."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import AgentNode, Cluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_three_nodes_form_with_every_node_a_candidate(cluster3):
+    rows = {r["name"]: r for r in cluster3["n3"].json("node", "list")}
+    assert sorted(rows) == ["n1", "n2", "n3"]
+    assert [rows[n]["role"] for n in ("n1", "n2", "n3")] == ["master", "candidate", "candidate"]
+    for row in rows.values():
+        assert (row["status"], row["gossip"], row["etcd"], row["lease"]) == ("online", "alive", "healthy", "held")
+        assert row["problems"] == []
+    info = cluster3["n2"].json("cluster", "info")
+    assert info["quorum"]["ok"] and info["token"] and info["master"] == "n1"
+    cluster3.wait_replicas_agree()
+
+
+def test_a_change_made_on_any_node_is_forwarded_and_read_back_there(cluster3):
+    added = cluster3["n3"].json("user", "add", "ops", "--role", "read")  # n3 is not the master
+    assert added["token"].startswith("ops.")
+    assert [u["name"] for u in cluster3["n3"].json("user", "list")] == ["ops"]  # read-your-writes on n3
+    job = cluster3["n2"].ok("instance", "add", "v1", "--os", "busybox-guest", "--node", "n3",
+                            "--disk", "64M", "--no-start")
+    assert "disks of 'v1' created" in job
+    assert cluster3["n2"].instance("v1")["primary_node"] == "n3"
+    cluster3.wait_replicas_agree()
+
+
+def test_killing_the_master_elects_a_new_one_that_acts(cluster3):
+    old = cluster3.master()
+    cluster3[old].kill9()
+    survivor = next(n for n in cluster3.alive())
+    new = wait_for(lambda: (m := survivor.json("cluster", "info")["master"]) not in (None, old) and m, 30,
+                   "a new master")
+    job = survivor.json("user", "add", "after-failover", "--role", "write")
+    assert job["name"] == "after-failover"
+    assert new != old
+    cluster3[old].start()  # the old master comes back as a member
+    cluster3[old].wait_fresh_report()
+    assert cluster3[old].json("cluster", "info")["master"] == new
+    cluster3.wait_replicas_agree()
+
+
+def test_a_frozen_minority_cannot_commit_and_says_why(cluster3):
+    n1, n2, n3 = cluster3["n1"], cluster3["n2"], cluster3["n3"]
+    frozen = n1.freeze() + n2.freeze()
+    try:
+        refused = n3.corral("user", "add", "nope", "--role", "read", timeout=60)
+        assert refused.returncode != 0
+        assert "no quorum" in refused.stderr or "no master" in refused.stderr, refused.stderr
+        listed = n3.corral("node", "list")  # reads still work from the local replica
+        assert listed.returncode == 0 and "n1" in listed.stdout
+        info = n3.json("cluster", "info")
+        assert info["quorum"]["ok"] is False
+    finally:
+        n1.thaw(frozen)
+    wait_for(lambda: n3.json("cluster", "info")["quorum"]["ok"], 30, "quorum to return")
+    n3.ok("user", "add", "after-thaw", "--role", "read")
+    cluster3.wait_replicas_agree()
+
+
+def test_an_old_master_resumed_after_a_freeze_cannot_get_an_order_accepted(cluster3):
+    old = cluster3.master()
+    old_token = cluster3[old].json("cluster", "info")["token"]
+    pids = cluster3[old].freeze()
+    try:
+        survivor = next(n for n in cluster3.nodes if n.name != old)
+        wait_for(lambda: survivor.json("cluster", "info")["master"] not in (None, old), 40, "a new master")
+    finally:
+        cluster3[old].thaw(pids)
+    target = next(n for n in cluster3.nodes if n.name != old)
+    wait_for(lambda: target.json("cluster", "info")["token"] not in (None, old_token), 20, "the new token")
+    # Play the deposed master: its node certificate, its old token, an order to another node.
+    status, answer = send_order(cluster3[old], target, old_token)
+    assert status == 409 and answer["error"] == "stale-token", answer
+    assert "is no longer master" in answer["message"]
+    assert "refusing order" in (target.root / "agent.log").read_text()
+
+
+def send_order(sender: AgentNode, target: AgentNode, token: str) -> tuple[int, dict]:
+    pki = sender.root / "state" / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "node.crt"), str(pki / "node.key"))
+    body = json.dumps({"op": "node.hello", "args": {}, "token": token}).encode()
+    req = urllib.request.Request(f"https://{target.api}/v1/node/orders", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def api_call(node: AgentNode, method: str, path: str, token: str | None = None, body: dict | None = None):
+    ctx = ssl.create_default_context(cafile=str(node.root / "state" / "pki" / "ca.crt"))
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"https://{node.api}{path}", data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_api_users_read_only_gets_403_and_no_credentials_gets_401(cluster3):
+    reader = cluster3["n1"].json("user", "add", "viewer", "--role", "read")["token"]
+    writer = cluster3["n1"].json("user", "add", "admin", "--role", "write")["token"]
+    n2 = cluster3["n2"]
+    status, answer = api_call(n2, "GET", "/v1/nodes")
+    assert status == 401 and "authentication required" in answer["message"]
+    status, answer = api_call(n2, "GET", "/v1/nodes", token="viewer.wrong")
+    assert status == 401
+    status, answer = api_call(n2, "GET", "/v1/nodes", token=reader)
+    assert status == 200 and len(answer["data"]) == 3
+    status, answer = api_call(n2, "POST", "/v1/users", token=reader, body={"name": "x", "role": "read"})
+    assert status == 403 and "user 'viewer' has the read role" in answer["message"]
+    status, answer = api_call(n2, "POST", "/v1/nodes/n3/modify", token=reader, body={"drained": True})
+    assert status == 403
+    status, answer = api_call(n2, "POST", "/v1/users", token=writer, body={"name": "x", "role": "read"})
+    assert status == 200 and answer["data"]["name"] == "x"  # forwarded from n2 to the master
+    status, answer = api_call(n2, "POST", "/v1/node/orders", token=writer, body={})
+    assert status == 403 and "only from cluster nodes" in answer["message"]
+    assert "admin." not in (cluster3["n1"].root / "state" / "config.db").read_bytes().decode(errors="ignore")
+
+
+def test_join_with_a_bad_token_fails_cleanly(tmp_path_factory, cluster3):
+    newcomer = AgentNode(tmp_path_factory.mktemp("n4"), name="n4", address="127.0.0.4")
+    newcomer.start()
+    try:
+        via = cluster3["n2"].api
+        cases = [
+            ("garbage", "the join token is malformed"),
+            ("abc." + "0" * 64, "the cluster at"),  # right shape, wrong CA pin
+        ]
+        good = cluster3["n1"].json("node", "add", "n4", "--address", "127.0.0.4")["token"]
+        secret, fingerprint = good.rsplit(".", 1)
+        cases += [(f"forged.{fingerprint}", "never issued by this cluster")]
+        short = cluster3["n1"].json("node", "add", "n5", "--address", "127.0.0.5", "--ttl", "1")["token"]
+        time.sleep(1.5)
+        for token, message in cases:
+            result = newcomer.corral("cluster", "join", via, "--token", token)
+            assert result.returncode != 0 and message in result.stderr, (token, result.stderr)
+            assert not (newcomer.root / "state" / "cluster.json").exists()
+        other = AgentNode(tmp_path_factory.mktemp("n5"), name="n5", address="127.0.0.5")
+        other.start()
+        try:
+            expired = other.corral("cluster", "join", via, "--token", short)
+            assert expired.returncode != 0 and "expired" in expired.stderr
+        finally:
+            other.stop()
+        newcomer.ok("cluster", "join", via, "--token", good)
+        assert newcomer.json("cluster", "info")["name"] == "multi"
+        reused = newcomer.corral("cluster", "join", via, "--token", good)
+        assert reused.returncode != 0 and "already belongs to cluster 'multi'" in reused.stderr
+        removed = cluster3["n1"].json("node", "remove", "n4")
+        assert removed["node"] == "n4"
+    finally:
+        newcomer.stop()
+
+
+def test_a_node_that_was_down_catches_up(cluster3):
+    n3 = cluster3["n3"]
+    n3.stop()
+    for i in range(5):
+        cluster3["n1"].ok("user", "add", f"while-down-{i}", "--role", "read")
+    n3.start()
+    n3.wait_fresh_report()
+    assert {u["name"] for u in n3.json("user", "list")} >= {f"while-down-{i}" for i in range(5)}
+    cluster3.wait_replicas_agree()
+
+
+def test_planned_master_failover_hands_over_to_the_named_node(cluster3):
+    out = cluster3["n2"].ok("cluster", "master-failover", "--to", "n3")
+    assert "master is now 'n3' (was 'n1')" in out
+    assert cluster3["n1"].json("cluster", "info")["master"] == "n3"
+    cluster3["n1"].ok("user", "add", "after-handover", "--role", "read")
+
+
+def test_node_remove_refuses_while_instances_remain_unless_forced(cluster3):
+    cluster3["n1"].ok("instance", "add", "pinned", "--os", "busybox-guest", "--node", "n3", "--disk", "64M",
+                      "--no-start")
+    refused = cluster3["n1"].corral("node", "remove", "n3")
+    assert refused.returncode != 0 and "node 'n3' hosts instances (pinned)" in refused.stderr
+    forced = cluster3["n1"].json("node", "remove", "n3", "--force")
+    assert forced["instances_left"] == ["pinned"]
+    wait_for(lambda: len(cluster3["n1"].json("cluster", "info")["candidates"]) == 2, 20, "n3 out of the pool")
+    assert [n["name"] for n in cluster3["n1"].json("node", "list")] == ["n1", "n2"]
+
+
+def test_five_nodes_survive_losing_two(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("c5"), 5)
+    try:
+        cluster.form(candidates=5)
+        cluster.wait_candidates(5, timeout_s=150)
+        old = cluster.master()
+        others = [n for n in cluster.nodes if n.name != old]
+        cluster[old].kill9()
+        others[0].kill9()
+        survivor = others[1]
+        wait_for(lambda: survivor.json("cluster", "info")["master"] not in (None, old), 40, "a new master")
+        survivor.ok("user", "add", "still-works", "--role", "read")
+        cluster.wait_replicas_agree()
+    finally:
+        cluster.stop()
