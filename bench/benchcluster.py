@@ -262,6 +262,7 @@ def print_problems(mark: LogMark, limit: int = 5) -> None:
     if not problems:
         print("agent logs: no WARNING/ERROR lines during the measurements")
     for node, lines in problems.items():
-        print(f"agent log {node}: {len(lines)} WARNING/ERROR lines during the measurements; first {min(limit, len(lines))}:")
+        print(f"agent log {node}: {len(lines)} WARNING/ERROR lines during the measurements; "
+              f"first {min(limit, len(lines))}:")
         for ln in lines[:limit]:
             print(f"    {ln[:300]}")

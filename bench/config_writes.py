@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from benchcluster import AgentNode, Cluster, EtcdGateway, etcd_endpoints, etcdctl, running_cluster, \
-    summary
+from benchcluster import AgentNode, Cluster, EtcdGateway, LogMark, etcd_endpoints, etcdctl, print_problems, \
+    running_cluster, summary
 
 BIN = os.path.join(os.path.dirname(sys.executable), "corral")
 VISIBLE_DEADLINE_S = 30
@@ -193,6 +193,7 @@ async def run(cluster: Cluster, writes: int, width: int) -> None:
     endpoints = etcd_endpoints(cluster)
     gateway_endpoint = f"https://{master.address}:{master.ports['etcd_client']}"
     replicas = Replicas(cluster)
+    mark = LogMark(cluster)
     key = "/corral/users/{}".format
     try:
         print(f"master {master.name}; non-master writer {other.name}; {writes} writes per series", flush=True)
@@ -212,7 +213,8 @@ async def run(cluster: Cluster, writes: int, width: int) -> None:
         ctl = await sequential("etcdctl put", writes, lambda i: raw_timed(
             etcdctl_put(other, endpoints, f"/bench/ctl/{i:06d}")))
         async with EtcdGateway(master, gateway_endpoint) as gw:
-            gw_seq = await sequential("gateway put", writes, lambda i: raw_timed(gw.put(f"/bench/gws/{i:06d}", RAW_VALUE)))
+            gw_seq = await sequential("gateway put", writes,
+                                      lambda i: raw_timed(gw.put(f"/bench/gws/{i:06d}", RAW_VALUE)))
             gw_conc = await concurrent(writes, width, lambda i: gw.put(f"/bench/gwc/{i:06d}", RAW_VALUE))
             await gw.delete_prefix("/bench/")
         sums = cluster.wait_replicas_agree()
@@ -233,6 +235,7 @@ async def run(cluster: Cluster, writes: int, width: int) -> None:
     for s in (cli_other, cli_master, api_seq):
         print(line(f"{s.label}: return", ret(s), s.wall_s))
         print(line(f"{s.label}: in every replica", vis(s)))
+        print(line(f"{s.label}: return - in every replica", [x.returned - x.all_replicas for x in s.samples]))
         late = sum(1 for x in s.samples if not x.local_at_return)
         print(f"  {'':44s} writer's own replica lacked the key at return in {late}/{len(s.samples)}")
         for node in cluster.nodes:
@@ -251,6 +254,7 @@ async def run(cluster: Cluster, writes: int, width: int) -> None:
     print(f"  concurrent throughput gateway / API:         "
           f"{(writes / gw_conc) / (writes / api_conc_all):.1f}x")
     print(f"replicas agree afterwards (checksum {sums[:12]})")
+    print_problems(mark)
 
 
 def main() -> int:
@@ -262,7 +266,7 @@ def main() -> int:
     try:
         with running_cluster(3, 3, keep=args.keep) as (cluster, _):
             asyncio.run(run(cluster, args.writes, args.concurrency))
-    except Failure as exc:
+    except (Failure, AssertionError) as exc:  # AssertionError: from the harness's bounded waits
         print(f"\nFAILED: {exc}")
         return 1
     return 0

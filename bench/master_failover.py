@@ -37,6 +37,7 @@ import argparse
 import json
 import sqlite3
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -124,8 +125,13 @@ class Writer(threading.Thread):
             if time.monotonic() > self.deadline:
                 return
             start = time.monotonic() - self.t0
-            result = self.node.corral("user", "add", self.user, "--role", "read",
-                                      timeout=max(1.0, self.deadline - time.monotonic()))
+            try:
+                result = self.node.corral("user", "add", self.user, "--role", "read",
+                                          timeout=max(1.0, self.deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.attempts.append(Attempt(start, time.monotonic() - self.t0, -1,
+                                             "the CLI did not return by the deadline"))
+                return
             err = (result.stderr.strip() or result.stdout.strip()).splitlines()
             self.attempts.append(Attempt(start, time.monotonic() - self.t0, result.returncode,
                                          "" if result.returncode == 0 else (err[-1] if err else "")))
@@ -198,7 +204,7 @@ def bring_back(cluster: Cluster, node: AgentNode, candidates: int) -> float:
         node.start()
         node.wait_fresh_report(60)
         wait_settled(cluster, candidates, 120)
-    except AssertionError as exc:
+    except (AssertionError, subprocess.TimeoutExpired) as exc:
         raise Failure(f"node {node.name} did not come back after its restart: {exc}\n"
                       f"--- {node.name}/agent.log (tail) ---\n{node.log_tail(40)}") from None
     return time.monotonic() - t0
@@ -217,11 +223,13 @@ def describe(k: Kill) -> str:
                 f"t={failed[0].start:.2f}..{failed[0].end:.2f} rc={failed[0].rc}: {failed[0].error[:300]}"
     ok = [a for a in k.attempts if a.rc == 0]
     if ok and ok[0].end - ok[0].start > 2:
-        line += f"\n         the successful write took {ok[0].end - ok[0].start:.2f} s (submitted at t={ok[0].start:.2f})"
+        line += (f"\n         the successful write took {ok[0].end - ok[0].start:.2f} s "
+                 f"(submitted at t={ok[0].start:.2f})")
     for err in k.info_errors[:3]:
         line += f"\n         cluster info failed: {err}"
     if k.lingering_children:
-        line += f"\n         children of the killed agent still alive {CHILD_EXIT_WAIT_S} s later: {k.lingering_children}"
+        line += (f"\n         children of the killed agent still alive {CHILD_EXIT_WAIT_S} s later: "
+                 f"{k.lingering_children}")
     return line
 
 
@@ -243,6 +251,26 @@ def report(kills: list[Kill]) -> None:
     print(f"failed writes before resume: {failed_writes} over {len(kills)} kills")
 
 
+def run_kills(cluster: Cluster, ledger: ChildLedger, kills: list[Kill], count: int, candidates: int) -> None:
+    """Kill, measure, bring back, `count` times; raises Failure when Corral does not recover."""
+    for i in range(count):
+        try:
+            kill = measure_kill(cluster, ledger, i)
+        except (AssertionError, subprocess.TimeoutExpired) as exc:
+            raise Failure(f"kill {i + 1}: {type(exc).__name__}: {exc}") from None
+        kills.append(kill)
+        if kill.election is None or kill.resume is None:
+            print(describe(kill), flush=True)
+            observer = cluster[kill.observer]
+            raise Failure(f"kill {i + 1}: no {'new master' if kill.election is None else 'successful write'} "
+                          f"within {WATCH_DEADLINE_S} s on {observer.name}\n"
+                          f"--- {observer.name}/agent.log (tail) ---\n{observer.log_tail(40)}")
+        try:
+            kill.rejoin = bring_back(cluster, cluster[kill.killed], candidates)
+        finally:
+            print(describe(kill), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=20)
@@ -251,25 +279,11 @@ def main() -> int:
     args = parser.parse_args()
     kills: list[Kill] = []
     failure: str | None = None
-    with running_cluster(args.nodes, args.nodes, keep=args.keep) as (cluster, ledger):
-        for i in range(args.kills):
-            try:
-                kill = measure_kill(cluster, ledger, i)
-                kills.append(kill)
-                if kill.election is None or kill.resume is None:
-                    observer = cluster[kill.observer]
-                    failure = (f"kill {i + 1}: no {'new master' if kill.election is None else 'successful write'} "
-                               f"within {WATCH_DEADLINE_S} s on {observer.name}\n"
-                               f"--- {observer.name}/agent.log (tail) ---\n{observer.log_tail(40)}")
-                    print(describe(kill), flush=True)
-                    break
-                kill.rejoin = bring_back(cluster, cluster[kill.killed], args.nodes)
-            except Failure as exc:
-                failure = f"kill {i + 1}: {exc}"
-                if kills and kills[-1].index == i:
-                    print(describe(kills[-1]), flush=True)
-                break
-            print(describe(kill), flush=True)
+    try:
+        with running_cluster(args.nodes, args.nodes, keep=args.keep) as (cluster, ledger):
+            run_kills(cluster, ledger, kills, args.kills, args.nodes)
+    except (Failure, AssertionError) as exc:  # AssertionError: the harness could not form the cluster
+        failure = str(exc)
     if kills:
         report(kills)
     if failure:

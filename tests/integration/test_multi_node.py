@@ -16,7 +16,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_three_nodes_form_with_every_node_a_candidate(cluster3):
-    rows = {r["name"]: r for r in cluster3["n3"].json("node", "list")}
+    def settled():
+        rows = {r["name"]: r for r in cluster3["n3"].json("node", "list")}
+        return rows if all(r["etcd"] == "healthy" for r in rows.values()) else None
+    rows = wait_for(settled, 15, "every member's report to show a healthy etcd member")
     assert sorted(rows) == ["n1", "n2", "n3"]
     assert [rows[n]["role"] for n in ("n1", "n2", "n3")] == ["master", "candidate", "candidate"]
     for row in rows.values():
