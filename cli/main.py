@@ -301,6 +301,11 @@ class Cli:
             print(json.dumps(job, indent=2, sort_keys=True))
         return jobs.finish(job)
 
+    def drill_master_failover(self) -> int:
+        from cli.drill import master_failover
+        return master_failover(self.client, self.args.rounds, self.args.mode, self.args.freeze_seconds,
+                               self.args.json)
+
     def os_list(self) -> int:
         def human(d: dict[str, Any]) -> None:
             print(table(["OS", "KIND", "VARIANTS", "PATH"],
@@ -321,7 +326,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="corral", description="Corral: a KVM cluster with no fixed master",
                                 parents=[common])
-    top = p.add_subparsers(dest="group", required=True, metavar="{cluster,node,instance,job,user,os}")
+    top = p.add_subparsers(dest="group", required=True, metavar="{cluster,node,instance,job,user,drill,os}")
 
     def group(name: str, help_: str) -> argparse._SubParsersAction:
         g = top.add_parser(name, help=help_, parents=[common])
@@ -394,6 +399,14 @@ def _parser() -> argparse.ArgumentParser:
                         ("cancel", "cancel a job that has not started")):
         s = j.add_parser(name, help=help_, parents=[common] + ([jobopts] if name == "watch" else []))
         s.add_argument("id", type=int)
+    d = group("drill", "failure drills on a live cluster")
+    s = d.add_parser("master-failover", help="kill or freeze the master and check that nothing else moved",
+                     parents=[common])
+    s.add_argument("--rounds", type=int, default=1)
+    s.add_argument("--mode", choices=("kill", "freeze"), default="kill",
+                   help="kill: SIGKILL the master's agent (its supervisor restarts it); "
+                        "freeze: SIGSTOP it past its lease, then SIGCONT")
+    s.add_argument("--freeze-seconds", type=float, default=20.0, help="how long a freeze lasts")
     u = group("user", "API users for the TCP API (people and scripts)")
     s = u.add_parser("add", help="create a user and print its token", parents=[common])
     s.add_argument("name")
@@ -425,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         ("instance", "reboot"): lambda: cli.instance_action("reboot"),
         ("instance", "remove"): cli.instance_remove, ("instance", "console"): cli.instance_console,
         ("job", "list"): cli.job_list, ("job", "info"): cli.job_info, ("job", "watch"): cli.job_watch,
-        ("job", "cancel"): cli.job_cancel,
+        ("job", "cancel"): cli.job_cancel, ("drill", "master-failover"): cli.drill_master_failover,
         ("os", "list"): cli.os_list,
     }
     try:

@@ -41,6 +41,7 @@ from hostagent.nodelease import NodeLease
 from hostagent.notify import Notifier
 from hostagent.operations import Operations, lock_keys
 from hostagent.orders import NodeClient
+from hostagent.status import REPORT_STALE_AFTER_S
 from hostagent.supervisor import ChildSupervisor
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ class Agent:
         self.node_ops = NodeOperations(self.ops, self.pki)
         self.role.handlers = self.ops.handlers()
         self.role.on_elected.append(self._fence_older_masters)
-        self.role.duties.append(self._pool_duty)
+        self.role.duties += [self._pool_duty, self._fence_stragglers]
         self.lease = NodeLease(self.etcd, cfg.node_name)
         if self.node_site is not None:
             await self.node_site()  # orders, even the master's to itself, arrive here
@@ -405,6 +406,24 @@ class Agent:
         log.info("node '%s' left the etcd members; it is now a regular node", self.cfg.node_name)
         return {"member": False}
 
+    def child_pids(self) -> list[int]:
+        return [c.pid for c in (self._serf_child, self._etcd_child) if c is not None and c.pid is not None]
+
+    async def _fence_stragglers(self) -> None:
+        """Nodes that have not seen this master's token yet (they were away at the election) get it now."""
+        assert self.ops is not None and self.role is not None and self.role.token is not None
+        mine, now = self.role.token.to_str(), time.time()
+        behind = [r["node"] for _, r in self.replica.prefix_json(model.REPORTS)
+                  if r.get("fencing_token") != mine and now - r.get("time", 0) < REPORT_STALE_AFTER_S]
+
+        async def hello(name: str) -> None:
+            try:
+                await self.ops._order(name, "node.hello", {}, timeout_s=3)  # type: ignore[union-attr]
+            except Exception as exc:  # noqa: BLE001 - retried next pass
+                log.info("node '%s' has not taken the new master token yet: %s", name, exc)
+
+        await asyncio.gather(*(hello(n) for n in behind))
+
     # ---- reports --------------------------------------------------------------------
     async def report_now(self) -> None:
         if self.etcd is None:
@@ -413,6 +432,7 @@ class Agent:
         report = await reporter.collect(self.cfg.node_name, self.qemu, self.files, self.catalog)
         report["agent_pid"] = os.getpid()
         report["etcd"] = await self._member_health()
+        report["fencing_token"] = self.tokens.seen.to_str() if self.tokens.seen else None
         await self.etcd.put(model.report_key(self.cfg.node_name), model.dumps(report))
 
     async def _member_health(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ which kind.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from kvm.hvparams import HvParamError, parse_hvparams
 from storage.base import StorageError
 from storage.osdef import OsDefinition
 
-from hostagent import auth, joining, model, users, views
+from hostagent import auth, drill, joining, model, users, views
 from hostagent.agent import Agent, NotInitialized
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.executor import OrderError
@@ -35,6 +36,7 @@ from hostagent.master import NoMaster
 from hostagent.node_ops import NodeOperations
 from hostagent.openapi import openapi_document
 from hostagent.operations import Operations
+from hostagent.orders import NodeClient, OrderFailed
 from hostagent.status import REPORT_STALE_AFTER_S
 from hostagent.units import SizeError
 
@@ -463,6 +465,76 @@ class Api:
             result = await self.agent.node_order(op, args)
         return web.json_response(result)
 
+    # ---- drills ------------------------------------------------------------------
+    async def drill_crash_self(self, request: web.Request) -> web.Response:
+        """Node-to-node: crash or freeze this agent (a drill run from another node asked for it)."""
+        body = await self._body(request)
+        mode, freeze_s = str(body.get("mode", "")), float(body.get("freeze_s", 15))
+        if mode not in drill.MODES:
+            raise BadRequest(f"drill mode {mode!r} is not one of {', '.join(drill.MODES)}")
+        drill.crash(mode, freeze_s, self.agent.child_pids())
+        return web.json_response({"node": self.agent.cfg.node_name, "mode": mode, "pid": os.getpid()})
+
+    async def drill_crash(self, request: web.Request) -> web.Response:
+        """Local: ask node NAME's agent to crash or freeze (never this node's: the CLI needs it)."""
+        body = await self._body(request)
+        name = str(body.get("node", ""))
+        if name == self.agent.cfg.node_name:
+            raise Conflict(f"node '{name}' is the node this command runs on; run the drill from another node")
+        node = self._node_record(name)
+        status, data = await self._nodes_client().forward(node["address"], node["api_port"], "POST",
+                                                          "/v1/node/drill", json.dumps(body).encode())
+        if status != 200:
+            raise Conflict(f"node '{name}' refused the drill: {data.get('message', status)}")
+        return self._ok(data)
+
+    async def drill_stale_order(self, request: web.Request) -> web.Response:
+        """Local: send a harmless order with an old token to every node; each should refuse it."""
+        body = await self._body(request)
+        try:
+            token = FencingToken.from_str(str(body.get("token", "")))
+        except ValueError:
+            raise BadRequest(f"{body.get('token')!r} is not a fencing token") from None
+
+        async def one(node: dict[str, Any]) -> dict[str, Any]:
+            try:
+                await self._nodes_client().order(node["name"], node["address"], node["api_port"],
+                                                 "node.hello", {}, token, timeout_s=5)
+                return {"node": node["name"], "refused": False, "message": "accepted"}
+            except OrderFailed as exc:
+                return {"node": node["name"], "refused": "newer token" in exc.message, "message": exc.message}
+
+        return self._ok(await asyncio.gather(*(one(n) for n in self._all(model.NODES))))
+
+    async def replicas(self, request: web.Request) -> web.Response:
+        """Every node's replica revision and checksum, asked over mutual TLS."""
+        async def one(node: dict[str, Any]) -> dict[str, Any]:
+            try:
+                status, data = await self._nodes_client().forward(node["address"], node["api_port"], "GET",
+                                                                  "/v1/cluster/replica", None, timeout_s=5)
+            except ConnectionError as exc:
+                return {"node": node["name"], "error": str(exc)}
+            return data.get("data") if status == 200 else {"node": node["name"], "error": data.get("message")}
+
+        return self._ok(await asyncio.gather(*(one(n) for n in self._all(model.NODES))))
+
+    async def cluster_probe(self, request: web.Request) -> web.Response:
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await ops.submit_probe())
+        return await self._on_master(request, run)
+
+    def _node_record(self, name: str) -> dict[str, Any]:
+        node = self.agent.replica.get_json(model.node_key(name)) if name else None
+        if node is None:
+            raise NotFound(f"no node named '{name}'")
+        return node
+
+    def _nodes_client(self) -> NodeClient:
+        self._require_cluster()
+        if self.agent.nodes is None:
+            raise NotInitialized("this agent's cluster side is not running yet")
+        return self.agent.nodes
+
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
@@ -497,10 +569,15 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
     r.add_get("/v1/users", api.user_list)
     r.add_post("/v1/users", api.user_add)
     r.add_delete("/v1/users/{name}", api.user_remove)
+    r.add_post("/v1/cluster/probe", api.cluster_probe)
     if node_site:
         r.add_get("/v1/join/ca", api.join_ca)
         r.add_post("/v1/join", api.join)
         r.add_post("/v1/node/orders", api.node_order)
+        r.add_post("/v1/node/drill", api.drill_crash_self)
     else:
         r.add_post("/v1/cluster/join", api.cluster_join)
+        r.add_get("/v1/cluster/replicas", api.replicas)
+        r.add_post("/v1/drill/crash", api.drill_crash)
+        r.add_post("/v1/drill/stale-order", api.drill_stale_order)
     return app

@@ -53,6 +53,7 @@ class MasterRole:
         self._took_over = False
         self._hold_until = 0.0
         self._wake = asyncio.Event()
+        self._duty_task: asyncio.Task[None] | None = None
 
     @property
     def is_master(self) -> bool:
@@ -101,8 +102,10 @@ class MasterRole:
             if not await self.lease.keepalive():
                 await self._demote("master lease expired")
                 return f"lost the master lease; node '{self.node}' is no longer master"
-            for duty in self.duties:
-                await duty()
+            if self._duty_task is None or self._duty_task.done():
+                # In the background: a long duty (adding an etcd member) must never delay
+                # the keepalive that keeps this node master.
+                self._duty_task = asyncio.create_task(self._run_duties(), name="master-duties")
             return f"node '{self.node}' is master (token {self.token.to_str()})"  # type: ignore[union-attr]
         if time.monotonic() < self._hold_until:
             return f"node '{self.node}' stepped down; not campaigning for a moment"
@@ -138,6 +141,13 @@ class MasterRole:
         self.became_master.set()
         return f"acquired the master lease; node '{self.node}' is master (token {token.to_str()})"
 
+    async def _run_duties(self) -> None:
+        for duty in self.duties:
+            try:
+                await duty()
+            except Exception:  # noqa: BLE001 - one failing duty must not stop the others
+                log.exception("master duty %s failed; please report this bug", getattr(duty, "__name__", duty))
+
     async def step_down(self, hold_s: float) -> None:
         """Planned hand-over: stop duties, end the lease, and stay out of the next election."""
         self._hold_until = time.monotonic() + hold_s
@@ -146,6 +156,10 @@ class MasterRole:
         self._wake.set()
 
     async def _demote(self, reason: str) -> None:
+        if self._duty_task is not None:
+            self._duty_task.cancel()
+            await asyncio.gather(self._duty_task, return_exceptions=True)
+            self._duty_task = None
         runner, self.runner, self.token = self.runner, None, None
         self.became_master.clear()
         if runner is not None:

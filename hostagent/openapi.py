@@ -34,6 +34,14 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/cluster/master-failover": {"post": _op("Hand the master role to another candidate",
                                                 body="MasterFailover")},
     "/v1/cluster/replica": {"get": _op("This node's config replica: revision and checksum")},
+    "/v1/cluster/replicas": {"get": _op("Every node's replica revision and checksum (local socket only)")},
+    "/v1/cluster/probe": {"post": _op("Submit a job that changes nothing: is the master running jobs?", "202")},
+    "/v1/drill/crash": {"post": _op("Drill: make another node's agent crash or freeze (local socket only)",
+                                    body="DrillCrash")},
+    "/v1/drill/stale-order": {"post": _op("Drill: send an order with an old token to every node; "
+                                          "each should refuse it (local socket only)", body="StaleOrder")},
+    "/v1/node/drill": {"post": _op("Drill: crash or freeze this agent (node certificates only)",
+                                   body="DrillCrash")},
     "/v1/join/ca": {"get": _op("The cluster CA certificate (public; pinned by join tokens)", ok_desc="PEM")},
     "/v1/join": {"post": _op("Admit a node presenting a join token (no client certificate needed)",
                              body="Join", ok_desc="the node's certificate and the cluster secrets")},
@@ -93,6 +101,10 @@ SCHEMAS: dict[str, Any] = {
         "candidate": {"type": "boolean"}, "drained": {"type": "boolean"}, "offline": {"type": "boolean"}}},
     "UserAdd": {"type": "object", "required": ["name", "role"], "properties": {
         "name": {"type": "string"}, "role": {"type": "string", "enum": ["read", "write"]}}},
+    "DrillCrash": {"type": "object", "required": ["mode"], "properties": {
+        "node": {"type": "string"}, "mode": {"type": "string", "enum": ["kill", "freeze"]},
+        "freeze_s": {"type": "number"}}},
+    "StaleOrder": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
     "Order": {"type": "object", "required": ["op", "args", "token"], "properties": {
         "op": {"type": "string"}, "args": {"type": "object"}, "token": {"type": "string"}}},
 }

@@ -101,11 +101,18 @@ master_lease_ttl_s = 5
     def socket(self) -> str:
         return str(self.root / "run" / "agent.sock")
 
-    def start(self) -> None:
+    def start(self, supervised: bool = False) -> None:
+        """Start the agent; `supervised` runs it under packaging/supervise-agent.sh (restart on death)."""
         log = open(self.root / "agent.log", "ab")
-        self.proc = subprocess.Popen([str(BIN / "corral-agent"), "--config", str(self.config)],
-                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        argv = [str(BIN / "corral-agent"), "--config", str(self.config)]
+        if supervised:
+            argv = [str(REPO / "packaging" / "supervise-agent.sh"), *argv]
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         wait_for(lambda: self._answers(), 30, f"agent {self.name} to answer on its socket")
+
+    def agent_pid(self) -> int:
+        """The agent's own pid (under supervision, proc is the supervisor)."""
+        return int((self.root / "state" / "agent.lock").read_text().strip())
 
     def wait_fresh_report(self, timeout_s: float = 30) -> None:
         """Wait until the replica holds a node report made after this call began."""
@@ -132,16 +139,14 @@ master_lease_ttl_s = 5
 
     def child_pids(self) -> list[int]:
         """This agent's serf and etcd (its only children; QEMU is daemonized away)."""
-        assert self.proc is not None
         try:
-            return [c.pid for c in psutil.Process(self.proc.pid).children()]
+            return [c.pid for c in psutil.Process(self.agent_pid()).children()]
         except psutil.NoSuchProcess:
             return []
 
     def freeze(self) -> list[int]:
         """SIGSTOP the agent and its serf and etcd, like a hung machine; returns the pids."""
-        assert self.proc is not None
-        pids = [self.proc.pid, *self.child_pids()]
+        pids = [self.agent_pid(), *self.child_pids()]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         return pids
@@ -233,15 +238,16 @@ def one_node(tmp_path_factory, guest_dir):
 class Cluster:
     """N agents on 127.0.0.1..N, formed by init on the first and join on the others."""
 
-    def __init__(self, root: Path, size: int) -> None:
+    def __init__(self, root: Path, size: int, supervised: bool = False) -> None:
         self.nodes = [AgentNode(root / f"n{i}", name=f"n{i}", address=f"127.0.0.{i}") for i in range(1, size + 1)]
+        self.supervised = supervised
 
     def __getitem__(self, name: str) -> AgentNode:
         return next(n for n in self.nodes if n.name == name)
 
     def form(self, hv: str = "accel=tcg", candidates: int = 3) -> None:
         first = self.nodes[0]
-        first.start()
+        first.start(self.supervised)
         first.ok("cluster", "init", "--name", "multi", "--hv", hv, "--candidates", str(candidates))
         for node in self.nodes[1:]:
             self.join(node)
@@ -249,7 +255,7 @@ class Cluster:
     def join(self, node: AgentNode, via: AgentNode | None = None) -> None:
         via = via or self.alive()[0]
         token = via.json("node", "add", node.name, "--address", node.address)["token"]
-        node.start()
+        node.start(self.supervised)
         node.ok("cluster", "join", via.api, "--token", token)
 
     def alive(self) -> list[AgentNode]:
@@ -282,6 +288,18 @@ class Cluster:
 @pytest.fixture
 def cluster3(tmp_path_factory):
     cluster = Cluster(tmp_path_factory.mktemp("c3"), 3)
+    try:
+        cluster.form()
+        cluster.wait_candidates(3)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def supervised3(tmp_path_factory):
+    """Three agents each under the restart loop, as systemd would run them."""
+    cluster = Cluster(tmp_path_factory.mktemp("s3"), 3, supervised=True)
     try:
         cluster.form()
         cluster.wait_candidates(3)
