@@ -21,6 +21,7 @@ from hostagent.jobs import Handler, JobRunner
 log = logging.getLogger(__name__)
 
 Duty = Callable[[], Awaitable[Any]]
+TAKEOVER_HOLD_S = 3.0
 
 
 class NoMaster(Exception):
@@ -123,6 +124,9 @@ class MasterRole:
                 # incarnation is dead, so end its lease instead of waiting out the TTL.
                 self._took_over = True
                 await self.client.lease_revoke(current[1].lease_id)
+                if len(await self.client.member_list()) > 1:
+                    # Let a candidate that stayed up take over: this agent has only just started.
+                    self._hold_until = time.monotonic() + TAKEOVER_HOLD_S
                 return (f"revoked the master lease left by this node's previous agent "
                         f"(token {current[1].to_str()})")
             holder = current[0] if current else "nobody"

@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# `make demo` / `make demo-stop`: a one-node Corral cluster on 127.0.0.1 with
-# its state under ./.demo, running one instance booted from the test guest.
+# `make demo` / `make demo-stop`: a three-node Corral cluster on 127.0.0.1-3 with
+# its state under ./.demo, running one test-guest instance on each node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOP=$PWD
 DEMO=$TOP/.demo
 VENV=${VENV:-$TOP/.venv}
 GUEST=${CORRAL_GUEST_DIR:-/var/cache/corral/guest}
-export CORRAL_SOCKET=$DEMO/run/agent.sock
-CORRAL="$VENV/bin/corral"
+NODES=(n1 n2 n3)
+
+corral() { CORRAL_SOCKET="$DEMO/$1/run/agent.sock" "$VENV/bin/corral" "${@:2}"; }
 
 stop_qemus() {
   # QEMU outlives the agent by design: stop the demo's own instances by pidfile.
-  for pidfile in "$DEMO"/run/instances/*/qemu.pid; do
+  for pidfile in "$DEMO"/*/run/instances/*/qemu.pid; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
-    if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$DEMO/run"; then
+    if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$DEMO/"; then
       echo "==> stopping instance QEMU pid $pid"
       kill "$pid" 2>/dev/null || true
     fi
@@ -23,33 +24,30 @@ stop_qemus() {
 }
 
 stop() {
-  if [ -f "$DEMO/agent.pid" ]; then
-    pid=$(cat "$DEMO/agent.pid")
+  for node in "${NODES[@]}"; do
+    pidfile=$DEMO/$node/supervisor.pid
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
-      echo "==> stopping the demo agent (pid $pid)"
+      echo "==> stopping the agent of $node (supervisor pid $pid)"
       kill "$pid"
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       kill -9 "$pid" 2>/dev/null || true
     fi
-  fi
+  done
   stop_qemus
   rm -rf "$DEMO"
   echo "demo stopped and removed"
 }
 
-start() {
-  if [ -f "$DEMO/agent.pid" ] && kill -0 "$(cat "$DEMO/agent.pid")" 2>/dev/null; then
-    echo "the demo is already running; \`make demo-stop\` first to start over"
-    exit 1
-  fi
-  stop_qemus  # leftovers of an earlier demo whose agent died
-  rm -rf "$DEMO"
-  mkdir -p "$DEMO/images" "$DEMO/log"
-  ln -s "$GUEST/base.qcow2" "$DEMO/images/busybox-guest.qcow2"
-  cat > "$DEMO/agent.toml" <<TOML
+write_config() {  # node index
+  local node=n$1 dir=$DEMO/n$1
+  mkdir -p "$dir/images" "$dir/log"
+  ln -sf "$GUEST/base.qcow2" "$dir/images/busybox-guest.qcow2"
+  cat > "$dir/agent.toml" <<TOML
 [node]
-name = "demo1"
-address = "127.0.0.1"
+name = "$node"
+address = "127.0.0.$1"
 
 [ports]
 api = 17947
@@ -59,39 +57,75 @@ etcd_client = 12379
 etcd_peer = 12380
 
 [paths]
-state_dir = "$DEMO/state"
-run_dir = "$DEMO/run"
-log_dir = "$DEMO/log"
+state_dir = "$dir/state"
+run_dir = "$dir/run"
+log_dir = "$dir/log"
 os_search_paths = ["$TOP/packaging/os"]
-image_paths = ["$DEMO/images"]
+image_paths = ["$dir/images"]
 TOML
-  echo "==> starting corral-agent for node demo1 (log: .demo/log/agent.log)"
-  setsid "$VENV/bin/corral-agent" --config "$DEMO/agent.toml" >"$DEMO/log/agent.log" 2>&1 < /dev/null &
-  echo $! > "$DEMO/agent.pid"
-  for _ in $(seq 1 100); do [ -S "$CORRAL_SOCKET" ] && break; sleep 0.1; done
-  [ -S "$CORRAL_SOCKET" ] || { echo "the agent did not start; see .demo/log/agent.log"; exit 1; }
-  $CORRAL cluster init --name demo \
+}
+
+start_agent() {  # node index
+  local dir=$DEMO/n$1
+  echo "==> starting corral-agent for node n$1 on 127.0.0.$1 (log: .demo/n$1/agent.log)"
+  # Under a restart loop, as systemd's Restart=on-failure would run it: the drill kills agents.
+  setsid "$TOP/packaging/supervise-agent.sh" "$VENV/bin/corral-agent" --config "$dir/agent.toml" \
+    >"$dir/agent.log" 2>&1 < /dev/null &
+  echo $! > "$dir/supervisor.pid"
+  for _ in $(seq 1 100); do [ -S "$dir/run/agent.sock" ] && break; sleep 0.1; done
+  [ -S "$dir/run/agent.sock" ] || { echo "the agent of n$1 did not start; see .demo/n$1/agent.log"; exit 1; }
+}
+
+wait_until() {  # seconds, description, command...
+  local seconds=$1 what=$2; shift 2
+  for _ in $(seq 1 $((seconds * 2))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "warning: gave up after $seconds s waiting for $what"
+  return 1
+}
+
+booted() { grep -q CORRAL-GUEST-BOOTED "$DEMO/$1/log/console/$2.console.log"; }
+
+three_candidates() { corral n1 cluster info --json | grep -q '"n3"' && corral n1 cluster info --json | grep -q '"n2"'; }
+
+start() {
+  if ls "$DEMO"/*/supervisor.pid >/dev/null 2>&1; then
+    echo "a demo is already here; \`make demo-stop\` first to start over"
+    exit 1
+  fi
+  stop_qemus  # leftovers of an earlier demo whose agents died
+  rm -rf "$DEMO"
+  for i in 1 2 3; do write_config "$i"; start_agent "$i"; done
+  corral n1 cluster init --name demo \
     --hv "accel=tcg,kernel_path=$GUEST/vmlinuz,initrd_path=$GUEST/initrd.img,kernel_args=quiet"
-  $CORRAL instance add web1 --os busybox-guest --memory 256M --disk 256M,format=qcow2
-  echo "==> waiting for web1 to boot"
-  booted=no
-  for _ in $(seq 1 120); do
-    if grep -q CORRAL-GUEST-BOOTED "$DEMO"/log/console/web1.console.log 2>/dev/null; then booted=yes; break; fi
-    sleep 0.5
+  for i in 2 3; do
+    token=$(corral n1 node add "n$i" --address "127.0.0.$i" --json | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    corral "n$i" cluster join 127.0.0.1:17947 --token "$token"
   done
-  [ $booted = yes ] || echo "warning: web1 printed no boot marker within 60 s; see \`corral instance info web1\`"
-  $CORRAL instance list
+  echo "==> waiting for n2 and n3 to become master candidates (etcd members)"
+  wait_until 90 "three master candidates" three_candidates || true
+  for i in 1 2 3; do
+    corral n1 instance add "web$i" --os busybox-guest --node "n$i" --memory 256M --disk 256M,format=qcow2
+  done
+  echo "==> waiting for the guests to boot"
+  for i in 1 2 3; do wait_until 60 "web$i to boot" booted "n$i" "web$i" || true; done
+  corral n1 node list
+  echo
+  corral n1 instance list
   cat <<MSG
 
-The demo cluster is running: one agent (node demo1) on 127.0.0.1, state in .demo/.
-Point corral at it and look around:
+The demo cluster is running: three agents (n1, n2, n3) on 127.0.0.1-3, state in .demo/.
+Point corral at any node and look around:
 
-  export CORRAL_SOCKET=$CORRAL_SOCKET
   export PATH=$VENV/bin:\$PATH
+  export CORRAL_SOCKET=$DEMO/n1/run/agent.sock     # or n2, n3: every node answers
   corral cluster info
   corral node list
   corral instance info web1
   corral instance console web1      # Ctrl-] to detach
+
+Run the master-failover drill from a node that is not the master:
+
+  CORRAL_SOCKET=$DEMO/n3/run/agent.sock corral drill master-failover --rounds 3
 
 Stop it all with: make demo-stop
 MSG
