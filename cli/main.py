@@ -126,6 +126,9 @@ class Cli:
               file=sys.stderr)
         return 1
 
+    def cluster_rotate_secrets(self) -> int:
+        return self.job(self.client.post("/v1/cluster/rotate-secrets"))
+
     def cluster_replica(self) -> int:
         return self.out(self.client.get("/v1/cluster/replica"), lambda d: print(
             f"node '{d['node']}': replica at revision {d['revision']}, config checksum {d['checksum'][:16]} "
@@ -341,6 +344,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_parser("info", help="name, master, candidates, quorum", parents=[common])
     c.add_parser("verify", help="check the cluster; non-zero exit on errors", parents=[common])
     c.add_parser("replica", help="this node's config replica: revision and checksum", parents=[common])
+    c.add_parser("rotate-secrets", help="new gossip key and node certificates, without downtime",
+                 parents=[common, jobopts])
     s = c.add_parser("join", help="join this node to a cluster (token from `corral node add`)", parents=[common])
     s.add_argument("address", help="any cluster node's address, ADDRESS or ADDRESS:PORT")
     s.add_argument("--token", required=True)
@@ -427,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     dispatch = {
         ("cluster", "init"): cli.cluster_init, ("cluster", "info"): cli.cluster_info,
         ("cluster", "verify"): cli.cluster_verify, ("cluster", "join"): cli.cluster_join,
-        ("cluster", "replica"): cli.cluster_replica,
+        ("cluster", "replica"): cli.cluster_replica, ("cluster", "rotate-secrets"): cli.cluster_rotate_secrets,
         ("cluster", "master-failover"): cli.cluster_master_failover, ("node", "list"): cli.node_list,
         ("node", "info"): cli.node_info, ("node", "add"): cli.node_add, ("node", "remove"): cli.node_remove,
         ("node", "modify"): cli.node_modify, ("user", "add"): cli.user_add, ("user", "list"): cli.user_list,

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import shutil
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,6 +42,7 @@ from hostagent.nodelease import NodeLease
 from hostagent.notify import Notifier
 from hostagent.operations import Operations, lock_keys
 from hostagent.orders import NodeClient
+from hostagent.rotation import Rotation
 from hostagent.status import REPORT_STALE_AFTER_S
 from hostagent.supervisor import ChildSupervisor
 
@@ -108,6 +110,8 @@ class Agent:
         self._report_tasks: set[asyncio.Task[None]] = set()
         self._gossip_seen: dict[str, float] = {}
         self.node_site: Callable[[], Awaitable[None]] | None = None
+        self.server_ssl: ssl.SSLContext | None = None  # set by the node site; reloaded on rotation
+        self.client_ssl: ssl.SSLContext | None = None
 
     # ---- local state --------------------------------------------------------
     @property
@@ -164,12 +168,15 @@ class Agent:
             raise NotInitialized("this node is not part of a cluster")
         self.stop_event = asyncio.Event()
         serf_config = os.path.join(cfg.pki_dir, "serf.json")
+        serf_keyring = os.path.join(cfg.pki_dir, "serf.keyring")  # serf keeps rotated keys here
 
         def serf_command() -> list[str]:
-            write_serf_secrets(serf_config, self._secret("gossip.key"), rpc_auth=self._secret("serf-rpc.key"))
+            write_serf_secrets(serf_config, self._secret("gossip.key"), rpc_auth=self._secret("serf-rpc.key"),
+                               keyring_file=serf_keyring)
             return serf_argv(cfg.node_name, f"{cfg.address}:{cfg.gossip_port}",
                              f"{cfg.address}:{cfg.serf_rpc_port}", self._secret("gossip.key"), self._tags(),
                              rpc_auth=self._secret("serf-rpc.key"), config_file=serf_config,
+                             keyring_file=serf_keyring,
                              join=(self.local_cluster() or {}).get("serf_join", []),
                              snapshot_path=os.path.join(cfg.state_dir, "serf.snapshot"),
                              serf_binary=cfg.serf_binary)
@@ -178,7 +185,7 @@ class Agent:
         self._serf_child.start()
         if local.get("etcd_member"):
             self._start_etcd()
-        ssl_client = pki.client_context(self.pki)
+        ssl_client = self.client_ssl = pki.client_context(self.pki)
         self.etcd = EtcdClient(self._endpoints(local), ssl=ssl_client)
         if local.get("etcd_member"):
             await wait_healthy(self.etcd, timeout_s=30)
@@ -189,7 +196,8 @@ class Agent:
                                on_change=self.notifier.status, catch_up=self._catch_up)
         self.ops = Operations(self.role, self.nodes)
         self.node_ops = NodeOperations(self.ops, self.pki)
-        self.role.handlers = self.ops.handlers()
+        rotation = Rotation(self.ops, self.pki, self._serf_rpc, lambda: self._secret("gossip.key"))
+        self.role.handlers = {**self.ops.handlers(), "cluster.rotate-secrets": rotation.job}
         self.role.on_elected.append(self._fence_older_masters)
         self.role.duties += [self._pool_duty, self._fence_stragglers]
         self.lease = NodeLease(self.etcd, cfg.node_name)
@@ -344,7 +352,23 @@ class Agent:
             return await self._become_member(args["initial_cluster"], args["ca_key"])
         if op == "etcd.leave":
             return await self._stop_being_member()
+        if op == "secrets.gossip":
+            self._write_secret("gossip.key", args["key"])
+            return {}
+        if op == "secrets.csr":
+            return {"csr": pki.new_pending_key(self.pki).decode()}
+        if op == "secrets.cert":
+            pki.install_pending(self.pki, args["cert"].encode())
+            for ctx in (self.server_ssl, self.client_ssl):
+                if ctx is not None:  # new connections use the new certificate at once
+                    ctx.load_cert_chain(self.pki.node_cert, self.pki.node_key)
+            log.info("node '%s' now uses its renewed certificate", self.cfg.node_name)
+            return {}
         raise OrderError(f"unknown order {op!r}")
+
+    async def _serf_rpc(self) -> SerfRpc:
+        return await SerfRpc.connect(self.cfg.address, self.cfg.serf_rpc_port,
+                                     auth_key=self._secret("serf-rpc.key"), timeout_s=5)
 
     async def _become_member(self, initial_cluster: str, ca_key: str) -> dict[str, Any]:
         local = self.local_cluster() or {}
@@ -484,8 +508,7 @@ class Agent:
         if self.local_cluster() is None:
             return {}
         try:
-            rpc = await SerfRpc.connect(self.cfg.address, self.cfg.serf_rpc_port,
-                                        auth_key=self._secret("serf-rpc.key"), timeout_s=2)
+            rpc = await self._serf_rpc()
         except (SerfError, OSError):
             return {}
         try:

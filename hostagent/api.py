@@ -518,6 +518,13 @@ class Api:
 
         return self._ok(await asyncio.gather(*(one(n) for n in self._all(model.NODES))))
 
+    async def rotate_secrets(self, request: web.Request) -> web.Response:
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            job_id = await ops.role.require().submit("cluster.rotate-secrets", {},
+                                                     "rotate the gossip key and the node certificates")
+            return await self._accepted(job_id)
+        return await self._on_master(request, run)
+
     async def cluster_probe(self, request: web.Request) -> web.Response:
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
             return await self._accepted(await ops.submit_probe())
@@ -570,6 +577,7 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
     r.add_post("/v1/users", api.user_add)
     r.add_delete("/v1/users/{name}", api.user_remove)
     r.add_post("/v1/cluster/probe", api.cluster_probe)
+    r.add_post("/v1/cluster/rotate-secrets", api.rotate_secrets)
     if node_site:
         r.add_get("/v1/join/ca", api.join_ca)
         r.add_post("/v1/join", api.join)

@@ -37,6 +37,7 @@ class JobContext:
     def __init__(self, runner: "JobRunner", job: dict[str, Any]) -> None:
         self._runner = runner
         self.job = job
+        self.started = time.monotonic()
 
     async def log(self, message: str) -> None:
         log.info("job %d: %s", self.job["id"], message)

@@ -51,8 +51,9 @@ async def _serve(cfg: AgentConfig) -> None:
             return  # already serving (a retried cluster init)
         remote = web.AppRunner(build_app(agent, node_site=True), access_log=None)
         await remote.setup()
+        agent.server_ssl = pki.server_context(agent.pki)
         try:
-            await web.TCPSite(remote, cfg.address, cfg.api_port, ssl_context=pki.server_context(agent.pki)).start()
+            await web.TCPSite(remote, cfg.address, cfg.api_port, ssl_context=agent.server_ssl).start()
         except OSError as exc:
             await remote.cleanup()
             raise StartupFailed(f"cannot serve the node API on {cfg.address}:{cfg.api_port}: "

@@ -133,6 +133,31 @@ def new_node_key(paths: PkiPaths) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
+def new_pending_key(paths: PkiPaths) -> bytes:
+    """A new key for certificate renewal, kept aside until its certificate arrives; returns a CSR."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write(paths.node_key + ".pending", _key_pem(key), 0o600)
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corral-renew")]))
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def install_pending(paths: PkiPaths, cert_pem: bytes) -> None:
+    """Switch to the pending key and its new certificate, after checking that they belong together."""
+    pending = paths.node_key + ".pending"
+    with open(pending, "rb") as fh:
+        key = serialization.load_pem_private_key(fh.read(), password=None)
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
+        raise ValueError("the renewed certificate does not match this node's pending key")
+    # Both files are complete before either is switched; the two renames follow each other
+    # directly, and our own TLS contexts are reloaded only after both are in place.
+    _write(paths.node_cert + ".pending", cert_pem, 0o644)
+    os.replace(pending, paths.node_key)
+    os.replace(paths.node_cert + ".pending", paths.node_cert)
+
+
 def csr_public_key(csr_pem: bytes) -> Any:
     """The public key of a CSR whose signature is valid (proof the requester holds the key)."""
     csr = x509.load_pem_x509_csr(csr_pem)

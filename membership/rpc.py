@@ -149,6 +149,35 @@ class SerfRpc:
         """Gossip a user event; Serf refuses (SerfRpcError) name+payload above its 512-byte limit."""
         await self._call("event", {"Name": name, "Payload": bytes(payload), "Coalesce": coalesce})
 
+    async def install_key(self, key_b64: str) -> dict[str, Any]:
+        """Gossip a new encryption key to every member's keyring (not yet used for sending)."""
+        return await self._key_command("install-key", key_b64)
+
+    async def use_key(self, key_b64: str) -> dict[str, Any]:
+        """Make an installed key the one every member encrypts with."""
+        return await self._key_command("use-key", key_b64)
+
+    async def remove_key(self, key_b64: str) -> dict[str, Any]:
+        """Drop a key from every member's keyring (refused for the key in use)."""
+        return await self._key_command("remove-key", key_b64)
+
+    async def list_keys(self) -> dict[str, Any]:
+        """{"Keys": {key: members holding it}, "NumNodes": n, ...}; keys are secrets: never log them."""
+        body = await self._call("list-keys", has_body=True)
+        if not isinstance(body, dict):
+            raise SerfProtocolError("list-keys reply", body)
+        return body
+
+    async def _key_command(self, command: str, key_b64: str) -> dict[str, Any]:
+        """Keyring changes reach every member; a member that did not confirm is an error here."""
+        body = await self._call(command, {"Key": key_b64}, has_body=True)
+        if not isinstance(body, dict):
+            raise SerfProtocolError(f"{command} reply", body)
+        if body.get("NumErr"):
+            failed = ", ".join(f"{n}: {m}" for n, m in (body.get("Messages") or {}).items())
+            raise SerfRpcError(command, f"{body['NumErr']} of {body.get('NumNodes')} members failed ({failed})")
+        return body
+
     async def stats(self) -> dict[str, dict[str, str]]:
         """Serf's own counters, e.g. stats()["serf"]["encrypted"] == "true"."""
         body = await self._call("stats", has_body=True)

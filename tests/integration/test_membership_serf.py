@@ -366,3 +366,25 @@ async def test_connect_to_a_silent_listener_gives_up_after_its_timeout() -> None
 
     assert "no reply to 'handshake' within 0.5 s" in silent.value.reason
     assert time.monotonic() - started < 3
+
+
+async def test_gossip_key_rotation_reaches_every_member_and_survives_a_restart(
+        make_node: Callable[..., Awaitable[SerfNode]]) -> None:
+    a = await make_node("a", keyring=True)
+    b = await make_node("b", keyring=True, join=(a.gossip_addr,))
+    assert a.rpc is not None and b.rpc is not None
+    await eventually(lambda: status_is(a, "b", "alive"), CONVERGE_TIMEOUT_S, "a seeing b")
+    old, new = a.key, new_gossip_key()
+
+    installed = await a.rpc.install_key(new)
+    assert installed["NumNodes"] == 2 and installed["NumErr"] == 0
+    await a.rpc.use_key(new)
+    await a.rpc.remove_key(old)
+    assert set((await b.rpc.list_keys())["Keys"]) == {new}
+
+    await b.stop()  # b restarts from its keyring file, which serf rewrote with the new key only
+    await b.start(join=(a.gossip_addr,))
+    assert b.rpc is not None
+    await eventually(lambda: status_is(a, "b", "alive"), CONVERGE_TIMEOUT_S, "a seeing b again after rotation")
+    with pytest.raises(SerfRpcError, match="use-key"):
+        await a.rpc.use_key(old)  # the old key is gone everywhere

@@ -220,3 +220,22 @@ def test_five_nodes_survive_losing_two(tmp_path_factory):
         cluster.wait_replicas_agree()
     finally:
         cluster.stop()
+
+
+def test_rotate_secrets_renews_gossip_key_and_certificates_without_downtime(cluster3):
+    def secrets(node: AgentNode) -> tuple[str, str, str]:
+        pki = node.root / "state" / "pki"
+        return ((pki / "gossip.key").read_text(), (pki / "node.crt").read_text(), (pki / "serf.keyring").read_text())
+
+    before = {n.name: secrets(n) for n in cluster3.nodes}
+    out = cluster3["n2"].ok("cluster", "rotate-secrets")
+    assert "old gossip key removed from every member" in out
+    for node in cluster3.nodes:
+        gossip, cert, keyring = secrets(node)
+        old_gossip, old_cert, _ = before[node.name]
+        assert gossip != old_gossip and cert != old_cert
+        assert old_gossip not in keyring and gossip in keyring
+    rows = cluster3["n3"].json("node", "list")
+    assert {r["gossip"] for r in rows} == {"alive"}
+    cluster3["n3"].ok("user", "add", "after-rotation", "--role", "read")  # mutual TLS with the new certificates
+    assert send_order(cluster3["n2"], cluster3["n3"], "1:1")[0] == 409  # n2's new certificate is accepted
