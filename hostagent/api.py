@@ -130,10 +130,10 @@ class Api:
 
     async def _wait_replica(self, key: str) -> None:
         """Read-your-writes: return once this node's replica has `key` (bounded)."""
-        for _ in range(100):
+        for _ in range(500):
             if self.agent.replica.get(key) is not None:
                 return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)
 
     async def _accepted(self, job_id: int) -> web.Response:
         await self._wait_replica(model.job_key(job_id))
@@ -143,10 +143,14 @@ class Api:
                          run: Callable[[Operations, NodeOperations], Awaitable[web.Response]]) -> web.Response:
         """Run a change here if this node is master, else forward it to the master."""
         self._require_cluster()
-        role = self.agent.role
-        if role is not None and not role.is_master and self._master() in (None, self.agent.cfg.node_name):
-            try:  # this node is (re)taking the master role: wait a moment rather than fail
-                await asyncio.wait_for(role.became_master.wait(), self.agent.cfg.master_lease_ttl_s + 5)
+        role, me = self.agent.role, self.agent.cfg.node_name
+        deadline = time.monotonic() + self.agent.cfg.master_lease_ttl_s + 5
+        # No master recorded, or this node: it may be (re)taking the role. Wait a moment rather
+        # than fail, but stop as soon as the replica names another master.
+        while (role is not None and not role.is_master and self._master() in (None, me)
+               and time.monotonic() < deadline):
+            try:
+                await asyncio.wait_for(role.became_master.wait(), 0.1)
             except asyncio.TimeoutError:
                 pass
         if self.agent.role is not None and self.agent.role.is_master:
@@ -160,11 +164,21 @@ class Api:
         if node is None or self.agent.nodes is None:
             raise NoMaster(None, "no master is elected right now, so changes are refused; "
                                  "`corral cluster info` shows the quorum state")
-        status, data = await self.agent.nodes.forward(node["address"], node["api_port"], request.method,
-                                                      request.path_qs, await request.read())
+        try:
+            status, data = await self.agent.nodes.forward(node["address"], node["api_port"], request.method,
+                                                          request.path_qs, await request.read())
+        except ConnectionError:
+            quorum = await self._quorum()  # a master that does not answer: is it the quorum?
+            if not quorum["ok"]:
+                raise NoMaster(master, NO_QUORUM + quorum["reason"]) from None
+            raise
         job_id = (data.get("data") or {}).get("job_id") if isinstance(data.get("data"), dict) else None
         if status == 202 and job_id is not None:
             await self._wait_replica(model.job_key(job_id))
+        elif status < 300 and self.agent.etcd is not None and self.agent.mirror is not None:
+            # read-your-writes for direct changes too: catch up to etcd's revision now
+            revision = (await self.agent.etcd.status())["revision"]
+            await self.agent.mirror.wait_for_revision(revision, timeout_s=5)
         if "data" in data:
             data["replica"] = self._replica_info()
         return web.json_response(data, status=status)

@@ -27,7 +27,7 @@ class JoinRefused(Exception):
 
 def make_token(ca_fingerprint: str) -> tuple[str, str]:
     """(token for the operator, hash to store in the config)."""
-    secret = secrets.token_urlsafe(24)
+    secret = secrets.token_hex(24)  # hex: never starts with '-', which a shell or argparse would misread
     return f"{secret}.{ca_fingerprint.removeprefix('sha256:')}", token_hash(secret)
 
 

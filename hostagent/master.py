@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 Duty = Callable[[], Awaitable[Any]]
 TAKEOVER_HOLD_S = 3.0
+FOLLOW_POLL_S = 0.3  # how soon a candidate notices that the master key is gone
 
 
 class NoMaster(Exception):
@@ -85,7 +86,7 @@ class MasterRole:
                 log.exception("master loop iteration failed; please report this bug")
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wait_either(stop), interval if self.is_master else 1.0)
+                await asyncio.wait_for(self._wait_either(stop), interval if self.is_master else FOLLOW_POLL_S)
             except asyncio.TimeoutError:
                 pass
         await self._demote("agent stopping")
@@ -116,6 +117,9 @@ class MasterRole:
             someone_else = plan["to"] is not None and plan["to"] != self.node
             if plan["until"] > time.time() and (plan["from"] == self.node or someone_else):
                 return f"master hand-over to {plan['to'] or 'another candidate'} in progress; not campaigning"
+        held = await self.lease.current()
+        if held is not None and held[0] != self.node:
+            return f"node '{held[0]}' holds the master lease; following"  # a cheap read, no campaign
         token = await self.lease.campaign(self.node)
         if token is None:
             current = await self.lease.current()
@@ -139,6 +143,7 @@ class MasterRole:
         runner = JobRunner(self.node, self.client, self.lease, token, self.handlers, self._lock_keys)
         self.token, self.runner = token, runner
         self.elected_at = time.monotonic()
+        self._say(f"acquired the master lease; node '{self.node}' is master (token {token.to_str()})")
         await runner.start()
         for hook in self.on_elected:
             await hook()

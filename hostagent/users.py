@@ -26,7 +26,7 @@ def new_user(name: str, role: str) -> tuple[dict[str, Any], str]:
         raise BadRequest(f"user name {name!r} is not valid: a lower-case letter, then letters, digits, '-', '_'")
     if role not in ROLES:
         raise BadRequest(f"role {role!r} is not one of {', '.join(ROLES)}")
-    secret = secrets.token_urlsafe(24)
+    secret = secrets.token_hex(24)
     record = {"name": name, "role": role, "token_sha256": _digest(secret), "created": time.time()}
     return record, f"{name}.{secret}"
 

@@ -239,3 +239,19 @@ def test_rotate_secrets_renews_gossip_key_and_certificates_without_downtime(clus
     assert {r["gossip"] for r in rows} == {"alive"}
     cluster3["n3"].ok("user", "add", "after-rotation", "--role", "read")  # mutual TLS with the new certificates
     assert send_order(cluster3["n2"], cluster3["n3"], "1:1")[0] == 409  # n2's new certificate is accepted
+
+
+def test_node_modify_flags_and_a_node_that_may_not_be_candidate_leaves_the_pool(cluster3):
+    n1 = cluster3["n1"]
+    n1.ok("node", "modify", "n2", "--drained", "yes")
+    row = next(r for r in n1.json("node", "list") if r["name"] == "n2")
+    assert row["drained"] is True
+    refused = n1.corral("instance", "add", "x", "--os", "busybox-guest", "--node", "n9", "--no-start")
+    assert refused.returncode == 2 and "node 'n9' is not in the cluster" in refused.stderr
+    n1.ok("node", "modify", "n3", "--candidate", "no")
+    # two capable nodes make an even pool: the master keeps one member (itself) rather than two
+    wait_for(lambda: n1.json("cluster", "info")["candidates"] == ["n1"], 60, "the pool to shrink to n1")
+    assert not (cluster3["n3"].root / "state" / "etcd").exists()
+    n1.ok("user", "add", "still-writable", "--role", "read")
+    bad = n1.corral("node", "modify", "n2", "--offline", "maybe")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
