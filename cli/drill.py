@@ -44,11 +44,17 @@ def _instances(client: AgentClient) -> dict[str, tuple[Any, str]]:
 
 
 def _one_round(client: AgentClient, mode: str, freeze_s: float, timeout_s: float) -> dict[str, Any]:
-    info = client.get("/v1/cluster")["data"]
+    def healthy() -> dict[str, Any] | None:
+        info = client.get("/v1/cluster")["data"]
+        return info if info["quorum"]["ok"] and info["master"] and info["token"] else None
+
+    try:  # a previous round's old master may still be settling back in
+        info = _wait("a healthy cluster (quorum, a master and its token)", 30, healthy)
+    except DrillAborted:
+        info = client.get("/v1/cluster")["data"]
+        raise DrillAborted(f"the cluster is not healthy enough for a drill (master {info['master']}, quorum "
+                           f"{info['quorum']}); fix that first (`corral cluster verify`)") from None
     old, old_token, me = info["master"], info["token"], info["this_node"]
-    if not info["quorum"]["ok"] or not old or not old_token:
-        raise DrillAborted(f"the cluster is not healthy enough for a drill (master {old}, quorum "
-                           f"{info['quorum']}); fix that first (`corral cluster verify`)")
     if old == me:
         raise DrillAborted(f"this node ('{me}') is the master; run the drill on another node "
                            "(CORRAL_SOCKET=...) or hand over first with `corral cluster master-failover`")

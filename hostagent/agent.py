@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from election.etcd import EtcdClient, EtcdError, Op
-from election.lease import MasterLease
+from election.lease import FencingToken, MasterLease
 from election.member import EtcdTls, etcd_argv, wait_healthy
 from election.mirror import Mirror
 from election.replica import Replica
@@ -188,7 +188,10 @@ class Agent:
         ssl_client = self.client_ssl = pki.client_context(self.pki)
         self.etcd = EtcdClient(self._endpoints(local), ssl=ssl_client)
         if local.get("etcd_member"):
-            await wait_healthy(self.etcd, timeout_s=30)
+            try:
+                await wait_healthy(self.etcd, timeout_s=30)
+            except EtcdError as exc:  # keep serving reads from the replica; the loops retry
+                log.warning("etcd has no quorum yet (%s); serving reads from this node's replica meanwhile", exc)
         self.mirror = Mirror(self.etcd, self.replica, prefix=model.PREFIX)
         self.nodes = NodeClient(ssl_client)
         lease = MasterLease(self.etcd, key=model.MASTER_KEY, ttl_s=cfg.master_lease_ttl_s)
@@ -231,10 +234,10 @@ class Agent:
         if self._role_task is None and self.role is not None:
             self._role_task = asyncio.create_task(self.role.run(self.stop_event), name="master")
 
-    async def _catch_up(self, revision: int) -> bool:
+    async def _catch_up(self, revision: int, timeout_s: float) -> bool:
         """A new master acts only once its own replica has everything committed before it won."""
         assert self.mirror is not None
-        return await self.mirror.wait_for_revision(revision, timeout_s=10)
+        return await self.mirror.wait_for_revision(revision, timeout_s=timeout_s)
 
     async def _fence_older_masters(self) -> None:
         """Record the new token and tell every node at once, so an older master's orders are refused."""
@@ -365,6 +368,15 @@ class Agent:
             log.info("node '%s' now uses its renewed certificate", self.cfg.node_name)
             return {}
         raise OrderError(f"unknown order {op!r}")
+
+    async def verify_token(self, token: FencingToken) -> str | None:
+        """The node holding the master key with exactly this token, according to etcd (or None)."""
+        if self.etcd is None:
+            return None
+        kv = await self.etcd.get(model.MASTER_KEY)
+        if kv is None or kv.create_revision != token.revision or kv.lease != token.lease_id:
+            return None
+        return str(model.loads(kv.value).get("node"))
 
     async def _serf_rpc(self) -> SerfRpc:
         return await SerfRpc.connect(self.cfg.address, self.cfg.serf_rpc_port,

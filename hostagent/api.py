@@ -26,11 +26,11 @@ from kvm.hvparams import HvParamError, parse_hvparams
 from storage.base import StorageError
 from storage.osdef import OsDefinition
 
-from hostagent import auth, drill, joining, model, users, views
+from hostagent import auth, drill, joining, model, pki, users, views
 from hostagent.agent import Agent, NotInitialized
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.executor import OrderError
-from hostagent.fencing import StaleToken
+from hostagent.fencing import NotTheMaster, StaleToken
 from hostagent.joining import JoinRefused
 from hostagent.master import NoMaster
 from hostagent.node_ops import NodeOperations
@@ -48,7 +48,7 @@ NO_QUORUM = ("no quorum: the cluster's etcd members cannot agree right now, so c
 _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (BadRequest, 400, "bad-request"), (SizeError, 400, "bad-request"), (HvParamError, 400, "bad-request"),
     (NotFound, 404, "not-found"), (Conflict, 409, "conflict"), (FileExistsError, 409, "conflict"),
-    (StaleToken, 409, "stale-token"), (JoinRefused, 403, "join-refused"),
+    (StaleToken, 409, "stale-token"), (NotTheMaster, 409, "not-the-master"), (JoinRefused, 403, "join-refused"),
     (NoMaster, 503, "no-master"), (NotInitialized, 503, "not-initialized"),
     (NotMaster, 503, "no-master"), (ConnectionError, 503, "master-unreachable"), (TimeoutError, 503, "timeout"),
     (OrderError, 422, "order-failed"), (StorageError, 422, "storage"),
@@ -157,6 +157,11 @@ class Api:
             assert self.agent.ops is not None and self.agent.node_ops is not None
             return await run(self.agent.ops, self.agent.node_ops)
         quorum = await self._quorum()
+        for _ in range(3):  # an etcd leader election takes about a second: not a lost quorum yet
+            if quorum["ok"]:
+                break
+            await asyncio.sleep(0.5)
+            quorum = await self._quorum()
         if not quorum["ok"]:  # say why at once instead of timing out on a master that cannot commit
             raise NoMaster(None, NO_QUORUM + quorum["reason"])
         master = self._master()
@@ -294,8 +299,11 @@ class Api:
         body = await self._body(request)
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            ttl = body.get("ttl_s", joining.TOKEN_TTL_S)
+            if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
+                raise BadRequest(f"ttl_s {ttl!r} is not a number of seconds")
             return self._ok(await nodes.issue_token(str(body.get("name", "")), str(body.get("address", "")),
-                                                    float(body.get("ttl_s", joining.TOKEN_TTL_S))))
+                                                    float(ttl)))
         return await self._on_master(request, run)
 
     async def node_remove(self, request: web.Request) -> web.Response:
@@ -470,7 +478,10 @@ class Api:
             token = FencingToken.from_str(str(body.get("token", "")))
         except ValueError:
             raise BadRequest(f"order token {body.get('token')!r} is not a fencing token") from None
-        self.agent.tokens.admit(token)
+        sender = pki.peer_node_name(request.transport.get_extra_info("peercert") if request.transport else None)
+        if sender is None:
+            raise BadRequest("orders need a node certificate")
+        await self.agent.tokens.admit(token, sender, self.agent.verify_token)
         op, args = str(body.get("op", "")), body.get("args", {})
         if op.startswith("instance."):
             result = await self.agent.executor.handle(op, args)
@@ -482,10 +493,16 @@ class Api:
     # ---- drills ------------------------------------------------------------------
     async def drill_crash_self(self, request: web.Request) -> web.Response:
         """Node-to-node: crash or freeze this agent (a drill run from another node asked for it)."""
+        if not self.agent.cfg.drills:
+            raise Conflict(f"node '{self.agent.cfg.node_name}' does not take part in drills "
+                           "(set drills = true in [agent] of its agent.toml, on test and demo clusters)")
         body = await self._body(request)
-        mode, freeze_s = str(body.get("mode", "")), float(body.get("freeze_s", 15))
+        mode, freeze_s = str(body.get("mode", "")), body.get("freeze_s", 15)
         if mode not in drill.MODES:
             raise BadRequest(f"drill mode {mode!r} is not one of {', '.join(drill.MODES)}")
+        if not isinstance(freeze_s, (int, float)) or not 1 <= freeze_s <= drill.MAX_FREEZE_S:
+            raise BadRequest(f"freeze_s {freeze_s!r} must be 1 to {drill.MAX_FREEZE_S:.0f} seconds")
+        log.warning("drill requested by %s: %s this agent", request.get("caller", "?"), mode)
         drill.crash(mode, freeze_s, self.agent.child_pids())
         return web.json_response({"node": self.agent.cfg.node_name, "mode": mode, "pid": os.getpid()})
 

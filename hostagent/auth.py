@@ -46,7 +46,8 @@ def middleware(replica: Any) -> Callable[..., Awaitable[web.StreamResponse]]:
         user = users.authenticate(replica, header)
         if user is None:
             return _refuse(401, "unauthenticated", "the token is not valid (unknown user or wrong token)")
-        if user["role"] != "write" and request.method not in READ_METHODS:
+        # The serial console is a GET, but typing into it changes the machine: write role only.
+        if user["role"] != "write" and (request.method not in READ_METHODS or request.path.endswith("/console")):
             return _refuse(403, "forbidden", f"user '{user['name']}' has the read role and cannot change "
                                              "anything; ask for a user with the write role")
         request["caller"] = f"user '{user['name']}'"

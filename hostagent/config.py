@@ -54,6 +54,7 @@ class AgentConfig:
     report_interval_s: float = 5.0
     master_lease_ttl_s: int = 10
     os_install_timeout_s: float = 1800.0
+    drills: bool = False  # accept `corral drill` requests to crash or freeze this agent (demo, test clusters)
 
     @property
     def socket(self) -> str:
@@ -79,7 +80,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "binaries": {"serf": "serf_binary", "etcd": "etcd_binary", "qemu": "qemu_binary"},
     "agent": {"report_interval_s": "report_interval_s",
               "master_lease_ttl_s": "master_lease_ttl_s",
-              "os_install_timeout_s": "os_install_timeout_s"},
+              "os_install_timeout_s": "os_install_timeout_s", "drills": "drills"},
 }
 _TYPES = {f.name: f.type for f in fields(AgentConfig)}
 
@@ -150,7 +151,11 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> AgentConfig:
 
 def _convert(name: str, typ: Any, value: Any, problems: list[str]) -> Any:
     typ = str(typ)
-    if typ == "int":
+    if typ == "bool":
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{name}: expected true or false, got {value!r}")
+    elif typ == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         problems.append(f"{name}: expected an integer, got {value!r}")

@@ -13,10 +13,15 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 
 log = logging.getLogger(__name__)
 
 MODES = ("kill", "freeze")
+MAX_FREEZE_S = 120.0
+# A separate process wakes the frozen agent: argv only, no shell.
+_THAW = "import os, signal, sys, time; time.sleep(float(sys.argv[1])); " \
+        "[os.kill(int(p), signal.SIGCONT) for p in sys.argv[2:]]"
 
 
 def crash(mode: str, freeze_s: float, child_pids: list[int]) -> None:
@@ -29,7 +34,7 @@ def crash(mode: str, freeze_s: float, child_pids: list[int]) -> None:
     pids = [*child_pids, os.getpid()]
     log.warning("drill: freezing this agent and its children (pids %s) for %.0f s", pids, freeze_s)
     # The thawer is a separate process, started before we stop: a frozen agent can't wake itself.
-    subprocess.Popen(["sh", "-c", f"sleep {freeze_s:.1f}; kill -CONT {' '.join(map(str, pids))}"],
+    subprocess.Popen([sys.executable, "-c", _THAW, f"{freeze_s:.1f}", *map(str, pids)],
                      start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
 

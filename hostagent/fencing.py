@@ -1,17 +1,25 @@
-"""The newest master fencing token this node has seen, persisted across restarts.
+"""Which master this node obeys: the newest fencing token it has seen, and who holds it.
 
-An order carrying an older token comes from a deposed master and is refused;
-persisting the newest token keeps that true after an agent restart.
+An order is accepted only from the node that holds the token it carries.
+A token newer than the one on record is checked against etcd first (the
+master key's creation revision, lease and holder), so neither a deposed
+master nor another node with a forged token can be obeyed, and a forged
+token can never be recorded. The record is persisted across restarts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 
 from election.lease import FencingToken
 
 log = logging.getLogger(__name__)
+
+# (token) -> name of the node holding the master key with exactly this token, or None
+Verifier = Callable[[FencingToken], Awaitable[str | None]]
 
 
 class StaleToken(Exception):
@@ -24,13 +32,23 @@ class StaleToken(Exception):
         self.got = got
 
 
+class NotTheMaster(Exception):
+    """An order whose sender does not hold the token it carries."""
+
+
 class TokenGuard:
     def __init__(self, path: str) -> None:
         self._path = path
         self._seen: FencingToken | None = None
+        self._holder: str | None = None
         try:
             with open(path) as fh:
-                self._seen = FencingToken.from_str(fh.read().strip())
+                raw = fh.read().strip()
+            if raw.startswith("{"):
+                record = json.loads(raw)
+                self._seen, self._holder = FencingToken.from_str(record["token"]), record["holder"]
+            else:
+                self._seen = FencingToken.from_str(raw)
         except FileNotFoundError:
             pass
 
@@ -38,16 +56,25 @@ class TokenGuard:
     def seen(self) -> FencingToken | None:
         return self._seen
 
-    def admit(self, token: FencingToken) -> None:
-        """Accept `token` (remembering it if newer) or raise StaleToken."""
+    async def admit(self, token: FencingToken, sender: str, verify: Verifier) -> None:
+        """Accept an order from `sender` carrying `token`, or raise StaleToken / NotTheMaster."""
         if self._seen is not None and token < self._seen:
-            log.warning("refusing order: token %s is older than %s", token.to_str(), self._seen.to_str())
+            log.warning("refusing order from node '%s': token %s is older than %s",
+                        sender, token.to_str(), self._seen.to_str())
             raise StaleToken(self._seen, token)
-        if self._seen is None or token > self._seen:
-            tmp = self._path + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.write(token.to_str())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._path)
-            self._seen = token
+        if token == self._seen and sender == self._holder:
+            return
+        holder = await verify(token)
+        if holder != sender:
+            log.warning("refusing order from node '%s' with token %s: %s", sender, token.to_str(),
+                        f"that token belongs to node '{holder}'" if holder else "etcd has no master with that token")
+            raise NotTheMaster(f"refused an order from node '{sender}' with token {token.to_str()}: "
+                               + (f"that token is node '{holder}''s" if holder else
+                                  "no master holds that token in etcd (deposed, or forged)"))
+        tmp = self._path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"token": token.to_str(), "holder": sender}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._path)
+        self._seen, self._holder = token, sender

@@ -94,6 +94,9 @@ class JobRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def running_jobs(self) -> list[int]:
+        return sorted(i for i, (_, job) in self._active.items() if job["status"] == "running")
+
     def busy(self, lock_key: str) -> bool:
         """Whether a queued or running job holds or waits for `lock_key`."""
         return any(lock_key in self._lock_keys(job) for _, job in self._active.values())
@@ -126,7 +129,8 @@ class JobRunner:
                "created": time.time(), "started": None, "ended": None, "log": [],
                "progress": None, "result": None, "error": None, "master": self._node,
                "reservations": list(reservations)}
-        compares = [Compare.create_revision(k, "=", 0) for k in (*reservations, *must_not_exist)]
+        compares = [Compare.create_revision(k, "=", 0)
+                    for k in (model.job_key(job_id), *reservations, *must_not_exist)]
         compares += [Compare.create_revision(k, ">", 0) for k in must_exist]
         ops = [Op.put(model.job_key(job_id), model.dumps(job))]
         ops += [Op.put(k, model.dumps({"job": job_id})) for k in reservations]

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 Duty = Callable[[], Awaitable[Any]]
 TAKEOVER_HOLD_S = 3.0
-FOLLOW_POLL_S = 0.3  # how soon a candidate notices that the master key is gone
+FOLLOW_POLL_S = 0.3
+LEASE_MARGIN_S = 2.0  # stop acting this long before the lease could expire in etcd  # how soon a candidate notices that the master key is gone
 
 
 class NoMaster(Exception):
@@ -37,7 +38,7 @@ class MasterRole:
     def __init__(self, node: str, client: EtcdClient, lease: MasterLease,
                  lock_keys: Callable[[dict[str, Any]], list[str]],
                  on_change: Callable[[str], None] = lambda s: None,
-                 catch_up: Callable[[int], Awaitable[bool]] | None = None) -> None:
+                 catch_up: Callable[[int, float], Awaitable[bool]] | None = None) -> None:
         self.node = node
         self.client = client
         self.lease = lease
@@ -50,7 +51,7 @@ class MasterRole:
         self.token: FencingToken | None = None
         self.runner: JobRunner | None = None
         self.became_master = asyncio.Event()
-        self.elected_at: float | None = None
+        self._lease_deadline = 0.0
         self._last_sentence = ""
         self._took_over = False
         self._hold_until = 0.0
@@ -60,6 +61,15 @@ class MasterRole:
     @property
     def is_master(self) -> bool:
         return self.token is not None and self.runner is not None
+
+    def lease_ok(self) -> bool:
+        """Master, and certainly still holding the lease: checked before every order and write.
+
+        The deadline is measured on our own monotonic clock from the last renewal
+        that succeeded, minus a margin, so a master that was frozen or cut off
+        stops acting before etcd can have given the role to another node.
+        """
+        return self.is_master and time.monotonic() < self._lease_deadline
 
     def require(self) -> JobRunner:
         if self.runner is None:
@@ -101,9 +111,14 @@ class MasterRole:
 
     async def _step(self) -> str:
         if self.is_master:
+            if not self.lease_ok():
+                await self._demote("could not renew the master lease in time")
+                return f"node '{self.node}' stopped acting as master: its lease may have expired"
+            sent = time.monotonic()
             if not await self.lease.keepalive():
                 await self._demote("master lease expired")
                 return f"lost the master lease; node '{self.node}' is no longer master"
+            self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
             if self._duty_task is None or self._duty_task.done():
                 # In the background: a long duty (adding an etcd member) must never delay
                 # the keepalive that keeps this node master.
@@ -120,6 +135,7 @@ class MasterRole:
         held = await self.lease.current()
         if held is not None and held[0] != self.node:
             return f"node '{held[0]}' holds the master lease; following"  # a cheap read, no campaign
+        sent = time.monotonic()
         token = await self.lease.campaign(self.node)
         if token is None:
             current = await self.lease.current()
@@ -135,20 +151,34 @@ class MasterRole:
                         f"(token {current[1].to_str()})")
             holder = current[0] if current else "nobody"
             return f"node '{holder}' holds the master lease; following"
+        self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
         if self._catch_up is not None:
             revision = (await self.client.status())["revision"]
-            if not await self._catch_up(revision):
+            if not await self._catch_up(revision, self.lease.ttl_s / 3):
                 await self.lease.resign()
                 return f"won the election but this node's replica is behind revision {revision}; stepped back"
-        runner = JobRunner(self.node, self.client, self.lease, token, self.handlers, self._lock_keys)
-        self.token, self.runner = token, runner
-        self.elected_at = time.monotonic()
         self._say(f"acquired the master lease; node '{self.node}' is master (token {token.to_str()})")
-        await runner.start()
-        for hook in self.on_elected:
-            await hook()
+        runner = JobRunner(self.node, self.client, self.lease, token, self.handlers, self._lock_keys)
+        self.token = token
+        await runner.start()  # ends or re-queues the old master's jobs before anything new is submitted
+        sent = time.monotonic()
+        if not await self.lease.keepalive():
+            self.token = None
+            await runner.stop()
+            return "lost the master lease while taking over; following"
+        self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
+        self.runner = runner
+        self._duty_task = asyncio.create_task(self._run_hooks_then_duties(), name="master-elected")
         self.became_master.set()
-        return f"acquired the master lease; node '{self.node}' is master (token {token.to_str()})"
+        return f"node '{self.node}' is master (token {token.to_str()})"
+
+    async def _run_hooks_then_duties(self) -> None:
+        for hook in self.on_elected:
+            try:
+                await hook()
+            except Exception:  # noqa: BLE001 - a failed announcement is retried by the duties
+                log.exception("master election hook %s failed", getattr(hook, "__name__", hook))
+        await self._run_duties()
 
     async def _run_duties(self) -> None:
         for duty in self.duties:

@@ -20,6 +20,7 @@ from hostagent.master import MasterRole
 from hostagent.operations import Operations
 from hostagent.checks import NAME_RE
 from hostagent.pool import DEFAULT_POOL_SIZE, PoolChange, next_change
+from hostagent.status import REPORT_STALE_AFTER_S
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ class NodeOperations:
             raise BadRequest(f"node address {address!r} is not an IP address") from None
         nodes = await self._nodes()
         if any(n["name"] == name for n in nodes):
-            raise Conflict(f"node '{name}' is already in the cluster")
+            raise Conflict(f"node '{name}' is already in the cluster (if its join failed half-way: "
+                           f"`corral node remove {name}`, then `corral node add` again)")
         if any(n["address"] == address for n in nodes):
             raise Conflict(f"address {address} is already used by node "
                            f"'{next(n['name'] for n in nodes if n['address'] == address)}'")
@@ -86,11 +88,15 @@ class NodeOperations:
         except ValueError as exc:
             raise BadRequest(f"bad certificate request: {exc}") from None
         cert = pki.sign_node_key(self.pki, public_key, name, address)
-        ports = req.get("ports", {})
-        node = {"name": name, "address": address, "api_port": int(ports["api"]),
-                "gossip_port": int(ports["gossip"]), "etcd_client_port": int(ports["etcd_client"]),
-                "etcd_peer_port": int(ports["etcd_peer"]), "candidate": False, "master_capable": True,
-                "drained": False, "offline": False, "added": time.time()}
+        ports = req.get("ports")
+        try:
+            assert isinstance(ports, dict)
+            node = {"name": name, "address": address, "api_port": int(ports["api"]),
+                    "gossip_port": int(ports["gossip"]), "etcd_client_port": int(ports["etcd_client"]),
+                    "etcd_peer_port": int(ports["etcd_peer"]), "candidate": False, "master_capable": True,
+                    "drained": False, "offline": False, "added": time.time()}
+        except (AssertionError, KeyError, TypeError, ValueError):
+            raise BadRequest("a join request needs ports {api, gossip, etcd_client, etcd_peer}") from None
         used = {**record, "used_at": time.time()}
         token = self.role.token
         if token is None:
@@ -150,6 +156,8 @@ class NodeOperations:
     # ---- candidate pool --------------------------------------------------------------
     async def pool_step(self) -> PoolChange | None:
         """Carry out at most one pool change, only while every etcd member is healthy."""
+        if not self.role.lease_ok():
+            return None
         cluster = await self.ops._get(model.CLUSTER_KEY) or {}
         nodes = await self._nodes()
         reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
@@ -196,10 +204,14 @@ class NodeOperations:
             await self.ops._order(node["name"], "etcd.join", {"initial_cluster": ",".join(initial),
                                                                 "ca_key": ca_key}, timeout_s=ETCD_JOIN_TIMEOUT_S)
             await self._promote(member.id, node["name"])
-        except Exception as exc:
+        except BaseException as exc:
             log.warning("node '%s' could not become an etcd member (%s); removing the learner again",
                         node["name"], exc)
-            await self.role.client.member_remove(member.id)
+            await self._patiently(lambda: self.role.client.member_remove(member.id))
+            try:  # and reset the node, so a later promotion starts from scratch
+                await self.ops._order(node["name"], "etcd.leave", {}, timeout_s=30)
+            except Exception as leave_exc:  # noqa: BLE001 - the node resets at its next promotion
+                log.warning("node '%s' did not confirm the reset: %s", node["name"], leave_exc)
             raise
         await self.ops._write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": True}))])
         log.info("node '%s' is now a master candidate", node["name"])
@@ -251,6 +263,14 @@ class NodeOperations:
                 raise BadRequest(f"node '{to}' is not a master candidate (candidates: {', '.join(candidates) or 'none'})")
         elif not candidates:
             raise Conflict("there is no other master candidate to hand over to")
+        if to is not None:
+            report = await self.ops._get(model.report_key(to))
+            if report is None or time.time() - report.get("time", 0) > REPORT_STALE_AFTER_S:
+                raise Conflict(f"node '{to}' has not reported recently; hand over to a healthy candidate")
+        busy = self.role.require().running_jobs()
+        if busy:
+            raise Conflict(f"job(s) {', '.join(map(str, busy))} are running on this master; wait for them "
+                           "(`corral job watch ID`) so that the hand-over interrupts nothing")
         handover = {"from": self.role.node, "to": to, "until": time.time() + HANDOVER_S}
         await self.ops._write([Op.put(model.HANDOVER_KEY, model.dumps(handover))])
         log.info("handing the master role over to %s", f"node '{to}'" if to else "another candidate")

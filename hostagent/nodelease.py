@@ -26,7 +26,6 @@ class NodeLease:
         self._node = node
         self._ttl_s = ttl_s
         self._lease_id: int | None = None
-        self.last_renewed: float | None = None  # monotonic
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -49,7 +48,6 @@ class NodeLease:
         if self._lease_id is not None:
             try:
                 await self._client.lease_keepalive(self._lease_id)
-                self.last_renewed = time.monotonic()
                 return
             except LeaseExpired:
                 log.warning("node '%s''s lease expired; taking a new one", self._node)
@@ -58,5 +56,4 @@ class NodeLease:
         await self._client.put(model.lease_key(self._node),
                                model.dumps({"node": self._node, "since": time.time()}), lease=lease_id)
         self._lease_id = lease_id
-        self.last_renewed = time.monotonic()
         log.info("node '%s' holds its node lease (ttl %d s)", self._node, self._ttl_s)

@@ -72,8 +72,8 @@ class Operations:
 
     async def _write(self, ops: list[Op]) -> None:
         token = self.role.token
-        if token is None:
-            raise JobFailed("this node lost the master role during the job")
+        if token is None or not self.role.lease_ok():
+            raise JobFailed("this node is no longer certainly master (lease not renewed in time); stopped")
         await self.role.lease.guarded_txn(token, ops)
 
     async def _order(self, node_name: str, op: str, args: dict[str, Any],
@@ -82,8 +82,9 @@ class Operations:
         if node is None:
             raise JobFailed(f"node '{node_name}' is not in the cluster")
         token = self.role.token
-        if token is None:
-            raise JobFailed("this node lost the master role during the job")
+        if token is None or not self.role.lease_ok():
+            raise JobFailed("this node is no longer certainly master (lease not renewed in time); "
+                            "no order sent")
         try:
             return await self.nodes.order(node_name, node["address"], node["api_port"], op, args, token, timeout_s)
         except OrderFailed as exc:

@@ -52,7 +52,8 @@ def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | 
     report = report or {}
     return {"name": node["name"], "role": role, "status": status, "problems": problems,
             "address": node["address"], "gossip": seen["status"] if seen else "unknown",
-            "etcd": ("healthy" if etcd.get("healthy") else "unhealthy") if node.get("candidate") else "-",
+            "etcd": ("-" if not node.get("candidate") else "unknown" if status != "online"
+                     else "healthy" if etcd.get("healthy") else "unhealthy"),
             "lease": "held" if lease_held else "expired",
             "drained": node.get("drained", False), "offline": node.get("offline", False),
             "master_capable": node.get("master_capable", True),

@@ -62,6 +62,9 @@ run_dir = "$dir/run"
 log_dir = "$dir/log"
 os_search_paths = ["$TOP/packaging/os"]
 image_paths = ["$dir/images"]
+
+[agent]
+drills = true    # the README tour runs `corral drill master-failover`
 TOML
 }
 

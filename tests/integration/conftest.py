@@ -91,6 +91,7 @@ image_paths = ["{self.root}/images"]
 [agent]
 report_interval_s = 1.0
 master_lease_ttl_s = 5
+drills = true
 """)
 
     @property

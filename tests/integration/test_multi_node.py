@@ -255,3 +255,14 @@ def test_node_modify_flags_and_a_node_that_may_not_be_candidate_leaves_the_pool(
     n1.ok("user", "add", "still-writable", "--role", "read")
     bad = n1.corral("node", "modify", "n2", "--offline", "maybe")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_a_node_cannot_forge_a_newer_token_or_impersonate_the_master(cluster3):
+    master_token = cluster3["n1"].json("cluster", "info")["token"]
+    forged = f"{10**12}:1"
+    status, answer = send_order(cluster3["n2"], cluster3["n3"], forged)
+    assert status == 409 and answer["error"] == "not-the-master", answer
+    status, answer = send_order(cluster3["n2"], cluster3["n3"], master_token)  # right token, wrong sender
+    assert status == 409 and "that token is node 'n1''s" in answer["message"]
+    status, _ = send_order(cluster3["n1"], cluster3["n3"], master_token)  # the real master is still obeyed
+    assert status == 200
