@@ -52,6 +52,8 @@ _STREAM_CHUNK_BYTES = 64 * 1024
 _REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 # Errors a member gives before proposing anything to Raft: nothing was applied.
 _REFUSED_BEFORE_PROPOSING = {"etcdserver: no leader", "etcdserver: unhealthy cluster"}
+# What a member answers after it was removed from the cluster (it no longer runs raft).
+_REMOVED_MEMBER = {"raft: stopped", "etcdserver: server stopped", "etcdserver: the member has been permanently removed from the cluster"}
 
 
 class EtcdError(Exception):
@@ -516,6 +518,8 @@ class EtcdClient:
             return reply
         code, message = error if error is not None else (0, f"HTTP {status}")
         if code == _GRPC_UNAVAILABLE and message in _REFUSED_BEFORE_PROPOSING:
+            raise _NotSent(message)
+        if message in _REMOVED_MEMBER:  # a member removed from the cluster: ask another one
             raise _NotSent(message)
         if code in (_GRPC_UNAVAILABLE, _GRPC_DEADLINE_EXCEEDED):
             raise _OutcomeUnknown(message)

@@ -246,6 +246,10 @@ class NodeOperations:
         for member in await self.role.client.member_list():
             if member.name == node["name"] or model.etcd_peer_url(node) in member.peer_urls:
                 await self._patiently(lambda: self.role.client.member_remove(member.id))
+        gone = model.etcd_client_url(node)  # a removed member answers "raft: stopped": stop asking it
+        remaining = [e for e in self.role.client.endpoints if e != gone]
+        if remaining:
+            self.role.client.set_endpoints(remaining)
         await self.ops._write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": False}))])
         try:
             await self.ops._order(node["name"], "etcd.leave", {}, timeout_s=30)
