@@ -32,7 +32,7 @@ from membership.view import gossip_status, note_alive
 from storage.filedisk import FileTemplate
 from storage.osdef import OsCatalog, discover
 
-from hostagent import joining, model, pki, reporter
+from hostagent import gossip, joining, model, pki, reporter
 from hostagent.config import AgentConfig
 from hostagent.executor import NodeExecutor, OrderError
 from hostagent.fencing import TokenGuard
@@ -207,6 +207,7 @@ class Agent:
         if self.node_site is not None:
             await self.node_site()  # orders, even the master's to itself, arrive here
         self._tasks += [asyncio.create_task(self.mirror.run(self.stop_event), name="mirror"),
+                        asyncio.create_task(gossip.follow_events(self._serf_rpc, self.stop_event), name="gossip"),
                         asyncio.create_task(self.lease.run(self.stop_event), name="node-lease"),
                         asyncio.create_task(self._report_loop(), name="reporter")]
         if local.get("etcd_member"):
@@ -501,13 +502,25 @@ class Agent:
             self.etcd.set_endpoints(self._endpoints(local))
             log.info("etcd endpoints are now %s", ", ".join(urls))
 
+    def _role(self) -> str:
+        if self.role is not None and self.role.is_master:
+            return "master"
+        return "candidate" if self.is_candidate else "regular"
+
     async def _report_loop(self) -> None:
+        published = None
         while not self.stop_event.is_set():
             try:
                 self._follow_members()
                 await self.report_now()
+                role = self._role()
+                if role != published:
+                    await gossip.publish_role(self._serf_rpc, role)
+                    published = role
             except EtcdError as exc:
                 log.warning("could not publish this node's report: %s", exc)
+            except (SerfError, OSError) as exc:
+                log.info("could not update this node's gossip tags yet: %s", exc)
             except Exception:  # noqa: BLE001
                 log.exception("node report failed; please report this bug")
             try:

@@ -28,6 +28,8 @@ def test_three_nodes_form_with_every_node_a_candidate(cluster3):
     info = cluster3["n2"].json("cluster", "info")
     assert info["quorum"]["ok"] and info["token"] and info["master"] == "n1"
     cluster3.wait_replicas_agree()
+    log = (cluster3["n1"].root / "agent.log").read_text()
+    assert "gossip: node 'n3' (127.0.0.3)" in log  # member events reach the agent (Serf may coalesce them)
 
 
 def test_a_change_made_on_any_node_is_forwarded_and_read_back_there(cluster3):

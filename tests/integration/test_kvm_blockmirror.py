@@ -1,0 +1,298 @@
+"""The `mirror` template's data path with real QEMU (TCG) and qemu-storage-daemon.
+
+The primary is a firmware-only QEMU with a raw disk; guest writes are made
+with HMP ``qemu-io`` on its drive, which goes through the mirror exactly as
+a guest write does (it runs in QEMU's main loop, so it is only used where
+the write cannot hang). The hung-secondary test boots the test guest and
+writes with ``dd`` from its console, because there the write does hang.
+"""
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import GUEST_DIR, free_port, is_gone, wait_until
+from test_storage_nbdexport import Pki, export_spec, make_pki
+
+from kvm.blockmirror import (
+    MirrorState,
+    add_nbd_target,
+    break_target,
+    mirror_state,
+    remove_nbd_target,
+    start_mirror,
+    stop_mirror,
+)
+from kvm.cmdline import DiskSpec, InstanceSpec
+from kvm.console import attach
+from kvm.hvparams import HvParams
+from kvm.process import QemuManager
+from kvm.qmp import Qmp
+from storage.nbdexport import NbdExportSpec, export_pid, start_export
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+DISK_MIB = 32
+JOB = "mirror-disk1"
+TARGET = "mirror-target1"
+CREDS = "mirror-tls1"
+
+
+@dataclass
+class Rig:
+    """One primary QEMU (QMP held open) and the secondary's export of the copy."""
+
+    root: str
+    qmp: Qmp
+    source: str
+    copy: str
+    export: NbdExportSpec
+    pki: Pki
+    device: str
+    started: list[int]
+
+    async def attach_and_mirror(self) -> list[str]:
+        await add_nbd_target(self.qmp, TARGET, "127.0.0.1", self.export.port,
+                             self.export.export_name, CREDS, self.pki.client_dirs["n1"])
+        await start_mirror(self.qmp, self.device, TARGET, JOB)
+        seen, state = await wait_state(self.qmp, "in_sync", 30)
+        assert state.status == "in_sync", seen
+        return seen
+
+    async def write(self, pattern: int, offset_mib: int, mib: int = 1) -> float:
+        """A write through the drive (and so through the mirror); returns its duration."""
+        began = time.monotonic()
+        await self.qmp.execute("human-monitor-command", {
+            "command-line": f'qemu-io {self.device} "write -P {pattern} {offset_mib}M {mib}M"'})
+        return time.monotonic() - began
+
+    async def restart_export(self) -> None:
+        """The secondary comes back at the same address."""
+        self.started.append(await start_export(self.export))
+
+    def copies_identical(self) -> bool:
+        result = subprocess.run(["qemu-img", "compare", "-U", "-f", "raw", "-F", "raw",
+                                 self.source, self.copy], capture_output=True, text=True,
+                                timeout=30)
+        return result.returncode == 0
+
+    def export_signal(self, signum: int) -> None:
+        pid = export_pid(self.export.pidfile)
+        assert pid is not None, "the export is not running"
+        os.kill(pid, signum)
+        if signum == signal.SIGKILL:
+            assert wait_until(lambda: is_gone(pid), timeout_s=5)
+
+
+async def wait_state(qmp: Qmp, wanted: str, timeout_s: float, stall_after_s: float = 1.0,
+                     interval_s: float = 0.2) -> tuple[list[str], MirrorState]:
+    """Sample (bounded) until the status is ``wanted``; the statuses seen and the last state."""
+    deadline = time.monotonic() + timeout_s
+    state = await mirror_state(qmp, JOB, stall_after_s=stall_after_s)
+    seen = [state.status]
+    for _ in range(int(timeout_s / interval_s) + 1):
+        if state.status == wanted or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(interval_s)
+        state = await mirror_state(qmp, JOB, state, stall_after_s=stall_after_s)
+        if state.status != seen[-1]:
+            seen.append(state.status)
+    return seen, state
+
+
+def make_disk(path: str, mib: int, random_from_mib: int | None) -> None:
+    """A raw disk: zeros (so the firmware finds nothing to boot), random data after."""
+    with open(path, "wb") as f:
+        f.truncate(mib * 1024 * 1024)
+        if random_from_mib is not None:
+            f.seek(random_from_mib * 1024 * 1024)
+            f.write(os.urandom((mib - random_from_mib) * 1024 * 1024))
+
+
+@pytest.fixture
+def root() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="cbm-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def started(root: str) -> Iterator[list[int]]:
+    """Pids of processes a test started (QEMU, storage daemon): SIGKILLed at teardown."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if root not in " ".join(proc.cmdline()):
+                continue
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        except psutil.Error:
+            continue
+        wait_until(lambda: is_gone(pid), timeout_s=5)
+
+
+async def start_rig(root: str, started: list[int], spec: InstanceSpec, source: str,
+                    device: str) -> AsyncIterator[Rig]:
+    manager = QemuManager(f"{root}/run", qmp_timeout_s=5.0)
+    started.append(await manager.start(spec))
+    copy = f"{root}/copy.raw"
+    make_disk(copy, DISK_MIB, None)
+    pki = make_pki(Path(root) / "pki")
+    export = export_spec(root, pki, copy, free_port())
+    started.append(await start_export(export))
+    async with await Qmp.connect(manager.paths(spec.name).qmp_socket, 10.0) as qmp:
+        yield Rig(root, qmp, source, copy, export, pki, device, started)
+
+
+@pytest.fixture
+async def rig(root: str, started: list[int]) -> AsyncIterator[Rig]:
+    """A firmware-only primary whose disk0 (random data) is to be mirrored."""
+    source = f"{root}/source.raw"
+    make_disk(source, DISK_MIB, random_from_mib=1)
+    spec = InstanceSpec(name="vm1", uuid=str(uuid.uuid4()), memory_mib=64, vcpus=1,
+                        hv=HvParams(accel="tcg"), disks=(DiskSpec(source, "raw"),), nics=())
+    async for value in start_rig(root, started, spec, source, "disk0"):
+        yield value
+
+
+async def test_mirror_syncs_then_keeps_every_write_on_the_secondary(rig):
+    seen = await rig.attach_and_mirror()
+    assert seen[-1] == "in_sync"
+    await start_mirror(rig.qmp, rig.device, TARGET, JOB)  # idempotent: the job keeps running
+    await rig.write(0x77, 2)
+    await rig.write(0x78, 20, 3)
+    state = await mirror_state(rig.qmp, JOB)
+    assert state.status == "in_sync" and state.ready and state.remaining_bytes == 0
+    assert rig.copies_identical()
+
+
+async def test_stopping_an_in_sync_mirror_leaves_a_complete_copy_and_detaches(rig):
+    await rig.attach_and_mirror()
+    await rig.write(0x42, 5)
+    assert await stop_mirror(rig.qmp, JOB, TARGET) is True
+    assert (await mirror_state(rig.qmp, JOB)).status == "absent"
+    assert await stop_mirror(rig.qmp, JOB, TARGET) is False  # idempotent
+    await remove_nbd_target(rig.qmp, TARGET, CREDS)
+    await remove_nbd_target(rig.qmp, TARGET, CREDS)
+    nodes = await rig.qmp.execute("query-named-block-nodes", {"flat": True})
+    assert TARGET not in {n["node-name"] for n in nodes}
+    assert rig.copies_identical()
+
+
+async def test_killed_secondary_degrades_without_blocking_writes_and_resyncs_on_return(rig):
+    await rig.attach_and_mirror()
+    rig.export_signal(signal.SIGKILL)
+    write_s = await rig.write(0x99, 3, 2)
+    assert write_s < 1.0, "with the secondary gone, writes complete on the local copy"
+    seen, state = await wait_state(rig.qmp, "degraded", 10)
+    assert state.status == "degraded", seen
+    assert state.ready and state.remaining_bytes >= 2 * 1024 * 1024
+    assert (await rig.qmp.status()) == "running"
+
+    await rig.restart_export()
+    seen, state = await wait_state(rig.qmp, "in_sync", 20)
+    assert state.status == "in_sync", seen
+    assert rig.copies_identical()
+
+
+async def test_stopping_a_degraded_mirror_does_not_block_qemu(rig):
+    await rig.attach_and_mirror()
+    rig.export_signal(signal.SIGKILL)
+    await rig.write(0x31, 4)
+    began = time.monotonic()
+    assert await stop_mirror(rig.qmp, JOB, TARGET, timeout_s=10) is False
+    assert time.monotonic() - began < 5
+    await remove_nbd_target(rig.qmp, TARGET, CREDS)
+    assert (await rig.qmp.status()) == "running"
+    assert (await mirror_state(rig.qmp, JOB)).status == "absent"
+
+
+class Console:
+    """The guest's serial console, read into a buffer in the background."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.output = bytearray()
+        self._task = asyncio.create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while chunk := await reader.read(4096):
+            self.output += chunk
+
+    async def send(self, line: str) -> None:
+        self.writer.write(line.encode() + b"\n")
+        await self.writer.drain()
+
+    async def wait_for(self, text: str, timeout_s: float) -> bool:
+        for _ in range(int(timeout_s / 0.1) + 1):
+            if text.encode() in self.output:
+                return True
+            await asyncio.sleep(0.1)
+        return text.encode() in self.output
+
+    async def close(self) -> None:
+        self._task.cancel()
+        self.writer.close()
+
+
+@pytest.fixture
+async def guest_rig(root: str, started: list[int]) -> AsyncIterator[tuple[Rig, Console]]:
+    """The test guest with a second, mirrored disk (vdb), and its shell on the console."""
+    overlay = f"{root}/boot.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(GUEST_DIR / "base.qcow2"),
+                    "-F", "qcow2", overlay], check=True, timeout=30)
+    source = f"{root}/source.raw"
+    make_disk(source, DISK_MIB, None)
+    hv = HvParams(accel="tcg", kernel_path=str(GUEST_DIR / "vmlinuz"),
+                  initrd_path=str(GUEST_DIR / "initrd.img"), kernel_args="quiet")
+    spec = InstanceSpec(name="guest1", uuid=str(uuid.uuid4()), memory_mib=256, vcpus=1, hv=hv,
+                        disks=(DiskSpec(overlay, "qcow2"), DiskSpec(source, "raw")), nics=())
+    async for rig in start_rig(root, started, spec, source, "disk1"):
+        console = Console(*await attach(f"{root}/run/instances/guest1/console.sock"))
+        try:
+            assert await console.wait_for("CORRAL-GUEST-BOOTED", 40), console.output[-500:]
+            for _ in range(40):
+                await console.send("echo READY-$((40+2))")
+                if await console.wait_for("READY-42", 0.5):
+                    break
+            yield rig, console
+        finally:
+            await console.close()
+
+
+async def test_hung_secondary_stalls_guest_writes_until_the_target_is_broken(guest_rig):
+    rig, console = guest_rig
+    await rig.attach_and_mirror()
+    rig.export_signal(signal.SIGSTOP)  # a hung node: the connection stays open, nothing answers
+    await console.send("dd if=/dev/urandom of=/dev/vdb bs=64k count=16 conv=fsync; echo DD-$?")
+    seen, state = await wait_state(rig.qmp, "stalled", 10)
+    assert state.status == "stalled", seen
+    assert not await console.wait_for("DD-0", 1), "the guest write should wait for the secondary"
+    assert (await rig.qmp.status()) == "running", "QMP keeps answering during the stall"
+
+    began = time.monotonic()
+    assert await break_target(rig.qmp, TARGET) is True
+    assert await console.wait_for("DD-0", 10), console.output[-300:]
+    assert time.monotonic() - began < 5
+    seen, state = await wait_state(rig.qmp, "degraded", 10)
+    assert state.status == "degraded", seen
+
+    rig.export_signal(signal.SIGCONT)
+    await asyncio.sleep(1.5)
+    still = await mirror_state(rig.qmp, JOB)
+    assert still.remaining_bytes > 0, "a broken target does not reconnect by itself"
+    assert await stop_mirror(rig.qmp, JOB, TARGET, timeout_s=10) is False
+    await remove_nbd_target(rig.qmp, TARGET, CREDS)

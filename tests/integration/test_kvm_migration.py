@@ -1,0 +1,176 @@
+"""Live migration between two real QEMUs (TCG) on 127.0.0.1.
+
+Both run the firmware only. To give the migration real work, the source's
+RAM is a private mapping of a file of random bytes (a zeroed guest RAM
+migrates in a few milliseconds); the destination has plain RAM of the same
+size and id. Both command lines come from ``kvm.cmdline.build_argv`` plus
+those extras, the destination's plus ``migration_argv_incoming``.
+"""
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from conftest import free_port, is_gone, wait_until
+
+from kvm.cmdline import InstanceSpec, build_argv, run_paths
+from kvm.hvparams import HvParams
+from kvm.migration import (
+    MigrationFailed,
+    MigrationProgress,
+    migrate,
+    migration_argv_incoming,
+    migration_uri,
+)
+from kvm.qmp import Qmp, QmpError
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+MIB = 1024 * 1024
+INSTANCE_UUID = str(uuid.uuid4())  # the same instance on both nodes
+
+
+@pytest.fixture
+def root() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="cmig-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def started(root: str) -> Iterator[list[int]]:
+    """Pids of the QEMUs a test started; teardown SIGKILLs those still alive."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if root in " ".join(proc.cmdline()):
+                proc.kill()
+        except psutil.Error:
+            continue
+        wait_until(lambda: is_gone(pid), timeout_s=5)
+
+
+def random_ram(root: str, mib: int) -> str:
+    path = f"{root}/ram.bin"
+    with open(path, "wb") as f:
+        for _ in range(mib // 16):
+            f.write(os.urandom(16 * MIB))
+    return path
+
+
+async def launch(root: str, node: str, memory_mib: int, extra: list[str],
+                 started: list[int]) -> str:
+    """Start the instance 'vm1' on ``node``; return its QMP socket once QMP answers."""
+    spec = InstanceSpec(name="vm1", uuid=INSTANCE_UUID, memory_mib=memory_mib, vcpus=1,
+                        hv=HvParams(accel="tcg"), disks=(), nics=())
+    paths = run_paths(f"{root}/{node}", "vm1")
+    os.makedirs(paths.instance_dir, exist_ok=True)
+    done = subprocess.run(build_argv(spec, paths) + extra, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    with open(paths.pidfile) as f:
+        started.append(int(f.read()))
+    for _ in range(100):
+        try:
+            async with await Qmp.connect(paths.qmp_socket, 2.0) as qmp:
+                await qmp.status()
+            return paths.qmp_socket
+        except QmpError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"QMP of {node} never answered")
+
+
+async def source_and_destination(root: str, started: list[int], memory_mib: int,
+                                 port: int) -> tuple[str, str]:
+    ram = random_ram(root, memory_mib)
+    source = await launch(root, "src", memory_mib, [
+        "-object", f"memory-backend-file,id=ram0,size={memory_mib}M,mem-path={ram},share=off",
+        "-machine", "memory-backend=ram0"], started)
+    destination = await launch(root, "dst", memory_mib, [
+        "-object", f"memory-backend-ram,id=ram0,size={memory_mib}M",
+        "-machine", "memory-backend=ram0",
+        *migration_argv_incoming("127.0.0.1", port)], started)
+    return source, destination
+
+
+async def status_of(socket_path: str) -> str:
+    async with await Qmp.connect(socket_path, 5.0) as qmp:
+        return await qmp.status()
+
+
+async def test_running_instance_moves_with_progress_and_reported_downtime(root, started):
+    port = free_port()
+    source, destination = await source_and_destination(root, started, 32, port)
+    assert await status_of(destination) == "inmigrate"
+    samples: list[MigrationProgress] = []
+    async with await Qmp.connect(source, 5.0) as qmp:
+        result = await migrate(qmp, migration_uri("127.0.0.1", port), 16, samples.append, 30)
+        params = await qmp.execute("query-migrate-parameters")
+        assert await qmp.status() == "postmigrate"
+        await qmp.quit()
+    assert wait_until(lambda: is_gone(started[0]), timeout_s=10), "the source should end"
+    assert await status_of(destination) == "running"
+
+    assert params["max-bandwidth"] == 16 * MIB, "QEMU's default cap is 128 MiB/s"
+    assert result.total_s >= 1.5, "32 MiB at 16 MiB/s cannot take less"
+    assert result.throughput_mib_s <= 20  # QEMU's limiter allows a burst in its first slice
+    assert 28 <= result.transferred_mib < 40
+    assert 0 <= result.downtime_ms < 1000
+    active = [s for s in samples if s.status == "active"]
+    assert len(active) >= 3
+    assert all(a.transferred_mib <= b.transferred_mib for a, b in zip(active, active[1:]))
+    assert active[-1].remaining_mib < active[0].remaining_mib
+    assert any(s.eta_s is not None and 0 < s.eta_s < 5 for s in active)
+    assert all(s.throughput_mib_s <= 20 for s in active)
+
+
+async def test_migration_to_a_closed_port_fails_and_the_source_keeps_running(root, started):
+    source = await launch(root, "src", 64, [], started)
+    with pytest.raises(MigrationFailed) as failure:
+        async with await Qmp.connect(source, 5.0) as qmp:
+            await migrate(qmp, migration_uri("127.0.0.1", free_port()), 100, None, 20)
+    assert "Connection refused" in failure.value.reason
+    assert failure.value.status == "failed"
+    assert await status_of(source) == "running"
+
+
+async def test_migration_past_its_timeout_is_cancelled_and_the_source_keeps_running(root,
+                                                                                     started):
+    port = free_port()
+    source, destination = await source_and_destination(root, started, 32, port)
+    began = time.monotonic()
+    with pytest.raises(MigrationFailed) as failure:
+        async with await Qmp.connect(source, 5.0) as qmp:
+            await migrate(qmp, migration_uri("127.0.0.1", port), 4, None, 1.0)
+    assert time.monotonic() - began < 5
+    assert failure.value.status == "cancelled"
+    assert "not finished within 1 s" in failure.value.reason
+    assert await status_of(source) == "running"
+    # The destination gives up on the broken stream by itself.
+    assert wait_until(lambda: is_gone(started[1]), timeout_s=10)
+
+
+def test_destination_on_a_taken_port_fails_to_start_rather_than_to_migrate(root):
+    spec = InstanceSpec(name="vm1", uuid=str(uuid.uuid4()), memory_mib=64, vcpus=1,
+                        hv=HvParams(accel="tcg"), disks=(), nics=())
+    paths = run_paths(f"{root}/dst", "vm1")
+    os.makedirs(paths.instance_dir)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = build_argv(spec, paths) + migration_argv_incoming("127.0.0.1", port)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert "Address already in use" in done.stderr

@@ -1,0 +1,145 @@
+"""kvm.blockmirror's pure parts: QMP arguments and the mirror state verdicts.
+
+Job entries are ``query-block-jobs`` answers captured from QEMU 7.2
+mirroring a 64 MiB disk to a qemu-storage-daemon NBD export: during the
+initial copy, in sync, after the daemon was SIGKILLed (degraded), after it
+was SIGSTOPped with a guest write pending (stalled), and after a forced
+cancel.
+"""
+
+import pytest
+
+from kvm.blockmirror import (
+    MirrorError,
+    MirrorState,
+    mirror_args,
+    mirror_state_from,
+    nbd_target_args,
+    tls_client_object_args,
+)
+
+SYNCING = {"auto-finalize": True, "io-status": "ok", "device": "m0", "auto-dismiss": False,
+           "busy": True, "len": 67108864, "offset": 13631488, "status": "running",
+           "paused": False, "speed": 0, "ready": False, "type": "mirror"}
+IN_SYNC = {"auto-finalize": True, "io-status": "ok", "device": "m0", "auto-dismiss": False,
+           "busy": False, "len": 68157440, "offset": 68157440, "status": "ready",
+           "paused": False, "speed": 0, "ready": True, "type": "mirror"}
+TARGET_KILLED = {"auto-finalize": True, "io-status": "ok", "device": "m0",
+                 "auto-dismiss": False, "busy": True, "len": 70254592, "offset": 68157440,
+                 "status": "ready", "paused": False, "speed": 0, "ready": True,
+                 "type": "mirror"}
+TARGET_HUNG = {"auto-finalize": True, "io-status": "ok", "device": "m0", "auto-dismiss": False,
+               "busy": False, "len": 69197824, "offset": 68157440, "status": "ready",
+               "paused": False, "speed": 0, "ready": True, "type": "mirror"}
+FORCE_CANCELLED = {"auto-finalize": True, "io-status": "ok", "device": "m0",
+                   "auto-dismiss": False, "busy": False, "len": 69206016, "offset": 69206016,
+                   "status": "concluded", "paused": False, "speed": 0, "ready": False,
+                   "type": "mirror", "error": "Operation canceled"}
+
+
+def sample(job: dict[str, object], at: float, previous: MirrorState | None = None
+           ) -> MirrorState:
+    return mirror_state_from(job, previous, at, stall_after_s=3.0)
+
+
+def test_first_sample_of_the_initial_copy_is_syncing_without_eta():
+    state = sample(SYNCING, 100.0)
+    assert state.status == "syncing" and not state.ready
+    assert state.percent == pytest.approx(20.3125)
+    assert state.eta_s is None
+    assert state.remaining_bytes == 67108864 - 13631488
+
+
+def test_eta_comes_from_the_rate_since_the_previous_sample():
+    first = sample(SYNCING, 100.0)
+    later = sample({**SYNCING, "offset": 13631488 + 10485760}, 101.0, first)
+    assert later.status == "syncing"
+    assert later.eta_s == pytest.approx((67108864 - 24117248) / 10485760)
+
+
+def test_ready_job_with_nothing_left_is_in_sync():
+    state = sample(IN_SYNC, 100.0)
+    assert state.status == "in_sync" and state.ready
+    assert state.percent == 100.0 and state.eta_s == 0.0
+
+
+def test_lost_secondary_is_degraded_only_after_no_progress_for_the_stall_time():
+    in_sync = sample(IN_SYNC, 100.0)
+    first = sample(TARGET_KILLED, 101.0, in_sync)
+    assert first.status == "resyncing", "one sample is too early to call it lost"
+    second = sample(TARGET_KILLED, 102.0, first)
+    assert second.status == "resyncing"
+    third = sample(TARGET_KILLED, 103.5, second)
+    assert third.status == "degraded" and third.eta_s is None
+    assert third.remaining_bytes == 2 * 1024 * 1024
+
+
+def test_hung_secondary_is_stalled_when_the_job_idles_in_two_samples():
+    first = sample(TARGET_HUNG, 100.0, sample(IN_SYNC, 99.0))
+    stalled = sample(TARGET_HUNG, 103.5, first)
+    assert stalled.status == "stalled"
+    busy_again = sample({**TARGET_HUNG, "busy": True}, 104.0, stalled)
+    assert busy_again.status == "degraded"
+
+
+def test_catching_up_after_a_reconnect_is_resyncing_with_an_eta():
+    degraded = sample(TARGET_KILLED, 110.0, sample(TARGET_KILLED, 100.0))
+    assert degraded.status == "degraded"
+    catching_up = sample({**TARGET_KILLED, "offset": 69206016}, 110.5, degraded)
+    assert catching_up.status == "resyncing"
+    assert catching_up.eta_s == pytest.approx(0.5)
+
+
+def test_ended_jobs_are_stopped_or_failed_and_a_missing_one_absent():
+    assert sample(FORCE_CANCELLED, 1.0).status == "stopped"
+    failed = sample({**FORCE_CANCELLED, "error": "Input/output error"}, 1.0)
+    assert failed.status == "failed" and failed.error == "Input/output error"
+    assert sample({**FORCE_CANCELLED, "error": None}, 1.0).status == "stopped"
+    assert mirror_state_from(None, None, 1.0).status == "absent"
+
+
+def test_a_new_job_after_a_stopped_one_starts_with_fresh_progress():
+    stopped = sample(FORCE_CANCELLED, 100.0)
+    fresh = sample({**SYNCING, "offset": 0}, 200.0, stopped)
+    assert fresh.status == "syncing"
+
+
+def test_mirror_copies_everything_then_blocks_writes_and_ignores_target_errors():
+    args = mirror_args("disk0", "target0", "mirror0")
+    assert args == {
+        "job-id": "mirror0", "device": "disk0", "target": "target0", "sync": "full",
+        "copy-mode": "write-blocking", "on-target-error": "ignore", "auto-dismiss": False,
+    }
+    assert mirror_args("disk0", "target0", "mirror0", rate_limit_mib_s=50)["speed"] == 50 << 20
+
+
+def test_nbd_target_uses_tls_and_fails_requests_at_once_when_disconnected():
+    assert nbd_target_args("target0", "10.0.0.2", 10809, "vm1-disk0", "tls0") == {
+        "driver": "nbd", "node-name": "target0",
+        "server": {"type": "inet", "host": "10.0.0.2", "port": "10809"},
+        "export": "vm1-disk0", "tls-creds": "tls0", "reconnect-delay": 0,
+    }
+    assert tls_client_object_args("tls0", "/var/lib/corral/pki/qemu") == {
+        "qom-type": "tls-creds-x509", "id": "tls0", "dir": "/var/lib/corral/pki/qemu",
+        "endpoint": "client", "verify-peer": True,
+    }
+
+
+@pytest.mark.parametrize("call", [
+    lambda: mirror_args("disk0", "target0", "0mirror"),
+    lambda: mirror_args("disk0", "t" * 32, "mirror0"),
+    lambda: mirror_args("disk0", "target0", "mirror0", rate_limit_mib_s=-1),
+    lambda: nbd_target_args("target,0", "10.0.0.2", 10809, "e", "tls0"),
+    lambda: nbd_target_args("target0", "10.0.0.2", 0, "e", "tls0"),
+    lambda: tls_client_object_args("tls 0", "/d"),
+])
+def test_names_and_numbers_qemu_would_reject_are_refused_first(call):
+    with pytest.raises(MirrorError):
+        call()
+
+
+def test_long_quiet_in_sync_period_does_not_count_as_no_progress():
+    quiet = sample(IN_SYNC, 500.0, sample(IN_SYNC, 100.0))
+    lost = sample(TARGET_KILLED, 501.0, quiet)
+    assert lost.status == "resyncing"
+    assert sample(TARGET_KILLED, 503.0, lost).status == "degraded"
