@@ -166,7 +166,10 @@ class NodeOperations:
         if change is None:
             return None
         members = await self.role.client.member_list()
+        leaving = model.etcd_peer_url(next(n for n in nodes if n["name"] == change.node))
         for member in members:
+            if change.action == "demote" and leaving in member.peer_urls:
+                continue  # the member being removed may well be the dead one
             if member.is_learner or not member.client_urls:
                 # a promotion that died half-way: a learner never votes, so removing it is safe
                 log.warning("removing etcd member %s left by an unfinished promotion", member.name or member.peer_urls)

@@ -54,6 +54,13 @@ def next_change(nodes: list[dict[str, Any]], reports: dict[str, dict[str, Any]],
             return PoolChange("demote", victim[0]["name"], f"the pool wants {size} members, has {len(candidates)}")
     if len(candidates) < size:
         spare = sorted((n for n in eligible if not n.get("candidate")), key=lambda n: n.get("added", 0))
-        if spare:
+        # From an odd pool, grow only when two healthy spares exist: an even pool is
+        # less safe than the odd one below it (either loss costs the quorum).
+        if spare and (len(candidates) % 2 == 0 or len(spare) >= 2):
             return PoolChange("promote", spare[0]["name"], f"the pool wants {size} members, has {len(candidates)}")
+        if len(candidates) % 2 == 0:
+            victim = sorted((c for c in candidates if c["name"] != master), key=lambda c: -c.get("added", 0))
+            if victim:
+                return PoolChange("demote", victim[0]["name"],
+                                  f"no healthy spare to make the pool odd again ({len(candidates)} members)")
     return None

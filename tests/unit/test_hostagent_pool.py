@@ -33,9 +33,9 @@ def test_a_dead_candidate_does_not_shrink_the_pool():
 
 
 def test_an_unhealthy_node_is_not_promoted():
-    nodes = [node("n1", True), node("n2", added=2), node("n3", added=1)]
-    change = next_change(nodes, fresh("n1", "n2") | fresh("n3", age=300), "n1", 3, NOW)
-    assert change is not None and change.node == "n2"
+    nodes = [node("n1", True), node("n2", added=3), node("n3", added=2), node("n4", added=1)]
+    change = next_change(nodes, fresh("n1", "n2", "n3") | fresh("n4", age=300), "n1", 3, NOW)
+    assert change is not None and change.node == "n3"
 
 
 def test_a_node_marked_not_capable_is_demoted_but_never_the_master():
@@ -50,3 +50,15 @@ def test_an_offline_node_leaves_the_pool_and_a_spare_replaces_it():
     assert next_change(nodes, reports, "n1", 3, NOW).action == "demote"
     nodes[1]["candidate"] = False
     assert next_change(nodes, reports, "n1", 3, NOW) == PoolChange("promote", "n4", "the pool wants 3 members, has 2")
+
+
+def test_an_odd_pool_grows_only_with_two_healthy_spares():
+    nodes = [node("n1", True), node("n2", added=1), node("n3", added=2)]
+    assert next_change(nodes, fresh("n1", "n2") | fresh("n3", age=300), "n1", 3, NOW) is None
+
+
+def test_an_even_pool_without_a_healthy_spare_goes_back_to_odd():
+    nodes = [node("n1", True), node("n2", True, added=1), node("n3", added=2)]
+    change = next_change(nodes, fresh("n1", "n2") | fresh("n3", age=300), "n1", 3, NOW)
+    assert change is not None and (change.action, change.node) == ("demote", "n2")
+    assert next_change(nodes, fresh("n1", "n2", "n3"), "n1", 3, NOW).action == "promote"
