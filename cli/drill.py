@@ -1,6 +1,7 @@
 """`corral drill master-failover`: kill or freeze the master and check that nothing else moved.
 
-Run from a node that is not the master (its agent is the observer). Each
+This node's agent is the observer; if it is the master, it first hands the role
+to another candidate (a planned failover, not measured). Each
 round measures, from the crash order on:
   detect_s  until this node's replica no longer shows the old master's lease,
   elect_s   until a master with a newer fencing token is recorded,
@@ -54,10 +55,15 @@ def _one_round(client: AgentClient, mode: str, freeze_s: float, timeout_s: float
         info = client.get("/v1/cluster")["data"]
         raise DrillAborted(f"the cluster is not healthy enough for a drill (master {info['master']}, quorum "
                            f"{info['quorum']}); fix that first (`corral cluster verify`)") from None
+    if info["master"] == info["this_node"]:
+        # This node's agent observes the drill, so it must not be the one that dies:
+        # hand the role over first (a planned failover, not part of the figures).
+        print(f"  this node ('{info['master']}') is the master: handing over to another candidate first",
+              file=sys.stderr, flush=True)
+        client.post("/v1/cluster/master-failover", {})
+        info = _wait("another node to become master", timeout_s,
+                     lambda: (c := healthy()) and c["master"] != c["this_node"] and c)
     old, old_token, me = info["master"], info["token"], info["this_node"]
-    if old == me:
-        raise DrillAborted(f"this node ('{me}') is the master; run the drill on another node "
-                           "(CORRAL_SOCKET=...) or hand over first with `corral cluster master-failover`")
     before = _instances(client)
     crash_wall = time.time()
     t0 = time.monotonic()

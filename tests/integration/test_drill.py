@@ -39,7 +39,9 @@ def test_freeze_drill_deposes_the_frozen_master(cluster3):
     assert r["stale_orders_accepted_by"] == [] and r["replicas_agree"]
 
 
-def test_drill_refuses_to_run_on_the_master_itself(cluster3):
-    result = cluster3["n1"].corral("drill", "master-failover")
-    assert result.returncode == 1
-    assert "this node ('n1') is the master; run the drill on another node" in result.stderr
+def test_drill_run_on_the_master_hands_over_first_then_deposes_the_new_master(cluster3):
+    rc, report, err = run_drill(cluster3["n1"], "--mode", "freeze", "--freeze-seconds", "9")
+    assert rc == 0, (report, err)
+    assert "handing over to another candidate first" in err
+    (r,) = report["rounds"]
+    assert r["old_master"] in ("n2", "n3") and r["new_master"] != r["old_master"]
