@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
+
+from election.etcd import EtcdClient
+from election_support import EtcdMember, etcd_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -211,6 +216,48 @@ drills = true
                 continue
             if str(self.root).encode() in cmdline:
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+async def member(tmp_path: Path):
+    """One real etcd member on 127.0.0.1, stopped by PID at teardown."""
+    async with etcd_cluster(tmp_path) as members:
+        yield members[0]
+
+
+@pytest.fixture
+async def client(member: EtcdMember):
+    async with EtcdClient([member.client_url]) as c:
+        yield c
+
+
+@pytest.fixture
+def root():
+    """A short temp dir under /tmp: unix socket paths must stay under 108 bytes."""
+    path = tempfile.mkdtemp(prefix="ct-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def started(root: str):
+    """Pids of processes a test started (QEMU, storage daemon); teardown kills those still alive.
+
+    Only processes whose command line names this test's `root` are touched; a
+    frozen one is thawed first so that it can die.
+    """
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if root not in " ".join(proc.cmdline()):
+                continue
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        except psutil.Error:
+            continue
+        wait_until(lambda: is_gone(pid), timeout_s=5)
 
 
 @pytest.fixture(scope="module")

@@ -27,18 +27,6 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 
 
-@pytest.fixture
-async def member(tmp_path: Path) -> AsyncIterator[EtcdMember]:
-    async with etcd_cluster(tmp_path) as members:
-        yield members[0]
-
-
-@pytest.fixture
-async def client(member: EtcdMember) -> AsyncIterator[EtcdClient]:
-    async with EtcdClient([member.client_url]) as c:
-        yield c
-
-
 async def next_batches(watch: AsyncIterator[WatchBatch], events_wanted: int) -> list[WatchBatch]:
     """Read batches until `events_wanted` events arrived (bounded by a timeout)."""
     batches: list[WatchBatch] = []

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from election_support import EtcdMember, etcd_cluster
+from election_support import EtcdMember
 
 from election.etcd import EtcdClient, EtcdError
 from election.mirror import Mirror
@@ -18,18 +18,6 @@ from election.replica import Replica
 pytestmark = pytest.mark.integration
 
 WAIT_S = 10.0
-
-
-@pytest.fixture
-async def member(tmp_path: Path) -> AsyncIterator[EtcdMember]:
-    async with etcd_cluster(tmp_path) as members:
-        yield members[0]
-
-
-@pytest.fixture
-async def client(member: EtcdMember) -> AsyncIterator[EtcdClient]:
-    async with EtcdClient([member.client_url]) as c:
-        yield c
 
 
 @pytest.fixture

@@ -137,9 +137,10 @@ async def test_a_queued_job_can_be_canceled_but_a_running_one_cannot(client):
     _, runner = await master(client, "n1", {"demo.slow": slow})
     running = await runner.submit("demo.slow", {"name": "a"}, "first")
     queued = await runner.submit("demo.slow", {"name": "a"}, "waits for the lock on 'a'")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while (await job(client, running))["status"] != "running" and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    assert (await job(client, running))["status"] == "running"
     assert runner.busy("a")
     with pytest.raises(Conflict, match=f"job {running} is already running"):
         await runner.cancel(running)

@@ -9,17 +9,14 @@ writes with ``dd`` from its console, because there the write does hang.
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
 from conftest import GUEST_DIR, free_port, is_gone, wait_until
@@ -118,30 +115,6 @@ def make_disk(path: str, mib: int, random_from_mib: int | None) -> None:
         if random_from_mib is not None:
             f.seek(random_from_mib * 1024 * 1024)
             f.write(os.urandom((mib - random_from_mib) * 1024 * 1024))
-
-
-@pytest.fixture
-def root() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="cbm-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def started(root: str) -> Iterator[list[int]]:
-    """Pids of processes a test started (QEMU, storage daemon): SIGKILLed at teardown."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            if root not in " ".join(proc.cmdline()):
-                continue
-            proc.send_signal(signal.SIGCONT)
-            proc.kill()
-        except psutil.Error:
-            continue
-        wait_until(lambda: is_gone(pid), timeout_s=5)
 
 
 async def start_rig(root: str, started: list[int], spec: InstanceSpec, source: str,

@@ -9,15 +9,11 @@ those extras, the destination's plus ``migration_argv_incoming``.
 
 import asyncio
 import os
-import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 
-import psutil
 import pytest
 
 from conftest import free_port, is_gone, wait_until
@@ -37,28 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 MIB = 1024 * 1024
 INSTANCE_UUID = str(uuid.uuid4())  # the same instance on both nodes
-
-
-@pytest.fixture
-def root() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="cmig-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def started(root: str) -> Iterator[list[int]]:
-    """Pids of the QEMUs a test started; teardown SIGKILLs those still alive."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            if root in " ".join(proc.cmdline()):
-                proc.kill()
-        except psutil.Error:
-            continue
-        wait_until(lambda: is_gone(pid), timeout_s=5)
 
 
 def random_ram(root: str, mib: int) -> str:
