@@ -5,6 +5,7 @@ gRPC status codes; etcd's and aiohttp's errors are translated here, once:
 
     EtcdError                  base of everything this module raises
     ├── EtcdUnavailable        no endpoint answered usefully (endpoints, reason)
+    │   └── OutcomeUnknown     a txn was sent but its answer was lost
     ├── EtcdRequestFailed      a member refused the request (endpoint, path, code, message)
     ├── Compacted              the revision asked for is compacted away (compact_revision)
     └── LeaseExpired           the lease is gone (lease_id)
@@ -70,6 +71,10 @@ class EtcdUnavailable(EtcdError):
             f"etcd unavailable at {', '.join(self.endpoints)}: {reason}; "
             "check that a quorum of etcd members is up and reachable from this node"
         )
+
+
+class OutcomeUnknown(EtcdUnavailable):
+    """A `txn` reached a member but its answer was lost (timeout, leader change): it may have applied."""
 
 
 class EtcdRequestFailed(EtcdError):
@@ -479,7 +484,7 @@ class EtcdClient:
                 continue
             except _OutcomeUnknown as e:
                 if not idempotent:
-                    raise EtcdUnavailable(
+                    raise OutcomeUnknown(
                         [endpoint],
                         f"{e}; {path} may or may not have been applied, read back before retrying",
                     ) from None

@@ -10,17 +10,25 @@ expires or is revoked, etcd deletes the key and the guard fails.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from election.etcd import KV, Compare, EtcdClient, EtcdError, LeaseExpired, Op, TxnResult
+from election.etcd import KV, Compare, EtcdClient, EtcdError, EtcdUnavailable, LeaseExpired, Op, OutcomeUnknown, TxnResult
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MASTER_KEY = "/corral/master"
+# Outside the mirrored /corral/ prefix: it changes on every master write.
+DEFAULT_MARK_KEY = "/corral-write-mark"
+# How long a write whose answer was lost is read back and re-sent: an etcd
+# leader election plus etcd's own request timeout (5 s + 2 election timeouts).
+SETTLE_S = 15.0
+SETTLE_PAUSE_S = 0.3
 
 
 class NotMaster(Exception):
@@ -66,9 +74,12 @@ class FencingToken:
 class MasterLease:
     """Campaign for, hold and give up the master key of one cluster."""
 
-    def __init__(self, client: EtcdClient, key: str = DEFAULT_MASTER_KEY, ttl_s: int = 10) -> None:
+    def __init__(
+        self, client: EtcdClient, key: str = DEFAULT_MASTER_KEY, ttl_s: int = 10, mark_key: str = DEFAULT_MARK_KEY
+    ) -> None:
         self._client = client
         self.key = key
+        self.mark_key = mark_key
         self.ttl_s = ttl_s
         self._token: FencingToken | None = None
 
@@ -143,23 +154,78 @@ class MasterLease:
 
         Raises NotMaster when the token is stale. When only `extra_compares`
         failed, returns succeeded=False with the responses of `failure_ops`.
+        When etcd's answer is lost (say its leader died mid-request), reads
+        back whether the write applied and re-sends it only if it surely did
+        not; the responses of a write settled that way are not known ([]).
         """
+        nonce = secrets.token_hex(8).encode()
+        success = [*success_ops, Op.put(self.mark_key, nonce)]
+        try:
+            result, _ = await self._attempt(token, success, extra_compares, failure_ops)
+        except OutcomeUnknown as lost:
+            log.warning("the answer to a master write was lost (%s); reading back whether it was applied", lost.reason)
+            return await self._settle(token, nonce, success, extra_compares, failure_ops, lost)
+        return result
+
+    async def _attempt(
+        self, token: FencingToken, success: Sequence[Op], compares: Sequence[Compare], failure_ops: Sequence[Op]
+    ) -> tuple[TxnResult, KV | None]:
+        """One guarded txn; on failure also returns the write mark as it was."""
         guard = [
             Compare.create_revision(self.key, "=", token.revision),
             Compare.lease(self.key, "=", token.lease_id),
         ]
         result = await self._client.txn(
-            [*guard, *extra_compares],
-            success_ops,
-            [Op.get(self.key), *failure_ops],
+            [*guard, *compares],
+            success,
+            [Op.get(self.key), Op.get(self.mark_key), *failure_ops],
         )
         if result.succeeded:
-            return result
-        master_kvs, *responses = result.responses
+            return result, None
+        master_kvs, mark_kvs, *responses = result.responses
         held = master_kvs[0] if isinstance(master_kvs, list) and master_kvs else None
         if held is None or _token_of(held) != token:
             raise NotMaster(_node_of(held) if held is not None else None, token)
-        return TxnResult(succeeded=False, revision=result.revision, responses=responses)
+        mark = mark_kvs[0] if isinstance(mark_kvs, list) and mark_kvs else None
+        return TxnResult(succeeded=False, revision=result.revision, responses=responses), mark
+
+    async def _settle(
+        self,
+        token: FencingToken,
+        nonce: bytes,
+        success: Sequence[Op],
+        extra_compares: Sequence[Compare],
+        failure_ops: Sequence[Op],
+        lost: EtcdUnavailable,
+    ) -> TxnResult:
+        """Learn whether a write whose answer was lost applied; re-send it when it did not.
+
+        Every guarded write also stores its nonce under the mark key, so the
+        mark tells whether it applied. A re-send is guarded by the mark not
+        having moved since it was read, so an attempt that lands late makes
+        the re-send fail instead of applying twice.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_S
+        while loop.time() < deadline:
+            await asyncio.sleep(SETTLE_PAUSE_S)
+            try:
+                mark = await self._client.get(self.mark_key)
+                if mark is not None and mark.value == nonce:
+                    return TxnResult(succeeded=True, revision=mark.mod_revision, responses=[])
+                seen = mark.mod_revision if mark is not None else 0
+                unmoved = Compare.mod_revision(self.mark_key, "=", seen)
+                result, now = await self._attempt(token, success, [*extra_compares, unmoved], failure_ops)
+            except EtcdUnavailable as e:
+                lost = e
+                continue
+            if result.succeeded:
+                return result
+            if now is not None and now.value == nonce:
+                return TxnResult(succeeded=True, revision=now.mod_revision, responses=[])
+            if (now.mod_revision if now is not None else 0) == seen:
+                return result  # the caller's own compares failed
+        raise lost
 
 
 def _token_of(held: KV) -> FencingToken:

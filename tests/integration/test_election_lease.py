@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from election_support import EtcdMember, etcd_cluster
 
-from election.etcd import Compare, EtcdClient, Op
+from election.etcd import Compare, EtcdClient, Op, OutcomeUnknown
 from election.lease import FencingToken, MasterLease, NotMaster
 
 pytestmark = pytest.mark.integration
@@ -131,3 +131,54 @@ async def test_guarded_txn_reports_failed_extra_compares_as_a_result_not_as_not_
     assert not again.succeeded
     ((held,),) = again.responses
     assert held.value == b"1"
+
+
+class _LosesOneAnswer(EtcdClient):
+    """A real client whose second txn (the first after the campaign) loses its answer, after or before etcd applied it."""
+
+    def __init__(self, url: str, *, applied: bool) -> None:
+        super().__init__([url])
+        self._applied = applied
+        self.txns = 0
+
+    async def txn(self, compares, success, failure=()):  # type: ignore[no-untyped-def]
+        self.txns += 1
+        if self.txns == 2:
+            if self._applied:
+                await super().txn(compares, success, failure)
+            raise OutcomeUnknown([self.endpoints[0]], "timed out")
+        return await super().txn(compares, success, failure)
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["answer-lost-after-apply", "request-lost"])
+async def test_a_write_whose_answer_is_lost_is_applied_exactly_once(member: EtcdMember, applied: bool) -> None:
+    async with _LosesOneAnswer(member.client_url, applied=applied) as client:
+        lease = MasterLease(client)
+        token = await lease.campaign("n1")
+        assert token is not None
+        result = await lease.guarded_txn(
+            token,
+            [Op.put("/corral/config/once", b"1")],
+            extra_compares=[Compare.create_revision("/corral/config/once", "=", 0)],
+        )
+        assert result.succeeded
+        held = await client.get("/corral/config/once")
+        assert held is not None and held.value == b"1" and held.version == 1
+        assert client.txns == (2 if applied else 3)  # campaign, lost write, then the re-send only if needed
+
+
+async def test_a_lost_write_whose_compare_fails_on_resend_reports_the_failure(member: EtcdMember) -> None:
+    async with _LosesOneAnswer(member.client_url, applied=False) as client:
+        lease = MasterLease(client)
+        token = await lease.campaign("n1")
+        assert token is not None
+        await client.put("/corral/config/taken", b"other")
+        result = await lease.guarded_txn(
+            token,
+            [Op.put("/corral/config/taken", b"mine")],
+            extra_compares=[Compare.create_revision("/corral/config/taken", "=", 0)],
+            failure_ops=[Op.get("/corral/config/taken")],
+        )
+        assert not result.succeeded
+        ((held,),) = result.responses
+        assert held.value == b"other"
