@@ -247,8 +247,19 @@ class Cli:
             print(f"nodes:        primary {r['primary_node']}" + (f", secondary {r['secondary_node']}" if r["secondary_node"] else ""))
             print(f"os:           {r['os']}")
             print(f"resources:    {mib(r['memory'])} memory, {r['vcpus']} vcpus")
+            rep = r.get("replication")
+            if rep:
+                print(f"replication:  to {rep['secondary']}: {rep['summary']}")
+            states = {s["index"]: s for s in (rep or {}).get("disks", [])}
             for d in r["disks"]:
-                print(f"disk {d['index']}:       {r['disk_template']} {mib(d['size_mib'])} {d['format']}")
+                where = f" on {r['primary_node']}" + (f" + {rep['secondary']}" if rep else "")
+                state = states.get(d["index"])
+                extra = ""
+                if state:
+                    extra = f", {state['status'].replace('_', ' ')}"
+                    if state["status"] == "syncing":
+                        extra += f" {state['percent']:.1f} %" + (f", ETA {state['eta_s']:.0f} s" if state["eta_s"] else "")
+                print(f"disk {d['index']}:       {r['disk_template']} {mib(d['size_mib'])} {d['format']}{where}{extra}")
             for i, n in enumerate(r["nics"]):
                 print(f"nic {i}:        {n['mode']} {n['mac']}" + (f" bridge {n['bridge']}" if n["bridge"] else ""))
             if r["hvparams"]:
@@ -266,6 +277,10 @@ class Cli:
             body = {"force": self.args.force, "timeout_s": self.args.shutdown_timeout}
         elif action == "reboot":
             body = {"type": self.args.type}
+        elif action == "migrate":
+            body = {"node": self.args.node, "max_bandwidth_mib_s": self.args.max_bandwidth}
+        elif action == "failover":
+            body = {"ignore_consistency": self.args.ignore_consistency}
         return self.job(self.client.post(f"/v1/instances/{quote(self.args.name)}/{action}", body))
 
     def instance_remove(self) -> int:
@@ -373,8 +388,9 @@ def _parser() -> argparse.ArgumentParser:
     s = i.add_parser("add", help="create an instance", parents=[common, jobopts])
     s.add_argument("name")
     s.add_argument("--os", "-o", required=True, help="OS definition or image (`corral os list`)")
-    s.add_argument("--node", "-n", help="primary node (default: chosen by the master)")
-    s.add_argument("--disk-template", "-t", default="file")
+    s.add_argument("--node", "-n", help="PRIMARY or PRIMARY:SECONDARY (default: chosen by the master)")
+    s.add_argument("--disk-template", "-t", default="file",
+                   help="file (local files) or mirror (copied synchronously to a secondary node)")
     s.add_argument("--disk", action="append", help="SIZE[,format=raw|qcow2]; repeat for more disks (default 1G)")
     s.add_argument("--memory", "-m", default="512M", help="e.g. 512M, 2G")
     s.add_argument("--vcpus", type=int, default=1)
@@ -397,6 +413,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--type", choices=("soft", "hard"), default="soft")
     s = i.add_parser("remove", help="stop an instance and delete it with its disks", parents=[common, jobopts])
     s.add_argument("name")
+    s = i.add_parser("migrate", help="live-migrate a replicated instance to its secondary node",
+                     parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("--node", "-n", help="target node (only its secondary, for now)")
+    s.add_argument("--max-bandwidth", type=float, default=1024.0, help="MiB/s for the memory copy (default 1024)")
+    s = i.add_parser("failover", help="restart a replicated instance on its secondary node",
+                     parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("--ignore-consistency", action="store_true",
+                   help="go on when the primary does not answer, or the copy is not known to be in sync")
 
     j = group("job", "jobs (every change is one)")
     j.add_parser("list", help="all jobs", parents=[common])
@@ -441,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         ("instance", "start"): lambda: cli.instance_action("start"),
         ("instance", "stop"): lambda: cli.instance_action("stop"),
         ("instance", "reboot"): lambda: cli.instance_action("reboot"),
+        ("instance", "migrate"): lambda: cli.instance_action("migrate"),
+        ("instance", "failover"): lambda: cli.instance_action("failover"),
         ("instance", "remove"): cli.instance_remove, ("instance", "console"): cli.instance_console,
         ("job", "list"): cli.job_list, ("job", "info"): cli.job_info, ("job", "watch"): cli.job_watch,
         ("job", "cancel"): cli.job_cancel, ("drill", "master-failover"): cli.drill_master_failover,

@@ -35,6 +35,7 @@ from storage.osdef import OsCatalog, discover
 from hostagent import gossip, joining, model, pki, reporter
 from hostagent.config import AgentConfig
 from hostagent.executor import NodeExecutor, OrderError
+from hostagent.replication import NodeReplication
 from hostagent.fencing import TokenGuard
 from hostagent.master import MasterRole
 from hostagent.node_ops import NodeOperations
@@ -91,8 +92,11 @@ class Agent:
                                 qemu_binary=cfg.qemu_binary)
         self.files = FileTemplate(cfg.file_storage)
         self._catalog: OsCatalog = discover(cfg.os_search_paths, cfg.image_paths)
+        self.replication = NodeReplication(cfg.node_name, cfg.address, self.qemu, self.files, self.pki,
+                                           cfg.run_dir)
         self.executor = NodeExecutor(cfg.node_name, self.qemu, self.files, self.catalog,
-                                     os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s)
+                                     os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
+                                     self.replication.orders())
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
         self.stop_event = asyncio.Event()
         self.etcd: EtcdClient | None = None
@@ -202,7 +206,7 @@ class Agent:
         rotation = Rotation(self.ops, self.pki, self._serf_rpc, lambda: self._secret("gossip.key"))
         self.role.handlers = {**self.ops.handlers(), "cluster.rotate-secrets": rotation.job}
         self.role.on_elected.append(self._fence_older_masters)
-        self.role.duties += [self._pool_duty, self._fence_stragglers]
+        self.role.duties += [self._pool_duty, self._fence_stragglers, self.ops.moves.keep_mirrors]
         self.lease = NodeLease(self.etcd, cfg.node_name)
         if self.node_site is not None:
             await self.node_site()  # orders, even the master's to itself, arrive here
@@ -466,11 +470,26 @@ class Agent:
         if self.etcd is None:
             return
         self.refresh_catalog()
-        report = await reporter.collect(self.cfg.node_name, self.qemu, self.files, self.catalog)
+        report = await reporter.collect(self.cfg.node_name, self.qemu, self.files, self.catalog,
+                                        self.replication.busy)
+        report["mirrors"] = await self._mirror_states(report["instances"])
         report["agent_pid"] = os.getpid()
         report["etcd"] = await self._member_health()
         report["fencing_token"] = self.tokens.seen.to_str() if self.tokens.seen else None
         await self.etcd.put(model.report_key(self.cfg.node_name), model.dumps(report))
+
+    async def _mirror_states(self, running: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        """Per running `mirror` instance whose primary is this node: each disk's mirror state."""
+        states: dict[str, list[dict[str, Any]]] = {}
+        for name in running:
+            inst = self.replica.get_json(model.instance_key(name))
+            if not inst or inst.get("disk_template") != "mirror" or inst.get("primary_node") != self.cfg.node_name:
+                continue
+            try:
+                states[name] = await self.replication.mirror_states(name, len(inst["disks"]))
+            except Exception as exc:  # noqa: BLE001 - one instance's QMP trouble must not stop the report
+                log.warning("could not read the disk mirror state of instance '%s': %s", name, exc)
+        return states
 
     async def _member_health(self) -> dict[str, Any]:
         """This node's own etcd member, as `node list` shows it (empty for regular nodes)."""

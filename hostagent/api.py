@@ -366,8 +366,12 @@ class Api:
             params = {"type": body.get("type", "soft")}
         elif action == "start":
             params = {}
+        elif action == "migrate":
+            params = {"node": body.get("node"), "max_bandwidth_mib_s": float(body.get("max_bandwidth_mib_s", 1024))}
+        elif action == "failover":
+            params = {"ignore_consistency": bool(body.get("ignore_consistency", False))}
         else:
-            raise NotFound(f"unknown instance action '{action}' (start, stop, reboot)")
+            raise NotFound(f"unknown instance action '{action}' (start, stop, reboot, migrate, failover)")
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
             return await self._accepted(await ops.submit_simple(f"instance.{action}", name, params))

@@ -17,11 +17,16 @@ from kvm.hvparams import HvParamError, parse_hvparams
 
 from hostagent import model
 from hostagent.errors import BadRequest, Conflict
-from hostagent.units import SizeError, format_mib, parse_mib
+from hostagent.placement import REPLICATED, Placement, PlacementError, Request, check_manual, place
+from hostagent.units import SizeError, parse_mib
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
-DISK_TEMPLATES = ("file",)
+DISK_TEMPLATES = ("file", "mirror")
+# Ports per replicated instance: disk i uses port_base + i, the live migration the last one.
+PORTS_PER_INSTANCE = 8
+MAX_MIRROR_DISKS = PORTS_PER_INSTANCE - 1
+REPLICATION_PORTS = range(11000, 13000, PORTS_PER_INSTANCE)
 DISK_FORMATS = ("raw", "qcow2")
 NIC_MODES = ("user", "bridged")
 
@@ -35,6 +40,7 @@ class ClusterView:
     reports: dict[str, dict[str, Any]]
     instances: set[str]
     used_macs: set[str]
+    records: tuple[dict[str, Any], ...] = ()  # the instances themselves, for placement and ports
 
 
 def check_add(req: dict[str, Any], view: ClusterView, now: float,
@@ -59,13 +65,23 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
         parse_hvparams(req.get("hvparams", {}), parse_hvparams(view.cluster_hv))
     except HvParamError as exc:
         problems.extend(exc.problems)
-    node = req.get("node") or choose_node(view)
-    problems += _node_problems(node, req, memory, view)
-    if problems:
+    primary, _, secondary = str(req.get("node") or "").partition(":")
+    if primary:
+        problems += _node_problems(primary, req, view)
+    placed = None
+    if not primary or primary in view.nodes:  # an unknown node is already reported
+        placed = _place(name, req, template, memory, disks, primary, secondary, view, now, problems)
+    if placed is not None and not primary:
+        problems += _node_problems(placed.primary, req, view)
+    if template in REPLICATED and len(disks) > MAX_MIRROR_DISKS:
+        problems.append(f"a {template} instance has at most {MAX_MIRROR_DISKS} disks, not {len(disks)}")
+    if problems or placed is None:
         raise BadRequest("; ".join(problems))
     _assign_macs(nics, view.used_macs, rng or random.SystemRandom())
     return model.Instance(name=name, uuid=str(uuid.uuid4()), os=str(req["os"]), disk_template=template,
-                          memory_mib=memory, vcpus=vcpus, primary_node=node, disks=disks, nics=nics,
+                          memory_mib=memory, vcpus=vcpus, primary_node=placed.primary,
+                          secondary_node=placed.secondary, port_base=_port_base(template, view),
+                          disks=disks, nics=nics,
                           hvparams=dict(req.get("hvparams", {})), osparams=dict(req.get("osparams", {})),
                           admin_state="down", ctime=now, mtime=now)
 
@@ -103,16 +119,13 @@ def _nics(specs: list[dict[str, Any]], problems: list[str]) -> list[model.Nic]:
     return nics
 
 
-def _node_problems(node: str, req: dict[str, Any], memory: int, view: ClusterView) -> list[str]:
+def _node_problems(node: str, req: dict[str, Any], view: ClusterView) -> list[str]:
     if node not in view.nodes:
         usable = ", ".join(sorted(view.nodes)) or "none"
         return [f"node {node!r} is not in the cluster (nodes: {usable})" if node
                 else "no node can take new instances (all drained or offline)"]
     problems = []
     report = view.reports.get(node, {})
-    total = report.get("memory_total_mib")
-    if total is not None and memory > total:
-        problems.append(f"memory {format_mib(memory)} is more than node '{node}' has ({format_mib(total)} in total)")
     os_name = str(req.get("os", ""))
     known = report.get("os", {})
     if not os_name:
@@ -123,12 +136,28 @@ def _node_problems(node: str, req: dict[str, Any], memory: int, view: ClusterVie
     return problems
 
 
-def choose_node(view: ClusterView) -> str:
-    """Most free memory among usable nodes; the full allocator comes with replicated disks."""
-    usable = [n for n, rec in view.nodes.items() if not rec.get("drained") and not rec.get("offline")]
-    if not usable:
-        return ""
-    return max(usable, key=lambda n: view.reports.get(n, {}).get("memory_free_mib", 0))
+def _place(name: str, req: dict[str, Any], template: str, memory: int, disks: list[model.Disk], primary: str,
+           secondary: str, view: ClusterView, now: float, problems: list[str]) -> Placement | None:
+    """`--node P[:S]` checked, or the master's choice; None (with the reason) when nothing fits."""
+    want = Request(memory, sum(d.size_mib for d in disks), template in REPLICATED)
+    try:
+        if primary:
+            return check_manual(name, want, primary, secondary or None, view.nodes, view.reports, view.records, now)
+        return place(name, want, view.nodes, view.reports, view.records, now)
+    except PlacementError as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _port_base(template: str, view: ClusterView) -> int:
+    if template not in REPLICATED:
+        return 0
+    used = {int(r.get("port_base") or 0) for r in view.records}
+    for base in REPLICATION_PORTS:
+        if base not in used:
+            return base
+    raise Conflict(f"every replication port block ({REPLICATION_PORTS.start}-{REPLICATION_PORTS.stop - 1}) "
+                   "is in use; remove replicated instances first")
 
 
 def _assign_macs(nics: list[model.Nic], used: set[str], rng: random.Random) -> None:

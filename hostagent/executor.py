@@ -6,9 +6,10 @@ remove-if-present), so a new master or a retried job can always re-send it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kvm.cmdline import DiskSpec, InstanceSpec, NicSpec
@@ -36,7 +37,10 @@ class OrderError(Exception):
 
 class NodeExecutor:
     def __init__(self, node: str, qemu: QemuManager, files: FileTemplate,
-                 catalog: Callable[[], OsCatalog], log_dir: str, install_timeout_s: float) -> None:
+                 catalog: Callable[[], OsCatalog], log_dir: str, install_timeout_s: float,
+                 more: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]) -> None:
+        """`more`: orders other modules carry out (replication, migration), by name."""
+        self._more = more
         self._node = node
         self._qemu = qemu
         self._files = files
@@ -45,6 +49,8 @@ class NodeExecutor:
         self._install_timeout_s = install_timeout_s
 
     async def handle(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op in self._more:
+            return await self._more[op](args)
         handler = getattr(self, "_op_" + op.replace("instance.", "").replace("-", "_"), None)
         if handler is None or not op.startswith("instance."):
             raise OrderError(f"unknown order {op!r}")
@@ -93,7 +99,8 @@ class NodeExecutor:
 
     async def _op_start(self, args: dict[str, Any]) -> dict[str, Any]:
         inst = args["instance"]
-        spec = self.spec(inst, args["hvparams"])
+        # `incoming`: the URI a live migration arrives on; QEMU then waits for it instead of booting.
+        spec = dataclasses.replace(self.spec(inst, args["hvparams"]), incoming=args.get("incoming", ""))
         for nic, cfg in zip(spec.nics, inst["nics"]):
             if nic.tap:
                 await tap.create_tap(nic.tap, cfg["bridge"])

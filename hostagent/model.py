@@ -105,6 +105,7 @@ class Instance:
     hvparams: dict[str, Any] = field(default_factory=dict)
     osparams: dict[str, str] = field(default_factory=dict)
     secondary_node: str | None = None
+    port_base: int = 0  # replicated templates: disk i is served on port_base + i (see checks)
     admin_state: str = "down"
     ctime: float = 0.0
     mtime: float = 0.0

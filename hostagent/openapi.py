@@ -56,7 +56,7 @@ PATHS: dict[str, dict[str, Any]] = {
                       "post": _op("Add an instance (a job)", "202", "InstanceAdd")},
     "/v1/instances/{name}": {"get": _op("One instance", params=("name",)),
                              "delete": _op("Remove an instance and its disks (a job)", "202", params=("name",))},
-    "/v1/instances/{name}/{action}": {"post": _op("start, stop or reboot an instance (a job)", "202",
+    "/v1/instances/{name}/{action}": {"post": _op("start, stop, reboot, migrate or fail over an instance (a job)", "202",
                                                   "InstanceAction", ("name", "action"))},
     "/v1/instances/{name}/console": {"get": _op("Serial console as a websocket (binary frames)", "101",
                                                 params=("name",), ok_desc="websocket upgrade")},

@@ -7,10 +7,11 @@ the nodes, and undo their own partial work when a step fails.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from election.etcd import Compare, Op
@@ -22,6 +23,7 @@ from hostagent.checks import ClusterView, check_add
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.jobs import Handler, JobContext, JobFailed
 from hostagent.master import MasterRole
+from hostagent.moves import Moves
 from hostagent.orders import NodeClient, OrderFailed
 from hostagent.status import instance_status
 from hostagent.units import format_mib
@@ -33,16 +35,31 @@ INSTALL_TIMEOUT_S = 1800.0
 ORDER_TIMEOUT_S = 600.0
 
 
-def _operator_errors(handler: Callable[..., Awaitable[dict[str, Any]]]) -> Callable[..., Awaitable[dict[str, Any]]]:
+@contextlib.contextmanager
+def _as_job_errors() -> Iterator[None]:
     """Inside a job, a missing or busy object is the operator's news, not a bug."""
+    try:
+        yield
+    except (NotFound, Conflict, BadRequest, HvParamError) as exc:
+        raise JobFailed(str(exc)) from exc
+    except NotMaster as exc:
+        raise JobFailed(f"this node stopped being master during the job ({exc})") from exc
+
+
+def _operator_errors(handler: Callable[..., Awaitable[dict[str, Any]]]) -> Callable[..., Awaitable[dict[str, Any]]]:
     @functools.wraps(handler)
     async def wrapped(self: "Operations", ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        try:
+        with _as_job_errors():
             return await handler(self, ctx, args)
-        except (NotFound, Conflict, BadRequest, HvParamError) as exc:
-            raise JobFailed(str(exc)) from exc
-        except NotMaster as exc:
-            raise JobFailed(f"this node stopped being master during the job ({exc})") from exc
+    return wrapped
+
+
+def _job_errors(handler: Handler) -> Handler:
+    """`_operator_errors` for a bound handler."""
+    @functools.wraps(handler)
+    async def wrapped(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        with _as_job_errors():
+            return await handler(ctx, args)
     return wrapped
 
 
@@ -52,6 +69,7 @@ class Operations:
     def __init__(self, role: MasterRole, nodes: NodeClient) -> None:
         self.role = role
         self.nodes = nodes
+        self.moves = Moves(self)
 
     # ---- reads straight from etcd: the master must not act on a lagging replica
     async def _get(self, key: str) -> Any:
@@ -134,7 +152,7 @@ class Operations:
             cluster_hv=await self.cluster_hv(),
             nodes={n["name"]: n for n in await self._prefix(model.NODES)},
             reports={r["node"]: r for r in await self._prefix(model.REPORTS)},
-            instances={i["name"] for i in instances},
+            instances={i["name"] for i in instances}, records=tuple(instances),
             used_macs={nic["mac"] for i in instances for nic in i["nics"]})
         inst = check_add(req, view, time.time())
         # Reserving the name and each MAC makes concurrent adds collide at submit,
@@ -170,7 +188,8 @@ class Operations:
         return {"cluster.init": self._job_cluster_init, "cluster.probe": self._job_probe,
                 "instance.add": self._job_add,
                 "instance.start": self._job_start, "instance.stop": self._job_stop,
-                "instance.reboot": self._job_reboot, "instance.remove": self._job_remove}
+                "instance.reboot": self._job_reboot, "instance.remove": self._job_remove,
+                **{op: _job_errors(h) for op, h in self.moves.handlers().items()}}
 
     @_operator_errors
     async def _job_cluster_init(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +215,10 @@ class Operations:
         steps = 2 if args["start"] else 1
         await ctx.progress(0, steps, "creating disks and installing the OS", started)
         try:
+            if inst.get("secondary_node"):
+                await ctx.log(f"creating the disk copies of '{name}' on secondary node '{inst['secondary_node']}'")
+                await self._order(inst["secondary_node"], "instance.replica-prepare",
+                                  {"name": name, "disks": inst["disks"]})
             result = await self._order(node, "instance.create",
                                        {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S},
                                        timeout_s=INSTALL_TIMEOUT_S + 60)
@@ -212,19 +235,28 @@ class Operations:
 
     async def _undo_add(self, ctx: JobContext, inst: dict[str, Any], cause: Exception) -> None:
         """Best effort: remove what a failed add created; the original error stays the job's error."""
-        name, node = inst["name"], inst["primary_node"]
-        try:
-            await ctx.log(f"removing what was created for '{name}' on node '{node}'")
-            await self._order(node, "instance.remove", {"name": name, "disks": inst["disks"],
-                                                        "nic_count": len(inst["nics"])})
-        except Exception as exc:  # noqa: BLE001 - reported; the cause is re-raised by the caller
-            log.warning("could not clean up after the failed add of '%s' (%s): %s; "
-                        "`corral cluster verify` will list the leftovers", name, cause, exc)
+        name = inst["name"]
+        for node in [inst["primary_node"], *([inst["secondary_node"]] if inst.get("secondary_node") else [])]:
+            try:
+                await ctx.log(f"removing what was created for '{name}' on node '{node}'")
+                await self._remove_on(node, inst)
+            except Exception as exc:  # noqa: BLE001 - reported; the cause is re-raised by the caller
+                log.warning("could not clean up after the failed add of '%s' on node '%s' (%s): %s; "
+                            "`corral cluster verify` will list the leftovers", name, node, cause, exc)
+
+    async def _remove_on(self, node: str, inst: dict[str, Any]) -> None:
+        """Everything of `inst` on `node`: its QEMU, disk export and disks."""
+        if inst.get("secondary_node"):
+            await self._order(node, "instance.replica-unexport", {"name": inst["name"], "disks": inst["disks"]})
+        await self._order(node, "instance.remove", {"name": inst["name"], "disks": inst["disks"],
+                                                    "nic_count": len(inst["nics"])})
 
     async def _start(self, ctx: JobContext, inst: dict[str, Any], hv: dict[str, Any]) -> dict[str, Any]:
         await ctx.log(f"starting instance '{inst['name']}' on node '{inst['primary_node']}'")
         result = await self._order(inst["primary_node"], "instance.start", {"instance": inst, "hvparams": hv})
         await ctx.log(f"instance '{inst['name']}' is running on node '{inst['primary_node']}' (pid {result['pid']})")
+        if inst.get("secondary_node"):
+            await self.moves.protect(ctx, inst)
         return {"name": inst["name"], "node": inst["primary_node"], "pid": result["pid"]}
 
     async def _set_admin(self, inst: dict[str, Any], state: str) -> None:
@@ -274,10 +306,11 @@ class Operations:
     @_operator_errors
     async def _job_remove(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = await self._instance(args["name"])
-        await ctx.log(f"removing instance '{inst['name']}' from node '{inst['primary_node']}': "
+        nodes = [inst["primary_node"], *([inst["secondary_node"]] if inst.get("secondary_node") else [])]
+        await ctx.log(f"removing instance '{inst['name']}' from node(s) {', '.join(nodes)}: "
                       "stopping it and deleting its disks")
-        await self._order(inst["primary_node"], "instance.remove",
-                          {"name": inst["name"], "disks": inst["disks"], "nic_count": len(inst["nics"])})
+        for node in nodes:
+            await self._remove_on(node, inst)
         await self._write([Op.delete(model.instance_key(inst["name"]))])
         await ctx.log(f"instance '{inst['name']}' removed")
         return {"name": inst["name"]}

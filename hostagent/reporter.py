@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psutil
@@ -22,10 +22,11 @@ AGENT_VERSION = "0.1.0"
 
 
 async def collect(node: str, qemu: QemuManager, files: FileTemplate,
-                  catalog: Callable[[], OsCatalog]) -> dict[str, Any]:
+                  catalog: Callable[[], OsCatalog], busy: Mapping[str, str]) -> dict[str, Any]:
+    """`busy`: instances whose QMP a long order holds (a migration), with the status to show."""
     instances: dict[str, Any] = {}
     for name, pid in qemu.discover().items():
-        instances[name] = {"pid": pid, "status": await qemu.status(name)}
+        instances[name] = {"pid": pid, "status": busy.get(name) or await qemu.status(name)}
     mem = psutil.virtual_memory()
     cat = catalog()
     volumes = [{"instance": v.instance, "index": v.index, "path": v.path, "size_mib": v.size_mib,

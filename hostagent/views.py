@@ -10,18 +10,49 @@ from dataclasses import dataclass
 from typing import Any
 
 from hostagent.status import REPORT_STALE_AFTER_S, instance_status, report_age_s
+from hostagent.units import format_mib
 
 JOB_STUCK_AFTER_S = 3600.0
 
 
 def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: float) -> dict[str, Any]:
     observed = instance_status(inst, reports.get(inst["primary_node"]), now)
+    mirrors = (reports.get(inst["primary_node"]) or {}).get("mirrors", {}).get(inst["name"], [])
+    replication = None
+    if inst.get("secondary_node"):
+        replication = {"secondary": inst["secondary_node"], "disks": mirrors,
+                       "in_sync": bool(inst.get("replica_in_sync")),
+                       "summary": describe_mirrors(mirrors) if observed.pid else
+                       ("in sync when last running" if inst.get("replica_in_sync") else "not known to be in sync")}
     return {"name": inst["name"], "status": observed.status, "reason": observed.reason,
             "pid": observed.pid, "admin_state": inst["admin_state"],
             "primary_node": inst["primary_node"], "secondary_node": inst.get("secondary_node"),
             "disk_template": inst["disk_template"], "memory": inst["memory_mib"], "vcpus": inst["vcpus"],
             "os": inst["os"], "disks": inst["disks"], "nics": inst["nics"], "hvparams": inst["hvparams"],
-            "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"]}
+            "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"], "replication": replication}
+
+
+def eta_words(seconds: float | None) -> str:
+    if seconds is None:
+        return "ETA unknown"
+    return f"about {seconds:.0f} s left" if seconds < 120 else f"about {seconds / 60:.0f} min left"
+
+
+# Worst first: the state that decides what the operator is told.
+_SEVERITY = ("failed", "stalled", "degraded", "stopping", "stopped", "syncing", "resyncing", "in_sync")
+
+
+def describe_mirrors(states: list[dict[str, Any]]) -> str:
+    """One phrase for the operator: 'in sync', 'syncing 45.0 %, about 12 s left', ..."""
+    if not states:
+        return "not mirrored"
+    worst = min(states, key=lambda s: _SEVERITY.index(s["status"]) if s["status"] in _SEVERITY else 0)
+    status = worst["status"]
+    if status == "syncing":
+        return f"syncing {worst['percent']:.1f} %, {eta_words(worst.get('eta_s'))}"
+    if status == "resyncing":
+        return f"resyncing, {format_mib(worst.get('remaining_mib', 0))} to copy, {eta_words(worst.get('eta_s'))}"
+    return status.replace("_", " ")
 
 
 def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | None,

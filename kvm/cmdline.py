@@ -61,6 +61,8 @@ class InstanceSpec:
     hv: HvParams
     disks: tuple[DiskSpec, ...]
     nics: tuple[NicSpec, ...]
+    # QEMU URI to receive a live migration on (kvm.migration.migration_uri); empty for a normal start.
+    incoming: str = ""
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,8 @@ def build_argv(
     argv += _vnc(hv)
     argv += _kernel(hv)
     argv += _devices(spec)
+    if spec.incoming:
+        argv += ["-incoming", spec.incoming]
     return argv
 
 

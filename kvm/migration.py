@@ -160,9 +160,92 @@ async def migrate(
     way. Raises MigrationFailed (after ``migrate_cancel``) on failure or
     timeout; the source then still runs.
     """
+    info = await _drive(qmp_source, dest_uri, max_bandwidth_mib_s, progress_cb, timeout_s,
+                        poll_interval_s, pause_before_switchover=False)
+    return _completed(dest_uri, info)
+
+
+async def migrate_to_switchover(
+    qmp_source: Qmp,
+    dest_uri: str,
+    max_bandwidth_mib_s: float,
+    progress_cb: ProgressCallback | None,
+    timeout_s: float,
+    *,
+    poll_interval_s: float = 0.25,
+) -> MigrationProgress:
+    """Migrate until QEMU pauses the guest just before the destination takes over.
+
+    The guest is then paused on the source with all its RAM sent: the
+    caller hands over what the destination needs (the mirror template
+    stops its disk mirror and the secondary's export, which holds the
+    image lock) and calls ``complete_switchover``, or ``cancel_migration``
+    to resume the guest on the source.
+    """
+    info = await _drive(qmp_source, dest_uri, max_bandwidth_mib_s, progress_cb, timeout_s,
+                        poll_interval_s, pause_before_switchover=True)
+    return parse_progress(info)
+
+
+async def complete_switchover(qmp_source: Qmp, timeout_s: float = 30.0,
+                              poll_interval_s: float = 0.05) -> MigrationResult:
+    """Let a migration paused before switchover finish; the destination then runs."""
+    try:
+        await qmp_source.execute("migrate-continue", {"state": "pre-switchover"})
+        for _ in range(int(timeout_s / poll_interval_s) + 1):
+            info = await _query(qmp_source, "destination")
+            status = str(info.get("status", "none"))
+            if status == "completed":
+                return _completed("destination", info)
+            if status in ("failed", "cancelled"):
+                raise MigrationFailed("destination", str(info.get("error-desc") or status), status)
+            await asyncio.sleep(poll_interval_s)
+    except QmpError as exc:
+        raise MigrationFailed("destination", f"switchover: {exc.reason}") from exc
+    raise MigrationFailed("destination", f"switchover not done within {timeout_s:g} s", "device")
+
+
+async def migration_progress(qmp_source: Qmp) -> MigrationProgress:
+    """The migration's state now (status 'none' when there is none)."""
+    try:
+        return parse_progress(await _query(qmp_source, "destination"))
+    except QmpError as exc:
+        raise MigrationFailed("destination", exc.reason) from exc
+
+
+async def cancel_migration(qmp_source: Qmp, timeout_s: float = _CANCEL_WAIT_S,
+                           poll_interval_s: float = 0.1) -> str:
+    """Cancel any migration and make sure the guest runs on the source; returns the final status."""
+    status = "none"
+    try:
+        await qmp_source.execute("migrate_cancel")
+        for _ in range(int(timeout_s / poll_interval_s) + 1):
+            status = str((await _query(qmp_source, "destination")).get("status", "none"))
+            if status in (*_TERMINAL, "none"):
+                break
+            await asyncio.sleep(poll_interval_s)
+        if status != "completed" and await qmp_source.status() == "paused":
+            await qmp_source.execute("cont")
+    except QmpError as exc:
+        raise MigrationFailed("destination", f"cancel: {exc.reason}", status) from exc
+    return status
+
+
+async def _drive(
+    qmp_source: Qmp,
+    dest_uri: str,
+    max_bandwidth_mib_s: float,
+    progress_cb: ProgressCallback | None,
+    timeout_s: float,
+    poll_interval_s: float,
+    *,
+    pause_before_switchover: bool,
+) -> Mapping[str, object]:
+    """Start the migration and poll it to its end (or to pre-switchover); the final sample."""
     params = migration_parameters(max_bandwidth_mib_s)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    done = ("completed", "pre-switchover") if pause_before_switchover else ("completed",)
     try:
         before = await _query(qmp_source, dest_uri)
         status = str(before.get("status", "none"))
@@ -171,14 +254,16 @@ async def migrate(
                 dest_uri, f"another migration is in progress ({status}); wait for it or "
                 "cancel it", status
             )
+        await qmp_source.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "pause-before-switchover", "state": pause_before_switchover}]})
         await qmp_source.execute("migrate-set-parameters", params)
         await qmp_source.execute("migrate", {"uri": dest_uri})
         log.info("migration to %s started (max %g MiB/s)", dest_uri, max_bandwidth_mib_s)
         for _ in range(int(timeout_s / poll_interval_s) + 2):
             info = await _query(qmp_source, dest_uri)
             status = str(info.get("status", "none"))
-            if status == "completed":
-                return _completed(dest_uri, info)
+            if status in done:
+                return info
             if status in ("failed", "cancelled"):
                 reason = str(info.get("error-desc") or f"QEMU reported {status}")
                 raise MigrationFailed(dest_uri, reason, status)
@@ -203,7 +288,7 @@ async def migrate(
 
 async def _cancel_after_timeout(
     qmp: Qmp, dest_uri: str, timeout_s: float, poll_interval_s: float
-) -> MigrationResult:
+) -> Mapping[str, object]:
     """Cancel, then wait (bounded) for QEMU to settle: cancelled, failed or completed."""
     log.warning("migration to %s: not done within %g s, cancelling", dest_uri, timeout_s)
     reason = f"not finished within {timeout_s:g} s; cancelled"
@@ -214,7 +299,7 @@ async def _cancel_after_timeout(
             info = await _query(qmp, dest_uri)
             status = str(info.get("status", "none"))
             if status == "completed":
-                return _completed(dest_uri, info)
+                return info
             if status in _TERMINAL:
                 raise MigrationFailed(dest_uri, reason, status)
             await asyncio.sleep(poll_interval_s)

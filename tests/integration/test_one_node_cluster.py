@@ -139,7 +139,7 @@ def _refused(node: AgentNode, args: list[str], message: str) -> None:
     (["instance", "add", "g1", "--os", "busybox-guest"], "an instance named 'g1' already exists"),
     (["instance", "add", "g3", "--os", "nosuch"], "OS 'nosuch' is not available on node 'n1' (available: "),
     (["instance", "add", "g3", "--os", "busybox-guest", "--disk", "12Q"], "'12Q' is not a size"),
-    (["instance", "add", "g3", "--os", "busybox-guest", "--memory", "64T"], "is more than node 'n1' has"),
+    (["instance", "add", "g3", "--os", "busybox-guest", "--memory", "64T"], "n1: only "),
     (["instance", "add", "g3", "--os", "busybox-guest", "--hv", "accel=xen"], "'xen'"),
     (["instance", "start", "g1"], "instance 'g1' is already running on node 'n1'"),
     (["instance", "remove", "nosuch"], "no instance named 'nosuch'"),

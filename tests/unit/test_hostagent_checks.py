@@ -2,12 +2,13 @@ import random
 
 import pytest
 
-from hostagent.checks import ClusterView, check_add, choose_node, new_mac
+from hostagent.checks import ClusterView, check_add, new_mac
 from hostagent.errors import BadRequest, Conflict
 from hostagent.operations import lock_keys
 
 NODE = {"name": "n1", "address": "127.0.0.1"}
-REPORT = {"node": "n1", "memory_total_mib": 4096, "memory_free_mib": 3000, "os": {"img": "image"}}
+REPORT = {"node": "n1", "time": 0.0, "memory_total_mib": 4096, "memory_free_mib": 3000, "disk_free_mib": 100_000,
+          "os": {"img": "image"}}
 
 
 def view(**changes):
@@ -19,7 +20,7 @@ def view(**changes):
 
 def test_a_valid_request_becomes_an_instance_record():
     inst = check_add({"name": "web1", "os": "img", "memory": "1G", "disks": [{"size": "2G", "format": "qcow2"}]},
-                     view(), now=100.0, rng=random.Random(1))
+                     view(), now=10.0, rng=random.Random(1))
     assert (inst.name, inst.primary_node, inst.memory_mib, inst.admin_state) == ("web1", "n1", 1024, "down")
     assert [(d.index, d.size_mib, d.format) for d in inst.disks] == [(0, 2048, "qcow2")]
     assert inst.nics[0].mode == "user" and inst.nics[0].mac.startswith("52:54:00:")
@@ -43,7 +44,7 @@ def test_duplicate_name_is_a_conflict():
 
 
 def test_more_memory_than_the_node_has_is_refused():
-    with pytest.raises(BadRequest, match=r"memory 8G is more than node 'n1' has \(4G in total\)"):
+    with pytest.raises(BadRequest, match=r"n1: only 4G memory free \(4G total"):
         check_add({"name": "big", "os": "img", "memory": "8G"}, view(), now=0)
 
 
@@ -54,14 +55,28 @@ def test_unknown_node_lists_the_nodes():
 
 def test_drained_nodes_take_no_new_instances():
     drained = {"n1": {**NODE, "drained": True}}
-    with pytest.raises(BadRequest, match="no node can take new instances"):
+    with pytest.raises(BadRequest, match=r"no node can take instance 'a' .*n1: drained"):
         check_add({"name": "a", "os": "img"}, view(nodes=drained), now=0)
 
 
-def test_placement_prefers_the_node_with_most_free_memory():
+def test_placement_spreads_instances_and_a_mirror_gets_a_secondary():
     nodes = {"n1": NODE, "n2": {**NODE, "name": "n2"}}
-    reports = {"n1": REPORT, "n2": {**REPORT, "node": "n2", "memory_free_mib": 3500}}
-    assert choose_node(view(nodes=nodes, reports=reports)) == "n2"
+    reports = {"n1": REPORT, "n2": {**REPORT, "node": "n2"}}
+    busy = {"name": "old", "primary_node": "n1", "secondary_node": None, "memory_mib": 512, "admin_state": "up",
+            "disks": [{"size_mib": 1024}], "disk_template": "file"}
+    plain = check_add({"name": "a", "os": "img"}, view(nodes=nodes, reports=reports, records=(busy,)), now=0)
+    assert (plain.primary_node, plain.secondary_node, plain.port_base) == ("n2", None, 0)
+    mirrored = check_add({"name": "b", "os": "img", "disk_template": "mirror"},
+                         view(nodes=nodes, reports=reports, records=(busy,)), now=0)
+    assert (mirrored.primary_node, mirrored.secondary_node, mirrored.port_base) == ("n2", "n1", 11000)
+
+
+def test_manual_placement_of_a_mirror_needs_two_distinct_nodes():
+    nodes = {"n1": NODE, "n2": {**NODE, "name": "n2"}}
+    reports = {"n1": REPORT, "n2": {**REPORT, "node": "n2"}}
+    with pytest.raises(BadRequest, match="n1:n1"):
+        check_add({"name": "b", "os": "img", "disk_template": "mirror", "node": "n1:n1"},
+                  view(nodes=nodes, reports=reports), now=0)
 
 
 def test_mac_addresses_are_unique_and_validated():

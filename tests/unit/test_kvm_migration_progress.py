@@ -123,7 +123,7 @@ async def test_every_sample_under_way_reaches_the_callback():
                            poll_interval_s=0.001)
     assert [s.status for s in samples] == ["setup", "active", "active"]
     assert result.downtime_ms == 37
-    assert qmp.commands[:3] == ["query-migrate", "migrate-set-parameters", "migrate"]
+    assert qmp.commands[:4] == ["query-migrate", "migrate-set-capabilities", "migrate-set-parameters", "migrate"]
     assert "migrate_cancel" not in qmp.commands
 
 

@@ -1,0 +1,242 @@
+"""The master's side of replicated disks: protect, migrate, fail over, keep mirrors running.
+
+A `mirror` instance's primary QEMU mirrors each disk into the secondary's
+NBD exports (hostagent.replication). The master sets that up after every
+start ("protect"), moves the instance with live migration or failover, and
+its duty `keep_mirrors` restarts a mirror that is not running (secondary
+back after an outage, agent restarted) and records in the config whether
+the secondary's copy is in sync: failover trusts that record, since the
+primary's reports stop when the primary dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from election.etcd import Op
+from kvm.migration import migration_uri
+
+from hostagent import model
+from hostagent.checks import PORTS_PER_INSTANCE
+from hostagent.jobs import JobContext, JobFailed
+from hostagent.status import REPORT_STALE_AFTER_S
+from hostagent.views import describe_mirrors, eta_words
+
+if TYPE_CHECKING:
+    from hostagent.operations import Operations
+
+log = logging.getLogger(__name__)
+
+REPLICATED = ("mirror",)
+MIGRATE_POLL_S = 1.0
+DUTY_EVERY_S = 3.0
+
+
+class Moves:
+    """Jobs and duty for replicated instances; uses the Operations' orders and writes."""
+
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+        self._last_duty = 0.0
+
+    def handlers(self) -> dict[str, Any]:
+        return {"instance.migrate": self._job_migrate, "instance.failover": self._job_failover}
+
+    # ---- helpers -------------------------------------------------------------------
+    async def _node(self, name: str) -> dict[str, Any]:
+        node = await self.ops._get(model.node_key(name))
+        if node is None:
+            raise JobFailed(f"node '{name}' is not in the cluster")
+        return node
+
+    async def _alive(self, name: str) -> bool:
+        report = await self.ops._get(model.report_key(name))
+        return report is not None and time.time() - report.get("time", 0) <= REPORT_STALE_AFTER_S
+
+    def _replicated(self, inst: dict[str, Any], verb: str) -> str:
+        if inst.get("disk_template") not in REPLICATED or not inst.get("secondary_node"):
+            raise JobFailed(f"cannot {verb} instance '{inst['name']}': its disks ({inst.get('disk_template')}) "
+                            "are not replicated to a second node; use `corral instance move` while it is stopped")
+        return str(inst["secondary_node"])
+
+    async def _set_nodes(self, inst: dict[str, Any], primary: str, secondary: str) -> None:
+        inst.update(primary_node=primary, secondary_node=secondary, replica_in_sync=False, mtime=time.time())
+        await self.ops._write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
+
+    async def protect(self, ctx: JobContext | None, inst: dict[str, Any]) -> bool:
+        """Export the secondary's copies and start the primary's mirrors; False (logged) if it could not."""
+        name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
+        disks = inst["disks"]
+        try:
+            await self.ops._order(secondary, "instance.replica-export",
+                                  {"name": name, "disks": disks, "port_base": inst["port_base"], "client": primary})
+            host = (await self._node(secondary))["address"]
+            await self.ops._order(primary, "instance.mirror-attach",
+                                  {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"]})
+        except JobFailed as exc:
+            message = (f"instance '{name}' runs on node '{primary}' without a current copy on '{secondary}' "
+                       f"(degraded): {exc}; the master retries when '{secondary}' answers")
+            log.warning("%s", message)
+            if ctx is not None:
+                await ctx.log(message)
+            return False
+        message = f"mirroring the disks of '{name}' from node '{primary}' to node '{secondary}'"
+        log.info("%s", message)
+        if ctx is not None:
+            await ctx.log(message + " (a full copy first; `corral instance info` shows its progress)")
+        return True
+
+    # ---- migrate -----------------------------------------------------------------------
+    async def _job_migrate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        inst = await self.ops._instance(args["name"])
+        name, source = inst["name"], inst["primary_node"]
+        target = self._replicated(inst, "live-migrate")
+        if args.get("node") not in (None, "", target):
+            raise JobFailed(f"instance '{name}' can only migrate to its secondary node '{target}', not "
+                            f"'{args['node']}'; use `corral instance replace-secondary` first")
+        report = await self.ops._get(model.report_key(source)) or {}
+        if name not in report.get("instances", {}):
+            raise JobFailed(f"instance '{name}' is not running on node '{source}'; "
+                            "start it, or use `corral instance failover`")
+        states = report.get("mirrors", {}).get(name, [])
+        if not states or any(s["status"] != "in_sync" for s in states):
+            raise JobFailed(f"the disks of '{name}' are not in sync on node '{target}' ({describe_mirrors(states)}); "
+                            "wait until `corral instance info` says in sync")
+        hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+        target_addr = (await self._node(target))["address"]
+        port = int(inst["port_base"]) + PORTS_PER_INSTANCE - 1
+        await ctx.log(f"live-migrating instance '{name}' from node '{source}' to node '{target}'")
+        await self.ops._order(target, "instance.start",
+                              {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port)})
+        switched = False
+        try:
+            await self._send_memory(ctx, inst, target_addr, port, float(args.get("max_bandwidth_mib_s", 1024)))
+            await self.ops._order(target, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
+            result = await self.ops._order(source, "instance.migrate-complete", {"name": name})
+            switched = True
+        except Exception as exc:
+            if not switched:
+                await self._undo_migrate(ctx, inst, exc)
+            raise
+        await self._set_nodes(inst, target, source)
+        await ctx.log(f"instance '{name}' now runs on node '{target}': guest paused {result['downtime_ms']} ms, "
+                      f"{result['transferred_mib']:.0f} MiB sent in {result['total_s']:.1f} s "
+                      f"({result['throughput_mib_s']:.0f} MiB/s)")
+        await self.protect(ctx, inst)
+        return {"name": name, "node": target, **result}
+
+    async def _send_memory(self, ctx: JobContext, inst: dict[str, Any], host: str, port: int,
+                           max_bandwidth: float) -> None:
+        """Run the migration to its switchover point, logging progress and an ETA as it goes."""
+        order = asyncio.create_task(self.ops._order(
+            inst["primary_node"], "instance.migrate-to-switchover",
+            {"name": inst["name"], "host": host, "port": port, "disks": inst["disks"],
+             "max_bandwidth_mib_s": max_bandwidth}))
+        started = time.monotonic()
+        while not order.done():
+            await asyncio.wait({order}, timeout=MIGRATE_POLL_S)
+            if order.done():
+                break
+            try:
+                p = await self.ops._order(inst["primary_node"], "instance.migrate-status", {"name": inst["name"]},
+                                          timeout_s=5)
+            except JobFailed:
+                continue
+            total = p.get("total_mib") or 0
+            if total:
+                sent = total - p.get("remaining_mib", total)
+                await ctx.progress(sent, total, f"memory: {p['transferred_mib']:.0f} MiB sent at "
+                                   f"{p['throughput_mib_s']:.0f} MiB/s, {eta_words(p.get('eta_s'))}", started)
+        await order
+
+    async def _undo_migrate(self, ctx: JobContext, inst: dict[str, Any], cause: Exception) -> None:
+        """A failed migration: the guest resumes on the source, the destination QEMU goes, mirrors restart."""
+        name, source, target = inst["name"], inst["primary_node"], inst["secondary_node"]
+        await ctx.log(f"migration of '{name}' failed ({cause}); it keeps running on node '{source}'")
+        for node, op, args in ((source, "instance.migrate-cancel", {"name": name}),
+                               (target, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                          "nic_count": len(inst["nics"])})):
+            try:
+                await self.ops._order(node, op, args)
+            except JobFailed as exc:
+                await ctx.log(f"cleaning up after the failed migration: {exc}")
+        await self.protect(ctx, inst)
+
+    # ---- failover ----------------------------------------------------------------------
+    async def _job_failover(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        inst = await self.ops._instance(args["name"])
+        name, old = inst["name"], inst["primary_node"]
+        new = self._replicated(inst, "fail over")
+        force = bool(args.get("ignore_consistency"))
+        if not await self._alive(new):
+            raise JobFailed(f"cannot fail over '{name}': its secondary node '{new}' is not reporting")
+        if not inst.get("replica_in_sync") and not force:
+            raise JobFailed(f"the copy of '{name}' on node '{new}' is not known to be in sync (the mirror never "
+                            "completed its copy, or was resyncing); rerun with --ignore-consistency to start "
+                            "from it anyway")
+        await ctx.log(f"failing over instance '{name}' from node '{old}' to node '{new}'")
+        try:
+            await self.ops._order(old, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                         "nic_count": len(inst["nics"])}, timeout_s=60)
+            await ctx.log(f"instance '{name}' stopped on node '{old}'")
+        except JobFailed as exc:
+            if not force:
+                raise JobFailed(f"could not stop '{name}' on its primary node '{old}' ({exc}); if '{old}' is "
+                                "really down, rerun with --ignore-consistency") from exc
+            await ctx.log(f"node '{old}' does not answer ({exc}); going on as asked (--ignore-consistency)")
+        await self.ops._order(new, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
+        await self._set_nodes(inst, new, old)
+        await ctx.log(f"node '{new}' is now the primary of '{name}'")
+        result: dict[str, Any] = {"name": name, "node": new}
+        if inst["admin_state"] == "up":
+            hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+            started = await self.ops._order(new, "instance.start", {"instance": inst, "hvparams": hv})
+            await ctx.log(f"instance '{name}' started on node '{new}' (pid {started['pid']})")
+            result["pid"] = started["pid"]
+            await self.protect(ctx, inst)
+        return result
+
+    # ---- duty -------------------------------------------------------------------------------
+    async def keep_mirrors(self) -> None:
+        """Restart mirrors that are not running and record whether each secondary copy is in sync."""
+        now = time.monotonic()
+        if now - self._last_duty < DUTY_EVERY_S:
+            return
+        self._last_duty = now
+        runner = self.ops.role.runner
+        for inst in await self.ops._prefix(model.INSTANCES):
+            if inst.get("disk_template") not in REPLICATED or not inst.get("secondary_node"):
+                continue
+            if runner is None or runner.busy(f"instance/{inst['name']}"):
+                continue
+            try:
+                await self._keep_one(inst)
+            except JobFailed as exc:
+                log.warning("could not keep the disk mirror of instance '%s' running: %s", inst["name"], exc)
+
+    async def _keep_one(self, inst: dict[str, Any]) -> None:
+        name, primary = inst["name"], inst["primary_node"]
+        report = await self.ops._get(model.report_key(primary)) or {}
+        if time.time() - report.get("time", 0) > REPORT_STALE_AFTER_S or name not in report.get("instances", {}):
+            return  # not running, or nothing known: nothing to mirror
+        states = report.get("mirrors", {}).get(name, [])
+        statuses = {s["status"] for s in states}
+        in_sync = bool(states) and statuses == {"in_sync"}
+        outdated = not states or statuses & {"syncing", "resyncing", "failed", "stopped"}
+        if in_sync != bool(inst.get("replica_in_sync")) and (in_sync or outdated):
+            inst["replica_in_sync"] = in_sync
+            await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
+            log.info("the copy of instance '%s' on node '%s' is %s", name, inst["secondary_node"],
+                     "in sync" if in_sync else describe_mirrors(states))
+        if "stalled" in statuses:
+            log.warning("the secondary '%s' of instance '%s' hangs and blocks its disk writes: cutting the mirror",
+                        inst["secondary_node"], name)
+            await self.ops._order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+            return
+        if (not states or statuses & {"failed", "stopped"}) and await self._alive(inst["secondary_node"]):
+            log.info("the disk mirror of instance '%s' to node '%s' is not running: starting it",
+                     name, inst["secondary_node"])
+            await self.protect(None, inst)
