@@ -1,24 +1,21 @@
 """Benchmark: what the `mirror` template costs guest writes, and how fast a first full copy goes.
 
-No cluster: one TCG QEMU started by kvm.process and paused at once with QMP
-`stop` (no guest kernel; a running firmware would only spin a TCG vCPU), its
-disks mirrored by kvm.blockmirror into storage.nbdexport's qemu-storage-daemon
-exports over TLS, with a throwaway CA and one node certificate from hostagent.pki
-serving both ends, as a Corral node's replication directory does.
+No cluster: one TCG QEMU (kvm.process, paused at once by QMP `stop`: no guest
+kernel, and a running firmware would only spin a vCPU) mirrors its disks with
+kvm.blockmirror into storage.nbdexport's exports over TLS; a throwaway CA and one
+node certificate (hostagent.pki) serve both ends, as on a Corral node.
 
-a. Write throughput to the drive through HMP `qemu-io` (it enters the block
-   layer where a guest write does, so it goes through the mirror), first with
-   no mirror, then with an in-sync write-blocking mirror. Both passes overwrite
-   blocks already written once, so neither pays for file allocation; the
-   drive has cache=none (Corral's default) and the export flushes after every
-   write (writethrough=on), which is the price of an acknowledged write being
-   on the secondary. Each `qemu-io` call is one write request of --chunk-kib.
-b. The first full copy of a disk of random data (zeros would be skipped) by
-   the mirror, against `qemu-img convert -O raw` of the same file, both
-   reading the source cold (its pages dropped from the page cache first).
+a. Write throughput through HMP `qemu-io` on the drive (it enters the block layer
+   where a guest write does, so it goes through the mirror), with no mirror, then
+   with an in-sync write-blocking mirror. Both overwrite blocks written once
+   before; the drive has cache=none (Corral's default) and the export flushes
+   after every write (writethrough=on): the price of an acknowledged write being
+   on the secondary too. Each `qemu-io` call is one request of --chunk-kib.
+b. The first full copy of a disk of random data (zeros would be skipped) by the
+   mirror, against `qemu-img convert -O raw`, both reading the source cold.
 
-Prints figures only (the machine is shared and noisy: orders of magnitude).
-Usage: .venv/bin/python bench/mirror.py [--write-mib 256] [--chunk-kib 1024] [--rounds 3] [--sync-mib 1024]
+Prints figures only; the machine is shared and noisy. Usage:
+.venv/bin/python bench/mirror.py [--write-mib 256] [--chunk-kib 1024] [--rounds 3] [--sync-mib 1024]
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,6 +35,8 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+from conftest import free_port  # noqa: E402  (the test suite's helper)
 from hostagent import pki  # noqa: E402
 from hostagent.replication import client_identity  # noqa: E402
 from kvm.blockmirror import MirrorState, add_nbd_target, mirror_state, start_mirror, stop_mirror  # noqa: E402
@@ -47,15 +45,14 @@ from kvm.hvparams import HvParams  # noqa: E402
 from kvm.process import QemuManager  # noqa: E402
 from kvm.qmp import Qmp  # noqa: E402
 from storage import runner  # noqa: E402
-from storage.nbdexport import NbdExportSpec, export_pid, link_tls_dir, start_export, stop_export  # noqa: E402
+from storage.nbdexport import NbdExportSpec, link_tls_dir, start_export, stop_export  # noqa: E402
 
 MIB = 1024 * 1024
 NODE = "bench"
 VM = "mbench"
 CREDS = "bench-tls"
-SYNC_TIMEOUT_S = 120.0
+TIMEOUT_S = 120.0  # for one sync, convert or compare of the 1 GiB disk
 POLL_S = 0.05
-CONVERT_TIMEOUT_S = 120.0
 
 
 class Rig:
@@ -63,7 +60,7 @@ class Rig:
 
     def __init__(self, root: str) -> None:
         self.root = root
-        self.manager = QemuManager(f"{root}/run", qmp_timeout_s=120.0)
+        self.manager = QemuManager(f"{root}/run")
         self.tls = f"{root}/tls"
         self.pidfiles: list[str] = []
         self.pids: list[int] = []
@@ -77,10 +74,10 @@ class Rig:
                             disks=tuple(DiskSpec(d, "raw") for d in disks), nics=())
         self.pids.append(await self.manager.start(spec))
 
-    async def export(self, image: str, index: int, port: int) -> NbdExportSpec:
+    async def export(self, image: str, index: int, port: int, writethrough: bool) -> NbdExportSpec:
         spec = NbdExportSpec(image_path=image, fmt="raw", host="127.0.0.1", port=port,
                              export_name=f"copy{index}", pidfile=f"{self.root}/run/copy{index}.pid",
-                             tls_dir=self.tls, client_identity=client_identity(NODE))
+                             tls_dir=self.tls, client_identity=client_identity(NODE), writethrough=writethrough)
         self.pidfiles.append(spec.pidfile)
         self.pids.append(await start_export(spec))
         return spec
@@ -101,17 +98,26 @@ class Rig:
                     continue
 
 
-def sparse_file(path: str, mib: int) -> None:
-    with open(path, "wb") as f:
-        f.truncate(mib * MIB)
-
-
 def random_file(path: str, mib: int) -> None:
+    """Incompressible, never zero: one random 16 MiB block, rotated differently for each 16 MiB."""
+    block = os.urandom(16 * MIB)
     with open(path, "wb") as f:
-        for _ in range(mib // 16):
-            f.write(os.urandom(16 * MIB))
+        for i in range(mib // 16):
+            shift = i * 4099 % len(block)
+            f.write(block[shift:] + block[:shift])
         f.flush()
         os.fsync(f.fileno())
+
+
+def holds(path: str, pattern: int, mib: int) -> bool:
+    """Whether the first `mib` MiB of the file are all `pattern` (HMP qemu-io prints no errors back)."""
+    want = bytes([pattern]) * (16 * MIB)
+    with open(path, "rb") as f:
+        for _ in range(0, mib, 16):
+            got = f.read(16 * MIB)
+            if got != want[:len(got)]:
+                return False
+    return True
 
 
 def drop_cache(path: str) -> None:
@@ -129,30 +135,27 @@ async def write_pass(qmp: Qmp, drive: str, pattern: int, total_mib: int, chunk_k
     chunk = chunk_kib * 1024
     began = time.monotonic()
     for offset in range(0, total_mib * MIB, chunk):
-        out = await qmp.execute("human-monitor-command", {
+        await qmp.execute("human-monitor-command", {
             "command-line": f'qemu-io {drive} "write -P {pattern} {offset} {chunk}"'})
-        if not str(out).startswith("wrote "):
-            raise RuntimeError(f"qemu-io write at {offset} on {drive} failed: {str(out).strip()}")
     return total_mib / (time.monotonic() - began)
 
 
-async def wait_in_sync(qmp: Qmp, job: str) -> float:
-    """Poll (bounded) until the mirror is in sync; seconds from the call."""
-    began = time.monotonic()
+async def wait_in_sync(qmp: Qmp, job: str) -> None:
+    """Poll (bounded) until the mirror is in sync."""
     state: MirrorState | None = None
-    for _ in range(int(SYNC_TIMEOUT_S / POLL_S) + 1):
+    for _ in range(int(TIMEOUT_S / POLL_S) + 1):
         state = await mirror_state(qmp, job, state)
         if state.status == "in_sync":
-            return time.monotonic() - began
+            return
         if state.status in ("failed", "stalled", "absent", "stopped"):
             break
         await asyncio.sleep(POLL_S)
-    raise RuntimeError(f"mirror {job} not in sync within {SYNC_TIMEOUT_S:g} s: {state}")
+    raise RuntimeError(f"mirror {job} not in sync within {TIMEOUT_S:g} s: {state}")
 
 
-async def mirror_to(rig: Rig, qmp: Qmp, drive: str, index: int, copy: str, port: int) -> float:
-    """Export `copy`, mirror `drive` into it; seconds until in sync."""
-    spec = await rig.export(copy, index, port)
+async def mirror_to(rig: Rig, qmp: Qmp, drive: str, index: int, copy: str, writethrough: bool = True) -> float:
+    """Export `copy`, mirror `drive` into it; seconds until in sync (the mirror keeps running)."""
+    spec = await rig.export(copy, index, free_port(), writethrough)
     await add_nbd_target(qmp, f"target{index}", "127.0.0.1", spec.port, spec.export_name, CREDS, rig.tls)
     began = time.monotonic()
     await start_mirror(qmp, drive, f"target{index}", f"job{index}")
@@ -162,73 +165,84 @@ async def mirror_to(rig: Rig, qmp: Qmp, drive: str, index: int, copy: str, port:
 
 async def identical(a: str, b: str) -> bool:
     result = await runner.run(["qemu-img", "compare", "-U", "-q", "-f", "raw", "-F", "raw", a, b],
-                              timeout_s=CONVERT_TIMEOUT_S, check=False)
+                              timeout_s=TIMEOUT_S, check=False)
     return result.rc == 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+async def write_overhead(rig: Rig, qmp: Qmp, args: argparse.Namespace) -> list[str]:
+    """(a): guest-write throughput without and with an in-sync mirror."""
+    source, copy = f"{rig.root}/a.raw", f"{rig.root}/a-copy.raw"
+    first = await write_pass(qmp, "disk0", 0xAA, args.write_mib, args.chunk_kib)
+    plain = [await write_pass(qmp, "disk0", 0xAB, args.write_mib, args.chunk_kib) for _ in range(args.rounds)]
+    if not holds(source, 0xAB, args.write_mib):
+        raise RuntimeError(f"{source} does not hold what qemu-io wrote: the writes failed")
+    initial = await mirror_to(rig, qmp, "disk0", 0, copy)
+    mirrored = [await write_pass(qmp, "disk0", 0xCD, args.write_mib, args.chunk_kib) for _ in range(args.rounds)]
+    await stop_mirror(qmp, "job0", "target0")
+    same = holds(source, 0xCD, args.write_mib) and await identical(source, copy)
+    p, m = statistics.median(plain), statistics.median(mirrored)
+    return [
+        f"a. writes of {args.chunk_kib} KiB through HMP qemu-io, {args.write_mib} MiB a pass, "
+        f"median of {args.rounds} (first, allocating pass: {first:.0f} MiB/s)",
+        f"   no mirror:                     {p:7.1f} MiB/s  (passes: {', '.join(f'{v:.0f}' for v in plain)})",
+        f"   in-sync write-blocking mirror: {m:7.1f} MiB/s  (passes: {', '.join(f'{v:.0f}' for v in mirrored)})",
+        f"   mirrored / plain: {m / p:.2f}   (initial sync of {args.write_mib} MiB took {initial:.2f} s; "
+        f"copy identical after: {'yes' if same else 'NO'})",
+    ]
+
+
+async def first_copy(rig: Rig, qmp: Qmp, source: str) -> tuple[float, float, bool]:
+    """(b), the mirror's side: seconds to sync into a writethrough export, into one without; copy whole?"""
+    drop_cache(source)
+    flushed_s = await mirror_to(rig, qmp, "disk1", 1, f"{rig.root}/b-copy.raw")
+    await stop_mirror(qmp, "job1", "target1")
+    same = await identical(source, f"{rig.root}/b-copy.raw")
+    drop_cache(source)
+    unflushed_s = await mirror_to(rig, qmp, "disk1", 2, f"{rig.root}/b-copy-unflushed.raw", writethrough=False)
+    await stop_mirror(qmp, "job2", "target2")
+    return flushed_s, unflushed_s, same
+
+
+async def convert(source: str, target: str) -> tuple[float, float]:
+    """(b), the baseline: seconds for qemu-img convert from a cold source, then for the fsync after."""
+    drop_cache(source)
+    began = time.monotonic()
+    await runner.run(["qemu-img", "convert", "-O", "raw", source, target], timeout_s=TIMEOUT_S)
+    convert_s = time.monotonic() - began
+    began = time.monotonic()
+    drop_cache(target)
+    return convert_s, time.monotonic() - began
 
 
 async def bench(root: str, args: argparse.Namespace) -> list[str]:
-    lines: list[str] = []
-    source_a, copy_a = f"{root}/a.raw", f"{root}/a-copy.raw"
-    source_b, copy_b, converted = f"{root}/b.raw", f"{root}/b-copy.raw", f"{root}/b-converted.raw"
-    sparse_file(source_a, args.write_mib)
-    sparse_file(copy_a, args.write_mib)
-    sparse_file(copy_b, args.sync_mib)
-    t0 = time.monotonic()
-    random_file(source_b, args.sync_mib)
-    print(f"made {args.sync_mib} MiB of random data in {time.monotonic() - t0:.1f} s", flush=True)
+    for name, mib in (("a.raw", args.write_mib), ("a-copy.raw", args.write_mib),
+                      ("b-copy.raw", args.sync_mib), ("b-copy-unflushed.raw", args.sync_mib)):
+        with open(f"{root}/{name}", "wb") as f:
+            f.truncate(mib * MIB)
+    source = f"{root}/b.raw"
+    random_file(source, args.sync_mib)
     rig = Rig(root)
     try:
-        await rig.start_qemu([source_a, source_b])
-        async with await Qmp.connect(rig.manager.paths(VM).qmp_socket, 120.0) as qmp:
+        await rig.start_qemu([f"{root}/a.raw", source])
+        async with await Qmp.connect(rig.manager.paths(VM).qmp_socket, TIMEOUT_S) as qmp:
             await qmp.execute("stop")
-            # a. guest-write throughput without and with the mirror
-            first = await write_pass(qmp, "disk0", 0xAA, args.write_mib, args.chunk_kib)
-            plain = [await write_pass(qmp, "disk0", 0xAB, args.write_mib, args.chunk_kib)
-                     for _ in range(args.rounds)]
-            initial = await mirror_to(rig, qmp, "disk0", 0, copy_a, free_port())
-            mirrored = [await write_pass(qmp, "disk0", 0xCD, args.write_mib, args.chunk_kib)
-                        for _ in range(args.rounds)]
-            await stop_mirror(qmp, "job0", "target0")
-            same = await identical(source_a, copy_a)
-            p, m = statistics.median(plain), statistics.median(mirrored)
-            lines += [
-                f"a. writes of {args.chunk_kib} KiB through HMP qemu-io, {args.write_mib} MiB a pass, "
-                f"median of {args.rounds} (first, allocating pass: {first:.0f} MiB/s)",
-                f"   no mirror:                     {p:7.1f} MiB/s  (passes: {', '.join(f'{v:.0f}' for v in plain)})",
-                f"   in-sync write-blocking mirror: {m:7.1f} MiB/s  (passes: {', '.join(f'{v:.0f}' for v in mirrored)})",
-                f"   mirrored / plain: {m / p:.2f}   (initial sync of {args.write_mib} MiB took {initial:.2f} s; "
-                f"copy identical after: {'yes' if same else 'NO'})",
-            ]
-            # b. first full copy: mirror vs qemu-img convert, both from a cold source
-            drop_cache(source_b)
-            sync_s = await mirror_to(rig, qmp, "disk1", 1, copy_b, free_port())
-            await stop_mirror(qmp, "job1", "target1")
-            same = await identical(source_b, copy_b)
-        drop_cache(source_b)
-        began = time.monotonic()
-        await runner.run(["qemu-img", "convert", "-O", "raw", source_b, converted], timeout_s=CONVERT_TIMEOUT_S)
-        convert_s = time.monotonic() - began
-        began = time.monotonic()
-        drop_cache(converted)
-        fsync_s = time.monotonic() - began
+            lines = await write_overhead(rig, qmp, args)
+            sync_s, unflushed_s, same = await first_copy(rig, qmp, source)
+        await rig.manager.stop(VM, timeout_s=0, force=True)  # QEMU's image lock would refuse qemu-img
+        convert_s, fsync_s = await convert(source, f"{root}/b-converted.raw")
     finally:
         await rig.cleanup()
-    mirror_rate, convert_rate = args.sync_mib / sync_s, args.sync_mib / convert_s
-    lines += [
-        f"b. first full copy of {args.sync_mib} MiB of random data, source read cold",
-        f"   mirror to the NBD export (TLS, writethrough): {mirror_rate:7.1f} MiB/s  ({sync_s:.2f} s; "
+    mib = args.sync_mib
+    return lines + [
+        f"b. first full copy of {mib} MiB of random data, source read cold",
+        f"   mirror to the NBD export (TLS, writethrough): {mib / sync_s:7.1f} MiB/s  ({sync_s:.2f} s; "
         f"copy identical: {'yes' if same else 'NO'})",
-        f"   qemu-img convert -O raw (cache unsafe):       {convert_rate:7.1f} MiB/s  ({convert_s:.2f} s; "
-        f"{args.sync_mib / (convert_s + fsync_s):.0f} MiB/s counting the fsync after)",
-        f"   mirror / convert: {mirror_rate / convert_rate:.2f}",
+        f"   same, export with writethrough=off:           {mib / unflushed_s:7.1f} MiB/s  "
+        f"({unflushed_s:.2f} s; the rest is the flush after every write)",
+        f"   qemu-img convert -O raw (cache unsafe):       {mib / convert_s:7.1f} MiB/s  ({convert_s:.2f} s; "
+        f"{mib / (convert_s + fsync_s):.0f} MiB/s counting the fsync after)",
+        f"   mirror / convert: {convert_s / sync_s:.2f}",
     ]
-    return lines
 
 
 def main() -> int:

@@ -281,6 +281,10 @@ class Cli:
             body = {"node": self.args.node, "max_bandwidth_mib_s": self.args.max_bandwidth}
         elif action == "failover":
             body = {"ignore_consistency": self.args.ignore_consistency}
+        elif action in ("move", "replace-secondary"):
+            body = {"node": self.args.node}
+        elif action == "grow-disk":
+            body = {"disk": self.args.disk, "size": self.args.size}
         return self.job(self.client.post(f"/v1/instances/{quote(self.args.name)}/{action}", body))
 
     def instance_remove(self) -> int:
@@ -289,6 +293,18 @@ class Cli:
     def instance_console(self) -> int:
         from cli.console import attach  # imports aiohttp: only for this command
         return attach(self.client.path, self.args.name)
+
+    def node_evacuate(self, action: str) -> int:
+        body = {"ignore_consistency": self.args.ignore_consistency} if action == "failover" else {}
+        data = self.client.post(f"/v1/nodes/{quote(self.args.name)}/{action}", body)["data"]
+        for line in data["skipped"]:
+            print(f"skipped {line}", file=sys.stderr)
+        if not data["job_ids"]:
+            print(f"node '{self.args.name}' is the primary of no replicated instance")
+        worst = 0
+        for job_id in data["job_ids"]:
+            worst = max(worst, self.job({"data": {"job_id": job_id}}))
+        return worst
 
     # ---- jobs and OS -------------------------------------------------------
     def job_list(self) -> int:
@@ -378,6 +394,13 @@ def _parser() -> argparse.ArgumentParser:
     s = n.add_parser("remove", help="remove a node from the cluster", parents=[common])
     s.add_argument("name")
     s.add_argument("--force", action="store_true", help="even if it still hosts instances")
+    s = n.add_parser("migrate", help="live-migrate every replicated primary instance off the node",
+                     parents=[common, jobopts])
+    s.add_argument("name")
+    s = n.add_parser("failover", help="fail over every replicated primary instance of the node",
+                     parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("--ignore-consistency", action="store_true", help="as for `instance failover`")
     s = n.add_parser("modify", help="change a node's flags", parents=[common])
     s.add_argument("name")
     for flag, help_ in (("candidate", "may be a master candidate (etcd member)"),
@@ -418,6 +441,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--node", "-n", help="target node (only its secondary, for now)")
     s.add_argument("--max-bandwidth", type=float, default=1024.0, help="MiB/s for the memory copy (default 1024)")
+    s = i.add_parser("move", help="copy a stopped instance's disks to another node and move it there",
+                     parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("--node", "-n", required=True, help="the node to move to")
+    s = i.add_parser("replace-secondary", help="copy a replicated instance to a new secondary node",
+                     parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("--node", "-n", required=True, help="the new secondary node")
+    s = i.add_parser("activate-disks", help="check the disks (re-create missing copies, restart the mirror) "
+                     "and print their paths", parents=[common, jobopts])
+    s.add_argument("name")
+    s = i.add_parser("grow-disk", help="grow one disk (also while running)", parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("disk", type=int, help="disk index (0 is the first)")
+    s.add_argument("size", help="the new size, e.g. 20G")
     s = i.add_parser("failover", help="restart a replicated instance on its secondary node",
                      parents=[common, jobopts])
     s.add_argument("name")
@@ -469,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
         ("instance", "reboot"): lambda: cli.instance_action("reboot"),
         ("instance", "migrate"): lambda: cli.instance_action("migrate"),
         ("instance", "failover"): lambda: cli.instance_action("failover"),
+        ("instance", "move"): lambda: cli.instance_action("move"),
+        ("instance", "replace-secondary"): lambda: cli.instance_action("replace-secondary"),
+        ("instance", "activate-disks"): lambda: cli.instance_action("activate-disks"),
+        ("instance", "grow-disk"): lambda: cli.instance_action("grow-disk"),
+        ("node", "migrate"): lambda: cli.node_evacuate("migrate"),
+        ("node", "failover"): lambda: cli.node_evacuate("failover"),
         ("instance", "remove"): cli.instance_remove, ("instance", "console"): cli.instance_console,
         ("job", "list"): cli.job_list, ("job", "info"): cli.job_info, ("job", "watch"): cli.job_watch,
         ("job", "cancel"): cli.job_cancel, ("drill", "master-failover"): cli.drill_master_failover,

@@ -36,6 +36,7 @@ from hostagent import gossip, joining, model, pki, reporter
 from hostagent.config import AgentConfig
 from hostagent.executor import NodeExecutor, OrderError
 from hostagent.replication import NodeReplication
+from hostagent.diskcopy import NodeDiskCopy
 from hostagent.fencing import TokenGuard
 from hostagent.master import MasterRole
 from hostagent.node_ops import NodeOperations
@@ -96,7 +97,8 @@ class Agent:
                                            cfg.run_dir)
         self.executor = NodeExecutor(cfg.node_name, self.qemu, self.files, self.catalog,
                                      os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
-                                     self.replication.orders())
+                                     {**self.replication.orders(), **NodeDiskCopy(
+                                         cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir).orders()})
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
         self.stop_event = asyncio.Event()
         self.etcd: EtcdClient | None = None

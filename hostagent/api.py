@@ -292,6 +292,7 @@ class Api:
                 report = self._reports().get(name, {})
                 row["instances"] = sorted(report.get("instances", {}))
                 row["os"] = report.get("os", {})
+                row["volumes"] = report.get("volumes", [])
                 return self._ok(row)
         raise NotFound(f"no node named '{name}'")
 
@@ -320,6 +321,30 @@ class Api:
             result = await nodes.modify(name, body)
             await self._wait_replica(model.node_key(name))
             return self._ok(result)
+        return await self._on_master(request, run)
+
+    async def node_evacuate(self, request: web.Request) -> web.Response:
+        """`node migrate|failover N`: one job per replicated primary instance of N."""
+        name, action = request.match_info["name"], request.match_info["action"]
+        if action not in ("migrate", "failover"):
+            raise NotFound(f"unknown node action '{action}' (migrate, failover)")
+        body = await self._body(request)
+        params = {"ignore_consistency": bool(body.get("ignore_consistency"))} if action == "failover" else {}
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            if await ops._get(model.node_key(name)) is None:
+                raise NotFound(f"no node named '{name}'")
+            job_ids, skipped = [], []
+            for inst in await ops._prefix(model.INSTANCES):
+                if inst["primary_node"] != name:
+                    continue
+                if not inst.get("secondary_node"):
+                    skipped.append(f"{inst['name']} ({inst['disk_template']}: not replicated)")
+                    continue
+                job_ids.append(await ops.submit_simple(f"instance.{action}", inst["name"], params))
+            for job_id in job_ids:
+                await self._wait_replica(model.job_key(job_id))
+            return self._ok({"node": name, "job_ids": job_ids, "skipped": skipped})
         return await self._on_master(request, run)
 
     async def join_ca(self, request: web.Request) -> web.Response:
@@ -370,8 +395,15 @@ class Api:
             params = {"node": body.get("node"), "max_bandwidth_mib_s": float(body.get("max_bandwidth_mib_s", 1024))}
         elif action == "failover":
             params = {"ignore_consistency": bool(body.get("ignore_consistency", False))}
+        elif action in ("move", "replace-secondary"):
+            params = {"node": body.get("node")}
+        elif action == "grow-disk":
+            params = {"disk": body.get("disk"), "size": body.get("size")}
+        elif action == "activate-disks":
+            params = {}
         else:
-            raise NotFound(f"unknown instance action '{action}' (start, stop, reboot, migrate, failover)")
+            raise NotFound(f"unknown instance action '{action}' (start, stop, reboot, migrate, failover, move, "
+                           "replace-secondary, activate-disks, grow-disk)")
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
             return await self._accepted(await ops.submit_simple(f"instance.{action}", name, params))
@@ -598,6 +630,7 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
     r.add_get("/v1/nodes/{name}", api.node_info)
     r.add_delete("/v1/nodes/{name}", api.node_remove)
     r.add_post("/v1/nodes/{name}/modify", api.node_modify)
+    r.add_post("/v1/nodes/{name}/{action}", api.node_evacuate)
     r.add_get("/v1/instances", api.instance_list)
     r.add_post("/v1/instances", api.instance_add)
     r.add_get("/v1/instances/{name}", api.instance_info)

@@ -97,6 +97,10 @@ class Moves:
         if args.get("node") not in (None, "", target):
             raise JobFailed(f"instance '{name}' can only migrate to its secondary node '{target}', not "
                             f"'{args['node']}'; use `corral instance replace-secondary` first")
+        if await self._settle_migration(inst):
+            await ctx.log(f"finished what an interrupted migration of '{name}' left behind")
+            inst = await self.ops._instance(name)
+            source, target = inst["primary_node"], inst["secondary_node"]
         report = await self.ops._get(model.report_key(source)) or {}
         if name not in report.get("instances", {}):
             raise JobFailed(f"instance '{name}' is not running on node '{source}'; "
@@ -217,7 +221,39 @@ class Moves:
             except JobFailed as exc:
                 log.warning("could not keep the disk mirror of instance '%s' running: %s", inst["name"], exc)
 
+    async def _settle_migration(self, inst: dict[str, Any]) -> bool:
+        """Finish what an interrupted migration left; True when it changed something.
+
+        After the switchover the guest runs on the secondary (the primary's
+        QEMU is gone or `postmigrate`): the secondary becomes the primary.
+        Before it, a destination QEMU still waiting (`inmigrate`) is stopped.
+        """
+        name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
+        reports = {n: await self.ops._get(model.report_key(n)) or {} for n in (primary, secondary)}
+        if any(time.time() - r.get("time", 0) > REPORT_STALE_AFTER_S for r in reports.values()):
+            return False
+        there = reports[secondary].get("instances", {}).get(name)
+        here = reports[primary].get("instances", {}).get(name)
+        if there is None:
+            return False
+        if there.get("status") == "inmigrate":
+            log.warning("stopping the QEMU of '%s' left waiting for a migration on node '%s'", name, secondary)
+            await self.ops._order(secondary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                               "nic_count": len(inst["nics"])})
+            return True
+        if there.get("status") == "running" and (here is None or here.get("status") == "postmigrate"):
+            log.warning("instance '%s' runs on its secondary node '%s' (a migration finished there but was "
+                        "not recorded): '%s' is now its primary", name, secondary, secondary)
+            if here is not None:
+                await self.ops._order(primary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                                 "nic_count": len(inst["nics"])})
+            await self._set_nodes(inst, secondary, primary)
+            return True
+        return False
+
     async def _keep_one(self, inst: dict[str, Any]) -> None:
+        if await self._settle_migration(inst):
+            return
         name, primary = inst["name"], inst["primary_node"]
         report = await self.ops._get(model.report_key(primary)) or {}
         if time.time() - report.get("time", 0) > REPORT_STALE_AFTER_S or name not in report.get("instances", {}):

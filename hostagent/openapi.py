@@ -52,6 +52,8 @@ PATHS: dict[str, dict[str, Any]] = {
                          "delete": _op("Remove a node (?force=1 even with instances)", params=("name",))},
     "/v1/nodes/{name}/modify": {"post": _op("Set candidate, drained, offline", body="NodeModify",
                                             params=("name",))},
+    "/v1/nodes/{name}/{action}": {"post": _op("migrate or failover: move every replicated primary instance "
+                                              "off the node (one job each)", params=("name", "action"))},
     "/v1/instances": {"get": _op("All instances with their observed status"),
                       "post": _op("Add an instance (a job)", "202", "InstanceAdd")},
     "/v1/instances/{name}": {"get": _op("One instance", params=("name",)),

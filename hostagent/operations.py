@@ -23,6 +23,7 @@ from hostagent.checks import ClusterView, check_add
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.jobs import Handler, JobContext, JobFailed
 from hostagent.master import MasterRole
+from hostagent.diskops import DiskOps
 from hostagent.moves import Moves
 from hostagent.orders import NodeClient, OrderFailed
 from hostagent.status import instance_status
@@ -70,6 +71,7 @@ class Operations:
         self.role = role
         self.nodes = nodes
         self.moves = Moves(self)
+        self.disks = DiskOps(self)
 
     # ---- reads straight from etcd: the master must not act on a lagging replica
     async def _get(self, key: str) -> Any:
@@ -179,7 +181,11 @@ class Operations:
                                "use `corral instance reboot` to restart it")
             if op == "instance.reboot" and observed.pid is None:
                 raise Conflict(f"instance '{name}' is not running {where}; use `corral instance start`")
-        verb = op.split(".", 1)[1]
+        checks = {"instance.move": self.disks.check_move, "instance.replace-secondary":
+                  self.disks.check_replace_secondary, "instance.grow-disk": self.disks.check_grow}
+        if op in checks:
+            await checks[op](name, params)
+        verb = op.split(".", 1)[1].replace("-", " ")
         return await runner.submit(op, {"name": name, **params}, f"{verb} instance '{name}'",
                                    must_exist=[model.instance_key(name)])
 
@@ -189,7 +195,7 @@ class Operations:
                 "instance.add": self._job_add,
                 "instance.start": self._job_start, "instance.stop": self._job_stop,
                 "instance.reboot": self._job_reboot, "instance.remove": self._job_remove,
-                **{op: _job_errors(h) for op, h in self.moves.handlers().items()}}
+                **{op: _job_errors(h) for op, h in {**self.moves.handlers(), **self.disks.handlers()}.items()}}
 
     @_operator_errors
     async def _job_cluster_init(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -134,7 +134,7 @@ def verify(nodes: list[dict[str, Any]], instances: list[dict[str, Any]],
                                             f"primary is '{inst['primary_node']}'"))
         for vol in report.get("volumes", []):
             inst = by_name.get(vol["instance"])
-            if inst is None or inst["primary_node"] != name:
+            if inst is None or name not in (inst["primary_node"], inst.get("secondary_node")):
                 out.append(Finding("warning", f"node '{name}': orphan disk {vol['path']} "
                                               f"(no instance '{vol['instance']}' here)"))
     for inst in instances:
@@ -144,6 +144,13 @@ def verify(nodes: list[dict[str, Any]], instances: list[dict[str, Any]],
                                         f"on node '{inst['primary_node']}'"))
         elif row["status"] == "error-up":
             out.append(Finding("warning", f"instance '{inst['name']}': {row['reason']}"))
+        rep = row["replication"]
+        if rep and row["pid"] and rep["summary"] != "in sync":
+            bad = not rep["disks"] or any(d["status"] in ("degraded", "stalled", "failed") for d in rep["disks"])
+            out.append(Finding("error" if bad else "warning",
+                               f"instance '{inst['name']}': its copy on node '{rep['secondary']}' is "
+                               f"{rep['summary']}" + (" (no current copy: a failover now would lose writes)"
+                                                      if bad else "")))
         if len(running_on.get(inst["name"], [])) > 1:
             out.append(Finding("error", f"instance '{inst['name']}' runs on several nodes: "
                                         f"{', '.join(running_on[inst['name']])}"))

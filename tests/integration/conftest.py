@@ -199,8 +199,10 @@ drills = true
         return "".join(p.read_text(errors="replace") for p in logs if p.is_file())
 
     def qemu_pids(self) -> list[int]:
+        """QEMUs and qemu-storage-daemon disk exports this node started (by their pidfiles)."""
         pids = []
-        for pidfile in (self.root / "run").rglob("qemu.pid"):
+        run = self.root / "run"
+        for pidfile in [*run.rglob("qemu.pid"), *(run / "replication").glob("*.pid")]:
             try:
                 pids.append(int(pidfile.read_text().strip()))
             except ValueError:
@@ -208,7 +210,9 @@ drills = true
         return pids
 
     def kill_qemus(self) -> None:
-        """Teardown: stop only the QEMUs this node started (by pidfile, checked by cmdline)."""
+        """Teardown, or a node's power loss: kill the QEMUs and disk exports this node started.
+
+        Found by pidfile and checked by command line, so nothing else is touched."""
         for pid in self.qemu_pids():
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()

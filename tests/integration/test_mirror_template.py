@@ -18,11 +18,18 @@ pytestmark = pytest.mark.integration
 
 SEQ = re.compile(r"CORRAL-GUEST-SEQ n=(\d+)")
 SEQ_START = re.compile(r"CORRAL-GUEST-SEQ-START last=(\d+)")
+BOOTED = re.compile(r"CORRAL-GUEST-BOOTED count=(\d+)")
 
 
 def console(node: AgentNode, name: str) -> str:
     path = node.root / "log" / "console" / f"{name}.console.log"
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def refused(node: AgentNode, *args: str) -> str:
+    result = node.corral(*args)
+    assert result.returncode != 0, f"corral {' '.join(args)} was accepted:\n{result.stdout}"
+    return result.stderr
 
 
 def numbers(text: str) -> list[int]:
@@ -38,7 +45,7 @@ def wait_in_sync(node: AgentNode, name: str, timeout_s: float = 90) -> None:
              timeout_s, f"the disks of {name} to be in sync")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def mirror_cluster(tmp_path_factory, guest_dir: Path):
     cluster = Cluster(tmp_path_factory.mktemp("mirror"), 3)
     try:
@@ -86,3 +93,43 @@ def test_a_mirrored_instance_migrates_live_and_survives_losing_its_primary(mirro
     # The old primary comes back: its copy is brought up to date by a new mirror.
     n3.start()
     wait_in_sync(n1, "m1", timeout_s=120)
+
+
+def test_disks_move_between_nodes_grow_and_get_a_new_secondary(mirror_cluster: Cluster) -> None:
+    n1, n2, n3 = (mirror_cluster[n] for n in ("n1", "n2", "n3"))
+    n1.ok("instance", "add", "f1", "--os", "busybox-guest", "--node", "n1", "--disk", "64M", "--memory", "128M")
+    wait_for(lambda: BOOTED.findall(console(n1, "f1")), 60, "f1 to boot on n1")
+
+    # Bad input changes nothing.
+    assert "not replicated" in refused(n1, "instance", "migrate", "f1")
+    assert "is running; stop it first" in refused(n1, "instance", "move", "f1", "--node", "n2")
+    assert "n2:n2" in refused(n1, "instance", "add", "bad", "--os", "busybox-guest", "--disk-template", "mirror",
+                              "--node", "n2:n2", "--disk", "64M")
+    n1.ok("node", "modify", "n3", "--drained", "yes")
+    n1.ok("instance", "stop", "f1")
+    assert "n3: drained" in refused(n1, "instance", "move", "f1", "--node", "n3")
+    n1.ok("node", "modify", "n3", "--drained", "no")
+    assert n1.json("instance", "info", "f1")["primary_node"] == "n1"
+
+    # A stopped file instance moves with its disk: it boots on n2 and counts its second boot.
+    out = n1.ok("instance", "move", "f1", "--node", "n2")
+    assert "copied 64M of disks of 'f1' from node 'n1' to node 'n2'" in out
+    n1.ok("instance", "start", "f1")
+    wait_for(lambda: "2" in BOOTED.findall(console(n2, "f1")), 60, "f1 to boot a second time, on n2")
+
+    # A mirror instance gets a new secondary, and a bigger disk while it runs.
+    n1.ok("instance", "add", "m2", "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n1:n2",
+          "--disk", "64M", "--memory", "128M")
+    wait_in_sync(n1, "m2")
+    n1.ok("instance", "replace-secondary", "m2", "--node", "n3")
+    assert n1.json("instance", "info", "m2")["secondary_node"] == "n3"
+    wait_in_sync(n1, "m2")
+    n2.wait_fresh_report()
+    assert not [v for v in n2.json("node", "info", "n2").get("volumes", []) if v["instance"] == "m2"]
+    n1.ok("instance", "grow-disk", "m2", "0", "128M")
+    info = n1.json("instance", "info", "m2")
+    assert info["disks"][0]["size_mib"] == 128 and info["status"] == "running"
+    wait_in_sync(n1, "m2")
+    assert "disk of 'm2' on node 'n1': " in n1.ok("instance", "activate-disks", "m2")
+    verify = n1.corral("cluster", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr

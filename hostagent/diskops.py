@@ -1,0 +1,199 @@
+"""The master's disk operations: move, replace-secondary, activate-disks, grow-disk.
+
+Each is checked before a job exists (`check_*`, so bad input changes
+nothing) and then runs as a job that orders the nodes. Copies between nodes
+reuse the mirror template's NBD export: the source node serves its disk to
+the target's certificate, and the target pulls it with qemu-img.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from election.etcd import Op
+
+from hostagent import model
+from hostagent.checks import REPLICATION_PORTS
+from hostagent.errors import BadRequest, Conflict
+from hostagent.jobs import JobContext, JobFailed
+from hostagent.placement import PlacementError, Request, check_manual
+from hostagent.units import SizeError, format_mib, parse_mib
+
+if TYPE_CHECKING:
+    from hostagent.operations import Operations
+
+COPY_POLL_S = 1.0
+
+
+class DiskOps:
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+
+    def handlers(self) -> dict[str, Any]:
+        return {"instance.move": self._job_move, "instance.replace-secondary": self._job_replace_secondary,
+                "instance.activate-disks": self._job_activate, "instance.grow-disk": self._job_grow}
+
+    # ---- submit-time checks -------------------------------------------------------
+    async def _room(self, inst: dict[str, Any], primary: str, secondary: str | None) -> None:
+        """The same placement rules as `instance add`, with this instance left out of the count."""
+        others = [i for i in await self.ops._prefix(model.INSTANCES) if i["name"] != inst["name"]]
+        nodes = {n["name"]: n for n in await self.ops._prefix(model.NODES)}
+        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        want = Request(inst["memory_mib"], sum(d["size_mib"] for d in inst["disks"]), secondary is not None)
+        try:
+            check_manual(inst["name"], want, primary, secondary, nodes, reports, others, time.time())
+        except PlacementError as exc:
+            raise BadRequest(str(exc)) from None
+
+    async def check_move(self, name: str, params: dict[str, Any]) -> None:
+        inst = await self.ops._instance(name)
+        target = str(params.get("node") or "")
+        if not target:
+            raise BadRequest("instance move needs --node NODE, the node to move the instance to")
+        if target == inst["primary_node"]:
+            raise BadRequest(f"instance '{name}' is already on node '{target}'")
+        report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+        if inst["admin_state"] == "up" or name in report.get("instances", {}):
+            raise Conflict(f"instance '{name}' is running; stop it first (`corral instance stop {name}`)"
+                           + (", or use `corral instance migrate`" if inst.get("secondary_node") else ""))
+        if target == inst.get("secondary_node"):
+            raise BadRequest(f"node '{target}' is the secondary of '{name}': use `corral instance failover`")
+        await self._room(inst, target, inst.get("secondary_node"))
+
+    async def check_replace_secondary(self, name: str, params: dict[str, Any]) -> None:
+        inst = await self.ops._instance(name)
+        target = str(params.get("node") or "")
+        if not inst.get("secondary_node"):
+            raise BadRequest(f"instance '{name}' ({inst['disk_template']}) has no secondary node to replace")
+        if target in ("", inst["primary_node"], inst["secondary_node"]):
+            raise BadRequest(f"the new secondary of '{name}' must be another node than its primary "
+                             f"'{inst['primary_node']}' and its secondary '{inst['secondary_node']}'")
+        await self._room(inst, inst["primary_node"], target)
+
+    async def check_grow(self, name: str, params: dict[str, Any]) -> None:
+        inst = await self.ops._instance(name)
+        index = params.get("disk")
+        if not isinstance(index, int) or not 0 <= index < len(inst["disks"]):
+            raise BadRequest(f"instance '{name}' has disks 0-{len(inst['disks']) - 1}, not {index!r}")
+        try:
+            size = parse_mib(params.get("size"), "disk size")
+        except SizeError as exc:
+            raise BadRequest(str(exc)) from None
+        current = inst["disks"][index]["size_mib"]
+        if size <= current:
+            raise BadRequest(f"disk {index} of '{name}' is {format_mib(current)}; the new size must be larger "
+                             "(disks only grow)")
+        params["size_mib"] = size
+
+    # ---- jobs ---------------------------------------------------------------------------
+    async def _copy(self, ctx: JobContext, inst: dict[str, Any], source: str, target: str) -> None:
+        """Copy every disk of `inst` from `source` to `target`, with progress and ETA."""
+        name, disks = inst["name"], inst["disks"]
+        used = {int(i.get("port_base") or 0) for i in await self.ops._prefix(model.INSTANCES)}
+        base = inst.get("port_base") or next(b for b in REPLICATION_PORTS if b not in used)
+        host = (await self.ops._get(model.node_key(source)))["address"]
+        await self.ops._order(source, "instance.replica-export",
+                              {"name": name, "disks": disks, "port_base": base, "client": target})
+        total = sum(d["size_mib"] for d in disks)
+        done, started = 0.0, time.monotonic()
+        try:
+            for disk in disks:
+                fetch = asyncio.create_task(self.ops._order(
+                    target, "instance.disk-fetch", {"name": name, "disk": disk, "host": host,
+                                                    "port": base + disk["index"]}, timeout_s=6 * 3600))
+                while not fetch.done():
+                    await asyncio.wait({fetch}, timeout=COPY_POLL_S)
+                    try:
+                        status = await self.ops._order(target, "instance.disk-fetch-status",
+                                                       {"name": name, "index": disk["index"]}, timeout_s=5)
+                    except JobFailed:
+                        continue
+                    await ctx.progress(done + disk["size_mib"] * status["percent"] / 100, total,
+                                       f"copying disk {disk['index']} to node '{target}'", started)
+                await fetch
+                done += disk["size_mib"]
+                await ctx.progress(done, total, f"disk {disk['index']} copied", started)
+        finally:
+            await self.ops._order(source, "instance.replica-unexport", {"name": name, "disks": disks})
+        await ctx.log(f"copied {format_mib(total)} of disks of '{name}' from node '{source}' to node '{target}' "
+                      f"in {time.monotonic() - started:.1f} s")
+
+    async def _job_move(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        await self.check_move(args["name"], args)
+        inst = await self.ops._instance(args["name"])
+        source, target = inst["primary_node"], args["node"]
+        await ctx.log(f"moving stopped instance '{inst['name']}' from node '{source}' to node '{target}'")
+        try:
+            await self._copy(ctx, inst, source, target)
+        except Exception:
+            await self._remove_disks(ctx, target, inst)
+            raise
+        inst.update(primary_node=target, mtime=time.time())
+        await self.ops._write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
+        await self._remove_disks(ctx, source, inst)
+        await ctx.log(f"instance '{inst['name']}' now lives on node '{target}'")
+        return {"name": inst["name"], "node": target}
+
+    async def _remove_disks(self, ctx: JobContext, node: str, inst: dict[str, Any]) -> None:
+        try:
+            await self.ops._remove_on(node, inst)
+        except JobFailed as exc:
+            await ctx.log(f"could not remove the disks of '{inst['name']}' from node '{node}' ({exc}); "
+                          "`corral cluster verify` lists them as orphans")
+
+    async def _job_replace_secondary(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        await self.check_replace_secondary(args["name"], args)
+        inst = await self.ops._instance(args["name"])
+        name, old, new = inst["name"], inst["secondary_node"], args["node"]
+        await ctx.log(f"replacing the secondary of '{name}': node '{old}' by node '{new}'")
+        await self.ops._order(new, "instance.replica-prepare", {"name": name, "disks": inst["disks"]})
+        await self.ops._order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+        inst.update(secondary_node=new, replica_in_sync=False, mtime=time.time())
+        await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
+        await self.ops.moves.protect(ctx, inst)
+        await self._remove_disks(ctx, old, inst)
+        await ctx.log(f"node '{old}' no longer holds a copy of '{name}'; node '{new}' is being synced "
+                      "(`corral instance info` shows the progress)")
+        return {"name": name, "secondary": new}
+
+    async def _job_activate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        inst = await self.ops._instance(args["name"])
+        name = inst["name"]
+        if inst.get("secondary_node"):
+            created = await self.ops._order(inst["secondary_node"], "instance.replica-prepare",
+                                            {"name": name, "disks": inst["disks"]})
+            if created["created"]:
+                await ctx.log(f"re-created missing disk copies {created['created']} on node "
+                              f"'{inst['secondary_node']}'; they fill when the mirror runs")
+                inst["replica_in_sync"] = False
+                await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
+            report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+            if name in report.get("instances", {}):
+                await self.ops.moves.protect(ctx, inst)
+        paths = await self.ops._order(inst["primary_node"], "instance.disk-paths",
+                                      {"name": name, "disks": inst["disks"]})
+        for path in paths["paths"]:
+            await ctx.log(f"disk of '{name}' on node '{inst['primary_node']}': {path}")
+        return {"name": name, "node": inst["primary_node"], "paths": paths["paths"]}
+
+    async def _job_grow(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        await self.check_grow(args["name"], args)
+        inst = await self.ops._instance(args["name"])
+        name, index, size = inst["name"], int(args["disk"]), int(args["size_mib"])
+        order = {"name": name, "index": index, "size_mib": size}
+        secondary = inst.get("secondary_node")
+        if secondary:  # the copy grows first: the primary's mirror must never outsize its target
+            await self.ops._order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+            await self.ops._order(secondary, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
+            await self.ops._order(secondary, "instance.disk-grow", order)
+        await self.ops._order(inst["primary_node"], "instance.disk-grow", order)
+        inst["disks"][index]["size_mib"] = size
+        inst.update(mtime=time.time(), **({"replica_in_sync": False} if secondary else {}))
+        await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
+        await ctx.log(f"disk {index} of '{name}' is now {format_mib(size)}")
+        report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+        if secondary and name in report.get("instances", {}):
+            await self.ops.moves.protect(ctx, inst)
+        return {"name": name, "disk": index, "size_mib": size}
