@@ -87,7 +87,8 @@ class Cli:
     def cluster_init(self) -> int:
         hv = _kv_list(self.args.hv, "--hv")
         return self.job(self.client.post("/v1/cluster/init", {"name": self.args.name, "hvparams": hv,
-                                                              "candidate_pool_size": self.args.candidates}))
+                                                              "candidate_pool_size": self.args.candidates,
+                                                              "sync_rate_mib_s": self.args.sync_rate}))
 
     def cluster_info(self) -> int:
         def human(d: dict[str, Any]) -> None:
@@ -372,6 +373,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--hv", action="append", help="default hypervisor parameters, e.g. accel=tcg")
     s.add_argument("--candidates", type=int, default=3, choices=(1, 3, 5),
                    help="master candidates (etcd members) to keep when nodes allow (default 3)")
+    s.add_argument("--sync-rate", type=float, default=0.0, metavar="MIB_S",
+                   help="cap on the background copy of replicated disks (full syncs, resyncs); "
+                        "guest writes are never slowed (default 0: no cap)")
     c.add_parser("info", help="name, master, candidates, quorum", parents=[common])
     c.add_parser("verify", help="check the cluster; non-zero exit on errors", parents=[common])
     c.add_parser("replica", help="this node's config replica: revision and checksum", parents=[common])

@@ -272,7 +272,8 @@ class Agent:
         return {"api": f"{self.cfg.address}:{self.cfg.api_port}", "version": reporter.AGENT_VERSION,
                 "role": "candidate" if self.is_candidate else "regular"}
 
-    async def init_cluster(self, name: str, hvparams: dict[str, Any], pool_size: int = 3) -> int:
+    async def init_cluster(self, name: str, hvparams: dict[str, Any], pool_size: int = 3,
+                           sync_rate_mib_s: float = 0.0) -> int:
         """`corral cluster init`: secrets, a one-member etcd, the master lease, the cluster record.
 
         All or nothing: if any step fails, what was created is removed again so
@@ -281,12 +282,13 @@ class Agent:
         async with self._init_lock:
             self._refuse_if_member()
             try:
-                return await self._init_cluster(name, hvparams, pool_size)
+                return await self._init_cluster(name, hvparams, pool_size, sync_rate_mib_s)
             except BaseException:
                 await self._undo_local("cluster init")
                 raise
 
-    async def _init_cluster(self, name: str, hvparams: dict[str, Any], pool_size: int) -> int:
+    async def _init_cluster(self, name: str, hvparams: dict[str, Any], pool_size: int,
+                            sync_rate_mib_s: float) -> int:
         pki.create_ca(self.pki, name)
         pki.issue_node_cert(self.pki, self.cfg.node_name, self.cfg.address)
         self._write_secret("gossip.key", new_gossip_key())
@@ -300,7 +302,7 @@ class Agent:
         assert self.role is not None and self.ops is not None
         await asyncio.wait_for(self.role.became_master.wait(), timeout=30)
         await self.report_now()
-        return await self.ops.submit_cluster_init(name, self.node_record(), hvparams, pool_size)
+        return await self.ops.submit_cluster_init(name, self.node_record(), hvparams, pool_size, sync_rate_mib_s)
 
     async def join_cluster(self, address: str, token: str) -> dict[str, Any]:
         """`corral cluster join ADDR --token T`: get a certificate and the secrets, then come up."""

@@ -239,7 +239,10 @@ class Api:
         pool = body.get("candidate_pool_size", 3)
         if pool not in (1, 3, 5):
             raise BadRequest(f"candidate pool size {pool!r} must be 1, 3 or 5 (odd, so etcd keeps a majority)")
-        job_id = await self.agent.init_cluster(name, hv, pool)
+        rate = body.get("sync_rate_mib_s", 0)
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate < 0:
+            raise BadRequest(f"disk sync rate {rate!r} must be a number of MiB/s, 0 for no limit")
+        job_id = await self.agent.init_cluster(name, hv, pool, float(rate))
         return await self._accepted(job_id)
 
     async def cluster_join(self, request: web.Request) -> web.Response:

@@ -74,8 +74,10 @@ class Moves:
             await self.ops._order(secondary, "instance.replica-export",
                                   {"name": name, "disks": disks, "port_base": inst["port_base"], "client": primary})
             host = (await self._node(secondary))["address"]
+            cluster = await self.ops._get(model.CLUSTER_KEY) or {}
             await self.ops._order(primary, "instance.mirror-attach",
-                                  {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"]})
+                                  {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"],
+                                   "rate_limit_mib_s": cluster.get("sync_rate_mib_s", 0.0)})
         except JobFailed as exc:
             message = (f"instance '{name}' runs on node '{primary}' without a current copy on '{secondary}' "
                        f"(degraded): {exc}; the master retries when '{secondary}' answers")

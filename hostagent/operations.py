@@ -138,10 +138,10 @@ class Operations:
 
     # ---- submit ---------------------------------------------------------------
     async def submit_cluster_init(self, name: str, node: dict[str, Any], hvparams: dict[str, Any],
-                                  pool_size: int) -> int:
+                                  pool_size: int, sync_rate_mib_s: float = 0.0) -> int:
         return await self.role.require().submit(
             "cluster.init", {"name": name, "node": node, "hvparams": hvparams_to_dict(parse_hvparams(hvparams)),
-                             "candidate_pool_size": pool_size},
+                             "candidate_pool_size": pool_size, "sync_rate_mib_s": sync_rate_mib_s},
             f"initialize cluster '{name}'", must_not_exist=[model.CLUSTER_KEY])
 
     async def submit_probe(self) -> int:
@@ -200,7 +200,8 @@ class Operations:
     @_operator_errors
     async def _job_cluster_init(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         cluster = {"name": args["name"], "created": time.time(), "hvparams": args["hvparams"],
-                   "init_node": args["node"]["name"], "candidate_pool_size": args.get("candidate_pool_size", 3)}
+                   "init_node": args["node"]["name"], "candidate_pool_size": args.get("candidate_pool_size", 3),
+                   "sync_rate_mib_s": args.get("sync_rate_mib_s", 0.0)}
         await self._write([Op.put(model.CLUSTER_KEY, model.dumps(cluster)),
                            Op.put(model.node_key(args["node"]["name"]), model.dumps(args["node"]))])
         await ctx.log(f"cluster '{args['name']}' created with node '{args['node']['name']}' as master")

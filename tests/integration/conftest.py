@@ -297,10 +297,10 @@ class Cluster:
     def __getitem__(self, name: str) -> AgentNode:
         return next(n for n in self.nodes if n.name == name)
 
-    def form(self, hv: str = "accel=tcg", candidates: int = 3) -> None:
+    def form(self, hv: str = "accel=tcg", candidates: int = 3, *init_args: str) -> None:
         first = self.nodes[0]
         first.start(self.supervised)
-        first.ok("cluster", "init", "--name", "multi", "--hv", hv, "--candidates", str(candidates))
+        first.ok("cluster", "init", "--name", "multi", "--hv", hv, "--candidates", str(candidates), *init_args)
         for node in self.nodes[1:]:
             self.join(node)
 

@@ -49,8 +49,9 @@ def wait_in_sync(node: AgentNode, name: str, timeout_s: float = 90) -> None:
 def mirror_cluster(tmp_path_factory, guest_dir: Path):
     cluster = Cluster(tmp_path_factory.mktemp("mirror"), 3)
     try:
-        cluster.form(hv=f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
-                        "kernel_args=quiet corral.seq=1,shutdown_timeout_s=10")
+        cluster.form(f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
+                        "kernel_args=quiet corral.seq=1,shutdown_timeout_s=10", 3,
+                     "--sync-rate", "16")  # slow enough for the reports to show a copy in progress
         cluster.wait_candidates(3)
         yield cluster
     finally:
@@ -90,9 +91,16 @@ def test_a_mirrored_instance_migrates_live_and_survives_losing_its_primary(mirro
     info = n1.json("instance", "info", "m1")
     assert (info["primary_node"], info["secondary_node"]) == ("n2", "n3")
 
-    # The old primary comes back: its copy is brought up to date by a new mirror.
+    # The old primary comes back: its copy is brought up to date, and `instance info` shows how far.
     n3.start()
-    wait_in_sync(n1, "m1", timeout_s=120)
+    seen: list[str] = []
+
+    def synced() -> bool:
+        rep = replication(n1, "m1")
+        seen.append(rep["summary"])
+        return rep["summary"] == "in sync" and rep["in_sync"]
+    wait_for(synced, 120, "n3's copy of m1 to be in sync again")
+    assert any(re.match(r"(re)?syncing", s) for s in seen), seen
 
 
 def test_disks_move_between_nodes_grow_and_get_a_new_secondary(mirror_cluster: Cluster) -> None:
