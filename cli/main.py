@@ -164,6 +164,10 @@ class Cli:
                 print(f"{key + ':':14}{r[key]}")
             print(f"{'memory:':14}{mib(r['memory_free'])} free of {mib(r['memory_total'])}")
             print(f"{'disk:':14}{mib(r['disk_free'])} free of {mib(r['disk_total'])}")
+            lvm = r.get("lvm")
+            if lvm:
+                print(f"{'lvm:':14}volume group {lvm['vg']}: " + (lvm["error"] if "error" in lvm else
+                      f"{mib(lvm['free_mib'])} free of {mib(lvm['size_mib'])}"))
             print(f"{'instances:':14}{', '.join(r['instances']) or '-'}")
             print(f"{'os:':14}{', '.join(sorted(r['os'])) or '-'}")
             if r["problems"]:

@@ -30,6 +30,7 @@ from membership.agent import new_gossip_key, serf_argv, write_serf_secrets
 from membership.rpc import SerfError, SerfRpc
 from membership.view import gossip_status, note_alive
 from storage.filedisk import FileTemplate
+from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, discover
 
 from hostagent import gossip, joining, model, pki, reporter
@@ -92,6 +93,7 @@ class Agent:
         self.qemu = QemuManager(cfg.run_dir, log_dir=os.path.join(cfg.log_dir, "console"),
                                 qemu_binary=cfg.qemu_binary)
         self.files = FileTemplate(cfg.file_storage)
+        self.lvm = PlainTemplate(cfg.volume_group, lvm_args=cfg.lvm_args) if cfg.volume_group else None
         self._catalog: OsCatalog = discover(cfg.os_search_paths, cfg.image_paths)
         self.replication = NodeReplication(cfg.node_name, cfg.address, self.qemu, self.files, self.pki,
                                            cfg.run_dir)
@@ -477,6 +479,9 @@ class Agent:
         report = await reporter.collect(self.cfg.node_name, self.qemu, self.files, self.catalog,
                                         self.replication.busy)
         report["mirrors"] = await self._mirror_states(report["instances"])
+        if self.lvm is not None:
+            report["lvm"], lv_volumes = await reporter.lvm_state(self.lvm)
+            report["volumes"] += lv_volumes
         report["agent_pid"] = os.getpid()
         report["etcd"] = await self._member_health()
         report["fencing_token"] = self.tokens.seen.to_str() if self.tokens.seen else None

@@ -14,6 +14,8 @@ import tomllib
 from dataclasses import dataclass, fields
 from typing import Any
 
+from storage.lvmparse import vg_name_problem
+
 DEFAULT_CONFIG_PATH = "/etc/corral/agent.toml"
 _NODE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -55,6 +57,8 @@ class AgentConfig:
     master_lease_ttl_s: int = 10
     os_install_timeout_s: float = 1800.0
     drills: bool = False  # accept `corral drill` requests to crash or freeze this agent (demo, test clusters)
+    volume_group: str = ""  # LVM volume group of the plain/drbd templates; empty: this node has none
+    lvm_args: tuple[str, ...] = ()  # extra LVM arguments; tests on machines without device-mapper pass --driverloaded n
 
     @property
     def socket(self) -> str:
@@ -81,6 +85,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "agent": {"report_interval_s": "report_interval_s",
               "master_lease_ttl_s": "master_lease_ttl_s",
               "os_install_timeout_s": "os_install_timeout_s", "drills": "drills"},
+    "storage": {"volume_group": "volume_group", "lvm_args": "lvm_args"},
 }
 _TYPES = {f.name: f.type for f in fields(AgentConfig)}
 
@@ -144,6 +149,8 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> AgentConfig:
     for key in ("state_dir", "run_dir", "log_dir"):
         if key in values and not os.path.isabs(values[key]):
             problems.append(f"paths.{key}: {values[key]!r} must be an absolute path")
+    if values.get("volume_group") and vg_name_problem(values["volume_group"]):
+        problems.append(f"storage.volume_group: {vg_name_problem(values['volume_group'])}")
     if problems:
         raise ConfigError(path, problems)
     return AgentConfig(**values)

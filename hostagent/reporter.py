@@ -15,7 +15,9 @@ from typing import Any
 import psutil
 
 from kvm.process import QemuManager
+from storage.base import StorageError
 from storage.filedisk import FileTemplate
+from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, OsImage
 
 AGENT_VERSION = "0.1.0"
@@ -55,3 +57,18 @@ def _boot_id() -> str:
             return fh.read().strip()
     except OSError:
         return ""
+
+
+async def lvm_state(lvm: PlainTemplate) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The volume group's size and free space, and every LV that claims to be a Corral disk.
+
+    A volume group that cannot be read is reported with the reason, not raised:
+    the rest of the report still matters.
+    """
+    try:
+        size, free = await lvm.vg_info()
+        volumes = [{"instance": v.instance, "index": v.index, "path": v.path, "size_mib": v.size_mib,
+                    "format": v.fmt} for v in await lvm.list_volumes()]
+    except StorageError as exc:
+        return {"vg": lvm.vg, "error": str(exc)}, []
+    return {"vg": lvm.vg, "size_mib": size, "free_mib": free}, volumes

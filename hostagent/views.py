@@ -93,7 +93,8 @@ def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | 
             "disk_total": report.get("disk_total_mib"), "disk_free": report.get("disk_free_mib"),
             "primary_instances": sum(1 for i in instances if i["primary_node"] == node["name"]),
             "secondary_instances": sum(1 for i in instances if i.get("secondary_node") == node["name"]),
-            "report_age_s": None if age is None else round(age, 1), "version": report.get("version")}
+            "report_age_s": None if age is None else round(age, 1), "version": report.get("version"),
+            "lvm": report.get("lvm")}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo` / `make demo-stop`: a three-node Corral cluster on 127.0.0.1-3 with
-# its state under ./.demo, running one test-guest instance on each node.
+# its state under ./.demo, running one test-guest instance on each node and one
+# `mirror` instance (db1) whose disk is copied synchronously from n2 to n3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOP=$PWD
@@ -12,12 +13,12 @@ NODES=(n1 n2 n3)
 corral() { CORRAL_SOCKET="$DEMO/$1/run/agent.sock" "$VENV/bin/corral" "${@:2}"; }
 
 stop_qemus() {
-  # QEMU outlives the agent by design: stop the demo's own instances by pidfile.
-  for pidfile in "$DEMO"/*/run/instances/*/qemu.pid; do
+  # QEMU and the disk exports outlive the agent by design: stop the demo's own by pidfile.
+  for pidfile in "$DEMO"/*/run/instances/*/qemu.pid "$DEMO"/*/run/replication/*.pid; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$DEMO/"; then
-      echo "==> stopping instance QEMU pid $pid"
+      echo "==> stopping $(basename "$(dirname "$pidfile")") process pid $pid"
       kill "$pid" 2>/dev/null || true
     fi
   done
@@ -109,8 +110,10 @@ start() {
   for i in 1 2 3; do
     corral n1 instance add "web$i" --os busybox-guest --node "n$i" --memory 256M --disk 256M,format=qcow2
   done
+  corral n1 instance add db1 --os busybox-guest --disk-template mirror --node n2:n3 --memory 256M --disk 256M
   echo "==> waiting for the guests to boot"
   for i in 1 2 3; do wait_until 60 "web$i to boot" booted "n$i" "web$i" || true; done
+  wait_until 60 "db1 to boot" booted n2 db1 || true
   corral n1 node list
   echo
   corral n1 instance list
@@ -125,6 +128,8 @@ Point corral at any node and look around:
   corral node list
   corral instance info web1
   corral instance console web1      # Ctrl-] to detach
+  corral instance info db1          # a mirror instance: its disk is copied to n3 as it writes
+  corral instance migrate db1       # live migration to n3; prints the guest's pause
 
 Run the master-failover drill from a node that is not the master:
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,43 @@ from election_support import EtcdMember, etcd_cluster
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GUEST_DIR = Path(os.environ.get("CORRAL_GUEST_DIR", "/var/cache/corral/guest"))
+
+
+LVM_ARGS = ("--driverloaded", "n")  # no device-mapper here: LVM edits metadata, never activates
+PV_MIB = 512
+MIB = 2**20
+
+
+def lvm(program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [program, *LVM_ARGS, *args], check=check, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def vg(tmp_path: Path) -> Iterator[str]:
+    """A fresh volume group on a sparse file behind a loop device.
+
+    Teardown runs even when setup or the test fails half-way: the VG is
+    removed, then the loop device this fixture attached (by its name).
+    """
+    backing = tmp_path / "pv.img"
+    with open(backing, "wb") as f:
+        f.truncate(PV_MIB * MIB)
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)],
+        check=True, capture_output=True, text=True, timeout=30,
+    ).stdout.strip()
+    name = f"corraltest{secrets.token_hex(4)}"
+    try:
+        lvm("pvcreate", device)
+        lvm("vgcreate", name, device)
+        yield name
+    finally:
+        lvm("vgremove", "-f", name, check=False)
+        lvm("pvremove", "-ff", "-y", device, check=False)
+        subprocess.run(["losetup", "-d", device], check=True, timeout=30)
+        os.unlink(backing)
 
 
 def free_port(address: str = "127.0.0.1") -> int:

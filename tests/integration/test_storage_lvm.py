@@ -8,13 +8,9 @@ writes into a volume.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from conftest import LVM_ARGS, PV_MIB, lvm
 
 from storage.base import MIB, Volume
 from storage.errors import DiskExists, DiskNotFound, InvalidName, NoSpace, ShrinkRefused
@@ -23,16 +19,6 @@ from storage.lvmparse import dm_name
 
 pytestmark = pytest.mark.integration
 
-LVM_ARGS = ("--driverloaded", "n")
-PV_MIB = 512
-
-
-def lvm(program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [program, *LVM_ARGS, *args], check=check, capture_output=True, text=True, timeout=60
-    )
-
-
 def lvs(vg: str) -> dict[str, dict[str, str]]:
     """Every LV of vg as LVM itself reports it, by name."""
     out = lvm(
@@ -40,32 +26,6 @@ def lvs(vg: str) -> dict[str, dict[str, str]]:
         "--units", "b", "--nosuffix", vg,
     ).stdout
     return {row["lv_name"]: row for row in json.loads(out)["report"][0]["lv"]}
-
-
-@pytest.fixture
-def vg(tmp_path: Path) -> Iterator[str]:
-    """A fresh volume group on a sparse file behind a loop device.
-
-    Teardown runs even when setup or the test fails half-way: the VG is
-    removed, then the loop device this fixture attached (by its name).
-    """
-    backing = tmp_path / "pv.img"
-    with open(backing, "wb") as f:
-        f.truncate(PV_MIB * MIB)
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)],
-        check=True, capture_output=True, text=True, timeout=30,
-    ).stdout.strip()
-    name = f"corraltest{secrets.token_hex(4)}"
-    try:
-        lvm("pvcreate", device)
-        lvm("vgcreate", name, device)
-        yield name
-    finally:
-        lvm("vgremove", "-f", name, check=False)
-        lvm("pvremove", "-ff", "-y", device, check=False)
-        subprocess.run(["losetup", "-d", device], check=True, timeout=30)
-        os.unlink(backing)
 
 
 @pytest.fixture

@@ -68,3 +68,35 @@ def test_verify_of_a_healthy_cluster_finds_nothing():
 def test_verify_without_master_is_an_error():
     findings = verify([], [], {}, [], None, NOW)
     assert [f.message for f in findings] == ["no node holds the master lease"]
+
+
+def mirrored(state: str | None, in_sync: bool = False) -> tuple[dict, dict]:
+    i = {**inst("db1"), "disk_template": "mirror", "secondary_node": "n2", "replica_in_sync": in_sync,
+         "disks": [{"index": 0, "size_mib": 64, "format": "raw", "uuid": "d"}]}
+    mirrors = {"db1": [] if state is None else [{"index": 0, "status": state, "percent": 40.0, "eta_s": 30.0,
+                                                 "remaining_mib": 10, "error": ""}]}
+    r = {**report(instances={"db1": {"pid": 7, "status": "running"}}), "mirrors": mirrors}
+    return i, r
+
+
+def test_a_syncing_mirror_shows_percent_and_eta_and_is_a_warning():
+    i, r = mirrored("syncing")
+    assert instance_row(i, {"n1": r}, NOW)["replication"]["summary"] == "syncing 40.0 %, about 30 s left"
+    findings = verify([{"name": "n1"}], [i], {"n1": r, "n2": report("n2")}, [], "n1", NOW)
+    assert [(f.severity, f.message) for f in findings] == [
+        ("warning", "instance 'db1': its copy on node 'n2' is syncing 40.0 %, about 30 s left")]
+
+
+def test_a_running_instance_without_a_current_copy_is_an_error():
+    for state in ("degraded", None):
+        i, r = mirrored(state, in_sync=True)
+        findings = verify([{"name": "n1"}], [i], {"n1": r}, [], "n1", NOW)
+        assert any(f.severity == "error" and "a failover now would lose writes" in f.message for f in findings)
+
+
+def test_the_secondary_copy_is_not_an_orphan_disk():
+    i, r = mirrored("in_sync", in_sync=True)
+    copy = {"instance": "db1", "index": 0, "path": "/srv/db1/disk0.raw", "size_mib": 64, "format": "raw"}
+    findings = verify([{"name": "n1"}, {"name": "n2"}], [i], {"n1": r, "n2": report("n2", volumes=[copy])},
+                      [], "n1", NOW)
+    assert findings == []
