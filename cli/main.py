@@ -239,7 +239,10 @@ class Cli:
     def instance_list(self) -> int:
         def human(rows: list[dict[str, Any]]) -> None:
             print(table(["INSTANCE", "STATUS", "NODE", "TEMPLATE", "MEMORY", "VCPUS", "OS", "REASON"],
-                        [[r["name"], r["status"], r["primary_node"], r["disk_template"], mib(r["memory"]),
+                        [[r["name"], r["status"],
+                          r["primary_node"] + (f":{r['secondary_node']}" if r["secondary_node"] else ""),
+                          r["disk_template"] + (f" ({r['replication']['summary']})" if r.get("replication") else ""),
+                          mib(r["memory"]),
                           r["vcpus"], r["os"], r["reason"]] for r in rows]))
         return self.out(self.client.get("/v1/instances"), human)
 

@@ -100,7 +100,8 @@ class Agent:
         self.executor = NodeExecutor(cfg.node_name, self.qemu, self.files, self.catalog,
                                      os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
                                      {**self.replication.orders(), **NodeDiskCopy(
-                                         cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir).orders()})
+                                         cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir).orders()},
+                                     self.replication.tls_dir)
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
         self.stop_event = asyncio.Event()
         self.etcd: EtcdClient | None = None

@@ -20,10 +20,13 @@ from storage.filedisk import FileTemplate
 from storage.install import DiskSpec as InstallDisk, install_os
 from storage.osdef import NicEnv, OsCatalog, lookup, split_os_name
 
+from hostagent import pki
+
 log = logging.getLogger(__name__)
 
 
-def _read(path: str) -> str | None:
+def read_small_file(path: str) -> str | None:
+    """A marker or pidfile's content, stripped; None when the file does not exist."""
     try:
         with open(path) as fh:
             return fh.read().strip()
@@ -38,9 +41,13 @@ class OrderError(Exception):
 class NodeExecutor:
     def __init__(self, node: str, qemu: QemuManager, files: FileTemplate,
                  catalog: Callable[[], OsCatalog], log_dir: str, install_timeout_s: float,
-                 more: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]) -> None:
-        """`more`: orders other modules carry out (replication, migration), by name."""
+                 more: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]],
+                 tls_dir: Callable[[], str]) -> None:
+        """`more`: orders other modules carry out (replication, migration), by name.
+
+        `tls_dir`: the node's credentials in QEMU's layout, for migration streams."""
         self._more = more
+        self._tls_dir = tls_dir
         self._node = node
         self._qemu = qemu
         self._files = files
@@ -71,7 +78,7 @@ class NodeExecutor:
         marker = self._installed_marker(inst["name"])
         present = [d for d in inst["disks"]
                    if os.path.exists(self._files.path(inst["name"], d["index"], d["format"]))]
-        if _read(marker) == inst["uuid"] and len(present) == len(inst["disks"]):
+        if read_small_file(marker) == inst["uuid"] and len(present) == len(inst["disks"]):
             return {"created": False}  # re-sent order: this instance's install completed
         for disk in present:  # an earlier attempt died half-way, or another instance's leftovers
             log.warning("instance '%s': removing disk %d left by an interrupted create",
@@ -99,8 +106,12 @@ class NodeExecutor:
 
     async def _op_start(self, args: dict[str, Any]) -> dict[str, Any]:
         inst = args["instance"]
-        # `incoming`: the URI a live migration arrives on; QEMU then waits for it instead of booting.
-        spec = dataclasses.replace(self.spec(inst, args["hvparams"]), incoming=args.get("incoming", ""))
+        # `incoming`: the URI a live migration arrives on; QEMU then waits for it instead of booting,
+        # over TLS, from the node `incoming_from` only.
+        spec = self.spec(inst, args["hvparams"])
+        if args.get("incoming"):
+            spec = dataclasses.replace(spec, incoming=args["incoming"], incoming_tls_dir=self._tls_dir(),
+                                       incoming_client=client_identity(args["incoming_from"]))
         for nic, cfg in zip(spec.nics, inst["nics"]):
             if nic.tap:
                 await tap.create_tap(nic.tap, cfg["bridge"])
@@ -137,3 +148,8 @@ class NodeExecutor:
     async def _delete_taps(self, name: str, count: int) -> None:
         for i in range(count):
             await tap.delete_tap(tap.tap_name(name, i))
+
+
+def client_identity(node: str) -> str:
+    """The DN QEMU sees in a Corral node certificate (subject order: CN, then OU)."""
+    return f"CN={node},OU={pki.NODE_OU}"

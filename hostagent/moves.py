@@ -116,7 +116,8 @@ class Moves:
         port = int(inst["port_base"]) + PORTS_PER_INSTANCE - 1
         await ctx.log(f"live-migrating instance '{name}' from node '{source}' to node '{target}'")
         await self.ops._order(target, "instance.start",
-                              {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port)})
+                              {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port),
+                               "incoming_from": source})
         switched = False
         try:
             await self._send_memory(ctx, inst, target_addr, port, float(args.get("max_bandwidth_mib_s", 1024)))

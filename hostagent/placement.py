@@ -138,11 +138,12 @@ class _Judge:
         return [f"only {format_mib(free)} disk free"] if free < self.req.disk_mib else []
 
     def rank(self, option: Placement) -> tuple[Any, ...]:
-        """Spread first (fewest instances on the primary, then the secondary), then free memory, then names."""
-        def load(node: str | None) -> tuple[int, int]:
-            return (self.primary_count[node], self.total_count[node]) if node else (0, 0)
-        secondary_free = self.free_memory(option.secondary) if option.secondary else 0
-        return (load(option.primary), load(option.secondary), -self.free_memory(option.primary), -secondary_free,
+        """Spread first (fewest primaries on the primary, fewest copies on the secondary), then free memory, names."""
+        primary = (self.primary_count[option.primary], self.total_count[option.primary])
+        node = option.secondary
+        secondary = (self.total_count[node] - self.primary_count[node], self.total_count[node]) if node else (0, 0)
+        secondary_free = self.free_memory(node) if node else 0
+        return (primary, secondary, -self.free_memory(option.primary), -secondary_free,
                 option.primary, option.secondary or "")
 
 

@@ -26,12 +26,13 @@ from storage import nbdexport
 from storage.filedisk import FileTemplate
 
 from hostagent import pki
-from hostagent.executor import OrderError
+from hostagent.executor import OrderError, client_identity, read_small_file
 
 log = logging.getLogger(__name__)
 
 Order = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 TLS_CREDS_ID = "mirror-tls"
+MIGRATION_TLS_ID = "migration-tls"
 PROBE_TIMEOUT_S = 2.0
 MIGRATION_TIMEOUT_S = 1800.0
 
@@ -46,11 +47,6 @@ def target_node(index: int) -> str:
 
 def export_name(instance: str, index: int) -> str:
     return f"{instance}-disk{index}"
-
-
-def client_identity(node: str) -> str:
-    """The DN QEMU sees in a Corral node certificate (subject order: CN, then OU)."""
-    return f"CN={node},OU={pki.NODE_OU}"
 
 
 class NodeReplication:
@@ -84,6 +80,10 @@ class NodeReplication:
             "instance.migrate-cancel": self._migrate_cancel,
         }
 
+    def tls_dir(self) -> str:
+        """This node's certificate, key and CA in QEMU's credentials layout (made on first use)."""
+        return self._tls()
+
     def _tls(self) -> str:
         nbdexport.link_tls_dir(self._tls_dir, self._pki.ca_cert, self._pki.node_cert, self._pki.node_key)
         return self._tls_dir
@@ -108,23 +108,34 @@ class NodeReplication:
         return {"created": created}
 
     async def _export(self, args: dict[str, Any]) -> dict[str, Any]:
-        name, tls = args["name"], self._tls()
+        """Serve each disk to `client` only; an export left serving another client is restarted."""
+        name, tls, client = args["name"], self._tls(), args["client"]
         pids = []
         for disk in args["disks"]:
+            pidfile = self._pidfile(name, disk["index"])
+            served_to = pidfile + ".client"
+            if nbdexport.is_running(pidfile) and read_small_file(served_to) != client:
+                log.info("disk %d of '%s': export was for node %s, restarting it for node '%s'",
+                         disk["index"], name, read_small_file(served_to) or "unknown", client)
+                await nbdexport.stop_export(pidfile)
             spec = nbdexport.NbdExportSpec(
                 image_path=self._files.path(name, disk["index"], disk["format"]), fmt=disk["format"],
                 host=self._address, port=int(args["port_base"]) + disk["index"],
-                export_name=export_name(name, disk["index"]), pidfile=self._pidfile(name, disk["index"]),
-                tls_dir=tls, client_identity=client_identity(args["client"]))
+                export_name=export_name(name, disk["index"]), pidfile=pidfile,
+                tls_dir=tls, client_identity=client_identity(client))
             pids.append(await nbdexport.start_export(spec))
+            with open(served_to, "w") as fh:
+                fh.write(client)
         return {"pids": pids}
 
     async def _unexport(self, args: dict[str, Any]) -> dict[str, Any]:
-        stopped = [await nbdexport.stop_export(self._pidfile(args["name"], d["index"])) for d in args["disks"]]
+        stopped = []
+        for disk in args["disks"]:
+            pidfile = self._pidfile(args["name"], disk["index"])
+            stopped.append(await nbdexport.stop_export(pidfile))
+            if os.path.exists(pidfile + ".client"):
+                os.unlink(pidfile + ".client")
         return {"stopped": stopped}
-
-    def exported(self, name: str, disks: list[dict[str, Any]]) -> bool:
-        return all(nbdexport.is_running(self._pidfile(name, d["index"])) for d in disks)
 
     # ---- primary ------------------------------------------------------------------
     async def _attach(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +192,10 @@ class NodeReplication:
         uri = migration.migration_uri(args["host"], int(args["port"]))
         self.busy[name] = "migrating"
         self._progress.pop(name, None)
+        tls = self._tls()
         try:
             async with await self._qmp(name) as qmp:
+                await migration.use_tls(qmp, MIGRATION_TLS_ID, tls)
                 progress = await migration.migrate_to_switchover(
                     qmp, uri, float(args.get("max_bandwidth_mib_s", 1024)),
                     lambda p: self._progress.__setitem__(name, p),

@@ -212,7 +212,7 @@ async def add_nbd_target(
     node = nbd_target_args(node_name, host, port, export, tls_creds_id)
     operation = f"attach NBD export {export!r} at {host}:{port}"
     try:
-        if tls_creds_id not in await _object_ids(qmp):
+        if tls_creds_id not in await qmp.object_ids():
             await qmp.execute("object-add", creds)
         if node_name not in await _node_names(qmp):
             await qmp.execute("blockdev-add", node)
@@ -231,7 +231,7 @@ async def remove_nbd_target(qmp: Qmp, node_name: str, tls_creds_id: str) -> None
     try:
         if node_name in await _node_names(qmp):
             await qmp.execute("blockdev-del", {"node-name": node_name})
-        if tls_creds_id in await _object_ids(qmp):
+        if tls_creds_id in await qmp.object_ids():
             await qmp.execute("object-del", {"id": tls_creds_id})
     except QmpError as exc:
         raise MirrorError(f"detach NBD target {node_name!r}", exc.reason) from exc
@@ -360,13 +360,6 @@ async def _node_names(qmp: Qmp) -> set[str]:
     if not isinstance(nodes, list):
         return set()
     return {str(n.get("node-name")) for n in nodes if isinstance(n, Mapping)}
-
-
-async def _object_ids(qmp: Qmp) -> set[str]:
-    objects = await qmp.execute("qom-list", {"path": "/objects"})
-    if not isinstance(objects, list):
-        return set()
-    return {str(o.get("name")) for o in objects if isinstance(o, Mapping)}
 
 
 def _ended(job: Mapping[str, object]) -> bool:

@@ -63,6 +63,10 @@ class InstanceSpec:
     nics: tuple[NicSpec, ...]
     # QEMU URI to receive a live migration on (kvm.migration.migration_uri); empty for a normal start.
     incoming: str = ""
+    # With `incoming`: x509 credentials directory (ca-cert.pem, server-*.pem) and the only client
+    # identity (certificate DN) whose migration stream is accepted; empty: no TLS.
+    incoming_tls_dir: str = ""
+    incoming_client: str = ""
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,7 @@ def build_argv(
     argv += _kernel(hv)
     argv += _devices(spec)
     if spec.incoming:
-        argv += ["-incoming", spec.incoming]
+        argv += _incoming(spec)
     return argv
 
 
@@ -214,6 +218,20 @@ def _check_nic(index: int, nic: NicSpec) -> list[str]:
             f"got {nic.tap!r}"
         )
     return problems
+
+
+def _incoming(spec: InstanceSpec) -> list[str]:
+    """Wait for a migration stream; with TLS, accept it only from the named client certificate."""
+    argv = []
+    if spec.incoming_tls_dir:
+        argv += [
+            "-object", f"tls-creds-x509,id=migration-tls,dir={_opt(spec.incoming_tls_dir)},"
+                       "endpoint=server,verify-peer=on",
+            "-object", f"authz-simple,id=migration-authz,identity={_opt(spec.incoming_client)}",
+            "-global", "migration.tls-creds=migration-tls",
+            "-global", "migration.tls-authz=migration-authz",
+        ]
+    return argv + ["-incoming", spec.incoming]
 
 
 def _opt(value: str) -> str:

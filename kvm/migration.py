@@ -1,22 +1,31 @@
 """Live migration of a running QEMU to another node, over QMP.
 
-The destination QEMU is started with the instance's usual command line plus
-``migration_argv_incoming(address, port)``: it listens before it daemonizes,
-so a port already taken fails its start instead of the migration. The
-source is then driven by ``migrate``:
+The flow, driven by the agent (hostagent.replication):
 
-- ``max-bandwidth`` is always set from the operator's limit, because QEMU's
-  default cap (128 MiB/s) dominates migration time on fast links.
-- Progress is polled with ``query-migrate`` and handed to a callback
-  (transferred/remaining MiB, throughput, ETA); the downtime QEMU measured
-  is part of the result.
-- A failed or timed-out migration is cancelled and raises
-  ``MigrationFailed``: the source keeps running where it was. A migration
-  that completes while the timeout fires counts as completed, since the
-  guest by then runs on the destination.
+1. The destination QEMU starts with the instance's usual spec plus
+   ``InstanceSpec(incoming=migration_uri(address, port))``: it listens
+   before it daemonizes, so a port already taken fails its start instead
+   of the migration.
+2. ``migrate_to_switchover`` sends the RAM with QEMU's
+   ``pause-before-switchover`` capability on, and returns once QEMU has
+   paused the guest on the source with everything sent.
+   ``max-bandwidth`` is always set from the operator's limit, because
+   QEMU's default cap (128 MiB/s) dominates migration time on fast links;
+   progress is polled with ``query-migrate`` and handed to a callback
+   (transferred/remaining MiB, throughput, ETA).
+3. The caller hands over what the destination needs (the mirror
+   template ends its disk mirror and the secondary's export, which holds
+   the image lock).
+4. ``complete_switchover`` lets QEMU finish (the result carries the
+   downtime QEMU measured), or ``cancel_migration`` resumes the guest on
+   the source.
 
-After success the source sits in run state ``postmigrate`` (paused, holding
-its disks open); the caller quits it once the destination reports
+A failed or timed-out migration is cancelled and raises
+``MigrationFailed``: the source keeps running where it was. A migration
+that reaches the pause while the timeout fires counts as arrived.
+
+After completion the source sits in run state ``postmigrate`` (paused,
+holding its disks open); the caller quits it once the destination reports
 ``running``. After a failure the caller stops the destination QEMU, which
 either exited by itself (broken stream) or still waits for a connection.
 
@@ -39,6 +48,10 @@ MIB = 1024 * 1024
 _MEGABIT = 1_000_000 / 8  # QEMU's "mbps" is decimal megabits per second
 _TERMINAL = ("completed", "failed", "cancelled")
 _CANCEL_WAIT_S = 10.0
+# Where migrate_to_switchover stops: the pause, or "completed" if another QMP
+# client let it continue; the guest then runs on the destination and must never
+# be reported as still running on the source.
+_ARRIVED = ("pre-switchover", "completed")
 
 
 class InvalidMigrationAddress(ValueError):
@@ -103,11 +116,6 @@ def migration_uri(address: str, port: int) -> str:
     return f"tcp:{host}:{port}"
 
 
-def migration_argv_incoming(listen_address: str, port: int) -> list[str]:
-    """Extra QEMU arguments that make a destination wait for the migration stream."""
-    return ["-incoming", migration_uri(listen_address, port)]
-
-
 def migration_parameters(max_bandwidth_mib_s: float) -> dict[str, object]:
     """``migrate-set-parameters`` arguments for the operator's bandwidth limit."""
     if max_bandwidth_mib_s <= 0:
@@ -145,26 +153,6 @@ def parse_result(info: Mapping[str, object]) -> MigrationResult:
     )
 
 
-async def migrate(
-    qmp_source: Qmp,
-    dest_uri: str,
-    max_bandwidth_mib_s: float,
-    progress_cb: ProgressCallback | None,
-    timeout_s: float,
-    *,
-    poll_interval_s: float = 0.25,
-) -> MigrationResult:
-    """Migrate the source QEMU to ``dest_uri`` within ``timeout_s``.
-
-    ``progress_cb`` gets every sample taken while the migration is under
-    way. Raises MigrationFailed (after ``migrate_cancel``) on failure or
-    timeout; the source then still runs.
-    """
-    info = await _drive(qmp_source, dest_uri, max_bandwidth_mib_s, progress_cb, timeout_s,
-                        poll_interval_s, pause_before_switchover=False)
-    return _completed(dest_uri, info)
-
-
 async def migrate_to_switchover(
     qmp_source: Qmp,
     dest_uri: str,
@@ -180,11 +168,29 @@ async def migrate_to_switchover(
     caller hands over what the destination needs (the mirror template
     stops its disk mirror and the secondary's export, which holds the
     image lock) and calls ``complete_switchover``, or ``cancel_migration``
-    to resume the guest on the source.
+    to resume the guest on the source. ``progress_cb`` gets every sample
+    taken on the way. Raises MigrationFailed (after ``migrate_cancel``) on
+    failure or when the pause is not reached within ``timeout_s``; the
+    source then still runs.
     """
     info = await _drive(qmp_source, dest_uri, max_bandwidth_mib_s, progress_cb, timeout_s,
-                        poll_interval_s, pause_before_switchover=True)
+                        poll_interval_s)
     return parse_progress(info)
+
+
+async def use_tls(qmp_source: Qmp, creds_id: str, tls_dir: str) -> None:
+    """Send the migration stream over TLS with the x509 client credentials in ``tls_dir``.
+
+    The destination's certificate is checked against the address in the URI,
+    and the destination accepts only its configured client (kvm.cmdline).
+    """
+    try:
+        if creds_id not in await qmp_source.object_ids():
+            await qmp_source.execute("object-add", {"qom-type": "tls-creds-x509", "id": creds_id, "dir": tls_dir,
+                                                    "endpoint": "client", "verify-peer": True})
+        await qmp_source.execute("migrate-set-parameters", {"tls-creds": creds_id})
+    except QmpError as exc:
+        raise MigrationFailed("destination", f"TLS credentials: {exc.reason}") from exc
 
 
 async def complete_switchover(qmp_source: Qmp, timeout_s: float = 30.0,
@@ -203,14 +209,6 @@ async def complete_switchover(qmp_source: Qmp, timeout_s: float = 30.0,
     except QmpError as exc:
         raise MigrationFailed("destination", f"switchover: {exc.reason}") from exc
     raise MigrationFailed("destination", f"switchover not done within {timeout_s:g} s", "device")
-
-
-async def migration_progress(qmp_source: Qmp) -> MigrationProgress:
-    """The migration's state now (status 'none' when there is none)."""
-    try:
-        return parse_progress(await _query(qmp_source, "destination"))
-    except QmpError as exc:
-        raise MigrationFailed("destination", exc.reason) from exc
 
 
 async def cancel_migration(qmp_source: Qmp, timeout_s: float = _CANCEL_WAIT_S,
@@ -238,14 +236,11 @@ async def _drive(
     progress_cb: ProgressCallback | None,
     timeout_s: float,
     poll_interval_s: float,
-    *,
-    pause_before_switchover: bool,
 ) -> Mapping[str, object]:
-    """Start the migration and poll it to its end (or to pre-switchover); the final sample."""
+    """Start the migration with the pause before switchover and poll it there; the final sample."""
     params = migration_parameters(max_bandwidth_mib_s)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    done = ("completed", "pre-switchover") if pause_before_switchover else ("completed",)
     try:
         before = await _query(qmp_source, dest_uri)
         status = str(before.get("status", "none"))
@@ -255,14 +250,14 @@ async def _drive(
                 "cancel it", status
             )
         await qmp_source.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": "pause-before-switchover", "state": pause_before_switchover}]})
+            {"capability": "pause-before-switchover", "state": True}]})
         await qmp_source.execute("migrate-set-parameters", params)
         await qmp_source.execute("migrate", {"uri": dest_uri})
         log.info("migration to %s started (max %g MiB/s)", dest_uri, max_bandwidth_mib_s)
         for _ in range(int(timeout_s / poll_interval_s) + 2):
             info = await _query(qmp_source, dest_uri)
             status = str(info.get("status", "none"))
-            if status in done:
+            if status in _ARRIVED:
                 return info
             if status in ("failed", "cancelled"):
                 reason = str(info.get("error-desc") or f"QEMU reported {status}")
@@ -289,7 +284,7 @@ async def _drive(
 async def _cancel_after_timeout(
     qmp: Qmp, dest_uri: str, timeout_s: float, poll_interval_s: float
 ) -> Mapping[str, object]:
-    """Cancel, then wait (bounded) for QEMU to settle: cancelled, failed or completed."""
+    """Cancel, then wait (bounded) for QEMU to settle: cancelled, failed or arrived."""
     log.warning("migration to %s: not done within %g s, cancelling", dest_uri, timeout_s)
     reason = f"not finished within {timeout_s:g} s; cancelled"
     status = "unknown"
@@ -298,7 +293,7 @@ async def _cancel_after_timeout(
         for _ in range(int(_CANCEL_WAIT_S / poll_interval_s) + 1):
             info = await _query(qmp, dest_uri)
             status = str(info.get("status", "none"))
-            if status == "completed":
+            if status in _ARRIVED:
                 return info
             if status in _TERMINAL:
                 raise MigrationFailed(dest_uri, reason, status)

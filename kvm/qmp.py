@@ -99,6 +99,13 @@ class Qmp:
             raise QmpError(self._socket_path, f"query-status: unexpected answer {result!r}")
         return result["status"]
 
+    async def object_ids(self) -> set[str]:
+        """Ids of the user-created objects (-object, object-add), e.g. TLS credentials."""
+        objects = await self.execute("qom-list", {"path": "/objects"})
+        if not isinstance(objects, list):
+            return set()
+        return {str(o.get("name")) for o in objects if isinstance(o, dict)}
+
     async def powerdown(self) -> None:
         """Press the ACPI power button; the guest decides whether to obey."""
         await self.execute("system_powerdown")

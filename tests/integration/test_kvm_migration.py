@@ -4,7 +4,7 @@ Both run the firmware only. To give the migration real work, the source's
 RAM is a private mapping of a file of random bytes (a zeroed guest RAM
 migrates in a few milliseconds); the destination has plain RAM of the same
 size and id. Both command lines come from ``kvm.cmdline.build_argv`` plus
-those extras, the destination's plus ``migration_argv_incoming``.
+those extras; the destination's spec sets ``incoming``, as the agent does.
 """
 
 import asyncio
@@ -23,8 +23,9 @@ from kvm.hvparams import HvParams
 from kvm.migration import (
     MigrationFailed,
     MigrationProgress,
-    migrate,
-    migration_argv_incoming,
+    cancel_migration,
+    complete_switchover,
+    migrate_to_switchover,
     migration_uri,
 )
 from kvm.qmp import Qmp, QmpError
@@ -43,11 +44,14 @@ def random_ram(root: str, mib: int) -> str:
     return path
 
 
-async def launch(root: str, node: str, memory_mib: int, extra: list[str],
+def instance_spec(memory_mib: int, incoming: str = "") -> InstanceSpec:
+    return InstanceSpec(name="vm1", uuid=INSTANCE_UUID, memory_mib=memory_mib, vcpus=1,
+                        hv=HvParams(accel="tcg"), disks=(), nics=(), incoming=incoming)
+
+
+async def launch(root: str, node: str, spec: InstanceSpec, extra: list[str],
                  started: list[int]) -> str:
     """Start the instance 'vm1' on ``node``; return its QMP socket once QMP answers."""
-    spec = InstanceSpec(name="vm1", uuid=INSTANCE_UUID, memory_mib=memory_mib, vcpus=1,
-                        hv=HvParams(accel="tcg"), disks=(), nics=())
     paths = run_paths(f"{root}/{node}", "vm1")
     os.makedirs(paths.instance_dir, exist_ok=True)
     done = subprocess.run(build_argv(spec, paths) + extra, capture_output=True, text=True,
@@ -68,13 +72,13 @@ async def launch(root: str, node: str, memory_mib: int, extra: list[str],
 async def source_and_destination(root: str, started: list[int], memory_mib: int,
                                  port: int) -> tuple[str, str]:
     ram = random_ram(root, memory_mib)
-    source = await launch(root, "src", memory_mib, [
+    source = await launch(root, "src", instance_spec(memory_mib), [
         "-object", f"memory-backend-file,id=ram0,size={memory_mib}M,mem-path={ram},share=off",
         "-machine", "memory-backend=ram0"], started)
-    destination = await launch(root, "dst", memory_mib, [
-        "-object", f"memory-backend-ram,id=ram0,size={memory_mib}M",
-        "-machine", "memory-backend=ram0",
-        *migration_argv_incoming("127.0.0.1", port)], started)
+    destination = await launch(
+        root, "dst", instance_spec(memory_mib, incoming=migration_uri("127.0.0.1", port)), [
+            "-object", f"memory-backend-ram,id=ram0,size={memory_mib}M",
+            "-machine", "memory-backend=ram0"], started)
     return source, destination
 
 
@@ -89,7 +93,11 @@ async def test_running_instance_moves_with_progress_and_reported_downtime(root, 
     assert await status_of(destination) == "inmigrate"
     samples: list[MigrationProgress] = []
     async with await Qmp.connect(source, 5.0) as qmp:
-        result = await migrate(qmp, migration_uri("127.0.0.1", port), 16, samples.append, 30)
+        paused = await migrate_to_switchover(qmp, migration_uri("127.0.0.1", port), 16,
+                                             samples.append, 30)
+        assert paused.status == "pre-switchover"
+        assert await qmp.status() != "running", "the guest waits while the caller hands over"
+        result = await complete_switchover(qmp)
         params = await qmp.execute("query-migrate-parameters")
         assert await qmp.status() == "postmigrate"
         await qmp.quit()
@@ -110,10 +118,11 @@ async def test_running_instance_moves_with_progress_and_reported_downtime(root, 
 
 
 async def test_migration_to_a_closed_port_fails_and_the_source_keeps_running(root, started):
-    source = await launch(root, "src", 64, [], started)
+    source = await launch(root, "src", instance_spec(64), [], started)
     with pytest.raises(MigrationFailed) as failure:
         async with await Qmp.connect(source, 5.0) as qmp:
-            await migrate(qmp, migration_uri("127.0.0.1", free_port()), 100, None, 20)
+            await migrate_to_switchover(qmp, migration_uri("127.0.0.1", free_port()), 100,
+                                        None, 20)
     assert "Connection refused" in failure.value.reason
     assert failure.value.status == "failed"
     assert await status_of(source) == "running"
@@ -126,7 +135,7 @@ async def test_migration_past_its_timeout_is_cancelled_and_the_source_keeps_runn
     began = time.monotonic()
     with pytest.raises(MigrationFailed) as failure:
         async with await Qmp.connect(source, 5.0) as qmp:
-            await migrate(qmp, migration_uri("127.0.0.1", port), 4, None, 1.0)
+            await migrate_to_switchover(qmp, migration_uri("127.0.0.1", port), 4, None, 1.0)
     assert time.monotonic() - began < 5
     assert failure.value.status == "cancelled"
     assert "not finished within 1 s" in failure.value.reason
@@ -136,15 +145,27 @@ async def test_migration_past_its_timeout_is_cancelled_and_the_source_keeps_runn
 
 
 def test_destination_on_a_taken_port_fails_to_start_rather_than_to_migrate(root):
-    spec = InstanceSpec(name="vm1", uuid=str(uuid.uuid4()), memory_mib=64, vcpus=1,
-                        hv=HvParams(accel="tcg"), disks=(), nics=())
     paths = run_paths(f"{root}/dst", "vm1")
     os.makedirs(paths.instance_dir)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        argv = build_argv(spec, paths) + migration_argv_incoming("127.0.0.1", port)
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        spec = instance_spec(64, incoming=migration_uri("127.0.0.1", port))
+        done = subprocess.run(build_argv(spec, paths), capture_output=True, text=True,
+                              timeout=30)
     assert done.returncode != 0
     assert "Address already in use" in done.stderr
+
+
+async def test_a_migration_paused_before_switchover_resumes_on_the_source_when_cancelled(
+        root, started):
+    port = free_port()
+    source, destination = await source_and_destination(root, started, 16, port)
+    async with await Qmp.connect(source, 5.0) as qmp:
+        progress = await migrate_to_switchover(qmp, migration_uri("127.0.0.1", port), 64,
+                                               None, 30)
+        assert progress.status == "pre-switchover"
+        assert await qmp.status() != "running", "the guest waits while the caller hands over"
+        assert await cancel_migration(qmp) == "cancelled"
+        assert await qmp.status() == "running"

@@ -134,6 +134,8 @@ def test_disks_move_between_nodes_grow_and_get_a_new_secondary(mirror_cluster: C
     wait_in_sync(n1, "m2")
     n2.wait_fresh_report()
     assert not [v for v in n2.json("node", "info", "n2").get("volumes", []) if v["instance"] == "m2"]
+    assert "disks only grow" in refused(n1, "instance", "grow-disk", "m2", "0", "32M")
+    assert "must be another node" in refused(n1, "instance", "replace-secondary", "m2", "--node", "n1")
     n1.ok("instance", "grow-disk", "m2", "0", "128M")
     info = n1.json("instance", "info", "m2")
     assert info["disks"][0]["size_mib"] == 128 and info["status"] == "running"

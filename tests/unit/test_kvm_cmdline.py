@@ -257,3 +257,19 @@ def test_socket_path_too_long_for_unix_sockets_is_rejected():
     paths = run_paths("/" + "r" * 100, "web1")
     with pytest.raises(SpecError, match="use a shorter run directory"):
         build_argv(make_spec(), paths)
+
+
+def test_incoming_uri_makes_qemu_wait_for_a_migration_and_is_absent_otherwise():
+    incoming = dataclasses.replace(make_spec(), incoming="tcp:10.1.2.3:49152")
+    assert build_argv(incoming, PATHS)[-2:] == ["-incoming", "tcp:10.1.2.3:49152"]
+    assert "-incoming" not in build_argv(make_spec(), PATHS)
+
+
+def test_an_incoming_migration_over_tls_accepts_only_the_named_client():
+    spec = dataclasses.replace(make_spec(), incoming="tcp:10.1.2.3:49152", incoming_tls_dir="/run/tls",
+                               incoming_client="CN=n1,OU=corral-node")
+    argv = build_argv(spec, PATHS)
+    assert argv[-2:] == ["-incoming", "tcp:10.1.2.3:49152"]
+    assert "tls-creds-x509,id=migration-tls,dir=/run/tls,endpoint=server,verify-peer=on" in argv
+    assert "authz-simple,id=migration-authz,identity=CN=n1,,OU=corral-node" in argv  # ',,' escapes the comma
+    assert "migration.tls-creds=migration-tls" in argv and "migration.tls-authz=migration-authz" in argv

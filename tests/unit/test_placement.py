@@ -39,8 +39,8 @@ def test_unreplicated_instances_spread_over_empty_nodes():
     assert place_all(SMALL, ["n1", "n2", "n3"], 4) == [("n1", None), ("n2", None), ("n3", None), ("n1", None)]
 
 
-def test_replicated_instances_spread_primaries_then_prefer_secondaries_with_fewest_primaries():
-    assert place_all(MIRRORED, ["n1", "n2", "n3"], 3) == [("n1", "n2"), ("n3", "n2"), ("n2", "n1")]
+def test_replicated_instances_spread_primaries_and_copies_into_a_ring():
+    assert place_all(MIRRORED, ["n1", "n2", "n3"], 3) == [("n1", "n2"), ("n3", "n1"), ("n2", "n3")]
 
 
 def test_secondary_always_differs_from_primary():
