@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 REPLICATED = ("mirror",)
 MIGRATE_POLL_S = 1.0
 DUTY_EVERY_S = 3.0
+PROTECT_RETRY_S = 15.0  # after a failed attempt to restart a mirror (secondary unreachable, say)
 
 
 class Moves:
@@ -41,6 +42,7 @@ class Moves:
     def __init__(self, ops: Operations) -> None:
         self.ops = ops
         self._last_duty = 0.0
+        self._retry_at: dict[str, float] = {}  # instance -> when the duty may try to protect it again
 
     def handlers(self) -> dict[str, Any]:
         return {"instance.migrate": self._job_migrate, "instance.failover": self._job_failover}
@@ -276,6 +278,11 @@ class Moves:
             await self.ops._order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
             return
         if (not states or statuses & {"failed", "stopped"}) and await self._alive(inst["secondary_node"]):
+            if time.monotonic() < self._retry_at.get(name, 0.0):
+                return
             log.info("the disk mirror of instance '%s' to node '%s' is not running: starting it",
                      name, inst["secondary_node"])
-            await self.protect(None, inst)
+            if await self.protect(None, inst):
+                self._retry_at.pop(name, None)
+            else:
+                self._retry_at[name] = time.monotonic() + PROTECT_RETRY_S

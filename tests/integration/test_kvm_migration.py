@@ -8,6 +8,7 @@ those extras; the destination's spec sets ``incoming``, as the agent does.
 """
 
 import asyncio
+import dataclasses
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import uuid
 import pytest
 
 from conftest import free_port, is_gone, wait_until
+from test_storage_nbdexport import make_pki
 
 from kvm.cmdline import InstanceSpec, build_argv, run_paths
 from kvm.hvparams import HvParams
@@ -26,6 +28,7 @@ from kvm.migration import (
     cancel_migration,
     complete_switchover,
     migrate_to_switchover,
+    use_tls,
     migration_uri,
 )
 from kvm.qmp import Qmp, QmpError
@@ -169,3 +172,24 @@ async def test_a_migration_paused_before_switchover_resumes_on_the_source_when_c
         assert await qmp.status() != "running", "the guest waits while the caller hands over"
         assert await cancel_migration(qmp) == "cancelled"
         assert await qmp.status() == "running"
+
+
+@pytest.mark.parametrize("client", ["n1", "n3", None], ids=["source-certificate", "other-node", "no-tls"])
+async def test_a_tls_destination_takes_the_stream_only_from_its_source_node(root, started, tmp_path, client):
+    pki = make_pki(tmp_path / "pki", server_node="n2", clients=("n1", "n3"))
+    port = free_port()
+    source = await launch(root, "src", instance_spec(16), [], started)
+    spec = dataclasses.replace(instance_spec(16, incoming=migration_uri("127.0.0.1", port)),
+                               incoming_tls_dir=pki.server_dir, incoming_client=pki.identity("n1"))
+    destination = await launch(root, "dst", spec, [], started)
+    async with await Qmp.connect(source, 5.0) as qmp:
+        if client is not None:
+            await use_tls(qmp, "migration-tls", pki.client_dirs[client])
+        if client == "n1":
+            await migrate_to_switchover(qmp, migration_uri("127.0.0.1", port), 64, None, 30)
+            await complete_switchover(qmp)
+            assert await status_of(destination) == "running"
+            return
+        with pytest.raises(MigrationFailed):
+            await migrate_to_switchover(qmp, migration_uri("127.0.0.1", port), 64, None, 10)
+        assert await qmp.status() == "running", "a refused migration leaves the guest where it was"
