@@ -187,10 +187,12 @@ class Moves:
                             "completed its copy, or was resyncing); rerun with --ignore-consistency to start "
                             "from it anyway")
         await ctx.log(f"failing over instance '{name}' from node '{old}' to node '{new}'")
-        try:
-            await self.ops._order(old, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
-                                                         "nic_count": len(inst["nics"])}, timeout_s=60)
-            await ctx.log(f"instance '{name}' stopped on node '{old}'")
+        hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+        try:  # a clean shutdown where the primary still answers; a dead node's guest is gone anyway
+            stopped = await self.ops._order(old, "instance.stop", {
+                "name": name, "timeout_s": hv["shutdown_timeout_s"], "force": False,
+                "nic_count": len(inst["nics"])}, timeout_s=hv["shutdown_timeout_s"] + 60)
+            await ctx.log(f"instance '{name}' stopped on node '{old}' ({stopped['how']})")
         except JobFailed as exc:
             if not force:
                 raise JobFailed(f"could not stop '{name}' on its primary node '{old}' ({exc}); if '{old}' is "
@@ -201,7 +203,6 @@ class Moves:
         await ctx.log(f"node '{new}' is now the primary of '{name}'")
         result: dict[str, Any] = {"name": name, "node": new}
         if inst["admin_state"] == "up":
-            hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
             started = await self.ops._order(new, "instance.start", {"instance": inst, "hvparams": hv})
             await ctx.log(f"instance '{name}' started on node '{new}' (pid {started['pid']})")
             result["pid"] = started["pid"]

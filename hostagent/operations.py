@@ -316,8 +316,13 @@ class Operations:
         nodes = [inst["primary_node"], *([inst["secondary_node"]] if inst.get("secondary_node") else [])]
         await ctx.log(f"removing instance '{inst['name']}' from node(s) {', '.join(nodes)}: "
                       "stopping it and deleting its disks")
-        for node in nodes:
-            await self._remove_on(node, inst)
+        await self._remove_on(inst["primary_node"], inst)
+        for node in nodes[1:]:  # a lost secondary must not keep the instance: its copy becomes an orphan
+            try:
+                await self._remove_on(node, inst)
+            except JobFailed as exc:
+                await ctx.log(f"could not delete the copy on secondary node '{node}' ({exc}); "
+                              "`corral cluster verify` lists it as an orphan once that node is back")
         await self._write([Op.delete(model.instance_key(inst["name"]))])
         await ctx.log(f"instance '{inst['name']}' removed")
         return {"name": inst["name"]}
