@@ -21,6 +21,7 @@ from kvm.migration import migration_uri
 
 from hostagent import model
 from hostagent.checks import PORTS_PER_INSTANCE
+from hostagent.errors import BadRequest
 from hostagent.jobs import JobContext, JobFailed
 from hostagent.status import REPORT_STALE_AFTER_S
 from hostagent.views import describe_mirrors, eta_words
@@ -46,6 +47,14 @@ class Moves:
 
     def handlers(self) -> dict[str, Any]:
         return {"instance.migrate": self._job_migrate, "instance.failover": self._job_failover}
+
+    async def check(self, name: str, verb: str) -> None:
+        """Before a migrate or failover job exists: the instance must have a second copy."""
+        inst = await self.ops._instance(name)
+        try:
+            self._replicated(inst, verb)
+        except JobFailed as exc:
+            raise BadRequest(str(exc)) from None
 
     # ---- helpers -------------------------------------------------------------------
     async def _node(self, name: str) -> dict[str, Any]:

@@ -182,7 +182,9 @@ class Operations:
             if op == "instance.reboot" and observed.pid is None:
                 raise Conflict(f"instance '{name}' is not running {where}; use `corral instance start`")
         checks = {"instance.move": self.disks.check_move, "instance.replace-secondary":
-                  self.disks.check_replace_secondary, "instance.grow-disk": self.disks.check_grow}
+                  self.disks.check_replace_secondary, "instance.grow-disk": self.disks.check_grow,
+                  "instance.migrate": lambda n, _: self.moves.check(n, "live-migrate"),
+                  "instance.failover": lambda n, _: self.moves.check(n, "fail over")}
         if op in checks:
             await checks[op](name, params)
         verb = op.split(".", 1)[1].replace("-", " ")

@@ -18,7 +18,10 @@ stop_qemus() {
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$DEMO/"; then
-      echo "==> stopping $(basename "$(dirname "$pidfile")") process pid $pid"
+      case $pidfile in
+        */replication/*) echo "==> stopping disk export $(basename "$pidfile" .pid) (pid $pid)" ;;
+        *) echo "==> stopping instance $(basename "$(dirname "$pidfile")") (QEMU pid $pid)" ;;
+      esac
       kill "$pid" 2>/dev/null || true
     fi
   done

@@ -108,8 +108,10 @@ def test_disks_move_between_nodes_grow_and_get_a_new_secondary(mirror_cluster: C
     n1.ok("instance", "add", "f1", "--os", "busybox-guest", "--node", "n1", "--disk", "64M", "--memory", "128M")
     wait_for(lambda: BOOTED.findall(console(n1, "f1")), 60, "f1 to boot on n1")
 
-    # Bad input changes nothing.
-    assert "not replicated" in refused(n1, "instance", "migrate", "f1")
+    # Bad input changes nothing, and is refused before any job exists.
+    jobs = len(n1.json("job", "list"))
+    assert "cannot live-migrate instance 'f1'" in refused(n1, "instance", "migrate", "f1")
+    assert len(n1.json("job", "list")) == jobs
     assert "is running; stop it first" in refused(n1, "instance", "move", "f1", "--node", "n2")
     assert "n2:n2" in refused(n1, "instance", "add", "bad", "--os", "busybox-guest", "--disk-template", "mirror",
                               "--node", "n2:n2", "--disk", "64M")
