@@ -241,7 +241,8 @@ class Moves:
 
         After the switchover the guest runs on the secondary (the primary's
         QEMU is gone or `postmigrate`): the secondary becomes the primary.
-        Before it, a destination QEMU still waiting (`inmigrate`) is stopped.
+        Before it, a destination QEMU still waiting (`inmigrate`) is stopped,
+        and a guest left paused at the switchover point resumes on the primary.
         """
         name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
         reports = {n: await self.ops._get(model.report_key(n)) or {} for n in (primary, secondary)}
@@ -249,6 +250,11 @@ class Moves:
             return False
         there = reports[secondary].get("instances", {}).get(name)
         here = reports[primary].get("instances", {}).get(name)
+        if here is not None and here.get("status") == "finish-migrate" and (there or {}).get("status") != "running":
+            log.warning("instance '%s' is paused on node '%s' by a migration nobody finished: resuming it there",
+                        name, primary)
+            await self.ops._order(primary, "instance.migrate-cancel", {"name": name})
+            return True
         if there is None:
             return False
         if there.get("status") == "inmigrate":

@@ -145,3 +145,23 @@ def test_disks_move_between_nodes_grow_and_get_a_new_secondary(mirror_cluster: C
     assert "disk of 'm2' on node 'n1': " in n1.ok("instance", "activate-disks", "m2")
     verify = n1.corral("cluster", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_migration_cut_short_by_the_masters_death_is_undone_by_the_next_master(mirror_cluster: Cluster) -> None:
+    n1, n2, n3 = (mirror_cluster[n] for n in ("n1", "n2", "n3"))
+    assert mirror_cluster.master() == "n1"
+    n1.ok("instance", "add", "m3", "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n2:n3",
+          "--disk", "64M", "--memory", "128M")
+    wait_in_sync(n2, "m3")
+    pid = n2.json("instance", "info", "m3")["pid"]
+    job = n2.ok("instance", "migrate", "m3", "--max-bandwidth", "2", "--submit").strip()
+    wait_for(lambda: "m3" in n3.json("node", "info", "n3")["instances"], 30, "the destination QEMU on n3")
+    n1.kill9()  # the master dies in the middle of the migration
+    wait_for(lambda: n2.json("job", "info", job)["status"] in ("error", "canceled"), 60,
+             "the next master to end the migration job")
+    wait_for(lambda: "m3" not in n3.json("node", "info", "n3")["instances"], 90,
+             "the destination QEMU on n3 to be stopped")
+    info = n2.json("instance", "info", "m3")
+    assert (info["primary_node"], info["status"], info["pid"]) == ("n2", "running", pid)
+    wait_in_sync(n2, "m3")
+    n1.start()
