@@ -88,7 +88,8 @@ class Cli:
         hv = _kv_list(self.args.hv, "--hv")
         return self.job(self.client.post("/v1/cluster/init", {"name": self.args.name, "hvparams": hv,
                                                               "candidate_pool_size": self.args.candidates,
-                                                              "sync_rate_mib_s": self.args.sync_rate}))
+                                                              "sync_rate_mib_s": self.args.sync_rate,
+                                                              "restart_backoff_s": self.args.restart_backoff}))
 
     def cluster_info(self) -> int:
         def human(d: dict[str, Any]) -> None:
@@ -380,6 +381,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--hv", action="append", help="default hypervisor parameters, e.g. accel=tcg")
     s.add_argument("--candidates", type=int, default=3, choices=(1, 3, 5),
                    help="master candidates (etcd members) to keep when nodes allow (default 3)")
+    s.add_argument("--restart-backoff", type=float, metavar="S",
+                   help="seconds before the master's second attempt to restart an instance that died; "
+                        "doubles up to 60 s, 5 attempts (default 2)")
     s.add_argument("--sync-rate", type=float, default=0.0, metavar="MIB_S",
                    help="cap on the background copy of replicated disks (full syncs, resyncs); "
                         "guest writes are never slowed (default 0: no cap)")

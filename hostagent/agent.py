@@ -211,7 +211,8 @@ class Agent:
         rotation = Rotation(self.ops, self.pki, self._serf_rpc, lambda: self._secret("gossip.key"))
         self.role.handlers = {**self.ops.handlers(), "cluster.rotate-secrets": rotation.job}
         self.role.on_elected.append(self._fence_older_masters)
-        self.role.duties += [self._pool_duty, self._fence_stragglers, self.ops.moves.keep_mirrors]
+        self.role.duties += [self._pool_duty, self._fence_stragglers, self.ops.moves.keep_mirrors,
+                             self.ops.restarter.step]
         self.lease = NodeLease(self.etcd, cfg.node_name)
         if self.node_site is not None:
             await self.node_site()  # orders, even the master's to itself, arrive here
@@ -276,7 +277,7 @@ class Agent:
                 "role": "candidate" if self.is_candidate else "regular"}
 
     async def init_cluster(self, name: str, hvparams: dict[str, Any], pool_size: int = 3,
-                           sync_rate_mib_s: float = 0.0) -> int:
+                           settings: dict[str, float] | None = None) -> int:
         """`corral cluster init`: secrets, a one-member etcd, the master lease, the cluster record.
 
         All or nothing: if any step fails, what was created is removed again so
@@ -285,13 +286,13 @@ class Agent:
         async with self._init_lock:
             self._refuse_if_member()
             try:
-                return await self._init_cluster(name, hvparams, pool_size, sync_rate_mib_s)
+                return await self._init_cluster(name, hvparams, pool_size, settings or {})
             except BaseException:
                 await self._undo_local("cluster init")
                 raise
 
     async def _init_cluster(self, name: str, hvparams: dict[str, Any], pool_size: int,
-                            sync_rate_mib_s: float) -> int:
+                            settings: dict[str, float]) -> int:
         pki.create_ca(self.pki, name)
         pki.issue_node_cert(self.pki, self.cfg.node_name, self.cfg.address)
         self._write_secret("gossip.key", new_gossip_key())
@@ -305,7 +306,7 @@ class Agent:
         assert self.role is not None and self.ops is not None
         await asyncio.wait_for(self.role.became_master.wait(), timeout=30)
         await self.report_now()
-        return await self.ops.submit_cluster_init(name, self.node_record(), hvparams, pool_size, sync_rate_mib_s)
+        return await self.ops.submit_cluster_init(name, self.node_record(), hvparams, pool_size, settings)
 
     async def join_cluster(self, address: str, token: str) -> dict[str, Any]:
         """`corral cluster join ADDR --token T`: get a certificate and the secrets, then come up."""

@@ -55,6 +55,13 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
 ]
 
 
+# Cluster-wide numbers `cluster init` takes, and what each must be.
+CLUSTER_SETTINGS = {
+    "sync_rate_mib_s": "a number of MiB/s for background disk copies (0: no cap)",
+    "restart_backoff_s": "a number of seconds before the second restart attempt (it doubles after)",
+}
+
+
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status)
 
@@ -104,6 +111,11 @@ class Api:
     def _all(self, prefix: str) -> list[Any]:
         self._require_cluster()
         return [obj for _, obj in self.agent.replica.prefix_json(prefix)]
+
+    def _instances(self) -> list[dict[str, Any]]:
+        """Instance records with the master's restart track of each, for the status shown."""
+        tracks = {t["name"]: t for t in self._all(model.RESTARTS)}
+        return [{**i, "restart": tracks.get(i["name"])} for i in self._all(model.INSTANCES)]
 
     def _reports(self) -> dict[str, dict[str, Any]]:
         return {r["node"]: r for r in self._all(model.REPORTS)}
@@ -239,10 +251,15 @@ class Api:
         pool = body.get("candidate_pool_size", 3)
         if pool not in (1, 3, 5):
             raise BadRequest(f"candidate pool size {pool!r} must be 1, 3 or 5 (odd, so etcd keeps a majority)")
-        rate = body.get("sync_rate_mib_s", 0)
-        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate < 0:
-            raise BadRequest(f"disk sync rate {rate!r} must be a number of MiB/s, 0 for no limit")
-        job_id = await self.agent.init_cluster(name, hv, pool, float(rate))
+        settings = {}
+        for key, what in CLUSTER_SETTINGS.items():
+            value = body.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise BadRequest(f"{key}: {value!r} is not {what}")
+            settings[key] = float(value)
+        job_id = await self.agent.init_cluster(name, hv, pool, settings)
         return await self._accepted(job_id)
 
     async def cluster_join(self, request: web.Request) -> web.Response:
@@ -255,7 +272,7 @@ class Api:
 
     async def cluster_verify(self, request: web.Request) -> web.Response:
         self._require_cluster()
-        findings = views.verify(self._all(model.NODES), self._all(model.INSTANCES), self._reports(),
+        findings = views.verify(self._all(model.NODES), self._instances(), self._reports(),
                                 self._all(model.JOBS), self._master(), time.time())
         if self._replica_info()["stale"]:
             findings.insert(0, views.Finding("warning", "this node's config replica is stale; "
@@ -364,16 +381,16 @@ class Api:
     # ---- instances -----------------------------------------------------------
     async def instance_list(self, request: web.Request) -> web.Response:
         reports, now = self._reports(), time.time()
-        return self._ok([views.instance_row(i, reports, now) for i in self._all(model.INSTANCES)])
+        return self._ok([views.instance_row(i, reports, now) for i in self._instances()])
 
     async def instance_info(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self._require_cluster()
-        inst = self.agent.replica.get_json(model.instance_key(name))
+        inst = next((i for i in self._instances() if i["name"] == name), None)
         if inst is None:
             raise NotFound(f"no instance named '{name}'")
         row = views.instance_row(inst, self._reports(), time.time())
-        if inst["primary_node"] == self.agent.cfg.node_name:
+        if inst["primary_node"] == self.agent.cfg.node_name and not row["console_tail"]:
             lines = self.agent.qemu.console_log_tail(name, 30)
             row["console_tail"] = [line for line in lines if line.strip()][-10:]
         return self._ok(row)

@@ -124,6 +124,10 @@ class NodeExecutor:
         await self._delete_taps(args["name"], int(args.get("nic_count", 0)))
         return {"how": how}
 
+    async def _op_console_tail(self, args: dict[str, Any]) -> dict[str, Any]:
+        lines = self._qemu.console_log_tail(args["name"], 60)  # a kernel panic's trace runs ~30 lines
+        return {"lines": [line for line in lines if line.strip()][-40:]}
+
     async def _op_reset(self, args: dict[str, Any]) -> dict[str, Any]:
         if self._qemu.find(args["name"]) is None:
             raise OrderError(f"instance '{args['name']}' is not running on node '{self._node}'")

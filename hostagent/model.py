@@ -23,6 +23,7 @@ JOIN_TOKENS = "/corral/join-tokens/"
 USERS = "/corral/users/"
 LEASES = "/corral/leases/"
 HANDOVER_KEY = "/corral/handover"
+RESTARTS = "/corral/restarts/"  # the master's restart tracks (hostagent.restarts), one per instance
 
 
 def node_key(name: str) -> str:
@@ -47,6 +48,10 @@ def join_token_key(token_hash: str) -> str:
 
 def user_key(name: str) -> str:
     return USERS + name
+
+
+def restart_key(instance: str) -> str:
+    return RESTARTS + instance
 
 
 def lease_key(node: str) -> str:

@@ -25,6 +25,7 @@ from hostagent.jobs import Handler, JobContext, JobFailed
 from hostagent.master import MasterRole
 from hostagent.diskops import DiskOps
 from hostagent.moves import Moves
+from hostagent.restarter import Restarter
 from hostagent.orders import NodeClient, OrderFailed
 from hostagent.status import instance_status
 from hostagent.units import format_mib
@@ -72,6 +73,7 @@ class Operations:
         self.nodes = nodes
         self.moves = Moves(self)
         self.disks = DiskOps(self)
+        self.restarter = Restarter(self)
 
     # ---- reads straight from etcd: the master must not act on a lagging replica
     async def _get(self, key: str) -> Any:
@@ -138,10 +140,10 @@ class Operations:
 
     # ---- submit ---------------------------------------------------------------
     async def submit_cluster_init(self, name: str, node: dict[str, Any], hvparams: dict[str, Any],
-                                  pool_size: int, sync_rate_mib_s: float = 0.0) -> int:
+                                  pool_size: int, settings: dict[str, float]) -> int:
         return await self.role.require().submit(
             "cluster.init", {"name": name, "node": node, "hvparams": hvparams_to_dict(parse_hvparams(hvparams)),
-                             "candidate_pool_size": pool_size, "sync_rate_mib_s": sync_rate_mib_s},
+                             "candidate_pool_size": pool_size, "settings": settings},
             f"initialize cluster '{name}'", must_not_exist=[model.CLUSTER_KEY])
 
     async def submit_probe(self) -> int:
@@ -203,7 +205,7 @@ class Operations:
     async def _job_cluster_init(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         cluster = {"name": args["name"], "created": time.time(), "hvparams": args["hvparams"],
                    "init_node": args["node"]["name"], "candidate_pool_size": args.get("candidate_pool_size", 3),
-                   "sync_rate_mib_s": args.get("sync_rate_mib_s", 0.0)}
+                   **args.get("settings", {})}
         await self._write([Op.put(model.CLUSTER_KEY, model.dumps(cluster)),
                            Op.put(model.node_key(args["node"]["name"]), model.dumps(args["node"]))])
         await ctx.log(f"cluster '{args['name']}' created with node '{args['node']['name']}' as master")
@@ -269,10 +271,13 @@ class Operations:
         return {"name": inst["name"], "node": inst["primary_node"], "pid": result["pid"]}
 
     async def _set_admin(self, inst: dict[str, Any], state: str) -> None:
+        """The operator's word: also ends the restart duty's count (a given-up instance is tried again)."""
+        ops = [Op.delete(model.restart_key(inst["name"]))]
         if inst["admin_state"] != state:
             inst["admin_state"] = state
             inst["mtime"] = time.time()
-            await self._write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
+            ops.append(Op.put(model.instance_key(inst["name"]), model.dumps(inst)))
+        await self._write(ops)
 
     @_operator_errors
     async def _job_start(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:

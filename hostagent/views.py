@@ -17,6 +17,12 @@ JOB_STUCK_AFTER_S = 3600.0
 
 def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: float) -> dict[str, Any]:
     observed = instance_status(inst, reports.get(inst["primary_node"]), now)
+    restart = inst.get("restart") or {}
+    status, reason = observed.status, observed.reason
+    if status == "error" and restart.get("failed"):
+        status, reason = "failed", restart["failed"]
+    elif status == "error" and restart.get("attempts"):
+        reason += f"; restarting (attempt {restart['attempts']})"
     mirrors = (reports.get(inst["primary_node"]) or {}).get("mirrors", {}).get(inst["name"], [])
     replication = None
     if inst.get("secondary_node"):
@@ -24,12 +30,13 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
                        "in_sync": bool(inst.get("replica_in_sync")),
                        "summary": describe_mirrors(mirrors) if observed.pid else
                        ("in sync when last running" if inst.get("replica_in_sync") else "not known to be in sync")}
-    return {"name": inst["name"], "status": observed.status, "reason": observed.reason,
+    return {"name": inst["name"], "status": status, "reason": reason,
             "pid": observed.pid, "admin_state": inst["admin_state"],
             "primary_node": inst["primary_node"], "secondary_node": inst.get("secondary_node"),
             "disk_template": inst["disk_template"], "memory": inst["memory_mib"], "vcpus": inst["vcpus"],
             "os": inst["os"], "disks": inst["disks"], "nics": inst["nics"], "hvparams": inst["hvparams"],
-            "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"], "replication": replication}
+            "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"], "replication": replication,
+            "console_tail": restart.get("console", []) if status == "failed" else []}
 
 
 def eta_words(seconds: float | None) -> str:
@@ -140,7 +147,7 @@ def verify(nodes: list[dict[str, Any]], instances: list[dict[str, Any]],
                                               f"(no instance '{vol['instance']}' here)"))
     for inst in instances:
         row = instance_row(inst, reports, now)
-        if row["status"] == "error":
+        if row["status"] in ("error", "failed"):
             out.append(Finding("error", f"instance '{inst['name']}': {row['reason']} "
                                         f"on node '{inst['primary_node']}'"))
         elif row["status"] == "error-up":

@@ -319,7 +319,7 @@ def one_node(tmp_path_factory, guest_dir):
     try:
         node.ok("cluster", "init", "--name", "t1", "--hv",
                 f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
-                "kernel_args=quiet,shutdown_timeout_s=30")
+                "kernel_args=quiet,shutdown_timeout_s=30", "--restart-backoff", "0.5")
         yield node
     finally:
         node.stop()

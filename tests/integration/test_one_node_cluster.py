@@ -168,15 +168,25 @@ def test_malformed_agent_config_is_refused_with_every_problem(tmp_path):
     assert "ports.api: expected an integer" in result.stderr
 
 
-def test_cluster_verify_is_clean_then_reports_an_instance_that_died(one_node):
+def test_a_guest_that_dies_is_restarted_and_one_that_cannot_boot_is_given_up_with_its_console(one_node):
     result = one_node.corral("cluster", "verify")
     assert result.returncode == 0, result.stdout + result.stderr
     pid = one_node.instance("g1")["pid"]
     os.kill(pid, 9)  # QEMU dies behind the agent's back
-    wait_for(lambda: one_node.instance("g1")["status"] == "error", 20, "g1 to show error")
+    wait_for(lambda: one_node.instance("g1")["status"] == "running" and one_node.instance("g1")["pid"] != pid,
+             30, "the master to restart g1")
+    assert "instance 'g1' is marked up but its QEMU is not running: starting it on node 'n1' (attempt 1 of 5)" \
+        in (one_node.root / "agent.log").read_text()
+
+    one_node.ok("instance", "add", "p1", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M",
+                "--hv", "kernel_args=quiet corral.panic=1")  # panics at every boot
+    wait_for(lambda: one_node.instance("p1")["status"] == "failed", 120, "the master to give p1 up")
+    info = one_node.json("instance", "info", "p1")
+    assert info["reason"].startswith("gave up after 5 start attempts on node 'n1'")
+    assert any("Kernel panic" in line for line in info["console_tail"]), info["console_tail"]
     result = one_node.corral("cluster", "verify")
-    assert result.returncode == 1
-    assert "instance 'g1': marked up but not running on node 'n1'" in result.stdout
+    assert result.returncode == 1 and "instance 'p1': gave up after 5 start attempts" in result.stdout
+    one_node.ok("instance", "remove", "p1")
 
 
 def test_job_info_and_submit(one_node):

@@ -1,0 +1,114 @@
+"""The master's restart duty: runs hostagent.restarts.decide on the config and carries it out.
+
+Each pass reads the instances, the node reports and leases and the restart
+tracks from etcd, asks `decide`, writes the tracks that changed to
+/corral/restarts/<instance> (so a new master carries on where the old one
+stopped, and every node shows "failed" with the reason), logs each event,
+and sends the starts as background tasks so that one slow node never holds
+up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from election.etcd import Op
+
+from hostagent import model
+from hostagent.jobs import JobFailed
+from hostagent.restarts import Policy, Track, View, decide
+from hostagent.status import REPORT_STALE_AFTER_S
+
+if TYPE_CHECKING:
+    from hostagent.operations import Operations
+
+log = logging.getLogger(__name__)
+
+PASS_EVERY_S = 1.0
+
+
+class Restarter:
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._last_pass = 0.0
+
+    async def step(self) -> None:
+        if time.monotonic() - self._last_pass < PASS_EVERY_S:
+            return
+        self._last_pass = time.monotonic()
+        self._starting = {n: t for n, t in self._starting.items() if not t.done()}
+        instances = await self.ops._prefix(model.INSTANCES)
+        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        leases = {key.rsplit("/", 1)[1] for key in await self._keys(model.LEASES)}
+        now = time.time()
+        alive = frozenset(n for n, r in reports.items()
+                          if now - r.get("time", 0) <= REPORT_STALE_AFTER_S and n in leases)
+        tracks = {t["name"]: Track.from_dict(t) for t in await self.ops._prefix(model.RESTARTS)}
+        runner = self.ops.role.runner
+        busy = frozenset(i["name"] for i in instances
+                         if runner is not None and runner.busy(f"instance/{i['name']}")) | set(self._starting)
+        by_name = {i["name"]: i for i in instances}
+        starting_on: dict[str, int] = {}
+        for name in self._starting:
+            node = by_name.get(name, {}).get("primary_node")
+            if node:
+                starting_on[node] = starting_on.get(node, 0) + 1
+        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        policy = Policy(backoff_s=float(cluster.get("restart_backoff_s", Policy.backoff_s)))
+        decision = decide(View(tuple(instances), reports, alive, busy, starting_on), tracks, now, policy)
+        await self._save(tracks, decision.tracks)
+        for event in decision.events:
+            log.info("%s", event.message)
+            if event.kind == "give-up":
+                await self._keep_console(event.instance, event.node)
+        for name, node in decision.starts:
+            seen = reports.get(node, {}).get("instances", {}).get(name)
+            self._starting[name] = asyncio.create_task(self._start(by_name[name], dead_qemu=seen is not None),
+                                                       name=f"restart-{name}")
+
+    async def _keys(self, prefix: str) -> list[str]:
+        kvs, _ = await self.ops.role.client.get_prefix(prefix)
+        return [kv.key for kv in kvs]
+
+    async def _save(self, before: dict[str, Track], after: dict[str, Track]) -> None:
+        ops = [Op.put(model.restart_key(n), model.dumps({"name": n, **t.to_dict()}))
+               for n, t in after.items() if before.get(n) != t]
+        ops += [Op.delete(model.restart_key(n)) for n in before if n not in after]
+        if ops:
+            await self.ops._write(ops)
+
+    async def _keep_console(self, name: str, node: str) -> None:
+        """The last console lines of an instance given up: they usually say why it did not come up."""
+        try:
+            tail = (await self.ops._order(node, "instance.console-tail", {"name": name}, timeout_s=10))["lines"]
+        except JobFailed as exc:
+            tail = [f"(console of node '{node}' not readable: {exc})"]
+        raw = await self.ops._get(model.restart_key(name))
+        if raw is not None:
+            raw["console"] = tail
+            await self.ops._write([Op.put(model.restart_key(name), model.dumps(raw))])
+
+    async def _start(self, inst: dict[str, Any], dead_qemu: bool) -> None:
+        """One start order; a failure is recorded as the track's last error, for the next decision.
+
+        `dead_qemu`: QEMU is there but its guest is not (panicked, shut down): stop it first."""
+        name, node = inst["name"], inst["primary_node"]
+        try:
+            hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+            if dead_qemu:
+                await self.ops._order(node, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                              "nic_count": len(inst["nics"])})
+            result = await self.ops._order(node, "instance.start", {"instance": inst, "hvparams": hv})
+            log.info("instance '%s' restarted on node '%s' (pid %s)", name, node, result.get("pid"))
+            if inst.get("secondary_node"):
+                await self.ops.moves.protect(None, inst)
+        except JobFailed as exc:
+            log.warning("instance '%s': start on node '%s' failed: %s", name, node, exc)
+            raw = await self.ops._get(model.restart_key(name))
+            if raw is not None:
+                raw["last_error"] = str(exc)
+                await self.ops._write([Op.put(model.restart_key(name), model.dumps(raw))])

@@ -1,0 +1,155 @@
+"""Which instances the master restarts now: a pure decision, replayed by the scenario tests.
+
+`decide(view, tracks, now, policy)` looks at what the config wants (instances
+marked up), what the nodes report (running QEMUs, free memory, load) and what
+it decided before (one `Track` per instance: attempts, next try, given up),
+and returns the new tracks, the starts to order and the events that say why.
+It reads no clock and does no I/O; `hostagent.restarter` runs it.
+
+Rules: an instance marked up whose node is alive (fresh report, lease held)
+but whose QEMU is not running is started again, at once the first time, then
+after a doubling backoff, each judged on a node report made after the
+start; when the last of `max_attempts` starts did not last, it is given up
+("failed", with the reason). Attempts count from zero once it has run
+`stable_s` after a start. Candidates go by
+priority (critical, high, normal, low), then name; one waits for the
+instances it names in `after` to run; a node takes at most
+`max_starts_per_node` starts at once, none while its load per CPU or its
+free memory is past the limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+PRIORITIES = ("critical", "high", "normal", "low")
+# What a node report says of a QEMU that is there and not dead.
+ALIVE = ("running", "paused", "inmigrate", "finish-migrate", "postmigrate", "migrating", "unknown", "prelaunch")
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_attempts: int = 5
+    backoff_s: float = 2.0  # before the second attempt; doubles up to max_backoff_s
+    max_backoff_s: float = 60.0
+    stable_s: float = 60.0  # running this long after a start: the attempts count from zero again
+    max_starts_per_node: int = 4
+    max_load_per_cpu: float = 2.0
+    memory_reserve_mib: int = 256  # free memory a node keeps beyond the instance's own
+
+
+@dataclass(frozen=True)
+class Track:
+    """What the master remembers about restarting one instance."""
+
+    attempts: int = 0
+    next_try_at: float = 0.0
+    last_start_at: float = 0.0
+    last_error: str = ""
+    failed: str = ""  # non-empty: given up, with this reason, until the operator starts it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"attempts": self.attempts, "next_try_at": self.next_try_at, "last_start_at": self.last_start_at,
+                "last_error": self.last_error, "failed": self.failed}
+
+    @staticmethod
+    def from_dict(raw: Mapping[str, Any]) -> Track:
+        return Track(int(raw.get("attempts", 0)), float(raw.get("next_try_at", 0.0)),
+                     float(raw.get("last_start_at", 0.0)), str(raw.get("last_error", "")), str(raw.get("failed", "")))
+
+
+@dataclass(frozen=True)
+class View:
+    """The cluster as the master sees it for this decision."""
+
+    instances: tuple[Mapping[str, Any], ...]
+    reports: Mapping[str, Mapping[str, Any]]  # node -> its report (time, instances, memory_free_mib, load_1m, cpus)
+    alive_nodes: frozenset[str]  # fresh report and node lease held
+    busy: frozenset[str] = frozenset()  # instances with a job, or a start order in flight
+    starting_on: Mapping[str, int] = field(default_factory=dict)  # node -> start orders in flight
+
+
+@dataclass(frozen=True)
+class Event:
+    instance: str
+    node: str
+    kind: str  # restart | give-up | wait | recovered
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    tracks: dict[str, Track]
+    starts: list[tuple[str, str]]  # (instance, node)
+    events: list[Event]
+
+
+def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy = Policy()) -> Decision:
+    new = dict(tracks)
+    events: list[Event] = []
+    starts: list[tuple[str, str]] = []
+    running = {name for report in view.reports.values()
+               for name, seen in report.get("instances", {}).items() if seen.get("status") in ALIVE}
+    by_name = {i["name"]: i for i in view.instances}
+    for name in list(new):
+        if name not in by_name:
+            del new[name]  # the instance is gone
+    wanted = sorted((i for i in view.instances if i.get("admin_state") == "up"),
+                    key=lambda i: (_rank(i), i["name"]))
+    budget = {node: policy.max_starts_per_node - view.starting_on.get(node, 0) for node in view.alive_nodes}
+    for inst in wanted:
+        name, node = inst["name"], inst["primary_node"]
+        track = new.get(name, Track())
+        if name in view.busy:
+            continue
+        if name in running:
+            if track.attempts and now - track.last_start_at >= policy.stable_s:
+                new[name] = Track()
+                events.append(Event(name, node, "recovered",
+                                    f"instance '{name}' has run on node '{node}' for {policy.stable_s:.0f} s "
+                                    "since its restart: counting attempts from zero again"))
+            continue
+        if track.failed or node not in view.alive_nodes:
+            continue
+        if track.attempts and view.reports.get(node, {}).get("time", 0.0) <= track.last_start_at:
+            continue  # judge the last start on a report made after it, never on an older one
+        if track.attempts >= policy.max_attempts:
+            reason = (f"gave up after {track.attempts} start attempts on node '{node}'"
+                      + (f": {track.last_error}" if track.last_error else ""))
+            new[name] = replace(track, failed=reason)
+            events.append(Event(name, node, "give-up", f"instance '{name}': {reason}"))
+            continue
+        if now < track.next_try_at:
+            continue
+        waiting = [a for a in inst.get("after", []) if a in by_name and by_name[a].get("admin_state") == "up"
+                   and a not in running]
+        blocked = waiting or budget.get(node, 0) <= 0 or _node_short(view.reports.get(node, {}), inst, policy)
+        if blocked:
+            if waiting and not track.last_error.startswith("waits for"):
+                new[name] = replace(track, last_error=f"waits for {', '.join(waiting)} to run first")
+                events.append(Event(name, node, "wait", f"instance '{name}' waits for {', '.join(waiting)} "
+                                                        "to run before it starts"))
+            continue
+        budget[node] -= 1
+        attempt = track.attempts + 1
+        delay = min(policy.backoff_s * 2 ** (attempt - 1), policy.max_backoff_s)
+        new[name] = replace(track, attempts=attempt, next_try_at=now + delay, last_start_at=now)
+        starts.append((name, node))
+        why = "its QEMU is not running" + (f" (last attempt: {track.last_error})" if track.last_error else "")
+        events.append(Event(name, node, "restart", f"instance '{name}' is marked up but {why}: starting it on "
+                                                   f"node '{node}' (attempt {attempt} of {policy.max_attempts})"))
+    return Decision(new, starts, events)
+
+
+def _rank(inst: Mapping[str, Any]) -> int:
+    priority = inst.get("priority", "normal")
+    return PRIORITIES.index(priority) if priority in PRIORITIES else PRIORITIES.index("normal")
+
+
+def _node_short(report: Mapping[str, Any], inst: Mapping[str, Any], policy: Policy) -> bool:
+    """The node is too loaded or too short of memory to start this instance now."""
+    load = float(report.get("load_1m", 0.0)) / max(int(report.get("cpus", 1)), 1)
+    free = int(report.get("memory_free_mib", 0))
+    return load > policy.max_load_per_cpu or free < int(inst.get("memory_mib", 0)) + policy.memory_reserve_mib
