@@ -235,6 +235,10 @@ class Cli:
             raise UsageError(str(exc)) from None
         if a.node:
             body["node"] = a.node
+        if a.priority:
+            body["priority"] = a.priority
+        if a.after:
+            body["after"] = a.after
         return self.job(self.client.post("/v1/instances", body))
 
     def instance_list(self) -> int:
@@ -252,7 +256,8 @@ class Cli:
             print(f"instance:     {r['name']} ({r['uuid']})")
             print(f"status:       {r['status']}" + (f" - {r['reason']}" if r["reason"] else "")
                   + (f" (pid {r['pid']})" if r["pid"] else ""))
-            print(f"admin state:  {r['admin_state']}")
+            print(f"admin state:  {r['admin_state']} (restart priority {r['priority']}"
+                  + (f", after {', '.join(r['after'])})" if r["after"] else ")"))
             print(f"nodes:        primary {r['primary_node']}" + (f", secondary {r['secondary_node']}" if r["secondary_node"] else ""))
             print(f"os:           {r['os']}")
             print(f"resources:    {mib(r['memory'])} memory, {r['vcpus']} vcpus")
@@ -436,6 +441,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--hv", action="append", help="hypervisor parameters, e.g. accel=tcg,kernel_path=/boot/vmlinuz")
     s.add_argument("--os-param", action="append", help="OS parameters NAME=VALUE")
     s.add_argument("--no-start", action="store_true", help="create but do not start")
+    s.add_argument("--priority", choices=("critical", "high", "normal", "low"),
+                   help="restart order after an outage (default normal)")
+    s.add_argument("--after", action="append", metavar="INSTANCE",
+                   help="restart only once INSTANCE runs; repeat for more")
     i.add_parser("list", help="all instances", parents=[common])
     for name, help_ in (("info", "one instance"), ("console", "attach to the serial console (Ctrl-] detaches)")):
         s = i.add_parser(name, help=help_, parents=[common])

@@ -18,6 +18,7 @@ from kvm.hvparams import HvParamError, parse_hvparams
 from hostagent import model
 from hostagent.errors import BadRequest, Conflict
 from hostagent.placement import REPLICATED, Placement, PlacementError, Request, check_manual, place
+from hostagent.restarts import PRIORITIES
 from hostagent.units import SizeError, parse_mib
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
@@ -59,6 +60,14 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
     vcpus = req.get("vcpus", 1)
     if not isinstance(vcpus, int) or isinstance(vcpus, bool) or not 1 <= vcpus <= 255:
         problems.append(f"vcpus: {vcpus!r} is not a number of virtual CPUs (1-255)")
+    priority = req.get("priority", "normal")
+    if priority not in PRIORITIES:
+        problems.append(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
+    after = req.get("after") or []
+    if not isinstance(after, list) or not all(isinstance(a, str) and NAME_RE.match(a) for a in after):
+        problems.append(f"after: {after!r} is not a list of instance names (--after db1 --after db2)")
+    elif name in after:
+        problems.append(f"instance '{name}' cannot start after itself")
     disks = _disks(req.get("disks") or [{"size": "1G"}], problems)
     nics = _nics(req.get("nics") or [{"mode": "user"}], problems)
     try:
@@ -81,7 +90,7 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
     return model.Instance(name=name, uuid=str(uuid.uuid4()), os=str(req["os"]), disk_template=template,
                           memory_mib=memory, vcpus=vcpus, primary_node=placed.primary,
                           secondary_node=placed.secondary, port_base=_port_base(template, view),
-                          disks=disks, nics=nics,
+                          disks=disks, nics=nics, priority=priority, after=list(after),
                           hvparams=dict(req.get("hvparams", {})), osparams=dict(req.get("osparams", {})),
                           admin_state="down", ctime=now, mtime=now)
 

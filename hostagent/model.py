@@ -111,6 +111,8 @@ class Instance:
     osparams: dict[str, str] = field(default_factory=dict)
     secondary_node: str | None = None
     port_base: int = 0  # replicated templates: disk i is served on port_base + i (see checks)
+    priority: str = "normal"  # restart order after an outage: critical, high, normal, low
+    after: list[str] = field(default_factory=list)  # instances that must run before this one is restarted
     admin_state: str = "down"
     ctime: float = 0.0
     mtime: float = 0.0

@@ -36,6 +36,7 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
             "disk_template": inst["disk_template"], "memory": inst["memory_mib"], "vcpus": inst["vcpus"],
             "os": inst["os"], "disks": inst["disks"], "nics": inst["nics"], "hvparams": inst["hvparams"],
             "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"], "replication": replication,
+            "priority": inst.get("priority", "normal"), "after": inst.get("after", []),
             "console_tail": restart.get("console", []) if status == "failed" else []}
 
 

@@ -99,3 +99,12 @@ def test_jobs_lock_their_instance_and_cluster_jobs_the_cluster():
     assert lock_keys({"op": "instance.add", "args": {"instance": {"name": "a"}}}) == ["instance/a"]
     assert lock_keys({"op": "instance.stop", "args": {"name": "a"}}) == ["instance/a"]
     assert lock_keys({"op": "cluster.init", "args": {"name": "c1"}}) == ["cluster"]
+
+
+def test_priority_and_after_are_checked_and_kept():
+    inst = check_add({"name": "app1", "os": "img", "priority": "critical", "after": ["db1"]}, view(), now=0)
+    assert (inst.priority, inst.after) == ("critical", ["db1"])
+    with pytest.raises(BadRequest) as err:
+        check_add({"name": "app1", "os": "img", "priority": "urgent", "after": ["app1"]}, view(), now=0)
+    assert "priority 'urgent' is not one of critical, high, normal, low" in str(err.value)
+    assert "instance 'app1' cannot start after itself" in str(err.value)
