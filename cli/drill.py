@@ -63,7 +63,7 @@ def _one_round(client: AgentClient, mode: str, freeze_s: float, timeout_s: float
         client.post("/v1/cluster/master-failover", {})
         info = _wait("another node to become master", timeout_s,
                      lambda: (c := healthy()) and c["master"] != c["this_node"] and c)
-    old, old_token, me = info["master"], info["token"], info["this_node"]
+    old, old_token = info["master"], info["token"]
     before = _instances(client)
     crash_wall = time.time()
     t0 = time.monotonic()

@@ -56,7 +56,10 @@ class MasterRole:
         self._took_over = False
         self._hold_until = 0.0
         self._wake = asyncio.Event()
-        self._duty_task: asyncio.Task[None] | None = None
+        # One task per duty, so a slow one (an etcd member joining) never holds up the
+        # others (restarting instances); the election hooks run before any of them.
+        self._hooks_task: asyncio.Task[None] | None = None
+        self._duty_tasks: dict[int, asyncio.Task[None]] = {}
 
     @property
     def is_master(self) -> bool:
@@ -119,10 +122,9 @@ class MasterRole:
                 await self._demote("master lease expired")
                 return f"lost the master lease; node '{self.node}' is no longer master"
             self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
-            if self._duty_task is None or self._duty_task.done():
-                # In the background: a long duty (adding an etcd member) must never delay
-                # the keepalive that keeps this node master.
-                self._duty_task = asyncio.create_task(self._run_duties(), name="master-duties")
+            # In the background: a long duty (adding an etcd member) must never delay
+            # the keepalive that keeps this node master.
+            self._launch_duties()
             return f"node '{self.node}' is master (token {self.token.to_str()})"  # type: ignore[union-attr]
         if time.monotonic() < self._hold_until:
             return f"node '{self.node}' stepped down; not campaigning for a moment"
@@ -168,7 +170,7 @@ class MasterRole:
             return "lost the master lease while taking over; following"
         self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
         self.runner = runner
-        self._duty_task = asyncio.create_task(self._run_hooks_then_duties(), name="master-elected")
+        self._hooks_task = asyncio.create_task(self._run_hooks_then_duties(), name="master-elected")
         self.became_master.set()
         return f"node '{self.node}' is master (token {token.to_str()})"
 
@@ -178,14 +180,17 @@ class MasterRole:
                 await hook()
             except Exception:  # noqa: BLE001 - a failed announcement is retried by the duties
                 log.exception("master election hook %s failed", getattr(hook, "__name__", hook))
-        await self._run_duties()
+        self._hooks_task = None
+        self._launch_duties()
 
-    async def _run_duties(self) -> None:
-        for duty in self.duties:
-            try:
-                await duty()
-            except Exception:  # noqa: BLE001 - one failing duty must not stop the others
-                log.exception("master duty %s failed; please report this bug", getattr(duty, "__name__", duty))
+    def _launch_duties(self) -> None:
+        """Start each duty whose previous run has ended (none while the election hooks run)."""
+        if self._hooks_task is not None:
+            return
+        for i, duty in enumerate(self.duties):
+            task = self._duty_tasks.get(i)
+            if task is None or task.done():
+                self._duty_tasks[i] = asyncio.create_task(_run_duty(duty), name=f"duty-{_name(duty)}")
 
     async def step_down(self, hold_s: float) -> None:
         """Planned hand-over: stop duties, end the lease, and stay out of the next election."""
@@ -195,10 +200,11 @@ class MasterRole:
         self._wake.set()
 
     async def _demote(self, reason: str) -> None:
-        if self._duty_task is not None:
-            self._duty_task.cancel()
-            await asyncio.gather(self._duty_task, return_exceptions=True)
-            self._duty_task = None
+        tasks = [t for t in (self._hooks_task, *self._duty_tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._hooks_task, self._duty_tasks = None, {}
         runner, self.runner, self.token = self.runner, None, None
         self.became_master.clear()
         if runner is not None:
@@ -209,3 +215,14 @@ class MasterRole:
                 await self.lease.resign()
             except EtcdError:
                 pass
+
+
+async def _run_duty(duty: Duty) -> None:
+    try:
+        await duty()
+    except Exception:  # noqa: BLE001 - one failing duty must not stop the others
+        log.exception("master duty %s failed; please report this bug", _name(duty))
+
+
+def _name(duty: Duty) -> str:
+    return str(getattr(duty, "__name__", duty))

@@ -229,7 +229,7 @@ class Moves:
         for inst in await self.ops._prefix(model.INSTANCES):
             if inst.get("disk_template") not in REPLICATED or not inst.get("secondary_node"):
                 continue
-            if runner is None or runner.busy(f"instance/{inst['name']}"):
+            if runner is None or runner.busy(f"instance/{inst['name']}") or self.ops.restarter.starting(inst["name"]):
                 continue
             try:
                 await self._keep_one(inst)

@@ -36,6 +36,11 @@ class Restarter:
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._last_pass = 0.0
 
+    def starting(self, name: str) -> bool:
+        """A start of this instance is under way (other duties leave it alone meanwhile)."""
+        task = self._starting.get(name)
+        return task is not None and not task.done()
+
     async def step(self) -> None:
         if time.monotonic() - self._last_pass < PASS_EVERY_S:
             return

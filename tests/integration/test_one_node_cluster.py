@@ -173,8 +173,11 @@ def test_a_guest_that_dies_is_restarted_and_one_that_cannot_boot_is_given_up_wit
     assert result.returncode == 0, result.stdout + result.stderr
     pid = one_node.instance("g1")["pid"]
     os.kill(pid, 9)  # QEMU dies behind the agent's back
-    wait_for(lambda: one_node.instance("g1")["status"] == "running" and one_node.instance("g1")["pid"] != pid,
-             30, "the master to restart g1")
+
+    def restarted() -> bool:
+        row = one_node.instance("g1")
+        return row["status"] == "running" and row["pid"] not in (None, pid)
+    wait_for(restarted, 30, "the master to restart g1")
     assert "instance 'g1' is marked up but its QEMU is not running: starting it on node 'n1' (attempt 1 of 5)" \
         in (one_node.root / "agent.log").read_text()
 
