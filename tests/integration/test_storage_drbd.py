@@ -8,19 +8,13 @@ storage.drbdconf is checked by the tool that will read it on a node.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import pytest
 
 from storage.drbdconf import DrbdadmFailed, DrbdPeer, DrbdResource, dry_run, render_resource
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        shutil.which("drbdadm") is None, reason="drbdadm is not installed (Debian drbd-utils)"
-    ),
-]
+pytestmark = pytest.mark.integration
 
 SECRET = "Kq3vX9zLm2Tn8Rb4Wc6Yd1Pf5Hg7Js0A"
 N1 = DrbdPeer(
