@@ -321,6 +321,13 @@ class Cli:
         return worst
 
     # ---- jobs and OS -------------------------------------------------------
+    def events(self) -> int:
+        query = "&".join(f"{k}={quote(v)}" for k, v in (("instance", self.args.instance), ("node", self.args.node),
+                                                          ("limit", str(self.args.limit))) if v)
+        return self.out(self.client.get(f"/v1/events?{query}"), lambda rows: print(table(
+            ["TIME", "KIND", "INSTANCE", "NODE", "WHY"],
+            [[when(e["time"]), e["kind"], e["instance"], e["node"], e["message"]] for e in rows])))
+
     def job_list(self) -> int:
         def human(rows: list[dict[str, Any]]) -> None:
             print(table(["ID", "STATUS", "CREATED", "SUMMARY", "ERROR"],
@@ -374,7 +381,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="corral", description="Corral: a KVM cluster with no fixed master",
                                 parents=[common])
-    top = p.add_subparsers(dest="group", required=True, metavar="{cluster,node,instance,job,user,drill,os}")
+    top = p.add_subparsers(dest="group", required=True, metavar="{cluster,node,instance,job,events,user,drill,os}")
 
     def group(name: str, help_: str) -> argparse._SubParsersAction:
         g = top.add_parser(name, help=help_, parents=[common])
@@ -486,6 +493,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ignore-consistency", action="store_true",
                    help="go on when the primary does not answer, or the copy is not known to be in sync")
 
+    s = top.add_parser("events", help="what the master decided by itself (restarts, giving up), and why",
+                       parents=[common])
+    s.set_defaults(cmd="")
+    s.add_argument("--instance", help="only this instance")
+    s.add_argument("--node", help="only this node")
+    s.add_argument("--limit", type=int, default=50, help="the newest N (default 50; 0 for all)")
+
     j = group("job", "jobs (every change is one)")
     j.add_parser("list", help="all jobs", parents=[common])
     for name, help_ in (("info", "one job with its log"), ("watch", "follow a job until it ends"),
@@ -540,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         ("instance", "remove"): cli.instance_remove, ("instance", "console"): cli.instance_console,
         ("job", "list"): cli.job_list, ("job", "info"): cli.job_info, ("job", "watch"): cli.job_watch,
         ("job", "cancel"): cli.job_cancel, ("drill", "master-failover"): cli.drill_master_failover,
-        ("os", "list"): cli.os_list,
+        ("os", "list"): cli.os_list, ("events", ""): cli.events,
     }
     try:
         return dispatch[(args.group, args.cmd)]()

@@ -475,6 +475,18 @@ class Api:
         return ws
 
     # ---- jobs, OS, users -----------------------------------------------------
+    async def event_list(self, request: web.Request) -> web.Response:
+        """The master's automatic decisions, newest last; ?instance= and ?node= narrow them."""
+        self._require_cluster()
+        instance, node = request.query.get("instance"), request.query.get("node")
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            raise BadRequest(f"limit {request.query.get('limit')!r} is not a number of events") from None
+        events = [e for e in self._all(model.EVENTS)
+                  if (instance is None or e["instance"] == instance) and (node is None or e["node"] == node)]
+        return self._ok(events[-limit:] if limit > 0 else events)
+
     async def job_list(self, request: web.Request) -> web.Response:
         keys = ("id", "op", "summary", "status", "created", "started", "ended", "error")
         return self._ok([{k: j[k] for k in keys} for j in self._all(model.JOBS)])
@@ -657,6 +669,7 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
     r.add_delete("/v1/instances/{name}", api.instance_remove)
     r.add_post("/v1/instances/{name}/{action}", api.instance_action)
     r.add_get("/v1/instances/{name}/console", api.instance_console)
+    r.add_get("/v1/events", api.event_list)
     r.add_get("/v1/jobs", api.job_list)
     r.add_get("/v1/jobs/{id}", api.job_info)
     r.add_post("/v1/jobs/{id}/cancel", api.job_cancel)

@@ -23,6 +23,7 @@ JOIN_TOKENS = "/corral/join-tokens/"
 USERS = "/corral/users/"
 LEASES = "/corral/leases/"
 HANDOVER_KEY = "/corral/handover"
+EVENTS = "/corral/events/"  # the master's automatic decisions with their reasons, oldest first
 RESTARTS = "/corral/restarts/"  # the master's restart tracks (hostagent.restarts), one per instance
 
 
@@ -48,6 +49,10 @@ def join_token_key(token_hash: str) -> str:
 
 def user_key(name: str) -> str:
     return USERS + name
+
+
+def event_key(when: float, seq: int) -> str:
+    return f"{EVENTS}{int(when * 1_000_000):020d}-{seq:04d}"
 
 
 def restart_key(instance: str) -> str:

@@ -62,6 +62,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                                   "InstanceAction", ("name", "action"))},
     "/v1/instances/{name}/console": {"get": _op("Serial console as a websocket (binary frames)", "101",
                                                 params=("name",), ok_desc="websocket upgrade")},
+    "/v1/events": {"get": _op("The master's automatic decisions with their reasons (?instance=, ?node=, ?limit=)")},
     "/v1/jobs": {"get": _op("All jobs")},
     "/v1/jobs/{id}": {"get": _op("One job with its log and progress", params=("id",))},
     "/v1/jobs/{id}/cancel": {"post": _op("Cancel a job that has not started yet", params=("id",))},

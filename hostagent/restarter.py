@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PASS_EVERY_S = 1.0
+EVENTS_KEPT = 1000
 
 
 class Restarter:
@@ -65,7 +66,10 @@ class Restarter:
         cluster = await self.ops._get(model.CLUSTER_KEY) or {}
         policy = Policy(backoff_s=float(cluster.get("restart_backoff_s", Policy.backoff_s)))
         decision = decide(View(tuple(instances), reports, alive, busy, starting_on), tracks, now, policy)
-        await self._save(tracks, decision.tracks)
+        await self._save(tracks, decision.tracks, [
+            Op.put(model.event_key(now, i), model.dumps({"time": now, "kind": e.kind, "instance": e.instance,
+                                                        "node": e.node, "message": e.message}))
+            for i, e in enumerate(decision.events)])
         for event in decision.events:
             log.info("%s", event.message)
             if event.kind == "give-up":
@@ -79,8 +83,12 @@ class Restarter:
         kvs, _ = await self.ops.role.client.get_prefix(prefix)
         return [kv.key for kv in kvs]
 
-    async def _save(self, before: dict[str, Track], after: dict[str, Track]) -> None:
-        ops = [Op.put(model.restart_key(n), model.dumps({"name": n, **t.to_dict()}))
+    async def _save(self, before: dict[str, Track], after: dict[str, Track], events: list[Op]) -> None:
+        """Tracks that changed and the events that say why, in one write; old events are pruned."""
+        if events:
+            kvs, _ = await self.ops.role.client.get_prefix(model.EVENTS)
+            events += [Op.delete(kv.key) for kv in kvs[:max(0, len(kvs) + len(events) - EVENTS_KEPT)]]
+        ops = events + [Op.put(model.restart_key(n), model.dumps({"name": n, **t.to_dict()}))
                for n, t in after.items() if before.get(n) != t]
         ops += [Op.delete(model.restart_key(n)) for n in before if n not in after]
         if ops:
