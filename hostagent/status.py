@@ -27,6 +27,10 @@ def report_age_s(report: dict[str, Any] | None, now: float) -> float | None:
     return max(0.0, now - float(report.get("time", 0.0)))
 
 
+# QEMU run states (and the agent's own "migrating") while a live migration is under way.
+MIGRATING = ("migrating", "inmigrate", "finish-migrate", "postmigrate")
+
+
 def instance_status(instance: dict[str, Any], report: dict[str, Any] | None,
                     now: float) -> ObservedStatus:
     """Combine the config record with the primary node's latest report."""
@@ -37,13 +41,16 @@ def instance_status(instance: dict[str, Any], report: dict[str, Any] | None,
     if age > REPORT_STALE_AFTER_S:
         return ObservedStatus("node-down", f"node '{node}' has not reported for {age:.0f} s")
     seen = report.get("instances", {}).get(instance["name"])
-    running = bool(seen) and seen.get("status") in ("running", "paused", "guest-panicked", "unknown")
+    running = bool(seen) and seen.get("status") in ("running", "paused", "guest-panicked", "unknown",
+                                                    *MIGRATING)
     pid = seen.get("pid") if seen else None
     if instance.get("admin_state") == "up":
         if not running:
             return ObservedStatus("error", "marked up but not running")
         if seen.get("status") == "guest-panicked":
             return ObservedStatus("error", "the guest kernel panicked", pid)
+        if seen.get("status") in MIGRATING:
+            return ObservedStatus("running", f"live migration under way ({seen['status']})", pid)
         return ObservedStatus("running", "", pid)
     if running:
         return ObservedStatus("error-up", "running but marked down", pid)

@@ -161,6 +161,7 @@ def test_a_migration_cut_short_by_the_masters_death_is_undone_by_the_next_master
              "the next master to end the migration job")
     wait_for(lambda: "m3" not in n3.json("node", "info", "n3")["instances"], 90,
              "the destination QEMU on n3 to be stopped")
+    wait_for(lambda: n2.json("instance", "info", "m3")["reason"] == "", 30, "the migration on n2 to be over")
     info = n2.json("instance", "info", "m3")
     assert (info["primary_node"], info["status"], info["pid"]) == ("n2", "running", pid)
     wait_in_sync(n2, "m3")

@@ -100,3 +100,9 @@ def test_the_secondary_copy_is_not_an_orphan_disk():
     findings = verify([{"name": "n1"}, {"name": "n2"}], [i], {"n1": r, "n2": report("n2", volumes=[copy])},
                       [], "n1", NOW)
     assert findings == []
+
+
+def test_an_instance_being_migrated_is_running_and_says_so():
+    for state in ("migrating", "finish-migrate", "postmigrate"):
+        got = instance_status(inst(), report(instances={"web1": {"pid": 9, "status": state}}), NOW)
+        assert (got.status, got.pid, got.reason) == ("running", 9, f"live migration under way ({state})")
