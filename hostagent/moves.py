@@ -119,7 +119,9 @@ class Moves:
             raise JobFailed(f"instance '{name}' is not running on node '{source}'; "
                             "start it, or use `corral instance failover`")
         states = report.get("mirrors", {}).get(name, [])
-        if not states or any(s["status"] != "in_sync" for s in states):
+        # "resyncing" with a ready mirror may only be guest writes in flight: the switchover,
+        # with the guest paused, waits for them and refuses a copy that is not complete.
+        if not states or any(s["status"] not in ("in_sync", "resyncing") for s in states):
             raise JobFailed(f"the disks of '{name}' are not in sync on node '{target}' ({describe_mirrors(states)}); "
                             "wait until `corral instance info` says in sync")
         hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)

@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 STALL_AFTER_S = 3.0
+# A ready write-blocking job counts a guest write before it completes on both sides, so a
+# sample may show a little left to copy; stopping waits this long for those writes.
+IN_FLIGHT_WAIT_S = 5.0
+_NO_PROGRESS_POLLS = 5
 _NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")
 _POLL_INTERVAL_S = 0.1
 _STOPPING = ("aborting", "waiting", "pending")
@@ -313,7 +317,9 @@ async def stop_mirror(qmp: Qmp, job_id: str, target_node: str, timeout_s: float 
         if job is None:
             return False
         complete = False
-        if not _ended(job) and _in_sync(job):
+        if not _ended(job) and job.get("ready") and not _in_sync(job):
+            job = await _wait_in_sync(qmp, job_id, IN_FLIGHT_WAIT_S)  # writes in flight when sampled
+        if job is not None and not _ended(job) and _in_sync(job):
             await qmp.execute("block-job-cancel", {"device": job_id})
             job = await _wait_ended(qmp, job_id, timeout_s)
             complete = job is not None and _ended(job) and not job.get("error")
@@ -340,6 +346,23 @@ async def _find_job(qmp: Qmp, job_id: str) -> Mapping[str, object] | None:
         if isinstance(job, Mapping) and job.get("device") == job_id:
             return job
     return None
+
+
+async def _wait_in_sync(qmp: Qmp, job_id: str, timeout_s: float) -> Mapping[str, object] | None:
+    """Poll (bounded) until a ready job has copied everything, or stops making progress
+    (a lost target: waiting would only delay the caller); the last sample."""
+    job = await _find_job(qmp, job_id)
+    progress_at, offset = 0, -1
+    for i in range(int(timeout_s / _POLL_INTERVAL_S)):
+        if job is None or _ended(job) or _in_sync(job):
+            break
+        if _int(job.get("offset")) > offset:
+            progress_at, offset = i, _int(job.get("offset"))
+        elif i - progress_at >= _NO_PROGRESS_POLLS:
+            break
+        await asyncio.sleep(_POLL_INTERVAL_S)
+        job = await _find_job(qmp, job_id)
+    return job
 
 
 async def _wait_ended(qmp: Qmp, job_id: str, timeout_s: float) -> Mapping[str, object] | None:
