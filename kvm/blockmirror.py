@@ -53,6 +53,10 @@ STALL_AFTER_S = 3.0
 # A ready write-blocking job counts a guest write before it completes on both sides, so a
 # sample may show a little left to copy; stopping waits this long for those writes.
 IN_FLIGHT_WAIT_S = 5.0
+# Up to this much left to copy on a ready mirror that was in sync and keeps progressing is
+# guest writes in flight (not yet acknowledged to the guest), not missed writes: still in sync.
+# Bounded by a virtio queue's worth of requests (128 x 128 KiB).
+IN_FLIGHT_MAX_BYTES = 16 * MIB
 _NO_PROGRESS_POLLS = 5
 _NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")
 _POLL_INTERVAL_S = 0.1
@@ -185,7 +189,7 @@ def mirror_state_from(
         status, eta = ("failed" if error and error != _CANCELED else "stopped"), None
     elif qemu_status in _STOPPING:
         status = "stopping"
-    elif ready and remaining == 0:
+    elif ready and (remaining == 0 or _writes_in_flight(previous, offset, remaining)):
         status, eta = "in_sync", 0.0
     elif now_s - progressed_at >= stall_after_s:
         hung = not busy and previous is not None and not previous.busy
@@ -194,6 +198,20 @@ def mirror_state_from(
         status = "resyncing" if ready else "syncing"
     return MirrorState(
         status, percent, eta, ready, offset, length, busy, error, now_s, progressed_at
+    )
+
+
+def _writes_in_flight(previous: MirrorState | None, offset: int, remaining: int) -> bool:
+    """A write-blocking mirror that was in sync and moved on since: the rest is in flight.
+
+    A lost secondary stops the offset (its writes fail and stay dirty), so
+    the next sample no longer counts as in flight.
+    """
+    return (
+        previous is not None
+        and previous.status == "in_sync"
+        and offset > previous.offset_bytes
+        and remaining <= IN_FLIGHT_MAX_BYTES
     )
 
 

@@ -63,6 +63,23 @@ def test_ready_job_with_nothing_left_is_in_sync():
     assert state.percent == 100.0 and state.eta_s == 0.0
 
 
+def test_writes_in_flight_on_a_progressing_in_sync_mirror_keep_it_in_sync():
+    in_sync = sample(IN_SYNC, 100.0)
+    busy = {**IN_SYNC, "busy": True, "offset": 68157440 + 65536, "len": 68157440 + 3 * 65536}
+    state = sample(busy, 101.0, in_sync)
+    assert state.status == "in_sync" and state.eta_s == 0.0
+
+
+def test_in_flight_is_not_enough_when_the_mirror_was_not_in_sync_or_left_too_much():
+    resync = sample({**IN_SYNC, "offset": 68157440 - 65536}, 100.0)
+    assert resync.status == "resyncing", "a first sample with data left is not in sync"
+    moved_on = sample({**IN_SYNC, "offset": 68157440, "len": 68157440 + 65536}, 101.0, resync)
+    assert moved_on.status == "resyncing"
+    in_sync = sample(IN_SYNC, 100.0)
+    big = sample({**IN_SYNC, "offset": 68157440 + 1, "len": 68157440 + 64 * 1024 * 1024}, 101.0, in_sync)
+    assert big.status == "resyncing"
+
+
 def test_lost_secondary_is_degraded_only_after_no_progress_for_the_stall_time():
     in_sync = sample(IN_SYNC, 100.0)
     first = sample(TARGET_KILLED, 101.0, in_sync)
