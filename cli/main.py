@@ -38,6 +38,17 @@ def _kv_list(values: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
+def _whole(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{what}: {value!r} is not a whole number") from None
+
+
+def since_words(ts: float | None) -> str:
+    return f" since {when(ts)}" if ts else ""
+
+
 def _disk(spec: str) -> dict[str, str]:
     """'10G' or '10G,format=qcow2' or 'size=10G,format=qcow2'."""
     disk: dict[str, str] = {}
@@ -58,6 +69,22 @@ def _disk(spec: str) -> dict[str, str]:
     except SizeError as exc:
         raise UsageError(str(exc)) from None
     return disk
+
+
+def _boot_arguments(s: argparse.ArgumentParser, modify: bool = False) -> None:
+    s.add_argument("--boot-pattern", metavar="REGEX",
+                   help="each boot must print a console line matching REGEX (e.g. 'login:') or it counts as a "
+                        "failed start" + ("; '' removes the check" if modify else ""))
+    s.add_argument("--boot-timeout", type=float, metavar="S", help="seconds a boot may take to print it (default 120)")
+
+
+def _boot_options(a: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if a.boot_pattern is not None:
+        body["boot_pattern"] = a.boot_pattern
+    if a.boot_timeout is not None:
+        body["boot_timeout_s"] = a.boot_timeout
+    return body
 
 
 class Cli:
@@ -106,7 +133,47 @@ class Cli:
                                       else f"NO - changes are refused: {quorum.get('reason')}"))
             if d["hvparams"]:
                 print("hv defaults:  " + ", ".join(f"{k}={v}" for k, v in sorted(d["hvparams"].items())))
+            print(f"failover:     auto-failover default {'on' if d.get('auto_failover') else 'off'}; more than "
+                  f"{d.get('max_lost_nodes') or 'max(1, nodes/3)'} node(s) lost at once raise the alert")
+            if d.get("fencing") == "disarmed":
+                print(f"FENCING:      DISARMED{since_words(d.get('fencing_since'))}: nodes cut off keep running "
+                      "their instances and NOTHING fails over automatically; `corral cluster fencing arm`")
+            else:
+                print("fencing:      armed (a node cut off stops its auto-failover instances; the master fails "
+                      "them over once its lease expires)")
+            if d.get("alert"):
+                print(f"ALERT:        {d['alert']['reason']}{since_words(d['alert'].get('since'))}")
         return self.out(self.client.get("/v1/cluster"), human)
+
+    def cluster_fencing(self) -> int:
+        answer = self.client.post("/v1/cluster/fencing", {"armed": self.args.state == "arm"})
+        return self.out(answer, lambda d: print(f"fencing is {d['fencing']}" + ("" if d["changed"] else
+                                                                               " (it already was)")))
+
+    def cluster_alert_clear(self) -> int:
+        return self.out(self.client.post("/v1/cluster/alert/clear"),
+                        lambda d: print(f"alert cleared (it said: {d['cleared']['reason']})"))
+
+    def cluster_modify(self) -> int:
+        body: dict[str, Any] = {}
+        if self.args.auto_failover:
+            body["auto_failover"] = self.args.auto_failover == "yes"
+        if self.args.max_lost_nodes:
+            body["max_lost_nodes"] = None if self.args.max_lost_nodes == "default" else _whole(
+                self.args.max_lost_nodes, "--max-lost-nodes")
+        return self.out(self.client.post("/v1/cluster/modify", body),
+                        lambda d: print(", ".join(f"{k}={'default' if v is None else v}" for k, v in d.items())))
+
+    def cluster_simulate(self) -> int:
+        def human(d: dict[str, Any]) -> None:
+            print(f"if {', '.join(d['fail'])} failed now:")
+            for e in d["events"]:
+                print(f"  {e['kind']:<11} {e['message']}")
+            if not d["failovers"]:
+                print("  nothing would be failed over")
+            print("everything that should move would fit" if not any(
+                "MiB free" in e["message"] for e in d["events"]) else "NOT everything would fit (see above)")
+        return self.out(self.client.get("/v1/cluster/simulate?fail=" + ",".join(self.args.fail)), human)
 
     def cluster_join(self) -> int:
         answer = self.client.post("/v1/cluster/join", {"address": self.args.address, "token": self.args.token})
@@ -137,10 +204,20 @@ class Cli:
             f"(without node reports)"))
 
     def cluster_verify(self) -> int:
+        """With --repair: first what the master did about each finding, then a fresh verify."""
+        steps = self.client.post("/v1/cluster/repair")["data"] if self.args.repair else None
+        if steps is not None and not self.args.json:
+            for step in steps:
+                print(f"{step['outcome'].upper()}: {step['message']}")
+                print(f"    {step['action'] + ': ' if step['action'] else ''}{step['detail']}")
+            print("verifying again:" if steps else "cluster verify --repair: nothing to repair")
         answer = self.client.get("/v1/cluster/verify")
         findings = answer["data"]
-        self.out(answer, lambda d: print("\n".join(f"{f['severity'].upper()}: {f['message']}" for f in d)
-                                         or "cluster verify: no problems found"))
+        if steps is not None and self.args.json:
+            print(json.dumps({"repair": steps, "findings": findings}, indent=2, sort_keys=True))
+        else:
+            self.out(answer, lambda d: print("\n".join(f"{f['severity'].upper()}: {f['message']}" for f in d)
+                                             or "cluster verify: no problems found"))
         return 1 if any(f["severity"] == "error" for f in findings) else 0
 
     # ---- nodes -------------------------------------------------------------
@@ -170,6 +247,12 @@ class Cli:
                 print(f"{'lvm:':14}volume group {lvm['vg']}: " + (lvm["error"] if "error" in lvm else
                       f"{mib(lvm['free_mib'])} free of {mib(lvm['size_mib'])}"))
             print(f"{'instances:':14}{', '.join(r['instances']) or '-'}")
+            fencing = r.get("fencing")
+            if fencing:
+                left = fencing.get("deadline_in_s")
+                print(f"{'fencing:':14}" + ("disarmed: stops nothing when cut off" if not fencing["armed"] else
+                      f"stops {', '.join(fencing['guarded']) or 'nothing'} if its lease is not renewed"
+                      + (f" within {left:.0f} s" if left is not None else "")))
             print(f"{'os:':14}{', '.join(sorted(r['os'])) or '-'}")
             if r["problems"]:
                 print(f"{'problems:':14}{'; '.join(r['problems'])}")
@@ -239,7 +322,24 @@ class Cli:
             body["priority"] = a.priority
         if a.after:
             body["after"] = a.after
+        body.update(_boot_options(a))
+        if a.auto_failover:
+            body["auto_failover"] = a.auto_failover == "yes"
         return self.job(self.client.post("/v1/instances", body))
+
+    def instance_modify(self) -> int:
+        a = self.args
+        body: dict[str, Any] = _boot_options(a)
+        if a.priority:
+            body["priority"] = a.priority
+        if a.after or a.no_after:
+            body["after"] = a.after or []
+        if a.auto_failover:
+            body["auto_failover"] = {"yes": True, "no": False, "default": None}[a.auto_failover]
+        if not body:
+            raise UsageError("nothing to change: give --priority, --after/--no-after, --boot-pattern, "
+                             "--boot-timeout or --auto-failover")
+        return self.job(self.client.post(f"/v1/instances/{quote(a.name)}/modify", body))
 
     def instance_list(self) -> int:
         def human(rows: list[dict[str, Any]]) -> None:
@@ -258,6 +358,14 @@ class Cli:
                   + (f" (pid {r['pid']})" if r["pid"] else ""))
             print(f"admin state:  {r['admin_state']} (restart priority {r['priority']}"
                   + (f", after {', '.join(r['after'])})" if r["after"] else ")"))
+            boot = "none"
+            if r.get("boot_pattern"):
+                boot = f"a console line matching '{r['boot_pattern']}' within {r['boot_timeout_s']:.0f} s"
+                boot += f" (this boot: {r['boot']})" if r.get("boot") else ""
+            print(f"boot check:   {boot}")
+            own = r.get("auto_failover")
+            print("auto failover: " + (("yes" if own else "no") if own is not None else
+                                       f"default ({'yes' if r.get('auto_failover_default') else 'no'})"))
             print(f"nodes:        primary {r['primary_node']}" + (f", secondary {r['secondary_node']}" if r["secondary_node"] else ""))
             print(f"os:           {r['os']}")
             print(f"resources:    {mib(r['memory'])} memory, {r['vcpus']} vcpus")
@@ -320,6 +428,38 @@ class Cli:
             worst = max(worst, self.job({"data": {"job_id": job_id}}))
         return worst
 
+    def node_drain(self, drained: bool) -> int:
+        answer = self.client.post(f"/v1/nodes/{quote(self.args.name)}/{'drain' if drained else 'undrain'}")
+
+        def human(d: dict[str, Any]) -> None:
+            if not d["changed"]:
+                print(f"node '{d['node']}' {'was already' if drained else 'was not'} drained; nothing changed")
+            elif drained:
+                print(f"node '{d['node']}' drained: no new instances are placed there "
+                      f"(`corral node evacuate {d['node']}` moves its instances off)")
+            else:
+                print(f"node '{d['node']}' undrained: it takes new instances again")
+        return self.out(answer, human)
+
+    def node_evacuate_all(self) -> int:
+        path = f"/v1/nodes/{quote(self.args.name)}/evacuate"
+        if not self.args.dry_run:
+            return self.job(self.client.post(path, {}))
+        answer = self.client.post(path, {"dry_run": True})
+
+        def human(plan: dict[str, Any]) -> None:
+            steps = plan["steps"]
+            print(f"evacuating node '{plan['node']}' would take {len(steps)} step(s)"
+                  + (":" if steps else " (it holds no instance)"))
+            for index, step in enumerate(steps, 1):
+                print(f"  {index}. {step['description']}")
+            for problem in plan["problems"]:
+                print(f"  cannot: {problem}")
+            print("dry run: nothing was changed" + ("" if plan["fits"] else
+                                                    "; without --dry-run the evacuation would be refused"))
+        self.out(answer, human)
+        return 0 if answer["data"]["fits"] else 1
+
     # ---- jobs and OS -------------------------------------------------------
     def events(self) -> int:
         query = "&".join(f"{k}={quote(v)}" for k, v in (("instance", self.args.instance), ("node", self.args.node),
@@ -361,6 +501,10 @@ class Cli:
         return master_failover(self.client, self.args.rounds, self.args.mode, self.args.freeze_seconds,
                                self.args.json)
 
+    def drill_node_loss(self) -> int:
+        from cli.drill_nodeloss import node_loss
+        return node_loss(self.client, self.args.node, self.args.mode, self.args.duration, self.args.json)
+
     def os_list(self) -> int:
         def human(d: dict[str, Any]) -> None:
             print(table(["OS", "KIND", "VARIANTS", "PATH"],
@@ -400,7 +544,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="cap on the background copy of replicated disks (full syncs, resyncs); "
                         "guest writes are never slowed (default 0: no cap)")
     c.add_parser("info", help="name, master, candidates, quorum", parents=[common])
-    c.add_parser("verify", help="check the cluster; non-zero exit on errors", parents=[common])
+    s = c.add_parser("verify", help="check the cluster; non-zero exit on errors", parents=[common])
+    s.add_argument("--repair", action="store_true",
+                   help="have the master fix what is safe (stray QEMUs, orphan NBD exports, leftover restart "
+                        "tracks; never disks), print what it did, then verify again")
     c.add_parser("replica", help="this node's config replica: revision and checksum", parents=[common])
     c.add_parser("rotate-secrets", help="new gossip key and node certificates, without downtime",
                  parents=[common, jobopts])
@@ -409,6 +556,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--token", required=True)
     s = c.add_parser("master-failover", help="hand the master role to another candidate", parents=[common])
     s.add_argument("--to", help="the candidate to become master (default: any)")
+    s = c.add_parser("fencing", help="disarm fencing for network maintenance (nothing self-fences or fails "
+                                     "over), or arm it again", parents=[common])
+    s.add_argument("state", choices=("arm", "disarm"))
+    s = c.add_parser("alert", help="clear the alert raised when many nodes were lost at once", parents=[common])
+    s.add_argument("action", choices=("clear",))
+    s = c.add_parser("modify", help="cluster-wide failover settings", parents=[common])
+    s.add_argument("--auto-failover", choices=("yes", "no"),
+                   help="default for instances without their own setting (default no)")
+    s.add_argument("--max-lost-nodes", metavar="N|default",
+                   help="more nodes lost at once raise the alert and stop automatic moves "
+                        "(default: one, or a third of the nodes)")
+    s = c.add_parser("simulate", help="what the master would do if a node died now (nothing is changed)",
+                     parents=[common])
+    s.add_argument("--fail", action="append", required=True, metavar="NODE", help="a node to take away (repeat)")
 
     n = group("node", "nodes")
     n.add_parser("list", help="all nodes", parents=[common])
@@ -428,6 +589,14 @@ def _parser() -> argparse.ArgumentParser:
                      parents=[common, jobopts])
     s.add_argument("name")
     s.add_argument("--ignore-consistency", action="store_true", help="as for `instance failover`")
+    for name, help_ in (("drain", "place no new instances on the node"),
+                        ("undrain", "let the node take new instances again")):
+        s = n.add_parser(name, help=help_, parents=[common])
+        s.add_argument("name")
+    s = n.add_parser("evacuate", help="drain the node and move every instance and disk copy off it (one job)",
+                     parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("--dry-run", action="store_true", help="print the plan only; change nothing")
     s = n.add_parser("modify", help="change a node's flags", parents=[common])
     s.add_argument("name")
     for flag, help_ in (("candidate", "may be a master candidate (etcd member)"),
@@ -452,6 +621,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="restart order after an outage (default normal)")
     s.add_argument("--after", action="append", metavar="INSTANCE",
                    help="restart only once INSTANCE runs; repeat for more")
+    _boot_arguments(s)
+    s.add_argument("--auto-failover", choices=("yes", "no"),
+                   help="fail over to the secondary when the primary node is lost (default: the cluster's)")
+    s = i.add_parser("modify", help="change how the cluster keeps an instance running", parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("--priority", choices=("critical", "high", "normal", "low"), help="restart order after an outage")
+    after = s.add_mutually_exclusive_group()
+    after.add_argument("--after", action="append", metavar="INSTANCE",
+                       help="restart only once INSTANCE runs; repeat for more (replaces the list)")
+    after.add_argument("--no-after", action="store_true", help="wait for no other instance")
+    _boot_arguments(s, modify=True)
+    s.add_argument("--auto-failover", choices=("yes", "no", "default"),
+                   help="fail over when the primary node is lost; default: follow the cluster's setting")
     i.add_parser("list", help="all instances", parents=[common])
     for name, help_ in (("info", "one instance"), ("console", "attach to the serial console (Ctrl-] detaches)")):
         s = i.add_parser(name, help=help_, parents=[common])
@@ -514,6 +696,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="kill: SIGKILL the master's agent (its supervisor restarts it); "
                         "freeze: SIGSTOP it past its lease, then SIGCONT")
     s.add_argument("--freeze-seconds", type=float, default=20.0, help="how long a freeze lasts")
+    s = d.add_parser("node-loss", help="cut a node off (or kill it) and check that its auto-failover instances "
+                                       "came back elsewhere, never on two nodes", parents=[common])
+    s.add_argument("node")
+    s.add_argument("--mode", choices=("isolate", "kill"), default="isolate",
+                   help="isolate: the node stops renewing its lease, reporting and gossiping, then comes back; "
+                        "kill: every process of the node dies, QEMUs included (test and demo clusters)")
+    s.add_argument("--duration", type=float, metavar="S",
+                   help="how long an isolation lasts (default: the node lease time + 40 s, at most 120)")
     u = group("user", "API users for the TCP API (people and scripts)")
     s = u.add_parser("add", help="create a user and print its token", parents=[common])
     s.add_argument("name")
@@ -536,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
         ("cluster", "verify"): cli.cluster_verify, ("cluster", "join"): cli.cluster_join,
         ("cluster", "replica"): cli.cluster_replica, ("cluster", "rotate-secrets"): cli.cluster_rotate_secrets,
         ("cluster", "master-failover"): cli.cluster_master_failover, ("node", "list"): cli.node_list,
+        ("cluster", "fencing"): cli.cluster_fencing, ("cluster", "alert"): cli.cluster_alert_clear,
+        ("cluster", "modify"): cli.cluster_modify, ("cluster", "simulate"): cli.cluster_simulate,
         ("node", "info"): cli.node_info, ("node", "add"): cli.node_add, ("node", "remove"): cli.node_remove,
         ("node", "modify"): cli.node_modify, ("user", "add"): cli.user_add, ("user", "list"): cli.user_list,
         ("user", "remove"): cli.user_remove, ("instance", "add"): cli.instance_add,
@@ -551,9 +743,13 @@ def main(argv: list[str] | None = None) -> int:
         ("instance", "grow-disk"): lambda: cli.instance_action("grow-disk"),
         ("node", "migrate"): lambda: cli.node_evacuate("migrate"),
         ("node", "failover"): lambda: cli.node_evacuate("failover"),
+        ("node", "drain"): lambda: cli.node_drain(True), ("node", "undrain"): lambda: cli.node_drain(False),
+        ("node", "evacuate"): cli.node_evacuate_all,
         ("instance", "remove"): cli.instance_remove, ("instance", "console"): cli.instance_console,
+        ("instance", "modify"): cli.instance_modify,
         ("job", "list"): cli.job_list, ("job", "info"): cli.job_info, ("job", "watch"): cli.job_watch,
         ("job", "cancel"): cli.job_cancel, ("drill", "master-failover"): cli.drill_master_failover,
+        ("drill", "node-loss"): cli.drill_node_loss,
         ("os", "list"): cli.os_list, ("events", ""): cli.events,
     }
     try:

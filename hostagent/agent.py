@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import secrets
 import shutil
 import ssl
@@ -34,6 +35,7 @@ from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, discover
 
 from hostagent import gossip, joining, model, pki, reporter
+from hostagent.boothealth import BootWatcher
 from hostagent.config import AgentConfig
 from hostagent.executor import NodeExecutor, OrderError
 from hostagent.replication import NodeReplication
@@ -41,7 +43,9 @@ from hostagent.diskcopy import NodeDiskCopy
 from hostagent.fencing import TokenGuard
 from hostagent.master import MasterRole
 from hostagent.node_ops import NodeOperations
+from hostagent.autofailover import AutoFailover
 from hostagent.nodelease import NodeLease
+from hostagent.selffence import SelfFence
 from hostagent.notify import Notifier
 from hostagent.operations import Operations, lock_keys
 from hostagent.orders import NodeClient
@@ -92,6 +96,8 @@ class Agent:
         self.replica = Replica(os.path.join(cfg.state_dir, "config.db"))
         self.qemu = QemuManager(cfg.run_dir, log_dir=os.path.join(cfg.log_dir, "console"),
                                 qemu_binary=cfg.qemu_binary)
+        self.boot = BootWatcher(os.path.join(cfg.log_dir, "console"), os.path.join(cfg.run_dir, "boot-watch.json"),
+                                lambda name: self.replica.get_json(model.instance_key(name)), time.time())
         self.files = FileTemplate(cfg.file_storage)
         self.lvm = PlainTemplate(cfg.volume_group, lvm_args=cfg.lvm_args) if cfg.volume_group else None
         self._catalog: OsCatalog = discover(cfg.os_search_paths, cfg.image_paths)
@@ -111,6 +117,8 @@ class Agent:
         self.node_ops: NodeOperations | None = None
         self.nodes: NodeClient | None = None
         self.lease: NodeLease | None = None
+        self.fence: SelfFence | None = None
+        self.autofailover: AutoFailover | None = None
         self._etcd_child: ChildSupervisor | None = None
         self._serf_child: ChildSupervisor | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -118,6 +126,7 @@ class Agent:
         self._init_lock = asyncio.Lock()
         self._report_tasks: set[asyncio.Task[None]] = set()
         self._gossip_seen: dict[str, float] = {}
+        self._isolated_until = 0.0  # drill: cut off from the cluster until then (monotonic)
         self.node_site: Callable[[], Awaitable[None]] | None = None
         self.server_ssl: ssl.SSLContext | None = None  # set by the node site; reloaded on rotation
         self.client_ssl: ssl.SSLContext | None = None
@@ -209,16 +218,22 @@ class Agent:
         self.ops = Operations(self.role, self.nodes)
         self.node_ops = NodeOperations(self.ops, self.pki)
         rotation = Rotation(self.ops, self.pki, self._serf_rpc, lambda: self._secret("gossip.key"))
-        self.role.handlers = {**self.ops.handlers(), "cluster.rotate-secrets": rotation.job}
+        self.role.handlers = {**self.ops.handlers(), **self.node_ops.handlers(),
+                              "cluster.rotate-secrets": rotation.job}
         self.role.on_elected.append(self._fence_older_masters)
+        self.autofailover = AutoFailover(self.ops)
         self.role.duties += [self._pool_duty, self._fence_stragglers, self.ops.moves.keep_mirrors,
-                             self.ops.restarter.step]
-        self.lease = NodeLease(self.etcd, cfg.node_name)
+                             self.ops.restarter.step, self.autofailover.step]
+        self.lease = NodeLease(self.etcd, cfg.node_name, cfg.node_lease_ttl_s)
+        self.fence = SelfFence(cfg.node_name, self.lease, self.qemu, self.replica, cfg.run_dir, cfg.log_dir,
+                               cfg.watchdog or None)
+        self.executor.start_guard = self.fence.start_refusal
         if self.node_site is not None:
             await self.node_site()  # orders, even the master's to itself, arrive here
         self._tasks += [asyncio.create_task(self.mirror.run(self.stop_event), name="mirror"),
                         asyncio.create_task(gossip.follow_events(self._serf_rpc, self.stop_event), name="gossip"),
                         asyncio.create_task(self.lease.run(self.stop_event), name="node-lease"),
+                        asyncio.create_task(self.fence.run(self.stop_event), name="self-fence"),
                         asyncio.create_task(self._report_loop(), name="reporter")]
         if local.get("etcd_member"):
             self._start_role()
@@ -455,6 +470,30 @@ class Agent:
         log.info("node '%s' left the etcd members; it is now a regular node", self.cfg.node_name)
         return {"member": False}
 
+    def isolate(self, seconds: float) -> None:
+        """Drill: behave as if cut off from the cluster for `seconds` (no lease renewal, no reports, no gossip,
+        no etcd member, no orders), so that this node self-fences and the master acts; then come back."""
+        assert self.lease is not None
+        pids = self.child_pids()
+        log.warning("drill: cutting node '%s' off for %.0f s: no lease renewal, no reports, serf and etcd "
+                    "stopped (pids %s)", self.cfg.node_name, seconds, pids)
+        self._isolated_until = time.monotonic() + seconds
+        self.lease.pause(seconds)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+
+        def back() -> None:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            log.warning("drill: node '%s' is connected again", self.cfg.node_name)
+        asyncio.get_running_loop().call_later(seconds, back)
+
+    def isolated(self) -> bool:
+        return time.monotonic() < self._isolated_until
+
     def child_pids(self) -> list[int]:
         return [c.pid for c in (self._serf_child, self._etcd_child) if c is not None and c.pid is not None]
 
@@ -475,16 +514,18 @@ class Agent:
 
     # ---- reports --------------------------------------------------------------------
     async def report_now(self) -> None:
-        if self.etcd is None:
+        if self.etcd is None or self.isolated():
             return
         self.refresh_catalog()
         report = await reporter.collect(self.cfg.node_name, self.qemu, self.files, self.catalog,
-                                        self.replication.busy)
+                                        self.replication.busy, self.boot)
         report["mirrors"] = await self._mirror_states(report["instances"])
         if self.lvm is not None:
             report["lvm"], lv_volumes = await reporter.lvm_state(self.lvm)
             report["volumes"] += lv_volumes
         report["agent_pid"] = os.getpid()
+        if self.fence is not None:
+            report["fencing"] = self.fence.report()
         report["etcd"] = await self._member_health()
         report["fencing_token"] = self.tokens.seen.to_str() if self.tokens.seen else None
         await self.etcd.put(model.report_key(self.cfg.node_name), model.dumps(report))
@@ -599,6 +640,8 @@ class Agent:
         if self.etcd is not None:
             await self.etcd.close()
         self.etcd = self.mirror = self.role = self.ops = self.node_ops = self.nodes = self.lease = None
+        self.fence = None
+        self.executor.start_guard = None
 
     async def shutdown(self) -> None:
         await self._deactivate()

@@ -26,7 +26,7 @@ from kvm.hvparams import HvParamError, parse_hvparams
 from storage.base import StorageError
 from storage.osdef import OsDefinition
 
-from hostagent import auth, drill, joining, model, pki, users, views
+from hostagent import auth, clocks, cluster_settings, drill, joining, model, pki, users, views
 from hostagent.agent import Agent, NotInitialized
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.executor import OrderError
@@ -37,7 +37,8 @@ from hostagent.node_ops import NodeOperations
 from hostagent.openapi import openapi_document
 from hostagent.operations import Operations
 from hostagent.orders import NodeClient, OrderFailed
-from hostagent.status import REPORT_STALE_AFTER_S
+from hostagent.repair import Repair
+from hostagent.status import REPORT_STALE_AFTER_S, report_age_s
 from hostagent.units import SizeError
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,46 @@ class Api:
             "nodes": len(self._all(model.NODES)),
             "instances": len(self._all(model.INSTANCES)),
             "quorum": await self._quorum(),
+            "fencing": cluster.get("fencing", "armed"), "fencing_since": cluster.get("fencing_since"),
+            "alert": cluster.get("alert"),
+            "auto_failover": bool(cluster.get("auto_failover", False)),
+            "max_lost_nodes": cluster.get("max_lost_nodes"),
         })
+
+    async def cluster_fencing(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if not isinstance(body.get("armed"), bool):
+            raise BadRequest("say whether fencing is armed: {\"armed\": true} (arm) or {\"armed\": false} (disarm)")
+
+        async def run(ops: Operations, _: NodeOperations) -> web.Response:
+            return self._ok(await cluster_settings.set_fencing(ops, body["armed"]))
+        return await self._on_master(request, run)
+
+    async def cluster_alert_clear(self, request: web.Request) -> web.Response:
+        async def run(ops: Operations, _: NodeOperations) -> web.Response:
+            return self._ok(await cluster_settings.clear_alert(ops))
+        return await self._on_master(request, run)
+
+    async def cluster_modify(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        problems = cluster_settings.check_changes(body)
+        if problems:
+            raise BadRequest("; ".join(problems))
+
+        async def run(ops: Operations, _: NodeOperations) -> web.Response:
+            return self._ok(await cluster_settings.modify(ops, body))
+        return await self._on_master(request, run)
+
+    async def cluster_simulate(self, request: web.Request) -> web.Response:
+        fail = [n for n in request.query.get("fail", "").split(",") if n]
+        if not fail:
+            raise BadRequest("name the node(s) to take away: ?fail=NODE[,NODE...] (`corral cluster simulate "
+                             "--fail NODE`)")
+
+        async def run(_: Operations, __: NodeOperations) -> web.Response:
+            assert self.agent.autofailover is not None
+            return self._ok(await self.agent.autofailover.simulate(fail))
+        return await self._on_master(request, run)
 
     async def _quorum(self) -> dict[str, Any]:
         """Whether etcd can commit right now, as seen from this node."""
@@ -272,12 +312,40 @@ class Api:
 
     async def cluster_verify(self, request: web.Request) -> web.Response:
         self._require_cluster()
-        findings = views.verify(self._all(model.NODES), self._instances(), self._reports(),
-                                self._all(model.JOBS), self._master(), time.time())
+        nodes, reports, now = self._all(model.NODES), self._reports(), time.time()
+        findings = views.verify(nodes, self._instances(), reports, self._all(model.JOBS), self._master(), now,
+                                cluster=self.agent.replica.get_json(model.CLUSTER_KEY) or {},
+                                leases={lease["node"]: lease for lease in self._all(model.LEASES)},
+                                tracks=self._all(model.RESTARTS), clocks=await self._clocks(nodes, reports, now))
         if self._replica_info()["stale"]:
             findings.insert(0, views.Finding("warning", "this node's config replica is stale; "
                                                         "findings may be out of date"))
-        return self._ok([{"severity": f.severity, "message": f.message} for f in findings])
+        return self._ok([{"severity": f.severity, "message": f.message, "code": f.code, "node": f.node,
+                          "instance": f.instance} for f in findings])
+
+    async def _clocks(self, nodes: list[dict[str, Any]], reports: dict[str, dict[str, Any]],
+                      now: float) -> dict[str, clocks.ClockReading]:
+        """The other nodes' clocks, of those that are up (a node that is down is a finding already)."""
+        me = self.agent.cfg.node_name
+        if self.agent.nodes is None:
+            return {}
+        up = [n for n in nodes if n["name"] != me and not n.get("offline")
+              and (age := report_age_s(reports.get(n["name"]), now)) is not None and age <= REPORT_STALE_AFTER_S]
+        return await clocks.measure(self.agent.nodes, me, up)
+
+    async def cluster_repair(self, request: web.Request) -> web.Response:
+        """`cluster verify --repair`: the master fixes what is safe (hostagent.repair) and says what it did."""
+        async def run(ops: Operations, _: NodeOperations) -> web.Response:
+            steps = await Repair(ops).run()
+            if self.agent.etcd is not None and self.agent.mirror is not None:  # read-your-writes here too
+                revision = (await self.agent.etcd.status())["revision"]
+                await self.agent.mirror.wait_for_revision(revision, timeout_s=5)
+            return self._ok(steps)
+        return await self._on_master(request, run)
+
+    async def node_clock(self, request: web.Request) -> web.Response:
+        """Node-to-node: this node's wall clock, for the clock skew check of `cluster verify`."""
+        return web.json_response({"node": self.agent.cfg.node_name, "time": time.time()})
 
     async def master_failover(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -313,6 +381,7 @@ class Api:
                 row["instances"] = sorted(report.get("instances", {}))
                 row["os"] = report.get("os", {})
                 row["volumes"] = report.get("volumes", [])
+                row["fencing"] = report.get("fencing")
                 return self._ok(row)
         raise NotFound(f"no node named '{name}'")
 
@@ -341,6 +410,34 @@ class Api:
             result = await nodes.modify(name, body)
             await self._wait_replica(model.node_key(name))
             return self._ok(result)
+        return await self._on_master(request, run)
+
+    async def node_drain(self, request: web.Request) -> web.Response:
+        return await self._set_drained(request, True)
+
+    async def node_undrain(self, request: web.Request) -> web.Response:
+        return await self._set_drained(request, False)
+
+    async def _set_drained(self, request: web.Request, drained: bool) -> web.Response:
+        name = request.match_info["name"]
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            result = await nodes.set_drained(name, drained)
+            await self._wait_replica(model.node_key(name))
+            return self._ok(result)
+        return await self._on_master(request, run)
+
+    async def evacuate_node(self, request: web.Request) -> web.Response:
+        """`node evacuate N`: one job that empties N, or with {"dry_run": true} only its plan."""
+        name, body = request.match_info["name"], await self._body(request)
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise BadRequest(f"dry_run must be true or false, got {dry_run!r}")
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            if dry_run:
+                return self._ok((await nodes.plan_evacuation(name)).to_dict())
+            return await self._accepted(await nodes.submit_evacuation(name))
         return await self._on_master(request, run)
 
     async def node_evacuate(self, request: web.Request) -> web.Response:
@@ -393,6 +490,8 @@ class Api:
         if inst["primary_node"] == self.agent.cfg.node_name and not row["console_tail"]:
             lines = self.agent.qemu.console_log_tail(name, 30)
             row["console_tail"] = [line for line in lines if line.strip()][-10:]
+        row["auto_failover_default"] = bool((self.agent.replica.get_json(model.CLUSTER_KEY) or {})
+                                            .get("auto_failover", False))
         return self._ok(row)
 
     async def instance_add(self, request: web.Request) -> web.Response:
@@ -400,6 +499,13 @@ class Api:
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
             return await self._accepted(await ops.submit_add(body))
+        return await self._on_master(request, run)
+
+    async def instance_modify(self, request: web.Request) -> web.Response:
+        name, body = request.match_info["name"], await self._body(request)
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await ops.submit_modify(name, body))
         return await self._on_master(request, run)
 
     async def instance_action(self, request: web.Request) -> web.Response:
@@ -551,6 +657,8 @@ class Api:
             raise BadRequest("orders need a node certificate")
         await self.agent.tokens.admit(token, sender, self.agent.verify_token)
         op, args = str(body.get("op", "")), body.get("args", {})
+        if self.agent.isolated():
+            raise OrderError(f"node '{self.agent.cfg.node_name}' is cut off from the cluster by a drill")
         if op.startswith("instance."):
             result = await self.agent.executor.handle(op, args)
             self.agent.schedule_report()
@@ -571,7 +679,15 @@ class Api:
         if not isinstance(freeze_s, (int, float)) or not 1 <= freeze_s <= drill.MAX_FREEZE_S:
             raise BadRequest(f"freeze_s {freeze_s!r} must be 1 to {drill.MAX_FREEZE_S:.0f} seconds")
         log.warning("drill requested by %s: %s this agent", request.get("caller", "?"), mode)
-        drill.crash(mode, freeze_s, self.agent.child_pids())
+        if mode == "isolate":
+            if self.agent.role is not None and self.agent.role.is_master:
+                raise Conflict(f"node '{self.agent.cfg.node_name}' is the master; hand the role over first "
+                               "(`corral cluster master-failover`)")
+            self.agent.isolate(float(freeze_s))
+        elif mode == "power-off":
+            drill.power_off(self.agent.cfg.run_dir)
+        else:
+            drill.crash(mode, freeze_s, self.agent.child_pids())
         return web.json_response({"node": self.agent.cfg.node_name, "mode": mode, "pid": os.getpid()})
 
     async def drill_crash(self, request: web.Request) -> web.Response:
@@ -585,6 +701,19 @@ class Api:
                                                           "/v1/node/drill", json.dumps(body).encode())
         if status != 200:
             raise Conflict(f"node '{name}' refused the drill: {data.get('message', status)}")
+        return self._ok(data)
+
+    async def qemus_self(self, request: web.Request) -> web.Response:
+        """Node-to-node: the QEMUs running on this node right now (not from a report: the drill's witness)."""
+        return web.json_response({"node": self.agent.cfg.node_name, "qemus": self.agent.qemu.discover()})
+
+    async def drill_qemus(self, request: web.Request) -> web.Response:
+        """Local: the QEMUs running on node ?node=NAME right now, asked of its agent directly."""
+        node = self._node_record(request.query.get("node", ""))
+        status, data = await self._nodes_client().forward(node["address"], node["api_port"], "GET",
+                                                          "/v1/node/qemus", b"")
+        if status != 200:
+            raise Conflict(f"node '{node['name']}' did not answer: {data.get('message', status)}")
         return self._ok(data)
 
     async def drill_stale_order(self, request: web.Request) -> web.Response:
@@ -655,6 +784,11 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
     r.add_get("/v1/cluster", api.cluster_info)
     r.add_post("/v1/cluster/init", api.cluster_init)
     r.add_get("/v1/cluster/verify", api.cluster_verify)
+    r.add_post("/v1/cluster/repair", api.cluster_repair)
+    r.add_post("/v1/cluster/fencing", api.cluster_fencing)
+    r.add_post("/v1/cluster/alert/clear", api.cluster_alert_clear)
+    r.add_post("/v1/cluster/modify", api.cluster_modify)
+    r.add_get("/v1/cluster/simulate", api.cluster_simulate)
     r.add_post("/v1/cluster/master-failover", api.master_failover)
     r.add_get("/v1/cluster/replica", api.replica_checksum)
     r.add_get("/v1/nodes", api.node_list)
@@ -662,11 +796,15 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
     r.add_get("/v1/nodes/{name}", api.node_info)
     r.add_delete("/v1/nodes/{name}", api.node_remove)
     r.add_post("/v1/nodes/{name}/modify", api.node_modify)
+    r.add_post("/v1/nodes/{name}/drain", api.node_drain)
+    r.add_post("/v1/nodes/{name}/undrain", api.node_undrain)
+    r.add_post("/v1/nodes/{name}/evacuate", api.evacuate_node)
     r.add_post("/v1/nodes/{name}/{action}", api.node_evacuate)
     r.add_get("/v1/instances", api.instance_list)
     r.add_post("/v1/instances", api.instance_add)
     r.add_get("/v1/instances/{name}", api.instance_info)
     r.add_delete("/v1/instances/{name}", api.instance_remove)
+    r.add_post("/v1/instances/{name}/modify", api.instance_modify)
     r.add_post("/v1/instances/{name}/{action}", api.instance_action)
     r.add_get("/v1/instances/{name}/console", api.instance_console)
     r.add_get("/v1/events", api.event_list)
@@ -684,9 +822,12 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
         r.add_post("/v1/join", api.join)
         r.add_post("/v1/node/orders", api.node_order)
         r.add_post("/v1/node/drill", api.drill_crash_self)
+        r.add_get("/v1/node/qemus", api.qemus_self)
+        r.add_get(clocks.CLOCK_PATH, api.node_clock)
     else:
         r.add_post("/v1/cluster/join", api.cluster_join)
         r.add_get("/v1/cluster/replicas", api.replicas)
         r.add_post("/v1/drill/crash", api.drill_crash)
         r.add_post("/v1/drill/stale-order", api.drill_stale_order)
+        r.add_get("/v1/drill/qemus", api.drill_qemus)
     return app

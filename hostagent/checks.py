@@ -1,8 +1,8 @@
-"""Submit-time checks of `instance add`: pure, so every refusal is unit-tested.
+"""Submit-time checks of `instance add` and `instance modify`: pure, so every refusal is unit-tested.
 
 Given the request and what the config says (cluster defaults, nodes, their
-reports, MACs in use), either build the instance record or refuse with every
-problem at once. Nothing here reads etcd or the clock.
+reports, MACs in use, the other instances), either build the instance record
+or refuse with every problem at once. Nothing here reads etcd or the clock.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,10 @@ MAX_MIRROR_DISKS = PORTS_PER_INSTANCE - 1
 REPLICATION_PORTS = range(11000, 13000, PORTS_PER_INSTANCE)
 DISK_FORMATS = ("raw", "qcow2")
 NIC_MODES = ("user", "bridged")
+BOOT_TIMEOUT_MAX_S = 3600.0
+BOOT_PATTERN_MAX_CHARS = 500
+# What `instance modify` may change (placement, disks and NICs have their own commands).
+MODIFIABLE = ("priority", "after", "boot_pattern", "boot_timeout_s", "auto_failover")
 
 
 @dataclass(frozen=True)
@@ -63,17 +68,17 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
     priority = req.get("priority", "normal")
     if priority not in PRIORITIES:
         problems.append(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
-    after = req.get("after") or []
-    if not isinstance(after, list) or not all(isinstance(a, str) and NAME_RE.match(a) for a in after):
-        problems.append(f"after: {after!r} is not a list of instance names (--after db1 --after db2)")
-    elif name in after:
-        problems.append(f"instance '{name}' cannot start after itself")
+    after = _after(name, req.get("after") or [], view.instances, {r["name"]: r for r in view.records}, problems)
     disks = _disks(req.get("disks") or [{"size": "1G"}], problems)
     nics = _nics(req.get("nics") or [{"mode": "user"}], problems)
+    serial_console = True
     try:
-        parse_hvparams(req.get("hvparams", {}), parse_hvparams(view.cluster_hv))
+        serial_console = parse_hvparams(req.get("hvparams", {}), parse_hvparams(view.cluster_hv)).serial_console
     except HvParamError as exc:
         problems.extend(exc.problems)
+    boot_pattern = _boot_pattern(req.get("boot_pattern") or "", serial_console, problems)
+    boot_timeout = _boot_timeout(req.get("boot_timeout_s"), boot_pattern, problems)
+    auto_failover = _auto_failover(req.get("auto_failover"), template, problems)
     primary, _, secondary = str(req.get("node") or "").partition(":")
     if primary:
         problems += _node_problems(primary, req, view)
@@ -90,9 +95,139 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
     return model.Instance(name=name, uuid=str(uuid.uuid4()), os=str(req["os"]), disk_template=template,
                           memory_mib=memory, vcpus=vcpus, primary_node=placed.primary,
                           secondary_node=placed.secondary, port_base=_port_base(template, view),
-                          disks=disks, nics=nics, priority=priority, after=list(after),
+                          disks=disks, nics=nics, priority=priority, after=after,
+                          boot_pattern=boot_pattern, boot_timeout_s=boot_timeout, auto_failover=auto_failover,
                           hvparams=dict(req.get("hvparams", {})), osparams=dict(req.get("osparams", {})),
                           admin_state="down", ctime=now, mtime=now)
+
+
+def check_modify(inst: Mapping[str, Any], req: Mapping[str, Any], records: tuple[Mapping[str, Any], ...],
+                 cluster_hv: Mapping[str, Any]) -> dict[str, Any]:
+    """The instance record with the changes of an `instance modify` request; BadRequest otherwise.
+
+    `req` holds only what changes: priority, after (a list; [] for none),
+    boot_pattern ("" clears the check, and its timeout), boot_timeout_s,
+    auto_failover (true, false, or null for the cluster's default)."""
+    name = str(inst["name"])
+    unknown = sorted(set(req) - set(MODIFIABLE))
+    if unknown:
+        raise BadRequest(f"cannot modify {', '.join(unknown)} of an instance; `instance modify` changes "
+                         f"{', '.join(MODIFIABLE)}")
+    if not req:
+        raise BadRequest(f"nothing to change for instance '{name}': give one of {', '.join(MODIFIABLE)}")
+    problems: list[str] = []
+    new = dict(inst)
+    if "priority" in req:
+        new["priority"] = req["priority"]
+        if req["priority"] not in PRIORITIES:
+            problems.append(f"priority {req['priority']!r} is not one of {', '.join(PRIORITIES)}")
+    if "after" in req:
+        by_name = {str(r["name"]): r for r in records}
+        new["after"] = _after(name, req["after"], set(by_name), by_name, problems)
+    if "boot_pattern" in req or "boot_timeout_s" in req:
+        serial_console = True
+        try:
+            serial_console = parse_hvparams(inst.get("hvparams", {}), parse_hvparams(cluster_hv)).serial_console
+        except HvParamError as exc:
+            problems.extend(exc.problems)
+        pattern = req["boot_pattern"] if "boot_pattern" in req else inst.get("boot_pattern", "")
+        new["boot_pattern"] = _boot_pattern(pattern, serial_console, problems)
+        # A cleared pattern takes its timeout along; a new pattern keeps the timeout set before.
+        if "boot_timeout_s" in req:
+            timeout = req["boot_timeout_s"]
+        else:
+            timeout = (inst.get("boot_timeout_s") or None) if new["boot_pattern"] else None
+        new["boot_timeout_s"] = _boot_timeout(timeout, new["boot_pattern"], problems)
+    if "auto_failover" in req:
+        new["auto_failover"] = _auto_failover(req["auto_failover"], str(inst.get("disk_template")), problems)
+    if problems:
+        raise BadRequest("; ".join(problems))
+    return new
+
+
+def _after(name: str, after: Any, names: set[str], records: Mapping[str, Mapping[str, Any]],
+           problems: list[str]) -> list[str]:
+    """`after` checked: instances that exist, not `name` itself, and no chain that leads back to `name`."""
+    if not isinstance(after, list) or not all(isinstance(a, str) and NAME_RE.match(a) for a in after):
+        problems.append(f"after: {after!r} is not a list of instance names (--after db1 --after db2)")
+        return []
+    if name in after:
+        problems.append(f"instance '{name}' cannot start after itself")
+        return list(after)
+    missing = [a for a in after if a not in names]
+    if missing:
+        problems.append(f"after: no instance named {', '.join(repr(m) for m in missing)} "
+                        f"(instances: {', '.join(sorted(names)) or 'none'})")
+    cycle = _cycle(name, after, records)
+    if cycle:
+        problems.append(f"after: {' -> '.join(cycle)} is a cycle: each would wait for the next forever; "
+                        "drop one of these links")
+    return list(dict.fromkeys(after))
+
+
+def _cycle(name: str, after: list[str], records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The chain of `after` links from `name` back to itself, e.g. [web, app, db, web]; [] if none."""
+    stack = [[name, a] for a in reversed(after)]
+    seen: set[str] = set()
+    while stack:
+        path = stack.pop()
+        if path[-1] == name:
+            return path
+        if path[-1] in seen:
+            continue
+        seen.add(path[-1])
+        stack += [[*path, nxt] for nxt in reversed(records.get(path[-1], {}).get("after", []))]
+    return []
+
+
+def _boot_pattern(pattern: Any, serial_console: bool, problems: list[str]) -> str:
+    """A regex that one console line of a good boot matches ("": no boot check)."""
+    if not isinstance(pattern, str):
+        problems.append(f"boot pattern {pattern!r} is not a string (a regular expression, e.g. 'login:')")
+        return ""
+    if not pattern:
+        return ""
+    if len(pattern) > BOOT_PATTERN_MAX_CHARS:
+        problems.append(f"boot pattern is {len(pattern)} characters long; at most {BOOT_PATTERN_MAX_CHARS}")
+        return pattern
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        problems.append(f"boot pattern {pattern!r} is not a Python regular expression ({exc}); "
+                        "give e.g. 'login:' or 'CORRAL-GUEST-BOOTED count=[0-9]+'")
+        return pattern
+    if regex.search("") is not None:
+        problems.append(f"boot pattern {pattern!r} matches an empty line, so every boot would pass at once; "
+                        "give text the guest prints once it is up, e.g. 'login:'")
+    if not serial_console:
+        problems.append("a boot pattern is matched against the serial console, which the instance's "
+                        "hvparams turn off: set serial_console=yes or give no pattern")
+    return pattern
+
+
+def _boot_timeout(value: Any, pattern: str, problems: list[str]) -> float:
+    """Seconds a boot may take to print the pattern; 0.0 (the default) when not given."""
+    if value is None:
+        return 0.0
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= BOOT_TIMEOUT_MAX_S:
+        problems.append(f"boot timeout {value!r} is not a number of seconds above 0 and at most "
+                        f"{BOOT_TIMEOUT_MAX_S:.0f}")
+        return 0.0
+    if not pattern:
+        problems.append("a boot timeout needs a boot pattern (--boot-pattern REGEX): it is how long a boot "
+                        "may take to print it")
+    return float(value)
+
+
+def _auto_failover(value: Any, template: str, problems: list[str]) -> bool | None:
+    """True, False, or None for the cluster's default."""
+    if value is not None and not isinstance(value, bool):
+        problems.append(f"auto failover {value!r} is not true, false or null (the cluster's default)")
+        return None
+    if value and template not in REPLICATED:
+        problems.append(f"auto failover needs a replicated disk template ({', '.join(REPLICATED)}); "
+                        f"a '{template}' instance has no copy on another node to fail over to")
+    return value
 
 
 def _size(value: Any, what: str, problems: list[str]) -> int:

@@ -59,6 +59,8 @@ class AgentConfig:
     drills: bool = False  # accept `corral drill` requests to crash or freeze this agent (demo, test clusters)
     volume_group: str = ""  # LVM volume group of the plain/drbd templates; empty: this node has none
     lvm_args: tuple[str, ...] = ()  # extra LVM arguments; tests on machines without device-mapper pass --driverloaded n
+    node_lease_ttl_s: int = 20  # the master fails this node's instances over this long after it is cut off
+    watchdog: str = ""  # a watchdog device (/dev/watchdog) the fence keeper pets; empty: none
 
     @property
     def socket(self) -> str:
@@ -86,6 +88,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
               "master_lease_ttl_s": "master_lease_ttl_s",
               "os_install_timeout_s": "os_install_timeout_s", "drills": "drills"},
     "storage": {"volume_group": "volume_group", "lvm_args": "lvm_args"},
+    "fencing": {"node_lease_ttl_s": "node_lease_ttl_s", "watchdog": "watchdog"},
 }
 _TYPES = {f.name: f.type for f in fields(AgentConfig)}
 
@@ -146,6 +149,12 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> AgentConfig:
     for key in ("report_interval_s", "master_lease_ttl_s", "os_install_timeout_s"):
         if key in values and values[key] <= 0:
             problems.append(f"agent.{key} must be positive, got {values[key]}")
+    if "node_lease_ttl_s" in values and not 8 <= values["node_lease_ttl_s"] <= 300:
+        problems.append(f"fencing.node_lease_ttl_s must be 8-300 s (self-fencing happens 5 s before it "
+                        f"expires), got {values['node_lease_ttl_s']}")
+    if values.get("watchdog") and not os.path.isabs(values["watchdog"]):
+        problems.append(f"fencing.watchdog: {values['watchdog']!r} must be an absolute device path, "
+                        "e.g. /dev/watchdog")
     for key in ("state_dir", "run_dir", "log_dir"):
         if key in values and not os.path.isabs(values[key]):
             problems.append(f"paths.{key}: {values[key]!r} must be an absolute path")

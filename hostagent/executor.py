@@ -54,6 +54,8 @@ class NodeExecutor:
         self._catalog = catalog
         self._log_dir = log_dir
         self._install_timeout_s = install_timeout_s
+        # (instance name) -> why this node may not start it now (self-fencing), or None
+        self.start_guard: Callable[[str], str | None] | None = None
 
     async def handle(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op in self._more:
@@ -106,6 +108,9 @@ class NodeExecutor:
 
     async def _op_start(self, args: dict[str, Any]) -> dict[str, Any]:
         inst = args["instance"]
+        refusal = self.start_guard(inst["name"]) if self.start_guard is not None else None
+        if refusal:
+            raise OrderError(refusal)
         # `incoming`: the URI a live migration arrives on; QEMU then waits for it instead of booting,
         # over TLS, from the node `incoming_from` only.
         spec = self.spec(inst, args["hvparams"])

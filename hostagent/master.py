@@ -52,6 +52,7 @@ class MasterRole:
         self.runner: JobRunner | None = None
         self.became_master = asyncio.Event()
         self._lease_deadline = 0.0
+        self.master_since = 0.0  # wall clock when this node last became master
         self._last_sentence = ""
         self._took_over = False
         self._hold_until = 0.0
@@ -169,6 +170,7 @@ class MasterRole:
             await runner.stop()
             return "lost the master lease while taking over; following"
         self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
+        self.master_since = time.time()
         self.runner = runner
         self._hooks_task = asyncio.create_task(self._run_hooks_then_duties(), name="master-elected")
         self.became_master.set()

@@ -24,7 +24,9 @@ USERS = "/corral/users/"
 LEASES = "/corral/leases/"
 HANDOVER_KEY = "/corral/handover"
 EVENTS = "/corral/events/"  # the master's automatic decisions with their reasons, oldest first
+FAILOVER_STATE_KEY = "/corral/failover-state"  # the master's node-failure decision state (hostagent.failovers)
 RESTARTS = "/corral/restarts/"  # the master's restart tracks (hostagent.restarts), one per instance
+DEFAULT_BOOT_TIMEOUT_S = 120.0  # an instance with a boot pattern but no boot timeout of its own
 
 
 def node_key(name: str) -> str:
@@ -118,6 +120,9 @@ class Instance:
     port_base: int = 0  # replicated templates: disk i is served on port_base + i (see checks)
     priority: str = "normal"  # restart order after an outage: critical, high, normal, low
     after: list[str] = field(default_factory=list)  # instances that must run before this one is restarted
+    boot_pattern: str = ""  # regex a console line of each boot must match (hostagent.boothealth); "": no check
+    boot_timeout_s: float = 0.0  # how long a boot may take to print it; 0: DEFAULT_BOOT_TIMEOUT_S
+    auto_failover: bool | None = None  # None: the cluster's default
     admin_state: str = "down"
     ctime: float = 0.0
     mtime: float = 0.0

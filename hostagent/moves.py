@@ -199,16 +199,14 @@ class Moves:
                             "from it anyway")
         await ctx.log(f"failing over instance '{name}' from node '{old}' to node '{new}'")
         hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
-        try:  # a clean shutdown where the primary still answers; a dead node's guest is gone anyway
-            stopped = await self.ops._order(old, "instance.stop", {
-                "name": name, "timeout_s": hv["shutdown_timeout_s"], "force": False,
-                "nic_count": len(inst["nics"])}, timeout_s=hv["shutdown_timeout_s"] + 60)
-            await ctx.log(f"instance '{name}' stopped on node '{old}' ({stopped['how']})")
-        except JobFailed as exc:
-            if not force:
-                raise JobFailed(f"could not stop '{name}' on its primary node '{old}' ({exc}); if '{old}' is "
-                                "really down, rerun with --ignore-consistency") from exc
-            await ctx.log(f"node '{old}' does not answer ({exc}); going on as asked (--ignore-consistency)")
+        if args.get("fenced"):  # automatic: the lost node's lease expired, so it has stopped the guest itself
+            if await self.ops._get(model.lease_key(old)) is not None:
+                raise JobFailed(f"node '{old}' holds its node lease again: not failing over '{name}' away from "
+                                "a node that may still run it")
+            await ctx.log(f"node '{old}' is lost and its node lease has expired: it has stopped '{name}' "
+                          "itself (self-fencing), so it is not asked to")
+        else:
+            await self._stop_on_old(ctx, inst, hv, force)
         await self.ops._order(new, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
         await self._set_nodes(inst, new, old)
         await ctx.log(f"node '{new}' is now the primary of '{name}'")
@@ -219,6 +217,20 @@ class Moves:
             result["pid"] = started["pid"]
             await self.protect(ctx, inst)
         return result
+
+    async def _stop_on_old(self, ctx: JobContext, inst: dict[str, Any], hv: dict[str, Any], force: bool) -> None:
+        """A clean shutdown where the primary still answers; a dead node's guest is gone anyway."""
+        name, old = inst["name"], inst["primary_node"]
+        try:
+            stopped = await self.ops._order(old, "instance.stop", {
+                "name": name, "timeout_s": hv["shutdown_timeout_s"], "force": False,
+                "nic_count": len(inst["nics"])}, timeout_s=hv["shutdown_timeout_s"] + 60)
+            await ctx.log(f"instance '{name}' stopped on node '{old}' ({stopped['how']})")
+        except JobFailed as exc:
+            if not force:
+                raise JobFailed(f"could not stop '{name}' on its primary node '{old}' ({exc}); if '{old}' is "
+                                "really down, rerun with --ignore-consistency") from exc
+            await ctx.log(f"node '{old}' does not answer ({exc}); going on as asked (--ignore-consistency)")
 
     # ---- duty -------------------------------------------------------------------------------
     async def keep_mirrors(self) -> None:

@@ -1,5 +1,6 @@
 """The master's node operations: join tokens, admitting nodes, removing and
-modifying them, the candidate pool, and planned master hand-over.
+modifying them, draining and evacuating them, the candidate pool, and
+planned master hand-over.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from election.etcd import Compare, EtcdError, EtcdRequestFailed, Op
 
 from hostagent import joining, model, pki
 from hostagent.errors import BadRequest, Conflict, NotFound
+from hostagent.evacuation import Plan, Step, plan_evacuation
+from hostagent.jobs import Handler, JobContext, JobFailed
 from hostagent.master import MasterRole
 from hostagent.operations import Operations
 from hostagent.checks import NAME_RE
@@ -153,6 +156,63 @@ class NodeOperations:
         log.info("node '%s' modified: %s", name, ", ".join(f"{k}={v}" for k, v in changes.items()))
         return node
 
+    # ---- drain / evacuate ------------------------------------------------------------
+    async def set_drained(self, name: str, drained: bool) -> dict[str, Any]:
+        """`node drain|undrain`: says whether anything changed, so a repeat is harmless and visible."""
+        node = await self._node(name)
+        changed = bool(node.get("drained")) != drained
+        if changed:
+            await self.ops._write([Op.put(model.node_key(name), model.dumps({**node, "drained": drained}))])
+            log.info("node '%s' %s", name, "drained: no new instances are placed there" if drained
+                     else "undrained: it takes new instances again")
+        return {"node": name, "drained": drained, "changed": changed}
+
+    async def plan_evacuation(self, name: str) -> Plan:
+        await self._node(name)
+        return plan_evacuation(name, {n["name"]: n for n in await self._nodes()},
+                               {r["node"]: r for r in await self.ops._prefix(model.REPORTS)},
+                               await self.ops._prefix(model.INSTANCES), time.time())
+
+    async def submit_evacuation(self, name: str) -> int:
+        """Drain the node, then run the plan as one job; a plan that does not fit changes nothing."""
+        plan = await self.plan_evacuation(name)
+        if not plan.fits:
+            raise Conflict(f"node '{name}' cannot be evacuated, so nothing was changed:\n"
+                           + "\n".join(f"  - {problem}" for problem in plan.problems))
+        await self.set_drained(name, True)
+        return await self.role.require().submit(
+            "node.evacuate", {"node": name, "steps": [s.to_dict() for s in plan.steps], "instances": plan.instances()},
+            f"evacuate node '{name}'", reservations=[model.reservation_key("evacuation", name)])
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"node.evacuate": self._job_evacuate}
+
+    async def _job_evacuate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        """Each step is the instance job itself (its checks included); the first failure stops the rest."""
+        name, steps = args["node"], [Step.from_dict(s) for s in args["steps"]]
+        jobs = self.ops.handlers()
+        await ctx.log(f"evacuating node '{name}' (drained: nothing new is placed there) in {len(steps)} step(s)")
+        for index, step in enumerate(steps, 1):
+            where = f"step {index} of {len(steps)}"
+            await ctx.log(f"{where}: {step.describe()}")
+            await ctx.progress(index - 1, len(steps), f"{where}: {step.describe()}", ctx.started)
+            try:
+                await jobs[step.op](_StepContext(ctx, index, len(steps)), step.job_args())
+            except JobFailed as exc:
+                raise JobFailed(f"{where} failed ({step.describe()}): {exc}. {_so_far(name, steps, index)}") from exc
+            except Exception:
+                await ctx.log(f"{where} failed. {_so_far(name, steps, index)}")
+                raise
+        left = sorted(i["name"] for i in await self.ops._prefix(model.INSTANCES)
+                      if name in (i["primary_node"], i.get("secondary_node")))
+        if left:
+            await ctx.log(f"node '{name}' still holds {', '.join(left)} (changed while the evacuation ran); "
+                          f"run `corral node evacuate {name}` again")
+        else:
+            await ctx.log(f"node '{name}' is empty: primary or secondary of no instance; it stays drained "
+                          f"(`corral node undrain {name}` once it is back in service)")
+        return {"node": name, "steps": len(steps), "left": left}
+
     # ---- candidate pool --------------------------------------------------------------
     async def pool_step(self) -> PoolChange | None:
         """Carry out at most one pool change, only while every etcd member is healthy."""
@@ -283,3 +343,33 @@ class NodeOperations:
         log.info("handing the master role over to %s", f"node '{to}'" if to else "another candidate")
         await self.role.step_down(HANDOVER_S)
         return {"from": handover["from"], "to": to}
+
+
+class _StepContext(JobContext):
+    """An instance job run as one step of an evacuation: same log, its progress a slice of the whole.
+
+    It has no runner of its own: everything it records goes through the evacuation's context.
+    """
+
+    def __init__(self, parent: JobContext, index: int, count: int) -> None:
+        self.job = parent.job
+        self.started = parent.started
+        self._parent = parent
+        self._index = index
+        self._count = count
+
+    async def log(self, message: str) -> None:
+        await self._parent.log(message)
+
+    async def progress(self, done: float, total: float, text: str, started: float) -> None:
+        fraction = min(1.0, done / total) if total else 1.0
+        await self._parent.progress(self._index - 1 + fraction, self._count,
+                                    f"step {self._index} of {self._count}: {text}", self._parent.started)
+
+
+def _so_far(node: str, steps: list[Step], failed: int) -> str:
+    """What an evacuation stopped at the step `failed` (1-based) did, and what it left."""
+    done = ", ".join(f"{s.action} '{s.instance}'" for s in steps[:failed - 1]) or "nothing"
+    left = ", ".join(f"{s.action} '{s.instance}'" for s in steps[failed - 1:])
+    return (f"Done: {done}. Not done: {left}. Node '{node}' stays drained; fix the cause and run "
+            f"`corral node evacuate {node}` again (it plans what is left)")

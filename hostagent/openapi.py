@@ -29,6 +29,14 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/cluster": {"get": _op("Cluster name, master, fencing token, candidates")},
     "/v1/cluster/init": {"post": _op("Create a new cluster with this node as its first master", "202", "ClusterInit")},
     "/v1/cluster/verify": {"get": _op("Findings of a cluster-wide consistency check")},
+    "/v1/cluster/repair": {"post": _op("The master fixes what is safe among verify's findings and answers "
+                                       "what it did about each", ok_desc="one entry per finding")},
+    "/v1/node/clock": {"get": _op("This node's wall clock, for verify's clock skew check "
+                                  "(node certificates only)", ok_desc="node and time")},
+    "/v1/cluster/fencing": {"post": _op("Arm or disarm fencing: {\"armed\": true|false}")},
+    "/v1/cluster/alert/clear": {"post": _op("Clear the cluster alert (automatic failovers resume)")},
+    "/v1/cluster/modify": {"post": _op("Set auto_failover (the instances' default) and max_lost_nodes")},
+    "/v1/cluster/simulate": {"get": _op("What the master would do if the nodes in ?fail=N1,N2 were lost now")},
     "/v1/cluster/join": {"post": _op("Join this (new) node to a cluster with a join token (local socket only)",
                                      body="ClusterJoin")},
     "/v1/cluster/master-failover": {"post": _op("Hand the master role to another candidate",
@@ -43,6 +51,9 @@ PATHS: dict[str, dict[str, Any]] = {
                                           "each should refuse it (local socket only)", body="StaleOrder")},
     "/v1/node/drill": {"post": _op("Drill: crash or freeze this agent (node certificates only)",
                                    body="DrillCrash")},
+    "/v1/node/qemus": {"get": _op("The QEMUs running on this node now (node certificates only)")},
+    "/v1/drill/qemus": {"get": _op("Drill: the QEMUs running on node ?node=NAME now, asked of it directly "
+                                   "(local socket only)")},
     "/v1/join/ca": {"get": _op("The cluster CA certificate (public; pinned by join tokens)", ok_desc="PEM")},
     "/v1/join": {"post": _op("Admit a node presenting a join token (no client certificate needed)",
                              body="Join", ok_desc="the node's certificate and the cluster secrets")},
@@ -52,12 +63,21 @@ PATHS: dict[str, dict[str, Any]] = {
                          "delete": _op("Remove a node (?force=1 even with instances)", params=("name",))},
     "/v1/nodes/{name}/modify": {"post": _op("Set candidate, drained, offline", body="NodeModify",
                                             params=("name",))},
+    "/v1/nodes/{name}/drain": {"post": _op("Drain a node: no new instances are placed there (idempotent)",
+                                           params=("name",))},
+    "/v1/nodes/{name}/undrain": {"post": _op("Undrain a node: it takes new instances again (idempotent)",
+                                             params=("name",))},
+    "/v1/nodes/{name}/evacuate": {"post": _op("Drain the node and empty it in one job (migrate, fail over, move, "
+                                              "replace-secondary); dry_run answers the plan only", "202",
+                                              "NodeEvacuate", ("name",))},
     "/v1/nodes/{name}/{action}": {"post": _op("migrate or failover: move every replicated primary instance "
                                               "off the node (one job each)", params=("name", "action"))},
     "/v1/instances": {"get": _op("All instances with their observed status"),
                       "post": _op("Add an instance (a job)", "202", "InstanceAdd")},
     "/v1/instances/{name}": {"get": _op("One instance", params=("name",)),
                              "delete": _op("Remove an instance and its disks (a job)", "202", params=("name",))},
+    "/v1/instances/{name}/modify": {"post": _op("Change restart priority, after, boot check, auto failover (a job)",
+                                                "202", "InstanceModify", ("name",))},
     "/v1/instances/{name}/{action}": {"post": _op("start, stop, reboot, migrate or fail over an instance (a job)", "202",
                                                   "InstanceAction", ("name", "action"))},
     "/v1/instances/{name}/console": {"get": _op("Serial console as a websocket (binary frames)", "101",
@@ -72,6 +92,19 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/users/{name}": {"delete": _op("Remove an API user", params=("name",))},
     "/v1/node/orders": {"post": _op("Order from the master to this node (node certificates only)",
                                     body="Order", ok_desc="order result")},
+}
+
+# Instance fields that say how the cluster keeps it running; `instance add` and `instance modify` take them.
+_RESTART_FIELDS: dict[str, Any] = {
+    "priority": {"type": "string", "enum": ["critical", "high", "normal", "low"]},
+    "after": {"type": "array", "items": {"type": "string"},
+              "description": "instances that must run (and have booted) before this one is restarted"},
+    "boot_pattern": {"type": "string", "example": "login:",
+                     "description": "regex a console line of each boot must match; empty: no check"},
+    "boot_timeout_s": {"type": "number", "nullable": True, "minimum": 0, "exclusiveMinimum": True,
+                       "maximum": 3600,
+                       "description": "seconds a boot may take to print it (default 120)"},
+    "auto_failover": {"type": "boolean", "nullable": True, "description": "null: the cluster's default"},
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -89,7 +122,10 @@ SCHEMAS: dict[str, Any] = {
         "nics": {"type": "array", "items": {"type": "object", "properties": {
             "mode": {"type": "string", "enum": ["user", "bridged"]}, "bridge": {"type": "string"},
             "mac": {"type": "string"}}}},
-        "hvparams": {"type": "object"}, "osparams": {"type": "object"}, "start": {"type": "boolean"}}},
+        "hvparams": {"type": "object"}, "osparams": {"type": "object"}, "start": {"type": "boolean"},
+        **_RESTART_FIELDS}},
+    "InstanceModify": {"type": "object", "description": "only the fields given change",
+                       "properties": _RESTART_FIELDS},
     "InstanceAction": {"type": "object", "properties": {
         "force": {"type": "boolean"}, "timeout_s": {"type": "number"},
         "type": {"type": "string", "enum": ["soft", "hard"]}}},
@@ -103,6 +139,7 @@ SCHEMAS: dict[str, Any] = {
         "name": {"type": "string"}, "address": {"type": "string"}, "ttl_s": {"type": "number"}}},
     "NodeModify": {"type": "object", "properties": {
         "candidate": {"type": "boolean"}, "drained": {"type": "boolean"}, "offline": {"type": "boolean"}}},
+    "NodeEvacuate": {"type": "object", "properties": {"dry_run": {"type": "boolean"}}},
     "UserAdd": {"type": "object", "required": ["name", "role"], "properties": {
         "name": {"type": "string"}, "role": {"type": "string", "enum": ["read", "write"]}}},
     "DrillCrash": {"type": "object", "required": ["mode"], "properties": {

@@ -19,7 +19,7 @@ from election.lease import NotMaster
 from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
 
 from hostagent import model
-from hostagent.checks import ClusterView, check_add
+from hostagent.checks import ClusterView, check_add, check_modify
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.jobs import Handler, JobContext, JobFailed
 from hostagent.master import MasterRole
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # The master waits longer for an OS install than any node may take for it.
 INSTALL_TIMEOUT_S = 1800.0
 ORDER_TIMEOUT_S = 600.0
+MODIFY_TRIES = 3  # an `instance modify` whose instances changed while it checked them is checked again
 
 
 @contextlib.contextmanager
@@ -168,6 +169,13 @@ class Operations:
             f"add instance '{inst.name}'", reservations=reservations,
             must_not_exist=[model.instance_key(inst.name)])
 
+    async def submit_modify(self, name: str, changes: dict[str, Any]) -> int:
+        """Checked now, so a refused change leaves no job behind; the job checks it again before writing."""
+        inst = await self._instance(name)
+        check_modify(inst, changes, tuple(await self._prefix(model.INSTANCES)), await self.cluster_hv())
+        return await self.role.require().submit("instance.modify", {"name": name, "changes": changes},
+                                                f"modify instance '{name}'", must_exist=[model.instance_key(name)])
+
     async def submit_simple(self, op: str, name: str, params: dict[str, Any]) -> int:
         inst = await self._instance(name)
         runner = self.role.require()
@@ -199,6 +207,7 @@ class Operations:
                 "instance.add": self._job_add,
                 "instance.start": self._job_start, "instance.stop": self._job_stop,
                 "instance.reboot": self._job_reboot, "instance.remove": self._job_remove,
+                "instance.modify": self._job_modify,
                 **{op: _job_errors(h) for op, h in {**self.moves.handlers(), **self.disks.handlers()}.items()}}
 
     @_operator_errors
@@ -266,6 +275,10 @@ class Operations:
         await ctx.log(f"starting instance '{inst['name']}' on node '{inst['primary_node']}'")
         result = await self._order(inst["primary_node"], "instance.start", {"instance": inst, "hvparams": hv})
         await ctx.log(f"instance '{inst['name']}' is running on node '{inst['primary_node']}' (pid {result['pid']})")
+        if inst.get("boot_pattern"):
+            timeout = inst.get("boot_timeout_s") or model.DEFAULT_BOOT_TIMEOUT_S
+            await ctx.log(f"node '{inst['primary_node']}' now waits up to {timeout:.0f} s for a console line "
+                          f"matching '{inst['boot_pattern']}' (`corral instance info {inst['name']}` shows it)")
         if inst.get("secondary_node"):
             await self.moves.protect(ctx, inst)
         return {"name": inst["name"], "node": inst["primary_node"], "pid": result["pid"]}
@@ -318,6 +331,36 @@ class Operations:
         return {**result, "type": "soft"}
 
     @_operator_errors
+    async def _job_modify(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        """Written only if the instance and those its `after` chain reaches are as checked: two modifies
+        at once cannot close a cycle between them."""
+        name, changes = args["name"], args["changes"]
+        for _ in range(MODIFY_TRIES):
+            kvs, _ = await self.role.client.get_prefix(model.INSTANCES)
+            records = {str(rec["name"]): (kv, rec) for kv in kvs for rec in [model.loads(kv.value)]}
+            if name not in records:
+                raise NotFound(f"instance '{name}' was removed before it could be modified")
+            inst = records[name][1]
+            new = check_modify(inst, changes, tuple(rec for _, rec in records.values()), await self.cluster_hv())
+            new["mtime"] = time.time()
+            kept = [records[n][0] for n in _reached(name, new["after"], records)]
+            token = self.role.token
+            if token is None or not self.role.lease_ok():
+                raise JobFailed("this node is no longer certainly master (lease not renewed in time); stopped")
+            result = await self.role.lease.guarded_txn(
+                token, [Op.put(model.instance_key(name), model.dumps(new))],
+                extra_compares=[Compare.mod_revision(kv.key, "=", kv.mod_revision) for kv in kept])
+            if result.succeeded:
+                for key in changes:
+                    await ctx.log(f"instance '{name}': {key} {_shown(inst.get(key))} -> {_shown(new.get(key))}")
+                if {"boot_pattern", "boot_timeout_s"} & set(changes):
+                    await ctx.log("the boot check applies from the next start of the instance")
+                return {"name": name, **{key: new.get(key) for key in changes}}
+            await ctx.log("the instances changed while this modify checked them; checking again")
+        raise JobFailed(f"instance '{name}' or the instances it starts after kept changing during "
+                        f"{MODIFY_TRIES} tries; try again")
+
+    @_operator_errors
     async def _job_remove(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = await self._instance(args["name"])
         nodes = [inst["primary_node"], *([inst["secondary_node"]] if inst.get("secondary_node") else [])]
@@ -335,9 +378,33 @@ class Operations:
         return {"name": inst["name"]}
 
 
+def _reached(name: str, after: list[str], records: dict[str, tuple[Any, dict[str, Any]]]) -> list[str]:
+    """`name` and every instance its new `after` links reach, directly or through others."""
+    order, todo = [name], list(after)
+    while todo:
+        current = todo.pop()
+        if current in order or current not in records:
+            continue
+        order.append(current)
+        todo += records[current][1].get("after", [])
+    return order
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(value) or "(none)"
+    return repr(value)
+
+
 def lock_keys(job: dict[str, Any]) -> list[str]:
     """Jobs on the same instance run one at a time; cluster-wide jobs take the cluster lock."""
     if job["op"].startswith("cluster."):
         return ["cluster"]
     args = job["args"]
+    if job["op"] == "node.evacuate":  # the node, and every instance the evacuation moves, until it ends
+        return [f"node/{args['node']}", *(f"instance/{name}" for name in args["instances"])]
     return [f"instance/{args.get('name') or args['instance']['name']}"]

@@ -5,7 +5,8 @@ tracks from etcd, asks `decide`, writes the tracks that changed to
 /corral/restarts/<instance> (so a new master carries on where the old one
 stopped, and every node shows "failed" with the reason), logs each event,
 and sends the starts as background tasks so that one slow node never holds
-up the others.
+up the others. An instance given up while its QEMU still runs (a guest that
+did not boot in time) is stopped the same way, after its console is kept.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Restarter:
     def __init__(self, ops: Operations) -> None:
         self.ops = ops
         self._starting: dict[str, asyncio.Task[None]] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
         self._last_pass = 0.0
 
     def starting(self, name: str) -> bool:
@@ -73,7 +75,11 @@ class Restarter:
         for event in decision.events:
             log.info("%s", event.message)
             if event.kind == "give-up":
-                await self._keep_console(event.instance, event.node)
+                await self._keep_console(event.instance, event.node, list(event.console))
+        for name, _ in decision.stops:
+            task = asyncio.create_task(self._stop(by_name[name]), name=f"stop-{name}")
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
         for name, node in decision.starts:
             seen = reports.get(node, {}).get("instances", {}).get(name)
             self._starting[name] = asyncio.create_task(self._start(by_name[name], dead_qemu=seen is not None),
@@ -94,16 +100,31 @@ class Restarter:
         if ops:
             await self.ops._write(ops)
 
-    async def _keep_console(self, name: str, node: str) -> None:
-        """The last console lines of an instance given up: they usually say why it did not come up."""
+    async def _keep_console(self, name: str, node: str, seen: list[str]) -> None:
+        """The last console lines of an instance given up: they usually say why it did not come up.
+
+        `seen`: the lines the node's boot watch reported, if any; else the node is asked."""
+        tail = seen
         try:
-            tail = (await self.ops._order(node, "instance.console-tail", {"name": name}, timeout_s=10))["lines"]
+            if not tail:
+                tail = (await self.ops._order(node, "instance.console-tail", {"name": name}, timeout_s=10))["lines"]
         except JobFailed as exc:
             tail = [f"(console of node '{node}' not readable: {exc})"]
         raw = await self.ops._get(model.restart_key(name))
         if raw is not None:
             raw["console"] = tail
             await self.ops._write([Op.put(model.restart_key(name), model.dumps(raw))])
+
+    async def _stop(self, inst: dict[str, Any]) -> None:
+        """Hard stop of a QEMU whose guest was given up: it would only hold memory and CPU."""
+        name, node = inst["name"], inst["primary_node"]
+        try:
+            await self.ops._order(node, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                          "nic_count": len(inst["nics"])})
+            log.info("instance '%s': stopped its QEMU on node '%s' (given up)", name, node)
+        except JobFailed as exc:
+            log.warning("instance '%s': could not stop its QEMU on node '%s' after giving it up: %s; "
+                        "`corral instance stop %s` stops it", name, node, exc, name)
 
     async def _start(self, inst: dict[str, Any], dead_qemu: bool) -> None:
         """One start order; a failure is recorded as the track's last error, for the next decision.

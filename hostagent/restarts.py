@@ -10,10 +10,15 @@ Rules: an instance marked up whose node is alive (fresh report, lease held)
 but whose QEMU is not running is started again, at once the first time, then
 after a doubling backoff, each judged on a node report made after the
 start; when the last of `max_attempts` starts did not last, it is given up
-("failed", with the reason). Attempts count from zero once it has run
-`stable_s` after a start. Candidates go by
+("failed", with the reason). A QEMU whose boot the node judged timed out
+(no console line matching the instance's boot pattern in time, see
+hostagent.boothealth) counts as not running, whoever started it: it is
+stopped and started again, and stopped for good when given up. Attempts
+count from zero once it has run `stable_s` after a start, not while its
+boot is still awaited. Candidates go by
 priority (critical, high, normal, low), then name; one waits for the
-instances it names in `after` to run; a node takes at most
+instances it names in `after` to run (and to have booted, if they are
+judged); a node takes at most
 `max_starts_per_node` starts at once, none while its load per CPU or its
 free memory is past the limits.
 """
@@ -23,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from hostagent.status import boot_timeout_reason
 
 PRIORITIES = ("critical", "high", "normal", "low")
 # What a node report says of a QEMU that is there and not dead.
@@ -77,6 +84,7 @@ class Event:
     node: str
     kind: str  # restart | give-up | wait | recovered
     message: str
+    console: tuple[str, ...] = ()  # give-up of a boot that timed out: the last console lines the node saw
 
 
 @dataclass(frozen=True)
@@ -84,14 +92,17 @@ class Decision:
     tracks: dict[str, Track]
     starts: list[tuple[str, str]]  # (instance, node)
     events: list[Event]
+    stops: list[tuple[str, str]] = field(default_factory=list)  # given up, their QEMU still there: stop it
 
 
 def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy = Policy()) -> Decision:
     new = dict(tracks)
     events: list[Event] = []
     starts: list[tuple[str, str]] = []
+    stops: list[tuple[str, str]] = []
     running = {name for report in view.reports.values()
                for name, seen in report.get("instances", {}).items() if seen.get("status") in ALIVE}
+    boots = {i["name"]: _boot(view, i) for i in view.instances}
     by_name = {i["name"]: i for i in view.instances}
     for name in list(new):
         if name not in by_name:
@@ -104,8 +115,9 @@ def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy =
         track = new.get(name, Track())
         if name in view.busy:
             continue
-        if name in running:
-            if track.attempts and now - track.last_start_at >= policy.stable_s:
+        timed_out = name in running and boots[name] == "timeout"
+        if name in running and not timed_out:
+            if track.attempts and boots[name] != "waiting" and now - track.last_start_at >= policy.stable_s:
                 new[name] = Track()
                 events.append(Event(name, node, "recovered",
                                     f"instance '{name}' has run on node '{node}' for {policy.stable_s:.0f} s "
@@ -115,16 +127,22 @@ def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy =
             continue
         if track.attempts and view.reports.get(node, {}).get("time", 0.0) <= track.last_start_at:
             continue  # judge the last start on a report made after it, never on an older one
+        seen = view.reports[node]["instances"][name] if timed_out else {}
+        boot_failure = boot_timeout_reason(seen) if timed_out else ""
         if track.attempts >= policy.max_attempts:
+            last_error = boot_failure or track.last_error
             reason = (f"gave up after {track.attempts} start attempts on node '{node}'"
-                      + (f": {track.last_error}" if track.last_error else ""))
-            new[name] = replace(track, failed=reason)
-            events.append(Event(name, node, "give-up", f"instance '{name}': {reason}"))
+                      + (f": {last_error}" if last_error else ""))
+            new[name] = replace(track, failed=reason, last_error=last_error)
+            events.append(Event(name, node, "give-up", f"instance '{name}': {reason}",
+                                tuple(seen.get("boot_console", []))))
+            if timed_out:
+                stops.append((name, node))
             continue
         if now < track.next_try_at:
             continue
         waiting = [a for a in inst.get("after", []) if a in by_name and by_name[a].get("admin_state") == "up"
-                   and a not in running]
+                   and (a not in running or boots[a] in ("waiting", "timeout"))]
         blocked = waiting or budget.get(node, 0) <= 0 or _node_short(view.reports.get(node, {}), inst, policy)
         if blocked:
             if waiting and not track.last_error.startswith("waits for"):
@@ -135,17 +153,25 @@ def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy =
         budget[node] -= 1
         attempt = track.attempts + 1
         delay = min(policy.backoff_s * 2 ** (attempt - 1), policy.max_backoff_s)
-        new[name] = replace(track, attempts=attempt, next_try_at=now + delay, last_start_at=now)
+        new[name] = replace(track, attempts=attempt, next_try_at=now + delay, last_start_at=now,
+                            last_error=boot_failure or track.last_error)
         starts.append((name, node))
-        why = "its QEMU is not running" + (f" (last attempt: {track.last_error})" if track.last_error else "")
+        why = boot_failure or ("its QEMU is not running"
+                               + (f" (last attempt: {track.last_error})" if track.last_error else ""))
         events.append(Event(name, node, "restart", f"instance '{name}' is marked up but {why}: starting it on "
                                                    f"node '{node}' (attempt {attempt} of {policy.max_attempts})"))
-    return Decision(new, starts, events)
+    return Decision(new, starts, events, stops)
 
 
 def _rank(inst: Mapping[str, Any]) -> int:
     priority = inst.get("priority", "normal")
     return PRIORITIES.index(priority) if priority in PRIORITIES else PRIORITIES.index("normal")
+
+
+def _boot(view: View, inst: Mapping[str, Any]) -> str | None:
+    """The boot verdict of the instance's QEMU on its primary node: waiting, up, timeout, or None (not judged)."""
+    seen = view.reports.get(inst["primary_node"], {}).get("instances", {}).get(inst["name"]) or {}
+    return seen.get("boot") if seen.get("status") in ALIVE else None
 
 
 def _node_short(report: Mapping[str, Any], inst: Mapping[str, Any], policy: Policy) -> bool:

@@ -3,11 +3,14 @@
 Pure: the same function serves `instance list`, `cluster verify` and later
 the master's restart decisions. Vocabulary follows Ganeti's so operators
 coming from it read it at once: running, stopped, error (should run but does
-not), error-up (runs but should not), node-down, unknown.
+not), error-up (runs but should not), node-down, unknown. A guest whose boot
+the node judged (hostagent.boothealth) runs while it is "waiting" and is an
+error once it timed out; the reason words are shared with the restarts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +52,25 @@ def instance_status(instance: dict[str, Any], report: dict[str, Any] | None,
             return ObservedStatus("error", "marked up but not running")
         if seen.get("status") == "guest-panicked":
             return ObservedStatus("error", "the guest kernel panicked", pid)
+        if seen.get("boot") == "timeout":
+            return ObservedStatus("error", boot_timeout_reason(seen), pid)
         if seen.get("status") in MIGRATING:
             return ObservedStatus("running", f"live migration under way ({seen['status']})", pid)
+        if seen.get("boot") == "waiting":
+            return ObservedStatus("running", booting_reason(seen, now), pid)
         return ObservedStatus("running", "", pid)
     if running:
         return ObservedStatus("error-up", "running but marked down", pid)
     return ObservedStatus("stopped", "")
+
+
+def boot_timeout_reason(seen: Mapping[str, Any]) -> str:
+    """Why a node report's QEMU counts as not booted (hostagent.boothealth judged it)."""
+    return (f"did not boot: no console line matching '{seen.get('boot_pattern', '')}' "
+            f"within {float(seen.get('boot_timeout_s', 0)):.0f} s")
+
+
+def booting_reason(seen: Mapping[str, Any], now: float) -> str:
+    waited = max(0.0, now - float(seen.get("boot_started_at", now)))
+    return (f"booting: waiting for console line matching '{seen.get('boot_pattern', '')}' "
+            f"({waited:.0f} s of {float(seen.get('boot_timeout_s', 0)):.0f} s)")

@@ -6,9 +6,16 @@ the same way and `cluster verify` findings are testable without processes.
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from storage.drbdconf import RESOURCE_PREFIX
+
+from hostagent.clocks import ClockReading
+from hostagent.placement import Request, _Judge
+from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
 from hostagent.status import REPORT_STALE_AFTER_S, instance_status, report_age_s
 from hostagent.units import format_mib
 
@@ -24,6 +31,7 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
     elif status == "error" and restart.get("attempts"):
         reason += f"; restarting (attempt {restart['attempts']})"
     mirrors = (reports.get(inst["primary_node"]) or {}).get("mirrors", {}).get(inst["name"], [])
+    seen = ((reports.get(inst["primary_node"]) or {}).get("instances") or {}).get(inst["name"]) or {}
     replication = None
     if inst.get("secondary_node"):
         replication = {"secondary": inst["secondary_node"], "disks": mirrors,
@@ -37,7 +45,11 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
             "os": inst["os"], "disks": inst["disks"], "nics": inst["nics"], "hvparams": inst["hvparams"],
             "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"], "replication": replication,
             "priority": inst.get("priority", "normal"), "after": inst.get("after", []),
-            "console_tail": restart.get("console", []) if status == "failed" else []}
+            "boot_pattern": inst.get("boot_pattern", ""), "auto_failover": inst.get("auto_failover"),
+            "boot_timeout_s": (inst.get("boot_timeout_s") or DEFAULT_BOOT_TIMEOUT_S) if inst.get("boot_pattern")
+            else 0.0, "boot": seen.get("boot"),
+            "console_tail": restart.get("console", []) if status == "failed" else
+            seen.get("boot_console", []) if status == "error" else []}
 
 
 def eta_words(seconds: float | None) -> str:
@@ -107,64 +119,287 @@ def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | 
 
 @dataclass(frozen=True)
 class Finding:
+    """One problem. `code` and the fields below say what it is about, so `--repair` can act on it."""
+
     severity: str  # "error" | "warning"
     message: str
+    code: str = ""
+    node: str = ""
+    instance: str = ""
+    pid: int | None = None
+    disk: int | None = None
+    subject: str = ""  # the disk path or DRBD resource the finding is about
+
+
+CLOCK_WARN_S = 1.0
+CLOCK_ERROR_S = 10.0
+
+
+def jobs_in_flight(jobs: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Instance name -> the queued or running job working on it, in words.
+
+    Half-done work looks like trouble (a migration's second QEMU, a move's
+    export), so verify says which job it is and repair leaves it alone.
+    """
+    out: dict[str, str] = {}
+    for job in jobs:
+        if job.get("status") not in ("queued", "running"):
+            continue
+        args = job.get("args") or {}
+        names = [args.get("name") or (args.get("instance") or {}).get("name"), *(args.get("instances") or [])]
+        for name in filter(None, names):  # "instances": a node evacuation moves each of them
+            out.setdefault(str(name), f"job {job['id']} ({job.get('summary') or job.get('op')}) is {job['status']}")
+    return out
+
+
+def drbd_owner(resource: str) -> tuple[str, int] | None:
+    """(instance, disk index) of a Corral DRBD resource name; None for a resource Corral did not name."""
+    if not resource.startswith(RESOURCE_PREFIX):
+        return None
+    instance, sep, index = resource[len(RESOURCE_PREFIX):].rpartition("-")
+    return (instance, int(index)) if sep and instance and index.isdigit() else None
 
 
 def verify(nodes: list[dict[str, Any]], instances: list[dict[str, Any]],
            reports: dict[str, dict[str, Any]], jobs: list[dict[str, Any]], master: str | None,
-           now: float) -> list[Finding]:
-    """Everything an operator should know is wrong; one finding per problem."""
+           now: float, *, cluster: Mapping[str, Any] | None = None,
+           leases: Mapping[str, Mapping[str, Any]] | None = None,
+           tracks: Iterable[Mapping[str, Any]] | None = None,
+           clocks: Mapping[str, ClockReading] | None = None) -> list[Finding]:
+    """Everything an operator should know is wrong; one finding per problem.
+
+    Each keyword input turns checks on; a caller that cannot know one leaves it
+    out: `cluster` (the cluster record: alert, fencing), `leases` (node -> its
+    node lease record), `tracks` (the master's restart tracks, to find those of
+    deleted instances), `clocks` (node -> its clock as read from the node
+    verify runs on).
+    """
     out: list[Finding] = []
     if master is None:
-        out.append(Finding("error", "no node holds the master lease"))
+        out.append(Finding("error", "no node holds the master lease", "no-master"))
+    out += _cluster_findings(cluster or {})
     by_name = {i["name"]: i for i in instances}
+    busy = jobs_in_flight(jobs)
+    fresh: dict[str, dict[str, Any]] = {}
     running_on: dict[str, list[str]] = {}
     for node in nodes:
         name = node["name"]
+        if leases is not None and name not in leases and not node.get("offline"):
+            out.append(Finding("error", f"node '{name}': holds no node lease: its agent is not renewing it, "
+                                        "so the master counts the node as lost", "no-lease", name))
         report = reports.get(name)
         age = report_age_s(report, now)
         if report is None or age is None:
-            out.append(Finding("error", f"node '{name}': has never reported"))
+            out.append(Finding("error", f"node '{name}': has never reported", "no-report", name))
             continue
         if age > REPORT_STALE_AFTER_S:
-            out.append(Finding("error", f"node '{name}': no report for {age:.0f} s (agent down?)"))
+            out.append(Finding("error", f"node '{name}': no report for {age:.0f} s (agent down?)", "stale-report",
+                               name))
             continue
-        for problem in report.get("os_problems", []):
-            out.append(Finding("warning", f"node '{name}': OS definition problem: {problem}"))
-        for inst_name, seen in report.get("instances", {}).items():
+        fresh[name] = report
+        for inst_name in report.get("instances", {}):
             running_on.setdefault(inst_name, []).append(name)
-            inst = by_name.get(inst_name)
-            if inst is None:
-                out.append(Finding("error", f"node '{name}': QEMU for unknown instance '{inst_name}' "
-                                            f"is running (pid {seen.get('pid')})"))
-            elif inst["primary_node"] != name:
-                out.append(Finding("error", f"instance '{inst_name}' runs on node '{name}' but its "
-                                            f"primary is '{inst['primary_node']}'"))
-        for vol in report.get("volumes", []):
-            inst = by_name.get(vol["instance"])
-            if inst is None or name not in (inst["primary_node"], inst.get("secondary_node")):
-                out.append(Finding("warning", f"node '{name}': orphan disk {vol['path']} "
-                                              f"(no instance '{vol['instance']}' here)"))
+        out += _node_findings(name, report, by_name, busy)
     for inst in instances:
-        row = instance_row(inst, reports, now)
-        if row["status"] in ("error", "failed"):
-            out.append(Finding("error", f"instance '{inst['name']}': {row['reason']} "
-                                        f"on node '{inst['primary_node']}'"))
-        elif row["status"] == "error-up":
-            out.append(Finding("warning", f"instance '{inst['name']}': {row['reason']}"))
-        rep = row["replication"]
-        if rep and row["pid"] and rep["summary"] != "in sync":
-            bad = not rep["disks"] or any(d["status"] in ("degraded", "stalled", "failed") for d in rep["disks"])
-            out.append(Finding("error" if bad else "warning",
-                               f"instance '{inst['name']}': its copy on node '{rep['secondary']}' is "
-                               f"{rep['summary']}" + (" (no current copy: a failover now would lose writes)"
-                                                      if bad else "")))
-        if len(running_on.get(inst["name"], [])) > 1:
-            out.append(Finding("error", f"instance '{inst['name']}' runs on several nodes: "
-                                        f"{', '.join(running_on[inst['name']])}"))
+        out += _instance_findings(inst, reports, running_on.get(inst["name"], []), now)
+    out += _n_plus_1(nodes, fresh, instances, now)
+    out += _clock_findings(clocks or {})
+    for track in tracks or ():
+        if track["name"] not in by_name:
+            out.append(Finding("warning", f"the master's restart track of deleted instance '{track['name']}' "
+                                          "is left over", "stale-track", instance=track["name"]))
     for job in jobs:
         if job["status"] == "running" and now - (job.get("started") or now) > JOB_STUCK_AFTER_S:
             out.append(Finding("warning", f"job {job['id']} ({job['summary']}) has been running for "
-                                          f"{(now - job['started']) / 60:.0f} min"))
+                                          f"{(now - job['started']) / 60:.0f} min", "job-stuck"))
+    return out
+
+
+def _while(job: str | None) -> str:
+    return f"; {job}" if job else ""
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _cluster_findings(cluster: Mapping[str, Any]) -> list[Finding]:
+    out: list[Finding] = []
+    alert = cluster.get("alert")
+    if alert:
+        since = f" since {_when(alert['since'])}" if alert.get("since") else ""
+        out.append(Finding("error", f"cluster alert{since}: {alert.get('reason') or 'no reason recorded'}", "alert"))
+    if cluster.get("fencing", "armed") == "disarmed":
+        since = f" since {_when(cluster['fencing_since'])}" if cluster.get("fencing_since") else ""
+        out.append(Finding("warning", f"fencing is disarmed{since}: nothing fails over automatically",
+                           "fencing-disarmed"))
+    return out
+
+
+def _node_findings(name: str, report: Mapping[str, Any], by_name: Mapping[str, Mapping[str, Any]],
+                   busy: Mapping[str, str]) -> list[Finding]:
+    """What one node's fresh report shows: unknown or misplaced QEMUs, orphans, DRBD trouble."""
+    out = [Finding("warning", f"node '{name}': OS definition problem: {p}", "os-problem", name)
+           for p in report.get("os_problems", [])]
+    running = report.get("instances", {})
+    for inst_name, seen in running.items():
+        inst, pid, job = by_name.get(inst_name), seen.get("pid"), busy.get(inst_name)
+        if inst is None:
+            out.append(Finding("warning" if job else "error", f"node '{name}': QEMU for unknown instance "
+                               f"'{inst_name}' is running (pid {pid})" + _while(job), "unknown-qemu", name,
+                               inst_name, pid))
+        elif inst["primary_node"] != name:
+            out.append(Finding("warning" if job else "error", f"instance '{inst_name}' runs on node '{name}' but "
+                               f"its primary is '{inst['primary_node']}' (pid {pid})" + _while(job), "wrong-node",
+                               name, inst_name, pid))
+    for stray in report.get("stray_qemus", []):
+        inst_name, pid = stray["instance"], stray["pid"]
+        tracked = running.get(inst_name)
+        if tracked:
+            out.append(Finding("error", f"node '{name}': two QEMUs for instance '{inst_name}': pid "
+                                        f"{tracked.get('pid')} (named by its pidfile) and pid {pid}",
+                               "duplicate-qemu", name, inst_name, pid))
+        else:
+            out.append(Finding("error", f"node '{name}': QEMU pid {pid} of instance '{inst_name}' is not the "
+                                        "one its pidfile names, so the agent neither sees nor stops it",
+                               "untracked-qemu", name, inst_name, pid))
+    for vol in report.get("volumes", []):
+        inst = by_name.get(vol["instance"])
+        if inst is None or name not in (inst["primary_node"], inst.get("secondary_node")):
+            out.append(Finding("warning", f"node '{name}': orphan disk {vol['path']} (no instance "
+                                          f"'{vol['instance']}' here)" + _while(busy.get(vol["instance"])),
+                               "orphan-disk", name, vol["instance"], disk=vol.get("index"), subject=vol["path"]))
+    for export in report.get("exports", []):
+        why = _export_orphaned(name, export, by_name.get(export["instance"]))
+        if why:
+            out.append(Finding("warning", f"node '{name}': orphan NBD export of disk {export['disk']} of "
+                                          f"'{export['instance']}' (pid {export['pid']}): {why}"
+                               + _while(busy.get(export["instance"])), "orphan-export", name,
+                               export["instance"], export["pid"], export["disk"]))
+    out += _drbd_findings(name, report.get("drbd") or {}, by_name)
+    return out
+
+
+def _export_orphaned(node: str, export: Mapping[str, Any], inst: Mapping[str, Any] | None) -> str:
+    """Why no mirror needs this export; '' when one does."""
+    if inst is None:
+        return "no such instance"
+    if inst["disk_template"] != "mirror":
+        return f"the instance is not mirrored (template {inst['disk_template']})"
+    if inst.get("secondary_node") != node:
+        secondary = inst.get("secondary_node")
+        return f"its secondary is node '{secondary}'" if secondary else "it has no secondary"
+    if export["disk"] not in {d["index"] for d in inst["disks"]}:
+        return f"the instance has no disk {export['disk']}"
+    return ""
+
+
+def _drbd_findings(name: str, drbd: Mapping[str, Any], by_name: Mapping[str, Mapping[str, Any]]) -> list[Finding]:
+    """Resources no instance uses here, and (seen from the primary) copies not in sync."""
+    out: list[Finding] = []
+    if drbd.get("error"):
+        out.append(Finding("warning", f"node '{name}': DRBD state unreadable: {drbd['error']}", "drbd-unreadable",
+                           name))
+    for res in drbd.get("resources", []):
+        owner = drbd_owner(res["name"])
+        if owner is None:
+            continue
+        inst_name, index = owner
+        inst = by_name.get(inst_name)
+        if inst is None:
+            why = "no such instance"
+        elif inst["disk_template"] != "drbd":
+            why = f"instance '{inst_name}' does not use DRBD (template {inst['disk_template']})"
+        elif name not in (inst["primary_node"], inst.get("secondary_node")):
+            why = f"instance '{inst_name}' is not on this node"
+        elif index not in {d["index"] for d in inst["disks"]}:
+            why = f"instance '{inst_name}' has no disk {index}"
+        else:
+            why = ""
+        if why:
+            out.append(Finding("warning", f"node '{name}': orphan DRBD resource {res['name']} ({why})",
+                               "orphan-drbd", name, inst_name, disk=index, subject=res["name"]))
+        elif inst is not None and inst["primary_node"] == name and not res.get("up_to_date"):
+            out.append(Finding("error", f"instance '{inst_name}' disk {index}: DRBD on node '{name}' is not in "
+                                        f"sync: {res.get('summary')}", "drbd-degraded", name, inst_name,
+                               disk=index, subject=res["name"]))
+    return out
+
+
+def _instance_findings(inst: dict[str, Any], reports: dict[str, dict[str, Any]], where: list[str],
+                       now: float) -> list[Finding]:
+    """`where`: the nodes whose fresh report shows a QEMU for this instance."""
+    name, primary = inst["name"], inst["primary_node"]
+    row = instance_row(inst, reports, now)
+    out: list[Finding] = []
+    if inst.get("admin_state") == "up" and not where:
+        out.append(Finding("error", _runs_nowhere(inst, row, now), "runs-nowhere", primary, name))
+    elif row["status"] in ("error", "failed") and primary in where:
+        out.append(Finding("error", f"instance '{name}': {row['reason']} on node '{primary}'", "instance-error",
+                           primary, name, row["pid"]))
+    elif row["status"] == "error-up":
+        out.append(Finding("warning", f"instance '{name}': {row['reason']}", "error-up", primary, name, row["pid"]))
+    rep = row["replication"]
+    if rep and row["pid"] and rep["summary"] != "in sync":
+        bad = not rep["disks"] or any(d["status"] in ("degraded", "stalled", "failed") for d in rep["disks"])
+        out.append(Finding("error" if bad else "warning",
+                           f"instance '{name}': its copy on node '{rep['secondary']}' is {rep['summary']}"
+                           + (" (no current copy: a failover now would lose writes)" if bad else ""),
+                           "replication", primary, name))
+    if len(where) > 1:
+        out.append(Finding("error", f"instance '{name}' runs on several nodes: {', '.join(where)}", "multi-node",
+                           instance=name))
+    return out
+
+
+def _runs_nowhere(inst: Mapping[str, Any], row: Mapping[str, Any], now: float) -> str:
+    """Marked up, no QEMU anywhere: say what the master's restart duty is doing about it."""
+    name, primary = inst["name"], inst["primary_node"]
+    track = inst.get("restart") or {}
+    if track.get("failed"):
+        return (f"instance '{name}': {track['failed']} (marked up, running nowhere; "
+                f"`corral instance start {name}` tries again)")
+    if row["status"] in ("node-down", "unknown"):
+        return f"instance '{name}': marked up but running nowhere: {row['reason']}"
+    text = f"instance '{name}': marked up but running nowhere (primary node '{primary}')"
+    if track.get("attempts"):
+        text += f"; {track['attempts']} restart attempt(s) so far"
+        if track.get("next_try_at", 0.0) > now:
+            text += f", next in {track['next_try_at'] - now:.0f} s"
+        if track.get("last_error"):
+            text += f", last error: {track['last_error']}"
+    elif track.get("last_error"):
+        text += f"; {track['last_error']}"
+    else:
+        text += "; the master has not tried to restart it yet"
+    return text
+
+
+def _n_plus_1(nodes: list[dict[str, Any]], fresh: Mapping[str, Mapping[str, Any]],
+              instances: list[dict[str, Any]], now: float) -> list[Finding]:
+    """Placement's own N+1 rule, applied to the cluster as it is (no new instance).
+
+    Only nodes whose report says how much memory they have are judged."""
+    judge = _Judge(Request(memory_mib=0, disk_mib=0, replicated=False), {n["name"]: n for n in nodes}, fresh,
+                   instances, now, REPORT_STALE_AFTER_S)
+    return [Finding("error", f"node '{node}': {text}", "n-plus-1", node)
+            for node in sorted(fresh) if "memory_total_mib" in fresh[node]
+            for text in judge._n_plus_1(node, judge.free_memory(node))]
+
+
+def _clock_findings(clocks: Mapping[str, ClockReading]) -> list[Finding]:
+    out: list[Finding] = []
+    for node, clock in sorted(clocks.items()):
+        if clock.offset_s is None:
+            out.append(Finding("warning", f"node '{node}': clock not measured: {clock.error}", "clock-unmeasured",
+                               node))
+            continue
+        skew = abs(clock.offset_s) - clock.uncertainty_s  # certainly at least this far off
+        if skew > CLOCK_WARN_S:
+            side = "ahead of" if clock.offset_s > 0 else "behind"
+            out.append(Finding("error" if skew > CLOCK_ERROR_S else "warning",
+                               f"node '{node}': clock is {abs(clock.offset_s):.1f} s {side} the clock of node "
+                               f"'{clock.reference}' (±{clock.uncertainty_s:.2f} s); leases and reports compare "
+                               "clocks across nodes: keep every node in sync with NTP (e.g. chrony)",
+                               "clock-skew", node))
     return out

@@ -13,13 +13,14 @@ NODES=(n1 n2 n3)
 corral() { CORRAL_SOCKET="$DEMO/$1/run/agent.sock" "$VENV/bin/corral" "${@:2}"; }
 
 stop_qemus() {
-  # QEMU and the disk exports outlive the agent by design: stop the demo's own by pidfile.
-  for pidfile in "$DEMO"/*/run/instances/*/qemu.pid "$DEMO"/*/run/replication/*.pid; do
+  # QEMU, the disk exports and the fence keeper outlive the agent by design: stop the demo's own by pidfile.
+  for pidfile in "$DEMO"/*/run/instances/*/qemu.pid "$DEMO"/*/run/replication/*.pid "$DEMO"/*/run/fence-keeper.pid; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$DEMO/"; then
       case $pidfile in
         */replication/*) echo "==> stopping disk export $(basename "$pidfile" .pid) (pid $pid)" ;;
+        */fence-keeper.pid) echo "==> stopping the fence keeper of $(basename "$(dirname "$(dirname "$pidfile")")") (pid $pid)" ;;
         *) echo "==> stopping instance $(basename "$(dirname "$pidfile")") (QEMU pid $pid)" ;;
       esac
       kill "$pid" 2>/dev/null || true
@@ -113,7 +114,8 @@ start() {
   for i in 1 2 3; do
     corral n1 instance add "web$i" --os busybox-guest --node "n$i" --memory 256M --disk 256M,format=qcow2
   done
-  corral n1 instance add db1 --os busybox-guest --disk-template mirror --node n2:n3 --memory 256M --disk 256M
+  corral n1 instance add db1 --os busybox-guest --disk-template mirror --node n2:n3 --memory 256M --disk 256M \
+    --auto-failover yes --priority critical
   echo "==> waiting for the guests to boot"
   for i in 1 2 3; do wait_until 60 "web$i to boot" booted "n$i" "web$i" || true; done
   wait_until 60 "db1 to boot" booted n2 db1 || true
@@ -137,6 +139,10 @@ Point corral at any node and look around:
 Run the master-failover drill from a node that is not the master:
 
   CORRAL_SOCKET=$DEMO/n3/run/agent.sock corral drill master-failover --rounds 3
+
+Lose db1's node on purpose: n2 is cut off, stops db1 itself, and db1 runs on n3:
+
+  CORRAL_SOCKET=$DEMO/n1/run/agent.sock corral drill node-loss n2
 
 Stop it all with: make demo-stop
 MSG

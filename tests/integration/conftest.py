@@ -136,6 +136,9 @@ image_paths = ["{self.root}/images"]
 report_interval_s = 1.0
 master_lease_ttl_s = 5
 drills = true
+
+[fencing]
+node_lease_ttl_s = 12
 """)
 
     @property
@@ -238,10 +241,10 @@ drills = true
         return "".join(p.read_text(errors="replace") for p in logs if p.is_file())
 
     def qemu_pids(self) -> list[int]:
-        """QEMUs and qemu-storage-daemon disk exports this node started (by their pidfiles)."""
+        """QEMUs, qemu-storage-daemon disk exports and the fence keeper of this node (by their pidfiles)."""
         pids = []
         run = self.root / "run"
-        for pidfile in [*run.rglob("qemu.pid"), *(run / "replication").glob("*.pid")]:
+        for pidfile in [*run.rglob("qemu.pid"), *(run / "replication").glob("*.pid"), *run.glob("fence-keeper.pid")]:
             try:
                 pids.append(int(pidfile.read_text().strip()))
             except ValueError:
@@ -249,7 +252,7 @@ drills = true
         return pids
 
     def kill_qemus(self) -> None:
-        """Teardown, or a node's power loss: kill the QEMUs and disk exports this node started.
+        """Teardown, or a node's power loss: kill the QEMUs, disk exports and fence keeper of this node.
 
         Found by pidfile and checked by command line, so nothing else is touched."""
         for pid in self.qemu_pids():
@@ -329,8 +332,9 @@ def one_node(tmp_path_factory, guest_dir):
 class Cluster:
     """N agents on 127.0.0.1..N, formed by init on the first and join on the others."""
 
-    def __init__(self, root: Path, size: int, supervised: bool = False) -> None:
-        self.nodes = [AgentNode(root / f"n{i}", name=f"n{i}", address=f"127.0.0.{i}") for i in range(1, size + 1)]
+    def __init__(self, root: Path, size: int, supervised: bool = False, subnet: str = "127.0.0") -> None:
+        """`subnet`: another 127.x.y lets a module's cluster keep its fixed ports (disk exports) to itself."""
+        self.nodes = [AgentNode(root / f"n{i}", name=f"n{i}", address=f"{subnet}.{i}") for i in range(1, size + 1)]
         self.supervised = supervised
 
     def __getitem__(self, name: str) -> AgentNode:

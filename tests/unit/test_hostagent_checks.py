@@ -102,7 +102,8 @@ def test_jobs_lock_their_instance_and_cluster_jobs_the_cluster():
 
 
 def test_priority_and_after_are_checked_and_kept():
-    inst = check_add({"name": "app1", "os": "img", "priority": "critical", "after": ["db1"]}, view(), now=0)
+    inst = check_add({"name": "app1", "os": "img", "priority": "critical", "after": ["db1"]},
+                     view(instances={"db1"}), now=0)
     assert (inst.priority, inst.after) == ("critical", ["db1"])
     with pytest.raises(BadRequest) as err:
         check_add({"name": "app1", "os": "img", "priority": "urgent", "after": ["app1"]}, view(), now=0)

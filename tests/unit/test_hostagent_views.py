@@ -55,7 +55,8 @@ def test_verify_reports_unknown_qemu_orphan_disk_and_down_instance():
     messages = [f.message for f in findings]
     assert "node 'n1': QEMU for unknown instance 'ghost' is running (pid 7)" in messages
     assert "node 'n1': orphan disk /x/gone/disk0.raw (no instance 'gone' here)" in messages
-    assert "instance 'web1': marked up but not running on node 'n1'" in messages
+    assert "instance 'web1': marked up but running nowhere (primary node 'n1'); the master has not tried " \
+           "to restart it yet" in messages
     assert {f.severity for f in findings} == {"error", "warning"}
 
 

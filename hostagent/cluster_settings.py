@@ -1,0 +1,88 @@
+"""Cluster-wide failover settings an operator changes: fencing armed or disarmed, the alert, defaults.
+
+All of them live in the cluster record (/corral/cluster) that every node
+mirrors: agents read `fencing` there to know whether to self-fence, the
+master reads it (and `alert`, `auto_failover`, `max_lost_nodes`) to know
+whether it may move anything. Each change is recorded as an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from election.etcd import Op
+
+from hostagent import model
+from hostagent.errors import BadRequest, Conflict
+from hostagent.eventlog import event_ops
+from hostagent.restarts import Event
+
+if TYPE_CHECKING:
+    from hostagent.operations import Operations
+
+log = logging.getLogger(__name__)
+
+# setting -> what it must be (for errors)
+MODIFIABLE = {
+    "auto_failover": "yes or no: the default for instances without their own --auto-failover",
+    "max_lost_nodes": "a whole number >= 1: more nodes lost at once raise the alert and stop automatic moves "
+                      "(or 'default': one, or a third of the nodes)",
+}
+
+
+def check_changes(changes: dict[str, Any]) -> list[str]:
+    """Problems with a `cluster modify` request (pure)."""
+    problems = [f"unknown cluster setting '{k}' (known: {', '.join(MODIFIABLE)})" for k in changes
+                if k not in MODIFIABLE]
+    if "auto_failover" in changes and not isinstance(changes["auto_failover"], bool):
+        problems.append(f"auto_failover must be {MODIFIABLE['auto_failover']}, got {changes['auto_failover']!r}")
+    lost = changes.get("max_lost_nodes", 1)
+    if lost is not None and (isinstance(lost, bool) or not isinstance(lost, int) or lost < 1):
+        problems.append(f"max_lost_nodes must be {MODIFIABLE['max_lost_nodes']}, got {lost!r}")
+    if not changes:
+        problems.append(f"nothing to change (settings: {', '.join(MODIFIABLE)})")
+    return problems
+
+
+async def _update(ops: Operations, change: dict[str, Any], message: str) -> dict[str, Any]:
+    cluster = await ops._get(model.CLUSTER_KEY) or {}
+    cluster.update(change)
+    now = time.time()
+    writes = [Op.put(model.CLUSTER_KEY, model.dumps(cluster))]
+    writes += await event_ops(ops.role.client, [Event("", ops.role.node, "operator", message)], now)
+    await ops._write(writes)
+    log.warning("%s", message)
+    return cluster
+
+
+async def set_fencing(ops: Operations, arm: bool) -> dict[str, Any]:
+    cluster = await ops._get(model.CLUSTER_KEY) or {}
+    state = "armed" if arm else "disarmed"
+    if cluster.get("fencing", "armed") == state:
+        return {"fencing": state, "changed": False}
+    message = ("fencing armed: nodes cut off stop their auto-failover instances again, and the master fails "
+               "them over" if arm else
+               "fencing DISARMED by the operator: no node stops its instances when cut off, and nothing is "
+               "failed over automatically, until `corral cluster fencing arm`")
+    await _update(ops, {"fencing": state, "fencing_since": time.time()}, message)
+    return {"fencing": state, "changed": True}
+
+
+async def clear_alert(ops: Operations) -> dict[str, Any]:
+    cluster = await ops._get(model.CLUSTER_KEY) or {}
+    alert = cluster.get("alert")
+    if not alert:
+        raise Conflict("there is no cluster alert to clear")
+    await _update(ops, {"alert": None}, f"cluster alert cleared by the operator (it said: {alert['reason']})")
+    return {"cleared": alert}
+
+
+async def modify(ops: Operations, changes: dict[str, Any]) -> dict[str, Any]:
+    problems = check_changes(changes)
+    if problems:
+        raise BadRequest("; ".join(problems))
+    said = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
+    cluster = await _update(ops, changes, f"cluster settings changed by the operator: {said}")
+    return {k: cluster.get(k) for k in MODIFIABLE}
