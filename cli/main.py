@@ -134,7 +134,8 @@ class Cli:
             if d["hvparams"]:
                 print("hv defaults:  " + ", ".join(f"{k}={v}" for k, v in sorted(d["hvparams"].items())))
             print(f"failover:     auto-failover default {'on' if d.get('auto_failover') else 'off'}; more than "
-                  f"{d.get('max_lost_nodes') or 'max(1, nodes/3)'} node(s) lost at once raise the alert")
+                  f"{d.get('max_lost_nodes') or 'max(1, nodes/3)'} node(s) lost at once raise the alert; failback "
+                  + (f"after {d['failback_after_s']:.0f} s back" if d.get("failback_after_s") else "only on request"))
             if d.get("fencing") == "disarmed":
                 print(f"FENCING:      DISARMED{since_words(d.get('fencing_since'))}: nodes cut off keep running "
                       "their instances and NOTHING fails over automatically; `corral cluster fencing arm`")
@@ -158,6 +159,8 @@ class Cli:
         body: dict[str, Any] = {}
         if self.args.auto_failover:
             body["auto_failover"] = self.args.auto_failover == "yes"
+        if self.args.failback_after is not None:
+            body["failback_after_s"] = self.args.failback_after
         if self.args.max_lost_nodes:
             body["max_lost_nodes"] = None if self.args.max_lost_nodes == "default" else _whole(
                 self.args.max_lost_nodes, "--max-lost-nodes")
@@ -567,6 +570,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-lost-nodes", metavar="N|default",
                    help="more nodes lost at once raise the alert and stop automatic moves "
                         "(default: one, or a third of the nodes)")
+    s.add_argument("--failback-after", type=float, metavar="S",
+                   help="instances failed over automatically migrate back once their node has been back S "
+                        "seconds and their copy there is in sync (default 0: only with `instance migrate`)")
     s = c.add_parser("simulate", help="what the master would do if a node died now (nothing is changed)",
                      parents=[common])
     s.add_argument("--fail", action="append", required=True, metavar="NODE", help="a node to take away (repeat)")

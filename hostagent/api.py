@@ -229,6 +229,7 @@ class Api:
             "alert": cluster.get("alert"),
             "auto_failover": bool(cluster.get("auto_failover", False)),
             "max_lost_nodes": cluster.get("max_lost_nodes"),
+            "failback_after_s": cluster.get("failback_after_s") or 0,
         })
 
     async def cluster_fencing(self, request: web.Request) -> web.Response:

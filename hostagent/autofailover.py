@@ -20,7 +20,7 @@ from election.etcd import Op
 from hostagent import model
 from hostagent.errors import Conflict, NotFound
 from hostagent.eventlog import event_ops
-from hostagent.failovers import Decision, Policy, State, View, decide
+from hostagent.failovers import Decision, Policy, State, View, decide, failbacks
 from hostagent.status import REPORT_STALE_AFTER_S
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ class AutoFailover:
         view = await self.view(now)
         state = State.from_dict(await self.ops._get(model.FAILOVER_STATE_KEY) or {})
         decision = decide(view, state, now)
+        back = failbacks(view, decision.state, now)
+        decision.events.extend(e for _, _, e in back)
         await self._save(state, decision, view.cluster, now)
         for event in decision.events:
             (log.warning if event.kind in ("alert", "refuse", "node-lost") else log.info)("%s", event.message)
@@ -67,6 +69,13 @@ class AutoFailover:
                 log.info("instance '%s': automatic failover is job %d", name, job)
             except Conflict as exc:
                 log.info("instance '%s': automatic failover not submitted: %s", name, exc)
+        for name, home, _ in back:
+            try:
+                await self.ops.role.require().submit(
+                    "instance.migrate", {"name": name}, f"fail back instance '{name}' to node '{home}'",
+                    must_exist=[model.instance_key(name)])
+            except Conflict as exc:
+                log.info("instance '%s': failback not submitted: %s", name, exc)
 
     async def _save(self, before: State, decision: Decision, cluster: dict[str, Any], now: float) -> None:
         ops: list[Op] = []

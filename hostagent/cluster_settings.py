@@ -29,6 +29,8 @@ MODIFIABLE = {
     "auto_failover": "yes or no: the default for instances without their own --auto-failover",
     "max_lost_nodes": "a whole number >= 1: more nodes lost at once raise the alert and stop automatic moves "
                       "(or 'default': one, or a third of the nodes)",
+    "failback_after_s": "seconds a node must be back (and the copy in sync) before the instances failed over "
+                        "from it migrate back by themselves (0: only when asked, with `instance migrate`)",
 }
 
 
@@ -41,6 +43,9 @@ def check_changes(changes: dict[str, Any]) -> list[str]:
     lost = changes.get("max_lost_nodes", 1)
     if lost is not None and (isinstance(lost, bool) or not isinstance(lost, int) or lost < 1):
         problems.append(f"max_lost_nodes must be {MODIFIABLE['max_lost_nodes']}, got {lost!r}")
+    back = changes.get("failback_after_s", 0)
+    if isinstance(back, bool) or not isinstance(back, (int, float)) or back < 0:
+        problems.append(f"failback_after_s must be {MODIFIABLE['failback_after_s']}, got {back!r}")
     if not changes:
         problems.append(f"nothing to change (settings: {', '.join(MODIFIABLE)})")
     return problems

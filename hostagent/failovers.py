@@ -54,15 +54,17 @@ class State:
     lost: dict[str, float] = field(default_factory=dict)  # node -> when its lease was first seen gone
     attempts: dict[str, int] = field(default_factory=dict)  # "instance@node" -> failovers started off that node
     told: frozenset[str] = frozenset()  # refusals already recorded: one event per cause, not per pass
+    back: dict[str, float] = field(default_factory=dict)  # node -> when it held its lease again after a loss
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lost": self.lost, "attempts": self.attempts, "told": sorted(self.told)}
+        return {"lost": self.lost, "attempts": self.attempts, "told": sorted(self.told), "back": self.back}
 
     @staticmethod
     def from_dict(raw: Mapping[str, Any]) -> State:
         return State({str(k): float(v) for k, v in (raw.get("lost") or {}).items()},
                      {str(k): int(v) for k, v in (raw.get("attempts") or {}).items()},
-                     frozenset(raw.get("told") or ()))
+                     frozenset(raw.get("told") or ()),
+                     {str(k): float(v) for k, v in (raw.get("back") or {}).items()})
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ def decide(view: View, state: State, now: float, policy: Policy = Policy()) -> D
     events: list[Event] = []
     told = set(state.told)
     attempts = dict(state.attempts)
+    back = dict(state.back)
     considered = [n["name"] for n in view.nodes if not n.get("offline")]
     lost: dict[str, float] = {}
     for node in considered:
@@ -113,10 +116,12 @@ def decide(view: View, state: State, now: float, policy: Policy = Policy()) -> D
                                                            f"(lost for {now - state.lost[node]:.0f} s)"))
                 told = {k for k in told if not k.endswith(f"@{node}")}
                 attempts = {k: n for k, n in attempts.items() if not k.endswith(f"@{node}")}
+                back[node] = now
             continue
         if node not in state.lost and (now - view.master_since < policy.grace_s or node not in view.reports):
             continue  # agents take their leases again after a restart; a node that never reported hosts nothing
         lost[node] = state.lost.get(node, now)
+        back.pop(node, None)
         if node not in state.lost:
             guarded = _guarded(view, node)
             events.append(Event("", node, "node-lost",
@@ -161,7 +166,35 @@ def decide(view: View, state: State, now: float, policy: Policy = Policy()) -> D
                             f"node '{node}' is lost (lease expired {now - lost[node]:.0f} s ago): failing over "
                             f"instance '{name}' (priority {inst.get('priority', 'normal')}) to its in-sync "
                             f"secondary '{target}'" + (f", attempt {tries}" if tries > 1 else "")))
-    return Decision(State(lost, attempts, frozenset(told)), failovers, events, alert)
+    return Decision(State(lost, attempts, frozenset(told), back), failovers, events, alert)
+
+
+def failbacks(view: View, state: State, now: float) -> list[tuple[str, str, Event]]:
+    """Instances to live-migrate back to the node they were failed over from: (instance, home, why).
+
+    Only with the cluster's `failback_after_s` set (else failback is the
+    operator's `instance migrate`), once that node has held its lease that
+    long since it came back, its copy is in sync again (never during a
+    resync), and no alert or disarm stands.
+    """
+    after = view.cluster.get("failback_after_s")
+    if not after or view.cluster.get("alert") or not armed(view.cluster):
+        return []
+    out = []
+    for inst in sorted(view.instances, key=lambda i: (_rank(i), i["name"])):
+        name, home = inst["name"], inst.get("home_node")
+        if (not home or inst.get("secondary_node") != home or home not in view.alive or name in view.busy
+                or inst.get("admin_state") != "up" or not inst.get("replica_in_sync")
+                or name not in view.reports.get(inst["primary_node"], {}).get("instances", {})):
+            continue
+        since = state.back.get(home)
+        if since is None or home in state.lost or now - since < float(after):
+            continue
+        out.append((name, home, Event(name, home, "fail-back",
+                                      f"node '{home}' has been back for {now - since:.0f} s and the copy of "
+                                      f"'{name}' there is in sync: migrating it back home from "
+                                      f"'{inst['primary_node']}' (failback after {float(after):.0f} s)")))
+    return out
 
 
 def _refusal(view: View, inst: Mapping[str, Any], blocked: str, free: Mapping[str, int],

@@ -73,8 +73,10 @@ class Moves:
                             "are not replicated to a second node; use `corral instance move` while it is stopped")
         return str(inst["secondary_node"])
 
-    async def _set_nodes(self, inst: dict[str, Any], primary: str, secondary: str) -> None:
-        inst.update(primary_node=primary, secondary_node=secondary, replica_in_sync=False, mtime=time.time())
+    async def _set_nodes(self, inst: dict[str, Any], primary: str, secondary: str, home: str | None = None) -> None:
+        """`home`: the node an automatic failover took it from, for a later failback (else none)."""
+        inst.update(primary_node=primary, secondary_node=secondary, replica_in_sync=False, mtime=time.time(),
+                    home_node=home)
         await self.ops._write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
 
     async def protect(self, ctx: JobContext | None, inst: dict[str, Any]) -> bool:
@@ -208,7 +210,7 @@ class Moves:
         else:
             await self._stop_on_old(ctx, inst, hv, force)
         await self.ops._order(new, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
-        await self._set_nodes(inst, new, old)
+        await self._set_nodes(inst, new, old, home=old if args.get("fenced") else None)
         await ctx.log(f"node '{new}' is now the primary of '{name}'")
         result: dict[str, Any] = {"name": name, "node": new}
         if inst["admin_state"] == "up":

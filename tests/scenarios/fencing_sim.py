@@ -25,6 +25,7 @@ from hostagent.selffence import FENCE_MARGIN_S, guarded_names
 
 TTL = 20.0
 REPORT_EVERY = 2.0
+RESYNC_S = 5.0  # a secondary back with a running primary is in sync again after this long
 
 
 @dataclass
@@ -147,9 +148,19 @@ class Sim:
             assert not blocked, f"{name} failed over while the alert or disarm stands"
             assert old not in leases, f"{name} failed over away from {old}, which still holds its lease"
             inst = by_name[name]
-            inst["primary_node"], inst["secondary_node"] = new, old
+            inst.update(primary_node=new, secondary_node=old, home_node=old, replica_in_sync=False, resync_from=None)
             self.moves.append((self.now, name, old, new))
             self._start(name, new)
+        for name, home, _ in failovers.failbacks(view, self.fstate, self.now):
+            assert not blocked, f"{name} failed back while the alert or disarm stands"
+            inst = by_name[name]
+            assert inst["replica_in_sync"], f"{name} failed back during a resync"
+            assert self.runs_on(name) == {inst["primary_node"]}
+            inst.update(primary_node=home, secondary_node=inst["primary_node"], home_node=None)
+            self.qemus[name] = {home}  # a live migration: the guest moves, it never runs twice
+            self.moves.append((self.now, name, inst["secondary_node"], home))
+            self.transcript.append(f"t={self.now:.0f} fail-back {name} to {home}")
+        self._resync()
         live_reports = {n: r for n, r in reports.items() if n in alive}
         rview = restarts.View(tuple(self.instances), {n: {**r, "time": self.now} for n, r in live_reports.items()},
                               alive)
@@ -157,6 +168,19 @@ class Sim:
         self.tracks = rdecision.tracks
         for name, node in rdecision.starts:
             self._start(name, node)
+
+    def _resync(self) -> None:
+        for inst in self.instances:
+            if inst.get("replica_in_sync") or not inst.get("secondary_node"):
+                continue
+            ok = self.nodes[inst["secondary_node"]].condition == "ok" and inst["primary_node"] in self.runs_on(
+                inst["name"])
+            if not ok:
+                inst["resync_from"] = None
+            elif inst.get("resync_from") is None:
+                inst["resync_from"] = self.now
+            elif self.now - inst["resync_from"] >= RESYNC_S:
+                inst["replica_in_sync"] = True
 
     def _start(self, name: str, node: str) -> None:
         n = self.nodes[node]

@@ -164,6 +164,49 @@ def test_max_lost_nodes_lets_a_bigger_cluster_fail_over_two_nodes_at_once():
     assert "alert" not in sim.cluster
 
 
+def test_failback_only_on_request_by_default():
+    sim = three_nodes()
+    sim.run(5)
+    sim.set("n1", "killed")
+    sim.run(TTL + 3)
+    sim.set("n1", "ok")
+    sim.run(120)
+    assert sim.runs_on("db1") == {"n2"}
+    assert next(i for i in sim.instances if i["name"] == "db1")["home_node"] == "n1"
+    assert sim.runs_on("tmp") == {"n1"} and sim.runs_on("batch") == {"n1"}, \
+        "instances that stayed down with their node run again once it is back"
+
+
+def test_failback_waits_for_the_node_to_be_back_long_enough_and_the_copy_to_be_in_sync():
+    sim = three_nodes(failback_after_s=60)
+    sim.run(5)
+    sim.set("n1", "killed")
+    sim.run(TTL + 3)
+    assert sim.runs_on("db1") == {"n2"}
+    sim.set("n1", "ok")
+    sim.run(50)
+    assert sim.runs_on("db1") == {"n2"}, "not before the node has been back for 60 s"
+    sim.run(20)
+    assert sim.runs_on("db1") == {"n1"} and sim.runs_on("web1") == {"n1"}
+    assert any("fail-back db1 to n1" in t for t in sim.transcript)
+    db1 = next(i for i in sim.instances if i["name"] == "db1")
+    assert (db1["primary_node"], db1["secondary_node"], db1["home_node"]) == ("n1", "n2", None)
+
+
+def test_a_node_that_fails_again_before_the_failback_time_gets_nothing_back():
+    sim = three_nodes(failback_after_s=60)
+    sim.run(5)
+    sim.set("n1", "killed")
+    sim.run(TTL + 3)
+    sim.set("n1", "ok")
+    sim.run(40)
+    sim.set("n1", "killed")
+    sim.run(30)
+    sim.set("n1", "ok")
+    sim.run(40)
+    assert sim.runs_on("db1") == {"n2"}, "the clock starts again when the node comes back again"
+
+
 @pytest.mark.parametrize("seed", range(60))
 def test_random_failures_never_run_an_instance_twice_nor_move_anything_under_alert_or_disarm(seed: int):
     rng = random.Random(seed)
@@ -175,7 +218,8 @@ def test_random_failures_never_run_an_instance_twice_nor_move_anything_under_ale
         instances.append(mirrored(f"vm{i}", primary, secondary, auto_failover=rng.choice([True, True, None, False]),
                                   priority=rng.choice(["critical", "normal", "low"]),
                                   replica_in_sync=rng.random() > 0.1))
-    sim = Sim.build(nodes, instances, auto_failover=rng.random() > 0.5)
+    sim = Sim.build(nodes, instances, auto_failover=rng.random() > 0.5,
+                    failback_after_s=rng.choice([None, 10, 60]))
     for _ in range(12):
         sim.run(rng.randint(1, 30))
         what = rng.random()
