@@ -92,6 +92,17 @@ def test_a_killed_node_s_auto_failover_instance_runs_on_its_secondary_with_every
     assert fo_cluster.master() == "n1"
     wait_in_sync(n1, "f1")
     wait_for(lambda: guarded_by(n2, n1, "f1"), 30, "n2 to report that it guards f1")
+    n3.ok("cluster", "fencing", "disarm")
+    assert "DISARMED" in n3.ok("cluster", "info")
+    wait_for(lambda: not guarded_by(n2, n1, "f1"), 30, "n2 to report that it no longer fences")
+    assert any("disarmed" in f["message"] for f in n1.json("cluster", "verify"))
+    plan = n1.json("cluster", "simulate", "--fail", "n2")
+    assert plan["failovers"] == [], "nothing fails over while fencing is disarmed"
+    n3.ok("cluster", "fencing", "arm")
+    wait_for(lambda: guarded_by(n2, n1, "f1"), 30, "n2 to report that it guards f1 again")
+    plan = n1.json("cluster", "simulate", "--fail", "n2")
+    assert plan["failovers"] == [{"instance": "f1", "from": "n2", "to": "n3"}], plan
+    assert any(e["kind"] == "stays-down" for e in n1.json("cluster", "simulate", "--fail", "n3")["events"])
     last = last_acknowledged(n2, "f1")
     power_off(n2)
     wait_for(lambda: runs_on(n1, "f1") == "n3", FAILOVER_BOUND_S, "f1 to run on n3")

@@ -1,0 +1,23 @@
+"""`cluster modify` input checks: every problem named with what would be accepted."""
+
+from hostagent.cluster_settings import check_changes
+
+
+def test_known_settings_with_good_values_are_accepted():
+    assert check_changes({"auto_failover": True, "max_lost_nodes": 2, "failback_after_s": 300}) == []
+    assert check_changes({"max_lost_nodes": None}) == [], "None goes back to the default"
+
+
+def test_each_bad_value_is_named_with_what_it_must_be():
+    problems = check_changes({"auto_failover": "yes", "max_lost_nodes": 0, "failback_after_s": -5})
+    assert len(problems) == 3
+    assert any("auto_failover must be yes or no" in p and "'yes'" in p for p in problems)
+    assert any("max_lost_nodes must be a whole number >= 1" in p for p in problems)
+    assert any("failback_after_s must be seconds" in p for p in problems)
+
+
+def test_unknown_settings_and_empty_requests_are_refused():
+    assert check_changes({"fencing": "off"}) == ["unknown cluster setting 'fencing' (known: auto_failover, "
+                                                 "max_lost_nodes, failback_after_s)"]
+    assert check_changes({}) == ["nothing to change (settings: auto_failover, max_lost_nodes, failback_after_s)"]
+    assert check_changes({"max_lost_nodes": True}) != [], "a bool is not a count"
