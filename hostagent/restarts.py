@@ -43,7 +43,7 @@ class Policy:
     max_backoff_s: float = 60.0
     stable_s: float = 60.0  # running this long after a start: the attempts count from zero again
     max_starts_per_node: int = 4
-    max_load_per_cpu: float = 2.0
+    max_load_per_cpu: float = 4.0  # a node this busy boots guests slowly: pace the starts
     memory_reserve_mib: int = 256  # free memory a node keeps beyond the instance's own
 
 
@@ -143,21 +143,21 @@ def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy =
             continue
         waiting = [a for a in inst.get("after", []) if a in by_name and by_name[a].get("admin_state") == "up"
                    and (a not in running or boots[a] in ("waiting", "timeout"))]
-        blocked = waiting or budget.get(node, 0) <= 0 or _node_short(view.reports.get(node, {}), inst, policy)
-        if blocked:
-            if waiting and not track.last_error.startswith("waits for"):
-                new[name] = replace(track, last_error=f"waits for {', '.join(waiting)} to run first")
-                events.append(Event(name, node, "wait", f"instance '{name}' waits for {', '.join(waiting)} "
-                                                        "to run before it starts"))
+        short = _node_short(node, view.reports.get(node, {}), inst, policy)
+        if waiting or short or budget.get(node, 0) <= 0:
+            why = f"waits for {', '.join(waiting)} to run first" if waiting else f"waits: {short}" if short else ""
+            if why and track.last_error != why:  # said once per cause, not every pass
+                new[name] = replace(track, last_error=why)
+                events.append(Event(name, node, "wait", f"instance '{name}' {why} before it starts"))
             continue
         budget[node] -= 1
         attempt = track.attempts + 1
         delay = min(policy.backoff_s * 2 ** (attempt - 1), policy.max_backoff_s)
+        failure = "" if track.last_error.startswith("waits") else track.last_error  # a wait is not a failure
         new[name] = replace(track, attempts=attempt, next_try_at=now + delay, last_start_at=now,
-                            last_error=boot_failure or track.last_error)
+                            last_error=boot_failure or failure)
         starts.append((name, node))
-        why = boot_failure or ("its QEMU is not running"
-                               + (f" (last attempt: {track.last_error})" if track.last_error else ""))
+        why = boot_failure or ("its QEMU is not running" + (f" (last attempt: {failure})" if failure else ""))
         events.append(Event(name, node, "restart", f"instance '{name}' is marked up but {why}: starting it on "
                                                    f"node '{node}' (attempt {attempt} of {policy.max_attempts})"))
     return Decision(new, starts, events, stops)
@@ -174,8 +174,13 @@ def _boot(view: View, inst: Mapping[str, Any]) -> str | None:
     return seen.get("boot") if seen.get("status") in ALIVE else None
 
 
-def _node_short(report: Mapping[str, Any], inst: Mapping[str, Any], policy: Policy) -> bool:
-    """The node is too loaded or too short of memory to start this instance now."""
+def _node_short(node: str, report: Mapping[str, Any], inst: Mapping[str, Any], policy: Policy) -> str:
+    """Why the node is too loaded or too short of memory to start this instance now ("" if it is not)."""
     load = float(report.get("load_1m", 0.0)) / max(int(report.get("cpus", 1)), 1)
     free = int(report.get("memory_free_mib", 0))
-    return load > policy.max_load_per_cpu or free < int(inst.get("memory_mib", 0)) + policy.memory_reserve_mib
+    need = int(inst.get("memory_mib", 0)) + policy.memory_reserve_mib
+    if load > policy.max_load_per_cpu:
+        return f"node '{node}' is loaded ({load:.1f} per CPU, starts wait below {policy.max_load_per_cpu:.1f})"
+    if free < need:
+        return f"node '{node}' has {free} MiB free, it needs {need} MiB"
+    return ""

@@ -89,7 +89,15 @@ def test_a_node_short_of_memory_starts_nothing_and_a_down_node_is_left_alone():
     for _ in range(5):
         sim.tick()
     assert sim.running == {"vm01": "n2"}
+    assert sim.tracks["vm00"].attempts == 0
+    assert sim.tracks["vm00"].last_error == "waits: node 'n1' has 300 MiB free, it needs 512 MiB"
+    assert sim.transcript.count("t=0 wait vm00") == 1 and sum("wait vm00" in t for t in sim.transcript) == 1, \
+        "the reason is recorded once, not every pass"
     assert "vm02" not in sim.tracks or sim.tracks["vm02"].attempts == 0
+    sim.nodes["n1"] = 16000
+    sim.tick()
+    assert sim.running["vm00"] == "n1"
+    assert sim.tracks["vm00"].last_error == "", "a wait is not a failed attempt"
 
 
 def test_an_instance_that_keeps_crashing_is_given_up_but_one_that_stays_up_starts_counting_again():
