@@ -3,8 +3,11 @@
 The cluster comes from the integration tests' harness (tests/integration/conftest.py),
 so a benchmark runs the same agents, etcd and Serf as the tests do. Everything a
 benchmark starts is stopped by PID in `running_cluster`'s cleanup, including an
-etcd or Serf child that failed to die with its agent (that is reported, because
-it would be a Corral bug: they are meant to follow the agent via a parent-death signal).
+etcd or Serf child that failed to die with its agent, and a QEMU, disk export or
+fence keeper whose pidfile was gone by then (both are reported, because they
+would be Corral bugs: children follow the agent via a parent-death signal, and
+the harness finds a node's QEMUs by their pidfiles). SIGTERM and SIGHUP end a
+benchmark like Ctrl-C does, through that cleanup.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from conftest import AgentNode, Cluster, is_gone, wait_for  # noqa: E402,F401  (the test suite's agent harness)
+from conftest import GUEST_DIR, AgentNode, Cluster, is_gone, wait_for  # noqa: E402,F401  (the test suite's harness)
 
 ETCDCTL_TIMEOUT_S = 30
+ASK_TIMEOUT_S = 30
 
 
 class ChildLedger:
-    """PIDs of every serf/etcd child seen under the cluster's agents, to reap leftovers at the end."""
+    """PIDs of every serf/etcd child under the cluster's agents and of every QEMU, disk export and fence
+    keeper seen by pidfile, to reap leftovers at the end."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -44,6 +49,8 @@ class ChildLedger:
     def note(self, cluster: Cluster) -> None:
         for node in cluster.alive():
             self.pids.update(node.child_pids())
+        for node in cluster.nodes:
+            self.pids.update(node.qemu_pids())
 
     def leftovers(self) -> list[int]:
         """Recorded children still running (and still ours: their command line names our root)."""
@@ -98,17 +105,57 @@ def wait_settled(cluster: Cluster, candidates: int, timeout_s: float = 120) -> N
     wait_for(settled, timeout_s, "every node online, leases held and every etcd member healthy", interval_s=0.5)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: ends a benchmark like Ctrl-C, so that its cleanup runs."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(f"signal {signal.Signals(signum).name}")
+
+
 @contextmanager
-def running_cluster(size: int, candidates: int, keep: bool = False) -> Iterator[tuple[Cluster, ChildLedger]]:
+def _cleanup_shielded() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP ignored while the cleanup kills what the benchmark started (bounded)."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def stop_every_node(cluster: Cluster) -> list[str]:
+    """Cluster.stop(), but one node's failure (a QEMU that exits while it is being killed) does not
+    leave the next nodes running; returns what went wrong, one line per node."""
+    problems = []
+    for node in cluster.nodes:
+        try:
+            node.stop()
+        except (OSError, subprocess.SubprocessError) as exc:
+            problems.append(f"stopping agent {node.name}: {exc}")
+        try:
+            node.kill_qemus()
+        except OSError as exc:  # ProcessLookupError: it exited between the pidfile read and the kill
+            problems.append(f"killing the QEMUs of {node.name}: {exc}")
+    return problems
+
+
+@contextmanager
+def running_cluster(size: int, candidates: int, keep: bool = False,
+                    subnet: str = "127.0.0") -> Iterator[tuple[Cluster, ChildLedger]]:
     """A formed, settled cluster of `size` nodes; stops every process it started when the block ends.
 
     The temp directory is removed afterwards unless `keep` or the block raised
-    (then its path is printed, for the agent logs).
+    (then its path is printed, for the agent logs). `subnet`: the nodes' 127.x.y,
+    so that the fixed ports of mirror disk exports cannot meet a test cluster's.
     """
     root = Path(tempfile.mkdtemp(prefix="corral-bench-"))
-    cluster = Cluster(root, size)
+    cluster = Cluster(root, size, subnet=subnet)
     ledger = ChildLedger(root)
     failed = True
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _terminate)
     try:
         t0 = time.monotonic()
         form(cluster, candidates)
@@ -120,17 +167,71 @@ def running_cluster(size: int, candidates: int, keep: bool = False) -> Iterator[
         yield cluster, ledger
         failed = False
     finally:
-        ledger.note(cluster)
-        try:
-            cluster.stop()
-        finally:
-            killed = ledger.reap()
+        with _cleanup_shielded():
+            ledger.note(cluster)
+            try:
+                for problem in stop_every_node(cluster):
+                    print(f"CLEANUP: {problem}", flush=True)
+            finally:
+                killed = ledger.reap()
         if killed:
-            print(f"CLEANUP: killed children that outlived their agent: {', '.join(killed)}", flush=True)
+            print(f"CLEANUP: killed processes that outlived their agent or lost their pidfile: "
+                  f"{', '.join(killed)}", flush=True)
         if keep or failed:
             print(f"cluster files (agent.log per node) kept under {root}", flush=True)
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+# ---- nodes and guests ------------------------------------------------------------
+
+def guest_hv(kernel_args: str = "quiet") -> str:
+    """Hypervisor parameters that boot the test guest (kernel and busybox initramfs) under TCG."""
+    return f"accel=tcg,kernel_path={GUEST_DIR}/vmlinuz,initrd_path={GUEST_DIR}/initrd.img,kernel_args={kernel_args}"
+
+
+def ask(node: AgentNode, *args: str, timeout_s: float = ASK_TIMEOUT_S) -> Any:
+    """`corral ARGS --json` parsed, or None if it failed or timed out: during an outage a failed
+    question is an answer to wait through, not an error."""
+    try:
+        result = node.corral(*args, "--json", timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    if result.returncode != 0:
+        return None
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return None
+
+
+def power_off(node: AgentNode) -> list[int]:
+    """A node's power cut, as tests/integration/test_node_failure.py does it: SIGKILL of the agent (its etcd
+    and Serf follow through their parent-death signal), then of its QEMUs, disk exports and fence keeper
+    (by their pidfiles, each checked to name the node's directory). Returns the pids killed after the agent.
+
+    Unlike AgentNode.kill_qemus(), a process that exits on its own meanwhile does not stop the rest."""
+    if node.proc is not None and node.proc.poll() is None:
+        node.kill9()
+    killed = []
+    for pid in node.qemu_pids():
+        try:
+            if str(node.root).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # gone meanwhile (ProcessLookupError), or its /proc entry with it
+            continue
+        killed.append(pid)
+    return killed
+
+
+def wait_gone(pids: Sequence[int], timeout_s: float, what: str) -> None:
+    """Every pid exited (or is a zombie); AssertionError naming the survivors otherwise."""
+    try:
+        wait_for(lambda: all(is_gone(pid) for pid in pids), timeout_s, what, interval_s=0.05)
+    except AssertionError:
+        alive = [pid for pid in pids if not is_gone(pid)]
+        raise AssertionError(f"{what}: pids {alive} still alive after {timeout_s:.0f} s") from None
 
 
 # ---- etcd, bypassing Corral ---------------------------------------------------

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hostagent.restarts import Event, _rank
+from hostagent.restarts import Event, priority_rank
 
 REPLICATED = ("mirror", "drbd")
 MAX_ATTEMPTS = 3
@@ -143,7 +143,7 @@ def decide(view: View, state: State, now: float, policy: Policy = Policy()) -> D
     failovers: list[tuple[str, str, str]] = []
     free = _free_memory(view)
     down = sorted((i for i in view.instances if i["primary_node"] in lost and i.get("admin_state") == "up"),
-                  key=lambda i: (_rank(i), i["name"]))
+                  key=lambda i: (priority_rank(i), i["name"]))
     for inst in down:
         name, node = inst["name"], inst["primary_node"]
         if name in view.busy:
@@ -181,7 +181,7 @@ def failbacks(view: View, state: State, now: float) -> list[tuple[str, str, Even
     if not after or view.cluster.get("alert") or not armed(view.cluster):
         return []
     out = []
-    for inst in sorted(view.instances, key=lambda i: (_rank(i), i["name"])):
+    for inst in sorted(view.instances, key=lambda i: (priority_rank(i), i["name"])):
         name, home = inst["name"], inst.get("home_node")
         if (not home or inst.get("secondary_node") != home or home not in view.alive or name in view.busy
                 or inst.get("admin_state") != "up" or not inst.get("replica_in_sync")

@@ -108,7 +108,7 @@ def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy =
         if name not in by_name:
             del new[name]  # the instance is gone
     wanted = sorted((i for i in view.instances if i.get("admin_state") == "up"),
-                    key=lambda i: (_rank(i), i["name"]))
+                    key=lambda i: (priority_rank(i), i["name"]))
     budget = {node: policy.max_starts_per_node - view.starting_on.get(node, 0) for node in view.alive_nodes}
     for inst in wanted:
         name, node = inst["name"], inst["primary_node"]
@@ -163,7 +163,7 @@ def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy =
     return Decision(new, starts, events, stops)
 
 
-def _rank(inst: Mapping[str, Any]) -> int:
+def priority_rank(inst: Mapping[str, Any]) -> int:
     priority = inst.get("priority", "normal")
     return PRIORITIES.index(priority) if priority in PRIORITIES else PRIORITIES.index("normal")
 
