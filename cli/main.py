@@ -174,8 +174,8 @@ class Cli:
                 print(f"  {e['kind']:<11} {e['message']}")
             if not d["failovers"]:
                 print("  nothing would be failed over")
-            print("everything that should move would fit" if not any(
-                "MiB free" in e["message"] for e in d["events"]) else "NOT everything would fit (see above)")
+            print("everything that should move would fit" if d["fits"] else
+                  f"NOT everything would fit: no memory for {', '.join(d['short'])} (see above)")
         return self.out(self.client.get("/v1/cluster/simulate?fail=" + ",".join(self.args.fail)), human)
 
     def cluster_join(self) -> int:

@@ -103,4 +103,4 @@ class AutoFailover:
                                                    for i, f, t in decision.failovers],
                 "events": [{"kind": e.kind, "instance": e.instance, "node": e.node, "message": e.message}
                            for e in decision.events],
-                "alert": decision.alert}
+                "alert": decision.alert, "fits": not decision.short, "short": decision.short}

@@ -85,6 +85,7 @@ class Decision:
     failovers: list[tuple[str, str, str]]  # (instance, from node, to node), in order
     events: list[Event]
     alert: dict[str, Any] | None  # a new cluster alert to raise
+    short: list[str] = field(default_factory=list)  # instances that would move but for memory on their secondary
 
 
 def auto_failover(inst: Mapping[str, Any], cluster: Mapping[str, Any]) -> bool:
@@ -141,6 +142,7 @@ def decide(view: View, state: State, now: float, policy: Policy = Policy()) -> D
     blocked = ("the cluster alert stands (see `corral cluster info`)" if alert or view.cluster.get("alert")
                else "fencing is disarmed (`corral cluster fencing arm`)" if not armed(view.cluster) else "")
     failovers: list[tuple[str, str, str]] = []
+    short: list[str] = []
     free = _free_memory(view)
     down = sorted((i for i in view.instances if i["primary_node"] in lost and i.get("admin_state") == "up"),
                   key=lambda i: (priority_rank(i), i["name"]))
@@ -152,6 +154,8 @@ def decide(view: View, state: State, now: float, policy: Policy = Policy()) -> D
         refusal = _refusal(view, inst, blocked, free, attempts, policy)
         if refusal:
             kind, why = refusal
+            if kind == "memory":
+                short.append(name)
             key = f"{kind}:{name}@{node}"
             if key not in told:
                 told.add(key)
@@ -166,7 +170,7 @@ def decide(view: View, state: State, now: float, policy: Policy = Policy()) -> D
                             f"node '{node}' is lost (lease expired {now - lost[node]:.0f} s ago): failing over "
                             f"instance '{name}' (priority {inst.get('priority', 'normal')}) to its in-sync "
                             f"secondary '{target}'" + (f", attempt {tries}" if tries > 1 else "")))
-    return Decision(State(lost, attempts, frozenset(told), back), failovers, events, alert)
+    return Decision(State(lost, attempts, frozenset(told), back), failovers, events, alert, short)
 
 
 def failbacks(view: View, state: State, now: float) -> list[tuple[str, str, Event]]:

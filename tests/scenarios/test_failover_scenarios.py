@@ -16,6 +16,10 @@ from hostagent import failovers
 from hostagent.selffence import FENCE_MARGIN_S
 
 
+def inst_of(name: str, memory: int) -> dict:
+    return mirrored(name, "n1", "n2", memory_mib=memory)
+
+
 def three_nodes(**cluster) -> Sim:
     return Sim.build(3, [mirrored("db1", "n1", "n2", priority="critical"), mirrored("web1", "n1", "n3"),
                          mirrored("web2", "n2", "n3"),
@@ -141,6 +145,16 @@ def test_when_memory_is_short_the_higher_priority_instance_gets_it():
     sim.run(TTL + 5)
     assert sim.runs_on("crit") == {"n2"} and sim.runs_on("low") == set()
     assert any("refuse low" in t for t in sim.transcript)
+
+
+def test_a_failover_that_does_not_fit_is_named_as_short():
+    view = failovers.View(({"name": "n1"}, {"name": "n2"}), frozenset({"n2"}),
+                          {"n1": {"node": "n1", "time": 0, "fencing": {"armed": True, "since": None,
+                                                                      "guarded": ["big"]}},
+                           "n2": {"node": "n2", "time": 0, "memory_free_mib": 1000, "instances": {}}},
+                          ({**inst_of("big", 4000)},), {"fencing": "armed"}, frozenset({"n2"}), master_since=-100)
+    decision = failovers.decide(view, failovers.State(), 0.0)
+    assert decision.failovers == [] and decision.short == ["big"]
 
 
 def test_right_after_taking_office_a_master_waits_before_calling_nodes_lost():
