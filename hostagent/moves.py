@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 REPLICATED = ("mirror",)
 MIGRATE_POLL_S = 1.0
 DUTY_EVERY_S = 3.0
-PROTECT_RETRY_S = 15.0  # after a failed attempt to restart a mirror (secondary unreachable, say)
+PROTECT_RETRY_S = 5.0  # after a failed attempt to restart a mirror (secondary unreachable, say)
 
 
 class Moves:
