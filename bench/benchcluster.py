@@ -32,7 +32,7 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from conftest import GUEST_DIR, AgentNode, Cluster, is_gone, wait_for  # noqa: E402,F401  (the test suite's harness)
+from conftest import GUEST_DIR, AgentNode, Cluster, is_gone, wait_for, wait_until  # noqa: E402,F401  (the harness)
 
 ETCDCTL_TIMEOUT_S = 30
 ASK_TIMEOUT_S = 30
@@ -50,7 +50,7 @@ class ChildLedger:
         for node in cluster.alive():
             self.pids.update(node.child_pids())
         for node in cluster.nodes:
-            self.pids.update(node.qemu_pids())
+            self.pids.update(pidfile_pids(node))
 
     def leftovers(self) -> list[int]:
         """Recorded children still running (and still ours: their command line names our root)."""
@@ -66,8 +66,12 @@ class ChildLedger:
                 alive.append(pid)
         return alive
 
-    def reap(self) -> list[str]:
-        """SIGKILL the leftovers; returns one line per process killed, for the report."""
+    def reap(self, grace_s: float = 5.0) -> list[str]:
+        """SIGKILL the leftovers; returns one line per process killed, for the report.
+
+        Waits up to `grace_s` first: a process SIGKILLed just before, or a child whose parent-death
+        signal is on its way, is not yet gone but is no leftover."""
+        wait_until(lambda: not self.leftovers(), timeout_s=grace_s, interval_s=0.05)
         killed = []
         for pid in self.leftovers():
             try:
@@ -126,18 +130,15 @@ def _cleanup_shielded() -> Iterator[None]:
 
 
 def stop_every_node(cluster: Cluster) -> list[str]:
-    """Cluster.stop(), but one node's failure (a QEMU that exits while it is being killed) does not
-    leave the next nodes running; returns what went wrong, one line per node."""
+    """Cluster.stop(), but one node's failure (an agent that will not stop, a QEMU that exits while it is
+    being killed) does not leave the next nodes running; returns what went wrong, one line per node."""
     problems = []
     for node in cluster.nodes:
         try:
             node.stop()
         except (OSError, subprocess.SubprocessError) as exc:
             problems.append(f"stopping agent {node.name}: {exc}")
-        try:
-            node.kill_qemus()
-        except OSError as exc:  # ProcessLookupError: it exited between the pidfile read and the kill
-            problems.append(f"killing the QEMUs of {node.name}: {exc}")
+        kill_by_pidfile(node)
     return problems
 
 
@@ -205,16 +206,33 @@ def ask(node: AgentNode, *args: str, timeout_s: float = ASK_TIMEOUT_S) -> Any:
         return None
 
 
+def pidfile_pids(node: AgentNode) -> list[int]:
+    """AgentNode.qemu_pids() (QEMUs, disk exports, fence keeper by their pidfiles), but a pidfile removed
+    between the listing and the read (an instance stopping or moving) is skipped, not an error."""
+    run = node.root / "run"
+    pids = []
+    for pidfile in [*run.rglob("qemu.pid"), *(run / "replication").glob("*.pid"), *run.glob("fence-keeper.pid")]:
+        try:
+            pids.append(int(pidfile.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 def power_off(node: AgentNode) -> list[int]:
     """A node's power cut, as tests/integration/test_node_failure.py does it: SIGKILL of the agent (its etcd
-    and Serf follow through their parent-death signal), then of its QEMUs, disk exports and fence keeper
-    (by their pidfiles, each checked to name the node's directory). Returns the pids killed after the agent.
-
-    Unlike AgentNode.kill_qemus(), a process that exits on its own meanwhile does not stop the rest."""
+    and Serf follow through their parent-death signal), then of its QEMUs, disk exports and fence keeper.
+    Returns the pids killed after the agent."""
     if node.proc is not None and node.proc.poll() is None:
         node.kill9()
+    return kill_by_pidfile(node)
+
+
+def kill_by_pidfile(node: AgentNode) -> list[int]:
+    """SIGKILL the node's QEMUs, disk exports and fence keeper, each checked to name the node's directory;
+    returns their pids. Unlike AgentNode.kill_qemus(), a process that exits meanwhile does not stop the rest."""
     killed = []
-    for pid in node.qemu_pids():
+    for pid in pidfile_pids(node):
         try:
             if str(node.root).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
