@@ -15,9 +15,21 @@ from conftest import AgentNode, Cluster, wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_three_nodes_form_with_every_node_a_candidate(cluster3):
+@pytest.fixture(scope="module")
+def shared3(tmp_path_factory):
+    """One 3-node cluster for the tests that leave it as they found it (in file order: the planned
+    master failover last); the others each form their own (`cluster3`)."""
+    cluster = Cluster(tmp_path_factory.mktemp("shared3"), 3)
+    try:
+        cluster.form()
+        cluster.wait_candidates(3)
+        yield cluster
+    finally:
+        cluster.stop()
+
+def test_three_nodes_form_with_every_node_a_candidate(shared3):
     def settled():
-        rows = {r["name"]: r for r in cluster3["n3"].json("node", "list")}
+        rows = {r["name"]: r for r in shared3["n3"].json("node", "list")}
         return rows if all(r["etcd"] == "healthy" for r in rows.values()) else None
     rows = wait_for(settled, 15, "every member's report to show a healthy etcd member")
     assert sorted(rows) == ["n1", "n2", "n3"]
@@ -25,22 +37,22 @@ def test_three_nodes_form_with_every_node_a_candidate(cluster3):
     for row in rows.values():
         assert (row["status"], row["gossip"], row["etcd"], row["lease"]) == ("online", "alive", "healthy", "held")
         assert row["problems"] == []
-    info = cluster3["n2"].json("cluster", "info")
+    info = shared3["n2"].json("cluster", "info")
     assert info["quorum"]["ok"] and info["token"] and info["master"] == "n1"
-    cluster3.wait_replicas_agree()
-    log = (cluster3["n1"].root / "agent.log").read_text()
+    shared3.wait_replicas_agree()
+    log = (shared3["n1"].root / "agent.log").read_text()
     assert "gossip: node 'n3' (127.0.0.3)" in log  # member events reach the agent (Serf may coalesce them)
 
 
-def test_a_change_made_on_any_node_is_forwarded_and_read_back_there(cluster3):
-    added = cluster3["n3"].json("user", "add", "ops", "--role", "read")  # n3 is not the master
+def test_a_change_made_on_any_node_is_forwarded_and_read_back_there(shared3):
+    added = shared3["n3"].json("user", "add", "ops", "--role", "read")  # n3 is not the master
     assert added["token"].startswith("ops.")
-    assert [u["name"] for u in cluster3["n3"].json("user", "list")] == ["ops"]  # read-your-writes on n3
-    job = cluster3["n2"].ok("instance", "add", "v1", "--os", "busybox-guest", "--node", "n3",
+    assert [u["name"] for u in shared3["n3"].json("user", "list")] == ["ops"]  # read-your-writes on n3
+    job = shared3["n2"].ok("instance", "add", "v1", "--os", "busybox-guest", "--node", "n3",
                             "--disk", "64M", "--no-start")
     assert "disks of 'v1' created" in job
-    assert cluster3["n2"].instance("v1")["primary_node"] == "n3"
-    cluster3.wait_replicas_agree()
+    assert shared3["n2"].instance("v1")["primary_node"] == "n3"
+    shared3.wait_replicas_agree()
 
 
 def test_killing_the_master_elects_a_new_one_that_acts(cluster3):
@@ -122,10 +134,10 @@ def api_call(node: AgentNode, method: str, path: str, token: str | None = None, 
         return err.code, json.loads(err.read())
 
 
-def test_api_users_read_only_gets_403_and_no_credentials_gets_401(cluster3):
-    reader = cluster3["n1"].json("user", "add", "viewer", "--role", "read")["token"]
-    writer = cluster3["n1"].json("user", "add", "admin", "--role", "write")["token"]
-    n2 = cluster3["n2"]
+def test_api_users_read_only_gets_403_and_no_credentials_gets_401(shared3):
+    reader = shared3["n1"].json("user", "add", "viewer", "--role", "read")["token"]
+    writer = shared3["n1"].json("user", "add", "admin", "--role", "write")["token"]
+    n2 = shared3["n2"]
     status, answer = api_call(n2, "GET", "/v1/nodes")
     assert status == 401 and "authentication required" in answer["message"]
     status, answer = api_call(n2, "GET", "/v1/nodes", token="viewer.wrong")
@@ -140,22 +152,22 @@ def test_api_users_read_only_gets_403_and_no_credentials_gets_401(cluster3):
     assert status == 200 and answer["data"]["name"] == "x"  # forwarded from n2 to the master
     status, answer = api_call(n2, "POST", "/v1/node/orders", token=writer, body={})
     assert status == 403 and "only from cluster nodes" in answer["message"]
-    assert "admin." not in (cluster3["n1"].root / "state" / "config.db").read_bytes().decode(errors="ignore")
+    assert "admin." not in (shared3["n1"].root / "state" / "config.db").read_bytes().decode(errors="ignore")
 
 
-def test_join_with_a_bad_token_fails_cleanly(tmp_path_factory, cluster3):
+def test_join_with_a_bad_token_fails_cleanly(tmp_path_factory, shared3):
     newcomer = AgentNode(tmp_path_factory.mktemp("n4"), name="n4", address="127.0.0.4")
     newcomer.start()
     try:
-        via = cluster3["n2"].api
+        via = shared3["n2"].api
         cases = [
             ("garbage", "the join token is malformed"),
             ("abc." + "0" * 64, "the cluster at"),  # right shape, wrong CA pin
         ]
-        good = cluster3["n1"].json("node", "add", "n4", "--address", "127.0.0.4")["token"]
+        good = shared3["n1"].json("node", "add", "n4", "--address", "127.0.0.4")["token"]
         secret, fingerprint = good.rsplit(".", 1)
         cases += [(f"forged.{fingerprint}", "never issued by this cluster")]
-        short = cluster3["n1"].json("node", "add", "n5", "--address", "127.0.0.5", "--ttl", "1")["token"]
+        short = shared3["n1"].json("node", "add", "n5", "--address", "127.0.0.5", "--ttl", "1")["token"]
         time.sleep(1.5)
         for token, message in cases:
             result = newcomer.corral("cluster", "join", via, "--token", token)
@@ -172,28 +184,39 @@ def test_join_with_a_bad_token_fails_cleanly(tmp_path_factory, cluster3):
         assert newcomer.json("cluster", "info")["name"] == "multi"
         reused = newcomer.corral("cluster", "join", via, "--token", good)
         assert reused.returncode != 0 and "already belongs to cluster 'multi'" in reused.stderr
-        removed = cluster3["n1"].json("node", "remove", "n4")
+        removed = shared3["n1"].json("node", "remove", "n4")
         assert removed["node"] == "n4"
     finally:
         newcomer.stop()
 
 
-def test_a_node_that_was_down_catches_up(cluster3):
-    n3 = cluster3["n3"]
+def test_a_node_cannot_forge_a_newer_token_or_impersonate_the_master(shared3):
+    master_token = shared3["n1"].json("cluster", "info")["token"]
+    forged = f"{10**12}:1"
+    status, answer = send_order(shared3["n2"], shared3["n3"], forged)
+    assert status == 409 and answer["error"] == "not-the-master", answer
+    status, answer = send_order(shared3["n2"], shared3["n3"], master_token)  # right token, wrong sender
+    assert status == 409 and "that token is node 'n1''s" in answer["message"]
+    status, _ = send_order(shared3["n1"], shared3["n3"], master_token)  # the real master is still obeyed
+    assert status == 200
+
+
+def test_a_node_that_was_down_catches_up(shared3):
+    n3 = shared3["n3"]
     n3.stop()
     for i in range(5):
-        cluster3["n1"].ok("user", "add", f"while-down-{i}", "--role", "read")
+        shared3["n1"].ok("user", "add", f"while-down-{i}", "--role", "read")
     n3.start()
     n3.wait_fresh_report()
     assert {u["name"] for u in n3.json("user", "list")} >= {f"while-down-{i}" for i in range(5)}
-    cluster3.wait_replicas_agree()
+    shared3.wait_replicas_agree()
 
 
-def test_planned_master_failover_hands_over_to_the_named_node(cluster3):
-    out = cluster3["n2"].ok("cluster", "master-failover", "--to", "n3")
+def test_planned_master_failover_hands_over_to_the_named_node(shared3):
+    out = shared3["n2"].ok("cluster", "master-failover", "--to", "n3")
     assert "master is now 'n3' (was 'n1')" in out
-    assert cluster3["n1"].json("cluster", "info")["master"] == "n3"
-    cluster3["n1"].ok("user", "add", "after-handover", "--role", "read")
+    assert shared3["n1"].json("cluster", "info")["master"] == "n3"
+    shared3["n1"].ok("user", "add", "after-handover", "--role", "read")
 
 
 def test_node_remove_refuses_while_instances_remain_unless_forced(cluster3):
@@ -257,14 +280,3 @@ def test_node_modify_flags_and_a_node_that_may_not_be_candidate_leaves_the_pool(
     n1.ok("user", "add", "still-writable", "--role", "read")
     bad = n1.corral("node", "modify", "n2", "--offline", "maybe")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
-
-
-def test_a_node_cannot_forge_a_newer_token_or_impersonate_the_master(cluster3):
-    master_token = cluster3["n1"].json("cluster", "info")["token"]
-    forged = f"{10**12}:1"
-    status, answer = send_order(cluster3["n2"], cluster3["n3"], forged)
-    assert status == 409 and answer["error"] == "not-the-master", answer
-    status, answer = send_order(cluster3["n2"], cluster3["n3"], master_token)  # right token, wrong sender
-    assert status == 409 and "that token is node 'n1''s" in answer["message"]
-    status, _ = send_order(cluster3["n1"], cluster3["n3"], master_token)  # the real master is still obeyed
-    assert status == 200
