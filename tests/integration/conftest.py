@@ -389,15 +389,3 @@ def cluster3(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
-
-
-@pytest.fixture
-def supervised3(tmp_path_factory):
-    """Three agents each under the restart loop, as systemd would run them."""
-    cluster = Cluster(tmp_path_factory.mktemp("s3"), 3, supervised=True)
-    try:
-        cluster.form()
-        cluster.wait_candidates(3)
-        yield cluster
-    finally:
-        cluster.stop()
