@@ -143,15 +143,15 @@ def stop_every_node(cluster: Cluster) -> list[str]:
 
 
 @contextmanager
-def running_cluster(size: int, candidates: int, keep: bool = False,
-                    subnet: str = "127.0.0") -> Iterator[tuple[Cluster, ChildLedger]]:
+def running_cluster(size: int, candidates: int, keep: bool = False, subnet: str = "127.0.0",
+                    prefix: str = "corral-bench-") -> Iterator[tuple[Cluster, ChildLedger]]:
     """A formed, settled cluster of `size` nodes; stops every process it started when the block ends.
 
-    The temp directory is removed afterwards unless `keep` or the block raised
+    The temp directory (/tmp/`prefix`XXXX) is removed afterwards unless `keep` or the block raised
     (then its path is printed, for the agent logs). `subnet`: the nodes' 127.x.y,
     so that the fixed ports of mirror disk exports cannot meet a test cluster's.
     """
-    root = Path(tempfile.mkdtemp(prefix="corral-bench-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     cluster = Cluster(root, size, subnet=subnet)
     ledger = ChildLedger(root)
     failed = True
@@ -209,14 +209,18 @@ def ask(node: AgentNode, *args: str, timeout_s: float = ASK_TIMEOUT_S) -> Any:
 def pidfile_pids(node: AgentNode) -> list[int]:
     """AgentNode.qemu_pids() (QEMUs, disk exports, fence keeper by their pidfiles), but a pidfile removed
     between the listing and the read (an instance stopping or moving) is skipped, not an error."""
+    return [pid for _, pid in _pidfiles(node)]
+
+
+def _pidfiles(node: AgentNode) -> list[tuple[Path, int]]:
     run = node.root / "run"
-    pids = []
+    found = []
     for pidfile in [*run.rglob("qemu.pid"), *(run / "replication").glob("*.pid"), *run.glob("fence-keeper.pid")]:
         try:
-            pids.append(int(pidfile.read_text().strip()))
+            found.append((pidfile, int(pidfile.read_text().strip())))
         except (OSError, ValueError):
             continue
-    return pids
+    return found
 
 
 def power_off(node: AgentNode) -> list[int]:
@@ -229,12 +233,16 @@ def power_off(node: AgentNode) -> list[int]:
 
 
 def kill_by_pidfile(node: AgentNode) -> list[int]:
-    """SIGKILL the node's QEMUs, disk exports and fence keeper, each checked to name the node's directory;
-    returns their pids. Unlike AgentNode.kill_qemus(), a process that exits meanwhile does not stop the rest."""
+    """SIGKILL the node's QEMUs, disk exports and fence keeper; returns their pids.
+
+    Each process must name its own pidfile on its command line (all three are started with one): pids
+    recycle fast here (pid_max 32768), and a stale pidfile's pid may by now be anything, even this node's
+    restarted agent, whose command line names the node's directory too. Unlike AgentNode.kill_qemus(), a
+    process that exits meanwhile does not stop the rest."""
     killed = []
-    for pid in pidfile_pids(node):
+    for pidfile, pid in _pidfiles(node):
         try:
-            if str(node.root).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if str(pidfile).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
             os.kill(pid, signal.SIGKILL)
         except OSError:  # gone meanwhile (ProcessLookupError), or its /proc entry with it

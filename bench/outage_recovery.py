@@ -1,0 +1,579 @@
+"""Benchmark: a whole-cluster power loss under N running instances; time until every one runs again.
+
+Forms a harness cluster of --nodes nodes on 127.0.4.x (tests/integration/conftest.py
+via bench/benchcluster.py: reports every 1 s, master lease 5 s, node lease 12 s)
+and adds --instances tiny `file` instances, round-robin over the nodes: the
+test guest (kernel and busybox initramfs as hypervisor parameters) under TCG
+with one 64 MiB qcow2 disk cloned from the image (Corral has no diskless
+template; 64 MiB is the image's own size) and --memory 96M. Smaller boots
+alone but not reliably: at 64M the kernel's decompressor resets the machine in
+a loop, at 72M the initramfs runs out of memory, at 80M 5 of 60 guests hung in
+a boot storm (kcompactd blocked); at 96M one in 60 may still hang in its early
+timer check when the host is that overloaded.
+
+Once every guest has booted (its console shows the boot marker) and the host's
+1-minute load has had up to --settle s to come down from creating them, the
+power goes: every agent is SIGKILLed (etcd and Serf follow), then every QEMU,
+disk export and fence keeper (by pidfile), and the benchmark checks that all
+are gone. Then every agent is started again at once, as the nodes' init
+systems would, and from that moment (t=0) it polls `instance list` on n1 once a
+second (`cluster info` until it shows quorum and a master), and reads each
+console log:
+
+  agents      every agent answers on its socket again
+  quorum      `cluster info` shows etcd quorum
+  master      `cluster info` names a master
+  first/last  the first / the last instance shows running in `instance list`
+              with a new QEMU pid (right after the restart the list can still
+              show the dead QEMUs as running, from the nodes' last reports
+              before the power cut; that is printed as "stale")
+  booted      every guest printed a new boot marker (the wait ends once all
+              run and no marker came for 90 s: under this load a guest now
+              and then hangs in early boot, in its timer check)
+
+Afterwards the CPU the agents, etcd/Serf and QEMUs use with nothing booting is
+sampled for 20 s. The restart decisions are counted from the agents' logs (the
+master logs each one), because `corral events` keeps only the newest 1000
+events; the events' own counts are printed too. "start that found its QEMU
+running" counts start orders whose QEMU pid was the one the instance's previous
+start had launched: that start had worked, but was judged failed. A timeline shows starts ordered and instances
+running against the host's 1-minute load, which the restart policy
+(hostagent/restarts.py) compares with max_load_per_cpu x CPUs: while the load
+is past it, no node starts anything. All nodes share this machine, so each one
+reports the whole host's load. The figure to beat is Ganeti's watcher (30
+minutes in the seeds' outage); the aim is under one minute.
+
+Experiments (what-if runs for a proposed fix; Corral's code is not changed):
+--policy KEY=VALUE,... gives the restarted agents other hostagent.restarts.Policy
+defaults (through a sitecustomize module in a temp dir on their PYTHONPATH);
+--nice-qemu N renices every thread of every QEMU to N as soon as its pidfile
+appears, as if QEMUs ran at a lower CPU priority than the control plane.
+
+Usage: .venv/bin/python bench/outage_recovery.py [--instances 60] [--nodes 3] [--keep]
+       [--policy max_load_per_cpu=1000] [--nice-qemu 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+
+from benchcluster import AgentNode, Cluster, ChildLedger, ask, guest_hv, is_gone, pidfile_pids, power_off, \
+    running_cluster, wait_for, wait_gone
+
+from hostagent.restarts import Policy
+
+SUBNET = "127.0.4"
+TMP_PREFIX = "corral-outage-"  # the cluster's files: /tmp/corral-outage-XXXX
+MEMORY = "96M"
+DISK = "64M,format=qcow2"
+POLL_S = 1.0
+BOOT_TIMEOUT_S = 600  # all N guests booted after they were added
+GONE_TIMEOUT_S = 20
+TIMELINE_EVERY_S = 10.0
+RENICE_EVERY_S = 0.1
+IDLE_SAMPLE_S = 20.0
+BOOT_STALL_S = 90.0
+BOOTED = re.compile(r"CORRAL-GUEST-BOOTED count=(\d+)")
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) corral-agent\[\d+\] (\w+) (.*)$")
+# What the agents' logs say, by what it means for the recovery (hostagent.restarter, election, executor).
+LOG_SIGNS = {
+    "start ordered": re.compile(r"is marked up but .*: starting it on node"),
+    "  of which a retry": re.compile(r"starting it on node '[^']+' \(attempt [2-9]"),
+    "start failed": re.compile(r"start on node '[^']+' failed"),
+    "wait (load/memory)": re.compile(r" waits: node "),
+    "master lease acquired": re.compile(r"acquired the master lease"),
+    "master lease not renewed in time": re.compile(r"could not renew the master lease in time"),
+    "QMP failed on a live QEMU": re.compile(r"QEMU is alive but QMP failed"),
+    "task exception never retrieved": re.compile(r"Task exception was never retrieved"),
+}
+RESTARTED = re.compile(r"instance '([^']+)' restarted on node '[^']+' \(pid (\d+)\)")
+REDUNDANT_START = "  start that found its QEMU running"
+SITECUSTOMIZE = '''"""Written by bench/outage_recovery.py --policy: other restart Policy defaults, for a what-if run."""
+import dataclasses, json, os
+_overrides = json.loads(os.environ.get("CORRAL_BENCH_POLICY") or "{}")
+if _overrides:
+    import hostagent.restarter as _restarter
+    import hostagent.restarts as _restarts
+    _restarter.Policy = dataclasses.make_dataclass(
+        "Policy", [(k, type(v), dataclasses.field(default=v)) for k, v in _overrides.items()],
+        bases=(_restarts.Policy,), frozen=True)
+'''
+
+
+class Failure(Exception):
+    """Corral did not do what the benchmark waits for; the message says what."""
+
+
+@dataclass
+class Sample:
+    t: float
+    running: int
+    booted: int
+    load_1m: float
+
+
+@dataclass
+class Recovery:
+    instances: int
+    nodes: int
+    load_at_cut: float
+    agents: float | None = None
+    quorum: float | None = None
+    master: float | None = None
+    master_name: str | None = None
+    first: float | None = None
+    last: float | None = None
+    booted: float | None = None
+    samples: list[Sample] = field(default_factory=list)
+    stale_max: int = 0  # instances `instance list` showed running with their dead pre-outage QEMU's pid
+    stale_until: float | None = None
+    events: Counter[str] = field(default_factory=Counter)  # `corral events` since t=0, by kind
+    events_truncated: bool = False
+    signs: dict[str, list[float]] = field(default_factory=dict)  # LOG_SIGNS name -> t of each line
+    statuses: Counter[str] = field(default_factory=Counter)
+    idle_cpu: dict[str, float] = field(default_factory=dict)  # after the recovery: % of one CPU, by process kind
+
+
+# ---- the guests --------------------------------------------------------------------
+
+def console_boots(node: AgentNode, name: str) -> int:
+    path = node.root / "log" / "console" / f"{name}.console.log"
+    try:
+        return len(BOOTED.findall(path.read_text(errors="replace")))
+    except FileNotFoundError:
+        return 0
+
+
+def boot_counts(cluster: Cluster, placement: dict[str, str]) -> dict[str, int]:
+    return {name: console_boots(cluster[node], name) for name, node in placement.items()}
+
+
+def add_instances(cluster: Cluster, count: int, memory: str) -> dict[str, str]:
+    """`count` instances round-robin over the nodes; returns instance -> node."""
+    n1 = cluster["n1"]
+    placement = {f"o{i:03d}": cluster.nodes[i % len(cluster.nodes)].name for i in range(count)}
+    t0 = time.monotonic()
+    for i, (name, node) in enumerate(placement.items()):
+        result = n1.corral("instance", "add", name, "--os", "busybox-guest", "--node", node, "--memory", memory,
+                           "--disk", DISK, "--hv", guest_hv(), timeout=300)
+        if result.returncode != 0:
+            raise Failure(f"instance add {name} on {node} failed (rc {result.returncode}): {result.stderr.strip()}")
+        if (i + 1) % 10 == 0 or i + 1 == count:
+            print(f"  added {i + 1}/{count} in {time.monotonic() - t0:.0f} s, load {os.getloadavg()[0]:.1f}",
+                  flush=True)
+    return placement
+
+
+def wait_all_up(cluster: Cluster, placement: dict[str, str]) -> None:
+    n1 = cluster["n1"]
+
+    def up() -> bool:
+        rows = ask(n1, "instance", "list") or []
+        running = {r["name"] for r in rows if r["status"] == "running"}
+        return running >= set(placement) and all(boot_counts(cluster, placement).values())
+    wait_for(up, BOOT_TIMEOUT_S, f"all {len(placement)} instances to run and print their boot marker",
+             interval_s=2.0)
+
+
+def settle(limit: float, settle_s: float) -> float:
+    """Give the host's 1-minute load up to `settle_s` to come under `limit`; returns the load then."""
+    deadline = time.monotonic() + settle_s
+    for _ in range(int(settle_s) + 1):
+        if os.getloadavg()[0] <= limit or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    return os.getloadavg()[0]
+
+
+# ---- the outage --------------------------------------------------------------------
+
+def qemu_pids(n1: AgentNode, names: set[str]) -> dict[str, int | None]:
+    rows = ask(n1, "instance", "list")
+    if rows is None:
+        raise Failure("`corral instance list` on n1 failed before the power cut")
+    return {r["name"]: r.get("pid") for r in rows if r["name"] in names}
+
+
+def outage(cluster: Cluster, ledger: ChildLedger) -> int:
+    """Every agent, then every QEMU/export/fence keeper, SIGKILLed; waits until all are gone; returns how many."""
+    ledger.note(cluster)
+    pids = [pid for node in cluster.alive() for pid in (node.agent_pid(), *node.child_pids())]
+    for node in cluster.nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.kill9()
+    qemus = [pid for node in cluster.nodes for pid in power_off(node)]
+    wait_gone(pids + qemus, GONE_TIMEOUT_S, "every agent, etcd, Serf, QEMU and fence keeper after the power cut")
+    survivors = [pid for node in cluster.nodes for pid in pidfile_pids(node) if not is_gone(pid)]
+    if survivors:
+        raise Failure(f"processes still listed in pidfiles after the power cut: {survivors}")
+    return len(pids) + len(qemus)
+
+
+@contextmanager
+def agent_env(policy: dict[str, float | int], scratch: Path) -> Iterator[None]:
+    """While agents start: the --policy experiment's sitecustomize on their PYTHONPATH (none without it)."""
+    if not policy:
+        yield
+        return
+    (scratch / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    before = {k: os.environ.get(k) for k in ("PYTHONPATH", "CORRAL_BENCH_POLICY")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(scratch), before["PYTHONPATH"]) if p)
+    os.environ["CORRAL_BENCH_POLICY"] = json.dumps(policy)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Renicer(threading.Thread):
+    """The --nice-qemu experiment: every thread of every QEMU of the cluster reniced as soon as it is seen."""
+
+    def __init__(self, cluster: Cluster, nice: int) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.nice = cluster, nice
+        self.done: set[tuple[int, int]] = set()  # (pid, tid)
+        self.stop_now = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_now.wait(RENICE_EVERY_S):
+            for node in self.cluster.nodes:
+                for pidfile in (node.root / "run" / "instances").glob("*/qemu.pid"):
+                    self._renice(node, pidfile)
+
+    def _renice(self, node: AgentNode, pidfile: Path) -> None:
+        try:
+            pid = int(pidfile.read_text().strip())
+            if str(node.root).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except (OSError, ValueError):
+            return
+        for tid in tids:
+            if (pid, tid) not in self.done:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, tid, self.nice)
+                except OSError:
+                    continue
+                self.done.add((pid, tid))
+
+
+# ---- the recovery ------------------------------------------------------------------
+
+def start_agents(cluster: Cluster, policy: dict[str, float | int], scratch: Path) -> None:
+    with agent_env(policy, scratch), ThreadPoolExecutor(len(cluster.nodes)) as pool:
+        for future in [pool.submit(node.start) for node in cluster.nodes]:
+            future.result()  # AssertionError if an agent did not answer within 30 s
+
+
+def recover(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], deadline_s: float,
+            load_at_cut: float, old_pids: dict[str, int | None], policy: dict[str, float | int],
+            scratch: Path) -> Recovery:
+    n1 = cluster["n1"]
+    before = boot_counts(cluster, placement)
+    offsets = {node.name: (node.root / "agent.log").stat().st_size for node in cluster.nodes}
+    rec = Recovery(len(placement), len(cluster.nodes), load_at_cut)
+    wall0, t0 = time.time(), time.monotonic()
+    start_agents(cluster, policy, scratch)
+    rec.agents = time.monotonic() - t0
+    ledger.note(cluster)
+    deadline = t0 + deadline_s
+    for _ in range(int(deadline_s / POLL_S) + 1):
+        began = time.monotonic()
+        if began > deadline:
+            break
+        if rec.master is None:
+            info = ask(n1, "cluster", "info", timeout_s=max(1.0, deadline - time.monotonic())) or {}
+            now = time.monotonic() - t0
+            if rec.quorum is None and (info.get("quorum") or {}).get("ok"):
+                rec.quorum = now
+            if info.get("master"):
+                rec.master, rec.master_name = now, info["master"]
+        rows = ask(n1, "instance", "list", timeout_s=max(1.0, deadline - time.monotonic()))
+        now = time.monotonic() - t0
+        shown = [r for r in rows or [] if r["name"] in placement and r["status"] == "running"]
+        running = sum(1 for r in shown if r.get("pid") not in (None, old_pids.get(r["name"])))
+        if len(shown) > running:
+            rec.stale_max, rec.stale_until = max(rec.stale_max, len(shown) - running), now
+        if rows is not None:
+            rec.statuses = Counter(r["status"] for r in rows if r["name"] in placement)
+        booted = sum(1 for name, n in boot_counts(cluster, placement).items() if n > before[name])
+        rec.samples.append(Sample(now, running, booted, os.getloadavg()[0]))
+        if rec.first is None and running:
+            rec.first = now
+        if rec.last is None and running == len(placement):
+            rec.last = now
+        if rec.booted is None and booted == len(placement):
+            rec.booted = now
+        ledger.note(cluster)
+        if rec.last is not None and (rec.booted is not None or booting_stalled(rec.samples)):
+            break
+        time.sleep(max(0.0, POLL_S - (time.monotonic() - began)))
+    events = ask(n1, "events", "--limit", "0") or []
+    recent = [e for e in events if e["time"] >= wall0]
+    rec.events = Counter(e["kind"] for e in recent)
+    rec.events_truncated = len(recent) == len(events) and len(events) >= 1000
+    rec.signs = log_signs(cluster, offsets, wall0)
+    return rec
+
+
+def idle_cpu(cluster: Cluster, seconds: float) -> dict[str, float]:
+    """CPU the cluster uses once every instance runs, in % of one CPU over `seconds`, by process kind
+    (what keeps the host's load up when nothing is booting)."""
+    kinds: dict[int, str] = {}
+    for node in cluster.alive():
+        kinds[node.agent_pid()] = "agents"
+        kinds.update({pid: "etcd+serf" for pid in node.child_pids()})
+        kinds.update({pid: "QEMUs" for pid in pidfile_pids(node)})
+    procs = {}
+    for pid in kinds:
+        try:
+            procs[pid] = psutil.Process(pid)
+        except psutil.Error:
+            continue
+
+    def total() -> dict[int, float]:
+        out = {}
+        for pid, proc in procs.items():
+            try:
+                cpu = proc.cpu_times()
+            except psutil.Error:
+                continue
+            out[pid] = cpu.user + cpu.system
+        return out
+    before, t0 = total(), time.monotonic()
+    time.sleep(seconds)
+    after, elapsed = total(), time.monotonic() - t0
+    used: Counter[str] = Counter()
+    for pid, cpu in after.items():
+        used[kinds[pid]] += (cpu - before.get(pid, cpu)) / elapsed * 100
+    return dict(used)
+
+
+def booting_stalled(samples: list[Sample]) -> bool:
+    """No guest printed its boot marker for BOOT_STALL_S while all ran: the rest hang (see their consoles)."""
+    if not samples or samples[-1].t - samples[0].t < BOOT_STALL_S:
+        return False
+    recent = [s.booted for s in samples if s.t >= samples[-1].t - BOOT_STALL_S]
+    return recent[0] == recent[-1]
+
+
+def log_signs(cluster: Cluster, offsets: dict[str, int], wall0: float) -> dict[str, list[float]]:
+    """When each LOG_SIGNS line appeared in any agent's log since the restart, in s from t=0; also
+    REDUNDANT_START: start orders that found the QEMU of the instance's previous start still running."""
+    found: dict[str, list[float]] = {name: [] for name in LOG_SIGNS}
+    started: list[tuple[float, str, str]] = []  # (t, instance, pid) of each "restarted on node" line
+    for node in cluster.nodes:
+        with open(node.root / "agent.log", "rb") as f:
+            f.seek(offsets[node.name])
+            text = f.read().decode(errors="replace")
+        for line in text.splitlines():
+            m = LOG_LINE.match(line)
+            if not m:
+                continue
+            t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall0
+            for name, pattern in LOG_SIGNS.items():
+                if pattern.search(m.group(3)):
+                    found[name].append(t)
+            restarted = RESTARTED.search(m.group(3))
+            if restarted:
+                started.append((t, restarted.group(1), restarted.group(2)))
+    last_pid: dict[str, str] = {}
+    found[REDUNDANT_START] = []
+    for t, name, pid in sorted(started):
+        if last_pid.get(name) == pid:
+            found[REDUNDANT_START].append(t)
+        last_pid[name] = pid
+    order = [*list(LOG_SIGNS)[:3], REDUNDANT_START, *list(LOG_SIGNS)[3:]]
+    return {name: sorted(found[name]) for name in order}
+
+
+# ---- the report --------------------------------------------------------------------
+
+def fmt(v: float | None) -> str:
+    return "not within the deadline" if v is None else f"{v:6.1f} s"
+
+
+def report(rec: Recovery, cpus: int, policy: Policy, memory: str, experiment: str) -> None:
+    gate = policy.max_load_per_cpu * cpus
+    print(f"\n== whole-cluster power loss: {rec.instances} instances ({memory}, TCG) on {rec.nodes} nodes sharing "
+          f"{cpus} CPUs; host load_1m {rec.load_at_cut:.1f} at the power cut ==")
+    print(f"restart policy: gate load_1m > {gate:g} ({policy.max_load_per_cpu:g} per CPU), "
+          f"{policy.max_starts_per_node} start orders in flight per node; {experiment}")
+    print(f"agents answering          {fmt(rec.agents)}")
+    print(f"quorum                    {fmt(rec.quorum)}")
+    print(f"master ({rec.master_name or '-'})               {fmt(rec.master)}")
+    print(f"first instance running    {fmt(rec.first)}")
+    print(f"last instance running     {fmt(rec.last)}   (Ganeti's watcher: 30 min; aim: < 60 s)")
+    print(f"every guest booted again  {fmt(rec.booted)}"
+          + (f"  ({rec.samples[-1].booted} did; the rest printed nothing for {BOOT_STALL_S:.0f} s: hung in "
+             "early boot, see their console logs)" if rec.booted is None and rec.samples else ""))
+    if rec.stale_max:
+        print(f"stale: `instance list` showed up to {rec.stale_max} dead QEMUs (pre-outage pids) as running, "
+              f"last at t={rec.stale_until:.1f} s")
+    if rec.last is None and rec.statuses:
+        print(f"statuses at the deadline: {dict(rec.statuses)}")
+    print("from the agents' logs since t=0:")
+    for name, times in rec.signs.items():
+        span = f"  (t={times[0]:.0f}..{times[-1]:.0f} s)" if times else ""
+        print(f"    {name:34s} {len(times):5d}{span}")
+    print(f"`corral events` since t=0: {dict(sorted(rec.events.items())) or 'none'}"
+          + ("  TRUNCATED: older events were pruned (1000 kept)" if rec.events_truncated else ""))
+    timeline(rec, gate)
+    analysis(rec, gate)
+    if rec.idle_cpu:
+        print(f"afterwards, nothing booting, over {IDLE_SAMPLE_S:.0f} s: "
+              + ", ".join(f"{k} {v:.0f}%" for k, v in sorted(rec.idle_cpu.items()))
+              + f" of one CPU; host load_1m {os.getloadavg()[0]:.1f}")
+
+
+def timeline(rec: Recovery, gate: float) -> None:
+    print(f"timeline (t from the agents' start; load = host load_1m, * past the gate {gate:g}):")
+    starts = rec.signs.get("start ordered", [])
+    next_at = 0.0
+    for s in rec.samples:
+        if s.t < next_at and s is not rec.samples[-1]:
+            continue
+        next_at = s.t + TIMELINE_EVERY_S
+        ordered = sum(1 for t in starts if t <= s.t)
+        print(f"  t={s.t:6.1f}  starts ordered {ordered:3d}  running {s.running:3d}/{rec.instances}  "
+              f"booted {s.booted:3d}  load {s.load_1m:5.1f}{' *' if s.load_1m > gate else ''}")
+
+
+def analysis(rec: Recovery, gate: float) -> None:
+    """Where the time went: seconds with instances down and no start ordered, split by the load gate."""
+    starts = rec.signs.get("start ordered", [])
+    end = rec.last if rec.last is not None else (rec.samples[-1].t if rec.samples else 0.0)
+    gated = other = 0.0
+    for prev, cur in zip(rec.samples, rec.samples[1:]):
+        if cur.t > end:
+            break
+        if any(prev.t < t <= cur.t for t in starts):
+            continue
+        if prev.load_1m > gate:
+            gated += cur.t - prev.t
+        else:
+            other += cur.t - prev.t
+    print(f"until the last instance ran ({end:.0f} s): {gated:.0f} s with no start ordered while the load was "
+          f"past the gate, {other:.0f} s with no start ordered under it")
+
+
+# ---- main --------------------------------------------------------------------------
+
+def parse_policy(text: str) -> dict[str, float | int]:
+    """--policy KEY=VALUE,...: Policy fields, each checked against hostagent.restarts.Policy."""
+    known = {f.name: f.type for f in dataclasses.fields(Policy)}
+    out: dict[str, float | int] = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in known:
+            raise argparse.ArgumentTypeError(f"{key!r} is not a restart Policy field; one of: {', '.join(known)}")
+        try:
+            out[key] = int(value) if known[key] == "int" else float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key}={value!r}: not a number") from None
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=60)
+    parser.add_argument("--nodes", type=int, default=3, choices=(1, 2, 3, 4, 5))
+    parser.add_argument("--memory", default=MEMORY, help=f"guest memory (default {MEMORY})")
+    parser.add_argument("--deadline", type=float, default=900.0,
+                        help="seconds after the agents' restart to wait for every instance (default 900)")
+    parser.add_argument("--settle", type=float, default=120.0,
+                        help="seconds the host load may take to come under Corral's restart gate before the "
+                             "power cut (default 120)")
+    parser.add_argument("--policy", type=parse_policy, default={},
+                        help="experiment: restart Policy defaults for the restarted agents, e.g. "
+                             "max_load_per_cpu=1000,max_starts_per_node=8")
+    parser.add_argument("--nice-qemu", type=int, default=None, metavar="N",
+                        help="experiment: renice every QEMU thread to N after the restart")
+    parser.add_argument("--keep", action="store_true", help="keep the cluster's files (agent logs) afterwards")
+    args = parser.parse_args()
+    if args.instances < 1:
+        parser.error("--instances must be at least 1")
+    candidates = 3 if args.nodes >= 3 else 1
+    policy, cpus = dataclasses.replace(Policy(), **args.policy), os.cpu_count() or 1
+    experiment = ", ".join(filter(None, [f"EXPERIMENT --policy {args.policy}" if args.policy else "",
+                                         f"EXPERIMENT --nice-qemu {args.nice_qemu}"
+                                         if args.nice_qemu is not None else ""])) or "Corral's defaults"
+    rec: Recovery | None = None
+    failure: str | None = None
+    renicer: Renicer | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}site-") as scratch, \
+                running_cluster(args.nodes, candidates, keep=args.keep, subnet=SUBNET,
+                                prefix=TMP_PREFIX) as (cluster, ledger):
+            t0 = time.monotonic()
+            placement = add_instances(cluster, args.instances, args.memory)
+            ledger.note(cluster)
+            wait_all_up(cluster, placement)
+            ledger.note(cluster)
+            print(f"{args.instances} instances added, running and booted in {time.monotonic() - t0:.0f} s",
+                  flush=True)
+            load = settle(Policy().max_load_per_cpu * cpus, args.settle)
+            old_pids = qemu_pids(cluster["n1"], set(placement))
+            killed = outage(cluster, ledger)
+            print(f"power cut: {killed} processes SIGKILLed and gone (load_1m {load:.1f}); starting every agent",
+                  flush=True)
+            if args.nice_qemu is not None:
+                renicer = Renicer(cluster, args.nice_qemu)
+                renicer.start()
+            rec = recover(cluster, ledger, placement, args.deadline, load, old_pids, args.policy, Path(scratch))
+            if rec.last is not None:
+                rec.idle_cpu = idle_cpu(cluster, IDLE_SAMPLE_S)
+            if rec.last is None:
+                print(n1_diagnostics(cluster["n1"]))
+                raise Failure(f"only {rec.samples[-1].running if rec.samples else 0} of {args.instances} "
+                              f"instances running {args.deadline:.0f} s after the restart; see the timeline, and "
+                              "the agent logs kept")
+    except (Failure, AssertionError, subprocess.TimeoutExpired) as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt as exc:
+        failure = f"interrupted ({exc or 'Ctrl-C'}); every process started was stopped"
+    finally:
+        if renicer is not None:
+            renicer.stop_now.set()
+            print(f"--nice-qemu {args.nice_qemu}: reniced {len(renicer.done)} threads of "
+                  f"{len({pid for pid, _ in renicer.done})} QEMUs")
+    if rec is not None:
+        report(rec, cpus, policy, args.memory, experiment)
+    if failure:
+        print(f"\nFAILED: {failure}")
+        return 1
+    return 0
+
+
+def n1_diagnostics(n1: AgentNode) -> str:
+    out = []
+    for what in (("node", "list"), ("events", "--limit", "20")):
+        result = n1.corral(*what, timeout=60)
+        out.append(f"--- corral {' '.join(what)} ---\n{result.stdout}{result.stderr}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
