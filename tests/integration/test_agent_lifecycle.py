@@ -34,6 +34,7 @@ def fresh(tmp_path_factory):
     node = AgentNode(tmp_path_factory.mktemp("fresh"))
     yield node
     node.stop()
+    node.kill_qemus()  # and the fence keeper, which outlives the agent by design
 
 
 def test_agent_notifies_systemd_ready_status_and_watchdog(fresh, guest_dir):

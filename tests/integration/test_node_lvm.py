@@ -36,3 +36,4 @@ def test_node_reports_its_volume_group_and_verify_finds_an_orphan_volume(tmp_pat
         assert f"orphan disk /dev/{vg}/" in verify.stdout and "no instance 'ghost' here" in verify.stdout
     finally:
         node.stop()
+        node.kill_qemus()  # and the fence keeper
