@@ -49,7 +49,7 @@ from benchcluster import AgentNode, Cluster, ChildLedger, ask, guest_hv, is_gone
     summary, wait_for, wait_gone, wait_until
 
 SUBNET = "127.0.3"
-TMP_PREFIX = "corral-nodekill-"  # the cluster's files: /tmp/corral-nodekill-XXXX
+TMP_PREFIX = "nodekill-"  # the cluster's files: /tmp/nodekill-XXXX
 WATCH_DEADLINE_S = 120  # from the kill: lease TTL (12 s) + failover, with room for a loaded machine
 SYNC_TIMEOUT_S = 180
 GUARD_TIMEOUT_S = 60

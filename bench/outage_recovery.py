@@ -81,7 +81,7 @@ from benchcluster import AgentNode, Cluster, ChildLedger, ask, guest_hv, is_gone
 from hostagent.restarts import Policy
 
 SUBNET = "127.0.4"
-TMP_PREFIX = "corral-outage-"  # the cluster's files: /tmp/corral-outage-XXXX
+TMP_PREFIX = "outage-"  # the cluster's files: /tmp/outage-XXXX
 MEMORY = "96M"
 DISK = "64M,format=qcow2"
 POLL_S = 1.0
