@@ -92,6 +92,7 @@ RENICE_EVERY_S = 0.1
 IDLE_SAMPLE_S = 20.0
 BOOT_STALL_S = 90.0
 BOOTED = re.compile(r"CORRAL-GUEST-BOOTED count=(\d+)")
+BOOT_PATTERN_TIMEOUT_S = 300  # --judge-boots: a boot slower than this under the storm counts as failed
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) corral-agent\[\d+\] (\w+) (.*)$")
 # What the agents' logs say, by what it means for the recovery (hostagent.restarter, election, executor).
 LOG_SIGNS = {
@@ -166,14 +167,20 @@ def boot_counts(cluster: Cluster, placement: dict[str, str]) -> dict[str, int]:
     return {name: console_boots(cluster[node], name) for name, node in placement.items()}
 
 
-def add_instances(cluster: Cluster, count: int, memory: str) -> dict[str, str]:
-    """`count` instances round-robin over the nodes; returns instance -> node."""
+def add_instances(cluster: Cluster, count: int, memory: str, judge_boots: bool) -> dict[str, str]:
+    """`count` instances round-robin over the nodes; returns instance -> node.
+
+    With judge_boots each has the boot marker as its boot pattern, so the restart pacing counts a boot as
+    under way until the marker shows (without one, for the policy's boot_window_s after the start).
+    """
     n1 = cluster["n1"]
     placement = {f"o{i:03d}": cluster.nodes[i % len(cluster.nodes)].name for i in range(count)}
     t0 = time.monotonic()
     for i, (name, node) in enumerate(placement.items()):
         result = n1.corral("instance", "add", name, "--os", "busybox-guest", "--node", node, "--memory", memory,
-                           "--disk", DISK, "--hv", guest_hv(), timeout=300)
+                           "--disk", DISK, "--hv", guest_hv(),
+                           *(("--boot-pattern", BOOTED.pattern, "--boot-timeout", str(BOOT_PATTERN_TIMEOUT_S))
+                             if judge_boots else ()), timeout=300)
         if result.returncode != 0:
             raise Failure(f"instance add {name} on {node} failed (rc {result.returncode}): {result.stderr.strip()}")
         if (i + 1) % 10 == 0 or i + 1 == count:
@@ -419,8 +426,9 @@ def report(rec: Recovery, cpus: int, policy: Policy, memory: str, experiment: st
     gate = policy.max_load_per_cpu * cpus
     print(f"\n== whole-cluster power loss: {rec.instances} instances ({memory}, TCG) on {rec.nodes} nodes sharing "
           f"{cpus} CPUs; host load_1m {rec.load_at_cut:.1f} at the power cut ==")
-    print(f"restart policy: gate load_1m > {gate:g} ({policy.max_load_per_cpu:g} per CPU), "
-          f"{policy.max_starts_per_node} start orders in flight per node; {experiment}")
+    print(f"restart policy: {policy.max_starts_per_node} starts or boots under way per node (a boot without a "
+          f"pattern: {policy.boot_window_s:g} s), one at a time past load_1m {gate:g} "
+          f"({policy.max_load_per_cpu:g} per CPU); {experiment}")
     print(f"agents answering          {fmt(rec.agents)}")
     print(f"quorum                    {fmt(rec.quorum)}")
     print(f"master ({rec.master_name or '-'})               {fmt(rec.master)}")
@@ -511,6 +519,9 @@ def main() -> int:
                              "max_load_per_cpu=1000,max_starts_per_node=8")
     parser.add_argument("--nice-qemu", type=int, default=None, metavar="N",
                         help="experiment: renice every QEMU thread to N after the restart")
+    parser.add_argument("--no-judge-boots", dest="judge_boots", action="store_false",
+                        help="add the instances without a boot pattern (the pacing then counts a boot as under "
+                             "way for the policy's boot_window_s after its start)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster's files (agent logs) afterwards")
     args = parser.parse_args()
     if args.instances < 1:
@@ -528,7 +539,7 @@ def main() -> int:
                 running_cluster(args.nodes, candidates, keep=args.keep, subnet=SUBNET,
                                 prefix=TMP_PREFIX) as (cluster, ledger):
             t0 = time.monotonic()
-            placement = add_instances(cluster, args.instances, args.memory)
+            placement = add_instances(cluster, args.instances, args.memory, args.judge_boots)
             ledger.note(cluster)
             wait_all_up(cluster, placement)
             ledger.note(cluster)

@@ -84,7 +84,7 @@ def _lock_node(state_dir: str) -> int:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, notifier: Notifier | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, notifier: Notifier | None = None, guest_nice: int | None = None) -> None:
         self.cfg = cfg
         self.notifier = notifier or Notifier()
         self.pki = pki.PkiPaths(cfg.pki_dir)
@@ -95,7 +95,7 @@ class Agent:
         self._lock_fd = _lock_node(cfg.state_dir)
         self.replica = Replica(os.path.join(cfg.state_dir, "config.db"))
         self.qemu = QemuManager(cfg.run_dir, log_dir=os.path.join(cfg.log_dir, "console"),
-                                qemu_binary=cfg.qemu_binary)
+                                qemu_binary=cfg.qemu_binary, guest_nice=guest_nice)
         self.boot = BootWatcher(os.path.join(cfg.log_dir, "console"), os.path.join(cfg.run_dir, "boot-watch.json"),
                                 lambda name: self.replica.get_json(model.instance_key(name)), time.time())
         self.files = FileTemplate(cfg.file_storage)

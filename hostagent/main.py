@@ -12,7 +12,7 @@ import sys
 from aiohttp import web
 
 from election.etcd import EtcdError
-from hostagent import pki
+from hostagent import pki, priority
 from hostagent.agent import Agent, AlreadyRunning
 from hostagent.api import build_app
 from hostagent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
@@ -25,13 +25,13 @@ class StartupFailed(Exception):
     """The agent cannot serve; the message says why in one sentence."""
 
 
-async def _serve(cfg: AgentConfig) -> None:
+async def _serve(cfg: AgentConfig, guest_nice: int | None) -> None:
     notifier = Notifier()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(cfg, notifier)
+    agent = Agent(cfg, notifier, guest_nice)
     runners: list[web.AppRunner] = []
 
     local = web.AppRunner(build_app(agent, node_site=False), access_log=None)
@@ -105,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"corral-agent: {exc}", file=sys.stderr)
         return 2
+    base_nice = priority.raise_control_plane()
+    changed = os.getpriority(os.PRIO_PROCESS, 0) != base_nice
     try:
-        asyncio.run(_serve(cfg))
+        asyncio.run(_serve(cfg, base_nice if changed else None))
     except (AlreadyRunning, StartupFailed) as exc:
         print(f"corral-agent: {exc}", file=sys.stderr)
         return 1

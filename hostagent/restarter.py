@@ -140,9 +140,13 @@ class Restarter:
             log.info("instance '%s' restarted on node '%s' (pid %s)", name, node, result.get("pid"))
             if inst.get("secondary_node"):
                 await self.ops.moves.protect(None, inst)
-        except JobFailed as exc:
+        except Exception as exc:  # noqa: BLE001 - nobody awaits this task: every failure ends here, in words
             log.warning("instance '%s': start on node '%s' failed: %s", name, node, exc)
-            raw = await self.ops._get(model.restart_key(name))
-            if raw is not None:
-                raw["last_error"] = str(exc)
-                await self.ops._write([Op.put(model.restart_key(name), model.dumps(raw))])
+            try:
+                raw = await self.ops._get(model.restart_key(name))
+                if raw is not None:
+                    raw["last_error"] = str(exc) or type(exc).__name__
+                    await self.ops._write([Op.put(model.restart_key(name), model.dumps(raw))])
+            except Exception as record_exc:  # noqa: BLE001 - e.g. this node stopped being master meanwhile
+                log.warning("instance '%s': could not record the failed start (%s); the next master judges it "
+                            "from the node's report", name, record_exc)

@@ -18,9 +18,13 @@ count from zero once it has run `stable_s` after a start, not while its
 boot is still awaited. Candidates go by
 priority (critical, high, normal, low), then name; one waits for the
 instances it names in `after` to run (and to have booted, if they are
-judged); a node takes at most
-`max_starts_per_node` starts at once, none while its load per CPU or its
-free memory is past the limits.
+judged). A node takes at most `max_starts_per_node` starts at once,
+counting the boots still under way: a judged boot until its pattern
+matched (at most `boot_slot_max_s`), an unjudged one for `boot_window_s`
+after the start. While its
+load per CPU is past the limit a node boots one guest at a time (never
+none: a node kept busy by the guests it already runs must still bring the
+rest back), and nothing while its free memory is short.
 """
 
 from __future__ import annotations
@@ -43,7 +47,10 @@ class Policy:
     max_backoff_s: float = 60.0
     stable_s: float = 60.0  # running this long after a start: the attempts count from zero again
     max_starts_per_node: int = 4
-    max_load_per_cpu: float = 4.0  # a node this busy boots guests slowly: pace the starts
+    max_load_per_cpu: float = 4.0  # a node this busy boots guests slowly: one at a time
+    boot_window_s: float = 10.0  # an instance without a boot pattern counts as booting this long after its start
+    boot_slot_max_s: float = 60.0  # a judged boot holds its start slot at most this long (a hung one must not
+    #                                stall the node until its boot timeout)
     memory_reserve_mib: int = 256  # free memory a node keeps beyond the instance's own
 
 
@@ -109,7 +116,9 @@ def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy =
             del new[name]  # the instance is gone
     wanted = sorted((i for i in view.instances if i.get("admin_state") == "up"),
                     key=lambda i: (priority_rank(i), i["name"]))
-    budget = {node: policy.max_starts_per_node - view.starting_on.get(node, 0) for node in view.alive_nodes}
+    under_way = _booting(view, tracks, boots, now, policy)
+    for node, count in view.starting_on.items():
+        under_way[node] = under_way.get(node, 0) + count
     for inst in wanted:
         name, node = inst["name"], inst["primary_node"]
         track = new.get(name, Track())
@@ -143,14 +152,14 @@ def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy =
             continue
         waiting = [a for a in inst.get("after", []) if a in by_name and by_name[a].get("admin_state") == "up"
                    and (a not in running or boots[a] in ("waiting", "timeout"))]
-        short = _node_short(node, view.reports.get(node, {}), inst, policy)
-        if waiting or short or budget.get(node, 0) <= 0:
+        short = _node_short(node, view.reports.get(node, {}), inst, policy, under_way.get(node, 0))
+        if waiting or short or under_way.get(node, 0) >= policy.max_starts_per_node:
             why = f"waits for {', '.join(waiting)} to run first" if waiting else f"waits: {short}" if short else ""
             if why and track.last_error != why:  # said once per cause, not every pass
                 new[name] = replace(track, last_error=why)
                 events.append(Event(name, node, "wait", f"instance '{name}' {why} before it starts"))
             continue
-        budget[node] -= 1
+        under_way[node] = under_way.get(node, 0) + 1
         attempt = track.attempts + 1
         delay = min(policy.backoff_s * 2 ** (attempt - 1), policy.max_backoff_s)
         failure = "" if track.last_error.startswith("waits") else track.last_error  # a wait is not a failure
@@ -174,13 +183,34 @@ def _boot(view: View, inst: Mapping[str, Any]) -> str | None:
     return seen.get("boot") if seen.get("status") in ALIVE else None
 
 
-def _node_short(node: str, report: Mapping[str, Any], inst: Mapping[str, Any], policy: Policy) -> str:
+def _booting(view: View, tracks: Mapping[str, Track], boots: Mapping[str, str | None], now: float,
+             policy: Policy) -> dict[str, int]:
+    """Node -> boots under way there: judged and still waiting (for at most boot_slot_max_s), or unjudged
+    and started by the master within boot_window_s."""
+    out: dict[str, int] = {}
+    for inst in view.instances:
+        name, node = inst["name"], inst["primary_node"]
+        seen = view.reports.get(node, {}).get("instances", {}).get(name, {})
+        track = tracks.get(name)
+        if boots[name] == "waiting":
+            under_way = now - float(seen.get("boot_started_at", now)) < policy.boot_slot_max_s
+        else:
+            under_way = (boots[name] is None and seen.get("status") in ALIVE and track is not None
+                         and track.attempts > 0 and now - track.last_start_at < policy.boot_window_s)
+        if under_way:
+            out[node] = out.get(node, 0) + 1
+    return out
+
+
+def _node_short(node: str, report: Mapping[str, Any], inst: Mapping[str, Any], policy: Policy,
+                under_way: int) -> str:
     """Why the node is too loaded or too short of memory to start this instance now ("" if it is not)."""
     load = float(report.get("load_1m", 0.0)) / max(int(report.get("cpus", 1)), 1)
     free = int(report.get("memory_free_mib", 0))
     need = int(inst.get("memory_mib", 0)) + policy.memory_reserve_mib
-    if load > policy.max_load_per_cpu:
-        return f"node '{node}' is loaded ({load:.1f} per CPU, starts wait below {policy.max_load_per_cpu:.1f})"
+    if load > policy.max_load_per_cpu and under_way:
+        return (f"node '{node}' is loaded ({load:.1f} per CPU, past {policy.max_load_per_cpu:.1f}): "
+                "it boots one guest at a time")
     if free < need:
         return f"node '{node}' has {free} MiB free, it needs {need} MiB"
     return ""

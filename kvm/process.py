@@ -88,8 +88,10 @@ class QemuManager:
         launch_timeout_s: float = 30.0,
         qmp_timeout_s: float = 5.0,
         qmp_ready_timeout_s: float = 10.0,
+        guest_nice: int | None = None,
     ) -> None:
         self.run_dir = os.path.abspath(run_dir)
+        self.guest_nice = guest_nice  # QEMU's niceness when this process runs at another one (None: inherit)
         self.log_dir = os.path.abspath(log_dir) if log_dir else None
         self.qemu_binary = qemu_binary
         self.launch_timeout_s = launch_timeout_s
@@ -220,6 +222,11 @@ class QemuManager:
             raise InstanceStillRunning(name, proc.pid)
         _remove_runtime_files(paths)
 
+    def _set_guest_nice(self) -> None:
+        """In the forked child, before exec: every QEMU thread then starts at the guests' niceness."""
+        assert self.guest_nice is not None
+        os.setpriority(os.PRIO_PROCESS, 0, self.guest_nice)
+
     def _lock(self, name: str) -> asyncio.Lock:
         """One lifecycle operation at a time per instance."""
         return self._locks.setdefault(name, asyncio.Lock())
@@ -234,6 +241,7 @@ class QemuManager:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=None if self.guest_nice is None else self._set_guest_nice,
             )
         except OSError as exc:
             reason = f"cannot run {argv[0]!r}: {exc}; install qemu-system-x86 or fix qemu_binary"

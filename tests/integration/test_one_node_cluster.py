@@ -16,6 +16,8 @@ import pytest
 
 from conftest import BIN, AgentNode, wait_for
 
+from hostagent.priority import CONTROL_NICE
+
 pytestmark = pytest.mark.integration
 BOOT_TIMEOUT_S = 90
 
@@ -54,6 +56,15 @@ def test_instance_from_image_boots_and_prints_marker(one_node):
     assert (row["status"], row["primary_node"], row["disk_template"], row["memory"], row["vcpus"]) == \
         ("running", "n1", "file", 256, 1)
     assert row["secondary_node"] is None
+    qemu = int((one_node.root / "run" / "g1" / "qemu.pid").read_text())
+    keeper = int((one_node.root / "run" / "fence-keeper.pid").read_text())
+    assert (nice(one_node.proc.pid), nice(keeper), nice(qemu)) == (CONTROL_NICE, CONTROL_NICE, 0), \
+        "the agent and its fence keeper run above the guests' CPU priority; the guest at the host's usual one"
+
+
+def nice(pid: int) -> int:
+    """A process's niceness, from /proc (field 19 of stat, after the command name in parentheses)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])
 
 
 def test_stop_and_start_keeps_the_disk(one_node):

@@ -78,7 +78,7 @@ def test_critical_instances_start_first_and_an_instance_waits_for_the_one_it_nam
     first = sim.tick()
     assert first[0] == ("vm05", "n1") and ("vm00", "n1") not in first
     assert "t=0 wait vm00" in sim.transcript
-    for _ in range(5):
+    for _ in range(int(POLICY.boot_window_s) + 2):  # the first four boots hold the node's four start slots
         sim.tick()
     assert "vm00" in sim.running
 
@@ -123,3 +123,50 @@ def test_an_operator_start_clears_a_given_up_instance():
     sim.broken.clear()
     sim.tick()
     assert sim.running == {"vm00": "n1"}
+
+
+def _report(now: float, load: float, instances: dict[str, dict]) -> dict:
+    return {"time": now, "cpus": 2, "load_1m": load, "memory_free_mib": 16000, "instances": instances}
+
+
+def test_boots_still_under_way_hold_the_node_start_slots_until_their_pattern_matches():
+    instances = cluster(6, nodes=1)
+    booting = {f"vm0{i}": {"status": "running", "boot": "waiting"} for i in range(4)}
+    tracks = {name: Track(attempts=1, last_start_at=0.0, next_try_at=2.0) for name in booting}
+    view = View(tuple(instances), {"n1": _report(100.0, 0.1, booting)}, frozenset({"n1"}))
+    assert decide(view, tracks, 100.0, POLICY).starts == [], "four boots awaited: the node's four slots are taken"
+    booting["vm00"]["boot"] = "up"
+    view = View(tuple(instances), {"n1": _report(101.0, 0.1, booting)}, frozenset({"n1"}))
+    assert decide(view, tracks, 101.0, POLICY).starts == [("vm04", "n1")]
+
+
+def test_a_loaded_node_boots_one_guest_at_a_time_and_never_stops_altogether():
+    instances = cluster(3, nodes=1)
+    loaded = 20.0  # 10 per CPU: far past the limit of 4, from the guests already running
+    first = decide(View(tuple(instances), {"n1": _report(0.0, loaded, {})}, frozenset({"n1"})), {}, 0.0, POLICY)
+    assert first.starts == [("vm00", "n1")]
+    assert [e.message for e in first.events if e.kind == "wait"] == [
+        f"instance '{n}' waits: node 'n1' is loaded (10.0 per CPU, past 4.0): it boots one guest at a time "
+        "before it starts" for n in ("vm01", "vm02")]
+    running = {"vm00": {"status": "running"}}
+    held = decide(View(tuple(instances), {"n1": _report(5.0, loaded, running)}, frozenset({"n1"})),
+                  first.tracks, 5.0, POLICY)
+    assert held.starts == [], "vm00 started 5 s ago without a boot pattern: its boot is still under way"
+    later = POLICY.boot_window_s + 1.0
+    nxt = decide(View(tuple(instances), {"n1": _report(later, loaded, running)}, frozenset({"n1"})),
+                 held.tracks, later, POLICY)
+    assert nxt.starts == [("vm01", "n1")]
+
+
+def test_a_hung_boot_gives_its_start_slot_back_after_boot_slot_max_s_and_is_judged_at_its_timeout():
+    instances = cluster(2, nodes=1)
+    hung = {"vm00": {"status": "running", "boot": "waiting", "boot_started_at": 0.0}}
+    tracks = {"vm00": Track(attempts=1, last_start_at=0.0, next_try_at=2.0)}
+    loaded = 20.0  # one boot at a time
+    early = decide(View(tuple(instances), {"n1": _report(30.0, loaded, hung)}, frozenset({"n1"})),
+                   tracks, 30.0, POLICY)
+    assert early.starts == []
+    later = POLICY.boot_slot_max_s + 1.0
+    nxt = decide(View(tuple(instances), {"n1": _report(later, loaded, hung)}, frozenset({"n1"})),
+                 early.tracks, later, POLICY)
+    assert nxt.starts == [("vm01", "n1")], "a boot that hangs must not stall the node's other instances"

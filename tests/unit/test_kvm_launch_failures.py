@@ -61,3 +61,13 @@ async def test_invalid_spec_is_a_start_error_listing_problems(tmp_path):
                        hv=HvParams(accel="tcg"), disks=(), nics=())
     with pytest.raises(QemuStartError, match="not a UUID.*vcpus 0"):
         await mgr.start(bad)
+
+
+async def test_qemu_starts_at_the_guest_niceness_given_not_at_the_callers(tmp_path):
+    seen = tmp_path / "nice"
+    binary = fake_qemu(tmp_path, f"awk '{{print $19}}' /proc/$$/stat > {seen}; exit 1")
+    mgr = QemuManager(str(tmp_path / "run"), qemu_binary=binary, guest_nice=7)
+    with pytest.raises(QemuStartError):
+        await mgr.start(spec())
+    assert seen.read_text().strip() == "7"
+    assert os.getpriority(os.PRIO_PROCESS, 0) != 7, "only the child was reniced"
