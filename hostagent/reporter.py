@@ -36,7 +36,12 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
                   boot: BootWatcher | None = None) -> dict[str, Any]:
     """`busy`: instances whose QMP a long order holds (a migration), with the status to show.
 
-    `boot`: judges each QEMU's boot from its console (hostagent.boothealth)."""
+    `boot`: judges each QEMU's boot from its console (hostagent.boothealth).
+
+    The report's time is when the QEMUs were listed, not when the report was done: under load the QMP
+    queries below take seconds, and a QEMU started meanwhile must not look absent from a report that
+    claims to be newer than its start (the master would judge that start failed and order it again)."""
+    observed = time.time()
     running = qemu.discover()
     verdicts: dict[str, dict[str, Any]] = {}
     if boot is not None:
@@ -53,7 +58,7 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
                 "format": v.fmt} for v in await files.list_volumes()]
     return {
         "node": node,
-        "time": time.time(),
+        "time": observed,
         "version": AGENT_VERSION,
         "boot_id": _boot_id(),
         "instances": instances,
