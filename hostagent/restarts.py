@@ -21,10 +21,10 @@ instances it names in `after` to run (and to have booted, if they are
 judged). A node takes at most `max_starts_per_node` starts at once,
 counting the boots still under way: a judged boot until its pattern
 matched (at most `boot_slot_max_s`), an unjudged one for `boot_window_s`
-after the start. While its
-load per CPU is past the limit a node boots one guest at a time (never
-none: a node kept busy by the guests it already runs must still bring the
-rest back), and nothing while its free memory is short.
+after the start. While its load per CPU is past the limit a node boots
+one guest at a time (never none: a node kept busy by the guests it already
+runs must still bring the rest back), and nothing while its free memory
+is short.
 """
 
 from __future__ import annotations
