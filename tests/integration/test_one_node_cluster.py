@@ -56,7 +56,7 @@ def test_instance_from_image_boots_and_prints_marker(one_node):
     assert (row["status"], row["primary_node"], row["disk_template"], row["memory"], row["vcpus"]) == \
         ("running", "n1", "file", 256, 1)
     assert row["secondary_node"] is None
-    qemu = int((one_node.root / "run" / "g1" / "qemu.pid").read_text())
+    qemu = int((one_node.root / "run" / "instances" / "g1" / "qemu.pid").read_text())
     keeper = int((one_node.root / "run" / "fence-keeper.pid").read_text())
     assert (nice(one_node.proc.pid), nice(keeper), nice(qemu)) == (CONTROL_NICE, CONTROL_NICE, 0), \
         "the agent and its fence keeper run above the guests' CPU priority; the guest at the host's usual one"

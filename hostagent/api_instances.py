@@ -1,0 +1,200 @@
+"""Instance routes of the API and what users track beside them: instances, consoles, events, jobs, OS, users.
+
+These are what `corral instance|job|os|user ...` and `corral events` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from aiohttp import WSMsgType, web
+
+from kvm.cmdline import run_paths
+from storage.osdef import OsDefinition
+
+from hostagent import model, users, views
+from hostagent.api_base import ApiBase
+from hostagent.errors import BadRequest, Conflict, NotFound
+from hostagent.node_ops import NodeOperations
+from hostagent.operations import Operations
+
+
+def _job_id(raw: str) -> int:
+    if not raw.isdigit():
+        raise BadRequest(f"job id {raw!r} is not a number")
+    return int(raw)
+
+
+class InstanceRoutes(ApiBase):
+    """Handlers for /v1/instances/..., /v1/events, /v1/jobs/..., /v1/os and /v1/users/...."""
+
+    async def instance_list(self, request: web.Request) -> web.Response:
+        reports, now = self._reports(), time.time()
+        return self._ok([views.instance_row(i, reports, now) for i in self._instances()])
+
+    async def instance_info(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self._require_cluster()
+        inst = next((i for i in self._instances() if i["name"] == name), None)
+        if inst is None:
+            raise NotFound(f"no instance named '{name}'")
+        row = views.instance_row(inst, self._reports(), time.time())
+        if inst["primary_node"] == self.agent.cfg.node_name and not row["console_tail"]:
+            lines = self.agent.qemu.console_log_tail(name, 30)
+            row["console_tail"] = [line for line in lines if line.strip()][-10:]
+        row["auto_failover_default"] = bool((self.agent.replica.get_json(model.CLUSTER_KEY) or {})
+                                            .get("auto_failover", False))
+        return self._ok(row)
+
+    async def instance_add(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await ops.submit_add(body))
+        return await self._on_master(request, run)
+
+    async def instance_modify(self, request: web.Request) -> web.Response:
+        name, body = request.match_info["name"], await self._body(request)
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await ops.submit_modify(name, body))
+        return await self._on_master(request, run)
+
+    async def instance_action(self, request: web.Request) -> web.Response:
+        name, action = request.match_info["name"], request.match_info["action"]
+        body = await self._body(request)
+        if action == "stop":
+            params = {"force": bool(body.get("force", False)), "timeout_s": body.get("timeout_s")}
+        elif action == "reboot":
+            params = {"type": body.get("type", "soft")}
+        elif action == "start":
+            params = {}
+        elif action == "migrate":
+            params = {"node": body.get("node"), "max_bandwidth_mib_s": float(body.get("max_bandwidth_mib_s", 1024))}
+        elif action == "failover":
+            params = {"ignore_consistency": bool(body.get("ignore_consistency", False))}
+        elif action in ("move", "replace-secondary"):
+            params = {"node": body.get("node")}
+        elif action == "grow-disk":
+            params = {"disk": body.get("disk"), "size": body.get("size")}
+        elif action == "activate-disks":
+            params = {}
+        else:
+            raise NotFound(f"unknown instance action '{action}' (start, stop, reboot, migrate, failover, move, "
+                           "replace-secondary, activate-disks, grow-disk)")
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await ops.submit_simple(f"instance.{action}", name, params))
+        return await self._on_master(request, run)
+
+    async def instance_remove(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await ops.submit_simple("instance.remove", name, {}))
+        return await self._on_master(request, run)
+
+    async def instance_console(self, request: web.Request) -> web.StreamResponse:
+        """Bridge a websocket to the instance's serial console socket (instance on this node)."""
+        name = request.match_info["name"]
+        self._require_cluster()
+        inst = self.agent.replica.get_json(model.instance_key(name))
+        if inst is None:
+            raise NotFound(f"no instance named '{name}'")
+        if inst["primary_node"] != self.agent.cfg.node_name:
+            raise BadRequest(f"instance '{name}' runs on node '{inst['primary_node']}': run "
+                             "`corral instance console` there")
+        path = run_paths(self.agent.cfg.run_dir, name).console_socket
+        if self.agent.qemu.find(name) is None or not os.path.exists(path):
+            raise Conflict(f"instance '{name}' is not running, so it has no console")
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except OSError as exc:
+            raise Conflict(f"the console of instance '{name}' does not answer ({exc.strerror or exc})") from None
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+
+        async def pump_out() -> None:
+            while data := await reader.read(4096):
+                await ws.send_bytes(data)
+            await ws.close()
+
+        task = asyncio.create_task(pump_out())
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    writer.write(msg.data)
+                    await writer.drain()
+                elif msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                    break
+        finally:
+            task.cancel()
+            writer.close()
+        return ws
+
+    # ---- jobs, OS, users -----------------------------------------------------
+    async def event_list(self, request: web.Request) -> web.Response:
+        """The master's automatic decisions, newest last; ?instance= and ?node= narrow them."""
+        self._require_cluster()
+        instance, node = request.query.get("instance"), request.query.get("node")
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            raise BadRequest(f"limit {request.query.get('limit')!r} is not a number of events") from None
+        events = [e for e in self._all(model.EVENTS)
+                  if (instance is None or e["instance"] == instance) and (node is None or e["node"] == node)]
+        return self._ok(events[-limit:] if limit > 0 else events)
+
+    async def job_list(self, request: web.Request) -> web.Response:
+        keys = ("id", "op", "summary", "status", "created", "started", "ended", "error")
+        return self._ok([{k: j[k] for k in keys} for j in self._all(model.JOBS)])
+
+    async def job_info(self, request: web.Request) -> web.Response:
+        job_id = _job_id(request.match_info["id"])
+        self._require_cluster()
+        job = self.agent.replica.get_json(model.job_key(job_id))
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return self._ok(job)
+
+    async def job_cancel(self, request: web.Request) -> web.Response:
+        job_id = _job_id(request.match_info["id"])
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            await ops.role.require().cancel(job_id)
+            await asyncio.sleep(0)  # let the cancel's write reach etcd before answering
+            return self._ok({"job_id": job_id, "status": "canceled"})
+        return await self._on_master(request, run)
+
+    async def os_list(self, request: web.Request) -> web.Response:
+        catalog = self.agent.refresh_catalog()
+        rows = []
+        for name, entry in sorted(catalog.entries.items()):
+            script = isinstance(entry, OsDefinition)
+            rows.append({"name": name, "kind": "script" if script else "image", "path": entry.path,
+                         "variants": list(entry.variants) if script else [],
+                         "api_versions": list(entry.api_versions) if script else []})
+        return self._ok({"node": self.agent.cfg.node_name, "os": rows, "problems": list(catalog.problems)})
+
+    async def user_list(self, request: web.Request) -> web.Response:
+        return self._ok([users.public(u) for u in self._all(model.USERS)])
+
+    async def user_add(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        record, token = users.new_user(str(body.get("name", "")), str(body.get("role", "")))
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            await ops.put_new(model.user_key(record["name"]), record, f"user '{record['name']}' already exists")
+            await self._wait_replica(model.user_key(record["name"]))
+            return self._ok({**users.public(record), "token": token})
+        return await self._on_master(request, run)
+
+    async def user_remove(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            await ops.delete_existing(model.user_key(name), f"no user named '{name}'")
+            return self._ok({"name": name})
+        return await self._on_master(request, run)
