@@ -180,6 +180,7 @@ def test_join_with_a_bad_token_fails_cleanly(tmp_path_factory, shared3):
             assert expired.returncode != 0 and "expired" in expired.stderr
         finally:
             other.stop()
+            other.kill_qemus()  # its fence keeper, if it got one: it outlives the agent by design
         newcomer.ok("cluster", "join", via, "--token", good)
         assert newcomer.json("cluster", "info")["name"] == "multi"
         reused = newcomer.corral("cluster", "join", via, "--token", good)
@@ -188,6 +189,7 @@ def test_join_with_a_bad_token_fails_cleanly(tmp_path_factory, shared3):
         assert removed["node"] == "n4"
     finally:
         newcomer.stop()
+        newcomer.kill_qemus()  # its fence keeper, which outlives the agent by design
 
 
 def test_a_node_cannot_forge_a_newer_token_or_impersonate_the_master(shared3):
