@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -380,12 +382,19 @@ class Cluster:
             node.kill_qemus()
 
 
-@pytest.fixture
-def cluster3(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("c3"), 3)
+@contextlib.contextmanager
+def formed(root: Path, size: int, **options: Any) -> Iterator[Cluster]:
+    """A cluster of `size` nodes, every one a candidate, stopped afterwards whatever happens."""
+    cluster = Cluster(root, size, **options)
     try:
         cluster.form()
-        cluster.wait_candidates(3)
+        cluster.wait_candidates(size)
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def cluster3(tmp_path_factory):
+    with formed(tmp_path_factory.mktemp("c3"), 3) as cluster:
+        yield cluster

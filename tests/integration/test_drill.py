@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import GUEST_DIR, Cluster
+from conftest import GUEST_DIR, formed
 
 pytestmark = pytest.mark.integration
 
@@ -14,13 +14,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def drill3(tmp_path_factory):
     """One 3-node cluster under restart loops for every drill here: a drill leaves the cluster healthy."""
-    cluster = Cluster(tmp_path_factory.mktemp("drill3"), 3, supervised=True)
-    try:
-        cluster.form()
-        cluster.wait_candidates(3)
+    with formed(tmp_path_factory.mktemp("drill3"), 3, supervised=True) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def run_drill(node, *args: str) -> tuple[int, dict, str]:

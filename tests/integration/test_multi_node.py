@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from conftest import AgentNode, Cluster, wait_for
+from conftest import AgentNode, Cluster, formed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -19,13 +19,8 @@ pytestmark = pytest.mark.integration
 def shared3(tmp_path_factory):
     """One 3-node cluster for the tests that leave it as they found it (in file order: the planned
     master failover last); the others each form their own (`cluster3`)."""
-    cluster = Cluster(tmp_path_factory.mktemp("shared3"), 3)
-    try:
-        cluster.form()
-        cluster.wait_candidates(3)
+    with formed(tmp_path_factory.mktemp("shared3"), 3) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 def test_three_nodes_form_with_every_node_a_candidate(shared3):
     def settled():
