@@ -375,6 +375,13 @@ class Cli:
             rep = r.get("replication")
             if rep:
                 print(f"replication:  to {rep['secondary']}: {rep['summary']}")
+                since = rep.get("record_since")
+                print(f"failover:     the copy is recorded {rep.get('record', 'unknown')}"
+                      + (f" since {when(since)}" if since else ""))
+                last = rep.get("last_degraded")
+                if last:
+                    print(f"last degraded: {when(last['at'])}: {last['reason']}; guest paused "
+                          f"{last['pause_ms']} ms until the master recorded the copy out of date")
             states = {s["index"]: s for s in (rep or {}).get("disks", [])}
             for d in r["disks"]:
                 where = f" on {r['primary_node']}" + (f" + {rep['secondary']}" if rep else "")

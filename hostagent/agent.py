@@ -108,6 +108,7 @@ class Agent:
                                      {**self.replication.orders(), **NodeDiskCopy(
                                          cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir).orders()},
                                      self.replication.tls_dir)
+        self.replication.tell_master = self.tell_master
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
         self.stop_event = asyncio.Event()
         self.etcd: EtcdClient | None = None
@@ -529,6 +530,18 @@ class Agent:
         report["etcd"] = await self._member_health()
         report["fencing_token"] = self.tokens.seen.to_str() if self.tokens.seen else None
         await self.etcd.put(model.report_key(self.cfg.node_name), model.dumps(report))
+
+    async def tell_master(self, path: str, body: dict[str, Any]) -> bool:
+        """POST to the master's node API (mutual TLS); True once it answered 200."""
+        master = self.replica.get_json(model.MASTER_KEY)
+        node = self.replica.get_json(model.node_key(master["node"])) if isinstance(master, dict) else None
+        if node is None or self.nodes is None or self.isolated():
+            return False
+        status, data = await self.nodes.forward(node["address"], node["api_port"], "POST", path,
+                                                json.dumps(body).encode(), timeout_s=5)
+        if status != 200:
+            log.info("the master did not take %s: %s", path, data.get("message", status))
+        return status == 200
 
     async def _mirror_states(self, running: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         """Per running `mirror` instance whose primary is this node: each disk's mirror state."""

@@ -79,6 +79,8 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
         r.add_post("/v1/node/orders", api.node_order)
         r.add_post("/v1/node/drill", api.drill_crash_self)
         r.add_get("/v1/node/qemus", api.qemus_self)
+        r.add_post("/v1/node/replica-outdated", api.replica_outdated)
+        r.add_post("/v1/node/replica-resumed", api.replica_resumed)
         r.add_get(clocks.CLOCK_PATH, api.node_clock)
     else:
         r.add_post("/v1/cluster/join", api.cluster_join)

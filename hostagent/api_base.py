@@ -24,7 +24,7 @@ from election.lease import NotMaster
 from kvm.hvparams import HvParamError
 from storage.base import StorageError
 
-from hostagent import model
+from hostagent import model, replicas
 from hostagent.agent import Agent, NotInitialized
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.executor import OrderError
@@ -101,7 +101,9 @@ class ApiBase:
     def _instances(self) -> list[dict[str, Any]]:
         """Instance records with the master's restart track of each, for the status shown."""
         tracks = {t["name"]: t for t in self._all(model.RESTARTS)}
-        return [{**i, "restart": tracks.get(i["name"])} for i in self._all(model.INSTANCES)]
+        records = {r["name"]: r for r in self._all(model.REPLICAS) if isinstance(r, dict) and "name" in r}
+        trusting = replicas.with_trust(self._all(model.INSTANCES), records, self._reports())
+        return [{**i, "restart": tracks.get(i["name"]), "replica": records.get(i["name"])} for i in trusting]
 
     def _reports(self) -> dict[str, dict[str, Any]]:
         return {r["node"]: r for r in self._all(model.REPORTS)}

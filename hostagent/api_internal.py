@@ -50,6 +50,41 @@ class InternalRoutes(ApiBase):
             result = await self.agent.node_order(op, args)
         return web.json_response(result)
 
+    async def replica_outdated(self, request: web.Request) -> web.Response:
+        """Node-to-master: the primary's guest waits on a write its secondary did not take.
+
+        Answered 200 only once the copy is recorded out of date in etcd: then
+        the primary may resume the guest without it."""
+        name, _ = await self._from_primary(request)
+        body = await self._body(request)
+        assert self.agent.ops is not None
+        await self.agent.ops.moves.outdate(name, str(body.get("reason") or "its primary could not write to it"))
+        return web.json_response({"name": name, "outdated": True})
+
+    async def replica_resumed(self, request: web.Request) -> web.Response:
+        """Node-to-master: the guest resumed without its copy; how long it was paused, for `instance info`."""
+        name, body = await self._from_primary(request)
+        event = {"at": float(body.get("at") or time.time()), "pause_ms": int(body.get("pause_ms") or 0),
+                 "reason": str(body.get("reason") or "")[:200]}
+        assert self.agent.ops is not None
+        await self.agent.ops.moves.resumed(name, event)
+        return web.json_response({"name": name})
+
+    async def _from_primary(self, request: web.Request) -> tuple[str, dict[str, Any]]:
+        """The instance named in the body, if this node is master and the caller is its primary."""
+        sender = pki.peer_node_name(request.transport.get_extra_info("peercert") if request.transport else None)
+        if sender is None:
+            raise BadRequest("only nodes may report on their replicas")
+        body = await self._body(request)
+        role = self.agent.role
+        if role is None or not role.is_master or self.agent.ops is None:
+            raise Conflict(f"node '{self.agent.cfg.node_name}' is not the master")
+        name = str(body.get("name", ""))
+        inst = await self.agent.ops._get(model.instance_key(name))
+        if inst is None or inst.get("primary_node") != sender:
+            raise Conflict(f"node '{sender}' is not the primary of an instance named '{name}'")
+        return name, body
+
     async def node_clock(self, request: web.Request) -> web.Response:
         """Node-to-node: this node's wall clock, for the clock skew check of `cluster verify`."""
         return web.json_response({"node": self.agent.cfg.node_name, "time": time.time()})

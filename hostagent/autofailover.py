@@ -37,8 +37,8 @@ class AutoFailover:
         self._last_pass = 0.0
 
     async def view(self, now: float) -> View:
-        instances = await self.ops._prefix(model.INSTANCES)
         reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        instances = await self.ops.trusting_instances(reports)
         kvs, _ = await self.ops.role.client.get_prefix(model.LEASES)
         leases = frozenset(kv.key.rsplit("/", 1)[1] for kv in kvs)
         alive = frozenset(n for n, r in reports.items() if now - r.get("time", 0) <= REPORT_STALE_AFTER_S and n in leases)

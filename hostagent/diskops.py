@@ -17,6 +17,7 @@ from election.etcd import Op
 from hostagent import model
 from hostagent.checks import REPLICATION_PORTS
 from hostagent.errors import BadRequest, Conflict
+from hostagent.executor import QUORUM_TEMPLATES
 from hostagent.jobs import JobContext, JobFailed
 from hostagent.placement import PlacementError, Request, check_manual
 from hostagent.units import SizeError, format_mib, parse_mib
@@ -85,6 +86,12 @@ class DiskOps:
         if size <= current:
             raise BadRequest(f"disk {index} of '{name}' is {format_mib(current)}; the new size must be larger "
                              "(disks only grow)")
+        if inst.get("disk_template") in QUORUM_TEMPLATES:
+            report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+            if name in report.get("instances", {}):
+                raise BadRequest(f"instance '{name}' is running: a disk of the mirror template grows only while "
+                                 f"it is stopped (its writes go to both copies through a quorum that cannot "
+                                 f"change size); `corral instance stop {name}` first, then start it again")
         params["size_mib"] = size
 
     # ---- jobs ---------------------------------------------------------------------------
@@ -149,8 +156,9 @@ class DiskOps:
         name, old, new = inst["name"], inst["secondary_node"], args["node"]
         await ctx.log(f"replacing the secondary of '{name}': node '{old}' by node '{new}'")
         await self.ops._order(new, "instance.replica-prepare", {"name": name, "disks": inst["disks"]})
+        await self.ops.moves.outdate(name, f"its secondary is being replaced: node '{old}' by node '{new}'")
         await self.ops._order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
-        inst.update(secondary_node=new, replica_in_sync=False, mtime=time.time())
+        inst.update(secondary_node=new, mtime=time.time())
         await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
         await self.ops.moves.protect(ctx, inst)
         await self._remove_disks(ctx, old, inst)
@@ -167,8 +175,8 @@ class DiskOps:
             if created["created"]:
                 await ctx.log(f"re-created missing disk copies {created['created']} on node "
                               f"'{inst['secondary_node']}'; they fill when the mirror runs")
-                inst["replica_in_sync"] = False
-                await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
+                await self.ops.moves.outdate(name, f"disk copies {created['created']} were missing on node "
+                                                   f"'{inst['secondary_node']}'")
             report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
             if name in report.get("instances", {}):
                 await self.ops.moves.protect(ctx, inst)
@@ -185,12 +193,13 @@ class DiskOps:
         order = {"name": name, "index": index, "size_mib": size}
         secondary = inst.get("secondary_node")
         if secondary:  # the copy grows first: the primary's mirror must never outsize its target
+            await self.ops.moves.outdate(name, f"disk {index} grows; its copy is made anew")
             await self.ops._order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
             await self.ops._order(secondary, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
             await self.ops._order(secondary, "instance.disk-grow", order)
         await self.ops._order(inst["primary_node"], "instance.disk-grow", order)
         inst["disks"][index]["size_mib"] = size
-        inst.update(mtime=time.time(), **({"replica_in_sync": False} if secondary else {}))
+        inst.update(mtime=time.time())
         await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
         await ctx.log(f"disk {index} of '{name}' is now {format_mib(size)}")
         report = await self.ops._get(model.report_key(inst["primary_node"])) or {}

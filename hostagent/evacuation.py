@@ -36,7 +36,7 @@ from hostagent.units import format_mib
 from hostagent.views import describe_mirrors
 
 # Mirror states a live migration accepts (hostagent.moves: the switchover waits for writes in flight).
-MIGRATABLE = ("in_sync", "resyncing")
+MIGRATABLE = ("in_sync", "converged", "resyncing")
 
 
 @dataclass(frozen=True)

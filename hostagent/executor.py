@@ -24,6 +24,9 @@ from hostagent import pki
 
 log = logging.getLogger(__name__)
 
+# Templates whose disks the primary's QEMU writes to the secondary's copy through a quorum.
+QUORUM_TEMPLATES = ("mirror",)
+
 
 def read_small_file(path: str) -> str | None:
     """A marker or pidfile's content, stripped; None when the file does not exist."""
@@ -65,15 +68,19 @@ class NodeExecutor:
             raise OrderError(f"unknown order {op!r}")
         return await handler(args)
 
-    def spec(self, inst: dict[str, Any], hvparams: dict[str, Any]) -> InstanceSpec:
+    async def spec(self, inst: dict[str, Any], hvparams: dict[str, Any]) -> InstanceSpec:
         hv = parse_hvparams(hvparams)
-        disks = tuple(DiskSpec(self._files.path(inst["name"], d["index"], d["format"]), d["format"])
-                      for d in inst["disks"])
+        replicated = inst.get("disk_template") in QUORUM_TEMPLATES
+        disks = []
+        for d in inst["disks"]:
+            path = self._files.path(inst["name"], d["index"], d["format"])
+            size = await self._files.virtual_bytes(path, d["format"]) if replicated else 0
+            disks.append(DiskSpec(path, d["format"], replicated=replicated, size_bytes=size))
         nics = tuple(NicSpec(mac=n["mac"], mode=n["mode"],
                              tap=tap.tap_name(inst["name"], i) if n["mode"] == "bridged" else "")
                      for i, n in enumerate(inst["nics"]))
         return InstanceSpec(name=inst["name"], uuid=inst["uuid"], memory_mib=inst["memory_mib"],
-                            vcpus=inst["vcpus"], hv=hv, disks=disks, nics=nics)
+                            vcpus=inst["vcpus"], hv=hv, disks=tuple(disks), nics=nics)
 
     async def _op_create(self, args: dict[str, Any]) -> dict[str, Any]:
         inst = args["instance"]
@@ -113,7 +120,7 @@ class NodeExecutor:
             raise OrderError(refusal)
         # `incoming`: the URI a live migration arrives on; QEMU then waits for it instead of booting,
         # over TLS, from the node `incoming_from` only.
-        spec = self.spec(inst, args["hvparams"])
+        spec = await self.spec(inst, args["hvparams"])
         if args.get("incoming"):
             spec = dataclasses.replace(spec, incoming=args["incoming"], incoming_tls_dir=self._tls_dir(),
                                        incoming_client=client_identity(args["incoming_from"]))

@@ -26,6 +26,7 @@ HANDOVER_KEY = "/corral/handover"
 EVENTS = "/corral/events/"  # the master's automatic decisions with their reasons, oldest first
 FAILOVER_STATE_KEY = "/corral/failover-state"  # the master's node-failure decision state (hostagent.failovers)
 RESTARTS = "/corral/restarts/"  # the master's restart tracks (hostagent.restarts), one per instance
+REPLICAS = "/corral/replicas/"  # per replicated instance: is the secondary's copy in sync (hostagent.replicas)
 DEFAULT_BOOT_TIMEOUT_S = 120.0  # an instance with a boot pattern but no boot timeout of its own
 
 
@@ -59,6 +60,10 @@ def event_key(when: float, seq: int) -> str:
 
 def restart_key(instance: str) -> str:
     return RESTARTS + instance
+
+
+def replica_key(instance: str) -> str:
+    return REPLICAS + instance
 
 
 def lease_key(node: str) -> str:

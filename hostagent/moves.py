@@ -6,7 +6,10 @@ start ("protect"), moves the instance with live migration or failover, and
 its duty `keep_mirrors` restarts a mirror that is not running (secondary
 back after an outage, agent restarted) and records in the config whether
 the secondary's copy is in sync: failover trusts that record, since the
-primary's reports stop when the primary dies.
+primary's reports stop when the primary dies. That record lives apart from
+the instance (hostagent.replicas): a copy is recorded out of date before
+anything lets the guest write without it (a start, a switchover, a detach),
+and in sync only from a primary's report that shows it joined.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from election.etcd import Op
+from election.etcd import Compare, Op
 from kvm.migration import migration_uri
 
-from hostagent import model
+from hostagent import model, replicas
 from hostagent.checks import PORTS_PER_INSTANCE
 from hostagent.errors import BadRequest
 from hostagent.jobs import JobContext, JobFailed
@@ -67,6 +70,10 @@ class Moves:
         report = await self.ops._get(model.report_key(name))
         return report is not None and time.time() - report.get("time", 0) <= REPORT_STALE_AFTER_S
 
+    async def _secondary_up(self, name: str) -> bool:
+        """Reporting and holding its node lease: a frozen or cut-off secondary hangs the guest's writes."""
+        return await self._alive(name) and await self.ops._get(model.lease_key(name)) is not None
+
     def _replicated(self, inst: dict[str, Any], verb: str) -> str:
         if inst.get("disk_template") not in REPLICATED or not inst.get("secondary_node"):
             raise JobFailed(f"cannot {verb} instance '{inst['name']}': its disks ({inst.get('disk_template')}) "
@@ -75,22 +82,63 @@ class Moves:
 
     async def _set_nodes(self, inst: dict[str, Any], primary: str, secondary: str, home: str | None = None) -> None:
         """`home`: the node an automatic failover took it from, for a later failback (else none)."""
-        inst.update(primary_node=primary, secondary_node=secondary, replica_in_sync=False, mtime=time.time(),
-                    home_node=home)
+        inst.update(primary_node=primary, secondary_node=secondary, mtime=time.time(), home_node=home)
+        inst.pop("replica_in_sync", None)
         await self.ops._write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
+
+    # ---- the replica record (hostagent.replicas) ------------------------------------------
+    async def replica(self, name: str) -> tuple[dict[str, Any], int]:
+        """The record straight from etcd, and its revision (0: none yet)."""
+        kv = await self.ops.role.client.get(model.replica_key(name))
+        if kv is None:
+            return {"name": name}, 0
+        return {**model.loads(kv.value), "name": name}, kv.mod_revision
+
+    async def outdate(self, name: str, why: str) -> None:
+        """Record the secondary's copy out of date (committed when this returns)."""
+        record, _ = await self.replica(name)
+        new = replicas.outdated(record, why, time.time())
+        await self.ops._write([Op.put(model.replica_key(name), model.dumps(new))])
+        if record.get("in_sync"):
+            log.warning("the copy of instance '%s' on its secondary is out of date: %s", name, why)
+
+    async def resumed(self, name: str, event: dict[str, Any]) -> None:
+        """Keep the primary's account of its last degraded resume (the guest's pause), for `instance info`."""
+        record, revision = await self.replica(name)
+        await self._put_if_unchanged(name, {**record, "last_degraded": event}, revision)
+
+    async def _put_if_unchanged(self, name: str, record: dict[str, Any], revision: int) -> bool:
+        key = model.replica_key(name)
+        token = self.ops.role.token
+        if token is None:
+            return False
+        result = await self.ops.role.lease.guarded_txn(token, [Op.put(key, model.dumps(record))],
+                                                       extra_compares=[Compare.mod_revision(key, "=", revision)])
+        return bool(result.succeeded)
+
+    async def start_order(self, node: str, inst: dict[str, Any], hv: dict[str, Any]) -> dict[str, Any]:
+        """`instance.start` on `node`; a replicated guest then writes without a copy until one joins,
+        so its copy is recorded out of date first."""
+        if inst.get("disk_template") in REPLICATED and inst.get("secondary_node"):
+            await self.outdate(inst["name"], f"started on node '{node}' without its copy (a new one follows)")
+        return await self.ops._order(node, "instance.start", {"instance": inst, "hvparams": hv})
 
     async def protect(self, ctx: JobContext | None, inst: dict[str, Any]) -> bool:
         """Export the secondary's copies and start the primary's mirrors; False (logged) if it could not."""
         name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
         disks = inst["disks"]
         try:
+            record, revision = await self.replica(name)
+            record = replicas.new_copy(record, time.time())
+            if not await self._put_if_unchanged(name, record, revision):
+                raise JobFailed("its replica record changed meanwhile; the master tries again")
             await self.ops._order(secondary, "instance.replica-export",
                                   {"name": name, "disks": disks, "port_base": inst["port_base"], "client": primary})
             host = (await self._node(secondary))["address"]
             cluster = await self.ops._get(model.CLUSTER_KEY) or {}
             await self.ops._order(primary, "instance.mirror-attach",
                                   {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"],
-                                   "rate_limit_mib_s": cluster.get("sync_rate_mib_s", 0.0)})
+                                   "rate_limit_mib_s": cluster.get("sync_rate_mib_s", 0.0), "gen": record["gen"]})
         except JobFailed as exc:
             message = (f"instance '{name}' runs on node '{primary}' without a current copy on '{secondary}' "
                        f"(degraded): {exc}; the master retries when '{secondary}' answers")
@@ -123,20 +171,21 @@ class Moves:
         states = report.get("mirrors", {}).get(name, [])
         # "resyncing" with a ready mirror may only be guest writes in flight: the switchover,
         # with the guest paused, waits for them and refuses a copy that is not complete.
-        if not states or any(s["status"] not in ("in_sync", "resyncing") for s in states):
+        if not states or any(s["status"] not in ("in_sync", "converged", "resyncing") for s in states):
             raise JobFailed(f"the disks of '{name}' are not in sync on node '{target}' ({describe_mirrors(states)}); "
                             "wait until `corral instance info` says in sync")
         hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
         target_addr = (await self._node(target))["address"]
         port = int(inst["port_base"]) + PORTS_PER_INSTANCE - 1
         await ctx.log(f"live-migrating instance '{name}' from node '{source}' to node '{target}'")
-        await self.ops._order(target, "instance.start",
+        await self.ops._order(target, "instance.start",  # only receives: the guest runs there after the outdate
                               {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port),
                                "incoming_from": source})
         switched = False
         try:
             await self._send_memory(ctx, inst, target_addr, port, float(args.get("max_bandwidth_mib_s", 1024)))
             await self.ops._order(target, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
+            await self.outdate(name, f"live-migrated to node '{target}': the copy on '{source}' is made anew")
             result = await self.ops._order(source, "instance.migrate-complete", {"name": name})
             switched = True
         except Exception as exc:
@@ -195,10 +244,17 @@ class Moves:
         force = bool(args.get("ignore_consistency"))
         if not await self._alive(new):
             raise JobFailed(f"cannot fail over '{name}': its secondary node '{new}' is not reporting")
-        if not inst.get("replica_in_sync") and not force:
-            raise JobFailed(f"the copy of '{name}' on node '{new}' is not known to be in sync (the mirror never "
-                            "completed its copy, or was resyncing); rerun with --ignore-consistency to start "
-                            "from it anyway")
+        record, _ = await self.replica(name)
+        ok, why = replicas.trusted(record, await self.ops._get(model.report_key(old)), name)
+        if not ok and not force:
+            raise JobFailed(f"the copy of '{name}' on node '{new}' is {why}; failing over onto it could lose writes "
+                            "the guest was told were done. Rerun with --ignore-consistency to start from it anyway")
+        if not ok:
+            since = record.get("since")
+            age = f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} " \
+                  f"({(time.time() - since) / 60:.0f} min ago)" if since else "for an unknown time"
+            await ctx.log(f"WARNING: --ignore-consistency: the copy of '{name}' on node '{new}' is {why}, "
+                          f"out of date {age}: every write '{name}' made on '{old}' after that is LOST")
         await ctx.log(f"failing over instance '{name}' from node '{old}' to node '{new}'")
         hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
         if args.get("fenced"):  # automatic: the lost node's lease expired, so it has stopped the guest itself
@@ -214,7 +270,7 @@ class Moves:
         await ctx.log(f"node '{new}' is now the primary of '{name}'")
         result: dict[str, Any] = {"name": name, "node": new}
         if inst["admin_state"] == "up":
-            started = await self.ops._order(new, "instance.start", {"instance": inst, "hvparams": hv})
+            started = await self.start_order(new, inst, hv)
             await ctx.log(f"instance '{name}' started on node '{new}' (pid {started['pid']})")
             result["pid"] = started["pid"]
             await self.protect(ctx, inst)
@@ -297,13 +353,18 @@ class Moves:
             return  # not running, or nothing known: nothing to mirror
         states = report.get("mirrors", {}).get(name, [])
         statuses = {s["status"] for s in states}
-        in_sync = bool(states) and statuses == {"in_sync"}
-        outdated = not states or statuses & {"syncing", "resyncing", "failed", "stopped"}
-        if in_sync != bool(inst.get("replica_in_sync")) and (in_sync or outdated):
-            inst["replica_in_sync"] = in_sync
-            await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
-            log.info("the copy of instance '%s' on node '%s' is %s", name, inst["secondary_node"],
-                     "in sync" if in_sync else describe_mirrors(states))
+        secondary = inst["secondary_node"]
+        record, revision = await self.replica(name)
+        if statuses & set(replicas.JOINED) and not await self._secondary_up(secondary):
+            await self.outdate(name, f"its secondary node '{secondary}' stopped answering")
+            log.warning("the secondary '%s' of instance '%s' is gone: the primary goes on alone", secondary, name)
+            await self.ops._order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+            return
+        new = replicas.judge(record, states, float(report.get("time", 0)), time.time())
+        if new is not None and await self._put_if_unchanged(name, new, revision):
+            (log.info if new["in_sync"] else log.warning)(
+                "the copy of instance '%s' on node '%s' is %s", name, secondary,
+                "in sync" if new["in_sync"] else f"out of date ({new['why']})")
         if "stalled" in statuses:
             log.warning("the secondary '%s' of instance '%s' hangs and blocks its disk writes: cutting the mirror",
                         inst["secondary_node"], name)

@@ -169,9 +169,9 @@ class NodeOperations:
 
     async def plan_evacuation(self, name: str) -> Plan:
         await self._node(name)
-        return plan_evacuation(name, {n["name"]: n for n in await self._nodes()},
-                               {r["node"]: r for r in await self.ops._prefix(model.REPORTS)},
-                               await self.ops._prefix(model.INSTANCES), time.time())
+        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        return plan_evacuation(name, {n["name"]: n for n in await self._nodes()}, reports,
+                               await self.ops.trusting_instances(reports), time.time())
 
     async def submit_evacuation(self, name: str) -> int:
         """Drain the node, then run the plan as one job; a plan that does not fit changes nothing."""

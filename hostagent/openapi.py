@@ -52,6 +52,11 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/node/drill": {"post": _op("Drill: crash or freeze this agent (node certificates only)",
                                    body="DrillCrash")},
     "/v1/node/qemus": {"get": _op("The QEMUs running on this node now (node certificates only)")},
+    "/v1/node/replica-outdated": {"post": _op("Master: record the secondary's copy of an instance out of date, "
+                                              "asked by its primary before its guest goes on without it "
+                                              "(node certificates only)")},
+    "/v1/node/replica-resumed": {"post": _op("Master: the primary resumed a guest without its copy, and how long "
+                                             "it was paused (node certificates only)")},
     "/v1/drill/qemus": {"get": _op("Drill: the QEMUs running on node ?node=NAME now, asked of it directly "
                                    "(local socket only)")},
     "/v1/join/ca": {"get": _op("The cluster CA certificate (public; pinned by join tokens)", ok_desc="PEM")},

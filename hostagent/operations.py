@@ -18,7 +18,7 @@ from election.etcd import Compare, Op
 from election.lease import NotMaster
 from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
 
-from hostagent import model
+from hostagent import model, replicas
 from hostagent.checks import ClusterView, check_add, check_modify
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.jobs import Handler, JobContext, JobFailed
@@ -84,6 +84,11 @@ class Operations:
     async def _prefix(self, prefix: str) -> list[Any]:
         kvs, _ = await self.role.client.get_prefix(prefix)
         return [model.loads(kv.value) for kv in kvs]
+
+    async def trusting_instances(self, reports: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every instance, with `replica_in_sync` from its replica record (hostagent.replicas)."""
+        records = {r["name"]: r for r in await self._prefix(model.REPLICAS) if "name" in r}
+        return replicas.with_trust(await self._prefix(model.INSTANCES), records, reports)
 
     async def _instance(self, name: str) -> dict[str, Any]:
         inst = await self._get(model.instance_key(name))
@@ -273,7 +278,7 @@ class Operations:
 
     async def _start(self, ctx: JobContext, inst: dict[str, Any], hv: dict[str, Any]) -> dict[str, Any]:
         await ctx.log(f"starting instance '{inst['name']}' on node '{inst['primary_node']}'")
-        result = await self._order(inst["primary_node"], "instance.start", {"instance": inst, "hvparams": hv})
+        result = await self.moves.start_order(inst["primary_node"], inst, hv)
         await ctx.log(f"instance '{inst['name']}' is running on node '{inst['primary_node']}' (pid {result['pid']})")
         if inst.get("boot_pattern"):
             timeout = inst.get("boot_timeout_s") or model.DEFAULT_BOOT_TIMEOUT_S

@@ -1,14 +1,28 @@
-"""The node side of the `mirror` template and of live migration: orders only.
+"""The node side of the `mirror` template and of live migration: orders and the guard.
 
 On the secondary, each disk copy is served by its own qemu-storage-daemon
 (storage.nbdexport) on this node's address, to the primary's certificate
-only. On the primary, QEMU mirrors every disk into those exports
-(kvm.blockmirror). Live migration (kvm.migration) stops at the switchover
-point, so that the master can end the mirror and the secondary's export
-(which holds the image lock) before the destination QEMU takes the disks.
+only. On the primary, each disk is a quorum of the local image and the
+secondary's export (kvm.blockmirror): a mirror job makes the copy, and the
+guard joins it to the quorum once it has converged. Live migration
+(kvm.migration) stops at the switchover point, so that the master can end
+the mirror and the secondary's export (which holds the image lock) before
+the destination QEMU takes the disks.
+
+The guard (one task per replicated instance running here, on QEMU's second
+monitor) is DRBD's resource fencing done through the cluster store: when a
+write fails on the secondary, QEMU pauses the guest with that write held;
+the guard asks the master to record the copy out of date, and only once
+that is committed does it drop the copy from the quorum and resume the
+guest. A node cut off from the master never gets that far: its guest stays
+paused until self-fencing stops it, and the copy it could not reach still
+has every write the guest was told was done.
 
 Disk i of an instance uses port `port_base + i`; its mirror job is
 `mirror<i>` and its NBD node `mirror-target<i>`. Every order is idempotent.
+Each attach carries the master's generation of the copy (`gen`): reports
+and outdate requests name it, so the master never takes a stale report
+for the copy it asked for.
 """
 
 from __future__ import annotations
@@ -16,12 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kvm import blockmirror, migration
 from kvm.process import QemuManager
-from kvm.qmp import Qmp
+from kvm.qmp import Qmp, QmpError
 from storage import nbdexport
 from storage.filedisk import FileTemplate
 
@@ -31,10 +46,17 @@ from hostagent.executor import OrderError, client_identity, read_small_file
 log = logging.getLogger(__name__)
 
 Order = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# (path, body) -> True once the master answered 200: how the guard reaches the master
+TellMaster = Callable[[str, dict[str, Any]], Awaitable[bool]]
 TLS_CREDS_ID = "mirror-tls"
 MIGRATION_TLS_ID = "migration-tls"
 PROBE_TIMEOUT_S = 2.0
 MIGRATION_TIMEOUT_S = 1800.0
+GUARD_SYNC_POLL_S = 0.3  # while a copy is being made: how often the guard looks for convergence
+GUARD_IDLE_POLL_S = 5.0  # otherwise (events wake it at once)
+OUTDATE_RETRY_S = 0.3
+OUTDATED_PATH = "/v1/node/replica-outdated"
+RESUMED_PATH = "/v1/node/replica-resumed"
 
 
 def job_id(index: int) -> str:
@@ -66,6 +88,21 @@ class NodeReplication:
         # status orders use these instead of waiting for the monitor.
         self.busy: dict[str, str] = {}
         self._progress: dict[str, migration.MigrationProgress] = {}
+        self.tell_master: TellMaster | None = None
+        self._guards: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.last_degraded: dict[str, dict[str, Any]] = {}
+
+    def _gen_path(self, name: str) -> str:
+        return os.path.join(self._run_dir, f"{name}.gen")
+
+    def gen(self, name: str) -> int:
+        """The master's generation of the copy this node mirrors to (0: none known)."""
+        raw = read_small_file(self._gen_path(name))
+        return int(raw) if raw and raw.isdigit() else 0
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
 
     def orders(self) -> dict[str, Order]:
         return {
@@ -141,11 +178,18 @@ class NodeReplication:
     async def _attach(self, args: dict[str, Any]) -> dict[str, Any]:
         """Mirror every disk to the secondary's exports (a full copy the first time)."""
         name, host, base = args["name"], args["host"], int(args["port_base"])
-        for disk in args["disks"]:
+        os.makedirs(self._run_dir, exist_ok=True)
+        with open(self._gen_path(name), "w") as fh:
+            fh.write(str(int(args.get("gen", 0))))
+        self.ensure_guard(name, len(args["disks"]))
+        async with self._lock(name), await self._qmp(name) as qmp:
+            todo = [d for d in args["disks"]
+                    if not (await blockmirror.peer_state(qmp, d["index"], target_node(d["index"]))).joined]
+        for disk in todo:
             await _probe(host, base + disk["index"])
         tls = self._tls()
-        async with await self._qmp(name) as qmp:
-            for disk in args["disks"]:
+        async with self._lock(name), await self._qmp(name) as qmp:
+            for disk in todo:
                 i = disk["index"]
                 job = await blockmirror.mirror_state(qmp, job_id(i))
                 if job.status in ("failed", "stopped"):
@@ -158,31 +202,120 @@ class NodeReplication:
         return {}
 
     async def _detach(self, args: dict[str, Any]) -> dict[str, Any]:
-        """End the mirrors; `complete` says whether every secondary copy is whole."""
+        """Drop the secondary's copy (the master recorded it out of date first) and resume
+        a guest paused on it; `complete` says whether every copy was joined until now."""
         name = args["name"]
         if self._qemu.find(name) is None:
             return {"complete": False}
-        complete = True
-        async with await self._qmp(name) as qmp:
-            for disk in args["disks"]:
-                i = disk["index"]
-                complete &= await blockmirror.stop_mirror(qmp, job_id(i), target_node(i))
-                await blockmirror.remove_nbd_target(qmp, target_node(i), TLS_CREDS_ID)
+        async with self._lock(name), await self._qmp(name) as qmp:
+            complete = await self._drop_copies(qmp, name, [d["index"] for d in args["disks"]])
         return {"complete": complete}
+
+    async def _drop_copies(self, qmp: Qmp, name: str, indexes: list[int]) -> bool:
+        complete = True
+        for i in indexes:
+            if (await blockmirror.mirror_state(qmp, job_id(i))).status != "absent":
+                await blockmirror.stop_mirror(qmp, job_id(i), target_node(i))  # a copy still being made
+            complete &= await blockmirror.leave_peer(qmp, i, target_node(i))
+            await blockmirror.remove_nbd_target(qmp, target_node(i), TLS_CREDS_ID)
+        if await qmp.status() == "io-error":
+            await qmp.execute("cont")
+            log.info("instance '%s' resumed on its local copy alone", name)
+        return complete
+
+    # ---- the guard ----------------------------------------------------------------------
+    def ensure_guard(self, name: str, disk_count: int) -> None:
+        """Watch this replicated instance (idempotent); ends by itself when its QEMU is gone."""
+        task = self._guards.get(name)
+        if task is None or task.done():
+            self._guards[name] = asyncio.get_running_loop().create_task(self._guard(name, disk_count))
+
+    async def _guard(self, name: str, disk_count: int) -> None:
+        socket = self._qemu.paths(name).guard_socket
+        while self._qemu.find(name) is not None and os.path.exists(socket):
+            try:
+                async with await Qmp.connect(socket, 10.0) as qmp:
+                    while self._qemu.find(name) is not None:
+                        syncing = False
+                        if name not in self.busy:
+                            async with self._lock(name):
+                                syncing = await self._guard_pass(qmp, name, disk_count)
+                        await qmp.next_event(GUARD_SYNC_POLL_S if syncing else GUARD_IDLE_POLL_S)
+            except (QmpError, blockmirror.MirrorError) as exc:
+                log.debug("replication guard of '%s': %s", name, exc)
+            except Exception:  # noqa: BLE001 - the guard must outlive one bad pass
+                log.exception("replication guard of '%s' failed; please report this bug", name)
+            await asyncio.sleep(1.0)
+        self._guards.pop(name, None)
+
+    async def _guard_pass(self, qmp: Qmp, name: str, disk_count: int) -> bool:
+        """One look: outdate and resume if a write is held, join converged copies; True while copying."""
+        states = [await blockmirror.peer_state(qmp, i, target_node(i)) for i in range(disk_count)]
+        if any(s.blocked for s in states):
+            await self._outdate_and_resume(qmp, name, disk_count)
+            return False
+        syncing = False
+        for i, state in enumerate(states):
+            if state.joined:
+                continue
+            job = await blockmirror.mirror_state(qmp, job_id(i))
+            if job.status == "converged":
+                await blockmirror.join_peer(qmp, i, job_id(i), target_node(i))
+            syncing |= job.status in ("syncing", "resyncing", "converged")
+        return syncing
+
+    async def _outdate_and_resume(self, qmp: Qmp, name: str, disk_count: int) -> None:
+        """The secondary failed a write the guest waits for: outdate its copy, then go on alone."""
+        began, gen = time.monotonic(), self.gen(name)
+        reason = "the secondary's copy did not take a write"
+        log.warning("instance '%s' is paused on a write its secondary did not take: asking the master to "
+                    "record that copy out of date before the guest goes on", name)
+        tries = 0
+        while not await self._tell(OUTDATED_PATH, {"name": name, "gen": gen, "reason": reason}):
+            tries += 1
+            if self._qemu.find(name) is None:
+                return
+            if tries == 1:
+                log.warning("instance '%s' stays paused: the master cannot be told that its secondary's copy is "
+                            "out of date (cut off? the node fences itself if its lease runs out)", name)
+            await asyncio.sleep(OUTDATE_RETRY_S)
+        await self._drop_copies(qmp, name, list(range(disk_count)))
+        pause_ms = round((time.monotonic() - began) * 1000)
+        event = {"at": time.time(), "pause_ms": pause_ms, "reason": reason, "gen": gen}
+        self.last_degraded[name] = event
+        log.warning("instance '%s' runs degraded on node '%s' (its secondary's copy is out of date); "
+                    "guest paused %d ms for the record", name, self._node, pause_ms)
+        await self._tell(RESUMED_PATH, {"name": name, **event})
+
+    async def _tell(self, path: str, body: dict[str, Any]) -> bool:
+        if self.tell_master is None:
+            return False
+        try:
+            return await asyncio.wait_for(self.tell_master(path, body), 5.0)
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.debug("telling the master %s: %s", path, exc)
+            return False
 
     async def mirror_states(self, name: str, disk_count: int) -> list[dict[str, Any]]:
         """Each disk's mirror as the report shows it; [] when this instance mirrors nothing."""
         states: list[dict[str, Any]] = []
         if name in self.busy:
             return states
+        self.ensure_guard(name, disk_count)
+        gen = self.gen(name)
         async with await self._qmp(name) as qmp:
             for i in range(disk_count):
+                peer = await blockmirror.peer_state(qmp, i, target_node(i))
+                if peer.joined:
+                    states.append({"index": i, "status": "blocked" if peer.blocked else "in_sync", "percent": 100.0,
+                                   "eta_s": 0.0, "remaining_mib": 0, "error": "", "gen": gen})
+                    continue
                 state = await blockmirror.mirror_state(qmp, job_id(i), self._previous.get((name, i)))
                 self._previous[(name, i)] = state
                 if state.status != "absent":
                     states.append({"index": i, "status": state.status, "percent": round(state.percent, 1),
                                    "eta_s": state.eta_s, "remaining_mib": state.remaining_bytes // 2**20,
-                                   "error": state.error})
+                                   "error": state.error, "gen": gen})
         return states
 
     # ---- migration --------------------------------------------------------------------
@@ -194,7 +327,7 @@ class NodeReplication:
         self._progress.pop(name, None)
         tls = self._tls()
         try:
-            async with await self._qmp(name) as qmp:
+            async with self._lock(name), await self._qmp(name) as qmp:
                 await migration.use_tls(qmp, MIGRATION_TLS_ID, tls)
                 progress = await migration.migrate_to_switchover(
                     qmp, uri, float(args.get("max_bandwidth_mib_s", 1024)),
@@ -202,9 +335,10 @@ class NodeReplication:
                     float(args.get("timeout_s", MIGRATION_TIMEOUT_S)))
                 self._progress[name] = progress
                 complete = True
-                for disk in args["disks"]:
+                for disk in args["disks"]:  # the guest is paused and drained: a joined copy is whole
                     i = disk["index"]
-                    complete &= await blockmirror.stop_mirror(qmp, job_id(i), target_node(i))
+                    if not await blockmirror.leave_peer(qmp, i, target_node(i), gentle=True):
+                        complete &= await blockmirror.stop_mirror(qmp, job_id(i), target_node(i))
                     await blockmirror.remove_nbd_target(qmp, target_node(i), TLS_CREDS_ID)
         finally:
             self.busy.pop(name, None)

@@ -136,7 +136,7 @@ class Restarter:
             if dead_qemu:
                 await self.ops._order(node, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
                                                               "nic_count": len(inst["nics"])})
-            result = await self.ops._order(node, "instance.start", {"instance": inst, "hvparams": hv})
+            result = await self.ops.moves.start_order(node, inst, hv)
             log.info("instance '%s' restarted on node '%s' (pid %s)", name, node, result.get("pid"))
             if inst.get("secondary_node"):
                 await self.ops.moves.protect(None, inst)

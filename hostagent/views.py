@@ -16,6 +16,7 @@ from storage.drbdconf import RESOURCE_PREFIX
 from hostagent.clocks import ClockReading
 from hostagent.placement import Request, _Judge
 from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
+from hostagent.replicas import out_of_date_words
 from hostagent.status import REPORT_STALE_AFTER_S, instance_status, report_age_s
 from hostagent.units import format_mib
 
@@ -34,10 +35,14 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
     seen = ((reports.get(inst["primary_node"]) or {}).get("instances") or {}).get(inst["name"]) or {}
     replication = None
     if inst.get("secondary_node"):
+        record = inst.get("replica") or {}
         replication = {"secondary": inst["secondary_node"], "disks": mirrors,
                        "in_sync": bool(inst.get("replica_in_sync")),
                        "summary": describe_mirrors(mirrors) if observed.pid else
-                       ("in sync when last running" if inst.get("replica_in_sync") else "not known to be in sync")}
+                       ("in sync when last running" if inst.get("replica_in_sync") else "not known to be in sync"),
+                       "record": ("in sync" if record.get("in_sync") else out_of_date_words(record)),
+                       "record_since": record.get("since"), "generation": record.get("gen"),
+                       "last_degraded": record.get("last_degraded")}
     return {"name": inst["name"], "status": status, "reason": reason,
             "pid": observed.pid, "admin_state": inst["admin_state"],
             "primary_node": inst["primary_node"], "secondary_node": inst.get("secondary_node"),
@@ -59,7 +64,8 @@ def eta_words(seconds: float | None) -> str:
 
 
 # Worst first: the state that decides what the operator is told.
-_SEVERITY = ("failed", "stalled", "degraded", "stopping", "stopped", "syncing", "resyncing", "in_sync")
+_SEVERITY = ("failed", "blocked", "stalled", "degraded", "stopping", "stopped", "syncing", "resyncing", "converged",
+             "in_sync")
 
 
 def describe_mirrors(states: list[dict[str, Any]]) -> str:
@@ -70,6 +76,10 @@ def describe_mirrors(states: list[dict[str, Any]]) -> str:
     status = worst["status"]
     if status == "syncing":
         return f"syncing {worst['percent']:.1f} %, {eta_words(worst.get('eta_s'))}"
+    if status == "blocked":
+        return "writes held: the secondary failed a write, its copy is being recorded out of date"
+    if status == "converged":
+        return "copied, joining"
     if status == "resyncing":
         return f"resyncing, {format_mib(worst.get('remaining_mib', 0))} to copy, {eta_words(worst.get('eta_s'))}"
     return status.replace("_", " ")

@@ -1,39 +1,53 @@
-"""The primary's side of the `mirror` template: QEMU mirrors writes to an NBD copy.
+"""The primary's side of the `mirror` template: a write is done only once both copies have it.
 
-The secondary serves its copy of the disk over NBD (``storage.nbdexport``);
-the primary's QEMU attaches it as a block node (TLS client credentials from
-the cluster CA) and runs a ``blockdev-mirror`` job that never completes:
-``sync=full`` copies the disk once, then ``copy-mode=write-blocking``
-acknowledges a guest write only once it is on both copies.
+Each replicated disk is a ``quorum`` node (``disk<i>``, kvm.cmdline) with
+``vote-threshold=2`` and ``read-pattern=fifo`` over two children: the local
+image and the peer. The peer is the secondary's NBD export
+(``storage.nbdexport``) once that copy is complete, and a ``null-co`` sink
+until then. The guest's device has ``werror=stop``: a write or flush that
+either child cannot take fails in the quorum, QEMU pauses the guest
+(status ``io-error``) and keeps the request for a retry at ``cont``.
+So no write the secondary lacks is ever acknowledged to the guest while
+the secondary's copy is a quorum child.
 
-Behaviour measured with QEMU 7.2 (see tests/integration/test_kvm_blockmirror.py):
+Getting a copy there: ``start_mirror`` runs a ``blockdev-mirror`` job from
+``disk<i>`` to the NBD node (``sync=full``, then ``copy-mode=write-blocking``);
+once it is ready with nothing left to copy, ``join_peer`` pauses the guest,
+ends the job gently (the target now equals the source), puts the NBD node
+in the sink's place and resumes: the copy is in sync from then on, by
+construction, not by judging a job's counters.
 
-- ``on-target-error=ignore`` is what keeps the guest going when the
-  secondary dies: writes then complete on the local copy at once, the job
-  stays ``ready`` and counts the missed areas as remaining, and once the
-  export is back at the same address the NBD client reconnects (~1 s) and
-  copies only those areas. With ``report`` the job fails instead and only a
-  new full copy brings the secondary back. While the target is gone the
-  job retries in a loop (~20% of a core, ~650 BLOCK_JOB_ERROR events/s).
-- A secondary that hangs without closing the connection (process stopped,
-  network partition) is worse: QEMU's NBD client has no I/O timeout, so
-  every guest write blocks until the secondary answers. QMP still works;
-  ``break_target`` (QMP ``yank``) fails the stuck requests within
-  milliseconds and the guest goes on, but that NBD node never reconnects:
-  the mirror must be stopped and started anew (a full copy).
-- ``block-job-cancel`` while a request is stuck blocks QEMU's main loop
-  (QMP included) until the secondary answers; ``stop_mirror`` therefore
-  yanks the target before cancelling a mirror that is not in sync.
+Losing it: ``leave_peer`` cuts the NBD connection (QMP ``yank``: requests
+stuck on a hung secondary fail at once), puts a sink back and removes the
+NBD node; ``cont`` then retries the held writes on the local copy alone.
+The caller must have had the copy recorded out of date first.
 
-States (``MirrorState.status``): ``syncing`` (initial copy), ``in_sync``,
-``resyncing`` (ready, catching up after a reconnect), ``degraded`` (no
-progress for ``stall_after_s`` while data remains: the secondary is gone
-and the guest runs on its local copy), ``stalled`` (no progress and the job
-idle in two samples: a hung secondary is blocking guest writes; call
-``break_target``), ``stopping``, ``stopped``, ``failed`` and ``absent``.
-The secondary's copy is consistent only while ``in_sync`` or, as of the
-moment the secondary was lost, in ``degraded``/``stalled``; never during
-``syncing``/``resyncing``.
+Behaviour measured with QEMU 7.2 (tests/integration/test_kvm_blockmirror.py):
+
+- export killed (connection reset): the write fails in the quorum at once,
+  events QUORUM_REPORT_BAD (the NBD node), BLOCK_IO_ERROR (action stop),
+  STOP; status ``io-error``; the guest's write stays pending.
+- secondary hung (process stopped, partition): the write waits, the guest
+  keeps running, QMP answers; ``yank`` on the NBD node fails the stuck
+  requests within milliseconds, which then pauses the guest as above.
+- join: pause, cancel, two ``x-blockdev-change`` and resume take ~5 ms;
+  leave and ``cont`` ~0.1 s.
+- ``blockdev-mirror`` needs a root node as its source (the quorum, not
+  the local image below it); quorum children are named ``children.<n>``
+  with ``n`` growing, found in ``x-debug-query-block-graph``.
+- With ``reconnect-delay`` above 0 a reset connection holds requests, but
+  ``yank`` does not release them and a forced ``block-job-cancel`` then
+  crashed QEMU in 2 of 3 runs: the NBD node keeps ``reconnect-delay`` 0.
+- ``block-job-cancel`` while a request is stuck blocks QEMU's main loop,
+  so ``stop_mirror`` yanks the target before cancelling a job not in sync.
+
+Job states (``MirrorState.status``, while a copy is being made):
+``syncing`` (first copy), ``converged`` (ready, nothing left: join it),
+``resyncing`` (ready, catching up), ``degraded`` (no progress for
+``stall_after_s``), ``stalled`` (no progress and the job idle: a hung
+secondary blocks guest writes; call ``break_target``), ``stopping``,
+``stopped``, ``failed``, ``absent``. None of them is "in sync": only a
+joined peer is (``peer_state``).
 
 Errors: ``MirrorError`` (operation, reason), QMP failures included.
 """
@@ -44,6 +58,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kvm.cmdline import sink_node
 from kvm.qmp import Qmp, QmpError
 
 log = logging.getLogger(__name__)
@@ -53,10 +68,7 @@ STALL_AFTER_S = 3.0
 # A ready write-blocking job counts a guest write before it completes on both sides, so a
 # sample may show a little left to copy; stopping waits this long for those writes.
 IN_FLIGHT_WAIT_S = 5.0
-# Up to this much left to copy on a ready mirror that was in sync and keeps progressing is
-# guest writes in flight (not yet acknowledged to the guest), not missed writes: still in sync.
-# Bounded by a virtio queue's worth of requests (128 x 128 KiB).
-IN_FLIGHT_MAX_BYTES = 16 * MIB
+JOIN_TIMEOUT_S = 5.0  # ending a converged job at the join; longer means the secondary hangs
 _NO_PROGRESS_POLLS = 5
 _NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")
 _POLL_INTERVAL_S = 0.1
@@ -189,8 +201,8 @@ def mirror_state_from(
         status, eta = ("failed" if error and error != _CANCELED else "stopped"), None
     elif qemu_status in _STOPPING:
         status = "stopping"
-    elif ready and (remaining == 0 or _writes_in_flight(previous, offset, remaining)):
-        status, eta = "in_sync", 0.0
+    elif ready and remaining == 0:
+        status, eta = "converged", 0.0
     elif now_s - progressed_at >= stall_after_s:
         hung = not busy and previous is not None and not previous.busy
         status, eta = ("stalled" if hung else "degraded"), None
@@ -198,20 +210,6 @@ def mirror_state_from(
         status = "resyncing" if ready else "syncing"
     return MirrorState(
         status, percent, eta, ready, offset, length, busy, error, now_s, progressed_at
-    )
-
-
-def _writes_in_flight(previous: MirrorState | None, offset: int, remaining: int) -> bool:
-    """A write-blocking mirror that was in sync and moved on since: the rest is in flight.
-
-    A lost secondary stops the offset (its writes fail and stay dirty), so
-    the next sample no longer counts as in flight.
-    """
-    return (
-        previous is not None
-        and previous.status == "in_sync"
-        and offset > previous.offset_bytes
-        and remaining <= IN_FLIGHT_MAX_BYTES
     )
 
 
@@ -354,6 +352,137 @@ async def stop_mirror(qmp: Qmp, job_id: str, target_node: str, timeout_s: float 
     log.info("disk mirror %r: stopped (target %s)", job_id,
              "complete" if complete else "incomplete")
     return complete
+
+
+def quorum_children(graph: Mapping[str, object], quorum: str) -> dict[str, str]:
+    """Node name -> child name ('children.<n>') of the quorum node ``quorum``, from
+    ``x-debug-query-block-graph``."""
+    nodes = graph.get("nodes")
+    edges = graph.get("edges")
+    if not isinstance(nodes, list) or not isinstance(edges, list):
+        return {}
+    names = {n.get("id"): str(n.get("name")) for n in nodes if isinstance(n, Mapping)}
+    return {names.get(e.get("child"), ""): str(e.get("name")) for e in edges
+            if isinstance(e, Mapping) and names.get(e.get("parent")) == quorum}
+
+
+@dataclass(frozen=True)
+class PeerState:
+    """Where the copy on the other node stands in the quorum of one disk.
+
+    ``joined``: the NBD node is a child and the sink is not: every write the
+    guest was told is done is on the secondary. ``blocked``: joined, and the
+    guest is paused on a write error (a write waits for the outdate).
+    """
+
+    joined: bool
+    blocked: bool
+
+
+async def peer_state(qmp: Qmp, index: int, target: str) -> PeerState:
+    """Read the quorum of disk ``index`` and QEMU's run state."""
+    try:
+        graph = await qmp.execute("x-debug-query-block-graph")
+        children = quorum_children(graph if isinstance(graph, Mapping) else {}, f"disk{index}")
+        joined = target in children and sink_node(index) not in children
+        blocked = joined and await qmp.status() == "io-error"
+    except QmpError as exc:
+        raise MirrorError(f"read the quorum of disk{index}", exc.reason) from exc
+    return PeerState(joined, blocked)
+
+
+async def join_peer(qmp: Qmp, index: int, job_id: str, target: str) -> float | None:
+    """Make the mirror's target a quorum child in the sink's place; the guest's pause in s.
+
+    None (nothing changed, the mirror goes on) unless the job is ready with
+    nothing left to copy. The guest is paused for the switch so that no
+    write falls between the end of the job and the join; it is resumed
+    whatever happens, unless it was not running to begin with.
+    """
+    operation = f"join the copy of disk{index}"
+    loop = asyncio.get_running_loop()
+    try:
+        job = await _find_job(qmp, job_id)
+        if job is None or _ended(job) or not _in_sync(job):
+            return None
+        running = await qmp.status() == "running"
+        began = loop.time()
+        if running:
+            await qmp.execute("stop")
+        try:
+            job = await _find_job(qmp, job_id)
+            if job is None or _ended(job) or not _in_sync(job):
+                return None
+            await qmp.execute("block-job-cancel", {"device": job_id})
+            job = await _wait_ended(qmp, job_id, JOIN_TIMEOUT_S)
+            if job is None or not _ended(job) or job.get("error"):
+                log.warning("disk mirror %r: did not end cleanly at the join (%s); the copy is not joined",
+                            job_id, "hung" if job is not None and not _ended(job) else job and job.get("error"))
+                if job is not None and not _ended(job):
+                    await break_target(qmp, target)
+                    await qmp.execute("block-job-cancel", {"device": job_id, "force": True})
+                    await _wait_ended(qmp, job_id, JOIN_TIMEOUT_S)
+                return None
+            await qmp.execute("job-dismiss", {"id": job_id})
+            await qmp.execute("x-blockdev-change", {"parent": f"disk{index}", "node": target})
+            await _remove_child(qmp, index, sink_node(index))
+        finally:
+            if running:
+                await qmp.execute("cont")
+    except QmpError as exc:
+        raise MirrorError(operation, exc.reason) from exc
+    pause = loop.time() - began
+    log.info("disk mirror: the copy of disk%d joined its quorum (guest paused %.0f ms)", index, pause * 1000)
+    return pause
+
+
+async def leave_peer(qmp: Qmp, index: int, target: str, *, gentle: bool = False) -> bool:
+    """Put a sink back in the quorum of disk ``index`` and drop the NBD node; True if it was joined.
+
+    Only after the copy was recorded out of date (or, ``gentle``, with the
+    guest paused and drained, when the copy is complete: a switchover).
+    Without ``gentle`` the NBD connection is cut first, so that removing a
+    hung child cannot block QEMU. Does not resume the guest.
+    """
+    operation = f"leave the copy of disk{index}"
+    try:
+        graph = await qmp.execute("x-debug-query-block-graph")
+        children = quorum_children(graph if isinstance(graph, Mapping) else {}, f"disk{index}")
+        joined = target in children and sink_node(index) not in children
+        if sink_node(index) not in children:
+            size = await _virtual_size(qmp, f"disk{index}")
+            await qmp.execute("blockdev-add", {"driver": "null-co", "node-name": sink_node(index),
+                                               "size": size})
+            await qmp.execute("x-blockdev-change", {"parent": f"disk{index}", "node": sink_node(index)})
+        if target in children:
+            if not gentle:
+                await break_target(qmp, target)
+            await _remove_child(qmp, index, target)
+    except QmpError as exc:
+        raise MirrorError(operation, exc.reason) from exc
+    if joined:
+        log.info("disk mirror: the copy of disk%d left its quorum%s", index, "" if gentle else " (cut)")
+    return joined
+
+
+async def _remove_child(qmp: Qmp, index: int, node: str) -> None:
+    """Take ``node`` out of the quorum of disk ``index`` and delete it."""
+    graph = await qmp.execute("x-debug-query-block-graph")
+    child = quorum_children(graph if isinstance(graph, Mapping) else {}, f"disk{index}").get(node)
+    if child is not None:
+        await qmp.execute("x-blockdev-change", {"parent": f"disk{index}", "child": child})
+    if node in await _node_names(qmp):
+        await qmp.execute("blockdev-del", {"node-name": node})
+
+
+async def _virtual_size(qmp: Qmp, node: str) -> int:
+    nodes = await qmp.execute("query-named-block-nodes", {"flat": True})
+    for n in nodes if isinstance(nodes, list) else []:
+        if isinstance(n, Mapping) and n.get("node-name") == node:
+            image = n.get("image")
+            if isinstance(image, Mapping):
+                return _int(image.get("virtual-size"))
+    raise MirrorError(f"size of {node!r}", "the node is not in QEMU's block graph")
 
 
 async def _find_job(qmp: Qmp, job_id: str) -> Mapping[str, object] | None:

@@ -34,11 +34,20 @@ _NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000": "e1000", "rtl8139": "rtl813
 
 @dataclass(frozen=True)
 class DiskSpec:
-    """One disk image; ``media`` 'cdrom' attaches it read-only as a CD-ROM."""
+    """One disk image; ``media`` 'cdrom' attaches it read-only as a CD-ROM.
+
+    ``replicated``: the disk of a replicated template. The guest's device
+    then sits on a quorum node that acknowledges a write only once both of
+    its children took it (see kvm.blockmirror): the local image and, until
+    a copy on another node joins, a sink of ``size_bytes`` (the image's
+    virtual size, which the quorum requires its children to share).
+    """
 
     path: str
     format: str
     media: str = "disk"
+    replicated: bool = False
+    size_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,12 @@ class RunPaths:
     def instance_dir(self) -> str:
         """Directory holding the pidfile and sockets, removed on cleanup."""
         return str(PurePosixPath(self.pidfile).parent)
+
+    @property
+    def guard_socket(self) -> str:
+        """A second QMP monitor, on replicated instances only: the replication guard's own,
+        held open for events, so it never waits for (or blocks) the main one."""
+        return str(PurePosixPath(self.pidfile).parent / "guard.sock")
 
 
 class SpecError(ValueError):
@@ -184,6 +199,7 @@ def build_argv(
         "-smp", str(spec.vcpus),
         "-chardev", f"socket,id=qmp,path={_opt(paths.qmp_socket)},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
+        *_guard_monitor(spec, paths),
         "-display", "none",
         "-device", "pvpanic",
         "-action", "panic=pause",
@@ -320,16 +336,67 @@ def _ide_address(machine: str, slot: int) -> str:
 def _hard_disk(
     index: int, disk: DiskSpec, hv: HvParams, bootindex: int, ide_slot: int
 ) -> list[str]:
-    drive = (
-        f"file={_opt(disk.path)},format={disk.format},if=none,id=disk{index},"
-        f"cache={hv.disk_cache},discard=unmap"
-    )
     device = {
         "virtio": f"virtio-blk-pci,drive=disk{index}",
         "scsi": f"scsi-hd,bus=scsi0.0,drive=disk{index}",
         "ide": f"ide-hd,{_ide_address(hv.machine, ide_slot)},drive=disk{index}",
     }[hv.disk_bus]
+    if disk.replicated:
+        return _replicated_disk(index, disk, hv) + [
+            "-device", f"{device},id=disk{index}-dev,bootindex={bootindex}{_device_cache(hv)},werror=stop,rerror=stop"]
+    drive = (
+        f"file={_opt(disk.path)},format={disk.format},if=none,id=disk{index},"
+        f"cache={hv.disk_cache},discard=unmap"
+    )
     return ["-drive", drive, "-device", f"{device},bootindex={bootindex}"]
+
+
+# -drive's cache modes as -blockdev options: (cache.direct, cache.no-flush, guest write cache)
+_CACHE = {"none": (True, False, True), "writeback": (False, False, True),
+          "writethrough": (False, False, False), "directsync": (True, False, False),
+          "unsafe": (False, True, True)}
+
+
+def _replicated_disk(index: int, disk: DiskSpec, hv: HvParams) -> list[str]:
+    """Image, format, sink and the quorum over them; the device attaches to node ``disk<i>``.
+
+    A write or flush the quorum cannot complete on both children fails, and
+    the device's ``werror=stop`` then pauses the guest with the request
+    held for a retry: nothing is acknowledged that a child lacks.
+    """
+    if disk.size_bytes <= 0:
+        raise ValueError(f"replicated disk {index} needs its virtual size")
+    direct, no_flush, _ = _CACHE[hv.disk_cache]
+    cache = f"cache.direct={_onoff(direct)},cache.no-flush={_onoff(no_flush)}"
+    return [
+        "-blockdev", f"driver=file,filename={_opt(disk.path)},node-name=disk{index}-file,{cache},"
+                     "discard=unmap",
+        "-blockdev", f"driver={disk.format},file=disk{index}-file,node-name=disk{index}-local,"
+                     f"{cache},discard=unmap",
+        "-blockdev", f"driver=null-co,size={disk.size_bytes},node-name={sink_node(index)}",
+        "-blockdev", f"driver=quorum,node-name=disk{index},vote-threshold=2,read-pattern=fifo,"
+                     f"children.0=disk{index}-local,children.1={sink_node(index)}",
+    ]
+
+
+def _guard_monitor(spec: InstanceSpec, paths: RunPaths) -> list[str]:
+    if not any(d.replicated for d in spec.disks):
+        return []
+    return ["-chardev", f"socket,id=guard,path={_opt(paths.guard_socket)},server=on,wait=off",
+            "-mon", "chardev=guard,mode=control"]
+
+
+def sink_node(index: int) -> str:
+    """The node that stands in for the copy on another node while there is none."""
+    return f"disk{index}-sink"
+
+
+def _device_cache(hv: HvParams) -> str:
+    return "" if _CACHE[hv.disk_cache][2] else ",write-cache=off"
+
+
+def _onoff(value: bool) -> str:
+    return "on" if value else "off"
 
 
 def _cdrom(

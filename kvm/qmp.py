@@ -92,6 +92,15 @@ class Qmp:
         log.debug("QMP %s -> %s", self._socket_path, result)
         return result
 
+    async def next_event(self, timeout_s: float) -> dict[str, Any] | None:
+        """The next event QEMU sent on this connection, or None after ``timeout_s``."""
+        try:
+            event = await asyncio.wait_for(self._client.events.get(), timeout_s)
+        except TimeoutError:
+            return None
+        log.debug("QMP %s event %s", self._socket_path, event.get("event"))
+        return dict(event)
+
     async def status(self) -> str:
         """QEMU's run state: running, paused, shutdown, guest-panicked, ..."""
         result = await self.execute("query-status")

@@ -119,7 +119,7 @@ class FileTemplate(DiskTemplate):
         check_disk(instance, index, size_mib)
         self.check_format(fmt)
         image = os.path.abspath(image_path)
-        image_bytes = await self._virtual_bytes(image, image_fmt)
+        image_bytes = await self.virtual_bytes(image, image_fmt)
         image_mib = math.ceil(image_bytes / MIB)
         target_mib = image_mib if size_mib is None else size_mib
         if target_mib * MIB < image_bytes:
@@ -151,7 +151,7 @@ class FileTemplate(DiskTemplate):
         check_disk(instance, index, new_size_mib)
         async with self._lock(instance):
             path, fmt = self.locate(instance, index)
-            current_mib = math.ceil(await self._virtual_bytes(path, fmt) / MIB)
+            current_mib = math.ceil(await self.virtual_bytes(path, fmt) / MIB)
             if new_size_mib < current_mib:
                 raise ShrinkRefused(path, current_mib, new_size_mib)
             if new_size_mib == current_mib:
@@ -168,7 +168,7 @@ class FileTemplate(DiskTemplate):
 
     async def size_mib(self, instance: str, index: int) -> int:
         path, fmt = self.locate(instance, index)
-        return math.ceil(await self._virtual_bytes(path, fmt) / MIB)
+        return math.ceil(await self.virtual_bytes(path, fmt) / MIB)
 
     async def list_volumes(self) -> list[Volume]:
         volumes: list[Volume] = []
@@ -186,7 +186,7 @@ class FileTemplate(DiskTemplate):
                     continue
                 path = os.path.join(directory, entry)
                 fmt = match.group(2)
-                size = math.ceil(await self._virtual_bytes(path, fmt) / MIB)
+                size = math.ceil(await self.virtual_bytes(path, fmt) / MIB)
                 volumes.append(Volume(instance, int(match.group(1)), path, size, fmt))
         return volumes
 
@@ -260,7 +260,8 @@ class FileTemplate(DiskTemplate):
                 raise
         return target
 
-    async def _virtual_bytes(self, path: str, fmt: str) -> int:
+    async def virtual_bytes(self, path: str, fmt: str) -> int:
+        """The size the guest sees (a qcow2 file is smaller or larger than that)."""
         if fmt == "raw":
             try:
                 return os.stat(path).st_size

@@ -1,10 +1,11 @@
 """The `mirror` template's data path with real QEMU (TCG) and qemu-storage-daemon.
 
-The primary is a firmware-only QEMU with a raw disk; guest writes are made
-with HMP ``qemu-io`` on its drive, which goes through the mirror exactly as
-a guest write does (it runs in QEMU's main loop, so it is only used where
-the write cannot hang). The hung-secondary test boots the test guest and
-writes with ``dd`` from its console, because there the write does hang.
+The primary's replicated disk is a quorum of its image and a sink, into
+which the mirrored copy joins (kvm.blockmirror). In the firmware-only rig,
+writes are made with HMP ``qemu-io`` on the quorum node (QEMU's main loop:
+only where the write cannot hang). The tests of a lost secondary boot the
+test guest and write with ``dd`` from its console: there the guest's own
+device holds the write and QEMU pauses the guest.
 """
 
 import asyncio
@@ -26,7 +27,10 @@ from kvm.blockmirror import (
     MirrorState,
     add_nbd_target,
     break_target,
+    join_peer,
+    leave_peer,
     mirror_state,
+    peer_state,
     remove_nbd_target,
     start_mirror,
     stop_mirror,
@@ -63,15 +67,28 @@ class Rig:
         await add_nbd_target(self.qmp, TARGET, "127.0.0.1", self.export.port,
                              self.export.export_name, CREDS, self.pki.client_dirs["n1"])
         await start_mirror(self.qmp, self.device, TARGET, JOB)
-        seen, state = await wait_state(self.qmp, "in_sync", 30)
-        assert state.status == "in_sync", seen
+        seen, state = await wait_state(self.qmp, "converged", 30)
+        assert state.status == "converged", seen
         return seen
+
+    async def join(self) -> float:
+        """Mirror, then join the copy to the quorum; the guest's pause in seconds."""
+        await self.attach_and_mirror()
+        pause = await join_peer(self.qmp, self.index, JOB, TARGET)
+        assert pause is not None
+        assert (await peer_state(self.qmp, self.index, TARGET)).joined
+        return pause
+
+    @property
+    def index(self) -> int:
+        return int(self.device.removeprefix("disk"))
 
     async def write(self, pattern: int, offset_mib: int, mib: int = 1) -> float:
         """A write through the drive (and so through the mirror); returns its duration."""
         began = time.monotonic()
-        await self.qmp.execute("human-monitor-command", {
-            "command-line": f'qemu-io {self.device} "write -P {pattern} {offset_mib}M {mib}M"'})
+        out = await self.qmp.execute("human-monitor-command", {
+            "command-line": f'qemu-io -d {self.device}-dev "write -P {pattern} {offset_mib}M {mib}M"'})
+        assert "failed" not in str(out).lower() and "error" not in str(out).lower(), out
         return time.monotonic() - began
 
     async def restart_export(self) -> None:
@@ -136,20 +153,28 @@ async def rig(root: str, started: list[int]) -> AsyncIterator[Rig]:
     source = f"{root}/source.raw"
     make_disk(source, DISK_MIB, random_from_mib=1)
     spec = InstanceSpec(name="vm1", uuid=str(uuid.uuid4()), memory_mib=64, vcpus=1,
-                        hv=HvParams(accel="tcg"), disks=(DiskSpec(source, "raw"),), nics=())
+                        hv=HvParams(accel="tcg", disk_bus="ide"),  # HMP qemu-io -d needs the device's own drive
+                        disks=(DiskSpec(source, "raw", replicated=True, size_bytes=DISK_MIB * 2**20),), nics=())
     async for value in start_rig(root, started, spec, source, "disk0"):
         yield value
 
 
-async def test_mirror_syncs_then_keeps_every_write_on_the_secondary(rig):
+async def test_a_converged_copy_joins_the_quorum_and_then_takes_every_write(rig):
     seen = await rig.attach_and_mirror()
-    assert seen[-1] == "in_sync"
+    assert seen[-1] == "converged"
     await start_mirror(rig.qmp, rig.device, TARGET, JOB)  # idempotent: the job keeps running
+    assert not (await peer_state(rig.qmp, 0, TARGET)).joined, "converged is not joined"
+    pause = await join_peer(rig.qmp, 0, JOB, TARGET)
+    assert pause is not None and pause < 1.0
+    assert (await mirror_state(rig.qmp, JOB)).status == "absent", "the job ended at the join"
+    assert (await peer_state(rig.qmp, 0, TARGET)) .joined
     await rig.write(0x77, 2)
     await rig.write(0x78, 20, 3)
-    state = await mirror_state(rig.qmp, JOB)
-    assert state.status == "in_sync" and state.ready and state.remaining_bytes == 0
     assert rig.copies_identical()
+    assert await leave_peer(rig.qmp, 0, TARGET, gentle=True) is True
+    assert not (await peer_state(rig.qmp, 0, TARGET)).joined
+    await rig.write(0x79, 4)
+    assert not rig.copies_identical(), "after leaving, writes go to the local image (and the sink) only"
 
 
 async def test_stopping_an_in_sync_mirror_leaves_a_complete_copy_and_detaches(rig):
@@ -165,19 +190,19 @@ async def test_stopping_an_in_sync_mirror_leaves_a_complete_copy_and_detaches(ri
     assert rig.copies_identical()
 
 
-async def test_killed_secondary_degrades_without_blocking_writes_and_resyncs_on_return(rig):
+async def test_a_killed_secondary_during_the_copy_degrades_and_resyncs_on_return(rig):
     await rig.attach_and_mirror()
     rig.export_signal(signal.SIGKILL)
     write_s = await rig.write(0x99, 3, 2)
-    assert write_s < 1.0, "with the secondary gone, writes complete on the local copy"
+    assert write_s < 1.0, "while the copy is being made, writes complete on the local copy"
     seen, state = await wait_state(rig.qmp, "degraded", 10)
     assert state.status == "degraded", seen
     assert state.ready and state.remaining_bytes >= 2 * 1024 * 1024
     assert (await rig.qmp.status()) == "running"
 
     await rig.restart_export()
-    seen, state = await wait_state(rig.qmp, "in_sync", 20)
-    assert state.status == "in_sync", seen
+    seen, state = await wait_state(rig.qmp, "converged", 20)
+    assert state.status == "converged", seen
     assert rig.copies_identical()
 
 
@@ -232,7 +257,8 @@ async def guest_rig(root: str, started: list[int]) -> AsyncIterator[tuple[Rig, C
     hv = HvParams(accel="tcg", kernel_path=str(GUEST_DIR / "vmlinuz"),
                   initrd_path=str(GUEST_DIR / "initrd.img"), kernel_args="quiet")
     spec = InstanceSpec(name="guest1", uuid=str(uuid.uuid4()), memory_mib=256, vcpus=1, hv=hv,
-                        disks=(DiskSpec(overlay, "qcow2"), DiskSpec(source, "raw")), nics=())
+                        disks=(DiskSpec(overlay, "qcow2"),
+                               DiskSpec(source, "raw", replicated=True, size_bytes=DISK_MIB * 2**20)), nics=())
     async for rig in start_rig(root, started, spec, source, "disk1"):
         console = Console(*await attach(f"{root}/run/instances/guest1/console.sock"))
         try:
@@ -269,3 +295,48 @@ async def test_hung_secondary_stalls_guest_writes_until_the_target_is_broken(gue
     assert still.remaining_bytes > 0, "a broken target does not reconnect by itself"
     assert await stop_mirror(rig.qmp, JOB, TARGET, timeout_s=10) is False
     await remove_nbd_target(rig.qmp, TARGET, CREDS)
+
+
+async def test_a_joined_copy_that_dies_holds_the_guest_s_write_until_it_is_dropped(guest_rig):
+    """The promise: a write the secondary lacks is not acknowledged until the copy leaves the quorum
+    (which the agent does only once the master recorded it out of date)."""
+    rig, console = guest_rig
+    await rig.join()
+    rig.export_signal(signal.SIGKILL)
+    await console.send("dd if=/dev/urandom of=/dev/vdb bs=64k count=16 conv=fsync; echo DD-$?")
+    for _ in range(50):
+        if await rig.qmp.status() == "io-error":
+            break
+        await asyncio.sleep(0.1)
+    assert await rig.qmp.status() == "io-error", "QEMU pauses the guest on the failed write"
+    assert (await peer_state(rig.qmp, 1, TARGET)).blocked
+    assert not await console.wait_for("DD-0", 2), "the guest must not see its write done"
+    began = time.monotonic()
+    assert await leave_peer(rig.qmp, 1, TARGET) is True
+    await rig.qmp.execute("cont")
+    assert await console.wait_for("DD-0", 10), console.output[-300:]
+    assert time.monotonic() - began < 5
+    assert (await rig.qmp.status()) == "running"
+    assert not (await peer_state(rig.qmp, 1, TARGET)).joined
+
+
+async def test_a_joined_copy_that_hangs_holds_writes_and_a_yank_turns_it_into_a_pause(guest_rig):
+    rig, console = guest_rig
+    await rig.join()
+    rig.export_signal(signal.SIGSTOP)
+    try:
+        await console.send("dd if=/dev/urandom of=/dev/vdb bs=64k count=16 conv=fsync; echo DD-$?")
+        assert not await console.wait_for("DD-0", 2), "the write waits for the hung secondary"
+        assert (await rig.qmp.status()) == "running", "QMP answers; the guest runs, its write waits"
+        assert await break_target(rig.qmp, TARGET) is True
+        for _ in range(50):
+            if await rig.qmp.status() == "io-error":
+                break
+            await asyncio.sleep(0.1)
+        assert await rig.qmp.status() == "io-error"
+        assert not await console.wait_for("DD-0", 1)
+        assert await leave_peer(rig.qmp, 1, TARGET) is True
+        await rig.qmp.execute("cont")
+        assert await console.wait_for("DD-0", 10), console.output[-300:]
+    finally:
+        rig.export_signal(signal.SIGCONT)

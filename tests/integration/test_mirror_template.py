@@ -127,7 +127,7 @@ def test_disks_move_between_nodes_grow_and_get_a_new_secondary(mirror_cluster: C
     n1.ok("instance", "start", "f1")
     wait_for(lambda: "2" in BOOTED.findall(console(n2, "f1")), 60, "f1 to boot a second time, on n2")
 
-    # A mirror instance gets a new secondary, and a bigger disk while it runs.
+    # A mirror instance gets a new secondary, and a bigger disk while it is stopped.
     n1.ok("instance", "add", "m2", "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n1:n2",
           "--disk", "64M", "--memory", "128M")
     wait_in_sync(n1, "m2")
@@ -138,7 +138,10 @@ def test_disks_move_between_nodes_grow_and_get_a_new_secondary(mirror_cluster: C
     assert not [v for v in n2.json("node", "info", "n2").get("volumes", []) if v["instance"] == "m2"]
     assert "disks only grow" in refused(n1, "instance", "grow-disk", "m2", "0", "32M")
     assert "must be another node" in refused(n1, "instance", "replace-secondary", "m2", "--node", "n1")
+    assert "grows only while it is stopped" in refused(n1, "instance", "grow-disk", "m2", "0", "128M")
+    n1.ok("instance", "stop", "m2")
     n1.ok("instance", "grow-disk", "m2", "0", "128M")
+    n1.ok("instance", "start", "m2")
     info = n1.json("instance", "info", "m2")
     assert info["disks"][0]["size_mib"] == 128 and info["status"] == "running"
     wait_in_sync(n1, "m2")

@@ -273,3 +273,22 @@ def test_an_incoming_migration_over_tls_accepts_only_the_named_client():
     assert "tls-creds-x509,id=migration-tls,dir=/run/tls,endpoint=server,verify-peer=on" in argv
     assert "authz-simple,id=migration-authz,identity=CN=n1,,OU=corral-node" in argv  # ',,' escapes the comma
     assert "migration.tls-creds=migration-tls" in argv and "migration.tls-authz=migration-authz" in argv
+
+
+def test_a_replicated_disk_sits_on_a_quorum_of_its_image_and_a_sink_and_pauses_on_write_errors():
+    hv = HvParams(disk_cache="writethrough")
+    spec = InstanceSpec(name="db1", uuid="00000000-0000-4000-8000-000000000001", memory_mib=128, vcpus=1,
+                        hv=hv, disks=(DiskSpec("/d/db1-0.raw", "raw", replicated=True, size_bytes=2**27),),
+                        nics=())
+    argv = build_argv(spec, run_paths("/run/corral", "db1"))
+    blockdevs = option(argv, "-blockdev")
+    assert blockdevs == [
+        "driver=file,filename=/d/db1-0.raw,node-name=disk0-file,cache.direct=off,cache.no-flush=off,discard=unmap",
+        "driver=raw,file=disk0-file,node-name=disk0-local,cache.direct=off,cache.no-flush=off,discard=unmap",
+        f"driver=null-co,size={2**27},node-name=disk0-sink",
+        "driver=quorum,node-name=disk0,vote-threshold=2,read-pattern=fifo,children.0=disk0-local,"
+        "children.1=disk0-sink",
+    ]
+    assert "virtio-blk-pci,drive=disk0,id=disk0-dev,bootindex=1,write-cache=off,werror=stop,rerror=stop" in option(argv, "-device")
+    assert "socket,id=guard,path=/run/corral/instances/db1/guard.sock,server=on,wait=off" in option(argv, "-chardev")
+    assert option(argv, "-drive") == []

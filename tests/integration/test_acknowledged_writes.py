@@ -1,0 +1,121 @@
+"""No acknowledged write is lost: cut the secondary, then lose the primary, at several delays.
+
+Three real agents, the guest (corral.seq=1) writing a number every 100 ms
+and printing it once synced. The secondary's copy is cut while the guest
+writes (its disk export killed, the secondary node frozen whole, or the
+primary's NBD connection yanked); `delay_s` later the primary node is lost
+(every process killed, or frozen whole). Either the master refuses to fail
+over (the copy was recorded out of date in time, and an event says so) or
+the guest boots on the secondary from a copy holding at least the last
+number it printed. Never fewer. The node leases last 12 s here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import AgentNode, Cluster, is_gone, wait_for
+from test_mirror_template import console, numbers, wait_in_sync
+from test_node_failure import assert_resumed_from, freeze_all, guarded_by, power_off, runs_on
+
+from kvm.qmp import Qmp
+
+pytestmark = pytest.mark.integration
+
+DECIDED_BOUND_S = 90  # lease expiry (12 s) + the failover job, or the refusal, on a loaded machine
+
+
+def export_pids(node: AgentNode) -> list[int]:
+    pids = []
+    for pidfile in (node.root / "run" / "replication").glob("*.pid"):
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if not is_gone(pid):
+            pids.append(pid)
+    return pids
+
+
+def yank(node: AgentNode, name: str) -> None:
+    async def go() -> None:
+        async with await Qmp.connect(str(node.root / "run" / "instances" / name / "qmp.sock"), 10) as qmp:
+            await qmp.execute("yank", {"instances": [{"type": "block-node", "node-name": "mirror-target0"}]})
+    asyncio.run(go())
+
+
+def refused_for_sync(asked: AgentNode, name: str, since: float) -> bool:
+    return any(e["kind"] == "refuse" and "in sync" in e["message"] and e.get("time", since) >= since - 5
+               for e in asked.json("events", "--instance", name))
+
+
+@pytest.fixture(scope="module")
+def ack_cluster(tmp_path_factory, guest_dir: Path):
+    cluster = Cluster(tmp_path_factory.mktemp("ack"), 3, subnet="127.0.4")
+    try:
+        cluster.form(f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
+                     "kernel_args=quiet corral.seq=1,shutdown_timeout_s=10", 3)
+        cluster.wait_candidates(3)
+        n1 = cluster["n1"]
+        n1.ok("cluster", "modify", "--auto-failover", "yes")
+        n1.ok("instance", "add", "a1", "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n2:n3",
+              "--disk", "64M", "--memory", "128M")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+# (how the secondary is cut, seconds until the primary is lost, how the primary is lost)
+CASES = [("export-killed", 0.0, "kill"), ("yanked", 0.5, "freeze"), ("secondary-frozen", 2.0, "kill"),
+         ("export-killed", 5.0, "freeze"), ("yanked", 15.0, "kill")]
+
+
+@pytest.mark.parametrize("cut,delay_s,loss", CASES, ids=[f"{c}-{d:g}s-{lo}" for c, d, lo in CASES])
+def test_a_failover_after_a_cut_secondary_never_loses_an_acknowledged_write(
+        ack_cluster: Cluster, cut: str, delay_s: float, loss: str) -> None:
+    n1 = ack_cluster["n1"]
+    wait_for(lambda: n1.instance("a1")["status"] == "running", 120, "a1 to run")
+    wait_in_sync(n1, "a1", timeout_s=120)
+    row = n1.instance("a1")
+    primary, secondary = ack_cluster[row["primary_node"]], ack_cluster[row["secondary_node"]]
+    wait_for(lambda: guarded_by(primary, n1, "a1"), 30, f"{primary.name} to report that it guards a1")
+    wait_for(lambda: numbers(console(primary, "a1")), 60, "the guest to write")
+    began = time.time()
+    frozen_secondary: list[int] = []
+    if cut == "export-killed":
+        for pid in export_pids(secondary):
+            os.kill(pid, signal.SIGKILL)
+    elif cut == "yanked":
+        yank(primary, "a1")
+    else:
+        frozen_secondary = freeze_all(secondary)
+    time.sleep(delay_s)
+    last = numbers(console(primary, "a1"))[-1]
+    frozen_primary: list[int] = []
+    if loss == "kill":
+        power_off(primary)
+    else:
+        frozen_primary = freeze_all(primary)
+    last = max([last] + numbers(console(primary, "a1")))  # anything printed before it was gone
+    try:
+        if frozen_secondary:
+            time.sleep(3)
+            secondary.thaw(frozen_secondary)  # two of three nodes gone would leave etcd without quorum
+        wait_for(lambda: runs_on(n1, "a1") == secondary.name or refused_for_sync(n1, "a1", began),
+                 DECIDED_BOUND_S, "the master to fail a1 over or to refuse for an out-of-date copy")
+        if runs_on(n1, "a1") == secondary.name:
+            assert_resumed_from(secondary, "a1", last)
+    finally:
+        if frozen_primary:
+            primary.thaw(frozen_primary)
+    if loss == "kill":
+        primary.start()
+    primary.wait_fresh_report(60)
+    # Whichever way it went, the cluster heals: a1 runs (on its old node after a refusal) and resyncs.
+    wait_for(lambda: n1.instance("a1")["status"] == "running", 120, "a1 to run again")
+    wait_in_sync(n1, "a1", timeout_s=120)
