@@ -17,6 +17,11 @@ writing the instance back can undo an outdate:
   Anything else clears it.
 - A copy is trusted for a failover only if its record says in sync and the
   primary's last report does not say otherwise (``trusted``).
+
+The record is the template's, not the mirror's: the DRBD template's
+fence-peer handler (``fencing resource-only``) is to outdate its peer the
+same way, through the master's /v1/node/replica-outdated, before DRBD lets
+the primary write alone.
 """
 
 from __future__ import annotations

@@ -53,7 +53,9 @@ MIGRATION_TLS_ID = "migration-tls"
 PROBE_TIMEOUT_S = 2.0
 MIGRATION_TIMEOUT_S = 1800.0
 GUARD_SYNC_POLL_S = 0.3  # while a copy is being made: how often the guard looks for convergence
+GUARD_JOINED_POLL_S = 1.0  # while a copy is joined: how often it looks for writes stuck on it
 GUARD_IDLE_POLL_S = 5.0  # otherwise (events wake it at once)
+HUNG_AFTER_S = 5.0  # a guest request waiting this long with none completing: the copy hangs, cut it
 OUTDATE_RETRY_S = 0.3
 OUTDATED_PATH = "/v1/node/replica-outdated"
 RESUMED_PATH = "/v1/node/replica-resumed"
@@ -92,6 +94,8 @@ class NodeReplication:
         self._guards: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.last_degraded: dict[str, dict[str, Any]] = {}
+        # instance -> disk -> recent (time, virtqueue progress) samples, for hung copies
+        self._queues: dict[str, dict[int, list[tuple[float, tuple[tuple[int, int], ...]]]]] = {}
 
     def _gen_path(self, name: str) -> str:
         return os.path.join(self._run_dir, f"{name}.gen")
@@ -236,11 +240,11 @@ class NodeReplication:
             try:
                 async with await Qmp.connect(socket, 10.0) as qmp:
                     while self._qemu.find(name) is not None:
-                        syncing = False
+                        poll = GUARD_IDLE_POLL_S
                         if name not in self.busy:
                             async with self._lock(name):
-                                syncing = await self._guard_pass(qmp, name, disk_count)
-                        await qmp.next_event(GUARD_SYNC_POLL_S if syncing else GUARD_IDLE_POLL_S)
+                                poll = await self._guard_pass(qmp, name, disk_count)
+                        await qmp.next_event(poll)
             except (QmpError, blockmirror.MirrorError) as exc:
                 log.debug("replication guard of '%s': %s", name, exc)
             except Exception:  # noqa: BLE001 - the guard must outlive one bad pass
@@ -248,21 +252,44 @@ class NodeReplication:
             await asyncio.sleep(1.0)
         self._guards.pop(name, None)
 
-    async def _guard_pass(self, qmp: Qmp, name: str, disk_count: int) -> bool:
-        """One look: outdate and resume if a write is held, join converged copies; True while copying."""
+    async def _guard_pass(self, qmp: Qmp, name: str, disk_count: int) -> float:
+        """One look: outdate and resume if a write is held, cut a copy writes hang on, join converged
+        copies; returns how soon to look again."""
         states = [await blockmirror.peer_state(qmp, i, target_node(i)) for i in range(disk_count)]
         if any(s.blocked for s in states):
             await self._outdate_and_resume(qmp, name, disk_count)
-            return False
-        syncing = False
+            return GUARD_IDLE_POLL_S
+        poll = GUARD_IDLE_POLL_S
         for i, state in enumerate(states):
             if state.joined:
+                poll = min(poll, GUARD_JOINED_POLL_S)
+                await self._watch_queues(qmp, name, i)
                 continue
+            self._queues.get(name, {}).pop(i, None)
             job = await blockmirror.mirror_state(qmp, job_id(i))
             if job.status == "converged":
                 await blockmirror.join_peer(qmp, i, job_id(i), target_node(i))
-            syncing |= job.status in ("syncing", "resyncing", "converged")
-        return syncing
+            if job.status in ("syncing", "resyncing", "converged"):
+                poll = min(poll, GUARD_SYNC_POLL_S)
+        return poll
+
+    async def _watch_queues(self, qmp: Qmp, name: str, index: int) -> None:
+        """Cut the joined copy of disk `index` when guest writes have waited HUNG_AFTER_S on it: the
+        failed writes then pause the guest, and the outdate follows as for any failed write."""
+        progress = await blockmirror.queue_progress(qmp, index)
+        if progress is None or await qmp.status() != "running":
+            self._queues.get(name, {}).pop(index, None)
+            return
+        now = time.monotonic()
+        samples = self._queues.setdefault(name, {}).setdefault(index, [])
+        samples.append((now, progress))
+        del samples[:-30]
+        since = blockmirror.stuck_since(samples)
+        if since is not None and now - since >= HUNG_AFTER_S:
+            log.warning("instance '%s': guest writes have waited %.0f s on the copy of disk %d on its secondary: "
+                        "cutting that connection", name, now - since, index)
+            await blockmirror.break_target(qmp, target_node(index))
+            samples.clear()
 
     async def _outdate_and_resume(self, qmp: Qmp, name: str, disk_count: int) -> None:
         """The secondary failed a write the guest waits for: outdate its copy, then go on alone."""

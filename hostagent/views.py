@@ -354,7 +354,11 @@ def _instance_findings(inst: dict[str, Any], reports: dict[str, dict[str, Any]],
         bad = not rep["disks"] or any(d["status"] in ("degraded", "stalled", "failed") for d in rep["disks"])
         out.append(Finding("error" if bad else "warning",
                            f"instance '{name}': its copy on node '{rep['secondary']}' is {rep['summary']}"
-                           + (" (no current copy: a failover now would lose writes)" if bad else ""),
+                           + (" (no current copy: a failover is refused until one is in sync)" if bad else ""),
+                           "replication", primary, name))
+    elif rep and not row["pid"] and not rep["in_sync"] and inst.get("admin_state") == "up":
+        out.append(Finding("warning", f"instance '{name}': its copy on node '{rep['secondary']}' is "
+                           f"{rep['record']}: a failover is refused until it runs with a new copy",
                            "replication", primary, name))
     if len(where) > 1:
         out.append(Finding("error", f"instance '{name}' runs on several nodes: {', '.join(where)}", "multi-node",

@@ -29,7 +29,9 @@ Behaviour measured with QEMU 7.2 (tests/integration/test_kvm_blockmirror.py):
   STOP; status ``io-error``; the guest's write stays pending.
 - secondary hung (process stopped, partition): the write waits, the guest
   keeps running, QMP answers; ``yank`` on the NBD node fails the stuck
-  requests within milliseconds, which then pauses the guest as above.
+  requests within milliseconds, which then pauses the guest as above. The
+  wait shows in the virtio-blk queues (``queue_progress``: requests in use,
+  none completed), which is how the agent notices a hang.
 - join: pause, cancel, two ``x-blockdev-change`` and resume take ~5 ms;
   leave and ``cont`` ~0.1 s.
 - ``blockdev-mirror`` needs a root node as its source (the quorum, not
@@ -463,6 +465,47 @@ async def leave_peer(qmp: Qmp, index: int, target: str, *, gentle: bool = False)
     if joined:
         log.info("disk mirror: the copy of disk%d left its quorum%s", index, "" if gentle else " (cut)")
     return joined
+
+
+async def queue_progress(qmp: Qmp, index: int) -> tuple[tuple[int, int], ...] | None:
+    """(requests in flight, requests completed) per virtqueue of disk ``index``'s virtio-blk device.
+
+    A request in flight while the completed count stands still is a write
+    waiting on a copy that does not answer (a hung secondary, or a network
+    cut between the two nodes only): QEMU's NBD client has no I/O timeout.
+    None when the disk is not on virtio (no such counters).
+    """
+    path = f"/machine/peripheral/disk{index}-dev/virtio-backend"
+    try:
+        devices = await qmp.execute("x-query-virtio")
+        if not isinstance(devices, list) or path not in {d.get("path") for d in devices if isinstance(d, Mapping)}:
+            return None
+        status = await qmp.execute("x-query-virtio-status", {"path": path})
+        queues = _int(status.get("num-vqs")) if isinstance(status, Mapping) else 0
+        out = []
+        for queue in range(queues):
+            q = await qmp.execute("x-query-virtio-queue-status", {"path": path, "queue": queue})
+            if isinstance(q, Mapping):
+                out.append((_int(q.get("inuse")), _int(q.get("used-idx"))))
+    except QmpError as exc:
+        raise MirrorError(f"read the queues of disk{index}", exc.reason) from exc
+    return tuple(out)
+
+
+def stuck_since(samples: list[tuple[float, tuple[tuple[int, int], ...]]]) -> float | None:
+    """When requests started waiting without any completing, from (time, queue_progress) samples
+    oldest first; None if the latest sample shows none waiting or some completed since."""
+    if not samples:
+        return None
+    since, latest = samples[-1]
+    if not any(inuse for inuse, _ in latest):
+        return None
+    done = tuple(used for _, used in latest)
+    for at, progress in reversed(samples[:-1]):
+        if tuple(used for _, used in progress) != done or not any(inuse for inuse, _ in progress):
+            break
+        since = at
+    return since
 
 
 async def _remove_child(qmp: Qmp, index: int, node: str) -> None:

@@ -127,3 +127,32 @@ def test_a_failover_after_a_cut_secondary_never_loses_an_acknowledged_write(
     # Whichever way it went, the cluster heals: a1 runs (on its old node after a refusal) and resyncs.
     wait_for(lambda: n1.instance("a1")["status"] == "running", 120, "a1 to run again")
     wait_in_sync(n1, "a1", timeout_s=120)
+
+
+def test_a_copy_that_hangs_while_its_node_is_fine_is_cut_outdated_and_the_guest_goes_on(ack_cluster: Cluster) -> None:
+    """Only the secondary's export hangs (its node reports and holds its lease): the primary's guard sees
+    guest writes waiting, cuts the connection, has the copy outdated and resumes the guest."""
+    n1 = ack_cluster["n1"]
+    wait_for(lambda: n1.instance("a1")["status"] == "running", 120, "a1 to run")
+    wait_in_sync(n1, "a1", timeout_s=120)
+    row = n1.instance("a1")
+    primary, secondary = ack_cluster[row["primary_node"]], ack_cluster[row["secondary_node"]]
+    began = time.time()
+    exports = export_pids(secondary)
+    for pid in exports:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        before = numbers(console(primary, "a1"))[-1]
+        wait_for(lambda: not n1.json("instance", "info", "a1")["replication"]["in_sync"], 60,
+                 "the copy of a1 to be recorded out of date")
+        wait_for(lambda: numbers(console(primary, "a1"))[-1] > before + 5, 60, "the guest to go on writing")
+        info = n1.json("instance", "info", "a1")["replication"]
+        last = info["last_degraded"]
+        assert last and last["at"] >= began - 1, info
+        assert "not in sync" in info["record"], info
+    finally:
+        for pid in exports:
+            if not is_gone(pid):
+                os.kill(pid, signal.SIGCONT)
+    assert n1.instance("a1")["primary_node"] == primary.name
+    wait_in_sync(n1, "a1", timeout_s=120)

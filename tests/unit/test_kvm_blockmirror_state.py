@@ -15,6 +15,7 @@ from kvm.blockmirror import (
     mirror_args,
     mirror_state_from,
     quorum_children,
+    stuck_since,
     nbd_target_args,
     tls_client_object_args,
 )
@@ -170,3 +171,15 @@ def test_quorum_children_are_read_from_the_block_graph_with_their_child_names():
     assert quorum_children(GRAPH, "disk1") == {"disk1-local": "children.0", "mirror-target1": "children.2"}
     assert quorum_children(GRAPH, "disk0") == {}
     assert quorum_children({}, "disk1") == {}
+
+
+def test_requests_waiting_with_none_completing_count_as_stuck_from_the_first_such_sample():
+    idle = ((0, 40), (0, 12))
+    waiting = ((1, 40), (0, 12))
+    more = ((3, 40), (0, 12))
+    assert stuck_since([]) is None
+    assert stuck_since([(1.0, idle), (2.0, idle)]) is None, "nothing in flight"
+    assert stuck_since([(1.0, idle), (2.0, waiting), (3.0, more), (4.0, more)]) == 2.0
+    moved = ((1, 41), (0, 12))
+    assert stuck_since([(1.0, waiting), (2.0, moved)]) == 2.0, "a completion restarts the clock"
+    assert stuck_since([(1.0, waiting), (2.0, moved), (3.0, ((0, 41), (0, 12)))]) is None
