@@ -5,7 +5,7 @@ VENV ?= $(CURDIR)/.venv
 export CORRAL_GUEST_DIR ?= /var/cache/corral/guest
 PYTEST_ARGS ?=
 
-.PHONY: deps guest test demo demo-stop bench
+.PHONY: deps guest test test-fast demo demo-stop bench
 
 deps:
 	@VENV=$(VENV) packaging/install-deps.sh
@@ -15,6 +15,10 @@ guest: deps
 
 test: guest
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# Unit tests, scenarios and lint: seconds, no processes started.
+test-fast: deps
+	$(VENV)/bin/python -m pytest -q tests/unit tests/scenarios $(PYTEST_ARGS)
 
 demo: guest
 	@packaging/demo.sh start
