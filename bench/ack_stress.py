@@ -26,7 +26,7 @@ round ends once a1 runs in sync again.
 Printed: one line per round, then the counts per scenario, and the guest's
 pause (median and max) while the master recorded the copy out of date, as
 `instance info` shows it (replication.last_degraded). Usage:
-.venv/bin/python bench/ack_stress.py [--rounds 100] [--seed N] [--keep]
+.venv/bin/python bench/ack_stress.py [--rounds 100] [--seed N] [--keep] [--subnet 127.0.5]
 """
 
 from __future__ import annotations
@@ -229,12 +229,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--subnet", default=SUBNET, help="127.x.y of the nodes (two runs at once need two)")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else int(time.time())
     rng = random.Random(seed)
     print(f"seed {seed}", flush=True)
     rounds: list[Round] = []
-    with running_cluster(3, 3, keep=args.keep, subnet=SUBNET, prefix="ackstress-") as (cluster, ledger):
+    with running_cluster(3, 3, keep=args.keep, subnet=args.subnet, prefix="ackstress-") as (cluster, ledger):
         n1 = cluster["n1"]
         n1.ok("cluster", "modify", "--auto-failover", "yes")
         n1.ok("instance", "add", NAME, "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n2:n3",

@@ -40,8 +40,8 @@ def trusted(record: Mapping[str, Any] | None, report: Mapping[str, Any] | None, 
     states = ((report or {}).get("mirrors") or {}).get(name) or []
     for s in states:
         if s.get("status") not in JOINED or s.get("gen") != record.get("gen"):
-            return False, (f"the primary's last report says disk {s.get('index')} is {s.get('status')} "
-                           f"(copy generation {s.get('gen')}, recorded {record.get('gen')})")
+            return False, (f"not to be trusted: the primary's last report says its disk {s.get('index')} is "
+                           f"{s.get('status')} (copy generation {s.get('gen')}, recorded {record.get('gen')})")
     return True, ""
 
 
