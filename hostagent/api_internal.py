@@ -55,8 +55,7 @@ class InternalRoutes(ApiBase):
 
         Answered 200 only once the copy is recorded out of date in etcd: then
         the primary may resume the guest without it."""
-        name, _ = await self._from_primary(request)
-        body = await self._body(request)
+        name, body = await self._from_primary(request)
         assert self.agent.ops is not None
         await self.agent.ops.moves.outdate(name, str(body.get("reason") or "its primary could not write to it"))
         return web.json_response({"name": name, "outdated": True})

@@ -24,6 +24,8 @@ from kvm.migration import migration_uri
 
 from hostagent import model, replicas
 from hostagent.checks import PORTS_PER_INSTANCE
+from hostagent.eventlog import event_ops
+from hostagent.restarts import Event
 from hostagent.errors import BadRequest
 from hostagent.jobs import JobContext, JobFailed
 from hostagent.status import REPORT_STALE_AFTER_S
@@ -95,12 +97,17 @@ class Moves:
         return {**model.loads(kv.value), "name": name}, kv.mod_revision
 
     async def outdate(self, name: str, why: str) -> None:
-        """Record the secondary's copy out of date (committed when this returns)."""
+        """Record the secondary's copy out of date (committed when this returns); an event when it was in sync."""
         record, _ = await self.replica(name)
-        new = replicas.outdated(record, why, time.time())
-        await self.ops._write([Op.put(model.replica_key(name), model.dumps(new))])
+        now = time.time()
+        ops = [Op.put(model.replica_key(name), model.dumps(replicas.outdated(record, why, now)))]
         if record.get("in_sync"):
-            log.warning("the copy of instance '%s' on its secondary is out of date: %s", name, why)
+            inst = await self.ops._get(model.instance_key(name)) or {}
+            secondary = inst.get("secondary_node") or "?"
+            message = f"the copy of instance '{name}' on node '{secondary}' is out of date: {why}"
+            ops += await event_ops(self.ops.role.client, [Event(name, secondary, "copy-outdated", message)], now)
+            log.warning("%s", message)
+        await self.ops._write(ops)
 
     async def resumed(self, name: str, event: dict[str, Any]) -> None:
         """Keep the primary's account of its last degraded resume (the guest's pause), for `instance info`."""

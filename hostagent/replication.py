@@ -49,7 +49,7 @@ Order = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # (path, body) -> True once the master answered 200: how the guard reaches the master
 TellMaster = Callable[[str, dict[str, Any]], Awaitable[bool]]
 TLS_CREDS_ID = "mirror-tls"
-MIGRATION_TLS_ID = "migration-tls"
+MIGRATION_TLS_ID = "migration-tls-out"  # not the incoming side's "migration-tls" (server): a QEMU that arrived by migration has that one
 PROBE_TIMEOUT_S = 2.0
 MIGRATION_TIMEOUT_S = 1800.0
 GUARD_SYNC_POLL_S = 0.3  # while a copy is being made: how often the guard looks for convergence

@@ -78,6 +78,13 @@ def test_a_mirrored_instance_migrates_live_and_survives_losing_its_primary(mirro
     assert (info["primary_node"], info["secondary_node"], info["status"]) == ("n3", "n2", "running")
     wait_in_sync(n1, "m1")
 
+    # Back, and there again: a QEMU that arrived by migration leaves by one (its incoming TLS
+    # credentials are a server's, so the way out needs its own).
+    for there in ("n2", "n3"):
+        out = n1.ok("instance", "migrate", "m1")
+        assert f"now runs on node '{there}'" in out, out
+        wait_in_sync(n1, "m1")
+
     # The primary's node dies: agent and guest killed, no shutdown.
     wait_for(lambda: len(numbers(console(n3, "m1"))) > 20, 30, "more numbers on n3")
     n3.kill9()
