@@ -96,14 +96,16 @@ class Moves:
             return {"name": name}, 0
         return {**model.loads(kv.value), "name": name}, kv.mod_revision
 
-    async def outdate(self, name: str, why: str) -> None:
-        """Record the secondary's copy out of date (committed when this returns); an event when it was in sync."""
+    async def outdate(self, name: str, why: str, copy_on: str | None = None) -> None:
+        """Record the secondary's copy out of date (committed when this returns); an event when it was in sync.
+
+        `copy_on`: the node holding the copy, when it is not (yet) the recorded secondary (a switchover)."""
         record, _ = await self.replica(name)
         now = time.time()
         ops = [Op.put(model.replica_key(name), model.dumps(replicas.outdated(record, why, now)))]
         if record.get("in_sync"):
             inst = await self.ops._get(model.instance_key(name)) or {}
-            secondary = inst.get("secondary_node") or "?"
+            secondary = copy_on or inst.get("secondary_node") or "?"
             message = f"the copy of instance '{name}' on node '{secondary}' is out of date: {why}"
             ops += await event_ops(self.ops.role.client, [Event(name, secondary, "copy-outdated", message)], now)
             log.warning("%s", message)
@@ -192,7 +194,8 @@ class Moves:
         try:
             await self._send_memory(ctx, inst, target_addr, port, float(args.get("max_bandwidth_mib_s", 1024)))
             await self.ops._order(target, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
-            await self.outdate(name, f"live-migrated to node '{target}': the copy on '{source}' is made anew")
+            await self.outdate(name, f"the guest moves to node '{target}' by live migration; a new copy follows",
+                               copy_on=source)
             result = await self.ops._order(source, "instance.migrate-complete", {"name": name})
             switched = True
         except Exception as exc:
