@@ -425,7 +425,7 @@ class EtcdClient:
                 response = await self._session().post(
                     endpoint + "/v3/watch",
                     data=json.dumps(body),
-                    ssl=self._ssl if endpoint.startswith("https:") else None,
+                    ssl=self._ssl_for(endpoint),
                     timeout=self._watch_timeout,
                     # The member cancels the watch when it loses its leader, instead of going silent.
                     headers=_REQUIRE_LEADER,
@@ -451,6 +451,10 @@ class EtcdClient:
         current = self.endpoints[self._preferred] if self._preferred < len(self.endpoints) else None
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self._preferred = self.endpoints.index(current) if current in self.endpoints else 0
+
+    def _ssl_for(self, endpoint: str) -> ssl_module.SSLContext | bool:
+        """The client TLS context for https endpoints (aiohttp's default checks when there is none)."""
+        return self._ssl if endpoint.startswith("https:") and self._ssl is not None else True
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -503,7 +507,7 @@ class EtcdClient:
             async with self._session().post(
                 endpoint + path,
                 data=json.dumps(body),
-                ssl=self._ssl if endpoint.startswith("https:") else None,
+                ssl=self._ssl_for(endpoint),
                 timeout=self._timeout,
                 headers=headers,
             ) as response:
@@ -619,7 +623,7 @@ def _error_of(reply: dict[str, Any]) -> tuple[int, str] | None:
     if error is None:
         return None
     if isinstance(error, dict):
-        return int(error.get("grpc_code", error.get("code", 0))), str(error.get("message", ""))
+        return int(error.get("grpc_code", error.get("code", 0)) or 0), str(error.get("message", ""))
     return int(reply.get("code", 0)), str(reply.get("message", error))
 
 

@@ -172,10 +172,10 @@ class InstanceRoutes(ApiBase):
         catalog = self.agent.refresh_catalog()
         rows = []
         for name, entry in sorted(catalog.entries.items()):
-            script = isinstance(entry, OsDefinition)
+            script = entry if isinstance(entry, OsDefinition) else None
             rows.append({"name": name, "kind": "script" if script else "image", "path": entry.path,
-                         "variants": list(entry.variants) if script else [],
-                         "api_versions": list(entry.api_versions) if script else []})
+                         "variants": list(script.variants) if script else [],
+                         "api_versions": list(script.api_versions) if script else []})
         return self._ok({"node": self.agent.cfg.node_name, "os": rows, "problems": list(catalog.problems)})
 
     async def user_list(self, request: web.Request) -> web.Response:

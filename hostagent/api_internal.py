@@ -164,6 +164,7 @@ class InternalRoutes(ApiBase):
                                                                   "/v1/cluster/replica", None, timeout_s=5)
             except ConnectionError as exc:
                 return {"node": node["name"], "error": str(exc)}
-            return data.get("data") if status == 200 else {"node": node["name"], "error": data.get("message")}
+            answer = data.get("data") if status == 200 else None
+            return answer if isinstance(answer, dict) else {"node": node["name"], "error": data.get("message")}
 
         return self._ok(await asyncio.gather(*(one(n) for n in self._all(model.NODES))))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from election.etcd import Op
@@ -77,7 +78,7 @@ class AutoFailover:
             except Conflict as exc:
                 log.info("instance '%s': failback not submitted: %s", name, exc)
 
-    async def _save(self, before: State, decision: Decision, cluster: dict[str, Any], now: float) -> None:
+    async def _save(self, before: State, decision: Decision, cluster: Mapping[str, Any], now: float) -> None:
         ops: list[Op] = []
         if decision.state != before:
             ops.append(Op.put(model.FAILOVER_STATE_KEY, model.dumps(decision.state.to_dict())))

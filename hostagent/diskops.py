@@ -79,7 +79,7 @@ class DiskOps:
         if not isinstance(index, int) or not 0 <= index < len(inst["disks"]):
             raise BadRequest(f"instance '{name}' has disks 0-{len(inst['disks']) - 1}, not {index!r}")
         try:
-            size = parse_mib(params.get("size"), "disk size")
+            size = parse_mib(params.get("size") or "", "disk size")
         except SizeError as exc:
             raise BadRequest(str(exc)) from None
         current = inst["disks"][index]["size_mib"]

@@ -62,7 +62,7 @@ def _job_errors(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def wrapped(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         with _as_job_errors():
-            return await handler(ctx, args)
+            return await handler(ctx, args) or {}
     return wrapped
 
 

@@ -164,7 +164,7 @@ class Repair:
         instances = await ops._prefix(model.INSTANCES)
         tracks = await ops._prefix(model.RESTARTS)
         by_track = {t["name"]: t for t in tracks}
-        state = {"instances": instances,
+        state: dict[str, Any] = {"instances": instances,
                  "reports": {r["node"]: r for r in await ops._prefix(model.REPORTS)},
                  "leases": {lease["node"]: lease for lease in await ops._prefix(model.LEASES)},
                  "jobs": await ops._prefix(model.JOBS)}

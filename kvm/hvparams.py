@@ -10,6 +10,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 ACCELS = ("kvm", "tcg")
 BOOT_DEVICES = ("disk", "cdrom", "network")
@@ -73,7 +74,7 @@ def parse_hvparams(values: Mapping[str, object], base: HvParams | None = None) -
     """
     start = base if base is not None else HvParams()
     problems: list[str] = []
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # each value checked by _coerce
     for key, raw in values.items():
         if key not in HV_PARAM_NAMES:
             problems.append(

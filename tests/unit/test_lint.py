@@ -1,16 +1,57 @@
-"""The tree passes ruff's error rules (undefined names, unused imports, syntax): run with the unit tests."""
+"""The tree's own checks, run with the unit tests: ruff's error rules, mypy, and the import contract.
 
+The contract (shared/STYLE.md): the leaf packages (membership, election,
+storage, kvm) do not import each other, nor hostagent or cli; hostagent
+wires them together, and cli talks to the agent over its API, borrowing
+only pure helpers (CLI_MAY_IMPORT).
+"""
+
+import ast
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("hostagent", "kvm", "storage", "election", "membership", "cli")
+LEAVES = ("membership", "election", "storage", "kvm")
+CLI_MAY_IMPORT = {"hostagent.units"}  # sizes parsed and printed the way the agent does
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert found, f"{name} is a test dependency (pip install -e .[test])"
+    return found
 
 
 def test_the_tree_has_no_undefined_names_unused_imports_or_syntax_errors():
-    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
-    assert ruff, "ruff is a test dependency (pip install -e .[test])"
-    result = subprocess.run([ruff, "check", "--no-cache", "--select", "F,E9", "--output-format", "concise", "."],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([tool("ruff"), "check", "--no-cache", "--select", "F,E9", "--output-format", "concise",
+                             "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
+def test_the_packages_type_check():
+    result = subprocess.run([tool("mypy"), *PACKAGES], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_leaf_packages_import_no_other_corral_package_and_the_cli_not_the_agent():
+    breaches = []
+    for package in (*LEAVES, "cli"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for module in sorted(imported_modules(path)):
+                top = module.split(".")[0]
+                if top in PACKAGES and top != package and module not in (CLI_MAY_IMPORT if package == "cli" else ()):
+                    breaches.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not breaches, "\n".join(breaches)
