@@ -12,6 +12,7 @@ route table.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,50 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (NotMaster, 503, "no-master"), (ConnectionError, 503, "master-unreachable"), (TimeoutError, 503, "timeout"),
     (OrderError, 422, "order-failed"), (StorageError, 422, "storage"),
 ]
+
+
+MAX_BODY_DEPTH = 32  # no request of this API nests deeper; json's recursion must not be the limit
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; BadRequest for anything else, NaN and Infinity included
+    (Python's json takes them, and a NaN compares false with every bound)."""
+    def refuse(constant: str) -> None:
+        raise BadRequest(f"the request body holds {constant}, which is not a JSON number; send a finite number")
+
+    if _nesting(raw) > MAX_BODY_DEPTH:
+        raise BadRequest(f"the request body nests deeper than {MAX_BODY_DEPTH} levels")
+    try:
+        body = json.loads(raw, parse_constant=refuse)
+    except BadRequest:
+        raise
+    except (ValueError, RecursionError):
+        raise BadRequest("the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -120,13 +165,7 @@ class ApiBase:
     async def _body(self, request: web.Request) -> dict[str, Any]:
         if not request.can_read_body:
             return {}
-        try:
-            body = await request.json()
-        except ValueError:
-            raise BadRequest("the request body must be a JSON object") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object")
-        return body
+        return parse_body(await request.read())
 
     async def _wait_replica(self, key: str) -> None:
         """Read-your-writes: return once this node's replica has `key` (bounded)."""

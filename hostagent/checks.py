@@ -22,8 +22,8 @@ from hostagent.placement import REPLICATED, Placement, PlacementError, Request, 
 from hostagent.restarts import PRIORITIES
 from hostagent.units import SizeError, parse_mib
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
-MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?\Z")
+MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}\Z")
 DISK_TEMPLATES = ("file", "mirror")
 # Ports per replicated instance: disk i uses port_base + i, the live migration the last one.
 PORTS_PER_INSTANCE = 8

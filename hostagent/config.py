@@ -17,7 +17,7 @@ from typing import Any
 from storage.lvmparse import vg_name_problem
 
 DEFAULT_CONFIG_PATH = "/etc/corral/agent.toml"
-_NODE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_NODE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
 class ConfigError(ValueError):

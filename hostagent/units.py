@@ -6,7 +6,7 @@ import re
 
 _UNITS_MIB = {"": 1, "M": 1, "MB": 1, "MIB": 1, "G": 1024, "GB": 1024, "GIB": 1024,
               "T": 1024 * 1024, "TB": 1024 * 1024, "TIB": 1024 * 1024}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*\Z")
 
 
 class SizeError(ValueError):

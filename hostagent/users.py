@@ -17,7 +17,7 @@ from hostagent import model
 from hostagent.errors import BadRequest
 
 ROLES = ("read", "write")
-USER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+USER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 
 
 def new_user(name: str, role: str) -> tuple[dict[str, Any], str]:

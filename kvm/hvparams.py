@@ -31,8 +31,8 @@ _TRUE_WORDS = ("true", "yes", "on", "1")
 _FALSE_WORDS = ("false", "no", "off", "0")
 # QEMU option syntax: a machine is a bare name (options are Corral's to set);
 # a CPU model may carry feature flags.
-_MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_CPU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._,+=-]*$")
+_MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*\Z")
+_CPU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._,+=-]*\Z")
 _INT_RANGES: dict[str, tuple[int, int]] = {"shutdown_timeout_s": (1, 3600)}
 
 

@@ -49,11 +49,11 @@ write_config() {  # node index
   local node=n$1 dir=$DEMO/n$1
   mkdir -p "$dir/images" "$dir/log"
   ln -sf "$GUEST/base.qcow2" "$dir/images/busybox-guest.qcow2"
-  cat > "$dir/agent.toml" <<TOML
-[node]
-name = "$node"
-address = "127.0.0.$1"
-
+  # Variables go in through printf, the rest through quoted here-documents: nothing in the text
+  # (such as the backticks of a comment) is ever run by the shell.
+  {
+    printf '[node]\nname = "%s"\naddress = "127.0.0.%s"\n\n' "$node" "$1"
+    cat <<'TOML'
 [ports]
 api = 17947
 gossip = 17946
@@ -61,16 +61,14 @@ serf_rpc = 17373
 etcd_client = 12379
 etcd_peer = 12380
 
-[paths]
-state_dir = "$dir/state"
-run_dir = "$dir/run"
-log_dir = "$dir/log"
-os_search_paths = ["$TOP/packaging/os"]
-image_paths = ["$dir/images"]
-
+TOML
+    printf '[paths]\nstate_dir = "%s"\nrun_dir = "%s"\nlog_dir = "%s"\n' "$dir/state" "$dir/run" "$dir/log"
+    printf 'os_search_paths = ["%s"]\nimage_paths = ["%s"]\n\n' "$TOP/packaging/os" "$dir/images"
+    cat <<'TOML'
 [agent]
 drills = true    # the README tour runs `corral drill master-failover`
 TOML
+  } > "$dir/agent.toml"
 }
 
 start_agent() {  # node index

@@ -47,7 +47,7 @@ from storage.errors import StorageError
 log = logging.getLogger(__name__)
 
 FORMATS = ("raw", "qcow2")
-_EXPORT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_EXPORT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _START_TIMEOUT_S = 30.0
 _POLL_INTERVAL_S = 0.05
 # QEMU's file names for an x509 credentials directory, and what each holds.

@@ -109,3 +109,14 @@ def test_priority_and_after_are_checked_and_kept():
         check_add({"name": "app1", "os": "img", "priority": "urgent", "after": ["app1"]}, view(), now=0)
     assert "priority 'urgent' is not one of critical, high, normal, low" in str(err.value)
     assert "instance 'app1' cannot start after itself" in str(err.value)
+
+
+def test_names_with_a_trailing_newline_are_refused():
+    """`$` matches before a final newline; the name patterns end with \\Z."""
+    from hostagent.checks import MAC_RE, NAME_RE
+    from hostagent.users import USER_RE
+    from kvm.cmdline import check_instance_name
+    assert NAME_RE.match("web1") and not NAME_RE.match("web1\n")
+    assert not MAC_RE.match("52:54:00:00:00:01\n")
+    assert not USER_RE.match("alice\n")
+    assert check_instance_name("web1\n")
