@@ -38,6 +38,7 @@ from typing import Any
 
 import psutil
 
+from hostagent.bootpattern import BootPattern, BootPatternError
 from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,8 @@ class BootWatcher:
         boot.pattern, boot.timeout_s, boot.state = pattern, timeout_s, "waiting" if pattern else ""
         boot.read_to, boot.carry, boot.tail = boot.offset, "", []
         try:
-            re.compile(pattern)
-        except re.error as exc:  # checked at submit; a record written by hand is possible
+            BootPattern(pattern)
+        except BootPatternError as exc:  # checked at submit; a record written by hand is possible
             log.warning("instance '%s': boot pattern %r is not a regular expression (%s); its boot is not "
                         "judged (fix it with `corral instance modify %s --boot-pattern REGEX`)",
                         name, pattern, exc, name)
@@ -241,7 +242,7 @@ class BootWatcher:
 
 def _scan(boot: Boot, text: str) -> bool:
     """Feed new console text to `boot`; True when a line matches its pattern."""
-    regex = re.compile(boot.pattern)
+    regex = BootPattern(boot.pattern)
     lines = (boot.carry + _ESCAPES.sub("", text).replace("\r", "")).split("\n")
     boot.carry = lines.pop()
     if len(boot.carry) > LONGEST_LINE:
@@ -251,6 +252,6 @@ def _scan(boot: Boot, text: str) -> bool:
     found = False
     for line in lines:
         tail.append(line[:TAIL_LINE_CHARS])
-        found = found or regex.search(line) is not None
+        found = found or regex.search(line)
     boot.tail = list(tail)
-    return found or regex.search(boot.carry) is not None  # a prompt such as "login: " ends no line
+    return found or regex.search(boot.carry)  # a prompt such as "login: " ends no line

@@ -17,6 +17,7 @@ from typing import Any
 from kvm.hvparams import HvParamError, parse_hvparams
 
 from hostagent import model
+from hostagent.bootpattern import BootPattern, BootPatternError
 from hostagent.errors import BadRequest, Conflict
 from hostagent.placement import REPLICATED, Placement, PlacementError, Request, check_manual, place
 from hostagent.restarts import PRIORITIES
@@ -191,12 +192,12 @@ def _boot_pattern(pattern: Any, serial_console: bool, problems: list[str]) -> st
         problems.append(f"boot pattern is {len(pattern)} characters long; at most {BOOT_PATTERN_MAX_CHARS}")
         return pattern
     try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        problems.append(f"boot pattern {pattern!r} is not a Python regular expression ({exc}); "
-                        "give e.g. 'login:' or 'CORRAL-GUEST-BOOTED count=[0-9]+'")
+        regex = BootPattern(pattern)
+    except BootPatternError as exc:
+        problems.append(f"boot pattern {pattern!r} is not an RE2 regular expression ({exc}; no backreferences "
+                        "or lookaround); give e.g. 'login:' or 'CORRAL-GUEST-BOOTED count=[0-9]+'")
         return pattern
-    if regex.search("") is not None:
+    if regex.search(""):
         problems.append(f"boot pattern {pattern!r} matches an empty line, so every boot would pass at once; "
                         "give text the guest prints once it is up, e.g. 'login:'")
     if not serial_console:

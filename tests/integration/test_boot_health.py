@@ -65,7 +65,7 @@ def test_modify_fixes_the_pattern_and_refuses_what_would_never_start(one_node):
 
     assert "after: good1 -> mute1 -> good1 is a cycle" in refused(one_node, "instance", "modify", "good1",
                                                                   "--after", "mute1")
-    assert "boot pattern '(' is not a Python regular expression" in refused(
+    assert "boot pattern '(' is not an RE2 regular expression" in refused(
         one_node, "instance", "modify", "good1", "--boot-pattern", "(")
     assert "after: no instance named 'nosuch1'" in refused(one_node, "instance", "modify", "good1",
                                                           "--after", "nosuch1")

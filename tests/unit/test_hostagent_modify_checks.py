@@ -53,10 +53,20 @@ def test_add_keeps_the_boot_check_and_auto_failover_with_defaults_when_not_given
 
 def test_a_boot_pattern_must_be_a_regex_that_cannot_match_an_empty_line():
     message = refused(add, boot_pattern="CORRAL-(GUEST")
-    assert "boot pattern 'CORRAL-(GUEST' is not a Python regular expression (missing ), unterminated " \
-           "subpattern at position 7)" in message
+    assert "boot pattern 'CORRAL-(GUEST' is not an RE2 regular expression (missing ): CORRAL-(GUEST" in message
     assert "boot pattern '.*' matches an empty line, so every boot would pass at once" in \
         refused(add, boot_pattern=".*")
+    assert "no backreferences or lookaround" in refused(add, boot_pattern=r"(a)\1")
+
+
+def test_a_pattern_that_backtracks_forever_in_python_is_matched_in_linear_time():
+    """`(.+)+X` on a long line without an X never ends with Python's re (the agent's loop would stall
+    and the node fence itself); RE2 answers at once, so this test ends well inside its time limit."""
+    from hostagent.bootpattern import BootPattern
+    assert add(boot_pattern="(.+)+X").boot_pattern == "(.+)+X"
+    attack = BootPattern("(.+)+X")
+    assert not attack.search("a" * 200_000)
+    assert attack.search("a" * 1000 + "X")
 
 
 def test_a_boot_timeout_is_above_0_at_most_an_hour_and_needs_a_pattern():
@@ -102,7 +112,7 @@ def test_a_refused_modify_reports_every_problem_and_changes_nothing():
     before = copy.deepcopy(RECORDS)
     message = modify_refused("web1", priority="urgent", boot_pattern="(", auto_failover=True)
     assert "priority 'urgent' is not one of critical, high, normal, low" in message
-    assert "boot pattern '(' is not a Python regular expression" in message
+    assert "boot pattern '(' is not an RE2 regular expression" in message
     assert "auto failover needs a replicated disk template" in message
     assert RECORDS == before
 
