@@ -210,7 +210,7 @@ class ApiBase:
                                  "`corral cluster info` shows the quorum state")
         try:
             status, data = await self.agent.nodes.forward(node["address"], node["api_port"], request.method,
-                                                          request.path_qs, await request.read())
+                                                          request.raw_path, await request.read())
         except ConnectionError:
             quorum = await self._quorum()  # a master that does not answer: is it the quorum?
             if not quorum["ok"]:

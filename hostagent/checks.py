@@ -29,6 +29,9 @@ DISK_TEMPLATES = ("file", "mirror")
 # Ports per replicated instance: disk i uses port_base + i, the live migration the last one.
 PORTS_PER_INSTANCE = 8
 MAX_MIRROR_DISKS = PORTS_PER_INSTANCE - 1
+MAX_DISKS = 16  # per instance: a guest's bus and a node's files stay manageable
+MAX_NICS = 8
+BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")  # a Linux interface name
 REPLICATION_PORTS = range(11000, 13000, PORTS_PER_INSTANCE)
 DISK_FORMATS = ("raw", "qcow2")
 NIC_MODES = ("user", "bridged")
@@ -240,7 +243,10 @@ def _size(value: Any, what: str, problems: list[str]) -> int:
 
 
 def _disks(specs: list[dict[str, Any]], problems: list[str]) -> list[model.Disk]:
-    disks = []
+    disks: list[model.Disk] = []
+    if len(specs) > MAX_DISKS:
+        problems.append(f"an instance has at most {MAX_DISKS} disks, not {len(specs)}")
+        return disks
     for i, disk in enumerate(specs):
         fmt = disk.get("format", "raw")
         if fmt not in DISK_FORMATS:
@@ -250,13 +256,19 @@ def _disks(specs: list[dict[str, Any]], problems: list[str]) -> list[model.Disk]
 
 
 def _nics(specs: list[dict[str, Any]], problems: list[str]) -> list[model.Nic]:
-    nics = []
+    nics: list[model.Nic] = []
+    if len(specs) > MAX_NICS:
+        problems.append(f"an instance has at most {MAX_NICS} network cards, not {len(specs)}")
+        return nics
     for i, nic in enumerate(specs):
         mode = nic.get("mode", "user")
         if mode not in NIC_MODES:
             problems.append(f"nic {i}: mode {mode!r} is not one of {', '.join(NIC_MODES)}")
         if mode == "bridged" and not nic.get("bridge"):
             problems.append(f"nic {i}: mode bridged needs a bridge, e.g. --net mode=bridged,bridge=br0")
+        elif nic.get("bridge") and not BRIDGE_RE.match(str(nic["bridge"])):
+            problems.append(f"nic {i}: bridge {nic['bridge']!r} is not an interface name (1-15 letters, digits, "
+                            "'_', '.' or '-')")
         mac = str(nic.get("mac", "")).lower()
         if mac and not (MAC_RE.match(mac) and int(mac[:2], 16) % 2 == 0):
             problems.append(f"nic {i}: {mac!r} is not a unicast MAC address (e.g. 52:54:00:12:34:56)")

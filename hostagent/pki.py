@@ -192,6 +192,10 @@ def ca_fingerprint(paths: PkiPaths) -> str:
         return fingerprint_of(fh.read())
 
 
+# TLS 1.2 suites with forward secrecy and authenticated encryption only (no CBC); TLS 1.3's are all AEAD.
+AEAD_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
 def server_context(paths: PkiPaths) -> ssl.SSLContext:
     """TLS server side: present the node cert; verify a client cert if one is offered.
 
@@ -202,6 +206,7 @@ def server_context(paths: PkiPaths) -> ssl.SSLContext:
     ctx.load_cert_chain(paths.node_cert, paths.node_key)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(AEAD_CIPHERS)
     return ctx
 
 
@@ -210,4 +215,5 @@ def client_context(paths: PkiPaths) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=paths.ca_cert)
     ctx.load_cert_chain(paths.node_cert, paths.node_key)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(AEAD_CIPHERS)
     return ctx

@@ -120,3 +120,22 @@ def test_names_with_a_trailing_newline_are_refused():
     assert not MAC_RE.match("52:54:00:00:00:01\n")
     assert not USER_RE.match("alice\n")
     assert check_instance_name("web1\n")
+
+
+def test_disks_and_nics_are_capped_and_bridge_names_must_be_interface_names():
+    with pytest.raises(BadRequest) as err:
+        check_add({"name": "many", "os": "img", "disks": [{"size": "1M"}] * 1000,
+                   "nics": [{"mode": "user"}] * 9}, view(), now=0)
+    assert "at most 16 disks, not 1000" in str(err.value) and "at most 8 network cards, not 9" in str(err.value)
+    with pytest.raises(BadRequest, match=r"bridge 'br0;id' is not an interface name"):
+        check_add({"name": "b1", "os": "img", "nics": [{"mode": "bridged", "bridge": "br0;id"}]}, view(), now=0)
+
+
+def test_node_tls_offers_only_aead_suites_for_tls_1_2(tmp_path):
+    from hostagent import pki
+    paths = pki.PkiPaths(str(tmp_path))
+    pki.create_ca(paths, "c1")
+    pki.issue_node_cert(paths, "n1", "127.0.0.1")
+    for ctx in (pki.server_context(paths), pki.client_context(paths)):
+        tls12 = [c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"]
+        assert tls12 and all("GCM" in name or "CHACHA20" in name for name in tls12), tls12
