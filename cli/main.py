@@ -296,7 +296,8 @@ class Cli:
         def human(d: dict[str, Any]) -> None:
             print(f"user '{d['name']}' ({d['role']}) created; its token (shown only now):")
             print(f"  {d['token']}")
-            print("use it as the HTTP header  Authorization: Bearer <token>  on any node's API (port 7947)")
+            print("use it as the HTTP header  Authorization: Bearer <token>  on any node's API "
+                  f"(port {d.get('api_port', 7947)})")
         return self.out(answer, human)
 
     def user_list(self) -> int:

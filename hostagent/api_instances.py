@@ -188,7 +188,7 @@ class InstanceRoutes(ApiBase):
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
             await ops.put_new(model.user_key(record["name"]), record, f"user '{record['name']}' already exists")
             await self._wait_replica(model.user_key(record["name"]))
-            return self._ok({**users.public(record), "token": token})
+            return self._ok({**users.public(record), "token": token, "api_port": self.agent.cfg.api_port})
         return await self._on_master(request, run)
 
     async def user_remove(self, request: web.Request) -> web.Response:
