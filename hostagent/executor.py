@@ -137,8 +137,8 @@ class NodeExecutor:
         return {"how": how}
 
     async def _op_console_tail(self, args: dict[str, Any]) -> dict[str, Any]:
-        lines = self._qemu.console_log_tail(args["name"], 60)  # a kernel panic's trace runs ~30 lines
-        return {"lines": [line for line in lines if line.strip()][-40:]}
+        lines = self._qemu.console_log_tail(args["name"], 100)  # a panic's trace: 30-45 lines after its header
+        return {"lines": [line for line in lines if line.strip()][-60:]}
 
     async def _op_reset(self, args: dict[str, Any]) -> dict[str, Any]:
         if self._qemu.find(args["name"]) is None:
