@@ -126,7 +126,7 @@ def _cleanup_shielded() -> Iterator[None]:
         yield
     finally:
         for s, handler in before.items():
-            signal.signal(s, handler)
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # None: not set from Python
 
 
 def stop_every_node(cluster: Cluster) -> list[str]:
