@@ -32,7 +32,6 @@ pause (median and max) while the master recorded the copy out of date, as
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import random
 import re
@@ -44,10 +43,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchcluster import AgentNode, Cluster, ask, guest_hv, is_gone, power_off, running_cluster, wait_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kvm.qmp import Qmp  # noqa: E402
+from benchcluster import AgentNode, Cluster, ask, guest_hv, power_off, running_cluster, wait_for
+from test_acknowledged_writes import export_pids, yank  # noqa: E402  (benchcluster puts the tests on the path)
+from test_node_failure import freeze_all  # noqa: E402
 
 SUBNET = "127.0.5"
 NAME = "a1"
@@ -98,35 +96,6 @@ def qemu_running(node: AgentNode) -> bool:
     return state not in ("T", "t", "Z", "X")
 
 
-def export_pids(node: AgentNode) -> list[int]:
-    pids = []
-    for pidfile in (node.root / "run" / "replication").glob("*.pid"):
-        try:
-            pid = int(pidfile.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if str(pidfile).encode() in Path(f"/proc/{pid}/cmdline").read_bytes() if Path(f"/proc/{pid}").exists() \
-                else False:
-            pids.append(pid)
-    return pids
-
-
-def freeze_all(node: AgentNode) -> list[int]:
-    pids = node.freeze()
-    for pid in node.qemu_pids():
-        if not is_gone(pid):
-            os.kill(pid, signal.SIGSTOP)
-            pids.append(pid)
-    return pids
-
-
-def yank(node: AgentNode) -> None:
-    async def go() -> None:
-        async with await Qmp.connect(str(node.root / "run" / "instances" / NAME / "qmp.sock"), 10) as qmp:
-            await qmp.execute("yank", {"instances": [{"type": "block-node", "node-name": "mirror-target0"}]})
-    asyncio.run(go())
-
-
 def ready(observer: AgentNode) -> tuple[str, str] | None:
     info = ask(observer, "instance", "info", NAME)
     if not info or info["status"] != "running" or not info.get("replication"):
@@ -163,7 +132,7 @@ def run_round(cluster: Cluster, index: int, rng: random.Random) -> Round:
         for pid in export_pids(secondary):
             os.kill(pid, signal.SIGKILL)
     elif cut == "yanked":
-        yank(primary)
+        yank(primary, NAME)
     elif cut == "secondary-frozen":
         frozen[secondary.name] = freeze_all(secondary)
     if cut:

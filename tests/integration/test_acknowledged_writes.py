@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import AgentNode, Cluster, is_gone, wait_for
 from test_mirror_template import SEQ_START, console, numbers, wait_in_sync
-from test_node_failure import freeze_all, guarded_by, power_off, runs_on
+from test_node_failure import freeze_all, guarded_by, power_off, runs_on, writing_mirror_cluster
 
 from kvm.qmp import Qmp
 
@@ -61,18 +61,8 @@ def refused_for_sync(asked: AgentNode, name: str, since: float) -> bool:
 
 @pytest.fixture(scope="module")
 def ack_cluster(tmp_path_factory, guest_dir: Path):
-    cluster = Cluster(tmp_path_factory.mktemp("ack"), 3, subnet="127.0.4")
-    try:
-        cluster.form(f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
-                     "kernel_args=quiet corral.seq=1,shutdown_timeout_s=10", 3)
-        cluster.wait_candidates(3)
-        n1 = cluster["n1"]
-        n1.ok("cluster", "modify", "--auto-failover", "yes")
-        n1.ok("instance", "add", "a1", "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n2:n3",
-              "--disk", "64M", "--memory", "128M")
+    with writing_mirror_cluster(tmp_path_factory.mktemp("ack"), guest_dir, "127.0.4", "a1") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 # (how the secondary is cut, seconds until the primary is lost, how the primary is lost)

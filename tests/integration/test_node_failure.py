@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -75,21 +77,30 @@ def assert_resumed_from(node: AgentNode, name: str, last: int, booted_before: in
     assert found[0] >= last, f"{name} lost acknowledged writes: the console showed {last}, the copy had {found[0]}"
 
 
-@pytest.fixture(scope="module")
-def fo_cluster(tmp_path_factory, guest_dir: Path):
-    cluster = Cluster(tmp_path_factory.mktemp("failover"), 3, subnet="127.0.2")
+@contextmanager
+def writing_mirror_cluster(root: Path, guest_dir: Path, subnet: str, name: str) -> Iterator[Cluster]:
+    """Three agents, auto-failover on, and `name`: a mirror instance on n2 (secondary n3) whose guest
+    writes its sequence (corral.seq=1)."""
+    cluster = Cluster(root, 3, subnet=subnet)
     try:
         cluster.form(f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
                      "kernel_args=quiet corral.seq=1,shutdown_timeout_s=10", 3)
         cluster.wait_candidates(3)
         n1 = cluster["n1"]
         n1.ok("cluster", "modify", "--auto-failover", "yes")
-        n1.ok("instance", "add", "f1", "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n2:n3",
+        n1.ok("instance", "add", name, "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n2:n3",
               "--disk", "64M", "--memory", "128M")
-        n1.ok("instance", "add", "p1", "--os", "busybox-guest", "--node", "n3", "--disk", "64M", "--memory", "96M")
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def fo_cluster(tmp_path_factory, guest_dir: Path):
+    with writing_mirror_cluster(tmp_path_factory.mktemp("failover"), guest_dir, "127.0.2", "f1") as cluster:
+        cluster["n1"].ok("instance", "add", "p1", "--os", "busybox-guest", "--node", "n3", "--disk", "64M",
+                         "--memory", "96M")
+        yield cluster
 
 
 def test_a_killed_node_s_auto_failover_instance_runs_on_its_secondary_with_every_acknowledged_write(
