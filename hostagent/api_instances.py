@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -25,6 +26,53 @@ def _job_id(raw: str) -> int:
     if not raw.isdigit():
         raise BadRequest(f"job id {raw!r} is not a number")
     return int(raw)
+
+
+ACTIONS = ("start", "stop", "reboot", "migrate", "failover", "move", "replace-secondary", "activate-disks",
+           "grow-disk")
+
+
+def action_params(action: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of an instance action, checked before any job exists; BadRequest names the field."""
+    def flag(field: str) -> bool:
+        value = body.get(field, False)
+        if not isinstance(value, bool):
+            raise BadRequest(f"{field} must be true or false, not {value!r}")
+        return value
+
+    def number(field: str, what: str, low: float, high: float, default: float | None) -> float | None:
+        value = body.get(field, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise BadRequest(f"{field} must be {what} from {low:g} to {high:g}, not {value!r}")
+        return float(value)
+
+    def node(required: bool) -> str | None:
+        value = body.get("node")
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"node must be a node name, not {value!r}")
+        return value
+
+    if action == "stop":
+        return {"force": flag("force"), "timeout_s": number("timeout_s", "a number of seconds", 0, 3600, None)}
+    if action == "reboot":
+        kind = body.get("type", "soft")
+        if kind not in ("soft", "hard"):
+            raise BadRequest(f"type must be soft or hard, not {kind!r}")
+        return {"type": kind}
+    if action == "migrate":
+        return {"node": node(False),
+                "max_bandwidth_mib_s": number("max_bandwidth_mib_s", "a number of MiB/s", 1, 100_000, 1024)}
+    if action == "failover":
+        return {"ignore_consistency": flag("ignore_consistency")}
+    if action in ("move", "replace-secondary"):
+        return {"node": node(True)}
+    if action == "grow-disk":
+        return {"disk": body.get("disk"), "size": body.get("size")}
+    return {}
 
 
 class InstanceRoutes(ApiBase):
@@ -65,25 +113,9 @@ class InstanceRoutes(ApiBase):
     async def instance_action(self, request: web.Request) -> web.Response:
         name, action = request.match_info["name"], request.match_info["action"]
         body = await self._body(request)
-        if action == "stop":
-            params = {"force": bool(body.get("force", False)), "timeout_s": body.get("timeout_s")}
-        elif action == "reboot":
-            params = {"type": body.get("type", "soft")}
-        elif action == "start":
-            params = {}
-        elif action == "migrate":
-            params = {"node": body.get("node"), "max_bandwidth_mib_s": float(body.get("max_bandwidth_mib_s", 1024))}
-        elif action == "failover":
-            params = {"ignore_consistency": bool(body.get("ignore_consistency", False))}
-        elif action in ("move", "replace-secondary"):
-            params = {"node": body.get("node")}
-        elif action == "grow-disk":
-            params = {"disk": body.get("disk"), "size": body.get("size")}
-        elif action == "activate-disks":
-            params = {}
-        else:
-            raise NotFound(f"unknown instance action '{action}' (start, stop, reboot, migrate, failover, move, "
-                           "replace-secondary, activate-disks, grow-disk)")
+        if action not in ACTIONS:
+            raise NotFound(f"unknown instance action '{action}' ({', '.join(ACTIONS)})")
+        params = action_params(action, body)
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
             return await self._accepted(await ops.submit_simple(f"instance.{action}", name, params))

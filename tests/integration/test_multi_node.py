@@ -277,3 +277,30 @@ def test_node_modify_flags_and_a_node_that_may_not_be_candidate_leaves_the_pool(
     n1.ok("user", "add", "still-writable", "--role", "read")
     bad = n1.corral("node", "modify", "n2", "--offline", "maybe")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_bad_bodies_get_a_400_naming_the_problem_and_no_job_from_master_or_not(shared3):
+    """Attacks with a write token on the real agents: the non-master forwards, the master refuses; never a 500."""
+    writer = shared3["n1"].json("user", "add", "bodies", "--role", "write")["token"]
+    jobs_before = len(shared3["n1"].json("job", "list"))
+    for node in (shared3["n1"], shared3["n3"]):
+        raw = [(b'{"failback_after_s": NaN}', "/v1/cluster/modify", "holds NaN"),
+               (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "/v1/instances", "nests deeper"),
+               (b'["not", "an", "object"]', "/v1/instances", "JSON object")]
+        for data, path, words in raw:
+            ctx = ssl.create_default_context(cafile=str(node.root / "state" / "pki" / "ca.crt"))
+            req = urllib.request.Request(f"https://{node.api}{path}", data=data, method="POST",
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {writer}"})
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+                    status, answer = resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as err:
+                status, answer = err.code, json.loads(err.read())
+            assert status == 400 and words in answer["message"], (node.name, path, status, answer)
+        for action, body, words in (("stop", {"timeout_s": "abc"}, "timeout_s must be a number of seconds"),
+                                    ("migrate", {"max_bandwidth_mib_s": "fast"}, "max_bandwidth_mib_s"),
+                                    ("move", {"node": 7}, "node must be a node name")):
+            status, answer = api_call(node, "POST", f"/v1/instances/nosuch/{action}", token=writer, body=body)
+            assert status == 400 and words in answer["message"], (node.name, action, status, answer)
+    assert len(shared3["n1"].json("job", "list")) == jobs_before
