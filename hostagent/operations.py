@@ -319,8 +319,15 @@ class Operations:
     @_operator_errors
     async def _job_stop(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = await self._instance(args["name"])
-        await self._set_admin(inst, "down")
-        how = await self._stop(ctx, inst, bool(args.get("force")), args.get("timeout_s"))
+        before = inst["admin_state"]
+        await self._set_admin(inst, "down")  # first: the restart duty must not start it while it shuts down
+        try:
+            how = await self._stop(ctx, inst, bool(args.get("force")), args.get("timeout_s"))
+        except Exception:
+            if before != "down":  # the stop did not happen: the instance stays marked as it was
+                await self._set_admin(await self._instance(args["name"]), before)
+                await ctx.log(f"instance '{inst['name']}' is marked {before} again: the stop failed")
+            raise
         return {"name": inst["name"], "how": how}
 
     @_operator_errors
