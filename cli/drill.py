@@ -87,13 +87,14 @@ def _one_round(client: AgentClient, mode: str, freeze_s: float, timeout_s: float
     agree, sums = _replicas_agree(client, 30)
     stuck = _stuck_jobs(client, crash_wall, 30)
     stale = client.post("/v1/drill/stale-order", {"token": old_token})["data"]
-    accepted = [s["node"] for s in stale if not s["refused"]]
+    accepted = [s["node"] for s in stale if s["accepted"]]
+    unanswered = [f"{s['node']} ({s['message']})" for s in stale if not s["accepted"] and not s["refused"]]
     return {"old_master": old, "new_master": new["master"], "old_token": old_token, "new_token": new["token"],
             "detect_s": round(detect_s, 2), "elect_s": round(elect_s, 2), "resume_s": round(resume_s, 2),
             "probe_job": job["id"], "probe_ok": job["status"] == "success",
             "instances_disturbed": len(disturbed), "disturbed": disturbed, "replicas_agree": agree,
             "replica_checksums": sums, "stuck_jobs": stuck, "old_master_rejoined": rejoined,
-            "stale_orders_accepted_by": accepted}
+            "stale_orders_accepted_by": accepted, "stale_orders_unanswered": unanswered}
 
 
 def _try_probe(client: AgentClient) -> int | None:
@@ -153,6 +154,9 @@ def _failures(r: dict[str, Any]) -> list[str]:
         problems.append(f"the old master '{r['old_master']}' did not come back (is its agent supervised?)")
     if r["stale_orders_accepted_by"]:
         problems.append(f"an order with the old token was accepted by: {', '.join(r['stale_orders_accepted_by'])}")
+    if r["stale_orders_unanswered"]:
+        problems.append("the order with the old token was neither accepted nor refused for its token by: "
+                        + ", ".join(r["stale_orders_unanswered"]))
     return problems
 
 

@@ -150,9 +150,11 @@ class InternalRoutes(ApiBase):
             try:
                 await self._nodes_client().order(node["name"], node["address"], node["api_port"],
                                                  "node.hello", {}, token, timeout_s=5)
-                return {"node": node["name"], "refused": False, "message": "accepted"}
+                return {"node": node["name"], "accepted": True, "refused": False, "message": "accepted"}
             except OrderFailed as exc:
-                return {"node": node["name"], "refused": "newer token" in exc.message, "message": exc.message}
+                # refused for the token (older than one seen, or held by no master in etcd), not just unreachable
+                refused = exc.code in ("stale-token", "not-the-master")
+                return {"node": node["name"], "accepted": False, "refused": refused, "message": exc.message}
 
         return self._ok(await asyncio.gather(*(one(n) for n in self._all(model.NODES))))
 

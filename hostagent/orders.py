@@ -17,11 +17,12 @@ from election.lease import FencingToken
 
 
 class OrderFailed(Exception):
-    def __init__(self, node: str, op: str, message: str) -> None:
+    def __init__(self, node: str, op: str, message: str, code: str = "") -> None:
         super().__init__(f"node '{node}' could not {op.replace('instance.', '')}: {message}")
         self.node = node
         self.op = op
         self.message = message
+        self.code = code  # the node's error code ("stale-token", ...); empty when it did not answer
 
 
 class NodeClient:
@@ -49,7 +50,7 @@ class NodeClient:
                 except ValueError:
                     data = {"message": text[-500:]}
                 if resp.status != 200:
-                    raise OrderFailed(node, op, data.get("message", f"HTTP {resp.status}"))
+                    raise OrderFailed(node, op, data.get("message", f"HTTP {resp.status}"), str(data.get("error", "")))
                 return data
         except TimeoutError as exc:
             raise OrderFailed(node, op, f"no answer within {timeout_s:.0f} s from {address}:{port}") from exc

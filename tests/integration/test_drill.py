@@ -33,7 +33,7 @@ def test_kill_drill_moves_the_master_and_disturbs_no_instance(drill3, guest_dir)
     for r in report["rounds"]:
         assert 0 < r["detect_s"] <= r["elect_s"] <= r["resume_s"]
         assert r["instances_disturbed"] == 0 and r["replicas_agree"] is True
-        assert r["old_master_rejoined"] and r["stale_orders_accepted_by"] == []
+        assert r["old_master_rejoined"] and r["stale_orders_accepted_by"] == [] == r["stale_orders_unanswered"]
         assert r["new_token"] != r["old_token"]
     assert n3.instance("steady")["status"] == "running"
 
@@ -45,7 +45,7 @@ def test_freeze_drill_deposes_the_frozen_master(drill3):
     assert rc == 0, (report, err)
     (r,) = report["rounds"]
     assert r["old_master"] == before and r["new_master"] not in (None, before)
-    assert r["stale_orders_accepted_by"] == [] and r["replicas_agree"]
+    assert r["stale_orders_accepted_by"] == [] == r["stale_orders_unanswered"] and r["replicas_agree"]
 
 
 def test_drill_run_on_the_master_hands_over_first_then_deposes_the_new_master(drill3):
