@@ -36,6 +36,7 @@ class EtcdTls:
     ca: str
     cert: str
     key: str
+    crl: str | None = None  # revoked client and peer certificates; etcd rereads it on each new connection
 
 
 def etcd_argv(
@@ -95,6 +96,8 @@ def etcd_argv(
             f"--peer-trusted-ca-file={tls.ca}",
             "--peer-client-cert-auth=true",
         ]
+        if tls.crl:
+            argv += [f"--client-crl-file={tls.crl}", f"--peer-crl-file={tls.crl}"]
     return argv
 
 

@@ -45,6 +45,7 @@ from hostagent.master import MasterRole
 from hostagent.node_ops import NodeOperations
 from hostagent.autofailover import AutoFailover
 from hostagent.nodelease import NodeLease
+from hostagent.nodetrust import CrlKeeper, NodeTrust
 from hostagent.selffence import SelfFence
 from hostagent.notify import Notifier
 from hostagent.operations import Operations, lock_keys
@@ -110,6 +111,8 @@ class Agent:
                                      self.replication.tls_dir)
         self.replication.tell_master = self.tell_master
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
+        self.crl = CrlKeeper(self.replica, self.pki)
+        self.trust = NodeTrust(self.replica, lambda: self._read_node_now if self.etcd is not None else None)
         self.stop_event = asyncio.Event()
         self.etcd: EtcdClient | None = None
         self.mirror: Mirror | None = None
@@ -235,7 +238,8 @@ class Agent:
                         asyncio.create_task(gossip.follow_events(self._serf_rpc, self.stop_event), name="gossip"),
                         asyncio.create_task(self.lease.run(self.stop_event), name="node-lease"),
                         asyncio.create_task(self.fence.run(self.stop_event), name="self-fence"),
-                        asyncio.create_task(self._report_loop(), name="reporter")]
+                        asyncio.create_task(self._report_loop(), name="reporter"),
+                        asyncio.create_task(self._crl_loop(), name="revocations")]
         if local.get("etcd_member"):
             self._start_role()
 
@@ -247,10 +251,11 @@ class Agent:
 
     def _start_etcd(self) -> None:
         cfg = self.cfg
-        tls = EtcdTls(ca=self.pki.ca_cert, cert=self.pki.node_cert, key=self.pki.node_key)
+        tls = EtcdTls(ca=self.pki.ca_cert, cert=self.pki.node_cert, key=self.pki.node_key, crl=self.pki.crl)
 
         def command() -> list[str]:
             local = self.local_cluster() or {}
+            self.crl.sync()  # etcd refuses to start without the file, and must start refusing revoked nodes
             return etcd_argv(cfg.node_name, os.path.join(cfg.state_dir, "etcd"), self.client_url, self.peer_url,
                              local["etcd_initial_cluster"], local["etcd_cluster_state"], tls, binary=cfg.etcd_binary)
 
@@ -322,7 +327,8 @@ class Agent:
         assert self.role is not None and self.ops is not None
         await asyncio.wait_for(self.role.became_master.wait(), timeout=30)
         await self.report_now()
-        return await self.ops.submit_cluster_init(name, self.node_record(), hvparams, pool_size, settings)
+        record = {**self.node_record(), "cert_serials": [pki.own_serial(self.pki)]}
+        return await self.ops.submit_cluster_init(name, record, hvparams, pool_size, settings)
 
     async def join_cluster(self, address: str, token: str) -> dict[str, Any]:
         """`corral cluster join ADDR --token T`: get a certificate and the secrets, then come up."""
@@ -376,6 +382,13 @@ class Agent:
                 "etcd_peer_port": self.cfg.etcd_peer_port, "candidate": True, "master_capable": True,
                 "drained": False, "offline": False, "added": time.time()}
 
+    async def _read_node_now(self, key: str) -> dict[str, Any] | None:
+        """A node record as etcd has it this moment (the replica may lag a join or a new certificate)."""
+        assert self.etcd is not None
+        async with asyncio.timeout(3):
+            kv = await self.etcd.get(key)
+        return None if kv is None else model.loads(kv.value)
+
     # ---- orders about this node's own roles ---------------------------------------
     async def node_order(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op == "node.hello":
@@ -394,6 +407,8 @@ class Agent:
             for ctx in (self.server_ssl, self.client_ssl):
                 if ctx is not None:  # new connections use the new certificate at once
                     ctx.load_cert_chain(self.pki.node_cert, self.pki.node_key)
+            if self.nodes is not None:
+                self.nodes.renew()
             log.info("node '%s' now uses its renewed certificate", self.cfg.node_name)
             return {}
         raise OrderError(f"unknown order {op!r}")
@@ -590,6 +605,19 @@ class Agent:
         if self.role is not None and self.role.is_master:
             return "master"
         return "candidate" if self.is_candidate else "regular"
+
+    async def _crl_loop(self) -> None:
+        """Within about a second of a node's removal, this node's etcd member refuses its certificate."""
+        while not self.stop_event.is_set():
+            if self._etcd_child is not None and os.path.exists(self.pki.ca_key):
+                try:
+                    self.crl.sync()
+                except (OSError, ValueError) as exc:
+                    log.warning("could not rewrite etcd's revocation list: %s", exc)
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), 1.0)
+            except TimeoutError:
+                pass
 
     async def _report_loop(self) -> None:
         published = None

@@ -27,6 +27,7 @@ EVENTS = "/corral/events/"  # the master's automatic decisions with their reason
 FAILOVER_STATE_KEY = "/corral/failover-state"  # the master's node-failure decision state (hostagent.failovers)
 RESTARTS = "/corral/restarts/"  # the master's restart tracks (hostagent.restarts), one per instance
 REPLICAS = "/corral/replicas/"  # per replicated instance: is the secondary's copy in sync (hostagent.replicas)
+REVOKED = "/corral/revoked/"  # node certificates no longer accepted (removed nodes, replaced keys), by serial
 DEFAULT_BOOT_TIMEOUT_S = 120.0  # an instance with a boot pattern but no boot timeout of its own
 
 
@@ -64,6 +65,16 @@ def restart_key(instance: str) -> str:
 
 def replica_key(instance: str) -> str:
     return REPLICAS + instance
+
+
+def revoked_key(serial: str) -> str:
+    return REVOKED + serial
+
+
+def revocations(node: dict[str, Any], why: str, now: float) -> list[tuple[str, bytes]]:
+    """(key, value) records revoking every certificate a node record lists."""
+    return [(revoked_key(serial), dumps({"serial": serial, "node": node["name"], "why": why, "revoked": now}))
+            for serial in node.get("cert_serials") or []]
 
 
 def lease_key(node: str) -> str:

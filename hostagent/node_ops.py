@@ -97,7 +97,8 @@ class NodeOperations:
             node = {"name": name, "address": address, "api_port": int(ports["api"]),
                     "gossip_port": int(ports["gossip"]), "etcd_client_port": int(ports["etcd_client"]),
                     "etcd_peer_port": int(ports["etcd_peer"]), "candidate": False, "master_capable": True,
-                    "drained": False, "offline": False, "added": time.time()}
+                    "drained": False, "offline": False, "added": time.time(),
+                    "cert_serials": [pki.serial_of(cert)]}
         except (AssertionError, KeyError, TypeError, ValueError):
             raise BadRequest("a join request needs ports {api, gossip, etcd_client, etcd_peer}") from None
         used = {**record, "used_at": time.time()}
@@ -135,9 +136,11 @@ class NodeOperations:
                            "or use --force to remove the node anyway (its instances will show as node-down)")
         if node.get("candidate"):
             await self._leave_etcd(node, "node removed")
+        revoked = model.revocations(node, f"node '{name}' removed", time.time())
         await self.ops._write([Op.delete(model.node_key(name)), Op.delete(model.report_key(name)),
-                               Op.delete(model.lease_key(name))])
-        log.info("node '%s' removed from the cluster", name)
+                               Op.delete(model.lease_key(name))] + [Op.put(k, v) for k, v in revoked])
+        log.info("node '%s' removed from the cluster; its certificate is no longer accepted by agents or etcd",
+                 name)
         return {"node": name, "instances_left": hosted}
 
     async def modify(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ node's own message, translated here once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from typing import Any
@@ -73,6 +74,16 @@ class NodeClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ConnectionError(f"the master at {address}:{port} does not answer "
                                   f"({exc or type(exc).__name__})") from exc
+
+    def renew(self, linger_s: float = 30.0) -> None:
+        """New connections from now on (this node's certificate changed); calls under way may finish.
+
+        Every agent checks the certificate a connection was opened with, so kept-alive
+        connections made with a replaced (and soon revoked) certificate must not be reused.
+        """
+        old, self._session = self._session, None
+        if old is not None and not old.closed:
+            asyncio.get_running_loop().call_later(linger_s, lambda: asyncio.ensure_future(old.close()))
 
     async def close(self) -> None:
         if self._session is not None:

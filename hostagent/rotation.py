@@ -3,15 +3,18 @@
 Gossip: the new key is installed in every member's keyring first, then used,
 then the old one removed, so members never stop understanding each other.
 Certificates: each node makes a new key and gets it signed by the cluster CA;
-both stay valid (same CA) while the others switch, and TLS contexts are
-reloaded in place, so no connection is refused on the way.
+the config accepts both serials while the node switches, then revokes the old
+one (agents and etcd refuse it from then on); TLS contexts are reloaded in
+place, so no connection is refused on the way.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from election.etcd import Op
 from membership.agent import new_gossip_key
 from membership.rpc import SerfError, SerfRpc
 
@@ -40,10 +43,26 @@ class Rotation:
                 cert = pki.sign_node_key(self.pki, pki.csr_public_key(csr.encode()), node["name"], node["address"])
             except ValueError as exc:
                 raise JobFailed(f"node '{node['name']}' sent a bad certificate request: {exc}") from exc
-            await self.ops._order(node["name"], "secrets.cert", {"cert": cert.decode()})
-            await ctx.log(f"node '{node['name']}' now uses a new certificate (same cluster CA)")
+            await self._switch(node, pki.serial_of(cert), cert)
+            await ctx.log(f"node '{node['name']}' now uses a new certificate (same cluster CA); "
+                          "its old one is revoked")
             renewed.append(node["name"])
         return {"gossip_key": "rotated", "certificates": renewed}
+
+    async def _switch(self, node: dict[str, Any], serial: str, cert: bytes) -> None:
+        """Accept both certificates while the node switches, then only the new one.
+
+        Stopped half-way, the record lists both: the node works with either, and
+        the next rotation revokes whichever it no longer uses.
+        """
+        old = [s for s in node.get("cert_serials") or [] if s != serial]
+        key = model.node_key(node["name"])
+        await self.ops._write([Op.put(key, model.dumps({**node, "cert_serials": old + [serial]}))])
+        await self.ops._order(node["name"], "secrets.cert", {"cert": cert.decode()})
+        now = (await self.ops._get(key)) or node
+        revoked = model.revocations({**node, "cert_serials": old}, "replaced by rotate-secrets", time.time())
+        await self.ops._write([Op.put(key, model.dumps({**now, "cert_serials": [serial]}))]
+                              + [Op.put(k, v) for k, v in revoked])
 
     async def _rotate_gossip(self, ctx: JobContext, nodes: list[dict[str, Any]]) -> None:
         old, new = self._gossip_key(), new_gossip_key()
