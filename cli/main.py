@@ -199,7 +199,7 @@ class Cli:
         return 1
 
     def cluster_rotate_secrets(self) -> int:
-        return self.job(self.client.post("/v1/cluster/rotate-secrets"))
+        return self.job(self.client.post("/v1/cluster/rotate-secrets", {"new_ca": self.args.new_ca}))
 
     def cluster_replica(self) -> int:
         return self.out(self.client.get("/v1/cluster/replica"), lambda d: print(
@@ -560,8 +560,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="have the master fix what is safe (stray QEMUs, orphan NBD exports, leftover restart "
                         "tracks; never disks), print what it did, then verify again")
     c.add_parser("replica", help="this node's config replica: revision and checksum", parents=[common])
-    c.add_parser("rotate-secrets", help="new gossip key and node certificates, without downtime",
-                 parents=[common, jobopts])
+    s = c.add_parser("rotate-secrets", help="new gossip key and node certificates, without downtime",
+                     parents=[common, jobopts])
+    s.add_argument("--new-ca", action="store_true",
+                   help="also replace the cluster CA (etcd members restart one at a time; "
+                        "join tokens issued before stop working)")
     s = c.add_parser("join", help="join this node to a cluster (token from `corral node add`)", parents=[common])
     s.add_argument("address", help="any cluster node's address, ADDRESS or ADDRESS:PORT")
     s.add_argument("--token", required=True)

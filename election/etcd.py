@@ -452,6 +452,10 @@ class EtcdClient:
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self._preferred = self.endpoints.index(current) if current in self.endpoints else 0
 
+    def set_ssl(self, ssl: ssl_module.SSLContext) -> None:
+        """Open new connections with this context (a new certificate or new CAs); open ones carry on."""
+        self._ssl = ssl
+
     def _ssl_for(self, endpoint: str) -> ssl_module.SSLContext | bool:
         """The client TLS context for https endpoints (aiohttp's default checks when there is none)."""
         return self._ssl if endpoint.startswith("https:") and self._ssl is not None else True

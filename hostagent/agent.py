@@ -404,14 +404,68 @@ class Agent:
             return {"csr": pki.new_pending_key(self.pki).decode()}
         if op == "secrets.cert":
             pki.install_pending(self.pki, args["cert"].encode())
-            for ctx in (self.server_ssl, self.client_ssl):
-                if ctx is not None:  # new connections use the new certificate at once
-                    ctx.load_cert_chain(self.pki.node_cert, self.pki.node_key)
-            if self.nodes is not None:
-                self.nodes.renew()
+            self._reload_tls()
             log.info("node '%s' now uses its renewed certificate", self.cfg.node_name)
             return {}
+        if op == "secrets.ca-trust":
+            return await self._trust_next_ca(args["ca"].encode(), args.get("ca_key"))
+        if op == "secrets.ca-retire":
+            return await self._retire_old_ca(args["ca"].encode())
         raise OrderError(f"unknown order {op!r}")
+
+    def _reload_tls(self) -> None:
+        """New connections, both ways, use the certificate and CAs on disk now; open ones carry on."""
+        self.client_ssl = pki.client_context(self.pki)
+        if self.server_ssl is not None:
+            pki.swap_server_context(self.server_ssl, pki.server_context(self.pki))
+        if self.nodes is not None:
+            self.nodes.renew(self.client_ssl)
+        if self.etcd is not None:
+            self.etcd.set_ssl(self.client_ssl)
+
+    async def _trust_next_ca(self, ca_pem: bytes, ca_key: str | None) -> dict[str, Any]:
+        """`rotate-secrets --new-ca`, step 1 on each node: trust the new CA beside the old one."""
+        if ca_key is not None:  # candidates sign joins and revocation lists when master
+            pki.write_pem(self.pki.ca_next_key, ca_key.encode(), secret=True)
+        pki.write_pem(self.pki.ca_next_cert, ca_pem)
+        with open(self.pki.ca_cert, "rb") as fh:
+            current = pki.split_pems(fh.read())
+        pki.write_trust(self.pki, current + [ca_pem])
+        self._reload_tls()
+        await self._restart_etcd_member("to trust the new cluster CA")
+        log.info("node '%s' trusts the new cluster CA beside the old one", self.cfg.node_name)
+        return {"trusted": len(current) + 1}
+
+    async def _retire_old_ca(self, ca_pem: bytes) -> dict[str, Any]:
+        """Last step: trust only the new CA; candidates sign with its key from now on."""
+        if os.path.exists(self.pki.ca_next_key):
+            os.replace(self.pki.ca_next_key, self.pki.ca_key)
+        elif os.path.exists(self.pki.ca_key):
+            os.unlink(self.pki.ca_key)  # a key of the retired CA must not outlive it
+        pki.write_trust(self.pki, [ca_pem])
+        if os.path.exists(self.pki.ca_next_cert):
+            os.unlink(self.pki.ca_next_cert)
+        self._reload_tls()
+        if self._etcd_child is not None:
+            self.crl.sync(force=True)  # signed by the new CA
+        await self._restart_etcd_member("to stop trusting the retired cluster CA")
+        log.info("node '%s' trusts only the new cluster CA", self.cfg.node_name)
+        return {"trusted": 1}
+
+    async def _restart_etcd_member(self, why: str) -> None:
+        """etcd reads its CA file only at start (measured): restart this member, and return once it
+        serves a linearizable read again, so the master restarts members one at a time."""
+        if self._etcd_child is None:
+            return
+        log.info("restarting this node's etcd member %s", why)
+        await self._etcd_child.stop()
+        self._etcd_child = None
+        self._start_etcd()
+        client = EtcdClient([self.client_url], ssl=pki.client_context(self.pki))
+        try:
+            await wait_healthy(client, timeout_s=60)
+        finally:
+            await client.close()
 
     async def verify_token(self, token: FencingToken) -> str | None:
         """The node holding the master key with exactly this token, according to etcd (or None)."""

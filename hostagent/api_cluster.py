@@ -174,9 +174,15 @@ class ClusterRoutes(ApiBase):
                          "checksum_all": self.agent.replica.checksum()})
 
     async def rotate_secrets(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        new_ca = body.get("new_ca", False)
+        if not isinstance(new_ca, bool):
+            raise BadRequest(f"new_ca must be true or false, got {new_ca!r}")
+
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
-            job_id = await ops.role.require().submit("cluster.rotate-secrets", {},
-                                                     "rotate the gossip key and the node certificates")
+            what = "the cluster CA, " if new_ca else ""
+            job_id = await ops.role.require().submit("cluster.rotate-secrets", {"new_ca": new_ca},
+                                                     f"rotate {what}the gossip key and the node certificates")
             return await self._accepted(job_id)
         return await self._on_master(request, run)
 

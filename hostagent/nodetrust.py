@@ -73,10 +73,10 @@ class CrlKeeper:
     def revoked(self) -> frozenset[str]:
         return frozenset(str(v.get("serial")) for _, v in self._replica.prefix_json(model.REVOKED))
 
-    def sync(self) -> bool:
+    def sync(self, force: bool = False) -> bool:
         """Rewrite the list if the revoked set changed (or none was written yet); True if it did."""
         serials = self.revoked()
-        if serials == self._written and os.path.exists(self._paths.crl):
+        if serials == self._written and os.path.exists(self._paths.crl) and not force:
             return False
         pki.write_crl(self._paths, sorted(serials))
         if self._written is not None:

@@ -43,7 +43,8 @@ PATHS: dict[str, dict[str, Any]] = {
                                                 body="MasterFailover")},
     "/v1/cluster/replica": {"get": _op("This node's config replica: revision and checksum")},
     "/v1/cluster/replicas": {"get": _op("Every node's replica revision and checksum (local socket only)")},
-    "/v1/cluster/rotate-secrets": {"post": _op("Rotate the gossip key and every node certificate (a job)", "202")},
+    "/v1/cluster/rotate-secrets": {"post": _op("Rotate the gossip key and every node certificate, and with "
+                                                "{\"new_ca\": true} the cluster CA (a job)", "202")},
     "/v1/cluster/probe": {"post": _op("Submit a job that changes nothing: is the master running jobs?", "202")},
     "/v1/drill/crash": {"post": _op("Drill: make another node's agent crash or freeze (local socket only)",
                                     body="DrillCrash")},

@@ -75,12 +75,14 @@ class NodeClient:
             raise ConnectionError(f"the master at {address}:{port} does not answer "
                                   f"({exc or type(exc).__name__})") from exc
 
-    def renew(self, linger_s: float = 30.0) -> None:
-        """New connections from now on (this node's certificate changed); calls under way may finish.
+    def renew(self, ssl_context: ssl.SSLContext, linger_s: float = 30.0) -> None:
+        """New connections, with this context, from now on (this node's certificate or CAs changed);
+        calls under way may finish.
 
         Every agent checks the certificate a connection was opened with, so kept-alive
         connections made with a replaced (and soon revoked) certificate must not be reused.
         """
+        self._ssl = ssl_context
         old, self._session = self._session, None
         if old is not None and not old.closed:
             asyncio.get_running_loop().call_later(linger_s, lambda: asyncio.ensure_future(old.close()))

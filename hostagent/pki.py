@@ -48,6 +48,15 @@ class PkiPaths:
         return os.path.join(self.directory, "node.key")
 
     @property
+    def ca_next_cert(self) -> str:
+        """The CA replacing the current one, while `rotate-secrets --new-ca` runs."""
+        return os.path.join(self.directory, "ca-next.crt")
+
+    @property
+    def ca_next_key(self) -> str:
+        return os.path.join(self.directory, "ca-next.key")
+
+    @property
     def crl(self) -> str:
         """The revocation list etcd checks each new client and peer connection against."""
         return os.path.join(self.directory, "crl.pem")
@@ -71,21 +80,52 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def create_ca(paths: PkiPaths, cluster_name: str) -> None:
     """Create the cluster CA (done once, by `cluster init`)."""
     os.makedirs(paths.directory, mode=0o700, exist_ok=True)
+    key_pem, cert_pem = _new_ca(cluster_name)
+    _write(paths.ca_key, key_pem, 0o600)
+    _write(paths.ca_cert, cert_pem, 0o644)
+
+
+def create_next_ca(paths: PkiPaths, cluster_name: str) -> tuple[bytes, bytes]:
+    """The CA that `rotate-secrets --new-ca` moves to (made once: a re-run reuses it). (key, cert) PEM."""
+    if not os.path.exists(paths.ca_next_key):
+        key_pem, cert_pem = _new_ca(cluster_name)
+        _write(paths.ca_next_key, key_pem, 0o600)
+        _write(paths.ca_next_cert, cert_pem, 0o644)
+    with open(paths.ca_next_key, "rb") as k, open(paths.ca_next_cert, "rb") as c:
+        return k.read(), c.read()
+
+
+def split_pems(bundle: bytes) -> list[bytes]:
+    """The certificates of a PEM bundle, each as its own PEM block."""
+    end = b"-----END CERTIFICATE-----"
+    return [part.strip() + b"\n" + end + b"\n" for part in bundle.split(end) if part.strip()]
+
+
+def write_trust(paths: PkiPaths, pems: list[bytes]) -> None:
+    """The CAs this node trusts (the first one is the cluster's, pinned by join tokens)."""
+    unique = list(dict.fromkeys(p.strip() + b"\n" for p in pems))
+    _write(paths.ca_cert, b"".join(unique), 0o644)
+
+
+def _new_ca(cluster_name: str) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"corral cluster {cluster_name} CA")])
+    # A name of its own per CA: while old and new are both trusted, TLS libraries pick a
+    # certificate's issuer by name first (and by key identifier, added below).
     now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"corral cluster {cluster_name} CA "
+                                                                f"{now:%Y-%m-%d %H:%M:%S}")])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=CA_VALID_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                          content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False,
                                          encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256()))
-    _write(paths.ca_key, _key_pem(key), 0o600)
-    _write(paths.ca_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return _key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
 
 
 def issue_node_cert(paths: PkiPaths, node_name: str, address: str) -> None:
@@ -96,16 +136,18 @@ def issue_node_cert(paths: PkiPaths, node_name: str, address: str) -> None:
     _write(paths.node_cert, cert_pem, 0o644)
 
 
-def sign_node_key(paths: PkiPaths, public_key: Any, node_name: str, address: str) -> bytes:
-    """A node certificate (server and client) for `node_name` at `address`, signed by the CA.
+def sign_node_key(paths: PkiPaths, public_key: Any, node_name: str, address: str,
+                  next_ca: bool = False) -> bytes:
+    """A node certificate (server and client) for `node_name` at `address`, signed by the CA
+    (or by the CA replacing it, during `rotate-secrets --new-ca`).
 
     The names come from the master's own records, never from the request, so a
     joining node cannot ask for someone else's identity.
     """
-    with open(paths.ca_key, "rb") as fh:
+    with open(paths.ca_next_key if next_ca else paths.ca_key, "rb") as fh:
         ca_key = serialization.load_pem_private_key(fh.read(), password=None)
-    with open(paths.ca_cert, "rb") as fh:
-        ca_cert = x509.load_pem_x509_certificate(fh.read())
+    with open(paths.ca_next_cert if next_ca else paths.ca_cert, "rb") as fh:
+        ca_cert = x509.load_pem_x509_certificate(fh.read())  # the first of a bundle: the cluster's CA
     now = datetime.datetime.now(datetime.timezone.utc)
     ip = ipaddress.ip_address(address)
     sans: list[x509.GeneralName] = [x509.DNSName(node_name), x509.IPAddress(ip)]
@@ -121,6 +163,8 @@ def sign_node_key(paths: PkiPaths, public_key: Any, node_name: str, address: str
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=NODE_VALID_DAYS))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+                           critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
@@ -253,6 +297,20 @@ def server_context(paths: PkiPaths) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(AEAD_CIPHERS)
     return ctx
+
+
+def swap_server_context(live: ssl.SSLContext, fresh: ssl.SSLContext) -> None:
+    """Make every new connection to a listening site use `fresh` (its certificate and its CAs).
+
+    A listening site keeps the context it started with; the handshake callback
+    hands each new connection the fresh one instead (measured: client
+    certificates are then verified against the fresh context's CAs only), so a
+    retired CA stops being trusted without closing the site.
+    """
+    def pick(conn: Any, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        conn.context = fresh
+
+    live.sni_callback = pick
 
 
 def client_context(paths: PkiPaths) -> ssl.SSLContext:

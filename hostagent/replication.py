@@ -28,6 +28,7 @@ for the copy it asked for.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -129,6 +130,10 @@ class NodeReplication:
         nbdexport.link_tls_dir(self._tls_dir, self._pki.ca_cert, self._pki.node_cert, self._pki.node_key)
         return self._tls_dir
 
+    def _trust_digest(self) -> str:
+        with open(self._pki.ca_cert, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()[:16]
+
     def _pidfile(self, instance: str, index: int) -> str:
         return os.path.join(self._run_dir, f"{export_name(instance, index)}.pid")
 
@@ -151,13 +156,17 @@ class NodeReplication:
     async def _export(self, args: dict[str, Any]) -> dict[str, Any]:
         """Serve each disk to `client` only; an export left serving another client is restarted."""
         name, tls, client = args["name"], self._tls(), args["client"]
+        # An export reads its CAs once, at start: one started before `rotate-secrets --new-ca`
+        # changed them would refuse the primary's new certificate, or keep trusting a retired CA.
+        served = f"{client} {self._trust_digest()}"
         pids = []
         for disk in args["disks"]:
             pidfile = self._pidfile(name, disk["index"])
             served_to = pidfile + ".client"
-            if nbdexport.is_running(pidfile) and read_small_file(served_to) != client:
-                log.info("disk %d of '%s': export was for node %s, restarting it for node '%s'",
-                         disk["index"], name, read_small_file(served_to) or "unknown", client)
+            if nbdexport.is_running(pidfile) and read_small_file(served_to) != served:
+                was, _, trust = (read_small_file(served_to) or "unknown").partition(" ")
+                log.info("disk %d of '%s': export was for node %s%s, restarting it for node '%s'",
+                         disk["index"], name, was, "" if was != client else " with other cluster CAs", client)
                 await nbdexport.stop_export(pidfile)
             spec = nbdexport.NbdExportSpec(
                 image_path=self._files.path(name, disk["index"], disk["format"]), fmt=disk["format"],
@@ -166,7 +175,7 @@ class NodeReplication:
                 tls_dir=tls, client_identity=client_identity(client))
             pids.append(await nbdexport.start_export(spec))
             with open(served_to, "w") as fh:
-                fh.write(client)
+                fh.write(served)
         return {"pids": pids}
 
     async def _unexport(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def exports(run_dir: str) -> list[dict[str, Any]]:
         pid = nbdexport.export_pid(pidfile)
         if pid is not None:
             found.append({"instance": instance, "disk": int(index), "pid": pid,
-                          "client": read_small_file(pidfile + ".client")})
+                          "client": (read_small_file(pidfile + ".client") or "").partition(" ")[0] or None})
     return found
 
 

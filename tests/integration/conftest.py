@@ -66,10 +66,19 @@ def vg(tmp_path: Path) -> Iterator[str]:
         os.unlink(backing)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this run (the kernel may offer one twice)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((address, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port that was not handed out already")
 
 
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
