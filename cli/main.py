@@ -17,6 +17,7 @@ from urllib.parse import quote
 from cli import jobs
 from cli.client import EXIT_UNREACHABLE, AgentClient, AgentUnreachable, ApiError, socket_path
 from cli.render import mib, table, warn_if_stale, when
+from hostagent.callers import describe as caller_words
 from hostagent.units import SizeError, parse_mib
 
 EXIT_BAD_INPUT = 2
@@ -477,7 +478,8 @@ class Cli:
                                                           ("limit", str(self.args.limit))) if v)
         return self.out(self.client.get(f"/v1/events?{query}"), lambda rows: print(table(
             ["TIME", "KIND", "INSTANCE", "NODE", "WHY"],
-            [[when(e["time"]), e["kind"], e["instance"], e["node"], e["message"]] for e in rows])))
+            [[when(e["time"]), e["kind"], e["instance"], e["node"],
+              e["message"] + (f" (by {caller_words(e['caller'])})" if e.get("caller") else "")] for e in rows])))
 
     def job_list(self) -> int:
         def human(rows: list[dict[str, Any]]) -> None:
@@ -491,6 +493,7 @@ class Cli:
             print(f"status:   {j['status']}" + (f" - {j['error']}" if j["error"] else ""))
             print(f"created:  {when(j['created'])}  started: {when(j['started'])}  ended: {when(j['ended'])}")
             print(f"master:   {j['master']}")
+            print(f"by:       {caller_words(j.get('caller'))}")
             print("log:")
             for t, line in j["log"]:
                 print(f"  {when(t)} {line}")
@@ -724,7 +727,9 @@ def _parser() -> argparse.ArgumentParser:
     u = group("user", "API users for the TCP API (people and scripts)")
     s = u.add_parser("add", help="create a user and print its token", parents=[common])
     s.add_argument("name")
-    s.add_argument("--role", required=True, choices=("read", "write"))
+    s.add_argument("--role", required=True, choices=("read", "write", "admin"),
+                   help="read: look; write: instances and jobs; admin: also users, nodes, cluster settings "
+                        "and secrets (README: Users and roles)")
     u.add_parser("list", help="all users", parents=[common])
     s = u.add_parser("remove", help="remove a user", parents=[common])
     s.add_argument("name")

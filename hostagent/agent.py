@@ -34,8 +34,9 @@ from storage.filedisk import FileTemplate
 from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, discover
 
-from hostagent import gossip, joining, model, pki, reporter
+from hostagent import callers, gossip, joining, model, pki, reporter
 from hostagent.boothealth import BootWatcher
+from hostagent.callers import Caller
 from hostagent.config import AgentConfig
 from hostagent.executor import NodeExecutor, OrderError
 from hostagent.replication import NodeReplication
@@ -298,7 +299,7 @@ class Agent:
                 "role": "candidate" if self.is_candidate else "regular"}
 
     async def init_cluster(self, name: str, hvparams: dict[str, Any], pool_size: int = 3,
-                           settings: dict[str, float] | None = None) -> int:
+                           settings: dict[str, float] | None = None, caller: Caller | None = None) -> int:
         """`corral cluster init`: secrets, a one-member etcd, the master lease, the cluster record.
 
         All or nothing: if any step fails, what was created is removed again so
@@ -307,13 +308,13 @@ class Agent:
         async with self._init_lock:
             self._refuse_if_member()
             try:
-                return await self._init_cluster(name, hvparams, pool_size, settings or {})
+                return await self._init_cluster(name, hvparams, pool_size, settings or {}, caller)
             except BaseException:
                 await self._undo_local("cluster init")
                 raise
 
     async def _init_cluster(self, name: str, hvparams: dict[str, Any], pool_size: int,
-                            settings: dict[str, float]) -> int:
+                            settings: dict[str, float], caller: Caller | None) -> int:
         pki.create_ca(self.pki, name)
         pki.issue_node_cert(self.pki, self.cfg.node_name, self.cfg.address)
         self._write_secret("gossip.key", new_gossip_key())
@@ -328,7 +329,8 @@ class Agent:
         await asyncio.wait_for(self.role.became_master.wait(), timeout=30)
         await self.report_now()
         record = {**self.node_record(), "cert_serials": [pki.own_serial(self.pki)]}
-        return await self.ops.submit_cluster_init(name, record, hvparams, pool_size, settings)
+        with callers.acting(caller):  # only here: the tasks activate() started must not inherit it
+            return await self.ops.submit_cluster_init(name, record, hvparams, pool_size, settings)
 
     async def join_cluster(self, address: str, token: str) -> dict[str, Any]:
         """`corral cluster join ADDR --token T`: get a certificate and the secrets, then come up."""

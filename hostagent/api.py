@@ -7,7 +7,12 @@ hostagent.api_base, which also explains how reads, changes and errors work.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
+
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
 
 from hostagent import auth, clocks
 from hostagent.agent import Agent
@@ -30,62 +35,95 @@ class Api(ClusterRoutes, NodeRoutes, InstanceRoutes, InternalRoutes):
         return web.json_response(openapi_document())
 
 
+class Route(NamedTuple):
+    """One route: `access` is what a caller needs (hostagent.auth: public, read, write, admin, node);
+    `site` is where it is served: both, tls (the node API) or local (the unix socket: root only)."""
+
+    method: str
+    path: str
+    handler: Callable[[Api, web.Request], Awaitable[web.StreamResponse]]
+    access: str
+    site: str = "both"
+
+
+PUBLIC, READ, WRITE, ADMIN, NODE = auth.PUBLIC, "read", "write", "admin", auth.NODE
+
+# The one route table: registering a route means giving its access level. README "Users and roles" says
+# why each level: read sees everything but the console; write runs instances and jobs, and moves
+# instances off a node (drain, evacuate, node migrate/failover: what it could do instance by instance);
+# admin changes who and what is in the cluster and how the cluster as a whole behaves.
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/openapi.json", Api.openapi, PUBLIC),
+    Route("GET", "/v1/cluster", Api.cluster_info, READ),
+    Route("POST", "/v1/cluster/init", Api.cluster_init, ADMIN),
+    Route("GET", "/v1/cluster/verify", Api.cluster_verify, READ),
+    Route("POST", "/v1/cluster/repair", Api.cluster_repair, ADMIN),
+    Route("POST", "/v1/cluster/fencing", Api.cluster_fencing, ADMIN),
+    Route("POST", "/v1/cluster/alert/clear", Api.cluster_alert_clear, ADMIN),
+    Route("POST", "/v1/cluster/modify", Api.cluster_modify, ADMIN),
+    Route("GET", "/v1/cluster/simulate", Api.cluster_simulate, READ),
+    Route("POST", "/v1/cluster/master-failover", Api.master_failover, ADMIN),
+    Route("GET", "/v1/cluster/replica", Api.replica_checksum, READ),
+    Route("GET", "/v1/nodes", Api.node_list, READ),
+    Route("POST", "/v1/nodes", Api.node_add, ADMIN),
+    Route("GET", "/v1/nodes/{name}", Api.node_info, READ),
+    Route("DELETE", "/v1/nodes/{name}", Api.node_remove, ADMIN),
+    Route("POST", "/v1/nodes/{name}/modify", Api.node_modify, ADMIN),
+    Route("POST", "/v1/nodes/{name}/drain", Api.node_drain, WRITE),
+    Route("POST", "/v1/nodes/{name}/undrain", Api.node_undrain, WRITE),
+    Route("POST", "/v1/nodes/{name}/evacuate", Api.evacuate_node, WRITE),
+    Route("POST", "/v1/nodes/{name}/{action}", Api.node_evacuate, WRITE),
+    Route("GET", "/v1/instances", Api.instance_list, READ),
+    Route("POST", "/v1/instances", Api.instance_add, WRITE),
+    Route("GET", "/v1/instances/{name}", Api.instance_info, READ),
+    Route("DELETE", "/v1/instances/{name}", Api.instance_remove, WRITE),
+    Route("POST", "/v1/instances/{name}/modify", Api.instance_modify, WRITE),
+    Route("POST", "/v1/instances/{name}/{action}", Api.instance_action, WRITE),
+    Route("GET", "/v1/instances/{name}/console", Api.instance_console, WRITE),  # typing into it changes the guest
+    Route("GET", "/v1/events", Api.event_list, READ),
+    Route("GET", "/v1/jobs", Api.job_list, READ),
+    Route("GET", "/v1/jobs/{id}", Api.job_info, READ),
+    Route("POST", "/v1/jobs/{id}/cancel", Api.job_cancel, WRITE),
+    Route("GET", "/v1/os", Api.os_list, READ),
+    Route("GET", "/v1/users", Api.user_list, ADMIN),
+    Route("POST", "/v1/users", Api.user_add, ADMIN),
+    Route("DELETE", "/v1/users/{name}", Api.user_remove, ADMIN),
+    Route("POST", "/v1/cluster/probe", Api.cluster_probe, WRITE),
+    Route("POST", "/v1/cluster/rotate-secrets", Api.rotate_secrets, ADMIN),
+    Route("GET", "/v1/join/ca", Api.join_ca, PUBLIC, "tls"),
+    Route("POST", "/v1/join", Api.join, PUBLIC, "tls"),
+    Route("POST", "/v1/node/orders", Api.node_order, NODE, "tls"),
+    Route("POST", "/v1/node/drill", Api.drill_crash_self, NODE, "tls"),
+    Route("GET", "/v1/node/qemus", Api.qemus_self, NODE, "tls"),
+    Route("POST", "/v1/node/replica-outdated", Api.replica_outdated, NODE, "tls"),
+    Route("POST", "/v1/node/replica-resumed", Api.replica_resumed, NODE, "tls"),
+    Route("GET", clocks.CLOCK_PATH, Api.node_clock, NODE, "tls"),
+    Route("POST", "/v1/cluster/join", Api.cluster_join, ADMIN, "local"),
+    Route("GET", "/v1/cluster/replicas", Api.replicas, ADMIN, "local"),
+    Route("POST", "/v1/drill/crash", Api.drill_crash, ADMIN, "local"),
+    Route("POST", "/v1/drill/stale-order", Api.drill_stale_order, ADMIN, "local"),
+    Route("GET", "/v1/drill/qemus", Api.drill_qemus, ADMIN, "local"),
+)
+
+
 def build_app(agent: Agent, *, node_site: bool) -> web.Application:
-    """The local app (unix socket) and the TLS app; only the TLS app takes orders and joins."""
+    """The local app (unix socket: root, no checks) and the TLS app (each route's access checked)."""
     api = Api(agent)
-    middlewares = [error_middleware] + ([auth.middleware(agent.replica)] if node_site and agent is not None else [])
-    app = web.Application(middlewares=middlewares)
-    r = app.router
-    r.add_get("/v1/openapi.json", api.openapi)
-    r.add_get("/v1/cluster", api.cluster_info)
-    r.add_post("/v1/cluster/init", api.cluster_init)
-    r.add_get("/v1/cluster/verify", api.cluster_verify)
-    r.add_post("/v1/cluster/repair", api.cluster_repair)
-    r.add_post("/v1/cluster/fencing", api.cluster_fencing)
-    r.add_post("/v1/cluster/alert/clear", api.cluster_alert_clear)
-    r.add_post("/v1/cluster/modify", api.cluster_modify)
-    r.add_get("/v1/cluster/simulate", api.cluster_simulate)
-    r.add_post("/v1/cluster/master-failover", api.master_failover)
-    r.add_get("/v1/cluster/replica", api.replica_checksum)
-    r.add_get("/v1/nodes", api.node_list)
-    r.add_post("/v1/nodes", api.node_add)
-    r.add_get("/v1/nodes/{name}", api.node_info)
-    r.add_delete("/v1/nodes/{name}", api.node_remove)
-    r.add_post("/v1/nodes/{name}/modify", api.node_modify)
-    r.add_post("/v1/nodes/{name}/drain", api.node_drain)
-    r.add_post("/v1/nodes/{name}/undrain", api.node_undrain)
-    r.add_post("/v1/nodes/{name}/evacuate", api.evacuate_node)
-    r.add_post("/v1/nodes/{name}/{action}", api.node_evacuate)
-    r.add_get("/v1/instances", api.instance_list)
-    r.add_post("/v1/instances", api.instance_add)
-    r.add_get("/v1/instances/{name}", api.instance_info)
-    r.add_delete("/v1/instances/{name}", api.instance_remove)
-    r.add_post("/v1/instances/{name}/modify", api.instance_modify)
-    r.add_post("/v1/instances/{name}/{action}", api.instance_action)
-    r.add_get("/v1/instances/{name}/console", api.instance_console)
-    r.add_get("/v1/events", api.event_list)
-    r.add_get("/v1/jobs", api.job_list)
-    r.add_get("/v1/jobs/{id}", api.job_info)
-    r.add_post("/v1/jobs/{id}/cancel", api.job_cancel)
-    r.add_get("/v1/os", api.os_list)
-    r.add_get("/v1/users", api.user_list)
-    r.add_post("/v1/users", api.user_add)
-    r.add_delete("/v1/users/{name}", api.user_remove)
-    r.add_post("/v1/cluster/probe", api.cluster_probe)
-    r.add_post("/v1/cluster/rotate-secrets", api.rotate_secrets)
-    if node_site:
-        r.add_get("/v1/join/ca", api.join_ca)
-        r.add_post("/v1/join", api.join)
-        r.add_post("/v1/node/orders", api.node_order)
-        r.add_post("/v1/node/drill", api.drill_crash_self)
-        r.add_get("/v1/node/qemus", api.qemus_self)
-        r.add_post("/v1/node/replica-outdated", api.replica_outdated)
-        r.add_post("/v1/node/replica-resumed", api.replica_resumed)
-        r.add_get(clocks.CLOCK_PATH, api.node_clock)
+    roles: dict[AbstractRoute, str] = {}
+    here = agent.cfg.node_name if agent is not None else ""
+    if agent is None:  # the route table alone (tests, the OpenAPI check)
+        middlewares = [error_middleware]
+    elif node_site:
+        middlewares = [error_middleware, auth.middleware(agent.replica, agent.trust, roles, here)]
     else:
-        r.add_post("/v1/cluster/join", api.cluster_join)
-        r.add_get("/v1/cluster/replicas", api.replicas)
-        r.add_post("/v1/drill/crash", api.drill_crash)
-        r.add_post("/v1/drill/stale-order", api.drill_stale_order)
-        r.add_get("/v1/drill/qemus", api.drill_qemus)
+        middlewares = [error_middleware, auth.local_root(here)]
+    app = web.Application(middlewares=middlewares)
+    for route in ROUTES:
+        if route.site != ("tls" if node_site else "local") and route.site != "both":
+            continue
+        resource = app.router.add_resource(route.path)
+        handler = functools.partial(route.handler, api)
+        roles[resource.add_route(route.method, handler)] = route.access
+        if route.method == "GET":
+            roles[resource.add_route("HEAD", handler)] = route.access
     return app

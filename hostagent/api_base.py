@@ -25,7 +25,7 @@ from election.lease import NotMaster
 from kvm.hvparams import HvParamError
 from storage.base import StorageError
 
-from hostagent import model, replicas
+from hostagent import auth, callers, model, replicas
 from hostagent.agent import Agent, NotInitialized
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.executor import OrderError
@@ -192,9 +192,11 @@ class ApiBase:
                 await asyncio.wait_for(role.became_master.wait(), 0.1)
             except asyncio.TimeoutError:
                 pass
+        caller = request.get(auth.CALLER)
         if self.agent.role is not None and self.agent.role.is_master:
             assert self.agent.ops is not None and self.agent.node_ops is not None
-            return await run(self.agent.ops, self.agent.node_ops)
+            with callers.acting(caller):  # the jobs and events this change makes name who asked
+                return await run(self.agent.ops, self.agent.node_ops)
         quorum = await self._quorum()
         for _ in range(3):  # an etcd leader election takes about a second: not a lost quorum yet
             if quorum["ok"]:
@@ -209,8 +211,9 @@ class ApiBase:
             raise NoMaster(None, "no master is elected right now, so changes are refused; "
                                  "`corral cluster info` shows the quorum state")
         try:
-            status, data = await self.agent.nodes.forward(node["address"], node["api_port"], request.method,
-                                                          request.raw_path, await request.read())
+            status, data = await self.agent.nodes.forward(
+                node["address"], node["api_port"], request.method, request.raw_path, await request.read(),
+                headers={callers.HEADER: caller.to_header()} if caller is not None else None)
         except ConnectionError:
             quorum = await self._quorum()  # a master that does not answer: is it the quorum?
             if not quorum["ok"]:

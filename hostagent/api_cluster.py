@@ -12,7 +12,7 @@ from aiohttp import web
 
 from kvm.hvparams import parse_hvparams
 
-from hostagent import clocks, cluster_settings, joining, model, views
+from hostagent import auth, clocks, cluster_settings, joining, model, views
 from hostagent.api_base import ApiBase
 from hostagent.errors import BadRequest
 from hostagent.node_ops import NodeOperations
@@ -115,7 +115,7 @@ class ClusterRoutes(ApiBase):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise BadRequest(f"{key}: {value!r} is not {what}")
             settings[key] = float(value)
-        job_id = await self.agent.init_cluster(name, hv, pool, settings)
+        job_id = await self.agent.init_cluster(name, hv, pool, settings, caller=request.get(auth.CALLER))
         return await self._accepted(job_id)
 
     async def cluster_join(self, request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from election.lease import FencingToken
 
-from hostagent import drill, model, pki
+from hostagent import auth, drill, model, pki
 from hostagent.api_base import ApiBase
 from hostagent.errors import BadRequest, Conflict
 from hostagent.executor import OrderError
@@ -100,7 +100,8 @@ class InternalRoutes(ApiBase):
             raise BadRequest(f"drill mode {mode!r} is not one of {', '.join(drill.MODES)}")
         if not isinstance(freeze_s, (int, float)) or not 1 <= freeze_s <= drill.MAX_FREEZE_S:
             raise BadRequest(f"freeze_s {freeze_s!r} must be 1 to {drill.MAX_FREEZE_S:.0f} seconds")
-        log.warning("drill requested by %s: %s this agent", request.get("caller", "?"), mode)
+        caller = request.get(auth.CALLER)
+        log.warning("drill requested by %s: %s this agent", caller.words() if caller else "?", mode)
         if mode == "isolate":
             if self.agent.role is not None and self.agent.role.is_master:
                 raise Conflict(f"node '{self.agent.cfg.node_name}' is the master; hand the role over first "

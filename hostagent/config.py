@@ -56,6 +56,7 @@ class AgentConfig:
     report_interval_s: float = 5.0
     master_lease_ttl_s: int = 10
     os_install_timeout_s: float = 1800.0
+    access_log: bool = False  # one line per API request (caller, method, raw path, status) in log_dir/access.log
     drills: bool = False  # accept `corral drill` requests to crash or freeze this agent (demo, test clusters)
     volume_group: str = ""  # LVM volume group of the plain/drbd templates; empty: this node has none
     lvm_args: tuple[str, ...] = ()  # extra LVM arguments; tests on machines without device-mapper pass --driverloaded n
@@ -86,7 +87,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "binaries": {"serf": "serf_binary", "etcd": "etcd_binary", "qemu": "qemu_binary"},
     "agent": {"report_interval_s": "report_interval_s",
               "master_lease_ttl_s": "master_lease_ttl_s",
-              "os_install_timeout_s": "os_install_timeout_s", "drills": "drills"},
+              "os_install_timeout_s": "os_install_timeout_s", "drills": "drills", "access_log": "access_log"},
     "storage": {"volume_group": "volume_group", "lvm_args": "lvm_args"},
     "fencing": {"node_lease_ttl_s": "node_lease_ttl_s", "watchdog": "watchdog"},
 }

@@ -1,7 +1,8 @@
 """Jobs: every change to the cluster is one, recorded in the replicated config.
 
 A job record is {id, op, summary, args, status, created, started, ended, log,
-progress, result, error, master}. Only the master writes job records, each
+progress, result, error, master, caller}: caller is who asked (hostagent.callers;
+None for the master's own jobs). Only the master writes job records, each
 write guarded by its lease, so a deposed master cannot rewrite history. A job
 holds reservation keys (e.g. an instance name being created) from submit to
 end, which makes duplicate submits fail at once instead of half-way.
@@ -18,7 +19,7 @@ from typing import Any
 from election.etcd import Compare, EtcdClient, Op
 from election.lease import FencingToken, MasterLease
 
-from hostagent import model
+from hostagent import callers, model
 from hostagent.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class JobRunner:
         job = {"id": job_id, "op": op, "summary": summary, "args": args, "status": "queued",
                "created": time.time(), "started": None, "ended": None, "log": [],
                "progress": None, "result": None, "error": None, "master": self._node,
-               "reservations": list(reservations)}
+               "caller": callers.recorded(), "reservations": list(reservations)}
         compares = [Compare.create_revision(k, "=", 0)
                     for k in (model.job_key(job_id), *reservations, *must_not_exist)]
         compares += [Compare.create_revision(k, ">", 0) for k in must_exist]
@@ -163,6 +164,9 @@ class JobRunner:
         task.add_done_callback(lambda _: self._active.pop(job["id"], None))
 
     async def _run(self, job: dict[str, Any]) -> None:
+        # This task's own context: the events (and sub-jobs) of a job taken over from an earlier master
+        # name its caller too, not only those of a job spawned in its submitter's context.
+        callers.CURRENT.set(callers.from_record(job.get("caller")))
         keys = sorted(self._lock_keys(job))
         locks = [self._locks.setdefault(k, asyncio.Lock()) for k in keys]
         held: list[asyncio.Lock] = []

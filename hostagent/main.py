@@ -12,7 +12,7 @@ import sys
 from aiohttp import web
 
 from election.etcd import EtcdError
-from hostagent import pki, priority
+from hostagent import accesslog, pki, priority
 from hostagent.agent import Agent, AlreadyRunning
 from hostagent.api import build_app
 from hostagent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
@@ -33,8 +33,10 @@ async def _serve(cfg: AgentConfig, guest_nice: int | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     agent = Agent(cfg, notifier, guest_nice)
     runners: list[web.AppRunner] = []
+    access = accesslog.open_log(cfg.log_dir) if cfg.access_log else None
 
-    local = web.AppRunner(build_app(agent, node_site=False), access_log=None)
+    local = web.AppRunner(build_app(agent, node_site=False), access_log=access,
+                          access_log_class=accesslog.AccessLog)
     await local.setup()
     if os.path.exists(cfg.socket):
         os.unlink(cfg.socket)  # a leftover from a killed agent; we own this path
@@ -49,7 +51,8 @@ async def _serve(cfg: AgentConfig, guest_nice: int | None) -> None:
     async def start_node_site() -> None:
         if len(runners) > 1:
             return  # already serving (a retried cluster init)
-        remote = web.AppRunner(build_app(agent, node_site=True), access_log=None)
+        remote = web.AppRunner(build_app(agent, node_site=True), access_log=access,
+                               access_log_class=accesslog.AccessLog)
         await remote.setup()
         agent.server_ssl = pki.server_context(agent.pki)
         try:

@@ -147,7 +147,7 @@ SCHEMAS: dict[str, Any] = {
         "candidate": {"type": "boolean"}, "drained": {"type": "boolean"}, "offline": {"type": "boolean"}}},
     "NodeEvacuate": {"type": "object", "properties": {"dry_run": {"type": "boolean"}}},
     "UserAdd": {"type": "object", "required": ["name", "role"], "properties": {
-        "name": {"type": "string"}, "role": {"type": "string", "enum": ["read", "write"]}}},
+        "name": {"type": "string"}, "role": {"type": "string", "enum": ["read", "write", "admin"]}}},
     "DrillCrash": {"type": "object", "required": ["mode"], "properties": {
         "node": {"type": "string"}, "mode": {"type": "string", "enum": ["kill", "freeze"]},
         "freeze_s": {"type": "number"}}},

@@ -58,14 +58,14 @@ class NodeClient:
         except (aiohttp.ClientError, OSError) as exc:
             raise OrderFailed(node, op, f"unreachable at {address}:{port} ({exc or type(exc).__name__})") from exc
 
-    async def forward(self, address: str, port: int, method: str, path: str,
-                      body: bytes | None, timeout_s: float = 30.0) -> tuple[int, dict[str, Any]]:
-        """Relay a CLI request to the master's API; (status, decoded answer)."""
+    async def forward(self, address: str, port: int, method: str, path: str, body: bytes | None,
+                      timeout_s: float = 30.0, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        """Relay a CLI request to the master's API; (status, decoded answer). `headers`: the caller's."""
         url = f"https://{address}:{port}{path}"
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=3)
+        headers = {"Content-Type": "application/json", **(headers or {})}
         try:
-            async with self._client().request(method, url, data=body, timeout=timeout,
-                                              headers={"Content-Type": "application/json"}) as resp:
+            async with self._client().request(method, url, data=body, timeout=timeout, headers=headers) as resp:
                 text = await resp.text()
                 try:
                     return resp.status, json.loads(text) if text else {}

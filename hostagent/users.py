@@ -16,7 +16,7 @@ from typing import Any
 from hostagent import model
 from hostagent.errors import BadRequest
 
-ROLES = ("read", "write")
+ROLES = ("read", "write", "admin")  # each may do what the ones before it may (README: Users and roles)
 USER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 
 
@@ -25,7 +25,7 @@ def new_user(name: str, role: str) -> tuple[dict[str, Any], str]:
     if not USER_RE.match(name):
         raise BadRequest(f"user name {name!r} is not valid: a lower-case letter, then letters, digits, '-', '_'")
     if role not in ROLES:
-        raise BadRequest(f"role {role!r} is not one of {', '.join(ROLES)}")
+        raise BadRequest(f"role {role!r} is not a role; the roles are {', '.join(ROLES)}")
     secret = secrets.token_hex(24)
     record = {"name": name, "role": role, "token_sha256": _digest(secret), "created": time.time()}
     return record, f"{name}.{secret}"

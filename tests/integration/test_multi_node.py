@@ -131,7 +131,7 @@ def api_call(node: AgentNode, method: str, path: str, token: str | None = None, 
 
 def test_api_users_read_only_gets_403_and_no_credentials_gets_401(shared3):
     reader = shared3["n1"].json("user", "add", "viewer", "--role", "read")["token"]
-    writer = shared3["n1"].json("user", "add", "admin", "--role", "write")["token"]
+    writer = shared3["n1"].json("user", "add", "admin", "--role", "admin")["token"]  # users need admin
     n2 = shared3["n2"]
     status, answer = api_call(n2, "GET", "/v1/nodes")
     assert status == 401 and "authentication required" in answer["message"]
@@ -280,8 +280,9 @@ def test_node_modify_flags_and_a_node_that_may_not_be_candidate_leaves_the_pool(
 
 
 def test_bad_bodies_get_a_400_naming_the_problem_and_no_job_from_master_or_not(shared3):
-    """Attacks with a write token on the real agents: the non-master forwards, the master refuses; never a 500."""
-    writer = shared3["n1"].json("user", "add", "bodies", "--role", "write")["token"]
+    """Attacks with an admin token (cluster modify needs admin) on the real agents: the non-master forwards,
+    the master refuses; never a 500."""
+    writer = shared3["n1"].json("user", "add", "bodies", "--role", "admin")["token"]
     jobs_before = len(shared3["n1"].json("job", "list"))
     for node in (shared3["n1"], shared3["n3"]):
         raw = [(b'{"failback_after_s": NaN}', "/v1/cluster/modify", "holds NaN"),
