@@ -274,6 +274,17 @@ class Cli:
             print(f"on {d['node']}, with its agent running: corral cluster join <ADDRESS OF A NODE> --token {d['token']}")
         return self.out(answer, human)
 
+    def node_tokens(self) -> int:
+        def human(rows: list[dict[str, Any]]) -> None:
+            print(table(["NODE", "ADDRESS", "CREATED", "EXPIRES", "STATE"],
+                        [[r["node"], r["address"], when(r["created"]), when(r["expires"]), r["state"]]
+                         for r in rows]) if rows else "no join tokens (used and expired ones are deleted)")
+        return self.out(self.client.get("/v1/join-tokens"), human)
+
+    def node_token_revoke(self) -> int:
+        answer = self.client.delete(f"/v1/join-tokens/{quote(self.args.name)}")
+        return self.out(answer, lambda d: print(f"revoked {d['revoked']} join token(s) for node '{d['node']}'"))
+
     def node_remove(self) -> int:
         suffix = "?force=1" if self.args.force else ""
         answer = self.client.delete(f"/v1/nodes/{quote(self.args.name)}{suffix}")
@@ -599,6 +610,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--address", required=True, help="the new node's IP address")
     s.add_argument("--ttl", type=float, help="token lifetime in seconds (default 3600)")
+    n.add_parser("tokens", help="join tokens that can still be used (never their secret)", parents=[common])
+    s = n.add_parser("token-revoke", help="revoke the join token(s) of a node not yet joined", parents=[common])
+    s.add_argument("name")
     s = n.add_parser("remove", help="remove a node from the cluster", parents=[common])
     s.add_argument("name")
     s.add_argument("--force", action="store_true", help="even if it still hosts instances")
@@ -750,7 +764,8 @@ def main(argv: list[str] | None = None) -> int:
         ("cluster", "master-failover"): cli.cluster_master_failover, ("node", "list"): cli.node_list,
         ("cluster", "fencing"): cli.cluster_fencing, ("cluster", "alert"): cli.cluster_alert_clear,
         ("cluster", "modify"): cli.cluster_modify, ("cluster", "simulate"): cli.cluster_simulate,
-        ("node", "info"): cli.node_info, ("node", "add"): cli.node_add, ("node", "remove"): cli.node_remove,
+        ("node", "info"): cli.node_info, ("node", "add"): cli.node_add, ("node", "tokens"): cli.node_tokens,
+        ("node", "token-revoke"): cli.node_token_revoke, ("node", "remove"): cli.node_remove,
         ("node", "modify"): cli.node_modify, ("user", "add"): cli.user_add, ("user", "list"): cli.user_list,
         ("user", "remove"): cli.user_remove, ("instance", "add"): cli.instance_add,
         ("instance", "list"): cli.instance_list, ("instance", "info"): cli.instance_info,

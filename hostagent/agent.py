@@ -228,7 +228,7 @@ class Agent:
         self.role.on_elected.append(self._fence_older_masters)
         self.autofailover = AutoFailover(self.ops)
         self.role.duties += [self._pool_duty, self._fence_stragglers, self.ops.moves.keep_mirrors,
-                             self.ops.restarter.step, self.autofailover.step]
+                             self.ops.restarter.step, self.autofailover.step, self.node_ops.sweep_tokens]
         self.lease = NodeLease(self.etcd, cfg.node_name, cfg.node_lease_ttl_s)
         self.fence = SelfFence(cfg.node_name, self.lease, self.qemu, self.replica, cfg.run_dir, cfg.log_dir,
                                cfg.watchdog or None)

@@ -66,6 +66,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/cluster/replica", Api.replica_checksum, READ),
     Route("GET", "/v1/nodes", Api.node_list, READ),
     Route("POST", "/v1/nodes", Api.node_add, ADMIN),
+    Route("GET", "/v1/join-tokens", Api.join_token_list, ADMIN),
+    Route("DELETE", "/v1/join-tokens/{node}", Api.join_token_revoke, ADMIN),
     Route("GET", "/v1/nodes/{name}", Api.node_info, READ),
     Route("DELETE", "/v1/nodes/{name}", Api.node_remove, ADMIN),
     Route("POST", "/v1/nodes/{name}/modify", Api.node_modify, ADMIN),

@@ -55,6 +55,22 @@ class NodeRoutes(ApiBase):
                                                     float(ttl)))
         return await self._on_master(request, run)
 
+    async def join_token_list(self, request: web.Request) -> web.Response:
+        """`node tokens`: the join tokens that can still be used (the secrets are never stored)."""
+        records = self._all(model.JOIN_TOKENS)
+        return self._ok(joining.token_rows([r for r in records if isinstance(r, dict)], time.time()))
+
+    async def join_token_revoke(self, request: web.Request) -> web.Response:
+        node = request.match_info["node"]
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            result = await nodes.revoke_tokens(node)
+            if self.agent.etcd is not None and self.agent.mirror is not None:  # read-your-writes: gone here too
+                revision = (await self.agent.etcd.status())["revision"]
+                await self.agent.mirror.wait_for_revision(revision, timeout_s=5)
+            return self._ok(result)
+        return await self._on_master(request, run)
+
     async def node_remove(self, request: web.Request) -> web.Response:
         name, force = request.match_info["name"], request.query.get("force") == "1"
 

@@ -3,6 +3,11 @@
 A token is SECRET.FINGERPRINT: the secret proves the master issued it (only
 its hash is stored in the config), the fingerprint pins the cluster CA so the
 new node cannot be talked into joining an impostor.
+
+A token record lives only while it can still admit its node: the join that
+uses it deletes it (in the transaction that records the node, compared on
+the record's revision, so two joins cannot both use it), `corral node
+token-revoke` deletes it, and the master sweeps away expired ones.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from hostagent import pki
 from hostagent.errors import BadRequest
 
 TOKEN_TTL_S = 3600.0
+TOKEN_SWEEP_S = 10.0  # how often the master deletes expired token records (a read of a few keys)
 
 
 class JoinRefused(Exception):
@@ -47,8 +53,8 @@ def parse_token(token: str) -> tuple[str, str]:
 def check_token(record: dict[str, Any] | None, name: str, address: str, now: float) -> None:
     """Why a join with this token record must be refused, as BadRequest; None if it may go on."""
     if record is None:
-        raise BadRequest("this join token was never issued by this cluster (or its node was removed); "
-                         "issue one with `corral node add NAME --address ADDR`")
+        raise BadRequest("this join token was never issued by this cluster, or it was used, revoked or expired "
+                         "(tokens are one-time); issue one with `corral node add NAME --address ADDR`")
     if record.get("used_at"):
         raise BadRequest(f"this join token was already used (by node '{record['node']}'); tokens are one-time: "
                          "issue a new one with `corral node add`")
@@ -58,6 +64,21 @@ def check_token(record: dict[str, Any] | None, name: str, address: str, now: flo
     if (record["node"], record["address"]) != (name, address):
         raise BadRequest(f"this join token is for node '{record['node']}' at {record['address']}, but this "
                          f"agent is configured as '{name}' at {address} (see [node] in its agent.toml)")
+
+
+def token_state(record: dict[str, Any], now: float) -> str:
+    """valid, expired, or used (records of agents that kept used tokens)."""
+    if record.get("used_at"):
+        return "used"
+    return "expired" if now > float(record.get("expires", 0)) else "valid"
+
+
+def token_rows(records: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """`corral node tokens`: who each token admits, and until when; never the secret nor its hash."""
+    rows = [{"node": r.get("node"), "address": r.get("address"), "created": r.get("created"),
+             "expires": r.get("expires"), "issued_by": r.get("issued_by"), "state": token_state(r, now),
+             "used": bool(r.get("used_at"))} for r in records]
+    return sorted(rows, key=lambda row: (row["created"] or 0, str(row["node"])))
 
 
 def split_address(addr: str, default_port: int) -> tuple[str, int]:

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from election.etcd import Compare, EtcdError, EtcdRequestFailed, Op
@@ -41,6 +42,7 @@ class NodeOperations:
         self.ops = ops
         self.role: MasterRole = ops.role
         self.pki = pki_paths
+        self._next_sweep = 0.0  # monotonic time of the next sweep of expired join tokens
 
     async def _nodes(self) -> list[dict[str, Any]]:
         return await self.ops._prefix(model.NODES)
@@ -73,7 +75,8 @@ class NodeOperations:
         now = time.time()
         record = {"node": name, "address": address, "created": now, "expires": now + ttl_s,
                   "issued_by": self.role.node}
-        await self.ops._write([Op.put(model.join_token_key(digest), model.dumps(record))])
+        stale = [Op.delete(kv.key) for kv in await self._token_kvs() if joining.token_state(kv.record, now) != "valid"]
+        await self.ops._write([Op.put(model.join_token_key(digest), model.dumps(record)), *stale])
         log.info("issued a join token for node '%s' at %s, valid %.0f s", name, address, ttl_s)
         return {"token": token, "node": name, "address": address, "expires": record["expires"]}
 
@@ -101,17 +104,17 @@ class NodeOperations:
                     "cert_serials": [pki.serial_of(cert)]}
         except (AssertionError, KeyError, TypeError, ValueError):
             raise BadRequest("a join request needs ports {api, gossip, etcd_client, etcd_peer}") from None
-        used = {**record, "used_at": time.time()}
         token = self.role.token
         if token is None:
             raise Conflict("this node stopped being master; try again")
+        # The token is deleted as it is used; the compare on its revision lets only one join use it.
         result = await self.role.lease.guarded_txn(
-            token, [Op.put(model.join_token_key(digest), model.dumps(used)),
+            token, [Op.delete(model.join_token_key(digest)),
                     Op.put(model.node_key(name), model.dumps(node))],
             extra_compares=[Compare.mod_revision(model.join_token_key(digest), "=", kv.mod_revision),
                             Compare.create_revision(model.node_key(name), "=", 0)])
         if not result.succeeded:
-            raise Conflict("this join token was used at the same moment by another request; "
+            raise Conflict("this join token was used or revoked at the same moment by another request; "
                            "issue a new one with `corral node add`")
         nodes = await self._nodes()
         cluster = await self.ops._get(model.CLUSTER_KEY) or {}
@@ -122,6 +125,40 @@ class NodeOperations:
                 "etcd_endpoints": [model.etcd_client_url(n) for n in nodes if n.get("candidate")],
                 "serf_join": [f"{n['address']}:{n['gossip_port']}" for n in nodes if n["name"] != name],
                 "master": self.role.node}
+
+    async def _token_kvs(self) -> list[_TokenKv]:
+        """The join token records in etcd, each kv with its decoded `record`."""
+        kvs, _ = await self.role.client.get_prefix(model.JOIN_TOKENS)
+        return [_TokenKv(kv.key, kv.mod_revision, model.loads(kv.value)) for kv in kvs]
+
+    async def revoke_tokens(self, name: str) -> dict[str, Any]:
+        """`node token-revoke NAME`: delete every token that would admit node NAME."""
+        kvs = await self._token_kvs()
+        mine = [kv for kv in kvs if kv.record.get("node") == name]
+        if not mine:
+            others = sorted({str(kv.record.get("node")) for kv in kvs})
+            raise NotFound(f"no join token for node '{name}' (tokens for: {', '.join(others) or 'none'})")
+        await self.ops._write([Op.delete(kv.key) for kv in mine])
+        log.info("revoked %d join token(s) for node '%s'", len(mine), name)
+        return {"node": name, "revoked": len(mine)}
+
+    async def sweep_tokens(self) -> None:
+        """Master duty: delete expired (and used, kept by older agents) token records every TOKEN_SWEEP_S."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + joining.TOKEN_SWEEP_S
+        now = time.time()
+        stale = [kv for kv in await self._token_kvs() if joining.token_state(kv.record, now) != "valid"]
+        token = self.role.token
+        if not stale or token is None or not self.role.lease_ok():
+            return
+        # only as read: were one re-issued meanwhile, the next sweep looks again
+        result = await self.role.lease.guarded_txn(
+            token, [Op.delete(kv.key) for kv in stale],
+            extra_compares=[Compare.mod_revision(kv.key, "=", kv.mod_revision) for kv in stale])
+        if result.succeeded:
+            log.info("deleted %d expired or used join token(s) (for %s)", len(stale),
+                     ", ".join(sorted({str(kv.record.get("node")) for kv in stale})))
 
     # ---- remove / modify -------------------------------------------------------------
     async def remove(self, name: str, force: bool) -> dict[str, Any]:
@@ -346,6 +383,13 @@ class NodeOperations:
         log.info("handing the master role over to %s", f"node '{to}'" if to else "another candidate")
         await self.role.step_down(HANDOVER_S)
         return {"from": handover["from"], "to": to}
+
+
+@dataclass(frozen=True)
+class _TokenKv:
+    key: str
+    mod_revision: int
+    record: dict[str, Any]
 
 
 class _StepContext(JobContext):

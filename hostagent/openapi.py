@@ -65,6 +65,9 @@ PATHS: dict[str, dict[str, Any]] = {
                              body="Join", ok_desc="the node's certificate and the cluster secrets")},
     "/v1/nodes": {"get": _op("All nodes with role, status, resources, instance counts"),
                   "post": _op("Issue a one-time join token for a new node", body="NodeAdd")},
+    "/v1/join-tokens": {"get": _op("Join tokens not yet swept away: node, address, created, expires, state "
+                                   "(valid or expired); never the secret")},
+    "/v1/join-tokens/{node}": {"delete": _op("Revoke every join token for a node", params=("node",))},
     "/v1/nodes/{name}": {"get": _op("One node", params=("name",)),
                          "delete": _op("Remove a node (?force=1 even with instances)", params=("name",))},
     "/v1/nodes/{name}/modify": {"post": _op("Set candidate, drained, offline", body="NodeModify",

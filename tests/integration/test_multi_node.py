@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import ssl
 import time
@@ -185,6 +186,44 @@ def test_join_with_a_bad_token_fails_cleanly(tmp_path_factory, shared3):
     finally:
         newcomer.stop()
         newcomer.kill_qemus()  # its fence keeper, which outlives the agent by design
+
+
+def test_join_tokens_are_listed_without_secrets_a_revoked_one_cannot_join_and_a_used_one_is_gone(
+        tmp_path_factory, shared3):
+    n1, n2, n3 = shared3["n1"], shared3["n2"], shared3["n3"]
+    revoked = n1.json("node", "add", "n6", "--address", "127.0.0.6")["token"]
+    used = n1.json("node", "add", "n7", "--address", "127.0.0.7")["token"]
+    n1.json("node", "add", "n8", "--address", "127.0.0.8", "--ttl", "1")
+    listing = n2.ok("node", "tokens", "--json")  # from a non-master's replica
+    rows = {r["node"]: r for r in json.loads(listing)}
+    assert (rows["n6"]["address"], rows["n6"]["state"], rows["n7"]["state"]) == ("127.0.0.6", "valid", "valid")
+    table = n2.ok("node", "tokens")
+    assert "n6" in table and "127.0.0.7" in table
+    for token in (revoked, used):
+        secret = token.rsplit(".", 1)[0]
+        for shown in (listing, table):
+            assert secret not in shown and hashlib.sha256(secret.encode()).hexdigest() not in shown
+    assert n3.json("node", "token-revoke", "n6") == {"node": "n6", "revoked": 1}  # forwarded to the master
+    assert "n6" not in {r["node"] for r in n3.json("node", "tokens")}
+    missing = n3.corral("node", "token-revoke", "n6")
+    assert missing.returncode == 2 and "no join token for node 'n6' (tokens for: " in missing.stderr
+    wait_for(lambda: "n8" not in {r["node"] for r in n1.json("node", "tokens")}, 30,
+             "the master to sweep away the expired token of n8")
+    newcomers = [AgentNode(tmp_path_factory.mktemp(name), name=name, address=f"127.0.0.{name[1]}")
+                 for name in ("n6", "n7")]
+    try:
+        for node in newcomers:
+            node.start()
+        refused = newcomers[0].corral("cluster", "join", n2.api, "--token", revoked)
+        assert refused.returncode != 0 and "never issued by this cluster, or it was used, revoked" in refused.stderr
+        assert not (newcomers[0].root / "state" / "cluster.json").exists()
+        newcomers[1].ok("cluster", "join", n2.api, "--token", used)
+        assert n1.json("node", "tokens") == []  # used: deleted, not kept marked used
+        assert n1.json("node", "remove", "n7")["node"] == "n7"
+    finally:
+        for node in newcomers:
+            node.stop()
+            node.kill_qemus()  # its fence keeper, which outlives the agent by design
 
 
 def test_a_node_cannot_forge_a_newer_token_or_impersonate_the_master(shared3):
