@@ -7,6 +7,7 @@ instance running.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import sys
 import termios
@@ -28,7 +29,10 @@ async def _bridge(socket_path: str, name: str) -> int:
             print(f"error: {AgentUnreachable(socket_path, str(exc))}", file=sys.stderr)
             return EXIT_UNREACHABLE
         except aiohttp.WSServerHandshakeError as exc:
-            async with session.get(f"http://localhost/v1/instances/{name}/console") as resp:
+            # Asked again as an upgrade (a plain GET is only told to upgrade), to read why it was refused.
+            handshake = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                         "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+            async with session.get(f"http://localhost/v1/instances/{name}/console", headers=handshake) as resp:
                 data = await resp.json(content_type=None) if resp.content_type == "application/json" else {}
             print(f"error: {data.get('message', exc.message)}", file=sys.stderr)
             return 1

@@ -436,8 +436,29 @@ class Cli:
         return self.job(self.client.delete(f"/v1/instances/{quote(self.args.name)}"))
 
     def instance_console(self) -> int:
+        if self.args.vnc:
+            return self.instance_vnc()
         from cli.console import attach  # imports aiohttp: only for this command
         return attach(self.client.path, self.args.name)
+
+    def instance_vnc(self) -> int:
+        """Where the instance's VNC socket is, and the ssh command that brings it to this machine."""
+        inst = self.client.get(f"/v1/instances/{quote(self.args.name)}")["data"]
+        if not inst.get("vnc_socket"):
+            print(f"error: instance '{inst['name']}' has no VNC socket: it is not running, or its hypervisor "
+                  "parameter vnc is off (set vnc=localhost, then restart it)", file=sys.stderr)
+            return 1
+        node = self.client.get(f"/v1/nodes/{quote(inst['primary_node'])}")["data"]
+        ssh = f"ssh -N -L 5901:{inst['vnc_socket']} root@{node['address']}"
+        answer = {"data": {"name": inst["name"], "node": node["name"], "address": node["address"],
+                           "socket": inst["vnc_socket"], "ssh": ssh}}
+
+        def human(d: dict[str, Any]) -> None:
+            print(f"the VNC display of '{d['name']}' is the unix socket {d['socket']} on node '{d['node']}', "
+                  "which only root there can open; bring it here with")
+            print(f"  {d['ssh']}")
+            print("and point a VNC viewer at localhost:5901 (any free port in place of 5901)")
+        return self.out(answer, human)
 
     def node_evacuate(self, action: str) -> int:
         body = {"ignore_consistency": self.args.ignore_consistency} if action == "failover" else {}
@@ -672,6 +693,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in (("info", "one instance"), ("console", "attach to the serial console (Ctrl-] detaches)")):
         s = i.add_parser(name, help=help_, parents=[common])
         s.add_argument("name")
+    s.add_argument("--vnc", action="store_true",
+                   help="print how to reach the instance's VNC display (hvparam vnc=localhost) instead")
     s = i.add_parser("start", help="start an instance", parents=[common, jobopts])
     s.add_argument("name")
     s = i.add_parser("stop", help="ACPI power-down, then hard stop after the timeout", parents=[common, jobopts])

@@ -97,7 +97,7 @@ class Agent:
         self._lock_fd = _lock_node(cfg.state_dir)
         self.replica = Replica(os.path.join(cfg.state_dir, "config.db"))
         self.qemu = QemuManager(cfg.run_dir, log_dir=os.path.join(cfg.log_dir, "console"),
-                                qemu_binary=cfg.qemu_binary, guest_nice=guest_nice)
+                                qemu_binary=cfg.qemu_binary, guest_nice=guest_nice, kernel_dirs=cfg.kernel_dirs)
         self.boot = BootWatcher(os.path.join(cfg.log_dir, "console"), os.path.join(cfg.run_dir, "boot-watch.json"),
                                 lambda name: self.replica.get_json(model.instance_key(name)), time.time())
         self.files = FileTemplate(cfg.file_storage)

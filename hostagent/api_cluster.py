@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kvm.hvparams import parse_hvparams
+from kvm.hvparams import kernel_path_problems, parse_hvparams
 
 from hostagent import auth, clocks, cluster_settings, joining, model, views
 from hostagent.api_base import ApiBase
@@ -103,7 +103,10 @@ class ClusterRoutes(ApiBase):
         hv = body.get("hvparams", {})
         if not isinstance(hv, dict):
             raise BadRequest("hvparams must be an object of name: value")
-        parse_hvparams(hv)  # refuse bad defaults before anything is created
+        # refuse bad defaults before anything is created; this node is the first master and primary
+        problems = kernel_path_problems(parse_hvparams(hv), self.agent.cfg.kernel_dirs, " of this node")
+        if problems:
+            raise BadRequest("; ".join(problems))
         pool = body.get("candidate_pool_size", 3)
         if pool not in (1, 3, 5):
             raise BadRequest(f"candidate pool size {pool!r} must be 1, 3 or 5 (odd, so etcd keeps a majority)")

@@ -129,8 +129,18 @@ class InstanceRoutes(ApiBase):
         return await self._on_master(request, run)
 
     async def instance_console(self, request: web.Request) -> web.StreamResponse:
-        """Bridge a websocket to the instance's serial console socket (instance on this node)."""
+        """Bridge a websocket to the instance's serial console socket (instance on this node).
+
+        A request that is not a websocket upgrade is answered 426 before anything else: the guest's
+        console takes one client at a time, so opening it for a request that cannot use it would
+        hold it from the operator who can."""
         name = request.match_info["name"]
+        ws = web.WebSocketResponse()
+        if not ws.can_prepare(request).ok:
+            return web.json_response(
+                {"error": "upgrade-required", "message": f"the console of instance '{name}' is a websocket: "
+                 "send a GET with `Connection: Upgrade` and `Upgrade: websocket` (`corral instance console`)"},
+                status=426, headers={"Upgrade": "websocket", "Connection": "Upgrade"})
         self._require_cluster()
         inst = self.agent.replica.get_json(model.instance_key(name))
         if inst is None:
@@ -145,8 +155,11 @@ class InstanceRoutes(ApiBase):
             reader, writer = await asyncio.open_unix_connection(path)
         except OSError as exc:
             raise Conflict(f"the console of instance '{name}' does not answer ({exc.strerror or exc})") from None
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            writer.close()
+            raise
 
         async def pump_out() -> None:
             while data := await reader.read(4096):

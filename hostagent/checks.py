@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kvm.hvparams import HvParamError, parse_hvparams
+from kvm.hvparams import HvParamError, HvParams, kernel_path_problems, parse_hvparams
 
 from hostagent import model
 from hostagent.bootpattern import BootPattern, BootPatternError
@@ -32,6 +32,14 @@ MAX_MIRROR_DISKS = PORTS_PER_INSTANCE - 1
 MAX_DISKS = 16  # per instance: a guest's bus and a node's files stay manageable
 MAX_NICS = 8
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")  # a Linux interface name
+# OS variants and parameter names become file names and environment variable names of the OS scripts
+# (Ganeti OS API 20: OS_VARIANT, OSP_<NAME>); their values reach scripts that may use them in a shell.
+OS_VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+OS_PARAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+OS_PARAM_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._,:/=+@%-]*\Z")
+OS_PARAM_VALUE_WORDS = "letters, digits, spaces and . _ , : / = + @ % -"
+OS_PARAM_MAX_CHARS = 1024
+MAX_OS_PARAMS = 32
 REPLICATION_PORTS = range(11000, 13000, PORTS_PER_INSTANCE)
 DISK_FORMATS = ("raw", "qcow2")
 NIC_MODES = ("user", "bridged")
@@ -76,32 +84,38 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
     disks = _disks(req.get("disks") or [{"size": "1G"}], problems)
     nics = _nics(req.get("nics") or [{"mode": "user"}], problems)
     serial_console = True
-    try:
-        serial_console = parse_hvparams(req.get("hvparams", {}), parse_hvparams(view.cluster_hv)).serial_console
-    except HvParamError as exc:
-        problems.extend(exc.problems)
+    hv: HvParams | None = None
+    if not isinstance(req.get("hvparams", {}), dict):
+        problems.append(f"hvparams: {req.get('hvparams')!r} is not an object of NAME: VALUE (e.g. accel=tcg)")
+    else:
+        try:
+            hv = parse_hvparams(req.get("hvparams", {}), parse_hvparams(view.cluster_hv))
+            serial_console = hv.serial_console
+        except HvParamError as exc:
+            problems.extend(exc.problems)
+    os_name, osparams = _os_request(req.get("os"), req.get("osparams", {}), problems)
     boot_pattern = _boot_pattern(req.get("boot_pattern") or "", serial_console, problems)
     boot_timeout = _boot_timeout(req.get("boot_timeout_s"), boot_pattern, problems)
     auto_failover = _auto_failover(req.get("auto_failover"), template, problems)
     primary, _, secondary = str(req.get("node") or "").partition(":")
     if primary:
-        problems += _node_problems(primary, req, view)
+        problems += _node_problems(primary, os_name, osparams, hv, view)
     placed = None
     if not primary or primary in view.nodes:  # an unknown node is already reported
         placed = _place(name, req, template, memory, disks, primary, secondary, view, now, problems)
     if placed is not None and not primary:
-        problems += _node_problems(placed.primary, req, view)
+        problems += _node_problems(placed.primary, os_name, osparams, hv, view)
     if template in REPLICATED and len(disks) > MAX_MIRROR_DISKS:
         problems.append(f"a {template} instance has at most {MAX_MIRROR_DISKS} disks, not {len(disks)}")
     if problems or placed is None:
         raise BadRequest("; ".join(problems))
     _assign_macs(nics, view.used_macs, rng or random.SystemRandom())
-    return model.Instance(name=name, uuid=str(uuid.uuid4()), os=str(req["os"]), disk_template=template,
+    return model.Instance(name=name, uuid=str(uuid.uuid4()), os=os_name, disk_template=template,
                           memory_mib=memory, vcpus=vcpus, primary_node=placed.primary,
                           secondary_node=placed.secondary, port_base=_port_base(template, view),
                           disks=disks, nics=nics, priority=priority, after=after,
                           boot_pattern=boot_pattern, boot_timeout_s=boot_timeout, auto_failover=auto_failover,
-                          hvparams=dict(req.get("hvparams", {})), osparams=dict(req.get("osparams", {})),
+                          hvparams=dict(req.get("hvparams", {})), osparams=osparams,
                           admin_state="down", ctime=now, mtime=now)
 
 
@@ -276,21 +290,72 @@ def _nics(specs: list[dict[str, Any]], problems: list[str]) -> list[model.Nic]:
     return nics
 
 
-def _node_problems(node: str, req: dict[str, Any], view: ClusterView) -> list[str]:
+def _node_problems(node: str, os_name: str, osparams: dict[str, str], hv: HvParams | None,
+                   view: ClusterView) -> list[str]:
+    """What `node` lacks for the request: the OS, its variant and parameters, the kernel's directory."""
     if node not in view.nodes:
         usable = ", ".join(sorted(view.nodes)) or "none"
         return [f"node {node!r} is not in the cluster (nodes: {usable})" if node
                 else "no node can take new instances (all drained or offline)"]
-    problems = []
+    problems: list[str] = []
     report = view.reports.get(node, {})
-    os_name = str(req.get("os", ""))
     known = report.get("os", {})
+    base, _, variant = os_name.partition("+")
     if not os_name:
         problems.append("an OS is required (--os NAME; see `corral os list`)")
-    elif os_name.split("+", 1)[0] not in known:
-        problems.append(f"OS {os_name!r} is not available on node '{node}' "
+    elif base not in known:
+        problems.append(f"OS {base!r} is not available on node '{node}' "
                         f"(available: {', '.join(sorted(known)) or 'none'}; see `corral os list`)")
+    elif known[base] == "image":
+        if variant:
+            problems.append(f"os: '{base}' is an image, which has no variants; give --os {base}")
+        if osparams:
+            problems.append(f"osparams: '{base}' is an image, which takes no OS parameters "
+                            f"(given: {', '.join(sorted(osparams))})")
+    elif base in report.get("os_details", {}):  # reports of older agents lack the details: the node checks
+        details = report["os_details"][base]
+        variants, names = details.get("variants", []), details.get("parameters", [])
+        if variant and variant not in variants:
+            problems.append(f"os: OS '{base}' on node '{node}' has no variant {variant!r} "
+                            f"(its variants.list offers: {', '.join(variants) or 'none; give the plain name'})")
+        unknown = sorted(set(osparams) - set(names))
+        if unknown:
+            problems.append(f"osparams: OS '{base}' on node '{node}' takes no parameter "
+                            f"{', '.join(repr(u) for u in unknown)} (its parameters.list names: "
+                            f"{', '.join(names) or 'none'})")
+    if hv is not None and "kernel_dirs" in report:  # reports of older agents lack them: the node checks
+        problems += kernel_path_problems(hv, report["kernel_dirs"], f" on node '{node}'")
     return problems
+
+
+def _os_request(os_name: Any, osparams: Any, problems: list[str]) -> tuple[str, dict[str, str]]:
+    """`os` as NAME or NAME+VARIANT and `osparams`, checked in themselves (the node's OS is checked apart)."""
+    if not isinstance(os_name, str):
+        problems.append(f"os: {os_name!r} is not an OS name (NAME or NAME+VARIANT; see `corral os list`)")
+        os_name = ""
+    base, plus, variant = os_name.partition("+")
+    if plus and not OS_VARIANT_RE.match(variant):
+        problems.append(f"os: variant {variant!r} is not a variant name: 1-64 letters, digits, '_', '.' or '-', "
+                        "starting with a letter or digit (the names in the OS's variants.list)")
+    if not isinstance(osparams, dict):
+        problems.append(f"osparams: {osparams!r} is not an object of NAME: VALUE (--os-param NAME=VALUE)")
+        return os_name, {}
+    if len(osparams) > MAX_OS_PARAMS:
+        problems.append(f"osparams: at most {MAX_OS_PARAMS} OS parameters, not {len(osparams)}")
+        return os_name, {}
+    checked: dict[str, str] = {}
+    for key, value in osparams.items():
+        if not OS_PARAM_NAME_RE.match(key):
+            problems.append(f"osparams: {key!r} is not a parameter name: 1-64 letters, digits, '_' or '-', "
+                            "starting with a letter or digit (the names in the OS's parameters.list)")
+        elif not isinstance(value, str):
+            problems.append(f"osparams: {key}: {value!r} is not a string")
+        elif len(value) > OS_PARAM_MAX_CHARS or not OS_PARAM_VALUE_RE.match(value):
+            problems.append(f"osparams: {key}: {value[:80]!r} is not accepted: at most {OS_PARAM_MAX_CHARS} "
+                            f"{OS_PARAM_VALUE_WORDS} (no shell characters such as ; $ ` | &, no newlines)")
+        else:
+            checked[key] = value
+    return os_name, checked
 
 
 def _place(name: str, req: dict[str, Any], template: str, memory: int, disks: list[model.Disk], primary: str,

@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from typing import Any
 
+from kvm.hvparams import DEFAULT_KERNEL_DIRS
 from storage.lvmparse import vg_name_problem
 
 DEFAULT_CONFIG_PATH = "/etc/corral/agent.toml"
@@ -50,6 +51,7 @@ class AgentConfig:
         "/usr/share/ganeti/os", "/usr/share/corral/os",
     )
     image_paths: tuple[str, ...] = ("/var/lib/corral/images",)
+    kernel_dirs: tuple[str, ...] = DEFAULT_KERNEL_DIRS  # the only places kernel_path/initrd_path may point into
     serf_binary: str = "serf"
     etcd_binary: str = "etcd"
     qemu_binary: str = "qemu-system-x86_64"
@@ -83,7 +85,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
               "etcd_client": "etcd_client_port", "etcd_peer": "etcd_peer_port"},
     "paths": {"state_dir": "state_dir", "run_dir": "run_dir", "log_dir": "log_dir",
               "socket": "socket_path", "file_storage_dir": "file_storage_dir",
-              "os_search_paths": "os_search_paths", "image_paths": "image_paths"},
+              "os_search_paths": "os_search_paths", "image_paths": "image_paths", "kernel_dirs": "kernel_dirs"},
     "binaries": {"serf": "serf_binary", "etcd": "etcd_binary", "qemu": "qemu_binary"},
     "agent": {"report_interval_s": "report_interval_s",
               "master_lease_ttl_s": "master_lease_ttl_s",
@@ -159,6 +161,10 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> AgentConfig:
     for key in ("state_dir", "run_dir", "log_dir"):
         if key in values and not os.path.isabs(values[key]):
             problems.append(f"paths.{key}: {values[key]!r} must be an absolute path")
+    for path in values.get("kernel_dirs", ()):
+        if not os.path.isabs(path) or os.path.normpath(path) in ("/", "//"):
+            problems.append(f"paths.kernel_dirs: {path!r} must be an absolute directory other than / "
+                            "(kernels and initrds are read from there, e.g. /boot)")
     if values.get("volume_group") and vg_name_problem(values["volume_group"]):
         problems.append(f"storage.volume_group: {vg_name_problem(values['volume_group'])}")
     if problems:

@@ -21,7 +21,7 @@ from storage.base import StorageError
 from storage.drbdstatus import ResourceState, parse_status_json
 from storage.filedisk import FileTemplate
 from storage.lvm import PlainTemplate
-from storage.osdef import OsCatalog, OsImage
+from storage.osdef import OsCatalog, OsDefinition, OsImage
 
 from hostagent.boothealth import BootWatcher, qemu_start
 from hostagent.executor import read_small_file
@@ -49,8 +49,10 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
                               if (start := qemu_start(pid)) is not None}, time.time())
     instances: dict[str, Any] = {}
     for name, pid in running.items():
+        vnc = qemu.paths(name).vnc_socket  # hvparam vnc=localhost: `corral instance console --vnc` says how
         instances[name] = {"pid": pid, "status": busy.get(name) or await qemu.status(name),
                            "started": _started_at(pid),
+                           **({"vnc_socket": vnc} if os.path.exists(vnc) else {}),
                            **verdicts.get(name, {})}
     mem = psutil.virtual_memory()
     cat = catalog()
@@ -69,7 +71,11 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
         "disk_total_mib": files.total_mib(),
         "disk_free_mib": files.free_mib(),
         "os": {name: ("image" if isinstance(e, OsImage) else "script") for name, e in cat.entries.items()},
+        # what `instance add` may ask of each script OS here, checked by the master at submit
+        "os_details": {name: {"variants": list(e.variants), "parameters": list(e.parameter_names)}
+                       for name, e in cat.entries.items() if isinstance(e, OsDefinition)},
         "os_problems": list(cat.problems),
+        **({"kernel_dirs": list(qemu.kernel_dirs)} if qemu.kernel_dirs is not None else {}),
         "volumes": volumes,
         "stray_qemus": stray_qemus(qemu.run_dir, running, time.time()),
         "exports": exports(qemu.run_dir),

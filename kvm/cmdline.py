@@ -93,6 +93,11 @@ class RunPaths:
         return str(PurePosixPath(self.pidfile).parent)
 
     @property
+    def vnc_socket(self) -> str:
+        """The VNC server (hvparam vnc=localhost): a unix socket in the root-only instance directory."""
+        return str(PurePosixPath(self.pidfile).parent / "vnc.sock")
+
+    @property
     def guard_socket(self) -> str:
         """A second QMP monitor, on replicated instances only: the replication guard's own,
         held open for events, so it never waits for (or blocks) the main one."""
@@ -168,7 +173,8 @@ def check_spec(spec: InstanceSpec, paths: RunPaths) -> list[str]:
         )
     for index, nic in enumerate(spec.nics):
         problems += _check_nic(index, nic)
-    for label, path in (("QMP socket", paths.qmp_socket), ("console socket", paths.console_socket)):
+    for label, path in (("QMP socket", paths.qmp_socket), ("console socket", paths.console_socket),
+                        ("VNC socket", paths.vnc_socket)):
         if len(path.encode()) > MAX_UNIX_SOCKET_PATH:
             problems.append(
                 f"{label} path {path!r} is longer than {MAX_UNIX_SOCKET_PATH} bytes; "
@@ -207,7 +213,7 @@ def build_argv(
         "-pidfile", paths.pidfile,
     ]
     argv += _serial(hv, paths)
-    argv += _vnc(hv)
+    argv += _vnc(hv, paths)
     argv += _kernel(hv)
     argv += _devices(spec)
     if spec.incoming:
@@ -271,12 +277,14 @@ def _serial(hv: HvParams, paths: RunPaths) -> list[str]:
     return ["-chardev", chardev, "-serial", "chardev:serial0"]
 
 
-def _vnc(hv: HvParams) -> list[str]:
-    """VNC on loopback only, first free display of 0..99 (ports 5900-5999)."""
+def _vnc(hv: HvParams, paths: RunPaths) -> list[str]:
+    """VNC on a unix socket in the instance's directory (mode 0700): only root on the node reaches
+    it (e.g. through ``ssh -L``). A loopback TCP port would let every local user and process in,
+    and VNC's own password is 8 characters of DES."""
     if hv.vnc != "localhost":
         return []
     return [
-        "-vnc", "127.0.0.1:0,to=99",
+        "-vnc", f"unix:{_opt(paths.vnc_socket)}",
         "-device", "VGA",
         "-device", "qemu-xhci,id=usb",
         "-device", "usb-tablet,bus=usb.0",

@@ -7,6 +7,7 @@ error: a typo and a bad value are fixed in one round trip, not two.
 """
 
 import dataclasses
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ _FALSE_WORDS = ("false", "no", "off", "0")
 _MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*\Z")
 _CPU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._,+=-]*\Z")
 _INT_RANGES: dict[str, tuple[int, int]] = {"shutdown_timeout_s": (1, 3600)}
+# Where a kernel or initrd QEMU loads itself may come from: the guest reads an initrd's bytes,
+# so any other host file (/etc/shadow) would be handed to whoever controls the guest.
+DEFAULT_KERNEL_DIRS: tuple[str, ...] = ("/boot", "/var/cache/corral/guest")
+KERNEL_FILE_PARAMS = ("kernel_path", "initrd_path")
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,30 @@ def parse_hvparams(values: Mapping[str, object], base: HvParams | None = None) -
 def hvparams_to_dict(hv: HvParams) -> dict[str, object]:
     """Plain JSON-ready dict; ``parse_hvparams`` reads it back unchanged."""
     return dataclasses.asdict(hv)
+
+
+def kernel_path_problems(hv: HvParams, dirs: tuple[str, ...] | list[str], where: str = "") -> list[str]:
+    """Kernel and initrd paths that are not plainly inside one of ``dirs`` (no '..', '.' or '//').
+
+    Only the path as written is judged: a symlink is resolved where the file is, on the node
+    that starts QEMU (kvm.process checks that again before every start)."""
+    problems = []
+    for key in KERNEL_FILE_PARAMS:
+        path = getattr(hv, key)
+        if path and not within(path, dirs):
+            problems.append(
+                f"hypervisor parameter {key!r}: {path!r} is not a file in the kernel directories{where} "
+                f"({', '.join(dirs) or 'none'}); put the kernel there, or add its directory to "
+                "kernel_dirs in [paths] of agent.toml"
+            )
+    return problems
+
+
+def within(path: str, dirs: tuple[str, ...] | list[str]) -> bool:
+    """Whether ``path`` is written as a normal absolute path strictly below one of ``dirs``."""
+    if not path.startswith("/") or posixpath.normpath(path) != path or path.startswith("//"):
+        return False
+    return any(path.startswith(posixpath.normpath(d).rstrip("/") + "/") for d in dirs if d.startswith("/"))
 
 
 def _coerce(key: str, raw: object) -> tuple[object, str]:

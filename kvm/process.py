@@ -14,14 +14,18 @@ one); QMP failures surface as ``kvm.qmp.QmpError``.
 """
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from kvm.cmdline import InstanceSpec, RunPaths, SpecError, build_argv, run_paths
+from kvm.hvparams import KERNEL_FILE_PARAMS
 from kvm.qmp import Qmp, QmpError
 
 log = logging.getLogger(__name__)
@@ -89,8 +93,12 @@ class QemuManager:
         qmp_timeout_s: float = 5.0,
         qmp_ready_timeout_s: float = 10.0,
         guest_nice: int | None = None,
+        kernel_dirs: Sequence[str] | None = None,
     ) -> None:
+        """``kernel_dirs``: the only directories a kernel or initrd QEMU loads may be in, after
+        resolving symlinks (None: anywhere, for tests of this package alone)."""
         self.run_dir = os.path.abspath(run_dir)
+        self.kernel_dirs = None if kernel_dirs is None else tuple(kernel_dirs)
         self.guest_nice = guest_nice  # QEMU's niceness when this process runs at another one (None: inherit)
         self.log_dir = os.path.abspath(log_dir) if log_dir else None
         self.qemu_binary = qemu_binary
@@ -111,6 +119,8 @@ class QemuManager:
                 log.debug("instance %r: already running as pid %d", spec.name, running)
                 return running
             paths = self.paths(spec.name)
+            if self.kernel_dirs is not None:
+                spec = resolved_kernel(spec, self.kernel_dirs)
             try:
                 argv = build_argv(spec, paths, self.qemu_binary)
             except SpecError as exc:
@@ -331,6 +341,31 @@ class QemuManager:
         except psutil.NoSuchProcess:
             return
         await _wait_gone(proc, _KILL_WAIT_S)
+
+
+def resolved_kernel(spec: InstanceSpec, dirs: Sequence[str]) -> InstanceSpec:
+    """``spec`` with its kernel and initrd paths resolved (symlinks, '..'), each a regular file
+    inside one of ``dirs``; QemuStartError otherwise. QEMU is given the resolved path, so a
+    link changed after this check cannot point it elsewhere."""
+    real_dirs = [os.path.realpath(d).rstrip("/") + "/" for d in dirs]
+    changes: dict[str, Any] = {}
+    problems: list[str] = []
+    for key in KERNEL_FILE_PARAMS:
+        path = getattr(spec.hv, key)
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        if not any(real.startswith(d) for d in real_dirs):
+            shown = f"{path!r}" if real == path else f"{path!r} (which is {real!r})"
+            problems.append(f"hypervisor parameter {key!r}: {shown} is not in the kernel directories of "
+                            f"this node ({', '.join(dirs) or 'none'}; kernel_dirs in [paths] of agent.toml)")
+        elif not os.path.isfile(real):
+            problems.append(f"hypervisor parameter {key!r}: {path!r} is not a regular file on this node")
+        else:
+            changes[key] = real
+    if problems:
+        raise QemuStartError(spec.name, "; ".join(problems), "")
+    return dataclasses.replace(spec, hv=dataclasses.replace(spec.hv, **changes))
 
 
 def _pidfile_process(paths: RunPaths) -> psutil.Process | None:

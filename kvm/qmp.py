@@ -132,10 +132,12 @@ class Qmp:
                 raise
 
     async def vnc_address(self) -> str | None:
-        """'127.0.0.1:5901' style address of the VNC server, or None without VNC."""
+        """'unix:/path/vnc.sock' or '127.0.0.1:5901' style address of the VNC server, None without VNC."""
         result = await self.execute("query-vnc")
         if not isinstance(result, dict) or not result.get("enabled"):
             return None
+        if result.get("family") == "unix" and result.get("service"):
+            return f"unix:{result['service']}"
         host, port = result.get("host"), result.get("service")
         if not host or not port:
             return None

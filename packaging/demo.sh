@@ -63,7 +63,8 @@ etcd_peer = 12380
 
 TOML
     printf '[paths]\nstate_dir = "%s"\nrun_dir = "%s"\nlog_dir = "%s"\n' "$dir/state" "$dir/run" "$dir/log"
-    printf 'os_search_paths = ["%s"]\nimage_paths = ["%s"]\n\n' "$TOP/packaging/os" "$dir/images"
+    printf 'os_search_paths = ["%s"]\nimage_paths = ["%s"]\n' "$TOP/packaging/os" "$dir/images"
+    printf 'kernel_dirs = ["/boot", "%s"]\n\n' "$GUEST"  # the test guest's kernel, wherever it was built
     cat <<'TOML'
 [agent]
 drills = true    # the README tour runs `corral drill master-failover`

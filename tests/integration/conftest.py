@@ -142,6 +142,7 @@ run_dir = "{self.root}/run"
 log_dir = "{self.root}/log"
 os_search_paths = ["{REPO}/packaging/os"]
 image_paths = ["{self.root}/images"]
+kernel_dirs = ["{GUEST_DIR}", "{self.root}/kernels"]
 
 [agent]
 report_interval_s = 1.0

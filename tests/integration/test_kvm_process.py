@@ -227,10 +227,11 @@ async def test_cleanup_refuses_to_remove_files_of_a_running_instance(manager, st
     assert manager.find("vm1") == pid
 
 
-async def test_vnc_listens_on_loopback_only(manager, started):
-    await start(manager, started, bare_spec("vm1", vnc="localhost"))
-    address = await manager.vnc_address("vm1")
-    assert address is not None and address.startswith("127.0.0.1:59")
+async def test_vnc_is_a_unix_socket_in_the_root_only_instance_directory_and_no_tcp_port(manager, started):
+    pid = await start(manager, started, bare_spec("vm1", vnc="localhost"))
+    assert await manager.vnc_address("vm1") == "unix:" + manager.paths("vm1").vnc_socket
+    assert [c for c in psutil.Process(pid).net_connections(kind="inet") if c.status == "LISTEN"] == []
+    assert os.stat(manager.paths("vm1").instance_dir).st_mode & 0o077 == 0
 
 
 async def test_no_vnc_address_without_vnc(manager, started):

@@ -5,16 +5,23 @@ The tests run in file order against one cluster, like an operator's session.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
+import socket
+import ssl
+import stat
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
-from conftest import BIN, AgentNode, wait_for
+from conftest import BIN, GUEST_DIR, AgentNode, wait_for
 
 from hostagent.priority import CONTROL_NICE
 
@@ -82,11 +89,26 @@ def test_soft_and_hard_reboot_boot_again(one_node):
     wait_boot_count(one_node, "g1", 4)
 
 
-def test_console_reaches_the_guest_shell(one_node):
-    """`corral instance console` relays keystrokes to the guest and its answer back; Ctrl-] detaches."""
-    proc = subprocess.Popen([str(BIN / "corral"), "instance", "console", "g1"], stdin=subprocess.PIPE,
+def test_a_console_get_without_websocket_upgrade_is_told_to_upgrade_and_leaves_the_console_free(one_node):
+    """The guest's console takes one client at a time: a plain GET (a write user's, over TLS) must not open
+    it, or the operator's `corral instance console` would wait behind a connection nobody reads."""
+    token = one_node.json("user", "add", "plain-get", "--role", "write")["token"]
+    ctx = ssl.create_default_context(cafile=str(one_node.root / "state" / "pki" / "ca.crt"))
+    for _ in range(3):
+        req = urllib.request.Request(f"https://{one_node.api}/v1/instances/g1/console",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, context=ctx, timeout=30)
+        assert err.value.code == 426 and err.value.headers["Upgrade"] == "websocket"
+        assert "the console of instance 'g1' is a websocket" in json.loads(err.value.read())["message"]
+    assert b"hi-42" in _console_answer(one_node, "g1")
+
+
+def _console_answer(node: AgentNode, name: str) -> bytes:
+    """What `corral instance console` shows within 30 s of typing `echo hi-$((6*7))`, then Ctrl-]."""
+    proc = subprocess.Popen([str(BIN / "corral"), "instance", "console", name], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "CORRAL_SOCKET": one_node.socket})
+                            env={**os.environ, "CORRAL_SOCKET": node.socket})
     seen = b""
     try:
         deadline = time.monotonic() + 30
@@ -103,7 +125,12 @@ def test_console_reaches_the_guest_shell(one_node):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-    assert b"hi-42" in seen
+    return seen
+
+
+def test_console_reaches_the_guest_shell(one_node):
+    """`corral instance console` relays keystrokes to the guest and its answer back; Ctrl-] detaches."""
+    assert b"hi-42" in _console_answer(one_node, "g1")
     assert one_node.instance("g1")["status"] == "running"
 
 
@@ -152,12 +179,64 @@ def _refused(node: AgentNode, args: list[str], message: str) -> None:
     (["instance", "add", "g3", "--os", "busybox-guest", "--disk", "12Q"], "'12Q' is not a size"),
     (["instance", "add", "g3", "--os", "busybox-guest", "--memory", "64T"], "n1: only "),
     (["instance", "add", "g3", "--os", "busybox-guest", "--hv", "accel=xen"], "'xen'"),
+    (["instance", "add", "g3", "--os", "corral-guest+../../../etc", "--disk", "64M"],
+     "os: variant '../../../etc' is not a variant name"),
+    (["instance", "add", "g3", "--os", "corral-guest+nosuch", "--disk", "64M"],
+     "os: OS 'corral-guest' on node 'n1' has no variant 'nosuch' (its variants.list offers: default)"),
+    (["instance", "add", "g3", "--os", "corral-guest", "--disk", "64M", "--os-param", "filesystem=ext4;reboot"],
+     "osparams: filesystem: 'ext4;reboot' is not accepted"),
+    (["instance", "add", "g3", "--os", "corral-guest", "--disk", "64M", "--os-param", "filesystem=ext4\nX=$(id)"],
+     "no shell characters such as ; $ ` | &, no newlines"),
+    (["instance", "add", "g3", "--os", "corral-guest", "--disk", "64M", "--os-param", "root-password=x"],
+     "OS 'corral-guest' on node 'n1' takes no parameter 'root-password' (its parameters.list names: filesystem)"),
+    (["instance", "add", "g3", "--os", "busybox-guest", "--hv", "initrd_path=/etc/shadow"],
+     "hypervisor parameter 'initrd_path': '/etc/shadow' is not a file in the kernel directories on node 'n1'"),
+    (["instance", "add", "g3", "--os", "busybox-guest", "--hv", f"kernel_path={GUEST_DIR}/../../../../etc/shadow"],
+     "hypervisor parameter 'kernel_path'"),
     (["instance", "start", "g1"], "instance 'g1' is already running on node 'n1'"),
     (["instance", "remove", "nosuch"], "no instance named 'nosuch'"),
 ])
 def test_bad_input_is_refused_clearly_and_leaves_nothing(one_node, args, message):
     _refused(one_node, args, message)
     assert not (one_node.root / "state" / "file-storage" / "g3").exists()
+
+
+def test_a_kernel_file_linked_out_of_the_kernel_directories_is_refused_by_the_node(one_node):
+    """The master judges the path as written; the node resolves it before QEMU starts, so a symlink (or a
+    file swapped for one) in an allowed directory still cannot hand a host file to the guest."""
+    kernels = one_node.root / "kernels"
+    kernels.mkdir(exist_ok=True)
+    (kernels / "initrd.img").symlink_to("/etc/shadow")
+    one_node.ok("instance", "add", "k1", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M",
+                "--no-start", "--hv", f"initrd_path={kernels}/initrd.img")
+    try:
+        result = one_node.corral("instance", "start", "k1")
+        assert result.returncode != 0
+        assert (f"hypervisor parameter 'initrd_path': '{kernels}/initrd.img' (which is '/etc/shadow') is not in the "
+                "kernel directories of this node") in result.stdout + result.stderr
+        assert one_node.instance("k1")["pid"] is None
+        assert not (one_node.root / "run" / "instances" / "k1" / "qemu.pid").exists()
+    finally:
+        one_node.ok("instance", "remove", "k1")
+
+
+def test_vnc_is_a_unix_socket_only_root_reaches_never_a_tcp_port(one_node):
+    one_node.ok("instance", "add", "v1", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M",
+                "--hv", "vnc=localhost")
+    try:
+        pid = wait_for(lambda: one_node.instance("v1")["pid"], 30, "v1's QEMU in the node report")
+        assert [c for c in psutil.Process(pid).net_connections(kind="inet") if c.status == "LISTEN"] == []
+        path = wait_for(lambda: one_node.json("instance", "info", "v1")["vnc_socket"], 15, "v1's VNC socket")
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            assert sock.recv(12) == b"RFB 003.008\n"
+        hint = one_node.ok("instance", "console", "v1", "--vnc")
+        assert f"ssh -N -L 5901:{path} root@127.0.0.1" in hint
+        assert one_node.corral("instance", "console", "g1", "--vnc").returncode == 1  # g1 has no VNC
+    finally:
+        one_node.ok("instance", "remove", "v1")
 
 
 def test_mac_addresses_are_unique_in_the_cluster(one_node):

@@ -139,3 +139,61 @@ def test_node_tls_offers_only_aead_suites_for_tls_1_2(tmp_path):
     for ctx in (pki.server_context(paths), pki.client_context(paths)):
         tls12 = [c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"]
         assert tls12 and all("GCM" in name or "CHACHA20" in name for name in tls12), tls12
+
+
+SCRIPT_REPORT = {**REPORT, "os": {"img": "image", "deb": "script"}, "kernel_dirs": ["/boot"],
+                 "os_details": {"deb": {"variants": ["bookworm", "trixie"], "parameters": ["filesystem", "ssh-key"]}}}
+
+
+def refused(req, **changes):
+    with pytest.raises(BadRequest) as err:
+        check_add({"name": "a", **req}, view(reports={"n1": SCRIPT_REPORT}, **changes), now=0)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("os_name,words", [
+    ("deb+../../etc", "os: variant '../../etc' is not a variant name"),
+    ("deb+a/b", "os: variant 'a/b' is not a variant name"),
+    ("deb+bookworm\n", "is not a variant name"),
+    ("deb+sid", "os: OS 'deb' on node 'n1' has no variant 'sid' (its variants.list offers: bookworm, trixie)"),
+    ("img+x", "os: 'img' is an image, which has no variants; give --os img"),
+])
+def test_os_variants_are_names_the_os_lists(os_name, words):
+    assert words in refused({"os": os_name})
+
+
+@pytest.mark.parametrize("params,words", [
+    ({"filesystem": "ext4; rm -rf /"}, "osparams: filesystem: 'ext4; rm -rf /' is not accepted"),
+    ({"filesystem": "ext4\nOSP_X=1"}, "is not accepted: at most 1024 letters, digits, spaces"),
+    ({"filesystem": "$(reboot)"}, "no shell characters"),
+    ({"filesystem": "`id`"}, "is not accepted"),
+    ({"filesystem": 4}, "osparams: filesystem: 4 is not a string"),
+    ({"../x": "1"}, "osparams: '../x' is not a parameter name"),
+    ({"root-password": "x"}, "OS 'deb' on node 'n1' takes no parameter 'root-password' (its parameters.list "
+                             "names: filesystem, ssh-key)"),
+])
+def test_os_parameters_are_listed_names_with_plain_values(params, words):
+    assert words in refused({"os": "deb+trixie", "osparams": params})
+
+
+def test_wrong_types_of_os_fields_are_named():
+    assert "osparams: 'x' is not an object of NAME: VALUE" in refused({"os": "deb", "osparams": "x"})
+    assert "os: ['deb'] is not an OS name" in refused({"os": ["deb"]})
+    assert "hvparams: [] is not an object" in refused({"os": "deb", "hvparams": []})
+    assert "osparams: 'img' is an image, which takes no OS parameters" in refused(
+        {"os": "img", "osparams": {"filesystem": "ext4"}})
+
+
+def test_a_listed_variant_and_plain_parameters_pass():
+    inst = check_add({"name": "a", "os": "deb+trixie",
+                      "osparams": {"filesystem": "ext4", "ssh-key": "ssh-ed25519 AAAA+/x= me@host.example"}},
+                     view(reports={"n1": SCRIPT_REPORT}), now=0)
+    assert (inst.os, inst.osparams["filesystem"]) == ("deb+trixie", "ext4")
+
+
+def test_a_kernel_outside_the_nodes_kernel_directories_is_refused_at_submit():
+    words = refused({"os": "img", "hvparams": {"kernel_path": "/boot/vmlinuz", "initrd_path": "/etc/shadow"}})
+    assert "hypervisor parameter 'initrd_path': '/etc/shadow' is not a file in the kernel directories " \
+           "on node 'n1' (/boot)" in words
+    assert "'kernel_path'" not in words  # /boot/vmlinuz is fine
+    assert "'/etc/shadow'" in refused({"os": "img"}, cluster_hv={"accel": "tcg", "kernel_path": "/etc/shadow"})

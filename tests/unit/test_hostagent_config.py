@@ -48,3 +48,14 @@ def test_missing_required_keys_are_named():
         parse_config({"ports": {"api": 8000}})
     assert "missing required key 'name' in [node]" in str(err.value)
     assert "missing required key 'address' in [node]" in str(err.value)
+
+
+def test_kernel_dirs_default_to_boot_and_the_guest_cache_and_must_be_absolute_directories_below_root():
+    node = {"name": "n1", "address": "127.0.0.1"}
+    assert parse_config({"node": node}).kernel_dirs == ("/boot", "/var/cache/corral/guest")
+    assert parse_config({"node": node, "paths": {"kernel_dirs": ["/srv/kernels"]}}).kernel_dirs == ("/srv/kernels",)
+    with pytest.raises(ConfigError) as err:
+        parse_config({"node": node, "paths": {"kernel_dirs": ["/", "boot"]}})
+    assert err.value.problems == [
+        f"paths.kernel_dirs: {p!r} must be an absolute directory other than / (kernels and initrds are read from "
+        "there, e.g. /boot)" for p in ("/", "boot")]

@@ -105,11 +105,18 @@ def test_guest_panic_is_reported_not_exited():
     assert option(argv, "-action") == ["panic=pause"]
 
 
-def test_vnc_localhost_listens_on_loopback_auto_port_with_vga():
+def test_vnc_localhost_is_a_unix_socket_in_the_instance_directory_never_a_tcp_port():
     argv = build_argv(make_spec(vnc="localhost"), PATHS)
-    assert option(argv, "-vnc") == ["127.0.0.1:0,to=99"]
+    assert option(argv, "-vnc") == ["unix:/run/corral/instances/web1/vnc.sock"]
+    assert PATHS.vnc_socket == "/run/corral/instances/web1/vnc.sock"
     assert "VGA" in option(argv, "-device")
     assert option(argv, "-machine") == ["q35"]
+
+
+def test_a_vnc_socket_path_too_long_for_a_unix_socket_is_refused():
+    paths = run_paths("/run/" + "x" * 80, "web1")
+    with pytest.raises(SpecError, match="VNC socket path"):
+        build_argv(make_spec(vnc="localhost"), paths)
 
 
 def test_kernel_boot_adds_serial_console_argument():

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from kvm.hvparams import HV_PARAM_NAMES, HvParamError, HvParams, hvparams_to_dict, parse_hvparams
+from kvm.hvparams import HV_PARAM_NAMES, HvParamError, HvParams, hvparams_to_dict, kernel_path_problems, parse_hvparams
 
 
 def test_empty_values_give_documented_defaults():
@@ -115,3 +115,19 @@ def test_machine_and_cpu_must_be_plain_qemu_names(key, value):
 
 def test_cpu_model_may_carry_feature_flags():
     assert parse_hvparams({"cpu_model": "Haswell,+vmx,-hle"}).cpu_model == "Haswell,+vmx,-hle"
+
+
+@pytest.mark.parametrize("path", ["/etc/shadow", "/boot/../etc/shadow", "/boot/./vmlinuz", "//boot/vmlinuz",
+                                  "/bootx/vmlinuz", "/boot", "/boot/", "vmlinuz"])
+def test_kernel_files_outside_the_kernel_directories_are_named(path):
+    hv = HvParams(kernel_path="/boot/vmlinuz", initrd_path=path)
+    problems = kernel_path_problems(hv, ["/boot", "/var/cache/corral/guest"], " on node 'n1'")
+    assert problems == [f"hypervisor parameter 'initrd_path': {path!r} is not a file in the kernel directories "
+                        "on node 'n1' (/boot, /var/cache/corral/guest); put the kernel there, or add its "
+                        "directory to kernel_dirs in [paths] of agent.toml"]
+
+
+def test_kernel_files_inside_the_kernel_directories_pass():
+    hv = HvParams(kernel_path="/var/cache/corral/guest/vmlinuz", initrd_path="/boot/initrd.img-6.1")
+    assert kernel_path_problems(hv, ["/boot", "/var/cache/corral/guest/"]) == []
+    assert kernel_path_problems(HvParams(), []) == []

@@ -13,7 +13,7 @@ import pytest
 
 from kvm.cmdline import InstanceSpec
 from kvm.hvparams import HvParams
-from kvm.process import QemuManager, QemuStartError
+from kvm.process import QemuManager, QemuStartError, resolved_kernel
 
 
 def fake_qemu(tmp_path, body: str) -> str:
@@ -71,3 +71,35 @@ async def test_qemu_starts_at_the_guest_niceness_given_not_at_the_callers(tmp_pa
         await mgr.start(spec())
     assert seen.read_text().strip() == "7"
     assert os.getpriority(os.PRIO_PROCESS, 0) != 7, "only the child was reniced"
+
+
+def kernel_spec(kernel: str, initrd: str = "") -> InstanceSpec:
+    return InstanceSpec(name="vm1", uuid=str(uuid.uuid4()), memory_mib=64, vcpus=1,
+                        hv=HvParams(accel="tcg", kernel_path=kernel, initrd_path=initrd), disks=(), nics=())
+
+
+@pytest.mark.parametrize("where", ["outside", "symlink", "dotdot", "directory"])
+async def test_a_kernel_outside_the_kernel_directories_never_reaches_qemu(tmp_path, where):
+    """Checked on the node before every start, after resolving symlinks and '..': QEMU is not run."""
+    kernels, secret = tmp_path / "kernels", tmp_path / "shadow"
+    kernels.mkdir()
+    secret.write_text("root:$6$secret")
+    (kernels / "vmlinuz").write_text("kernel")
+    (kernels / "link").symlink_to(secret)
+    ran = tmp_path / "qemu-ran"
+    path = {"outside": str(secret), "symlink": str(kernels / "link"), "dotdot": f"{kernels}/../shadow",
+            "directory": str(kernels)}[where]
+    mgr = QemuManager(str(tmp_path / "run"), qemu_binary=fake_qemu(tmp_path, f"touch {ran}; exit 1"),
+                      kernel_dirs=[str(kernels)])
+    with pytest.raises(QemuStartError, match="hypervisor parameter 'initrd_path'"):
+        await mgr.start(kernel_spec(str(kernels / "vmlinuz"), path))
+    assert not ran.exists()
+
+
+def test_the_kernel_qemu_gets_is_the_resolved_file(tmp_path):
+    real = tmp_path / "kernels" / "vmlinuz-6.1"
+    real.parent.mkdir()
+    real.write_text("kernel")
+    (real.parent / "vmlinuz").symlink_to(real.name)
+    spec = resolved_kernel(kernel_spec(str(real.parent / "vmlinuz")), [str(real.parent)])
+    assert (spec.hv.kernel_path, spec.hv.initrd_path) == (str(real), "")
