@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
 from hostagent import auth, clocks
 from hostagent.agent import Agent
-from hostagent.api_base import error_middleware
+from hostagent.api_base import body_middleware, error_middleware
 from hostagent.api_cluster import ClusterRoutes
 from hostagent.api_instances import InstanceRoutes
 from hostagent.api_internal import InternalRoutes
 from hostagent.api_nodes import NodeRoutes
-from hostagent.openapi import openapi_document
+from hostagent.openapi import SCHEMAS, body_schema, openapi_document
 
 
 class Api(ClusterRoutes, NodeRoutes, InstanceRoutes, InternalRoutes):
@@ -112,6 +112,7 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
     """The local app (unix socket: root, no checks) and the TLS app (each route's access checked)."""
     api = Api(agent)
     roles: dict[AbstractRoute, str] = {}
+    bodies: dict[AbstractRoute, dict[str, Any]] = {}
     here = agent.cfg.node_name if agent is not None else ""
     if agent is None:  # the route table alone (tests, the OpenAPI check)
         middlewares = [error_middleware]
@@ -119,13 +120,18 @@ def build_app(agent: Agent, *, node_site: bool) -> web.Application:
         middlewares = [error_middleware, auth.middleware(agent.replica, agent.trust, roles, here)]
     else:
         middlewares = [error_middleware, auth.local_root(here)]
+    middlewares.append(body_middleware(bodies, SCHEMAS))  # after the caller is known: strangers get a 401
     app = web.Application(middlewares=middlewares)
     for route in ROUTES:
         if route.site != ("tls" if node_site else "local") and route.site != "both":
             continue
         resource = app.router.add_resource(route.path)
         handler = functools.partial(route.handler, api)
-        roles[resource.add_route(route.method, handler)] = route.access
+        added = resource.add_route(route.method, handler)
+        roles[added] = route.access
+        schema = body_schema(route.path, route.method)
+        if schema is not None:
+            bodies[added] = schema
         if route.method == "GET":
             roles[resource.add_route("HEAD", handler)] = route.access
     return app

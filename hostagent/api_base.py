@@ -15,17 +15,18 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
 
 from election.etcd import EtcdError, EtcdRequestFailed
 from election.lease import NotMaster
 from kvm.hvparams import HvParamError
 from storage.base import StorageError
 
-from hostagent import auth, callers, model, replicas
+from hostagent import auth, bodycheck, callers, model, replicas
 from hostagent.agent import Agent, NotInitialized
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.executor import OrderError
@@ -75,6 +76,28 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+BODY = "corral.body"
+
+
+def body_middleware(bodies: Mapping[AbstractRoute, Mapping[str, Any]],
+                    components: Mapping[str, Any]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Check each request body against its route's schema in the OpenAPI document, before any handler:
+    a 400 naming the field and what it accepts, never a handler tripping over a wrong type."""
+    @web.middleware
+    async def check(request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        schema = bodies.get(request.match_info.route)
+        if schema is not None:
+            body = parse_body(await request.read()) if request.can_read_body else {}
+            found = bodycheck.problems(schema, body, components)
+            if found:
+                raise BadRequest("; ".join(found))
+            request[BODY] = body
+        return await handler(request)
+
+    return check
+
+
 def _nesting(raw: bytes) -> int:
     """How deep arrays and objects nest in a JSON text (brackets inside strings do not count)."""
     depth = deepest = 0
@@ -106,6 +129,12 @@ async def error_middleware(request: web.Request,
                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
+    except web.HTTPNotFound:  # no route has this path: the same JSON errors as every other refusal
+        return _error(404, "not-found", f"no such path: {request.path!r} (the API is described at "
+                                        "/v1/openapi.json)")
+    except web.HTTPMethodNotAllowed as exc:
+        return _error(405, "method-not-allowed", f"{request.method} is not allowed on {request.path!r}; "
+                                                 f"allowed: {', '.join(sorted(exc.allowed_methods))}")
     except web.HTTPException:
         raise
     except EtcdError as exc:
@@ -163,6 +192,8 @@ class ApiBase:
                                  "run `corral cluster init --name NAME` first")
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
+        if BODY in request:
+            return dict(request[BODY])  # parsed and checked against its schema (body_middleware)
         if not request.can_read_body:
             return {}
         return parse_body(await request.read())

@@ -23,8 +23,8 @@ from hostagent.operations import Operations
 
 
 def _job_id(raw: str) -> int:
-    if not raw.isdigit():
-        raise BadRequest(f"job id {raw!r} is not a number")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # '¹' is a digit to str.isdigit, not to int()
+        raise BadRequest(f"job id {raw!r} is not a number (a job id is a whole number, e.g. 42)")
     return int(raw)
 
 

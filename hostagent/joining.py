@@ -85,8 +85,8 @@ def split_address(addr: str, default_port: int) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
     if not sep:
         return addr, default_port
-    if not port.isdigit():
-        raise BadRequest(f"{addr!r} is not ADDRESS or ADDRESS:PORT")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise BadRequest(f"{addr!r} is not ADDRESS or ADDRESS:PORT (a port from 1 to 65535)")
     return host, int(port)
 
 

@@ -33,9 +33,10 @@ PATHS: dict[str, dict[str, Any]] = {
                                        "what it did about each", ok_desc="one entry per finding")},
     "/v1/node/clock": {"get": _op("This node's wall clock, for verify's clock skew check "
                                   "(node certificates only)", ok_desc="node and time")},
-    "/v1/cluster/fencing": {"post": _op("Arm or disarm fencing: {\"armed\": true|false}")},
+    "/v1/cluster/fencing": {"post": _op("Arm or disarm fencing: {\"armed\": true|false}", body="ClusterFencing")},
     "/v1/cluster/alert/clear": {"post": _op("Clear the cluster alert (automatic failovers resume)")},
-    "/v1/cluster/modify": {"post": _op("Set auto_failover (the instances' default) and max_lost_nodes")},
+    "/v1/cluster/modify": {"post": _op("Set auto_failover (the instances' default), max_lost_nodes and "
+                                       "failback_after_s", body="ClusterModify")},
     "/v1/cluster/simulate": {"get": _op("What the master would do if the nodes in ?fail=N1,N2 were lost now")},
     "/v1/cluster/join": {"post": _op("Join this (new) node to a cluster with a join token (local socket only)",
                                      body="ClusterJoin")},
@@ -44,7 +45,8 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/cluster/replica": {"get": _op("This node's config replica: revision and checksum")},
     "/v1/cluster/replicas": {"get": _op("Every node's replica revision and checksum (local socket only)")},
     "/v1/cluster/rotate-secrets": {"post": _op("Rotate the gossip key and every node certificate, and with "
-                                                "{\"new_ca\": true} the cluster CA (a job)", "202")},
+                                                "{\"new_ca\": true} the cluster CA (a job)", "202",
+                                                "RotateSecrets")},
     "/v1/cluster/probe": {"post": _op("Submit a job that changes nothing: is the master running jobs?", "202")},
     "/v1/drill/crash": {"post": _op("Drill: make another node's agent crash or freeze (local socket only)",
                                     body="DrillCrash")},
@@ -55,9 +57,9 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/node/qemus": {"get": _op("The QEMUs running on this node now (node certificates only)")},
     "/v1/node/replica-outdated": {"post": _op("Master: record the secondary's copy of an instance out of date, "
                                               "asked by its primary before its guest goes on without it "
-                                              "(node certificates only)")},
+                                              "(node certificates only)", body="ReplicaOutdated")},
     "/v1/node/replica-resumed": {"post": _op("Master: the primary resumed a guest without its copy, and how long "
-                                             "it was paused (node certificates only)")},
+                                             "it was paused (node certificates only)", body="ReplicaResumed")},
     "/v1/drill/qemus": {"get": _op("Drill: the QEMUs running on node ?node=NAME now, asked of it directly "
                                    "(local socket only)")},
     "/v1/join/ca": {"get": _op("The cluster CA certificate (public; pinned by join tokens)", ok_desc="PEM")},
@@ -80,7 +82,8 @@ PATHS: dict[str, dict[str, Any]] = {
                                               "replace-secondary); dry_run answers the plan only", "202",
                                               "NodeEvacuate", ("name",))},
     "/v1/nodes/{name}/{action}": {"post": _op("migrate or failover: move every replicated primary instance "
-                                              "off the node (one job each)", params=("name", "action"))},
+                                              "off the node (one job each)", body="NodeMoveAll",
+                                              params=("name", "action"))},
     "/v1/instances": {"get": _op("All instances with their observed status"),
                       "post": _op("Add an instance (a job)", "202", "InstanceAdd")},
     "/v1/instances/{name}": {"get": _op("One instance", params=("name",)),
@@ -116,48 +119,88 @@ _RESTART_FIELDS: dict[str, Any] = {
     "auto_failover": {"type": "boolean", "nullable": True, "description": "null: the cluster's default"},
 }
 
+_SIZE = {"anyOf": [{"type": "string", "maxLength": 32, "example": "1G"}, {"type": "integer", "minimum": 1}],
+         "description": "512M, 1G, 1.5G, or a whole number of MiB"}
+_NAME = {"type": "string", "maxLength": 253}
+_PARAMS = {"type": "object", "maxProperties": 64,
+           "additionalProperties": {"anyOf": [{"type": "string", "maxLength": 4096}, {"type": "number"},
+                                              {"type": "boolean"}]}}
+
+# Request bodies. hostagent.bodycheck checks every request against these same schemas before
+# its handler runs, so the document cannot promise what the agent refuses, or the reverse.
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "message"],
               "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
     "JobAccepted": {"type": "object", "properties": {"data": {"type": "object", "properties": {"job_id": {"type": "integer"}}}}},
-    "ClusterInit": {"type": "object", "required": ["name"],
-                    "properties": {"name": {"type": "string"}, "hvparams": {"type": "object"}}},
+    "ClusterInit": {"type": "object", "required": ["name"], "properties": {
+        "name": _NAME, "hvparams": _PARAMS, "candidate_pool_size": {"type": "integer", "enum": [1, 3, 5]},
+        "max_lost_nodes": {"type": "number", "minimum": 0}, "failback_after_s": {"type": "number", "minimum": 0}}},
+    "ClusterFencing": {"type": "object", "required": ["armed"], "properties": {"armed": {"type": "boolean"}}},
+    "ClusterModify": {"type": "object", "additionalProperties": False, "properties": {
+        "auto_failover": {"type": "boolean"}, "max_lost_nodes": {"type": "integer", "minimum": 1, "nullable": True},
+        "failback_after_s": {"type": "number", "minimum": 0}}},
+    "RotateSecrets": {"type": "object", "properties": {"new_ca": {"type": "boolean"}}},
     "InstanceAdd": {"type": "object", "required": ["name", "os"], "properties": {
-        "name": {"type": "string"}, "os": {"type": "string"}, "node": {"type": "string"},
-        "disk_template": {"type": "string", "enum": ["file"]},
-        "memory": {"type": "string", "example": "512M"}, "vcpus": {"type": "integer"},
-        "disks": {"type": "array", "items": {"type": "object", "properties": {
-            "size": {"type": "string", "example": "1G"}, "format": {"type": "string", "enum": ["raw", "qcow2"]}}}},
-        "nics": {"type": "array", "items": {"type": "object", "properties": {
-            "mode": {"type": "string", "enum": ["user", "bridged"]}, "bridge": {"type": "string"},
-            "mac": {"type": "string"}}}},
-        "hvparams": {"type": "object"}, "osparams": {"type": "object"}, "start": {"type": "boolean"},
+        "name": _NAME, "os": {"type": "string", "maxLength": 253}, "node": {"type": "string", "maxLength": 512,
+                                                                            "nullable": True},
+        "disk_template": {"type": "string", "enum": ["file", "mirror", "plain", "drbd"]},
+        "memory": _SIZE, "vcpus": {"type": "integer", "minimum": 1},
+        "disks": {"type": "array", "maxItems": 16, "items": {"type": "object", "properties": {
+            "size": _SIZE, "format": {"type": "string", "enum": ["raw", "qcow2"]}}}},
+        "nics": {"type": "array", "maxItems": 8, "items": {"type": "object", "properties": {
+            "mode": {"type": "string", "enum": ["user", "bridged"]}, "bridge": {"type": "string", "maxLength": 15},
+            "mac": {"type": "string", "maxLength": 17}}}},
+        "hvparams": _PARAMS, "osparams": _PARAMS, "start": {"type": "boolean"},
         **_RESTART_FIELDS}},
     "InstanceModify": {"type": "object", "description": "only the fields given change",
                        "properties": _RESTART_FIELDS},
-    "InstanceAction": {"type": "object", "properties": {
-        "force": {"type": "boolean"}, "timeout_s": {"type": "number"},
-        "type": {"type": "string", "enum": ["soft", "hard"]}}},
+    "InstanceAction": {"type": "object", "description": "the fields each action takes (others are ignored)",
+                       "properties": {
+        "force": {"type": "boolean"}, "timeout_s": {"type": "number", "minimum": 0, "maximum": 3600,
+                                                    "nullable": True},
+        "type": {"type": "string", "enum": ["soft", "hard"]}, "node": {"type": "string", "maxLength": 253,
+                                                                       "nullable": True},
+        "max_bandwidth_mib_s": {"type": "number", "minimum": 1, "maximum": 100000, "nullable": True},
+        "ignore_consistency": {"type": "boolean"}, "disk": {"type": "integer", "minimum": 0}, "size": _SIZE}},
     "ClusterJoin": {"type": "object", "required": ["address", "token"], "properties": {
-        "address": {"type": "string", "example": "192.0.2.11:7947"}, "token": {"type": "string"}}},
-    "MasterFailover": {"type": "object", "properties": {"to": {"type": "string"}}},
+        "address": {"type": "string", "maxLength": 300, "example": "192.0.2.11:7947"},
+        "token": {"type": "string", "maxLength": 300}}},
+    "MasterFailover": {"type": "object", "properties": {"to": {"type": "string", "maxLength": 253,
+                                                                "nullable": True}}},
     "Join": {"type": "object", "required": ["token", "name", "address", "csr", "ports"], "properties": {
-        "token": {"type": "string"}, "name": {"type": "string"}, "address": {"type": "string"},
-        "csr": {"type": "string"}, "ports": {"type": "object"}}},
+        "token": {"type": "string", "maxLength": 300}, "name": _NAME, "address": {"type": "string", "maxLength": 64},
+        "csr": {"type": "string", "maxLength": 16384}, "ports": {
+            "type": "object", "required": ["api", "gossip", "etcd_client", "etcd_peer"],
+            "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 65535}}}},
     "NodeAdd": {"type": "object", "required": ["name", "address"], "properties": {
-        "name": {"type": "string"}, "address": {"type": "string"}, "ttl_s": {"type": "number"}}},
-    "NodeModify": {"type": "object", "properties": {
+        "name": _NAME, "address": {"type": "string", "maxLength": 64}, "ttl_s": {"type": "number"}}},
+    "NodeModify": {"type": "object", "additionalProperties": False, "properties": {
         "candidate": {"type": "boolean"}, "drained": {"type": "boolean"}, "offline": {"type": "boolean"}}},
     "NodeEvacuate": {"type": "object", "properties": {"dry_run": {"type": "boolean"}}},
+    "NodeMoveAll": {"type": "object", "properties": {"ignore_consistency": {"type": "boolean"}}},
     "UserAdd": {"type": "object", "required": ["name", "role"], "properties": {
-        "name": {"type": "string"}, "role": {"type": "string", "enum": ["read", "write", "admin"]}}},
+        "name": _NAME, "role": {"type": "string", "maxLength": 32, "example": "read",
+                                "description": "read, write or admin"}}},
     "DrillCrash": {"type": "object", "required": ["mode"], "properties": {
-        "node": {"type": "string"}, "mode": {"type": "string", "enum": ["kill", "freeze"]},
-        "freeze_s": {"type": "number"}}},
-    "StaleOrder": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+        "node": {"type": "string", "maxLength": 253}, "mode": {"type": "string", "maxLength": 32},
+        "freeze_s": {"type": "number", "minimum": 0, "maximum": 3600}}},
+    "StaleOrder": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string",
+                                                                                      "maxLength": 200}}},
     "Order": {"type": "object", "required": ["op", "args", "token"], "properties": {
-        "op": {"type": "string"}, "args": {"type": "object"}, "token": {"type": "string"}}},
+        "op": {"type": "string", "maxLength": 100}, "args": {"type": "object"},
+        "token": {"type": "string", "maxLength": 200}}},
+    "ReplicaOutdated": {"type": "object", "required": ["name"], "properties": {
+        "name": _NAME, "gen": {"type": "integer", "minimum": 0}, "reason": {"type": "string", "maxLength": 1000}}},
+    "ReplicaResumed": {"type": "object", "required": ["name"], "properties": {
+        "name": _NAME, "gen": {"type": "integer", "minimum": 0}, "at": {"type": "number", "minimum": 0},
+        "pause_ms": {"type": "integer", "minimum": 0}, "reason": {"type": "string", "maxLength": 1000}}},
 }
+
+
+def body_schema(path: str, method: str) -> dict[str, Any] | None:
+    """The schema a route's request body must match, None for routes that read no body."""
+    body = PATHS.get(path, {}).get(method.lower(), {}).get("requestBody")
+    return None if body is None else body["content"]["application/json"]["schema"]
 
 
 def openapi_document() -> dict[str, Any]:
