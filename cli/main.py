@@ -246,6 +246,8 @@ class Cli:
                 print(f"{key + ':':14}{r[key]}")
             print(f"{'memory:':14}{mib(r['memory_free'])} free of {mib(r['memory_total'])}")
             print(f"{'disk:':14}{mib(r['disk_free'])} free of {mib(r['disk_total'])}")
+            if r.get("loop_lag_ms") is not None:
+                print(f"{'loop lag:':14}{r['loop_lag_ms']:g} ms at worst in the last minute (agent's event loop)")
             lvm = r.get("lvm")
             if lvm:
                 print(f"{'lvm:':14}volume group {lvm['vg']}: " + (lvm["error"] if "error" in lvm else

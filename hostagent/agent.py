@@ -45,6 +45,7 @@ from hostagent.fencing import TokenGuard
 from hostagent.master import MasterRole
 from hostagent.node_ops import NodeOperations
 from hostagent.autofailover import AutoFailover
+from hostagent.looplag import LoopLag
 from hostagent.nodelease import NodeLease
 from hostagent.nodetrust import CrlKeeper, NodeTrust
 from hostagent.selffence import SelfFence
@@ -113,6 +114,7 @@ class Agent:
         self.replication.tell_master = self.tell_master
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
         self.crl = CrlKeeper(self.replica, self.pki)
+        self.looplag = LoopLag()
         self.trust = NodeTrust(self.replica, lambda: self._read_node_now if self.etcd is not None else None)
         self.stop_event = asyncio.Event()
         self.etcd: EtcdClient | None = None
@@ -240,7 +242,8 @@ class Agent:
                         asyncio.create_task(self.lease.run(self.stop_event), name="node-lease"),
                         asyncio.create_task(self.fence.run(self.stop_event), name="self-fence"),
                         asyncio.create_task(self._report_loop(), name="reporter"),
-                        asyncio.create_task(self._crl_loop(), name="revocations")]
+                        asyncio.create_task(self._crl_loop(), name="revocations"),
+                        asyncio.create_task(self.looplag.run(self.stop_event), name="loop-lag")]
         if local.get("etcd_member"):
             self._start_role()
 
@@ -596,6 +599,7 @@ class Agent:
             report["lvm"], lv_volumes = await reporter.lvm_state(self.lvm)
             report["volumes"] += lv_volumes
         report["agent_pid"] = os.getpid()
+        report["loop_lag_ms"] = self.looplag.worst_ms()
         if self.fence is not None:
             report["fencing"] = self.fence.report()
         report["etcd"] = await self._member_health()

@@ -15,6 +15,7 @@ from storage.drbdconf import RESOURCE_PREFIX
 
 from hostagent.clocks import ClockReading
 from hostagent.placement import Request, _Judge
+from hostagent.looplag import WARN_MS as LOOP_LAG_WARN_MS
 from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
 from hostagent.replicas import out_of_date_words
 from hostagent.status import REPORT_STALE_AFTER_S, instance_status, report_age_s
@@ -107,6 +108,10 @@ def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | 
     etcd = (report or {}).get("etcd") or {}
     if node.get("candidate") and etcd and not etcd.get("healthy"):
         problems.append(f"etcd member unhealthy: {etcd.get('reason')}")
+    lag = (report or {}).get("loop_lag_ms")
+    if status == "online" and isinstance(lag, (int, float)) and lag >= LOOP_LAG_WARN_MS:
+        problems.append(f"its agent's event loop was held {lag / 1000:.1f} s in the last minute "
+                        "(lease renewals and answers waited that long)")
     if node.get("offline"):
         status = "offline"
     role = "master" if node["name"] == master else ("candidate" if node.get("candidate") else "regular")
@@ -124,7 +129,7 @@ def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | 
             "primary_instances": sum(1 for i in instances if i["primary_node"] == node["name"]),
             "secondary_instances": sum(1 for i in instances if i.get("secondary_node") == node["name"]),
             "report_age_s": None if age is None else round(age, 1), "version": report.get("version"),
-            "lvm": report.get("lvm")}
+            "lvm": report.get("lvm"), "loop_lag_ms": report.get("loop_lag_ms")}
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,18 @@ def test_modify_fixes_the_pattern_and_refuses_what_would_never_start(one_node):
     info = one_node.json("instance", "info", "mute1")
     assert (info["after"], info["auto_failover"], info["boot_pattern"], info["boot_timeout_s"]) == \
         ([], None, "", 0.0)
+
+
+def test_a_pattern_built_to_backtrack_forever_never_holds_the_agents_loop(one_node):
+    """`(.+)+NEVER` against console lines without NEVER takes exponential time in Python's re: the agent's
+    loop (lease renewals, answers) would stop. With RE2 the loop's worst lag stays small while the guest boots."""
+    add(one_node, "attack1", "--boot-pattern", "(.+)+NEVER", "--boot-timeout", "300")
+    console = one_node.root / "log" / "console" / "attack1.console.log"
+    wait_for(lambda: console.exists() and "CORRAL-GUEST-BOOTED" in console.read_text(errors="replace"), 150,
+             "attack1's guest to boot (every console line matched against the pattern on the way)")
+    one_node.wait_fresh_report()
+    row = one_node.json("node", "info", "n1")
+    assert row["loop_lag_ms"] is not None and row["loop_lag_ms"] < 1000, row
+    assert row["lease"] == "held" and not row["problems"], row
+    assert one_node.instance("attack1")["boot"] == "waiting"  # no line matched: still waiting, as it should
+    one_node.ok("instance", "remove", "attack1")

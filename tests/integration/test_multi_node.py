@@ -338,9 +338,10 @@ def test_bad_bodies_get_a_400_naming_the_problem_and_no_job_from_master_or_not(s
             except urllib.error.HTTPError as err:
                 status, answer = err.code, json.loads(err.read())
             assert status == 400 and words in answer["message"], (node.name, path, status, answer)
-        for action, body, words in (("stop", {"timeout_s": "abc"}, "timeout_s must be a number of seconds"),
+        for action, body, words in (("stop", {"timeout_s": "abc"}, "timeout_s must be a number from 0 to 3600"),
                                     ("migrate", {"max_bandwidth_mib_s": "fast"}, "max_bandwidth_mib_s"),
-                                    ("move", {"node": 7}, "node must be a node name")):
+                                    ("move", {"node": 7}, "node must be a string or null, not 7"),
+                                    ("move", {"node": ""}, "node must be a node name")):
             status, answer = api_call(node, "POST", f"/v1/instances/nosuch/{action}", token=writer, body=body)
             assert status == 400 and words in answer["message"], (node.name, action, status, answer)
     assert len(shared3["n1"].json("job", "list")) == jobs_before
