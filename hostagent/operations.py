@@ -300,8 +300,16 @@ class Operations:
     @_operator_errors
     async def _job_start(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = await self._instance(args["name"])
+        before = inst["admin_state"]
+        # Marked up first, so that a master dying during the start leaves the restart duty to finish it.
         await self._set_admin(inst, "up")
-        return await self._start(ctx, inst, self.merged_hv(await self.cluster_hv(), inst))
+        try:
+            return await self._start(ctx, inst, self.merged_hv(await self.cluster_hv(), inst))
+        except Exception:
+            if before != "up":  # refused (or failed): no restart duty retrying what the operator saw fail
+                await self._set_admin(await self._instance(args["name"]), before)
+                await ctx.log(f"instance '{inst['name']}' is marked {before} again: the start failed")
+            raise
 
     async def _stop(self, ctx: JobContext, inst: dict[str, Any], force: bool, timeout_s: float | None) -> str:
         hv = self.merged_hv(await self.cluster_hv(), inst)

@@ -216,6 +216,9 @@ def test_a_kernel_file_linked_out_of_the_kernel_directories_is_refused_by_the_no
                 "kernel directories of this node") in result.stdout + result.stderr
         assert one_node.instance("k1")["pid"] is None
         assert not (one_node.root / "run" / "instances" / "k1" / "qemu.pid").exists()
+        assert "is marked down again: the start failed" in result.stdout + result.stderr
+        row = one_node.instance("k1")
+        assert row["admin_state"] == "down", row  # no restart duty retrying what the operator saw refused
     finally:
         one_node.ok("instance", "remove", "k1")
 
