@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 from conftest import GUEST_DIR, AgentNode, Cluster, is_gone, wait_for, wait_until  # noqa: E402,F401  (the harness)
+from netns_support import Switch  # noqa: E402
 
 ETCDCTL_TIMEOUT_S = 30
 ASK_TIMEOUT_S = 30
@@ -144,21 +145,26 @@ def stop_every_node(cluster: Cluster) -> list[str]:
 
 @contextmanager
 def running_cluster(size: int, candidates: int, keep: bool = False, subnet: str = "127.0.0",
-                    prefix: str = "corral-bench-") -> Iterator[tuple[Cluster, ChildLedger]]:
+                    prefix: str = "corral-bench-", switch: Switch | None = None,
+                    before_form: Callable[[Cluster], None] | None = None) -> Iterator[tuple[Cluster, ChildLedger]]:
     """A formed, settled cluster of `size` nodes; stops every process it started when the block ends.
 
     The temp directory (/tmp/`prefix`XXXX) is removed afterwards unless `keep` or the block raised
     (then its path is printed, for the agent logs). `subnet`: the nodes' 127.x.y,
-    so that the fixed ports of mirror disk exports cannot meet a test cluster's.
+    so that the fixed ports of mirror disk exports cannot meet a test cluster's. `switch`: each node in a
+    network namespace of its own on it instead (tests/integration/netns_support.py; close it after this block).
+    `before_form`: called with the cluster before any agent starts (e.g. to mount a node's directories).
     """
     root = Path(tempfile.mkdtemp(prefix=prefix))
-    cluster = Cluster(root, size, subnet=subnet)
+    cluster = Cluster(root, size, subnet=subnet, switch=switch)
     ledger = ChildLedger(root)
     failed = True
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, _terminate)
     try:
         t0 = time.monotonic()
+        if before_form is not None:
+            before_form(cluster)
         form(cluster, candidates)
         ledger.note(cluster)
         wait_settled(cluster, candidates)
