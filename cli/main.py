@@ -760,9 +760,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("node")
     s.add_argument("--mode", choices=("isolate", "kill"), default="isolate",
                    help="isolate: the node stops renewing its lease, reporting and gossiping, then comes back; "
-                        "kill: every process of the node dies, QEMUs included (test and demo clusters)")
+                        "kill: every process of the node dies, QEMUs included, and it stays down for the "
+                        "duration, its supervisor held off (test and demo clusters)")
     s.add_argument("--duration", type=float, metavar="S",
-                   help="how long an isolation lasts (default: the node lease time + 40 s, at most 120)")
+                   help="how long the node is cut off or stays down: longer than its lease, at most 120 s "
+                        "(default: the node lease time + 40 s)")
     u = group("user", "API users for the TCP API (people and scripts)")
     s = u.add_parser("add", help="create a user and print its token", parents=[common])
     s.add_argument("name")

@@ -108,7 +108,11 @@ class InternalRoutes(ApiBase):
                                "(`corral cluster master-failover`)")
             self.agent.isolate(float(freeze_s))
         elif mode == "power-off":
-            drill.power_off(self.agent.cfg.run_dir)
+            try:
+                drill.power_off(self.agent.cfg.run_dir, float(freeze_s), "a node-loss drill")
+            except OSError as exc:
+                raise Conflict(f"node '{self.agent.cfg.node_name}' cannot hold itself down after the power-off, "
+                               f"so nothing was killed: {exc}") from None
         else:
             drill.crash(mode, freeze_s, self.agent.child_pids())
         return web.json_response({"node": self.agent.cfg.node_name, "mode": mode, "pid": os.getpid()})

@@ -5,8 +5,10 @@ operator ran `corral drill master-failover` or `corral drill node-loss`. A
 kill leaves the restart to whatever supervises the agent (systemd's
 Restart=on-failure, or the demo's loop); a freeze arranges its own thaw
 before stopping. `power-off` (test and demo clusters) also kills the node's
-QEMUs, disk exports and fence keeper first, as a power cut would; `isolate`
-is carried out by the agent itself (`Agent.isolate`).
+QEMUs, disk exports and fence keeper first, as a power cut would, and keeps
+the node down for the drill's duration: the restarted agent waits out the
+hold (`holddown`) before it starts. `isolate` is carried out by the agent
+itself (`Agent.isolate`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
+
+from hostagent import holddown
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +50,15 @@ def node_processes(run_dir: str) -> list[int]:
     return pids
 
 
-def power_off(run_dir: str) -> None:
-    """Shortly after the answer has gone out: SIGKILL every process of this node, the agent last."""
+def power_off(run_dir: str, hold_s: float, why: str) -> None:
+    """Shortly after the answer has gone out: SIGKILL every process of this node, the agent last.
+
+    First records that the node stays down for `hold_s` (its next agent waits until then); raises
+    OSError, with nothing killed, if that cannot be recorded."""
+    held = holddown.hold(run_dir, hold_s, time.time(), why)
     pids = node_processes(run_dir)
-    log.warning("drill: powering this node off: killing QEMUs, disk exports and the fence keeper (pids %s), "
-                "then this agent", pids)
+    log.warning("drill: powering this node off for %.0f s (%s): killing QEMUs, disk exports and the fence keeper "
+                "(pids %s), then this agent; its next start waits until the time in %s", hold_s, why, pids, held)
 
     def kill_all() -> None:
         for pid in pids:

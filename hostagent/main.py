@@ -12,7 +12,7 @@ import sys
 from aiohttp import web
 
 from election.etcd import EtcdError
-from hostagent import accesslog, pki, priority
+from hostagent import accesslog, holddown, pki, priority
 from hostagent.agent import Agent, AlreadyRunning
 from hostagent.api import build_app
 from hostagent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"corral-agent: {exc}", file=sys.stderr)
         return 2
+    notifier = Notifier()
+    holddown.wait_out(cfg.run_dir, notifier)  # a drill powered this node off: stay down until its time
+    notifier.close()
     base_nice = priority.raise_control_plane()
     changed = os.getpriority(os.PRIO_PROCESS, 0) != base_nice
     try:

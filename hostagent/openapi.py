@@ -183,7 +183,8 @@ SCHEMAS: dict[str, Any] = {
                                 "description": "read, write or admin"}}},
     "DrillCrash": {"type": "object", "required": ["mode"], "properties": {
         "node": {"type": "string", "maxLength": 253}, "mode": {"type": "string", "maxLength": 32},
-        "freeze_s": {"type": "number", "minimum": 0, "maximum": 3600}}},
+        "freeze_s": {"type": "number", "minimum": 0, "maximum": 3600,
+                     "description": "seconds a freeze or an isolation lasts, or a power-off keeps the node down"}}},
     "StaleOrder": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string",
                                                                                       "maxLength": 200}}},
     "Order": {"type": "object", "required": ["op", "args", "token"], "properties": {

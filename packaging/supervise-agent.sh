@@ -3,7 +3,9 @@
 # does on a real node. For the demo and tests, where there is no systemd.
 # Usage: supervise-agent.sh /path/to/corral-agent --config FILE
 # SIGTERM stops the agent and this loop. Exit codes 0 (clean stop) and 2 (bad
-# config: restarting cannot help) end the loop too.
+# config: restarting cannot help) end the loop too. A node powered off by a
+# drill is held down by the agent itself (it waits out <run_dir>/drill-held-down
+# before starting), so this loop needs to know nothing about drills.
 set -u
 child=0
 stopping=0
