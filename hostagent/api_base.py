@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 NO_QUORUM = ("no quorum: the cluster's etcd members cannot agree right now, so changes are refused "
              "until a majority of the master candidates is reachable again; reads still work from "
              "each node's replica. Detail: ")
+# The change left for the master and no answer came back: unlike NO_QUORUM, it may have been made.
+NO_QUORUM_IN_FLIGHT = ("no quorum: the cluster's etcd members lost their majority while this change was on its "
+                       "way to the master, which did not answer. If the change reached it before the split, it "
+                       "may still be made: once the network heals, look (`corral job list`, or list what you "
+                       "changed) before you retry. Detail: ")
 _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (BadRequest, 400, "bad-request"), (SizeError, 400, "bad-request"), (HvParamError, 400, "bad-request"),
     (NotFound, 404, "not-found"), (Conflict, 409, "conflict"), (FileExistsError, 409, "conflict"),
@@ -248,7 +253,7 @@ class ApiBase:
         except ConnectionError:
             quorum = await self._quorum()  # a master that does not answer: is it the quorum?
             if not quorum["ok"]:
-                raise NoMaster(master, NO_QUORUM + quorum["reason"]) from None
+                raise NoMaster(master, NO_QUORUM_IN_FLIGHT + quorum["reason"]) from None
             raise
         job_id = (data.get("data") or {}).get("job_id") if isinstance(data.get("data"), dict) else None
         if status == 202 and job_id is not None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 from typing import Any
 
 import aiohttp
 
 from election.lease import FencingToken
+
+UNACKNOWLEDGED_LIMIT_S = 10.0  # a peer that acknowledges nothing for this long is cut off, not slow
 
 
 class OrderFailed(Exception):
@@ -26,6 +29,23 @@ class OrderFailed(Exception):
         self.code = code  # the node's error code ("stale-token", ...); empty when it did not answer
 
 
+def _short_lived_unacknowledged(addr_info: tuple[Any, ...]) -> socket.socket:
+    """A socket that drops its connection once data it sent stays unacknowledged `UNACKNOWLEDGED_LIMIT_S`.
+
+    A request written to a kept-alive connection just as the network splits waits in the kernel's
+    send queue, and the kernel retransmits it for minutes, even after the caller gave up and closed
+    the connection; the peer carries it out once the network heals. A change the CLI had reported
+    refused for want of quorum was made that way half a minute later, and an order the master gave
+    up on could arrive as late. With TCP_USER_TIMEOUT the connection fails instead and the caller
+    hears of it at once; the last retransmission can still go out a few seconds later (it waits in
+    the kernel's neighbour queue for the peer's address to resolve), never minutes.
+    """
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=kind, proto=proto)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(UNACKNOWLEDGED_LIMIT_S * 1000))
+    return sock
+
+
 class NodeClient:
     """HTTPS client to other agents' /v1/node/orders, authenticated by node certificates."""
 
@@ -35,7 +55,8 @@ class NodeClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl))
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, socket_factory=_short_lived_unacknowledged))
         return self._session
 
     async def order(self, node: str, address: str, port: int, op: str, args: dict[str, Any],

@@ -23,6 +23,7 @@ import pytest
 
 from election.etcd import EtcdClient
 from election_support import EtcdMember, etcd_cluster
+from netns_support import NODE_PORTS, Switch
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -114,16 +115,22 @@ def is_gone(pid: int) -> bool:
 
 @dataclass
 class AgentNode:
-    """One corral-agent process with its own dirs and ports."""
+    """One corral-agent process with its own dirs and ports.
+
+    `netns`: run the agent (and so its etcd, Serf and QEMUs) in that network namespace
+    (tests/integration/netns_support.py), where `address` lives and the ports are fixed.
+    """
 
     root: Path
     name: str = "n1"
     address: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
     ports: dict = field(default_factory=dict)
+    netns: str | None = None
 
     def __post_init__(self) -> None:
-        self.ports = {k: free_port(self.address) for k in ("api", "gossip", "serf_rpc", "etcd_client", "etcd_peer")}
+        self.ports = dict(NODE_PORTS) if self.netns else \
+            {k: free_port(self.address) for k in ("api", "gossip", "serf_rpc", "etcd_client", "etcd_peer")}
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         image = self.root / "images" / "busybox-guest.qcow2"
         if not image.exists():
@@ -148,6 +155,7 @@ kernel_dirs = ["{GUEST_DIR}", "{self.root}/kernels"]
 report_interval_s = 1.0
 master_lease_ttl_s = 5
 drills = true
+access_log = {str(bool(self.netns)).lower()}
 
 [fencing]
 node_lease_ttl_s = 12
@@ -167,6 +175,8 @@ node_lease_ttl_s = 12
         argv = [str(BIN / "corral-agent"), "--config", str(self.config)]
         if supervised:
             argv = [str(REPO / "packaging" / "supervise-agent.sh"), *argv]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]  # ip execs the agent: proc.pid is still its pid
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         wait_for(lambda: self._answers(), 30, f"agent {self.name} to answer on its socket")
 
@@ -344,9 +354,14 @@ def one_node(tmp_path_factory, guest_dir):
 class Cluster:
     """N agents on 127.0.0.1..N, formed by init on the first and join on the others."""
 
-    def __init__(self, root: Path, size: int, supervised: bool = False, subnet: str = "127.0.0") -> None:
-        """`subnet`: another 127.x.y lets a module's cluster keep its fixed ports (disk exports) to itself."""
-        self.nodes = [AgentNode(root / f"n{i}", name=f"n{i}", address=f"{subnet}.{i}") for i in range(1, size + 1)]
+    def __init__(self, root: Path, size: int, supervised: bool = False, subnet: str = "127.0.0",
+                 switch: Switch | None = None) -> None:
+        """`subnet`: another 127.x.y lets a module's cluster keep its fixed ports (disk exports) to itself.
+        `switch`: each node in a network namespace of its own on that switch instead (real partitions)."""
+        self.nodes: list[AgentNode] = []
+        for i in range(1, size + 1):
+            netns, address = switch.add(f"n{i}", i) if switch else (None, f"{subnet}.{i}")
+            self.nodes.append(AgentNode(root / f"n{i}", name=f"n{i}", address=address, netns=netns))
         self.supervised = supervised
 
     def __getitem__(self, name: str) -> AgentNode:

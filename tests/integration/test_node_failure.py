@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import AgentNode, Cluster, is_gone, wait_for
+from netns_support import Switch
 from test_mirror_template import SEQ_START, console, numbers, wait_in_sync
 
 pytestmark = pytest.mark.integration
@@ -78,10 +79,11 @@ def assert_resumed_from(node: AgentNode, name: str, last: int, booted_before: in
 
 
 @contextmanager
-def writing_mirror_cluster(root: Path, guest_dir: Path, subnet: str, name: str) -> Iterator[Cluster]:
+def writing_mirror_cluster(root: Path, guest_dir: Path, subnet: str, name: str,
+                           switch: Switch | None = None) -> Iterator[Cluster]:
     """Three agents, auto-failover on, and `name`: a mirror instance on n2 (secondary n3) whose guest
-    writes its sequence (corral.seq=1)."""
-    cluster = Cluster(root, 3, subnet=subnet)
+    writes its sequence (corral.seq=1). With `switch`, each agent in a network namespace on it."""
+    cluster = Cluster(root, 3, subnet=subnet, switch=switch)
     try:
         cluster.form(f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
                      "kernel_args=quiet corral.seq=1,shutdown_timeout_s=10", 3)
