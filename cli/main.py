@@ -27,6 +27,18 @@ class UsageError(Exception):
     pass
 
 
+def _pending(changes: dict[str, Any]) -> str:
+    words = []
+    if "memory_mib" in changes:
+        words.append(f"memory {mib(changes['memory_mib'])}")
+    if "vcpus" in changes:
+        words.append(f"{changes['vcpus']} vCPUs")
+    if "hvparams" in changes:
+        words.append("hypervisor parameters " + (",".join(f"{k}={v}" for k, v in sorted(changes["hvparams"].items()))
+                                                 or "(the cluster's)"))
+    return ", ".join(words)
+
+
 def _kv_list(values: list[str] | None, what: str) -> dict[str, str]:
     """Parse repeated 'k=v,k2=v2' options into one dict."""
     out: dict[str, str] = {}
@@ -165,6 +177,10 @@ class Cli:
         if self.args.max_lost_nodes:
             body["max_lost_nodes"] = None if self.args.max_lost_nodes == "default" else _whole(
                 self.args.max_lost_nodes, "--max-lost-nodes")
+        if self.args.default_memory:
+            body["default_memory"] = self.args.default_memory
+        if self.args.default_vcpus is not None:
+            body["default_vcpus"] = self.args.default_vcpus
         return self.out(self.client.post("/v1/cluster/modify", body),
                         lambda d: print(", ".join(f"{k}={'default' if v is None else v}" for k, v in d.items())))
 
@@ -326,14 +342,18 @@ class Cli:
     def instance_add(self) -> int:
         a = self.args
         body: dict[str, Any] = {"name": a.name, "os": a.os, "disk_template": a.disk_template,
-                                "memory": a.memory, "vcpus": a.vcpus, "start": not a.no_start,
+                                "start": not a.no_start,
                                 "disks": [_disk(d) for d in (a.disk or ["1G"])],
                                 "nics": [_kv_list([n], "--net") for n in (a.net or ["mode=user"])],
                                 "hvparams": _kv_list(a.hv, "--hv"), "osparams": _kv_list(a.os_param, "--os-param")}
-        try:
-            parse_mib(a.memory, "memory")
-        except SizeError as exc:
-            raise UsageError(str(exc)) from None
+        if a.memory is not None:  # otherwise the cluster's default (`cluster modify --default-memory`)
+            try:
+                parse_mib(a.memory, "memory")
+            except SizeError as exc:
+                raise UsageError(str(exc)) from None
+            body["memory"] = a.memory
+        if a.vcpus is not None:
+            body["vcpus"] = a.vcpus
         if a.node:
             body["node"] = a.node
         if a.priority:
@@ -354,9 +374,21 @@ class Cli:
             body["after"] = a.after or []
         if a.auto_failover:
             body["auto_failover"] = {"yes": True, "no": False, "default": None}[a.auto_failover]
+        if a.memory:
+            try:
+                parse_mib(a.memory, "memory")
+            except SizeError as exc:
+                raise UsageError(str(exc)) from None
+            body["memory"] = a.memory
+        if a.vcpus is not None:
+            body["vcpus"] = a.vcpus
+        for option, field in ((a.hv, "hvparams"), (a.os_param, "osparams")):
+            if option:  # NAME= (no value) removes NAME: back to the default
+                body[field] = {k: (v or None) for k, v in _kv_list(option, f"--{field[:2]}").items()}
         if not body:
-            raise UsageError("nothing to change: give --priority, --after/--no-after, --boot-pattern, "
-                             "--boot-timeout or --auto-failover")
+            raise UsageError("nothing to change: give --memory, --vcpus, --hv, --os-param, --priority, "
+                             "--after/--no-after, --boot-pattern, --boot-timeout or --auto-failover")
+        body.update({"restart": a.restart, "force": a.force})
         return self.job(self.client.post(f"/v1/instances/{quote(a.name)}/modify", body))
 
     def instance_list(self) -> int:
@@ -365,8 +397,10 @@ class Cli:
                         [[r["name"], r["status"],
                           r["primary_node"] + (f":{r['secondary_node']}" if r["secondary_node"] else ""),
                           r["disk_template"] + (f" ({r['replication']['summary']})" if r.get("replication") else ""),
-                          mib(r["memory"]),
-                          r["vcpus"], r["os"], r["reason"]] for r in rows]))
+                          mib(r["memory"]) + ("*" if "memory_mib" in r.get("pending", {}) else ""),
+                          f"{r['vcpus']}" + ("*" if "vcpus" in r.get("pending", {}) else ""), r["os"],
+                          "; ".join(filter(None, [r["reason"], "pending: restart to apply" if r.get("pending")
+                                                  else ""]))] for r in rows]))
         return self.out(self.client.get("/v1/instances"), human)
 
     def instance_info(self) -> int:
@@ -374,6 +408,9 @@ class Cli:
             print(f"instance:     {r['name']} ({r['uuid']})")
             print(f"status:       {r['status']}" + (f" - {r['reason']}" if r["reason"] else "")
                   + (f" (pid {r['pid']})" if r["pid"] else ""))
+            if r.get("pending"):
+                print(f"pending:      {_pending(r['pending'])}: takes effect at the next restart "
+                      f"(`corral instance reboot {r['name']}`)")
             print(f"admin state:  {r['admin_state']} (restart priority {r['priority']}"
                   + (f", after {', '.join(r['after'])})" if r["after"] else ")"))
             boot = "none"
@@ -612,7 +649,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("state", choices=("arm", "disarm"))
     s = c.add_parser("alert", help="clear the alert raised when many nodes were lost at once", parents=[common])
     s.add_argument("action", choices=("clear",))
-    s = c.add_parser("modify", help="cluster-wide failover settings", parents=[common])
+    s = c.add_parser("modify", help="cluster-wide settings: failover, instance defaults", parents=[common])
     s.add_argument("--auto-failover", choices=("yes", "no"),
                    help="default for instances without their own setting (default no)")
     s.add_argument("--max-lost-nodes", metavar="N|default",
@@ -621,6 +658,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--failback-after", type=float, metavar="S",
                    help="instances failed over automatically migrate back once their node has been back S "
                         "seconds and their copy there is in sync (default 0: only with `instance migrate`)")
+    s.add_argument("--default-memory", metavar="SIZE", help="memory of new instances that give none (512M)")
+    s.add_argument("--default-vcpus", type=int, metavar="N", help="vCPUs of new instances that give none (1)")
     s = c.add_parser("simulate", help="what the master would do if a node died now (nothing is changed)",
                      parents=[common])
     s.add_argument("--fail", action="append", required=True, metavar="NODE", help="a node to take away (repeat)")
@@ -668,8 +707,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--disk-template", "-t", default="file",
                    help="file (local files) or mirror (copied synchronously to a secondary node)")
     s.add_argument("--disk", action="append", help="SIZE[,format=raw|qcow2]; repeat for more disks (default 1G)")
-    s.add_argument("--memory", "-m", default="512M", help="e.g. 512M, 2G")
-    s.add_argument("--vcpus", type=int, default=1)
+    s.add_argument("--memory", "-m", help="e.g. 512M, 2G (default: the cluster's, 512M unless changed)")
+    s.add_argument("--vcpus", type=int, help="virtual CPUs (default: the cluster's, 1 unless changed)")
     s.add_argument("--net", action="append", help="mode=user or mode=bridged,bridge=br0[,mac=..]")
     s.add_argument("--hv", action="append", help="hypervisor parameters, e.g. accel=tcg,kernel_path=/boot/vmlinuz")
     s.add_argument("--os-param", action="append", help="OS parameters NAME=VALUE")
@@ -681,7 +720,8 @@ def _parser() -> argparse.ArgumentParser:
     _boot_arguments(s)
     s.add_argument("--auto-failover", choices=("yes", "no"),
                    help="fail over to the secondary when the primary node is lost (default: the cluster's)")
-    s = i.add_parser("modify", help="change how the cluster keeps an instance running", parents=[common, jobopts])
+    s = i.add_parser("modify", help="change an instance: memory, vCPUs, parameters, how it is kept running",
+                     parents=[common, jobopts])
     s.add_argument("name")
     s.add_argument("--priority", choices=("critical", "high", "normal", "low"), help="restart order after an outage")
     after = s.add_mutually_exclusive_group()
@@ -691,6 +731,15 @@ def _parser() -> argparse.ArgumentParser:
     _boot_arguments(s, modify=True)
     s.add_argument("--auto-failover", choices=("yes", "no", "default"),
                    help="fail over when the primary node is lost; default: follow the cluster's setting")
+    s.add_argument("--memory", "-m", help="e.g. 1G (a running instance: at its next restart)")
+    s.add_argument("--vcpus", type=int, help="virtual CPUs (a running instance: at its next restart)")
+    s.add_argument("--hv", action="append", metavar="NAME=VALUE",
+                   help="hypervisor parameters; NAME= resets NAME to the cluster's (at the next restart)")
+    s.add_argument("--os-param", action="append", metavar="NAME=VALUE",
+                   help="OS parameters for the next install; NAME= removes NAME")
+    s.add_argument("--restart", action="store_true", help="restart the instance now if changes are pending")
+    s.add_argument("--force", action="store_true",
+                   help="write a memory increase even if its nodes cannot promise it (N+1), with a warning")
     i.add_parser("list", help="all instances", parents=[common])
     for name, help_ in (("info", "one instance"), ("console", "attach to the serial console (Ctrl-] detaches)")):
         s = i.add_parser(name, help=help_, parents=[common])

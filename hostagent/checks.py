@@ -11,7 +11,7 @@ import random
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kvm.hvparams import HvParamError, HvParams, kernel_path_problems, parse_hvparams
@@ -31,6 +31,7 @@ PORTS_PER_INSTANCE = 8
 MAX_MIRROR_DISKS = PORTS_PER_INSTANCE - 1
 MAX_DISKS = 16  # per instance: a guest's bus and a node's files stay manageable
 MAX_NICS = 8
+MAX_VCPUS = 255
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")  # a Linux interface name
 # OS variants and parameter names become file names and environment variable names of the OS scripts
 # (Ganeti OS API 20: OS_VARIANT, OSP_<NAME>); their values reach scripts that may use them in a shell.
@@ -45,8 +46,10 @@ DISK_FORMATS = ("raw", "qcow2")
 NIC_MODES = ("user", "bridged")
 BOOT_TIMEOUT_MAX_S = 3600.0
 BOOT_PATTERN_MAX_CHARS = 500
-# What `instance modify` may change (placement, disks and NICs have their own commands).
-MODIFIABLE = ("priority", "after", "boot_pattern", "boot_timeout_s", "auto_failover")
+# What `instance modify` may change (placement, disks and NICs have their own commands). Memory, vcpus and
+# hvparams of a running instance wait for its next start (hostagent.pending); osparams serve its next install.
+MODIFIABLE = ("priority", "after", "boot_pattern", "boot_timeout_s", "auto_failover", "memory", "vcpus",
+              "hvparams", "osparams")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class ClusterView:
     instances: set[str]
     used_macs: set[str]
     records: tuple[dict[str, Any], ...] = ()  # the instances themselves, for placement and ports
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # memory_mib, vcpus new instances inherit
 
 
 def check_add(req: dict[str, Any], view: ClusterView, now: float,
@@ -73,10 +77,8 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
     template = req.get("disk_template", "file")
     if template not in DISK_TEMPLATES:
         problems.append(f"disk template {template!r} is not available; use one of: {', '.join(DISK_TEMPLATES)}")
-    memory = _size(req.get("memory", "512M"), "memory", problems)
-    vcpus = req.get("vcpus", 1)
-    if not isinstance(vcpus, int) or isinstance(vcpus, bool) or not 1 <= vcpus <= 255:
-        problems.append(f"vcpus: {vcpus!r} is not a number of virtual CPUs (1-255)")
+    memory = _size(req.get("memory", view.defaults.get("memory_mib", 512)), "memory", problems)
+    vcpus = _vcpus(req.get("vcpus", view.defaults.get("vcpus", 1)), problems)
     priority = req.get("priority", "normal")
     if priority not in PRIORITIES:
         problems.append(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
@@ -158,9 +160,63 @@ def check_modify(inst: Mapping[str, Any], req: Mapping[str, Any], records: tuple
         new["boot_timeout_s"] = _boot_timeout(timeout, new["boot_pattern"], problems)
     if "auto_failover" in req:
         new["auto_failover"] = _auto_failover(req["auto_failover"], str(inst.get("disk_template")), problems)
+    if "memory" in req:
+        new["memory_mib"] = _size(req["memory"], "memory", problems)
+    if "vcpus" in req:
+        new["vcpus"] = _vcpus(req["vcpus"], problems)
+    if "hvparams" in req:
+        new["hvparams"] = _merged("hvparams", inst.get("hvparams") or {}, req["hvparams"], problems)
+        try:
+            parse_hvparams(new["hvparams"], parse_hvparams(cluster_hv))
+        except HvParamError as exc:
+            problems.extend(exc.problems)
+    if "osparams" in req:
+        merged = _merged("osparams", inst.get("osparams") or {}, req["osparams"], problems)
+        new["osparams"] = _os_request(str(inst.get("os", "")), merged, problems)[1]
     if problems:
         raise BadRequest("; ".join(problems))
     return new
+
+
+def _vcpus(value: Any, problems: list[str]) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_VCPUS:
+        problems.append(f"vcpus: {value!r} is not a number of virtual CPUs (1-{MAX_VCPUS})")
+        return 1
+    return value
+
+
+def _merged(what: str, current: Mapping[str, Any], changes: Any, problems: list[str]) -> dict[str, Any]:
+    """`current` with `changes` made: a value of null removes the name (back to the cluster's default)."""
+    if not isinstance(changes, dict):
+        problems.append(f"{what}: {changes!r} is not an object of NAME: VALUE (null removes NAME)")
+        return dict(current)
+    merged = dict(current)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def check_resources(inst: Mapping[str, Any], new: Mapping[str, Any], view: ClusterView, now: float) -> list[str]:
+    """Whether the instance's nodes can give it the memory it is to have: as a placement of it alone,
+    its current use counted as free on its primary. Empty when it fits (or asks no more than before)."""
+    if int(new["memory_mib"]) <= int(inst["memory_mib"]):
+        return []
+    others = [r for r in view.records if r["name"] != inst["name"]]
+    reports = {n: dict(r) for n, r in view.reports.items()}
+    primary = str(inst["primary_node"])
+    if primary in reports:
+        reports[primary]["memory_free_mib"] = int(reports[primary].get("memory_free_mib", 0)) + int(inst["memory_mib"])
+    template = str(inst.get("disk_template"))
+    request = Request(memory_mib=int(new["memory_mib"]), disk_mib=0, replicated=template in REPLICATED)
+    try:
+        check_manual(str(inst["name"]), request, primary, inst.get("secondary_node"), view.nodes, reports,
+                     others + [{**new, "memory_mib": 0}], now)
+    except PlacementError as exc:
+        return [str(exc)]
+    return []
 
 
 def _after(name: str, after: Any, names: set[str], records: Mapping[str, Mapping[str, Any]],

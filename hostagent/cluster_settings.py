@@ -18,6 +18,7 @@ from hostagent import model
 from hostagent.errors import BadRequest, Conflict
 from hostagent.eventlog import event_ops
 from hostagent.restarts import Event
+from hostagent.units import SizeError, parse_mib
 
 if TYPE_CHECKING:
     from hostagent.operations import Operations
@@ -31,6 +32,8 @@ MODIFIABLE = {
                       "(or 'default': one, or a third of the nodes)",
     "failback_after_s": "seconds a node must be back (and the copy in sync) before the instances failed over "
                         "from it migrate back by themselves (0: only when asked, with `instance migrate`)",
+    "default_memory": "a size such as 512M or 2G: the memory of new instances that do not give theirs",
+    "default_vcpus": "a whole number from 1 to 255: the vCPUs of new instances that do not give theirs",
 }
 
 
@@ -46,9 +49,23 @@ def check_changes(changes: dict[str, Any]) -> list[str]:
     back = changes.get("failback_after_s", 0)
     if isinstance(back, bool) or not isinstance(back, (int, float)) or back < 0:
         problems.append(f"failback_after_s must be {MODIFIABLE['failback_after_s']}, got {back!r}")
+    if "default_memory" in changes:
+        try:
+            parse_mib(changes["default_memory"], "default_memory")
+        except SizeError as exc:
+            problems.append(str(exc))
+    vcpus = changes.get("default_vcpus", 1)
+    if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= 255:
+        problems.append(f"default_vcpus must be {MODIFIABLE['default_vcpus']}, got {vcpus!r}")
     if not changes:
         problems.append(f"nothing to change (settings: {', '.join(MODIFIABLE)})")
     return problems
+
+
+def stored(changes: dict[str, Any]) -> dict[str, Any]:
+    """The cluster record's fields for checked changes (sizes kept in MiB)."""
+    return {("default_memory_mib" if k == "default_memory" else k):
+            (parse_mib(v, k) if k == "default_memory" else v) for k, v in changes.items()}
 
 
 async def _update(ops: Operations, change: dict[str, Any], message: str) -> dict[str, Any]:
@@ -89,5 +106,5 @@ async def modify(ops: Operations, changes: dict[str, Any]) -> dict[str, Any]:
     if problems:
         raise BadRequest("; ".join(problems))
     said = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
-    cluster = await _update(ops, changes, f"cluster settings changed by the operator: {said}")
-    return {k: cluster.get(k) for k in MODIFIABLE}
+    cluster = await _update(ops, stored(changes), f"cluster settings changed by the operator: {said}")
+    return {k: cluster.get("default_memory_mib" if k == "default_memory" else k) for k in MODIFIABLE}

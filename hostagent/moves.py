@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from election.etcd import Compare, Op
 from kvm.migration import migration_uri
 
-from hostagent import model, replicas
+from hostagent import model, pending, replicas
 from hostagent.checks import PORTS_PER_INSTANCE
 from hostagent.eventlog import event_ops
 from hostagent.restarts import Event
@@ -127,10 +127,24 @@ class Moves:
 
     async def start_order(self, node: str, inst: dict[str, Any], hv: dict[str, Any]) -> dict[str, Any]:
         """`instance.start` on `node`; a replicated guest then writes without a copy until one joins,
-        so its copy is recorded out of date first."""
+        so its copy is recorded out of date first. Changes pending for the next start are made first."""
+        if inst.get("pending"):
+            hv = await self._apply_pending(inst)
         if inst.get("disk_template") in REPLICATED and inst.get("secondary_node"):
             await self.outdate(inst["name"], f"started on node '{node}' without its copy (a new one follows)")
         return await self.ops._order(node, "instance.start", {"instance": inst, "hvparams": hv})
+
+    async def _apply_pending(self, inst: dict[str, Any]) -> dict[str, Any]:
+        """Make `inst`'s pending changes current (in the config and in `inst`); its hypervisor parameters."""
+        current = await self.ops._get(model.instance_key(inst["name"])) or inst
+        applied, changed = pending.apply({**current, "pending": inst.get("pending")})
+        applied["mtime"] = time.time()
+        await self.ops._write([Op.put(model.instance_key(inst["name"]), model.dumps(applied))])
+        inst.clear()
+        inst.update(applied)
+        log.info("instance '%s': changes made for this start: %s", inst["name"],
+                 ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()) or "none")
+        return self.ops.merged_hv(await self.ops.cluster_hv(), inst)
 
     async def protect(self, ctx: JobContext | None, inst: dict[str, Any]) -> bool:
         """Export the secondary's copies and start the primary's mirrors; False (logged) if it could not."""
@@ -275,6 +289,8 @@ class Moves:
                           "itself (self-fencing), so it is not asked to")
         else:
             await self._stop_on_old(ctx, inst, hv, force)
+            if ok and not force:
+                await self._still_trusted(ctx, inst, hv)
         await self.ops._order(new, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
         await self._set_nodes(inst, new, old, home=old if args.get("fenced") else None)
         await ctx.log(f"node '{new}' is now the primary of '{name}'")
@@ -285,6 +301,22 @@ class Moves:
             result["pid"] = started["pid"]
             await self.protect(ctx, inst)
         return result
+
+    async def _still_trusted(self, ctx: JobContext, inst: dict[str, Any], hv: dict[str, Any]) -> None:
+        """The copy was trusted before the stop; the guest wrote on until it powered off, and a write its
+        secondary missed then outdates the copy. If so, the old primary alone has every write: it runs
+        again there, and the failover stops here."""
+        name, old, new = inst["name"], inst["primary_node"], inst["secondary_node"]
+        record, _ = await self.replica(name)
+        if record.get("in_sync"):
+            return
+        await ctx.log(f"the copy of '{name}' on node '{new}' went out of date while '{name}' shut down on "
+                      f"'{old}' ({record.get('why')}); starting it again on '{old}', which has every write")
+        if inst["admin_state"] == "up":
+            await self.start_order(old, inst, hv)
+            await self.protect(ctx, inst)
+        raise JobFailed(f"not failing '{name}' over: its copy on node '{new}' went out of date while it shut "
+                        f"down; it runs on '{old}' again (a new copy follows; fail over once it is in sync)")
 
     async def _stop_on_old(self, ctx: JobContext, inst: dict[str, Any], hv: dict[str, Any], force: bool) -> None:
         """A clean shutdown where the primary still answers; a dead node's guest is gone anyway."""

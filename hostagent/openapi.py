@@ -88,7 +88,8 @@ PATHS: dict[str, dict[str, Any]] = {
                       "post": _op("Add an instance (a job)", "202", "InstanceAdd")},
     "/v1/instances/{name}": {"get": _op("One instance", params=("name",)),
                              "delete": _op("Remove an instance and its disks (a job)", "202", params=("name",))},
-    "/v1/instances/{name}/modify": {"post": _op("Change restart priority, after, boot check, auto failover (a job)",
+    "/v1/instances/{name}/modify": {"post": _op("Change memory, vCPUs, hypervisor and OS parameters, restart "
+                                                "priority, after, boot check, auto failover (a job)",
                                                 "202", "InstanceModify", ("name",))},
     "/v1/instances/{name}/{action}": {"post": _op("start, stop, reboot, migrate or fail over an instance (a job)", "202",
                                                   "InstanceAction", ("name", "action"))},
@@ -138,7 +139,8 @@ SCHEMAS: dict[str, Any] = {
     "ClusterFencing": {"type": "object", "required": ["armed"], "properties": {"armed": {"type": "boolean"}}},
     "ClusterModify": {"type": "object", "additionalProperties": False, "properties": {
         "auto_failover": {"type": "boolean"}, "max_lost_nodes": {"type": "integer", "minimum": 1, "nullable": True},
-        "failback_after_s": {"type": "number", "minimum": 0}}},
+        "failback_after_s": {"type": "number", "minimum": 0}, "default_memory": _SIZE,
+        "default_vcpus": {"type": "integer", "minimum": 1, "maximum": 255}}},
     "RotateSecrets": {"type": "object", "properties": {"new_ca": {"type": "boolean"}}},
     "InstanceAdd": {"type": "object", "required": ["name", "os"], "properties": {
         "name": _NAME, "os": {"type": "string", "maxLength": 253}, "node": {"type": "string", "maxLength": 512,
@@ -150,10 +152,18 @@ SCHEMAS: dict[str, Any] = {
         "nics": {"type": "array", "maxItems": 8, "items": {"type": "object", "properties": {
             "mode": {"type": "string", "enum": ["user", "bridged"]}, "bridge": {"type": "string", "maxLength": 15},
             "mac": {"type": "string", "maxLength": 17}}}},
-        "hvparams": _PARAMS, "osparams": _PARAMS, "start": {"type": "boolean"},
+        "hvparams": _PARAMS, "osparams": {"type": "object", "maxProperties": 32, "additionalProperties": {
+            "type": "string", "maxLength": 1024}}, "start": {"type": "boolean"},
         **_RESTART_FIELDS}},
-    "InstanceModify": {"type": "object", "description": "only the fields given change",
-                       "properties": _RESTART_FIELDS},
+    "InstanceModify": {"type": "object", "description": "only the fields given change; memory, vcpus and "
+                       "hvparams of a running instance take effect at its next start (pending)", "properties": {
+        **_RESTART_FIELDS, "memory": _SIZE, "vcpus": {"type": "integer", "minimum": 1, "maximum": 255},
+        "hvparams": {**_PARAMS, "additionalProperties": {"anyOf": [
+            {"type": "string", "maxLength": 4096}, {"type": "number"}, {"type": "boolean"}], "nullable": True}},
+        "osparams": {"type": "object", "maxProperties": 32, "additionalProperties": {
+            "type": "string", "maxLength": 1024, "nullable": True}},
+        "restart": {"type": "boolean", "description": "restart now if changes are pending"},
+        "force": {"type": "boolean", "description": "write a memory increase N+1 cannot promise"}}},
     "InstanceAction": {"type": "object", "description": "the fields each action takes (others are ignored)",
                        "properties": {
         "force": {"type": "boolean"}, "timeout_s": {"type": "number", "minimum": 0, "maximum": 3600,

@@ -19,7 +19,8 @@ from election.lease import NotMaster
 from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
 
 from hostagent import model, replicas
-from hostagent.checks import ClusterView, check_add, check_modify
+from hostagent import pending
+from hostagent.checks import ClusterView, check_add, check_modify, check_resources
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.jobs import Handler, JobContext, JobFailed
 from hostagent.master import MasterRole
@@ -141,6 +142,13 @@ class Operations:
         cluster = await self._get(model.CLUSTER_KEY) or {}
         return cluster.get("hvparams", {})
 
+    async def _running(self, inst: dict[str, Any]) -> bool:
+        """Whether a QEMU may run it now: marked up (it may be starting, unreported yet) or seen running."""
+        if inst.get("admin_state") == "up":
+            return True
+        report = await self._get(model.report_key(inst["primary_node"]))
+        return instance_status(inst, report, time.time()).pid is not None
+
     def merged_hv(self, cluster_hv: dict[str, Any], inst: dict[str, Any]) -> dict[str, Any]:
         return hvparams_to_dict(parse_hvparams(inst.get("hvparams", {}), parse_hvparams(cluster_hv)))
 
@@ -157,14 +165,7 @@ class Operations:
         return await self.role.require().submit("cluster.probe", {}, "probe the master's job runner")
 
     async def submit_add(self, req: dict[str, Any]) -> int:
-        instances = await self._prefix(model.INSTANCES)
-        view = ClusterView(
-            cluster_hv=await self.cluster_hv(),
-            nodes={n["name"]: n for n in await self._prefix(model.NODES)},
-            reports={r["node"]: r for r in await self._prefix(model.REPORTS)},
-            instances={i["name"] for i in instances}, records=tuple(instances),
-            used_macs={nic["mac"] for i in instances for nic in i["nics"]})
-        inst = check_add(req, view, time.time())
+        inst = check_add(req, await self._view(), time.time())
         # Reserving the name and each MAC makes concurrent adds collide at submit,
         # not half-way through; the instance key itself must still be absent.
         reservations = [model.reservation_key("instance", inst.name)]
@@ -174,12 +175,36 @@ class Operations:
             f"add instance '{inst.name}'", reservations=reservations,
             must_not_exist=[model.instance_key(inst.name)])
 
-    async def submit_modify(self, name: str, changes: dict[str, Any]) -> int:
-        """Checked now, so a refused change leaves no job behind; the job checks it again before writing."""
+    async def submit_modify(self, name: str, body: dict[str, Any]) -> int:
+        """Checked now, so a refused change leaves no job behind; the job checks it again before writing.
+
+        `restart`: restart the instance once written, so pending changes take effect now;
+        `force`: write a memory increase its nodes cannot promise (N+1), with a warning in the log."""
+        changes = {k: v for k, v in body.items() if k not in ("restart", "force")}
+        restart, force = body.get("restart", False), body.get("force", False)
+        for flag, value in (("restart", restart), ("force", force)):
+            if not isinstance(value, bool):
+                raise BadRequest(f"{flag} must be true or false, not {value!r}")
         inst = await self._instance(name)
-        check_modify(inst, changes, tuple(await self._prefix(model.INSTANCES)), await self.cluster_hv())
-        return await self.role.require().submit("instance.modify", {"name": name, "changes": changes},
-                                                f"modify instance '{name}'", must_exist=[model.instance_key(name)])
+        target = pending.effective(inst)
+        new = check_modify(target, changes, tuple(await self._prefix(model.INSTANCES)), await self.cluster_hv())
+        short = check_resources(target, new, await self._view(), time.time())
+        if short and not force:
+            raise Conflict("; ".join(short) + " (--force writes it anyway, with N+1 no longer certain)")
+        return await self.role.require().submit(
+            "instance.modify", {"name": name, "changes": changes, "restart": restart, "force": force},
+            f"modify instance '{name}'", must_exist=[model.instance_key(name)])
+
+    async def _view(self) -> ClusterView:
+        instances = await self._prefix(model.INSTANCES)
+        cluster = await self._get(model.CLUSTER_KEY) or {}
+        return ClusterView(
+            cluster_hv=cluster.get("hvparams", {}),
+            nodes={n["name"]: n for n in await self._prefix(model.NODES)},
+            reports={r["node"]: r for r in await self._prefix(model.REPORTS)},
+            instances={i["name"] for i in instances}, records=tuple(instances),
+            used_macs={nic["mac"] for i in instances for nic in i["nics"]},
+            defaults={k: cluster[f"default_{k}"] for k in ("memory_mib", "vcpus") if f"default_{k}" in cluster})
 
     async def submit_simple(self, op: str, name: str, params: dict[str, Any]) -> int:
         inst = await self._instance(name)
@@ -361,7 +386,13 @@ class Operations:
             if name not in records:
                 raise NotFound(f"instance '{name}' was removed before it could be modified")
             inst = records[name][1]
-            new = check_modify(inst, changes, tuple(rec for _, rec in records.values()), await self.cluster_hv())
+            target = pending.effective(inst)
+            wanted = check_modify(target, changes, tuple(rec for _, rec in records.values()), await self.cluster_hv())
+            short = check_resources(target, wanted, await self._view(), time.time())
+            if short and not args.get("force"):
+                raise JobFailed("; ".join(short))
+            running = await self._running(inst)
+            new = pending.split(inst, wanted, running)
             new["mtime"] = time.time()
             kept = [records[n][0] for n in _reached(name, new["after"], records)]
             token = self.role.token
@@ -372,10 +403,22 @@ class Operations:
                 extra_compares=[Compare.mod_revision(kv.key, "=", kv.mod_revision) for kv in kept])
             if result.succeeded:
                 for key in changes:
-                    await ctx.log(f"instance '{name}': {key} {_shown(inst.get(key))} -> {_shown(new.get(key))}")
+                    field = {"memory": "memory_mib"}.get(key, key)
+                    await ctx.log(f"instance '{name}': {key} {_shown(target.get(field))} -> "
+                                  f"{_shown(wanted.get(field))}")
+                for line in short:
+                    await ctx.log(f"WARNING (--force): {line}")
                 if {"boot_pattern", "boot_timeout_s"} & set(changes):
                     await ctx.log("the boot check applies from the next start of the instance")
-                return {"name": name, **{key: new.get(key) for key in changes}}
+                if new.get("pending"):
+                    await ctx.log(f"pending: {_pending_words(new['pending'])} take(s) effect at the next restart "
+                                  f"of '{name}'" + (" (restarting it now, as asked)" if args.get("restart") else
+                                                    " (`corral instance reboot`, or modify --restart)"))
+                    if args.get("restart"):
+                        await self._stop(ctx, new, False, None)
+                        await self._start(ctx, new, self.merged_hv(await self.cluster_hv(), new))
+                return {"name": name, "pending": new.get("pending") or {},
+                        **{key: wanted.get({"memory": "memory_mib"}.get(key, key)) for key in changes}}
             await ctx.log("the instances changed while this modify checked them; checking again")
         raise JobFailed(f"instance '{name}' or the instances it starts after kept changing during "
                         f"{MODIFY_TRIES} tries; try again")
@@ -408,6 +451,13 @@ def _reached(name: str, after: list[str], records: dict[str, tuple[Any, dict[str
         order.append(current)
         todo += records[current][1].get("after", [])
     return order
+
+
+def _pending_words(changes: dict[str, Any]) -> str:
+    words = {"memory_mib": lambda v: f"memory {format_mib(v)}", "vcpus": lambda v: f"{v} vCPUs",
+             "hvparams": lambda v: "hypervisor parameters " + (",".join(f"{k}={x}" for k, x in sorted(v.items()))
+                                                                or "(cluster defaults)")}
+    return ", ".join(words[k](v) for k, v in changes.items() if k in words)
 
 
 def _shown(value: Any) -> str:

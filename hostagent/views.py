@@ -48,6 +48,7 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
             "pid": observed.pid, "admin_state": inst["admin_state"],
             "primary_node": inst["primary_node"], "secondary_node": inst.get("secondary_node"),
             "disk_template": inst["disk_template"], "memory": inst["memory_mib"], "vcpus": inst["vcpus"],
+            "pending": inst.get("pending") or {}, "osparams": inst.get("osparams") or {},
             "os": inst["os"], "disks": inst["disks"], "nics": inst["nics"], "hvparams": inst["hvparams"],
             "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"], "replication": replication,
             "priority": inst.get("priority", "normal"), "after": inst.get("after", []),

@@ -297,3 +297,43 @@ def test_job_info_and_submit(one_node):
     job = one_node.json("job", "info", job_id)
     assert job["status"] == "success" and job["op"] == "instance.stop"
     assert any("stopping instance 'g1'" in line for _, line in job["log"])
+
+
+def qemu_args(pid: int) -> str:
+    return " ".join(psutil.Process(pid).cmdline())
+
+
+def test_memory_and_vcpus_of_a_running_instance_wait_for_its_next_start(one_node):
+    one_node.ok("cluster", "modify", "--default-memory", "96M", "--default-vcpus", "1")
+    one_node.ok("instance", "add", "grow1", "--os", "busybox-guest", "--disk", "64M")
+    row = wait_for(lambda: (r := one_node.instance("grow1"))["pid"] and r, 60, "grow1 running")
+    assert (row["memory"], row["vcpus"]) == (96, 1)  # the cluster's defaults
+    assert re.search(r"-m 96(M|\b)", qemu_args(row["pid"])), qemu_args(row["pid"])
+
+    out = one_node.ok("instance", "modify", "grow1", "--memory", "160M", "--vcpus", "2")
+    assert "pending: memory 160M, 2 vCPUs take(s) effect at the next restart of 'grow1'" in out, out
+    info = one_node.json("instance", "info", "grow1")
+    assert (info["memory"], info["vcpus"], info["pending"]) == (96, 1, {"memory_mib": 160, "vcpus": 2})
+    assert "pending:      memory 160M, 2 vCPUs: takes effect at the next restart" in \
+        one_node.ok("instance", "info", "grow1")
+    assert info["pid"] == row["pid"]  # nothing restarted
+
+    refused = one_node.corral("instance", "modify", "grow1", "--memory", "64T")
+    assert refused.returncode != 0 and "n1: only" in refused.stderr, refused.stderr
+    assert one_node.json("instance", "info", "grow1")["pending"] == {"memory_mib": 160, "vcpus": 2}
+
+    one_node.ok("instance", "reboot", "grow1")
+    row = wait_for(lambda: (r := one_node.instance("grow1"))["pid"] not in (None, row["pid"]) and r, 60,
+                   "grow1 running again")
+    assert (row["memory"], row["vcpus"], row["pending"]) == (160, 2, {})
+    args = qemu_args(row["pid"])
+    assert re.search(r"-m 160(M|\b)", args) and re.search(r"-smp 2\b", args), args
+
+    one_node.ok("instance", "stop", "grow1")
+    one_node.ok("instance", "modify", "grow1", "--memory", "128M", "--hv", "shutdown_timeout_s=5")
+    info = one_node.json("instance", "info", "grow1")  # stopped: made at once, nothing pending
+    assert (info["memory"], info["pending"], info["hvparams"].get("shutdown_timeout_s")) == (128, {}, "5")
+    one_node.ok("instance", "modify", "grow1", "--hv", "shutdown_timeout_s=")
+    assert "shutdown_timeout_s" not in one_node.json("instance", "info", "grow1")["hvparams"]
+    one_node.ok("instance", "remove", "grow1")
+    one_node.ok("cluster", "modify", "--default-memory", "512M")

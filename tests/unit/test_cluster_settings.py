@@ -17,7 +17,11 @@ def test_each_bad_value_is_named_with_what_it_must_be():
 
 
 def test_unknown_settings_and_empty_requests_are_refused():
-    assert check_changes({"fencing": "off"}) == ["unknown cluster setting 'fencing' (known: auto_failover, "
-                                                 "max_lost_nodes, failback_after_s)"]
-    assert check_changes({}) == ["nothing to change (settings: auto_failover, max_lost_nodes, failback_after_s)"]
+    known = "auto_failover, max_lost_nodes, failback_after_s, default_memory, default_vcpus"
+    assert check_changes({"fencing": "off"}) == [f"unknown cluster setting 'fencing' (known: {known})"]
+    assert check_changes({}) == [f"nothing to change (settings: {known})"]
+    assert check_changes({"default_memory": "lots", "default_vcpus": 0}) == [
+        "default_memory: 'lots' is not a size; use a number of MiB or a number with a unit, e.g. 512M, 1G, 1.5G, 2T",
+        "default_vcpus must be a whole number from 1 to 255: the vCPUs of new instances that do not give "
+        "theirs, got 0"]
     assert check_changes({"max_lost_nodes": True}) != [], "a bool is not a count"

@@ -36,7 +36,8 @@ def test_actions_numbers_and_flags():
     assert check("ClusterModify", {"failback_after_s": -1}) == [
         "failback_after_s must be a number of at least 0, not -1"]
     assert check("ClusterModify", {"nonsense": 1}) == [
-        "'nonsense' is not a field here (fields: auto_failover, failback_after_s, max_lost_nodes)"]
+        "'nonsense' is not a field here (fields: auto_failover, default_memory, default_vcpus, failback_after_s, "
+        "max_lost_nodes)"]
 
 
 def test_what_the_cli_sends_passes():

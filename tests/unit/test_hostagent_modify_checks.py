@@ -6,7 +6,8 @@ import copy
 
 import pytest
 
-from hostagent.checks import ClusterView, check_add, check_modify
+from hostagent import pending
+from hostagent.checks import ClusterView, check_add, check_modify, check_resources
 from hostagent.errors import BadRequest
 
 NODE = {"name": "n1", "address": "127.0.0.1"}
@@ -128,6 +129,44 @@ def test_clearing_the_boot_pattern_clears_its_timeout_and_a_timeout_alone_keeps_
 
 
 def test_modify_refuses_unknown_fields_and_an_empty_request():
-    assert "cannot modify memory of an instance; `instance modify` changes priority, after, boot_pattern, " \
-           "boot_timeout_s, auto_failover" in modify_refused("web1", memory="1G")
+    assert "cannot modify disks of an instance; `instance modify` changes priority, after, boot_pattern, " \
+           "boot_timeout_s, auto_failover, memory, vcpus, hvparams, osparams" in modify_refused("web1", disks=[])
     assert "nothing to change for instance 'web1'" in modify_refused("web1")
+
+
+def test_modify_memory_vcpus_and_parameters():
+    new = modify("db1", memory="1G", vcpus=2, hvparams={"shutdown_timeout_s": 30}, osparams={"suite": "bookworm"})
+    assert (new["memory_mib"], new["vcpus"], new["hvparams"], new["osparams"]) == \
+        (1024, 2, {"shutdown_timeout_s": 30}, {"suite": "bookworm"})
+    reset = check_modify({**RECORDS[0], "hvparams": {"shutdown_timeout_s": 30, "vnc": "localhost"}},
+                         {"hvparams": {"vnc": None}}, RECORDS, HV)
+    assert reset["hvparams"] == {"shutdown_timeout_s": 30}  # null: back to the cluster's default
+    problems = modify_refused("db1", memory="lots", vcpus=0, hvparams={"accel": "warp"}, osparams={"x": "$(id)"})
+    assert "memory: 'lots' is not a size" in problems and "vcpus: 0 is not a number of virtual CPUs (1-255)" in problems
+    assert "accel" in problems and "osparams: x:" in problems
+
+
+def test_more_memory_than_the_nodes_can_promise_is_named_with_the_node():
+    view = ClusterView(cluster_hv=HV, nodes={"n1": NODE}, reports={"n1": REPORT},
+                       instances={r["name"] for r in RECORDS}, used_macs=set(),
+                       records=tuple({**r, "admin_state": "up"} for r in RECORDS))
+    db1 = {**RECORDS[0], "admin_state": "up"}
+    assert check_resources(db1, {**db1, "memory_mib": 2048}, view, now=0) == []
+    short = check_resources(db1, {**db1, "memory_mib": 8192}, view, now=0)
+    assert len(short) == 1 and "n1: only" in short[0] and "memory free" in short[0], short
+    assert check_resources(db1, {**db1, "memory_mib": 64}, view, now=0) == []  # less never needs a check
+
+
+def test_a_running_instance_keeps_what_needs_a_restart_pending_until_its_next_start():
+    inst = {**RECORDS[0], "vcpus": 1, "priority": "normal"}
+    wanted = {**inst, "memory_mib": 1024, "vcpus": 2, "priority": "high"}
+    running = pending.split(inst, wanted, running=True)
+    assert (running["memory_mib"], running["vcpus"], running["priority"]) == (128, 1, "high")
+    assert running["pending"] == {"memory_mib": 1024, "vcpus": 2}
+    assert pending.effective(running)["memory_mib"] == 1024
+    assert "pending" not in pending.split(inst, wanted, running=False)
+    back = pending.split(running, {**pending.effective(running), "memory_mib": 128}, running=True)
+    assert back["pending"] == {"vcpus": 2}  # asked back to what runs: nothing pending for it
+    applied, changed = pending.apply(running)
+    assert (applied["memory_mib"], applied["vcpus"], "pending" in applied) == (1024, 2, False)
+    assert changed == {"memory_mib": (128, 1024), "vcpus": (1, 2)}
