@@ -12,9 +12,9 @@ import json
 import sys
 import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-from cli import jobs
+from cli import jobs, tags
 from cli.client import EXIT_UNREACHABLE, AgentClient, AgentUnreachable, ApiError, socket_path
 from cli.render import mib, table, warn_if_stale, when
 from hostagent.callers import describe as caller_words
@@ -25,6 +25,14 @@ EXIT_BAD_INPUT = 2
 
 class UsageError(Exception):
     pass
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    if value is None or value == "":
+        return "-"
+    return str(value)
 
 
 def _pending(changes: dict[str, Any]) -> str:
@@ -181,6 +189,8 @@ class Cli:
             body["default_memory"] = self.args.default_memory
         if self.args.default_vcpus is not None:
             body["default_vcpus"] = self.args.default_vcpus
+        if self.args.require_owner:
+            body["require_owner"] = self.args.require_owner == "yes"
         return self.out(self.client.post("/v1/cluster/modify", body),
                         lambda d: print(", ".join(f"{k}={'default' if v is None else v}" for k, v in d.items())))
 
@@ -346,6 +356,11 @@ class Cli:
                                 "disks": [_disk(d) for d in (a.disk or ["1G"])],
                                 "nics": [_kv_list([n], "--net") for n in (a.net or ["mode=user"])],
                                 "hvparams": _kv_list(a.hv, "--hv"), "osparams": _kv_list(a.os_param, "--os-param")}
+        for field in ("owner", "description"):
+            if getattr(a, field) is not None:
+                body[field] = getattr(a, field)
+        if a.tag:
+            body["tags"] = a.tag
         if a.memory is not None:  # otherwise the cluster's default (`cluster modify --default-memory`)
             try:
                 parse_mib(a.memory, "memory")
@@ -382,16 +397,33 @@ class Cli:
             body["memory"] = a.memory
         if a.vcpus is not None:
             body["vcpus"] = a.vcpus
+        for text in ("owner", "description"):
+            if getattr(a, text) is not None:
+                body[text] = getattr(a, text)
         for option, field in ((a.hv, "hvparams"), (a.os_param, "osparams")):
             if option:  # NAME= (no value) removes NAME: back to the default
                 body[field] = {k: (v or None) for k, v in _kv_list(option, f"--{field[:2]}").items()}
         if not body:
-            raise UsageError("nothing to change: give --memory, --vcpus, --hv, --os-param, --priority, "
-                             "--after/--no-after, --boot-pattern, --boot-timeout or --auto-failover")
+            raise UsageError("nothing to change: give --memory, --vcpus, --hv, --os-param, --owner, --description, "
+                             "--priority, --after/--no-after, --boot-pattern, --boot-timeout or --auto-failover")
         body.update({"restart": a.restart, "force": a.force})
         return self.job(self.client.post(f"/v1/instances/{quote(a.name)}/modify", body))
 
     def instance_list(self) -> int:
+        a = self.args
+        query = {k: v for k, v in (("tag", a.tag), ("node", a.node), ("status", a.status), ("owner", a.owner)) if v}
+        url = "/v1/instances" + ("?" + urlencode(query) if query else "")
+
+        def chosen(rows: list[dict[str, Any]]) -> None:
+            fields = [f.strip() for f in a.output.split(",") if f.strip()]
+            unknown = [f for f in fields if rows and f not in rows[0]]
+            if unknown:
+                raise UsageError(f"-o: no field {', '.join(unknown)} (fields: {', '.join(sorted(rows[0]))})")
+            print(table([f.upper() for f in fields], [[_cell(r.get(f)) for f in fields] for r in rows]))
+
+        if a.output:
+            return self.out(self.client.get(url), chosen)
+
         def human(rows: list[dict[str, Any]]) -> None:
             print(table(["INSTANCE", "STATUS", "NODE", "TEMPLATE", "MEMORY", "VCPUS", "OS", "REASON"],
                         [[r["name"], r["status"],
@@ -401,13 +433,17 @@ class Cli:
                           f"{r['vcpus']}" + ("*" if "vcpus" in r.get("pending", {}) else ""), r["os"],
                           "; ".join(filter(None, [r["reason"], "pending: restart to apply" if r.get("pending")
                                                   else ""]))] for r in rows]))
-        return self.out(self.client.get("/v1/instances"), human)
+        return self.out(self.client.get(url), human)
 
     def instance_info(self) -> int:
         def human(r: dict[str, Any]) -> None:
             print(f"instance:     {r['name']} ({r['uuid']})")
             print(f"status:       {r['status']}" + (f" - {r['reason']}" if r["reason"] else "")
                   + (f" (pid {r['pid']})" if r["pid"] else ""))
+            for label, value in (("owner:", r.get("owner")), ("description:", r.get("description")),
+                                 ("tags:", ", ".join(r.get("tags") or []))):
+                if value:
+                    print(f"{label:14}{value}")
             if r.get("pending"):
                 print(f"pending:      {_pending(r['pending'])}: takes effect at the next restart "
                       f"(`corral instance reboot {r['name']}`)")
@@ -610,7 +646,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="corral", description="Corral: a KVM cluster with no fixed master",
                                 parents=[common])
-    top = p.add_subparsers(dest="group", required=True, metavar="{cluster,node,instance,job,events,user,drill,os}")
+    top = p.add_subparsers(dest="group", required=True,
+                           metavar="{cluster,node,instance,job,events,user,drill,os,search-tags}")
 
     def group(name: str, help_: str) -> argparse._SubParsersAction:
         g = top.add_parser(name, help=help_, parents=[common])
@@ -660,6 +697,8 @@ def _parser() -> argparse.ArgumentParser:
                         "seconds and their copy there is in sync (default 0: only with `instance migrate`)")
     s.add_argument("--default-memory", metavar="SIZE", help="memory of new instances that give none (512M)")
     s.add_argument("--default-vcpus", type=int, metavar="N", help="vCPUs of new instances that give none (1)")
+    s.add_argument("--require-owner", choices=("yes", "no"),
+                   help="every new instance must name its owner; verify lists those without one")
     s = c.add_parser("simulate", help="what the master would do if a node died now (nothing is changed)",
                      parents=[common])
     s.add_argument("--fail", action="append", required=True, metavar="NODE", help="a node to take away (repeat)")
@@ -713,6 +752,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--hv", action="append", help="hypervisor parameters, e.g. accel=tcg,kernel_path=/boot/vmlinuz")
     s.add_argument("--os-param", action="append", help="OS parameters NAME=VALUE")
     s.add_argument("--no-start", action="store_true", help="create but do not start")
+    s.add_argument("--owner", help="who to ask about this instance (`cluster modify --require-owner yes` "
+                                   "makes it required)")
+    s.add_argument("--description", help="one line saying what it is for")
+    s.add_argument("--tag", action="append", metavar="TAG", help="a tag; repeat for more")
     s.add_argument("--priority", choices=("critical", "high", "normal", "low"),
                    help="restart order after an outage (default normal)")
     s.add_argument("--after", action="append", metavar="INSTANCE",
@@ -737,10 +780,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="hypervisor parameters; NAME= resets NAME to the cluster's (at the next restart)")
     s.add_argument("--os-param", action="append", metavar="NAME=VALUE",
                    help="OS parameters for the next install; NAME= removes NAME")
+    s.add_argument("--owner", help="who to ask about this instance ('' clears it)")
+    s.add_argument("--description", help="one line saying what it is for ('' clears it)")
     s.add_argument("--restart", action="store_true", help="restart the instance now if changes are pending")
     s.add_argument("--force", action="store_true",
                    help="write a memory increase even if its nodes cannot promise it (N+1), with a warning")
-    i.add_parser("list", help="all instances", parents=[common])
+    s = i.add_parser("list", help="all instances, or those matching every filter given", parents=[common])
+    s.add_argument("--tag", help="only instances with this tag")
+    s.add_argument("--node", help="only instances on this node (primary or secondary)")
+    s.add_argument("--status", help="only instances in this status (running, stopped, node-down, ...)")
+    s.add_argument("--owner", help="only instances of this owner")
+    s.add_argument("-o", "--output", metavar="FIELDS", help="these fields as columns, e.g. name,status,owner,tags")
     for name, help_ in (("info", "one instance"), ("console", "attach to the serial console (Ctrl-] detaches)")):
         s = i.add_parser(name, help=help_, parents=[common])
         s.add_argument("name")
@@ -825,6 +875,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     o = group("os", "operating system definitions and images")
     o.add_parser("list", help="OS definitions and images on this node", parents=[common])
+    tags.add_parsers({"instance": i, "node": n, "cluster": c}, common)
+    s = top.add_parser("search-tags", help="every tag of the cluster, its nodes and instances matching PATTERN",
+                       parents=[common])
+    s.set_defaults(cmd="")
+    s.add_argument("pattern", help="an RE2 regular expression, found anywhere in the tag (e.g. ^project:)")
     return p
 
 
@@ -864,6 +919,8 @@ def main(argv: list[str] | None = None) -> int:
         ("job", "cancel"): cli.job_cancel, ("drill", "master-failover"): cli.drill_master_failover,
         ("drill", "node-loss"): cli.drill_node_loss,
         ("os", "list"): cli.os_list, ("events", ""): cli.events,
+        ("search-tags", ""): lambda: tags.search(cli.client, args),
+        **{key: h for kind in tags.KINDS for key, h in tags.handlers(kind, cli.client, args).items()},
     }
     try:
         return dispatch[(args.group, args.cmd)]()

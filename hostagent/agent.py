@@ -293,6 +293,7 @@ class Agent:
     async def _pool_duty(self) -> None:
         assert self.node_ops is not None
         try:
+            await self.node_ops.record_serials()
             await self.node_ops.pool_step()
         except Exception as exc:  # noqa: BLE001 - retried next pass; the reason is logged
             log.warning("could not change the master candidate pool: %s", exc)
@@ -600,6 +601,7 @@ class Agent:
             report["volumes"] += lv_volumes
         report["agent_pid"] = os.getpid()
         report["loop_lag_ms"] = self.looplag.worst_ms()
+        report["cert_serial"] = pki.own_serial(self.pki)
         if self.fence is not None:
             report["fencing"] = self.fence.report()
         report["etcd"] = await self._member_health()

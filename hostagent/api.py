@@ -21,10 +21,11 @@ from hostagent.api_cluster import ClusterRoutes
 from hostagent.api_instances import InstanceRoutes
 from hostagent.api_internal import InternalRoutes
 from hostagent.api_nodes import NodeRoutes
+from hostagent.api_tags import TagRoutes
 from hostagent.openapi import SCHEMAS, body_schema, openapi_document
 
 
-class Api(ClusterRoutes, NodeRoutes, InstanceRoutes, InternalRoutes):
+class Api(ClusterRoutes, NodeRoutes, InstanceRoutes, InternalRoutes, TagRoutes):
     """Every handler on one object, so the route table binds them all from one instance.
 
     The groups share only ApiBase's state (the agent) and helpers, so their
@@ -61,6 +62,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/cluster/fencing", Api.cluster_fencing, ADMIN),
     Route("POST", "/v1/cluster/alert/clear", Api.cluster_alert_clear, ADMIN),
     Route("POST", "/v1/cluster/modify", Api.cluster_modify, ADMIN),
+    Route("POST", "/v1/cluster/tags", Api.cluster_tags, ADMIN),
+    Route("GET", "/v1/tags", Api.tag_search, READ),
     Route("GET", "/v1/cluster/simulate", Api.cluster_simulate, READ),
     Route("POST", "/v1/cluster/master-failover", Api.master_failover, ADMIN),
     Route("GET", "/v1/cluster/replica", Api.replica_checksum, READ),
@@ -74,12 +77,14 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/nodes/{name}/drain", Api.node_drain, WRITE),
     Route("POST", "/v1/nodes/{name}/undrain", Api.node_undrain, WRITE),
     Route("POST", "/v1/nodes/{name}/evacuate", Api.evacuate_node, WRITE),
+    Route("POST", "/v1/nodes/{name}/tags", Api.node_tags, ADMIN),
     Route("POST", "/v1/nodes/{name}/{action}", Api.node_evacuate, WRITE),
     Route("GET", "/v1/instances", Api.instance_list, READ),
     Route("POST", "/v1/instances", Api.instance_add, WRITE),
     Route("GET", "/v1/instances/{name}", Api.instance_info, READ),
     Route("DELETE", "/v1/instances/{name}", Api.instance_remove, WRITE),
     Route("POST", "/v1/instances/{name}/modify", Api.instance_modify, WRITE),
+    Route("POST", "/v1/instances/{name}/tags", Api.instance_tags, WRITE),
     Route("POST", "/v1/instances/{name}/{action}", Api.instance_action, WRITE),
     Route("GET", "/v1/instances/{name}/console", Api.instance_console, WRITE),  # typing into it changes the guest
     Route("GET", "/v1/events", Api.event_list, READ),

@@ -58,6 +58,8 @@ class ClusterRoutes(ApiBase):
             "auto_failover": bool(cluster.get("auto_failover", False)),
             "max_lost_nodes": cluster.get("max_lost_nodes"),
             "failback_after_s": cluster.get("failback_after_s") or 0,
+            "tags": cluster.get("tags") or [], "require_owner": bool(cluster.get("require_owner")),
+            "default_memory_mib": cluster.get("default_memory_mib", 512), "default_vcpus": cluster.get("default_vcpus", 1),
         })
 
     async def cluster_fencing(self, request: web.Request) -> web.Response:

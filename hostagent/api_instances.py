@@ -79,8 +79,14 @@ class InstanceRoutes(ApiBase):
     """Handlers for /v1/instances/..., /v1/events, /v1/jobs/..., /v1/os and /v1/users/...."""
 
     async def instance_list(self, request: web.Request) -> web.Response:
-        reports, now = self._reports(), time.time()
-        return self._ok([views.instance_row(i, reports, now) for i in self._instances()])
+        """Every instance, or those matching all of ?tag=, ?node= (primary or secondary), ?status=, ?owner=."""
+        reports, now, q = self._reports(), time.time(), request.query
+        rows = [views.instance_row(i, reports, now) for i in self._instances()]
+        return self._ok([r for r in rows
+                         if ("tag" not in q or q["tag"] in r["tags"])
+                         and ("node" not in q or q["node"] in (r["primary_node"], r["secondary_node"]))
+                         and ("status" not in q or r["status"] == q["status"])
+                         and ("owner" not in q or r["owner"] == q["owner"])])
 
     async def instance_info(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from kvm.hvparams import HvParamError, HvParams, kernel_path_problems, parse_hvparams
 
-from hostagent import model
+from hostagent import model, tags
 from hostagent.bootpattern import BootPattern, BootPatternError
 from hostagent.errors import BadRequest, Conflict
 from hostagent.placement import REPLICATED, Placement, PlacementError, Request, check_manual, place
@@ -49,7 +49,9 @@ BOOT_PATTERN_MAX_CHARS = 500
 # What `instance modify` may change (placement, disks and NICs have their own commands). Memory, vcpus and
 # hvparams of a running instance wait for its next start (hostagent.pending); osparams serve its next install.
 MODIFIABLE = ("priority", "after", "boot_pattern", "boot_timeout_s", "auto_failover", "memory", "vcpus",
-              "hvparams", "osparams")
+              "hvparams", "osparams", "owner", "description")
+OWNER_MAX_CHARS = 128
+DESCRIPTION_MAX_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,16 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
     boot_pattern = _boot_pattern(req.get("boot_pattern") or "", serial_console, problems)
     boot_timeout = _boot_timeout(req.get("boot_timeout_s"), boot_pattern, problems)
     auto_failover = _auto_failover(req.get("auto_failover"), template, problems)
+    owner = _text("owner", req.get("owner", ""), OWNER_MAX_CHARS, problems)
+    if not owner and view.defaults.get("require_owner"):
+        problems.append("owner: this cluster requires an owner for every instance (--owner NAME; "
+                        "`cluster modify --require-owner no` lifts it)")
+    description = _text("description", req.get("description", ""), DESCRIPTION_MAX_CHARS, problems)
+    try:
+        instance_tags = tags.checked(req.get("tags") or [], "tags")
+    except BadRequest as exc:
+        problems.append(str(exc))
+        instance_tags = []
     primary, _, secondary = str(req.get("node") or "").partition(":")
     if primary:
         problems += _node_problems(primary, os_name, osparams, hv, view)
@@ -118,6 +130,7 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
                           disks=disks, nics=nics, priority=priority, after=after,
                           boot_pattern=boot_pattern, boot_timeout_s=boot_timeout, auto_failover=auto_failover,
                           hvparams=dict(req.get("hvparams", {})), osparams=osparams,
+                          owner=owner, description=description, tags=instance_tags,
                           admin_state="down", ctime=now, mtime=now)
 
 
@@ -170,12 +183,25 @@ def check_modify(inst: Mapping[str, Any], req: Mapping[str, Any], records: tuple
             parse_hvparams(new["hvparams"], parse_hvparams(cluster_hv))
         except HvParamError as exc:
             problems.extend(exc.problems)
+    if "owner" in req:
+        new["owner"] = _text("owner", req["owner"], OWNER_MAX_CHARS, problems)
+    if "description" in req:
+        new["description"] = _text("description", req["description"], DESCRIPTION_MAX_CHARS, problems)
     if "osparams" in req:
         merged = _merged("osparams", inst.get("osparams") or {}, req["osparams"], problems)
         new["osparams"] = _os_request(str(inst.get("os", "")), merged, problems)[1]
     if problems:
         raise BadRequest("; ".join(problems))
     return new
+
+
+def _text(what: str, value: Any, limit: int, problems: list[str]) -> str:
+    """Free text for people (an owner, a description): one line, printable, bounded."""
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        problems.append(f"{what}: {str(value)[:60]!r} is not accepted: one line of printable text, "
+                        f"at most {limit} characters")
+        return ""
+    return value.strip()
 
 
 def _vcpus(value: Any, problems: list[str]) -> int:

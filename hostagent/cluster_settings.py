@@ -34,6 +34,8 @@ MODIFIABLE = {
                         "from it migrate back by themselves (0: only when asked, with `instance migrate`)",
     "default_memory": "a size such as 512M or 2G: the memory of new instances that do not give theirs",
     "default_vcpus": "a whole number from 1 to 255: the vCPUs of new instances that do not give theirs",
+    "require_owner": "yes or no: every new instance must name its owner, and `cluster verify` lists those "
+                     "without one",
 }
 
 
@@ -41,6 +43,8 @@ def check_changes(changes: dict[str, Any]) -> list[str]:
     """Problems with a `cluster modify` request (pure)."""
     problems = [f"unknown cluster setting '{k}' (known: {', '.join(MODIFIABLE)})" for k in changes
                 if k not in MODIFIABLE]
+    if "require_owner" in changes and not isinstance(changes["require_owner"], bool):
+        problems.append(f"require_owner must be {MODIFIABLE['require_owner']}, got {changes['require_owner']!r}")
     if "auto_failover" in changes and not isinstance(changes["auto_failover"], bool):
         problems.append(f"auto_failover must be {MODIFIABLE['auto_failover']}, got {changes['auto_failover']!r}")
     lost = changes.get("max_lost_nodes", 1)

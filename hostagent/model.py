@@ -140,6 +140,9 @@ class Instance:
     boot_timeout_s: float = 0.0  # how long a boot may take to print it; 0: DEFAULT_BOOT_TIMEOUT_S
     auto_failover: bool | None = None  # None: the cluster's default
     home_node: str | None = None  # set by an automatic failover: the node it came from (failback goes there)
+    owner: str = ""  # who to ask about it ("whose VM is this?" during an outage)
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
     admin_state: str = "down"
     ctime: float = 0.0
     mtime: float = 0.0

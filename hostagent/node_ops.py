@@ -254,6 +254,21 @@ class NodeOperations:
         return {"node": name, "steps": len(steps), "left": left}
 
     # ---- candidate pool --------------------------------------------------------------
+    async def record_serials(self) -> list[str]:
+        """Nodes recorded before certificate serials were (an upgraded cluster) get the serial their own
+        report gives; from then on only that certificate is accepted for them. The nodes done."""
+        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        done = []
+        for node in await self._nodes():
+            serial = (reports.get(node["name"]) or {}).get("cert_serial")
+            if "cert_serials" not in node and isinstance(serial, str) and serial:
+                await self.ops._write([Op.put(model.node_key(node["name"]),
+                                              model.dumps({**node, "cert_serials": [serial]}))])
+                log.info("node '%s': recorded its certificate serial %s (only that certificate is accepted now)",
+                         node["name"], serial)
+                done.append(node["name"])
+        return done
+
     async def pool_step(self) -> PoolChange | None:
         """Carry out at most one pool change, only while every etcd member is healthy."""
         if not self.role.lease_ok():

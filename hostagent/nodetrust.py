@@ -29,6 +29,8 @@ def refusal(record: dict[str, Any] | None, name: str, serial: str | None) -> str
     if record is None:
         return (f"node '{name}' is not a member of this cluster (removed, or never joined): "
                 "its certificate is no longer accepted")
+    if "cert_serials" not in record:
+        return None  # recorded before serials were: a member, and the master records its serial from its report
     if serial is None or serial not in (record.get("cert_serials") or []):
         return (f"this certificate of node '{name}' (serial {serial or 'unknown'}) is not the one the cluster "
                 "recorded for it (replaced by rotate-secrets, or issued outside a join)")

@@ -95,6 +95,13 @@ PATHS: dict[str, dict[str, Any]] = {
                                                   "InstanceAction", ("name", "action"))},
     "/v1/instances/{name}/console": {"get": _op("Serial console as a websocket (binary frames)", "101",
                                                 params=("name",), ok_desc="websocket upgrade")},
+    "/v1/instances/{name}/tags": {"post": _op("Add and remove tags of an instance; answers its tags",
+                                              body="TagChange", params=("name",))},
+    "/v1/nodes/{name}/tags": {"post": _op("Add and remove tags of a node; answers its tags", body="TagChange",
+                                          params=("name",))},
+    "/v1/cluster/tags": {"post": _op("Add and remove tags of the cluster; answers its tags", body="TagChange")},
+    "/v1/tags": {"get": _op("Every tag of the cluster, its nodes and instances matching ?pattern=RE2 "
+                            "(kind, name, tag)")},
     "/v1/events": {"get": _op("The master's automatic decisions with their reasons (?instance=, ?node=, ?limit=)")},
     "/v1/jobs": {"get": _op("All jobs")},
     "/v1/jobs/{id}": {"get": _op("One job with its log and progress", params=("id",))},
@@ -140,7 +147,7 @@ SCHEMAS: dict[str, Any] = {
     "ClusterModify": {"type": "object", "additionalProperties": False, "properties": {
         "auto_failover": {"type": "boolean"}, "max_lost_nodes": {"type": "integer", "minimum": 1, "nullable": True},
         "failback_after_s": {"type": "number", "minimum": 0}, "default_memory": _SIZE,
-        "default_vcpus": {"type": "integer", "minimum": 1, "maximum": 255}}},
+        "default_vcpus": {"type": "integer", "minimum": 1, "maximum": 255}, "require_owner": {"type": "boolean"}}},
     "RotateSecrets": {"type": "object", "properties": {"new_ca": {"type": "boolean"}}},
     "InstanceAdd": {"type": "object", "required": ["name", "os"], "properties": {
         "name": _NAME, "os": {"type": "string", "maxLength": 253}, "node": {"type": "string", "maxLength": 512,
@@ -154,6 +161,8 @@ SCHEMAS: dict[str, Any] = {
             "mac": {"type": "string", "maxLength": 17}}}},
         "hvparams": _PARAMS, "osparams": {"type": "object", "maxProperties": 32, "additionalProperties": {
             "type": "string", "maxLength": 1024}}, "start": {"type": "boolean"},
+        "owner": {"type": "string", "maxLength": 128}, "description": {"type": "string", "maxLength": 1024},
+        "tags": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 128}},
         **_RESTART_FIELDS}},
     "InstanceModify": {"type": "object", "description": "only the fields given change; memory, vcpus and "
                        "hvparams of a running instance take effect at its next start (pending)", "properties": {
@@ -162,6 +171,7 @@ SCHEMAS: dict[str, Any] = {
             {"type": "string", "maxLength": 4096}, {"type": "number"}, {"type": "boolean"}], "nullable": True}},
         "osparams": {"type": "object", "maxProperties": 32, "additionalProperties": {
             "type": "string", "maxLength": 1024, "nullable": True}},
+        "owner": {"type": "string", "maxLength": 128}, "description": {"type": "string", "maxLength": 1024},
         "restart": {"type": "boolean", "description": "restart now if changes are pending"},
         "force": {"type": "boolean", "description": "write a memory increase N+1 cannot promise"}}},
     "InstanceAction": {"type": "object", "description": "the fields each action takes (others are ignored)",
@@ -200,6 +210,9 @@ SCHEMAS: dict[str, Any] = {
     "Order": {"type": "object", "required": ["op", "args", "token"], "properties": {
         "op": {"type": "string", "maxLength": 100}, "args": {"type": "object"},
         "token": {"type": "string", "maxLength": 200}}},
+    "TagChange": {"type": "object", "properties": {
+        "add": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 128}},
+        "remove": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 128}}}},
     "ReplicaOutdated": {"type": "object", "required": ["name"], "properties": {
         "name": _NAME, "gen": {"type": "integer", "minimum": 0}, "reason": {"type": "string", "maxLength": 1000}}},
     "ReplicaResumed": {"type": "object", "required": ["name"], "properties": {

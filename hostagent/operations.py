@@ -204,7 +204,8 @@ class Operations:
             reports={r["node"]: r for r in await self._prefix(model.REPORTS)},
             instances={i["name"] for i in instances}, records=tuple(instances),
             used_macs={nic["mac"] for i in instances for nic in i["nics"]},
-            defaults={k: cluster[f"default_{k}"] for k in ("memory_mib", "vcpus") if f"default_{k}" in cluster})
+            defaults={**{k: cluster[f"default_{k}"] for k in ("memory_mib", "vcpus") if f"default_{k}" in cluster},
+                      "require_owner": bool(cluster.get("require_owner"))})
 
     async def submit_simple(self, op: str, name: str, params: dict[str, Any]) -> int:
         inst = await self._instance(name)

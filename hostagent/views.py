@@ -49,6 +49,8 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
             "primary_node": inst["primary_node"], "secondary_node": inst.get("secondary_node"),
             "disk_template": inst["disk_template"], "memory": inst["memory_mib"], "vcpus": inst["vcpus"],
             "pending": inst.get("pending") or {}, "osparams": inst.get("osparams") or {},
+            "owner": inst.get("owner", ""), "description": inst.get("description", ""),
+            "tags": inst.get("tags") or [],
             "os": inst["os"], "disks": inst["disks"], "nics": inst["nics"], "hvparams": inst["hvparams"],
             "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"], "replication": replication,
             "priority": inst.get("priority", "normal"), "after": inst.get("after", []),
@@ -130,7 +132,7 @@ def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | 
             "primary_instances": sum(1 for i in instances if i["primary_node"] == node["name"]),
             "secondary_instances": sum(1 for i in instances if i.get("secondary_node") == node["name"]),
             "report_age_s": None if age is None else round(age, 1), "version": report.get("version"),
-            "lvm": report.get("lvm"), "loop_lag_ms": report.get("loop_lag_ms")}
+            "lvm": report.get("lvm"), "loop_lag_ms": report.get("loop_lag_ms"), "tags": node.get("tags") or []}
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,10 @@ def verify(nodes: list[dict[str, Any]], instances: list[dict[str, Any]],
     if master is None:
         out.append(Finding("error", "no node holds the master lease", "no-master"))
     out += _cluster_findings(cluster or {})
+    if (cluster or {}).get("require_owner"):
+        out += [Finding("warning", f"instance '{i['name']}': has no owner, and this cluster asks for one "
+                                   f"(`corral instance modify {i['name']} --owner NAME`)", "no-owner",
+                        instance=i["name"]) for i in instances if not i.get("owner")]
     by_name = {i["name"]: i for i in instances}
     busy = jobs_in_flight(jobs)
     fresh: dict[str, dict[str, Any]] = {}

@@ -337,3 +337,52 @@ def test_memory_and_vcpus_of_a_running_instance_wait_for_its_next_start(one_node
     assert "shutdown_timeout_s" not in one_node.json("instance", "info", "grow1")["hvparams"]
     one_node.ok("instance", "remove", "grow1")
     one_node.ok("cluster", "modify", "--default-memory", "512M")
+
+
+def test_owners_descriptions_tags_filters_and_the_search(one_node):
+    one_node.ok("instance", "add", "lab1", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M", "--no-start",
+                "--owner", "alice", "--description", "thesis web server", "--tag", "project:thesis", "--tag", "web")
+    one_node.ok("instance", "add", "lab2", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M", "--no-start")
+    try:
+        info = one_node.ok("instance", "info", "lab1")
+        assert "owner:        alice" in info and "description:  thesis web server" in info
+        assert "tags:         project:thesis, web" in info
+        assert one_node.ok("instance", "add-tags", "lab2", "project:thesis", "db").split() == ["project:thesis", "db"]
+        assert one_node.ok("instance", "remove-tags", "lab2", "db").split() == ["project:thesis"]
+        one_node.ok("node", "add-tags", "n1", "rack:a3")
+        one_node.ok("cluster", "add-tags", "lab:cs")
+        assert one_node.ok("cluster", "list-tags").split() == ["lab:cs"]
+
+        rows = one_node.json("instance", "list", "--tag", "project:thesis")
+        assert sorted(r["name"] for r in rows) == ["lab1", "lab2"]
+        assert [r["name"] for r in one_node.json("instance", "list", "--owner", "alice")] == ["lab1"]
+        assert [r["name"] for r in one_node.json("instance", "list", "--tag", "web", "--status", "stopped")] == ["lab1"]
+        table = one_node.ok("instance", "list", "--tag", "project:thesis", "-o", "name,owner,tags")
+        assert table.splitlines()[0].split() == ["NAME", "OWNER", "TAGS"]
+        assert "lab1  alice  project:thesis,web" in " ".join(table.split("\n")) or \
+            any(line.split() == ["lab1", "alice", "project:thesis,web"] for line in table.splitlines())
+        found = one_node.json("search-tags", "^(project|rack|lab):")
+        assert {(f["kind"], f["name"], f["tag"]) for f in found} == {
+            ("instance", "lab1", "project:thesis"), ("instance", "lab2", "project:thesis"),
+            ("node", "n1", "rack:a3"), ("cluster", "", "lab:cs")}
+        assert one_node.corral("search-tags", "^nothing-has-this$").returncode == 1
+
+        bad = one_node.corral("instance", "add-tags", "lab1", "no spaces")
+        assert bad.returncode == 2 and "'no spaces' is not a tag" in bad.stderr
+        bad = one_node.corral("instance", "remove-tags", "lab1", "never-there")
+        assert bad.returncode == 2 and "not tagged 'never-there'" in bad.stderr
+        bad = one_node.corral("search-tags", "(")
+        assert bad.returncode == 2 and "not an RE2 regular expression" in bad.stderr
+        assert one_node.json("instance", "info", "lab1")["tags"] == ["project:thesis", "web"]  # nothing changed
+
+        one_node.ok("cluster", "modify", "--require-owner", "yes")
+        refused = one_node.corral("instance", "add", "lab3", "--os", "busybox-guest", "--disk", "64M", "--no-start")
+        assert refused.returncode == 2 and "requires an owner for every instance" in refused.stderr
+        verify = one_node.corral("cluster", "verify")
+        assert "instance 'lab2': has no owner, and this cluster asks for one" in verify.stdout
+        one_node.ok("instance", "modify", "lab2", "--owner", "bob")
+        assert "has no owner" not in one_node.corral("cluster", "verify").stdout
+    finally:
+        one_node.corral("cluster", "modify", "--require-owner", "no")
+        for name in ("lab1", "lab2"):
+            one_node.corral("instance", "remove", name)

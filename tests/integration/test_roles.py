@@ -34,7 +34,7 @@ def pair(tmp_path_factory):
     """n1 (master) and n2 (not master, so changes sent to it are forwarded), both writing access logs."""
     cluster = Cluster(tmp_path_factory.mktemp("roles"), 2)
     for node in cluster.nodes:
-        node.config.write_text(node.config.read_text().replace("drills = true", "drills = true\naccess_log = true"))
+        node.config.write_text(node.config.read_text().replace("access_log = false", "access_log = true"))
     try:
         cluster.form()
         n2 = cluster["n2"]
