@@ -14,7 +14,7 @@ import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from cli import jobs, tags
+from cli import jobs, many, tags
 from cli.client import EXIT_UNREACHABLE, AgentClient, AgentUnreachable, ApiError, socket_path
 from cli.render import mib, table, warn_if_stale, when
 from hostagent.callers import describe as caller_words
@@ -492,6 +492,22 @@ class Cli:
         return self.out(self.client.get(f"/v1/instances/{quote(self.args.name)}"), human)
 
     def instance_action(self, action: str) -> int:
+        body = self._action_body(action)
+        if action in ("start", "stop", "reboot"):
+            if self.args.name and many.selected(self.args):
+                raise UsageError("give an instance name or --all/--node/--tag/--owner, not both")
+            if not self.args.name:
+                if not many.selected(self.args):
+                    raise UsageError("which instance? give its name, or --all, --node N, --tag T or --owner O")
+                try:
+                    names = many.choose(self.client, self.args)
+                except many.NothingSelected as exc:
+                    raise UsageError(str(exc)) from None
+                return many.run(self.client, action, names, body, self.args.parallel, self.args.timeout,
+                                self.args.json)
+        return self.job(self.client.post(f"/v1/instances/{quote(self.args.name)}/{action}", body))
+
+    def _action_body(self, action: str) -> dict[str, Any]:
         body: dict[str, Any] = {}
         if action == "stop":
             body = {"force": self.args.force, "timeout_s": self.args.shutdown_timeout}
@@ -505,7 +521,7 @@ class Cli:
             body = {"node": self.args.node}
         elif action == "grow-disk":
             body = {"disk": self.args.disk, "size": self.args.size}
-        return self.job(self.client.post(f"/v1/instances/{quote(self.args.name)}/{action}", body))
+        return body
 
     def instance_remove(self) -> int:
         return self.job(self.client.delete(f"/v1/instances/{quote(self.args.name)}"))
@@ -796,15 +812,19 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("name")
     s.add_argument("--vnc", action="store_true",
                    help="print how to reach the instance's VNC display (hvparam vnc=localhost) instead")
-    s = i.add_parser("start", help="start an instance", parents=[common, jobopts])
-    s.add_argument("name")
+    s = i.add_parser("start", help="start an instance (or many: --all, --node, --tag, --owner)",
+                     parents=[common, jobopts])
+    s.add_argument("name", nargs="?")
+    many.add_selectors(s)
     s = i.add_parser("stop", help="ACPI power-down, then hard stop after the timeout", parents=[common, jobopts])
-    s.add_argument("name")
+    s.add_argument("name", nargs="?")
     s.add_argument("--force", action="store_true", help="hard stop at once")
     s.add_argument("--shutdown-timeout", type=float, help="seconds before the hard stop")
+    many.add_selectors(s)
     s = i.add_parser("reboot", help="soft (power-down + start) or hard (reset)", parents=[common, jobopts])
-    s.add_argument("name")
+    s.add_argument("name", nargs="?")
     s.add_argument("--type", choices=("soft", "hard"), default="soft")
+    many.add_selectors(s)
     s = i.add_parser("remove", help="stop an instance and delete it with its disks", parents=[common, jobopts])
     s.add_argument("name")
     s = i.add_parser("migrate", help="live-migrate a replicated instance to its secondary node",

@@ -386,3 +386,34 @@ def test_owners_descriptions_tags_filters_and_the_search(one_node):
         one_node.corral("cluster", "modify", "--require-owner", "no")
         for name in ("lab1", "lab2"):
             one_node.corral("instance", "remove", name)
+
+
+def test_many_instances_at_once_by_tag_with_one_line_each_and_a_failure_counted(one_node):
+    for name in ("bat1", "bat2"):
+        one_node.ok("instance", "add", name, "--os", "busybox-guest", "--memory", "64M", "--disk", "64M",
+                    "--no-start", "--tag", "batch", "--priority", "high" if name == "bat2" else "normal")
+    kernels = one_node.root / "kernels"
+    kernels.mkdir(exist_ok=True)
+    if not (kernels / "bad-initrd").exists():
+        (kernels / "bad-initrd").symlink_to("/etc/shadow")
+    one_node.ok("instance", "add", "bat3", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M",
+                "--no-start", "--tag", "batch", "--hv", f"initrd_path={kernels}/bad-initrd")
+    try:
+        result = one_node.corral("instance", "start", "--tag", "batch", "--parallel", "2")
+        lines = result.stdout.splitlines()
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert lines[-1] == "start: 2 of 3 instance(s) done; failed: bat3", lines
+        assert any(line.startswith("bat2: done (job ") for line in lines) and \
+            any(line.startswith("bat3: failed (job ") and "kernel directories" in line for line in lines), lines
+        assert {r["name"]: r["status"] for r in one_node.json("instance", "list", "--tag", "batch")} == \
+            {"bat1": "running", "bat2": "running", "bat3": "stopped"}
+        again = one_node.corral("instance", "start", "--tag", "batch", "--owner", "nobody")
+        assert again.returncode == 2 and "no instance matches --tag batch, --owner nobody" in again.stderr
+        both = one_node.corral("instance", "start", "bat1", "--all")
+        assert both.returncode == 2 and "not both" in both.stderr
+        stopped = one_node.corral("instance", "stop", "--tag", "batch", "--force")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "stop: 3 of 3 instance(s) done" in stopped.stdout
+    finally:
+        for name in ("bat1", "bat2", "bat3"):
+            one_node.corral("instance", "remove", name)
