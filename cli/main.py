@@ -521,6 +521,9 @@ class Cli:
             body = {"node": self.args.node}
         elif action == "grow-disk":
             body = {"disk": self.args.disk, "size": self.args.size}
+        elif action == "reinstall":
+            body = {"yes": self.args.yes, "os": self.args.os,
+                    "osparams": _kv_list(self.args.os_param, "--os-param") if self.args.os_param else None}
         return body
 
     def instance_remove(self) -> int:
@@ -825,6 +828,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name", nargs="?")
     s.add_argument("--type", choices=("soft", "hard"), default="soft")
     many.add_selectors(s)
+    s = i.add_parser("reinstall", help="install the OS again on fresh disks (destroys their content)",
+                     parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("--os", "-o", help="another OS (default: the instance's own)")
+    s.add_argument("--os-param", action="append", metavar="NAME=VALUE",
+                   help="OS parameters (replace the instance's when given)")
+    s.add_argument("--yes", action="store_true", help="confirm: the content of the disks is destroyed")
     s = i.add_parser("remove", help="stop an instance and delete it with its disks", parents=[common, jobopts])
     s.add_argument("name")
     s = i.add_parser("migrate", help="live-migrate a replicated instance to its secondary node",
@@ -929,6 +939,7 @@ def main(argv: list[str] | None = None) -> int:
         ("instance", "replace-secondary"): lambda: cli.instance_action("replace-secondary"),
         ("instance", "activate-disks"): lambda: cli.instance_action("activate-disks"),
         ("instance", "grow-disk"): lambda: cli.instance_action("grow-disk"),
+        ("instance", "reinstall"): lambda: cli.instance_action("reinstall"),
         ("node", "migrate"): lambda: cli.node_evacuate("migrate"),
         ("node", "failover"): lambda: cli.node_evacuate("failover"),
         ("node", "drain"): lambda: cli.node_drain(True), ("node", "undrain"): lambda: cli.node_drain(False),

@@ -29,7 +29,7 @@ def _job_id(raw: str) -> int:
 
 
 ACTIONS = ("start", "stop", "reboot", "migrate", "failover", "move", "replace-secondary", "activate-disks",
-           "grow-disk")
+           "grow-disk", "reinstall")
 
 
 def action_params(action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +72,8 @@ def action_params(action: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"node": node(True)}
     if action == "grow-disk":
         return {"disk": body.get("disk"), "size": body.get("size")}
+    if action == "reinstall":  # the OS and its parameters are checked against the node at submit
+        return {"yes": flag("yes"), "os": body.get("os"), "osparams": body.get("osparams")}
     return {}
 
 

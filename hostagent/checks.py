@@ -225,6 +225,27 @@ def _merged(what: str, current: Mapping[str, Any], changes: Any, problems: list[
     return merged
 
 
+def check_reinstall(inst: Mapping[str, Any], params: Mapping[str, Any], view: ClusterView) -> dict[str, Any]:
+    """The instance record as a reinstall leaves it (its OS and OS parameters); BadRequest otherwise."""
+    problems: list[str] = []
+    if params.get("yes") is not True:
+        problems.append(f"reinstalling '{inst['name']}' destroys the content of its disks: confirm with --yes "
+                        "(\"yes\": true)")
+    os_name = params.get("os") or inst["os"]
+    osparams = params.get("osparams") if params.get("osparams") is not None else (inst.get("osparams") or {})
+    os_name, osparams = _os_request(os_name, osparams, problems)
+    hv = None
+    try:
+        hv = parse_hvparams(inst.get("hvparams") or {}, parse_hvparams(view.cluster_hv))
+    except HvParamError as exc:
+        problems.extend(exc.problems)
+    if not problems:
+        problems += _node_problems(str(inst["primary_node"]), os_name, osparams, hv, view)
+    if problems:
+        raise BadRequest("; ".join(problems))
+    return {**inst, "os": os_name, "osparams": osparams}
+
+
 def check_resources(inst: Mapping[str, Any], new: Mapping[str, Any], view: ClusterView, now: float) -> list[str]:
     """Whether the instance's nodes can give it the memory it is to have: as a placement of it alone,
     its current use counted as free on its primary. Empty when it fits (or asks no more than before)."""

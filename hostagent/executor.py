@@ -102,12 +102,33 @@ class NodeExecutor:
             hvparams={k: str(v) for k, v in args.get("hvparams", {}).items()},
             beparams={"memory": str(inst["memory_mib"]), "vcpus": str(inst["vcpus"])},
             nics=[NicEnv(mac=n["mac"], mode=n["mode"], link=n.get("bridge", "")) for n in inst["nics"]],
-            variant=variant, osparams=inst.get("osparams", {}),
+            variant=variant, osparams=inst.get("osparams", {}), reinstall=bool(args.get("reinstall")),
             log_dir=self._log_dir,
             timeout_s=min(self._install_timeout_s, float(args.get("timeout_s", self._install_timeout_s))))
         with open(marker, "w") as fh:
             fh.write(inst["uuid"])
         return {"created": True, "paths": paths}
+
+    async def _op_reinstall(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`instance reinstall`: the disks made again and the OS installed anew (Ganeti's reinstall
+        environment, INSTANCE_REINSTALL=1). `install_id` makes a re-sent order a no-op."""
+        inst = args["instance"]
+        name = inst["name"]
+        if self._qemu.find(name) is not None:
+            raise OrderError(f"instance '{name}' is running on node '{self._node}'; it is reinstalled only stopped")
+        done = os.path.join(self._files.instance_dir(name), ".reinstalled")
+        if read_small_file(done) == args["install_id"]:
+            return {"created": False}
+        marker = self._installed_marker(name)
+        if os.path.exists(marker):
+            os.unlink(marker)
+        for disk in inst["disks"]:
+            await self._files.remove(name, disk["index"])
+        log.warning("instance '%s': disks deleted for a reinstall with OS '%s'", name, inst["os"])
+        result = await self._op_create({**args, "reinstall": True})
+        with open(done, "w") as fh:
+            fh.write(args["install_id"])
+        return result
 
     def _installed_marker(self, name: str) -> str:
         """Written after a complete install; only then may a re-sent create adopt the disks."""

@@ -20,7 +20,7 @@ from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
 
 from hostagent import model, replicas
 from hostagent import pending
-from hostagent.checks import ClusterView, check_add, check_modify, check_resources
+from hostagent.checks import ClusterView, check_add, check_modify, check_reinstall, check_resources
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.jobs import Handler, JobContext, JobFailed
 from hostagent.master import MasterRole
@@ -225,7 +225,8 @@ class Operations:
         checks = {"instance.move": self.disks.check_move, "instance.replace-secondary":
                   self.disks.check_replace_secondary, "instance.grow-disk": self.disks.check_grow,
                   "instance.migrate": lambda n, _: self.moves.check(n, "live-migrate"),
-                  "instance.failover": lambda n, _: self.moves.check(n, "fail over")}
+                  "instance.failover": lambda n, _: self.moves.check(n, "fail over"),
+                  "instance.reinstall": self._check_reinstall}
         if op in checks:
             await checks[op](name, params)
         verb = op.split(".", 1)[1].replace("-", " ")
@@ -238,7 +239,7 @@ class Operations:
                 "instance.add": self._job_add,
                 "instance.start": self._job_start, "instance.stop": self._job_stop,
                 "instance.reboot": self._job_reboot, "instance.remove": self._job_remove,
-                "instance.modify": self._job_modify,
+                "instance.modify": self._job_modify, "instance.reinstall": self._job_reinstall,
                 **{op: _job_errors(h) for op, h in {**self.moves.handlers(), **self.disks.handlers()}.items()}}
 
     @_operator_errors
@@ -423,6 +424,31 @@ class Operations:
             await ctx.log("the instances changed while this modify checked them; checking again")
         raise JobFailed(f"instance '{name}' or the instances it starts after kept changing during "
                         f"{MODIFY_TRIES} tries; try again")
+
+    async def _check_reinstall(self, name: str, params: dict[str, Any]) -> None:
+        check_reinstall(await self._instance(name), params, await self._view())
+
+    @_operator_errors
+    async def _job_reinstall(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        """Stop, make the disks again with the OS installed anew, start again if it ran."""
+        inst = await self._instance(args["name"])
+        new = check_reinstall(inst, args, await self._view())
+        name, node = inst["name"], inst["primary_node"]
+        if await self._running(inst):
+            await self._stop(ctx, inst, False, None)
+        if inst.get("secondary_node"):  # the copy holds what is about to be destroyed: never fail over to it
+            await self.moves.outdate(name, "the instance was reinstalled; its copy holds the old content")
+        hv = self.merged_hv(await self.cluster_hv(), new)
+        await ctx.log(f"reinstalling instance '{name}' on node '{node}' with OS '{new['os']}': "
+                      "the content of its disks is destroyed")
+        await self._order(node, "instance.reinstall", {"instance": new, "hvparams": hv,
+                                                      "install_id": f"{ctx.job['id']}-{name}"}, timeout_s=3600)
+        new["mtime"] = time.time()
+        await self._write([Op.put(model.instance_key(name), model.dumps(new))])
+        await ctx.log(f"instance '{name}' reinstalled with OS '{new['os']}'")
+        if new["admin_state"] == "up":
+            await self._start(ctx, new, hv)
+        return {"name": name, "os": new["os"]}
 
     @_operator_errors
     async def _job_remove(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:

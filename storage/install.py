@@ -61,6 +61,7 @@ async def install_os(
     variant: str | None = None,
     osparams: Mapping[str, str] = _EMPTY,
     debug: bool = False,
+    reinstall: bool = False,
     log_dir: str,
     timeout_s: float,
 ) -> list[str]:
@@ -108,6 +109,7 @@ async def install_os(
                 variant=variant,
                 osparams=osparams,
                 debug=debug,
+                reinstall=reinstall,
             )
 
         return await _from_script(

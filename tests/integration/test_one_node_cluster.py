@@ -417,3 +417,25 @@ def test_many_instances_at_once_by_tag_with_one_line_each_and_a_failure_counted(
     finally:
         for name in ("bat1", "bat2", "bat3"):
             one_node.corral("instance", "remove", name)
+
+
+def test_reinstall_refuses_without_yes_then_starts_from_a_fresh_disk(one_node):
+    one_node.ok("instance", "add", "re1", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M")
+    try:
+        wait_boot_count(one_node, "re1", 1)
+        one_node.ok("instance", "reboot", "re1")
+        wait_boot_count(one_node, "re1", 2)  # the count is kept on its disk
+        jobs = len(one_node.json("job", "list"))
+        refused = one_node.corral("instance", "reinstall", "re1")
+        assert refused.returncode == 2 and "destroys the content of its disks: confirm with --yes" in refused.stderr
+        bad_os = one_node.corral("instance", "reinstall", "re1", "--yes", "--os", "nosuch-os")
+        assert bad_os.returncode == 2 and "OS 'nosuch-os' is not available on node 'n1'" in bad_os.stderr
+        assert len(one_node.json("job", "list")) == jobs and one_node.instance("re1")["status"] == "running"
+
+        out = one_node.ok("instance", "reinstall", "re1", "--yes")
+        assert "the content of its disks is destroyed" in out and "reinstalled with OS 'busybox-guest'" in out
+        wait_for(lambda: boots(one_node, "re1")[-1:] == [1], BOOT_TIMEOUT_S,
+                 "re1 to boot from its fresh disk, counting from 1 again")
+        assert one_node.instance("re1")["status"] == "running"
+    finally:
+        one_node.corral("instance", "remove", "re1")
