@@ -521,6 +521,8 @@ class Cli:
             body = {"node": self.args.node}
         elif action == "grow-disk":
             body = {"disk": self.args.disk, "size": self.args.size}
+        elif action == "rename":
+            body = {"new_name": self.args.new_name}
         elif action == "reinstall":
             body = {"yes": self.args.yes, "os": self.args.os,
                     "osparams": _kv_list(self.args.os_param, "--os-param") if self.args.os_param else None}
@@ -828,6 +830,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name", nargs="?")
     s.add_argument("--type", choices=("soft", "hard"), default="soft")
     many.add_selectors(s)
+    s = i.add_parser("rename", help="give a stopped instance a new name (same UUID, MACs, disks)",
+                     parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("new_name")
     s = i.add_parser("reinstall", help="install the OS again on fresh disks (destroys their content)",
                      parents=[common, jobopts])
     s.add_argument("name")
@@ -940,6 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         ("instance", "activate-disks"): lambda: cli.instance_action("activate-disks"),
         ("instance", "grow-disk"): lambda: cli.instance_action("grow-disk"),
         ("instance", "reinstall"): lambda: cli.instance_action("reinstall"),
+        ("instance", "rename"): lambda: cli.instance_action("rename"),
         ("node", "migrate"): lambda: cli.node_evacuate("migrate"),
         ("node", "failover"): lambda: cli.node_evacuate("failover"),
         ("node", "drain"): lambda: cli.node_drain(True), ("node", "undrain"): lambda: cli.node_drain(False),

@@ -29,7 +29,7 @@ def _job_id(raw: str) -> int:
 
 
 ACTIONS = ("start", "stop", "reboot", "migrate", "failover", "move", "replace-secondary", "activate-disks",
-           "grow-disk", "reinstall")
+           "grow-disk", "reinstall", "rename")
 
 
 def action_params(action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +72,11 @@ def action_params(action: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"node": node(True)}
     if action == "grow-disk":
         return {"disk": body.get("disk"), "size": body.get("size")}
+    if action == "rename":
+        value = body.get("new_name")
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"new_name must be the instance's new name, not {value!r}")
+        return {"new_name": value}
     if action == "reinstall":  # the OS and its parameters are checked against the node at submit
         return {"yes": flag("yes"), "os": body.get("os"), "osparams": body.get("osparams")}
     return {}
@@ -126,6 +131,8 @@ class InstanceRoutes(ApiBase):
         params = action_params(action, body)
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            if action == "rename":
+                return await self._accepted(await ops.submit_rename(name, params["new_name"]))
             return await self._accepted(await ops.submit_simple(f"instance.{action}", name, params))
         return await self._on_master(request, run)
 

@@ -225,6 +225,14 @@ def _merged(what: str, current: Mapping[str, Any], changes: Any, problems: list[
     return merged
 
 
+def check_new_name(name: str, instances: set[str]) -> None:
+    """A name an instance may take now: valid, and no instance has it (BadRequest / Conflict)."""
+    if not NAME_RE.match(name):
+        raise BadRequest(f"instance name {name!r} is not valid: use lower-case letters, digits, '-' and '.'")
+    if name in instances:
+        raise Conflict(f"an instance named '{name}' already exists")
+
+
 def check_reinstall(inst: Mapping[str, Any], params: Mapping[str, Any], view: ClusterView) -> dict[str, Any]:
     """The instance record as a reinstall leaves it (its OS and OS parameters); BadRequest otherwise."""
     problems: list[str] = []

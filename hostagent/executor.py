@@ -18,7 +18,8 @@ from kvm.process import QemuManager
 from kvm import tap
 from storage.filedisk import FileTemplate
 from storage.install import DiskSpec as InstallDisk, install_os
-from storage.osdef import NicEnv, OsCatalog, lookup, split_os_name
+from storage.osdef import (DiskEnv, NicEnv, OsCatalog, OsDefinition, lookup, os_environment, run_rename,
+                           split_os_name)
 
 from hostagent import pki
 
@@ -129,6 +130,44 @@ class NodeExecutor:
         with open(done, "w") as fh:
             fh.write(args["install_id"])
         return result
+
+    async def _op_rename(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`instance rename`: the disk directory, console log and replication state take the new name;
+        on the primary, the OS definition's `rename` script runs. Idempotent: done parts are skipped."""
+        old, inst = args["old_name"], args["instance"]
+        new = inst["name"]
+        for name in (old, new):
+            if self._qemu.find(name) is not None:
+                raise OrderError(f"instance '{name}' is running on node '{self._node}'; it is renamed only stopped")
+        try:
+            moved = await self._files.rename(old, new)
+        except FileExistsError as exc:
+            raise OrderError(f"cannot rename '{old}' to '{new}' on node '{self._node}': {exc}") from None
+        self._qemu.cleanup(old)
+        for source, target in ((self._qemu.paths(old).console_log, self._qemu.paths(new).console_log),
+                               (self._replication_gen(old), self._replication_gen(new))):
+            if os.path.exists(source) and not os.path.exists(target):
+                os.rename(source, target)
+        script = None
+        entry = lookup(self._catalog(), inst["os"]) if args.get("run_script") else None
+        if isinstance(entry, OsDefinition) and moved:
+            _, variant = split_os_name(inst["os"])
+            disks = [DiskEnv(self._files.path(new, d["index"], d["format"]), d["size_mib"], d["uuid"],
+                             f"disk{d['index']}") for d in inst["disks"]]
+            env = os_environment(entry, instance_name=new, instance_uuid=inst["uuid"], primary_node=self._node,
+                                 secondary_nodes=[s for s in [inst.get("secondary_node")] if s],
+                                 hvparams={k: str(v) for k, v in args.get("hvparams", {}).items()},
+                                 beparams={"memory": str(inst["memory_mib"]), "vcpus": str(inst["vcpus"])},
+                                 disks=disks, nics=[NicEnv(mac=n["mac"], mode=n["mode"], link=n.get("bridge", ""))
+                                                    for n in inst["nics"]],
+                                 variant=variant, osparams=inst.get("osparams", {}))
+            script = await run_rename(entry, env, old, self._log_dir, self._install_timeout_s)
+        log.info("instance '%s' renamed to '%s' on node '%s'%s", old, new, self._node,
+                 f" (OS rename script log: {script})" if script else "")
+        return {"renamed": moved, "script_log": script}
+
+    def _replication_gen(self, name: str) -> str:
+        return os.path.join(self._qemu.run_dir, "replication", f"{name}.gen")
 
     def _installed_marker(self, name: str) -> str:
         """Written after a complete install; only then may a re-sent create adopt the disks."""

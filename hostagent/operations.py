@@ -20,7 +20,8 @@ from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
 
 from hostagent import model, replicas
 from hostagent import pending
-from hostagent.checks import ClusterView, check_add, check_modify, check_reinstall, check_resources
+from hostagent.checks import (ClusterView, check_add, check_modify, check_new_name, check_reinstall,
+                              check_resources)
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.jobs import Handler, JobContext, JobFailed
 from hostagent.master import MasterRole
@@ -240,6 +241,7 @@ class Operations:
                 "instance.start": self._job_start, "instance.stop": self._job_stop,
                 "instance.reboot": self._job_reboot, "instance.remove": self._job_remove,
                 "instance.modify": self._job_modify, "instance.reinstall": self._job_reinstall,
+                "instance.rename": self._job_rename,
                 **{op: _job_errors(h) for op, h in {**self.moves.handlers(), **self.disks.handlers()}.items()}}
 
     @_operator_errors
@@ -424,6 +426,57 @@ class Operations:
             await ctx.log("the instances changed while this modify checked them; checking again")
         raise JobFailed(f"instance '{name}' or the instances it starts after kept changing during "
                         f"{MODIFY_TRIES} tries; try again")
+
+    async def submit_rename(self, name: str, new_name: str) -> int:
+        """Checked now: a valid free name, the instance stopped; the new name is reserved with the job."""
+        inst = await self._instance(name)
+        await self._check_stopped(inst, "renamed")
+        instances = {i["name"] for i in await self._prefix(model.INSTANCES)}
+        check_new_name(new_name, instances)
+        return await self.role.require().submit(
+            "instance.rename", {"name": name, "new_name": new_name}, f"rename instance '{name}' to '{new_name}'",
+            reservations=[model.reservation_key("instance", new_name)],
+            must_exist=[model.instance_key(name)], must_not_exist=[model.instance_key(new_name)])
+
+    async def _check_stopped(self, inst: dict[str, Any], what: str) -> None:
+        report = await self._get(model.report_key(inst["primary_node"]))
+        if inst["admin_state"] == "up" or instance_status(inst, report, time.time()).pid is not None:
+            raise Conflict(f"instance '{inst['name']}' is running (or marked up); it is {what} only stopped: "
+                           f"`corral instance stop {inst['name']}` first")
+
+    @_operator_errors
+    async def _job_rename(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        """Files on its nodes first (idempotent), then one transaction for every config reference."""
+        old, new_name = args["name"], args["new_name"]
+        inst = await self._instance(old)
+        await self._check_stopped(inst, "renamed")
+        new = {**inst, "name": new_name, "mtime": time.time()}
+        hv = self.merged_hv(await self.cluster_hv(), inst)
+        if inst.get("secondary_node"):
+            await self._order(inst["secondary_node"], "instance.replica-unexport", {"name": old, "disks": inst["disks"]})
+            await self._order(inst["secondary_node"], "instance.rename",
+                              {"old_name": old, "instance": new, "hvparams": hv, "run_script": False})
+            await ctx.log(f"the copy of '{old}' on node '{inst['secondary_node']}' is now '{new_name}''s")
+        result = await self._order(inst["primary_node"], "instance.rename",
+                                   {"old_name": old, "instance": new, "hvparams": hv, "run_script": True},
+                                   timeout_s=3600)
+        if result.get("script_log"):
+            await ctx.log(f"the OS rename script ran on node '{inst['primary_node']}' (log {result['script_log']})")
+        writes = [Op.put(model.instance_key(new_name), model.dumps(new)), Op.delete(model.instance_key(old)),
+                  Op.delete(model.restart_key(old))]
+        replica = await self._get(model.replica_key(old))
+        if replica is not None:
+            writes += [Op.put(model.replica_key(new_name), model.dumps({**replica, "name": new_name})),
+                       Op.delete(model.replica_key(old))]
+        for other in await self._prefix(model.INSTANCES):
+            if old in (other.get("after") or []):
+                other["after"] = [new_name if a == old else a for a in other["after"]]
+                writes.append(Op.put(model.instance_key(other["name"]), model.dumps(other)))
+                await ctx.log(f"instance '{other['name']}' now starts after '{new_name}'")
+        await self._write(writes)
+        await ctx.log(f"instance '{old}' is now '{new_name}' (same UUID, MACs and disks; past events keep "
+                      f"the name '{old}')")
+        return {"name": new_name, "old_name": old}
 
     async def _check_reinstall(self, name: str, params: dict[str, Any]) -> None:
         check_reinstall(await self._instance(name), params, await self._view())

@@ -159,6 +159,19 @@ class FileTemplate(DiskTemplate):
             self._check_space(new_size_mib - current_mib)
             await self._qemu_img(["resize", "-q", "-f", fmt, path, f"{new_size_mib}M"])
 
+    async def rename(self, old: str, new: str) -> bool:
+        """Give an instance's disk directory its new name; False if that was done already (idempotent).
+
+        Refuses (FileExistsError) to merge into a directory the new name already has."""
+        source, target = self.instance_dir(old), self.instance_dir(new)
+        async with self._lock(old), self._lock(new):
+            if not os.path.isdir(source):
+                return False
+            if os.path.lexists(target):
+                raise FileExistsError(f"{target} exists: not renaming {source} over it")
+            os.rename(source, target)
+            return True
+
     async def exists(self, instance: str, index: int) -> bool:
         try:
             self.locate(instance, index)

@@ -287,6 +287,28 @@ async def run_create(
     return log_path
 
 
+async def run_rename(
+    osdef: OsDefinition, env: Mapping[str, str], old_name: str, log_dir: str, timeout_s: float
+) -> str:
+    """Run the OS `rename` script (Ganeti OS API: OLD_INSTANCE_NAME beside the usual environment, whose
+    INSTANCE_NAME is the new name); return its log path. A non-zero exit raises OsScriptFailed."""
+    instance = env["INSTANCE_NAME"]
+    check_instance_name(instance)
+    os.makedirs(log_dir, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H_%M_%S_%f")
+    log_path = os.path.join(log_dir, f"rename-{osdef.name}-{old_name}-{instance}-{stamp}.log")
+    try:
+        result = await runner.run([osdef.script("rename")], timeout_s=timeout_s,
+                                  env={**env, "OLD_INSTANCE_NAME": old_name}, cwd=osdef.path,
+                                  log_path=log_path, check=False)
+    except CommandTimeout:
+        raise OsScriptTimeout(osdef.name, "rename", timeout_s, log_path,
+                              runner.tail_lines(log_path, LOG_TAIL_LINES)) from None
+    if result.rc != 0:
+        raise OsScriptFailed(osdef.name, "rename", result.rc, log_path, runner.tail_lines(log_path, LOG_TAIL_LINES))
+    return log_path
+
+
 def osparam_env_name(param: str) -> str:
     """'root-fs' -> 'OSP_ROOT_FS' (Ganeti's mapping)."""
     return "OSP_" + param.upper().replace("-", "_")

@@ -439,3 +439,36 @@ def test_reinstall_refuses_without_yes_then_starts_from_a_fresh_disk(one_node):
         assert one_node.instance("re1")["status"] == "running"
     finally:
         one_node.corral("instance", "remove", "re1")
+
+
+def test_rename_keeps_identity_and_disk_updates_references_and_runs_the_os_script(one_node):
+    one_node.ok("instance", "add", "old1", "--os", "corral-guest", "--memory", "128M", "--disk", "128M")
+    one_node.ok("instance", "add", "dep1", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M",
+                "--no-start", "--after", "old1")
+    try:
+        wait_boot_count(one_node, "old1", 1)
+        before = one_node.json("instance", "info", "old1")
+        running = one_node.corral("instance", "rename", "old1", "new1")
+        assert running.returncode == 2 and "it is renamed only stopped" in running.stderr
+        one_node.ok("instance", "stop", "old1")
+        taken = one_node.corral("instance", "rename", "old1", "dep1")
+        assert taken.returncode == 2 and "an instance named 'dep1' already exists" in taken.stderr
+        bad = one_node.corral("instance", "rename", "old1", "Bad_Name")
+        assert bad.returncode == 2 and "'Bad_Name' is not valid" in bad.stderr
+
+        out = one_node.ok("instance", "rename", "old1", "new1")
+        assert "instance 'dep1' now starts after 'new1'" in out and "is now 'new1'" in out
+        after = one_node.json("instance", "info", "new1")
+        assert (after["uuid"], [n["mac"] for n in after["nics"]]) == \
+            (before["uuid"], [n["mac"] for n in before["nics"]])
+        assert one_node.json("instance", "info", "dep1")["after"] == ["new1"]
+        assert one_node.corral("instance", "info", "old1").returncode == 2
+        assert not (one_node.root / "state" / "file-storage" / "old1").exists()
+        script_logs = list((one_node.root / "log" / "os").glob("rename-corral-guest-old1-new1-*.log"))
+        assert script_logs and "instance old1 is now new1" in script_logs[0].read_text()
+
+        one_node.ok("instance", "start", "new1")
+        wait_boot_count(one_node, "new1", 2)  # its own disk: the boot count goes on
+    finally:
+        for name in ("dep1", "new1", "old1"):
+            one_node.corral("instance", "remove", name)
