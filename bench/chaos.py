@@ -38,6 +38,8 @@ Checked, while the fault lasts and the cluster recovers, and once more after:
   lost-write     a boot found on its disk a number below one the guest had printed before
                  (on any node): an acknowledged write lost
   not-recovered  the cluster did not recover within RECOVER_S (what was missing is printed)
+  gave-up        the master gave up restarting an instance (its bounded attempts used up): the
+                 runner then starts it as an operator would and gives the cluster RECOVER_S again
   repair-needed  `cluster verify --repair` acted on something
   verify         `cluster verify` still lists findings after the repair (and 20 s more)
 
@@ -85,6 +87,7 @@ FREEZE_S = (1.0, 10.0)
 PARTITION_S = (2.0, 20.0)
 DISK_FULL_S = (3.0, 15.0)
 MAX_UNRECOVERED_IN_A_ROW = 3
+GAVE_UP = "the master gave up restarting"
 KINDS = ("kill-agent", "kill-etcd", "kill-serf", "kill-qemu", "freeze-agent", "freeze-etcd", "freeze-serf",
          "freeze-qemu", "master-job", "disk-full", "partition")
 SEQ = re.compile(rb"CORRAL-GUEST-SEQ(?:-START last=(\d+)| n=(\d+))|(CORRAL-GUEST-POWEROFF)")
@@ -287,7 +290,9 @@ def missing_as_seen_by(asked: AgentNode, since: float) -> list[str]:
         if inst["admin_state"] != "up":
             continue
         rep = inst.get("replication") or {}
-        if inst["status"] != "running":
+        if inst["status"] == "failed":
+            missing.append(f"{GAVE_UP} {inst['name']} on {inst['primary_node']}: {inst.get('reason')}")
+        elif inst["status"] != "running":
             missing.append(f"{inst['name']} {inst['status']} on {inst['primary_node']} ({inst.get('reason')})")
         elif rep and not (rep.get("in_sync") and rep.get("summary") == "in sync"):
             missing.append(f"{inst['name']} copy on {rep.get('secondary')}: {rep.get('summary')}")
@@ -305,6 +310,8 @@ def wait_recovered(cluster: Cluster, watch: Watch, timeout_s: float,
             missing.insert(0, "the killed process has not been replaced")
         if not missing:
             return time.monotonic() - t0, []
+        if any(GAVE_UP in m for m in missing):
+            return None, missing  # the master stopped trying: only an operator's start brings it back
         watch.pause(1.0)
     return None, missing
 
@@ -594,6 +601,24 @@ def error_lines(cluster: Cluster, offsets: dict[str, int]) -> dict[str, list[str
     return found
 
 
+def operator_start(cluster: Cluster, watch: Watch, fault: Fault) -> list[str]:
+    """What an operator does when the master gave up restarting an instance: `corral instance start`; then
+    the cluster gets RECOVER_S again. Returns what is still missing after that."""
+    asked = observer(cluster)
+    if asked is None:
+        return ["no agent answers"]
+    failed = [i["name"] for i in get(asked, "/v1/instances") or [] if i["status"] == "failed"]
+    for name in failed:
+        try:
+            local(asked, timeout_s=60).post(f"/v1/instances/{name}/start", {})
+        except (ApiError, AgentUnreachable, OSError) as exc:
+            fault.violations.append(f"not-recovered: operator start of {name} refused: {exc}")
+    took, missing = wait_recovered(cluster, watch, RECOVER_S)
+    fault.detail += f"; operator started {', '.join(failed)}: " + \
+        (f"recovered {took:.1f} s later" if took is not None else "not recovered")
+    return missing
+
+
 def revive(cluster: Cluster, fault: Fault) -> None:
     """After a fault that went wrong half-way: every agent that is not running started again."""
     for node in cluster.nodes:
@@ -629,6 +654,9 @@ def chaos(cluster: Cluster, switch: Switch | None, mounts: dict[str, Path], args
             fault.violations.append(f"fault-error: {exc}")
             revive(cluster, fault)
         fault.recovered_s, missing = wait_recovered(cluster, watch, RECOVER_S, fault.back)
+        if any(GAVE_UP in m for m in missing):
+            fault.violations += [f"gave-up: {m.split(GAVE_UP, 1)[1].strip()}" for m in missing if GAVE_UP in m]
+            missing = operator_start(cluster, watch, fault)
         runner.job_ended()
         watch.poll()  # the process table once more, now that no migration runs
         fault.violations += watch.take()
