@@ -520,7 +520,7 @@ class Chaos:
         seconds = self.rng.uniform(*DISK_FULL_S)
         written = 0
         try:
-            with open(filler, "wb") as f:
+            with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to fail at close
                 free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
                 with contextlib.suppress(OSError):
                     os.posix_fallocate(f.fileno(), 0, max(free - 2**20, 2**20))
@@ -529,9 +529,7 @@ class Chaos:
                 chunk = b"\0" * 65536
                 try:
                     for _ in range(FS_MIB * 16 + 100):  # bounded: never more than the file system holds
-                        f.write(chunk)
-                        f.flush()
-                        written += len(chunk)
+                        written += f.write(chunk) or 0
                 except OSError:
                     pass  # ENOSPC: full
             left = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
