@@ -408,8 +408,7 @@ class Operations:
             if result.succeeded:
                 for key in changes:
                     field = {"memory": "memory_mib"}.get(key, key)
-                    await ctx.log(f"instance '{name}': {key} {_shown(target.get(field))} -> "
-                                  f"{_shown(wanted.get(field))}")
+                    await ctx.log(f"instance '{name}': {key} {_change(field, target.get(field), wanted.get(field))}")
                 for line in short:
                     await ctx.log(f"WARNING (--force): {line}")
                 if {"boot_pattern", "boot_timeout_s"} & set(changes):
@@ -531,6 +530,11 @@ def _reached(name: str, after: list[str], records: dict[str, tuple[Any, dict[str
         order.append(current)
         todo += records[current][1].get("after", [])
     return order
+
+
+def _change(field: str, was: Any, now: Any) -> str:
+    shown = (lambda v: format_mib(int(v or 0))) if field == "memory_mib" else _shown
+    return f"{shown(was)} -> {shown(now)}" + (" (unchanged)" if was == now else "")
 
 
 def _pending_words(changes: dict[str, Any]) -> str:
