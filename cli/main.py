@@ -191,6 +191,8 @@ class Cli:
             body["default_vcpus"] = self.args.default_vcpus
         if self.args.require_owner:
             body["require_owner"] = self.args.require_owner == "yes"
+        if self.args.job_archive_after is not None:
+            body["job_archive_after_s"] = self.args.job_archive_after
         return self.out(self.client.post("/v1/cluster/modify", body),
                         lambda d: print(", ".join(f"{k}={'default' if v is None else v}" for k, v in d.items())))
 
@@ -613,7 +615,10 @@ class Cli:
         def human(rows: list[dict[str, Any]]) -> None:
             print(table(["ID", "STATUS", "CREATED", "SUMMARY", "ERROR"],
                         [[r["id"], r["status"], when(r["created"]), r["summary"], r["error"] or ""] for r in rows]))
-        return self.out(self.client.get("/v1/jobs"), human)
+        a = self.args
+        query = {k: v for k, v in (("archived", "1" if a.archived else ""),
+                                   ("status", "running" if a.running else "error" if a.failed else "")) if v}
+        return self.out(self.client.get("/v1/jobs" + ("?" + urlencode(query) if query else "")), human)
 
     def job_info(self) -> int:
         def human(j: dict[str, Any]) -> None:
@@ -718,6 +723,8 @@ def _parser() -> argparse.ArgumentParser:
                         "seconds and their copy there is in sync (default 0: only with `instance migrate`)")
     s.add_argument("--default-memory", metavar="SIZE", help="memory of new instances that give none (512M)")
     s.add_argument("--default-vcpus", type=int, metavar="N", help="vCPUs of new instances that give none (1)")
+    s.add_argument("--job-archive-after", type=float, metavar="S",
+                   help="finished jobs move to the archive S seconds after they ended (default 21600: 6 h)")
     s.add_argument("--require-owner", choices=("yes", "no"),
                    help="every new instance must name its owner; verify lists those without one")
     s = c.add_parser("simulate", help="what the master would do if a node died now (nothing is changed)",
@@ -877,7 +884,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=50, help="the newest N (default 50; 0 for all)")
 
     j = group("job", "jobs (every change is one)")
-    j.add_parser("list", help="all jobs", parents=[common])
+    s = j.add_parser("list", help="jobs not yet archived (finished ones are, after 6 h by default)",
+                     parents=[common])
+    s.add_argument("--archived", action="store_true", help="the archived jobs instead (kept 30 days)")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--running", action="store_true", help="only running jobs")
+    which.add_argument("--failed", action="store_true", help="only failed jobs")
     for name, help_ in (("info", "one job with its log"), ("watch", "follow a job until it ends"),
                         ("cancel", "cancel a job that has not started")):
         s = j.add_parser(name, help=help_, parents=[common] + ([jobopts] if name == "watch" else []))

@@ -292,6 +292,14 @@ class EtcdClient:
         kvs = [_kv(raw) for raw in reply.get("kvs", [])]
         return kvs[0] if kvs else None
 
+    async def last_key(self, prefix: str) -> str | None:
+        """The greatest key under `prefix` (by bytes), without reading any value; None if there is none."""
+        body = _range_body(prefix, prefix=True) | {"sort_order": "DESCEND", "sort_target": "KEY", "limit": 1,
+                                                   "keys_only": True}
+        reply = await self._unary("/v3/kv/range", body)
+        kvs = reply.get("kvs", [])
+        return _unb64(kvs[0]["key"]).decode() if kvs else None
+
     async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
         """All keys under `prefix`, sorted by key, and the revision they were read at."""
         body = _range_body(prefix, prefix=True) | {"sort_order": "ASCEND", "sort_target": "KEY"}

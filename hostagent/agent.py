@@ -45,6 +45,7 @@ from hostagent.fencing import TokenGuard
 from hostagent.master import MasterRole
 from hostagent.node_ops import NodeOperations
 from hostagent.autofailover import AutoFailover
+from hostagent.jobarchive import JobArchive
 from hostagent.looplag import LoopLag
 from hostagent.nodelease import NodeLease
 from hostagent.nodetrust import CrlKeeper, NodeTrust
@@ -229,7 +230,8 @@ class Agent:
                               "cluster.rotate-secrets": rotation.job}
         self.role.on_elected.append(self._fence_older_masters)
         self.autofailover = AutoFailover(self.ops)
-        self.role.duties += [self._pool_duty, self._fence_stragglers, self.ops.moves.keep_mirrors,
+        self.role.duties += [self._pool_duty, self._fence_stragglers, JobArchive(self.ops).step,
+                             self.ops.moves.keep_mirrors,
                              self.ops.restarter.step, self.autofailover.step, self.node_ops.sweep_tokens]
         self.lease = NodeLease(self.etcd, cfg.node_name, cfg.node_lease_ttl_s)
         self.fence = SelfFence(cfg.node_name, self.lease, self.qemu, self.replica, cfg.run_dir, cfg.log_dir,

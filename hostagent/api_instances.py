@@ -208,13 +208,17 @@ class InstanceRoutes(ApiBase):
         return self._ok(events[-limit:] if limit > 0 else events)
 
     async def job_list(self, request: web.Request) -> web.Response:
+        """Live jobs, or ?archived=1 the archived ones; ?status=running|queued|success|error|canceled."""
         keys = ("id", "op", "summary", "status", "created", "started", "ended", "error")
-        return self._ok([{k: j[k] for k in keys} for j in self._all(model.JOBS)])
+        archived, status = request.query.get("archived") in ("1", "true", "yes"), request.query.get("status")
+        jobs = self._all(model.JOBS_ARCHIVE if archived else model.JOBS)
+        return self._ok([{k: j.get(k) for k in keys} for j in jobs if status is None or j.get("status") == status])
 
     async def job_info(self, request: web.Request) -> web.Response:
         job_id = _job_id(request.match_info["id"])
         self._require_cluster()
-        job = self.agent.replica.get_json(model.job_key(job_id))
+        job = self.agent.replica.get_json(model.job_key(job_id)) or \
+            self.agent.replica.get_json(model.archived_job_key(job_id))
         if job is None:
             raise NotFound(f"no job {job_id}")
         return self._ok(job)

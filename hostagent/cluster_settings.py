@@ -36,6 +36,8 @@ MODIFIABLE = {
     "default_vcpus": "a whole number from 1 to 255: the vCPUs of new instances that do not give theirs",
     "require_owner": "yes or no: every new instance must name its owner, and `cluster verify` lists those "
                      "without one",
+    "job_archive_after_s": "seconds after it ended that a job moves to the archive (`job list --archived`), "
+                           "1 or more (default 21600: 6 hours)",
 }
 
 
@@ -43,6 +45,9 @@ def check_changes(changes: dict[str, Any]) -> list[str]:
     """Problems with a `cluster modify` request (pure)."""
     problems = [f"unknown cluster setting '{k}' (known: {', '.join(MODIFIABLE)})" for k in changes
                 if k not in MODIFIABLE]
+    archive = changes.get("job_archive_after_s", 21600)
+    if isinstance(archive, bool) or not isinstance(archive, (int, float)) or archive < 1:
+        problems.append(f"job_archive_after_s must be {MODIFIABLE['job_archive_after_s']}, got {archive!r}")
     if "require_owner" in changes and not isinstance(changes["require_owner"], bool):
         problems.append(f"require_owner must be {MODIFIABLE['require_owner']}, got {changes['require_owner']!r}")
     if "auto_failover" in changes and not isinstance(changes["auto_failover"], bool):

@@ -77,6 +77,9 @@ class JobRunner:
     async def start(self) -> None:
         """Take over jobs left by an earlier master: run queued ones, end running ones."""
         kvs, _ = await self._client.get_prefix(model.JOBS)
+        archived = await self._client.last_key(model.JOBS_ARCHIVE)  # job ids are never used twice
+        if archived is not None:
+            self._next_id = max(self._next_id, int(archived.rsplit("/", 1)[-1]) + 1)
         for kv in kvs:
             job = model.loads(kv.value)
             self._next_id = max(self._next_id, job["id"] + 1)

@@ -17,6 +17,7 @@ MASTER_INFO_KEY = "/corral/master-info"  # who is master with which token, for e
 NODES = "/corral/nodes/"
 INSTANCES = "/corral/instances/"
 JOBS = "/corral/jobs/"
+JOBS_ARCHIVE = "/corral/jobs-archive/"  # finished jobs older than the cluster's job_archive_after_s
 REPORTS = "/corral/reports/"
 RESERVATIONS = "/corral/reservations/"
 JOIN_TOKENS = "/corral/join-tokens/"
@@ -41,6 +42,10 @@ def instance_key(name: str) -> str:
 
 def job_key(job_id: int) -> str:
     return f"{JOBS}{job_id:010d}"
+
+
+def archived_job_key(job_id: int) -> str:
+    return f"{JOBS_ARCHIVE}{job_id:010d}"
 
 
 def report_key(node: str) -> str:

@@ -104,7 +104,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/tags": {"get": _op("Every tag of the cluster, its nodes and instances matching ?pattern=RE2 "
                             "(kind, name, tag)")},
     "/v1/events": {"get": _op("The master's automatic decisions with their reasons (?instance=, ?node=, ?limit=)")},
-    "/v1/jobs": {"get": _op("All jobs")},
+    "/v1/jobs": {"get": _op("Jobs not yet archived, or ?archived=1 the archived ones; ?status=STATUS")},
     "/v1/jobs/{id}": {"get": _op("One job with its log and progress", params=("id",))},
     "/v1/jobs/{id}/cancel": {"post": _op("Cancel a job that has not started yet", params=("id",))},
     "/v1/os": {"get": _op("OS definitions and images available on this node")},
@@ -148,7 +148,8 @@ SCHEMAS: dict[str, Any] = {
     "ClusterModify": {"type": "object", "additionalProperties": False, "properties": {
         "auto_failover": {"type": "boolean"}, "max_lost_nodes": {"type": "integer", "minimum": 1, "nullable": True},
         "failback_after_s": {"type": "number", "minimum": 0}, "default_memory": _SIZE,
-        "default_vcpus": {"type": "integer", "minimum": 1, "maximum": 255}, "require_owner": {"type": "boolean"}}},
+        "default_vcpus": {"type": "integer", "minimum": 1, "maximum": 255}, "require_owner": {"type": "boolean"},
+        "job_archive_after_s": {"type": "number", "minimum": 1}}},
     "RotateSecrets": {"type": "object", "properties": {"new_ca": {"type": "boolean"}}},
     "InstanceAdd": {"type": "object", "required": ["name", "os"], "properties": {
         "name": _NAME, "os": {"type": "string", "maxLength": 253}, "node": {"type": "string", "maxLength": 512,

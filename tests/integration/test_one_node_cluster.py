@@ -472,3 +472,28 @@ def test_rename_keeps_identity_and_disk_updates_references_and_runs_the_os_scrip
     finally:
         for name in ("dep1", "new1", "old1"):
             one_node.corral("instance", "remove", name)
+
+
+def test_finished_jobs_move_to_the_archive_and_stay_readable_and_ids_go_on(one_node):
+    newest = max(j["id"] for j in one_node.json("job", "list"))  # the cluster has jobs by now
+    one_node.ok("cluster", "modify", "--job-archive-after", "1")
+    try:
+        wait_for(lambda: not [j for j in one_node.json("job", "list") if j["id"] <= newest], 60,
+                 "the finished jobs to leave the live list")
+        archived = one_node.json("job", "list", "--archived")
+        assert newest in {j["id"] for j in archived}
+        assert one_node.json("job", "info", str(newest))["id"] == newest  # still readable
+        failed = one_node.json("job", "list", "--archived", "--failed")
+        assert all(j["status"] == "error" for j in failed)
+    finally:
+        one_node.ok("cluster", "modify", "--job-archive-after", "21600")
+    # A new master counts job ids on from the archive: none is used twice.
+    one_node.kill9()
+    one_node.start()
+    wait_for(lambda: one_node.json("cluster", "info")["master"] == "n1", 60, "n1 to be master again")
+    job = wait_for(lambda: (r := one_node.corral("instance", "add", "arch1", "--os", "busybox-guest", "--memory",
+                                                 "64M", "--disk", "64M", "--no-start", "--submit")).returncode == 0
+                   and int(r.stdout.strip()), 60, "the new master to take a job")
+    assert job > max(j["id"] for j in one_node.json("job", "list", "--archived"))
+    wait_for(lambda: one_node.json("job", "info", str(job))["status"] == "success", 60, "arch1's add")
+    one_node.ok("instance", "remove", "arch1")

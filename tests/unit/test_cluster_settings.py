@@ -17,7 +17,8 @@ def test_each_bad_value_is_named_with_what_it_must_be():
 
 
 def test_unknown_settings_and_empty_requests_are_refused():
-    known = "auto_failover, max_lost_nodes, failback_after_s, default_memory, default_vcpus, require_owner"
+    known = ("auto_failover, max_lost_nodes, failback_after_s, default_memory, default_vcpus, require_owner, "
+             "job_archive_after_s")
     assert check_changes({"fencing": "off"}) == [f"unknown cluster setting 'fencing' (known: {known})"]
     assert check_changes({}) == [f"nothing to change (settings: {known})"]
     assert check_changes({"default_memory": "lots", "default_vcpus": 0}) == [

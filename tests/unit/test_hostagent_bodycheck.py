@@ -37,7 +37,7 @@ def test_actions_numbers_and_flags():
         "failback_after_s must be a number of at least 0, not -1"]
     assert check("ClusterModify", {"nonsense": 1}) == [
         "'nonsense' is not a field here (fields: auto_failover, default_memory, default_vcpus, failback_after_s, "
-        "max_lost_nodes, require_owner)"]
+        "job_archive_after_s, max_lost_nodes, require_owner)"]
 
 
 def test_what_the_cli_sends_passes():
