@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 from kvm.cmdline import run_paths
 from storage.osdef import OsDefinition
 
-from hostagent import model, users, views
+from hostagent import auth, callers, model, users, views
 from hostagent.api_base import ApiBase
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.node_ops import NodeOperations
@@ -144,7 +144,7 @@ class InstanceRoutes(ApiBase):
         return await self._on_master(request, run)
 
     async def instance_console(self, request: web.Request) -> web.StreamResponse:
-        """Bridge a websocket to the instance's serial console socket (instance on this node).
+        """Bridge a websocket to the instance's serial console socket (relayed from its node if elsewhere).
 
         A request that is not a websocket upgrade is answered 426 before anything else: the guest's
         console takes one client at a time, so opening it for a request that cannot use it would
@@ -161,8 +161,7 @@ class InstanceRoutes(ApiBase):
         if inst is None:
             raise NotFound(f"no instance named '{name}'")
         if inst["primary_node"] != self.agent.cfg.node_name:
-            raise BadRequest(f"instance '{name}' runs on node '{inst['primary_node']}': run "
-                             "`corral instance console` there")
+            return await self._relay_console(request, ws, name, inst["primary_node"])
         path = run_paths(self.agent.cfg.run_dir, name).console_socket
         if self.agent.qemu.find(name) is None or not os.path.exists(path):
             raise Conflict(f"instance '{name}' is not running, so it has no console")
@@ -192,6 +191,43 @@ class InstanceRoutes(ApiBase):
         finally:
             task.cancel()
             writer.close()
+        return ws
+
+    async def _relay_console(self, request: web.Request, ws: web.WebSocketResponse, name: str,
+                             node_name: str) -> web.StreamResponse:
+        """The console of an instance on another node: a websocket to that node's agent (node certificate,
+        the caller passed along and checked again there), its frames copied both ways."""
+        node = self.agent.replica.get_json(model.node_key(node_name))
+        if node is None or self.agent.nodes is None:
+            raise Conflict(f"instance '{name}' runs on node '{node_name}', which is not in the cluster")
+        caller = request.get(auth.CALLER)
+        headers = {callers.HEADER: caller.to_header()} if caller is not None else None
+        try:
+            remote = await self.agent.nodes.websocket(node["address"], node["api_port"], request.raw_path, headers)
+        except ConnectionError as exc:
+            raise Conflict(f"the console of instance '{name}' is on node '{node_name}': {exc}") from None
+        try:
+            await ws.prepare(request)
+
+            async def pump_out() -> None:
+                async for msg in remote:
+                    if msg.type == WSMsgType.BINARY:
+                        await ws.send_bytes(msg.data)
+                    elif msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR, WSMsgType.CLOSED):
+                        break
+                await ws.close()
+
+            task = asyncio.create_task(pump_out())
+            try:
+                async for msg in ws:
+                    if msg.type == WSMsgType.BINARY:
+                        await remote.send_bytes(msg.data)
+                    elif msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                        break
+            finally:
+                task.cancel()
+        finally:
+            await remote.close()
         return ws
 
     # ---- jobs, OS, users -----------------------------------------------------

@@ -96,6 +96,18 @@ class NodeClient:
             raise ConnectionError(f"the master at {address}:{port} does not answer "
                                   f"({exc or type(exc).__name__})") from exc
 
+    async def websocket(self, address: str, port: int, path: str,
+                        headers: dict[str, str] | None = None) -> aiohttp.ClientWebSocketResponse:
+        """A websocket to another agent (the console relay), authenticated by this node's certificate.
+        Raises ConnectionError with that agent's refusal when it does not upgrade."""
+        try:
+            return await self._client().ws_connect(f"https://{address}:{port}{path}", headers=headers or {},
+                                                   timeout=aiohttp.ClientWSTimeout(ws_close=5), heartbeat=30)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ConnectionError(f"node at {address}:{port} refused ({exc.status}: {exc.message})") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ConnectionError(f"node at {address}:{port} does not answer ({exc or type(exc).__name__})") from exc
+
     def renew(self, ssl_context: ssl.SSLContext, linger_s: float = 30.0) -> None:
         """New connections, with this context, from now on (this node's certificate or CAs changed);
         calls under way may finish.
