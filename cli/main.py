@@ -27,6 +27,11 @@ class UsageError(Exception):
     pass
 
 
+def _policy_value(value: str) -> Any:
+    """A policy bound as typed: a count stays a number, a size stays text (the agent reads units)."""
+    return int(value) if value.isdigit() else value
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value) or "-"
@@ -154,6 +159,15 @@ class Cli:
                                       else f"NO - changes are refused: {quorum.get('reason')}"))
             if d["hvparams"]:
                 print("hv defaults:  " + ", ".join(f"{k}={v}" for k, v in sorted(d["hvparams"].items())))
+            print(f"instances:    new ones get {mib(d.get('default_memory_mib', 512))} and {d.get('default_vcpus', 1)} "
+                  f"vCPU(s) unless they say; templates {', '.join(d.get('enabled_disk_templates') or ['all'])}"
+                  + ("; an owner is required" if d.get("require_owner") else ""))
+            if d.get("policy"):
+                print("policy:       " + ", ".join(f"{k.replace('_mib', '')}="
+                                               + (mib(v) if k.endswith("_mib") else str(v))
+                                               for k, v in sorted(d["policy"].items())))
+            if d.get("tags"):
+                print(f"tags:         {', '.join(d['tags'])}")
             print(f"failover:     auto-failover default {'on' if d.get('auto_failover') else 'off'}; more than "
                   f"{d.get('max_lost_nodes') or 'max(1, nodes/3)'} node(s) lost at once raise the alert; failback "
                   + (f"after {d['failback_after_s']:.0f} s back" if d.get("failback_after_s") else "only on request"))
@@ -193,6 +207,19 @@ class Cli:
             body["require_owner"] = self.args.require_owner == "yes"
         if self.args.job_archive_after is not None:
             body["job_archive_after_s"] = self.args.job_archive_after
+        if self.args.hv:  # NAME= puts NAME back to its built-in default
+            body["hvparams"] = {k: (v or None) for k, v in _kv_list(self.args.hv, "--hv").items()}
+        if self.args.candidates is not None:
+            body["candidate_pool_size"] = self.args.candidates
+        if self.args.sync_rate is not None:
+            body["sync_rate_mib_s"] = self.args.sync_rate
+        if self.args.restart_backoff is not None:
+            body["restart_backoff_s"] = self.args.restart_backoff
+        if self.args.disk_templates:
+            body["enabled_disk_templates"] = [t.strip() for t in self.args.disk_templates.split(",") if t.strip()]
+        if self.args.policy:  # NAME= lifts that bound
+            body["policy"] = {k: (_policy_value(v) if v else None)
+                              for k, v in _kv_list(self.args.policy, "--policy").items()}
         return self.out(self.client.post("/v1/cluster/modify", body),
                         lambda d: print(", ".join(f"{k}={'default' if v is None else v}" for k, v in d.items())))
 
@@ -723,6 +750,16 @@ def _parser() -> argparse.ArgumentParser:
                         "seconds and their copy there is in sync (default 0: only with `instance migrate`)")
     s.add_argument("--default-memory", metavar="SIZE", help="memory of new instances that give none (512M)")
     s.add_argument("--default-vcpus", type=int, metavar="N", help="vCPUs of new instances that give none (1)")
+    s.add_argument("--hv", action="append", metavar="NAME=VALUE",
+                   help="hypervisor defaults every instance inherits (NAME= resets one); at each instance's "
+                        "next start")
+    s.add_argument("--candidates", type=int, choices=(1, 3, 5), help="master candidates (etcd members) to keep")
+    s.add_argument("--sync-rate", type=float, metavar="MIB_S", help="cap on background disk copies (0: none)")
+    s.add_argument("--restart-backoff", type=float, metavar="S", help="seconds before the second restart attempt")
+    s.add_argument("--disk-templates", metavar="T[,T]", help="templates new instances may use, e.g. file,mirror")
+    s.add_argument("--policy", action="append", metavar="BOUND=VALUE",
+                   help="instance bounds: min_memory, max_memory, max_disk_size (e.g. 4G), min_vcpus, max_vcpus, "
+                        "max_disks; BOUND= lifts one")
     s.add_argument("--job-archive-after", type=float, metavar="S",
                    help="finished jobs move to the archive S seconds after they ended (default 21600: 6 h)")
     s.add_argument("--require-owner", choices=("yes", "no"),

@@ -59,6 +59,9 @@ class ClusterRoutes(ApiBase):
             "max_lost_nodes": cluster.get("max_lost_nodes"),
             "failback_after_s": cluster.get("failback_after_s") or 0,
             "tags": cluster.get("tags") or [], "require_owner": bool(cluster.get("require_owner")),
+            "policy": cluster.get("policy") or {}, "enabled_disk_templates": cluster.get("enabled_disk_templates"),
+            "sync_rate_mib_s": cluster.get("sync_rate_mib_s", 0.0), "restart_backoff_s": cluster.get("restart_backoff_s"),
+            "candidate_pool_size": cluster.get("candidate_pool_size", 3),
             "default_memory_mib": cluster.get("default_memory_mib", 512), "default_vcpus": cluster.get("default_vcpus", 1),
         })
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from kvm.hvparams import HvParamError, HvParams, kernel_path_problems, parse_hvparams
 
-from hostagent import model, tags
+from hostagent import model, policy, tags
 from hostagent.bootpattern import BootPattern, BootPatternError
 from hostagent.errors import BadRequest, Conflict
 from hostagent.placement import REPLICATED, Placement, PlacementError, Request, check_manual, place
@@ -77,8 +77,12 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
     elif name in view.instances:
         raise Conflict(f"an instance named '{name}' already exists")
     template = req.get("disk_template", "file")
+    enabled = view.defaults.get("enabled_disk_templates") or DISK_TEMPLATES
     if template not in DISK_TEMPLATES:
         problems.append(f"disk template {template!r} is not available; use one of: {', '.join(DISK_TEMPLATES)}")
+    elif template not in enabled:
+        problems.append(f"disk template {template!r} is not enabled in this cluster (enabled: {', '.join(enabled)}; "
+                        "`cluster modify --disk-templates`)")
     memory = _size(req.get("memory", view.defaults.get("memory_mib", 512)), "memory", problems)
     vcpus = _vcpus(req.get("vcpus", view.defaults.get("vcpus", 1)), problems)
     priority = req.get("priority", "normal")
@@ -119,6 +123,7 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
         placed = _place(name, req, template, memory, disks, primary, secondary, view, now, problems)
     if placed is not None and not primary:
         problems += _node_problems(placed.primary, os_name, osparams, hv, view)
+    problems += policy.violations(memory, vcpus, [d.size_mib for d in disks], view.defaults.get("policy") or {})
     if template in REPLICATED and len(disks) > MAX_MIRROR_DISKS:
         problems.append(f"a {template} instance has at most {MAX_MIRROR_DISKS} disks, not {len(disks)}")
     if problems or placed is None:
@@ -255,8 +260,13 @@ def check_reinstall(inst: Mapping[str, Any], params: Mapping[str, Any], view: Cl
 
 
 def check_resources(inst: Mapping[str, Any], new: Mapping[str, Any], view: ClusterView, now: float) -> list[str]:
-    """Whether the instance's nodes can give it the memory it is to have: as a placement of it alone,
-    its current use counted as free on its primary. Empty when it fits (or asks no more than before)."""
+    """Whether the instance keeps the cluster's policy, and its nodes can give it the memory it is to have:
+    as a placement of it alone, its current use counted as free on its primary. Empty when it fits."""
+    broken = policy.violations(int(new["memory_mib"]), int(new.get("vcpus", 1)),
+                               [int(d["size_mib"]) for d in new.get("disks") or []], view.defaults.get("policy") or {})
+    changed = (new["memory_mib"], new.get("vcpus")) != (inst["memory_mib"], inst.get("vcpus"))
+    if changed and broken:
+        return broken
     if int(new["memory_mib"]) <= int(inst["memory_mib"]):
         return []
     others = [r for r in view.records if r["name"] != inst["name"]]

@@ -13,8 +13,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from election.etcd import Op
+from kvm.hvparams import HvParamError, parse_hvparams
 
-from hostagent import model
+from hostagent import model, policy
+from hostagent.checks import DISK_TEMPLATES
 from hostagent.errors import BadRequest, Conflict
 from hostagent.eventlog import event_ops
 from hostagent.restarts import Event
@@ -38,6 +40,12 @@ MODIFIABLE = {
                      "without one",
     "job_archive_after_s": "seconds after it ended that a job moves to the archive (`job list --archived`), "
                            "1 or more (default 21600: 6 hours)",
+    "hvparams": "an object of hypervisor parameters every instance inherits (null puts one back to its default)",
+    "candidate_pool_size": "1, 3 or 5: the master candidates (etcd members) the master keeps",
+    "sync_rate_mib_s": "a number of MiB/s for background disk copies (0: no cap)",
+    "restart_backoff_s": "seconds (above 0, at most 3600) before the second restart attempt (it doubles after)",
+    "enabled_disk_templates": f"a list of the templates new instances may use, from {', '.join(DISK_TEMPLATES)}",
+    "policy": f"bounds every instance must keep: {policy.WORDS}",
 }
 
 
@@ -66,15 +74,59 @@ def check_changes(changes: dict[str, Any]) -> list[str]:
     vcpus = changes.get("default_vcpus", 1)
     if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= 255:
         problems.append(f"default_vcpus must be {MODIFIABLE['default_vcpus']}, got {vcpus!r}")
+    problems += _more_problems(changes)
     if not changes:
         problems.append(f"nothing to change (settings: {', '.join(MODIFIABLE)})")
     return problems
 
 
-def stored(changes: dict[str, Any]) -> dict[str, Any]:
-    """The cluster record's fields for checked changes (sizes kept in MiB)."""
-    return {("default_memory_mib" if k == "default_memory" else k):
-            (parse_mib(v, k) if k == "default_memory" else v) for k, v in changes.items()}
+def _more_problems(changes: dict[str, Any]) -> list[str]:
+    """Checks of what `cluster init` set and `cluster modify` may now change."""
+    problems: list[str] = []
+    if "hvparams" in changes:
+        if not isinstance(changes["hvparams"], dict):
+            problems.append(f"hvparams must be {MODIFIABLE['hvparams']}")
+        else:
+            try:
+                parse_hvparams({k: v for k, v in changes["hvparams"].items() if v is not None})
+            except HvParamError as exc:
+                problems.extend(exc.problems)
+    if "candidate_pool_size" in changes and changes["candidate_pool_size"] not in (1, 3, 5):
+        problems.append(f"candidate_pool_size must be {MODIFIABLE['candidate_pool_size']}, "
+                        f"got {changes['candidate_pool_size']!r}")
+    rate = changes.get("sync_rate_mib_s", 0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate < 0:
+        problems.append(f"sync_rate_mib_s must be {MODIFIABLE['sync_rate_mib_s']}, got {rate!r}")
+    backoff = changes.get("restart_backoff_s", 2)
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 < backoff <= 3600:
+        problems.append(f"restart_backoff_s must be {MODIFIABLE['restart_backoff_s']}, got {backoff!r}")
+    if "enabled_disk_templates" in changes:
+        wanted = changes["enabled_disk_templates"]
+        if not isinstance(wanted, list) or not wanted or any(t not in DISK_TEMPLATES for t in wanted):
+            problems.append(f"enabled_disk_templates must be {MODIFIABLE['enabled_disk_templates']}, "
+                            f"got {wanted!r}")
+    if "policy" in changes:
+        policy.parse(changes["policy"], problems)
+    return problems
+
+
+def stored(changes: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
+    """The cluster record's fields for checked changes (sizes kept in MiB; hvparams and the policy
+    merged into what the cluster has, a null or empty value removing one)."""
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key == "default_memory":
+            out["default_memory_mib"] = parse_mib(value, key)
+        elif key == "hvparams":
+            merged = {**(cluster.get("hvparams") or {}), **value}
+            out["hvparams"] = {k: v for k, v in merged.items() if v is not None}
+        elif key == "policy":
+            bounds = policy.parse(value, [])
+            lifted = {policy.FIELDS[k][0] for k, v in value.items() if k in policy.FIELDS and v in (None, "")}
+            out["policy"] = {k: v for k, v in {**(cluster.get("policy") or {}), **bounds}.items() if k not in lifted}
+        else:
+            out[key] = value
+    return out
 
 
 async def _update(ops: Operations, change: dict[str, Any], message: str) -> dict[str, Any]:
@@ -115,5 +167,6 @@ async def modify(ops: Operations, changes: dict[str, Any]) -> dict[str, Any]:
     if problems:
         raise BadRequest("; ".join(problems))
     said = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
-    cluster = await _update(ops, stored(changes), f"cluster settings changed by the operator: {said}")
+    current = await ops._get(model.CLUSTER_KEY) or {}
+    cluster = await _update(ops, stored(changes, current), f"cluster settings changed by the operator: {said}")
     return {k: cluster.get("default_memory_mib" if k == "default_memory" else k) for k in MODIFIABLE}

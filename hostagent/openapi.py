@@ -149,7 +149,15 @@ SCHEMAS: dict[str, Any] = {
         "auto_failover": {"type": "boolean"}, "max_lost_nodes": {"type": "integer", "minimum": 1, "nullable": True},
         "failback_after_s": {"type": "number", "minimum": 0}, "default_memory": _SIZE,
         "default_vcpus": {"type": "integer", "minimum": 1, "maximum": 255}, "require_owner": {"type": "boolean"},
-        "job_archive_after_s": {"type": "number", "minimum": 1}}},
+        "job_archive_after_s": {"type": "number", "minimum": 1},
+        "hvparams": {**_PARAMS, "additionalProperties": {"anyOf": [
+            {"type": "string", "maxLength": 4096}, {"type": "number"}, {"type": "boolean"}], "nullable": True}},
+        "candidate_pool_size": {"type": "integer", "enum": [1, 3, 5]},
+        "sync_rate_mib_s": {"type": "number", "minimum": 0}, "restart_backoff_s": {"type": "number", "minimum": 0},
+        "enabled_disk_templates": {"type": "array", "minItems": 1, "maxItems": 8,
+                                   "items": {"type": "string", "maxLength": 16}},
+        "policy": {"type": "object", "maxProperties": 8, "additionalProperties": {
+            "anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}], "nullable": True}}}},
     "RotateSecrets": {"type": "object", "properties": {"new_ca": {"type": "boolean"}}},
     "InstanceAdd": {"type": "object", "required": ["name", "os"], "properties": {
         "name": _NAME, "os": {"type": "string", "maxLength": 253}, "node": {"type": "string", "maxLength": 512,

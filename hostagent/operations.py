@@ -206,7 +206,8 @@ class Operations:
             instances={i["name"] for i in instances}, records=tuple(instances),
             used_macs={nic["mac"] for i in instances for nic in i["nics"]},
             defaults={**{k: cluster[f"default_{k}"] for k in ("memory_mib", "vcpus") if f"default_{k}" in cluster},
-                      "require_owner": bool(cluster.get("require_owner"))})
+                      "require_owner": bool(cluster.get("require_owner")), "policy": cluster.get("policy") or {},
+                      "enabled_disk_templates": cluster.get("enabled_disk_templates") or []})
 
     async def submit_simple(self, op: str, name: str, params: dict[str, Any]) -> int:
         inst = await self._instance(name)

@@ -497,3 +497,39 @@ def test_finished_jobs_move_to_the_archive_and_stay_readable_and_ids_go_on(one_n
     assert job > max(j["id"] for j in one_node.json("job", "list", "--archived"))
     wait_for(lambda: one_node.json("job", "info", str(job))["status"] == "success", 60, "arch1's add")
     one_node.ok("instance", "remove", "arch1")
+
+
+def test_cluster_settings_change_after_init_and_the_policy_bounds_instances(one_node):
+    before = one_node.json("cluster", "info")
+    try:
+        one_node.ok("cluster", "modify", "--hv", "shutdown_timeout_s=20", "--sync-rate", "40", "--restart-backoff",
+                    "3", "--disk-templates", "file", "--policy", "max_memory=256M", "--policy", "max_vcpus=2",
+                    "--policy", "max_disks=1")
+        info = one_node.json("cluster", "info")
+        assert info["hvparams"]["shutdown_timeout_s"] == "20" and info["hvparams"]["accel"] == "tcg"  # merged
+        assert (info["sync_rate_mib_s"], info["restart_backoff_s"], info["enabled_disk_templates"]) == (40, 3, ["file"])
+        assert info["policy"] == {"max_memory_mib": 256, "max_vcpus": 2, "max_disks": 1}
+        assert "policy:       max_disks=1, max_memory=256M, max_vcpus=2" in one_node.ok("cluster", "info")
+
+        big = one_node.corral("instance", "add", "pol1", "--os", "busybox-guest", "--memory", "512M", "--vcpus", "4",
+                              "--disk", "64M", "--disk", "64M", "--no-start")
+        assert big.returncode == 2, big.stderr
+        for words in ("memory 512M is above the cluster's policy maximum 256M",
+                      "4 vCPUs is above the cluster's policy maximum 2", "2 disks is above the cluster's policy maximum 1"):
+            assert words in big.stderr, big.stderr
+        mirror = one_node.corral("instance", "add", "pol2", "--os", "busybox-guest", "--disk-template", "mirror",
+                                 "--disk", "64M", "--no-start")
+        assert mirror.returncode == 2 and "disk template 'mirror' is not enabled in this cluster" in mirror.stderr
+        one_node.ok("instance", "add", "pol3", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M", "--no-start")
+        grow = one_node.corral("instance", "modify", "pol3", "--memory", "1G")
+        assert grow.returncode == 2 and "memory 1G is above the cluster's policy maximum 256M" in grow.stderr
+        bad = one_node.corral("cluster", "modify", "--policy", "speed=3", "--restart-backoff", "0")
+        assert bad.returncode == 2 and "unknown bound 'speed'" in bad.stderr and "restart_backoff_s" in bad.stderr
+        one_node.ok("cluster", "modify", "--policy", "max_memory=", "--hv", "shutdown_timeout_s=")
+        info = one_node.json("cluster", "info")
+        assert info["policy"] == {"max_vcpus": 2, "max_disks": 1} and "shutdown_timeout_s" not in info["hvparams"]
+    finally:
+        one_node.corral("instance", "remove", "pol3")
+        one_node.ok("cluster", "modify", "--disk-templates", "file,mirror", "--policy", "max_vcpus=",
+                    "--policy", "max_disks=", "--sync-rate", str(before.get("sync_rate_mib_s") or 0),
+                    "--restart-backoff", str(before.get("restart_backoff_s") or 2))

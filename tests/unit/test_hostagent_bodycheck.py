@@ -35,9 +35,8 @@ def test_actions_numbers_and_flags():
     assert check("InstanceAction", {"force": "yes"}) == ["force must be true or false, not 'yes'"]
     assert check("ClusterModify", {"failback_after_s": -1}) == [
         "failback_after_s must be a number of at least 0, not -1"]
-    assert check("ClusterModify", {"nonsense": 1}) == [
-        "'nonsense' is not a field here (fields: auto_failover, default_memory, default_vcpus, failback_after_s, "
-        "job_archive_after_s, max_lost_nodes, require_owner)"]
+    assert check("NodeModify", {"nonsense": 1}) == [
+        "'nonsense' is not a field here (fields: candidate, drained, offline)"]
 
 
 def test_what_the_cli_sends_passes():
