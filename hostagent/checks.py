@@ -259,6 +259,21 @@ def check_reinstall(inst: Mapping[str, Any], params: Mapping[str, Any], view: Cl
     return {**inst, "os": os_name, "osparams": osparams}
 
 
+def check_kernel(inst: Mapping[str, Any], new: Mapping[str, Any], view: ClusterView) -> None:
+    """New hypervisor parameters keep kernel and initrd in the kernel directories of the instance's nodes
+    (as `instance add` checks them); BadRequest naming the file and the node otherwise."""
+    if new.get("hvparams") == inst.get("hvparams"):
+        return
+    problems: list[str] = []
+    for node in filter(None, (inst.get("primary_node"), inst.get("secondary_node"))):
+        report = view.reports.get(str(node), {})
+        if "kernel_dirs" in report:  # reports of older agents lack them: the node checks before a start
+            hv = parse_hvparams(new.get("hvparams") or {}, parse_hvparams(view.cluster_hv))
+            problems += kernel_path_problems(hv, report["kernel_dirs"], f" on node '{node}'")
+    if problems:
+        raise BadRequest("; ".join(problems))
+
+
 def check_resources(inst: Mapping[str, Any], new: Mapping[str, Any], view: ClusterView, now: float) -> list[str]:
     """Whether the instance keeps the cluster's policy, and its nodes can give it the memory it is to have:
     as a placement of it alone, its current use counted as free on its primary. Empty when it fits."""

@@ -20,8 +20,8 @@ from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
 
 from hostagent import model, replicas
 from hostagent import pending
-from hostagent.checks import (ClusterView, check_add, check_modify, check_new_name, check_reinstall,
-                              check_resources)
+from hostagent.checks import (ClusterView, check_add, check_kernel, check_modify, check_new_name,
+                              check_reinstall, check_resources)
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.jobs import Handler, JobContext, JobFailed
 from hostagent.master import MasterRole
@@ -189,7 +189,9 @@ class Operations:
         inst = await self._instance(name)
         target = pending.effective(inst)
         new = check_modify(target, changes, tuple(await self._prefix(model.INSTANCES)), await self.cluster_hv())
-        short = check_resources(target, new, await self._view(), time.time())
+        view = await self._view()
+        check_kernel(target, new, view)
+        short = check_resources(target, new, view, time.time())
         if short and not force:
             raise Conflict("; ".join(short) + " (--force writes it anyway, with N+1 no longer certain)")
         return await self.role.require().submit(
@@ -393,7 +395,9 @@ class Operations:
             inst = records[name][1]
             target = pending.effective(inst)
             wanted = check_modify(target, changes, tuple(rec for _, rec in records.values()), await self.cluster_hv())
-            short = check_resources(target, wanted, await self._view(), time.time())
+            view = await self._view()
+            check_kernel(target, wanted, view)
+            short = check_resources(target, wanted, view, time.time())
             if short and not args.get("force"):
                 raise JobFailed("; ".join(short))
             running = await self._running(inst)

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from hostagent import pending
-from hostagent.checks import ClusterView, check_add, check_modify, check_resources
+from hostagent.checks import ClusterView, check_add, check_kernel, check_modify, check_resources
 from hostagent.errors import BadRequest
 
 NODE = {"name": "n1", "address": "127.0.0.1"}
@@ -170,3 +170,12 @@ def test_a_running_instance_keeps_what_needs_a_restart_pending_until_its_next_st
     applied, changed = pending.apply(running)
     assert (applied["memory_mib"], applied["vcpus"], "pending" in applied) == (1024, 2, False)
     assert changed == {"memory_mib": (128, 1024), "vcpus": (1, 2)}
+
+
+def test_modified_kernel_paths_stay_in_the_nodes_kernel_directories():
+    view = ClusterView(cluster_hv=HV, nodes={"n1": NODE}, reports={"n1": {**REPORT, "kernel_dirs": ["/boot"]}},
+                       instances={r["name"] for r in RECORDS}, used_macs=set(), records=RECORDS)
+    db1 = RECORDS[0]
+    check_kernel(db1, {**db1, "hvparams": {"kernel_path": "/boot/vmlinuz"}}, view)
+    with pytest.raises(BadRequest, match="/etc/shadow"):
+        check_kernel(db1, {**db1, "hvparams": {"kernel_path": "/boot/vmlinuz", "initrd_path": "/etc/shadow"}}, view)
