@@ -40,6 +40,8 @@ Checked, while the fault lasts and the cluster recovers, and once more after:
   not-recovered  the cluster did not recover within RECOVER_S (what was missing is printed)
   gave-up        the master gave up restarting an instance (its bounded attempts used up): the
                  runner then starts it as an operator would and gives the cluster RECOVER_S again
+  copy-record-stuck  a mirror reports its copy in sync for STUCK_AFTER_S but the master's record
+                 says out of date: the runner then soft-reboots the instance (a new copy), RECOVER_S again
   repair-needed  `cluster verify --repair` acted on something
   verify         `cluster verify` still lists findings after the repair (and 20 s more)
 
@@ -88,6 +90,8 @@ PARTITION_S = (2.0, 20.0)
 DISK_FULL_S = (3.0, 15.0)
 MAX_UNRECOVERED_IN_A_ROW = 3
 GAVE_UP = "the master gave up restarting"
+STUCK = "copy recorded out of date while in sync:"
+STUCK_AFTER_S = 45.0  # the master records a copy in sync within seconds of its mirror saying so
 KINDS = ("kill-agent", "kill-etcd", "kill-serf", "kill-qemu", "freeze-agent", "freeze-etcd", "freeze-serf",
          "freeze-qemu", "master-job", "disk-full", "partition")
 SEQ = re.compile(rb"CORRAL-GUEST-SEQ(?:-START last=(\d+)| n=(\d+))|(CORRAL-GUEST-POWEROFF)")
@@ -294,6 +298,10 @@ def missing_as_seen_by(asked: AgentNode, since: float) -> list[str]:
             missing.append(f"{GAVE_UP} {inst['name']} on {inst['primary_node']}: {inst.get('reason')}")
         elif inst["status"] != "running":
             missing.append(f"{inst['name']} {inst['status']} on {inst['primary_node']} ({inst.get('reason')})")
+        elif rep and rep.get("summary") == "in sync" and not rep.get("in_sync"):
+            missing.append(f"{STUCK} {inst['name']} copy on {rep.get('secondary')}: the mirror reports it in sync, "
+                           f"the master's record says {rep.get('record')} (generation {rep.get('generation')}, "
+                           f"mirror {[d.get('gen') for d in rep.get('disks') or []]})")
         elif rep and not (rep.get("in_sync") and rep.get("summary") == "in sync"):
             missing.append(f"{inst['name']} copy on {rep.get('secondary')}: {rep.get('summary')}")
     return missing
@@ -304,6 +312,7 @@ def wait_recovered(cluster: Cluster, watch: Watch, timeout_s: float,
     """Seconds until recovered (None: not within timeout_s) and what was missing at the end."""
     t0, since = time.monotonic(), time.time()
     missing: list[str] = []
+    stuck_since: float | None = None
     while time.monotonic() - t0 < timeout_s:
         missing = not_recovered(cluster, since)
         if back is not None and not back():
@@ -312,6 +321,12 @@ def wait_recovered(cluster: Cluster, watch: Watch, timeout_s: float,
             return time.monotonic() - t0, []
         if any(GAVE_UP in m for m in missing):
             return None, missing  # the master stopped trying: only an operator's start brings it back
+        if any(STUCK in m for m in missing):
+            stuck_since = stuck_since or time.monotonic()
+            if time.monotonic() - stuck_since > STUCK_AFTER_S:
+                return None, missing
+        else:
+            stuck_since = None
         watch.pause(1.0)
     return None, missing
 
@@ -617,6 +632,23 @@ def operator_start(cluster: Cluster, watch: Watch, fault: Fault) -> list[str]:
     return missing
 
 
+def operator_reboot(cluster: Cluster, watch: Watch, fault: Fault, names: list[str]) -> list[str]:
+    """An operator's way out of a copy the master keeps recording out of date: `corral instance reboot`
+    (soft: power-down and start, which starts a new copy); then RECOVER_S again."""
+    asked = observer(cluster)
+    if asked is None:
+        return ["no agent answers"]
+    for name in names:
+        try:
+            local(asked, timeout_s=60).post(f"/v1/instances/{name}/reboot", {"type": "soft"})
+        except (ApiError, AgentUnreachable, OSError) as exc:
+            fault.violations.append(f"not-recovered: operator reboot of {name} refused: {exc}")
+    took, missing = wait_recovered(cluster, watch, RECOVER_S)
+    fault.detail += f"; operator rebooted {', '.join(names)}: " + \
+        (f"recovered {took:.1f} s later" if took is not None else "not recovered")
+    return missing
+
+
 def revive(cluster: Cluster, fault: Fault) -> None:
     """After a fault that went wrong half-way: every agent that is not running started again."""
     for node in cluster.nodes:
@@ -655,6 +687,10 @@ def chaos(cluster: Cluster, switch: Switch | None, mounts: dict[str, Path], args
         if any(GAVE_UP in m for m in missing):
             fault.violations += [f"gave-up: {m.split(GAVE_UP, 1)[1].strip()}" for m in missing if GAVE_UP in m]
             missing = operator_start(cluster, watch, fault)
+        if any(STUCK in m for m in missing):
+            fault.violations += [f"copy-record-stuck: {m.split(STUCK, 1)[1].strip()}" for m in missing if STUCK in m]
+            missing = operator_reboot(cluster, watch, fault, [m.split(STUCK, 1)[1].split()[0] for m in missing
+                                                              if STUCK in m])
         runner.job_ended()
         watch.poll()  # the process table once more, now that no migration runs
         fault.violations += watch.take()
