@@ -550,6 +550,11 @@ class Cli:
             body = {"node": self.args.node}
         elif action == "grow-disk":
             body = {"disk": self.args.disk, "size": self.args.size}
+        elif action == "add-disk":
+            size, _, fmt = self.args.size.partition(",format=")
+            body = {"size": size, "format": fmt or "raw"}
+        elif action == "remove-disk":
+            body = {"disk": self.args.disk, "destroy_data": self.args.destroy_data}
         elif action == "rename":
             body = {"new_name": self.args.new_name}
         elif action == "reinstall":
@@ -874,6 +879,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name", nargs="?")
     s.add_argument("--type", choices=("soft", "hard"), default="soft")
     many.add_selectors(s)
+    s = i.add_parser("add-disk", help="add a blank disk to a stopped instance (its copy too, if replicated)",
+                     parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("size", help="e.g. 10G, or 10G,format=qcow2")
+    s = i.add_parser("remove-disk", help="remove the last disk of a stopped instance and delete its data",
+                     parents=[common, jobopts])
+    s.add_argument("name")
+    s.add_argument("disk", type=int, help="the disk's index (the last one)")
+    s.add_argument("--destroy-data", action="store_true", help="confirm: its data is deleted on every node")
     s = i.add_parser("rename", help="give a stopped instance a new name (same UUID, MACs, disks)",
                      parents=[common, jobopts])
     s.add_argument("name")
@@ -996,6 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
         ("instance", "grow-disk"): lambda: cli.instance_action("grow-disk"),
         ("instance", "reinstall"): lambda: cli.instance_action("reinstall"),
         ("instance", "rename"): lambda: cli.instance_action("rename"),
+        ("instance", "add-disk"): lambda: cli.instance_action("add-disk"),
+        ("instance", "remove-disk"): lambda: cli.instance_action("remove-disk"),
         ("node", "migrate"): lambda: cli.node_evacuate("migrate"),
         ("node", "failover"): lambda: cli.node_evacuate("failover"),
         ("node", "drain"): lambda: cli.node_drain(True), ("node", "undrain"): lambda: cli.node_drain(False),

@@ -29,7 +29,7 @@ def _job_id(raw: str) -> int:
 
 
 ACTIONS = ("start", "stop", "reboot", "migrate", "failover", "move", "replace-secondary", "activate-disks",
-           "grow-disk", "reinstall", "rename")
+           "grow-disk", "reinstall", "rename", "add-disk", "remove-disk")
 
 
 def action_params(action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +72,10 @@ def action_params(action: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"node": node(True)}
     if action == "grow-disk":
         return {"disk": body.get("disk"), "size": body.get("size")}
+    if action == "add-disk":
+        return {"size": body.get("size"), "format": body.get("format") or "raw"}
+    if action == "remove-disk":
+        return {"disk": body.get("disk"), "destroy_data": flag("destroy_data")}
     if action == "rename":
         value = body.get("new_name")
         if not isinstance(value, str) or not value:

@@ -8,6 +8,7 @@ status order reads, so the master can show progress and an ETA.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -25,6 +26,8 @@ COPY_TIMEOUT_S = 6 * 3600.0
 _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
+log = logging.getLogger(__name__)
+
 class NodeDiskCopy:
     """This node's disk copies and resizes."""
 
@@ -38,7 +41,8 @@ class NodeDiskCopy:
 
     def orders(self) -> dict[str, Any]:
         return {"instance.disk-fetch": self._fetch, "instance.disk-fetch-status": self._fetch_status,
-                "instance.disk-grow": self._grow, "instance.disk-paths": self._paths}
+                "instance.disk-grow": self._grow, "instance.disk-paths": self._paths,
+                "instance.disk-add": self._add, "instance.disk-remove": self._remove}
 
     def _progress_file(self, name: str, index: int) -> str:
         return os.path.join(self._dir, f"{name}-disk{index}.progress")
@@ -88,6 +92,27 @@ class NodeDiskCopy:
         async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 10.0) as qmp:
             await qmp.execute("block_resize", {"device": f"disk{index}", "size": size_mib * 2**20})
         return {"size_mib": size_mib, "online": True}
+
+    async def _add(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A new blank disk (the instance stopped); one already made by this same order is kept."""
+        name, disk = args["name"], args["disk"]
+        if self._qemu.find(name) is not None:
+            raise OrderError(f"instance '{name}' is running on node '{self._node}'; disks are added while it "
+                             "is stopped")
+        path = self._files.path(name, disk["index"], disk["format"])
+        if not os.path.exists(path):
+            await self._files.create(name, disk["index"], disk["size_mib"], disk["format"])
+        return {"path": path}
+
+    async def _remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Delete one disk and its data (the instance stopped; asked for with --destroy-data)."""
+        name, index = args["name"], int(args["index"])
+        if self._qemu.find(name) is not None:
+            raise OrderError(f"instance '{name}' is running on node '{self._node}'; disks are removed while it "
+                             "is stopped")
+        await self._files.remove(name, index)
+        log.warning("instance '%s': disk %d and its data deleted on node '%s'", name, index, self._node)
+        return {"removed": index}
 
     async def _paths(self, args: dict[str, Any]) -> dict[str, Any]:
         """Where the disks are; a missing one is an error the operator must see."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from election.etcd import Op
 
-from hostagent import model
-from hostagent.checks import REPLICATION_PORTS
+from hostagent import model, policy
+from hostagent.checks import DISK_FORMATS, MAX_DISKS, MAX_MIRROR_DISKS, REPLICATION_PORTS
 from hostagent.errors import BadRequest, Conflict
 from hostagent.executor import QUORUM_TEMPLATES
 from hostagent.jobs import JobContext, JobFailed
@@ -34,7 +35,8 @@ class DiskOps:
 
     def handlers(self) -> dict[str, Any]:
         return {"instance.move": self._job_move, "instance.replace-secondary": self._job_replace_secondary,
-                "instance.activate-disks": self._job_activate, "instance.grow-disk": self._job_grow}
+                "instance.activate-disks": self._job_activate, "instance.grow-disk": self._job_grow,
+                "instance.add-disk": self._job_add_disk, "instance.remove-disk": self._job_remove_disk}
 
     # ---- submit-time checks -------------------------------------------------------
     async def _room(self, inst: dict[str, Any], primary: str, secondary: str | None) -> None:
@@ -93,6 +95,90 @@ class DiskOps:
                                  f"it is stopped (its writes go to both copies through a quorum that cannot "
                                  f"change size); `corral instance stop {name}` first, then start it again")
         params["size_mib"] = size
+
+    async def _stopped(self, inst: dict[str, Any], what: str) -> None:
+        report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+        if inst["admin_state"] == "up" or inst["name"] in report.get("instances", {}):
+            raise Conflict(f"instance '{inst['name']}' is running (or marked up); {what} while it is stopped "
+                           f"(`corral instance stop {inst['name']}`); hot-plug is not available yet")
+
+    async def check_add_disk(self, name: str, params: dict[str, Any]) -> None:
+        """A disk of a valid size and format that fits its nodes and the cluster's policy; the instance stopped."""
+        inst = await self.ops._instance(name)
+        await self._stopped(inst, "a disk is added")
+        try:
+            size = parse_mib(params.get("size") or "", "disk size")
+        except SizeError as exc:
+            raise BadRequest(str(exc)) from None
+        fmt = params.get("format") or "raw"
+        if fmt not in DISK_FORMATS:
+            raise BadRequest(f"disk format {fmt!r} is not one of {', '.join(DISK_FORMATS)}")
+        limit = MAX_MIRROR_DISKS if inst.get("disk_template") in QUORUM_TEMPLATES else MAX_DISKS
+        if len(inst["disks"]) >= limit:
+            raise BadRequest(f"instance '{name}' has {len(inst['disks'])} disks, the most a "
+                             f"{inst['disk_template']} instance can have")
+        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        broken = policy.violations(inst["memory_mib"], inst["vcpus"],
+                                   [d["size_mib"] for d in inst["disks"]] + [size], cluster.get("policy") or {})
+        if broken:
+            raise BadRequest("; ".join(broken))
+        # Room for the new disk alone on both nodes (the instance's memory is counted where it is already).
+        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        short = [f"node '{node}' has only {format_mib(reports.get(node, {}).get('disk_free_mib', 0))} disk free"
+                 for node in filter(None, (inst["primary_node"], inst.get("secondary_node")))
+                 if reports.get(node, {}).get("disk_free_mib", 0) < size]
+        if short:
+            raise BadRequest(f"a {format_mib(size)} disk for '{name}' does not fit: {'; '.join(short)}")
+        params.update(size_mib=size, format=fmt)
+
+    async def check_remove_disk(self, name: str, params: dict[str, Any]) -> None:
+        inst = await self.ops._instance(name)
+        last = len(inst["disks"]) - 1
+        if params.get("disk") != last or last < 1:
+            raise BadRequest(f"only the last disk of '{name}' (disk {last}) can be removed, and not its only one: "
+                             "the guest's other disks keep their place" if last >= 1 else
+                             f"instance '{name}' has one disk; it cannot lose it (`corral instance remove`)")
+        if params.get("destroy_data") is not True:
+            raise BadRequest(f"removing disk {last} of '{name}' deletes its data on every node: confirm with "
+                             "--destroy-data")
+        await self._stopped(inst, "a disk is removed")
+
+    async def _job_add_disk(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        await self.check_add_disk(args["name"], args)
+        inst = await self.ops._instance(args["name"])
+        name = inst["name"]
+        disk = {"index": len(inst["disks"]), "size_mib": int(args["size_mib"]), "format": args["format"],
+                "uuid": str(uuid.uuid4())}
+        await self.ops._order(inst["primary_node"], "instance.disk-add", {"name": name, "disk": disk})
+        if inst.get("secondary_node"):  # its copy is made at the next start, a full copy of the new disk
+            await self.ops.moves.outdate(name, f"disk {disk['index']} was added; its copy is made at the next start")
+        inst["disks"].append(disk)
+        inst["mtime"] = time.time()
+        await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
+        await ctx.log(f"instance '{name}' has a new disk {disk['index']} of {format_mib(disk['size_mib'])} "
+                      f"({disk['format']}) on node '{inst['primary_node']}'"
+                      + (f"; its copy on '{inst['secondary_node']}' follows at the next start"
+                         if inst.get("secondary_node") else ""))
+        return {"name": name, "disk": disk}
+
+    async def _job_remove_disk(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        await self.check_remove_disk(args["name"], args)
+        inst = await self.ops._instance(args["name"])
+        name, index = inst["name"], int(args["disk"])
+        if inst.get("secondary_node"):
+            await self.ops._order(inst["secondary_node"], "instance.replica-unexport",
+                                  {"name": name, "disks": inst["disks"]})
+        inst["disks"] = [d for d in inst["disks"] if d["index"] != index]
+        inst["mtime"] = time.time()
+        await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])  # first: no dangling disk
+        for node in filter(None, (inst["primary_node"], inst.get("secondary_node"))):
+            try:
+                await self.ops._order(node, "instance.disk-remove", {"name": name, "index": index})
+            except JobFailed as exc:
+                await ctx.log(f"could not delete disk {index} on node '{node}' ({exc}); `corral cluster verify` "
+                              "lists the file as an orphan once the node answers")
+        await ctx.log(f"disk {index} of '{name}' removed and its data deleted")
+        return {"name": name, "disk": index}
 
     # ---- jobs ---------------------------------------------------------------------------
     async def _copy(self, ctx: JobContext, inst: dict[str, Any], source: str, target: str) -> None:

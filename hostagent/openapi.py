@@ -91,8 +91,8 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/instances/{name}/modify": {"post": _op("Change memory, vCPUs, hypervisor and OS parameters, restart "
                                                 "priority, after, boot check, auto failover (a job)",
                                                 "202", "InstanceModify", ("name",))},
-    "/v1/instances/{name}/{action}": {"post": _op("start, stop, reboot, migrate, fail over, move, replace-secondary, activate-disks, grow-disk, "
-                                                  "reinstall or rename an instance (a job)", "202",
+    "/v1/instances/{name}/{action}": {"post": _op("start, stop, reboot, migrate, fail over, move, replace-secondary, activate-disks, grow-disk, add-disk, "
+                                                  "remove-disk, reinstall or rename an instance (a job)", "202",
                                                   "InstanceAction", ("name", "action"))},
     "/v1/instances/{name}/console": {"get": _op("Serial console as a websocket (binary frames)", "101",
                                                 params=("name",), ok_desc="websocket upgrade")},
@@ -194,6 +194,8 @@ SCHEMAS: dict[str, Any] = {
         "ignore_consistency": {"type": "boolean"}, "disk": {"type": "integer", "minimum": 0}, "size": _SIZE,
         "yes": {"type": "boolean", "description": "reinstall: confirms that the disks' content is destroyed"},
         "new_name": {"type": "string", "maxLength": 253, "description": "rename: the instance's new name"},
+        "format": {"type": "string", "enum": ["raw", "qcow2"], "description": "add-disk: the new disk's format"},
+        "destroy_data": {"type": "boolean", "description": "remove-disk: confirms the disk's data is deleted"},
         "os": {"type": "string", "maxLength": 253, "nullable": True}, "osparams": {
             "type": "object", "maxProperties": 32, "nullable": True,
             "additionalProperties": {"type": "string", "maxLength": 1024}}}},

@@ -230,7 +230,8 @@ class Operations:
                   self.disks.check_replace_secondary, "instance.grow-disk": self.disks.check_grow,
                   "instance.migrate": lambda n, _: self.moves.check(n, "live-migrate"),
                   "instance.failover": lambda n, _: self.moves.check(n, "fail over"),
-                  "instance.reinstall": self._check_reinstall}
+                  "instance.reinstall": self._check_reinstall, "instance.add-disk": self.disks.check_add_disk,
+                  "instance.remove-disk": self.disks.check_remove_disk}
         if op in checks:
             await checks[op](name, params)
         verb = op.split(".", 1)[1].replace("-", " ")

@@ -533,3 +533,32 @@ def test_cluster_settings_change_after_init_and_the_policy_bounds_instances(one_
         one_node.ok("cluster", "modify", "--disk-templates", "file,mirror", "--policy", "max_vcpus=",
                     "--policy", "max_disks=", "--sync-rate", str(before.get("sync_rate_mib_s") or 0),
                     "--restart-backoff", str(before.get("restart_backoff_s") or 2))
+
+
+def test_disks_are_added_and_the_last_one_removed_while_stopped(one_node):
+    one_node.ok("instance", "add", "dsk1", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M", "--no-start")
+    files = one_node.root / "state" / "file-storage" / "dsk1"
+    try:
+        out = one_node.ok("instance", "add-disk", "dsk1", "32M,format=qcow2")
+        assert "has a new disk 1 of 32M (qcow2)" in out
+        assert [(d["index"], d["size_mib"], d["format"]) for d in one_node.json("instance", "info", "dsk1")["disks"]] \
+            == [(0, 64, "raw"), (1, 32, "qcow2")]
+        assert (files / "disk1.qcow2").exists()
+        too_big = one_node.corral("instance", "add-disk", "dsk1", "64T")
+        assert too_big.returncode == 2 and "does not fit" in too_big.stderr
+
+        one_node.ok("instance", "start", "dsk1")
+        pid = wait_for(lambda: one_node.instance("dsk1")["pid"], 60, "dsk1 running")
+        assert "disk1.qcow2" in qemu_args(pid)
+        running = one_node.corral("instance", "remove-disk", "dsk1", "1", "--destroy-data")
+        assert running.returncode == 2 and "while it is stopped" in running.stderr
+        one_node.ok("instance", "stop", "dsk1")
+        unsure = one_node.corral("instance", "remove-disk", "dsk1", "1")
+        assert unsure.returncode == 2 and "confirm with --destroy-data" in unsure.stderr
+        first = one_node.corral("instance", "remove-disk", "dsk1", "0", "--destroy-data")
+        assert first.returncode == 2 and "only the last disk" in first.stderr
+        one_node.ok("instance", "remove-disk", "dsk1", "1", "--destroy-data")
+        assert [d["index"] for d in one_node.json("instance", "info", "dsk1")["disks"]] == [0]
+        assert not (files / "disk1.qcow2").exists() and (files / "disk0.raw").exists()
+    finally:
+        one_node.corral("instance", "remove", "dsk1")
