@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -1027,6 +1028,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return dispatch[(args.group, args.cmd)]()
+    except BrokenPipeError:  # the reader went away (`corral ... | head`, `| grep -q`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
