@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 from kvm.cmdline import run_paths
 from storage.osdef import OsDefinition
 
-from hostagent import auth, callers, model, users, views
+from hostagent import auth, callers, model, pki, users, views
 from hostagent.api_base import ApiBase
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.node_ops import NodeOperations
@@ -165,6 +165,10 @@ class InstanceRoutes(ApiBase):
         if inst is None:
             raise NotFound(f"no instance named '{name}'")
         if inst["primary_node"] != self.agent.cfg.node_name:
+            peer = request.transport.get_extra_info("peercert") if request.transport else None
+            if pki.peer_node_name(peer) is not None:  # relayed already: one hop only, never a loop
+                raise Conflict(f"instance '{name}' does not run on node '{self.agent.cfg.node_name}' "
+                               f"(its config says '{inst['primary_node']}'); try again in a moment")
             return await self._relay_console(request, ws, name, inst["primary_node"])
         path = run_paths(self.agent.cfg.run_dir, name).console_socket
         if self.agent.qemu.find(name) is None or not os.path.exists(path):
