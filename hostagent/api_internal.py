@@ -39,7 +39,7 @@ class InternalRoutes(ApiBase):
         sender = pki.peer_node_name(request.transport.get_extra_info("peercert") if request.transport else None)
         if sender is None:
             raise BadRequest("orders need a node certificate")
-        await self.agent.tokens.admit(token, sender, self.agent.verify_token)
+        await self.agent.tokens.admit(token, sender, self.agent.verify_token, self._known_master_token())
         op, args = str(body.get("op", "")), body.get("args", {})
         if self.agent.isolated():
             raise OrderError(f"node '{self.agent.cfg.node_name}' is cut off from the cluster by a drill")
@@ -49,6 +49,14 @@ class InternalRoutes(ApiBase):
         else:
             result = await self.agent.node_order(op, args)
         return web.json_response(result)
+
+    def _known_master_token(self) -> FencingToken | None:
+        """The master token this node's replica shows (None if it shows none, or an unreadable one)."""
+        info = self.agent.replica.get_json(model.MASTER_INFO_KEY)
+        try:
+            return FencingToken.from_str(str(info["token"])) if isinstance(info, dict) and info.get("token") else None
+        except ValueError:
+            return None
 
     async def replica_outdated(self, request: web.Request) -> web.Response:
         """Node-to-master: the primary's guest waits on a write its secondary did not take.

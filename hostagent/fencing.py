@@ -56,12 +56,18 @@ class TokenGuard:
     def seen(self) -> FencingToken | None:
         return self._seen
 
-    async def admit(self, token: FencingToken, sender: str, verify: Verifier) -> None:
-        """Accept an order from `sender` carrying `token`, or raise StaleToken / NotTheMaster."""
-        if self._seen is not None and token < self._seen:
+    async def admit(self, token: FencingToken, sender: str, verify: Verifier,
+                    known: FencingToken | None = None) -> None:
+        """Accept an order from `sender` carrying `token`, or raise StaleToken / NotTheMaster.
+
+        `known`: the newest master token this node's config replica shows. A master cut off and healed
+        may send orders (to itself, too) before the new master's first order reaches this node; the
+        replica, caught up from etcd, already says the sender is deposed."""
+        newest = max((t for t in (self._seen, known) if t is not None), default=None)
+        if newest is not None and token < newest:
             log.warning("refusing order from node '%s': token %s is older than %s",
-                        sender, token.to_str(), self._seen.to_str())
-            raise StaleToken(self._seen, token)
+                        sender, token.to_str(), newest.to_str())
+            raise StaleToken(newest, token)
         if token == self._seen and sender == self._holder:
             return
         holder = await verify(token)

@@ -113,6 +113,8 @@ class JobRunner:
                 raise NotFound(f"no job {job_id}")
             raise Conflict(f"job {job_id} has already ended ({model.loads(kv.value)['status']})")
         task, job = self._active[job_id]
+        if job["status"] in ("success", "error", "canceled"):  # ended; its task is being let go of
+            raise Conflict(f"job {job_id} has already ended ({job['status']})")
         if job["status"] != "queued":
             raise Conflict(f"job {job_id} is already running and cannot be canceled safely; "
                            f"wait for it: `corral job watch {job_id}`")

@@ -381,7 +381,7 @@ def test_owners_descriptions_tags_filters_and_the_search(one_node):
         verify = one_node.corral("cluster", "verify")
         assert "instance 'lab2': has no owner, and this cluster asks for one" in verify.stdout
         one_node.ok("instance", "modify", "lab2", "--owner", "bob")
-        assert "has no owner" not in one_node.corral("cluster", "verify").stdout
+        assert "instance 'lab2': has no owner" not in one_node.corral("cluster", "verify").stdout
     finally:
         one_node.corral("cluster", "modify", "--require-owner", "no")
         for name in ("lab1", "lab2"):
