@@ -728,8 +728,8 @@ def print_totals(faults: list[Fault]) -> None:
           + f" in {sum(1 for f in faults if f.violations)} faults")
     if times:
         print(f"recovery: median {statistics.median(times):.1f} s, p90 {percentile(times, 90):.1f} s, "
-              f"max {max(times):.1f} s ({len(times)} recovered, {len(faults) - len(times)} not within "
-              f"{RECOVER_S:.0f} s)")
+              f"max {max(times):.1f} s ({len(times)} recovered, {len(faults) - len(times)} not by themselves: "
+              f"not within {RECOVER_S:.0f} s, or stuck until an operator's start or reboot)")
     by_kind = {k: [f.recovered_s for f in faults if f.kind == k and f.recovered_s is not None] for k in kinds}
     print("recovery by kind (median/max s): " + ", ".join(
         f"{k} {statistics.median(v):.1f}/{max(v):.1f}" for k, v in sorted(by_kind.items()) if v))
