@@ -31,6 +31,7 @@ from hostagent.agent import Agent, NotInitialized
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.executor import OrderError
 from hostagent.fencing import NotTheMaster, StaleToken
+from hostagent.jobs import JobFailed
 from hostagent.joining import JoinRefused
 from hostagent.master import NoMaster
 from hostagent.node_ops import NodeOperations
@@ -56,6 +57,7 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (NoMaster, 503, "no-master"), (NotInitialized, 503, "not-initialized"),
     (NotMaster, 503, "no-master"), (ConnectionError, 503, "master-unreachable"), (TimeoutError, 503, "timeout"),
     (OrderError, 422, "order-failed"), (StorageError, 422, "storage"),
+    (JobFailed, 409, "refused"),  # a master step refused outside a job (its lease lapsed, say): retry
 ]
 
 

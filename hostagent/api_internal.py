@@ -65,7 +65,9 @@ class InternalRoutes(ApiBase):
         the primary may resume the guest without it."""
         name, body = await self._from_primary(request)
         assert self.agent.ops is not None
-        await self.agent.ops.moves.outdate(name, str(body.get("reason") or "its primary could not write to it"))
+        gen = body.get("gen")
+        await self.agent.ops.moves.outdate(name, str(body.get("reason") or "its primary could not write to it"),
+                                           gen=gen if isinstance(gen, int) else None)
         return web.json_response({"name": name, "outdated": True})
 
     async def replica_resumed(self, request: web.Request) -> web.Response:

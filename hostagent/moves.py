@@ -96,20 +96,28 @@ class Moves:
             return {"name": name}, 0
         return {**model.loads(kv.value), "name": name}, kv.mod_revision
 
-    async def outdate(self, name: str, why: str, copy_on: str | None = None) -> None:
+    async def outdate(self, name: str, why: str, copy_on: str | None = None, gen: int | None = None) -> None:
         """Record the secondary's copy out of date (committed when this returns); an event when it was in sync.
 
-        `copy_on`: the node holding the copy, when it is not (yet) the recorded secondary (a switchover)."""
+        `copy_on`: the node holding the copy, when it is not (yet) the recorded secondary (a switchover).
+        `gen`: the generation a primary asks about; an older one than recorded changes nothing (a late retry
+        must not end the generation of the copy made since, which would then never count as in sync)."""
         record, _ = await self.replica(name)
+        if replicas.already_outdated(record, gen):
+            log.info("instance '%s': a late request to outdate copy generation %s (now %s) changes nothing",
+                     name, gen, record.get("gen"))
+            return
         now = time.time()
         ops = [Op.put(model.replica_key(name), model.dumps(replicas.outdated(record, why, now)))]
+        message = ""
         if record.get("in_sync"):
             inst = await self.ops._get(model.instance_key(name)) or {}
             secondary = copy_on or inst.get("secondary_node") or "?"
             message = f"the copy of instance '{name}' on node '{secondary}' is out of date: {why}"
             ops += await event_ops(self.ops.role.client, [Event(name, secondary, "copy-outdated", message)], now)
-            log.warning("%s", message)
         await self.ops._write(ops)
+        if message:  # once, when it is recorded (a write that failed is retried, and would say it again)
+            log.warning("%s", message)
 
     async def resumed(self, name: str, event: dict[str, Any]) -> None:
         """Keep the primary's account of its last degraded resume (the guest's pause), for `instance info`."""

@@ -61,6 +61,12 @@ def judge(record: Mapping[str, Any], states: list[Mapping[str, Any]], report_tim
     return None
 
 
+def already_outdated(record: Mapping[str, Any], gen: Any) -> bool:
+    """A primary asks to outdate the copy of generation `gen`; the record moved past it (the master
+    outdated it itself, or a new copy began): nothing to record, the copy of `gen` is trusted no more."""
+    return isinstance(gen, int) and not isinstance(gen, bool) and gen < int(record.get("gen") or 0)
+
+
 def outdated(record: Mapping[str, Any], why: str, now: float) -> dict[str, Any]:
     """The record once the copy is out of date: its generation ends, so no older report revives it."""
     return {**record, "gen": int(record.get("gen") or 0) + 1, "in_sync": False,
@@ -76,7 +82,7 @@ def new_copy(record: Mapping[str, Any], now: float) -> dict[str, Any]:
 
 def out_of_date_words(record: Mapping[str, Any] | None) -> str:
     if not record:
-        return "no copy was ever recorded in sync"
+        return "not in sync (no copy of it was ever recorded in sync)"
     return f"not in sync ({record.get('why') or 'no reason recorded'})"
 
 

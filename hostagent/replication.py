@@ -302,14 +302,14 @@ class NodeReplication:
 
     async def _outdate_and_resume(self, qmp: Qmp, name: str, disk_count: int) -> None:
         """The secondary failed a write the guest waits for: outdate its copy, then go on alone."""
-        began, gen = time.monotonic(), self.gen(name)
+        began, gen, pid = time.monotonic(), self.gen(name), self._qemu.find(name)
         reason = "the secondary's copy did not take a write"
         log.warning("instance '%s' is paused on a write its secondary did not take: asking the master to "
                     "record that copy out of date before the guest goes on", name)
         tries = 0
         while not await self._tell(OUTDATED_PATH, {"name": name, "gen": gen, "reason": reason}):
             tries += 1
-            if self._qemu.find(name) is None:
+            if self._qemu.find(name) != pid:  # this QEMU is gone (stopped, or restarted as another)
                 return
             if tries == 1:
                 log.warning("instance '%s' stays paused: the master cannot be told that its secondary's copy is "

@@ -56,3 +56,11 @@ def test_decisions_see_the_trust_as_replica_in_sync_whatever_the_instance_record
     inst = {"name": "db1", "primary_node": "n1", "replica_in_sync": True}
     assert with_trust([inst], {}, {})[0]["replica_in_sync"] is False
     assert with_trust([inst], {"db1": {"gen": 1, "in_sync": True}}, {})[0]["replica_in_sync"] is True
+
+
+def test_a_late_request_for_an_older_generation_does_not_end_the_new_copy_s():
+    from hostagent.replicas import already_outdated
+    record = {"gen": 62, "in_sync": False}
+    assert already_outdated(record, 61) is True  # the primary retried after the master moved on
+    assert already_outdated(record, 62) is False  # the copy in use now: outdate it
+    assert already_outdated(record, None) is False and already_outdated(record, True) is False
