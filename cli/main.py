@@ -28,6 +28,15 @@ class UsageError(Exception):
     pass
 
 
+def _memory(value: str) -> str:
+    """--memory as typed, once it parses as a size (the agent reads it again)."""
+    try:
+        parse_mib(value, "memory")
+    except SizeError as exc:
+        raise UsageError(str(exc)) from None
+    return value
+
+
 def _policy_value(value: str) -> Any:
     """A policy bound as typed: a count stays a number, a size stays text (the agent reads units)."""
     return int(value) if value.isdigit() else value
@@ -392,11 +401,7 @@ class Cli:
         if a.tag:
             body["tags"] = a.tag
         if a.memory is not None:  # otherwise the cluster's default (`cluster modify --default-memory`)
-            try:
-                parse_mib(a.memory, "memory")
-            except SizeError as exc:
-                raise UsageError(str(exc)) from None
-            body["memory"] = a.memory
+            body["memory"] = _memory(a.memory)
         if a.vcpus is not None:
             body["vcpus"] = a.vcpus
         if a.node:
@@ -420,11 +425,7 @@ class Cli:
         if a.auto_failover:
             body["auto_failover"] = {"yes": True, "no": False, "default": None}[a.auto_failover]
         if a.memory:
-            try:
-                parse_mib(a.memory, "memory")
-            except SizeError as exc:
-                raise UsageError(str(exc)) from None
-            body["memory"] = a.memory
+            body["memory"] = _memory(a.memory)
         if a.vcpus is not None:
             body["vcpus"] = a.vcpus
         for text in ("owner", "description"):

@@ -264,27 +264,8 @@ async def run_create(
     The log is `<log_dir>/add-<os>-<instance>-<timestamp>.log`; a non-zero
     exit raises OsScriptFailed carrying the last lines of it.
     """
-    instance = env["INSTANCE_NAME"]
-    check_instance_name(instance)
-    os.makedirs(log_dir, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H_%M_%S_%f")
-    log_path = os.path.join(log_dir, f"add-{osdef.name}-{instance}-{stamp}.log")
-    try:
-        result = await runner.run(
-            [osdef.script("create")],
-            timeout_s=timeout_s,
-            env=dict(env),
-            cwd=osdef.path,
-            log_path=log_path,
-            check=False,
-        )
-    except CommandTimeout:
-        tail = runner.tail_lines(log_path, LOG_TAIL_LINES)
-        raise OsScriptTimeout(osdef.name, "create", timeout_s, log_path, tail) from None
-    if result.rc != 0:
-        tail = runner.tail_lines(log_path, LOG_TAIL_LINES)
-        raise OsScriptFailed(osdef.name, "create", result.rc, log_path, tail)
-    return log_path
+    return await _run_script(osdef, "create", dict(env), f"add-{osdef.name}-{env['INSTANCE_NAME']}",
+                             log_dir, timeout_s)
 
 
 async def run_rename(
@@ -292,20 +273,25 @@ async def run_rename(
 ) -> str:
     """Run the OS `rename` script (Ganeti OS API: OLD_INSTANCE_NAME beside the usual environment, whose
     INSTANCE_NAME is the new name); return its log path. A non-zero exit raises OsScriptFailed."""
-    instance = env["INSTANCE_NAME"]
-    check_instance_name(instance)
+    return await _run_script(osdef, "rename", {**env, "OLD_INSTANCE_NAME": old_name},
+                             f"rename-{osdef.name}-{old_name}-{env['INSTANCE_NAME']}", log_dir, timeout_s)
+
+
+async def _run_script(osdef: OsDefinition, script: str, env: dict[str, str], log_name: str, log_dir: str,
+                      timeout_s: float) -> str:
+    """One OS script, its output in `<log_dir>/<log_name>-<timestamp>.log`; OsScriptFailed/Timeout."""
+    check_instance_name(env["INSTANCE_NAME"])
     os.makedirs(log_dir, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H_%M_%S_%f")
-    log_path = os.path.join(log_dir, f"rename-{osdef.name}-{old_name}-{instance}-{stamp}.log")
+    log_path = os.path.join(log_dir, f"{log_name}-{stamp}.log")
     try:
-        result = await runner.run([osdef.script("rename")], timeout_s=timeout_s,
-                                  env={**env, "OLD_INSTANCE_NAME": old_name}, cwd=osdef.path,
+        result = await runner.run([osdef.script(script)], timeout_s=timeout_s, env=env, cwd=osdef.path,
                                   log_path=log_path, check=False)
     except CommandTimeout:
-        raise OsScriptTimeout(osdef.name, "rename", timeout_s, log_path,
+        raise OsScriptTimeout(osdef.name, script, timeout_s, log_path,
                               runner.tail_lines(log_path, LOG_TAIL_LINES)) from None
     if result.rc != 0:
-        raise OsScriptFailed(osdef.name, "rename", result.rc, log_path, runner.tail_lines(log_path, LOG_TAIL_LINES))
+        raise OsScriptFailed(osdef.name, script, result.rc, log_path, runner.tail_lines(log_path, LOG_TAIL_LINES))
     return log_path
 
 
