@@ -15,7 +15,9 @@ set -euo pipefail
 readonly KERNEL_META=linux-image-cloud-amd64
 # Drivers the guest needs: the virtio disk, network and console, ext4 for the
 # disk, the ACPI power button plus evdev so acpid sees its events, and pvpanic
-# so a crashed guest reports GUEST_PANICKED over QMP.
+# so a crashed guest reports GUEST_PANICKED over QMP. PCI hot-plug (ACPI and
+# PCIe native, for disks and NICs added to a running guest) is built into the
+# cloud kernel: CONFIG_HOTPLUG_PCI_ACPI=y, CONFIG_HOTPLUG_PCI_PCIE=y.
 readonly GUEST_MODULES=(virtio_pci virtio_blk virtio_net virtio_console ext4 button evdev pvpanic_mmio pvpanic_pci)
 readonly DISK_SIZE=64M
 readonly DISK_LABEL=corral

@@ -28,7 +28,8 @@ BUILD_TIMEOUT_S = 600.0
 BOOT_TIMEOUT_S = 60.0
 POWEROFF_TIMEOUT_S = 30.0
 QMP_ACCEPT_TIMEOUT_S = 10.0
-BOOTED = re.compile(r"^CORRAL-GUEST-BOOTED count=(\d+)\r?$", re.MULTILINE)
+# The boot line goes on with what the guest sees (mem=, cpus=, disks=, nics=).
+BOOTED = re.compile(r"^CORRAL-GUEST-BOOTED count=(\d+) mem=\d+M cpus=\d+ disks=\S* nics=\S*\r?$", re.MULTILINE)
 
 
 def guest_dir() -> Path:
