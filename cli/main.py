@@ -15,7 +15,7 @@ import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from cli import jobs, many, tags
+from cli import jobs, many, networks, tags
 from cli.client import EXIT_UNREACHABLE, AgentClient, AgentUnreachable, ApiError, socket_path
 from cli.render import mib, table, warn_if_stale, when
 from hostagent.callers import describe as caller_words
@@ -393,7 +393,7 @@ class Cli:
         body: dict[str, Any] = {"name": a.name, "os": a.os, "disk_template": a.disk_template,
                                 "start": not a.no_start,
                                 "disks": [_disk(d) for d in (a.disk or ["1G"])],
-                                "nics": [_kv_list([n], "--net") for n in (a.net or ["mode=user"])],
+                                "nics": [networks.nic_spec(n) for n in (a.net or ["mode=user"])],
                                 "hvparams": _kv_list(a.hv, "--hv"), "osparams": _kv_list(a.os_param, "--os-param")}
         for field in ("owner", "description"):
             if getattr(a, field) is not None:
@@ -434,9 +434,12 @@ class Cli:
         for option, field in ((a.hv, "hvparams"), (a.os_param, "osparams")):
             if option:  # NAME= (no value) removes NAME: back to the default
                 body[field] = {k: (v or None) for k, v in _kv_list(option, f"--{field[:2]}").items()}
+        if a.net:
+            body["nics"] = [networks.nic_change(n) for n in a.net]
         if not body:
-            raise UsageError("nothing to change: give --memory, --vcpus, --hv, --os-param, --owner, --description, "
-                             "--priority, --after/--no-after, --boot-pattern, --boot-timeout or --auto-failover")
+            raise UsageError("nothing to change: give --memory, --vcpus, --hv, --os-param, --net, --owner, "
+                             "--description, --priority, --after/--no-after, --boot-pattern, --boot-timeout or "
+                             "--auto-failover")
         body.update({"restart": a.restart, "force": a.force})
         return self.job(self.client.post(f"/v1/instances/{quote(a.name)}/modify", body))
 
@@ -512,7 +515,9 @@ class Cli:
                         extra += f" {state['percent']:.1f} %" + (f", ETA {state['eta_s']:.0f} s" if state["eta_s"] else "")
                 print(f"disk {d['index']}:       {r['disk_template']} {mib(d['size_mib'])} {d['format']}{where}{extra}")
             for i, n in enumerate(r["nics"]):
-                print(f"nic {i}:        {n['mode']} {n['mac']}" + (f" bridge {n['bridge']}" if n["bridge"] else ""))
+                print(f"nic {i}:        {n['mode']} {n['mac']}" + (f" bridge {n['bridge']}" if n["bridge"] else "")
+                      + (f" vlan {n['vlan']}" if n.get("vlan") else "")
+                      + (f" network {n['network']} ip {n.get('ip') or 'none'}" if n.get("network") else ""))
             if r["hvparams"]:
                 print("hv overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(r["hvparams"].items())))
             print(f"created:      {when(r['ctime'])}")
@@ -707,7 +712,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="corral", description="Corral: a KVM cluster with no fixed master",
                                 parents=[common])
     top = p.add_subparsers(dest="group", required=True,
-                           metavar="{cluster,node,instance,job,events,user,drill,os,search-tags}")
+                           metavar="{cluster,node,instance,network,job,events,user,drill,os,search-tags}")
 
     def group(name: str, help_: str) -> argparse._SubParsersAction:
         g = top.add_parser(name, help=help_, parents=[common])
@@ -820,7 +825,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--disk", action="append", help="SIZE[,format=raw|qcow2]; repeat for more disks (default 1G)")
     s.add_argument("--memory", "-m", help="e.g. 512M, 2G (default: the cluster's, 512M unless changed)")
     s.add_argument("--vcpus", type=int, help="virtual CPUs (default: the cluster's, 1 unless changed)")
-    s.add_argument("--net", action="append", help="mode=user or mode=bridged,bridge=br0[,mac=..]")
+    s.add_argument("--net", action="append", help=networks.NET_HELP + "; repeat for more NICs")
     s.add_argument("--hv", action="append", help="hypervisor parameters, e.g. accel=tcg,kernel_path=/boot/vmlinuz")
     s.add_argument("--os-param", action="append", help="OS parameters NAME=VALUE")
     s.add_argument("--no-start", action="store_true", help="create but do not start")
@@ -852,6 +857,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="hypervisor parameters; NAME= resets NAME to the cluster's (at the next restart)")
     s.add_argument("--os-param", action="append", metavar="NAME=VALUE",
                    help="OS parameters for the next install; NAME= removes NAME")
+    s.add_argument("--net", action="append", metavar="CHANGE",
+                   help="NICs of a stopped instance, at its next start: " + networks.MODIFY_NET_HELP)
     s.add_argument("--owner", help="who to ask about this instance ('' clears it)")
     s.add_argument("--description", help="one line saying what it is for ('' clears it)")
     s.add_argument("--restart", action="store_true", help="restart the instance now if changes are pending")
@@ -977,6 +984,7 @@ def _parser() -> argparse.ArgumentParser:
     o = group("os", "operating system definitions and images")
     o.add_parser("list", help="OS definitions and images on this node", parents=[common])
     tags.add_parsers({"instance": i, "node": n, "cluster": c}, common)
+    networks.add_parsers(group("network", "networks with an IPv4 address pool for instance NICs"), common)
     s = top.add_parser("search-tags", help="every tag of the cluster, its nodes and instances matching PATTERN",
                        parents=[common])
     s.set_defaults(cmd="")
@@ -1026,13 +1034,14 @@ def main(argv: list[str] | None = None) -> int:
         ("os", "list"): cli.os_list, ("events", ""): cli.events,
         ("search-tags", ""): lambda: tags.search(cli.client, args),
         **{key: h for kind in tags.KINDS for key, h in tags.handlers(kind, cli.client, args).items()},
+        **networks.handlers(cli.client, args),
     }
     try:
         return dispatch[(args.group, args.cmd)]()
     except BrokenPipeError:  # the reader went away (`corral ... | head`, `| grep -q`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
-    except UsageError as exc:
+    except (UsageError, networks.NetSpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except AgentUnreachable as exc:

@@ -20,12 +20,13 @@ from hostagent.api_base import body_middleware, error_middleware
 from hostagent.api_cluster import ClusterRoutes
 from hostagent.api_instances import InstanceRoutes
 from hostagent.api_internal import InternalRoutes
+from hostagent.api_networks import NetworkRoutes
 from hostagent.api_nodes import NodeRoutes
 from hostagent.api_tags import TagRoutes
 from hostagent.openapi import SCHEMAS, body_schema, openapi_document
 
 
-class Api(ClusterRoutes, NodeRoutes, InstanceRoutes, InternalRoutes, TagRoutes):
+class Api(ClusterRoutes, NodeRoutes, InstanceRoutes, InternalRoutes, TagRoutes, NetworkRoutes):
     """Every handler on one object, so the route table binds them all from one instance.
 
     The groups share only ApiBase's state (the agent) and helpers, so their
@@ -87,6 +88,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/instances/{name}/tags", Api.instance_tags, WRITE),
     Route("POST", "/v1/instances/{name}/{action}", Api.instance_action, WRITE),
     Route("GET", "/v1/instances/{name}/console", Api.instance_console, WRITE),  # typing into it changes the guest
+    Route("GET", "/v1/networks", Api.network_list, READ),
+    Route("POST", "/v1/networks", Api.network_add, ADMIN),
+    Route("GET", "/v1/networks/{name}", Api.network_info, READ),
+    Route("DELETE", "/v1/networks/{name}", Api.network_remove, ADMIN),
     Route("GET", "/v1/events", Api.event_list, READ),
     Route("GET", "/v1/jobs", Api.job_list, READ),
     Route("GET", "/v1/jobs/{id}", Api.job_info, READ),

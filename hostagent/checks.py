@@ -16,7 +16,7 @@ from typing import Any
 
 from kvm.hvparams import HvParamError, HvParams, kernel_path_problems, parse_hvparams
 
-from hostagent import model, policy, tags
+from hostagent import model, nics, policy, tags
 from hostagent.bootpattern import BootPattern, BootPatternError
 from hostagent.errors import BadRequest, Conflict
 from hostagent.placement import REPLICATED, Placement, PlacementError, Request, check_manual, place
@@ -24,15 +24,12 @@ from hostagent.restarts import PRIORITIES
 from hostagent.units import SizeError, parse_mib
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?\Z")
-MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}\Z")
 DISK_TEMPLATES = ("file", "mirror")
 # Ports per replicated instance: disk i uses port_base + i, the live migration the last one.
 PORTS_PER_INSTANCE = 8
 MAX_MIRROR_DISKS = PORTS_PER_INSTANCE - 1
 MAX_DISKS = 16  # per instance: a guest's bus and a node's files stay manageable
-MAX_NICS = 8
 MAX_VCPUS = 255
-BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")  # a Linux interface name
 # OS variants and parameter names become file names and environment variable names of the OS scripts
 # (Ganeti OS API 20: OS_VARIANT, OSP_<NAME>); their values reach scripts that may use them in a shell.
 OS_VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -43,13 +40,13 @@ OS_PARAM_MAX_CHARS = 1024
 MAX_OS_PARAMS = 32
 REPLICATION_PORTS = range(11000, 13000, PORTS_PER_INSTANCE)
 DISK_FORMATS = ("raw", "qcow2")
-NIC_MODES = ("user", "bridged")
 BOOT_TIMEOUT_MAX_S = 3600.0
 BOOT_PATTERN_MAX_CHARS = 500
-# What `instance modify` may change (placement, disks and NICs have their own commands). Memory, vcpus and
-# hvparams of a running instance wait for its next start (hostagent.pending); osparams serve its next install.
+# What `instance modify` may change (placement and disks have their own commands). Memory, vcpus and
+# hvparams of a running instance wait for its next start (hostagent.pending); osparams serve its next install;
+# nics (a list of changes) are checked against the networks and what others hold by hostagent.nics.changed.
 MODIFIABLE = ("priority", "after", "boot_pattern", "boot_timeout_s", "auto_failover", "memory", "vcpus",
-              "hvparams", "osparams", "owner", "description")
+              "hvparams", "osparams", "owner", "description", "nics")
 OWNER_MAX_CHARS = 128
 DESCRIPTION_MAX_CHARS = 1024
 
@@ -65,6 +62,12 @@ class ClusterView:
     used_macs: set[str]
     records: tuple[dict[str, Any], ...] = ()  # the instances themselves, for placement and ports
     defaults: Mapping[str, Any] = field(default_factory=dict)  # memory_mib, vcpus new instances inherit
+    networks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # hostagent.networks records
+    used_ips: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # network -> address -> who holds it
+
+    def taken(self) -> nics.Taken:
+        """MACs and addresses held by every instance (and by jobs still adding one)."""
+        return nics.Taken(macs=set(self.used_macs), ips={k: dict(v) for k, v in self.used_ips.items()})
 
 
 def check_add(req: dict[str, Any], view: ClusterView, now: float,
@@ -90,7 +93,15 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
         problems.append(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
     after = _after(name, req.get("after") or [], view.instances, {r["name"]: r for r in view.records}, problems)
     disks = _disks(req.get("disks") or [{"size": "1G"}], problems)
-    nics = _nics(req.get("nics") or [{"mode": "user"}], problems)
+    clash: Conflict | None = None
+    nic_list: list[dict[str, Any]] = []
+    try:
+        nic_list = nics.build(req.get("nics") or [{"mode": "user"}], view.networks, view.taken(),
+                              rng or random.SystemRandom())
+    except BadRequest as exc:
+        problems.append(str(exc))
+    except Conflict as exc:
+        clash = exc
     serial_console = True
     hv: HvParams | None = None
     if not isinstance(req.get("hvparams", {}), dict):
@@ -128,11 +139,12 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
         problems.append(f"a {template} instance has at most {MAX_MIRROR_DISKS} disks, not {len(disks)}")
     if problems or placed is None:
         raise BadRequest("; ".join(problems))
-    _assign_macs(nics, view.used_macs, rng or random.SystemRandom())
+    if clash is not None:
+        raise clash
     return model.Instance(name=name, uuid=str(uuid.uuid4()), os=os_name, disk_template=template,
                           memory_mib=memory, vcpus=vcpus, primary_node=placed.primary,
                           secondary_node=placed.secondary, port_base=_port_base(template, view),
-                          disks=disks, nics=nics, priority=priority, after=after,
+                          disks=disks, nics=[model.Nic(**n) for n in nic_list], priority=priority, after=after,
                           boot_pattern=boot_pattern, boot_timeout_s=boot_timeout, auto_failover=auto_failover,
                           hvparams=dict(req.get("hvparams", {})), osparams=osparams,
                           owner=owner, description=description, tags=instance_tags,
@@ -405,27 +417,6 @@ def _disks(specs: list[dict[str, Any]], problems: list[str]) -> list[model.Disk]
     return disks
 
 
-def _nics(specs: list[dict[str, Any]], problems: list[str]) -> list[model.Nic]:
-    nics: list[model.Nic] = []
-    if len(specs) > MAX_NICS:
-        problems.append(f"an instance has at most {MAX_NICS} network cards, not {len(specs)}")
-        return nics
-    for i, nic in enumerate(specs):
-        mode = nic.get("mode", "user")
-        if mode not in NIC_MODES:
-            problems.append(f"nic {i}: mode {mode!r} is not one of {', '.join(NIC_MODES)}")
-        if mode == "bridged" and not nic.get("bridge"):
-            problems.append(f"nic {i}: mode bridged needs a bridge, e.g. --net mode=bridged,bridge=br0")
-        elif nic.get("bridge") and not BRIDGE_RE.match(str(nic["bridge"])):
-            problems.append(f"nic {i}: bridge {nic['bridge']!r} is not an interface name (1-15 letters, digits, "
-                            "'_', '.' or '-')")
-        mac = str(nic.get("mac", "")).lower()
-        if mac and not (MAC_RE.match(mac) and int(mac[:2], 16) % 2 == 0):
-            problems.append(f"nic {i}: {mac!r} is not a unicast MAC address (e.g. 52:54:00:12:34:56)")
-        nics.append(model.Nic(mac=mac, mode=mode, bridge=nic.get("bridge", "")))
-    return nics
-
-
 def _node_problems(node: str, os_name: str, osparams: dict[str, str], hv: HvParams | None,
                    view: ClusterView) -> list[str]:
     """What `node` lacks for the request: the OS, its variant and parameters, the kernel's directory."""
@@ -516,22 +507,3 @@ def _port_base(template: str, view: ClusterView) -> int:
             return base
     raise Conflict(f"every replication port block ({REPLICATION_PORTS.start}-{REPLICATION_PORTS.stop - 1}) "
                    "is in use; remove replicated instances first")
-
-
-def _assign_macs(nics: list[model.Nic], used: set[str], rng: random.Random) -> None:
-    taken = set(used)
-    for nic in nics:
-        if not nic.mac:
-            nic.mac = new_mac(taken, rng)
-        elif nic.mac in taken:
-            raise Conflict(f"MAC address {nic.mac} is already used by another instance")
-        taken.add(nic.mac)
-
-
-def new_mac(used: set[str], rng: random.Random) -> str:
-    """A free address in QEMU's locally administered 52:54:00 range."""
-    for _ in range(1000):
-        mac = "52:54:00:%02x:%02x:%02x" % (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-        if mac not in used:
-            return mac
-    raise Conflict("could not find a free MAC address in 52:54:00:00:00:00/24")

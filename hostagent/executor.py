@@ -18,8 +18,8 @@ from kvm.process import QemuManager
 from kvm import tap
 from storage.filedisk import FileTemplate
 from storage.install import DiskSpec as InstallDisk, install_os
-from storage.osdef import (DiskEnv, NicEnv, OsCatalog, OsDefinition, lookup, os_environment, run_rename,
-                           split_os_name)
+from storage.osdef import (DiskEnv, NetworkEnv, NicEnv, OsCatalog, OsDefinition, lookup, os_environment,
+                           run_rename, split_os_name)
 
 from hostagent import pki
 
@@ -102,7 +102,7 @@ class NodeExecutor:
             primary_node=self._node, secondary_nodes=[s for s in [inst.get("secondary_node")] if s],
             hvparams={k: str(v) for k, v in args.get("hvparams", {}).items()},
             beparams={"memory": str(inst["memory_mib"]), "vcpus": str(inst["vcpus"])},
-            nics=[NicEnv(mac=n["mac"], mode=n["mode"], link=n.get("bridge", "")) for n in inst["nics"]],
+            nics=nic_envs(inst, args.get("networks") or {}),
             variant=variant, osparams=inst.get("osparams", {}), reinstall=bool(args.get("reinstall")),
             log_dir=self._log_dir,
             timeout_s=min(self._install_timeout_s, float(args.get("timeout_s", self._install_timeout_s))))
@@ -158,8 +158,7 @@ class NodeExecutor:
                                  secondary_nodes=[s for s in [inst.get("secondary_node")] if s],
                                  hvparams={k: str(v) for k, v in args.get("hvparams", {}).items()},
                                  beparams={"memory": str(inst["memory_mib"]), "vcpus": str(inst["vcpus"])},
-                                 disks=disks, nics=[NicEnv(mac=n["mac"], mode=n["mode"], link=n.get("bridge", ""))
-                                                    for n in inst["nics"]],
+                                 disks=disks, nics=nic_envs(inst, args.get("networks") or {}),
                                  variant=variant, osparams=inst.get("osparams", {}))
             script = await run_rename(entry, env, old, self._log_dir, self._install_timeout_s)
         log.info("instance '%s' renamed to '%s' on node '%s'%s", old, new, self._node,
@@ -186,7 +185,7 @@ class NodeExecutor:
                                        incoming_client=client_identity(args["incoming_from"]))
         for nic, cfg in zip(spec.nics, inst["nics"]):
             if nic.tap:
-                await tap.create_tap(nic.tap, cfg["bridge"])
+                await tap.create_tap(nic.tap, cfg["bridge"], vlan=cfg.get("vlan"))
         pid = await self._qemu.start(spec)
         return {"pid": pid}
 
@@ -224,6 +223,18 @@ class NodeExecutor:
     async def _delete_taps(self, name: str, count: int) -> None:
         for i in range(count):
             await tap.delete_tap(tap.tap_name(name, i))
+
+
+def nic_envs(inst: dict[str, Any], networks: dict[str, Any]) -> list[NicEnv]:
+    """The NICs as OS scripts see them (Ganeti's NIC_n_*), with the networks they are on (sent by the master)."""
+    envs = []
+    for n in inst["nics"]:
+        net = networks.get(n.get("network") or "")
+        envs.append(NicEnv(mac=n["mac"], mode=n["mode"], link=n.get("bridge", ""), ip=n.get("ip") or None,
+                           vlan=n.get("vlan"), network=None if net is None else NetworkEnv(
+                               name=net["name"], uuid=net["uuid"], subnet=net["subnet"], gateway=net["gateway"],
+                               mac_prefix=net["mac_prefix"], tags=tuple(net.get("tags") or ()))))
+    return envs
 
 
 def client_identity(node: str) -> str:

@@ -28,6 +28,8 @@ EVENTS = "/corral/events/"  # the master's automatic decisions with their reason
 FAILOVER_STATE_KEY = "/corral/failover-state"  # the master's node-failure decision state (hostagent.failovers)
 RESTARTS = "/corral/restarts/"  # the master's restart tracks (hostagent.restarts), one per instance
 REPLICAS = "/corral/replicas/"  # per replicated instance: is the secondary's copy in sync (hostagent.replicas)
+NETWORKS = "/corral/networks/"  # networks with an IPv4 pool (hostagent.networks)
+ADDRESSES = "/corral/addresses/"  # <network>/<ip>: held by one instance's NIC, written with the instance
 REVOKED = "/corral/revoked/"  # node certificates no longer accepted (removed nodes, replaced keys), by serial
 DEFAULT_BOOT_TIMEOUT_S = 120.0  # an instance with a boot pattern but no boot timeout of its own
 
@@ -70,6 +72,24 @@ def restart_key(instance: str) -> str:
 
 def replica_key(instance: str) -> str:
     return REPLICAS + instance
+
+
+def network_key(name: str) -> str:
+    return NETWORKS + name
+
+
+def address_key(network: str, ip: str) -> str:
+    """Exists while a NIC holds `ip` of `network`: created only if absent, in the instance's own write,
+    so two instances can never hold one address."""
+    return f"{ADDRESSES}{network}/{ip}"
+
+
+def held_addresses(record: dict[str, Any] | None) -> dict[str, bytes]:
+    """The address keys an instance record holds (None: no instance), with their values."""
+    if record is None:
+        return {}
+    return {address_key(n["network"], n["ip"]): dumps({"instance": record["uuid"]})
+            for n in record.get("nics") or [] if n.get("network") and n.get("ip")}
 
 
 def revoked_key(serial: str) -> str:
@@ -120,6 +140,9 @@ class Nic:
     mac: str
     mode: str
     bridge: str = ""
+    network: str = ""  # hostagent.networks; "" for none
+    ip: str = ""  # held from the network's pool; "" for none
+    vlan: int | None = None  # bridged only: the tap's VLAN on a VLAN-aware bridge
 
 
 @dataclass

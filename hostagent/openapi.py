@@ -103,6 +103,12 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/cluster/tags": {"post": _op("Add and remove tags of the cluster; answers its tags", body="TagChange")},
     "/v1/tags": {"get": _op("Every tag of the cluster, its nodes and instances matching ?pattern=RE2 "
                             "(kind, name, tag)")},
+    "/v1/networks": {"get": _op("Networks with their IPv4 pools: subnet, gateway, bridge, VLAN, free and used "
+                                "counts"),
+                     "post": _op("Add a network (IPv4): its pool hands out addresses to NICs", body="NetworkAdd")},
+    "/v1/networks/{name}": {"get": _op("One network: its free address ranges, each used address and the NIC "
+                                       "holding it", params=("name",)),
+                            "delete": _op("Remove a network no NIC is on", params=("name",))},
     "/v1/events": {"get": _op("The master's automatic decisions with their reasons (?instance=, ?node=, ?limit=)")},
     "/v1/jobs": {"get": _op("Jobs not yet archived, or ?archived=1 the archived ones; ?status=STATUS")},
     "/v1/jobs/{id}": {"get": _op("One job with its log and progress", params=("id",))},
@@ -135,6 +141,15 @@ _PARAMS = {"type": "object", "maxProperties": 64,
            "additionalProperties": {"anyOf": [{"type": "string", "maxLength": 4096}, {"type": "number"},
                                               {"type": "boolean"}]}}
 
+# One NIC as `instance add` takes it, and what `instance modify` may change of one.
+_NIC: dict[str, Any] = {
+    "mode": {"type": "string", "enum": ["user", "bridged"]}, "bridge": {"type": "string", "maxLength": 15},
+    "mac": {"type": "string", "maxLength": 17}, "network": {"type": "string", "maxLength": 64},
+    "ip": {"type": "string", "maxLength": 15, "description": "an IPv4 address of the network, 'pool' for its lowest "
+                                                              "free one, '' or 'none' for none"},
+    "vlan": {"type": "integer", "minimum": 1, "maximum": 4094, "nullable": True,
+             "description": "bridged NICs: the tap's VLAN (default: the network's)"}}
+
 # Request bodies. hostagent.bodycheck checks every request against these same schemas before
 # its handler runs, so the document cannot promise what the agent refuses, or the reverse.
 SCHEMAS: dict[str, Any] = {
@@ -166,9 +181,7 @@ SCHEMAS: dict[str, Any] = {
         "memory": _SIZE, "vcpus": {"type": "integer", "minimum": 1},
         "disks": {"type": "array", "maxItems": 16, "items": {"type": "object", "properties": {
             "size": _SIZE, "format": {"type": "string", "enum": ["raw", "qcow2"]}}}},
-        "nics": {"type": "array", "maxItems": 8, "items": {"type": "object", "properties": {
-            "mode": {"type": "string", "enum": ["user", "bridged"]}, "bridge": {"type": "string", "maxLength": 15},
-            "mac": {"type": "string", "maxLength": 17}}}},
+        "nics": {"type": "array", "maxItems": 8, "items": {"$ref": "#/components/schemas/Nic"}},
         "hvparams": _PARAMS, "osparams": {"type": "object", "maxProperties": 32, "additionalProperties": {
             "type": "string", "maxLength": 1024}}, "start": {"type": "boolean"},
         "owner": {"type": "string", "maxLength": 128}, "description": {"type": "string", "maxLength": 1024},
@@ -182,6 +195,8 @@ SCHEMAS: dict[str, Any] = {
         "osparams": {"type": "object", "maxProperties": 32, "additionalProperties": {
             "type": "string", "maxLength": 1024, "nullable": True}},
         "owner": {"type": "string", "maxLength": 128}, "description": {"type": "string", "maxLength": 1024},
+        "nics": {"type": "array", "maxItems": 16, "items": {"$ref": "#/components/schemas/NicChange"},
+                 "description": "NIC changes in order (a stopped instance only, for now)"},
         "restart": {"type": "boolean", "description": "restart now if changes are pending"},
         "force": {"type": "boolean", "description": "write a memory increase N+1 cannot promise"}}},
     "InstanceAction": {"type": "object", "description": "the fields each action takes (others are ignored)",
@@ -199,6 +214,19 @@ SCHEMAS: dict[str, Any] = {
         "os": {"type": "string", "maxLength": 253, "nullable": True}, "osparams": {
             "type": "object", "maxProperties": 32, "nullable": True,
             "additionalProperties": {"type": "string", "maxLength": 1024}}}},
+    "Nic": {"type": "object", "additionalProperties": False, "properties": _NIC},
+    "NicChange": {"type": "object", "required": ["action"], "additionalProperties": False, "properties": {
+        "action": {"type": "string", "enum": ["add", "remove", "modify"]},
+        "index": {"type": "integer", "minimum": 0, "description": "remove, modify: which NIC (0 is the first)"},
+        **_NIC}},
+    "NetworkAdd": {"type": "object", "required": ["name", "subnet"], "additionalProperties": False, "properties": {
+        "name": {"type": "string", "maxLength": 64}, "subnet": {"type": "string", "maxLength": 43,
+                                                                "example": "192.0.2.0/24"},
+        "gateway": {"type": "string", "maxLength": 15, "nullable": True},
+        "mac_prefix": {"type": "string", "maxLength": 8, "example": "aa:00:00", "nullable": True},
+        "vlan": {"type": "integer", "minimum": 1, "maximum": 4094, "nullable": True},
+        "bridge": {"type": "string", "maxLength": 15, "nullable": True},
+        "tags": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 128}}}},
     "ClusterJoin": {"type": "object", "required": ["address", "token"], "properties": {
         "address": {"type": "string", "maxLength": 300, "example": "192.0.2.11:7947"},
         "token": {"type": "string", "maxLength": 300}}},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from election.etcd import Compare, Op
 from election.lease import NotMaster
 from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
 
-from hostagent import model, replicas
+from hostagent import model, nics, replicas
 from hostagent import pending
 from hostagent.checks import (ClusterView, check_add, check_kernel, check_modify, check_new_name,
                               check_reinstall, check_resources)
@@ -87,6 +88,9 @@ class Operations:
         kvs, _ = await self.role.client.get_prefix(prefix)
         return [model.loads(kv.value) for kv in kvs]
 
+    async def instances(self) -> list[dict[str, Any]]:
+        return list(await self._prefix(model.INSTANCES))
+
     async def trusting_instances(self, reports: dict[str, Any]) -> list[dict[str, Any]]:
         """Every instance, with `replica_in_sync` from its replica record (hostagent.replicas)."""
         records = {r["name"]: r for r in await self._prefix(model.REPLICAS) if "name" in r}
@@ -100,11 +104,30 @@ class Operations:
                            + (f" (instances: {', '.join(names)})" if names else " (the cluster has no instances)"))
         return inst
 
-    async def _write(self, ops: list[Op]) -> None:
+    async def _write(self, ops: list[Op], compares: list[Compare] | None = None, refused: str = "") -> None:
+        """A guarded write; with `compares`, JobFailed(`refused`) when one does not hold."""
         token = self.role.token
         if token is None or not self.role.lease_ok():
             raise JobFailed("this node is no longer certainly master (lease not renewed in time); stopped")
-        await self.role.lease.guarded_txn(token, ops)
+        result = await self.role.lease.guarded_txn(token, ops, extra_compares=compares or [])
+        if compares and not result.succeeded:
+            raise JobFailed(refused)
+
+    @staticmethod
+    def address_writes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[list[Op], list[Compare]]:
+        """What writing `after` over `before` (None: absent) does to the held addresses (model.address_key),
+        with the compares that make it safe: a new address is free, the networks `after` uses exist."""
+        held, holds = model.held_addresses(before), model.held_addresses(after)
+        ops = [Op.delete(k) for k in held if k not in holds] + [Op.put(k, v) for k, v in holds.items() if k not in held]
+        compares = [Compare.create_revision(k, "=", 0) for k in holds if k not in held]
+        used = {n["network"] for n in (after or {}).get("nics") or [] if n.get("network")}
+        compares += [Compare.create_revision(model.network_key(n), ">", 0) for n in sorted(used)]
+        return ops, compares
+
+    async def nic_networks(self, inst: dict[str, Any]) -> dict[str, Any]:
+        """The networks an instance's NICs are on, for the OS scripts' NIC_n_NETWORK_* environment."""
+        names = {n["network"] for n in inst.get("nics") or [] if n.get("network")}
+        return {name: net for name in sorted(names) if (net := await self._get(model.network_key(name))) is not None}
 
     async def _order(self, node_name: str, op: str, args: dict[str, Any],
                      timeout_s: float = ORDER_TIMEOUT_S) -> dict[str, Any]:
@@ -171,6 +194,7 @@ class Operations:
         # not half-way through; the instance key itself must still be absent.
         reservations = [model.reservation_key("instance", inst.name)]
         reservations += [model.reservation_key("mac", nic.mac) for nic in inst.nics]
+        reservations += [model.reservation_key("ip", f"{nic.network}/{nic.ip}") for nic in inst.nics if nic.ip]
         return await self.role.require().submit(
             "instance.add", {"instance": inst.to_dict(), "start": bool(req.get("start", True))},
             f"add instance '{inst.name}'", reservations=reservations,
@@ -189,6 +213,14 @@ class Operations:
         inst = await self._instance(name)
         target = pending.effective(inst)
         new = check_modify(target, changes, tuple(await self._prefix(model.INSTANCES)), await self.cluster_hv())
+        reservations = []
+        if "nics" in changes:
+            await self.check_nic_hotplug(inst)
+            new["nics"], _, changes["nics"] = await self._changed_nics(target, changes["nics"])
+            reservations = [model.reservation_key("mac", mac) for mac in
+                            {n["mac"] for n in new["nics"]} - {n["mac"] for n in target["nics"]}]
+            reservations += [model.reservation_key("ip", key[len(model.ADDRESSES):]) for key in
+                             set(model.held_addresses(new)) - set(model.held_addresses(target))]
         view = await self._view()
         check_kernel(target, new, view)
         short = check_resources(target, new, view, time.time())
@@ -196,12 +228,35 @@ class Operations:
             raise Conflict("; ".join(short) + " (--force writes it anyway, with N+1 no longer certain)")
         return await self.role.require().submit(
             "instance.modify", {"name": name, "changes": changes, "restart": restart, "force": force},
-            f"modify instance '{name}'", must_exist=[model.instance_key(name)])
+            f"modify instance '{name}'", reservations=reservations, must_exist=[model.instance_key(name)])
 
-    async def _view(self) -> ClusterView:
+    async def check_nic_hotplug(self, inst: dict[str, Any]) -> None:
+        """Whether the NICs of `inst` may change now. The one place NIC hot-plug gets wired in: until the
+        node can add and remove a running guest's NICs (QMP netdev_add/device_add), only a stopped instance's."""
+        if await self._running(inst):
+            name = inst["name"]
+            raise Conflict(f"instance '{name}' is running (or marked up) on node '{inst['primary_node']}': its NICs "
+                           f"change only while it is stopped (no NIC hot-plug yet): `corral instance stop {name}`, "
+                           "modify it, then start it")
+
+    async def _changed_nics(self, inst: dict[str, Any], changes: Any,
+                            job_id: int | None = None) -> tuple[list[dict[str, Any]], list[str], list[dict[str, Any]]]:
+        """hostagent.nics.changed against the cluster's networks and what every other instance holds."""
+        if not isinstance(changes, list):
+            raise BadRequest(f"nics: {changes!r} is not a list of NIC changes")
+        instances = await self._prefix(model.INSTANCES)
+        taken = nics.taken_by_others(instances, inst["name"], {})
+        taken.ips = await self.used_addresses(instances, job_id, but=inst["name"])
+        nets = {n["name"]: n for n in await self._prefix(model.NETWORKS)}
+        return nics.changed(inst.get("nics") or [], changes, nets, taken, random.SystemRandom())
+
+    async def _view(self, job_id: int | None = None) -> ClusterView:
+        """What checks read; `job_id`: a running job checking again, whose own reservations are not others'."""
         instances = await self._prefix(model.INSTANCES)
         cluster = await self._get(model.CLUSTER_KEY) or {}
         return ClusterView(
+            networks={n["name"]: n for n in await self._prefix(model.NETWORKS)},
+            used_ips=await self.used_addresses(instances, job_id),
             cluster_hv=cluster.get("hvparams", {}),
             nodes={n["name"]: n for n in await self._prefix(model.NODES)},
             reports={r["node"]: r for r in await self._prefix(model.REPORTS)},
@@ -210,6 +265,26 @@ class Operations:
             defaults={**{k: cluster[f"default_{k}"] for k in ("memory_mib", "vcpus") if f"default_{k}" in cluster},
                       "require_owner": bool(cluster.get("require_owner")), "policy": cluster.get("policy") or {},
                       "enabled_disk_templates": cluster.get("enabled_disk_templates") or []})
+
+    async def used_addresses(self, instances: list[dict[str, Any]], job_id: int | None = None,
+                             but: str = "") -> dict[str, dict[str, str]]:
+        """network -> address -> who holds it: the NICs of every instance but `but`, addresses held in etcd
+        (model.address_key), and those jobs reserved for instances they are still adding or changing."""
+        names = {i["uuid"]: i["name"] for i in instances}
+        held = nics.taken_by_others(instances, but, {}).ips
+        kvs, _ = await self.role.client.get_prefix(model.ADDRESSES)
+        for kv in kvs:
+            network, ip = kv.key[len(model.ADDRESSES):].split("/", 1)
+            owner = names.get(model.loads(kv.value).get("instance"), "")
+            if owner != but:
+                held.setdefault(network, {}).setdefault(ip, f"instance '{owner}'" if owner else "an instance")
+        kvs, _ = await self.role.client.get_prefix(model.reservation_key("ip", ""))
+        for kv in kvs:
+            network, ip = kv.key[len(model.reservation_key("ip", "")):].split("/", 1)
+            job = model.loads(kv.value).get("job")
+            if job != job_id:
+                held.setdefault(network, {}).setdefault(ip, f"job {job} (still running)")
+        return held
 
     async def submit_simple(self, op: str, name: str, params: dict[str, Any]) -> int:
         inst = await self._instance(name)
@@ -278,12 +353,16 @@ class Operations:
                 await self._order(inst["secondary_node"], "instance.replica-prepare",
                                   {"name": name, "disks": inst["disks"]})
             result = await self._order(node, "instance.create",
-                                       {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S},
+                                       {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,
+                                        "networks": await self.nic_networks(inst)},
                                        timeout_s=INSTALL_TIMEOUT_S + 60)
             await ctx.log(f"disks of '{name}' created and OS installed in {time.monotonic() - started:.1f} s")
             await ctx.progress(1, steps, "disks ready", started)
             inst["admin_state"] = "up" if args["start"] else "down"
-            await self._write([Op.put(model.instance_key(name), model.dumps(inst))])
+            addresses, compares = self.address_writes(None, inst)
+            await self._write([Op.put(model.instance_key(name), model.dumps(inst)), *addresses], compares,
+                              f"a network of '{name}' was removed, or one of its addresses taken, while it was "
+                              "created; `corral network info` shows what is free")
         except Exception as exc:
             await self._undo_add(ctx, inst, exc)
             raise
@@ -396,6 +475,10 @@ class Operations:
             inst = records[name][1]
             target = pending.effective(inst)
             wanted = check_modify(target, changes, tuple(rec for _, rec in records.values()), await self.cluster_hv())
+            nic_lines: list[str] = []
+            if "nics" in changes:
+                await self.check_nic_hotplug(inst)
+                wanted["nics"], nic_lines, _ = await self._changed_nics(target, changes["nics"], ctx.job["id"])
             view = await self._view()
             check_kernel(target, wanted, view)
             short = check_resources(target, wanted, view, time.time())
@@ -408,11 +491,16 @@ class Operations:
             token = self.role.token
             if token is None or not self.role.lease_ok():
                 raise JobFailed("this node is no longer certainly master (lease not renewed in time); stopped")
+            addresses, free = self.address_writes(inst, new)
             result = await self.role.lease.guarded_txn(
-                token, [Op.put(model.instance_key(name), model.dumps(new))],
-                extra_compares=[Compare.mod_revision(kv.key, "=", kv.mod_revision) for kv in kept])
+                token, [Op.put(model.instance_key(name), model.dumps(new)), *addresses],
+                extra_compares=[*(Compare.mod_revision(kv.key, "=", kv.mod_revision) for kv in kept), *free])
             if result.succeeded:
-                for key in changes:
+                for line in nic_lines:
+                    await ctx.log(f"instance '{name}': {line}")
+                if nic_lines:
+                    await ctx.log(f"the NICs of '{name}' take effect at its next start")
+                for key in (k for k in changes if k != "nics"):
                     field = {"memory": "memory_mib"}.get(key, key)
                     await ctx.log(f"instance '{name}': {key} {_change(field, target.get(field), wanted.get(field))}")
                 for line in short:
@@ -463,8 +551,8 @@ class Operations:
                               {"old_name": old, "instance": new, "hvparams": hv, "run_script": False})
             await ctx.log(f"the copy of '{old}' on node '{inst['secondary_node']}' is now '{new_name}''s")
         result = await self._order(inst["primary_node"], "instance.rename",
-                                   {"old_name": old, "instance": new, "hvparams": hv, "run_script": True},
-                                   timeout_s=3600)
+                                   {"old_name": old, "instance": new, "hvparams": hv, "run_script": True,
+                                    "networks": await self.nic_networks(inst)}, timeout_s=3600)
         if result.get("script_log"):
             await ctx.log(f"the OS rename script ran on node '{inst['primary_node']}' (log {result['script_log']})")
         writes = [Op.put(model.instance_key(new_name), model.dumps(new)), Op.delete(model.instance_key(old)),
@@ -500,7 +588,8 @@ class Operations:
         await ctx.log(f"reinstalling instance '{name}' on node '{node}' with OS '{new['os']}': "
                       "the content of its disks is destroyed")
         await self._order(node, "instance.reinstall", {"instance": new, "hvparams": hv,
-                                                      "install_id": f"{ctx.job['id']}-{name}"}, timeout_s=3600)
+                                                      "install_id": f"{ctx.job['id']}-{name}",
+                                                      "networks": await self.nic_networks(new)}, timeout_s=3600)
         new["mtime"] = time.time()
         await self._write([Op.put(model.instance_key(name), model.dumps(new))])
         await ctx.log(f"instance '{name}' reinstalled with OS '{new['os']}'")
@@ -521,8 +610,10 @@ class Operations:
             except JobFailed as exc:
                 await ctx.log(f"could not delete the copy on secondary node '{node}' ({exc}); "
                               "`corral cluster verify` lists it as an orphan once that node is back")
-        await self._write([Op.delete(model.instance_key(inst["name"]))])
-        await ctx.log(f"instance '{inst['name']}' removed")
+        addresses, _ = self.address_writes(inst, None)
+        await self._write([Op.delete(model.instance_key(inst["name"])), *addresses])
+        await ctx.log(f"instance '{inst['name']}' removed" + (f" (addresses released: {_addresses(inst)})"
+                                                              if addresses else ""))
         return {"name": inst["name"]}
 
 
@@ -548,6 +639,10 @@ def _pending_words(changes: dict[str, Any]) -> str:
              "hvparams": lambda v: "hypervisor parameters " + (",".join(f"{k}={x}" for k, x in sorted(v.items()))
                                                                 or "(cluster defaults)")}
     return ", ".join(words[k](v) for k, v in changes.items() if k in words)
+
+
+def _addresses(inst: dict[str, Any]) -> str:
+    return ", ".join(f"{n['ip']} of '{n['network']}'" for n in inst["nics"] if n.get("network") and n.get("ip"))
 
 
 def _shown(value: Any) -> str:

@@ -15,6 +15,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 MAX_IFNAME = 15
+DEFAULT_VLAN = 1  # a new bridge port's VLAN (the bridge's default_pvid)
 _PREFIX = "crl"
 
 
@@ -49,11 +50,13 @@ def tap_mac(guest_mac: str) -> str:
 
 
 async def create_tap(
-    name: str, bridge: str, mac: str | None = None, netns: str | None = None
+    name: str, bridge: str, mac: str | None = None, netns: str | None = None, vlan: int | None = None
 ) -> None:
     """Create (or repair) persistent tap ``name``, attached to ``bridge`` and up.
 
-    ``mac`` is the guest NIC's MAC; the tap gets ``tap_mac(mac)``.
+    ``mac`` is the guest NIC's MAC; the tap gets ``tap_mac(mac)``. ``vlan``:
+    the tap is an access port of that VLAN (``bridge vlan add dev TAP vid N
+    pvid untagged``, and out of the default VLAN 1) on a VLAN-aware bridge.
     """
     if not 0 < len(name) <= MAX_IFNAME:
         raise TapError(name, f"interface names are 1-{MAX_IFNAME} characters")
@@ -80,8 +83,22 @@ async def create_tap(
             if mac:
                 changes["address"] = tap_mac(mac)
             await ipr.link("set", index=index, **changes)
+            if vlan is not None:
+                await _access_port(ipr, name, index, bridge, bridge_index, vlan)
     except (NetlinkError, OSError) as exc:
         raise TapError(name, f"netlink: {exc}") from exc
+
+
+async def _access_port(ipr: AsyncIPRoute, name: str, index: int, bridge: str, bridge_index: int, vlan: int) -> None:
+    """The tap carries VLAN ``vlan`` only, untagged towards the guest; refused on a bridge that ignores VLANs."""
+    links = await ipr.link("get", index=bridge_index)
+    if not links or not links[0].get(("linkinfo", "data", "IFLA_BR_VLAN_FILTERING")):
+        raise TapError(name, f"bridge {bridge!r} is not VLAN-aware, so VLAN {vlan} would not separate "
+                             f"anything; turn filtering on (ip link set {bridge} type bridge vlan_filtering 1) "
+                             "or give the NIC no VLAN")
+    await ipr.vlan_filter("add", index=index, vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
+    if vlan != DEFAULT_VLAN:
+        await ipr.vlan_filter("del", index=index, vlan_info={"vid": DEFAULT_VLAN})
 
 
 async def delete_tap(name: str, netns: str | None = None) -> None:

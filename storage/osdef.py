@@ -28,6 +28,7 @@ from storage.errors import (
 
 __all__ = [
     "DiskEnv",
+    "NetworkEnv",
     "NicEnv",
     "OsCatalog",
     "OsDefinition",
@@ -119,6 +120,18 @@ class DiskEnv:
 
 
 @dataclass(frozen=True)
+class NetworkEnv:
+    """The network a NIC is on, as an OS script sees it (Ganeti's NIC_n_NETWORK_*; IPv4 only)."""
+
+    name: str
+    uuid: str
+    subnet: str
+    gateway: str = ""
+    mac_prefix: str = ""
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class NicEnv:
     """One network interface as an OS script sees it."""
 
@@ -128,6 +141,8 @@ class NicEnv:
     ip: str | None = None
     uuid: str = ""
     name: str = ""
+    vlan: int | None = None
+    network: NetworkEnv | None = None
 
 
 def split_os_name(name: str) -> tuple[str, str | None]:
@@ -346,6 +361,16 @@ def _nic_env(index: int, nic: NicEnv, frontend: str | None) -> dict[str, str]:
         env[prefix + "NAME"] = nic.name
     if frontend:
         env[prefix + "FRONTEND_TYPE"] = frontend
+    if nic.vlan is not None:
+        env[prefix + "VLAN"] = str(nic.vlan)
+    net = nic.network
+    if net is not None:
+        env.update({prefix + "NETWORK_NAME": net.name, prefix + "NETWORK_UUID": net.uuid,
+                    prefix + "NETWORK_SUBNET": net.subnet, prefix + "NETWORK_TAGS": " ".join(net.tags)})
+        if net.gateway:
+            env[prefix + "NETWORK_GATEWAY"] = net.gateway
+        if net.mac_prefix:
+            env[prefix + "NETWORK_MAC_PREFIX"] = net.mac_prefix
     return env
 
 

@@ -2,7 +2,8 @@ import random
 
 import pytest
 
-from hostagent.checks import ClusterView, check_add, new_mac
+from hostagent.checks import ClusterView, check_add
+from hostagent.nics import new_mac
 from hostagent.errors import BadRequest, Conflict
 from hostagent.operations import lock_keys
 
@@ -113,7 +114,8 @@ def test_priority_and_after_are_checked_and_kept():
 
 def test_names_with_a_trailing_newline_are_refused():
     """`$` matches before a final newline; the name patterns end with \\Z."""
-    from hostagent.checks import MAC_RE, NAME_RE
+    from hostagent.checks import NAME_RE
+    from hostagent.nics import MAC_RE
     from hostagent.users import USER_RE
     from kvm.cmdline import check_instance_name
     assert NAME_RE.match("web1") and not NAME_RE.match("web1\n")

@@ -1,0 +1,84 @@
+"""NICs at `instance add` and `instance modify --net` (hostagent.nics): networks, pools, MACs, VLANs."""
+
+import random
+
+import pytest
+
+from hostagent import networks, nics
+from hostagent.errors import BadRequest, Conflict
+
+LAN = networks.new_network({"name": "lan", "subnet": "10.0.0.0/29", "gateway": "10.0.0.1",
+                            "mac_prefix": "aa:00:00", "bridge": "br0", "vlan": 10}, now=0)
+DMZ = networks.new_network({"name": "dmz", "subnet": "192.0.2.0/30"}, now=0)
+NETS = {"lan": LAN, "dmz": DMZ}
+
+
+def build(specs, taken=None):
+    return nics.build(specs, NETS, taken or nics.Taken(), random.Random(1))
+
+
+def test_a_nic_on_a_network_takes_its_bridge_vlan_mac_prefix_and_a_pool_address():
+    [nic] = build([{"network": "lan", "ip": "pool"}])
+    assert (nic["mode"], nic["bridge"], nic["vlan"], nic["ip"]) == ("bridged", "br0", 10, "10.0.0.2")
+    assert nic["mac"].startswith("aa:00:00:")
+
+
+def test_two_nics_of_one_request_get_different_addresses():
+    first, second = build([{"network": "lan", "ip": "pool"}, {"network": "lan", "ip": "pool"}])
+    assert (first["ip"], second["ip"]) == ("10.0.0.2", "10.0.0.3")
+
+
+def test_what_others_hold_is_a_conflict_and_other_mistakes_a_bad_request():
+    taken = nics.Taken(macs={"52:54:00:00:00:01"}, ips={"lan": {"10.0.0.2": "instance 'web1' nic 0"}})
+    with pytest.raises(Conflict, match="MAC address 52:54:00:00:00:01 is already used"):
+        build([{"mac": "52:54:00:00:00:01"}], taken)
+    with pytest.raises(Conflict, match="ip 10.0.0.2 of network 'lan' is already used by instance 'web1' nic 0"):
+        build([{"network": "lan", "ip": "10.0.0.2"}], taken)
+    with pytest.raises(BadRequest) as err:
+        build([{"network": "wan", "ip": "pool"}, {"ip": "10.0.0.5"}, {"mode": "user", "vlan": 5}])
+    words = str(err.value)
+    assert "nic 0: no network named 'wan' (networks: dmz, lan" in words
+    assert "nic 1: ip=10.0.0.5 needs a network" in words
+    assert "nic 2: a VLAN tag needs a bridged NIC" in words
+
+
+def test_an_exhausted_pool_is_refused_with_the_subnet_size():
+    with pytest.raises(Conflict, match=r"'dmz' \(192.0.2.0/30\) has no free address: all 2 addresses"):
+        build([{"network": "dmz", "ip": "pool"}] * 3)
+
+
+def test_modify_adds_removes_and_changes_nics_in_order_with_a_log_line_each():
+    current = build([{"mode": "user"}, {"network": "lan", "ip": "10.0.0.5"}])
+    new, lines, pinned = nics.changed(current, [
+        {"action": "add", "network": "dmz", "ip": "pool", "mode": "bridged", "bridge": "br1"},
+        {"action": "remove", "index": 0},
+        {"action": "modify", "index": 0, "ip": "10.0.0.6"},
+    ], NETS, nics.Taken(), random.Random(2))
+    assert [(n["network"], n["ip"]) for n in new] == [("lan", "10.0.0.6"), ("dmz", "192.0.2.1")]
+    assert lines[0].startswith("nic 2 added: bridged on br1, network 'dmz' ip 192.0.2.1")
+    assert lines[1].startswith("nic 0 removed (was user-mode")
+    assert "ip 10.0.0.5" in lines[2] and lines[2].count("->") == 1
+    assert pinned[0]["mac"] == new[1]["mac"] and pinned[0]["ip"] == "192.0.2.1"
+
+
+def test_modify_keeps_the_nics_own_address_and_moves_it_to_the_new_networks_pool():
+    current = build([{"network": "lan", "ip": "10.0.0.5"}])
+    same, _, _ = nics.changed(current, [{"action": "modify", "index": 0, "ip": "10.0.0.5"}], NETS,
+                              nics.Taken(), random.Random(3))
+    assert same[0]["ip"] == "10.0.0.5"
+    moved, _, _ = nics.changed(current, [{"action": "modify", "index": 0, "network": "dmz", "bridge": "br1"}],
+                               NETS, nics.Taken(), random.Random(3))
+    assert (moved[0]["network"], moved[0]["ip"], moved[0]["vlan"]) == ("dmz", "192.0.2.1", None)
+
+
+def test_modify_refuses_a_nic_that_is_not_there():
+    with pytest.raises(BadRequest, match=r"remove: there is no nic 3 \(the instance has 1 NIC: 0-0\)"):
+        nics.changed(build([{}]), [{"action": "remove", "index": 3}], NETS, nics.Taken(), random.Random(1))
+
+
+def test_taken_by_others_leaves_out_the_instance_itself_and_counts_running_jobs():
+    records = [{"name": "a", "nics": [{"mac": "m1", "network": "lan", "ip": "10.0.0.2"}]},
+               {"name": "b", "nics": [{"mac": "m2", "network": "lan", "ip": "10.0.0.3"}]}]
+    taken = nics.taken_by_others(records, "a", {"lan": {"10.0.0.4": "job 7 (still running)"}})
+    assert taken.macs == {"m2"}
+    assert taken.ips == {"lan": {"10.0.0.3": "instance 'b' nic 0", "10.0.0.4": "job 7 (still running)"}}
