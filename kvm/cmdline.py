@@ -216,6 +216,7 @@ def build_argv(
     argv += _vnc(hv, paths)
     argv += _kernel(hv)
     argv += _devices(spec)
+    argv += _hotplug_ports(spec.hv)
     if spec.incoming:
         argv += _incoming(spec)
     return argv
@@ -351,12 +352,39 @@ def _hard_disk(
     }[hv.disk_bus]
     if disk.replicated:
         return _replicated_disk(index, disk, hv) + [
-            "-device", f"{device},id=disk{index}-dev,bootindex={bootindex}{_device_cache(hv)},werror=stop,rerror=stop"]
+            "-device", f"{device},id={disk_device_id(index)},bootindex={bootindex}{_device_cache(hv)},werror=stop,rerror=stop"]
     drive = (
         f"file={_opt(disk.path)},format={disk.format},if=none,id=disk{index},"
         f"cache={hv.disk_cache},discard=unmap"
     )
-    return ["-drive", drive, "-device", f"{device},bootindex={bootindex}"]
+    return ["-drive", drive, "-device", f"{device},id={disk_device_id(index)},bootindex={bootindex}"]
+
+
+def disk_device_id(index: int) -> str:
+    """The qdev id of disk ``index``'s device, the same at a cold start and when hot-plugged (kvm.hotplug)."""
+    return f"disk{index}-dev"
+
+
+def nic_device_id(index: int) -> str:
+    """The qdev id of NIC ``index``'s device (its netdev is ``net<index>``)."""
+    return f"net{index}-dev"
+
+
+def hotplug_port(n: int) -> str:
+    """The id of the n-th spare PCIe root port a q35 machine gets for hot-plugged disks and NICs."""
+    return f"hotplug{n}"
+
+
+def _hotplug_ports(hv: HvParams) -> list[str]:
+    """q35's root bus takes no hot-plugged device: each one needs an empty root port, made at start.
+    They come after every other device, so the cold-started devices keep their PCI slots (and the
+    guest's names for them: vda, eth0, ...); a device hot-plugged into a port is named after them,
+    as it is at the next start, where it sits on the root bus in index order. The PC machine's
+    PCI bus takes hot-plugged devices itself."""
+    if "q35" not in hv.machine:
+        return []
+    return [a for n in range(hv.hotplug_slots)
+            for a in ("-device", f"pcie-root-port,id={hotplug_port(n)},chassis={n + 1}")]
 
 
 # -drive's cache modes as -blockdev options: (cache.direct, cache.no-flush, guest write cache)
@@ -427,5 +455,5 @@ def _nic(index: int, nic: NicSpec, hv: HvParams, bootindex: int) -> list[str]:
         netdev = f"tap,id=net{index},ifname={nic.tap},script=no,downscript=no"
     else:
         netdev = f"user,id=net{index}"
-    device = f"{_NIC_DEVICES[hv.nic_model]},netdev=net{index},mac={nic.mac},bootindex={bootindex}"
+    device = f"{_NIC_DEVICES[hv.nic_model]},netdev=net{index},id={nic_device_id(index)},mac={nic.mac},bootindex={bootindex}"
     return ["-netdev", netdev, "-device", device]

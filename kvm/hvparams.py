@@ -34,7 +34,7 @@ _FALSE_WORDS = ("false", "no", "off", "0")
 # a CPU model may carry feature flags.
 _MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*\Z")
 _CPU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._,+=-]*\Z")
-_INT_RANGES: dict[str, tuple[int, int]] = {"shutdown_timeout_s": (1, 3600)}
+_INT_RANGES: dict[str, tuple[int, int]] = {"shutdown_timeout_s": (1, 3600), "hotplug_slots": (0, 16)}
 # Where a kernel or initrd QEMU loads itself may come from: the guest reads an initrd's bytes,
 # so any other host file (/etc/shadow) would be handed to whoever controls the guest.
 DEFAULT_KERNEL_DIRS: tuple[str, ...] = ("/boot", "/var/cache/corral/guest")
@@ -58,6 +58,8 @@ class HvParams:
     disk_cache: str = "none"
     nic_model: str = "virtio"
     shutdown_timeout_s: int = 120
+    # Spare PCIe root ports of a q35 machine: at most this many disks and NICs hot-plugged at once.
+    hotplug_slots: int = 4
 
 
 HV_PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HvParams))

@@ -145,7 +145,7 @@ def test_virtio_disk_uses_cache_and_format_and_boots_first():
         "file=/var/lib/corral/web1-0.qcow2,format=qcow2,if=none,id=disk0,"
         "cache=writeback,discard=unmap"
     ]
-    assert "virtio-blk-pci,drive=disk0,bootindex=1" in option(argv, "-device")
+    assert "virtio-blk-pci,drive=disk0,id=disk0-dev,bootindex=1" in option(argv, "-device")
 
 
 def test_scsi_disks_and_cdrom_share_one_controller():
@@ -156,7 +156,7 @@ def test_scsi_disks_and_cdrom_share_one_controller():
     devices = option(build_argv(spec, PATHS), "-device")
     assert devices.count("virtio-scsi-pci,id=scsi0") == 1
     assert "scsi-cd,bus=scsi0.0,drive=disk1,bootindex=1" in devices
-    assert "scsi-hd,bus=scsi0.0,drive=disk0,bootindex=2" in devices
+    assert "scsi-hd,bus=scsi0.0,drive=disk0,id=disk0-dev,bootindex=2" in devices
 
 
 def test_ide_devices_get_their_own_bus_on_q35():
@@ -166,8 +166,8 @@ def test_ide_devices_get_their_own_bus_on_q35():
                DiskSpec("/d/c.iso", "raw", "cdrom")),
     )
     devices = option(build_argv(spec, PATHS), "-device")
-    assert "ide-hd,bus=ide.0,drive=disk0,bootindex=1" in devices
-    assert "ide-hd,bus=ide.1,drive=disk1,bootindex=2" in devices
+    assert "ide-hd,bus=ide.0,drive=disk0,id=disk0-dev,bootindex=1" in devices
+    assert "ide-hd,bus=ide.1,drive=disk1,id=disk1-dev,bootindex=2" in devices
     assert "ide-cd,bus=ide.2,drive=disk2,bootindex=3" in devices
 
 
@@ -178,9 +178,9 @@ def test_ide_devices_use_master_and_slave_on_pc_machine():
                DiskSpec("/d/c.raw", "raw")),
     )
     devices = option(build_argv(spec, PATHS), "-device")
-    assert "ide-hd,bus=ide.0,unit=0,drive=disk0,bootindex=1" in devices
-    assert "ide-hd,bus=ide.0,unit=1,drive=disk1,bootindex=2" in devices
-    assert "ide-hd,bus=ide.1,unit=0,drive=disk2,bootindex=3" in devices
+    assert "ide-hd,bus=ide.0,unit=0,drive=disk0,id=disk0-dev,bootindex=1" in devices
+    assert "ide-hd,bus=ide.0,unit=1,drive=disk1,id=disk1-dev,bootindex=2" in devices
+    assert "ide-hd,bus=ide.1,unit=0,drive=disk2,id=disk2-dev,bootindex=3" in devices
 
 
 def test_cdrom_is_read_only_ide_when_disks_are_virtio():
@@ -204,7 +204,7 @@ def test_too_many_ide_devices_are_rejected():
 def test_user_nic_uses_model_and_mac():
     argv = build_argv(make_spec(nic_model="e1000"), PATHS)
     assert option(argv, "-netdev") == ["user,id=net0"]
-    assert "e1000,netdev=net0,mac=52:54:00:12:34:56,bootindex=2" in option(argv, "-device")
+    assert "e1000,netdev=net0,id=net0-dev,mac=52:54:00:12:34:56,bootindex=2" in option(argv, "-device")
 
 
 def test_bridged_nic_uses_prepared_tap_without_scripts():
@@ -216,7 +216,7 @@ def test_bridged_nic_uses_prepared_tap_without_scripts():
     assert option(argv, "-netdev") == [
         "tap,id=net0,ifname=crl0a1b2c3dn0,script=no,downscript=no"
     ]
-    assert "rtl8139,netdev=net0,mac=52:54:00:12:34:56,bootindex=2" in option(argv, "-device")
+    assert "rtl8139,netdev=net0,id=net0-dev,mac=52:54:00:12:34:56,bootindex=2" in option(argv, "-device")
 
 
 def test_network_boot_puts_nics_first():
@@ -225,9 +225,9 @@ def test_network_boot_puts_nics_first():
         nics=(NicSpec("52:54:00:00:00:01", "user"), NicSpec("52:54:00:00:00:02", "user")),
     )
     devices = option(build_argv(spec, PATHS), "-device")
-    assert "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,bootindex=1" in devices
-    assert "virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02,bootindex=2" in devices
-    assert "virtio-blk-pci,drive=disk0,bootindex=3" in devices
+    assert "virtio-net-pci,netdev=net0,id=net0-dev,mac=52:54:00:00:00:01,bootindex=1" in devices
+    assert "virtio-net-pci,netdev=net1,id=net1-dev,mac=52:54:00:00:00:02,bootindex=2" in devices
+    assert "virtio-blk-pci,drive=disk0,id=disk0-dev,bootindex=3" in devices
 
 
 def test_commas_in_paths_are_escaped_for_qemu_options():
