@@ -28,6 +28,7 @@ for the copy it asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -52,6 +53,7 @@ TellMaster = Callable[[str, dict[str, Any]], Awaitable[bool]]
 TLS_CREDS_ID = "mirror-tls"
 MIGRATION_TLS_ID = "migration-tls-out"  # not the incoming side's "migration-tls" (server): a QEMU that arrived by migration has that one
 PROBE_TIMEOUT_S = 2.0
+NBD_GREETING = b"NBDMAGICIHAVEOPT"  # what an NBD server sends first (newstyle negotiation)
 MIGRATION_TIMEOUT_S = 1800.0
 GUARD_SYNC_POLL_S = 0.3  # while a copy is being made: how often the guard looks for convergence
 GUARD_JOINED_POLL_S = 1.0  # while a copy is joined: how often it looks for writes stuck on it
@@ -199,7 +201,7 @@ class NodeReplication:
             todo = [d for d in args["disks"]
                     if not (await blockmirror.peer_state(qmp, d["index"], target_node(d["index"]))).joined]
         for disk in todo:
-            await _probe(host, base + disk["index"])
+            await probe_export(host, base + disk["index"])
         tls = self._tls()
         async with self._lock(name), await self._qmp(name) as qmp:
             for disk in todo:
@@ -412,12 +414,24 @@ class ReplicationError(OrderError):
     """An order about replication this node cannot carry out; the message is for the operator."""
 
 
-async def _probe(host: str, port: int) -> None:
-    """QEMU connects synchronously: an absent export must fail here, not hold QMP."""
+async def probe_export(host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """QEMU connects and negotiates synchronously, its main loop (QMP, the guest's console and disk) waiting
+    with it: an export that is absent, or that accepts the connection but never answers (its process hung or
+    stopped, the kernel still accepting for it), must fail here and not hold the primary's QEMU. A live export
+    greets first, in the clear, before any TLS."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT_S)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
     except (OSError, TimeoutError) as exc:
         raise ReplicationError(f"the secondary's disk export at {host}:{port} does not answer ({exc}); "
                                "is its node up?") from exc
-    writer.close()
-    await writer.wait_closed()
+    try:
+        greeting = await asyncio.wait_for(reader.readexactly(len(NBD_GREETING)), timeout_s)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        raise ReplicationError(f"the secondary's disk export at {host}:{port} accepts connections but does not "
+                               f"greet within {timeout_s:g} s (its process hung or stopped?)") from exc
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    if greeting != NBD_GREETING:
+        raise ReplicationError(f"what answers at {host}:{port} is not a disk export (it greeted {greeting!r})")
