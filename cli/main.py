@@ -888,11 +888,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name", nargs="?")
     s.add_argument("--type", choices=("soft", "hard"), default="soft")
     many.add_selectors(s)
-    s = i.add_parser("add-disk", help="add a blank disk to a stopped instance (its copy too, if replicated)",
+    s = i.add_parser("add-disk", help="add a blank disk: hot-plugged into a running file instance; a replicated "
+                     "instance's (and its copy) while stopped",
                      parents=[common, jobopts])
     s.add_argument("name")
     s.add_argument("size", help="e.g. 10G, or 10G,format=qcow2")
-    s = i.add_parser("remove-disk", help="remove the last disk of a stopped instance and delete its data",
+    s = i.add_parser("remove-disk", help="remove the last disk (unplugged from a running file instance) and delete its data",
                      parents=[common, jobopts])
     s.add_argument("name")
     s.add_argument("disk", type=int, help="the disk's index (the last one)")

@@ -13,6 +13,7 @@ import os
 import re
 from typing import Any
 
+from kvm import hotplug
 from kvm.process import QemuManager
 from kvm.qmp import Qmp
 from storage import nbdexport, runner
@@ -90,7 +91,7 @@ class NodeDiskCopy:
             await self._files.grow(name, index, size_mib)
             return {"size_mib": size_mib, "online": False}
         async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 10.0) as qmp:
-            await qmp.execute("block_resize", {"device": f"disk{index}", "size": size_mib * 2**20})
+            await hotplug.resize(qmp, index, size_mib * 2**20)
         return {"size_mib": size_mib, "online": True}
 
     async def _add(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -105,11 +106,15 @@ class NodeDiskCopy:
         return {"path": path}
 
     async def _remove(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Delete one disk and its data (the instance stopped; asked for with --destroy-data)."""
+        """Delete one disk and its data (asked for with --destroy-data); never one a running QEMU has open
+        (hot-removal unplugs it first: instance.disk-unplug)."""
         name, index = args["name"], int(args["index"])
         if self._qemu.find(name) is not None:
-            raise OrderError(f"instance '{name}' is running on node '{self._node}'; disks are removed while it "
-                             "is stopped")
+            async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 10.0) as qmp:
+                open_images = await hotplug.open_images(qmp)
+            if open_images & {self._files.path(name, index, fmt) for fmt in self._files.formats}:
+                raise OrderError(f"instance '{name}' is running on node '{self._node}' with disk {index} still "
+                                 "plugged in; it is unplugged first, or removed while the instance is stopped")
         await self._files.remove(name, index)
         log.warning("instance '%s': disk %d and its data deleted on node '%s'", name, index, self._node)
         return {"removed": index}

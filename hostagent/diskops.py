@@ -96,16 +96,26 @@ class DiskOps:
                                  f"change size); `corral instance stop {name}` first, then start it again")
         params["size_mib"] = size
 
-    async def _stopped(self, inst: dict[str, Any], what: str) -> None:
+    async def _stopped(self, inst: dict[str, Any], what: str, why: str) -> None:
         report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
         if inst["admin_state"] == "up" or inst["name"] in report.get("instances", {}):
             raise Conflict(f"instance '{inst['name']}' is running (or marked up); {what} while it is stopped "
-                           f"(`corral instance stop {inst['name']}`); hot-plug is not available yet")
+                           f"(`corral instance stop {inst['name']}`): {why}")
+
+    async def _hotpluggable(self, inst: dict[str, Any], what: str) -> None:
+        """A file instance's virtio disks come and go while it runs (hot-plug); other disks only while stopped."""
+        if inst.get("disk_template") in QUORUM_TEMPLATES:
+            await self._stopped(inst, what, "a replicated disk is not hot-plugged (its copy on the secondary "
+                                            "cannot join the running mirror yet)")
+            return
+        bus = self.ops.merged_hv(await self.ops.cluster_hv(), inst)["disk_bus"]
+        if bus != "virtio":
+            await self._stopped(inst, what, f"only virtio disks are hot-plugged (its disk_bus is {bus!r})")
 
     async def check_add_disk(self, name: str, params: dict[str, Any]) -> None:
         """A disk of a valid size and format that fits its nodes and the cluster's policy; the instance stopped."""
         inst = await self.ops._instance(name)
-        await self._stopped(inst, "a disk is added")
+        await self._hotpluggable(inst, "a disk is added")
         try:
             size = parse_mib(params.get("size") or "", "disk size")
         except SizeError as exc:
@@ -141,7 +151,7 @@ class DiskOps:
         if params.get("destroy_data") is not True:
             raise BadRequest(f"removing disk {last} of '{name}' deletes its data on every node: confirm with "
                              "--destroy-data")
-        await self._stopped(inst, "a disk is removed")
+        await self._hotpluggable(inst, "a disk is removed")
 
     async def _job_add_disk(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         await self.check_add_disk(args["name"], args)
@@ -149,6 +159,8 @@ class DiskOps:
         name = inst["name"]
         disk = {"index": len(inst["disks"]), "size_mib": int(args["size_mib"]), "format": args["format"],
                 "uuid": str(uuid.uuid4())}
+        if inst.get("disk_template") not in QUORUM_TEMPLATES:
+            return await self._hot_add(ctx, inst, disk)
         await self.ops._order(inst["primary_node"], "instance.disk-add", {"name": name, "disk": disk})
         if inst.get("secondary_node"):  # its copy is made at the next start, a full copy of the new disk
             await self.ops.moves.outdate(name, f"disk {disk['index']} was added; its copy is made at the next start")
@@ -161,10 +173,34 @@ class DiskOps:
                          if inst.get("secondary_node") else ""))
         return {"name": name, "disk": disk}
 
+    async def _hot_add(self, ctx: JobContext, inst: dict[str, Any], disk: dict[str, Any]) -> dict[str, Any]:
+        """The file made and, if the instance runs, plugged in (the node deletes it again if that fails);
+        recorded only then, so the config never names a disk its QEMU lacks, nor the other way round."""
+        name, node = inst["name"], inst["primary_node"]
+        hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+        done = await self.ops._order(node, "instance.disk-hotplug", {"name": name, "disk": disk, "hvparams": hv})
+        inst["disks"].append(disk)
+        inst["mtime"] = time.time()
+        try:
+            await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
+        except Exception:
+            await self.ops._order(node, "instance.disk-unplug", {"name": name, "index": disk["index"]})
+            await self.ops._order(node, "instance.disk-remove", {"name": name, "index": disk["index"]})
+            raise
+        await ctx.log(f"instance '{name}' has a new disk {disk['index']} of {format_mib(disk['size_mib'])} "
+                      f"({disk['format']}) on node '{node}'"
+                      + ("; hot-plugged: the guest sees it now" if done["plugged"] else ""))
+        return {"name": name, "disk": disk, "hotplugged": done["plugged"]}
+
     async def _job_remove_disk(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         await self.check_remove_disk(args["name"], args)
         inst = await self.ops._instance(args["name"])
         name, index = inst["name"], int(args["disk"])
+        if inst.get("disk_template") not in QUORUM_TEMPLATES:  # out of a running guest first (its QEMU, if any)
+            unplugged = await self.ops._order(inst["primary_node"], "instance.disk-unplug",
+                                              {"name": name, "index": index})
+            if unplugged["unplugged"]:
+                await ctx.log(f"disk {index} of '{name}' unplugged: the guest let it go")
         if inst.get("secondary_node"):
             await self.ops._order(inst["secondary_node"], "instance.replica-unexport",
                                   {"name": name, "disks": inst["disks"]})

@@ -15,7 +15,8 @@ from typing import Any
 from kvm.cmdline import DiskSpec, InstanceSpec, NicSpec
 from kvm.hvparams import parse_hvparams
 from kvm.process import QemuManager
-from kvm import tap
+from kvm.qmp import Qmp, QmpError
+from kvm import hotplug, tap
 from storage.filedisk import FileTemplate
 from storage.install import DiskSpec as InstallDisk, install_os
 from storage.osdef import (DiskEnv, NetworkEnv, NicEnv, OsCatalog, OsDefinition, lookup, os_environment,
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # Templates whose disks the primary's QEMU writes to the secondary's copy through a quorum.
 QUORUM_TEMPLATES = ("mirror",)
+HOTPLUG_QMP_TIMEOUT_S = 10.0  # each QMP command; a device's removal waits kvm.hotplug.UNPLUG_TIMEOUT_S more
 
 
 def read_small_file(path: str) -> str | None:
@@ -223,6 +225,65 @@ class NodeExecutor:
     async def _delete_taps(self, name: str, count: int) -> None:
         for i in range(count):
             await tap.delete_tap(tap.tap_name(name, i))
+
+    # ---- hot-plug (kvm.hotplug): with no QEMU running, each does what a cold start needs and no more ----
+    async def _op_disk_hotplug(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The disk file made and plugged into the running QEMU. A failed plug deletes the file again, so
+        the master records nothing and the config and the guest still agree. Args: name, disk, hvparams."""
+        name, disk = args["name"], args["disk"]
+        path = self._files.path(name, disk["index"], disk["format"])
+        if not os.path.exists(path):
+            await self._files.create(name, disk["index"], disk["size_mib"], disk["format"])
+        if self._qemu.find(name) is None:
+            return {"path": path, "plugged": False}
+        try:
+            async with await Qmp.connect(self._qemu.paths(name).qmp_socket, HOTPLUG_QMP_TIMEOUT_S) as qmp:
+                await hotplug.plug_disk(qmp, disk["index"], DiskSpec(path, disk["format"]),
+                                        parse_hvparams(args["hvparams"]))
+        except (hotplug.HotplugError, QmpError) as exc:
+            await self._files.remove(name, disk["index"])
+            raise OrderError(f"instance '{name}': the new disk was not hot-plugged ({exc}); its file is deleted "
+                             "again") from exc
+        return {"path": path, "plugged": True}
+
+    async def _op_disk_unplug(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Disk `index` out of the running QEMU (the guest must let it go); its file stays. Args: name, index."""
+        name, index = args["name"], int(args["index"])
+        return {"unplugged": await self._unplug(name, f"disk {index}", lambda qmp: hotplug.unplug_disk(qmp, index))}
+
+    async def _op_nic_hotplug(self, args: dict[str, Any]) -> dict[str, Any]:
+        """NIC `index` into the running QEMU, a bridged one's tap made first (on its bridge and VLAN); a failed
+        plug deletes that tap again. Args: name, index, nic (the config's NIC: mac, mode, bridge, vlan), hvparams."""
+        name, index, cfg = args["name"], int(args["index"]), args["nic"]
+        if self._qemu.find(name) is None:
+            return {"plugged": False}
+        nic = NicSpec(mac=cfg["mac"], mode=cfg["mode"], tap=tap.tap_name(name, index) if cfg["mode"] == "bridged" else "")
+        try:
+            if nic.tap:
+                await tap.create_tap(nic.tap, cfg["bridge"], vlan=cfg.get("vlan"))
+            async with await Qmp.connect(self._qemu.paths(name).qmp_socket, HOTPLUG_QMP_TIMEOUT_S) as qmp:
+                await hotplug.plug_nic(qmp, index, nic, parse_hvparams(args["hvparams"]))
+        except (hotplug.HotplugError, QmpError, tap.TapError) as exc:
+            if nic.tap:
+                await tap.delete_tap(nic.tap)
+            raise OrderError(f"instance '{name}': NIC {index} was not hot-plugged ({exc})") from exc
+        return {"plugged": True}
+
+    async def _op_nic_unplug(self, args: dict[str, Any]) -> dict[str, Any]:
+        """NIC `index` out of the running QEMU (the guest must let it go), then its tap deleted. Args: name, index."""
+        name, index = args["name"], int(args["index"])
+        unplugged = await self._unplug(name, f"NIC {index}", lambda qmp: hotplug.unplug_nic(qmp, index))
+        await tap.delete_tap(tap.tap_name(name, index))
+        return {"unplugged": unplugged}
+
+    async def _unplug(self, name: str, what: str, unplug: Callable[[Qmp], Awaitable[bool]]) -> bool:
+        if self._qemu.find(name) is None:
+            return False
+        try:
+            async with await Qmp.connect(self._qemu.paths(name).qmp_socket, HOTPLUG_QMP_TIMEOUT_S) as qmp:
+                return await unplug(qmp)
+        except (hotplug.HotplugError, QmpError) as exc:
+            raise OrderError(f"instance '{name}': {what} was not unplugged ({exc})") from exc
 
 
 def nic_envs(inst: dict[str, Any], networks: dict[str, Any]) -> list[NicEnv]:

@@ -129,6 +129,15 @@ async def unplug_nic(qmp: Qmp, index: int, timeout_s: float = UNPLUG_TIMEOUT_S) 
     return present
 
 
+async def resize(qmp: Qmp, index: int, size_bytes: int) -> None:
+    """Grow disk ``index``, whether it came with the QEMU (a -drive named disk<i>) or was hot-plugged
+    (a block node of that name)."""
+    nodes = await qmp.execute("query-named-block-nodes", {"flat": True})
+    fmt_node = disk_nodes(index)[0]
+    hot = isinstance(nodes, list) and any(isinstance(n, dict) and n.get("node-name") == fmt_node for n in nodes)
+    await qmp.execute("block_resize", {"node-name" if hot else "device": fmt_node, "size": size_bytes})
+
+
 async def open_images(qmp: Qmp) -> set[str]:
     """The image files this QEMU has open, whatever their node or device names."""
     nodes = await qmp.execute("query-named-block-nodes", {"flat": True})

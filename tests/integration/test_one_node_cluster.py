@@ -549,9 +549,7 @@ def test_disks_are_added_and_the_last_one_removed_while_stopped(one_node):
 
         one_node.ok("instance", "start", "dsk1")
         pid = wait_for(lambda: one_node.instance("dsk1")["pid"], 60, "dsk1 running")
-        assert "disk1.qcow2" in qemu_args(pid)
-        running = one_node.corral("instance", "remove-disk", "dsk1", "1", "--destroy-data")
-        assert running.returncode == 2 and "while it is stopped" in running.stderr
+        assert "disk1.qcow2" in qemu_args(pid)  # a running instance's disks come and go: test_hotplug.py
         one_node.ok("instance", "stop", "dsk1")
         unsure = one_node.corral("instance", "remove-disk", "dsk1", "1")
         assert unsure.returncode == 2 and "confirm with --destroy-data" in unsure.stderr
