@@ -12,6 +12,7 @@ import os
 import sys
 import termios
 import tty
+from urllib.parse import quote
 
 import aiohttp
 
@@ -20,21 +21,37 @@ from cli.client import EXIT_UNREACHABLE, AgentUnreachable
 ESCAPE = b"\x1d"  # Ctrl-]
 
 
+class Refused(Exception):
+    """The agent did not open the websocket; the message is its own (no such instance, not running, ...)."""
+
+
+async def open_websocket(session: aiohttp.ClientSession, path: str) -> aiohttp.ClientWebSocketResponse:
+    """A websocket to the local agent's `path`; Refused says why not, AgentUnreachable if nobody answers."""
+    url = f"http://localhost{path}"
+    try:
+        return await session.ws_connect(url)
+    except aiohttp.ClientConnectionError as exc:
+        connector = session.connector
+        raise AgentUnreachable(getattr(connector, "path", "?"), str(exc)) from None
+    except aiohttp.WSServerHandshakeError as exc:
+        # Asked again as an upgrade (a plain GET is only told to upgrade), to read why it was refused.
+        handshake = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                     "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+        async with session.get(url, headers=handshake) as resp:
+            data = await resp.json(content_type=None) if resp.content_type == "application/json" else {}
+        raise Refused(data.get("message", exc.message)) from None
+
+
 async def _bridge(socket_path: str, name: str) -> int:
     connector = aiohttp.UnixConnector(path=socket_path)
     async with aiohttp.ClientSession(connector=connector) as session:
         try:
-            ws = await session.ws_connect(f"http://localhost/v1/instances/{name}/console")
-        except aiohttp.ClientConnectionError as exc:
-            print(f"error: {AgentUnreachable(socket_path, str(exc))}", file=sys.stderr)
+            ws = await open_websocket(session, f"/v1/instances/{quote(name)}/console")
+        except AgentUnreachable as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return EXIT_UNREACHABLE
-        except aiohttp.WSServerHandshakeError as exc:
-            # Asked again as an upgrade (a plain GET is only told to upgrade), to read why it was refused.
-            handshake = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-                         "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
-            async with session.get(f"http://localhost/v1/instances/{name}/console", headers=handshake) as resp:
-                data = await resp.json(content_type=None) if resp.content_type == "application/json" else {}
-            print(f"error: {data.get('message', exc.message)}", file=sys.stderr)
+        except Refused as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"connected to the serial console of '{name}'; Ctrl-] to detach\r", file=sys.stderr)
         loop = asyncio.get_running_loop()

@@ -56,6 +56,8 @@ def _pending(changes: dict[str, Any]) -> str:
         words.append(f"memory {mib(changes['memory_mib'])}")
     if "vcpus" in changes:
         words.append(f"{changes['vcpus']} vCPUs")
+    if "cdrom" in changes:
+        words.append(f"a CD-ROM drive ({changes['cdrom'] or 'empty'})")
     if "hvparams" in changes:
         words.append("hypervisor parameters " + (",".join(f"{k}={v}" for k, v in sorted(changes["hvparams"].items()))
                                                  or "(the cluster's)"))
@@ -413,6 +415,8 @@ class Cli:
         body.update(_boot_options(a))
         if a.auto_failover:
             body["auto_failover"] = a.auto_failover == "yes"
+        if a.cdrom is not None:
+            body["cdrom"] = a.cdrom
         return self.job(self.client.post("/v1/instances", body))
 
     def instance_modify(self) -> int:
@@ -436,8 +440,10 @@ class Cli:
                 body[field] = {k: (v or None) for k, v in _kv_list(option, f"--{field[:2]}").items()}
         if a.net:
             body["nics"] = [networks.nic_change(n) for n in a.net]
+        if a.cdrom is not None:
+            body["cdrom"] = a.cdrom
         if not body:
-            raise UsageError("nothing to change: give --memory, --vcpus, --hv, --os-param, --net, --owner, "
+            raise UsageError("nothing to change: give --cdrom, --memory, --vcpus, --hv, --os-param, --net, --owner, "
                              "--description, --priority, --after/--no-after, --boot-pattern, --boot-timeout or "
                              "--auto-failover")
         body.update({"restart": a.restart, "force": a.force})
@@ -493,6 +499,8 @@ class Cli:
                                        f"default ({'yes' if r.get('auto_failover_default') else 'no'})"))
             print(f"nodes:        primary {r['primary_node']}" + (f", secondary {r['secondary_node']}" if r["secondary_node"] else ""))
             print(f"os:           {r['os']}")
+            if r.get("cdrom") is not None:
+                print(f"cdrom:        {r['cdrom'] or '(empty)'}")
             print(f"resources:    {mib(r['memory'])} memory, {r['vcpus']} vcpus")
             rep = r.get("replication")
             if rep:
@@ -573,29 +581,45 @@ class Cli:
         return self.job(self.client.delete(f"/v1/instances/{quote(self.args.name)}"))
 
     def instance_console(self) -> int:
+        if self.args.listen and not self.args.vnc:
+            raise UsageError("--listen relays the VNC display: give --vnc too")
         if self.args.vnc:
             return self.instance_vnc()
         from cli.console import attach  # imports aiohttp: only for this command
         return attach(self.client.path, self.args.name)
 
     def instance_vnc(self) -> int:
-        """Where the instance's VNC socket is, and the ssh command that brings it to this machine."""
-        inst = self.client.get(f"/v1/instances/{quote(self.args.name)}")["data"]
-        if not inst.get("vnc_socket"):
-            print(f"error: instance '{inst['name']}' has no VNC socket: it is not running, or its hypervisor "
-                  "parameter vnc is off (set vnc=localhost, then restart it)", file=sys.stderr)
-            return 1
-        node = self.client.get(f"/v1/nodes/{quote(inst['primary_node'])}")["data"]
-        ssh = f"ssh -N -L 5901:{inst['vnc_socket']} root@{node['address']}"
-        answer = {"data": {"name": inst["name"], "node": node["name"], "address": node["address"],
-                           "socket": inst["vnc_socket"], "ssh": ssh}}
+        """How to reach the VNC display (its password too, for vnc=tcp); with --listen, relay it here."""
+        from cli import vnc  # imports aiohttp: only for this command
+        try:
+            listen = vnc.parse_listen(self.args.listen) if self.args.listen else None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        answer = self.client.get(f"/v1/instances/{quote(self.args.name)}/vnc")
+        d = answer["data"]
+        d["ssh"] = f"ssh -N -L 5901:{d['socket']} root@{d['address']}" if d["mode"] == "unix" else ""
 
         def human(d: dict[str, Any]) -> None:
-            print(f"the VNC display of '{d['name']}' is the unix socket {d['socket']} on node '{d['node']}', "
-                  "which only root there can open; bring it here with")
-            print(f"  {d['ssh']}")
-            print("and point a VNC viewer at localhost:5901 (any free port in place of 5901)")
-        return self.out(answer, human)
+            if listen is not None:
+                print(f"the VNC display of '{d['name']}' (node '{d['node']}') is relayed on {listen[0]}:{listen[1]}: "
+                      "point a VNC viewer there; Ctrl-C stops")
+                if not vnc.is_loopback(listen[0]):
+                    print(f"WARNING: {listen[0]} is not loopback: whoever reaches that port reaches the display"
+                          + (" with no password" if d["mode"] == "unix" else ""), file=sys.stderr)
+            elif d["mode"] == "unix":
+                print(f"the VNC display of '{d['name']}' is the unix socket {d['socket']} on node '{d['node']}', "
+                      "which only root there can open; relay it to a port here (from any node) with")
+                print(f"  corral instance console {d['name']} --vnc --listen 5901")
+                print(f"or bring it here with `{d['ssh']}`; then point a VNC viewer at localhost:5901")
+            else:
+                print(f"the VNC display of '{d['name']}' is at {d['host']}:{d['port']} on node '{d['node']}'")
+            if d["mode"] == "tcp":
+                print(f"VNC password: {d['password'] or '(none recorded: `corral instance modify` gives it one)'}")
+        status = self.out(answer, human)
+        if listen is None or status:
+            return status
+        sys.stdout.flush()
+        return vnc.listen(self.client.path, self.args.name, *listen)
 
     def node_evacuate(self, action: str) -> int:
         body = {"ignore_consistency": self.args.ignore_consistency} if action == "failover" else {}
@@ -832,6 +856,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--owner", help="who to ask about this instance (`cluster modify --require-owner yes` "
                                    "makes it required)")
     s.add_argument("--description", help="one line saying what it is for")
+    s.add_argument("--cdrom", metavar="PATH", help="an ISO file in the node's iso_dirs as a CD-ROM "
+                                                   "(boot from it with --hv boot=cdrom)")
     s.add_argument("--tag", action="append", metavar="TAG", help="a tag; repeat for more")
     s.add_argument("--priority", choices=("critical", "high", "normal", "low"),
                    help="restart order after an outage (default normal)")
@@ -861,6 +887,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="NICs of a stopped instance, at its next start: " + networks.MODIFY_NET_HELP)
     s.add_argument("--owner", help="who to ask about this instance ('' clears it)")
     s.add_argument("--description", help="one line saying what it is for ('' clears it)")
+    s.add_argument("--cdrom", metavar="PATH|none", help="insert an ISO file (live if the running instance has a "
+                                                        "CD-ROM drive, else at its next start); none ejects")
     s.add_argument("--restart", action="store_true", help="restart the instance now if changes are pending")
     s.add_argument("--force", action="store_true",
                    help="write a memory increase even if its nodes cannot promise it (N+1), with a warning")
@@ -874,7 +902,9 @@ def _parser() -> argparse.ArgumentParser:
         s = i.add_parser(name, help=help_, parents=[common])
         s.add_argument("name")
     s.add_argument("--vnc", action="store_true",
-                   help="print how to reach the instance's VNC display (hvparam vnc=localhost) instead")
+                   help="print how to reach the instance's VNC display (hvparam vnc=localhost or tcp) instead")
+    s.add_argument("--listen", metavar="[ADDR:]PORT",
+                   help="with --vnc: relay the display to this TCP port here (127.0.0.1 unless ADDR) until Ctrl-C")
     s = i.add_parser("start", help="start an instance (or many: --all, --node, --tag, --owner)",
                      parents=[common, jobopts])
     s.add_argument("name", nargs="?")

@@ -34,11 +34,13 @@ from storage.filedisk import FileTemplate
 from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, discover
 
-from hostagent import callers, gossip, joining, model, pki, reporter
+from hostagent import callers, gossip, joining, model, pki, reporter, vncpass
 from hostagent.boothealth import BootWatcher
 from hostagent.callers import Caller
 from hostagent.config import AgentConfig
 from hostagent.executor import NodeExecutor, OrderError
+from hostagent.media import NodeMedia
+from hostagent.relay import RelayLimit
 from hostagent.replication import NodeReplication
 from hostagent.diskcopy import NodeDiskCopy
 from hostagent.fencing import TokenGuard
@@ -107,12 +109,16 @@ class Agent:
         self._catalog: OsCatalog = discover(cfg.os_search_paths, cfg.image_paths)
         self.replication = NodeReplication(cfg.node_name, cfg.address, self.qemu, self.files, self.pki,
                                            cfg.run_dir)
+        self.media = NodeMedia(cfg.node_name, cfg.address, self.qemu, cfg.iso_dirs,
+                               lambda uuid: vncpass.password(self.replica, uuid))
+        self.relays = RelayLimit()  # consoles and VNC displays this agent bridges (hostagent.relay)
         self.executor = NodeExecutor(cfg.node_name, self.qemu, self.files, self.catalog,
                                      os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
-                                     {**self.replication.orders(), **NodeDiskCopy(
+                                     {**self.replication.orders(), **self.media.orders(), **NodeDiskCopy(
                                          cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir).orders()},
                                      self.replication.tls_dir)
         self.replication.tell_master = self.tell_master
+        self.executor.dress = self.media.dress
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
         self.crl = CrlKeeper(self.replica, self.pki)
         self.looplag = LoopLag()

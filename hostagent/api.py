@@ -18,6 +18,7 @@ from hostagent import auth, clocks
 from hostagent.agent import Agent
 from hostagent.api_base import body_middleware, error_middleware
 from hostagent.api_cluster import ClusterRoutes
+from hostagent.api_consoles import ConsoleRoutes
 from hostagent.api_instances import InstanceRoutes
 from hostagent.api_internal import InternalRoutes
 from hostagent.api_networks import NetworkRoutes
@@ -26,7 +27,7 @@ from hostagent.api_tags import TagRoutes
 from hostagent.openapi import SCHEMAS, body_schema, openapi_document
 
 
-class Api(ClusterRoutes, NodeRoutes, InstanceRoutes, InternalRoutes, TagRoutes, NetworkRoutes):
+class Api(ClusterRoutes, NodeRoutes, InstanceRoutes, ConsoleRoutes, InternalRoutes, TagRoutes, NetworkRoutes):
     """Every handler on one object, so the route table binds them all from one instance.
 
     The groups share only ApiBase's state (the agent) and helpers, so their
@@ -88,6 +89,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/instances/{name}/tags", Api.instance_tags, WRITE),
     Route("POST", "/v1/instances/{name}/{action}", Api.instance_action, WRITE),
     Route("GET", "/v1/instances/{name}/console", Api.instance_console, WRITE),  # typing into it changes the guest
+    Route("GET", "/v1/instances/{name}/vnc", Api.instance_vnc, WRITE),  # its password, for vnc=tcp
+    Route("GET", "/v1/instances/{name}/vnc/stream", Api.instance_vnc_stream, WRITE),  # a keyboard and a mouse
     Route("GET", "/v1/networks", Api.network_list, READ),
     Route("POST", "/v1/networks", Api.network_add, ADMIN),
     Route("GET", "/v1/networks/{name}", Api.network_info, READ),

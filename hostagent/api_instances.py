@@ -1,4 +1,4 @@
-"""Instance routes of the API and what users track beside them: instances, consoles, events, jobs, OS, users.
+"""Instance routes of the API and what users track beside them: instances, events, jobs, OS, users.
 
 These are what `corral instance|job|os|user ...` and `corral events` call.
 """
@@ -6,18 +6,16 @@ These are what `corral instance|job|os|user ...` and `corral events` call.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from kvm.cmdline import run_paths
 from storage.osdef import OsDefinition
 
-from hostagent import auth, callers, model, pki, users, views
+from hostagent import model, users, views
 from hostagent.api_base import ApiBase
-from hostagent.errors import BadRequest, Conflict, NotFound
+from hostagent.errors import BadRequest, NotFound
 from hostagent.node_ops import NodeOperations
 from hostagent.operations import Operations
 
@@ -146,97 +144,6 @@ class InstanceRoutes(ApiBase):
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
             return await self._accepted(await ops.submit_simple("instance.remove", name, {}))
         return await self._on_master(request, run)
-
-    async def instance_console(self, request: web.Request) -> web.StreamResponse:
-        """Bridge a websocket to the instance's serial console socket (relayed from its node if elsewhere).
-
-        A request that is not a websocket upgrade is answered 426 before anything else: the guest's
-        console takes one client at a time, so opening it for a request that cannot use it would
-        hold it from the operator who can."""
-        name = request.match_info["name"]
-        ws = web.WebSocketResponse()
-        if not ws.can_prepare(request).ok:
-            return web.json_response(
-                {"error": "upgrade-required", "message": f"the console of instance '{name}' is a websocket: "
-                 "send a GET with `Connection: Upgrade` and `Upgrade: websocket` (`corral instance console`)"},
-                status=426, headers={"Upgrade": "websocket", "Connection": "Upgrade"})
-        self._require_cluster()
-        inst = self.agent.replica.get_json(model.instance_key(name))
-        if inst is None:
-            raise NotFound(f"no instance named '{name}'")
-        if inst["primary_node"] != self.agent.cfg.node_name:
-            peer = request.transport.get_extra_info("peercert") if request.transport else None
-            if pki.peer_node_name(peer) is not None:  # relayed already: one hop only, never a loop
-                raise Conflict(f"instance '{name}' does not run on node '{self.agent.cfg.node_name}' "
-                               f"(its config says '{inst['primary_node']}'); try again in a moment")
-            return await self._relay_console(request, ws, name, inst["primary_node"])
-        path = run_paths(self.agent.cfg.run_dir, name).console_socket
-        if self.agent.qemu.find(name) is None or not os.path.exists(path):
-            raise Conflict(f"instance '{name}' is not running, so it has no console")
-        try:
-            reader, writer = await asyncio.open_unix_connection(path)
-        except OSError as exc:
-            raise Conflict(f"the console of instance '{name}' does not answer ({exc.strerror or exc})") from None
-        try:
-            await ws.prepare(request)
-        except BaseException:
-            writer.close()
-            raise
-
-        async def pump_out() -> None:
-            while data := await reader.read(4096):
-                await ws.send_bytes(data)
-            await ws.close()
-
-        task = asyncio.create_task(pump_out())
-        try:
-            async for msg in ws:
-                if msg.type == WSMsgType.BINARY:
-                    writer.write(msg.data)
-                    await writer.drain()
-                elif msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
-                    break
-        finally:
-            task.cancel()
-            writer.close()
-        return ws
-
-    async def _relay_console(self, request: web.Request, ws: web.WebSocketResponse, name: str,
-                             node_name: str) -> web.StreamResponse:
-        """The console of an instance on another node: a websocket to that node's agent (node certificate,
-        the caller passed along and checked again there), its frames copied both ways."""
-        node = self.agent.replica.get_json(model.node_key(node_name))
-        if node is None or self.agent.nodes is None:
-            raise Conflict(f"instance '{name}' runs on node '{node_name}', which is not in the cluster")
-        caller = request.get(auth.CALLER)
-        headers = {callers.HEADER: caller.to_header()} if caller is not None else None
-        try:
-            remote = await self.agent.nodes.websocket(node["address"], node["api_port"], request.raw_path, headers)
-        except ConnectionError as exc:
-            raise Conflict(f"the console of instance '{name}' is on node '{node_name}': {exc}") from None
-        try:
-            await ws.prepare(request)
-
-            async def pump_out() -> None:
-                async for msg in remote:
-                    if msg.type == WSMsgType.BINARY:
-                        await ws.send_bytes(msg.data)
-                    elif msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR, WSMsgType.CLOSED):
-                        break
-                await ws.close()
-
-            task = asyncio.create_task(pump_out())
-            try:
-                async for msg in ws:
-                    if msg.type == WSMsgType.BINARY:
-                        await remote.send_bytes(msg.data)
-                    elif msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
-                        break
-            finally:
-                task.cancel()
-        finally:
-            await remote.close()
-        return ws
 
     # ---- jobs, OS, users -----------------------------------------------------
     async def event_list(self, request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from typing import Any
 
 from kvm.hvparams import HvParamError, HvParams, kernel_path_problems, parse_hvparams
 
-from hostagent import model, nics, policy, tags
+from hostagent import cdrom, model, nics, policy, tags
 from hostagent.bootpattern import BootPattern, BootPatternError
 from hostagent.errors import BadRequest, Conflict
 from hostagent.placement import REPLICATED, Placement, PlacementError, Request, check_manual, place
@@ -46,7 +46,7 @@ BOOT_PATTERN_MAX_CHARS = 500
 # hvparams of a running instance wait for its next start (hostagent.pending); osparams serve its next install;
 # nics (a list of changes) are checked against the networks and what others hold by hostagent.nics.changed.
 MODIFIABLE = ("priority", "after", "boot_pattern", "boot_timeout_s", "auto_failover", "memory", "vcpus",
-              "hvparams", "osparams", "owner", "description", "nics")
+              "hvparams", "osparams", "owner", "description", "nics", "cdrom")
 OWNER_MAX_CHARS = 128
 DESCRIPTION_MAX_CHARS = 1024
 
@@ -121,6 +121,7 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
         problems.append("owner: this cluster requires an owner for every instance (--owner NAME; "
                         "`cluster modify --require-owner no` lifts it)")
     description = _text("description", req.get("description", ""), DESCRIPTION_MAX_CHARS, problems)
+    cd = None if req.get("cdrom") is None else cdrom.requested(req["cdrom"], problems)
     try:
         instance_tags = tags.checked(req.get("tags") or [], "tags")
     except BadRequest as exc:
@@ -147,7 +148,7 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
                           disks=disks, nics=[model.Nic(**n) for n in nic_list], priority=priority, after=after,
                           boot_pattern=boot_pattern, boot_timeout_s=boot_timeout, auto_failover=auto_failover,
                           hvparams=dict(req.get("hvparams", {})), osparams=osparams,
-                          owner=owner, description=description, tags=instance_tags,
+                          owner=owner, description=description, tags=instance_tags, cdrom=cd,
                           admin_state="down", ctime=now, mtime=now)
 
 
@@ -202,6 +203,8 @@ def check_modify(inst: Mapping[str, Any], req: Mapping[str, Any], records: tuple
             problems.extend(exc.problems)
     if "owner" in req:
         new["owner"] = _text("owner", req["owner"], OWNER_MAX_CHARS, problems)
+    if "cdrom" in req:  # a path, or none: the drive stays, empty (hostagent.cdrom)
+        new["cdrom"] = cdrom.requested(req["cdrom"], problems)
     if "description" in req:
         new["description"] = _text("description", req["description"], DESCRIPTION_MAX_CHARS, problems)
     if "osparams" in req:

@@ -52,6 +52,7 @@ class AgentConfig:
     )
     image_paths: tuple[str, ...] = ("/var/lib/corral/images",)
     kernel_dirs: tuple[str, ...] = DEFAULT_KERNEL_DIRS  # the only places kernel_path/initrd_path may point into
+    iso_dirs: tuple[str, ...] = ("/var/lib/corral/iso",)  # the only places a CD-ROM image may come from
     serf_binary: str = "serf"
     etcd_binary: str = "etcd"
     qemu_binary: str = "qemu-system-x86_64"
@@ -85,7 +86,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
               "etcd_client": "etcd_client_port", "etcd_peer": "etcd_peer_port"},
     "paths": {"state_dir": "state_dir", "run_dir": "run_dir", "log_dir": "log_dir",
               "socket": "socket_path", "file_storage_dir": "file_storage_dir",
-              "os_search_paths": "os_search_paths", "image_paths": "image_paths", "kernel_dirs": "kernel_dirs"},
+              "os_search_paths": "os_search_paths", "image_paths": "image_paths", "kernel_dirs": "kernel_dirs",
+              "iso_dirs": "iso_dirs"},
     "binaries": {"serf": "serf_binary", "etcd": "etcd_binary", "qemu": "qemu_binary"},
     "agent": {"report_interval_s": "report_interval_s",
               "master_lease_ttl_s": "master_lease_ttl_s",
@@ -165,6 +167,10 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> AgentConfig:
         if not os.path.isabs(path) or os.path.normpath(path) in ("/", "//"):
             problems.append(f"paths.kernel_dirs: {path!r} must be an absolute directory other than / "
                             "(kernels and initrds are read from there, e.g. /boot)")
+    for path in values.get("iso_dirs", ()):
+        if not os.path.isabs(path) or os.path.normpath(path) in ("/", "//"):
+            problems.append(f"paths.iso_dirs: {path!r} must be an absolute directory other than / "
+                            "(guests read CD-ROM images from there, e.g. /var/lib/corral/iso)")
     if values.get("volume_group") and vg_name_problem(values["volume_group"]):
         problems.append(f"storage.volume_group: {vg_name_problem(values['volume_group'])}")
     if problems:

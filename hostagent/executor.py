@@ -62,6 +62,8 @@ class NodeExecutor:
         self._install_timeout_s = install_timeout_s
         # (instance name) -> why this node may not start it now (self-fencing), or None
         self.start_guard: Callable[[str], str | None] | None = None
+        # (spec, instance record) -> the spec with its CD-ROM drive and VNC settings (hostagent.media)
+        self.dress: Callable[[InstanceSpec, dict[str, Any]], InstanceSpec] | None = None
 
     async def handle(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op in self._more:
@@ -182,6 +184,8 @@ class NodeExecutor:
         # `incoming`: the URI a live migration arrives on; QEMU then waits for it instead of booting,
         # over TLS, from the node `incoming_from` only.
         spec = await self.spec(inst, args["hvparams"])
+        if self.dress is not None:
+            spec = self.dress(spec, inst)
         if args.get("incoming"):
             spec = dataclasses.replace(spec, incoming=args["incoming"], incoming_tls_dir=self._tls_dir(),
                                        incoming_client=client_identity(args["incoming_from"]))

@@ -171,6 +171,7 @@ class Instance:
     owner: str = ""  # who to ask about it ("whose VM is this?" during an outage)
     description: str = ""
     tags: list[str] = field(default_factory=list)
+    cdrom: str | None = None  # None: no CD-ROM drive; "": a drive, empty; else the ISO in it (hostagent.cdrom)
     admin_state: str = "down"
     ctime: float = 0.0
     mtime: float = 0.0

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from election.etcd import Compare, Op
 from kvm.migration import migration_uri
 
-from hostagent import model, pending, replicas
+from hostagent import cdrom, model, pending, replicas
 from hostagent.checks import PORTS_PER_INSTANCE
 from hostagent.eventlog import event_ops
 from hostagent.restarts import Event
@@ -60,6 +60,7 @@ class Moves:
             self._replicated(inst, verb)
         except JobFailed as exc:
             raise BadRequest(str(exc)) from None
+        await cdrom.check_target(self.ops, inst, str(inst["secondary_node"]), verb)
 
     # ---- helpers -------------------------------------------------------------------
     async def _node(self, name: str) -> dict[str, Any]:

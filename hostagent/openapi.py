@@ -96,6 +96,10 @@ PATHS: dict[str, dict[str, Any]] = {
                                                   "InstanceAction", ("name", "action"))},
     "/v1/instances/{name}/console": {"get": _op("Serial console as a websocket (binary frames)", "101",
                                                 params=("name",), ok_desc="websocket upgrade")},
+    "/v1/instances/{name}/vnc": {"get": _op("How to reach the VNC display: a unix socket on the node, or the "
+                                            "node's address, port and password (vnc=tcp)", params=("name",))},
+    "/v1/instances/{name}/vnc/stream": {"get": _op("VNC display (RFB) as a websocket (binary frames)", "101",
+                                                   params=("name",), ok_desc="websocket upgrade")},
     "/v1/instances/{name}/tags": {"post": _op("Add and remove tags of an instance; answers its tags",
                                               body="TagChange", params=("name",))},
     "/v1/nodes/{name}/tags": {"post": _op("Add and remove tags of a node; answers its tags", body="TagChange",
@@ -137,6 +141,8 @@ _RESTART_FIELDS: dict[str, Any] = {
 _SIZE = {"anyOf": [{"type": "string", "maxLength": 32, "example": "1G"}, {"type": "integer", "minimum": 1}],
          "description": "512M, 1G, 1.5G, or a whole number of MiB"}
 _NAME = {"type": "string", "maxLength": 253}
+_CDROM = {"type": "string", "maxLength": 4096, "example": "/var/lib/corral/iso/debian-12.iso",
+          "description": "an ISO file in the iso_dirs of the instance's node(s), or none (eject)"}
 _PARAMS = {"type": "object", "maxProperties": 64,
            "additionalProperties": {"anyOf": [{"type": "string", "maxLength": 4096}, {"type": "number"},
                                               {"type": "boolean"}]}}
@@ -186,10 +192,11 @@ SCHEMAS: dict[str, Any] = {
             "type": "string", "maxLength": 1024}}, "start": {"type": "boolean"},
         "owner": {"type": "string", "maxLength": 128}, "description": {"type": "string", "maxLength": 1024},
         "tags": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 128}},
-        **_RESTART_FIELDS}},
+        "cdrom": _CDROM, **_RESTART_FIELDS}},
     "InstanceModify": {"type": "object", "description": "only the fields given change; memory, vcpus and "
                        "hvparams of a running instance take effect at its next start (pending)", "properties": {
         **_RESTART_FIELDS, "memory": _SIZE, "vcpus": {"type": "integer", "minimum": 1, "maximum": 255},
+        "cdrom": {**_CDROM, "description": "a running instance with a drive gets it live; none ejects"},
         "hvparams": {**_PARAMS, "additionalProperties": {"anyOf": [
             {"type": "string", "maxLength": 4096}, {"type": "number"}, {"type": "boolean"}], "nullable": True}},
         "osparams": {"type": "object", "maxProperties": 32, "additionalProperties": {

@@ -20,7 +20,7 @@ from election.lease import NotMaster
 from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
 
 from hostagent import model, nics, replicas
-from hostagent import pending
+from hostagent import cdrom, pending, vncpass
 from hostagent.checks import (ClusterView, check_add, check_kernel, check_modify, check_new_name,
                               check_reinstall, check_resources)
 from hostagent.errors import BadRequest, Conflict, NotFound
@@ -190,6 +190,8 @@ class Operations:
 
     async def submit_add(self, req: dict[str, Any]) -> int:
         inst = check_add(req, await self._view(), time.time())
+        if inst.cdrom:
+            await cdrom.check_on(self, inst.cdrom, [inst.primary_node, *filter(None, [inst.secondary_node])])
         # Reserving the name and each MAC makes concurrent adds collide at submit,
         # not half-way through; the instance key itself must still be absent.
         reservations = [model.reservation_key("instance", inst.name)]
@@ -213,6 +215,8 @@ class Operations:
         inst = await self._instance(name)
         target = pending.effective(inst)
         new = check_modify(target, changes, tuple(await self._prefix(model.INSTANCES)), await self.cluster_hv())
+        if changes.get("cdrom") and new.get("cdrom"):
+            await cdrom.check_on(self, new["cdrom"], cdrom.nodes_of(inst))
         reservations = []
         if "nics" in changes:
             await self.check_nic_hotplug(inst)
@@ -347,6 +351,7 @@ class Operations:
         started = time.monotonic()
         steps = 2 if args["start"] else 1
         await ctx.progress(0, steps, "creating disks and installing the OS", started)
+        await vncpass.ensure(self, inst)
         try:
             if inst.get("secondary_node"):
                 await ctx.log(f"creating the disk copies of '{name}' on secondary node '{inst['secondary_node']}'")
@@ -507,6 +512,9 @@ class Operations:
                     await ctx.log(f"WARNING (--force): {line}")
                 if {"boot_pattern", "boot_timeout_s"} & set(changes):
                     await ctx.log("the boot check applies from the next start of the instance")
+                await vncpass.ensure(self, new)
+                if "cdrom" in changes:
+                    await cdrom.apply_live(self, ctx, new)
                 if new.get("pending"):
                     await ctx.log(f"pending: {_pending_words(new['pending'])} take(s) effect at the next restart "
                                   f"of '{name}'" + (" (restarting it now, as asked)" if args.get("restart") else
@@ -611,7 +619,7 @@ class Operations:
                 await ctx.log(f"could not delete the copy on secondary node '{node}' ({exc}); "
                               "`corral cluster verify` lists it as an orphan once that node is back")
         addresses, _ = self.address_writes(inst, None)
-        await self._write([Op.delete(model.instance_key(inst["name"])), *addresses])
+        await self._write([Op.delete(model.instance_key(inst["name"])), *addresses, vncpass.forget(inst["uuid"])])
         await ctx.log(f"instance '{inst['name']}' removed" + (f" (addresses released: {_addresses(inst)})"
                                                               if addresses else ""))
         return {"name": inst["name"]}

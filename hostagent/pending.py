@@ -1,4 +1,5 @@
-"""Changes to a running instance that wait for its next start: memory, vCPUs, hypervisor parameters.
+"""Changes to a running instance that wait for its next start: memory, vCPUs, hypervisor parameters, and the
+first CD-ROM of an instance that started without a drive (hostagent.cdrom).
 
 A QEMU's memory, CPUs and most of its parameters are fixed while it runs (and a
 live migration must start its destination exactly like its source), so
@@ -28,6 +29,9 @@ def split(inst: Mapping[str, Any], target: Mapping[str, Any], running: bool) -> 
     if not running:
         return new
     pending = {k: target[k] for k in RESTART_FIELDS if k in target and target[k] != inst.get(k)}
+    if target.get("cdrom") is not None and inst.get("cdrom") is None:  # no drive in this QEMU (hostagent.cdrom)
+        pending["cdrom"] = target["cdrom"]
+        new["cdrom"] = inst.get("cdrom")
     for key in RESTART_FIELDS:
         if key in inst:
             new[key] = inst[key]

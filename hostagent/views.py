@@ -55,6 +55,7 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
             "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"], "replication": replication,
             "priority": inst.get("priority", "normal"), "after": inst.get("after", []),
             "boot_pattern": inst.get("boot_pattern", ""), "auto_failover": inst.get("auto_failover"),
+            "cdrom": inst.get("cdrom"),
             "boot_timeout_s": (inst.get("boot_timeout_s") or DEFAULT_BOOT_TIMEOUT_S) if inst.get("boot_pattern")
             else 0.0, "boot": seen.get("boot"), "vnc_socket": seen.get("vnc_socket") if observed.pid else None,
             "console_tail": restart.get("console", []) if status == "failed" else

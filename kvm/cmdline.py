@@ -15,9 +15,10 @@ that matter operationally:
   QMP status ``guest-panicked`` instead of exiting, so it is seen and reported.
 """
 
+import ipaddress
 import re
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from kvm.hvparams import HvParams
@@ -26,6 +27,9 @@ DISK_FORMATS = ("raw", "qcow2")
 DISK_MEDIA = ("disk", "cdrom")
 NIC_MODES = ("user", "bridged")
 MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the final NUL
+# hvparam vnc=tcp: QEMU takes the first free port from VNC_PORTS (display = port - 5900), so instances
+# of one node never collide and no port is recorded in the config (`corral instance console --vnc` asks QMP).
+VNC_PORTS = range(11000, 15000)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
@@ -34,7 +38,8 @@ _NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000": "e1000", "rtl8139": "rtl813
 
 @dataclass(frozen=True)
 class DiskSpec:
-    """One disk image; ``media`` 'cdrom' attaches it read-only as a CD-ROM.
+    """One disk image; ``media`` 'cdrom' attaches it read-only as a CD-ROM (``path`` "": the drive is
+    empty, so a medium can be inserted later through QMP, see kvm.media).
 
     ``replicated``: the disk of a replicated template. The guest's device
     then sits on a quorum node that acknowledges a write only once both of
@@ -76,6 +81,10 @@ class InstanceSpec:
     # identity (certificate DN) whose migration stream is accepted; empty: no TLS.
     incoming_tls_dir: str = ""
     incoming_client: str = ""
+    # hvparam vnc=tcp: the address VNC listens on (the node's), and the password QMP sets once QEMU is up
+    # (never on the command line, which every local user can read in /proc).
+    vnc_host: str = ""
+    vnc_password: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,7 @@ def check_spec(spec: InstanceSpec, paths: RunPaths) -> list[str]:
             problems.append(
                 f"disk {index}: media {disk.media!r} is not one of {', '.join(DISK_MEDIA)}"
             )
-        if not disk.path.startswith("/"):
+        if not disk.path.startswith("/") and not (disk.media == "cdrom" and disk.path == ""):
             problems.append(f"disk {index}: path {disk.path!r} must be absolute")
     ide_devices = _count_ide_devices(spec)
     ide_limit = 6 if "q35" in spec.hv.machine else 4
@@ -173,6 +182,8 @@ def check_spec(spec: InstanceSpec, paths: RunPaths) -> list[str]:
         )
     for index, nic in enumerate(spec.nics):
         problems += _check_nic(index, nic)
+    if spec.hv.vnc == "tcp" and not _is_ip(spec.vnc_host):
+        problems.append(f"vnc=tcp needs the node's IP address to listen on, got {spec.vnc_host!r}")
     for label, path in (("QMP socket", paths.qmp_socket), ("console socket", paths.console_socket),
                         ("VNC socket", paths.vnc_socket)):
         if len(path.encode()) > MAX_UNIX_SOCKET_PATH:
@@ -213,7 +224,7 @@ def build_argv(
         "-pidfile", paths.pidfile,
     ]
     argv += _serial(hv, paths)
-    argv += _vnc(hv, paths)
+    argv += _vnc(hv, paths, spec.vnc_host)
     argv += _kernel(hv)
     argv += _devices(spec)
     argv += _hotplug_ports(spec.hv)
@@ -278,14 +289,29 @@ def _serial(hv: HvParams, paths: RunPaths) -> list[str]:
     return ["-chardev", chardev, "-serial", "chardev:serial0"]
 
 
-def _vnc(hv: HvParams, paths: RunPaths) -> list[str]:
-    """VNC on a unix socket in the instance's directory (mode 0700): only root on the node reaches
-    it (e.g. through ``ssh -L``). A loopback TCP port would let every local user and process in,
-    and VNC's own password is 8 characters of DES."""
-    if hv.vnc != "localhost":
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _vnc(hv: HvParams, paths: RunPaths, host: str) -> list[str]:
+    """vnc=localhost: a unix socket in the instance's directory (mode 0700): only root on the node
+    reaches it (``ssh -L``, or the agent's relay). A loopback TCP port would let every local user and
+    process in, and VNC's own password is 8 characters of DES. vnc=tcp: the node's address, a port of
+    VNC_PORTS, and VNC authentication (the password is set through QMP; until then nobody gets in)."""
+    if hv.vnc == "off":
         return []
+    if hv.vnc == "tcp":
+        bracketed = f"[{host}]" if ":" in host else host
+        first, last = VNC_PORTS.start - 5900, VNC_PORTS.stop - 1 - 5900
+        display = f"{bracketed}:{first},to={last},password=on"
+    else:
+        display = f"unix:{_opt(paths.vnc_socket)}"
     return [
-        "-vnc", f"unix:{_opt(paths.vnc_socket)}",
+        "-vnc", display,
         "-device", "VGA",
         "-device", "qemu-xhci,id=usb",
         "-device", "usb-tablet,bus=usb.0",
@@ -327,9 +353,9 @@ def _devices(spec: InstanceSpec) -> list[str]:
     for n, (i, disk) in enumerate(hard):
         slot = next(ide_slots) if hv.disk_bus == "ide" else -1
         argv += _hard_disk(i, disk, hv, first_index["disk"] + n, slot)
-    for n, (i, disk) in enumerate(cdroms):
+    for n, (_, disk) in enumerate(cdroms):
         slot = next(ide_slots) if hv.disk_bus != "scsi" else -1
-        argv += _cdrom(i, disk, hv, first_index["cdrom"] + n, slot)
+        argv += _cdrom(n, disk, hv, first_index["cdrom"] + n, slot)
     for n, (i, nic) in enumerate(nics):
         argv += _nic(i, nic, hv, first_index["network"] + n)
     return argv
@@ -435,19 +461,23 @@ def _onoff(value: bool) -> str:
     return "on" if value else "off"
 
 
+def cdrom_device(n: int) -> str:
+    """The qdev id of the n-th CD-ROM drive, which QMP's medium commands name (kvm.media)."""
+    return f"cdrom{n}"
+
+
 def _cdrom(
-    index: int, disk: DiskSpec, hv: HvParams, bootindex: int, ide_slot: int
+    n: int, disk: DiskSpec, hv: HvParams, bootindex: int, ide_slot: int
 ) -> list[str]:
-    """CD-ROMs go on SCSI when the disks do, else on IDE (virtio-blk has no CD)."""
-    drive = (
-        f"file={_opt(disk.path)},format={disk.format},if=none,id=disk{index},"
-        "media=cdrom,readonly=on"
-    )
+    """CD-ROMs go on SCSI when the disks do, else on IDE (virtio-blk has no CD). Their ids are their
+    own (cd<n>), apart from the disks', so a disk added live never takes a CD-ROM's name."""
+    medium = f"file={_opt(disk.path)},format={disk.format}," if disk.path else ""
+    drive = f"{medium}if=none,id=cd{n},media=cdrom,readonly=on"
     if hv.disk_bus == "scsi":
-        device = f"scsi-cd,bus=scsi0.0,drive=disk{index}"
+        device = f"scsi-cd,bus=scsi0.0,drive=cd{n}"
     else:
-        device = f"ide-cd,{_ide_address(hv.machine, ide_slot)},drive=disk{index}"
-    return ["-drive", drive, "-device", f"{device},bootindex={bootindex}"]
+        device = f"ide-cd,{_ide_address(hv.machine, ide_slot)},drive=cd{n}"
+    return ["-drive", drive, "-device", f"{device},id={cdrom_device(n)},bootindex={bootindex}"]
 
 
 def _nic(index: int, nic: NicSpec, hv: HvParams, bootindex: int) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 ACCELS = ("kvm", "tcg")
 BOOT_DEVICES = ("disk", "cdrom", "network")
-VNC_MODES = ("off", "localhost")
+VNC_MODES = ("off", "localhost", "tcp")  # localhost: a unix socket; tcp: the node's address, a password
 DISK_BUSES = ("virtio", "scsi", "ide")
 DISK_CACHES = ("none", "writeback", "writethrough", "directsync", "unsafe")
 NIC_MODELS = ("virtio", "e1000", "rtl8139")

@@ -26,6 +26,7 @@ import psutil
 
 from kvm.cmdline import InstanceSpec, RunPaths, SpecError, build_argv, run_paths
 from kvm.hvparams import KERNEL_FILE_PARAMS
+from kvm.media import set_vnc_password
 from kvm.qmp import Qmp, QmpError
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ class QemuManager:
                 if proc is None:
                     raise QemuStartError(spec.name, "QEMU exited right after daemonizing", "")
                 await self._wait_qmp_ready(spec.name, proc, paths)
+                if spec.vnc_password:
+                    await self._set_vnc_password(spec.name, paths, spec.vnc_password)
             except BaseException:
                 await self._kill_leftover(paths)
                 _remove_runtime_files(paths)
@@ -219,6 +222,15 @@ class QemuManager:
             raise InstanceNotRunning(name)
         async with await Qmp.connect(paths.qmp_socket, self.qmp_timeout_s) as qmp:
             return await qmp.vnc_address()
+
+    async def _set_vnc_password(self, name: str, paths: RunPaths, password: str) -> None:
+        """Without it a vnc=tcp display lets nobody in: that QEMU still runs, the failure is logged."""
+        try:
+            async with await Qmp.connect(paths.qmp_socket, self.qmp_timeout_s) as qmp:
+                await set_vnc_password(qmp, password)
+        except QmpError as exc:
+            log.warning("instance %r: the VNC password was not set, so its display lets nobody in: %s",
+                        name, exc.reason)
 
     def console_log_tail(self, name: str, lines: int = 20) -> list[str]:
         """Last ``lines`` lines of the serial console log, terminal escapes removed."""

@@ -155,7 +155,7 @@ def test_scsi_disks_and_cdrom_share_one_controller():
     )
     devices = option(build_argv(spec, PATHS), "-device")
     assert devices.count("virtio-scsi-pci,id=scsi0") == 1
-    assert "scsi-cd,bus=scsi0.0,drive=disk1,bootindex=1" in devices
+    assert "scsi-cd,bus=scsi0.0,drive=cd0,id=cdrom0,bootindex=1" in devices
     assert "scsi-hd,bus=scsi0.0,drive=disk0,id=disk0-dev,bootindex=2" in devices
 
 
@@ -168,7 +168,7 @@ def test_ide_devices_get_their_own_bus_on_q35():
     devices = option(build_argv(spec, PATHS), "-device")
     assert "ide-hd,bus=ide.0,drive=disk0,id=disk0-dev,bootindex=1" in devices
     assert "ide-hd,bus=ide.1,drive=disk1,id=disk1-dev,bootindex=2" in devices
-    assert "ide-cd,bus=ide.2,drive=disk2,bootindex=3" in devices
+    assert "ide-cd,bus=ide.2,drive=cd0,id=cdrom0,bootindex=3" in devices
 
 
 def test_ide_devices_use_master_and_slave_on_pc_machine():
@@ -187,9 +187,36 @@ def test_cdrom_is_read_only_ide_when_disks_are_virtio():
     spec = dataclasses.replace(make_spec(), disks=(DiskSpec("/d/c.iso", "raw", "cdrom"),))
     argv = build_argv(spec, PATHS)
     assert option(argv, "-drive") == [
-        "file=/d/c.iso,format=raw,if=none,id=disk0,media=cdrom,readonly=on"
+        "file=/d/c.iso,format=raw,if=none,id=cd0,media=cdrom,readonly=on"
     ]
-    assert "ide-cd,bus=ide.0,drive=disk0,bootindex=1" in option(argv, "-device")
+    assert "ide-cd,bus=ide.0,drive=cd0,id=cdrom0,bootindex=1" in option(argv, "-device")
+
+
+def test_an_empty_cdrom_drive_has_no_medium_so_one_can_be_inserted_live():
+    spec = dataclasses.replace(make_spec(boot="cdrom"), disks=(DiskSpec("/d/a.raw", "raw"), DiskSpec("", "raw", "cdrom")))
+    argv = build_argv(spec, PATHS)
+    assert "if=none,id=cd0,media=cdrom,readonly=on" in option(argv, "-drive")
+    assert "ide-cd,bus=ide.0,drive=cd0,id=cdrom0,bootindex=1" in option(argv, "-device")
+
+
+def test_only_a_cdrom_may_have_no_path():
+    spec = dataclasses.replace(make_spec(), disks=(DiskSpec("", "raw"),))
+    with pytest.raises(SpecError, match="must be absolute"):
+        build_argv(spec, PATHS)
+
+
+def test_vnc_tcp_listens_on_the_node_address_with_a_password_never_on_the_command_line():
+    spec = dataclasses.replace(make_spec(vnc="tcp"), vnc_host="192.0.2.11", vnc_password="s3cret99")
+    argv = build_argv(spec, PATHS)
+    assert option(argv, "-vnc") == ["192.0.2.11:5100,to=9099,password=on"]
+    assert not any("s3cret99" in a for a in argv) and "s3cret99" not in repr(spec)
+    v6 = dataclasses.replace(spec, vnc_host="2001:db8::1")
+    assert option(build_argv(v6, PATHS), "-vnc") == ["[2001:db8::1]:5100,to=9099,password=on"]
+
+
+def test_vnc_tcp_without_the_node_address_is_refused():
+    with pytest.raises(SpecError, match="vnc=tcp needs the node's IP address"):
+        build_argv(make_spec(vnc="tcp"), PATHS)
 
 
 def test_too_many_ide_devices_are_rejected():
