@@ -57,6 +57,10 @@ def changed(nics: list[dict[str, Any]], changes: list[dict[str, Any]], nets: Map
     new = [dict(n) for n in nics]
     lines: list[str] = []
     pinned: list[dict[str, Any]] = []
+    for i, nic in enumerate(new):  # the instance's own NICs hold theirs too, until changed or removed
+        taken.macs.add(nic["mac"])
+        if nic.get("network") and nic.get("ip"):
+            taken.ips.setdefault(nic["network"], {})[nic["ip"]] = f"nic {i} of this instance"
     problems: Problems = []
     for change in changes:
         action, params = change.get("action"), {k: v for k, v in change.items() if k not in ("action", "index")}
@@ -75,6 +79,7 @@ def changed(nics: list[dict[str, Any]], changes: list[dict[str, Any]], nets: Map
                             f"{action}: nic {index!r}: the instance has no NICs")
         elif action == "remove":
             gone = new.pop(index)
+            _release(gone, taken)
             lines.append(f"nic {index} removed (was {describe(gone)})")
             pinned.append(change)
         else:
@@ -82,9 +87,7 @@ def changed(nics: list[dict[str, Any]], changes: list[dict[str, Any]], nets: Map
                 problems.append(f"modify nic {index}: nothing to change (give {', '.join(KEYS)})")
                 continue
             was = new[index]
-            taken.macs.discard(was["mac"])
-            if was.get("network") and was.get("ip"):
-                taken.ips.get(was["network"], {}).pop(was["ip"], None)
+            _release(was, taken)
             new[index] = _resolved(index, params, was, nets, taken, rng, problems)
             lines.append(f"nic {index}: {describe(was)} -> {describe(new[index])}")
             pinned.append({**change, "mac": new[index]["mac"], "ip": new[index]["ip"]})
@@ -211,6 +214,12 @@ def _ip(where: str, spec: Mapping[str, Any], was: Mapping[str, Any], net_name: s
         return ""
     held[ip] = "another NIC of this request"
     return ip
+
+
+def _release(nic: Mapping[str, Any], taken: Taken) -> None:
+    taken.macs.discard(nic["mac"])
+    if nic.get("network") and nic.get("ip"):
+        taken.ips.get(nic["network"], {}).pop(nic["ip"], None)
 
 
 def _count(n: int) -> str:

@@ -82,3 +82,14 @@ def test_taken_by_others_leaves_out_the_instance_itself_and_counts_running_jobs(
     taken = nics.taken_by_others(records, "a", {"lan": {"10.0.0.4": "job 7 (still running)"}})
     assert taken.macs == {"m2"}
     assert taken.ips == {"lan": {"10.0.0.3": "instance 'b' nic 0", "10.0.0.4": "job 7 (still running)"}}
+
+
+def test_modify_counts_the_instances_other_nics_and_frees_what_a_removed_nic_held():
+    current = build([{"network": "lan", "ip": "10.0.0.5"}, {"network": "lan", "ip": "10.0.0.6"}])
+    with pytest.raises(Conflict, match="ip 10.0.0.6 of network 'lan' is already used by nic 1 of this instance"):
+        nics.changed(current, [{"action": "modify", "index": 0, "ip": "10.0.0.6"}], NETS, nics.Taken(),
+                     random.Random(1))
+    new, _, _ = nics.changed(current, [{"action": "remove", "index": 1},
+                                       {"action": "modify", "index": 0, "ip": "10.0.0.6"}], NETS, nics.Taken(),
+                             random.Random(1))
+    assert [n["ip"] for n in new] == ["10.0.0.6"]
