@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -326,6 +327,30 @@ def started(root: str):
         except psutil.Error:
             continue
         wait_until(lambda: is_gone(pid), timeout_s=5)
+
+
+def console_answer(node: AgentNode, name: str) -> bytes:
+    """What `corral instance console` shows within 30 s of typing `echo hi-$((6*7))`, then Ctrl-]."""
+    proc = subprocess.Popen([str(BIN / "corral"), "instance", "console", name], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "CORRAL_SOCKET": node.socket})
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"hi-42" not in seen and time.monotonic() < deadline:
+            proc.stdin.write(b"echo hi-$((6*7))\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if ready:
+                seen += os.read(proc.stdout.fileno(), 4096)
+        proc.stdin.write(b"\x1d")
+        proc.stdin.flush()
+        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    return seen
 
 
 @pytest.fixture(scope="module")

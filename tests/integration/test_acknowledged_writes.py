@@ -136,6 +136,12 @@ def test_a_copy_that_hangs_while_its_node_is_fine_is_cut_outdated_and_the_guest_
         wait_for(lambda: not n1.json("instance", "info", "a1")["replication"]["in_sync"], 60,
                  "the copy of a1 to be recorded out of date")
         wait_for(lambda: numbers(console(primary, "a1"))[-1] > before + 5, 60, "the guest to go on writing")
+        # The master soon starts a new copy toward the stopped export: QEMU would hang on it (and the guest
+        # with it) if the primary let it connect to an export that accepts but never answers.
+        wait_for(lambda: any("does not greet" in node.log_tail(400) for node in ack_cluster.alive()), 60,
+                 "the master's next copy to be refused for an export that does not greet")
+        going = numbers(console(primary, "a1"))[-1]
+        wait_for(lambda: numbers(console(primary, "a1"))[-1] > going + 5, 30, "the guest to keep writing")
         info = n1.json("instance", "info", "a1")["replication"]
         last = info["last_degraded"]
         assert last and last["at"] >= began - 1, info

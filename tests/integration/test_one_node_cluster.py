@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import socket
 import ssl
 import stat
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import BIN, GUEST_DIR, AgentNode, wait_for
+from conftest import GUEST_DIR, AgentNode, console_answer, wait_for
 
 from hostagent.priority import CONTROL_NICE
 
@@ -101,36 +99,12 @@ def test_a_console_get_without_websocket_upgrade_is_told_to_upgrade_and_leaves_t
             urllib.request.urlopen(req, context=ctx, timeout=30)
         assert err.value.code == 426 and err.value.headers["Upgrade"] == "websocket"
         assert "the console of instance 'g1' is a websocket" in json.loads(err.value.read())["message"]
-    assert b"hi-42" in _console_answer(one_node, "g1")
-
-
-def _console_answer(node: AgentNode, name: str) -> bytes:
-    """What `corral instance console` shows within 30 s of typing `echo hi-$((6*7))`, then Ctrl-]."""
-    proc = subprocess.Popen([str(BIN / "corral"), "instance", "console", name], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "CORRAL_SOCKET": node.socket})
-    seen = b""
-    try:
-        deadline = time.monotonic() + 30
-        while b"hi-42" not in seen and time.monotonic() < deadline:
-            proc.stdin.write(b"echo hi-$((6*7))\n")
-            proc.stdin.flush()
-            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-            if ready:
-                seen += os.read(proc.stdout.fileno(), 4096)
-        proc.stdin.write(b"\x1d")
-        proc.stdin.flush()
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    return seen
+    assert b"hi-42" in console_answer(one_node, "g1")
 
 
 def test_console_reaches_the_guest_shell(one_node):
     """`corral instance console` relays keystrokes to the guest and its answer back; Ctrl-] detaches."""
-    assert b"hi-42" in _console_answer(one_node, "g1")
+    assert b"hi-42" in console_answer(one_node, "g1")
     assert one_node.instance("g1")["status"] == "running"
 
 
@@ -249,7 +223,6 @@ def test_mac_addresses_are_unique_in_the_cluster(one_node):
 
 
 def test_malformed_agent_config_is_refused_with_every_problem(tmp_path):
-    import subprocess
     import sys
     bad = tmp_path / "agent.toml"
     bad.write_text('[node]\nname = "Bad Name"\n[ports]\napi = "x"\n')
