@@ -99,6 +99,35 @@ def changed(nics: list[dict[str, Any]], changes: list[dict[str, Any]], nets: Map
     return new, lines, pinned
 
 
+@dataclass(frozen=True)
+class LivePlan:
+    """How NIC changes reach a running guest: the NICs to unplug (last first), then those to plug, in order."""
+
+    unplug: tuple[int, ...]
+    plug: tuple[int, ...]
+
+
+def live_plan(name: str, count: int, changes: Sequence[Mapping[str, Any]], after: int) -> LivePlan:
+    """The hot-plug steps for changes (as `changed` pinned them) to an instance whose QEMU has `count` NICs
+    and will have `after`. QEMU's devices and taps are named by index, so a running guest may gain NICs at the
+    end and lose its last ones; removing one before others, or changing one, renumbers or rewires a NIC the
+    guest holds: that waits for a stop (Conflict, naming the change)."""
+    held = [True] * count  # True: a NIC the guest has now; False: one these changes add
+    for change in changes:
+        action, index = change.get("action"), change.get("index")
+        if action == "add":
+            held.append(False)
+        elif action == "remove" and index == len(held) - 1:
+            held.pop()
+        else:
+            what = f"nic {index} is changed" if action == "modify" else f"nic {index} is removed while later ones stay"
+            raise Conflict(f"instance '{name}' is running: {what}, which needs it stopped (a running guest only gains "
+                           f"NICs at the end and loses its last one): `corral instance stop {name}`, modify it, "
+                           "then start it")
+    kept = held.index(False) if False in held else len(held)
+    return LivePlan(unplug=tuple(range(count - 1, kept - 1, -1)), plug=tuple(range(kept, after)))
+
+
 def describe(nic: Mapping[str, Any]) -> str:
     """One NIC in operator words: 'bridged on br0 vlan 10, network 'lan' ip 10.0.0.2, mac 52:54:00:..'."""
     words = "user-mode" if nic.get("mode") == "user" else f"bridged on {nic.get('bridge')}"

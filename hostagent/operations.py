@@ -219,8 +219,8 @@ class Operations:
             await cdrom.check_on(self, new["cdrom"], cdrom.nodes_of(inst))
         reservations = []
         if "nics" in changes:
-            await self.check_nic_hotplug(inst)
             new["nics"], _, changes["nics"] = await self._changed_nics(target, changes["nics"])
+            await self.nic_live_plan(inst, changes["nics"], len(new["nics"]))
             reservations = [model.reservation_key("mac", mac) for mac in
                             {n["mac"] for n in new["nics"]} - {n["mac"] for n in target["nics"]}]
             reservations += [model.reservation_key("ip", key[len(model.ADDRESSES):]) for key in
@@ -234,14 +234,46 @@ class Operations:
             "instance.modify", {"name": name, "changes": changes, "restart": restart, "force": force},
             f"modify instance '{name}'", reservations=reservations, must_exist=[model.instance_key(name)])
 
-    async def check_nic_hotplug(self, inst: dict[str, Any]) -> None:
-        """Whether the NICs of `inst` may change now. The one place NIC hot-plug gets wired in: until the
-        node can add and remove a running guest's NICs (QMP netdev_add/device_add), only a stopped instance's."""
-        if await self._running(inst):
-            name = inst["name"]
-            raise Conflict(f"instance '{name}' is running (or marked up) on node '{inst['primary_node']}': its NICs "
-                           f"change only while it is stopped (no NIC hot-plug yet): `corral instance stop {name}`, "
-                           "modify it, then start it")
+    async def nic_live_plan(self, inst: dict[str, Any], changes: list[dict[str, Any]],
+                            after: int) -> nics.LivePlan | None:
+        """How pinned NIC `changes` reach the guest now (hot-plug), or None when it is stopped (the config alone)."""
+        if not await self._running(inst):
+            return None
+        return nics.live_plan(inst["name"], len(inst.get("nics") or []), changes, after)
+
+    async def _nics_live(self, ctx: JobContext, inst: dict[str, Any], new: list[dict[str, Any]],
+                         plan: nics.LivePlan, done: list[tuple[str, int]]) -> None:
+        """Unplug, then plug, on the primary before the config says so, each step recorded in `done` (the
+        caller undoes them with `_nics_undo` unless the config is then written)."""
+        name, node = inst["name"], inst["primary_node"]
+        hv = self.merged_hv(await self.cluster_hv(), inst)
+        for index in plan.unplug:
+            await self._order(node, "instance.nic-unplug", {"name": name, "index": index})
+            done.append(("unplug", index))
+            await ctx.log(f"nic {index} of '{name}' unplugged from the running guest on node '{node}'")
+        for index in plan.plug:
+            answer = await self._order(node, "instance.nic-hotplug",
+                                       {"name": name, "index": index, "nic": new[index], "hvparams": hv})
+            done.append(("plug", index))
+            await ctx.log(f"nic {index} of '{name}' " + ("hot-plugged into the running guest on node "
+                                                          f"'{node}'" if answer.get("plugged") else
+                                                          "added (its QEMU is not running: at its next start)"))
+
+    async def _nics_undo(self, ctx: JobContext, inst: dict[str, Any], done: list[tuple[str, int]]) -> None:
+        """Best effort, last step first: the guest's NICs as the (unchanged) config has them."""
+        name, node, old = inst["name"], inst["primary_node"], inst.get("nics") or []
+        hv = self.merged_hv(await self.cluster_hv(), inst)
+        for step, index in reversed(done):
+            try:
+                if step == "plug":
+                    await self._order(node, "instance.nic-unplug", {"name": name, "index": index})
+                else:
+                    await self._order(node, "instance.nic-hotplug",
+                                      {"name": name, "index": index, "nic": old[index], "hvparams": hv})
+                await ctx.log(f"nic {index} of '{name}': {step} undone (the config did not change)")
+            except JobFailed as exc:
+                await ctx.log(f"WARNING: could not undo the {step} of nic {index} of '{name}' ({exc}); "
+                              f"`corral instance reboot {name}` makes the guest's NICs the config's again")
 
     async def _changed_nics(self, inst: dict[str, Any], changes: Any,
                             job_id: int | None = None) -> tuple[list[dict[str, Any]], list[str], list[dict[str, Any]]]:
@@ -471,7 +503,17 @@ class Operations:
     async def _job_modify(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         """Written only if the instance and those its `after` chain reaches are as checked: two modifies
         at once cannot close a cycle between them."""
+        live: list[tuple[str, int]] = []  # NIC hot-plug steps done: once, undone unless the config says so
+        inst = await self._instance(args["name"])
+        try:
+            return await self._modify_tries(ctx, args, live)
+        except BaseException:
+            await self._nics_undo(ctx, inst, live)
+            raise
+
+    async def _modify_tries(self, ctx: JobContext, args: dict[str, Any], live: list[tuple[str, int]]) -> dict[str, Any]:
         name, changes = args["name"], args["changes"]
+        plugged = False
         for _ in range(MODIFY_TRIES):
             kvs, _ = await self.role.client.get_prefix(model.INSTANCES)
             records = {str(rec["name"]): (kv, rec) for kv in kvs for rec in [model.loads(kv.value)]}
@@ -482,8 +524,11 @@ class Operations:
             wanted = check_modify(target, changes, tuple(rec for _, rec in records.values()), await self.cluster_hv())
             nic_lines: list[str] = []
             if "nics" in changes:
-                await self.check_nic_hotplug(inst)
                 wanted["nics"], nic_lines, _ = await self._changed_nics(target, changes["nics"], ctx.job["id"])
+                plan = await self.nic_live_plan(inst, changes["nics"], len(wanted["nics"]))
+                if plan is not None and not plugged:
+                    await self._nics_live(ctx, inst, wanted["nics"], plan, live)
+                    plugged = True
             view = await self._view()
             check_kernel(target, wanted, view)
             short = check_resources(target, wanted, view, time.time())
@@ -501,9 +546,10 @@ class Operations:
                 token, [Op.put(model.instance_key(name), model.dumps(new)), *addresses],
                 extra_compares=[*(Compare.mod_revision(kv.key, "=", kv.mod_revision) for kv in kept), *free])
             if result.succeeded:
+                live.clear()  # written: nothing to undo
                 for line in nic_lines:
                     await ctx.log(f"instance '{name}': {line}")
-                if nic_lines:
+                if nic_lines and not plugged:
                     await ctx.log(f"the NICs of '{name}' take effect at its next start")
                 for key in (k for k in changes if k != "nics"):
                     field = {"memory": "memory_mib"}.get(key, key)

@@ -193,7 +193,13 @@ async def _devices(qmp: Qmp) -> set[str]:
 
 async def _unplug(qmp: Qmp, device: str, what: str, timeout_s: float) -> None:
     """device_del, then wait (bounded) for the guest to let the device go."""
-    await qmp.execute("device_del", {"id": device})
+    try:
+        await qmp.execute("device_del", {"id": device})
+    except QmpError as exc:
+        if "does not support hotplugging" in exc.reason:
+            raise HotplugError(what, "it came with the instance's start, on a bus without hot-plug (the q35 "
+                                     "machine's root bus): stop the instance to remove it") from exc
+        raise HotplugError(what, f"QEMU refused it: {exc.reason}") from exc
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while (remaining := deadline - loop.time()) > 0:

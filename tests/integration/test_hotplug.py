@@ -80,3 +80,42 @@ def test_memory_and_vcpus_changed_while_running_reach_the_guest_at_its_reboot(wa
         assert not node.json("instance", "info", "mem1").get("pending")
     finally:
         node.corral("instance", "remove", "mem1")
+
+
+def test_a_nic_is_hot_added_and_its_last_one_removed_and_others_wait_for_a_stop(watched):
+    node = watched
+    node.ok("instance", "add", "net1", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M")
+    try:
+        first = node.json("instance", "info", "net1")["nics"][0]["mac"]
+        assert boot(node, "net1", 1)[3] == first
+        printed(node, "net1", "CORRAL-GUEST-WATCHING")
+
+        out = node.ok("instance", "modify", "net1", "--net", "add:mode=user")
+        assert "nic 1 of 'net1' hot-plugged into the running guest on node 'n1'" in out
+        second = node.json("instance", "info", "net1")["nics"][1]["mac"]
+        printed(node, "net1", f"CORRAL-GUEST-NIC-ADDED {second}")
+
+        before = node.json("instance", "info", "net1")["nics"]
+        for change, words in (("0:remove", "nic 0 is removed while later ones stay"),
+                              ("1:modify,mac=52:54:00:aa:bb:cc", "nic 1 is changed")):
+            result = node.corral("instance", "modify", "net1", "--net", change)
+            assert result.returncode != 0 and words in result.stderr and "corral instance stop net1" in result.stderr
+        assert node.json("instance", "info", "net1")["nics"] == before
+
+        out = node.ok("instance", "modify", "net1", "--net", "1:remove")
+        assert "nic 1 of 'net1' unplugged from the running guest" in out
+        printed(node, "net1", f"CORRAL-GUEST-NIC-REMOVED {second}")
+        assert [n["mac"] for n in node.json("instance", "info", "net1")["nics"]] == [first]
+
+        # The NIC the instance started with sits on q35's root bus, which has no hot-plug: refused, nothing changed.
+        cold = node.corral("instance", "modify", "net1", "--net", "0:remove")
+        assert cold.returncode != 0 and "stop the instance to remove it" in cold.stderr + cold.stdout, cold
+        assert [n["mac"] for n in node.json("instance", "info", "net1")["nics"]] == [first]
+
+        node.ok("instance", "modify", "net1", "--net", "add:mode=user")
+        third = node.json("instance", "info", "net1")["nics"][1]["mac"]
+        printed(node, "net1", f"CORRAL-GUEST-NIC-ADDED {third}")
+        node.ok("instance", "reboot", "net1")
+        assert boot(node, "net1", 2)[3] == f"{first},{third}"  # the config's NICs, in its order
+    finally:
+        node.corral("instance", "remove", "net1")

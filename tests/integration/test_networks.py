@@ -129,7 +129,7 @@ def test_nics_of_a_stopped_instance_change_in_one_job_and_the_guest_boots_with_t
 
 def test_bad_nic_changes_are_refused_and_nothing_changes(node):
     before = node.json("instance", "info", "web1")["nics"]
-    assert "instance 'web1' is running" in refused(node, "instance", "modify", "web1", "--net", "1:remove")
+    assert "instance 'web1' is running" in refused(node, "instance", "modify", "web1", "--net", "0:remove")
     node.ok("instance", "stop", "web1")
     for change, words in (("0:modify,ip=10.10.0.5", "ip 10.10.0.5 of network 'lan' is already used by nic 1 "
                                                     "of this instance"),

@@ -93,3 +93,22 @@ def test_modify_counts_the_instances_other_nics_and_frees_what_a_removed_nic_hel
                                        {"action": "modify", "index": 0, "ip": "10.0.0.6"}], NETS, nics.Taken(),
                              random.Random(1))
     assert [n["ip"] for n in new] == ["10.0.0.6"]
+
+
+def test_a_running_guest_gains_nics_at_the_end_and_loses_its_last() -> None:
+    add, last = {"action": "add"}, {"action": "remove", "index": 1}
+    assert nics.live_plan("web", 2, [add], 3) == nics.LivePlan(unplug=(), plug=(2,))
+    assert nics.live_plan("web", 2, [last], 1) == nics.LivePlan(unplug=(1,), plug=())
+    assert nics.live_plan("web", 2, [last, add], 2) == nics.LivePlan(unplug=(1,), plug=(1,))
+    assert nics.live_plan("web", 1, [add, {"action": "remove", "index": 1}], 1) == nics.LivePlan((), ())
+    assert nics.live_plan("web", 2, [last, {"action": "remove", "index": 0}], 0) == nics.LivePlan((1, 0), ())
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"action": "remove", "index": 0}, "nic 0 is removed while later ones stay"),
+    ({"action": "modify", "index": 1, "ip": "10.0.0.9"}, "nic 1 is changed"),
+])
+def test_a_change_that_renumbers_or_rewires_a_running_guest_s_nic_waits_for_a_stop(change, words) -> None:
+    with pytest.raises(Conflict, match=words) as err:
+        nics.live_plan("web", 2, [change], 2)
+    assert "corral instance stop web" in str(err.value)
