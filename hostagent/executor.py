@@ -188,7 +188,8 @@ class NodeExecutor:
             spec = self.dress(spec, inst)
         if args.get("incoming"):
             spec = dataclasses.replace(spec, incoming=args["incoming"], incoming_tls_dir=self._tls_dir(),
-                                       incoming_client=client_identity(args["incoming_from"]))
+                                       incoming_client=client_identity(args["incoming_from"]),
+                                       placement=tuple(sorted((args.get("placement") or {}).items())))
         for nic, cfg in zip(spec.nics, inst["nics"]):
             if nic.tap:
                 await tap.create_tap(nic.tap, cfg["bridge"], vlan=cfg.get("vlan"))
@@ -288,6 +289,18 @@ class NodeExecutor:
                 return await unplug(qmp)
         except (hotplug.HotplugError, QmpError) as exc:
             raise OrderError(f"instance '{name}': {what} was not unplugged ({exc})") from exc
+
+
+    async def _op_placement(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The hot-plugged devices of the running QEMU and their root ports, for a migration target. Args: name."""
+        name = args["name"]
+        if self._qemu.find(name) is None:
+            raise OrderError(f"instance '{name}' is not running on this node")
+        try:
+            async with await Qmp.connect(self._qemu.paths(name).qmp_socket, HOTPLUG_QMP_TIMEOUT_S) as qmp:
+                return {"placement": await hotplug.placement(qmp)}
+        except QmpError as exc:
+            raise OrderError(f"instance '{name}': where its devices sit is unknown ({exc})") from exc
 
 
 def nic_envs(inst: dict[str, Any], networks: dict[str, Any]) -> list[NicEnv]:

@@ -210,9 +210,10 @@ class Moves:
         target_addr = (await self._node(target))["address"]
         port = int(inst["port_base"]) + PORTS_PER_INSTANCE - 1
         await ctx.log(f"live-migrating instance '{name}' from node '{source}' to node '{target}'")
+        placed = (await self.ops._order(source, "instance.placement", {"name": name}))["placement"]
         await self.ops._order(target, "instance.start",  # only receives: the guest runs there after the outdate
                               {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port),
-                               "incoming_from": source})
+                               "incoming_from": source, "placement": placed})
         switched = False
         try:
             await self._send_memory(ctx, inst, target_addr, port, float(args.get("max_bandwidth_mib_s", 1024)))

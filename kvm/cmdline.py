@@ -85,6 +85,9 @@ class InstanceSpec:
     # (never on the command line, which every local user can read in /proc).
     vnc_host: str = ""
     vnc_password: str = field(default="", repr=False)
+    # A live migration's target: the disks and NICs the source has on its spare root ports (device id ->
+    # port, kvm.hotplug.placement), so the target's devices sit where the arriving guest state expects them.
+    placement: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,6 @@ def build_argv(
     argv += _vnc(hv, paths, spec.vnc_host)
     argv += _kernel(hv)
     argv += _devices(spec)
-    argv += _hotplug_ports(spec.hv)
     if spec.incoming:
         argv += _incoming(spec)
     return argv
@@ -358,7 +360,27 @@ def _devices(spec: InstanceSpec) -> list[str]:
         argv += _cdrom(n, disk, hv, first_index["cdrom"] + n, slot)
     for n, (i, nic) in enumerate(nics):
         argv += _nic(i, nic, hv, first_index["network"] + n)
-    return argv
+    return _placed(argv, dict(spec.placement), hv)
+
+
+def _placed(argv: list[str], placement: dict[str, str], hv: HvParams) -> list[str]:
+    """The spare root ports after every device on the root bus (so those keep their PCI slots), then the
+    devices a migration source has on those ports, each moved onto its port with what it needs (-blockdev,
+    -drive, -netdev) moved along."""
+    early: list[str] = []
+    late: list[str] = []
+    group: list[str] = []
+    for arg in argv:
+        group.append(arg)
+        if len(group) % 2 == 0 and group[-2] == "-device":
+            device_id = next((p[3:] for p in group[-1].split(",") if p.startswith("id=")), "")
+            if device_id in placement:
+                group[-1] += f",bus={placement[device_id]}"
+                late += group
+            else:
+                early += group
+            group = []
+    return early + group + _hotplug_ports(hv) + late
 
 
 def _ide_address(machine: str, slot: int) -> str:

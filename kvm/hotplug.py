@@ -96,6 +96,26 @@ def free_port(pci: object, slots: int) -> str | None:
     return None
 
 
+def placement_of(pci: object) -> dict[str, str]:
+    """Which device (id) sits on which spare root port, from a ``query-pci`` answer: what a migration
+    target must rebuild (kvm.cmdline InstanceSpec.placement)."""
+    found: dict[str, str] = {}
+    for bus in pci if isinstance(pci, list) else []:
+        for dev in bus.get("devices", []):
+            bridge = dev.get("pci_bridge")
+            port = str(dev.get("qdev_id"))
+            if bridge is None or not port.startswith(hotplug_port(0)[:-1]):
+                continue
+            for child in bridge.get("devices") or []:
+                if child.get("qdev_id"):
+                    found[str(child["qdev_id"])] = port
+    return found
+
+
+async def placement(qmp: Qmp) -> dict[str, str]:
+    return placement_of(await qmp.execute("query-pci"))
+
+
 async def plug_disk(qmp: Qmp, index: int, disk: DiskSpec, hv: HvParams) -> bool:
     """Plug the image in as disk ``index``; False when it already was (nothing done)."""
     problem = _disk_problem(disk, hv)

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from kvm.cmdline import DiskSpec, InstanceSpec, NicSpec, build_argv, run_paths
-from kvm.hotplug import (HotplugError, disk_commands, free_port, nic_commands, plug_disk, unplug_disk,
-                         unplug_nic)
+from kvm.hotplug import (HotplugError, disk_commands, free_port, nic_commands, placement_of, plug_disk,
+                         unplug_disk, unplug_nic)
 from kvm.hvparams import HvParams
 from kvm.qmp import QmpError
 
@@ -80,6 +80,21 @@ def test_q35_gets_its_spare_root_ports_after_every_other_device_and_pc_none():
     assert devices[-2:] == ["pcie-root-port,id=hotplug0,chassis=1", "pcie-root-port,id=hotplug1,chassis=2"]
     pc = dataclasses.replace(spec, hv=HvParams(machine="pc"))
     assert not any("pcie-root-port" in a for a in build_argv(pc, run_paths("/run/corral", "web1")))
+
+
+def test_a_migration_target_puts_the_source_s_hot_plugged_devices_on_the_same_ports():
+    assert placement_of(QUERY_PCI) == {"disk1-dev": "hotplug0"}
+    nics = (NicSpec("52:54:00:00:00:01", "user"), NicSpec("52:54:00:00:00:02", "user"))
+    spec = InstanceSpec(name="web1", uuid="3b6c1f42-9d7e-4c1a-8e0f-2a5b6c7d8e9f", memory_mib=256, vcpus=1,
+                        hv=HvParams(hotplug_slots=2), disks=(DISK,), nics=nics,
+                        placement=(("net1-dev", "hotplug0"),))
+    argv = build_argv(spec, run_paths("/run/corral", "web1"))
+    devices = [argv[i + 1].split(",") for i, a in enumerate(argv[:-1]) if a == "-device"]
+    ids = [next(p for p in d if p.startswith("id=")) for d in devices if any(p.startswith("id=") for p in d)]
+    # the root bus keeps its devices in order, the ports come next, then what sits on them
+    assert ids[-4:] == ["id=net0-dev", "id=hotplug0", "id=hotplug1", "id=net1-dev"]
+    assert "bus=hotplug0" in devices[-1] and not any("bus=hotplug" in p for d in devices[:-1] for p in d)
+    assert argv.index("-netdev", argv.index("pcie-root-port,id=hotplug1,chassis=2")) > 0  # its netdev moved along
 
 
 class FakeQmp:
