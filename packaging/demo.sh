@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo` / `make demo-stop`: a three-node Corral cluster on 127.0.0.1-3 with
+# `make demo` / `make demo-stop`: a three-node Corral cluster on 127.0.100.1-3 with
 # its state under ./.demo, running one test-guest instance on each node and one
 # `mirror` instance (db1) whose disk is copied synchronously from n2 to n3.
 set -euo pipefail
@@ -9,6 +9,9 @@ DEMO=$TOP/.demo
 VENV=${VENV:-$TOP/.venv}
 GUEST=${CORRAL_GUEST_DIR:-/var/cache/corral/guest}
 NODES=(n1 n2 n3)
+# Its own loopback addresses: the tests use 127.0.0.x and others, with ports of their own (disk exports
+# from 11000), so `make test` and `make demo` run side by side.
+NET=127.0.100
 
 corral() { CORRAL_SOCKET="$DEMO/$1/run/agent.sock" "$VENV/bin/corral" "${@:2}"; }
 
@@ -52,7 +55,7 @@ write_config() {  # node index
   # Variables go in through printf, the rest through quoted here-documents: nothing in the text
   # (such as the backticks of a comment) is ever run by the shell.
   {
-    printf '[node]\nname = "%s"\naddress = "127.0.0.%s"\n\n' "$node" "$1"
+    printf '[node]\nname = "%s"\naddress = "%s.%s"\n\n' "$node" "$NET" "$1"
     cat <<'TOML'
 [ports]
 api = 17947
@@ -74,7 +77,7 @@ TOML
 
 start_agent() {  # node index
   local dir=$DEMO/n$1
-  echo "==> starting corral-agent for node n$1 on 127.0.0.$1 (log: .demo/n$1/agent.log)"
+  echo "==> starting corral-agent for node n$1 on $NET.$1 (log: .demo/n$1/agent.log)"
   # Under a restart loop, as systemd's Restart=on-failure would run it: the drill kills agents.
   setsid "$TOP/packaging/supervise-agent.sh" "$VENV/bin/corral-agent" --config "$dir/agent.toml" \
     >"$dir/agent.log" 2>&1 < /dev/null &
@@ -105,8 +108,8 @@ start() {
   corral n1 cluster init --name demo \
     --hv "accel=tcg,kernel_path=$GUEST/vmlinuz,initrd_path=$GUEST/initrd.img,kernel_args=quiet"
   for i in 2 3; do
-    token=$(corral n1 node add "n$i" --address "127.0.0.$i" --json | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-    corral "n$i" cluster join 127.0.0.1:17947 --token "$token"
+    token=$(corral n1 node add "n$i" --address "$NET.$i" --json | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    corral "n$i" cluster join "$NET.1:17947" --token "$token"
   done
   echo "==> waiting for n2 and n3 to become master candidates (etcd members)"
   wait_until 90 "three master candidates" three_candidates || true
@@ -123,7 +126,7 @@ start() {
   corral n1 instance list
   cat <<MSG
 
-The demo cluster is running: three agents (n1, n2, n3) on 127.0.0.1-3, state in .demo/.
+The demo cluster is running: three agents (n1, n2, n3) on $NET.1-3, state in .demo/.
 Point corral at any node and look around:
 
   export PATH=$VENV/bin:\$PATH
