@@ -10,6 +10,7 @@ PACKAGES=(
   serf etcd-server etcd-client            # gossip membership; consensus + replicated config
   qemu-system-x86 qemu-utils              # instances; qemu-img for file disks
   busybox-static cpio kmod e2fsprogs      # the test guest builder
+  genisoimage                             # CD-ROM images in the console tests
   lvm2 drbd-utils                         # the plain and drbd disk templates
   python3 python3-venv python3-pip        # the agent and CLI
   iproute2 socat                          # bridged NICs (ip netns in tests); console checks

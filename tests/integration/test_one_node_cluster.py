@@ -211,7 +211,8 @@ def test_vnc_is_a_unix_socket_only_root_reaches_never_a_tcp_port(one_node):
             assert sock.recv(12) == b"RFB 003.008\n"
         hint = one_node.ok("instance", "console", "v1", "--vnc")
         assert f"ssh -N -L 5901:{path} root@127.0.0.1" in hint
-        assert one_node.corral("instance", "console", "g1", "--vnc").returncode == 1  # g1 has no VNC
+        no_vnc = one_node.corral("instance", "console", "g1", "--vnc")
+        assert no_vnc.returncode == 2 and "its hypervisor parameter vnc is off" in no_vnc.stderr
     finally:
         one_node.ok("instance", "remove", "v1")
 
