@@ -208,10 +208,10 @@ def test_only_a_cdrom_may_have_no_path():
 def test_vnc_tcp_listens_on_the_node_address_with_a_password_never_on_the_command_line():
     spec = dataclasses.replace(make_spec(vnc="tcp"), vnc_host="192.0.2.11", vnc_password="s3cret99")
     argv = build_argv(spec, PATHS)
-    assert option(argv, "-vnc") == ["192.0.2.11:5100,to=9099,password=on"]
+    assert option(argv, "-vnc") == ["192.0.2.11:0,to=999,password=on"]
     assert not any("s3cret99" in a for a in argv) and "s3cret99" not in repr(spec)
     v6 = dataclasses.replace(spec, vnc_host="2001:db8::1")
-    assert option(build_argv(v6, PATHS), "-vnc") == ["[2001:db8::1]:5100,to=9099,password=on"]
+    assert option(build_argv(v6, PATHS), "-vnc") == ["[2001:db8::1]:0,to=999,password=on"]
 
 
 def test_vnc_tcp_without_the_node_address_is_refused():
