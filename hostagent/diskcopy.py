@@ -43,7 +43,7 @@ class NodeDiskCopy:
     def orders(self) -> dict[str, Any]:
         return {"instance.disk-fetch": self._fetch, "instance.disk-fetch-status": self._fetch_status,
                 "instance.disk-grow": self._grow, "instance.disk-paths": self._paths,
-                "instance.disk-add": self._add, "instance.disk-remove": self._remove}
+                "instance.disk-remove": self._remove}
 
     def _progress_file(self, name: str, index: int) -> str:
         return os.path.join(self._dir, f"{name}-disk{index}.progress")
@@ -93,17 +93,6 @@ class NodeDiskCopy:
         async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 10.0) as qmp:
             await hotplug.resize(qmp, index, size_mib * 2**20)
         return {"size_mib": size_mib, "online": True}
-
-    async def _add(self, args: dict[str, Any]) -> dict[str, Any]:
-        """A new blank disk (the instance stopped); one already made by this same order is kept."""
-        name, disk = args["name"], args["disk"]
-        if self._qemu.find(name) is not None:
-            raise OrderError(f"instance '{name}' is running on node '{self._node}'; disks are added while it "
-                             "is stopped")
-        path = self._files.path(name, disk["index"], disk["format"])
-        if not os.path.exists(path):
-            await self._files.create(name, disk["index"], disk["size_mib"], disk["format"])
-        return {"path": path}
 
     async def _remove(self, args: dict[str, Any]) -> dict[str, Any]:
         """Delete one disk and its data (asked for with --destroy-data); never one a running QEMU has open

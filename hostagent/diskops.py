@@ -103,11 +103,8 @@ class DiskOps:
                            f"(`corral instance stop {inst['name']}`): {why}")
 
     async def _hotpluggable(self, inst: dict[str, Any], what: str) -> None:
-        """A file instance's virtio disks come and go while it runs (hot-plug); other disks only while stopped."""
-        if inst.get("disk_template") in QUORUM_TEMPLATES:
-            await self._stopped(inst, what, "a replicated disk is not hot-plugged (its copy on the secondary "
-                                            "cannot join the running mirror yet)")
-            return
+        """Virtio disks come and go while the instance runs (hot-plug; a replicated one's copy is then made
+        or dropped by the running mirror); other disks only while it is stopped."""
         bus = self.ops.merged_hv(await self.ops.cluster_hv(), inst)["disk_bus"]
         if bus != "virtio":
             await self._stopped(inst, what, f"only virtio disks are hot-plugged (its disk_bus is {bus!r})")
@@ -156,33 +153,56 @@ class DiskOps:
     async def _job_add_disk(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         await self.check_add_disk(args["name"], args)
         inst = await self.ops._instance(args["name"])
-        name = inst["name"]
         disk = {"index": len(inst["disks"]), "size_mib": int(args["size_mib"]), "format": args["format"],
                 "uuid": str(uuid.uuid4())}
-        if inst.get("disk_template") not in QUORUM_TEMPLATES:
+        secondary = inst.get("secondary_node") if inst.get("disk_template") in QUORUM_TEMPLATES else None
+        if not secondary:
             return await self._hot_add(ctx, inst, disk)
-        await self.ops._order(inst["primary_node"], "instance.disk-add", {"name": name, "disk": disk})
-        if inst.get("secondary_node"):  # its copy is made at the next start, a full copy of the new disk
-            await self.ops.moves.outdate(name, f"disk {disk['index']} was added; its copy is made at the next start")
-        inst["disks"].append(disk)
-        inst["mtime"] = time.time()
-        await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
-        await ctx.log(f"instance '{name}' has a new disk {disk['index']} of {format_mib(disk['size_mib'])} "
-                      f"({disk['format']}) on node '{inst['primary_node']}'"
-                      + (f"; its copy on '{inst['secondary_node']}' follows at the next start"
-                         if inst.get("secondary_node") else ""))
-        return {"name": name, "disk": disk}
+        name = inst["name"]
+        # The copy's blank file first; then the record out of date before the guest can write to the new disk
+        # (a failover must not land on a copy that lacks it, nor on one of its writes).
+        await self.ops._order(secondary, "instance.replica-prepare", {"name": name, "disks": [disk]})
+        await self.ops.moves.outdate(name, f"disk {disk['index']} was added; its copy is being made")
+        try:
+            done = await self._hot_add(ctx, inst, disk)
+        except Exception:
+            await self._forget_copy(ctx, inst, secondary, disk["index"])
+            raise
+        if done["hotplugged"]:
+            await self.ops.moves.protect(ctx, {**inst, "disks": [*inst["disks"], disk]})
+        else:
+            await ctx.log(f"the copy of disk {disk['index']} on '{secondary}' is made at the next start")
+        return done
+
+    async def _forget_copy(self, ctx: JobContext, inst: dict[str, Any], secondary: str, index: int) -> None:
+        """A disk that was not added: its copy's file deleted, and the others' copies recorded in sync again
+        once the running mirror says so (a new copy generation, nothing to copy)."""
+        try:
+            await self.ops._order(secondary, "instance.disk-remove", {"name": inst["name"], "index": index})
+        except JobFailed as exc:
+            await ctx.log(f"could not delete the copy of disk {index} on node '{secondary}' ({exc}); "
+                          "`corral cluster verify` lists the file as an orphan once the node answers")
+        if await self._running(inst):
+            await self.ops.moves.protect(ctx, inst)
+
+    async def _running(self, inst: dict[str, Any]) -> bool:
+        report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+        return inst["name"] in report.get("instances", {})
 
     async def _hot_add(self, ctx: JobContext, inst: dict[str, Any], disk: dict[str, Any]) -> dict[str, Any]:
         """The file made and, if the instance runs, plugged in (the node deletes it again if that fails);
         recorded only then, so the config never names a disk its QEMU lacks, nor the other way round."""
         name, node = inst["name"], inst["primary_node"]
         hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
-        done = await self.ops._order(node, "instance.disk-hotplug", {"name": name, "disk": disk, "hvparams": hv})
-        inst["disks"].append(disk)
-        inst["mtime"] = time.time()
         try:
-            await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
+            done = await self.ops._order(node, "instance.disk-hotplug", {
+                "name": name, "disk": disk, "hvparams": hv,
+                "replicated": inst.get("disk_template") in QUORUM_TEMPLATES})
+        except JobFailed as exc:
+            raise JobFailed(f"no disk was added to '{name}': {exc}") from exc
+        try:
+            await self.ops._write([Op.put(model.instance_key(name), model.dumps(
+                {**inst, "disks": [*inst["disks"], disk], "mtime": time.time()}))])
         except Exception:
             await self.ops._order(node, "instance.disk-unplug", {"name": name, "index": disk["index"]})
             await self.ops._order(node, "instance.disk-remove", {"name": name, "index": disk["index"]})
@@ -196,24 +216,34 @@ class DiskOps:
         await self.check_remove_disk(args["name"], args)
         inst = await self.ops._instance(args["name"])
         name, index = inst["name"], int(args["disk"])
-        if inst.get("disk_template") not in QUORUM_TEMPLATES:  # out of a running guest first (its QEMU, if any)
+        disk = inst["disks"][index]
+        rest = {**inst, "disks": [d for d in inst["disks"] if d["index"] != index], "mtime": time.time()}
+        secondary = inst.get("secondary_node")
+        mirrored = bool(secondary) and await self._running(inst)
+        if mirrored:  # its copy leaves the running mirror, recorded out of date first (the guest still writes)
+            await self.ops.moves.outdate(name, f"disk {index} is being removed")
+            await self.ops._order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": [disk]})
+        try:  # out of a running guest first (its QEMU, if any)
             unplugged = await self.ops._order(inst["primary_node"], "instance.disk-unplug",
                                               {"name": name, "index": index})
-            if unplugged["unplugged"]:
-                await ctx.log(f"disk {index} of '{name}' unplugged: the guest let it go")
-        if inst.get("secondary_node"):
-            await self.ops._order(inst["secondary_node"], "instance.replica-unexport",
-                                  {"name": name, "disks": inst["disks"]})
-        inst["disks"] = [d for d in inst["disks"] if d["index"] != index]
-        inst["mtime"] = time.time()
-        await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])  # first: no dangling disk
-        for node in filter(None, (inst["primary_node"], inst.get("secondary_node"))):
+        except JobFailed:
+            if mirrored:  # the disk stays: its copy is made again
+                await self.ops.moves.protect(ctx, inst)
+            raise
+        if unplugged["unplugged"]:
+            await ctx.log(f"disk {index} of '{name}' unplugged: the guest let it go")
+        await self.ops._write([Op.put(model.instance_key(name), model.dumps(rest))])  # first: no dangling disk
+        for node in filter(None, (inst["primary_node"], secondary)):
             try:
+                if node == secondary:  # its export holds the copy open
+                    await self.ops._order(node, "instance.replica-unexport", {"name": name, "disks": [disk]})
                 await self.ops._order(node, "instance.disk-remove", {"name": name, "index": index})
             except JobFailed as exc:
                 await ctx.log(f"could not delete disk {index} on node '{node}' ({exc}); `corral cluster verify` "
                               "lists the file as an orphan once the node answers")
         await ctx.log(f"disk {index} of '{name}' removed and its data deleted")
+        if mirrored:  # the other disks' copies, still joined, are recorded in sync again
+            await self.ops.moves.protect(ctx, rest)
         return {"name": name, "disk": index}
 
     # ---- jobs ---------------------------------------------------------------------------

@@ -234,17 +234,19 @@ class NodeExecutor:
     # ---- hot-plug (kvm.hotplug): with no QEMU running, each does what a cold start needs and no more ----
     async def _op_disk_hotplug(self, args: dict[str, Any]) -> dict[str, Any]:
         """The disk file made and plugged into the running QEMU. A failed plug deletes the file again, so
-        the master records nothing and the config and the guest still agree. Args: name, disk, hvparams."""
-        name, disk = args["name"], args["disk"]
+        the master records nothing and the config and the guest still agree. Args: name, disk, hvparams,
+        replicated (a disk of a replicated template: plugged under its quorum, as a cold start has it)."""
+        name, disk, replicated = args["name"], args["disk"], bool(args.get("replicated"))
         path = self._files.path(name, disk["index"], disk["format"])
         if not os.path.exists(path):
             await self._files.create(name, disk["index"], disk["size_mib"], disk["format"])
         if self._qemu.find(name) is None:
             return {"path": path, "plugged": False}
         try:
+            size = await self._files.virtual_bytes(path, disk["format"]) if replicated else 0
             async with await Qmp.connect(self._qemu.paths(name).qmp_socket, HOTPLUG_QMP_TIMEOUT_S) as qmp:
-                await hotplug.plug_disk(qmp, disk["index"], DiskSpec(path, disk["format"]),
-                                        parse_hvparams(args["hvparams"]))
+                await hotplug.plug_disk(qmp, disk["index"], DiskSpec(path, disk["format"], replicated=replicated,
+                                                                     size_bytes=size), parse_hvparams(args["hvparams"]))
         except (hotplug.HotplugError, QmpError) as exc:
             await self._files.remove(name, disk["index"])
             raise OrderError(f"instance '{name}': the new disk was not hot-plugged ({exc}); its file is deleted "

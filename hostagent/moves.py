@@ -422,7 +422,9 @@ class Moves:
                         inst["secondary_node"], name)
             await self.ops._order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
             return
-        if (not states or statuses & {"failed", "stopped"}) and await self._alive(inst["secondary_node"]):
+        # A disk with no mirror at all (none started yet, or one hot-plugged whose attach failed) lists no state.
+        if (len(states) < len(inst["disks"]) or statuses & {"failed", "stopped"}) \
+                and await self._alive(inst["secondary_node"]):
             if time.monotonic() < self._retry_at.get(name, 0.0):
                 return
             log.info("the disk mirror of instance '%s' to node '%s' is not running: starting it",

@@ -95,6 +95,7 @@ class NodeReplication:
         self._progress: dict[str, migration.MigrationProgress] = {}
         self.tell_master: TellMaster | None = None
         self._guards: dict[str, asyncio.Task[None]] = {}
+        self._disk_counts: dict[str, int] = {}  # instance -> how many disks its guard watches
         self._locks: dict[str, asyncio.Lock] = {}
         self.last_degraded: dict[str, dict[str, Any]] = {}
         # instance -> disk -> recent (time, virtqueue progress) samples, for hung copies
@@ -191,11 +192,11 @@ class NodeReplication:
 
     # ---- primary ------------------------------------------------------------------
     async def _attach(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Mirror every disk to the secondary's exports (a full copy the first time)."""
+        """Mirror every disk not joined yet to the secondary's exports (a full copy). The copy's generation is
+        recorded only once each of those has a mirror: a report naming it while a disk (one just hot-plugged)
+        had none yet would show every disk it lists joined, and the master would judge the copy in sync."""
         name, host, base = args["name"], args["host"], int(args["port_base"])
         os.makedirs(self._run_dir, exist_ok=True)
-        with open(self._gen_path(name), "w") as fh:
-            fh.write(str(int(args.get("gen", 0))))
         self.ensure_guard(name, len(args["disks"]))
         async with self._lock(name), await self._qmp(name) as qmp:
             todo = [d for d in args["disks"]
@@ -214,6 +215,8 @@ class NodeReplication:
                                                  TLS_CREDS_ID, tls)
                 await blockmirror.start_mirror(qmp, f"disk{i}", target_node(i), job_id(i),
                                                rate_limit_mib_s=float(args.get("rate_limit_mib_s", 0)))
+            with open(self._gen_path(name), "w") as fh:
+                fh.write(str(int(args.get("gen", 0))))
         return {}
 
     async def _detach(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -240,12 +243,14 @@ class NodeReplication:
 
     # ---- the guard ----------------------------------------------------------------------
     def ensure_guard(self, name: str, disk_count: int) -> None:
-        """Watch this replicated instance (idempotent); ends by itself when its QEMU is gone."""
+        """Watch this replicated instance's `disk_count` disks (idempotent; the count follows disks hot-plugged
+        or unplugged); ends by itself when its QEMU is gone."""
+        self._disk_counts[name] = disk_count
         task = self._guards.get(name)
         if task is None or task.done():
-            self._guards[name] = asyncio.get_running_loop().create_task(self._guard(name, disk_count))
+            self._guards[name] = asyncio.get_running_loop().create_task(self._guard(name))
 
-    async def _guard(self, name: str, disk_count: int) -> None:
+    async def _guard(self, name: str) -> None:
         socket = self._qemu.paths(name).guard_socket
         while self._qemu.find(name) is not None and os.path.exists(socket):
             try:
@@ -254,7 +259,7 @@ class NodeReplication:
                         poll = GUARD_IDLE_POLL_S
                         if name not in self.busy:
                             async with self._lock(name):
-                                poll = await self._guard_pass(qmp, name, disk_count)
+                                poll = await self._guard_pass(qmp, name, self._disk_counts[name])
                         await qmp.next_event(poll)
             except (QmpError, blockmirror.MirrorError) as exc:
                 log.debug("replication guard of '%s': %s", name, exc)

@@ -1,7 +1,8 @@
 """Disks and NICs added to and removed from a running QEMU through QMP (hot-plug).
 
 A disk is two block nodes (``disk<i>-file``, the image, and ``disk<i>``, its
-format) under a ``virtio-blk-pci`` device ``disk<i>-dev``; a NIC is a netdev
+format) under a ``virtio-blk-pci`` device ``disk<i>-dev`` (a replicated disk:
+its quorum ``disk<i>`` over ``disk<i>-local`` and a sink); a NIC is a netdev
 ``net<i>`` under device ``net<i>-dev``: the names kvm.cmdline gives the same
 disk or NIC at a cold start, so either can be removed later whichever way it
 came. On q35 a device goes into a free spare root port (hvparam
@@ -21,7 +22,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kvm.cmdline import _CACHE, _NIC_DEVICES, DiskSpec, NicSpec, disk_device_id, hotplug_port, nic_device_id
+from kvm.cmdline import (_CACHE, _NIC_DEVICES, DiskSpec, NicSpec, disk_device_id, hotplug_port, nic_device_id,
+                         sink_node)
 from kvm.hvparams import HvParams
 from kvm.qmp import Qmp, QmpError
 
@@ -41,29 +43,41 @@ class HotplugError(Exception):
         super().__init__(f"{what}: {reason}")
 
 
-def disk_nodes(index: int) -> tuple[str, str]:
-    """The block nodes of a hot-plugged disk: (format node, file node)."""
-    return f"disk{index}", f"disk{index}-file"
+def disk_nodes(index: int) -> tuple[str, ...]:
+    """The block nodes disk ``index`` may have, each parent before its children (the order they are deleted
+    in): ``disk<i>`` (the device's: the format node, or a replicated disk's quorum), then a replicated disk's
+    local format node and sink, then the image file."""
+    return f"disk{index}", f"disk{index}-local", sink_node(index), f"disk{index}-file"
 
 
 def disk_commands(index: int, disk: DiskSpec, hv: HvParams, bus: str | None) -> list[Command]:
-    """The QMP commands that plug ``disk`` in as disk ``index``, in order (pure, for tests)."""
+    """The QMP commands that plug ``disk`` in as disk ``index``, in order (pure, for tests). A replicated
+    disk gets the block graph a cold start gives it (kvm.cmdline): its image and a sink under a quorum
+    ``disk<i>``, the device stopping the guest on a write error, so replication treats it like the others."""
     problem = _disk_problem(disk, hv)
     if problem:
         raise HotplugError(f"disk {index}", problem)
     direct, no_flush, write_cache = _CACHE[hv.disk_cache]
     cache = {"direct": direct, "no-flush": no_flush}
-    fmt_node, file_node = disk_nodes(index)
+    fmt_node, local_node, sink, file_node = disk_nodes(index)
     device: dict[str, Any] = {"driver": "virtio-blk-pci", "drive": fmt_node, "id": disk_device_id(index),
                               "write-cache": "on" if write_cache else "off"}
     if bus:
         device["bus"] = bus
-    return [
-        ("blockdev-add", {"driver": "file", "filename": disk.path, "node-name": file_node, "cache": cache,
+    image: list[Command] = [("blockdev-add", {"driver": "file", "filename": disk.path, "node-name": file_node,
+                                              "cache": cache, "discard": "unmap"})]
+    if not disk.replicated:
+        return image + [("blockdev-add", {"driver": disk.format, "file": file_node, "node-name": fmt_node,
+                                          "cache": cache, "discard": "unmap"}), ("device_add", device)]
+    if disk.size_bytes <= 0:
+        raise HotplugError(f"disk {index}", "a replicated disk needs its virtual size")
+    return image + [
+        ("blockdev-add", {"driver": disk.format, "file": file_node, "node-name": local_node, "cache": cache,
                           "discard": "unmap"}),
-        ("blockdev-add", {"driver": disk.format, "file": file_node, "node-name": fmt_node, "cache": cache,
-                          "discard": "unmap"}),
-        ("device_add", device),
+        ("blockdev-add", {"driver": "null-co", "node-name": sink, "size": disk.size_bytes}),
+        ("blockdev-add", {"driver": "quorum", "node-name": fmt_node, "vote-threshold": 2, "read-pattern": "fifo",
+                          "children": [local_node, sink]}),
+        ("device_add", {**device, "werror": "stop", "rerror": "stop"}),
     ]
 
 
@@ -169,8 +183,8 @@ def _disk_problem(disk: DiskSpec, hv: HvParams) -> str:
     if hv.disk_bus != "virtio":
         return (f"only virtio disks are hot-plugged (the instance's disk_bus is {hv.disk_bus!r}); "
                 "stop the instance to add or remove it")
-    if disk.media != "disk" or disk.replicated:
-        return "only a plain disk image is hot-plugged (not a CD-ROM, nor a replicated disk)"
+    if disk.media != "disk":
+        return "only a disk image is hot-plugged (not a CD-ROM)"
     return ""
 
 
@@ -237,7 +251,8 @@ async def _unplug(qmp: Qmp, device: str, what: str, timeout_s: float) -> None:
 
 
 async def _delete_nodes(qmp: Qmp, index: int) -> None:
-    """Delete this disk's hot-plug block nodes that exist, format node first."""
+    """Delete this disk's block nodes that exist, parents first (a replicated disk's mirror is ended
+    before: its job and copy hold the quorum)."""
     nodes = await qmp.execute("query-named-block-nodes", {"flat": True})
     names = {n.get("node-name") for n in nodes if isinstance(n, dict)} if isinstance(nodes, list) else set()
     for node in disk_nodes(index):

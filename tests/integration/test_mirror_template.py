@@ -45,9 +45,21 @@ def wait_in_sync(node: AgentNode, name: str, timeout_s: float = 90) -> None:
              timeout_s, f"the disks of {name} to be in sync")
 
 
+def summaries_until_in_sync(node: AgentNode, name: str, timeout_s: float = 120) -> list[str]:
+    """Wait until the copy of `name` is in sync; what `instance info` said meanwhile (syncing 40%, ...)."""
+    seen: list[str] = []
+
+    def synced() -> bool:
+        rep = replication(node, name)
+        seen.append(rep["summary"])
+        return rep["summary"] == "in sync" and rep["in_sync"]
+    wait_for(synced, timeout_s, f"the copy of {name} to be in sync")
+    return seen
+
+
 @pytest.fixture(scope="module")
 def mirror_cluster(tmp_path_factory, guest_dir: Path):
-    cluster = Cluster(tmp_path_factory.mktemp("mirror"), 3)
+    cluster = Cluster(tmp_path_factory.mktemp("mirror"), 3, subnet="127.0.8")  # its own: disk exports use fixed ports
     try:
         cluster.form(f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
                         "kernel_args=quiet corral.seq=1,shutdown_timeout_s=10", 3,
@@ -100,13 +112,7 @@ def test_a_mirrored_instance_migrates_live_and_survives_losing_its_primary(mirro
 
     # The old primary comes back: its copy is brought up to date, and `instance info` shows how far.
     n3.start()
-    seen: list[str] = []
-
-    def synced() -> bool:
-        rep = replication(n1, "m1")
-        seen.append(rep["summary"])
-        return rep["summary"] == "in sync" and rep["in_sync"]
-    wait_for(synced, 120, "n3's copy of m1 to be in sync again")
+    seen = summaries_until_in_sync(n1, "m1")
     assert any(re.match(r"(re)?syncing", s) for s in seen), seen
 
 
@@ -256,3 +262,55 @@ def test_a_console_opened_through_another_node_reaches_the_guest(mirror_cluster:
         assert b"hi-42" in seen, seen[-500:]
     finally:
         n1.corral("instance", "remove", "c1")
+
+
+def test_a_running_mirror_instance_gets_a_disk_mirrored_migrates_with_it_and_loses_it(mirror_cluster: Cluster) -> None:
+    """Hot-plug on a replicated instance: the new disk's copy is made by the running mirror, and the
+    replica record says not in sync until it joined (a failover never lands on a copy lacking it)."""
+    n1, n2, n3 = (mirror_cluster[n] for n in ("n1", "n2", "n3"))
+    n1.ok("instance", "add", "hp1", "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n2:n3",
+          "--disk", "64M", "--memory", "128M", "--hv", "kernel_args=quiet corral.watch=1", "--hv", "hotplug_slots=1")
+    try:
+        wait_in_sync(n1, "hp1")
+        wait_for(lambda: "CORRAL-GUEST-WATCHING" in console(n2, "hp1"), 90, "the guest to watch its disks")
+
+        out = n1.ok("instance", "add-disk", "hp1", "64M")
+        assert "hot-plugged: the guest sees it now" in out and "mirroring the disks of 'hp1'" in out, out
+        assert not replication(n1, "hp1")["in_sync"]  # not before the new disk's copy joined
+        seen = summaries_until_in_sync(n1, "hp1")
+        assert any(re.match(r"(re)?syncing", s) for s in seen), seen
+        assert [d["status"] for d in replication(n1, "hp1")["disks"]] == ["in_sync", "in_sync"]
+        wait_for(lambda: "CORRAL-GUEST-DISK-ADDED vdb" in console(n2, "hp1"), 60, "the guest to see vdb")
+        for node in (n2, n3):
+            assert (node.root / "state" / "file-storage" / "hp1" / "disk1.raw").exists()
+
+        # A disk that cannot be plugged (its one spare slot is taken) is not added anywhere, and the copy of
+        # the others is in sync again.
+        failed = n1.corral("instance", "add-disk", "hp1", "32M")
+        assert failed.returncode != 0 and "no disk was added to 'hp1'" in failed.stderr \
+            and "no free hot-plug slot" in failed.stderr, failed.stderr
+        assert [d["index"] for d in n1.json("instance", "info", "hp1")["disks"]] == [0, 1]
+        for node in (n2, n3):
+            assert not (node.root / "state" / "file-storage" / "hp1" / "disk2.raw").exists()
+        wait_in_sync(n1, "hp1")
+
+        out = n1.ok("instance", "migrate", "hp1")
+        assert "now runs on node 'n3'" in out, out
+        wait_in_sync(n1, "hp1")
+
+        n1.ok("instance", "remove-disk", "hp1", "1", "--destroy-data")
+        wait_for(lambda: "CORRAL-GUEST-DISK-REMOVED vdb" in console(n3, "hp1"), 60, "the guest to let vdb go")
+        assert [d["index"] for d in n1.json("instance", "info", "hp1")["disks"]] == [0]
+        wait_in_sync(n1, "hp1")
+        for node in (n2, n3):
+            assert not (node.root / "state" / "file-storage" / "hp1" / "disk1.raw").exists()
+        assert n1.json("instance", "info", "hp1")["status"] == "running"
+
+        # Stopped, a disk and its blank copy are made at once, mirrored at the next start.
+        n1.ok("instance", "stop", "hp1")
+        assert "made at the next start" in n1.ok("instance", "add-disk", "hp1", "32M")
+        n1.ok("instance", "start", "hp1")
+        wait_in_sync(n1, "hp1")
+        assert [d["status"] for d in replication(n1, "hp1")["disks"]] == ["in_sync", "in_sync"]
+    finally:
+        n1.corral("instance", "remove", "hp1")

@@ -2,6 +2,7 @@
 handshake against a fake QMP session (the seam), without QEMU."""
 
 import dataclasses
+import re
 from typing import Any
 
 import pytest
@@ -34,12 +35,36 @@ def test_a_writethrough_disk_has_no_guest_write_cache_and_the_pc_machine_picks_i
     assert device["write-cache"] == "off" and "bus" not in device
 
 
+def test_a_replicated_disk_is_plugged_under_a_quorum_of_its_image_and_a_sink_as_a_cold_start_builds_it():
+    disk = dataclasses.replace(DISK, format="qcow2", replicated=True, size_bytes=64 * 2**20)
+    commands = disk_commands(1, disk, Q35, "hotplug0")
+    cache = {"direct": True, "no-flush": False}
+    assert commands == [
+        ("blockdev-add", {"driver": "file", "filename": DISK.path, "node-name": "disk1-file", "cache": cache,
+                          "discard": "unmap"}),
+        ("blockdev-add", {"driver": "qcow2", "file": "disk1-file", "node-name": "disk1-local", "cache": cache,
+                          "discard": "unmap"}),
+        ("blockdev-add", {"driver": "null-co", "node-name": "disk1-sink", "size": 64 * 2**20}),
+        ("blockdev-add", {"driver": "quorum", "node-name": "disk1", "vote-threshold": 2, "read-pattern": "fifo",
+                          "children": ["disk1-local", "disk1-sink"]}),
+        ("device_add", {"driver": "virtio-blk-pci", "drive": "disk1", "id": "disk1-dev", "write-cache": "on",
+                        "bus": "hotplug0", "werror": "stop", "rerror": "stop"}),
+    ]
+    # The node names of a cold start's -blockdev options, so that mirror, guard and unplug find them either way.
+    cold = build_argv(InstanceSpec("m1", "00000000-0000-4000-8000-000000000001", 128, 1, Q35, (disk,), ()),
+                      run_paths("/run/c", "m1"))
+    plugged = {a["node-name"] for c, a in disk_commands(0, disk, Q35, None) if c == "blockdev-add"}
+    assert plugged == {m.group(1) for a in cold for m in [re.search(r"node-name=([^,]+)", a)] if m}
+    with pytest.raises(HotplugError, match="virtual size"):
+        disk_commands(1, dataclasses.replace(disk, size_bytes=0), Q35, None)
+
+
 @pytest.mark.parametrize("hv, disk", [(HvParams(disk_bus="ide"), DISK),
-                                      (Q35, DiskSpec("/d/x.iso", "raw", "cdrom")),
-                                      (Q35, dataclasses.replace(DISK, replicated=True, size_bytes=2**20))])
-def test_only_plain_virtio_disks_are_hot_plugged(hv, disk):
+                                      (Q35, DiskSpec("/d/x.iso", "raw", "cdrom"))])
+def test_only_virtio_disk_images_are_hot_plugged(hv, disk):
     with pytest.raises(HotplugError, match="hot-plugged"):
         disk_commands(1, disk, hv, None)
+
 
 
 def test_a_bridged_nic_uses_its_prepared_tap_and_a_user_nic_the_user_network():
@@ -157,3 +182,10 @@ async def test_plugging_clears_leftovers_goes_into_a_free_port_and_is_not_repeat
                                            "write-cache": "on", "bus": "hotplug1"})
     qmp.devices.add("disk1-dev")
     assert await plug_disk(qmp, 1, DISK, Q35) is False  # type: ignore[arg-type]
+
+
+async def test_unplugging_a_replicated_disk_deletes_its_quorum_before_the_nodes_under_it():
+    qmp = FakeQmp({"disk1-dev"}, {"disk1-file", "disk1-sink", "disk1", "disk1-local"})
+    assert await unplug_disk(qmp, 1, timeout_s=1) is True  # type: ignore[arg-type]
+    assert [a["node-name"] for c, a in qmp.sent if c == "blockdev-del"] == \
+        ["disk1", "disk1-local", "disk1-sink", "disk1-file"]
