@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
@@ -28,7 +29,7 @@ from storage.base import StorageError
 
 from hostagent import auth, bodycheck, callers, model, replicas
 from hostagent.agent import Agent, NotInitialized
-from hostagent.errors import BadRequest, Conflict, NotFound
+from hostagent.errors import MESSAGE_HEADER, BadRequest, Conflict, NotFound
 from hostagent.executor import OrderError
 from hostagent.fencing import NotTheMaster, StaleToken
 from hostagent.jobs import JobFailed
@@ -128,7 +129,8 @@ def _nesting(raw: bytes) -> int:
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+    headers = {MESSAGE_HEADER: quote(message[:1000], safe=" '(),.:;/=-_`")}
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
 
 
 @web.middleware

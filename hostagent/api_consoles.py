@@ -130,7 +130,7 @@ class ConsoleRoutes(ApiBase):
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse, connect: Connect,
                      what: str) -> web.StreamResponse:
         """Bridge the caller's websocket to a socket of the QEMU on this node."""
-        with self.agent.relays.slot(self.agent.cfg.node_name):
+        with self.agent.relays.slot(self.agent.cfg.node_name, *_who(request)):
             try:
                 reader, writer = await asyncio.wait_for(connect(), CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError) as exc:
@@ -152,7 +152,7 @@ class ConsoleRoutes(ApiBase):
             raise Conflict(f"{what} is on node '{node_name}', which is not in the cluster")
         caller = request.get(auth.CALLER)
         headers = {callers.HEADER: caller.to_header()} if caller is not None else None
-        with self.agent.relays.slot(self.agent.cfg.node_name):
+        with self.agent.relays.slot(self.agent.cfg.node_name, *_who(request)):
             try:
                 remote = await self.agent.nodes.websocket(node["address"], node["api_port"], request.raw_path,
                                                           headers)
@@ -189,3 +189,12 @@ def _ended(request: web.Request, ws: web.WebSocketResponse, what: str, reason: s
     if reason == "stalled" and request.transport is not None:
         request.transport.abort()
     return ws
+
+
+def _who(request: web.Request) -> tuple[str, bool]:
+    """The caller a relay slot is counted for (a relayed request counts for the user it came from) and
+    whether it may use the admins' reserve."""
+    caller = request.get(auth.CALLER)
+    if caller is None:
+        return "", False
+    return (f"user '{caller.name}'" if caller.kind == "user" else caller.kind), caller.role == "admin"

@@ -42,6 +42,10 @@ class NetworkRoutes(ApiBase):
         record = networks.new_network(await self._body(request), time.time())
 
         async def run(ops: Operations, __: NodeOperations) -> web.Response:
+            clash = networks.overlapping(record["subnet"], await ops._prefix(model.NETWORKS))
+            if clash:
+                raise Conflict(f"subnet {record['subnet']} overlaps network(s) {', '.join(clash)}: an address there "
+                               "could be handed out by two pools; give this network a subnet of its own")
             await ops.put_new(model.network_key(record["name"]), record,
                               f"a network named '{record['name']}' already exists")
             await self._wait_replica(model.network_key(record["name"]))

@@ -4,7 +4,7 @@ One schema per body, in hostagent.openapi: the document and this check read the
 same dictionaries, so they cannot drift. The subset of OpenAPI 3.0 schemas
 used there is checked here (type with nullable, enum, required, properties,
 additionalProperties, maxProperties, items, minItems/maxItems, minimum/maximum with boolean
-exclusiveMinimum, minLength/maxLength, anyOf, $ref to components). Each
+exclusiveMinimum, minLength/maxLength, anyOf, $ref to components), and no string may hold a NUL. Each
 problem names the field (`disks[0].size`) and says what it accepts. Pure, and
 linear in the size of the body (which hostagent.api_base.parse_body bounds).
 """
@@ -85,7 +85,9 @@ def _check(schema: Mapping[str, Any], value: Any, components: Mapping[str, Any],
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         _bounds(schema, value, components, where, found)
     elif isinstance(value, str):
-        if len(value) > schema.get("maxLength", len(value)) or len(value) < schema.get("minLength", 0):
+        if "\x00" in value:  # no name, path or parameter has one; file APIs refuse it (ValueError) deep inside
+            found.append(f"{_name(where)} must not contain a NUL character")
+        elif len(value) > schema.get("maxLength", len(value)) or len(value) < schema.get("minLength", 0):
             found.append(f"{_name(where)} must be {schema.get('minLength', 0)} to "
                          f"{schema.get('maxLength', 'any number of')} characters long, not {len(value)}")
     elif isinstance(value, list):

@@ -204,7 +204,9 @@ def check_modify(inst: Mapping[str, Any], req: Mapping[str, Any], records: tuple
     if "owner" in req:
         new["owner"] = _text("owner", req["owner"], OWNER_MAX_CHARS, problems)
     if "cdrom" in req:  # a path, or none: the drive stays, empty (hostagent.cdrom)
-        new["cdrom"] = cdrom.requested(req["cdrom"], problems)
+        wanted = cdrom.requested(req["cdrom"], problems)
+        if wanted or inst.get("cdrom") is not None:  # none to an instance with no drive: nothing to eject
+            new["cdrom"] = wanted
     if "description" in req:
         new["description"] = _text("description", req["description"], DESCRIPTION_MAX_CHARS, problems)
     if "osparams" in req:

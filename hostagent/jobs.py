@@ -20,7 +20,7 @@ from election.etcd import Compare, EtcdClient, Op
 from election.lease import FencingToken, MasterLease
 
 from hostagent import callers, model
-from hostagent.errors import Conflict, NotFound
+from hostagent.errors import Conflict, NotFound, Reserved
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ class JobRunner:
         for key in reservations:
             kv = await self._client.get(key)
             if kv is not None:
-                return f"job {model.loads(kv.value)['job']} is already working on '{key.rsplit('/', 1)[-1]}'"
+                raise Reserved(f"job {model.loads(kv.value)['job']} is already working on "
+                               f"'{key.rsplit('/', 1)[-1]}'", key)
         for key in must_not_exist:
             if await self._client.get(key) is not None:
                 return f"'{key.rsplit('/', 1)[-1]}' already exists"

@@ -39,9 +39,9 @@ def new_network(req: Mapping[str, Any], now: float) -> dict[str, Any]:
     subnet = _subnet(req.get("subnet"), problems)
     gateway = _gateway(req.get("gateway") or "", subnet, problems)
     prefix = str(req.get("mac_prefix") or "").lower()
-    if prefix and not (MAC_PREFIX_RE.match(prefix) and int(prefix[:2], 16) % 2 == 0):
+    if prefix and not (MAC_PREFIX_RE.match(prefix) and int(prefix[:2], 16) % 2 == 0 and prefix[:2] != "fe"):
         problems.append(f"mac prefix {prefix!r} is not three octets of a unicast MAC (e.g. aa:00:00; "
-                        "the first octet even)")
+                        "the first octet even, and not fe, which the host's taps use)")
     vlan = req.get("vlan")
     if vlan is not None and (not isinstance(vlan, int) or isinstance(vlan, bool) or vlan not in VLAN_IDS):
         problems.append(f"vlan {vlan!r} is not a VLAN id (1-4094)")
@@ -124,13 +124,33 @@ def checked_address(net: Mapping[str, Any], text: str, used: Mapping[str, str]) 
 
 
 def allocate(net: Mapping[str, Any], used: Mapping[str, str]) -> str:
-    """The lowest address of the pool no one holds; Conflict when the pool is exhausted."""
-    kept = never_handed_out(net)
-    for address in ipaddress.IPv4Network(net["subnet"]):
-        if str(address) not in kept and str(address) not in used:
-            return str(address)
+    """The lowest address of the pool no one holds; Conflict when the pool is exhausted. Walks the taken
+    addresses, not the subnet: a /16 costs as little as a /30 (an agent's loop must never wait on it)."""
+    ranges = _free(net, used)
+    if ranges:
+        return str(ranges[0][0])
     raise Conflict(f"network '{net['name']}' ({net['subnet']}) has no free address: all {pool_size(net)} "
                    f"addresses of its pool are used; remove a NIC from it or use another network")
+
+
+def _free(net: Mapping[str, Any], used: Iterable[str]) -> list[tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]]:
+    """The free addresses as (first, last) ranges, from the sorted taken ones inside the subnet."""
+    subnet = ipaddress.IPv4Network(net["subnet"])
+    taken = sorted({a for a in (_address(t) for t in [*used, *never_handed_out(net)]) if a is not None and a in subnet})
+    ranges = []
+    start = subnet.network_address
+    for address in [*taken, subnet.broadcast_address + 1]:
+        if address > start:
+            ranges.append((start, address - 1))
+        start = max(start, address + 1)
+    return ranges
+
+
+def _address(text: str) -> ipaddress.IPv4Address | None:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        return None
 
 
 def pool_size(net: Mapping[str, Any]) -> int:
@@ -154,16 +174,14 @@ def users(name: str, instances: Iterable[Mapping[str, Any]]) -> list[str]:
 
 def free_ranges(net: Mapping[str, Any], used: Mapping[str, str]) -> list[str]:
     """The free addresses as ranges ("10.0.0.2-10.0.0.99", or one address alone)."""
-    taken = set(used) | set(never_handed_out(net))
-    ranges: list[list[ipaddress.IPv4Address]] = []
-    for address in ipaddress.IPv4Network(net["subnet"]):
-        if str(address) in taken:
-            continue
-        if ranges and ranges[-1][1] + 1 == address:
-            ranges[-1][1] = address
-        else:
-            ranges.append([address, address])
-    return [str(a) if a == b else f"{a}-{b}" for a, b in ranges]
+    return [str(a) if a == b else f"{a}-{b}" for a, b in _free(net, used)]
+
+
+def overlapping(subnet: str, others: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The networks (with their subnets) whose subnet shares an address with `subnet`: one address on two
+    networks could be handed out twice, once by each pool."""
+    mine = ipaddress.IPv4Network(subnet)
+    return [f"'{n['name']}' ({n['subnet']})" for n in others if mine.overlaps(ipaddress.IPv4Network(n["subnet"]))]
 
 
 def summary(net: Mapping[str, Any], used: Mapping[str, str]) -> dict[str, Any]:

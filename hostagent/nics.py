@@ -24,6 +24,7 @@ NIC_MODES = ("user", "bridged")
 MAX_NICS = 8
 KEYS = ("mode", "bridge", "mac", "network", "ip", "vlan")
 DEFAULT_MAC_PREFIX = "52:54:00"  # QEMU's locally administered range
+TAP_OCTET = "fe"  # the first octet of the host side's tap MACs (kvm.tap): never a guest's
 Problems = list[str | Conflict]  # what is wrong with a request; a Conflict: something others hold is in the way
 
 
@@ -172,6 +173,15 @@ def _resolved(index: int, spec: Mapping[str, Any], was: Mapping[str, Any], nets:
                         "`corral network add`)")
     moved = net_name != (was.get("network") or "")
     inherit: Mapping[str, Any] = (net or {}) if (moved or not was) else {}
+    for key in ("bridge", "vlan"):  # the network's own: a NIC on it may not step onto another bridge or VLAN
+        if net is not None and net.get(key) is not None and net.get(key) != "" and key in spec \
+                and spec[key] != net[key]:
+            problems.append(f"{where}: network '{net_name}' puts its NICs on {key} {net[key]}; a NIC on it takes "
+                            f"that {key} (give {key}= only to a NIC on no network)")
+    if net is not None and moved and was.get("bridge") and not net.get("bridge") and "bridge" not in spec \
+            and spec.get("mode") != "user":
+        problems.append(f"{where}: network '{net_name}' sets no bridge and the NIC would stay on bridge "
+                        f"{was['bridge']} outside its VLAN: give bridge=BR (or mode=user) with the move")
     bridge = str(spec.get("bridge", inherit.get("bridge") or was.get("bridge") or ""))
     if spec.get("mode"):
         mode = str(spec["mode"])
@@ -209,6 +219,9 @@ def _mac(where: str, mac: str, net: Mapping[str, Any] | None, taken: Taken, rng:
     elif not (MAC_RE.match(mac) and int(mac[:2], 16) % 2 == 0):
         problems.append(f"{where}: {mac!r} is not a unicast MAC address (e.g. 52:54:00:12:34:56; "
                         "the first octet even)")
+    elif mac == "00:00:00:00:00:00" or mac.startswith(f"{TAP_OCTET}:"):
+        problems.append(f"{where}: MAC {mac} is not for a guest (all zero, or starting with {TAP_OCTET}:, which "
+                        "the host's taps use); e.g. 52:54:00:12:34:56")
     elif mac in taken.macs:
         problems.append(Conflict(f"{where}: MAC address {mac} is already used by another instance's NIC"))
     taken.macs.add(mac)

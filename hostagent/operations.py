@@ -23,7 +23,7 @@ from hostagent import model, nics, replicas
 from hostagent import cdrom, pending, vncpass
 from hostagent.checks import (ClusterView, check_add, check_kernel, check_modify, check_new_name,
                               check_reinstall, check_resources)
-from hostagent.errors import BadRequest, Conflict, NotFound
+from hostagent.errors import BadRequest, Conflict, NotFound, Reserved
 from hostagent.jobs import Handler, JobContext, JobFailed
 from hostagent.master import MasterRole
 from hostagent.diskops import DiskOps
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # The master waits longer for an OS install than any node may take for it.
 INSTALL_TIMEOUT_S = 1800.0
 ORDER_TIMEOUT_S = 600.0
+CHOOSE_TRIES = 8  # a request whose chosen pool address (or made-up MAC) a job reserved first chooses again
 MODIFY_TRIES = 3  # an `instance modify` whose instances changed while it checked them is checked again
 
 
@@ -67,6 +68,19 @@ def _job_errors(handler: Handler) -> Handler:
         with _as_job_errors():
             return await handler(ctx, args) or {}
     return wrapped
+
+
+async def _choosing_again(submit: Callable[[], Awaitable[int]]) -> int:
+    """Submit; when a job reserved first a MAC or address this request chose itself (from a pool, or a MAC
+    made up), choose again: the reservation is now seen, so the next choice differs (bounded). One the
+    operator named gets a plain refusal on the next try, saying who holds it."""
+    for _ in range(CHOOSE_TRIES - 1):
+        try:
+            return await submit()
+        except Reserved as exc:
+            if not exc.key.startswith((model.reservation_key("ip", ""), model.reservation_key("mac", ""))):
+                raise
+    return await submit()
 
 
 class Operations:
@@ -189,6 +203,9 @@ class Operations:
         return await self.role.require().submit("cluster.probe", {}, "probe the master's job runner")
 
     async def submit_add(self, req: dict[str, Any]) -> int:
+        return await _choosing_again(lambda: self._submit_add(req))
+
+    async def _submit_add(self, req: dict[str, Any]) -> int:
         inst = check_add(req, await self._view(), time.time())
         if inst.cdrom:
             await cdrom.check_on(self, inst.cdrom, [inst.primary_node, *filter(None, [inst.secondary_node])])
@@ -203,6 +220,9 @@ class Operations:
             must_not_exist=[model.instance_key(inst.name)])
 
     async def submit_modify(self, name: str, body: dict[str, Any]) -> int:
+        return await _choosing_again(lambda: self._submit_modify(name, dict(body)))
+
+    async def _submit_modify(self, name: str, body: dict[str, Any]) -> int:
         """Checked now, so a refused change leaves no job behind; the job checks it again before writing.
 
         `restart`: restart the instance once written, so pending changes take effect now;
@@ -691,7 +711,8 @@ def _change(field: str, was: Any, now: Any) -> str:
 def _pending_words(changes: dict[str, Any]) -> str:
     words = {"memory_mib": lambda v: f"memory {format_mib(v)}", "vcpus": lambda v: f"{v} vCPUs",
              "hvparams": lambda v: "hypervisor parameters " + (",".join(f"{k}={x}" for k, x in sorted(v.items()))
-                                                                or "(cluster defaults)")}
+                                                                or "(cluster defaults)"),
+             "cdrom": lambda v: f"a CD-ROM drive with {v}" if v else "an empty CD-ROM drive"}
     return ", ".join(words[k](v) for k, v in changes.items() if k in words)
 
 

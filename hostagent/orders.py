@@ -12,10 +12,13 @@ import json
 import socket
 import ssl
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 
 from election.lease import FencingToken
+
+from hostagent.errors import MESSAGE_HEADER
 
 UNACKNOWLEDGED_LIMIT_S = 10.0  # a peer that acknowledges nothing for this long is cut off, not slow
 
@@ -104,7 +107,8 @@ class NodeClient:
             return await self._client().ws_connect(f"https://{address}:{port}{path}", headers=headers or {},
                                                    timeout=aiohttp.ClientWSTimeout(ws_close=5), heartbeat=30)
         except aiohttp.WSServerHandshakeError as exc:
-            raise ConnectionError(f"node at {address}:{port} refused ({exc.status}: {exc.message})") from exc
+            why = unquote(exc.headers.get(MESSAGE_HEADER, "") if exc.headers else "") or exc.message
+            raise ConnectionError(f"node at {address}:{port} refused ({exc.status}: {why})") from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ConnectionError(f"node at {address}:{port} does not answer ({exc or type(exc).__name__})") from exc
 

@@ -2,7 +2,8 @@
 or to the websocket of the agent on the instance's node, which bridges it there.
 
 A console must never hurt the agent that relays it, so every relay is bounded:
-at most `MAX_RELAYS` at once per agent (the next one is refused, never queued);
+at most `MAX_RELAYS` at once per agent and `MAX_PER_CALLER` per user, admins keeping a
+reserve (the next one is refused, never queued);
 one that carries no byte either way for `IDLE_TIMEOUT_S` is closed; and a peer
 that stops reading ends it once one send has waited `STALL_TIMEOUT_S` (the
 guest's serial output, or QEMU's VNC updates, would otherwise back up behind
@@ -26,6 +27,8 @@ from hostagent.errors import Conflict
 log = logging.getLogger(__name__)
 
 MAX_RELAYS = 16  # consoles and VNC displays open through one agent at once (each holds two sockets)
+MAX_PER_CALLER = 4  # of those, what one API user may hold
+ADMIN_RESERVE = 4  # more, for admins and the local root CLI only
 IDLE_TIMEOUT_S = 1800.0  # nobody typed and nothing changed on the screen for 30 min: the operator left
 STALL_TIMEOUT_S = 30.0  # one send not taken by its peer for this long: that peer stopped reading
 CLOSE_TIMEOUT_S = 5.0
@@ -90,22 +93,33 @@ class StreamEnd:
 
 
 class RelayLimit:
-    """How many relays this agent carries; `slot` refuses one more than `most`."""
+    """How many relays this agent carries, in all and per caller: one user cannot take them all, and an admin
+    (the local root CLI too) keeps `ADMIN_RESERVE` more for the outage in which every write user holds one."""
 
-    def __init__(self, most: int = MAX_RELAYS) -> None:
-        self.most = most
+    def __init__(self, most: int = MAX_RELAYS, per_caller: int = MAX_PER_CALLER,
+                 admin_reserve: int = ADMIN_RESERVE) -> None:
+        self.most, self.per_caller, self.admin_reserve = most, per_caller, admin_reserve
         self.active = 0
+        self._by: dict[str, int] = {}
 
     @contextlib.contextmanager
-    def slot(self, node: str) -> Iterator[None]:
-        if self.active >= self.most:
+    def slot(self, node: str, who: str = "", admin: bool = False) -> Iterator[None]:
+        """`who` names the caller (user or root); an admin may use the reserve and has no per-caller bound."""
+        if self.active >= self.most + (self.admin_reserve if admin else 0):
             raise RelaysFull(f"node '{node}' already relays {self.active} consoles and displays, its limit; "
                              "close one (or wait for an idle one to time out) and try again")
+        if not admin and self._by.get(who, 0) >= self.per_caller:
+            raise RelaysFull(f"{who or 'this caller'} already has {self._by[who]} consoles and displays open "
+                             f"through node '{node}', the most one caller may; close one and try again")
         self.active += 1
+        self._by[who] = self._by.get(who, 0) + 1
         try:
             yield
         finally:
             self.active -= 1
+            self._by[who] -= 1
+            if not self._by[who]:
+                del self._by[who]
 
 
 async def bridge(a: End, b: End, idle_s: float = IDLE_TIMEOUT_S, stall_s: float = STALL_TIMEOUT_S) -> str:

@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import aiohttp
@@ -21,6 +22,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from conftest import BIN, AgentNode, free_port, wait_for
 from election.replica import Replica
 from hostagent import vncpass
+from hostagent.errors import MESSAGE_HEADER
+from hostagent.relay import ADMIN_RESERVE, MAX_PER_CALLER, MAX_RELAYS
 from kvm.qmp import Qmp
 
 pytestmark = pytest.mark.integration
@@ -186,23 +189,36 @@ def test_a_unix_socket_display_is_relayed_from_the_agent_and_never_has_a_tcp_por
     assert data.startswith(RFB) and data[12:] == bytes([1, 1])  # one type: None (only root reaches the socket)
 
 
-def test_the_agent_relays_at_most_16_displays_at_once_and_then_refuses_clearly(node):
-    async def flood() -> tuple[int, str, bool]:
+def test_one_user_holds_at_most_4_displays_the_agent_20_for_admins_and_then_it_refuses_clearly(node):
+    token = node.json("user", "add", "u-flood", "--role", "write")["token"]
+    ctx = ssl.create_default_context(cafile=str(node.root / "state" / "pki" / "ca.crt"))
+
+    async def flood(session: aiohttp.ClientSession, url: str, count: int, **kw) -> tuple[int, str]:
+        open_ = [await session.ws_connect(url, **kw) for _ in range(count)]
+        try:
+            await session.ws_connect(url, **kw)
+            status, message = 101, ""
+        except aiohttp.WSServerHandshakeError as exc:
+            status, message = exc.status, urllib.parse.unquote((exc.headers or {}).get(MESSAGE_HEADER, ""))
+        for ws in open_:
+            await ws.close()
+        await asyncio.sleep(0.5)
+        return status, message
+
+    async def run() -> tuple[tuple[int, str], tuple[int, str], bool]:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+            user = await flood(session, f"https://{node.api}/v1/instances/u1/vnc/stream", MAX_PER_CALLER, ssl=ctx)
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=node.socket)) as session:
-            open_ = [await session.ws_connect("http://localhost/v1/instances/u1/vnc/stream") for _ in range(16)]
-            try:
-                await session.ws_connect("http://localhost/v1/instances/u1/vnc/stream")
-                status, message = 101, ""
-            except aiohttp.WSServerHandshakeError as exc:
-                status, message = exc.status, exc.message
-            for ws in open_:
-                await ws.close()
-            await asyncio.sleep(0.5)
-            async with session.ws_connect("http://localhost/v1/instances/u1/vnc/stream") as again:
+            url = "http://localhost/v1/instances/u1/vnc/stream"
+            root = await flood(session, url, MAX_RELAYS + ADMIN_RESERVE)
+            async with session.ws_connect(url) as again:
                 ok = (await again.receive(timeout=20)).data.startswith(RFB)
-            return status, message, ok
-    status, _, ok = asyncio.run(flood())
-    assert status == 409 and ok
+        return user, root, ok
+    user, root, ok = asyncio.run(run())
+    assert user == (409, f"user 'u-flood' already has {MAX_PER_CALLER} consoles and displays open through node "
+                         "'n1', the most one caller may; close one and try again")
+    assert root[0] == 409 and f"already relays {MAX_RELAYS + ADMIN_RESERVE} consoles and displays" in root[1]
+    assert ok
     assert node.corral("cluster", "info").returncode == 0  # the agent answers all along
 
 

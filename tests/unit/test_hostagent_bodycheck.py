@@ -22,6 +22,7 @@ def check(name: str, body: object) -> list[str]:
     ({"name": "a", "os": "x", "disks": [{}] * 17}, "disks must hold 0 to 16 items, not 17"),
     ({"os": "x"}, "name is required"),
     ({"name": None, "os": "x"}, "name must be a string, not null"),
+    ({"name": "a", "os": "x", "cdrom": "/var/lib/corral/iso/\x00x"}, "cdrom must not contain a NUL character"),
 ])
 def test_wrong_types_in_instance_add_name_the_field(body, words):
     found = check("InstanceAdd", body)

@@ -38,6 +38,7 @@ def test_cdrom_takes_an_absolute_path_or_none():
 def test_modify_and_add_record_the_cdrom_and_refuse_a_bad_one_naming_it():
     assert check_modify(INST, {"cdrom": "/i/d.iso"}, (INST,), {})["cdrom"] == "/i/d.iso"
     assert check_modify({**INST, "cdrom": "/i/d.iso"}, {"cdrom": "none"}, (INST,), {})["cdrom"] == ""
+    assert "cdrom" not in check_modify(INST, {"cdrom": "none"}, (INST,), {})  # no drive: nothing to eject, none added
     with pytest.raises(BadRequest, match="cdrom 'd.iso' is not a path"):
         check_modify(INST, {"cdrom": "d.iso"}, (INST,), {})
     view = ClusterView(cluster_hv={"accel": "tcg"}, nodes={"n1": {"name": "n1", "address": "127.0.0.1"}},

@@ -112,3 +112,22 @@ def test_a_change_that_renumbers_or_rewires_a_running_guest_s_nic_waits_for_a_st
     with pytest.raises(Conflict, match=words) as err:
         nics.live_plan("web", 2, [change], 2)
     assert "corral instance stop web" in str(err.value)
+
+
+def test_a_nic_on_a_network_cannot_step_onto_another_bridge_or_vlan_nor_keep_one_when_moved() -> None:
+    with pytest.raises(BadRequest) as err:
+        build([{"network": "lan", "bridge": "mgmt0"}, {"network": "lan", "vlan": 1}])
+    words = str(err.value)
+    assert "nic 0: network 'lan' puts its NICs on bridge br0" in words and "nic 1: network 'lan' puts its NICs " \
+        "on vlan 10" in words
+    assert build([{"network": "lan", "bridge": "br0", "vlan": 10}])[0]["bridge"] == "br0"  # the same: fine
+    current = build([{"network": "lan", "ip": "pool"}])
+    with pytest.raises(BadRequest, match="'dmz' sets no bridge and the NIC would stay on bridge br0 outside"):
+        nics.changed(current, [{"action": "modify", "index": 0, "network": "dmz"}], NETS, nics.Taken(),
+                     random.Random(3))
+
+
+@pytest.mark.parametrize("mac", ["00:00:00:00:00:00", "fe:54:00:5c:35:55"])
+def test_macs_the_host_side_uses_or_none_at_all_are_refused(mac) -> None:
+    with pytest.raises(BadRequest, match="is not for a guest"):
+        build([{"mac": mac}])

@@ -72,3 +72,18 @@ def test_no_more_relays_than_the_limit_and_a_slot_comes_back_when_one_ends():
     assert limit.active == 0
     with limit.slot("n1"):
         assert limit.active == 1
+
+
+def test_one_caller_holds_at_most_its_share_and_an_admin_has_a_reserve():
+    limit = RelayLimit(3, per_caller=2, admin_reserve=1)
+    with limit.slot("n1", "user 'eve'"), limit.slot("n1", "user 'eve'"):
+        with pytest.raises(RelaysFull, match="user 'eve' already has 2 consoles and displays open through node 'n1'"):
+            with limit.slot("n1", "user 'eve'"):
+                pass
+        with limit.slot("n1", "user 'bob'"):
+            with pytest.raises(RelaysFull, match="already relays 3"):
+                with limit.slot("n1", "user 'carol'"):
+                    pass
+            with limit.slot("n1", "root", admin=True):
+                assert limit.active == 4
+    assert limit.active == 0

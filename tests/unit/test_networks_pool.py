@@ -66,3 +66,21 @@ def test_info_names_the_nic_holding_each_address():
     assert shown["used"] == [{"ip": "10.0.0.3", "by": "instance 'web1' nic 0"}]
     assert (shown["used_count"], shown["free_count"]) == (1, 4)
     assert networks.users("lan", instances) == ["web1"]
+
+
+def test_a_big_pool_is_searched_and_listed_by_what_is_taken_not_address_by_address():
+    big = networks.new_network({"name": "big", "subnet": "10.128.0.0/16", "gateway": "10.128.0.1"}, now=0)
+    used = {f"10.128.{i // 256}.{i % 256}": "x" for i in range(2, 3000)}
+    assert networks.allocate(big, used) == "10.128.11.184"
+    assert networks.free_ranges(big, used) == ["10.128.11.184-10.128.255.254"]
+    assert networks.summary(big, used)["free_count"] == 65533 - 2998
+
+
+def test_a_subnet_that_shares_addresses_with_another_network_is_named():
+    assert networks.overlapping("10.0.0.0/28", [LAN]) == ["'lan' (10.0.0.0/29)"]
+    assert networks.overlapping("10.0.0.8/29", [LAN]) == []
+
+
+def test_a_mac_prefix_the_host_s_taps_use_is_refused():
+    with pytest.raises(BadRequest, match="not fe"):
+        networks.new_network({"name": "x", "subnet": "10.0.0.0/24", "mac_prefix": "fe:00:00"}, now=0)
