@@ -22,7 +22,7 @@ from hostagent.errors import BadRequest, Conflict
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 MAC_PREFIX_RE = re.compile(r"^[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}\Z")
-BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")  # a Linux interface name
+BRIDGE_RE = re.compile(r"^(?!\.{1,2}\Z)[A-Za-z0-9_.-]{1,15}\Z")  # a Linux interface name (never . or ..)
 MIN_PREFIX = 16  # at most 65536 addresses: the pool is listed and searched whole
 MAX_PREFIX = 30  # at least two addresses to hand out
 VLAN_IDS = range(1, 4095)
@@ -70,8 +70,11 @@ def _subnet(value: Any, problems: list[str]) -> ipaddress.IPv4Network | None:
     if not isinstance(net, ipaddress.IPv4Network):
         problems.append(f"subnet {text!r} is IPv6; Corral's networks are IPv4 only")
         return None
-    if str(net) != text:
+    if net.network_address != ipaddress.ip_interface(text).ip:
         problems.append(f"subnet {text!r} has host bits set; the network is {net}")
+        return None
+    if str(net) != text:
+        problems.append(f"subnet {text!r}: write it in CIDR notation, {net}")
         return None
     if not MIN_PREFIX <= net.prefixlen <= MAX_PREFIX:
         problems.append(f"subnet {text!r}: give a prefix length from /{MIN_PREFIX} to /{MAX_PREFIX} "

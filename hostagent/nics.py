@@ -223,7 +223,7 @@ def _mac(where: str, mac: str, net: Mapping[str, Any] | None, taken: Taken, rng:
         problems.append(f"{where}: MAC {mac} is not for a guest (all zero, or starting with {TAP_OCTET}:, which "
                         "the host's taps use); e.g. 52:54:00:12:34:56")
     elif mac in taken.macs:
-        problems.append(Conflict(f"{where}: MAC address {mac} is already used by another instance's NIC"))
+        problems.append(Conflict(f"{where}: MAC address {mac} is already used by another NIC"))
     taken.macs.add(mac)
     return mac
 

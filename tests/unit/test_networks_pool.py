@@ -16,6 +16,8 @@ def test_a_network_keeps_what_it_was_given():
 
 @pytest.mark.parametrize("req, words", [
     ({"subnet": "10.0.0.5/24"}, "has host bits set; the network is 10.0.0.0/24"),
+    ({"subnet": "10.0.0.0/255.255.255.0"}, "write it in CIDR notation, 10.0.0.0/24"),
+    ({"subnet": "10.0.0.0/24", "bridge": ".."}, "bridge '..' is not an interface name"),
     ({"subnet": "2001:db8::/64"}, "IPv6; Corral's networks are IPv4 only"),
     ({"subnet": "ten"}, "is not an IPv4 network in CIDR notation"),
     ({"subnet": "10.0.0.0/31"}, "prefix length from /16 to /30"),
