@@ -19,7 +19,7 @@ from kvm.hvparams import HvParamError, HvParams, kernel_path_problems, parse_hvp
 from hostagent import cdrom, model, nics, policy, tags
 from hostagent.bootpattern import BootPattern, BootPatternError
 from hostagent.errors import BadRequest, Conflict
-from hostagent.placement import REPLICATED, Placement, PlacementError, Request, check_manual, place
+from hostagent.placement import Placement, PlacementError, Request, check_manual, place
 from hostagent.restarts import PRIORITIES
 from hostagent.units import SizeError, parse_mib
 
@@ -136,7 +136,7 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
     if placed is not None and not primary:
         problems += _node_problems(placed.primary, os_name, osparams, hv, view)
     problems += policy.violations(memory, vcpus, [d.size_mib for d in disks], view.defaults.get("policy") or {})
-    if template in REPLICATED and len(disks) > MAX_MIRROR_DISKS:
+    if template in model.REPLICATED and len(disks) > MAX_MIRROR_DISKS:
         problems.append(f"a {template} instance has at most {MAX_MIRROR_DISKS} disks, not {len(disks)}")
     if problems or placed is None:
         raise BadRequest("; ".join(problems))
@@ -307,7 +307,7 @@ def check_resources(inst: Mapping[str, Any], new: Mapping[str, Any], view: Clust
     if primary in reports:
         reports[primary]["memory_free_mib"] = int(reports[primary].get("memory_free_mib", 0)) + int(inst["memory_mib"])
     template = str(inst.get("disk_template"))
-    request = Request(memory_mib=int(new["memory_mib"]), disk_mib=0, replicated=template in REPLICATED)
+    request = Request(memory_mib=int(new["memory_mib"]), disk_mib=0, replicated=template in model.REPLICATED)
     try:
         check_manual(str(inst["name"]), request, primary, inst.get("secondary_node"), view.nodes, reports,
                      others + [{**new, "memory_mib": 0}], now)
@@ -395,8 +395,8 @@ def _auto_failover(value: Any, template: str, problems: list[str]) -> bool | Non
     if value is not None and not isinstance(value, bool):
         problems.append(f"auto failover {value!r} is not true, false or null (the cluster's default)")
         return None
-    if value and template not in REPLICATED:
-        problems.append(f"auto failover needs a replicated disk template ({', '.join(REPLICATED)}); "
+    if value and template not in model.REPLICATED:
+        problems.append(f"auto failover needs a replicated disk template ({', '.join(t for t in model.REPLICATED if t in DISK_TEMPLATES)}); "
                         f"a '{template}' instance has no copy on another node to fail over to")
     return value
 
@@ -493,7 +493,7 @@ def _os_request(os_name: Any, osparams: Any, problems: list[str]) -> tuple[str, 
 def _place(name: str, req: dict[str, Any], template: str, memory: int, disks: list[model.Disk], primary: str,
            secondary: str, view: ClusterView, now: float, problems: list[str]) -> Placement | None:
     """`--node P[:S]` checked, or the master's choice; None (with the reason) when nothing fits."""
-    want = Request(memory, sum(d.size_mib for d in disks), template in REPLICATED)
+    want = Request(memory, sum(d.size_mib for d in disks), template in model.REPLICATED)
     try:
         if primary:
             return check_manual(name, want, primary, secondary or None, view.nodes, view.reports, view.records, now)
@@ -504,7 +504,7 @@ def _place(name: str, req: dict[str, Any], template: str, memory: int, disks: li
 
 
 def _port_base(template: str, view: ClusterView) -> int:
-    if template not in REPLICATED:
+    if template not in model.REPLICATED:
         return 0
     used = {int(r.get("port_base") or 0) for r in view.records}
     for base in REPLICATION_PORTS:

@@ -18,7 +18,6 @@ from election.etcd import Op
 from hostagent import model, policy
 from hostagent.checks import DISK_FORMATS, MAX_DISKS, MAX_MIRROR_DISKS, REPLICATION_PORTS
 from hostagent.errors import BadRequest, Conflict
-from hostagent.executor import QUORUM_TEMPLATES
 from hostagent.jobs import JobContext, JobFailed
 from hostagent.placement import PlacementError, Request, check_manual
 from hostagent.units import SizeError, format_mib, parse_mib
@@ -88,7 +87,7 @@ class DiskOps:
         if size <= current:
             raise BadRequest(f"disk {index} of '{name}' is {format_mib(current)}; the new size must be larger "
                              "(disks only grow)")
-        if inst.get("disk_template") in QUORUM_TEMPLATES:
+        if inst.get("disk_template") in model.QUORUM_MIRRORED:
             report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
             if name in report.get("instances", {}):
                 raise BadRequest(f"instance '{name}' is running: a disk of the mirror template grows only while "
@@ -120,7 +119,7 @@ class DiskOps:
         fmt = params.get("format") or "raw"
         if fmt not in DISK_FORMATS:
             raise BadRequest(f"disk format {fmt!r} is not one of {', '.join(DISK_FORMATS)}")
-        limit = MAX_MIRROR_DISKS if inst.get("disk_template") in QUORUM_TEMPLATES else MAX_DISKS
+        limit = MAX_MIRROR_DISKS if inst.get("disk_template") in model.QUORUM_MIRRORED else MAX_DISKS
         if len(inst["disks"]) >= limit:
             raise BadRequest(f"instance '{name}' has {len(inst['disks'])} disks, the most a "
                              f"{inst['disk_template']} instance can have")
@@ -155,7 +154,7 @@ class DiskOps:
         inst = await self.ops._instance(args["name"])
         disk = {"index": len(inst["disks"]), "size_mib": int(args["size_mib"]), "format": args["format"],
                 "uuid": str(uuid.uuid4())}
-        secondary = inst.get("secondary_node") if inst.get("disk_template") in QUORUM_TEMPLATES else None
+        secondary = inst.get("secondary_node") if inst.get("disk_template") in model.QUORUM_MIRRORED else None
         if not secondary:
             return await self._hot_add(ctx, inst, disk)
         name = inst["name"]
@@ -197,7 +196,7 @@ class DiskOps:
         try:
             done = await self.ops._order(node, "instance.disk-hotplug", {
                 "name": name, "disk": disk, "hvparams": hv,
-                "replicated": inst.get("disk_template") in QUORUM_TEMPLATES})
+                "replicated": inst.get("disk_template") in model.QUORUM_MIRRORED})
         except JobFailed as exc:
             raise JobFailed(f"no disk was added to '{name}': {exc}") from exc
         try:

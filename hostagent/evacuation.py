@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hostagent.moves import REPLICATED
+from hostagent import model
 from hostagent.placement import Nodes, PlacementError, Reports, Request, check_manual
 from hostagent.status import REPORT_STALE_AFTER_S
 from hostagent.units import format_mib
@@ -134,7 +134,7 @@ def plan_evacuation(node: str, nodes: Nodes, reports: Reports, instances: Iterab
 
 
 def _replicated(inst: Mapping[str, Any]) -> bool:
-    return inst.get("disk_template") in REPLICATED and bool(inst.get("secondary_node"))
+    return inst.get("disk_template") in model.REPLICATED and bool(inst.get("secondary_node"))
 
 
 def _names(names: list[str]) -> str:

@@ -22,12 +22,11 @@ from storage.install import DiskSpec as InstallDisk, install_os
 from storage.osdef import (DiskEnv, NetworkEnv, NicEnv, OsCatalog, OsDefinition, lookup, os_environment,
                            run_rename, split_os_name)
 
-from hostagent import pki
+from hostagent import model, pki
 
 log = logging.getLogger(__name__)
 
 # Templates whose disks the primary's QEMU writes to the secondary's copy through a quorum.
-QUORUM_TEMPLATES = ("mirror",)
 HOTPLUG_QMP_TIMEOUT_S = 10.0  # each QMP command; a device's removal waits kvm.hotplug.UNPLUG_TIMEOUT_S more
 
 
@@ -75,7 +74,7 @@ class NodeExecutor:
 
     async def spec(self, inst: dict[str, Any], hvparams: dict[str, Any]) -> InstanceSpec:
         hv = parse_hvparams(hvparams)
-        replicated = inst.get("disk_template") in QUORUM_TEMPLATES
+        replicated = inst.get("disk_template") in model.QUORUM_MIRRORED
         disks = []
         for d in inst["disks"]:
             path = self._files.path(inst["name"], d["index"], d["format"])

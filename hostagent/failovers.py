@@ -33,9 +33,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hostagent import model
 from hostagent.restarts import Event, priority_rank
 
-REPLICATED = ("mirror", "drbd")
 MAX_ATTEMPTS = 3
 
 
@@ -205,7 +205,7 @@ def _refusal(view: View, inst: Mapping[str, Any], blocked: str, free: Mapping[st
              attempts: Mapping[str, int], policy: Policy) -> tuple[str, str] | None:
     """(kind, why) when this instance must not fail over now; None when it may."""
     name, node, target = inst["name"], inst["primary_node"], inst.get("secondary_node")
-    if inst.get("disk_template") not in REPLICATED or not target:
+    if inst.get("disk_template") not in model.REPLICATED or not target:
         return "off", f"its disks are not replicated ({inst.get('disk_template')})"
     if not auto_failover(inst, view.cluster):
         return "off", ("auto-failover is off for it; `corral instance failover --ignore-consistency` "

@@ -29,6 +29,11 @@ FAILOVER_STATE_KEY = "/corral/failover-state"  # the master's node-failure decis
 RESTARTS = "/corral/restarts/"  # the master's restart tracks (hostagent.restarts), one per instance
 REPLICAS = "/corral/replicas/"  # per replicated instance: is the secondary's copy in sync (hostagent.replicas)
 NETWORKS = "/corral/networks/"  # networks with an IPv4 pool (hostagent.networks)
+# Disk templates. REPLICATED: a second copy on another node (a secondary, failover, evacuation onto it);
+# QUORUM_MIRRORED: that copy is kept by the primary's QEMU (a quorum over the local image and an NBD target,
+# hostagent.replication). DRBD (a later template) is replicated, not quorum-mirrored.
+REPLICATED = ("mirror", "drbd")
+QUORUM_MIRRORED = ("mirror",)
 ADDRESSES = "/corral/addresses/"  # <network>/<ip>: held by one instance's NIC, written with the instance
 REVOKED = "/corral/revoked/"  # node certificates no longer accepted (removed nodes, replaced keys), by serial
 DEFAULT_BOOT_TIMEOUT_S = 120.0  # an instance with a boot pattern but no boot timeout of its own

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPLICATED = ("mirror",)
 MIGRATE_POLL_S = 1.0
 DUTY_EVERY_S = 3.0
 PROTECT_RETRY_S = 5.0  # after a failed attempt to restart a mirror (secondary unreachable, say)
@@ -78,7 +77,7 @@ class Moves:
         return await self._alive(name) and await self.ops._get(model.lease_key(name)) is not None
 
     def _replicated(self, inst: dict[str, Any], verb: str) -> str:
-        if inst.get("disk_template") not in REPLICATED or not inst.get("secondary_node"):
+        if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
             raise JobFailed(f"cannot {verb} instance '{inst['name']}': its disks ({inst.get('disk_template')}) "
                             "are not replicated to a second node; use `corral instance move` while it is stopped")
         return str(inst["secondary_node"])
@@ -139,7 +138,7 @@ class Moves:
         so its copy is recorded out of date first. Changes pending for the next start are made first."""
         if inst.get("pending"):
             hv = await self._apply_pending(inst)
-        if inst.get("disk_template") in REPLICATED and inst.get("secondary_node"):
+        if inst.get("disk_template") in model.QUORUM_MIRRORED and inst.get("secondary_node"):
             await self.outdate(inst["name"], f"started on node '{node}' without its copy (a new one follows)")
         return await self.ops._order(node, "instance.start", {"instance": inst, "hvparams": hv})
 
@@ -351,7 +350,7 @@ class Moves:
         self._last_duty = now
         runner = self.ops.role.runner
         for inst in await self.ops._prefix(model.INSTANCES):
-            if inst.get("disk_template") not in REPLICATED or not inst.get("secondary_node"):
+            if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
                 continue
             if runner is None or runner.busy(f"instance/{inst['name']}") or self.ops.restarter.starting(inst["name"]):
                 continue

@@ -16,7 +16,6 @@ from typing import Any
 
 from hostagent.units import format_mib
 
-REPLICATED = ("drbd", "mirror")
 
 Nodes = Mapping[str, Mapping[str, Any]]
 Reports = Mapping[str, Mapping[str, Any]]

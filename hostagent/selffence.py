@@ -28,7 +28,7 @@ from election.replica import Replica
 from kvm.process import QemuManager
 
 from hostagent import model
-from hostagent.failovers import REPLICATED, armed, auto_failover
+from hostagent.failovers import armed, auto_failover
 from hostagent.fencekeeper import (Feed, boottime, keeper_argv, keeper_running, kill_victims, process_start,
                                    read_feed, write_feed)
 from hostagent.nodelease import NodeLease
@@ -45,7 +45,7 @@ def guarded_names(instances: list[Mapping[str, Any]], node: str, cluster: Mappin
     if not armed(cluster):
         return []
     return sorted(i["name"] for i in instances
-                  if i.get("primary_node") == node and i.get("disk_template") in REPLICATED
+                  if i.get("primary_node") == node and i.get("disk_template") in model.REPLICATED
                   and i.get("secondary_node") and auto_failover(i, cluster))
 
 
