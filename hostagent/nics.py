@@ -34,6 +34,7 @@ class Taken:
 
     macs: set[str] = field(default_factory=set)
     ips: dict[str, dict[str, str]] = field(default_factory=dict)
+    own: set[str] = field(default_factory=set)  # of `macs`, those of this instance's (or this request's) NICs
 
 
 def build(specs: list[dict[str, Any]], nets: Mapping[str, Mapping[str, Any]], taken: Taken,
@@ -60,6 +61,7 @@ def changed(nics: list[dict[str, Any]], changes: list[dict[str, Any]], nets: Map
     pinned: list[dict[str, Any]] = []
     for i, nic in enumerate(new):  # the instance's own NICs hold theirs too, until changed or removed
         taken.macs.add(nic["mac"])
+        taken.own.add(nic["mac"])
         if nic.get("network") and nic.get("ip"):
             taken.ips.setdefault(nic["network"], {})[nic["ip"]] = f"nic {i} of this instance"
     problems: Problems = []
@@ -223,8 +225,10 @@ def _mac(where: str, mac: str, net: Mapping[str, Any] | None, taken: Taken, rng:
         problems.append(f"{where}: MAC {mac} is not for a guest (all zero, or starting with {TAP_OCTET}:, which "
                         "the host's taps use); e.g. 52:54:00:12:34:56")
     elif mac in taken.macs:
-        problems.append(Conflict(f"{where}: MAC address {mac} is already used by another NIC"))
+        holder = "another NIC of this instance" if mac in taken.own else "another instance's NIC"
+        problems.append(Conflict(f"{where}: MAC address {mac} is already used by {holder}"))
     taken.macs.add(mac)
+    taken.own.add(mac)
     return mac
 
 
@@ -260,6 +264,7 @@ def _ip(where: str, spec: Mapping[str, Any], was: Mapping[str, Any], net_name: s
 
 def _release(nic: Mapping[str, Any], taken: Taken) -> None:
     taken.macs.discard(nic["mac"])
+    taken.own.discard(nic["mac"])
     if nic.get("network") and nic.get("ip"):
         taken.ips.get(nic["network"], {}).pop(nic["ip"], None)
 

@@ -131,3 +131,11 @@ def test_a_nic_on_a_network_cannot_step_onto_another_bridge_or_vlan_nor_keep_one
 def test_macs_the_host_side_uses_or_none_at_all_are_refused(mac) -> None:
     with pytest.raises(BadRequest, match="is not for a guest"):
         build([{"mac": mac}])
+
+
+def test_a_mac_given_twice_says_whose_it_is() -> None:
+    with pytest.raises(Conflict, match="nic 1: MAC address 52:54:00:00:00:07 is already used by another NIC of "
+                                       "this instance"):
+        build([{"mac": "52:54:00:00:00:07"}, {"mac": "52:54:00:00:00:07"}])
+    with pytest.raises(Conflict, match="already used by another instance's NIC"):
+        build([{"mac": "52:54:00:00:00:07"}], nics.Taken(macs={"52:54:00:00:00:07"}))
