@@ -1,4 +1,4 @@
-"""`corral drill master-failover`: kill or freeze the master and check that nothing else moved.
+"""`corral drill ...`, and its `master-failover`: kill or freeze the master and check that nothing else moved.
 
 This node's agent is the observer; if it is the master, it first hands the role
 to another candidate (a planned failover, not measured). Each
@@ -19,25 +19,26 @@ import sys
 import time
 from typing import Any
 
+from cli import drill_nodeloss
 from cli.client import AgentClient, ApiError
-from cli.jobs import watch
+from cli.common import Context, Subparsers, command, group, watch
+from cli.drillkit import DrillAborted, replicas_agree, wait_for
 from cli.render import table
 
-POLL_S = 0.05
+
+def register(top: Subparsers) -> None:
+    d = group(top, "drill", "failure drills on a live cluster")
+    s = command(d, "master-failover", from_args, "kill or freeze the master and check that nothing else moved")
+    s.add_argument("--rounds", type=int, default=1)
+    s.add_argument("--mode", choices=("kill", "freeze"), default="kill",
+                   help="kill: SIGKILL the master's agent (its supervisor restarts it); "
+                        "freeze: SIGSTOP it past its lease, then SIGCONT")
+    s.add_argument("--freeze-seconds", type=float, default=20.0, help="how long a freeze lasts")
+    drill_nodeloss.add_commands(d)
 
 
-class DrillAborted(Exception):
-    """The drill cannot start or cannot go on; the message says why."""
-
-
-def _wait(what: str, timeout_s: float, probe: Any) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise DrillAborted(f"gave up after {timeout_s:.0f} s waiting for {what}")
+def from_args(ctx: Context) -> int:
+    return master_failover(ctx.client, ctx.args.rounds, ctx.args.mode, ctx.args.freeze_seconds, ctx.args.json)
 
 
 def _instances(client: AgentClient) -> dict[str, tuple[Any, str]]:
@@ -50,7 +51,7 @@ def _one_round(client: AgentClient, mode: str, freeze_s: float, timeout_s: float
         return info if info["quorum"]["ok"] and info["master"] and info["token"] else None
 
     try:  # a previous round's old master may still be settling back in
-        info = _wait("a healthy cluster (quorum, a master and its token)", 30, healthy)
+        info = wait_for("a healthy cluster (quorum, a master and its token)", 30, healthy)
     except DrillAborted:
         info = client.get("/v1/cluster")["data"]
         raise DrillAborted(f"the cluster is not healthy enough for a drill (master {info['master']}, quorum "
@@ -61,8 +62,8 @@ def _one_round(client: AgentClient, mode: str, freeze_s: float, timeout_s: float
         print(f"  this node ('{info['master']}') is the master: handing over to another candidate first",
               file=sys.stderr, flush=True)
         client.post("/v1/cluster/master-failover", {})
-        info = _wait("another node to become master", timeout_s,
-                     lambda: (c := healthy()) and c["master"] != c["this_node"] and c)
+        info = wait_for("another node to become master", timeout_s,
+                        lambda: (c := healthy()) and c["master"] != c["this_node"] and c)
     old, old_token = info["master"], info["token"]
     before = _instances(client)
     crash_wall = time.time()
@@ -72,19 +73,19 @@ def _one_round(client: AgentClient, mode: str, freeze_s: float, timeout_s: float
     def cluster() -> dict[str, Any]:
         return client.get("/v1/cluster")["data"]
 
-    _wait("the old master's lease to end", timeout_s,
-          lambda: (c := cluster())["master"] != old or c["token"] not in (None, old_token))
+    wait_for("the old master's lease to end", timeout_s,
+             lambda: (c := cluster())["master"] != old or c["token"] not in (None, old_token))
     detect_s = time.monotonic() - t0
-    new = _wait("a new master", timeout_s,
-                lambda: (c := cluster())["master"] and c["token"] not in (None, old_token) and c)
+    new = wait_for("a new master", timeout_s,
+                   lambda: (c := cluster())["master"] and c["token"] not in (None, old_token) and c)
     elect_s = time.monotonic() - t0
-    probe = _wait("the new master to take a job", timeout_s, lambda: _try_probe(client))
+    probe = wait_for("the new master to take a job", timeout_s, lambda: _try_probe(client))
     job = watch(client, probe, timeout_s, quiet=True)
     resume_s = time.monotonic() - t0
     rejoined = _rejoined(client, old, crash_wall, timeout_s)
     after = _instances(client)
     disturbed = sorted(n for n, (pid, status) in before.items() if after.get(n) != (pid, status))
-    agree, sums = _replicas_agree(client, 30)
+    agree, sums = replicas_agree(client, 30)
     stuck = _stuck_jobs(client, crash_wall, 30)
     stale = client.post("/v1/drill/stale-order", {"token": old_token})["data"]
     accepted = [s["node"] for s in stale if s["accepted"]]
@@ -111,21 +112,9 @@ def _rejoined(client: AgentClient, node: str, since_wall: float, timeout_s: floa
         return bool(row and row["status"] == "online" and row["lease"] == "held"
                     and row["report_age_s"] is not None and row["report_age_s"] < time.time() - since_wall)
     try:
-        return bool(_wait(f"node '{node}' to rejoin", timeout_s, back))
+        return bool(wait_for(f"node '{node}' to rejoin", timeout_s, back))
     except DrillAborted:
         return False
-
-
-def _replicas_agree(client: AgentClient, timeout_s: float) -> tuple[bool, dict[str, str]]:
-    sums: dict[str, str] = {}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        rows = client.get("/v1/cluster/replicas")["data"]
-        sums = {r["node"]: r.get("checksum") or f"error: {r.get('error')}" for r in rows}
-        if len(set(sums.values())) == 1 and all(not v.startswith("error") for v in sums.values()):
-            return True, sums
-        time.sleep(0.5)
-    return False, sums
 
 
 def _stuck_jobs(client: AgentClient, before_wall: float, timeout_s: float) -> list[int]:

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cli.client import AgentClient, ApiError
-from cli.drill import DrillAborted, _replicas_agree, _wait
+from cli.common import Context, Subparsers, command
+from cli.drillkit import DrillAborted, replicas_agree, wait_for
 from cli.render import table
 
 POLL_S = 0.2
@@ -39,6 +40,23 @@ ASK_KILLED_EVERY_S = 1.0  # a killed node is asked directly this often (each try
 MAX_DURATION_S = 120.0
 SETTLE_S = 5.0  # after the node is back: watch a little longer that nothing moves again
 EARLY_TOLERANCE_S = 1.0  # the node's clock and ours may tick at slightly different rates
+
+
+def add_commands(d: Subparsers) -> None:
+    s = command(d, "node-loss", from_args, "cut a node off (or kill it) and check that its auto-failover "
+                                           "instances came back elsewhere, never on two nodes")
+    s.add_argument("node")
+    s.add_argument("--mode", choices=("isolate", "kill"), default="isolate",
+                   help="isolate: the node stops renewing its lease, reporting and gossiping, then comes back; "
+                        "kill: every process of the node dies, QEMUs included, and it stays down for the "
+                        "duration, its supervisor held off (test and demo clusters)")
+    s.add_argument("--duration", type=float, metavar="S",
+                   help="how long the node is cut off or stays down: longer than its lease, at most 120 s "
+                        "(default: the node lease time + 40 s)")
+
+
+def from_args(ctx: Context) -> int:
+    return node_loss(ctx.client, ctx.args.node, ctx.args.mode, ctx.args.duration, ctx.args.json)
 
 
 def _guarded(client: AgentClient, node: str) -> tuple[list[str], float]:
@@ -66,8 +84,8 @@ def _hand_over_if_master(client: AgentClient, node: str, timeout_s: float) -> No
         return
     print(f"  '{node}' is the master: handing the role to another candidate first", file=sys.stderr, flush=True)
     client.post("/v1/cluster/master-failover", {})
-    _wait("another node to become master", timeout_s,
-          lambda: (c := client.get("/v1/cluster")["data"])["master"] not in (None, node) and c["quorum"]["ok"])
+    wait_for("another node to become master", timeout_s,
+             lambda: (c := client.get("/v1/cluster")["data"])["master"] not in (None, node) and c["quorum"]["ok"])
 
 
 @dataclass
@@ -252,7 +270,7 @@ def _run(client: AgentClient, node: str, mode: str, duration_s: float | None, ti
     still = _node_qemus(client, node)
     watch.see(time.monotonic() - t0, {}, {i["name"]: i for i in client.get("/v1/instances")["data"]}, still,
               True, None)  # the last word: the node itself, asked once more
-    agree, _ = _replicas_agree(client, 30)
+    agree, _ = replicas_agree(client, 30)
     events = client.get(f"/v1/events?node={node}&limit=1000")["data"]
     failovers = {n: sum(1 for e in events if e["instance"] == n and e["kind"] == "fail-over"
                         and e["time"] >= start_wall) for n in moving}

@@ -1,65 +1,60 @@
-"""Waiting for a job: stream its log lines and progress until it ends."""
+"""`corral job list|info|watch|cancel`: the jobs (every change is one).
+
+Each command's arguments, its call and its rendering live here together;
+cli.main only registers the group. Waiting for a job is cli.common's.
+"""
 
 from __future__ import annotations
 
-import sys
-import time
 from typing import Any
+from urllib.parse import urlencode
 
-from cli.client import AgentClient, ApiError
-from cli.render import clock, duration
-
-POLL_S = 0.2
-APPEAR_S = 5.0
-EXIT_JOB_FAILED = 1
+from cli.common import Context, Subparsers, command, group
+from cli.render import table, when
+from hostagent.callers import describe as caller_words
 
 
-def watch(client: AgentClient, job_id: int, timeout_s: float, quiet: bool = False) -> dict[str, Any]:
-    """Print new log lines as they appear; return the final job record."""
-    shown = 0
-    progress_len = 0
-    tty = sys.stderr.isatty()
-    deadline = time.monotonic() + timeout_s
-    appear_by = time.monotonic() + APPEAR_S
-    try:
-        while True:
-            try:
-                job = client.get(f"/v1/jobs/{job_id}")["data"]
-            except ApiError as exc:
-                if exc.status != 404 or time.monotonic() > appear_by:
-                    raise
-                job = None  # submitted on another node: give the replica a moment
-            if job is not None:
-                for t, line in job["log"][shown:]:
-                    if progress_len:
-                        sys.stderr.write("\r" + " " * progress_len + "\r")
-                        progress_len = 0
-                    if not quiet:
-                        print(f"{clock(t)} {line}", flush=True)
-                shown = len(job["log"])
-                progress = job.get("progress")
-                if tty and progress and job["status"] == "running":
-                    text = (f"  {progress['percent']:5.1f}% {progress['text']} "
-                            f"ETA {duration(progress.get('eta_s'))}")
-                    sys.stderr.write("\r" + text.ljust(progress_len))
-                    sys.stderr.flush()
-                    progress_len = len(text)
-                if job["status"] in ("success", "error", "canceled"):
-                    if progress_len:
-                        sys.stderr.write("\n")
-                    return job
-            if time.monotonic() > deadline:
-                print(f"stopped waiting after {timeout_s:.0f} s; job {job_id} goes on: "
-                      f"`corral job watch {job_id}`", file=sys.stderr)
-                raise SystemExit(EXIT_JOB_FAILED)
-            time.sleep(POLL_S)
-    except KeyboardInterrupt:
-        print(f"\nstopped watching; job {job_id} goes on: `corral job watch {job_id}`", file=sys.stderr)
-        raise SystemExit(130) from None
+def register(top: Subparsers) -> None:
+    j = group(top, "job", "jobs (every change is one)")
+    s = command(j, "list", show_list, "jobs not yet archived (finished ones are, after 6 h by default)")
+    s.add_argument("--archived", action="store_true", help="the archived jobs instead (kept 30 days)")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--running", action="store_true", help="only running jobs")
+    which.add_argument("--failed", action="store_true", help="only failed jobs")
+    for name, run, help_ in (("info", info, "one job with its log"), ("watch", watch, "follow a job until it ends"),
+                             ("cancel", cancel, "cancel a job that has not started")):
+        s = command(j, name, run, help_, job=name == "watch")
+        s.add_argument("id", type=int)
 
 
-def finish(job: dict[str, Any]) -> int:
-    if job["status"] == "success":
-        return 0
-    print(f"error: job {job['id']} ({job['summary']}) {job['status']}: {job.get('error')}", file=sys.stderr)
-    return EXIT_JOB_FAILED
+def show_list(ctx: Context) -> int:
+    def human(rows: list[dict[str, Any]]) -> None:
+        print(table(["ID", "STATUS", "CREATED", "SUMMARY", "ERROR"],
+                    [[r["id"], r["status"], when(r["created"]), r["summary"], r["error"] or ""] for r in rows]))
+    a = ctx.args
+    query = {k: v for k, v in (("archived", "1" if a.archived else ""),
+                               ("status", "running" if a.running else "error" if a.failed else "")) if v}
+    return ctx.out(ctx.client.get("/v1/jobs" + ("?" + urlencode(query) if query else "")), human)
+
+
+def info(ctx: Context) -> int:
+    def human(j: dict[str, Any]) -> None:
+        print(f"job {j['id']}: {j['summary']} ({j['op']})")
+        print(f"status:   {j['status']}" + (f" - {j['error']}" if j["error"] else ""))
+        print(f"created:  {when(j['created'])}  started: {when(j['started'])}  ended: {when(j['ended'])}")
+        print(f"master:   {j['master']}")
+        print(f"by:       {caller_words(j.get('caller'))}")
+        print("log:")
+        for t, line in j["log"]:
+            print(f"  {when(t)} {line}")
+    return ctx.out(ctx.client.get(f"/v1/jobs/{ctx.args.id}"), human)
+
+
+def cancel(ctx: Context) -> int:
+    ctx.client.post(f"/v1/jobs/{ctx.args.id}/cancel")
+    print(f"job {ctx.args.id} canceled")
+    return 0
+
+
+def watch(ctx: Context) -> int:
+    return ctx.follow(ctx.args.id)

@@ -1,19 +1,16 @@
 """`corral network add|list|info|remove`, and the `--net` specs of `instance add` and `instance modify`.
 
 Each command's arguments, its call and its rendering live here together;
-cli.main only registers them.
+cli.main only registers the group.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from cli.client import AgentClient
-from cli.render import table, warn_if_stale
+from cli.common import Context, Subparsers, command, group
+from cli.render import table
 
 NIC_KEYS = ("mode", "bridge", "mac", "network", "ip", "vlan")
 NET_HELP = ("mode=user | mode=bridged,bridge=br0 | network=NAME,ip=pool|ADDR; also mac=, vlan=N "
@@ -58,8 +55,9 @@ def nic_change(text: str) -> dict[str, Any]:
     return {"action": action, "index": int(head), **nic_spec(params)}
 
 
-def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("add", help="add a network with an IPv4 address pool (IPv4 only)", parents=[common])
+def register(top: Subparsers) -> None:
+    sub = group(top, "network", "networks with an IPv4 address pool for instance NICs")
+    s = command(sub, "add", add, "add a network with an IPv4 address pool (IPv4 only)")
     s.add_argument("name")
     s.add_argument("--subnet", required=True, metavar="CIDR", help="IPv4 network, /16 to /30, e.g. 192.0.2.0/24")
     s.add_argument("--gateway", metavar="IP", help="never handed out, given to the OS scripts")
@@ -67,40 +65,35 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     s.add_argument("--bridge", metavar="BR", help="host bridge its NICs are put on (bridged mode)")
     s.add_argument("--vlan", type=int, metavar="N", help="VLAN id (1-4094) of its NICs' taps on the bridge")
     s.add_argument("--tag", action="append", metavar="TAG", help="a tag (given to OS scripts); repeat for more")
-    sub.add_parser("list", help="all networks with their free and used address counts", parents=[common])
-    for verb, help_ in (("info", "one network: free ranges, and which instance NIC holds each used address"),
-                        ("remove", "remove a network no NIC is on")):
-        s = sub.add_parser(verb, help=help_, parents=[common])
+    command(sub, "list", show_list, "all networks with their free and used address counts")
+    for verb, run, help_ in (
+            ("info", info, "one network: free ranges, and which instance NIC holds each used address"),
+            ("remove", remove, "remove a network no NIC is on")):
+        s = command(sub, verb, run, help_)
         s.add_argument("name")
 
 
-def handlers(client: AgentClient, args: argparse.Namespace) -> dict[tuple[str, str], Callable[[], int]]:
-    """The (group, command) -> handler entries of this module."""
-    return {("network", "add"): lambda: add(client, args), ("network", "list"): lambda: show_list(client, args),
-            ("network", "info"): lambda: info(client, args), ("network", "remove"): lambda: remove(client, args)}
-
-
-def add(client: AgentClient, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"name": args.name, "subnet": args.subnet}
+def add(ctx: Context) -> int:
+    body: dict[str, Any] = {"name": ctx.args.name, "subnet": ctx.args.subnet}
     for field in ("gateway", "mac_prefix", "bridge", "vlan"):
-        if getattr(args, field) is not None:
-            body[field] = getattr(args, field)
-    if args.tag:
-        body["tags"] = args.tag
-    answer = client.post("/v1/networks", body)
-    return _out(args, answer, lambda d: print(f"network '{d['name']}' added: {d['subnet']}, "
-                                              f"{d['free_count']} addresses to hand out"))
+        if getattr(ctx.args, field) is not None:
+            body[field] = getattr(ctx.args, field)
+    if ctx.args.tag:
+        body["tags"] = ctx.args.tag
+    answer = ctx.client.post("/v1/networks", body)
+    return ctx.out(answer, lambda d: print(f"network '{d['name']}' added: {d['subnet']}, "
+                                           f"{d['free_count']} addresses to hand out"))
 
 
-def show_list(client: AgentClient, args: argparse.Namespace) -> int:
+def show_list(ctx: Context) -> int:
     def human(rows: list[dict[str, Any]]) -> None:
         print(table(["NETWORK", "SUBNET", "GATEWAY", "BRIDGE", "VLAN", "MAC PREFIX", "USED", "FREE"],
                     [[r["name"], r["subnet"], r["gateway"] or "-", r["bridge"] or "-", str(r["vlan"] or "-"),
                       r["mac_prefix"] or "-", str(r["used_count"]), str(r["free_count"])] for r in rows]))
-    return _out(args, client.get("/v1/networks"), human)
+    return ctx.out(ctx.client.get("/v1/networks"), human)
 
 
-def info(client: AgentClient, args: argparse.Namespace) -> int:
+def info(ctx: Context) -> int:
     def human(d: dict[str, Any]) -> None:
         print(f"network:      {d['name']} ({d['uuid']})")
         print(f"subnet:       {d['subnet']} (IPv4), gateway {d['gateway'] or 'none'}")
@@ -115,18 +108,9 @@ def info(client: AgentClient, args: argparse.Namespace) -> int:
         for used in d["used"]:
             print(f"used:         {used['ip']:15}  {used['by']}")
         print(f"instances:    {', '.join(d['instances']) or 'none'}")
-    return _out(args, client.get(f"/v1/networks/{quote(args.name, safe='')}"), human)
+    return ctx.out(ctx.client.get(f"/v1/networks/{quote(ctx.args.name, safe='')}"), human)
 
 
-def remove(client: AgentClient, args: argparse.Namespace) -> int:
-    answer = client.delete(f"/v1/networks/{quote(args.name, safe='')}")
-    return _out(args, answer, lambda d: print(f"network '{d['name']}' removed"))
-
-
-def _out(args: argparse.Namespace, answer: dict[str, Any], human: Callable[[Any], None]) -> int:
-    if args.json:
-        print(json.dumps(answer["data"], indent=2, sort_keys=True))
-    else:
-        warn_if_stale(answer)
-        human(answer["data"])
-    return 0
+def remove(ctx: Context) -> int:
+    answer = ctx.client.delete(f"/v1/networks/{quote(ctx.args.name, safe='')}")
+    return ctx.out(answer, lambda d: print(f"network '{d['name']}' removed"))
