@@ -72,6 +72,7 @@ class JobRunner:
         self._locks: dict[str, asyncio.Lock] = {}
         self._active: dict[int, tuple[asyncio.Task[None], dict[str, Any]]] = {}
         self._cancel_requested: set[int] = set()
+        self._ended: dict[str, float] = {}  # lock key -> when (wall clock) the last job holding it ended
         self._next_id = 1
 
     async def start(self) -> None:
@@ -167,7 +168,18 @@ class JobRunner:
     def _spawn(self, job: dict[str, Any]) -> None:
         task = asyncio.create_task(self._run(job), name=f"job-{job['id']}")
         self._active[job["id"]] = (task, job)
-        task.add_done_callback(lambda _: self._active.pop(job["id"], None))
+        task.add_done_callback(lambda _: self._done(job))
+
+    def _done(self, job: dict[str, Any]) -> None:
+        self._active.pop(job["id"], None)
+        now = time.time()
+        for key in self._lock_keys(job):
+            self._ended[key] = now
+
+    def ended_at(self, lock_key: str) -> float:
+        """When the last job holding `lock_key` ended (0.0: none since this master began): what it did may
+        not show in a node report made before."""
+        return self._ended.get(lock_key, 0.0)
 
     async def _run(self, job: dict[str, Any]) -> None:
         # This task's own context: the events (and sub-jobs) of a job taken over from an earlier master

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from hostagent.operations import Operations
 
 log = logging.getLogger(__name__)
+JOB_UNSEEN_MAX_S = 30.0  # how long a restart waits for a node report made after a job on its instance
 
 PASS_EVERY_S = 1.0
 EVENTS_KEPT = 1000
@@ -58,7 +59,9 @@ class Restarter:
         tracks = {t["name"]: Track.from_dict(t) for t in await self.ops._prefix(model.RESTARTS)}
         runner = self.ops.role.runner
         busy = frozenset(i["name"] for i in instances
-                         if runner is not None and runner.busy(f"instance/{i['name']}")) | set(self._starting)
+                         if runner is not None and (runner.busy(f"instance/{i['name']}") or unseen(
+                             runner.ended_at(f"instance/{i['name']}"), reports.get(i["primary_node"]), now))
+                         ) | set(self._starting)
         by_name = {i["name"]: i for i in instances}
         starting_on: dict[str, int] = {}
         for name in self._starting:
@@ -150,3 +153,12 @@ class Restarter:
             except Exception as record_exc:  # noqa: BLE001 - e.g. this node stopped being master meanwhile
                 log.warning("instance '%s': could not record the failed start (%s); the next master judges it "
                             "from the node's report", name, record_exc)
+
+
+def unseen(job_ended_at: float, report: dict[str, Any] | None, now: float) -> bool:
+    """A job on the instance ended after its node's last report was made: that report cannot show what the
+    job did (a QEMU it just started would look absent, and be "restarted"). Waited for at most
+    `JOB_UNSEEN_MAX_S`, so a node clock behind the master's only delays a restart."""
+    if not job_ended_at or now - job_ended_at > JOB_UNSEEN_MAX_S:
+        return False
+    return report is None or float(report.get("time", 0.0)) <= job_ended_at
