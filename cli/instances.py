@@ -62,7 +62,9 @@ def register(top: Subparsers) -> None:
     s.add_argument("--os-param", action="append", metavar="NAME=VALUE",
                    help="OS parameters for the next install; NAME= removes NAME")
     s.add_argument("--net", action="append", metavar="CHANGE",
-                   help="NICs of a stopped instance, at its next start: " + networks.MODIFY_NET_HELP)
+                   help="NICs: a stopped instance's change at its next start; a running one gains NICs at the end "
+                        "and loses its last one live (hot-plug), other changes wait for a stop: "
+                        + networks.MODIFY_NET_HELP)
     s.add_argument("--owner", help="who to ask about this instance ('' clears it)")
     s.add_argument("--description", help="one line saying what it is for ('' clears it)")
     s.add_argument("--cdrom", metavar="PATH|none", help="insert an ISO file (live if the running instance has a "

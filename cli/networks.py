@@ -30,6 +30,8 @@ def nic_spec(text: str) -> dict[str, Any]:
         key, eq, value = part.partition("=")
         if not eq or key.strip() not in NIC_KEYS:
             raise NetSpecError(f"--net: {part!r} is not KEY=VALUE with KEY one of {', '.join(NIC_KEYS)}")
+        if key.strip() in spec:
+            raise NetSpecError(f"--net: {key.strip()} is given twice in {text!r}; give each KEY once")
         spec[key.strip()] = value.strip()
     if "vlan" in spec:
         if spec["vlan"] in ("", "none"):
@@ -82,7 +84,7 @@ def add(ctx: Context) -> int:
         body["tags"] = ctx.args.tag
     answer = ctx.client.post("/v1/networks", body)
     return ctx.out(answer, lambda d: print(f"network '{d['name']}' added: {d['subnet']}, "
-                                           f"{d['free_count']} addresses to hand out"))
+                                           f"{_addresses(d['free_count'])} to hand out"))
 
 
 def show_list(ctx: Context) -> int:
@@ -103,7 +105,7 @@ def info(ctx: Context) -> int:
         if d.get("tags"):
             print(f"tags:         {', '.join(d['tags'])}")
         print("never given:  " + ", ".join(f"{ip} ({why})" for ip, why in d["reserved"].items()))
-        print(f"addresses:    {d['size']} to hand out, {d['used_count']} used, {d['free_count']} free")
+        print(f"addresses:    {_addresses(d['size'])} to hand out, {d['used_count']} used, {d['free_count']} free")
         print("free:         " + (", ".join(d["free"][:20]) + (" ..." if len(d["free"]) > 20 else "") or "none"))
         for used in d["used"]:
             print(f"used:         {used['ip']:15}  {used['by']}")
@@ -114,3 +116,7 @@ def info(ctx: Context) -> int:
 def remove(ctx: Context) -> int:
     answer = ctx.client.delete(f"/v1/networks/{quote(ctx.args.name, safe='')}")
     return ctx.out(answer, lambda d: print(f"network '{d['name']}' removed"))
+
+
+def _addresses(n: int) -> str:
+    return f"{n} address" + ("" if n == 1 else "es")
