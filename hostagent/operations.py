@@ -586,7 +586,7 @@ class Operations:
                                   f"of '{name}'" + (" (restarting it now, as asked)" if args.get("restart") else
                                                     " (`corral instance reboot`, or modify --restart)"))
                     if args.get("restart"):
-                        await self._stop(ctx, new, False, None)
+                        await self._stop(ctx, pending.effective(new), False, None)  # its new shutdown timeout too
                         await self._start(ctx, new, self.merged_hv(await self.cluster_hv(), new))
                 return {"name": name, "pending": new.get("pending") or {},
                         **{key: wanted.get({"memory": "memory_mib"}.get(key, key)) for key in changes}}
