@@ -140,7 +140,10 @@ class ClusterRoutes(ApiBase):
         findings = views.verify(nodes, self._instances(), reports, self._all(model.JOBS), self._master(), now,
                                 cluster=self.agent.replica.get_json(model.CLUSTER_KEY) or {},
                                 leases={lease["node"]: lease for lease in self._all(model.LEASES)},
-                                tracks=self._all(model.RESTARTS), clocks=await self._clocks(nodes, reports, now))
+                                tracks=self._all(model.RESTARTS), clocks=await self._clocks(nodes, reports, now),
+                                addresses=([n["name"] for n in self._all(model.NETWORKS)], {
+                                    key[len(model.ADDRESSES):]: str(value.get("instance"))
+                                    for key, value in self.agent.replica.prefix_json(model.ADDRESSES)}))
         if self._replica_info()["stale"]:
             findings.insert(0, views.Finding("warning", "this node's config replica is stale; "
                                                         "findings may be out of date"))

@@ -193,3 +193,34 @@ def summary(net: Mapping[str, Any], used: Mapping[str, str]) -> dict[str, Any]:
     return {**net, "size": pool_size(net), "used_count": len(in_use), "free_count": pool_size(net) - len(in_use),
             "used": [{"ip": ip, "by": in_use[ip]} for ip in sorted(in_use, key=ipaddress.IPv4Address)],
             "free": free_ranges(net, in_use), "reserved": never_handed_out(net)}
+
+
+def leftovers(instances: Iterable[Mapping[str, Any]], nets: Iterable[str],
+              held: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """What `cluster verify` reports about addresses, as (code, message, instance): a NIC on a network that no
+    longer exists; a NIC's address with no record holding it (a pool could hand it out again); a record no
+    NIC holds (its address is never handed out). `held`: "<network>/<ip>" -> the holding instance's uuid."""
+    names = set(nets)
+    by_uuid = {str(i.get("uuid")): i for i in instances}
+    out: list[tuple[str, str, str]] = []
+    nics_held: set[str] = set()
+    for inst in instances:
+        for index, nic in enumerate(inst.get("nics") or []):
+            net, ip = nic.get("network"), nic.get("ip")
+            if net and net not in names:
+                out.append(("missing-network", f"instance '{inst['name']}': nic {index} is on network '{net}', "
+                                               "which no longer exists", str(inst["name"])))
+            if net and ip:
+                nics_held.add(f"{net}/{ip}")
+                if held.get(f"{net}/{ip}") != inst.get("uuid"):
+                    out.append(("unrecorded-address", f"instance '{inst['name']}': nic {index} has ip {ip} of "
+                                                      f"network '{net}' with no record holding it, so the pool "
+                                                      "could hand it out again", str(inst["name"])))
+    for key, owner in sorted(held.items()):
+        if key not in nics_held:
+            who = by_uuid.get(owner, {}).get("name")
+            net, _, ip = key.partition("/")
+            out.append(("stale-address", f"network '{net}': ip {ip} is held for "
+                                         f"{f'instance {who!r}' if who else 'an instance that no longer exists'} "
+                                         "but no NIC has it (it is never handed out)", str(who or "")))
+    return out

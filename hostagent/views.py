@@ -13,6 +13,7 @@ from typing import Any
 
 from storage.drbdconf import RESOURCE_PREFIX
 
+from hostagent import networks
 from hostagent.clocks import ClockReading
 from hostagent.placement import Request, _Judge
 from hostagent.looplag import WARN_MS as LOOP_LAG_WARN_MS
@@ -184,14 +185,16 @@ def verify(nodes: list[dict[str, Any]], instances: list[dict[str, Any]],
            now: float, *, cluster: Mapping[str, Any] | None = None,
            leases: Mapping[str, Mapping[str, Any]] | None = None,
            tracks: Iterable[Mapping[str, Any]] | None = None,
-           clocks: Mapping[str, ClockReading] | None = None) -> list[Finding]:
+           clocks: Mapping[str, ClockReading] | None = None,
+           addresses: tuple[Iterable[str], Mapping[str, str]] | None = None) -> list[Finding]:
     """Everything an operator should know is wrong; one finding per problem.
 
     Each keyword input turns checks on; a caller that cannot know one leaves it
     out: `cluster` (the cluster record: alert, fencing), `leases` (node -> its
     node lease record), `tracks` (the master's restart tracks, to find those of
     deleted instances), `clocks` (node -> its clock as read from the node
-    verify runs on).
+    verify runs on), `addresses` (the network names and the held address
+    records, "<network>/<ip>" -> instance uuid).
     """
     out: list[Finding] = []
     if master is None:
@@ -227,6 +230,9 @@ def verify(nodes: list[dict[str, Any]], instances: list[dict[str, Any]],
         out += _instance_findings(inst, reports, running_on.get(inst["name"], []), now)
     out += _n_plus_1(nodes, fresh, instances, now)
     out += _clock_findings(clocks or {})
+    if addresses is not None:
+        out += [Finding("error" if code == "missing-network" else "warning", message, code, instance=inst)
+                for code, message, inst in networks.leftovers(instances, *addresses)]
     for track in tracks or ():
         if track["name"] not in by_name:
             out.append(Finding("warning", f"the master's restart track of deleted instance '{track['name']}' "

@@ -143,6 +143,8 @@ def test_bad_nic_changes_are_refused_and_nothing_changes(node):
 
 
 def test_removing_the_instance_releases_its_addresses_and_then_the_network_goes(node):
+    verify = node.corral("cluster", "verify").stdout  # every NIC's address is recorded, every record has its NIC
+    assert "address" not in verify and "network" not in verify, verify
     node.ok("instance", "remove", "web1")
     assert node.json("network", "info", "lan")["used"] == []
     node.ok("network", "remove", "lan")

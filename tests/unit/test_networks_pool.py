@@ -86,3 +86,18 @@ def test_a_subnet_that_shares_addresses_with_another_network_is_named():
 def test_a_mac_prefix_the_host_s_taps_use_is_refused():
     with pytest.raises(BadRequest, match="not fe"):
         networks.new_network({"name": "x", "subnet": "10.0.0.0/24", "mac_prefix": "fe:00:00"}, now=0)
+
+
+def test_verify_names_a_nic_on_a_gone_network_an_unrecorded_address_and_a_record_no_nic_has():
+    web = {"name": "web1", "uuid": "u1", "nics": [{"network": "lan", "ip": "10.0.0.2"},
+                                                  {"network": "lan", "ip": "10.0.0.3"},
+                                                  {"network": "old", "ip": ""}]}
+    held = {"lan/10.0.0.2": "u1", "lan/10.0.0.5": "u1", "lan/10.0.0.6": "gone"}
+    found = networks.leftovers([web], ["lan"], held)
+    assert [(code, inst) for code, _, inst in found] == [
+        ("unrecorded-address", "web1"), ("missing-network", "web1"), ("stale-address", "web1"), ("stale-address", "")]
+    words = " | ".join(message for _, message, _ in found)
+    assert "nic 1 has ip 10.0.0.3 of network 'lan' with no record holding it" in words
+    assert "nic 2 is on network 'old', which no longer exists" in words
+    assert "ip 10.0.0.6 is held for an instance that no longer exists" in words
+    assert networks.leftovers([web], ["lan", "old"], {"lan/10.0.0.2": "u1", "lan/10.0.0.3": "u1"}) == []
