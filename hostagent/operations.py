@@ -528,7 +528,8 @@ class Operations:
         try:
             return await self._modify_tries(ctx, args, live)
         except BaseException:
-            await self._nics_undo(ctx, inst, live)
+            with contextlib.suppress(Exception):  # best effort: the job's own error is the one to report
+                await self._nics_undo(ctx, inst, live)
             raise
 
     async def _modify_tries(self, ctx: JobContext, args: dict[str, Any], live: list[tuple[str, int]]) -> dict[str, Any]:
