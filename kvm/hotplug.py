@@ -141,11 +141,7 @@ async def plug_disk(qmp: Qmp, index: int, disk: DiskSpec, hv: HvParams) -> bool:
 
 async def unplug_disk(qmp: Qmp, index: int, timeout_s: float = UNPLUG_TIMEOUT_S) -> bool:
     """Take disk ``index`` out of the guest and close its image; False when it was not there."""
-    present = disk_device_id(index) in await _devices(qmp)
-    if present:
-        await _unplug(qmp, disk_device_id(index), f"disk {index}", timeout_s)
-    await _delete_nodes(qmp, index)
-    return present
+    return await _take_out(qmp, disk_device_id(index), f"disk {index}", timeout_s, lambda: _delete_nodes(qmp, index))
 
 
 async def plug_nic(qmp: Qmp, index: int, nic: NicSpec, hv: HvParams) -> bool:
@@ -156,10 +152,15 @@ async def plug_nic(qmp: Qmp, index: int, nic: NicSpec, hv: HvParams) -> bool:
 
 async def unplug_nic(qmp: Qmp, index: int, timeout_s: float = UNPLUG_TIMEOUT_S) -> bool:
     """Take NIC ``index`` out of the guest and delete its netdev; False when it was not there."""
-    present = nic_device_id(index) in await _devices(qmp)
+    return await _take_out(qmp, nic_device_id(index), f"NIC {index}", timeout_s, lambda: _delete_netdev(qmp, index))
+
+
+async def _take_out(qmp: Qmp, device: str, what: str, timeout_s: float, clear: Callable[[], Awaitable[None]]) -> bool:
+    """Unplug ``device`` if the guest has it, then ``clear`` what backed it (also what a half-done unplug left)."""
+    present = device in await _devices(qmp)
     if present:
-        await _unplug(qmp, nic_device_id(index), f"NIC {index}", timeout_s)
-    await _delete_netdev(qmp, index)
+        await _unplug(qmp, device, what, timeout_s)
+    await clear()
     return present
 
 

@@ -361,19 +361,28 @@ def guest_dir() -> Path:
     return GUEST_DIR
 
 
-@pytest.fixture(scope="module")
-def one_node(tmp_path_factory, guest_dir):
-    """A one-node cluster initialized with TCG guests and the test guest kernel as defaults."""
-    node = AgentNode(tmp_path_factory.mktemp("cluster"))
+@contextlib.contextmanager
+def one_node_cluster(node: AgentNode, guest_dir: Path, name: str = "t1", kernel_args: str = "quiet",
+                     *init_args: str) -> Iterator[AgentNode]:
+    """`node` started and initialized as a one-node cluster with TCG guests and the test guest kernel as
+    defaults (edit its config before); stopped, with its QEMUs, at the end."""
     node.start()
     try:
-        node.ok("cluster", "init", "--name", "t1", "--hv",
+        node.ok("cluster", "init", "--name", name, "--hv",
                 f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
-                "kernel_args=quiet,shutdown_timeout_s=30", "--restart-backoff", "0.5")
+                f"kernel_args={kernel_args},shutdown_timeout_s=30", *init_args)
         yield node
     finally:
         node.stop()
         node.kill_qemus()
+
+
+@pytest.fixture(scope="module")
+def one_node(tmp_path_factory, guest_dir):
+    """A one-node cluster initialized with TCG guests and the test guest kernel as defaults."""
+    with one_node_cluster(AgentNode(tmp_path_factory.mktemp("cluster")), guest_dir, "t1", "quiet",
+                          "--restart-backoff", "0.5") as node:
+        yield node
 
 
 class Cluster:

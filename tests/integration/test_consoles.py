@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from conftest import BIN, AgentNode, free_port, wait_for
+from conftest import BIN, AgentNode, free_port, one_node_cluster, wait_for
 from election.replica import Replica
 from hostagent import vncpass
 from hostagent.errors import MESSAGE_HEADER
@@ -37,15 +37,8 @@ def node(tmp_path_factory, guest_dir):
     (node.root / "iso").mkdir()
     text = node.config.read_text()
     node.config.write_text(text.replace("kernel_dirs = ", f'iso_dirs = ["{node.root}/iso"]\nkernel_dirs = ', 1))
-    node.start()
-    try:
-        node.ok("cluster", "init", "--name", "t1", "--hv",
-                f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
-                "kernel_args=quiet,shutdown_timeout_s=30")
+    with one_node_cluster(node, guest_dir):
         yield node
-    finally:
-        node.stop()
-        node.kill_qemus()
 
 
 def make_iso(node: AgentNode, name: str) -> str:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import AgentNode, wait_for
+from conftest import AgentNode, one_node_cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 BOOTED = re.compile(r"CORRAL-GUEST-BOOTED count=(\d+) mem=(\d+)M cpus=(\d+) disks=(\S*) nics=(\S*)")
@@ -15,16 +15,9 @@ BOOTED = re.compile(r"CORRAL-GUEST-BOOTED count=(\d+) mem=(\d+)M cpus=(\d+) disk
 @pytest.fixture(scope="module")
 def watched(tmp_path_factory, guest_dir):
     """A one-node cluster whose guests report disks and NICs as they come and go."""
-    node = AgentNode(tmp_path_factory.mktemp("hotplug"))
-    node.start()
-    try:
-        node.ok("cluster", "init", "--name", "hp", "--hv",
-                f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
-                "kernel_args=quiet corral.watch=1,shutdown_timeout_s=30", "--restart-backoff", "0.5")
+    with one_node_cluster(AgentNode(tmp_path_factory.mktemp("hotplug")), guest_dir, "hp", "quiet corral.watch=1",
+                          "--restart-backoff", "0.5") as node:
         yield node
-    finally:
-        node.stop()
-        node.kill_qemus()
 
 
 def boot(node: AgentNode, name: str, count: int) -> tuple[int, int, str, str]:

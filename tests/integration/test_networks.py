@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, AgentNode, wait_for
+from conftest import REPO, AgentNode, one_node_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 BOOT_TIMEOUT_S = 90
@@ -32,15 +32,8 @@ def node(tmp_path_factory, guest_dir):
     agent = AgentNode(root / "n1")
     agent.config.write_text(agent.config.read_text().replace(
         'os_search_paths = [', f'os_search_paths = ["{root / "os"}", '))
-    agent.start()
-    try:
-        agent.ok("cluster", "init", "--name", "nets", "--hv",
-                 f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
-                 "kernel_args=quiet,shutdown_timeout_s=30")
+    with one_node_cluster(agent, guest_dir, "nets"):
         yield agent
-    finally:
-        agent.stop()
-        agent.kill_qemus()
 
 
 def refused(node: AgentNode, *args: str) -> str:
