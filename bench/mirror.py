@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 from conftest import free_port  # noqa: E402  (the test suite's helper)
 from hostagent import pki  # noqa: E402
-from hostagent.replication import client_identity  # noqa: E402
+from hostagent.node.replication import client_identity  # noqa: E402
 from kvm.blockmirror import MirrorState, add_nbd_target, mirror_state, start_mirror, stop_mirror  # noqa: E402
 from kvm.cmdline import DiskSpec, InstanceSpec  # noqa: E402
 from kvm.hvparams import HvParams  # noqa: E402

@@ -38,13 +38,13 @@ events; the events' own counts are printed too. "start that found its QEMU
 running" counts start orders whose QEMU pid was the one the instance's previous
 start had launched: that start had worked, but was judged failed. A timeline shows starts ordered and instances
 running against the host's 1-minute load, which the restart policy
-(hostagent/restarts.py) compares with max_load_per_cpu x CPUs: while the load
+(hostagent/master/decide/restarts.py) compares with max_load_per_cpu x CPUs: while the load
 is past it, no node starts anything. All nodes share this machine, so each one
 reports the whole host's load. The figure to beat is Ganeti's watcher (30
 minutes in the seeds' outage); the aim is under one minute.
 
 Experiments (what-if runs for a proposed fix; Corral's code is not changed):
---policy KEY=VALUE,... gives the restarted agents other hostagent.restarts.Policy
+--policy KEY=VALUE,... gives the restarted agents other hostagent.master.decide.restarts.Policy
 defaults (through a sitecustomize module in a temp dir on their PYTHONPATH);
 --nice-qemu N renices every thread of every QEMU to N as soon as its pidfile
 appears, as if QEMUs ran at a lower CPU priority than the control plane.
@@ -78,7 +78,7 @@ import psutil
 from benchcluster import AgentNode, Cluster, ChildLedger, ask, guest_hv, is_gone, pidfile_pids, power_off, \
     running_cluster, wait_for, wait_gone
 
-from hostagent.restarts import Policy
+from hostagent.master.decide.restarts import Policy
 
 SUBNET = "127.0.4"
 TMP_PREFIX = "outage-"  # the cluster's files: /tmp/outage-XXXX
@@ -94,7 +94,7 @@ BOOT_STALL_S = 90.0
 BOOTED = re.compile(r"CORRAL-GUEST-BOOTED count=(\d+)")
 BOOT_PATTERN_TIMEOUT_S = 300  # --judge-boots: a boot slower than this under the storm counts as failed
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) corral-agent\[\d+\] (\w+) (.*)$")
-# What the agents' logs say, by what it means for the recovery (hostagent.restarter, election, executor).
+# What the agents' logs say, by what it means for the recovery (hostagent.master.duties.restarter, election, executor).
 LOG_SIGNS = {
     "start ordered": re.compile(r"is marked up but .*: starting it on node"),
     "  of which a retry": re.compile(r"starting it on node '[^']+' \(attempt [2-9]"),
@@ -111,8 +111,8 @@ SITECUSTOMIZE = '''"""Written by bench/outage_recovery.py --policy: other restar
 import dataclasses, json, os
 _overrides = json.loads(os.environ.get("CORRAL_BENCH_POLICY") or "{}")
 if _overrides:
-    import hostagent.restarter as _restarter
-    import hostagent.restarts as _restarts
+    import hostagent.master.duties.restarter as _restarter
+    import hostagent.master.decide.restarts as _restarts
     _restarter.Policy = dataclasses.make_dataclass(
         "Policy", [(k, type(v), dataclasses.field(default=v)) for k, v in _overrides.items()],
         bases=(_restarts.Policy,), frozen=True)
@@ -490,7 +490,7 @@ def analysis(rec: Recovery, gate: float) -> None:
 # ---- main --------------------------------------------------------------------------
 
 def parse_policy(text: str) -> dict[str, float | int]:
-    """--policy KEY=VALUE,...: Policy fields, each checked against hostagent.restarts.Policy."""
+    """--policy KEY=VALUE,...: Policy fields, each checked against hostagent.master.decide.restarts.Policy."""
     known = {f.name: f.type for f in dataclasses.fields(Policy)}
     out: dict[str, float | int] = {}
     for item in filter(None, text.split(",")):

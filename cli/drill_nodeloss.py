@@ -6,7 +6,7 @@ must fence itself; after `--duration` it is connected again. `kill` (test
 and demo clusters) kills every process of the node, QEMUs included, as a
 power cut would, and keeps it down for `--duration`: the supervisor restarts
 the agent at once, but the agent waits out the drill's hold before it starts
-(hostagent/holddown.py), as a machine without power would; then the node
+(hostagent/node/holddown.py), as a machine without power would; then the node
 comes back. This node's agent observes; a target that is master hands the
 role over first (not measured).
 

@@ -2,8 +2,8 @@
 
 Each VNC viewer that connects gets a websocket of its own to the local agent,
 which bridges it to the display (from the instance's node if it runs
-elsewhere, hostagent.api_consoles); this process copies the bytes with the
-agent's own bounded pump (hostagent.relay) until Ctrl-C. The port is on
+elsewhere, hostagent.api.consoles); this process copies the bytes with the
+agent's own bounded pump (hostagent.api.relay) until Ctrl-C. The port is on
 loopback unless ADDR says otherwise: whoever reaches it reaches the display,
 with the VNC password (vnc=tcp) as the only lock, and none at all for a
 vnc=localhost display.
@@ -20,7 +20,7 @@ import aiohttp
 
 from cli.client import EXIT_UNREACHABLE, AgentUnreachable
 from cli.console import Refused, open_websocket
-from hostagent.relay import StreamEnd, WebSocketEnd, bridge
+from hostagent.api.relay import StreamEnd, WebSocketEnd, bridge
 
 
 def parse_listen(value: str) -> tuple[str, int]:

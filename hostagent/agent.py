@@ -34,30 +34,33 @@ from storage.filedisk import FileTemplate
 from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, discover
 
-from hostagent import callers, gossip, joining, model, pki, reporter, vncpass
-from hostagent.boothealth import BootWatcher
-from hostagent.callers import Caller
+from hostagent import model, pki
+from hostagent.api import callers
+from hostagent.master import vncpass
+from hostagent.node import gossip, joining, reporter
+from hostagent.node.boothealth import BootWatcher
+from hostagent.api.callers import Caller
 from hostagent.config import AgentConfig
-from hostagent.executor import NodeExecutor, OrderError
-from hostagent.media import NodeMedia
-from hostagent.relay import RelayLimit
-from hostagent.replication import NodeReplication
-from hostagent.diskcopy import NodeDiskCopy
-from hostagent.fencing import TokenGuard
-from hostagent.master import MasterRole
-from hostagent.node_ops import NodeOperations
-from hostagent.autofailover import AutoFailover
-from hostagent.jobarchive import JobArchive
-from hostagent.looplag import LoopLag
-from hostagent.nodelease import NodeLease
-from hostagent.nodetrust import CrlKeeper, NodeTrust
-from hostagent.selffence import SelfFence
-from hostagent.notify import Notifier
-from hostagent.operations import Operations, lock_keys
+from hostagent.node.executor import NodeExecutor, OrderError
+from hostagent.node.media import NodeMedia
+from hostagent.api.relay import RelayLimit
+from hostagent.node.replication import NodeReplication
+from hostagent.node.diskcopy import NodeDiskCopy
+from hostagent.node.fencing import TokenGuard
+from hostagent.master.role import MasterRole
+from hostagent.master.node_ops import NodeOperations
+from hostagent.master.duties.autofailover import AutoFailover
+from hostagent.master.jobarchive import JobArchive
+from hostagent.node.looplag import LoopLag
+from hostagent.node.nodelease import NodeLease
+from hostagent.api.nodetrust import CrlKeeper, NodeTrust
+from hostagent.node.selffence import SelfFence
+from hostagent.node.notify import Notifier
+from hostagent.master.operations import Operations, lock_keys
 from hostagent.orders import NodeClient
-from hostagent.rotation import Rotation
+from hostagent.master.rotation import Rotation
 from hostagent.status import REPORT_STALE_AFTER_S
-from hostagent.supervisor import ChildSupervisor
+from hostagent.node.supervisor import ChildSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +114,7 @@ class Agent:
                                            cfg.run_dir)
         self.media = NodeMedia(cfg.node_name, cfg.address, self.qemu, cfg.iso_dirs,
                                lambda uuid: vncpass.password(self.replica, uuid))
-        self.relays = RelayLimit()  # consoles and VNC displays this agent bridges (hostagent.relay)
+        self.relays = RelayLimit()  # consoles and VNC displays this agent bridges (hostagent.api.relay)
         self.executor = NodeExecutor(cfg.node_name, self.qemu, self.files, self.catalog,
                                      os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
                                      {**self.replication.orders(), **self.media.orders(), **NodeDiskCopy(

@@ -12,11 +12,13 @@ import sys
 from aiohttp import web
 
 from election.etcd import EtcdError
-from hostagent import accesslog, holddown, pki, priority
+from hostagent import pki
+from hostagent.api import accesslog
+from hostagent.node import holddown, priority
 from hostagent.agent import Agent, AlreadyRunning
-from hostagent.api import build_app
+from hostagent.api.app import build_app
 from hostagent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
-from hostagent.notify import Notifier
+from hostagent.node.notify import Notifier
 
 log = logging.getLogger("corral-agent")
 

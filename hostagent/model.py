@@ -25,13 +25,13 @@ USERS = "/corral/users/"
 LEASES = "/corral/leases/"
 HANDOVER_KEY = "/corral/handover"
 EVENTS = "/corral/events/"  # the master's automatic decisions with their reasons, oldest first
-FAILOVER_STATE_KEY = "/corral/failover-state"  # the master's node-failure decision state (hostagent.failovers)
-RESTARTS = "/corral/restarts/"  # the master's restart tracks (hostagent.restarts), one per instance
-REPLICAS = "/corral/replicas/"  # per replicated instance: is the secondary's copy in sync (hostagent.replicas)
-NETWORKS = "/corral/networks/"  # networks with an IPv4 pool (hostagent.networks)
+FAILOVER_STATE_KEY = "/corral/failover-state"  # the master's node-failure decision state (hostagent.master.decide.failovers)
+RESTARTS = "/corral/restarts/"  # the master's restart tracks (hostagent.master.decide.restarts), one per instance
+REPLICAS = "/corral/replicas/"  # per replicated instance: is the secondary's copy in sync (hostagent.master.decide.replicas)
+NETWORKS = "/corral/networks/"  # networks with an IPv4 pool (hostagent.master.decide.networks)
 # Disk templates. REPLICATED: a second copy on another node (a secondary, failover, evacuation onto it);
 # QUORUM_MIRRORED: that copy is kept by the primary's QEMU (a quorum over the local image and an NBD target,
-# hostagent.replication). DRBD (a later template) is replicated, not quorum-mirrored.
+# hostagent.node.replication). DRBD (a later template) is replicated, not quorum-mirrored.
 REPLICATED = ("mirror", "drbd")
 QUORUM_MIRRORED = ("mirror",)
 ADDRESSES = "/corral/addresses/"  # <network>/<ip>: held by one instance's NIC, written with the instance
@@ -145,7 +145,7 @@ class Nic:
     mac: str
     mode: str
     bridge: str = ""
-    network: str = ""  # hostagent.networks; "" for none
+    network: str = ""  # hostagent.master.decide.networks; "" for none
     ip: str = ""  # held from the network's pool; "" for none
     vlan: int | None = None  # bridged only: the tap's VLAN on a VLAN-aware bridge
 
@@ -169,14 +169,14 @@ class Instance:
     port_base: int = 0  # replicated templates: disk i is served on port_base + i (see checks)
     priority: str = "normal"  # restart order after an outage: critical, high, normal, low
     after: list[str] = field(default_factory=list)  # instances that must run before this one is restarted
-    boot_pattern: str = ""  # regex a console line of each boot must match (hostagent.boothealth); "": no check
+    boot_pattern: str = ""  # regex a console line of each boot must match (hostagent.node.boothealth); "": no check
     boot_timeout_s: float = 0.0  # how long a boot may take to print it; 0: DEFAULT_BOOT_TIMEOUT_S
     auto_failover: bool | None = None  # None: the cluster's default
     home_node: str | None = None  # set by an automatic failover: the node it came from (failback goes there)
     owner: str = ""  # who to ask about it ("whose VM is this?" during an outage)
     description: str = ""
     tags: list[str] = field(default_factory=list)
-    cdrom: str | None = None  # None: no CD-ROM drive; "": a drive, empty; else the ISO in it (hostagent.cdrom)
+    cdrom: str | None = None  # None: no CD-ROM drive; "": a drive, empty; else the ISO in it (hostagent.master.cdrom)
     admin_state: str = "down"
     ctime: float = 0.0
     mtime: float = 0.0

@@ -289,7 +289,7 @@ def server_context(paths: PkiPaths) -> ssl.SSLContext:
     """TLS server side: present the node cert; verify a client cert if one is offered.
 
     Optional because people (bearer tokens) and joining nodes (join tokens) have
-    none; each route then decides who may call it (hostagent.auth).
+    none; each route then decides who may call it (hostagent.api.auth).
     """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=paths.ca_cert)
     ctx.load_cert_chain(paths.node_cert, paths.node_key)

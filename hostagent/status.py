@@ -4,7 +4,7 @@ Pure: the same function serves `instance list`, `cluster verify` and later
 the master's restart decisions. Vocabulary follows Ganeti's so operators
 coming from it read it at once: running, stopped, error (should run but does
 not), error-up (runs but should not), node-down, unknown. A guest whose boot
-the node judged (hostagent.boothealth) runs while it is "waiting" and is an
+the node judged (hostagent.node.boothealth) runs while it is "waiting" and is an
 error once it timed out; the reason words are shared with the restarts.
 """
 
@@ -65,7 +65,7 @@ def instance_status(instance: dict[str, Any], report: dict[str, Any] | None,
 
 
 def boot_timeout_reason(seen: Mapping[str, Any]) -> str:
-    """Why a node report's QEMU counts as not booted (hostagent.boothealth judged it)."""
+    """Why a node report's QEMU counts as not booted (hostagent.node.boothealth judged it)."""
     return (f"did not boot: no console line matching '{seen.get('boot_pattern', '')}' "
             f"within {float(seen.get('boot_timeout_s', 0)):.0f} s")
 

@@ -13,12 +13,12 @@ from typing import Any
 
 from storage.drbdconf import RESOURCE_PREFIX
 
-from hostagent import networks
-from hostagent.clocks import ClockReading
-from hostagent.placement import Request, _Judge
-from hostagent.looplag import WARN_MS as LOOP_LAG_WARN_MS
+from hostagent.master.decide import networks
+from hostagent.node.clocks import ClockReading
+from hostagent.master.decide.placement import Request, _Judge
+from hostagent.node.looplag import WARN_MS as LOOP_LAG_WARN_MS
 from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
-from hostagent.replicas import out_of_date_words
+from hostagent.master.decide.replicas import out_of_date_words
 from hostagent.status import REPORT_STALE_AFTER_S, instance_status, report_age_s
 from hostagent.units import format_mib
 

@@ -29,7 +29,7 @@ NIC_MODES = ("user", "bridged")
 MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the final NUL
 # hvparam vnc=tcp: QEMU takes the first free port from VNC_PORTS (display = port - 5900), so instances
 # of one node never collide and no port is recorded in the config (`corral instance console --vnc` asks QMP).
-# VNC's own range: disk exports, migrations and DRBD take their ports from 11000 on (hostagent.checks), and a
+# VNC's own range: disk exports, migrations and DRBD take their ports from 11000 on (hostagent.master.decide.checks), and a
 # display that took one of those first would make a mirror's export fail to listen.
 VNC_PORTS = range(5900, 6900)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")

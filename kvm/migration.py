@@ -1,6 +1,6 @@
 """Live migration of a running QEMU to another node, over QMP.
 
-The flow, driven by the agent (hostagent.replication):
+The flow, driven by the agent (hostagent.node.replication):
 
 1. The destination QEMU starts with the instance's usual spec plus
    ``InstanceSpec(incoming=migration_uri(address, port))``: it listens

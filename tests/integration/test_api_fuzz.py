@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
 from conftest import AgentNode, formed
-from hostagent.api import ROUTES, Route
-from hostagent.openapi import SCHEMAS, body_schema
+from hostagent.api.app import ROUTES, Route
+from hostagent.api.openapi import SCHEMAS, body_schema
 
 pytestmark = pytest.mark.integration
 

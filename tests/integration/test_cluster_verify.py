@@ -23,8 +23,8 @@ from kvm.hvparams import HvParams
 from kvm.process import QemuManager
 from storage.nbdexport import NbdExportSpec, link_tls_dir, start_export
 
-from hostagent import clocks, reporter
-from hostagent.executor import client_identity
+from hostagent.node import clocks, reporter
+from hostagent.node.executor import client_identity
 from hostagent.orders import NodeClient
 from hostagent.pki import PkiPaths, client_context
 

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from conftest import BIN, AgentNode, free_port, one_node_cluster, wait_for
 from election.replica import Replica
-from hostagent import vncpass
+from hostagent.master import vncpass
 from hostagent.errors import MESSAGE_HEADER
-from hostagent.relay import ADMIN_RESERVE, MAX_PER_CALLER, MAX_RELAYS
+from hostagent.api.relay import ADMIN_RESERVE, MAX_PER_CALLER, MAX_RELAYS
 from kvm.qmp import Qmp
 
 pytestmark = pytest.mark.integration

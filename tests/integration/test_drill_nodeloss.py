@@ -18,7 +18,7 @@ from test_mirror_template import console, numbers, wait_in_sync
 from test_node_failure import (assert_resumed_from, boots_seen, guarded_by, last_acknowledged, qemu_pid, runs_on,
                                writing_mirror_cluster)
 
-from hostagent import holddown
+from hostagent.node import holddown
 
 pytestmark = pytest.mark.integration
 

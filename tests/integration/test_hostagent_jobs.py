@@ -13,7 +13,7 @@ from election.etcd import EtcdClient
 from election.lease import MasterLease, NotMaster
 from election_support import EtcdMember, etcd_cluster
 from hostagent import model
-from hostagent.jobs import Conflict, JobContext, JobFailed, JobRunner
+from hostagent.master.jobs import Conflict, JobContext, JobFailed, JobRunner
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from hostagent.supervisor import ChildSupervisor
+from hostagent.node.supervisor import ChildSupervisor
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ async def test_children_die_with_a_killed_agent(tmp_path):
     script = tmp_path / "agent.py"
     script.write_text(
         "import asyncio, sys\n"
-        "from hostagent.supervisor import ChildSupervisor\n"
+        "from hostagent.node.supervisor import ChildSupervisor\n"
         "async def main():\n"
         f"    s = ChildSupervisor('sleeper', lambda: ['sleep', '600'], {str(tmp_path / 'c.log')!r})\n"
         "    s.start()\n"

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import GUEST_DIR, AgentNode, console_answer, wait_for
 
-from hostagent.priority import CONTROL_NICE
+from hostagent.node.priority import CONTROL_NICE
 
 pytestmark = pytest.mark.integration
 BOOT_TIMEOUT_S = 90

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from conftest import AgentNode, Cluster, wait_for
-from hostagent import auth
-from hostagent.api import ROUTES, Route
-from hostagent.callers import HEADER, Caller
+from hostagent.api import auth
+from hostagent.api.app import ROUTES, Route
+from hostagent.api.callers import HEADER, Caller
 
 pytestmark = pytest.mark.integration
 

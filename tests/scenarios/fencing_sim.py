@@ -1,7 +1,7 @@
 """A simulated cluster for the failover and fencing rules: nodes, leases, agents, fence keepers, QEMUs.
 
-It runs the real pure decisions (hostagent.failovers, hostagent.restarts,
-hostagent.selffence.guarded_names) against simulated nodes and time, one
+It runs the real pure decisions (hostagent.master.decide.failovers, hostagent.master.decide.restarts,
+hostagent.node.selffence.guarded_names) against simulated nodes and time, one
 tick per second, and checks the invariants after every tick:
 
 - an instance never runs (unfrozen) on two nodes;
@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hostagent import failovers, restarts
-from hostagent.selffence import FENCE_MARGIN_S, guarded_names
+from hostagent.master.decide import failovers, restarts
+from hostagent.node.selffence import FENCE_MARGIN_S, guarded_names
 
 TTL = 20.0
 REPORT_EVERY = 2.0

@@ -1,6 +1,6 @@
 """Guests that start but do not boot, replayed against the master's real restart decisions.
 
-The simulated node judges each boot like hostagent.boothealth: a QEMU is
+The simulated node judges each boot like hostagent.node.boothealth: a QEMU is
 "waiting" after its start, "up" once its guest prints the pattern (after
 `boots_in` ticks, if ever), "timeout" when the boot timeout passes first. A
 start takes one tick; a stop ordered by the decision removes the QEMU. The
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hostagent.restarts import Policy, Track, View, decide
+from hostagent.master.decide.restarts import Policy, Track, View, decide
 
 POLICY = Policy(max_attempts=5, backoff_s=2.0, max_backoff_s=60.0, stable_s=60.0, max_starts_per_node=4)
 CONSOLE = ["[    2.1] EXT4-fs (vda): mounted filesystem", "[    2.3] Run /sbin/init", "waiting for network..."]

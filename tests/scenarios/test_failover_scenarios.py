@@ -12,8 +12,8 @@ import random
 import pytest
 from fencing_sim import TTL, Sim, mirrored
 
-from hostagent import failovers
-from hostagent.selffence import FENCE_MARGIN_S
+from hostagent.master.decide import failovers
+from hostagent.node.selffence import FENCE_MARGIN_S
 
 
 def inst_of(name: str, memory: int) -> dict:

@@ -1,4 +1,4 @@
-"""Outages replayed against the master's real restart decisions (hostagent.restarts).
+"""Outages replayed against the master's real restart decisions (hostagent.master.decide.restarts).
 
 A small simulator stands for the nodes: each tick it feeds `decide` the
 reports, applies the starts it orders (a start takes one tick; an instance
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hostagent.restarts import Policy, Track, View, decide
+from hostagent.master.decide.restarts import Policy, Track, View, decide
 
 POLICY = Policy(max_attempts=5, backoff_s=2.0, max_backoff_s=60.0, stable_s=60.0, max_starts_per_node=4)
 

@@ -1,6 +1,6 @@
 """`cluster modify` input checks: every problem named with what would be accepted."""
 
-from hostagent.cluster_settings import MODIFIABLE, check_changes, stored
+from hostagent.master.cluster_settings import MODIFIABLE, check_changes, stored
 
 
 def test_known_settings_with_good_values_are_accepted():

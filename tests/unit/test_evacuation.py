@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from hostagent.evacuation import Step, plan_evacuation
-from hostagent.jobs import JobContext, JobFailed
-from hostagent.node_ops import NodeOperations, _StepContext
-from hostagent.operations import lock_keys
+from hostagent.master.decide.evacuation import Step, plan_evacuation
+from hostagent.master.jobs import JobContext, JobFailed
+from hostagent.master.node_ops import NodeOperations, _StepContext
+from hostagent.master.operations import lock_keys
 
 NOW = 1000.0
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from hostagent.executor import nic_envs
+from hostagent.node.executor import nic_envs
 from storage.osdef import OsDefinition, os_environment
 
 NET = {"name": "lan", "uuid": "u-lan", "subnet": "10.0.0.0/24", "gateway": "10.0.0.1", "mac_prefix": "aa:00:00",

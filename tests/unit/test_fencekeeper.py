@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hostagent.fencekeeper import Feed, boottime, keeper_argv, keeper_running, process_start, write_feed
-from hostagent.selffence import guarded_names
+from hostagent.node.fencekeeper import Feed, boottime, keeper_argv, keeper_running, process_start, write_feed
+from hostagent.node.selffence import guarded_names
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,8 +3,8 @@
 import json
 import socket
 
-from hostagent import holddown
-from hostagent.notify import Notifier
+from hostagent.node import holddown
+from hostagent.node.notify import Notifier
 
 
 class Clock:

@@ -1,8 +1,8 @@
-"""Instance actions check their parameters before a job exists (hostagent.api_instances.action_params)."""
+"""Instance actions check their parameters before a job exists (hostagent.api.instances.action_params)."""
 
 import pytest
 
-from hostagent.api_instances import action_params
+from hostagent.api.instances import action_params
 from hostagent.errors import BadRequest
 
 

@@ -1,8 +1,8 @@
-"""Request bodies: a JSON object or a 400 that says why, never a 500 (hostagent.api_base.parse_body)."""
+"""Request bodies: a JSON object or a 400 that says why, never a 500 (hostagent.api.base.parse_body)."""
 
 import pytest
 
-from hostagent.api_base import MAX_BODY_DEPTH, parse_body
+from hostagent.api.base import MAX_BODY_DEPTH, parse_body
 from hostagent.errors import BadRequest
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hostagent.bodycheck import problems
-from hostagent.openapi import PATHS, SCHEMAS, body_schema
+from hostagent.api.bodycheck import problems
+from hostagent.api.openapi import PATHS, SCHEMAS, body_schema
 
 
 def check(name: str, body: object) -> list[str]:

@@ -1,10 +1,10 @@
-"""The console watch of hostagent.boothealth on real files, and how its verdicts are shown."""
+"""The console watch of hostagent.node.boothealth on real files, and how its verdicts are shown."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hostagent.boothealth import BootWatcher, QemuStart
+from hostagent.node.boothealth import BootWatcher, QemuStart
 from hostagent.views import instance_row, verify
 
 T0 = 1_000_000.0

@@ -12,11 +12,11 @@ from kvm.cmdline import DiskSpec, InstanceSpec
 from kvm.hvparams import HvParams
 from kvm.process import QemuManager
 
-from hostagent import cdrom, pending
-from hostagent.checks import ClusterView, check_add, check_modify
+from hostagent.master import cdrom, pending
+from hostagent.master.decide.checks import ClusterView, check_add, check_modify
 from hostagent.config import ConfigError, parse_config
 from hostagent.errors import BadRequest
-from hostagent.media import NodeMedia
+from hostagent.node.media import NodeMedia
 
 UUID = "6f1c2a44-0d1b-4a5e-9a61-2f6bb0f7d0c1"
 INST = {"name": "web1", "uuid": UUID, "disk_template": "file", "primary_node": "n1", "memory_mib": 128,

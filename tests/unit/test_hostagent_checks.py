@@ -2,10 +2,10 @@ import random
 
 import pytest
 
-from hostagent.checks import ClusterView, check_add
-from hostagent.nics import new_mac
+from hostagent.master.decide.checks import ClusterView, check_add
+from hostagent.master.decide.nics import new_mac
 from hostagent.errors import BadRequest, Conflict
-from hostagent.operations import lock_keys
+from hostagent.master.operations import lock_keys
 
 NODE = {"name": "n1", "address": "127.0.0.1"}
 REPORT = {"node": "n1", "time": 0.0, "memory_total_mib": 4096, "memory_free_mib": 3000, "disk_free_mib": 100_000,
@@ -114,9 +114,9 @@ def test_priority_and_after_are_checked_and_kept():
 
 def test_names_with_a_trailing_newline_are_refused():
     """`$` matches before a final newline; the name patterns end with \\Z."""
-    from hostagent.checks import NAME_RE
-    from hostagent.nics import MAC_RE
-    from hostagent.users import USER_RE
+    from hostagent.master.decide.checks import NAME_RE
+    from hostagent.master.decide.nics import MAC_RE
+    from hostagent.api.users import USER_RE
     from kvm.cmdline import check_instance_name
     assert NAME_RE.match("web1") and not NAME_RE.match("web1\n")
     assert not MAC_RE.match("52:54:00:00:00:01\n")

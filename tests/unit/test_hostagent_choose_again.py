@@ -6,7 +6,7 @@ import pytest
 
 from hostagent import model
 from hostagent.errors import Reserved
-from hostagent.operations import CHOOSE_TRIES, _choosing_again
+from hostagent.master.operations import CHOOSE_TRIES, _choosing_again
 
 
 def submitter(keys: list[str]):

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from hostagent.replication import NBD_GREETING, ReplicationError, probe_export
+from hostagent.node.replication import NBD_GREETING, ReplicationError, probe_export
 
 
 async def _serve(greeting: bytes | None) -> tuple[asyncio.AbstractServer, int]:

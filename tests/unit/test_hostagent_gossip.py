@@ -1,4 +1,4 @@
-from hostagent.gossip import describe
+from hostagent.node.gossip import describe
 from membership.members import Member, MemberEvent
 
 

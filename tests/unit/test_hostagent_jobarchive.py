@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hostagent.jobarchive import due, expired
+from hostagent.master.jobarchive import due, expired
 
 
 def test_only_finished_jobs_that_ended_long_enough_ago_are_due():

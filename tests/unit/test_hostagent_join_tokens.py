@@ -3,7 +3,7 @@
 import pytest
 
 from hostagent.errors import BadRequest
-from hostagent.joining import check_token, token_rows, token_state
+from hostagent.node.joining import check_token, token_rows, token_state
 
 RECORD = {"node": "n4", "address": "192.0.2.4", "created": 100.0, "expires": 200.0, "issued_by": "n1"}
 

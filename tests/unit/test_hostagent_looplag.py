@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from hostagent.looplag import LoopLag
+from hostagent.node.looplag import LoopLag
 from hostagent.views import node_row
 
 

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from hostagent import pending
-from hostagent.checks import ClusterView, check_add, check_kernel, check_modify, check_resources
+from hostagent.master import pending
+from hostagent.master.decide.checks import ClusterView, check_add, check_kernel, check_modify, check_resources
 from hostagent.errors import BadRequest
 
 NODE = {"name": "n1", "address": "127.0.0.1"}
@@ -63,7 +63,7 @@ def test_a_boot_pattern_must_be_a_regex_that_cannot_match_an_empty_line():
 def test_a_pattern_that_backtracks_forever_in_python_is_matched_in_linear_time():
     """`(.+)+X` on a long line without an X never ends with Python's re (the agent's loop would stall
     and the node fence itself); RE2 answers at once, so this test ends well inside its time limit."""
-    from hostagent.bootpattern import BootPattern
+    from hostagent.node.bootpattern import BootPattern
     assert add(boot_pattern="(.+)+X").boot_pattern == "(.+)+X"
     attack = BootPattern("(.+)+X")
     assert not attack.search("a" * 200_000)

@@ -1,10 +1,10 @@
-"""NICs at `instance add` and `instance modify --net` (hostagent.nics): networks, pools, MACs, VLANs."""
+"""NICs at `instance add` and `instance modify --net` (hostagent.master.decide.nics): networks, pools, MACs, VLANs."""
 
 import random
 
 import pytest
 
-from hostagent import networks, nics
+from hostagent.master.decide import networks, nics
 from hostagent.errors import BadRequest, Conflict
 
 LAN = networks.new_network({"name": "lan", "subnet": "10.0.0.0/29", "gateway": "10.0.0.1",

@@ -1,5 +1,5 @@
-from hostagent.api import build_app
-from hostagent.openapi import PATHS, openapi_document
+from hostagent.api.app import build_app
+from hostagent.api.openapi import PATHS, openapi_document
 
 
 def test_openapi_document_lists_exactly_the_served_routes():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hostagent import policy
+from hostagent.master.decide import policy
 
 
 def test_bounds_are_parsed_sizes_and_counts_and_an_empty_value_lifts_one():

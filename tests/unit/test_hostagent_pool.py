@@ -1,4 +1,4 @@
-from hostagent.pool import PoolChange, next_change, wanted_size
+from hostagent.master.decide.pool import PoolChange, next_change, wanted_size
 
 NOW = 1000.0
 

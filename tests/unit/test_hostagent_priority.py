@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from hostagent.priority import CONTROL_NICE
+from hostagent.node.priority import CONTROL_NICE
 
-PROBE = ("import os; from hostagent.priority import raise_control_plane; "
+PROBE = ("import os; from hostagent.node.priority import raise_control_plane; "
          "base = raise_control_plane(); print(base, os.getpriority(os.PRIO_PROCESS, 0))")
 
 

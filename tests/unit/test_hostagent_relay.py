@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from hostagent.relay import RelayLimit, RelaysFull, bridge
+from hostagent.api.relay import RelayLimit, RelaysFull, bridge
 
 
 class Pipe:

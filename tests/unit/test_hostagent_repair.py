@@ -1,8 +1,8 @@
-"""What `cluster verify --repair` would do (hostagent.repair.plan): pure, from verify's own findings."""
+"""What `cluster verify --repair` would do (hostagent.master.repair.plan): pure, from verify's own findings."""
 
 from __future__ import annotations
 
-from hostagent.repair import Step, plan
+from hostagent.master.repair import Step, plan
 from hostagent.views import Finding, jobs_in_flight, verify
 
 NOW = 1_000_000.0

@@ -1,6 +1,6 @@
-"""hostagent.replicas: when the master may record a copy in sync, and when a failover may trust it."""
+"""hostagent.master.decide.replicas: when the master may record a copy in sync, and when a failover may trust it."""
 
-from hostagent.replicas import judge, new_copy, outdated, trusted, with_trust
+from hostagent.master.decide.replicas import judge, new_copy, outdated, trusted, with_trust
 
 
 def disk(status: str, gen: int, index: int = 0) -> dict[str, object]:
@@ -59,7 +59,7 @@ def test_decisions_see_the_trust_as_replica_in_sync_whatever_the_instance_record
 
 
 def test_a_late_request_for_an_older_generation_does_not_end_the_new_copy_s():
-    from hostagent.replicas import already_outdated
+    from hostagent.master.decide.replicas import already_outdated
     record = {"gen": 62, "in_sync": False}
     assert already_outdated(record, 61) is True  # the primary retried after the master moved on
     assert already_outdated(record, 62) is False  # the copy in use now: outdate it

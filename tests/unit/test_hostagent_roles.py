@@ -8,10 +8,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from hostagent import auth, callers, model, users
-from hostagent.accesslog import line
-from hostagent.api import ROUTES, build_app
-from hostagent.callers import Caller
+from hostagent import model
+from hostagent.api import auth, callers, users
+from hostagent.api.accesslog import line
+from hostagent.api.app import ROUTES, build_app
+from hostagent.api.callers import Caller
 
 
 def test_every_route_has_an_access_level_and_a_site():

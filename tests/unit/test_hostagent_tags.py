@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hostagent import tags
+from hostagent.master.decide import tags
 from hostagent.errors import BadRequest
 
 

@@ -6,8 +6,8 @@ import json
 
 from storage.drbdstatus import parse_status_json
 
-from hostagent.clocks import ClockReading, reading
-from hostagent.reporter import drbd_resources
+from hostagent.node.clocks import ClockReading, reading
+from hostagent.node.reporter import drbd_resources
 from hostagent.views import Finding, jobs_in_flight, verify
 
 NOW = 1_000_000.0

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("hostagent", "kvm", "storage", "election", "membership", "cli")
 LEAVES = ("membership", "election", "storage", "kvm")
 CLI_MAY_IMPORT = {"hostagent.units",  # sizes parsed and printed the way the agent does
-                  "hostagent.callers",  # a job's or event's caller named the way the agent does
-                  "hostagent.relay"}  # the VNC relay's bounded byte pump (cli/vnc.py), the agent's own
+                  "hostagent.api.callers",  # a job's or event's caller named the way the agent does
+                  "hostagent.api.relay"}  # the VNC relay's bounded byte pump (cli/vnc.py), the agent's own
 
 
 def tool(name: str) -> str:

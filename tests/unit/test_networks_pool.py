@@ -1,8 +1,8 @@
-"""Networks and their IPv4 pools (hostagent.networks): what is refused, what is handed out."""
+"""Networks and their IPv4 pools (hostagent.master.decide.networks): what is refused, what is handed out."""
 
 import pytest
 
-from hostagent import networks
+from hostagent.master.decide import networks
 from hostagent.errors import BadRequest, Conflict
 
 LAN = networks.new_network({"name": "lan", "subnet": "10.0.0.0/29", "gateway": "10.0.0.1",

@@ -1,6 +1,6 @@
 import pytest
 
-from hostagent.placement import Placement, PlacementError, Request, check_manual, place
+from hostagent.master.decide.placement import Placement, PlacementError, Request, check_manual, place
 
 NOW = 1000.0
 SMALL = Request(memory_mib=1024, disk_mib=2048, replicated=False)

@@ -14,12 +14,12 @@ import pytest
 from election.etcd import KV
 from election.replica import Replica
 from hostagent import model
-from hostagent.fencekeeper import boottime, read_feed
-from hostagent.selffence import FENCE_MARGIN_S, SelfFence
+from hostagent.node.fencekeeper import boottime, read_feed
+from hostagent.node.selffence import FENCE_MARGIN_S, SelfFence
 
 
 class Lease:
-    """The two things SelfFence reads of hostagent.nodelease.NodeLease."""
+    """The two things SelfFence reads of hostagent.node.nodelease.NodeLease."""
 
     def __init__(self, renewed_at: float | None, ttl_s: int = 20) -> None:
         self.renewed_at = renewed_at

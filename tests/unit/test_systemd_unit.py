@@ -3,7 +3,7 @@ import socket
 import subprocess
 import sys
 
-from hostagent.notify import Notifier
+from hostagent.node.notify import Notifier
 
 UNIT = os.path.join(os.path.dirname(__file__), "..", "..", "packaging", "systemd", "corral-agent.service")
 

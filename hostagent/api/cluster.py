@@ -1,0 +1,206 @@
+"""Cluster-wide routes of the API: init and join, info, verify and repair, settings, master failover, probes.
+
+These are what `corral cluster ...` calls; changes go through ApiBase._on_master.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from kvm.hvparams import kernel_path_problems, parse_hvparams
+
+from hostagent import model, views
+from hostagent.api import auth
+from hostagent.master import cluster_settings
+from hostagent.node import clocks, joining
+from hostagent.api.base import ApiBase
+from hostagent.errors import BadRequest
+from hostagent.master.node_ops import NodeOperations
+from hostagent.master.operations import Operations
+from hostagent.master.repair import Repair
+from hostagent.status import REPORT_STALE_AFTER_S, report_age_s
+
+# Cluster-wide numbers `cluster init` takes, and what each must be.
+CLUSTER_SETTINGS = {
+    "sync_rate_mib_s": "a number of MiB/s for background disk copies (0: no cap)",
+    "restart_backoff_s": "a number of seconds before the second restart attempt (it doubles after)",
+}
+
+
+class ClusterRoutes(ApiBase):
+    """Handlers for /v1/cluster/...: the cluster as a whole."""
+
+    async def cluster_info(self, request: web.Request) -> web.Response:
+        local = self.agent.local_cluster()
+        if local is None:
+            return self._ok({"name": None, "initialized": False, "master": None, "token": None,
+                             "this_node": self.agent.cfg.node_name, "this_node_is_master": False,
+                             "hvparams": {}, "candidates": [], "nodes": 0, "instances": 0, "quorum": None})
+        cluster = self.agent.replica.get_json(model.CLUSTER_KEY) or {}
+        master = self.agent.replica.get_json(model.MASTER_INFO_KEY) or {}
+        role = self.agent.role
+        mine = role.token if role is not None and role.is_master else None
+        return self._ok({
+            "name": cluster.get("name") or local["name"],
+            "initialized": True,
+            "master": self._master(),
+            "token": mine.to_str() if mine else (master.get("token") if master.get("node") == self._master() else None),
+            "this_node": self.agent.cfg.node_name,
+            "this_node_is_master": mine is not None,
+            "this_node_is_candidate": bool(local.get("etcd_member")),
+            "hvparams": cluster.get("hvparams", {}),
+            "candidates": sorted(n["name"] for n in self._all(model.NODES) if n.get("candidate")),
+            "nodes": len(self._all(model.NODES)),
+            "instances": len(self._all(model.INSTANCES)),
+            "quorum": await self._quorum(),
+            "fencing": cluster.get("fencing", "armed"), "fencing_since": cluster.get("fencing_since"),
+            "alert": cluster.get("alert"),
+            "auto_failover": bool(cluster.get("auto_failover", False)),
+            "max_lost_nodes": cluster.get("max_lost_nodes"),
+            "failback_after_s": cluster.get("failback_after_s") or 0,
+            "tags": cluster.get("tags") or [], "require_owner": bool(cluster.get("require_owner")),
+            "policy": cluster.get("policy") or {}, "enabled_disk_templates": cluster.get("enabled_disk_templates"),
+            "sync_rate_mib_s": cluster.get("sync_rate_mib_s", 0.0), "restart_backoff_s": cluster.get("restart_backoff_s"),
+            "candidate_pool_size": cluster.get("candidate_pool_size", 3),
+            "default_memory_mib": cluster.get("default_memory_mib", 512), "default_vcpus": cluster.get("default_vcpus", 1),
+        })
+
+    async def cluster_fencing(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if not isinstance(body.get("armed"), bool):
+            raise BadRequest("say whether fencing is armed: {\"armed\": true} (arm) or {\"armed\": false} (disarm)")
+
+        async def run(ops: Operations, _: NodeOperations) -> web.Response:
+            return self._ok(await cluster_settings.set_fencing(ops, body["armed"]))
+        return await self._on_master(request, run)
+
+    async def cluster_alert_clear(self, request: web.Request) -> web.Response:
+        async def run(ops: Operations, _: NodeOperations) -> web.Response:
+            return self._ok(await cluster_settings.clear_alert(ops))
+        return await self._on_master(request, run)
+
+    async def cluster_modify(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        problems = cluster_settings.check_changes(body)
+        if problems:
+            raise BadRequest("; ".join(problems))
+
+        async def run(ops: Operations, _: NodeOperations) -> web.Response:
+            return self._ok(await cluster_settings.modify(ops, body))
+        return await self._on_master(request, run)
+
+    async def cluster_simulate(self, request: web.Request) -> web.Response:
+        fail = [n for n in request.query.get("fail", "").split(",") if n]
+        if not fail:
+            raise BadRequest("name the node(s) to take away: ?fail=NODE[,NODE...] (`corral cluster simulate "
+                             "--fail NODE`)")
+
+        async def run(_: Operations, __: NodeOperations) -> web.Response:
+            assert self.agent.autofailover is not None
+            return self._ok(await self.agent.autofailover.simulate(fail))
+        return await self._on_master(request, run)
+
+    async def cluster_init(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        name = str(body.get("name", ""))
+        if not name or not name.replace("-", "").replace(".", "").isalnum() or len(name) > 63:
+            raise BadRequest(f"cluster name {name!r} is not valid: use letters, digits, '-' and '.' (at most 63)")
+        hv = body.get("hvparams", {})
+        if not isinstance(hv, dict):
+            raise BadRequest("hvparams must be an object of name: value")
+        # refuse bad defaults before anything is created; this node is the first master and primary
+        problems = kernel_path_problems(parse_hvparams(hv), self.agent.cfg.kernel_dirs, " of this node")
+        if problems:
+            raise BadRequest("; ".join(problems))
+        pool = body.get("candidate_pool_size", 3)
+        if pool not in (1, 3, 5):
+            raise BadRequest(f"candidate pool size {pool!r} must be 1, 3 or 5 (odd, so etcd keeps a majority)")
+        settings = {}
+        for key, what in CLUSTER_SETTINGS.items():
+            value = body.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise BadRequest(f"{key}: {value!r} is not {what}")
+            settings[key] = float(value)
+        job_id = await self.agent.init_cluster(name, hv, pool, settings, caller=request.get(auth.CALLER))
+        return await self._accepted(job_id)
+
+    async def cluster_join(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        address, token = str(body.get("address", "")), str(body.get("token", ""))
+        if not address:
+            raise BadRequest("the address of a cluster node is required, e.g. 192.0.2.11 or 192.0.2.11:7947")
+        joining.parse_token(token)
+        return self._ok(await self.agent.join_cluster(address, token))
+
+    async def cluster_verify(self, request: web.Request) -> web.Response:
+        self._require_cluster()
+        nodes, reports, now = self._all(model.NODES), self._reports(), time.time()
+        findings = views.verify(nodes, self._instances(), reports, self._all(model.JOBS), self._master(), now,
+                                cluster=self.agent.replica.get_json(model.CLUSTER_KEY) or {},
+                                leases={lease["node"]: lease for lease in self._all(model.LEASES)},
+                                tracks=self._all(model.RESTARTS), clocks=await self._clocks(nodes, reports, now),
+                                addresses=([n["name"] for n in self._all(model.NETWORKS)], {
+                                    key[len(model.ADDRESSES):]: str(value.get("instance"))
+                                    for key, value in self.agent.replica.prefix_json(model.ADDRESSES)}))
+        if self._replica_info()["stale"]:
+            findings.insert(0, views.Finding("warning", "this node's config replica is stale; "
+                                                        "findings may be out of date"))
+        return self._ok([{"severity": f.severity, "message": f.message, "code": f.code, "node": f.node,
+                          "instance": f.instance} for f in findings])
+
+    async def _clocks(self, nodes: list[dict[str, Any]], reports: dict[str, dict[str, Any]],
+                      now: float) -> dict[str, clocks.ClockReading]:
+        """The other nodes' clocks, of those that are up (a node that is down is a finding already)."""
+        me = self.agent.cfg.node_name
+        if self.agent.nodes is None:
+            return {}
+        up = [n for n in nodes if n["name"] != me and not n.get("offline")
+              and (age := report_age_s(reports.get(n["name"]), now)) is not None and age <= REPORT_STALE_AFTER_S]
+        return await clocks.measure(self.agent.nodes, me, up)
+
+    async def cluster_repair(self, request: web.Request) -> web.Response:
+        """`cluster verify --repair`: the master fixes what is safe (hostagent.master.repair) and says what it did."""
+        async def run(ops: Operations, _: NodeOperations) -> web.Response:
+            steps = await Repair(ops).run()
+            if self.agent.etcd is not None and self.agent.mirror is not None:  # read-your-writes here too
+                revision = (await self.agent.etcd.status())["revision"]
+                await self.agent.mirror.wait_for_revision(revision, timeout_s=5)
+            return self._ok(steps)
+        return await self._on_master(request, run)
+
+    async def master_failover(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        to = body.get("to")
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return self._ok(await nodes.master_failover(str(to) if to else None))
+        return await self._on_master(request, run)
+
+    async def replica_checksum(self, request: web.Request) -> web.Response:
+        self._require_cluster()
+        return self._ok({"node": self.agent.cfg.node_name, "revision": self.agent.replica.applied_revision(),
+                         "checksum": self.agent.replica.checksum(exclude_prefixes=(model.REPORTS,)),
+                         "checksum_all": self.agent.replica.checksum()})
+
+    async def rotate_secrets(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        new_ca = body.get("new_ca", False)
+        if not isinstance(new_ca, bool):
+            raise BadRequest(f"new_ca must be true or false, got {new_ca!r}")
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            what = "the cluster CA, " if new_ca else ""
+            job_id = await ops.role.require().submit("cluster.rotate-secrets", {"new_ca": new_ca},
+                                                     f"rotate {what}the gossip key and the node certificates")
+            return await self._accepted(job_id)
+        return await self._on_master(request, run)
+
+    async def cluster_probe(self, request: web.Request) -> web.Response:
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await ops.submit_probe())
+        return await self._on_master(request, run)

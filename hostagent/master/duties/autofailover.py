@@ -1,0 +1,107 @@
+"""The master's node-failure duty: runs hostagent.master.decide.failovers.decide on the config and carries it out.
+
+Each pass reads the nodes, leases, reports, instances, the cluster record
+and the previous decision state (/corral/failover-state, so a new master
+goes on where the old one stopped), writes the new state, the events and a
+new cluster alert in one guarded write, then submits one failover job per
+instance to move (a job: visible in `job list`, resumed or ended by the
+next master). `simulate` runs the same decision on the live config with
+nodes taken away, for `cluster simulate --fail`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from election.etcd import Op
+
+from hostagent import model
+from hostagent.errors import Conflict, NotFound
+from hostagent.master.events import event_ops
+from hostagent.master.decide.failovers import Decision, Policy, State, View, decide, failbacks
+from hostagent.status import REPORT_STALE_AFTER_S
+
+if TYPE_CHECKING:
+    from hostagent.master.operations import Operations
+
+log = logging.getLogger(__name__)
+
+PASS_EVERY_S = 1.0
+
+
+class AutoFailover:
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+        self._last_pass = 0.0
+
+    async def view(self, now: float) -> View:
+        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        instances = await self.ops.trusting_instances(reports)
+        kvs, _ = await self.ops.role.client.get_prefix(model.LEASES)
+        leases = frozenset(kv.key.rsplit("/", 1)[1] for kv in kvs)
+        alive = frozenset(n for n, r in reports.items() if now - r.get("time", 0) <= REPORT_STALE_AFTER_S and n in leases)
+        runner = self.ops.role.runner
+        busy = frozenset(i["name"] for i in instances if runner is not None and runner.busy(f"instance/{i['name']}"))
+        return View(tuple(await self.ops._prefix(model.NODES)), leases, reports, tuple(instances),
+                    await self.ops._get(model.CLUSTER_KEY) or {}, alive, self.ops.role.master_since, busy)
+
+    async def step(self) -> None:
+        if time.monotonic() - self._last_pass < PASS_EVERY_S:
+            return
+        self._last_pass = time.monotonic()
+        now = time.time()
+        view = await self.view(now)
+        state = State.from_dict(await self.ops._get(model.FAILOVER_STATE_KEY) or {})
+        decision = decide(view, state, now)
+        back = failbacks(view, decision.state, now)
+        decision.events.extend(e for _, _, e in back)
+        await self._save(state, decision, view.cluster, now)
+        for event in decision.events:
+            (log.warning if event.kind in ("alert", "refuse", "node-lost") else log.info)("%s", event.message)
+        for name, _, target in decision.failovers:
+            try:
+                job = await self.ops.role.require().submit(
+                    "instance.failover", {"name": name, "fenced": True},
+                    f"fail over instance '{name}' to node '{target}' (its node was lost)",
+                    must_exist=[model.instance_key(name)])
+                log.info("instance '%s': automatic failover is job %d", name, job)
+            except Conflict as exc:
+                log.info("instance '%s': automatic failover not submitted: %s", name, exc)
+        for name, home, _ in back:
+            try:
+                await self.ops.role.require().submit(
+                    "instance.migrate", {"name": name}, f"fail back instance '{name}' to node '{home}'",
+                    must_exist=[model.instance_key(name)])
+            except Conflict as exc:
+                log.info("instance '%s': failback not submitted: %s", name, exc)
+
+    async def _save(self, before: State, decision: Decision, cluster: Mapping[str, Any], now: float) -> None:
+        ops: list[Op] = []
+        if decision.state != before:
+            ops.append(Op.put(model.FAILOVER_STATE_KEY, model.dumps(decision.state.to_dict())))
+        if decision.alert is not None:
+            ops.append(Op.put(model.CLUSTER_KEY, model.dumps({**cluster, "alert": decision.alert})))
+        ops += await event_ops(self.ops.role.client, decision.events, now)
+        if ops:
+            await self.ops._write(ops)
+
+    async def simulate(self, fail: list[str]) -> dict[str, Any]:
+        """What this master would decide if the nodes in `fail` were lost now (their leases gone)."""
+        now = time.time()
+        view = await self.view(now)
+        known = {n["name"] for n in view.nodes}
+        unknown = [n for n in fail if n not in known]
+        if unknown:
+            raise NotFound(f"no node named {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        gone = frozenset(fail)
+        view = View(view.nodes, view.leases - gone, view.reports, view.instances, view.cluster, view.alive - gone,
+                    master_since=0.0, busy=view.busy)
+        decision = decide(view, State(), now, Policy(grace_s=0.0))
+        return {"fail": sorted(gone), "failovers": [{"instance": i, "from": f, "to": t}
+                                                   for i, f, t in decision.failovers],
+                "events": [{"kind": e.kind, "instance": e.instance, "node": e.node, "message": e.message}
+                           for e in decision.events],
+                "alert": decision.alert, "fits": not decision.short, "short": decision.short}

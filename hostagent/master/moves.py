@@ -1,0 +1,436 @@
+"""The master's side of replicated disks: protect, migrate, fail over, keep mirrors running.
+
+A `mirror` instance's primary QEMU mirrors each disk into the secondary's
+NBD exports (hostagent.node.replication). The master sets that up after every
+start ("protect"), moves the instance with live migration or failover, and
+its duty `keep_mirrors` restarts a mirror that is not running (secondary
+back after an outage, agent restarted) and records in the config whether
+the secondary's copy is in sync: failover trusts that record, since the
+primary's reports stop when the primary dies. That record lives apart from
+the instance (hostagent.master.decide.replicas): a copy is recorded out of date before
+anything lets the guest write without it (a start, a switchover, a detach),
+and in sync only from a primary's report that shows it joined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from election.etcd import Compare, Op
+from kvm.migration import migration_uri
+
+from hostagent import model
+from hostagent.master import cdrom, pending
+from hostagent.master.decide import replicas
+from hostagent.master.decide.checks import PORTS_PER_INSTANCE
+from hostagent.master.events import event_ops
+from hostagent.master.decide.restarts import Event
+from hostagent.errors import BadRequest
+from hostagent.master.jobs import JobContext, JobFailed
+from hostagent.status import REPORT_STALE_AFTER_S
+from hostagent.views import describe_mirrors, eta_words
+
+if TYPE_CHECKING:
+    from hostagent.master.operations import Operations
+
+log = logging.getLogger(__name__)
+
+MIGRATE_POLL_S = 1.0
+DUTY_EVERY_S = 3.0
+PROTECT_RETRY_S = 5.0  # after a failed attempt to restart a mirror (secondary unreachable, say)
+
+
+class Moves:
+    """Jobs and duty for replicated instances; uses the Operations' orders and writes."""
+
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+        self._last_duty = 0.0
+        self._retry_at: dict[str, float] = {}  # instance -> when the duty may try to protect it again
+
+    def handlers(self) -> dict[str, Any]:
+        return {"instance.migrate": self._job_migrate, "instance.failover": self._job_failover}
+
+    async def check(self, name: str, verb: str) -> None:
+        """Before a migrate or failover job exists: the instance must have a second copy."""
+        inst = await self.ops._instance(name)
+        try:
+            self._replicated(inst, verb)
+        except JobFailed as exc:
+            raise BadRequest(str(exc)) from None
+        await cdrom.check_target(self.ops, inst, str(inst["secondary_node"]), verb)
+
+    # ---- helpers -------------------------------------------------------------------
+    async def _node(self, name: str) -> dict[str, Any]:
+        node = await self.ops._get(model.node_key(name))
+        if node is None:
+            raise JobFailed(f"node '{name}' is not in the cluster")
+        return node
+
+    async def _alive(self, name: str) -> bool:
+        report = await self.ops._get(model.report_key(name))
+        return report is not None and time.time() - report.get("time", 0) <= REPORT_STALE_AFTER_S
+
+    async def _secondary_up(self, name: str) -> bool:
+        """Reporting and holding its node lease: a frozen or cut-off secondary hangs the guest's writes."""
+        return await self._alive(name) and await self.ops._get(model.lease_key(name)) is not None
+
+    def _replicated(self, inst: dict[str, Any], verb: str) -> str:
+        if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
+            raise JobFailed(f"cannot {verb} instance '{inst['name']}': its disks ({inst.get('disk_template')}) "
+                            "are not replicated to a second node; use `corral instance move` while it is stopped")
+        return str(inst["secondary_node"])
+
+    async def _set_nodes(self, inst: dict[str, Any], primary: str, secondary: str, home: str | None = None) -> None:
+        """`home`: the node an automatic failover took it from, for a later failback (else none)."""
+        inst.update(primary_node=primary, secondary_node=secondary, mtime=time.time(), home_node=home)
+        inst.pop("replica_in_sync", None)
+        await self.ops._write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
+
+    # ---- the replica record (hostagent.master.decide.replicas) ------------------------------------------
+    async def replica(self, name: str) -> tuple[dict[str, Any], int]:
+        """The record straight from etcd, and its revision (0: none yet)."""
+        kv = await self.ops.role.client.get(model.replica_key(name))
+        if kv is None:
+            return {"name": name}, 0
+        return {**model.loads(kv.value), "name": name}, kv.mod_revision
+
+    async def outdate(self, name: str, why: str, copy_on: str | None = None, gen: int | None = None) -> None:
+        """Record the secondary's copy out of date (committed when this returns); an event when it was in sync.
+
+        `copy_on`: the node holding the copy, when it is not (yet) the recorded secondary (a switchover).
+        `gen`: the generation a primary asks about; an older one than recorded changes nothing (a late retry
+        must not end the generation of the copy made since, which would then never count as in sync)."""
+        record, _ = await self.replica(name)
+        if replicas.already_outdated(record, gen):
+            log.info("instance '%s': a late request to outdate copy generation %s (now %s) changes nothing",
+                     name, gen, record.get("gen"))
+            return
+        now = time.time()
+        ops = [Op.put(model.replica_key(name), model.dumps(replicas.outdated(record, why, now)))]
+        message = ""
+        if record.get("in_sync"):
+            inst = await self.ops._get(model.instance_key(name)) or {}
+            secondary = copy_on or inst.get("secondary_node") or "?"
+            message = f"the copy of instance '{name}' on node '{secondary}' is out of date: {why}"
+            ops += await event_ops(self.ops.role.client, [Event(name, secondary, "copy-outdated", message)], now)
+        await self.ops._write(ops)
+        if message:  # once, when it is recorded (a write that failed is retried, and would say it again)
+            log.warning("%s", message)
+
+    async def resumed(self, name: str, event: dict[str, Any]) -> None:
+        """Keep the primary's account of its last degraded resume (the guest's pause), for `instance info`."""
+        record, revision = await self.replica(name)
+        await self._put_if_unchanged(name, {**record, "last_degraded": event}, revision)
+
+    async def _put_if_unchanged(self, name: str, record: dict[str, Any], revision: int) -> bool:
+        key = model.replica_key(name)
+        token = self.ops.role.token
+        if token is None:
+            return False
+        result = await self.ops.role.lease.guarded_txn(token, [Op.put(key, model.dumps(record))],
+                                                       extra_compares=[Compare.mod_revision(key, "=", revision)])
+        return bool(result.succeeded)
+
+    async def start_order(self, node: str, inst: dict[str, Any], hv: dict[str, Any]) -> dict[str, Any]:
+        """`instance.start` on `node`; a replicated guest then writes without a copy until one joins,
+        so its copy is recorded out of date first. Changes pending for the next start are made first."""
+        if inst.get("pending"):
+            hv = await self._apply_pending(inst)
+        if inst.get("disk_template") in model.QUORUM_MIRRORED and inst.get("secondary_node"):
+            await self.outdate(inst["name"], f"started on node '{node}' without its copy (a new one follows)")
+        return await self.ops._order(node, "instance.start", {"instance": inst, "hvparams": hv})
+
+    async def _apply_pending(self, inst: dict[str, Any]) -> dict[str, Any]:
+        """Make `inst`'s pending changes current (in the config and in `inst`); its hypervisor parameters."""
+        current = await self.ops._get(model.instance_key(inst["name"])) or inst
+        applied, changed = pending.apply({**current, "pending": inst.get("pending")})
+        applied["mtime"] = time.time()
+        await self.ops._write([Op.put(model.instance_key(inst["name"]), model.dumps(applied))])
+        inst.clear()
+        inst.update(applied)
+        log.info("instance '%s': changes made for this start: %s", inst["name"],
+                 ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()) or "none")
+        return self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+
+    async def protect(self, ctx: JobContext | None, inst: dict[str, Any]) -> bool:
+        """Export the secondary's copies and start the primary's mirrors; False (logged) if it could not."""
+        name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
+        disks = inst["disks"]
+        try:
+            record, revision = await self.replica(name)
+            record = replicas.new_copy(record, time.time())
+            if not await self._put_if_unchanged(name, record, revision):
+                raise JobFailed("its replica record changed meanwhile; the master tries again")
+            await self.ops._order(secondary, "instance.replica-export",
+                                  {"name": name, "disks": disks, "port_base": inst["port_base"], "client": primary})
+            host = (await self._node(secondary))["address"]
+            cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+            await self.ops._order(primary, "instance.mirror-attach",
+                                  {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"],
+                                   "rate_limit_mib_s": cluster.get("sync_rate_mib_s", 0.0), "gen": record["gen"]})
+        except JobFailed as exc:
+            message = (f"instance '{name}' runs on node '{primary}' without a current copy on '{secondary}' "
+                       f"(degraded): {exc}; the master retries when '{secondary}' answers")
+            log.warning("%s", message)
+            if ctx is not None:
+                await ctx.log(message)
+            return False
+        message = f"mirroring the disks of '{name}' from node '{primary}' to node '{secondary}'"
+        log.info("%s", message)
+        if ctx is not None:
+            await ctx.log(message + " (a full copy first; `corral instance info` shows its progress)")
+        return True
+
+    # ---- migrate -----------------------------------------------------------------------
+    async def _job_migrate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        inst = await self.ops._instance(args["name"])
+        name, source = inst["name"], inst["primary_node"]
+        target = self._replicated(inst, "live-migrate")
+        if args.get("node") not in (None, "", target):
+            raise JobFailed(f"instance '{name}' can only migrate to its secondary node '{target}', not "
+                            f"'{args['node']}'; use `corral instance replace-secondary` first")
+        if await self._settle_migration(inst):
+            await ctx.log(f"finished what an interrupted migration of '{name}' left behind")
+            inst = await self.ops._instance(name)
+            source, target = inst["primary_node"], inst["secondary_node"]
+        report = await self.ops._get(model.report_key(source)) or {}
+        if name not in report.get("instances", {}):
+            raise JobFailed(f"instance '{name}' is not running on node '{source}'; "
+                            "start it, or use `corral instance failover`")
+        states = report.get("mirrors", {}).get(name, [])
+        # "resyncing" with a ready mirror may only be guest writes in flight: the switchover,
+        # with the guest paused, waits for them and refuses a copy that is not complete.
+        if not states or any(s["status"] not in ("in_sync", "converged", "resyncing") for s in states):
+            raise JobFailed(f"the disks of '{name}' are not in sync on node '{target}' ({describe_mirrors(states)}); "
+                            "wait until `corral instance info` says in sync")
+        hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+        target_addr = (await self._node(target))["address"]
+        port = int(inst["port_base"]) + PORTS_PER_INSTANCE - 1
+        await ctx.log(f"live-migrating instance '{name}' from node '{source}' to node '{target}'")
+        placed = (await self.ops._order(source, "instance.placement", {"name": name}))["placement"]
+        await self.ops._order(target, "instance.start",  # only receives: the guest runs there after the outdate
+                              {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port),
+                               "incoming_from": source, "placement": placed})
+        switched = False
+        try:
+            await self._send_memory(ctx, inst, target_addr, port, float(args.get("max_bandwidth_mib_s", 1024)))
+            await self.ops._order(target, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
+            await self.outdate(name, f"the guest moves to node '{target}' by live migration; a new copy follows",
+                               copy_on=source)
+            result = await self.ops._order(source, "instance.migrate-complete", {"name": name})
+            switched = True
+        except Exception as exc:
+            if not switched:
+                await self._undo_migrate(ctx, inst, exc)
+            raise
+        await self._set_nodes(inst, target, source)
+        await ctx.log(f"instance '{name}' now runs on node '{target}': guest paused {result['downtime_ms']} ms, "
+                      f"{result['transferred_mib']:.0f} MiB sent in {result['total_s']:.1f} s "
+                      f"({result['throughput_mib_s']:.0f} MiB/s)")
+        await self.protect(ctx, inst)
+        return {"name": name, "node": target, **result}
+
+    async def _send_memory(self, ctx: JobContext, inst: dict[str, Any], host: str, port: int,
+                           max_bandwidth: float) -> None:
+        """Run the migration to its switchover point, logging progress and an ETA as it goes."""
+        order = asyncio.create_task(self.ops._order(
+            inst["primary_node"], "instance.migrate-to-switchover",
+            {"name": inst["name"], "host": host, "port": port, "disks": inst["disks"],
+             "max_bandwidth_mib_s": max_bandwidth}))
+        started = time.monotonic()
+        while not order.done():
+            await asyncio.wait({order}, timeout=MIGRATE_POLL_S)
+            if order.done():
+                break
+            try:
+                p = await self.ops._order(inst["primary_node"], "instance.migrate-status", {"name": inst["name"]},
+                                          timeout_s=5)
+            except JobFailed:
+                continue
+            total = p.get("total_mib") or 0
+            if total:
+                sent = total - p.get("remaining_mib", total)
+                await ctx.progress(sent, total, f"memory: {p['transferred_mib']:.0f} MiB sent at "
+                                   f"{p['throughput_mib_s']:.0f} MiB/s, {eta_words(p.get('eta_s'))}", started)
+        await order
+
+    async def _undo_migrate(self, ctx: JobContext, inst: dict[str, Any], cause: Exception) -> None:
+        """A failed migration: the guest resumes on the source, the destination QEMU goes, mirrors restart."""
+        name, source, target = inst["name"], inst["primary_node"], inst["secondary_node"]
+        await ctx.log(f"migration of '{name}' failed ({cause}); it keeps running on node '{source}'")
+        for node, op, args in ((source, "instance.migrate-cancel", {"name": name}),
+                               (target, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                          "nic_count": len(inst["nics"])})):
+            try:
+                await self.ops._order(node, op, args)
+            except JobFailed as exc:
+                await ctx.log(f"cleaning up after the failed migration: {exc}")
+        await self.protect(ctx, inst)
+
+    # ---- failover ----------------------------------------------------------------------
+    async def _job_failover(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        inst = await self.ops._instance(args["name"])
+        name, old = inst["name"], inst["primary_node"]
+        new = self._replicated(inst, "fail over")
+        force = bool(args.get("ignore_consistency"))
+        if not await self._alive(new):
+            raise JobFailed(f"cannot fail over '{name}': its secondary node '{new}' is not reporting")
+        record, _ = await self.replica(name)
+        ok, why = replicas.trusted(record, await self.ops._get(model.report_key(old)), name)
+        if not ok and not force:
+            raise JobFailed(f"the copy of '{name}' on node '{new}' is {why}; failing over onto it could lose writes "
+                            "the guest was told were done. Rerun with --ignore-consistency to start from it anyway")
+        if not ok:
+            since = record.get("since")
+            age = f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} " \
+                  f"({(time.time() - since) / 60:.0f} min ago)" if since else "for an unknown time"
+            await ctx.log(f"WARNING: --ignore-consistency: the copy of '{name}' on node '{new}' is {why}, "
+                          f"out of date {age}: every write '{name}' made on '{old}' after that is LOST")
+        await ctx.log(f"failing over instance '{name}' from node '{old}' to node '{new}'")
+        hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+        if args.get("fenced"):  # automatic: the lost node's lease expired, so it has stopped the guest itself
+            if await self.ops._get(model.lease_key(old)) is not None:
+                raise JobFailed(f"node '{old}' holds its node lease again: not failing over '{name}' away from "
+                                "a node that may still run it")
+            await ctx.log(f"node '{old}' is lost and its node lease has expired: it has stopped '{name}' "
+                          "itself (self-fencing), so it is not asked to")
+        else:
+            await self._stop_on_old(ctx, inst, hv, force)
+            if ok and not force:
+                await self._still_trusted(ctx, inst, hv)
+        await self.ops._order(new, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
+        await self._set_nodes(inst, new, old, home=old if args.get("fenced") else None)
+        await ctx.log(f"node '{new}' is now the primary of '{name}'")
+        result: dict[str, Any] = {"name": name, "node": new}
+        if inst["admin_state"] == "up":
+            started = await self.start_order(new, inst, hv)
+            await ctx.log(f"instance '{name}' started on node '{new}' (pid {started['pid']})")
+            result["pid"] = started["pid"]
+            await self.protect(ctx, inst)
+        return result
+
+    async def _still_trusted(self, ctx: JobContext, inst: dict[str, Any], hv: dict[str, Any]) -> None:
+        """The copy was trusted before the stop; the guest wrote on until it powered off, and a write its
+        secondary missed then outdates the copy. If so, the old primary alone has every write: it runs
+        again there, and the failover stops here."""
+        name, old, new = inst["name"], inst["primary_node"], inst["secondary_node"]
+        record, _ = await self.replica(name)
+        if record.get("in_sync"):
+            return
+        await ctx.log(f"the copy of '{name}' on node '{new}' went out of date while '{name}' shut down on "
+                      f"'{old}' ({record.get('why')}); starting it again on '{old}', which has every write")
+        if inst["admin_state"] == "up":
+            await self.start_order(old, inst, hv)
+            await self.protect(ctx, inst)
+        raise JobFailed(f"not failing '{name}' over: its copy on node '{new}' went out of date while it shut "
+                        f"down; it runs on '{old}' again (a new copy follows; fail over once it is in sync)")
+
+    async def _stop_on_old(self, ctx: JobContext, inst: dict[str, Any], hv: dict[str, Any], force: bool) -> None:
+        """A clean shutdown where the primary still answers; a dead node's guest is gone anyway."""
+        name, old = inst["name"], inst["primary_node"]
+        try:
+            stopped = await self.ops._order(old, "instance.stop", {
+                "name": name, "timeout_s": hv["shutdown_timeout_s"], "force": False,
+                "nic_count": len(inst["nics"])}, timeout_s=hv["shutdown_timeout_s"] + 60)
+            await ctx.log(f"instance '{name}' stopped on node '{old}' ({stopped['how']})")
+        except JobFailed as exc:
+            if not force:
+                raise JobFailed(f"could not stop '{name}' on its primary node '{old}' ({exc}); if '{old}' is "
+                                "really down, rerun with --ignore-consistency") from exc
+            await ctx.log(f"node '{old}' does not answer ({exc}); going on as asked (--ignore-consistency)")
+
+    # ---- duty -------------------------------------------------------------------------------
+    async def keep_mirrors(self) -> None:
+        """Restart mirrors that are not running and record whether each secondary copy is in sync."""
+        now = time.monotonic()
+        if now - self._last_duty < DUTY_EVERY_S:
+            return
+        self._last_duty = now
+        runner = self.ops.role.runner
+        for inst in await self.ops._prefix(model.INSTANCES):
+            if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
+                continue
+            if runner is None or runner.busy(f"instance/{inst['name']}") or self.ops.restarter.starting(inst["name"]):
+                continue
+            try:
+                await self._keep_one(inst)
+            except JobFailed as exc:
+                log.warning("could not keep the disk mirror of instance '%s' running: %s", inst["name"], exc)
+
+    async def _settle_migration(self, inst: dict[str, Any]) -> bool:
+        """Finish what an interrupted migration left; True when it changed something.
+
+        After the switchover the guest runs on the secondary (the primary's
+        QEMU is gone or `postmigrate`): the secondary becomes the primary.
+        Before it, a destination QEMU still waiting (`inmigrate`) is stopped,
+        and a guest left paused at the switchover point resumes on the primary.
+        """
+        name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
+        reports = {n: await self.ops._get(model.report_key(n)) or {} for n in (primary, secondary)}
+        if any(time.time() - r.get("time", 0) > REPORT_STALE_AFTER_S for r in reports.values()):
+            return False
+        there = reports[secondary].get("instances", {}).get(name)
+        here = reports[primary].get("instances", {}).get(name)
+        if here is not None and here.get("status") == "finish-migrate" and (there or {}).get("status") != "running":
+            log.warning("instance '%s' is paused on node '%s' by a migration nobody finished: resuming it there",
+                        name, primary)
+            await self.ops._order(primary, "instance.migrate-cancel", {"name": name})
+            return True
+        if there is None:
+            return False
+        if there.get("status") == "inmigrate":
+            log.warning("stopping the QEMU of '%s' left waiting for a migration on node '%s'", name, secondary)
+            await self.ops._order(secondary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                               "nic_count": len(inst["nics"])})
+            return True
+        if there.get("status") == "running" and (here is None or here.get("status") == "postmigrate"):
+            log.warning("instance '%s' runs on its secondary node '%s' (a migration finished there but was "
+                        "not recorded): '%s' is now its primary", name, secondary, secondary)
+            if here is not None:
+                await self.ops._order(primary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                                 "nic_count": len(inst["nics"])})
+            await self._set_nodes(inst, secondary, primary)
+            return True
+        return False
+
+    async def _keep_one(self, inst: dict[str, Any]) -> None:
+        if await self._settle_migration(inst):
+            return
+        name, primary = inst["name"], inst["primary_node"]
+        report = await self.ops._get(model.report_key(primary)) or {}
+        if time.time() - report.get("time", 0) > REPORT_STALE_AFTER_S or name not in report.get("instances", {}):
+            return  # not running, or nothing known: nothing to mirror
+        states = report.get("mirrors", {}).get(name, [])
+        statuses = {s["status"] for s in states}
+        secondary = inst["secondary_node"]
+        record, revision = await self.replica(name)
+        if statuses & set(replicas.JOINED) and not await self._secondary_up(secondary):
+            await self.outdate(name, f"its secondary node '{secondary}' stopped answering")
+            log.warning("the secondary '%s' of instance '%s' is gone: the primary goes on alone", secondary, name)
+            await self.ops._order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+            return
+        new = replicas.judge(record, states, float(report.get("time", 0)), time.time())
+        if new is not None and await self._put_if_unchanged(name, new, revision):
+            (log.info if new["in_sync"] else log.warning)(
+                "the copy of instance '%s' on node '%s' is %s", name, secondary,
+                "in sync" if new["in_sync"] else f"out of date ({new['why']})")
+        if "stalled" in statuses:
+            log.warning("the secondary '%s' of instance '%s' hangs and blocks its disk writes: cutting the mirror",
+                        inst["secondary_node"], name)
+            await self.ops._order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+            return
+        # A disk with no mirror at all (none started yet, or one hot-plugged whose attach failed) lists no state.
+        if (len(states) < len(inst["disks"]) or statuses & {"failed", "stopped"}) \
+                and await self._alive(inst["secondary_node"]):
+            if time.monotonic() < self._retry_at.get(name, 0.0):
+                return
+            log.info("the disk mirror of instance '%s' to node '%s' is not running: starting it",
+                     name, inst["secondary_node"])
+            if await self.protect(None, inst):
+                self._retry_at.pop(name, None)
+            else:
+                self._retry_at[name] = time.monotonic() + PROTECT_RETRY_S

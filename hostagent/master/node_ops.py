@@ -1,0 +1,438 @@
+"""The master's node operations: join tokens, admitting nodes, removing and
+modifying them, draining and evacuating them, the candidate pool, and
+planned master hand-over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from election.etcd import Compare, EtcdError, EtcdRequestFailed, Op
+
+from hostagent import model, pki
+from hostagent.node import joining
+from hostagent.errors import BadRequest, Conflict, NotFound
+from hostagent.master.decide.evacuation import Plan, Step, plan_evacuation
+from hostagent.master.jobs import Handler, JobContext, JobFailed
+from hostagent.master.role import MasterRole
+from hostagent.master.operations import Operations
+from hostagent.master.decide.checks import NAME_RE
+from hostagent.master.decide.pool import DEFAULT_POOL_SIZE, PoolChange, next_change
+from hostagent.status import REPORT_STALE_AFTER_S
+
+log = logging.getLogger(__name__)
+
+HANDOVER_S = 15.0
+ETCD_JOIN_TIMEOUT_S = 90.0
+
+
+def _settling(exc: EtcdError) -> bool:
+    """etcd's refusal of membership changes right after a member (re)connected."""
+    return "unhealthy cluster" in str(exc)
+
+
+class NodeOperations:
+    def __init__(self, ops: Operations, pki_paths: pki.PkiPaths) -> None:
+        self.ops = ops
+        self.role: MasterRole = ops.role
+        self.pki = pki_paths
+        self._next_sweep = 0.0  # monotonic time of the next sweep of expired join tokens
+
+    async def _nodes(self) -> list[dict[str, Any]]:
+        return await self.ops._prefix(model.NODES)
+
+    async def _node(self, name: str) -> dict[str, Any]:
+        node = await self.ops._get(model.node_key(name))
+        if node is None:
+            names = sorted(n["name"] for n in await self._nodes())
+            raise NotFound(f"no node named '{name}' (nodes: {', '.join(names)})")
+        return node
+
+    # ---- join ---------------------------------------------------------------------
+    async def issue_token(self, name: str, address: str, ttl_s: float) -> dict[str, Any]:
+        if not NAME_RE.match(name):
+            raise BadRequest(f"node name {name!r} is not valid: lower-case letters, digits and '-'")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise BadRequest(f"node address {address!r} is not an IP address") from None
+        nodes = await self._nodes()
+        if any(n["name"] == name for n in nodes):
+            raise Conflict(f"node '{name}' is already in the cluster (if its join failed half-way: "
+                           f"`corral node remove {name}`, then `corral node add` again)")
+        if any(n["address"] == address for n in nodes):
+            raise Conflict(f"address {address} is already used by node "
+                           f"'{next(n['name'] for n in nodes if n['address'] == address)}'")
+        if not 1 <= ttl_s <= 7 * 86400:
+            raise BadRequest(f"token lifetime {ttl_s:g} s is out of range (1 s to 7 days)")
+        token, digest = joining.make_token(pki.ca_fingerprint(self.pki))
+        now = time.time()
+        record = {"node": name, "address": address, "created": now, "expires": now + ttl_s,
+                  "issued_by": self.role.node}
+        stale = [Op.delete(kv.key) for kv in await self._token_kvs() if joining.token_state(kv.record, now) != "valid"]
+        await self.ops._write([Op.put(model.join_token_key(digest), model.dumps(record)), *stale])
+        log.info("issued a join token for node '%s' at %s, valid %.0f s", name, address, ttl_s)
+        return {"token": token, "node": name, "address": address, "expires": record["expires"]}
+
+    async def accept_join(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Admit a node presenting a valid token: sign its key, record it, hand it the secrets."""
+        secret = str(req.get("token", ""))
+        digest = joining.token_hash(secret)
+        kv = await self.role.client.get(model.join_token_key(digest))
+        record = None if kv is None else model.loads(kv.value)
+        name, address = str(req.get("name", "")), str(req.get("address", ""))
+        joining.check_token(record, name, address, time.time())
+        assert kv is not None and record is not None
+        try:
+            public_key = pki.csr_public_key(str(req.get("csr", "")).encode())
+        except ValueError as exc:
+            raise BadRequest(f"bad certificate request: {exc}") from None
+        cert = pki.sign_node_key(self.pki, public_key, name, address)
+        ports = req.get("ports")
+        try:
+            assert isinstance(ports, dict)
+            node = {"name": name, "address": address, "api_port": int(ports["api"]),
+                    "gossip_port": int(ports["gossip"]), "etcd_client_port": int(ports["etcd_client"]),
+                    "etcd_peer_port": int(ports["etcd_peer"]), "candidate": False, "master_capable": True,
+                    "drained": False, "offline": False, "added": time.time(),
+                    "cert_serials": [pki.serial_of(cert)]}
+        except (AssertionError, KeyError, TypeError, ValueError):
+            raise BadRequest("a join request needs ports {api, gossip, etcd_client, etcd_peer}") from None
+        token = self.role.token
+        if token is None:
+            raise Conflict("this node stopped being master; try again")
+        # The token is deleted as it is used; the compare on its revision lets only one join use it.
+        result = await self.role.lease.guarded_txn(
+            token, [Op.delete(model.join_token_key(digest)),
+                    Op.put(model.node_key(name), model.dumps(node))],
+            extra_compares=[Compare.mod_revision(model.join_token_key(digest), "=", kv.mod_revision),
+                            Compare.create_revision(model.node_key(name), "=", 0)])
+        if not result.succeeded:
+            raise Conflict("this join token was used or revoked at the same moment by another request; "
+                           "issue a new one with `corral node add`")
+        nodes = await self._nodes()
+        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        with open(os.path.join(self.pki.directory, "gossip.key")) as fh:
+            gossip_key = fh.read().strip()
+        log.info("node '%s' at %s joined the cluster", name, address)
+        return {"cluster": cluster.get("name"), "node_cert": cert.decode(), "gossip_key": gossip_key,
+                "etcd_endpoints": [model.etcd_client_url(n) for n in nodes if n.get("candidate")],
+                "serf_join": [f"{n['address']}:{n['gossip_port']}" for n in nodes if n["name"] != name],
+                "master": self.role.node}
+
+    async def _token_kvs(self) -> list[_TokenKv]:
+        """The join token records in etcd, each kv with its decoded `record`."""
+        kvs, _ = await self.role.client.get_prefix(model.JOIN_TOKENS)
+        return [_TokenKv(kv.key, kv.mod_revision, model.loads(kv.value)) for kv in kvs]
+
+    async def revoke_tokens(self, name: str) -> dict[str, Any]:
+        """`node token-revoke NAME`: delete every token that would admit node NAME."""
+        kvs = await self._token_kvs()
+        mine = [kv for kv in kvs if kv.record.get("node") == name]
+        if not mine:
+            others = sorted({str(kv.record.get("node")) for kv in kvs})
+            raise NotFound(f"no join token for node '{name}' (tokens for: {', '.join(others) or 'none'})")
+        await self.ops._write([Op.delete(kv.key) for kv in mine])
+        log.info("revoked %d join token(s) for node '%s'", len(mine), name)
+        return {"node": name, "revoked": len(mine)}
+
+    async def sweep_tokens(self) -> None:
+        """Master duty: delete expired (and used, kept by older agents) token records every TOKEN_SWEEP_S."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + joining.TOKEN_SWEEP_S
+        now = time.time()
+        stale = [kv for kv in await self._token_kvs() if joining.token_state(kv.record, now) != "valid"]
+        token = self.role.token
+        if not stale or token is None or not self.role.lease_ok():
+            return
+        # only as read: were one re-issued meanwhile, the next sweep looks again
+        result = await self.role.lease.guarded_txn(
+            token, [Op.delete(kv.key) for kv in stale],
+            extra_compares=[Compare.mod_revision(kv.key, "=", kv.mod_revision) for kv in stale])
+        if result.succeeded:
+            log.info("deleted %d expired or used join token(s) (for %s)", len(stale),
+                     ", ".join(sorted({str(kv.record.get("node")) for kv in stale})))
+
+    # ---- remove / modify -------------------------------------------------------------
+    async def remove(self, name: str, force: bool) -> dict[str, Any]:
+        node = await self._node(name)
+        if name == self.role.node:
+            raise Conflict(f"node '{name}' is the master; hand over first with "
+                           "`corral cluster master-failover`, then remove it from the new master")
+        hosted = [i["name"] for i in await self.ops._prefix(model.INSTANCES)
+                  if name in (i["primary_node"], i.get("secondary_node"))]
+        if hosted and not force:
+            raise Conflict(f"node '{name}' hosts instances ({', '.join(hosted)}); move or remove them, "
+                           "or use --force to remove the node anyway (its instances will show as node-down)")
+        if node.get("candidate"):
+            await self._leave_etcd(node, "node removed")
+        revoked = model.revocations(node, f"node '{name}' removed", time.time())
+        await self.ops._write([Op.delete(model.node_key(name)), Op.delete(model.report_key(name)),
+                               Op.delete(model.lease_key(name))] + [Op.put(k, v) for k, v in revoked])
+        log.info("node '%s' removed from the cluster; its certificate is no longer accepted by agents or etcd",
+                 name)
+        return {"node": name, "instances_left": hosted}
+
+    async def modify(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        node = await self._node(name)
+        flags = {"candidate": "master_capable", "drained": "drained", "offline": "offline"}
+        unknown = set(changes) - set(flags)
+        if unknown:
+            raise BadRequest(f"unknown node setting(s) {', '.join(sorted(unknown))}; use candidate, drained, offline")
+        for key, value in changes.items():
+            if not isinstance(value, bool):
+                raise BadRequest(f"{key} must be yes or no, got {value!r}")
+            node[flags[key]] = value
+        if name == self.role.node and (node.get("offline") or not node.get("master_capable", True)):
+            raise Conflict(f"node '{name}' is the master; hand over first with `corral cluster master-failover`")
+        await self.ops._write([Op.put(model.node_key(name), model.dumps(node))])
+        log.info("node '%s' modified: %s", name, ", ".join(f"{k}={v}" for k, v in changes.items()))
+        return node
+
+    # ---- drain / evacuate ------------------------------------------------------------
+    async def set_drained(self, name: str, drained: bool) -> dict[str, Any]:
+        """`node drain|undrain`: says whether anything changed, so a repeat is harmless and visible."""
+        node = await self._node(name)
+        changed = bool(node.get("drained")) != drained
+        if changed:
+            await self.ops._write([Op.put(model.node_key(name), model.dumps({**node, "drained": drained}))])
+            log.info("node '%s' %s", name, "drained: no new instances are placed there" if drained
+                     else "undrained: it takes new instances again")
+        return {"node": name, "drained": drained, "changed": changed}
+
+    async def plan_evacuation(self, name: str) -> Plan:
+        await self._node(name)
+        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        return plan_evacuation(name, {n["name"]: n for n in await self._nodes()}, reports,
+                               await self.ops.trusting_instances(reports), time.time())
+
+    async def submit_evacuation(self, name: str) -> int:
+        """Drain the node, then run the plan as one job; a plan that does not fit changes nothing."""
+        plan = await self.plan_evacuation(name)
+        if not plan.fits:
+            raise Conflict(f"node '{name}' cannot be evacuated, so nothing was changed:\n"
+                           + "\n".join(f"  - {problem}" for problem in plan.problems))
+        await self.set_drained(name, True)
+        return await self.role.require().submit(
+            "node.evacuate", {"node": name, "steps": [s.to_dict() for s in plan.steps], "instances": plan.instances()},
+            f"evacuate node '{name}'", reservations=[model.reservation_key("evacuation", name)])
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"node.evacuate": self._job_evacuate}
+
+    async def _job_evacuate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        """Each step is the instance job itself (its checks included); the first failure stops the rest."""
+        name, steps = args["node"], [Step.from_dict(s) for s in args["steps"]]
+        jobs = self.ops.handlers()
+        await ctx.log(f"evacuating node '{name}' (drained: nothing new is placed there) in {len(steps)} step(s)")
+        for index, step in enumerate(steps, 1):
+            where = f"step {index} of {len(steps)}"
+            await ctx.log(f"{where}: {step.describe()}")
+            await ctx.progress(index - 1, len(steps), f"{where}: {step.describe()}", ctx.started)
+            try:
+                await jobs[step.op](_StepContext(ctx, index, len(steps)), step.job_args())
+            except JobFailed as exc:
+                raise JobFailed(f"{where} failed ({step.describe()}): {exc}. {_so_far(name, steps, index)}") from exc
+            except Exception:
+                await ctx.log(f"{where} failed. {_so_far(name, steps, index)}")
+                raise
+        left = sorted(i["name"] for i in await self.ops._prefix(model.INSTANCES)
+                      if name in (i["primary_node"], i.get("secondary_node")))
+        if left:
+            await ctx.log(f"node '{name}' still holds {', '.join(left)} (changed while the evacuation ran); "
+                          f"run `corral node evacuate {name}` again")
+        else:
+            await ctx.log(f"node '{name}' is empty: primary or secondary of no instance; it stays drained "
+                          f"(`corral node undrain {name}` once it is back in service)")
+        return {"node": name, "steps": len(steps), "left": left}
+
+    # ---- candidate pool --------------------------------------------------------------
+    async def record_serials(self) -> list[str]:
+        """Nodes recorded before certificate serials were (an upgraded cluster) get the serial their own
+        report gives; from then on only that certificate is accepted for them. The nodes done."""
+        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        done = []
+        for node in await self._nodes():
+            serial = (reports.get(node["name"]) or {}).get("cert_serial")
+            if "cert_serials" not in node and isinstance(serial, str) and serial:
+                await self.ops._write([Op.put(model.node_key(node["name"]),
+                                              model.dumps({**node, "cert_serials": [serial]}))])
+                log.info("node '%s': recorded its certificate serial %s (only that certificate is accepted now)",
+                         node["name"], serial)
+                done.append(node["name"])
+        return done
+
+    async def pool_step(self) -> PoolChange | None:
+        """Carry out at most one pool change, only while every etcd member is healthy."""
+        if not self.role.lease_ok():
+            return None
+        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        nodes = await self._nodes()
+        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        change = next_change(nodes, reports, self.role.node, int(cluster.get("candidate_pool_size",
+                                                                                DEFAULT_POOL_SIZE)), time.time())
+        if change is None:
+            return None
+        members = await self.role.client.member_list()
+        leaving = model.etcd_peer_url(next(n for n in nodes if n["name"] == change.node))
+        for member in members:
+            if change.action == "demote" and leaving in member.peer_urls:
+                continue  # the member being removed may well be the dead one
+            if member.is_learner or not member.client_urls:
+                # a promotion that died half-way: a learner never votes, so removing it is safe
+                log.warning("removing etcd member %s left by an unfinished promotion", member.name or member.peer_urls)
+                await self.role.client.member_remove(member.id)
+                return None
+            try:
+                await self.role.client.status(member.client_urls[0])
+            except Exception:  # noqa: BLE001 - any failure means "not healthy now"
+                return None
+        node = next(n for n in nodes if n["name"] == change.node)
+        if change.action == "promote":
+            await self._join_etcd(node, members, change.reason)
+        else:
+            await self._leave_etcd(node, change.reason)
+        return change
+
+    async def _join_etcd(self, node: dict[str, Any], members: list[Any], reason: str) -> None:
+        """Add the node as a non-voting learner, start its member, promote it once in sync.
+
+        Until the promotion the quorum is unchanged, so a node that fails to
+        start its member costs nothing but a retry.
+        """
+        try:
+            member = await self.role.client.member_add([model.etcd_peer_url(node)], learner=True)
+        except EtcdError as exc:
+            if _settling(exc):
+                return  # etcd's 5 s settling rule after a member (re)connected; next pass
+            raise
+        log.info("adding node '%s' to the master candidates (%s)", node["name"], reason)
+        initial = [f"{m.name}={m.peer_urls[0]}" for m in members if m.name]
+        initial.append(f"{node['name']}={model.etcd_peer_url(node)}")
+        with open(self.pki.ca_key) as fh:
+            ca_key = fh.read()
+        try:
+            await self.ops._order(node["name"], "etcd.join", {"initial_cluster": ",".join(initial),
+                                                                "ca_key": ca_key}, timeout_s=ETCD_JOIN_TIMEOUT_S)
+            await self._promote(member.id, node["name"])
+        except BaseException as exc:
+            log.warning("node '%s' could not become an etcd member (%s); removing the learner again",
+                        node["name"], exc)
+            await self._patiently(lambda: self.role.client.member_remove(member.id))
+            try:  # and reset the node, so a later promotion starts from scratch
+                await self.ops._order(node["name"], "etcd.leave", {}, timeout_s=30)
+            except Exception as leave_exc:  # noqa: BLE001 - the node resets at its next promotion
+                log.warning("node '%s' did not confirm the reset: %s", node["name"], leave_exc)
+            raise
+        await self.ops._write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": True}))])
+        log.info("node '%s' is now a master candidate", node["name"])
+
+    @staticmethod
+    async def _patiently(change: Callable[[], Awaitable[None]]) -> None:
+        """etcd refuses membership changes for 5 s after a member (re)connects: wait that out."""
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                await change()
+                return
+            except EtcdError as exc:
+                if not _settling(exc) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def _promote(self, member_id: int, name: str) -> None:
+        deadline = time.monotonic() + ETCD_JOIN_TIMEOUT_S
+        while True:
+            try:
+                await self.role.client.member_promote(member_id)
+                return
+            except EtcdRequestFailed as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("etcd member of node '%s' is catching up before promotion (%s)", name, exc.message)
+                await asyncio.sleep(0.5)
+
+    async def _leave_etcd(self, node: dict[str, Any], reason: str) -> None:
+        log.info("removing node '%s' from the master candidates (%s)", node["name"], reason)
+        for member in await self.role.client.member_list():
+            if member.name == node["name"] or model.etcd_peer_url(node) in member.peer_urls:
+                await self._patiently(lambda: self.role.client.member_remove(member.id))
+        gone = model.etcd_client_url(node)  # a removed member answers "raft: stopped": stop asking it
+        remaining = [e for e in self.role.client.endpoints if e != gone]
+        if remaining:
+            self.role.client.set_endpoints(remaining)
+        await self.ops._write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": False}))])
+        try:
+            await self.ops._order(node["name"], "etcd.leave", {}, timeout_s=30)
+        except Exception as exc:  # noqa: BLE001 - the member is already out; the node cleans up on restart
+            log.warning("node '%s' did not confirm leaving etcd (%s); it will when it is back", node["name"], exc)
+
+    # ---- planned hand-over -----------------------------------------------------------
+    async def master_failover(self, to: str | None) -> dict[str, Any]:
+        nodes = {n["name"]: n for n in await self._nodes()}
+        candidates = sorted(n for n, rec in nodes.items() if rec.get("candidate") and n != self.role.node)
+        if to is not None:
+            if to == self.role.node:
+                raise Conflict(f"node '{to}' is already the master")
+            if to not in candidates:
+                raise BadRequest(f"node '{to}' is not a master candidate (candidates: {', '.join(candidates) or 'none'})")
+        elif not candidates:
+            raise Conflict("there is no other master candidate to hand over to")
+        if to is not None:
+            report = await self.ops._get(model.report_key(to))
+            if report is None or time.time() - report.get("time", 0) > REPORT_STALE_AFTER_S:
+                raise Conflict(f"node '{to}' has not reported recently; hand over to a healthy candidate")
+        busy = self.role.require().running_jobs()
+        if busy:
+            raise Conflict(f"job(s) {', '.join(map(str, busy))} are running on this master; wait for them "
+                           "(`corral job watch ID`) so that the hand-over interrupts nothing")
+        handover = {"from": self.role.node, "to": to, "until": time.time() + HANDOVER_S}
+        await self.ops._write([Op.put(model.HANDOVER_KEY, model.dumps(handover))])
+        log.info("handing the master role over to %s", f"node '{to}'" if to else "another candidate")
+        await self.role.step_down(HANDOVER_S)
+        return {"from": handover["from"], "to": to}
+
+
+@dataclass(frozen=True)
+class _TokenKv:
+    key: str
+    mod_revision: int
+    record: dict[str, Any]
+
+
+class _StepContext(JobContext):
+    """An instance job run as one step of an evacuation: same log, its progress a slice of the whole.
+
+    It has no runner of its own: everything it records goes through the evacuation's context.
+    """
+
+    def __init__(self, parent: JobContext, index: int, count: int) -> None:
+        self.job = parent.job
+        self.started = parent.started
+        self._parent = parent
+        self._index = index
+        self._count = count
+
+    async def log(self, message: str) -> None:
+        await self._parent.log(message)
+
+    async def progress(self, done: float, total: float, text: str, started: float) -> None:
+        fraction = min(1.0, done / total) if total else 1.0
+        await self._parent.progress(self._index - 1 + fraction, self._count,
+                                    f"step {self._index} of {self._count}: {text}", self._parent.started)
+
+
+def _so_far(node: str, steps: list[Step], failed: int) -> str:
+    """What an evacuation stopped at the step `failed` (1-based) did, and what it left."""
+    done = ", ".join(f"{s.action} '{s.instance}'" for s in steps[:failed - 1]) or "nothing"
+    left = ", ".join(f"{s.action} '{s.instance}'" for s in steps[failed - 1:])
+    return (f"Done: {done}. Not done: {left}. Node '{node}' stays drained; fix the cause and run "
+            f"`corral node evacuate {node}` again (it plans what is left)")

@@ -1,0 +1,230 @@
+"""The master role: campaign for the lease, and while held, run the jobs and duties.
+
+Patroni-style: each pass of the loop decides one thing and says it in one
+sentence, which is logged when it changes ("acquired the master lease ...").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from election.etcd import EtcdClient, EtcdError
+from election.lease import FencingToken, MasterLease, NotMaster
+
+from hostagent import model
+from hostagent.master.jobs import Handler, JobRunner
+
+log = logging.getLogger(__name__)
+
+Duty = Callable[[], Awaitable[Any]]
+TAKEOVER_HOLD_S = 3.0
+FOLLOW_POLL_S = 0.3
+LEASE_MARGIN_S = 2.0  # stop acting this long before the lease could expire in etcd  # how soon a candidate notices that the master key is gone
+
+
+class NoMaster(Exception):
+    """This node is not the master, or cannot reach etcd to know."""
+
+    def __init__(self, master_hint: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.master_hint = master_hint
+
+
+class MasterRole:
+    def __init__(self, node: str, client: EtcdClient, lease: MasterLease,
+                 lock_keys: Callable[[dict[str, Any]], list[str]],
+                 on_change: Callable[[str], None] = lambda s: None,
+                 catch_up: Callable[[int, float], Awaitable[bool]] | None = None) -> None:
+        self.node = node
+        self.client = client
+        self.lease = lease
+        self.handlers: dict[str, Handler] = {}  # set by the wiring: operations need the role
+        self.on_elected: list[Duty] = []   # once, after winning and catching up
+        self.duties: list[Duty] = []       # every pass while master
+        self._lock_keys = lock_keys
+        self._on_change = on_change
+        self._catch_up = catch_up
+        self.token: FencingToken | None = None
+        self.runner: JobRunner | None = None
+        self.became_master = asyncio.Event()
+        self._lease_deadline = 0.0
+        self.master_since = 0.0  # wall clock when this node last became master
+        self._last_sentence = ""
+        self._took_over = False
+        self._hold_until = 0.0
+        self._wake = asyncio.Event()
+        # One task per duty, so a slow one (an etcd member joining) never holds up the
+        # others (restarting instances); the election hooks run before any of them.
+        self._hooks_task: asyncio.Task[None] | None = None
+        self._duty_tasks: dict[int, asyncio.Task[None]] = {}
+
+    @property
+    def is_master(self) -> bool:
+        return self.token is not None and self.runner is not None
+
+    def lease_ok(self) -> bool:
+        """Master, and certainly still holding the lease: checked before every order and write.
+
+        The deadline is measured on our own monotonic clock from the last renewal
+        that succeeded, minus a margin, so a master that was frozen or cut off
+        stops acting before etcd can have given the role to another node.
+        """
+        return self.is_master and time.monotonic() < self._lease_deadline
+
+    def require(self) -> JobRunner:
+        if self.runner is None:
+            raise NoMaster(None, f"node '{self.node}' is not the master")
+        return self.runner
+
+    def _say(self, sentence: str) -> None:
+        if sentence != self._last_sentence:
+            log.info("%s", sentence)
+            self._last_sentence = sentence
+            self._on_change(sentence)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        interval = max(0.5, self.lease.ttl_s / 3)
+        while not stop.is_set():
+            try:
+                sentence = await self._step()
+                self._say(sentence)
+                if sentence.startswith("revoked"):
+                    continue  # campaign again at once
+            except (EtcdError, NotMaster) as exc:
+                await self._demote(f"lost contact with etcd ({exc}); stopped master duties")
+            except Exception:  # noqa: BLE001 - the loop must survive; reported
+                log.exception("master loop iteration failed; please report this bug")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wait_either(stop), interval if self.is_master else FOLLOW_POLL_S)
+            except asyncio.TimeoutError:
+                pass
+        await self._demote("agent stopping")
+
+    async def _wait_either(self, stop: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _step(self) -> str:
+        if self.is_master:
+            if not self.lease_ok():
+                await self._demote("could not renew the master lease in time")
+                return f"node '{self.node}' stopped acting as master: its lease may have expired"
+            sent = time.monotonic()
+            if not await self.lease.keepalive():
+                await self._demote("master lease expired")
+                return f"lost the master lease; node '{self.node}' is no longer master"
+            self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
+            # In the background: a long duty (adding an etcd member) must never delay
+            # the keepalive that keeps this node master.
+            self._launch_duties()
+            return f"node '{self.node}' is master (token {self.token.to_str()})"  # type: ignore[union-attr]
+        if time.monotonic() < self._hold_until:
+            return f"node '{self.node}' stepped down; not campaigning for a moment"
+        handover = await self.client.get(model.HANDOVER_KEY)
+        if handover is not None:
+            plan = model.loads(handover.value)
+            someone_else = plan["to"] is not None and plan["to"] != self.node
+            if plan["until"] > time.time() and (plan["from"] == self.node or someone_else):
+                return f"master hand-over to {plan['to'] or 'another candidate'} in progress; not campaigning"
+        held = await self.lease.current()
+        if held is not None and held[0] != self.node:
+            return f"node '{held[0]}' holds the master lease; following"  # a cheap read, no campaign
+        sent = time.monotonic()
+        token = await self.lease.campaign(self.node)
+        if token is None:
+            current = await self.lease.current()
+            if current is not None and current[0] == self.node and not self._took_over:
+                # Our own lease from before a restart: the agent lock guarantees that
+                # incarnation is dead, so end its lease instead of waiting out the TTL.
+                self._took_over = True
+                await self.client.lease_revoke(current[1].lease_id)
+                if len(await self.client.member_list()) > 1:
+                    # Let a candidate that stayed up take over: this agent has only just started.
+                    self._hold_until = time.monotonic() + TAKEOVER_HOLD_S
+                return (f"revoked the master lease left by this node's previous agent "
+                        f"(token {current[1].to_str()})")
+            holder = current[0] if current else "nobody"
+            return f"node '{holder}' holds the master lease; following"
+        self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
+        if self._catch_up is not None:
+            revision = (await self.client.status())["revision"]
+            if not await self._catch_up(revision, self.lease.ttl_s / 3):
+                await self.lease.resign()
+                return f"won the election but this node's replica is behind revision {revision}; stepped back"
+        self._say(f"acquired the master lease; node '{self.node}' is master (token {token.to_str()})")
+        runner = JobRunner(self.node, self.client, self.lease, token, self.handlers, self._lock_keys)
+        self.token = token
+        await runner.start()  # ends or re-queues the old master's jobs before anything new is submitted
+        sent = time.monotonic()
+        if not await self.lease.keepalive():
+            self.token = None
+            await runner.stop()
+            return "lost the master lease while taking over; following"
+        self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
+        self.master_since = time.time()
+        self.runner = runner
+        self._hooks_task = asyncio.create_task(self._run_hooks_then_duties(), name="master-elected")
+        self.became_master.set()
+        return f"node '{self.node}' is master (token {token.to_str()})"
+
+    async def _run_hooks_then_duties(self) -> None:
+        for hook in self.on_elected:
+            try:
+                await hook()
+            except Exception:  # noqa: BLE001 - a failed announcement is retried by the duties
+                log.exception("master election hook %s failed", getattr(hook, "__name__", hook))
+        self._hooks_task = None
+        self._launch_duties()
+
+    def _launch_duties(self) -> None:
+        """Start each duty whose previous run has ended (none while the election hooks run)."""
+        if self._hooks_task is not None:
+            return
+        for i, duty in enumerate(self.duties):
+            task = self._duty_tasks.get(i)
+            if task is None or task.done():
+                self._duty_tasks[i] = asyncio.create_task(_run_duty(duty), name=f"duty-{_name(duty)}")
+
+    async def step_down(self, hold_s: float) -> None:
+        """Planned hand-over: stop duties, end the lease, and stay out of the next election."""
+        self._hold_until = time.monotonic() + hold_s
+        await self._demote("stepped down for a planned master hand-over")
+        await self.lease.resign()
+        self._wake.set()
+
+    async def _demote(self, reason: str) -> None:
+        tasks = [t for t in (self._hooks_task, *self._duty_tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._hooks_task, self._duty_tasks = None, {}
+        runner, self.runner, self.token = self.runner, None, None
+        self.became_master.clear()
+        if runner is not None:
+            self._say(reason)
+            await runner.stop()
+        if reason == "agent stopping" and runner is not None:
+            try:
+                await self.lease.resign()
+            except EtcdError:
+                pass
+
+
+async def _run_duty(duty: Duty) -> None:
+    try:
+        await duty()
+    except Exception:  # noqa: BLE001 - one failing duty must not stop the others
+        log.exception("master duty %s failed; please report this bug", _name(duty))
+
+
+def _name(duty: Duty) -> str:
+    return str(getattr(duty, "__name__", duty))

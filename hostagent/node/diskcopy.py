@@ -1,0 +1,117 @@
+"""Node orders that copy or grow an instance's disks (instance move, grow-disk).
+
+A copy pulls from the source node's NBD export (the same TLS export the
+mirror template uses, opened to this node's certificate) with
+`qemu-img convert -p`; its progress lines go to a log file, which the
+status order reads, so the master can show progress and an ETA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+from kvm import hotplug
+from kvm.process import QemuManager
+from kvm.qmp import Qmp
+from storage import nbdexport, runner
+from storage.filedisk import FileTemplate
+
+from hostagent import pki
+from hostagent.node.executor import OrderError
+from hostagent.node.replication import export_name
+
+COPY_TIMEOUT_S = 6 * 3600.0
+_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+log = logging.getLogger(__name__)
+
+class NodeDiskCopy:
+    """This node's disk copies and resizes."""
+
+    def __init__(self, node: str, qemu: QemuManager, files: FileTemplate, pki_paths: pki.PkiPaths,
+                 run_dir: str) -> None:
+        self._node = node
+        self._qemu = qemu
+        self._files = files
+        self._pki = pki_paths
+        self._dir = os.path.join(run_dir, "diskcopy")
+
+    def orders(self) -> dict[str, Any]:
+        return {"instance.disk-fetch": self._fetch, "instance.disk-fetch-status": self._fetch_status,
+                "instance.disk-grow": self._grow, "instance.disk-paths": self._paths,
+                "instance.disk-remove": self._remove}
+
+    def _progress_file(self, name: str, index: int) -> str:
+        return os.path.join(self._dir, f"{name}-disk{index}.progress")
+
+    async def _fetch(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Copy one disk from the source node's export into place here (atomically)."""
+        name, disk, host, port = args["name"], args["disk"], args["host"], int(args["port"])
+        if self._qemu.find(name) is not None:
+            raise OrderError(f"instance '{name}' is running on node '{self._node}': its disks are in use")
+        tls = os.path.join(self._dir, "tls")
+        nbdexport.link_tls_dir(tls, self._pki.ca_cert, self._pki.node_cert, self._pki.node_key)
+        dest = self._files.path(name, disk["index"], disk["format"])
+        os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+        os.makedirs(self._dir, mode=0o700, exist_ok=True)
+        tmp, progress = f"{dest}.incoming", self._progress_file(name, disk["index"])
+        for path in (tmp, progress):
+            if os.path.exists(path):
+                os.unlink(path)
+        source = (f"driver=nbd,server.type=inet,server.host={host},server.port={port},"
+                  f"export={export_name(name, disk['index'])},tls-creds=tls0")
+        try:
+            await runner.run(["qemu-img", "convert", "-p", "-O", disk["format"],
+                              "--object", f"tls-creds-x509,id=tls0,dir={tls},endpoint=client",
+                              "--image-opts", source, tmp], timeout_s=COPY_TIMEOUT_S, log_path=progress)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        os.replace(tmp, dest)
+        return {"path": dest}
+
+    async def _fetch_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Percent done of the copy of one disk (0 before its first progress line)."""
+        try:
+            with open(self._progress_file(args["name"], int(args["index"])), "rb") as fh:
+                found = _PERCENT.findall(fh.read()[-4096:])
+        except FileNotFoundError:
+            return {"percent": 0.0}
+        return {"percent": float(found[-1]) if found else 0.0}
+
+    async def _grow(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Grow the disk: through the running QEMU (which holds the image lock), else with qemu-img."""
+        name, index, size_mib = args["name"], int(args["index"]), int(args["size_mib"])
+        if self._qemu.find(name) is None:
+            await self._files.grow(name, index, size_mib)
+            return {"size_mib": size_mib, "online": False}
+        async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 10.0) as qmp:
+            await hotplug.resize(qmp, index, size_mib * 2**20)
+        return {"size_mib": size_mib, "online": True}
+
+    async def _remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Delete one disk and its data (asked for with --destroy-data); never one a running QEMU has open
+        (hot-removal unplugs it first: instance.disk-unplug)."""
+        name, index = args["name"], int(args["index"])
+        if self._qemu.find(name) is not None:
+            async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 10.0) as qmp:
+                open_images = await hotplug.open_images(qmp)
+            if open_images & {self._files.path(name, index, fmt) for fmt in self._files.formats}:
+                raise OrderError(f"instance '{name}' is running on node '{self._node}' with disk {index} still "
+                                 "plugged in; it is unplugged first, or removed while the instance is stopped")
+        await self._files.remove(name, index)
+        log.warning("instance '%s': disk %d and its data deleted on node '%s'", name, index, self._node)
+        return {"removed": index}
+
+    async def _paths(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Where the disks are; a missing one is an error the operator must see."""
+        paths = [self._files.path(args["name"], d["index"], d["format"]) for d in args["disks"]]
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise OrderError(f"instance '{args['name']}' misses disk(s) on node '{self._node}': {', '.join(missing)}")
+        return {"paths": paths}
