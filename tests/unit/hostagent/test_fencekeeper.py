@@ -18,7 +18,7 @@ import pytest
 from hostagent.node.fencekeeper import Feed, boottime, keeper_argv, keeper_running, process_start, write_feed
 from hostagent.node.selffence import guarded_names
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def wait_until(predicate, timeout_s: float = 5.0) -> bool:

@@ -5,7 +5,7 @@ import sys
 
 from hostagent.node.notify import Notifier
 
-UNIT = os.path.join(os.path.dirname(__file__), "..", "..", "packaging", "systemd", "corral-agent.service")
+UNIT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "packaging", "systemd", "corral-agent.service")
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path):
