@@ -13,8 +13,12 @@ deps:
 guest: deps
 	@packaging/guest/build-guest.sh $(CORRAL_GUEST_DIR)
 
+# Every Python process the tests start records coverage (packaging/install-deps.sh); the
+# figure is printed at the end, per package (`$(VENV)/bin/coverage report` lists every file).
 test: guest
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	@rm -rf .cache/coverage && mkdir -p .cache/coverage
+	@rc=0; COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	  VENV=$(VENV) packaging/coverage-figure.sh || true; exit $$rc
 
 # Unit tests, scenarios and lint: seconds, no processes started.
 test-fast: deps

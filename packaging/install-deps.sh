@@ -43,3 +43,10 @@ if [ ! -x "$VENV/bin/corral" ] || [ pyproject.toml -nt "$VENV/.installed" ]; the
   "$VENV/bin/pip" install -q $PIP_TARGET
   touch "$VENV/.installed"
 fi
+# make test measures coverage in every Python process it starts (agents, fence keepers, the tests),
+# not in the short-lived `corral` CLI calls (hundreds of them; the CLI's unit tests run in-process) nor mypy:
+# this hook starts coverage only when COVERAGE_PROCESS_START is set, so it costs nothing otherwise.
+if [ "$PIP_TARGET" != "." ]; then
+  SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  echo 'import os, sys; exec("import coverage; coverage.process_startup()") if os.environ.get("COVERAGE_PROCESS_START") and not sys.argv[0].endswith(("/corral", "/mypy")) else None' > "$SITE/corral-coverage.pth"
+fi
