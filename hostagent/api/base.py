@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
 from election.etcd import EtcdError, EtcdRequestFailed
-from election.lease import NotMaster
+import election.lease
 from kvm.hvparams import HvParamError
 from storage.base import StorageError
 
@@ -31,12 +31,10 @@ from hostagent import model
 from hostagent.api import auth, bodycheck, callers
 from hostagent.master.decide import replicas
 from hostagent.agent import Agent, NotInitialized
-from hostagent.errors import MESSAGE_HEADER, BadRequest, Conflict, NotFound
+from hostagent.errors import MESSAGE_HEADER, BadRequest, Conflict, NotFound, NotMaster, SenderNotMaster, StaleToken
 from hostagent.node.executor import OrderError
-from hostagent.node.fencing import NotTheMaster, StaleToken
 from hostagent.master.jobs import JobFailed
 from hostagent.node.joining import JoinRefused
-from hostagent.master.role import NoMaster
 from hostagent.master.node_ops import NodeOperations
 from hostagent.master.operations import Operations
 from hostagent.orders import NodeClient
@@ -56,9 +54,11 @@ NO_QUORUM_IN_FLIGHT = ("no quorum: the cluster's etcd members lost their majorit
 _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (BadRequest, 400, "bad-request"), (SizeError, 400, "bad-request"), (HvParamError, 400, "bad-request"),
     (NotFound, 404, "not-found"), (Conflict, 409, "conflict"), (FileExistsError, 409, "conflict"),
-    (StaleToken, 409, "stale-token"), (NotTheMaster, 409, "not-the-master"), (JoinRefused, 403, "join-refused"),
-    (NoMaster, 503, "no-master"), (NotInitialized, 503, "not-initialized"),
-    (NotMaster, 503, "no-master"), (ConnectionError, 503, "master-unreachable"), (TimeoutError, 503, "timeout"),
+    # StaleToken and SenderNotMaster before their base NotMaster: the first class that matches answers.
+    (StaleToken, 409, "stale-token"), (SenderNotMaster, 409, "not-the-master"), (JoinRefused, 403, "join-refused"),
+    (NotMaster, 503, "no-master"), (NotInitialized, 503, "not-initialized"),
+    (election.lease.NotMaster, 503, "no-master"),  # the leaf's own error, translated here
+    (ConnectionError, 503, "master-unreachable"), (TimeoutError, 503, "timeout"),
     (OrderError, 422, "order-failed"), (StorageError, 422, "storage"),
     (JobFailed, 409, "refused"),  # a master step refused outside a job (its lease lapsed, say): retry
 ]
@@ -246,11 +246,11 @@ class ApiBase:
             await asyncio.sleep(0.5)
             quorum = await self._quorum()
         if not quorum["ok"]:  # say why at once instead of timing out on a master that cannot commit
-            raise NoMaster(None, NO_QUORUM + quorum["reason"])
+            raise NotMaster(None, NO_QUORUM + quorum["reason"])
         master = self._master()
         node = self.agent.replica.get_json(model.node_key(master)) if master else None
         if node is None or self.agent.nodes is None:
-            raise NoMaster(None, "no master is elected right now, so changes are refused; "
+            raise NotMaster(None, "no master is elected right now, so changes are refused; "
                                  "`corral cluster info` shows the quorum state")
         try:
             status, data = await self.agent.nodes.forward(
@@ -259,7 +259,7 @@ class ApiBase:
         except ConnectionError:
             quorum = await self._quorum()  # a master that does not answer: is it the quorum?
             if not quorum["ok"]:
-                raise NoMaster(master, NO_QUORUM_IN_FLIGHT + quorum["reason"]) from None
+                raise NotMaster(master, NO_QUORUM_IN_FLIGHT + quorum["reason"]) from None
             raise
         job_id = (data.get("data") or {}).get("job_id") if isinstance(data.get("data"), dict) else None
         if status == 202 and job_id is not None:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from election.etcd import Compare, Op
-from election.lease import NotMaster
+import election.lease
 from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
 
 from hostagent import model
@@ -50,7 +50,7 @@ def _as_job_errors() -> Iterator[None]:
         yield
     except (NotFound, Conflict, BadRequest, HvParamError) as exc:
         raise JobFailed(str(exc)) from exc
-    except NotMaster as exc:
+    except election.lease.NotMaster as exc:
         raise JobFailed(f"this node stopped being master during the job ({exc})") from exc
 
 

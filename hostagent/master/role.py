@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from election.etcd import EtcdClient, EtcdError
-from election.lease import FencingToken, MasterLease, NotMaster
+import election.lease
+from election.lease import FencingToken, MasterLease
 
 from hostagent import model
+from hostagent.errors import NotMaster
 from hostagent.master.jobs import Handler, JobRunner
 
 log = logging.getLogger(__name__)
@@ -24,14 +26,6 @@ Duty = Callable[[], Awaitable[Any]]
 TAKEOVER_HOLD_S = 3.0
 FOLLOW_POLL_S = 0.3
 LEASE_MARGIN_S = 2.0  # stop acting this long before the lease could expire in etcd  # how soon a candidate notices that the master key is gone
-
-
-class NoMaster(Exception):
-    """This node is not the master, or cannot reach etcd to know."""
-
-    def __init__(self, master_hint: str | None, reason: str) -> None:
-        super().__init__(reason)
-        self.master_hint = master_hint
 
 
 class MasterRole:
@@ -77,7 +71,7 @@ class MasterRole:
 
     def require(self) -> JobRunner:
         if self.runner is None:
-            raise NoMaster(None, f"node '{self.node}' is not the master")
+            raise NotMaster(None, f"node '{self.node}' is not the master")
         return self.runner
 
     def _say(self, sentence: str) -> None:
@@ -94,7 +88,7 @@ class MasterRole:
                 self._say(sentence)
                 if sentence.startswith("revoked"):
                     continue  # campaign again at once
-            except (EtcdError, NotMaster) as exc:
+            except (EtcdError, election.lease.NotMaster) as exc:
                 await self._demote(f"lost contact with etcd ({exc}); stopped master duties")
             except Exception:  # noqa: BLE001 - the loop must survive; reported
                 log.exception("master loop iteration failed; please report this bug")

@@ -16,24 +16,12 @@ from collections.abc import Awaitable, Callable
 
 from election.lease import FencingToken
 
+from hostagent.errors import SenderNotMaster, StaleToken
+
 log = logging.getLogger(__name__)
 
 # (token) -> name of the node holding the master key with exactly this token, or None
 Verifier = Callable[[FencingToken], Awaitable[str | None]]
-
-
-class StaleToken(Exception):
-    """An order from a master older than one this node already obeyed."""
-
-    def __init__(self, seen: FencingToken, got: FencingToken) -> None:
-        super().__init__(f"refused an order with fencing token {got.to_str()}: this node has already "
-                         f"seen the newer token {seen.to_str()} (the sender is no longer master)")
-        self.seen = seen
-        self.got = got
-
-
-class NotTheMaster(Exception):
-    """An order whose sender does not hold the token it carries."""
 
 
 class TokenGuard:
@@ -58,7 +46,7 @@ class TokenGuard:
 
     async def admit(self, token: FencingToken, sender: str, verify: Verifier,
                     known: FencingToken | None = None) -> None:
-        """Accept an order from `sender` carrying `token`, or raise StaleToken / NotTheMaster.
+        """Accept an order from `sender` carrying `token`, or raise StaleToken / SenderNotMaster.
 
         `known`: the newest master token this node's config replica shows. A master cut off and healed
         may send orders (to itself, too) before the new master's first order reaches this node; the
@@ -74,9 +62,9 @@ class TokenGuard:
         if holder != sender:
             log.warning("refusing order from node '%s' with token %s: %s", sender, token.to_str(),
                         f"that token belongs to node '{holder}'" if holder else "etcd has no master with that token")
-            raise NotTheMaster(f"refused an order from node '{sender}' with token {token.to_str()}: "
-                               + (f"that token is node '{holder}''s" if holder else
-                                  "no master holds that token in etcd (deposed, or forged)"))
+            raise SenderNotMaster(holder, f"refused an order from node '{sender}' with token {token.to_str()}: "
+                                  + (f"that token is node '{holder}''s" if holder else
+                                     "no master holds that token in etcd (deposed, or forged)"))
         tmp = self._path + ".tmp"
         with open(tmp, "w") as fh:
             json.dump({"token": token.to_str(), "holder": sender}, fh)

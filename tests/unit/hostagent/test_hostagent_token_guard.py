@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from election.lease import FencingToken
-from hostagent.node.fencing import StaleToken, TokenGuard
+from hostagent.errors import StaleToken
+from hostagent.node.fencing import TokenGuard
 
 OLD, NEW = FencingToken(revision=10, lease_id=1), FencingToken(revision=20, lease_id=2)
 
