@@ -41,7 +41,7 @@ from hostagent.node import gossip, joining, reporter
 from hostagent.node.boothealth import BootWatcher
 from hostagent.api.callers import Caller
 from hostagent.config import AgentConfig
-from hostagent.node.executor import NodeExecutor, OrderError
+from hostagent.node.executor import NodeExecutor, Order, OrderError
 from hostagent.node.media import NodeMedia
 from hostagent.api.relay import RelayLimit
 from hostagent.node.replication import NodeReplication
@@ -117,9 +117,9 @@ class Agent:
         self.relays = RelayLimit()  # consoles and VNC displays this agent bridges (hostagent.api.relay)
         self.executor = NodeExecutor(cfg.node_name, self.qemu, self.files, self.catalog,
                                      os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
-                                     {**self.replication.orders(), **self.media.orders(), **NodeDiskCopy(
-                                         cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir).orders()},
                                      self.replication.tls_dir)
+        self.diskcopy = NodeDiskCopy(cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir)
+        self.orders = self._order_table()
         self.replication.tell_master = self.tell_master
         self.executor.dress = self.media.dress
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
@@ -406,29 +406,49 @@ class Agent:
             kv = await self.etcd.get(key)
         return None if kv is None else model.loads(kv.value)
 
-    # ---- orders about this node's own roles ---------------------------------------
+    # ---- orders from the master --------------------------------------------------
+    def _order_table(self) -> dict[str, Order]:
+        """Every order this node carries out, by the name the master sends it under: one table, so a grep for
+        an order's name lands on the line naming its handler. The node modules list theirs; these below are
+        about this node's own roles."""
+        return {
+            **self.executor.orders(), **self.replication.orders(), **self.media.orders(), **self.diskcopy.orders(),
+            "node.hello": self._hello,
+            "etcd.join": self._become_member,
+            "etcd.leave": self._stop_being_member,
+            "secrets.gossip": self._take_gossip_key,
+            "secrets.csr": self._new_csr,
+            "secrets.cert": self._take_cert,
+            "secrets.ca-trust": self._trust_next_ca,
+            "secrets.ca-retire": self._retire_old_ca,
+        }
+
     async def node_order(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        if op == "node.hello":
-            return {"node": self.cfg.node_name}
-        if op == "etcd.join":
-            return await self._become_member(args["initial_cluster"], args["ca_key"])
-        if op == "etcd.leave":
-            return await self._stop_being_member()
-        if op == "secrets.gossip":
-            self._write_secret("gossip.key", args["key"])
-            return {}
-        if op == "secrets.csr":
-            return {"csr": pki.new_pending_key(self.pki).decode()}
-        if op == "secrets.cert":
-            pki.install_pending(self.pki, args["cert"].encode())
-            self._reload_tls()
-            log.info("node '%s' now uses its renewed certificate", self.cfg.node_name)
-            return {}
-        if op == "secrets.ca-trust":
-            return await self._trust_next_ca(args["ca"].encode(), args.get("ca_key"))
-        if op == "secrets.ca-retire":
-            return await self._retire_old_ca(args["ca"].encode())
-        raise OrderError(f"unknown order {op!r}")
+        """Carry out order `op`, its sender already admitted as the master."""
+        handler = self.orders.get(op)
+        if handler is None:
+            raise OrderError(f"unknown order {op!r}")
+        return await handler(args)
+
+    async def _hello(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The master's check that this node takes orders (no arguments)."""
+        return {"node": self.cfg.node_name}
+
+    async def _take_gossip_key(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`rotate-secrets`: the gossip key Serf already uses, kept on disk for answering joins and for a restart."""
+        self._write_secret("gossip.key", args["key"])
+        return {}
+
+    async def _new_csr(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`rotate-secrets`: a new key, kept pending until its certificate comes (no arguments)."""
+        return {"csr": pki.new_pending_key(self.pki).decode()}
+
+    async def _take_cert(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`rotate-secrets`: the certificate of the pending key; new connections use it at once."""
+        pki.install_pending(self.pki, args["cert"].encode())
+        self._reload_tls()
+        log.info("node '%s' now uses its renewed certificate", self.cfg.node_name)
+        return {}
 
     def _reload_tls(self) -> None:
         """New connections, both ways, use the certificate and CAs on disk now; open ones carry on."""
@@ -440,8 +460,10 @@ class Agent:
         if self.etcd is not None:
             self.etcd.set_ssl(self.client_ssl)
 
-    async def _trust_next_ca(self, ca_pem: bytes, ca_key: str | None) -> dict[str, Any]:
+    async def _trust_next_ca(self, args: dict[str, Any]) -> dict[str, Any]:
         """`rotate-secrets --new-ca`, step 1 on each node: trust the new CA beside the old one."""
+        ca_pem: bytes = args["ca"].encode()
+        ca_key: str | None = args.get("ca_key")
         if ca_key is not None:  # candidates sign joins and revocation lists when master
             pki.write_pem(self.pki.ca_next_key, ca_key.encode(), secret=True)
         pki.write_pem(self.pki.ca_next_cert, ca_pem)
@@ -453,8 +475,9 @@ class Agent:
         log.info("node '%s' trusts the new cluster CA beside the old one", self.cfg.node_name)
         return {"trusted": len(current) + 1}
 
-    async def _retire_old_ca(self, ca_pem: bytes) -> dict[str, Any]:
+    async def _retire_old_ca(self, args: dict[str, Any]) -> dict[str, Any]:
         """Last step: trust only the new CA; candidates sign with its key from now on."""
+        ca_pem: bytes = args["ca"].encode()
         if os.path.exists(self.pki.ca_next_key):
             os.replace(self.pki.ca_next_key, self.pki.ca_key)
         elif os.path.exists(self.pki.ca_key):
@@ -497,7 +520,9 @@ class Agent:
         return await SerfRpc.connect(self.cfg.address, self.cfg.serf_rpc_port,
                                      auth_key=self._secret("serf-rpc.key"), timeout_s=5)
 
-    async def _become_member(self, initial_cluster: str, ca_key: str) -> dict[str, Any]:
+    async def _become_member(self, args: dict[str, Any]) -> dict[str, Any]:
+        initial_cluster: str = args["initial_cluster"]
+        ca_key: str = args["ca_key"]
         local = self.local_cluster() or {}
         if local.get("etcd_member") and self._etcd_child is not None:
             return {"member": True}  # re-sent order
@@ -535,7 +560,8 @@ class Agent:
         raise OrderError(f"the new etcd member on node '{self.cfg.node_name}' did not reach the cluster "
                          f"within {timeout_s:.0f} s: {reason} (see {self.cfg.log_dir}/etcd.log)")
 
-    async def _stop_being_member(self) -> dict[str, Any]:
+    async def _stop_being_member(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Leave the etcd members and be a regular node again (no arguments)."""
         local = self.local_cluster() or {}
         if self._role_task is not None:
             self._role_task.cancel()

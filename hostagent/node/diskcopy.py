@@ -20,7 +20,7 @@ from storage import nbdexport, runner
 from storage.filedisk import FileTemplate
 
 from hostagent import pki
-from hostagent.node.executor import OrderError
+from hostagent.node.executor import Order, OrderError
 from hostagent.node.replication import export_name
 
 COPY_TIMEOUT_S = 6 * 3600.0
@@ -40,7 +40,7 @@ class NodeDiskCopy:
         self._pki = pki_paths
         self._dir = os.path.join(run_dir, "diskcopy")
 
-    def orders(self) -> dict[str, Any]:
+    def orders(self) -> dict[str, Order]:
         return {"instance.disk-fetch": self._fetch, "instance.disk-fetch-status": self._fetch_status,
                 "instance.disk-grow": self._grow, "instance.disk-paths": self._paths,
                 "instance.disk-remove": self._remove}

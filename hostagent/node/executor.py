@@ -43,15 +43,15 @@ class OrderError(Exception):
     """An order this node cannot carry out; the message is for the operator."""
 
 
+# What carries out one order: its arguments in, its answer to the master out.
+Order = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 class NodeExecutor:
     def __init__(self, node: str, qemu: QemuManager, files: FileTemplate,
                  catalog: Callable[[], OsCatalog], log_dir: str, install_timeout_s: float,
-                 more: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]],
                  tls_dir: Callable[[], str]) -> None:
-        """`more`: orders other modules carry out (replication, migration), by name.
-
-        `tls_dir`: the node's credentials in QEMU's layout, for migration streams."""
-        self._more = more
+        """`tls_dir`: the node's credentials in QEMU's layout, for migration streams."""
         self._tls_dir = tls_dir
         self._node = node
         self._qemu = qemu
@@ -64,13 +64,23 @@ class NodeExecutor:
         # (spec, instance record) -> the spec with its CD-ROM drive and VNC settings (hostagent.node.media)
         self.dress: Callable[[InstanceSpec, dict[str, Any]], InstanceSpec] | None = None
 
-    async def handle(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        if op in self._more:
-            return await self._more[op](args)
-        handler = getattr(self, "_op_" + op.replace("instance.", "").replace("-", "_"), None)
-        if handler is None or not op.startswith("instance."):
-            raise OrderError(f"unknown order {op!r}")
-        return await handler(args)
+    def orders(self) -> dict[str, Order]:
+        """The orders this module carries out, by the name the master sends (hostagent.agent merges the tables)."""
+        return {
+            "instance.create": self._op_create,
+            "instance.reinstall": self._op_reinstall,
+            "instance.rename": self._op_rename,
+            "instance.start": self._op_start,
+            "instance.stop": self._op_stop,
+            "instance.console-tail": self._op_console_tail,
+            "instance.reset": self._op_reset,
+            "instance.remove": self._op_remove,
+            "instance.disk-hotplug": self._op_disk_hotplug,
+            "instance.disk-unplug": self._op_disk_unplug,
+            "instance.nic-hotplug": self._op_nic_hotplug,
+            "instance.nic-unplug": self._op_nic_unplug,
+            "instance.placement": self._op_placement,
+        }
 
     async def spec(self, inst: dict[str, Any], hvparams: dict[str, Any]) -> InstanceSpec:
         hv = parse_hvparams(hvparams)

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from kvm import media
@@ -26,7 +26,7 @@ from kvm.hvparams import within
 from kvm.process import QemuManager
 from kvm.qmp import Qmp, QmpError
 
-from hostagent.node.executor import OrderError
+from hostagent.node.executor import Order, OrderError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class NodeMedia:
         self._node, self._address, self._qemu = node, address, qemu
         self._iso_dirs, self._password_of = iso_dirs, password_of
 
-    def orders(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
+    def orders(self) -> dict[str, Order]:
         return {"instance.cdrom-check": self._op_check, "instance.cdrom-change": self._op_change}
 
     def iso_problem(self, path: str) -> str:

@@ -43,11 +43,10 @@ from storage import nbdexport
 from storage.filedisk import FileTemplate
 
 from hostagent import pki
-from hostagent.node.executor import OrderError, client_identity, read_small_file
+from hostagent.node.executor import Order, OrderError, client_identity, read_small_file
 
 log = logging.getLogger(__name__)
 
-Order = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # (path, body) -> True once the master answered 200: how the guard reaches the master
 TellMaster = Callable[[str, dict[str, Any]], Awaitable[bool]]
 TLS_CREDS_ID = "mirror-tls"
