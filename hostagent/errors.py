@@ -19,7 +19,7 @@
 
 from __future__ import annotations
 
-from election.lease import FencingToken
+from typing import Protocol
 
 # Every error answer repeats its message in this header, for a client that cannot read the body: a refused
 # websocket handshake, whose reason the agent relaying a console passes on.
@@ -63,10 +63,16 @@ class SenderNotMaster(NotMaster):
     answers 409 (the sender is deposed: the refusal stands), its base 503 (no master now: ask again later)."""
 
 
+class Token(Protocol):
+    """A fencing token (election.lease.FencingToken), as far as a refusal names it: errors stay a leaf."""
+
+    def to_str(self) -> str: ...
+
+
 class StaleToken(SenderNotMaster):
     """An order from a master older than one this node already obeyed."""
 
-    def __init__(self, seen: FencingToken, got: FencingToken) -> None:
+    def __init__(self, seen: Token, got: Token) -> None:
         super().__init__(None, f"refused an order with fencing token {got.to_str()}: this node has already "
                                f"seen the newer token {seen.to_str()} (the sender is no longer master)")
         self.seen = seen

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hostagent.units import format_mib
+
 REPORT_STALE_AFTER_S = 30.0
 
 
@@ -74,3 +76,31 @@ def booting_reason(seen: Mapping[str, Any], now: float) -> str:
     waited = max(0.0, now - float(seen.get("boot_started_at", now)))
     return (f"booting: waiting for console line matching '{seen.get('boot_pattern', '')}' "
             f"({waited:.0f} s of {float(seen.get('boot_timeout_s', 0)):.0f} s)")
+
+
+def eta_words(seconds: float | None) -> str:
+    if seconds is None:
+        return "ETA unknown"
+    return f"about {seconds:.0f} s left" if seconds < 120 else f"about {seconds / 60:.0f} min left"
+
+
+# Worst first: the state that decides what the operator is told.
+_SEVERITY = ("failed", "blocked", "stalled", "degraded", "stopping", "stopped", "syncing", "resyncing", "converged",
+             "in_sync")
+
+
+def describe_mirrors(states: list[dict[str, Any]]) -> str:
+    """One phrase for the operator: 'in sync', 'syncing 45.0 %, about 12 s left', ..."""
+    if not states:
+        return "not mirrored"
+    worst = min(states, key=lambda s: _SEVERITY.index(s["status"]) if s["status"] in _SEVERITY else 0)
+    status = worst["status"]
+    if status == "syncing":
+        return f"syncing {worst['percent']:.1f} %, {eta_words(worst.get('eta_s'))}"
+    if status == "blocked":
+        return "writes held: the secondary failed a write, its copy is being recorded out of date"
+    if status == "converged":
+        return "copied, joining"
+    if status == "resyncing":
+        return f"resyncing, {format_mib(worst.get('remaining_mib', 0))} to copy, {eta_words(worst.get('eta_s'))}"
+    return status.replace("_", " ")

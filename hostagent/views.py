@@ -19,8 +19,7 @@ from hostagent.master.decide.placement import Request, _Judge
 from hostagent.node.looplag import WARN_MS as LOOP_LAG_WARN_MS
 from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
 from hostagent.master.decide.replicas import out_of_date_words
-from hostagent.status import REPORT_STALE_AFTER_S, instance_status, report_age_s
-from hostagent.units import format_mib
+from hostagent.status import REPORT_STALE_AFTER_S, describe_mirrors, instance_status, report_age_s
 
 JOB_STUCK_AFTER_S = 3600.0
 
@@ -61,34 +60,6 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
             else 0.0, "boot": seen.get("boot"), "vnc_socket": seen.get("vnc_socket") if observed.pid else None,
             "console_tail": restart.get("console", []) if status == "failed" else
             seen.get("boot_console", []) if status == "error" else []}
-
-
-def eta_words(seconds: float | None) -> str:
-    if seconds is None:
-        return "ETA unknown"
-    return f"about {seconds:.0f} s left" if seconds < 120 else f"about {seconds / 60:.0f} min left"
-
-
-# Worst first: the state that decides what the operator is told.
-_SEVERITY = ("failed", "blocked", "stalled", "degraded", "stopping", "stopped", "syncing", "resyncing", "converged",
-             "in_sync")
-
-
-def describe_mirrors(states: list[dict[str, Any]]) -> str:
-    """One phrase for the operator: 'in sync', 'syncing 45.0 %, about 12 s left', ..."""
-    if not states:
-        return "not mirrored"
-    worst = min(states, key=lambda s: _SEVERITY.index(s["status"]) if s["status"] in _SEVERITY else 0)
-    status = worst["status"]
-    if status == "syncing":
-        return f"syncing {worst['percent']:.1f} %, {eta_words(worst.get('eta_s'))}"
-    if status == "blocked":
-        return "writes held: the secondary failed a write, its copy is being recorded out of date"
-    if status == "converged":
-        return "copied, joining"
-    if status == "resyncing":
-        return f"resyncing, {format_mib(worst.get('remaining_mib', 0))} to copy, {eta_words(worst.get('eta_s'))}"
-    return status.replace("_", " ")
 
 
 def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | None,

@@ -31,7 +31,7 @@ from hostagent.master.decide.restarts import Event
 from hostagent.errors import BadRequest
 from hostagent.master.jobs import JobContext, JobFailed
 from hostagent.status import REPORT_STALE_AFTER_S
-from hostagent.views import describe_mirrors, eta_words
+from hostagent.status import describe_mirrors, eta_words
 
 if TYPE_CHECKING:
     from hostagent.master.operations import Operations

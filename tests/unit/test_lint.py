@@ -57,3 +57,47 @@ def test_leaf_packages_import_no_other_corral_package_and_the_cli_not_the_agent(
                 if top in PACKAGES and top != package and module not in (CLI_MAY_IMPORT if package == "cli" else ()):
                     breaches.append(f"{path.relative_to(ROOT)} imports {module}")
     assert not breaches, "\n".join(breaches)
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Each module of our packages -> the modules of our packages it imports, anywhere in the file (an import
+    inside a function to dodge a circle still counts)."""
+    files = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name in files}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                          for a in node.names} & files.keys()
+        graph[name] = found - {name}
+    return graph
+
+
+# What the master's pure decisions may reach, at any depth: each other, the config's shapes and the pure helpers.
+DECIDE_MAY_REACH = ("hostagent.master.decide.", "hostagent.model", "hostagent.errors", "hostagent.units",
+                    "hostagent.status", "hostagent.node.bootpattern", "kvm.hvparams")
+IO_MODULES = {"asyncio", "aiohttp", "subprocess", "socket", "ssl", "sqlite3", "sqlite_utils", "psutil", "pyroute2",
+              "shutil", "urllib", "http", "threading", "time"}
+
+
+def test_the_pure_decisions_reach_no_io_module():
+    graph = module_graph()
+    reached: set[str] = set()
+    todo = [m for m in graph if m.startswith("hostagent.master.decide.")]
+    while todo:
+        if (name := todo.pop()) not in reached:
+            reached.add(name)
+            todo.extend(graph[name])
+    breaches = sorted(m for m in reached if not m.startswith(DECIDE_MAY_REACH))
+    for name in sorted(reached):
+        path = ROOT / (name.replace(".", "/") + ".py")
+        stdlib = {m.split(".")[0] for m in imported_modules(path if path.exists() else path.with_suffix("") / "__init__.py")}
+        breaches += [f"{name} imports {m}" for m in sorted(stdlib & IO_MODULES)]
+    assert not breaches, "hostagent.master.decide reaches I/O:\n" + "\n".join(breaches)

@@ -7,6 +7,7 @@ or refuse with every problem at once. Nothing here reads etcd or the clock.
 
 from __future__ import annotations
 
+import posixpath
 import random
 import re
 import uuid
@@ -17,7 +18,6 @@ from typing import Any
 from kvm.hvparams import HvParamError, HvParams, kernel_path_problems, parse_hvparams
 
 from hostagent import model
-from hostagent.master import cdrom
 from hostagent.master.decide import nics, policy, tags
 from hostagent.node.bootpattern import BootPattern, BootPatternError
 from hostagent.errors import BadRequest, Conflict
@@ -123,7 +123,7 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
         problems.append("owner: this cluster requires an owner for every instance (--owner NAME; "
                         "`cluster modify --require-owner no` lifts it)")
     description = _text("description", req.get("description", ""), DESCRIPTION_MAX_CHARS, problems)
-    cd = None if req.get("cdrom") is None else cdrom.requested(req["cdrom"], problems)
+    cd = None if req.get("cdrom") is None else cdrom_requested(req["cdrom"], problems)
     try:
         instance_tags = tags.checked(req.get("tags") or [], "tags")
     except BadRequest as exc:
@@ -206,7 +206,7 @@ def check_modify(inst: Mapping[str, Any], req: Mapping[str, Any], records: tuple
     if "owner" in req:
         new["owner"] = _text("owner", req["owner"], OWNER_MAX_CHARS, problems)
     if "cdrom" in req:  # a path, or none: the drive stays, empty (hostagent.master.cdrom)
-        wanted = cdrom.requested(req["cdrom"], problems)
+        wanted = cdrom_requested(req["cdrom"], problems)
         if wanted or inst.get("cdrom") is not None:  # none to an instance with no drive: nothing to eject
             new["cdrom"] = wanted
     if "description" in req:
@@ -514,3 +514,18 @@ def _port_base(template: str, view: ClusterView) -> int:
             return base
     raise Conflict(f"every replication port block ({REPLICATION_PORTS.start}-{REPLICATION_PORTS.stop - 1}) "
                    "is in use; remove replicated instances first")
+
+
+def cdrom_requested(value: Any, problems: list[str]) -> str:
+    """The record's `cdrom` for a requested --cdrom: an absolute path, or "" for none (eject)."""
+    if isinstance(value, str) and value.lower() == "none":
+        return ""
+    if isinstance(value, str) and value.startswith("/") and value.endswith("/"):
+        problems.append(f"cdrom {value!r} names a directory: give the ISO file in it, e.g. {value}debian-12.iso")
+        return ""
+    if not isinstance(value, str) or not value.startswith("/") or posixpath.normpath(value) != value \
+            or value.startswith("//"):
+        problems.append(f"cdrom {value!r} is not a path: give the absolute path of an ISO file on the instance's "
+                        "node(s), e.g. /var/lib/corral/iso/debian-12.iso, or none to eject")
+        return ""
+    return value

@@ -33,7 +33,7 @@ from hostagent import model
 from hostagent.master.decide.placement import Nodes, PlacementError, Reports, Request, check_manual
 from hostagent.status import REPORT_STALE_AFTER_S
 from hostagent.units import format_mib
-from hostagent.views import describe_mirrors
+from hostagent.status import describe_mirrors
 
 # Mirror states a live migration accepts (hostagent.master.moves: the switchover waits for writes in flight).
 MIGRATABLE = ("in_sync", "converged", "resyncing")

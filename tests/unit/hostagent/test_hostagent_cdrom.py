@@ -12,8 +12,8 @@ from kvm.cmdline import DiskSpec, InstanceSpec
 from kvm.hvparams import HvParams
 from kvm.process import QemuManager
 
-from hostagent.master import cdrom, pending
-from hostagent.master.decide.checks import ClusterView, check_add, check_modify
+from hostagent.master import pending
+from hostagent.master.decide.checks import ClusterView, cdrom_requested, check_add, check_modify
 from hostagent.config import ConfigError, parse_config
 from hostagent.errors import BadRequest
 from hostagent.node.media import NodeMedia
@@ -26,12 +26,12 @@ INST = {"name": "web1", "uuid": UUID, "disk_template": "file", "primary_node": "
 
 def test_cdrom_takes_an_absolute_path_or_none():
     problems: list[str] = []
-    assert cdrom.requested("/var/lib/corral/iso/d.iso", problems) == "/var/lib/corral/iso/d.iso"
-    assert cdrom.requested("none", problems) == "" and cdrom.requested("NONE", problems) == ""
+    assert cdrom_requested("/var/lib/corral/iso/d.iso", problems) == "/var/lib/corral/iso/d.iso"
+    assert cdrom_requested("none", problems) == "" and cdrom_requested("NONE", problems) == ""
     assert not problems
     for bad in ("d.iso", "/iso/../etc/shadow", "//iso/d.iso", "", 3):
         problems = []
-        cdrom.requested(bad, problems)
+        cdrom_requested(bad, problems)
         assert problems and "absolute path of an ISO file" in problems[0] and "none to eject" in problems[0], bad
 
 
