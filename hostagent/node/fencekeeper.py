@@ -28,15 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+from hostagent.clock import SYSTEM
+
 log = logging.getLogger("corral-fence-keeper")
 
 INTERVAL_S = 0.25
 MODULE = "hostagent.node.fencekeeper"
-
-
-def boottime() -> float:
-    """Seconds since boot, counting suspend: the clock both the agent and the keeper measure deadlines on."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def process_start(pid: int) -> int | None:
@@ -151,7 +148,7 @@ def run(feed_path: str, stop: list[bool]) -> None:
     fenced: set[tuple[str, int, int]] = set()
     while not stop:
         feed = read_feed(feed_path) or feed
-        now = boottime()
+        now = SYSTEM.boot()
         if feed.deadline is not None and now >= feed.deadline:
             pending = Feed(feed.deadline, tuple(v for v in feed.victims if v not in fenced), feed.watchdog)
             if pending.victims:

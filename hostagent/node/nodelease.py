@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from election.etcd import EtcdClient, EtcdError, LeaseExpired
 
 from hostagent import model
-from hostagent.node.fencekeeper import boottime
+from hostagent.clock import SYSTEM, Clock
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +25,9 @@ RETRY_S = 1.0  # after a failed renewal: the deadline is near, try again soon
 
 
 class NodeLease:
-    def __init__(self, client: EtcdClient, node: str, ttl_s: int = NODE_LEASE_TTL_S) -> None:
+    def __init__(self, client: EtcdClient, node: str, ttl_s: int = NODE_LEASE_TTL_S, clock: Clock = SYSTEM) -> None:
         self._client = client
+        self._clock = clock
         self._node = node
         self.ttl_s = ttl_s
         self.renewed_at: float | None = None
@@ -36,13 +36,13 @@ class NodeLease:
 
     def pause(self, seconds: float) -> None:
         """Drill: stop renewing for `seconds`, as a node cut off from etcd would."""
-        self._paused_until = boottime() + seconds
+        self._paused_until = self._clock.boot() + seconds
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             wait = self.ttl_s / 4
             try:
-                if boottime() >= self._paused_until:
+                if self._clock.boot() >= self._paused_until:
                     await self._renew()
             except EtcdError as exc:
                 wait = RETRY_S
@@ -54,7 +54,7 @@ class NodeLease:
                 pass
 
     async def _renew(self) -> None:
-        sent = boottime()
+        sent = self._clock.boot()
         if self._lease_id is not None:
             try:
                 await self._client.lease_keepalive(self._lease_id)
@@ -65,7 +65,7 @@ class NodeLease:
                 self._lease_id = None
         lease_id = await self._client.lease_grant(self.ttl_s)
         await self._client.put(model.lease_key(self._node),
-                               model.dumps({"node": self._node, "since": time.time()}), lease=lease_id)
+                               model.dumps({"node": self._node, "since": self._clock.time()}), lease=lease_id)
         self._lease_id = lease_id
         self.renewed_at = sent
         log.info("node '%s' holds its node lease (ttl %d s)", self._node, self.ttl_s)

@@ -28,8 +28,9 @@ from election.replica import Replica
 from kvm.process import QemuManager
 
 from hostagent import model
+from hostagent.clock import SYSTEM, Clock
 from hostagent.master.decide.failovers import armed, auto_failover
-from hostagent.node.fencekeeper import (Feed, boottime, keeper_argv, keeper_running, kill_victims, process_start,
+from hostagent.node.fencekeeper import (Feed, keeper_argv, keeper_running, kill_victims, process_start,
                                    read_feed, write_feed)
 from hostagent.node.nodelease import NodeLease
 
@@ -51,8 +52,9 @@ def guarded_names(instances: list[Mapping[str, Any]], node: str, cluster: Mappin
 
 class SelfFence:
     def __init__(self, node: str, lease: NodeLease, qemu: QemuManager, replica: Replica, run_dir: str,
-                 log_dir: str, watchdog: str | None) -> None:
+                 log_dir: str, watchdog: str | None, clock: Clock = SYSTEM) -> None:
         self._node = node
+        self._clock = clock
         self._lease = lease
         self._qemu = qemu
         self._replica = replica
@@ -76,7 +78,7 @@ class SelfFence:
 
     def lease_current(self) -> bool:
         deadline = self.deadline()
-        return deadline is not None and boottime() < deadline
+        return deadline is not None and self._clock.boot() < deadline
 
     def start_refusal(self, name: str) -> str | None:
         """Why a start of this instance must be refused here now, if it must."""
@@ -91,15 +93,15 @@ class SelfFence:
         deadline = self.deadline()
         return {"armed": self._armed, "since": self._armed_since, "guarded": list(self._guarded),
                 "fenced": sorted(self._fenced), "lease_ttl_s": self._lease.ttl_s,
-                "deadline_in_s": None if deadline is None else round(deadline - boottime(), 1)}
+                "deadline_in_s": None if deadline is None else round(deadline - self._clock.boot(), 1)}
 
     async def run(self, stop: asyncio.Event) -> None:
         last_keeper_check = -KEEPER_CHECK_S
         while not stop.is_set():
             try:
                 self.step()
-                if boottime() - last_keeper_check >= KEEPER_CHECK_S:
-                    last_keeper_check = boottime()
+                if self._clock.boot() - last_keeper_check >= KEEPER_CHECK_S:
+                    last_keeper_check = self._clock.boot()
                     await self.ensure_keeper()
             except Exception:  # noqa: BLE001 - the fencing loop must outlive any one bad pass
                 log.exception("self-fencing pass failed; please report this bug")
@@ -125,10 +127,10 @@ class SelfFence:
         write_feed(self._feed, feed)
         if self._lease.renewed_at is not None and self.lease_current():
             self._fenced.clear()
-        if deadline is not None and boottime() >= deadline and victims:
+        if deadline is not None and self._clock.boot() >= deadline and victims:
             since = self._lease.renewed_at
             why = ("the node lease was last renewed "
-                   + (f"{boottime() - since:.0f} s ago" if since is not None else "before this agent started")
+                   + (f"{self._clock.boot() - since:.0f} s ago" if since is not None else "before this agent started")
                    + f" and expires within {FENCE_MARGIN_S:.0f} s; the master will start it on its secondary")
             self._fenced.update(kill_victims(feed, why))
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hostagent.node.fencekeeper import Feed, boottime, keeper_argv, keeper_running, process_start, write_feed
+from hostagent.clock import SYSTEM
+from hostagent.node.fencekeeper import Feed, keeper_argv, keeper_running, process_start, write_feed
 from hostagent.node.selffence import guarded_names
 
 REPO = Path(__file__).resolve().parents[3]
@@ -65,7 +66,7 @@ def entry(name: str, proc: subprocess.Popen) -> tuple[str, int, int]:
 
 def test_keeper_kills_the_fed_processes_only_after_the_deadline(keeper, victims):
     feed, _ = keeper
-    write_feed(feed, Feed(boottime() + 1.5, (entry("db1", victims[0]),), None))
+    write_feed(feed, Feed(SYSTEM.boot() + 1.5, (entry("db1", victims[0]),), None))
     time.sleep(0.8)
     assert not gone(victims[0]), "killed before the deadline"
     assert wait_until(lambda: gone(victims[0]), 5), "not killed after the deadline"
@@ -76,7 +77,7 @@ def test_keeper_kills_the_fed_processes_only_after_the_deadline(keeper, victims)
 def test_keeper_spares_a_recycled_pid_whose_start_time_does_not_match(keeper, victims):
     feed, _ = keeper
     name, pid, start = entry("db1", victims[0])
-    write_feed(feed, Feed(boottime() - 1, ((name, pid, start + 1),), None))
+    write_feed(feed, Feed(SYSTEM.boot() - 1, ((name, pid, start + 1),), None))
     time.sleep(1.0)
     assert not gone(victims[0])
 
@@ -84,7 +85,7 @@ def test_keeper_spares_a_recycled_pid_whose_start_time_does_not_match(keeper, vi
 def test_a_renewed_deadline_keeps_the_processes_alive(keeper, victims):
     feed, _ = keeper
     for _ in range(6):  # the agent renews: the deadline keeps moving ahead
-        write_feed(feed, Feed(boottime() + 0.6, (entry("db1", victims[0]),), None))
+        write_feed(feed, Feed(SYSTEM.boot() + 0.6, (entry("db1", victims[0]),), None))
         time.sleep(0.3)
     assert not gone(victims[0])
 
@@ -100,9 +101,9 @@ def test_keeper_pets_the_watchdog_while_safe_and_stops_when_it_must_fence(keeper
     feed, _ = keeper
     dog = tmp_path / "watchdog"
     dog.write_bytes(b"")
-    write_feed(feed, Feed(boottime() + 60, (entry("db1", victims[0]),), str(dog)))
+    write_feed(feed, Feed(SYSTEM.boot() + 60, (entry("db1", victims[0]),), str(dog)))
     assert wait_until(lambda: dog.stat().st_size >= 3), "the watchdog was not petted"
-    write_feed(feed, Feed(boottime() - 0.1, (entry("db1", victims[0]),), str(dog)))
+    write_feed(feed, Feed(SYSTEM.boot() - 0.1, (entry("db1", victims[0]),), str(dog)))
     assert wait_until(lambda: gone(victims[0]))
     size = dog.stat().st_size
     time.sleep(0.8)

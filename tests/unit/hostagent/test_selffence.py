@@ -14,7 +14,9 @@ import pytest
 from election.etcd import KV
 from election.replica import Replica
 from hostagent import model
-from hostagent.node.fencekeeper import boottime, read_feed
+from fakes.clock import FakeClock
+from hostagent.clock import SYSTEM, Clock
+from hostagent.node.fencekeeper import read_feed
 from hostagent.node.selffence import FENCE_MARGIN_S, SelfFence
 
 
@@ -50,22 +52,24 @@ def dirs(tmp_path: Path) -> tuple[str, str]:
     return str(tmp_path / "run"), str(tmp_path / "log")
 
 
-def fence(tmp_path: Path, dirs, lease: Lease, cluster: dict | None = None) -> SelfFence:
+def fence(tmp_path: Path, dirs, lease: Lease, cluster: dict | None = None, clock: Clock = SYSTEM) -> SelfFence:
     replica = replica_with(tmp_path, cluster or {"fencing": "armed"}, DB1, WEB)
-    return SelfFence("n1", lease, NoQemu(), replica, dirs[0], dirs[1], None)  # type: ignore[arg-type]
+    return SelfFence("n1", lease, NoQemu(), replica, dirs[0], dirs[1], None, clock)  # type: ignore[arg-type]
 
 
 def test_a_guarded_instance_may_start_only_while_the_lease_is_current(tmp_path: Path, dirs):
-    lease = Lease(renewed_at=boottime())
-    f = fence(tmp_path, dirs, lease)
+    clock = FakeClock()
+    lease = Lease(renewed_at=clock.boot())
+    f = fence(tmp_path, dirs, lease, clock=clock)
+    clock.advance(lease.ttl_s - FENCE_MARGIN_S - 0.1)
     assert f.start_refusal("db1") is None
-    lease.renewed_at = boottime() - (lease.ttl_s - FENCE_MARGIN_S) - 0.1
+    clock.advance(0.2)
     assert "does not hold a current node lease" in (f.start_refusal("db1") or "")
     assert f.start_refusal("web") is None, "an instance that never fails over is not held back"
 
 
 def test_the_deadline_is_the_last_renewal_plus_the_ttl_less_the_margin_and_is_fed_to_the_keeper(tmp_path, dirs):
-    sent = boottime()
+    sent = SYSTEM.boot()
     f = fence(tmp_path, dirs, Lease(renewed_at=sent))
     f.step()
     feed = read_feed(str(Path(dirs[0]) / "fence-keeper.json"))
@@ -74,7 +78,7 @@ def test_the_deadline_is_the_last_renewal_plus_the_ttl_less_the_margin_and_is_fe
 
 
 def test_disarmed_fencing_feeds_no_deadline_and_guards_nothing(tmp_path: Path, dirs):
-    f = fence(tmp_path, dirs, Lease(renewed_at=boottime()), {"fencing": "disarmed", "fencing_since": 5.0})
+    f = fence(tmp_path, dirs, Lease(renewed_at=SYSTEM.boot()), {"fencing": "disarmed", "fencing_since": 5.0})
     f.step()
     feed = read_feed(str(Path(dirs[0]) / "fence-keeper.json"))
     assert feed is not None and feed.deadline is None
@@ -82,7 +86,7 @@ def test_disarmed_fencing_feeds_no_deadline_and_guards_nothing(tmp_path: Path, d
 
 
 def test_a_restarted_agent_keeps_its_predecessor_s_deadline_until_it_renews(tmp_path: Path, dirs):
-    first = fence(tmp_path, dirs, Lease(renewed_at=boottime() - 100))
+    first = fence(tmp_path, dirs, Lease(renewed_at=SYSTEM.boot() - 100))
     first.step()
     promised = first.deadline()
     second = SelfFence("n1", Lease(renewed_at=None), NoQemu(), replica_with(tmp_path / "run", {}, DB1),  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Test doubles shared by the unit and scenario tests, injected at the seams named in DESIGN.md."""
