@@ -13,7 +13,6 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import secrets
 import shutil
 import ssl
@@ -47,6 +46,7 @@ from hostagent.api.relay import RelayLimit
 from hostagent.node.replication import NodeReplication
 from hostagent.node.diskcopy import NodeDiskCopy
 from hostagent.node.fencing import TokenGuard
+from hostagent.node.isolation import Isolation
 from hostagent.master.role import MasterRole
 from hostagent.master.node_ops import NodeOperations
 from hostagent.master.duties.autofailover import AutoFailover
@@ -143,7 +143,7 @@ class Agent:
         self._init_lock = asyncio.Lock()
         self._report_tasks: set[asyncio.Task[None]] = set()
         self._gossip_seen: dict[str, float] = {}
-        self._isolated_until = 0.0  # drill: cut off from the cluster until then (monotonic)
+        self.isolation = Isolation(cfg.node_name)  # the isolate drill
         self.node_site: Callable[[], Awaitable[None]] | None = None
         self.server_ssl: ssl.SSLContext | None = None  # set by the node site; reloaded on rotation
         self.client_ssl: ssl.SSLContext | None = None
@@ -583,30 +583,6 @@ class Agent:
         log.info("node '%s' left the etcd members; it is now a regular node", self.cfg.node_name)
         return {"member": False}
 
-    def isolate(self, seconds: float) -> None:
-        """Drill: behave as if cut off from the cluster for `seconds` (no lease renewal, no reports, no gossip,
-        no etcd member, no orders), so that this node self-fences and the master acts; then come back."""
-        assert self.lease is not None
-        pids = self.child_pids()
-        log.warning("drill: cutting node '%s' off for %.0f s: no lease renewal, no reports, serf and etcd "
-                    "stopped (pids %s)", self.cfg.node_name, seconds, pids)
-        self._isolated_until = time.monotonic() + seconds
-        self.lease.pause(seconds)
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-
-        def back() -> None:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-            log.warning("drill: node '%s' is connected again", self.cfg.node_name)
-        asyncio.get_running_loop().call_later(seconds, back)
-
-    def isolated(self) -> bool:
-        return time.monotonic() < self._isolated_until
-
     def child_pids(self) -> list[int]:
         return [c.pid for c in (self._serf_child, self._etcd_child) if c is not None and c.pid is not None]
 
@@ -627,7 +603,7 @@ class Agent:
 
     # ---- reports --------------------------------------------------------------------
     async def report_now(self) -> None:
-        if self.etcd is None or self.isolated():
+        if self.etcd is None or self.isolation.active():
             return
         self.refresh_catalog()
         report = await reporter.collect(self.cfg.node_name, self.qemu, self.files, self.catalog,
@@ -649,7 +625,7 @@ class Agent:
         """POST to the master's node API (mutual TLS); True once it answered 200."""
         master = self.replica.get_json(model.MASTER_KEY)
         node = self.replica.get_json(model.node_key(master["node"])) if isinstance(master, dict) else None
-        if node is None or self.nodes is None or self.isolated():
+        if node is None or self.nodes is None or self.isolation.active():
             return False
         status, data = await self.nodes.forward(node["address"], node["api_port"], "POST", path,
                                                 json.dumps(body).encode(), timeout_s=5)

@@ -43,7 +43,7 @@ class InternalRoutes(ApiBase):
             raise BadRequest("orders need a node certificate")
         await self.agent.tokens.admit(token, sender, self.agent.verify_token, self._known_master_token())
         op, args = str(body.get("op", "")), body.get("args", {})
-        if self.agent.isolated():
+        if self.agent.isolation.active():
             raise OrderError(f"node '{self.agent.cfg.node_name}' is cut off from the cluster by a drill")
         result = await self.agent.node_order(op, args)
         if op.startswith("instance."):  # the master sees the order's effect in a report now, not at the next one
@@ -116,7 +116,8 @@ class InternalRoutes(ApiBase):
             if self.agent.role is not None and self.agent.role.is_master:
                 raise Conflict(f"node '{self.agent.cfg.node_name}' is the master; hand the role over first "
                                "(`corral cluster master-failover`)")
-            self.agent.isolate(float(freeze_s))
+            assert self.agent.lease is not None
+            self.agent.isolation.begin(float(freeze_s), self.agent.lease, self.agent.child_pids())
         elif mode == "power-off":
             try:
                 drill.power_off(self.agent.cfg.run_dir, float(freeze_s), "a node-loss drill")

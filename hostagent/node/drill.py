@@ -8,7 +8,7 @@ before stopping. `power-off` (test and demo clusters) also kills the node's
 QEMUs, disk exports and fence keeper first, as a power cut would, and keeps
 the node down for the drill's duration: the restarted agent waits out the
 hold (`holddown`) before it starts. `isolate` is carried out by the agent
-itself (`Agent.isolate`).
+itself (`hostagent.node.isolation`).
 """
 
 from __future__ import annotations
