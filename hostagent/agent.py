@@ -22,7 +22,7 @@ from typing import Any
 
 from election.etcd import EtcdClient, EtcdError, Op
 from election.lease import FencingToken, MasterLease
-from election.member import EtcdTls, etcd_argv, wait_healthy
+from election.member import wait_healthy
 from election.mirror import Mirror
 from election.replica import Replica
 from kvm.process import QemuManager
@@ -40,11 +40,13 @@ from hostagent.node import gossip, joining, reporter
 from hostagent.node.boothealth import BootWatcher
 from hostagent.api.callers import Caller
 from hostagent.config import AgentConfig
-from hostagent.node.executor import NodeExecutor, Order, OrderError
+from hostagent.node.executor import NodeExecutor, OrderError
 from hostagent.node.media import NodeMedia
 from hostagent.api.relay import RelayLimit
 from hostagent.node.replication import NodeReplication
 from hostagent.node.diskcopy import NodeDiskCopy
+from hostagent.node.clusterfile import ClusterFile
+from hostagent.node.etcdmember import EtcdMember
 from hostagent.node.fencing import TokenGuard
 from hostagent.node.isolation import Isolation
 from hostagent.master.role import MasterRole
@@ -117,13 +119,15 @@ class Agent:
         self.relays = RelayLimit()  # consoles and VNC displays this agent bridges (hostagent.api.relay)
         self.executor = NodeExecutor(cfg.node_name, self.qemu, self.files, self.catalog,
                                      os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
+                                     {**self.replication.orders(), **self.media.orders(), **NodeDiskCopy(
+                                         cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir).orders()},
                                      self.replication.tls_dir)
-        self.diskcopy = NodeDiskCopy(cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir)
-        self.orders = self._order_table()
         self.replication.tell_master = self.tell_master
         self.executor.dress = self.media.dress
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
         self.crl = CrlKeeper(self.replica, self.pki)
+        self.cluster_file = ClusterFile(cfg.state_dir)
+        self.member = EtcdMember(cfg, self.pki, self.crl, self.cluster_file)
         self.looplag = LoopLag()
         self.trust = NodeTrust(self.replica, lambda: self._read_node_now if self.etcd is not None else None)
         self.stop_event = asyncio.Event()
@@ -136,7 +140,6 @@ class Agent:
         self.lease: NodeLease | None = None
         self.fence: SelfFence | None = None
         self.autofailover: AutoFailover | None = None
-        self._etcd_child: ChildSupervisor | None = None
         self._serf_child: ChildSupervisor | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._role_task: asyncio.Task[None] | None = None
@@ -149,25 +152,6 @@ class Agent:
         self.client_ssl: ssl.SSLContext | None = None
 
     # ---- local state --------------------------------------------------------
-    @property
-    def _cluster_file(self) -> str:
-        return os.path.join(self.cfg.state_dir, "cluster.json")
-
-    def local_cluster(self) -> dict[str, Any] | None:
-        try:
-            with open(self._cluster_file) as fh:
-                return json.load(fh)
-        except FileNotFoundError:
-            return None
-
-    def _save_local(self, local: dict[str, Any]) -> None:
-        tmp = self._cluster_file + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(local, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._cluster_file)
-
     def catalog(self) -> OsCatalog:
         return self._catalog
 
@@ -182,23 +166,11 @@ class Agent:
     def _write_secret(self, name: str, value: str) -> None:
         pki.write_pem(os.path.join(self.cfg.pki_dir, name), value.encode(), secret=True)
 
-    @property
-    def client_url(self) -> str:
-        return f"https://{self.cfg.address}:{self.cfg.etcd_client_port}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"https://{self.cfg.address}:{self.cfg.etcd_peer_port}"
-
-    @property
-    def is_candidate(self) -> bool:
-        return bool((self.local_cluster() or {}).get("etcd_member"))
-
     # ---- lifecycle ----------------------------------------------------------
     async def activate(self) -> None:
         """Bring up the cluster side on a node that belongs to a cluster."""
         cfg = self.cfg
-        local = self.local_cluster()
+        local = self.cluster_file.read()
         if local is None:
             raise NotInitialized("this node is not part of a cluster")
         self.stop_event = asyncio.Event()
@@ -212,16 +184,16 @@ class Agent:
                              f"{cfg.address}:{cfg.serf_rpc_port}", self._secret("gossip.key"), self._tags(),
                              rpc_auth=self._secret("serf-rpc.key"), config_file=serf_config,
                              keyring_file=serf_keyring,
-                             join=(self.local_cluster() or {}).get("serf_join", []),
+                             join=(self.cluster_file.read() or {}).get("serf_join", []),
                              snapshot_path=os.path.join(cfg.state_dir, "serf.snapshot"),
                              serf_binary=cfg.serf_binary)
 
         self._serf_child = ChildSupervisor("serf", serf_command, os.path.join(cfg.log_dir, "serf.log"))
         self._serf_child.start()
         if local.get("etcd_member"):
-            self._start_etcd()
+            self.member.start()
         ssl_client = self.client_ssl = pki.client_context(self.pki)
-        self.etcd = EtcdClient(self._endpoints(local), ssl=ssl_client)
+        self.etcd = EtcdClient(self.member.endpoints(local), ssl=ssl_client)
         if local.get("etcd_member"):
             try:
                 await wait_healthy(self.etcd, timeout_s=30)
@@ -253,33 +225,20 @@ class Agent:
                         asyncio.create_task(self.lease.run(self.stop_event), name="node-lease"),
                         asyncio.create_task(self.fence.run(self.stop_event), name="self-fence"),
                         asyncio.create_task(self._report_loop(), name="reporter"),
-                        asyncio.create_task(self._crl_loop(), name="revocations"),
+                        asyncio.create_task(self.member.revocations(self.stop_event), name="revocations"),
                         asyncio.create_task(self.looplag.run(self.stop_event), name="loop-lag")]
         if local.get("etcd_member"):
             self._start_role()
 
-    def _endpoints(self, local: dict[str, Any]) -> list[str]:
-        endpoints = list(local.get("etcd_endpoints", []))
-        if local.get("etcd_member"):
-            endpoints = [self.client_url] + [e for e in endpoints if e != self.client_url]
-        return endpoints or [self.client_url]
-
-    def _start_etcd(self) -> None:
-        cfg = self.cfg
-        tls = EtcdTls(ca=self.pki.ca_cert, cert=self.pki.node_cert, key=self.pki.node_key, crl=self.pki.crl)
-
-        def command() -> list[str]:
-            local = self.local_cluster() or {}
-            self.crl.sync()  # etcd refuses to start without the file, and must start refusing revoked nodes
-            return etcd_argv(cfg.node_name, os.path.join(cfg.state_dir, "etcd"), self.client_url, self.peer_url,
-                             local["etcd_initial_cluster"], local["etcd_cluster_state"], tls, binary=cfg.etcd_binary)
-
-        self._etcd_child = ChildSupervisor("etcd", command, os.path.join(cfg.log_dir, "etcd.log"))
-        self._etcd_child.start()
-
     def _start_role(self) -> None:
         if self._role_task is None and self.role is not None:
             self._role_task = asyncio.create_task(self.role.run(self.stop_event), name="master")
+
+    async def _stop_role(self) -> None:
+        if self._role_task is not None:
+            self._role_task.cancel()
+            await asyncio.gather(self._role_task, return_exceptions=True)
+            self._role_task = None
 
     async def _catch_up(self, revision: int, timeout_s: float) -> bool:
         """A new master acts only once its own replica has everything committed before it won."""
@@ -311,7 +270,7 @@ class Agent:
 
     def _tags(self) -> dict[str, str]:
         return {"api": f"{self.cfg.address}:{self.cfg.api_port}", "version": reporter.AGENT_VERSION,
-                "role": "candidate" if self.is_candidate else "regular"}
+                "role": "candidate" if self.cluster_file.is_candidate else "regular"}
 
     async def init_cluster(self, name: str, hvparams: dict[str, Any], pool_size: int = 3,
                            settings: dict[str, float] | None = None, caller: Caller | None = None) -> int:
@@ -334,9 +293,9 @@ class Agent:
         pki.issue_node_cert(self.pki, self.cfg.node_name, self.cfg.address)
         self._write_secret("gossip.key", new_gossip_key())
         self._write_secret("serf-rpc.key", secrets.token_urlsafe(24))
-        self._save_local({"name": name, "joined": time.time(), "etcd_member": True,
-                          "etcd_initial_cluster": f"{self.cfg.node_name}={self.peer_url}",
-                          "etcd_cluster_state": "new", "etcd_endpoints": [self.client_url], "serf_join": []})
+        self.cluster_file.save({"name": name, "joined": time.time(), "etcd_member": True,
+                          "etcd_initial_cluster": f"{self.cfg.node_name}={self.member.peer_url}",
+                          "etcd_cluster_state": "new", "etcd_endpoints": [self.member.client_url], "serf_join": []})
         log.info("initializing cluster '%s' on node '%s' (CA %s)", name, self.cfg.node_name,
                  pki.ca_fingerprint(self.pki))
         await self.activate()
@@ -363,7 +322,7 @@ class Agent:
                 pki.write_pem(self.pki.node_cert, answer["node_cert"].encode())
                 self._write_secret("gossip.key", answer["gossip_key"])
                 self._write_secret("serf-rpc.key", secrets.token_urlsafe(24))
-                self._save_local({"name": answer["cluster"], "joined": time.time(), "etcd_member": False,
+                self.cluster_file.save({"name": answer["cluster"], "joined": time.time(), "etcd_member": False,
                                   "etcd_endpoints": answer["etcd_endpoints"], "serf_join": answer["serf_join"]})
                 log.info("node '%s' joined cluster '%s' (admitted by master '%s')", self.cfg.node_name,
                          answer["cluster"], answer["master"])
@@ -378,14 +337,14 @@ class Agent:
                 raise
 
     def _refuse_if_member(self) -> None:
-        local = self.local_cluster()
+        local = self.cluster_file.read()
         if local is not None:
             raise FileExistsError(f"node '{self.cfg.node_name}' already belongs to cluster '{local['name']}'")
 
     async def _undo_local(self, what: str) -> None:
         log.error("%s failed; removing what it created on node '%s'", what, self.cfg.node_name)
         await self._deactivate()
-        for path in (self._cluster_file, self.cfg.pki_dir, os.path.join(self.cfg.state_dir, "etcd"),
+        for path in (self.cluster_file.path, self.cfg.pki_dir, self.member.data_dir,
                      os.path.join(self.cfg.state_dir, "serf.snapshot")):
             if os.path.isdir(path):
                 shutil.rmtree(path)
@@ -406,49 +365,33 @@ class Agent:
             kv = await self.etcd.get(key)
         return None if kv is None else model.loads(kv.value)
 
-    # ---- orders from the master --------------------------------------------------
-    def _order_table(self) -> dict[str, Order]:
-        """Every order this node carries out, by the name the master sends it under: one table, so a grep for
-        an order's name lands on the line naming its handler. The node modules list theirs; these below are
-        about this node's own roles."""
-        return {
-            **self.executor.orders(), **self.replication.orders(), **self.media.orders(), **self.diskcopy.orders(),
-            "node.hello": self._hello,
-            "etcd.join": self._become_member,
-            "etcd.leave": self._stop_being_member,
-            "secrets.gossip": self._take_gossip_key,
-            "secrets.csr": self._new_csr,
-            "secrets.cert": self._take_cert,
-            "secrets.ca-trust": self._trust_next_ca,
-            "secrets.ca-retire": self._retire_old_ca,
-        }
-
+    # ---- orders about this node's own roles ---------------------------------------
     async def node_order(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Carry out order `op`, its sender already admitted as the master."""
-        handler = self.orders.get(op)
-        if handler is None:
-            raise OrderError(f"unknown order {op!r}")
-        return await handler(args)
-
-    async def _hello(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The master's check that this node takes orders (no arguments)."""
-        return {"node": self.cfg.node_name}
-
-    async def _take_gossip_key(self, args: dict[str, Any]) -> dict[str, Any]:
-        """`rotate-secrets`: the gossip key Serf already uses, kept on disk for answering joins and for a restart."""
-        self._write_secret("gossip.key", args["key"])
-        return {}
-
-    async def _new_csr(self, args: dict[str, Any]) -> dict[str, Any]:
-        """`rotate-secrets`: a new key, kept pending until its certificate comes (no arguments)."""
-        return {"csr": pki.new_pending_key(self.pki).decode()}
-
-    async def _take_cert(self, args: dict[str, Any]) -> dict[str, Any]:
-        """`rotate-secrets`: the certificate of the pending key; new connections use it at once."""
-        pki.install_pending(self.pki, args["cert"].encode())
-        self._reload_tls()
-        log.info("node '%s' now uses its renewed certificate", self.cfg.node_name)
-        return {}
+        if op == "node.hello":
+            return {"node": self.cfg.node_name}
+        if op == "etcd.join":
+            if await self.member.join(args["initial_cluster"], args["ca_key"], self.etcd):
+                self._start_role()
+            return {"member": True}
+        if op == "etcd.leave":
+            await self._stop_role()
+            await self.member.leave(self.etcd)
+            return {"member": False}
+        if op == "secrets.gossip":
+            self._write_secret("gossip.key", args["key"])
+            return {}
+        if op == "secrets.csr":
+            return {"csr": pki.new_pending_key(self.pki).decode()}
+        if op == "secrets.cert":
+            pki.install_pending(self.pki, args["cert"].encode())
+            self._reload_tls()
+            log.info("node '%s' now uses its renewed certificate", self.cfg.node_name)
+            return {}
+        if op == "secrets.ca-trust":
+            return await self._trust_next_ca(args["ca"].encode(), args.get("ca_key"))
+        if op == "secrets.ca-retire":
+            return await self._retire_old_ca(args["ca"].encode())
+        raise OrderError(f"unknown order {op!r}")
 
     def _reload_tls(self) -> None:
         """New connections, both ways, use the certificate and CAs on disk now; open ones carry on."""
@@ -460,10 +403,8 @@ class Agent:
         if self.etcd is not None:
             self.etcd.set_ssl(self.client_ssl)
 
-    async def _trust_next_ca(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def _trust_next_ca(self, ca_pem: bytes, ca_key: str | None) -> dict[str, Any]:
         """`rotate-secrets --new-ca`, step 1 on each node: trust the new CA beside the old one."""
-        ca_pem: bytes = args["ca"].encode()
-        ca_key: str | None = args.get("ca_key")
         if ca_key is not None:  # candidates sign joins and revocation lists when master
             pki.write_pem(self.pki.ca_next_key, ca_key.encode(), secret=True)
         pki.write_pem(self.pki.ca_next_cert, ca_pem)
@@ -471,13 +412,12 @@ class Agent:
             current = pki.split_pems(fh.read())
         pki.write_trust(self.pki, current + [ca_pem])
         self._reload_tls()
-        await self._restart_etcd_member("to trust the new cluster CA")
+        await self.member.restart("to trust the new cluster CA")
         log.info("node '%s' trusts the new cluster CA beside the old one", self.cfg.node_name)
         return {"trusted": len(current) + 1}
 
-    async def _retire_old_ca(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def _retire_old_ca(self, ca_pem: bytes) -> dict[str, Any]:
         """Last step: trust only the new CA; candidates sign with its key from now on."""
-        ca_pem: bytes = args["ca"].encode()
         if os.path.exists(self.pki.ca_next_key):
             os.replace(self.pki.ca_next_key, self.pki.ca_key)
         elif os.path.exists(self.pki.ca_key):
@@ -486,26 +426,11 @@ class Agent:
         if os.path.exists(self.pki.ca_next_cert):
             os.unlink(self.pki.ca_next_cert)
         self._reload_tls()
-        if self._etcd_child is not None:
+        if self.member.running:
             self.crl.sync(force=True)  # signed by the new CA
-        await self._restart_etcd_member("to stop trusting the retired cluster CA")
+        await self.member.restart("to stop trusting the retired cluster CA")
         log.info("node '%s' trusts only the new cluster CA", self.cfg.node_name)
         return {"trusted": 1}
-
-    async def _restart_etcd_member(self, why: str) -> None:
-        """etcd reads its CA file only at start (measured): restart this member, and return once it
-        serves a linearizable read again, so the master restarts members one at a time."""
-        if self._etcd_child is None:
-            return
-        log.info("restarting this node's etcd member %s", why)
-        await self._etcd_child.stop()
-        self._etcd_child = None
-        self._start_etcd()
-        client = EtcdClient([self.client_url], ssl=pki.client_context(self.pki))
-        try:
-            await wait_healthy(client, timeout_s=60)
-        finally:
-            await client.close()
 
     async def verify_token(self, token: FencingToken) -> str | None:
         """The node holding the master key with exactly this token, according to etcd (or None)."""
@@ -520,71 +445,8 @@ class Agent:
         return await SerfRpc.connect(self.cfg.address, self.cfg.serf_rpc_port,
                                      auth_key=self._secret("serf-rpc.key"), timeout_s=5)
 
-    async def _become_member(self, args: dict[str, Any]) -> dict[str, Any]:
-        initial_cluster: str = args["initial_cluster"]
-        ca_key: str = args["ca_key"]
-        local = self.local_cluster() or {}
-        if local.get("etcd_member") and self._etcd_child is not None:
-            return {"member": True}  # re-sent order
-        pki.write_pem(self.pki.ca_key, ca_key.encode(), secret=True)  # candidates sign joins when master
-        data_dir = os.path.join(self.cfg.state_dir, "etcd")
-        if os.path.isdir(data_dir):
-            shutil.rmtree(data_dir)  # an old member's data would make etcd refuse to join as new
-        local.update(etcd_member=True, etcd_initial_cluster=initial_cluster, etcd_cluster_state="existing")
-        self._save_local(local)
-        self._start_etcd()
-        assert self.etcd is not None
-        await self._wait_member_follows(timeout_s=60)
-        self.etcd.set_endpoints(self._endpoints(local))
-        self._start_role()
-        log.info("node '%s' is now an etcd member and master candidate", self.cfg.node_name)
-        return {"member": True}
-
-    async def _wait_member_follows(self, timeout_s: float) -> None:
-        """Until this node's new member knows the leader. (A learner serves no reads, so
-        this asks for its status only; the master promotes it once it is in sync.)"""
-        client = EtcdClient([self.client_url], ssl=pki.client_context(self.pki))
-        deadline = time.monotonic() + timeout_s
-        reason = "no answer yet"
-        try:
-            while time.monotonic() < deadline:
-                try:
-                    if (await client.status()).get("leader"):
-                        return
-                    reason = "the member has no leader yet"
-                except EtcdError as exc:
-                    reason = str(exc)
-                await asyncio.sleep(0.2)
-        finally:
-            await client.close()
-        raise OrderError(f"the new etcd member on node '{self.cfg.node_name}' did not reach the cluster "
-                         f"within {timeout_s:.0f} s: {reason} (see {self.cfg.log_dir}/etcd.log)")
-
-    async def _stop_being_member(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Leave the etcd members and be a regular node again (no arguments)."""
-        local = self.local_cluster() or {}
-        if self._role_task is not None:
-            self._role_task.cancel()
-            await asyncio.gather(self._role_task, return_exceptions=True)
-            self._role_task = None
-        if self._etcd_child is not None:
-            await self._etcd_child.stop()
-            self._etcd_child = None
-        data_dir = os.path.join(self.cfg.state_dir, "etcd")
-        if os.path.isdir(data_dir):
-            shutil.rmtree(data_dir)
-        if os.path.exists(self.pki.ca_key):
-            os.unlink(self.pki.ca_key)
-        local.update(etcd_member=False)
-        local.pop("etcd_initial_cluster", None)
-        self._save_local(local)
-        if self.etcd is not None:
-            self.etcd.set_endpoints(self._endpoints(local))
-        log.info("node '%s' left the etcd members; it is now a regular node", self.cfg.node_name)
-        return {"member": False}
-
     def child_pids(self) -> list[int]:
-        return [c.pid for c in (self._serf_child, self._etcd_child) if c is not None and c.pid is not None]
+        return [pid for pid in (self._serf_child.pid if self._serf_child else None, self.member.pid) if pid is not None]
 
     async def _fence_stragglers(self) -> None:
         """Nodes that have not seen this master's token yet (they were away at the election) get it now."""
@@ -617,7 +479,7 @@ class Agent:
         report["cert_serial"] = pki.own_serial(self.pki)
         if self.fence is not None:
             report["fencing"] = self.fence.report()
-        report["etcd"] = await self._member_health()
+        report["etcd"] = await self.member.health(self.etcd)
         report["fencing_token"] = self.tokens.seen.to_str() if self.tokens.seen else None
         await self.etcd.put(model.report_key(self.cfg.node_name), model.dumps(report))
 
@@ -646,59 +508,22 @@ class Agent:
                 log.warning("could not read the disk mirror state of instance '%s': %s", name, exc)
         return states
 
-    async def _member_health(self) -> dict[str, Any]:
-        """This node's own etcd member, as `node list` shows it (empty for regular nodes)."""
-        if self._etcd_child is None or self.etcd is None:
-            return {}
-        try:
-            status = await asyncio.wait_for(self.etcd.status(self.client_url), 3)
-        except (EtcdError, TimeoutError) as exc:
-            return {"member": True, "healthy": False, "reason": f"member unreachable ({exc})"}
-        if not status.get("leader"):
-            return {"member": True, "healthy": False, "reason": "member has no leader"}
-        return {"member": True, "healthy": True, "reason": ""}
-
     def schedule_report(self) -> None:
         """Publish a report soon (after an order) without making the caller wait."""
         task = asyncio.get_running_loop().create_task(self.report_now())
         self._report_tasks.add(task)
         task.add_done_callback(self._report_tasks.discard)
 
-    def _follow_members(self) -> None:
-        """Keep the etcd endpoints (and cluster.json) in step with the candidates in the config."""
-        local = self.local_cluster()
-        if local is None or self.etcd is None:
-            return
-        urls = sorted(model.etcd_client_url(n) for _, n in self.replica.prefix_json(model.NODES) if n.get("candidate"))
-        if urls and urls != sorted(local.get("etcd_endpoints", [])):
-            local["etcd_endpoints"] = urls
-            self._save_local(local)
-            self.etcd.set_endpoints(self._endpoints(local))
-            log.info("etcd endpoints are now %s", ", ".join(urls))
-
     def _role(self) -> str:
         if self.role is not None and self.role.is_master:
             return "master"
-        return "candidate" if self.is_candidate else "regular"
-
-    async def _crl_loop(self) -> None:
-        """Within about a second of a node's removal, this node's etcd member refuses its certificate."""
-        while not self.stop_event.is_set():
-            if self._etcd_child is not None and os.path.exists(self.pki.ca_key):
-                try:
-                    self.crl.sync()
-                except (OSError, ValueError) as exc:
-                    log.warning("could not rewrite etcd's revocation list: %s", exc)
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), 1.0)
-            except TimeoutError:
-                pass
+        return "candidate" if self.cluster_file.is_candidate else "regular"
 
     async def _report_loop(self) -> None:
         published = None
         while not self.stop_event.is_set():
             try:
-                self._follow_members()
+                self.member.follow(self.etcd, self.replica)
                 await self.report_now()
                 role = self._role()
                 if role != published:
@@ -717,7 +542,7 @@ class Agent:
 
     async def gossip(self) -> dict[str, dict[str, Any]]:
         """Gossip view for `node list`: status and why, by node name; empty when Serf is not answering."""
-        if self.local_cluster() is None:
+        if self.cluster_file.read() is None:
             return {}
         try:
             rpc = await self._serf_rpc()
@@ -747,10 +572,10 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks, self._role_task = [], None
-        for child in (self._serf_child, self._etcd_child):
-            if child is not None:
-                await child.stop()
-        self._serf_child = self._etcd_child = None
+        if self._serf_child is not None:
+            await self._serf_child.stop()
+        self._serf_child = None
+        await self.member.stop()
         if self.nodes is not None:
             await self.nodes.close()
         if self.etcd is not None:

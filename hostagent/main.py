@@ -68,7 +68,7 @@ async def _serve(cfg: AgentConfig, guest_nice: int | None) -> None:
 
     agent.node_site = start_node_site
     try:
-        local_cluster = agent.local_cluster()
+        local_cluster = agent.cluster_file.read()
         if local_cluster is not None:
             try:
                 await agent.activate()

@@ -198,7 +198,7 @@ class ApiBase:
         return master.get("node") if isinstance(master, dict) else None
 
     def _require_cluster(self) -> None:
-        if self.agent.local_cluster() is None:
+        if self.agent.cluster_file.read() is None:
             raise NotInitialized(f"node '{self.agent.cfg.node_name}' is not part of a cluster yet; "
                                  "run `corral cluster init --name NAME` first")
 

@@ -34,7 +34,7 @@ class ClusterRoutes(ApiBase):
     """Handlers for /v1/cluster/...: the cluster as a whole."""
 
     async def cluster_info(self, request: web.Request) -> web.Response:
-        local = self.agent.local_cluster()
+        local = self.agent.cluster_file.read()
         if local is None:
             return self._ok({"name": None, "initialized": False, "master": None, "token": None,
                              "this_node": self.agent.cfg.node_name, "this_node_is_master": False,
