@@ -48,6 +48,7 @@ from hostagent.node.diskcopy import NodeDiskCopy
 from hostagent.node.clusterfile import ClusterFile
 from hostagent.node.etcdmember import EtcdMember
 from hostagent.node.fencing import TokenGuard
+from hostagent.node.reportloop import ReportLoop
 from hostagent.node.isolation import Isolation
 from hostagent.master.role import MasterRole
 from hostagent.master.node_ops import NodeOperations
@@ -62,7 +63,7 @@ from hostagent.master.operations import Operations, lock_keys
 from hostagent.orders import NodeClient
 from hostagent.master.rotation import Rotation
 from hostagent.status import REPORT_STALE_AFTER_S
-from hostagent.node.supervisor import ChildSupervisor
+from hostagent.node.supervisor import ChildSupervisor, Loops
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class Agent:
         self.member = EtcdMember(cfg, self.pki, self.crl, self.cluster_file)
         self.looplag = LoopLag()
         self.trust = NodeTrust(self.replica, lambda: self._read_node_now if self.etcd is not None else None)
-        self.stop_event = asyncio.Event()
+        self.loops = Loops()  # the cluster side's tasks, new at each activation
         self.etcd: EtcdClient | None = None
         self.mirror: Mirror | None = None
         self.role: MasterRole | None = None
@@ -141,12 +142,13 @@ class Agent:
         self.fence: SelfFence | None = None
         self.autofailover: AutoFailover | None = None
         self._serf_child: ChildSupervisor | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
         self._role_task: asyncio.Task[None] | None = None
         self._init_lock = asyncio.Lock()
-        self._report_tasks: set[asyncio.Task[None]] = set()
         self._gossip_seen: dict[str, float] = {}
         self.isolation = Isolation(cfg.node_name)  # the isolate drill
+        self.reports = ReportLoop(cfg, self.replica, self.qemu, self.files, self.lvm, self.catalog, self.refresh_catalog,
+                                  self.replication, self.boot, self.looplag, self.pki, self.tokens, self.isolation,
+                                  self.member, self._role, self._serf_rpc)
         self.node_site: Callable[[], Awaitable[None]] | None = None
         self.server_ssl: ssl.SSLContext | None = None  # set by the node site; reloaded on rotation
         self.client_ssl: ssl.SSLContext | None = None
@@ -173,7 +175,7 @@ class Agent:
         local = self.cluster_file.read()
         if local is None:
             raise NotInitialized("this node is not part of a cluster")
-        self.stop_event = asyncio.Event()
+        self.loops = Loops()
         serf_config = os.path.join(cfg.pki_dir, "serf.json")
         serf_keyring = os.path.join(cfg.pki_dir, "serf.keyring")  # serf keeps rotated keys here
 
@@ -220,19 +222,20 @@ class Agent:
         self.executor.start_guard = self.fence.start_refusal
         if self.node_site is not None:
             await self.node_site()  # orders, even the master's to itself, arrive here
-        self._tasks += [asyncio.create_task(self.mirror.run(self.stop_event), name="mirror"),
-                        asyncio.create_task(gossip.follow_events(self._serf_rpc, self.stop_event), name="gossip"),
-                        asyncio.create_task(self.lease.run(self.stop_event), name="node-lease"),
-                        asyncio.create_task(self.fence.run(self.stop_event), name="self-fence"),
-                        asyncio.create_task(self._report_loop(), name="reporter"),
-                        asyncio.create_task(self.member.revocations(self.stop_event), name="revocations"),
-                        asyncio.create_task(self.looplag.run(self.stop_event), name="loop-lag")]
+        stop = self.loops.stop
+        self.loops.spawn(self.mirror.run(stop), name="mirror")
+        self.loops.spawn(gossip.follow_events(self._serf_rpc, stop), name="gossip", cancel_at_end=True)  # only logs
+        self.loops.spawn(self.lease.run(stop), name="node-lease")
+        self.loops.spawn(self.fence.run(stop), name="self-fence")
+        self.reports.start(self.etcd, self.fence, self.loops)
+        self.loops.spawn(self.member.revocations(stop), name="revocations")
+        self.loops.spawn(self.looplag.run(stop), name="loop-lag")
         if local.get("etcd_member"):
             self._start_role()
 
     def _start_role(self) -> None:
         if self._role_task is None and self.role is not None:
-            self._role_task = asyncio.create_task(self.role.run(self.stop_event), name="master")
+            self._role_task = self.loops.spawn(self.role.run(self.loops.stop), name="master")
 
     async def _stop_role(self) -> None:
         if self._role_task is not None:
@@ -301,7 +304,7 @@ class Agent:
         await self.activate()
         assert self.role is not None and self.ops is not None
         await asyncio.wait_for(self.role.became_master.wait(), timeout=30)
-        await self.report_now()
+        await self.reports.now()
         record = {**self.node_record(), "cert_serials": [pki.own_serial(self.pki)]}
         with callers.acting(caller):  # only here: the tasks activate() started must not inherit it
             return await self.ops.submit_cluster_init(name, record, hvparams, pool_size, settings)
@@ -330,7 +333,7 @@ class Agent:
                 assert self.mirror is not None and self.etcd is not None
                 revision = (await self.etcd.status())["revision"]
                 await self.mirror.wait_for_revision(revision, timeout_s=15)
-                await self.report_now()
+                await self.reports.now()
                 return {"cluster": answer["cluster"], "node": self.cfg.node_name, "master": answer["master"]}
             except BaseException:
                 await self._undo_local("cluster join")
@@ -464,25 +467,6 @@ class Agent:
         await asyncio.gather(*(hello(n) for n in behind))
 
     # ---- reports --------------------------------------------------------------------
-    async def report_now(self) -> None:
-        if self.etcd is None or self.isolation.active():
-            return
-        self.refresh_catalog()
-        report = await reporter.collect(self.cfg.node_name, self.qemu, self.files, self.catalog,
-                                        self.replication.busy, self.boot)
-        report["mirrors"] = await self._mirror_states(report["instances"])
-        if self.lvm is not None:
-            report["lvm"], lv_volumes = await reporter.lvm_state(self.lvm)
-            report["volumes"] += lv_volumes
-        report["agent_pid"] = os.getpid()
-        report["loop_lag_ms"] = self.looplag.worst_ms()
-        report["cert_serial"] = pki.own_serial(self.pki)
-        if self.fence is not None:
-            report["fencing"] = self.fence.report()
-        report["etcd"] = await self.member.health(self.etcd)
-        report["fencing_token"] = self.tokens.seen.to_str() if self.tokens.seen else None
-        await self.etcd.put(model.report_key(self.cfg.node_name), model.dumps(report))
-
     async def tell_master(self, path: str, body: dict[str, Any]) -> bool:
         """POST to the master's node API (mutual TLS); True once it answered 200."""
         master = self.replica.get_json(model.MASTER_KEY)
@@ -495,50 +479,10 @@ class Agent:
             log.info("the master did not take %s: %s", path, data.get("message", status))
         return status == 200
 
-    async def _mirror_states(self, running: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-        """Per running `mirror` instance whose primary is this node: each disk's mirror state."""
-        states: dict[str, list[dict[str, Any]]] = {}
-        for name in running:
-            inst = self.replica.get_json(model.instance_key(name))
-            if not inst or inst.get("disk_template") != "mirror" or inst.get("primary_node") != self.cfg.node_name:
-                continue
-            try:
-                states[name] = await self.replication.mirror_states(name, len(inst["disks"]))
-            except Exception as exc:  # noqa: BLE001 - one instance's QMP trouble must not stop the report
-                log.warning("could not read the disk mirror state of instance '%s': %s", name, exc)
-        return states
-
-    def schedule_report(self) -> None:
-        """Publish a report soon (after an order) without making the caller wait."""
-        task = asyncio.get_running_loop().create_task(self.report_now())
-        self._report_tasks.add(task)
-        task.add_done_callback(self._report_tasks.discard)
-
     def _role(self) -> str:
         if self.role is not None and self.role.is_master:
             return "master"
         return "candidate" if self.cluster_file.is_candidate else "regular"
-
-    async def _report_loop(self) -> None:
-        published = None
-        while not self.stop_event.is_set():
-            try:
-                self.member.follow(self.etcd, self.replica)
-                await self.report_now()
-                role = self._role()
-                if role != published:
-                    await gossip.publish_role(self._serf_rpc, role)
-                    published = role
-            except EtcdError as exc:
-                log.warning("could not publish this node's report: %s", exc)
-            except (SerfError, OSError) as exc:
-                log.info("could not update this node's gossip tags yet: %s", exc)
-            except Exception:  # noqa: BLE001
-                log.exception("node report failed; please report this bug")
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), self.cfg.report_interval_s)
-            except asyncio.TimeoutError:
-                pass
 
     async def gossip(self) -> dict[str, dict[str, Any]]:
         """Gossip view for `node list`: status and why, by node name; empty when Serf is not answering."""
@@ -561,17 +505,9 @@ class Agent:
 
     async def _deactivate(self) -> None:
         """Stop the cluster side (tasks, etcd, serf); the local API stays up."""
-        self.stop_event.set()
-        tasks = [*self._tasks, *self._report_tasks] + ([self._role_task] if self._role_task else [])
-        for task in tasks:
-            if task.get_name() == "gossip":
-                task.cancel()  # it only logs; nothing to finish
-        if tasks:  # the others end at stop_event; give them a moment to finish what they do
-            _, pending = await asyncio.wait(tasks, timeout=5)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks, self._role_task = [], None
+        await self.loops.end()
+        self._role_task = None
+        self.reports.stop()
         if self._serf_child is not None:
             await self._serf_child.stop()
         self._serf_child = None

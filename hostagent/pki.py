@@ -220,6 +220,16 @@ def write_pem(path: str, data: bytes, secret: bool = False) -> None:
     _write(path, data, 0o600 if secret else 0o644)
 
 
+def read_secret(paths: PkiPaths, name: str) -> str:
+    """A shared secret kept beside the certificates (gossip.key, serf-rpc.key)."""
+    with open(os.path.join(paths.directory, name)) as fh:
+        return fh.read().strip()
+
+
+def write_secret(paths: PkiPaths, name: str, value: str) -> None:
+    write_pem(os.path.join(paths.directory, name), value.encode(), secret=True)
+
+
 def fingerprint_of(ca_pem: bytes) -> str:
     der = x509.load_pem_x509_certificate(ca_pem).public_bytes(serialization.Encoding.DER)
     return "sha256:" + hashlib.sha256(der).hexdigest()

@@ -1,4 +1,4 @@
-"""Keeps a child daemon (serf, etcd) running: restart with backoff, stop on shutdown.
+"""Keeps the agent's children running and ends them: child daemons (serf, etcd) and its own loops.
 
 The agent owns these children; they must die with it (stop()) but QEMU must
 not, which is why QEMU is daemonized elsewhere and never supervised here.
@@ -12,7 +12,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +104,35 @@ class ChildSupervisor:
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+
+class Loops:
+    """The agent's tasks while it is in a cluster: each ends at `stop`; end() waits for them together."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._at_once: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None, *,
+              cancel_at_end: bool = False) -> asyncio.Task[Any]:
+        """`cancel_at_end`: a task with nothing to finish (it only logs) is cancelled rather than awaited."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if cancel_at_end:
+            self._at_once.add(task)
+            task.add_done_callback(self._at_once.discard)
+        return task
+
+    async def end(self, grace_s: float = 5.0) -> None:
+        """Set `stop`, give the tasks `grace_s` to finish what they do, then cancel the rest."""
+        self.stop.set()
+        tasks = list(self._tasks)
+        for task in self._at_once:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
