@@ -23,7 +23,7 @@ class NodeRoutes(ApiBase):
     """Handlers for /v1/nodes/... and /v1/join...: the nodes of the cluster."""
 
     async def _node_rows(self) -> list[dict[str, Any]]:
-        gossip = await self.agent.gossip()
+        gossip = await self.agent.gossip.view()
         reports, instances, master = self._reports(), self._all(model.INSTANCES), self._master()
         leases = {lease["node"] for lease in self._all(model.LEASES)}
         now = time.time()

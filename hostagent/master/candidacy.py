@@ -1,0 +1,106 @@
+"""This node's part in the master election: the role with its job handlers and duties, run on candidates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from election.etcd import EtcdClient, Op
+from election.lease import MasterLease
+from election.mirror import Mirror
+from election.replica import Replica
+from membership.rpc import SerfRpc
+
+from hostagent import model, pki
+from hostagent.master.duties.autofailover import AutoFailover
+from hostagent.master.jobarchive import JobArchive
+from hostagent.master.node_ops import NodeOperations
+from hostagent.master.operations import Operations, lock_keys
+from hostagent.master.role import MasterRole
+from hostagent.master.rotation import Rotation
+from hostagent.node.supervisor import Loops
+from hostagent.orders import NodeClient
+from hostagent.status import REPORT_STALE_AFTER_S
+
+log = logging.getLogger(__name__)
+
+
+class Candidacy:
+    """Built with the cluster side on every node (the API asks `role` who is master); start() enters the
+    election, on candidates only, until stop() (the node left the etcd members) or the loops end."""
+
+    def __init__(self, node: str, etcd: EtcdClient, nodes: NodeClient, mirror: Mirror, replica: Replica,
+                 paths: pki.PkiPaths, lease_ttl_s: int, on_change: Callable[[str], None],
+                 serf: Callable[[], Awaitable[SerfRpc]], gossip_key: Callable[[], str]) -> None:
+        self._node = node
+        self._mirror = mirror
+        self._replica = replica
+        lease = MasterLease(etcd, key=model.MASTER_KEY, ttl_s=lease_ttl_s)
+        self.role = MasterRole(node, etcd, lease, lock_keys=lock_keys, on_change=on_change, catch_up=self._catch_up)
+        self.ops = Operations(self.role, nodes)
+        self.node_ops = NodeOperations(self.ops, paths)
+        rotation = Rotation(self.ops, paths, serf, gossip_key)
+        self.role.handlers = {**self.ops.handlers(), **self.node_ops.handlers(),
+                              "cluster.rotate-secrets": rotation.job}
+        self.role.on_elected.append(self._fence_older_masters)
+        self.autofailover = AutoFailover(self.ops)
+        self.role.duties += [self._pool_duty, self._fence_stragglers, JobArchive(self.ops).step,
+                             self.ops.moves.keep_mirrors,
+                             self.ops.restarter.step, self.autofailover.step, self.node_ops.sweep_tokens]
+        self._task: asyncio.Task[Any] | None = None
+
+    def start(self, loops: Loops) -> None:
+        """Take part in the election (again a no-op while already in it)."""
+        if self._task is None:
+            self._task = loops.spawn(self.role.run(loops.stop), name="master")
+
+    async def stop(self) -> None:
+        """Leave the election at once; when the agent stops, its loops have already ended the role."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _catch_up(self, revision: int, timeout_s: float) -> bool:
+        """A new master acts only once its own replica has everything committed before it won."""
+        return await self._mirror.wait_for_revision(revision, timeout_s=timeout_s)
+
+    async def _fence_older_masters(self) -> None:
+        """Record the new token and tell every node at once, so an older master's orders are refused."""
+        assert self.role.token is not None
+        info = {"node": self._node, "token": self.role.token.to_str(), "since": time.time()}
+        await self.ops._write([Op.put(model.MASTER_INFO_KEY, model.dumps(info))])
+        nodes = await self.ops._prefix(model.NODES)
+
+        async def hello(name: str) -> None:
+            try:
+                await self.ops._order(name, "node.hello", {}, timeout_s=5)
+            except Exception as exc:  # noqa: BLE001 - a node that is down learns the token later
+                log.info("node '%s' did not take the new master token yet: %s", name, exc)
+
+        await asyncio.gather(*(hello(n["name"]) for n in nodes))
+
+    async def _fence_stragglers(self) -> None:
+        """Nodes that have not seen this master's token yet (they were away at the election) get it now."""
+        assert self.role.token is not None
+        mine, now = self.role.token.to_str(), time.time()
+        behind = [r["node"] for _, r in self._replica.prefix_json(model.REPORTS)
+                  if r.get("fencing_token") != mine and now - r.get("time", 0) < REPORT_STALE_AFTER_S]
+
+        async def hello(name: str) -> None:
+            try:
+                await self.ops._order(name, "node.hello", {}, timeout_s=3)
+            except Exception as exc:  # noqa: BLE001 - retried next pass
+                log.info("node '%s' has not taken the new master token yet: %s", name, exc)
+
+        await asyncio.gather(*(hello(n) for n in behind))
+
+    async def _pool_duty(self) -> None:
+        try:
+            await self.node_ops.record_serials()
+            await self.node_ops.pool_step()
+        except Exception as exc:  # noqa: BLE001 - retried next pass; the reason is logged
+            log.warning("could not change the master candidate pool: %s", exc)
