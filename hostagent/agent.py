@@ -92,6 +92,8 @@ def _lock_node(state_dir: str) -> int:
 
 
 class Agent:
+    """One node's agent: builds the node's seams once, then brings the cluster side up and down."""
+
     def __init__(self, cfg: AgentConfig, notifier: Notifier | None = None, guest_nice: int | None = None) -> None:
         self.cfg = cfg
         self.notifier = notifier or Notifier()
