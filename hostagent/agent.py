@@ -47,7 +47,7 @@ from hostagent.node.clusterfile import ClusterFile
 from hostagent.node.diskcopy import NodeDiskCopy
 from hostagent.node.enrolment import Enrolment
 from hostagent.node.etcdmember import EtcdMember
-from hostagent.node.executor import NodeExecutor, OrderError
+from hostagent.node.executor import NodeExecutor, Order, OrderError
 from hostagent.node.fencing import TokenGuard
 from hostagent.node.gossip import Gossip
 from hostagent.node.isolation import Isolation
@@ -57,6 +57,7 @@ from hostagent.node.nodelease import NodeLease
 from hostagent.node.notify import Notifier
 from hostagent.node.replication import NodeReplication
 from hostagent.node.reportloop import ReportLoop
+from hostagent.node.secrets import NodeSecrets
 from hostagent.node.selffence import SelfFence
 from hostagent.node.supervisor import Loops
 from hostagent.orders import NodeClient
@@ -118,9 +119,8 @@ class Agent:
         self.relays = RelayLimit()  # consoles and VNC displays this agent bridges (hostagent.api.relay)
         self.executor = NodeExecutor(cfg.node_name, self.qemu, self.files, self.catalog,
                                      os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
-                                     {**self.replication.orders(), **self.media.orders(), **NodeDiskCopy(
-                                         cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir).orders()},
                                      self.replication.tls_dir)
+        self.diskcopy = NodeDiskCopy(cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir)
         self.replication.tell_master = self.tell_master
         self.executor.dress = self.media.dress
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
@@ -146,6 +146,8 @@ class Agent:
         self.reports = ReportLoop(cfg, self.replica, self.qemu, self.files, self.lvm, self.catalog,
                                   self.refresh_catalog, self.replication, self.boot, self.looplag, self.pki,
                                   self.tokens, self.isolation, self.member, self._role, self.gossip.connect)
+        self.secrets = NodeSecrets(cfg.node_name, self.pki, self.member, self.crl, self._reload_tls)
+        self.orders = self._order_table()
         self.enrolment = Enrolment(cfg, self.pki, self.cluster_file, self.member, self.replica)
         self.node_site: Callable[[], Awaitable[None]] | None = None
         self.server_ssl: ssl.SSLContext | None = None  # set by the node site; reloaded on rotation
@@ -281,34 +283,42 @@ class Agent:
             kv = await self.etcd.get(key)
         return None if kv is None else model.loads(kv.value)
 
-    # ---- orders about this node's own roles ---------------------------------------
+    # ---- orders from the master --------------------------------------------------
+    def _order_table(self) -> dict[str, Order]:
+        """Every order this node carries out, by the name the master sends it under: one table, so a grep for
+        an order's name lands on the line naming its handler. The node modules list theirs; these below are
+        about this node's own roles."""
+        return {
+            **self.executor.orders(), **self.replication.orders(), **self.media.orders(), **self.diskcopy.orders(),
+            **self.secrets.orders(),
+            "node.hello": self._hello,
+            "etcd.join": self._become_member,
+            "etcd.leave": self._stop_being_member,
+        }
+
     async def node_order(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        if op == "node.hello":
-            return {"node": self.cfg.node_name}
-        if op == "etcd.join":
-            if await self.member.join(args["initial_cluster"], args["ca_key"], self.etcd) and self.candidacy:
-                self.candidacy.start(self.loops)
-            return {"member": True}
-        if op == "etcd.leave":
-            if self.candidacy is not None:
-                await self.candidacy.stop()
-            await self.member.leave(self.etcd)
-            return {"member": False}
-        if op == "secrets.gossip":
-            pki.write_secret(self.pki, "gossip.key", args["key"])
-            return {}
-        if op == "secrets.csr":
-            return {"csr": pki.new_pending_key(self.pki).decode()}
-        if op == "secrets.cert":
-            pki.install_pending(self.pki, args["cert"].encode())
-            self._reload_tls()
-            log.info("node '%s' now uses its renewed certificate", self.cfg.node_name)
-            return {}
-        if op == "secrets.ca-trust":
-            return await self._trust_next_ca(args["ca"].encode(), args.get("ca_key"))
-        if op == "secrets.ca-retire":
-            return await self._retire_old_ca(args["ca"].encode())
-        raise OrderError(f"unknown order {op!r}")
+        """Carry out order `op`, its sender already admitted as the master."""
+        handler = self.orders.get(op)
+        if handler is None:
+            raise OrderError(f"unknown order {op!r}")
+        return await handler(args)
+
+    async def _hello(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The master's check that this node takes orders (no arguments)."""
+        return {"node": self.cfg.node_name}
+
+    async def _become_member(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Join the etcd members and stand for master."""
+        if await self.member.join(args["initial_cluster"], args["ca_key"], self.etcd) and self.candidacy:
+            self.candidacy.start(self.loops)
+        return {"member": True}
+
+    async def _stop_being_member(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Leave the etcd members and be a regular node again (no arguments)."""
+        if self.candidacy is not None:
+            await self.candidacy.stop()
+        await self.member.leave(self.etcd)
+        return {"member": False}
 
     def _reload_tls(self) -> None:
         """New connections, both ways, use the certificate and CAs on disk now; open ones carry on."""
@@ -319,35 +329,6 @@ class Agent:
             self.nodes.renew(self.client_ssl)
         if self.etcd is not None:
             self.etcd.set_ssl(self.client_ssl)
-
-    async def _trust_next_ca(self, ca_pem: bytes, ca_key: str | None) -> dict[str, Any]:
-        """`rotate-secrets --new-ca`, step 1 on each node: trust the new CA beside the old one."""
-        if ca_key is not None:  # candidates sign joins and revocation lists when master
-            pki.write_pem(self.pki.ca_next_key, ca_key.encode(), secret=True)
-        pki.write_pem(self.pki.ca_next_cert, ca_pem)
-        with open(self.pki.ca_cert, "rb") as fh:
-            current = pki.split_pems(fh.read())
-        pki.write_trust(self.pki, current + [ca_pem])
-        self._reload_tls()
-        await self.member.restart("to trust the new cluster CA")
-        log.info("node '%s' trusts the new cluster CA beside the old one", self.cfg.node_name)
-        return {"trusted": len(current) + 1}
-
-    async def _retire_old_ca(self, ca_pem: bytes) -> dict[str, Any]:
-        """Last step: trust only the new CA; candidates sign with its key from now on."""
-        if os.path.exists(self.pki.ca_next_key):
-            os.replace(self.pki.ca_next_key, self.pki.ca_key)
-        elif os.path.exists(self.pki.ca_key):
-            os.unlink(self.pki.ca_key)  # a key of the retired CA must not outlive it
-        pki.write_trust(self.pki, [ca_pem])
-        if os.path.exists(self.pki.ca_next_cert):
-            os.unlink(self.pki.ca_next_cert)
-        self._reload_tls()
-        if self.member.running:
-            self.crl.sync(force=True)  # signed by the new CA
-        await self.member.restart("to stop trusting the retired cluster CA")
-        log.info("node '%s' trusts only the new cluster CA", self.cfg.node_name)
-        return {"trusted": 1}
 
     async def verify_token(self, token: FencingToken) -> str | None:
         """The node holding the master key with exactly this token, according to etcd (or None)."""

@@ -45,11 +45,9 @@ class InternalRoutes(ApiBase):
         op, args = str(body.get("op", "")), body.get("args", {})
         if self.agent.isolation.active():
             raise OrderError(f"node '{self.agent.cfg.node_name}' is cut off from the cluster by a drill")
-        if op.startswith("instance."):
-            result = await self.agent.executor.handle(op, args)
+        result = await self.agent.node_order(op, args)
+        if op.startswith("instance."):  # the master sees the order's effect in a report now, not at the next one
             self.agent.reports.soon()
-        else:
-            result = await self.agent.node_order(op, args)
         return web.json_response(result)
 
     def _known_master_token(self) -> FencingToken | None:
