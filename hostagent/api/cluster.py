@@ -74,12 +74,12 @@ class ClusterRoutes(ApiBase):
             raise BadRequest("say whether fencing is armed: {\"armed\": true} (arm) or {\"armed\": false} (disarm)")
 
         async def run(ops: Operations, _: NodeOperations) -> web.Response:
-            return self._ok(await cluster_settings.set_fencing(ops, body["armed"]))
+            return self._ok(await cluster_settings.set_fencing(ops.store, body["armed"]))
         return await self._on_master(request, run)
 
     async def cluster_alert_clear(self, request: web.Request) -> web.Response:
         async def run(ops: Operations, _: NodeOperations) -> web.Response:
-            return self._ok(await cluster_settings.clear_alert(ops))
+            return self._ok(await cluster_settings.clear_alert(ops.store))
         return await self._on_master(request, run)
 
     async def cluster_modify(self, request: web.Request) -> web.Response:
@@ -89,7 +89,7 @@ class ClusterRoutes(ApiBase):
             raise BadRequest("; ".join(problems))
 
         async def run(ops: Operations, _: NodeOperations) -> web.Response:
-            return self._ok(await cluster_settings.modify(ops, body))
+            return self._ok(await cluster_settings.modify(ops.store, body))
         return await self._on_master(request, run)
 
     async def cluster_simulate(self, request: web.Request) -> web.Response:
@@ -166,7 +166,7 @@ class ClusterRoutes(ApiBase):
     async def cluster_repair(self, request: web.Request) -> web.Response:
         """`cluster verify --repair`: the master fixes what is safe (hostagent.master.repair) and says what it did."""
         async def run(ops: Operations, _: NodeOperations) -> web.Response:
-            steps = await Repair(ops).run()
+            steps = await Repair(ops.store, ops.restarter.starting).run()
             if self.agent.etcd is not None and self.agent.mirror is not None:  # read-your-writes here too
                 revision = (await self.agent.etcd.status())["revision"]
                 await self.agent.mirror.wait_for_revision(revision, timeout_s=5)

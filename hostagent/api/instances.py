@@ -202,7 +202,7 @@ class InstanceRoutes(ApiBase):
         record, token = users.new_user(str(body.get("name", "")), str(body.get("role", "")))
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
-            await ops.put_new(model.user_key(record["name"]), record, f"user '{record['name']}' already exists")
+            await ops.store.put_new(model.user_key(record["name"]), record, f"user '{record['name']}' already exists")
             await self._wait_replica(model.user_key(record["name"]))
             return self._ok({**users.public(record), "token": token, "api_port": self.agent.cfg.api_port})
         return await self._on_master(request, run)
@@ -211,6 +211,6 @@ class InstanceRoutes(ApiBase):
         name = request.match_info["name"]
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
-            await ops.delete_existing(model.user_key(name), f"no user named '{name}'")
+            await ops.store.delete_existing(model.user_key(name), f"no user named '{name}'")
             return self._ok({"name": name})
         return await self._on_master(request, run)

@@ -89,7 +89,7 @@ class InternalRoutes(ApiBase):
         if role is None or not role.is_master or self.agent.ops is None:
             raise Conflict(f"node '{self.agent.cfg.node_name}' is not the master")
         name = str(body.get("name", ""))
-        inst = await self.agent.ops._get(model.instance_key(name))
+        inst = await self.agent.ops.store.get(model.instance_key(name))
         if inst is None or inst.get("primary_node") != sender:
             raise Conflict(f"node '{sender}' is not the primary of an instance named '{name}'")
         return name, body

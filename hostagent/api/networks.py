@@ -43,12 +43,12 @@ class NetworkRoutes(ApiBase):
         record = networks.new_network(await self._body(request), time.time())
 
         async def run(ops: Operations, __: NodeOperations) -> web.Response:
-            clash = networks.overlapping(record["subnet"], await ops._prefix(model.NETWORKS))
+            clash = networks.overlapping(record["subnet"], await ops.store.prefix(model.NETWORKS))
             if clash:
                 raise Conflict(f"subnet {record['subnet']} overlaps network(s) {', '.join(clash)}: an address there "
                                "could be handed out by two pools; give this network a subnet of its own")
-            await ops.put_new(model.network_key(record["name"]), record,
-                              f"a network named '{record['name']}' already exists")
+            await ops.store.put_new(model.network_key(record["name"]), record,
+                                    f"a network named '{record['name']}' already exists")
             await self._wait_replica(model.network_key(record["name"]))
             return self._ok(networks.summary(record, {}))
         return await self._on_master(request, run)
@@ -57,7 +57,7 @@ class NetworkRoutes(ApiBase):
         name = request.match_info["name"]
 
         async def run(ops: Operations, __: NodeOperations) -> web.Response:
-            instances = await ops.instances()
+            instances = await ops.store.instances()
             using = networks.users(name, instances)
             if using:
                 raise Conflict(f"network '{name}' is used by the NICs of instance(s) {', '.join(using)}: "
@@ -66,7 +66,7 @@ class NetworkRoutes(ApiBase):
             if held.get(name):
                 raise Conflict(f"network '{name}' has addresses held by {', '.join(sorted(set(held[name].values())))}; "
                                "try again once that is done")
-            await ops.delete_existing(model.network_key(name), self._unknown(name))
+            await ops.store.delete_existing(model.network_key(name), self._unknown(name))
             return self._ok({"name": name})
         return await self._on_master(request, run)
 

@@ -125,10 +125,10 @@ class NodeRoutes(ApiBase):
         params = {"ignore_consistency": bool(body.get("ignore_consistency"))} if action == "failover" else {}
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
-            if await ops._get(model.node_key(name)) is None:
+            if await ops.store.get(model.node_key(name)) is None:
                 raise NotFound(f"no node named '{name}'")
             job_ids, skipped = [], []
-            for inst in await ops._prefix(model.INSTANCES):
+            for inst in await ops.store.prefix(model.INSTANCES):
                 if inst["primary_node"] != name:
                     continue
                 if not inst.get("secondary_node"):

@@ -41,14 +41,14 @@ class Candidacy:
         lease = MasterLease(etcd, key=model.MASTER_KEY, ttl_s=lease_ttl_s)
         self.role = MasterRole(node, etcd, lease, lock_keys=lock_keys, on_change=on_change, catch_up=self._catch_up)
         self.ops = Operations(self.role, nodes)
-        self.node_ops = NodeOperations(self.ops, paths)
-        rotation = Rotation(self.ops, paths, serf, gossip_key)
+        self.node_ops = NodeOperations(self.ops.store, paths, self.ops.handlers())
+        rotation = Rotation(self.ops.store, paths, serf, gossip_key)
         self.role.handlers = {**self.ops.handlers(), **self.node_ops.handlers(),
                               "cluster.rotate-secrets": rotation.job}
         self.role.on_elected.append(self._fence_older_masters)
-        self.autofailover = AutoFailover(self.ops)
-        self.role.duties += [self._pool_duty, self._fence_stragglers, JobArchive(self.ops).step,
-                             self.ops.moves.keep_mirrors,
+        self.autofailover = AutoFailover(self.ops.store)
+        self.role.duties += [self._pool_duty, self._fence_stragglers, JobArchive(self.ops.store).step,
+                             self.ops.keep_mirrors,
                              self.ops.restarter.step, self.autofailover.step, self.node_ops.sweep_tokens]
         self._task: asyncio.Task[Any] | None = None
 
@@ -72,12 +72,12 @@ class Candidacy:
         """Record the new token and tell every node at once, so an older master's orders are refused."""
         assert self.role.token is not None
         info = {"node": self._node, "token": self.role.token.to_str(), "since": time.time()}
-        await self.ops._write([Op.put(model.MASTER_INFO_KEY, model.dumps(info))])
-        nodes = await self.ops._prefix(model.NODES)
+        await self.ops.store.write([Op.put(model.MASTER_INFO_KEY, model.dumps(info))])
+        nodes = await self.ops.store.prefix(model.NODES)
 
         async def hello(name: str) -> None:
             try:
-                await self.ops._order(name, "node.hello", {}, timeout_s=5)
+                await self.ops.store.order(name, "node.hello", {}, timeout_s=5)
             except Exception as exc:  # noqa: BLE001 - a node that is down learns the token later
                 log.info("node '%s' did not take the new master token yet: %s", name, exc)
 
@@ -92,7 +92,7 @@ class Candidacy:
 
         async def hello(name: str) -> None:
             try:
-                await self.ops._order(name, "node.hello", {}, timeout_s=3)
+                await self.ops.store.order(name, "node.hello", {}, timeout_s=3)
             except Exception as exc:  # noqa: BLE001 - retried next pass
                 log.info("node '%s' has not taken the new master token yet: %s", name, exc)
 

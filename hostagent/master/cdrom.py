@@ -11,27 +11,40 @@ like memory. The node judges every path (hostagent.node.media).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hostagent.errors import BadRequest, Conflict
 from hostagent.master.jobs import JobContext, JobFailed
-
-if TYPE_CHECKING:
-    from hostagent.master.operations import Operations
+from hostagent.master.store import Store
 
 CHECK_TIMEOUT_S = 10.0
+
+
+def requested(value: Any, problems: list[str]) -> str:
+    """The record's `cdrom` for a requested --cdrom: an absolute path, or "" for none (eject)."""
+    if isinstance(value, str) and value.lower() == "none":
+        return ""
+    if isinstance(value, str) and value.startswith("/") and value.endswith("/"):
+        problems.append(f"cdrom {value!r} names a directory: give the ISO file in it, e.g. {value}debian-12.iso")
+        return ""
+    if not isinstance(value, str) or not value.startswith("/") or posixpath.normpath(value) != value \
+            or value.startswith("//"):
+        problems.append(f"cdrom {value!r} is not a path: give the absolute path of an ISO file on the instance's "
+                        "node(s), e.g. /var/lib/corral/iso/debian-12.iso, or none to eject")
+        return ""
+    return value
 
 
 def nodes_of(inst: dict[str, Any]) -> list[str]:
     return [inst["primary_node"], *([inst["secondary_node"]] if inst.get("secondary_node") else [])]
 
 
-async def check_on(ops: Operations, path: str, nodes: list[str]) -> None:
+async def check_on(store: Store, path: str, nodes: list[str]) -> None:
     """BadRequest naming each node where `path` is not a CD-ROM image it would give a guest."""
     problems = []
     for node in nodes:
         try:
-            answer = await ops._order(node, "instance.cdrom-check", {"path": path}, timeout_s=CHECK_TIMEOUT_S)
+            answer = await store.order(node, "instance.cdrom-check", {"path": path}, timeout_s=CHECK_TIMEOUT_S)
         except JobFailed as exc:
             raise Conflict(f"cannot check the CD-ROM image on node '{node}': {exc}") from None
         if answer.get("problem"):
@@ -40,29 +53,29 @@ async def check_on(ops: Operations, path: str, nodes: list[str]) -> None:
         raise BadRequest("; ".join(problems))
 
 
-async def check_target(ops: Operations, inst: dict[str, Any], target: str, verb: str) -> None:
+async def check_target(store: Store, inst: dict[str, Any], target: str, verb: str) -> None:
     """Before a migration or failover: the target node must have the CD the guest holds."""
     path = inst.get("cdrom")
     if not path:
         return
     try:
-        await check_on(ops, path, [target])
+        await check_on(store, path, [target])
     except BadRequest as exc:
         raise BadRequest(f"cannot {verb} instance '{inst['name']}' to node '{target}': its CD-ROM: {exc}; "
                          f"copy the image there, or eject it (`corral instance modify {inst['name']} "
                          "--cdrom none`)") from None
 
 
-async def apply_live(ops: Operations, ctx: JobContext, inst: dict[str, Any]) -> None:
+async def apply_live(store: Store, ctx: JobContext, inst: dict[str, Any]) -> None:
     """After `instance modify` wrote `inst`: a guest running with a drive gets its new medium now."""
     name = inst["name"]
     if "cdrom" in (inst.get("pending") or {}):
         await ctx.log(f"instance '{name}' runs without a CD-ROM drive: it gets one, with "
                       f"{inst['pending']['cdrom'] or 'no medium'}, at its next start")
         return
-    if not await ops._running(inst):
+    if not await store.running(inst):
         return
-    answer = await ops._order(inst["primary_node"], "instance.cdrom-change", {"name": name, "path": inst["cdrom"]})
+    answer = await store.order(inst["primary_node"], "instance.cdrom-change", {"name": name, "path": inst["cdrom"]})
     if answer.get("live"):
         what = f"now holds {answer['medium']}" if answer.get("medium") else "is empty (ejected)"
         await ctx.log(f"instance '{name}': the CD-ROM drive of the running guest {what}")

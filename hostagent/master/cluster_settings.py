@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from election.etcd import Op
 from kvm.hvparams import HvParamError, parse_hvparams
@@ -19,12 +19,9 @@ from hostagent import model
 from hostagent.master.decide import policy
 from hostagent.master.decide.checks import DISK_TEMPLATES
 from hostagent.errors import BadRequest, Conflict
-from hostagent.master.events import event_ops
 from hostagent.master.decide.restarts import Event
+from hostagent.master.store import Store
 from hostagent.units import SizeError, parse_mib
-
-if TYPE_CHECKING:
-    from hostagent.master.operations import Operations
 
 log = logging.getLogger(__name__)
 
@@ -130,19 +127,19 @@ def stored(changes: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def _update(ops: Operations, change: dict[str, Any], message: str) -> dict[str, Any]:
-    cluster = await ops._get(model.CLUSTER_KEY) or {}
+async def _update(store: Store, change: dict[str, Any], message: str) -> dict[str, Any]:
+    cluster = await store.get(model.CLUSTER_KEY) or {}
     cluster.update(change)
     now = time.time()
     writes = [Op.put(model.CLUSTER_KEY, model.dumps(cluster))]
-    writes += await event_ops(ops.role.client, [Event("", ops.role.node, "operator", message)], now)
-    await ops._write(writes)
+    writes += await store.event_ops([Event("", store.role.node, "operator", message)], now)
+    await store.write(writes)
     log.warning("%s", message)
     return cluster
 
 
-async def set_fencing(ops: Operations, arm: bool) -> dict[str, Any]:
-    cluster = await ops._get(model.CLUSTER_KEY) or {}
+async def set_fencing(store: Store, arm: bool) -> dict[str, Any]:
+    cluster = await store.get(model.CLUSTER_KEY) or {}
     state = "armed" if arm else "disarmed"
     if cluster.get("fencing", "armed") == state:
         return {"fencing": state, "changed": False}
@@ -150,24 +147,24 @@ async def set_fencing(ops: Operations, arm: bool) -> dict[str, Any]:
                "them over" if arm else
                "fencing DISARMED by the operator: no node stops its instances when cut off, and nothing is "
                "failed over automatically, until `corral cluster fencing arm`")
-    await _update(ops, {"fencing": state, "fencing_since": time.time()}, message)
+    await _update(store, {"fencing": state, "fencing_since": time.time()}, message)
     return {"fencing": state, "changed": True}
 
 
-async def clear_alert(ops: Operations) -> dict[str, Any]:
-    cluster = await ops._get(model.CLUSTER_KEY) or {}
+async def clear_alert(store: Store) -> dict[str, Any]:
+    cluster = await store.get(model.CLUSTER_KEY) or {}
     alert = cluster.get("alert")
     if not alert:
         raise Conflict("there is no cluster alert to clear")
-    await _update(ops, {"alert": None}, f"cluster alert cleared by the operator (it said: {alert['reason']})")
+    await _update(store, {"alert": None}, f"cluster alert cleared by the operator (it said: {alert['reason']})")
     return {"cleared": alert}
 
 
-async def modify(ops: Operations, changes: dict[str, Any]) -> dict[str, Any]:
+async def modify(store: Store, changes: dict[str, Any]) -> dict[str, Any]:
     problems = check_changes(changes)
     if problems:
         raise BadRequest("; ".join(problems))
     said = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
-    current = await ops._get(model.CLUSTER_KEY) or {}
-    cluster = await _update(ops, stored(changes, current), f"cluster settings changed by the operator: {said}")
+    current = await store.get(model.CLUSTER_KEY) or {}
+    cluster = await _update(store, stored(changes, current), f"cluster settings changed by the operator: {said}")
     return {k: cluster.get("default_memory_mib" if k == "default_memory" else k) for k in MODIFIABLE}

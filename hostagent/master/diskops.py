@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from election.etcd import Op
 
@@ -21,17 +21,17 @@ from hostagent.master.decide.checks import DISK_FORMATS, MAX_DISKS, MAX_MIRROR_D
 from hostagent.errors import BadRequest, Conflict
 from hostagent.master.jobs import JobContext, JobFailed
 from hostagent.master.decide.placement import PlacementError, Request, check_manual
+from hostagent.master.moves import Moves
+from hostagent.master.store import Store
 from hostagent.units import SizeError, format_mib, parse_mib
-
-if TYPE_CHECKING:
-    from hostagent.master.operations import Operations
 
 COPY_POLL_S = 1.0
 
 
 class DiskOps:
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
+    def __init__(self, store: Store, moves: Moves) -> None:
+        self.store = store
+        self.moves = moves  # a mirrored instance's copy is outdated before its disks change, protected after
 
     def handlers(self) -> dict[str, Any]:
         return {"instance.move": self._job_move, "instance.replace-secondary": self._job_replace_secondary,
@@ -41,9 +41,9 @@ class DiskOps:
     # ---- submit-time checks -------------------------------------------------------
     async def _room(self, inst: dict[str, Any], primary: str, secondary: str | None) -> None:
         """The same placement rules as `instance add`, with this instance left out of the count."""
-        others = [i for i in await self.ops._prefix(model.INSTANCES) if i["name"] != inst["name"]]
-        nodes = {n["name"]: n for n in await self.ops._prefix(model.NODES)}
-        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        others = [i for i in await self.store.prefix(model.INSTANCES) if i["name"] != inst["name"]]
+        nodes = {n["name"]: n for n in await self.store.prefix(model.NODES)}
+        reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
         want = Request(inst["memory_mib"], sum(d["size_mib"] for d in inst["disks"]), secondary is not None)
         try:
             check_manual(inst["name"], want, primary, secondary, nodes, reports, others, time.time())
@@ -51,13 +51,13 @@ class DiskOps:
             raise BadRequest(str(exc)) from None
 
     async def check_move(self, name: str, params: dict[str, Any]) -> None:
-        inst = await self.ops._instance(name)
+        inst = await self.store.instance(name)
         target = str(params.get("node") or "")
         if not target:
             raise BadRequest("instance move needs --node NODE, the node to move the instance to")
         if target == inst["primary_node"]:
             raise BadRequest(f"instance '{name}' is already on node '{target}'")
-        report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+        report = await self.store.get(model.report_key(inst["primary_node"])) or {}
         if inst["admin_state"] == "up" or name in report.get("instances", {}):
             raise Conflict(f"instance '{name}' is running; stop it first (`corral instance stop {name}`)"
                            + (", or use `corral instance migrate`" if inst.get("secondary_node") else ""))
@@ -66,7 +66,7 @@ class DiskOps:
         await self._room(inst, target, inst.get("secondary_node"))
 
     async def check_replace_secondary(self, name: str, params: dict[str, Any]) -> None:
-        inst = await self.ops._instance(name)
+        inst = await self.store.instance(name)
         target = str(params.get("node") or "")
         if not inst.get("secondary_node"):
             raise BadRequest(f"instance '{name}' ({inst['disk_template']}) has no secondary node to replace")
@@ -76,7 +76,7 @@ class DiskOps:
         await self._room(inst, inst["primary_node"], target)
 
     async def check_grow(self, name: str, params: dict[str, Any]) -> None:
-        inst = await self.ops._instance(name)
+        inst = await self.store.instance(name)
         index = params.get("disk")
         if not isinstance(index, int) or not 0 <= index < len(inst["disks"]):
             raise BadRequest(f"instance '{name}' has disks 0-{len(inst['disks']) - 1}, not {index!r}")
@@ -89,7 +89,7 @@ class DiskOps:
             raise BadRequest(f"disk {index} of '{name}' is {format_mib(current)}; the new size must be larger "
                              "(disks only grow)")
         if inst.get("disk_template") in model.QUORUM_MIRRORED:
-            report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+            report = await self.store.get(model.report_key(inst["primary_node"])) or {}
             if name in report.get("instances", {}):
                 raise BadRequest(f"instance '{name}' is running: a disk of the mirror template grows only while "
                                  f"it is stopped (its writes go to both copies through a quorum that cannot "
@@ -97,7 +97,7 @@ class DiskOps:
         params["size_mib"] = size
 
     async def _stopped(self, inst: dict[str, Any], what: str, why: str) -> None:
-        report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+        report = await self.store.get(model.report_key(inst["primary_node"])) or {}
         if inst["admin_state"] == "up" or inst["name"] in report.get("instances", {}):
             raise Conflict(f"instance '{inst['name']}' is running (or marked up); {what} while it is stopped "
                            f"(`corral instance stop {inst['name']}`): {why}")
@@ -105,13 +105,13 @@ class DiskOps:
     async def _hotpluggable(self, inst: dict[str, Any], what: str) -> None:
         """Virtio disks come and go while the instance runs (hot-plug; a replicated one's copy is then made
         or dropped by the running mirror); other disks only while it is stopped."""
-        bus = self.ops.merged_hv(await self.ops.cluster_hv(), inst)["disk_bus"]
+        bus = (await self.store.hvparams(inst))["disk_bus"]
         if bus != "virtio":
             await self._stopped(inst, what, f"only virtio disks are hot-plugged (its disk_bus is {bus!r})")
 
     async def check_add_disk(self, name: str, params: dict[str, Any]) -> None:
         """A disk of a valid size and format that fits its nodes and the cluster's policy; the instance stopped."""
-        inst = await self.ops._instance(name)
+        inst = await self.store.instance(name)
         await self._hotpluggable(inst, "a disk is added")
         try:
             size = parse_mib(params.get("size") or "", "disk size")
@@ -124,13 +124,13 @@ class DiskOps:
         if len(inst["disks"]) >= limit:
             raise BadRequest(f"instance '{name}' has {len(inst['disks'])} disks, the most a "
                              f"{inst['disk_template']} instance can have")
-        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        cluster = await self.store.get(model.CLUSTER_KEY) or {}
         broken = policy.violations(inst["memory_mib"], inst["vcpus"],
                                    [d["size_mib"] for d in inst["disks"]] + [size], cluster.get("policy") or {})
         if broken:
             raise BadRequest("; ".join(broken))
         # Room for the new disk alone on both nodes (the instance's memory is counted where it is already).
-        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
         short = [f"node '{node}' has only {format_mib(reports.get(node, {}).get('disk_free_mib', 0))} disk free"
                  for node in filter(None, (inst["primary_node"], inst.get("secondary_node")))
                  if reports.get(node, {}).get("disk_free_mib", 0) < size]
@@ -139,7 +139,7 @@ class DiskOps:
         params.update(size_mib=size, format=fmt)
 
     async def check_remove_disk(self, name: str, params: dict[str, Any]) -> None:
-        inst = await self.ops._instance(name)
+        inst = await self.store.instance(name)
         last = len(inst["disks"]) - 1
         if params.get("disk") != last or last < 1:
             raise BadRequest(f"only the last disk of '{name}' (disk {last}) can be removed, and not its only one: "
@@ -152,7 +152,7 @@ class DiskOps:
 
     async def _job_add_disk(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         await self.check_add_disk(args["name"], args)
-        inst = await self.ops._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         disk = {"index": len(inst["disks"]), "size_mib": int(args["size_mib"]), "format": args["format"],
                 "uuid": str(uuid.uuid4())}
         secondary = inst.get("secondary_node") if inst.get("disk_template") in model.QUORUM_MIRRORED else None
@@ -161,15 +161,15 @@ class DiskOps:
         name = inst["name"]
         # The copy's blank file first; then the record out of date before the guest can write to the new disk
         # (a failover must not land on a copy that lacks it, nor on one of its writes).
-        await self.ops._order(secondary, "instance.replica-prepare", {"name": name, "disks": [disk]})
-        await self.ops.moves.outdate(name, f"disk {disk['index']} was added; its copy is being made")
+        await self.store.order(secondary, "instance.replica-prepare", {"name": name, "disks": [disk]})
+        await self.moves.outdate(name, f"disk {disk['index']} was added; its copy is being made")
         try:
             done = await self._hot_add(ctx, inst, disk)
         except Exception:
             await self._forget_copy(ctx, inst, secondary, disk["index"])
             raise
         if done["hotplugged"]:
-            await self.ops.moves.protect(ctx, {**inst, "disks": [*inst["disks"], disk]})
+            await self.moves.protect(ctx, {**inst, "disks": [*inst["disks"], disk]})
         else:
             await ctx.log(f"the copy of disk {disk['index']} on '{secondary}' is made at the next start")
         return done
@@ -178,34 +178,41 @@ class DiskOps:
         """A disk that was not added: its copy's file deleted, and the others' copies recorded in sync again
         once the running mirror says so (a new copy generation, nothing to copy)."""
         try:
-            await self.ops._order(secondary, "instance.disk-remove", {"name": inst["name"], "index": index})
+            await self.store.order(secondary, "instance.disk-remove", {"name": inst["name"], "index": index})
         except JobFailed as exc:
             await ctx.log(f"could not delete the copy of disk {index} on node '{secondary}' ({exc}); "
                           "`corral cluster verify` lists the file as an orphan once the node answers")
         if await self._running(inst):
-            await self.ops.moves.protect(ctx, inst)
+            await self.moves.protect(ctx, inst)
 
     async def _running(self, inst: dict[str, Any]) -> bool:
-        report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+        report = await self.store.get(model.report_key(inst["primary_node"])) or {}
         return inst["name"] in report.get("instances", {})
+
+    async def remove_on(self, node: str, inst: dict[str, Any]) -> None:
+        """Everything of `inst` on `node`: its QEMU, disk export and disks."""
+        if inst.get("secondary_node"):
+            await self.store.order(node, "instance.replica-unexport", {"name": inst["name"], "disks": inst["disks"]})
+        await self.store.order(node, "instance.remove", {"name": inst["name"], "disks": inst["disks"],
+                                                         "nic_count": len(inst["nics"])})
 
     async def _hot_add(self, ctx: JobContext, inst: dict[str, Any], disk: dict[str, Any]) -> dict[str, Any]:
         """The file made and, if the instance runs, plugged in (the node deletes it again if that fails);
         recorded only then, so the config never names a disk its QEMU lacks, nor the other way round."""
         name, node = inst["name"], inst["primary_node"]
-        hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+        hv = await self.store.hvparams(inst)
         try:
-            done = await self.ops._order(node, "instance.disk-hotplug", {
+            done = await self.store.order(node, "instance.disk-hotplug", {
                 "name": name, "disk": disk, "hvparams": hv,
                 "replicated": inst.get("disk_template") in model.QUORUM_MIRRORED})
         except JobFailed as exc:
             raise JobFailed(f"no disk was added to '{name}': {exc}") from exc
         try:
-            await self.ops._write([Op.put(model.instance_key(name), model.dumps(
+            await self.store.write([Op.put(model.instance_key(name), model.dumps(
                 {**inst, "disks": [*inst["disks"], disk], "mtime": time.time()}))])
         except Exception:
-            await self.ops._order(node, "instance.disk-unplug", {"name": name, "index": disk["index"]})
-            await self.ops._order(node, "instance.disk-remove", {"name": name, "index": disk["index"]})
+            await self.store.order(node, "instance.disk-unplug", {"name": name, "index": disk["index"]})
+            await self.store.order(node, "instance.disk-remove", {"name": name, "index": disk["index"]})
             raise
         await ctx.log(f"instance '{name}' has a new disk {disk['index']} of {format_mib(disk['size_mib'])} "
                       f"({disk['format']}) on node '{node}'"
@@ -214,59 +221,59 @@ class DiskOps:
 
     async def _job_remove_disk(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         await self.check_remove_disk(args["name"], args)
-        inst = await self.ops._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         name, index = inst["name"], int(args["disk"])
         disk = inst["disks"][index]
         rest = {**inst, "disks": [d for d in inst["disks"] if d["index"] != index], "mtime": time.time()}
         secondary = inst.get("secondary_node")
         mirrored = bool(secondary) and await self._running(inst)
         if mirrored:  # its copy leaves the running mirror, recorded out of date first (the guest still writes)
-            await self.ops.moves.outdate(name, f"disk {index} is being removed")
-            await self.ops._order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": [disk]})
+            await self.moves.outdate(name, f"disk {index} is being removed")
+            await self.store.order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": [disk]})
         try:  # out of a running guest first (its QEMU, if any)
-            unplugged = await self.ops._order(inst["primary_node"], "instance.disk-unplug",
-                                              {"name": name, "index": index})
+            unplugged = await self.store.order(inst["primary_node"], "instance.disk-unplug",
+                                               {"name": name, "index": index})
         except JobFailed:
             if mirrored:  # the disk stays: its copy is made again
-                await self.ops.moves.protect(ctx, inst)
+                await self.moves.protect(ctx, inst)
             raise
         if unplugged["unplugged"]:
             await ctx.log(f"disk {index} of '{name}' unplugged: the guest let it go")
-        await self.ops._write([Op.put(model.instance_key(name), model.dumps(rest))])  # first: no dangling disk
+        await self.store.write([Op.put(model.instance_key(name), model.dumps(rest))])  # first: no dangling disk
         for node in filter(None, (inst["primary_node"], secondary)):
             try:
                 if node == secondary:  # its export holds the copy open
-                    await self.ops._order(node, "instance.replica-unexport", {"name": name, "disks": [disk]})
-                await self.ops._order(node, "instance.disk-remove", {"name": name, "index": index})
+                    await self.store.order(node, "instance.replica-unexport", {"name": name, "disks": [disk]})
+                await self.store.order(node, "instance.disk-remove", {"name": name, "index": index})
             except JobFailed as exc:
                 await ctx.log(f"could not delete disk {index} on node '{node}' ({exc}); `corral cluster verify` "
                               "lists the file as an orphan once the node answers")
         await ctx.log(f"disk {index} of '{name}' removed and its data deleted")
         if mirrored:  # the other disks' copies, still joined, are recorded in sync again
-            await self.ops.moves.protect(ctx, rest)
+            await self.moves.protect(ctx, rest)
         return {"name": name, "disk": index}
 
     # ---- jobs ---------------------------------------------------------------------------
     async def _copy(self, ctx: JobContext, inst: dict[str, Any], source: str, target: str) -> None:
         """Copy every disk of `inst` from `source` to `target`, with progress and ETA."""
         name, disks = inst["name"], inst["disks"]
-        used = {int(i.get("port_base") or 0) for i in await self.ops._prefix(model.INSTANCES)}
+        used = {int(i.get("port_base") or 0) for i in await self.store.prefix(model.INSTANCES)}
         base = inst.get("port_base") or next(b for b in REPLICATION_PORTS if b not in used)
-        host = (await self.ops._get(model.node_key(source)))["address"]
-        await self.ops._order(source, "instance.replica-export",
-                              {"name": name, "disks": disks, "port_base": base, "client": target})
+        host = (await self.store.get(model.node_key(source)))["address"]
+        await self.store.order(source, "instance.replica-export",
+                               {"name": name, "disks": disks, "port_base": base, "client": target})
         total = sum(d["size_mib"] for d in disks)
         done, started = 0.0, time.monotonic()
         try:
             for disk in disks:
-                fetch = asyncio.create_task(self.ops._order(
+                fetch = asyncio.create_task(self.store.order(
                     target, "instance.disk-fetch", {"name": name, "disk": disk, "host": host,
                                                     "port": base + disk["index"]}, timeout_s=6 * 3600))
                 while not fetch.done():
                     await asyncio.wait({fetch}, timeout=COPY_POLL_S)
                     try:
-                        status = await self.ops._order(target, "instance.disk-fetch-status",
-                                                       {"name": name, "index": disk["index"]}, timeout_s=5)
+                        status = await self.store.order(target, "instance.disk-fetch-status",
+                                                        {"name": name, "index": disk["index"]}, timeout_s=5)
                     except JobFailed:
                         continue
                     await ctx.progress(done + disk["size_mib"] * status["percent"] / 100, total,
@@ -275,13 +282,13 @@ class DiskOps:
                 done += disk["size_mib"]
                 await ctx.progress(done, total, f"disk {disk['index']} copied", started)
         finally:
-            await self.ops._order(source, "instance.replica-unexport", {"name": name, "disks": disks})
+            await self.store.order(source, "instance.replica-unexport", {"name": name, "disks": disks})
         await ctx.log(f"copied {format_mib(total)} of disks of '{name}' from node '{source}' to node '{target}' "
                       f"in {time.monotonic() - started:.1f} s")
 
     async def _job_move(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         await self.check_move(args["name"], args)
-        inst = await self.ops._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         source, target = inst["primary_node"], args["node"]
         await ctx.log(f"moving stopped instance '{inst['name']}' from node '{source}' to node '{target}'")
         try:
@@ -290,71 +297,71 @@ class DiskOps:
             await self._remove_disks(ctx, target, inst)
             raise
         inst.update(primary_node=target, mtime=time.time())
-        await self.ops._write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
+        await self.store.write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
         await self._remove_disks(ctx, source, inst)
         await ctx.log(f"instance '{inst['name']}' now lives on node '{target}'")
         return {"name": inst["name"], "node": target}
 
     async def _remove_disks(self, ctx: JobContext, node: str, inst: dict[str, Any]) -> None:
         try:
-            await self.ops._remove_on(node, inst)
+            await self.remove_on(node, inst)
         except JobFailed as exc:
             await ctx.log(f"could not remove the disks of '{inst['name']}' from node '{node}' ({exc}); "
                           "`corral cluster verify` lists them as orphans")
 
     async def _job_replace_secondary(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         await self.check_replace_secondary(args["name"], args)
-        inst = await self.ops._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         name, old, new = inst["name"], inst["secondary_node"], args["node"]
         await ctx.log(f"replacing the secondary of '{name}': node '{old}' by node '{new}'")
-        await self.ops._order(new, "instance.replica-prepare", {"name": name, "disks": inst["disks"]})
-        await self.ops.moves.outdate(name, f"its secondary is being replaced: node '{old}' by node '{new}'")
-        await self.ops._order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+        await self.store.order(new, "instance.replica-prepare", {"name": name, "disks": inst["disks"]})
+        await self.moves.outdate(name, f"its secondary is being replaced: node '{old}' by node '{new}'")
+        await self.store.order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
         inst.update(secondary_node=new, mtime=time.time())
-        await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
-        await self.ops.moves.protect(ctx, inst)
+        await self.store.write([Op.put(model.instance_key(name), model.dumps(inst))])
+        await self.moves.protect(ctx, inst)
         await self._remove_disks(ctx, old, inst)
         await ctx.log(f"node '{old}' no longer holds a copy of '{name}'; node '{new}' is being synced "
                       "(`corral instance info` shows the progress)")
         return {"name": name, "secondary": new}
 
     async def _job_activate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        inst = await self.ops._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         name = inst["name"]
         if inst.get("secondary_node"):
-            created = await self.ops._order(inst["secondary_node"], "instance.replica-prepare",
-                                            {"name": name, "disks": inst["disks"]})
+            created = await self.store.order(inst["secondary_node"], "instance.replica-prepare",
+                                             {"name": name, "disks": inst["disks"]})
             if created["created"]:
                 await ctx.log(f"re-created missing disk copies {created['created']} on node "
                               f"'{inst['secondary_node']}'; they fill when the mirror runs")
-                await self.ops.moves.outdate(name, f"disk copies {created['created']} were missing on node "
+                await self.moves.outdate(name, f"disk copies {created['created']} were missing on node "
                                                    f"'{inst['secondary_node']}'")
-            report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+            report = await self.store.get(model.report_key(inst["primary_node"])) or {}
             if name in report.get("instances", {}):
-                await self.ops.moves.protect(ctx, inst)
-        paths = await self.ops._order(inst["primary_node"], "instance.disk-paths",
-                                      {"name": name, "disks": inst["disks"]})
+                await self.moves.protect(ctx, inst)
+        paths = await self.store.order(inst["primary_node"], "instance.disk-paths",
+                                       {"name": name, "disks": inst["disks"]})
         for path in paths["paths"]:
             await ctx.log(f"disk of '{name}' on node '{inst['primary_node']}': {path}")
         return {"name": name, "node": inst["primary_node"], "paths": paths["paths"]}
 
     async def _job_grow(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         await self.check_grow(args["name"], args)
-        inst = await self.ops._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         name, index, size = inst["name"], int(args["disk"]), int(args["size_mib"])
         order = {"name": name, "index": index, "size_mib": size}
         secondary = inst.get("secondary_node")
         if secondary:  # the copy grows first: the primary's mirror must never outsize its target
-            await self.ops.moves.outdate(name, f"disk {index} grows; its copy is made anew")
-            await self.ops._order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
-            await self.ops._order(secondary, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
-            await self.ops._order(secondary, "instance.disk-grow", order)
-        await self.ops._order(inst["primary_node"], "instance.disk-grow", order)
+            await self.moves.outdate(name, f"disk {index} grows; its copy is made anew")
+            await self.store.order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+            await self.store.order(secondary, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
+            await self.store.order(secondary, "instance.disk-grow", order)
+        await self.store.order(inst["primary_node"], "instance.disk-grow", order)
         inst["disks"][index]["size_mib"] = size
         inst.update(mtime=time.time())
-        await self.ops._write([Op.put(model.instance_key(name), model.dumps(inst))])
+        await self.store.write([Op.put(model.instance_key(name), model.dumps(inst))])
         await ctx.log(f"disk {index} of '{name}' is now {format_mib(size)}")
-        report = await self.ops._get(model.report_key(inst["primary_node"])) or {}
+        report = await self.store.get(model.report_key(inst["primary_node"])) or {}
         if secondary and name in report.get("instances", {}):
-            await self.ops.moves.protect(ctx, inst)
+            await self.moves.protect(ctx, inst)
         return {"name": name, "disk": index, "size_mib": size}

@@ -11,14 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from election.etcd import Op
 
 from hostagent import model
-
-if TYPE_CHECKING:
-    from hostagent.master.operations import Operations
+from hostagent.master.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +39,8 @@ def expired(archived: Iterable[Mapping[str, Any]], now: float, keep_s: float = K
 
 
 class JobArchive:
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self._last = 0.0
 
     async def step(self) -> int:
@@ -51,18 +49,18 @@ class JobArchive:
         if now_mono - self._last < EVERY_S:
             return 0
         self._last = now_mono
-        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        cluster = await self.store.get(model.CLUSTER_KEY) or {}
         after = float(cluster.get("job_archive_after_s") or DEFAULT_AFTER_S)
         now = time.time()
-        jobs = {int(j["id"]): j for j in await self.ops._prefix(model.JOBS)}
+        jobs = {int(j["id"]): j for j in await self.store.prefix(model.JOBS)}
         ids = due(jobs.values(), now, after)
         for start in range(0, len(ids), BATCH):
             batch = ids[start:start + BATCH]
-            await self.ops._write([op for i in batch for op in (
+            await self.store.write([op for i in batch for op in (
                 Op.put(model.archived_job_key(i), model.dumps(jobs[i])), Op.delete(model.job_key(i)))])
-        gone = expired(await self.ops._prefix(model.JOBS_ARCHIVE), now)
+        gone = expired(await self.store.prefix(model.JOBS_ARCHIVE), now)
         for start in range(0, len(gone), BATCH):
-            await self.ops._write([Op.delete(model.archived_job_key(i)) for i in gone[start:start + BATCH]])
+            await self.store.write([Op.delete(model.archived_job_key(i)) for i in gone[start:start + BATCH]])
         if ids or gone:
             log.info("jobs archived: %d (finished over %.0f h ago); archived jobs deleted: %d (over 30 days)",
                      len(ids), after / 3600, len(gone))

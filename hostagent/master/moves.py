@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from election.etcd import Compare, Op
 from kvm.migration import migration_uri
@@ -26,15 +27,12 @@ from hostagent import model
 from hostagent.master import cdrom, pending
 from hostagent.master.decide import replicas
 from hostagent.master.decide.checks import PORTS_PER_INSTANCE
-from hostagent.master.events import event_ops
 from hostagent.master.decide.restarts import Event
 from hostagent.errors import BadRequest
 from hostagent.master.jobs import JobContext, JobFailed
+from hostagent.master.store import Store
 from hostagent.status import REPORT_STALE_AFTER_S
 from hostagent.status import describe_mirrors, eta_words
-
-if TYPE_CHECKING:
-    from hostagent.master.operations import Operations
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +42,10 @@ PROTECT_RETRY_S = 5.0  # after a failed attempt to restart a mirror (secondary u
 
 
 class Moves:
-    """Jobs and duty for replicated instances; uses the Operations' orders and writes."""
+    """Jobs and duty for replicated instances, through the master's store (hostagent.master.store)."""
 
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self._last_duty = 0.0
         self._retry_at: dict[str, float] = {}  # instance -> when the duty may try to protect it again
 
@@ -56,27 +54,27 @@ class Moves:
 
     async def check(self, name: str, verb: str) -> None:
         """Before a migrate or failover job exists: the instance must have a second copy."""
-        inst = await self.ops._instance(name)
+        inst = await self.store.instance(name)
         try:
             self._replicated(inst, verb)
         except JobFailed as exc:
             raise BadRequest(str(exc)) from None
-        await cdrom.check_target(self.ops, inst, str(inst["secondary_node"]), verb)
+        await cdrom.check_target(self.store, inst, str(inst["secondary_node"]), verb)
 
     # ---- helpers -------------------------------------------------------------------
     async def _node(self, name: str) -> dict[str, Any]:
-        node = await self.ops._get(model.node_key(name))
+        node = await self.store.get(model.node_key(name))
         if node is None:
             raise JobFailed(f"node '{name}' is not in the cluster")
         return node
 
     async def _alive(self, name: str) -> bool:
-        report = await self.ops._get(model.report_key(name))
+        report = await self.store.get(model.report_key(name))
         return report is not None and time.time() - report.get("time", 0) <= REPORT_STALE_AFTER_S
 
     async def _secondary_up(self, name: str) -> bool:
         """Reporting and holding its node lease: a frozen or cut-off secondary hangs the guest's writes."""
-        return await self._alive(name) and await self.ops._get(model.lease_key(name)) is not None
+        return await self._alive(name) and await self.store.get(model.lease_key(name)) is not None
 
     def _replicated(self, inst: dict[str, Any], verb: str) -> str:
         if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
@@ -88,12 +86,12 @@ class Moves:
         """`home`: the node an automatic failover took it from, for a later failback (else none)."""
         inst.update(primary_node=primary, secondary_node=secondary, mtime=time.time(), home_node=home)
         inst.pop("replica_in_sync", None)
-        await self.ops._write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
+        await self.store.write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
 
     # ---- the replica record (hostagent.master.decide.replicas) ------------------------------------------
     async def replica(self, name: str) -> tuple[dict[str, Any], int]:
         """The record straight from etcd, and its revision (0: none yet)."""
-        kv = await self.ops.role.client.get(model.replica_key(name))
+        kv = await self.store.role.client.get(model.replica_key(name))
         if kv is None:
             return {"name": name}, 0
         return {**model.loads(kv.value), "name": name}, kv.mod_revision
@@ -113,11 +111,11 @@ class Moves:
         ops = [Op.put(model.replica_key(name), model.dumps(replicas.outdated(record, why, now)))]
         message = ""
         if record.get("in_sync"):
-            inst = await self.ops._get(model.instance_key(name)) or {}
+            inst = await self.store.get(model.instance_key(name)) or {}
             secondary = copy_on or inst.get("secondary_node") or "?"
             message = f"the copy of instance '{name}' on node '{secondary}' is out of date: {why}"
-            ops += await event_ops(self.ops.role.client, [Event(name, secondary, "copy-outdated", message)], now)
-        await self.ops._write(ops)
+            ops += await self.store.event_ops([Event(name, secondary, "copy-outdated", message)], now)
+        await self.store.write(ops)
         if message:  # once, when it is recorded (a write that failed is retried, and would say it again)
             log.warning("%s", message)
 
@@ -128,11 +126,11 @@ class Moves:
 
     async def _put_if_unchanged(self, name: str, record: dict[str, Any], revision: int) -> bool:
         key = model.replica_key(name)
-        token = self.ops.role.token
+        token = self.store.role.token
         if token is None:
             return False
-        result = await self.ops.role.lease.guarded_txn(token, [Op.put(key, model.dumps(record))],
-                                                       extra_compares=[Compare.mod_revision(key, "=", revision)])
+        result = await self.store.role.lease.guarded_txn(token, [Op.put(key, model.dumps(record))],
+                                                         extra_compares=[Compare.mod_revision(key, "=", revision)])
         return bool(result.succeeded)
 
     async def start_order(self, node: str, inst: dict[str, Any], hv: dict[str, Any]) -> dict[str, Any]:
@@ -142,19 +140,19 @@ class Moves:
             hv = await self._apply_pending(inst)
         if inst.get("disk_template") in model.QUORUM_MIRRORED and inst.get("secondary_node"):
             await self.outdate(inst["name"], f"started on node '{node}' without its copy (a new one follows)")
-        return await self.ops._order(node, "instance.start", {"instance": inst, "hvparams": hv})
+        return await self.store.order(node, "instance.start", {"instance": inst, "hvparams": hv})
 
     async def _apply_pending(self, inst: dict[str, Any]) -> dict[str, Any]:
         """Make `inst`'s pending changes current (in the config and in `inst`); its hypervisor parameters."""
-        current = await self.ops._get(model.instance_key(inst["name"])) or inst
+        current = await self.store.get(model.instance_key(inst["name"])) or inst
         applied, changed = pending.apply({**current, "pending": inst.get("pending")})
         applied["mtime"] = time.time()
-        await self.ops._write([Op.put(model.instance_key(inst["name"]), model.dumps(applied))])
+        await self.store.write([Op.put(model.instance_key(inst["name"]), model.dumps(applied))])
         inst.clear()
         inst.update(applied)
         log.info("instance '%s': changes made for this start: %s", inst["name"],
                  ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()) or "none")
-        return self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+        return await self.store.hvparams(inst)
 
     async def protect(self, ctx: JobContext | None, inst: dict[str, Any]) -> bool:
         """Export the secondary's copies and start the primary's mirrors; False (logged) if it could not."""
@@ -165,12 +163,12 @@ class Moves:
             record = replicas.new_copy(record, time.time())
             if not await self._put_if_unchanged(name, record, revision):
                 raise JobFailed("its replica record changed meanwhile; the master tries again")
-            await self.ops._order(secondary, "instance.replica-export",
-                                  {"name": name, "disks": disks, "port_base": inst["port_base"], "client": primary})
+            await self.store.order(secondary, "instance.replica-export",
+                                   {"name": name, "disks": disks, "port_base": inst["port_base"], "client": primary})
             host = (await self._node(secondary))["address"]
-            cluster = await self.ops._get(model.CLUSTER_KEY) or {}
-            await self.ops._order(primary, "instance.mirror-attach",
-                                  {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"],
+            cluster = await self.store.get(model.CLUSTER_KEY) or {}
+            await self.store.order(primary, "instance.mirror-attach",
+                                   {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"],
                                    "rate_limit_mib_s": cluster.get("sync_rate_mib_s", 0.0), "gen": record["gen"]})
         except JobFailed as exc:
             message = (f"instance '{name}' runs on node '{primary}' without a current copy on '{secondary}' "
@@ -187,7 +185,7 @@ class Moves:
 
     # ---- migrate -----------------------------------------------------------------------
     async def _job_migrate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        inst = await self.ops._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         name, source = inst["name"], inst["primary_node"]
         target = self._replicated(inst, "live-migrate")
         if args.get("node") not in (None, "", target):
@@ -195,9 +193,9 @@ class Moves:
                             f"'{args['node']}'; use `corral instance replace-secondary` first")
         if await self._settle_migration(inst):
             await ctx.log(f"finished what an interrupted migration of '{name}' left behind")
-            inst = await self.ops._instance(name)
+            inst = await self.store.instance(name)
             source, target = inst["primary_node"], inst["secondary_node"]
-        report = await self.ops._get(model.report_key(source)) or {}
+        report = await self.store.get(model.report_key(source)) or {}
         if name not in report.get("instances", {}):
             raise JobFailed(f"instance '{name}' is not running on node '{source}'; "
                             "start it, or use `corral instance failover`")
@@ -207,21 +205,21 @@ class Moves:
         if not states or any(s["status"] not in ("in_sync", "converged", "resyncing") for s in states):
             raise JobFailed(f"the disks of '{name}' are not in sync on node '{target}' ({describe_mirrors(states)}); "
                             "wait until `corral instance info` says in sync")
-        hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+        hv = await self.store.hvparams(inst)
         target_addr = (await self._node(target))["address"]
         port = int(inst["port_base"]) + PORTS_PER_INSTANCE - 1
         await ctx.log(f"live-migrating instance '{name}' from node '{source}' to node '{target}'")
-        placed = (await self.ops._order(source, "instance.placement", {"name": name}))["placement"]
-        await self.ops._order(target, "instance.start",  # only receives: the guest runs there after the outdate
-                              {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port),
+        placed = (await self.store.order(source, "instance.placement", {"name": name}))["placement"]
+        await self.store.order(target, "instance.start",  # only receives: the guest runs there after the outdate
+                               {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port),
                                "incoming_from": source, "placement": placed})
         switched = False
         try:
             await self._send_memory(ctx, inst, target_addr, port, float(args.get("max_bandwidth_mib_s", 1024)))
-            await self.ops._order(target, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
+            await self.store.order(target, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
             await self.outdate(name, f"the guest moves to node '{target}' by live migration; a new copy follows",
                                copy_on=source)
-            result = await self.ops._order(source, "instance.migrate-complete", {"name": name})
+            result = await self.store.order(source, "instance.migrate-complete", {"name": name})
             switched = True
         except Exception as exc:
             if not switched:
@@ -237,7 +235,7 @@ class Moves:
     async def _send_memory(self, ctx: JobContext, inst: dict[str, Any], host: str, port: int,
                            max_bandwidth: float) -> None:
         """Run the migration to its switchover point, logging progress and an ETA as it goes."""
-        order = asyncio.create_task(self.ops._order(
+        order = asyncio.create_task(self.store.order(
             inst["primary_node"], "instance.migrate-to-switchover",
             {"name": inst["name"], "host": host, "port": port, "disks": inst["disks"],
              "max_bandwidth_mib_s": max_bandwidth}))
@@ -247,8 +245,8 @@ class Moves:
             if order.done():
                 break
             try:
-                p = await self.ops._order(inst["primary_node"], "instance.migrate-status", {"name": inst["name"]},
-                                          timeout_s=5)
+                p = await self.store.order(inst["primary_node"], "instance.migrate-status", {"name": inst["name"]},
+                                           timeout_s=5)
             except JobFailed:
                 continue
             total = p.get("total_mib") or 0
@@ -266,21 +264,21 @@ class Moves:
                                (target, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
                                                           "nic_count": len(inst["nics"])})):
             try:
-                await self.ops._order(node, op, args)
+                await self.store.order(node, op, args)
             except JobFailed as exc:
                 await ctx.log(f"cleaning up after the failed migration: {exc}")
         await self.protect(ctx, inst)
 
     # ---- failover ----------------------------------------------------------------------
     async def _job_failover(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        inst = await self.ops._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         name, old = inst["name"], inst["primary_node"]
         new = self._replicated(inst, "fail over")
         force = bool(args.get("ignore_consistency"))
         if not await self._alive(new):
             raise JobFailed(f"cannot fail over '{name}': its secondary node '{new}' is not reporting")
         record, _ = await self.replica(name)
-        ok, why = replicas.trusted(record, await self.ops._get(model.report_key(old)), name)
+        ok, why = replicas.trusted(record, await self.store.get(model.report_key(old)), name)
         if not ok and not force:
             raise JobFailed(f"the copy of '{name}' on node '{new}' is {why}; failing over onto it could lose writes "
                             "the guest was told were done. Rerun with --ignore-consistency to start from it anyway")
@@ -291,9 +289,9 @@ class Moves:
             await ctx.log(f"WARNING: --ignore-consistency: the copy of '{name}' on node '{new}' is {why}, "
                           f"out of date {age}: every write '{name}' made on '{old}' after that is LOST")
         await ctx.log(f"failing over instance '{name}' from node '{old}' to node '{new}'")
-        hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+        hv = await self.store.hvparams(inst)
         if args.get("fenced"):  # automatic: the lost node's lease expired, so it has stopped the guest itself
-            if await self.ops._get(model.lease_key(old)) is not None:
+            if await self.store.get(model.lease_key(old)) is not None:
                 raise JobFailed(f"node '{old}' holds its node lease again: not failing over '{name}' away from "
                                 "a node that may still run it")
             await ctx.log(f"node '{old}' is lost and its node lease has expired: it has stopped '{name}' "
@@ -302,7 +300,7 @@ class Moves:
             await self._stop_on_old(ctx, inst, hv, force)
             if ok and not force:
                 await self._still_trusted(ctx, inst, hv)
-        await self.ops._order(new, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
+        await self.store.order(new, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
         await self._set_nodes(inst, new, old, home=old if args.get("fenced") else None)
         await ctx.log(f"node '{new}' is now the primary of '{name}'")
         result: dict[str, Any] = {"name": name, "node": new}
@@ -333,7 +331,7 @@ class Moves:
         """A clean shutdown where the primary still answers; a dead node's guest is gone anyway."""
         name, old = inst["name"], inst["primary_node"]
         try:
-            stopped = await self.ops._order(old, "instance.stop", {
+            stopped = await self.store.order(old, "instance.stop", {
                 "name": name, "timeout_s": hv["shutdown_timeout_s"], "force": False,
                 "nic_count": len(inst["nics"])}, timeout_s=hv["shutdown_timeout_s"] + 60)
             await ctx.log(f"instance '{name}' stopped on node '{old}' ({stopped['how']})")
@@ -344,17 +342,19 @@ class Moves:
             await ctx.log(f"node '{old}' does not answer ({exc}); going on as asked (--ignore-consistency)")
 
     # ---- duty -------------------------------------------------------------------------------
-    async def keep_mirrors(self) -> None:
-        """Restart mirrors that are not running and record whether each secondary copy is in sync."""
+    async def keep_mirrors(self, starting: Callable[[str], bool]) -> None:
+        """Restart mirrors that are not running and record whether each secondary copy is in sync.
+
+        `starting`: whether the restart duty is starting an instance (it protects it itself once started)."""
         now = time.monotonic()
         if now - self._last_duty < DUTY_EVERY_S:
             return
         self._last_duty = now
-        runner = self.ops.role.runner
-        for inst in await self.ops._prefix(model.INSTANCES):
+        runner = self.store.role.runner
+        for inst in await self.store.prefix(model.INSTANCES):
             if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
                 continue
-            if runner is None or runner.busy(f"instance/{inst['name']}") or self.ops.restarter.starting(inst["name"]):
+            if runner is None or runner.busy(f"instance/{inst['name']}") or starting(inst["name"]):
                 continue
             try:
                 await self._keep_one(inst)
@@ -370,7 +370,7 @@ class Moves:
         and a guest left paused at the switchover point resumes on the primary.
         """
         name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
-        reports = {n: await self.ops._get(model.report_key(n)) or {} for n in (primary, secondary)}
+        reports = {n: await self.store.get(model.report_key(n)) or {} for n in (primary, secondary)}
         if any(time.time() - r.get("time", 0) > REPORT_STALE_AFTER_S for r in reports.values()):
             return False
         there = reports[secondary].get("instances", {}).get(name)
@@ -378,21 +378,21 @@ class Moves:
         if here is not None and here.get("status") == "finish-migrate" and (there or {}).get("status") != "running":
             log.warning("instance '%s' is paused on node '%s' by a migration nobody finished: resuming it there",
                         name, primary)
-            await self.ops._order(primary, "instance.migrate-cancel", {"name": name})
+            await self.store.order(primary, "instance.migrate-cancel", {"name": name})
             return True
         if there is None:
             return False
         if there.get("status") == "inmigrate":
             log.warning("stopping the QEMU of '%s' left waiting for a migration on node '%s'", name, secondary)
-            await self.ops._order(secondary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
-                                                               "nic_count": len(inst["nics"])})
+            await self.store.order(secondary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                                "nic_count": len(inst["nics"])})
             return True
         if there.get("status") == "running" and (here is None or here.get("status") == "postmigrate"):
             log.warning("instance '%s' runs on its secondary node '%s' (a migration finished there but was "
                         "not recorded): '%s' is now its primary", name, secondary, secondary)
             if here is not None:
-                await self.ops._order(primary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
-                                                                 "nic_count": len(inst["nics"])})
+                await self.store.order(primary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                                  "nic_count": len(inst["nics"])})
             await self._set_nodes(inst, secondary, primary)
             return True
         return False
@@ -401,7 +401,7 @@ class Moves:
         if await self._settle_migration(inst):
             return
         name, primary = inst["name"], inst["primary_node"]
-        report = await self.ops._get(model.report_key(primary)) or {}
+        report = await self.store.get(model.report_key(primary)) or {}
         if time.time() - report.get("time", 0) > REPORT_STALE_AFTER_S or name not in report.get("instances", {}):
             return  # not running, or nothing known: nothing to mirror
         states = report.get("mirrors", {}).get(name, [])
@@ -411,7 +411,7 @@ class Moves:
         if statuses & set(replicas.JOINED) and not await self._secondary_up(secondary):
             await self.outdate(name, f"its secondary node '{secondary}' stopped answering")
             log.warning("the secondary '%s' of instance '%s' is gone: the primary goes on alone", secondary, name)
-            await self.ops._order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+            await self.store.order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
             return
         new = replicas.judge(record, states, float(report.get("time", 0)), time.time())
         if new is not None and await self._put_if_unchanged(name, new, revision):
@@ -421,7 +421,7 @@ class Moves:
         if "stalled" in statuses:
             log.warning("the secondary '%s' of instance '%s' hangs and blocks its disk writes: cutting the mirror",
                         inst["secondary_node"], name)
-            await self.ops._order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+            await self.store.order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
             return
         # A disk with no mirror at all (none started yet, or one hot-plugged whose attach failed) lists no state.
         if (len(states) < len(inst["disks"]) or statuses & {"failed", "stopped"}) \

@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.master.decide.evacuation import Plan, Step, plan_evacuation
 from hostagent.master.jobs import Handler, JobContext, JobFailed
 from hostagent.master.role import MasterRole
-from hostagent.master.operations import Operations
+from hostagent.master.store import Store
 from hostagent.master.decide.checks import NAME_RE
 from hostagent.master.decide.pool import DEFAULT_POOL_SIZE, PoolChange, next_change
 from hostagent.status import REPORT_STALE_AFTER_S
@@ -39,17 +39,19 @@ def _settling(exc: EtcdError) -> bool:
 
 
 class NodeOperations:
-    def __init__(self, ops: Operations, pki_paths: pki.PkiPaths) -> None:
-        self.ops = ops
-        self.role: MasterRole = ops.role
+    def __init__(self, store: Store, pki_paths: pki.PkiPaths, instance_jobs: Mapping[str, Handler]) -> None:
+        """`instance_jobs`: the instance job handlers by op, which an evacuation runs as its steps."""
+        self.store = store
+        self.role: MasterRole = store.role
+        self.instance_jobs = instance_jobs
         self.pki = pki_paths
         self._next_sweep = 0.0  # monotonic time of the next sweep of expired join tokens
 
     async def _nodes(self) -> list[dict[str, Any]]:
-        return await self.ops._prefix(model.NODES)
+        return await self.store.prefix(model.NODES)
 
     async def _node(self, name: str) -> dict[str, Any]:
-        node = await self.ops._get(model.node_key(name))
+        node = await self.store.get(model.node_key(name))
         if node is None:
             names = sorted(n["name"] for n in await self._nodes())
             raise NotFound(f"no node named '{name}' (nodes: {', '.join(names)})")
@@ -77,7 +79,7 @@ class NodeOperations:
         record = {"node": name, "address": address, "created": now, "expires": now + ttl_s,
                   "issued_by": self.role.node}
         stale = [Op.delete(kv.key) for kv in await self._token_kvs() if joining.token_state(kv.record, now) != "valid"]
-        await self.ops._write([Op.put(model.join_token_key(digest), model.dumps(record)), *stale])
+        await self.store.write([Op.put(model.join_token_key(digest), model.dumps(record)), *stale])
         log.info("issued a join token for node '%s' at %s, valid %.0f s", name, address, ttl_s)
         return {"token": token, "node": name, "address": address, "expires": record["expires"]}
 
@@ -118,7 +120,7 @@ class NodeOperations:
             raise Conflict("this join token was used or revoked at the same moment by another request; "
                            "issue a new one with `corral node add`")
         nodes = await self._nodes()
-        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        cluster = await self.store.get(model.CLUSTER_KEY) or {}
         with open(os.path.join(self.pki.directory, "gossip.key")) as fh:
             gossip_key = fh.read().strip()
         log.info("node '%s' at %s joined the cluster", name, address)
@@ -139,7 +141,7 @@ class NodeOperations:
         if not mine:
             others = sorted({str(kv.record.get("node")) for kv in kvs})
             raise NotFound(f"no join token for node '{name}' (tokens for: {', '.join(others) or 'none'})")
-        await self.ops._write([Op.delete(kv.key) for kv in mine])
+        await self.store.write([Op.delete(kv.key) for kv in mine])
         log.info("revoked %d join token(s) for node '%s'", len(mine), name)
         return {"node": name, "revoked": len(mine)}
 
@@ -167,7 +169,7 @@ class NodeOperations:
         if name == self.role.node:
             raise Conflict(f"node '{name}' is the master; hand over first with "
                            "`corral cluster master-failover`, then remove it from the new master")
-        hosted = [i["name"] for i in await self.ops._prefix(model.INSTANCES)
+        hosted = [i["name"] for i in await self.store.prefix(model.INSTANCES)
                   if name in (i["primary_node"], i.get("secondary_node"))]
         if hosted and not force:
             raise Conflict(f"node '{name}' hosts instances ({', '.join(hosted)}); move or remove them, "
@@ -175,8 +177,8 @@ class NodeOperations:
         if node.get("candidate"):
             await self._leave_etcd(node, "node removed")
         revoked = model.revocations(node, f"node '{name}' removed", time.time())
-        await self.ops._write([Op.delete(model.node_key(name)), Op.delete(model.report_key(name)),
-                               Op.delete(model.lease_key(name))] + [Op.put(k, v) for k, v in revoked])
+        await self.store.write([Op.delete(model.node_key(name)), Op.delete(model.report_key(name)),
+                                Op.delete(model.lease_key(name))] + [Op.put(k, v) for k, v in revoked])
         log.info("node '%s' removed from the cluster; its certificate is no longer accepted by agents or etcd",
                  name)
         return {"node": name, "instances_left": hosted}
@@ -193,7 +195,7 @@ class NodeOperations:
             node[flags[key]] = value
         if name == self.role.node and (node.get("offline") or not node.get("master_capable", True)):
             raise Conflict(f"node '{name}' is the master; hand over first with `corral cluster master-failover`")
-        await self.ops._write([Op.put(model.node_key(name), model.dumps(node))])
+        await self.store.write([Op.put(model.node_key(name), model.dumps(node))])
         log.info("node '%s' modified: %s", name, ", ".join(f"{k}={v}" for k, v in changes.items()))
         return node
 
@@ -203,16 +205,16 @@ class NodeOperations:
         node = await self._node(name)
         changed = bool(node.get("drained")) != drained
         if changed:
-            await self.ops._write([Op.put(model.node_key(name), model.dumps({**node, "drained": drained}))])
+            await self.store.write([Op.put(model.node_key(name), model.dumps({**node, "drained": drained}))])
             log.info("node '%s' %s", name, "drained: no new instances are placed there" if drained
                      else "undrained: it takes new instances again")
         return {"node": name, "drained": drained, "changed": changed}
 
     async def plan_evacuation(self, name: str) -> Plan:
         await self._node(name)
-        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
         return plan_evacuation(name, {n["name"]: n for n in await self._nodes()}, reports,
-                               await self.ops.trusting_instances(reports), time.time())
+                               await self.store.trusting_instances(reports), time.time())
 
     async def submit_evacuation(self, name: str) -> int:
         """Drain the node, then run the plan as one job; a plan that does not fit changes nothing."""
@@ -231,20 +233,19 @@ class NodeOperations:
     async def _job_evacuate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         """Each step is the instance job itself (its checks included); the first failure stops the rest."""
         name, steps = args["node"], [Step.from_dict(s) for s in args["steps"]]
-        jobs = self.ops.handlers()
         await ctx.log(f"evacuating node '{name}' (drained: nothing new is placed there) in {len(steps)} step(s)")
         for index, step in enumerate(steps, 1):
             where = f"step {index} of {len(steps)}"
             await ctx.log(f"{where}: {step.describe()}")
             await ctx.progress(index - 1, len(steps), f"{where}: {step.describe()}", ctx.started)
             try:
-                await jobs[step.op](_StepContext(ctx, index, len(steps)), step.job_args())
+                await self.instance_jobs[step.op](_StepContext(ctx, index, len(steps)), step.job_args())
             except JobFailed as exc:
                 raise JobFailed(f"{where} failed ({step.describe()}): {exc}. {_so_far(name, steps, index)}") from exc
             except Exception:
                 await ctx.log(f"{where} failed. {_so_far(name, steps, index)}")
                 raise
-        left = sorted(i["name"] for i in await self.ops._prefix(model.INSTANCES)
+        left = sorted(i["name"] for i in await self.store.prefix(model.INSTANCES)
                       if name in (i["primary_node"], i.get("secondary_node")))
         if left:
             await ctx.log(f"node '{name}' still holds {', '.join(left)} (changed while the evacuation ran); "
@@ -258,13 +259,13 @@ class NodeOperations:
     async def record_serials(self) -> list[str]:
         """Nodes recorded before certificate serials were (an upgraded cluster) get the serial their own
         report gives; from then on only that certificate is accepted for them. The nodes done."""
-        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
         done = []
         for node in await self._nodes():
             serial = (reports.get(node["name"]) or {}).get("cert_serial")
             if "cert_serials" not in node and isinstance(serial, str) and serial:
-                await self.ops._write([Op.put(model.node_key(node["name"]),
-                                              model.dumps({**node, "cert_serials": [serial]}))])
+                await self.store.write([Op.put(model.node_key(node["name"]),
+                                               model.dumps({**node, "cert_serials": [serial]}))])
                 log.info("node '%s': recorded its certificate serial %s (only that certificate is accepted now)",
                          node["name"], serial)
                 done.append(node["name"])
@@ -274,9 +275,9 @@ class NodeOperations:
         """Carry out at most one pool change, only while every etcd member is healthy."""
         if not self.role.lease_ok():
             return None
-        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        cluster = await self.store.get(model.CLUSTER_KEY) or {}
         nodes = await self._nodes()
-        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
         change = next_change(nodes, reports, self.role.node, int(cluster.get("candidate_pool_size",
                                                                                 DEFAULT_POOL_SIZE)), time.time())
         if change is None:
@@ -320,7 +321,7 @@ class NodeOperations:
         with open(self.pki.ca_key) as fh:
             ca_key = fh.read()
         try:
-            await self.ops._order(node["name"], "etcd.join", {"initial_cluster": ",".join(initial),
+            await self.store.order(node["name"], "etcd.join", {"initial_cluster": ",".join(initial),
                                                                 "ca_key": ca_key}, timeout_s=ETCD_JOIN_TIMEOUT_S)
             await self._promote(member.id, node["name"])
         except BaseException as exc:
@@ -328,11 +329,11 @@ class NodeOperations:
                         node["name"], exc)
             await self._patiently(lambda: self.role.client.member_remove(member.id))
             try:  # and reset the node, so a later promotion starts from scratch
-                await self.ops._order(node["name"], "etcd.leave", {}, timeout_s=30)
+                await self.store.order(node["name"], "etcd.leave", {}, timeout_s=30)
             except Exception as leave_exc:  # noqa: BLE001 - the node resets at its next promotion
                 log.warning("node '%s' did not confirm the reset: %s", node["name"], leave_exc)
             raise
-        await self.ops._write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": True}))])
+        await self.store.write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": True}))])
         log.info("node '%s' is now a master candidate", node["name"])
 
     @staticmethod
@@ -369,9 +370,9 @@ class NodeOperations:
         remaining = [e for e in self.role.client.endpoints if e != gone]
         if remaining:
             self.role.client.set_endpoints(remaining)
-        await self.ops._write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": False}))])
+        await self.store.write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": False}))])
         try:
-            await self.ops._order(node["name"], "etcd.leave", {}, timeout_s=30)
+            await self.store.order(node["name"], "etcd.leave", {}, timeout_s=30)
         except Exception as exc:  # noqa: BLE001 - the member is already out; the node cleans up on restart
             log.warning("node '%s' did not confirm leaving etcd (%s); it will when it is back", node["name"], exc)
 
@@ -387,7 +388,7 @@ class NodeOperations:
         elif not candidates:
             raise Conflict("there is no other master candidate to hand over to")
         if to is not None:
-            report = await self.ops._get(model.report_key(to))
+            report = await self.store.get(model.report_key(to))
             if report is None or time.time() - report.get("time", 0) > REPORT_STALE_AFTER_S:
                 raise Conflict(f"node '{to}' has not reported recently; hand over to a healthy candidate")
         busy = self.role.require().running_jobs()
@@ -395,7 +396,7 @@ class NodeOperations:
             raise Conflict(f"job(s) {', '.join(map(str, busy))} are running on this master; wait for them "
                            "(`corral job watch ID`) so that the hand-over interrupts nothing")
         handover = {"from": self.role.node, "to": to, "until": time.time() + HANDOVER_S}
-        await self.ops._write([Op.put(model.HANDOVER_KEY, model.dumps(handover))])
+        await self.store.write([Op.put(model.HANDOVER_KEY, model.dumps(handover))])
         log.info("handing the master role over to %s", f"node '{to}'" if to else "another candidate")
         await self.role.step_down(HANDOVER_S)
         return {"from": handover["from"], "to": to}

@@ -20,7 +20,7 @@ import election.lease
 from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
 
 from hostagent import model
-from hostagent.master.decide import nics, replicas
+from hostagent.master.decide import nics
 from hostagent.master import cdrom, pending, vncpass
 from hostagent.master.decide.checks import (ClusterView, check_add, check_kernel, check_modify, check_new_name,
                               check_reinstall, check_resources)
@@ -30,7 +30,8 @@ from hostagent.master.role import MasterRole
 from hostagent.master.diskops import DiskOps
 from hostagent.master.moves import Moves
 from hostagent.master.duties.restarter import Restarter
-from hostagent.orders import NodeClient, OrderFailed
+from hostagent.master.store import Store
+from hostagent.orders import NodeClient
 from hostagent.status import instance_status
 from hostagent.units import format_mib
 
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 # The master waits longer for an OS install than any node may take for it.
 INSTALL_TIMEOUT_S = 1800.0
-ORDER_TIMEOUT_S = 600.0
 CHOOSE_TRIES = 8  # a request whose chosen pool address (or made-up MAC) a job reserved first chooses again
 MODIFY_TRIES = 3  # an `instance modify` whose instances changed while it checked them is checked again
 
@@ -85,111 +85,18 @@ async def _choosing_again(submit: Callable[[], Awaitable[int]]) -> int:
 
 
 class Operations:
-    """Binds the master role to the node client; one instance per agent."""
+    """The instance and cluster jobs and their submit checks; builds the one store their handlers share."""
 
     def __init__(self, role: MasterRole, nodes: NodeClient) -> None:
         self.role = role
-        self.nodes = nodes
-        self.moves = Moves(self)
-        self.disks = DiskOps(self)
-        self.restarter = Restarter(self)
+        self.store = Store(role, nodes)
+        self.moves = Moves(self.store)
+        self.disks = DiskOps(self.store, self.moves)
+        self.restarter = Restarter(self.store, self.moves)
 
-    # ---- reads straight from etcd: the master must not act on a lagging replica
-    async def _get(self, key: str) -> Any:
-        kv = await self.role.client.get(key)
-        return None if kv is None else model.loads(kv.value)
-
-    async def _prefix(self, prefix: str) -> list[Any]:
-        kvs, _ = await self.role.client.get_prefix(prefix)
-        return [model.loads(kv.value) for kv in kvs]
-
-    async def instances(self) -> list[dict[str, Any]]:
-        return list(await self._prefix(model.INSTANCES))
-
-    async def trusting_instances(self, reports: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every instance, with `replica_in_sync` from its replica record (hostagent.master.decide.replicas)."""
-        records = {r["name"]: r for r in await self._prefix(model.REPLICAS) if "name" in r}
-        return replicas.with_trust(await self._prefix(model.INSTANCES), records, reports)
-
-    async def _instance(self, name: str) -> dict[str, Any]:
-        inst = await self._get(model.instance_key(name))
-        if inst is None:
-            names = [i["name"] for i in await self._prefix(model.INSTANCES)]
-            raise NotFound(f"no instance named '{name}'"
-                           + (f" (instances: {', '.join(names)})" if names else " (the cluster has no instances)"))
-        return inst
-
-    async def _write(self, ops: list[Op], compares: list[Compare] | None = None, refused: str = "") -> None:
-        """A guarded write; with `compares`, JobFailed(`refused`) when one does not hold."""
-        token = self.role.token
-        if token is None or not self.role.lease_ok():
-            raise JobFailed("this node is no longer certainly master (lease not renewed in time); stopped")
-        result = await self.role.lease.guarded_txn(token, ops, extra_compares=compares or [])
-        if compares and not result.succeeded:
-            raise JobFailed(refused)
-
-    @staticmethod
-    def address_writes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[list[Op], list[Compare]]:
-        """What writing `after` over `before` (None: absent) does to the held addresses (model.address_key),
-        with the compares that make it safe: a new address is free, the networks `after` uses exist."""
-        held, holds = model.held_addresses(before), model.held_addresses(after)
-        ops = [Op.delete(k) for k in held if k not in holds] + [Op.put(k, v) for k, v in holds.items() if k not in held]
-        compares = [Compare.create_revision(k, "=", 0) for k in holds if k not in held]
-        used = {n["network"] for n in (after or {}).get("nics") or [] if n.get("network")}
-        compares += [Compare.create_revision(model.network_key(n), ">", 0) for n in sorted(used)]
-        return ops, compares
-
-    async def nic_networks(self, inst: dict[str, Any]) -> dict[str, Any]:
-        """The networks an instance's NICs are on, for the OS scripts' NIC_n_NETWORK_* environment."""
-        names = {n["network"] for n in inst.get("nics") or [] if n.get("network")}
-        return {name: net for name in sorted(names) if (net := await self._get(model.network_key(name))) is not None}
-
-    async def _order(self, node_name: str, op: str, args: dict[str, Any],
-                     timeout_s: float = ORDER_TIMEOUT_S) -> dict[str, Any]:
-        node = await self._get(model.node_key(node_name))
-        if node is None:
-            raise JobFailed(f"node '{node_name}' is not in the cluster")
-        token = self.role.token
-        if token is None or not self.role.lease_ok():
-            raise JobFailed("this node is no longer certainly master (lease not renewed in time); "
-                            "no order sent")
-        try:
-            return await self.nodes.order(node_name, node["address"], node["api_port"], op, args, token, timeout_s)
-        except OrderFailed as exc:
-            raise JobFailed(str(exc)) from exc
-
-    async def put_new(self, key: str, record: dict[str, Any], exists_message: str) -> None:
-        """Create `key` only if absent, guarded by the master lease."""
-        token = self.role.token
-        if token is None:
-            raise Conflict("this node stopped being master; try again")
-        result = await self.role.lease.guarded_txn(token, [Op.put(key, model.dumps(record))],
-                                                   extra_compares=[Compare.create_revision(key, "=", 0)])
-        if not result.succeeded:
-            raise Conflict(exists_message)
-
-    async def delete_existing(self, key: str, missing_message: str) -> None:
-        token = self.role.token
-        if token is None:
-            raise Conflict("this node stopped being master; try again")
-        result = await self.role.lease.guarded_txn(token, [Op.delete(key)],
-                                                   extra_compares=[Compare.create_revision(key, ">", 0)])
-        if not result.succeeded:
-            raise NotFound(missing_message)
-
-    async def cluster_hv(self) -> dict[str, Any]:
-        cluster = await self._get(model.CLUSTER_KEY) or {}
-        return cluster.get("hvparams", {})
-
-    async def _running(self, inst: dict[str, Any]) -> bool:
-        """Whether a QEMU may run it now: marked up (it may be starting, unreported yet) or seen running."""
-        if inst.get("admin_state") == "up":
-            return True
-        report = await self._get(model.report_key(inst["primary_node"]))
-        return instance_status(inst, report, time.time()).pid is not None
-
-    def merged_hv(self, cluster_hv: dict[str, Any], inst: dict[str, Any]) -> dict[str, Any]:
-        return hvparams_to_dict(parse_hvparams(inst.get("hvparams", {}), parse_hvparams(cluster_hv)))
+    async def keep_mirrors(self) -> None:
+        """The mirror duty (Moves.keep_mirrors), leaving alone the instances the restart duty is starting."""
+        await self.moves.keep_mirrors(self.restarter.starting)
 
     # ---- submit ---------------------------------------------------------------
     async def submit_cluster_init(self, name: str, node: dict[str, Any], hvparams: dict[str, Any],
@@ -209,7 +116,7 @@ class Operations:
     async def _submit_add(self, req: dict[str, Any]) -> int:
         inst = check_add(req, await self._view(), time.time())
         if inst.cdrom:
-            await cdrom.check_on(self, inst.cdrom, [inst.primary_node, *filter(None, [inst.secondary_node])])
+            await cdrom.check_on(self.store, inst.cdrom, [inst.primary_node, *filter(None, [inst.secondary_node])])
         # Reserving the name and each MAC makes concurrent adds collide at submit,
         # not half-way through; the instance key itself must still be absent.
         reservations = [model.reservation_key("instance", inst.name)]
@@ -233,11 +140,12 @@ class Operations:
         for flag, value in (("restart", restart), ("force", force)):
             if not isinstance(value, bool):
                 raise BadRequest(f"{flag} must be true or false, not {value!r}")
-        inst = await self._instance(name)
+        inst = await self.store.instance(name)
         target = pending.effective(inst)
-        new = check_modify(target, changes, tuple(await self._prefix(model.INSTANCES)), await self.cluster_hv())
+        new = check_modify(target, changes, tuple(await self.store.prefix(model.INSTANCES)),
+                           await self.store.cluster_hv())
         if changes.get("cdrom") and new.get("cdrom"):
-            await cdrom.check_on(self, new["cdrom"], cdrom.nodes_of(inst))
+            await cdrom.check_on(self.store, new["cdrom"], cdrom.nodes_of(inst))
         reservations = []
         if "nics" in changes:
             new["nics"], _, changes["nics"] = await self._changed_nics(target, changes["nics"])
@@ -258,7 +166,7 @@ class Operations:
     async def nic_live_plan(self, inst: dict[str, Any], changes: list[dict[str, Any]],
                             after: int) -> nics.LivePlan | None:
         """How pinned NIC `changes` reach the guest now (hot-plug), or None when it is stopped (the config alone)."""
-        if not await self._running(inst):
+        if not await self.store.running(inst):
             return None
         return nics.live_plan(inst["name"], len(inst.get("nics") or []), changes, after)
 
@@ -267,14 +175,14 @@ class Operations:
         """Unplug, then plug, on the primary before the config says so, each step recorded in `done` (the
         caller undoes them with `_nics_undo` unless the config is then written)."""
         name, node = inst["name"], inst["primary_node"]
-        hv = self.merged_hv(await self.cluster_hv(), inst)
+        hv = await self.store.hvparams(inst)
         for index in plan.unplug:
-            await self._order(node, "instance.nic-unplug", {"name": name, "index": index})
+            await self.store.order(node, "instance.nic-unplug", {"name": name, "index": index})
             done.append(("unplug", index))
             await ctx.log(f"nic {index} of '{name}' unplugged from the running guest on node '{node}'")
         for index in plan.plug:
-            answer = await self._order(node, "instance.nic-hotplug",
-                                       {"name": name, "index": index, "nic": new[index], "hvparams": hv})
+            answer = await self.store.order(node, "instance.nic-hotplug",
+                                            {"name": name, "index": index, "nic": new[index], "hvparams": hv})
             done.append(("plug", index))
             await ctx.log(f"nic {index} of '{name}' " + ("hot-plugged into the running guest on node "
                                                           f"'{node}'" if answer.get("plugged") else
@@ -283,14 +191,14 @@ class Operations:
     async def _nics_undo(self, ctx: JobContext, inst: dict[str, Any], done: list[tuple[str, int]]) -> None:
         """Best effort, last step first: the guest's NICs as the (unchanged) config has them."""
         name, node, old = inst["name"], inst["primary_node"], inst.get("nics") or []
-        hv = self.merged_hv(await self.cluster_hv(), inst)
+        hv = await self.store.hvparams(inst)
         for step, index in reversed(done):
             try:
                 if step == "plug":
-                    await self._order(node, "instance.nic-unplug", {"name": name, "index": index})
+                    await self.store.order(node, "instance.nic-unplug", {"name": name, "index": index})
                 else:
-                    await self._order(node, "instance.nic-hotplug",
-                                      {"name": name, "index": index, "nic": old[index], "hvparams": hv})
+                    await self.store.order(node, "instance.nic-hotplug",
+                                           {"name": name, "index": index, "nic": old[index], "hvparams": hv})
                 await ctx.log(f"nic {index} of '{name}': {step} undone (the config did not change)")
             except JobFailed as exc:
                 await ctx.log(f"WARNING: could not undo the {step} of nic {index} of '{name}' ({exc}); "
@@ -301,22 +209,22 @@ class Operations:
         """hostagent.master.decide.nics.changed against the cluster's networks and what every other instance holds."""
         if not isinstance(changes, list):
             raise BadRequest(f"nics: {changes!r} is not a list of NIC changes")
-        instances = await self._prefix(model.INSTANCES)
+        instances = await self.store.prefix(model.INSTANCES)
         taken = nics.taken_by_others(instances, inst["name"], {})
         taken.ips = await self.used_addresses(instances, job_id, but=inst["name"])
-        nets = {n["name"]: n for n in await self._prefix(model.NETWORKS)}
+        nets = {n["name"]: n for n in await self.store.prefix(model.NETWORKS)}
         return nics.changed(inst.get("nics") or [], changes, nets, taken, random.SystemRandom())
 
     async def _view(self, job_id: int | None = None) -> ClusterView:
         """What checks read; `job_id`: a running job checking again, whose own reservations are not others'."""
-        instances = await self._prefix(model.INSTANCES)
-        cluster = await self._get(model.CLUSTER_KEY) or {}
+        instances = await self.store.prefix(model.INSTANCES)
+        cluster = await self.store.get(model.CLUSTER_KEY) or {}
         return ClusterView(
-            networks={n["name"]: n for n in await self._prefix(model.NETWORKS)},
+            networks={n["name"]: n for n in await self.store.prefix(model.NETWORKS)},
             used_ips=await self.used_addresses(instances, job_id),
             cluster_hv=cluster.get("hvparams", {}),
-            nodes={n["name"]: n for n in await self._prefix(model.NODES)},
-            reports={r["node"]: r for r in await self._prefix(model.REPORTS)},
+            nodes={n["name"]: n for n in await self.store.prefix(model.NODES)},
+            reports={r["node"]: r for r in await self.store.prefix(model.REPORTS)},
             instances={i["name"] for i in instances}, records=tuple(instances),
             used_macs={nic["mac"] for i in instances for nic in i["nics"]},
             defaults={**{k: cluster[f"default_{k}"] for k in ("memory_mib", "vcpus") if f"default_{k}" in cluster},
@@ -344,13 +252,13 @@ class Operations:
         return held
 
     async def submit_simple(self, op: str, name: str, params: dict[str, Any]) -> int:
-        inst = await self._instance(name)
+        inst = await self.store.instance(name)
         runner = self.role.require()
         if op == "instance.reboot" and params.get("type", "soft") not in ("soft", "hard"):
             raise BadRequest(f"reboot type {params.get('type')!r} is not one of soft, hard")
         if not runner.busy(f"instance/{name}"):
             # With no job pending on it, the node's report is the truth to check against.
-            report = await self._get(model.report_key(inst["primary_node"]))
+            report = await self.store.get(model.report_key(inst["primary_node"]))
             observed = instance_status(inst, report, time.time())
             where = f"on node '{inst['primary_node']}'"
             if op == "instance.start" and observed.pid is not None:
@@ -385,8 +293,8 @@ class Operations:
         cluster = {"name": args["name"], "created": time.time(), "hvparams": args["hvparams"],
                    "init_node": args["node"]["name"], "candidate_pool_size": args.get("candidate_pool_size", 3),
                    **args.get("settings", {})}
-        await self._write([Op.put(model.CLUSTER_KEY, model.dumps(cluster)),
-                           Op.put(model.node_key(args["node"]["name"]), model.dumps(args["node"]))])
+        await self.store.write([Op.put(model.CLUSTER_KEY, model.dumps(cluster)),
+                                Op.put(model.node_key(args["node"]["name"]), model.dumps(args["node"]))])
         await ctx.log(f"cluster '{args['name']}' created with node '{args['node']['name']}' as master")
         return {"name": args["name"]}
 
@@ -398,29 +306,29 @@ class Operations:
     async def _job_add(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = args["instance"]
         name, node = inst["name"], inst["primary_node"]
-        hv = self.merged_hv(await self.cluster_hv(), inst)
+        hv = await self.store.hvparams(inst)
         disks = ", ".join(f"disk {d['index']} {format_mib(d['size_mib'])} {d['format']}" for d in inst["disks"])
         await ctx.log(f"creating instance '{name}' on node '{node}': {disks}, OS '{inst['os']}'")
         started = time.monotonic()
         steps = 2 if args["start"] else 1
         await ctx.progress(0, steps, "creating disks and installing the OS", started)
-        await vncpass.ensure(self, inst)
+        await vncpass.ensure(self.store, inst)
         try:
             if inst.get("secondary_node"):
                 await ctx.log(f"creating the disk copies of '{name}' on secondary node '{inst['secondary_node']}'")
-                await self._order(inst["secondary_node"], "instance.replica-prepare",
-                                  {"name": name, "disks": inst["disks"]})
-            result = await self._order(node, "instance.create",
-                                       {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,
-                                        "networks": await self.nic_networks(inst)},
-                                       timeout_s=INSTALL_TIMEOUT_S + 60)
+                await self.store.order(inst["secondary_node"], "instance.replica-prepare",
+                                       {"name": name, "disks": inst["disks"]})
+            result = await self.store.order(node, "instance.create",
+                                            {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,
+                                        "networks": await self.store.nic_networks(inst)},
+                                            timeout_s=INSTALL_TIMEOUT_S + 60)
             await ctx.log(f"disks of '{name}' created and OS installed in {time.monotonic() - started:.1f} s")
             await ctx.progress(1, steps, "disks ready", started)
             inst["admin_state"] = "up" if args["start"] else "down"
-            addresses, compares = self.address_writes(None, inst)
-            await self._write([Op.put(model.instance_key(name), model.dumps(inst)), *addresses], compares,
-                              f"a network of '{name}' was removed, or one of its addresses taken, while it was "
-                              "created; `corral network info` shows what is free")
+            addresses, compares = self.store.address_writes(None, inst)
+            await self.store.write([Op.put(model.instance_key(name), model.dumps(inst)), *addresses], compares,
+                                   f"a network of '{name}' was removed, or one of its addresses taken, while it was "
+                                   "created; `corral network info` shows what is free")
         except Exception as exc:
             await self._undo_add(ctx, inst, exc)
             raise
@@ -434,17 +342,10 @@ class Operations:
         for node in [inst["primary_node"], *([inst["secondary_node"]] if inst.get("secondary_node") else [])]:
             try:
                 await ctx.log(f"removing what was created for '{name}' on node '{node}'")
-                await self._remove_on(node, inst)
+                await self.disks.remove_on(node, inst)
             except Exception as exc:  # noqa: BLE001 - reported; the cause is re-raised by the caller
                 log.warning("could not clean up after the failed add of '%s' on node '%s' (%s): %s; "
                             "`corral cluster verify` will list the leftovers", name, node, cause, exc)
-
-    async def _remove_on(self, node: str, inst: dict[str, Any]) -> None:
-        """Everything of `inst` on `node`: its QEMU, disk export and disks."""
-        if inst.get("secondary_node"):
-            await self._order(node, "instance.replica-unexport", {"name": inst["name"], "disks": inst["disks"]})
-        await self._order(node, "instance.remove", {"name": inst["name"], "disks": inst["disks"],
-                                                    "nic_count": len(inst["nics"])})
 
     async def _start(self, ctx: JobContext, inst: dict[str, Any], hv: dict[str, Any]) -> dict[str, Any]:
         await ctx.log(f"starting instance '{inst['name']}' on node '{inst['primary_node']}'")
@@ -465,29 +366,29 @@ class Operations:
             inst["admin_state"] = state
             inst["mtime"] = time.time()
             ops.append(Op.put(model.instance_key(inst["name"]), model.dumps(inst)))
-        await self._write(ops)
+        await self.store.write(ops)
 
     @_operator_errors
     async def _job_start(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        inst = await self._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         before = inst["admin_state"]
         # Marked up first, so that a master dying during the start leaves the restart duty to finish it.
         await self._set_admin(inst, "up")
         try:
-            return await self._start(ctx, inst, self.merged_hv(await self.cluster_hv(), inst))
+            return await self._start(ctx, inst, await self.store.hvparams(inst))
         except Exception:
             if before != "up":  # refused (or failed): no restart duty retrying what the operator saw fail
-                await self._set_admin(await self._instance(args["name"]), before)
+                await self._set_admin(await self.store.instance(args["name"]), before)
                 await ctx.log(f"instance '{inst['name']}' is marked {before} again: the start failed")
             raise
 
     async def _stop(self, ctx: JobContext, inst: dict[str, Any], force: bool, timeout_s: float | None) -> str:
-        hv = self.merged_hv(await self.cluster_hv(), inst)
+        hv = await self.store.hvparams(inst)
         timeout = float(timeout_s if timeout_s is not None else hv["shutdown_timeout_s"])
         how_asked = "stopping it now (--force)" if force else f"ACPI power-down, hard stop after {timeout:.0f} s"
         await ctx.log(f"stopping instance '{inst['name']}' on node '{inst['primary_node']}': {how_asked}")
-        result = await self._order(inst["primary_node"], "instance.stop",
-                                   {"name": inst["name"], "timeout_s": timeout, "force": force,
+        result = await self.store.order(inst["primary_node"], "instance.stop",
+                                        {"name": inst["name"], "timeout_s": timeout, "force": force,
                                     "nic_count": len(inst["nics"])}, timeout_s=timeout + 60)
         words = {"acpi": "shut down cleanly (ACPI)", "hard": "hard-stopped",
                  "not-running": "was not running"}
@@ -496,28 +397,28 @@ class Operations:
 
     @_operator_errors
     async def _job_stop(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        inst = await self._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         before = inst["admin_state"]
         await self._set_admin(inst, "down")  # first: the restart duty must not start it while it shuts down
         try:
             how = await self._stop(ctx, inst, bool(args.get("force")), args.get("timeout_s"))
         except Exception:
             if before != "down":  # the stop did not happen: the instance stays marked as it was
-                await self._set_admin(await self._instance(args["name"]), before)
+                await self._set_admin(await self.store.instance(args["name"]), before)
                 await ctx.log(f"instance '{inst['name']}' is marked {before} again: the stop failed")
             raise
         return {"name": inst["name"], "how": how}
 
     @_operator_errors
     async def _job_reboot(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        inst = await self._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         await self._set_admin(inst, "up")
         if args.get("type", "soft") == "hard":
             await ctx.log(f"hard-resetting instance '{inst['name']}' on node '{inst['primary_node']}'")
-            await self._order(inst["primary_node"], "instance.reset", {"name": inst["name"]})
+            await self.store.order(inst["primary_node"], "instance.reset", {"name": inst["name"]})
             return {"name": inst["name"], "type": "hard"}
         await self._stop(ctx, inst, False, None)
-        result = await self._start(ctx, inst, self.merged_hv(await self.cluster_hv(), inst))
+        result = await self._start(ctx, inst, await self.store.hvparams(inst))
         return {**result, "type": "soft"}
 
     @_operator_errors
@@ -525,7 +426,7 @@ class Operations:
         """Written only if the instance and those its `after` chain reaches are as checked: two modifies
         at once cannot close a cycle between them."""
         live: list[tuple[str, int]] = []  # NIC hot-plug steps done: once, undone unless the config says so
-        inst = await self._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         try:
             return await self._modify_tries(ctx, args, live)
         except BaseException:
@@ -543,7 +444,8 @@ class Operations:
                 raise NotFound(f"instance '{name}' was removed before it could be modified")
             inst = records[name][1]
             target = pending.effective(inst)
-            wanted = check_modify(target, changes, tuple(rec for _, rec in records.values()), await self.cluster_hv())
+            wanted = check_modify(target, changes, tuple(rec for _, rec in records.values()),
+                                  await self.store.cluster_hv())
             nic_lines: list[str] = []
             if "nics" in changes:
                 wanted["nics"], nic_lines, _ = await self._changed_nics(target, changes["nics"], ctx.job["id"])
@@ -556,14 +458,14 @@ class Operations:
             short = check_resources(target, wanted, view, time.time())
             if short and not args.get("force"):
                 raise JobFailed("; ".join(short))
-            running = await self._running(inst)
+            running = await self.store.running(inst)
             new = pending.split(inst, wanted, running)
             new["mtime"] = time.time()
             kept = [records[n][0] for n in _reached(name, new["after"], records)]
             token = self.role.token
             if token is None or not self.role.lease_ok():
                 raise JobFailed("this node is no longer certainly master (lease not renewed in time); stopped")
-            addresses, free = self.address_writes(inst, new)
+            addresses, free = self.store.address_writes(inst, new)
             result = await self.role.lease.guarded_txn(
                 token, [Op.put(model.instance_key(name), model.dumps(new)), *addresses],
                 extra_compares=[*(Compare.mod_revision(kv.key, "=", kv.mod_revision) for kv in kept), *free])
@@ -580,16 +482,16 @@ class Operations:
                     await ctx.log(f"WARNING (--force): {line}")
                 if {"boot_pattern", "boot_timeout_s"} & set(changes):
                     await ctx.log("the boot check applies from the next start of the instance")
-                await vncpass.ensure(self, new)
+                await vncpass.ensure(self.store, new)
                 if "cdrom" in changes:
-                    await cdrom.apply_live(self, ctx, new)
+                    await cdrom.apply_live(self.store, ctx, new)
                 if new.get("pending"):
                     await ctx.log(f"pending: {_pending_words(new['pending'])} take(s) effect at the next restart "
                                   f"of '{name}'" + (" (restarting it now, as asked)" if args.get("restart") else
                                                     " (`corral instance reboot`, or modify --restart)"))
                     if args.get("restart"):
                         await self._stop(ctx, pending.effective(new), False, None)  # its new shutdown timeout too
-                        await self._start(ctx, new, self.merged_hv(await self.cluster_hv(), new))
+                        await self._start(ctx, new, await self.store.hvparams(new))
                 return {"name": name, "pending": new.get("pending") or {},
                         **{key: wanted.get({"memory": "memory_mib"}.get(key, key)) for key in changes}}
             await ctx.log("the instances changed while this modify checked them; checking again")
@@ -598,9 +500,9 @@ class Operations:
 
     async def submit_rename(self, name: str, new_name: str) -> int:
         """Checked now: a valid free name, the instance stopped; the new name is reserved with the job."""
-        inst = await self._instance(name)
+        inst = await self.store.instance(name)
         await self._check_stopped(inst, "renamed")
-        instances = {i["name"] for i in await self._prefix(model.INSTANCES)}
+        instances = {i["name"] for i in await self.store.prefix(model.INSTANCES)}
         check_new_name(new_name, instances)
         return await self.role.require().submit(
             "instance.rename", {"name": name, "new_name": new_name}, f"rename instance '{name}' to '{new_name}'",
@@ -608,7 +510,7 @@ class Operations:
             must_exist=[model.instance_key(name)], must_not_exist=[model.instance_key(new_name)])
 
     async def _check_stopped(self, inst: dict[str, Any], what: str) -> None:
-        report = await self._get(model.report_key(inst["primary_node"]))
+        report = await self.store.get(model.report_key(inst["primary_node"]))
         if inst["admin_state"] == "up" or instance_status(inst, report, time.time()).pid is not None:
             raise Conflict(f"instance '{inst['name']}' is running (or marked up); it is {what} only stopped: "
                            f"`corral instance stop {inst['name']}` first")
@@ -617,57 +519,59 @@ class Operations:
     async def _job_rename(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         """Files on its nodes first (idempotent), then one transaction for every config reference."""
         old, new_name = args["name"], args["new_name"]
-        inst = await self._instance(old)
+        inst = await self.store.instance(old)
         await self._check_stopped(inst, "renamed")
         new = {**inst, "name": new_name, "mtime": time.time()}
-        hv = self.merged_hv(await self.cluster_hv(), inst)
+        hv = await self.store.hvparams(inst)
         if inst.get("secondary_node"):
-            await self._order(inst["secondary_node"], "instance.replica-unexport", {"name": old, "disks": inst["disks"]})
-            await self._order(inst["secondary_node"], "instance.rename",
-                              {"old_name": old, "instance": new, "hvparams": hv, "run_script": False})
+            await self.store.order(inst["secondary_node"], "instance.replica-unexport",
+                                   {"name": old, "disks": inst["disks"]})
+            await self.store.order(inst["secondary_node"], "instance.rename",
+                                   {"old_name": old, "instance": new, "hvparams": hv, "run_script": False})
             await ctx.log(f"the copy of '{old}' on node '{inst['secondary_node']}' is now '{new_name}''s")
-        result = await self._order(inst["primary_node"], "instance.rename",
-                                   {"old_name": old, "instance": new, "hvparams": hv, "run_script": True,
-                                    "networks": await self.nic_networks(inst)}, timeout_s=3600)
+        result = await self.store.order(inst["primary_node"], "instance.rename",
+                                        {"old_name": old, "instance": new, "hvparams": hv, "run_script": True,
+                                    "networks": await self.store.nic_networks(inst)}, timeout_s=3600)
         if result.get("script_log"):
             await ctx.log(f"the OS rename script ran on node '{inst['primary_node']}' (log {result['script_log']})")
         writes = [Op.put(model.instance_key(new_name), model.dumps(new)), Op.delete(model.instance_key(old)),
                   Op.delete(model.restart_key(old))]
-        replica = await self._get(model.replica_key(old))
+        replica = await self.store.get(model.replica_key(old))
         if replica is not None:
             writes += [Op.put(model.replica_key(new_name), model.dumps({**replica, "name": new_name})),
                        Op.delete(model.replica_key(old))]
-        for other in await self._prefix(model.INSTANCES):
+        for other in await self.store.prefix(model.INSTANCES):
             if old in (other.get("after") or []):
                 other["after"] = [new_name if a == old else a for a in other["after"]]
                 writes.append(Op.put(model.instance_key(other["name"]), model.dumps(other)))
                 await ctx.log(f"instance '{other['name']}' now starts after '{new_name}'")
-        await self._write(writes)
+        await self.store.write(writes)
         await ctx.log(f"instance '{old}' is now '{new_name}' (same UUID, MACs and disks; past events keep "
                       f"the name '{old}')")
         return {"name": new_name, "old_name": old}
 
     async def _check_reinstall(self, name: str, params: dict[str, Any]) -> None:
-        check_reinstall(await self._instance(name), params, await self._view())
+        check_reinstall(await self.store.instance(name), params, await self._view())
 
     @_operator_errors
     async def _job_reinstall(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         """Stop, make the disks again with the OS installed anew, start again if it ran."""
-        inst = await self._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         new = check_reinstall(inst, args, await self._view())
         name, node = inst["name"], inst["primary_node"]
-        if await self._running(inst):
+        if await self.store.running(inst):
             await self._stop(ctx, inst, False, None)
         if inst.get("secondary_node"):  # the copy holds what is about to be destroyed: never fail over to it
             await self.moves.outdate(name, "the instance was reinstalled; its copy holds the old content")
-        hv = self.merged_hv(await self.cluster_hv(), new)
+        hv = await self.store.hvparams(new)
         await ctx.log(f"reinstalling instance '{name}' on node '{node}' with OS '{new['os']}': "
                       "the content of its disks is destroyed")
-        await self._order(node, "instance.reinstall", {"instance": new, "hvparams": hv,
-                                                      "install_id": f"{ctx.job['id']}-{name}",
-                                                      "networks": await self.nic_networks(new)}, timeout_s=3600)
+        await self.store.order(node, "instance.reinstall", {"instance": new, "hvparams": hv,
+                                                            "install_id": f"{ctx.job['id']}-{name}",
+                                                            "networks": await self.store.nic_networks(new)},
+                               timeout_s=3600)
         new["mtime"] = time.time()
-        await self._write([Op.put(model.instance_key(name), model.dumps(new))])
+        await self.store.write([Op.put(model.instance_key(name), model.dumps(new))])
         await ctx.log(f"instance '{name}' reinstalled with OS '{new['os']}'")
         if new["admin_state"] == "up":
             await self._start(ctx, new, hv)
@@ -675,19 +579,19 @@ class Operations:
 
     @_operator_errors
     async def _job_remove(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        inst = await self._instance(args["name"])
+        inst = await self.store.instance(args["name"])
         nodes = [inst["primary_node"], *([inst["secondary_node"]] if inst.get("secondary_node") else [])]
         await ctx.log(f"removing instance '{inst['name']}' from node(s) {', '.join(nodes)}: "
                       "stopping it and deleting its disks")
-        await self._remove_on(inst["primary_node"], inst)
+        await self.disks.remove_on(inst["primary_node"], inst)
         for node in nodes[1:]:  # a lost secondary must not keep the instance: its copy becomes an orphan
             try:
-                await self._remove_on(node, inst)
+                await self.disks.remove_on(node, inst)
             except JobFailed as exc:
                 await ctx.log(f"could not delete the copy on secondary node '{node}' ({exc}); "
                               "`corral cluster verify` lists it as an orphan once that node is back")
-        addresses, _ = self.address_writes(inst, None)
-        await self._write([Op.delete(model.instance_key(inst["name"])), *addresses, vncpass.forget(inst["uuid"])])
+        addresses, _ = self.store.address_writes(inst, None)
+        await self.store.write([Op.delete(model.instance_key(inst["name"])), *addresses, vncpass.forget(inst["uuid"])])
         await ctx.log(f"instance '{inst['name']}' removed" + (f" (addresses released: {_addresses(inst)})"
                                                               if addresses else ""))
         return {"name": inst["name"]}

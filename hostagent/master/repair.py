@@ -28,21 +28,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from election.etcd import Op
 
 from hostagent import model, views
-from hostagent.master.events import event_ops
 from hostagent.master.jobs import JobFailed
 from hostagent.master.decide.restarts import Event
+from hostagent.master.store import Store
 from hostagent.status import REPORT_STALE_AFTER_S
 from hostagent.views import Finding
-
-if TYPE_CHECKING:
-    from hostagent.master.operations import Operations
 
 log = logging.getLogger(__name__)
 
@@ -155,23 +152,24 @@ def _key(f: Finding) -> tuple[Any, ...]:
 class Repair:
     """Carries out `plan()` on the master, through the same orders the jobs use."""
 
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
+    def __init__(self, store: Store, starting: Callable[[str], bool]) -> None:
+        self.store = store
+        self.starting = starting  # the restart duty is starting that instance: no repair meanwhile
 
     async def _state(self) -> tuple[list[Finding], dict[str, Any]]:
         """Verify's findings from etcd, and what they were computed from."""
-        ops = self.ops
-        instances = await ops._prefix(model.INSTANCES)
-        tracks = await ops._prefix(model.RESTARTS)
+        store = self.store
+        instances = await store.prefix(model.INSTANCES)
+        tracks = await store.prefix(model.RESTARTS)
         by_track = {t["name"]: t for t in tracks}
         state: dict[str, Any] = {"instances": instances,
-                 "reports": {r["node"]: r for r in await ops._prefix(model.REPORTS)},
-                 "leases": {lease["node"]: lease for lease in await ops._prefix(model.LEASES)},
-                 "jobs": await ops._prefix(model.JOBS)}
-        findings = views.verify(await ops._prefix(model.NODES),
+                 "reports": {r["node"]: r for r in await store.prefix(model.REPORTS)},
+                 "leases": {lease["node"]: lease for lease in await store.prefix(model.LEASES)},
+                 "jobs": await store.prefix(model.JOBS)}
+        findings = views.verify(await store.prefix(model.NODES),
                                 [{**i, "restart": by_track.get(i["name"])} for i in instances],
-                                state["reports"], state["jobs"], ops.role.node, time.time(),
-                                cluster=await ops._get(model.CLUSTER_KEY) or {}, leases=state["leases"],
+                                state["reports"], state["jobs"], store.role.node, time.time(),
+                                cluster=await store.get(model.CLUSTER_KEY) or {}, leases=state["leases"],
                                 tracks=tracks)
         return findings, state
 
@@ -180,7 +178,7 @@ class Repair:
         findings, state = await self._state()
         busy = views.jobs_in_flight(state["jobs"])
         busy |= {f.instance: "the master is restarting it" for f in findings
-                 if f.instance and self.ops.restarter.starting(f.instance)}
+                 if f.instance and self.starting(f.instance)}
         steps = plan(findings, state["instances"], state["reports"], state["leases"], busy, time.time())
         outcomes = await asyncio.gather(*(self._carry_out(s) for s in steps))
         acted = [(s, o) for s, o in zip(steps, outcomes) if s.action]
@@ -189,7 +187,7 @@ class Repair:
             events = [Event(s.finding.instance, s.node or s.finding.node, "repair",
                             f"cluster repair: {s.action}: {'done' if ok == 'repaired' else 'failed'} ({detail})")
                       for s, (ok, detail) in acted]
-            await self.ops._write(await event_ops(self.ops.role.client, events, now))
+            await self.store.write(await self.store.event_ops(events, now))
             await self._settle([s.finding for s, (ok, _) in acted if ok == "repaired"])
         return [{"severity": s.finding.severity, "message": s.finding.message, "code": s.finding.code,
                  "action": s.action, "outcome": outcome, "detail": detail}
@@ -200,10 +198,10 @@ class Repair:
             return "left", step.manual
         try:
             if step.op:
-                result = await self.ops._order(step.node, step.op, dict(step.args), timeout_s=ORDER_TIMEOUT_S)
+                result = await self.store.order(step.node, step.op, dict(step.args), timeout_s=ORDER_TIMEOUT_S)
                 detail = _result_words(step.op, result)
             else:
-                await self.ops._write([Op.delete(step.delete_key)])
+                await self.store.write([Op.delete(step.delete_key)])
                 detail = "cleared"
         except JobFailed as exc:
             log.warning("cluster repair could not %s: %s", step.action, exc)

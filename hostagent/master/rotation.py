@@ -24,19 +24,19 @@ from membership.rpc import SerfError, SerfRpc
 
 from hostagent import model, pki
 from hostagent.master.jobs import JobContext, JobFailed
-from hostagent.master.operations import Operations
+from hostagent.master.store import Store
 
 
 class Rotation:
-    def __init__(self, ops: Operations, pki_paths: pki.PkiPaths,
+    def __init__(self, store: Store, pki_paths: pki.PkiPaths,
                  serf: Callable[[], Awaitable[SerfRpc]], gossip_key: Callable[[], str]) -> None:
-        self.ops = ops
+        self.store = store
         self.pki = pki_paths
         self._serf = serf
         self._gossip_key = gossip_key
 
     async def job(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        nodes = await self.ops._prefix(model.NODES)
+        nodes = await self.store.prefix(model.NODES)
         new_ca = bool(args.get("new_ca"))
         if new_ca:
             await self._trust_next_ca(ctx, nodes)
@@ -45,7 +45,7 @@ class Rotation:
         renewed = []
         for i, node in enumerate(nodes):
             await ctx.progress(i, len(nodes), f"renewing the certificate of node '{node['name']}'", ctx.started)
-            csr = (await self.ops._order(node["name"], "secrets.csr", {}))["csr"]
+            csr = (await self.store.order(node["name"], "secrets.csr", {}))["csr"]
             try:
                 cert = pki.sign_node_key(self.pki, pki.csr_public_key(csr.encode()), node["name"], node["address"],
                                          next_ca=new_ca)
@@ -67,20 +67,20 @@ class Rotation:
         start), and the order returns once that member serves reads again, so the
         etcd cluster never loses more than one member.
         """
-        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        cluster = await self.store.get(model.CLUSTER_KEY) or {}
         key_pem, cert_pem = pki.create_next_ca(self.pki, str(cluster.get("name", "corral")))
         await ctx.log(f"new cluster CA {pki.fingerprint_of(cert_pem)}; every node trusts both CAs first")
         for i, node in enumerate(nodes):
             await ctx.progress(i, len(nodes), f"node '{node['name']}' trusts the new CA", ctx.started)
             args = {"ca": cert_pem.decode(), **({"ca_key": key_pem.decode()} if node.get("candidate") else {})}
-            await self.ops._order(node["name"], "secrets.ca-trust", args, timeout_s=120)
+            await self.store.order(node["name"], "secrets.ca-trust", args, timeout_s=120)
 
     async def _retire_old_ca(self, ctx: JobContext, nodes: list[dict[str, Any]]) -> str:
         with open(self.pki.ca_next_cert, "rb") as fh:
             cert_pem = fh.read()
         for i, node in enumerate(nodes):
             await ctx.progress(i, len(nodes), f"node '{node['name']}' stops trusting the old CA", ctx.started)
-            await self.ops._order(node["name"], "secrets.ca-retire", {"ca": cert_pem.decode()}, timeout_s=120)
+            await self.store.order(node["name"], "secrets.ca-retire", {"ca": cert_pem.decode()}, timeout_s=120)
         fingerprint = pki.fingerprint_of(cert_pem)
         await ctx.log(f"the old cluster CA is retired everywhere; the cluster CA is now {fingerprint} "
                       "(join tokens issued before pin the old one: issue new ones)")
@@ -94,12 +94,12 @@ class Rotation:
         """
         old = [s for s in node.get("cert_serials") or [] if s != serial]
         key = model.node_key(node["name"])
-        await self.ops._write([Op.put(key, model.dumps({**node, "cert_serials": old + [serial]}))])
-        await self.ops._order(node["name"], "secrets.cert", {"cert": cert.decode()})
-        now = (await self.ops._get(key)) or node
+        await self.store.write([Op.put(key, model.dumps({**node, "cert_serials": old + [serial]}))])
+        await self.store.order(node["name"], "secrets.cert", {"cert": cert.decode()})
+        now = (await self.store.get(key)) or node
         revoked = model.revocations({**node, "cert_serials": old}, "replaced by rotate-secrets", time.time())
-        await self.ops._write([Op.put(key, model.dumps({**now, "cert_serials": [serial]}))]
-                              + [Op.put(k, v) for k, v in revoked])
+        await self.store.write([Op.put(key, model.dumps({**now, "cert_serials": [serial]}))]
+                               + [Op.put(k, v) for k, v in revoked])
 
     async def _rotate_gossip(self, ctx: JobContext, nodes: list[dict[str, Any]]) -> None:
         old, new = self._gossip_key(), new_gossip_key()
@@ -117,4 +117,4 @@ class Rotation:
         finally:
             await rpc.close()
         for node in nodes:  # the file is what joins are answered with, and what a restart reads
-            await self.ops._order(node["name"], "secrets.gossip", {"key": new})
+            await self.store.order(node["name"], "secrets.gossip", {"key": new})

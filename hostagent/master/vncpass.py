@@ -13,14 +13,12 @@ against the lab's other users, not more.
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from election.etcd import Op
 
 from hostagent import model
-
-if TYPE_CHECKING:
-    from hostagent.master.operations import Operations
+from hostagent.master.store import Store
 
 PREFIX = "/corral/vnc-passwords/"
 LENGTH = 8  # all that VNC authentication uses
@@ -41,10 +39,10 @@ def password(replica: Any, uuid: str) -> str:
     return str(record.get("password", "")) if isinstance(record, dict) else ""
 
 
-async def ensure(ops: Operations, inst: dict[str, Any]) -> None:
+async def ensure(store: Store, inst: dict[str, Any]) -> None:
     """Give `inst` a password unless it has one (the master, in the add and modify jobs)."""
-    if await ops._get(key(inst["uuid"])) is None:
-        await ops._write([Op.put(key(inst["uuid"]), model.dumps({"password": new_password()}))])
+    if await store.get(key(inst["uuid"])) is None:
+        await store.write([Op.put(key(inst["uuid"]), model.dumps({"password": new_password()}))])
 
 
 def forget(uuid: str) -> Op:

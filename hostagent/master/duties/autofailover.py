@@ -14,18 +14,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from election.etcd import Op
 
 from hostagent import model
 from hostagent.errors import Conflict, NotFound
-from hostagent.master.events import event_ops
 from hostagent.master.decide.failovers import Decision, Policy, State, View, decide, failbacks
+from hostagent.master.store import Store
 from hostagent.status import REPORT_STALE_AFTER_S
-
-if TYPE_CHECKING:
-    from hostagent.master.operations import Operations
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +30,20 @@ PASS_EVERY_S = 1.0
 
 
 class AutoFailover:
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self._last_pass = 0.0
 
     async def view(self, now: float) -> View:
-        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
-        instances = await self.ops.trusting_instances(reports)
-        kvs, _ = await self.ops.role.client.get_prefix(model.LEASES)
+        reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
+        instances = await self.store.trusting_instances(reports)
+        kvs, _ = await self.store.role.client.get_prefix(model.LEASES)
         leases = frozenset(kv.key.rsplit("/", 1)[1] for kv in kvs)
         alive = frozenset(n for n, r in reports.items() if now - r.get("time", 0) <= REPORT_STALE_AFTER_S and n in leases)
-        runner = self.ops.role.runner
+        runner = self.store.role.runner
         busy = frozenset(i["name"] for i in instances if runner is not None and runner.busy(f"instance/{i['name']}"))
-        return View(tuple(await self.ops._prefix(model.NODES)), leases, reports, tuple(instances),
-                    await self.ops._get(model.CLUSTER_KEY) or {}, alive, self.ops.role.master_since, busy)
+        return View(tuple(await self.store.prefix(model.NODES)), leases, reports, tuple(instances),
+                    await self.store.get(model.CLUSTER_KEY) or {}, alive, self.store.role.master_since, busy)
 
     async def step(self) -> None:
         if time.monotonic() - self._last_pass < PASS_EVERY_S:
@@ -54,7 +51,7 @@ class AutoFailover:
         self._last_pass = time.monotonic()
         now = time.time()
         view = await self.view(now)
-        state = State.from_dict(await self.ops._get(model.FAILOVER_STATE_KEY) or {})
+        state = State.from_dict(await self.store.get(model.FAILOVER_STATE_KEY) or {})
         decision = decide(view, state, now)
         back = failbacks(view, decision.state, now)
         decision.events.extend(e for _, _, e in back)
@@ -63,7 +60,7 @@ class AutoFailover:
             (log.warning if event.kind in ("alert", "refuse", "node-lost") else log.info)("%s", event.message)
         for name, _, target in decision.failovers:
             try:
-                job = await self.ops.role.require().submit(
+                job = await self.store.role.require().submit(
                     "instance.failover", {"name": name, "fenced": True},
                     f"fail over instance '{name}' to node '{target}' (its node was lost)",
                     must_exist=[model.instance_key(name)])
@@ -72,7 +69,7 @@ class AutoFailover:
                 log.info("instance '%s': automatic failover not submitted: %s", name, exc)
         for name, home, _ in back:
             try:
-                await self.ops.role.require().submit(
+                await self.store.role.require().submit(
                     "instance.migrate", {"name": name}, f"fail back instance '{name}' to node '{home}'",
                     must_exist=[model.instance_key(name)])
             except Conflict as exc:
@@ -84,9 +81,9 @@ class AutoFailover:
             ops.append(Op.put(model.FAILOVER_STATE_KEY, model.dumps(decision.state.to_dict())))
         if decision.alert is not None:
             ops.append(Op.put(model.CLUSTER_KEY, model.dumps({**cluster, "alert": decision.alert})))
-        ops += await event_ops(self.ops.role.client, decision.events, now)
+        ops += await self.store.event_ops(decision.events, now)
         if ops:
-            await self.ops._write(ops)
+            await self.store.write(ops)
 
     async def simulate(self, fail: list[str]) -> dict[str, Any]:
         """What this master would decide if the nodes in `fail` were lost now (their leases gone)."""

@@ -14,17 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from election.etcd import Op
 
 from hostagent import model
 from hostagent.master.jobs import JobFailed
+from hostagent.master.moves import Moves
 from hostagent.master.decide.restarts import Policy, Track, View, decide
+from hostagent.master.store import Store
 from hostagent.status import REPORT_STALE_AFTER_S
-
-if TYPE_CHECKING:
-    from hostagent.master.operations import Operations
 
 log = logging.getLogger(__name__)
 JOB_UNSEEN_MAX_S = 30.0  # how long a restart waits for a node report made after a job on its instance
@@ -34,8 +33,9 @@ EVENTS_KEPT = 1000
 
 
 class Restarter:
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
+    def __init__(self, store: Store, moves: Moves) -> None:
+        self.store = store
+        self.moves = moves  # starts apply pending changes and protect a mirror the way a start job does
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self._last_pass = 0.0
@@ -50,14 +50,14 @@ class Restarter:
             return
         self._last_pass = time.monotonic()
         self._starting = {n: t for n, t in self._starting.items() if not t.done()}
-        instances = await self.ops._prefix(model.INSTANCES)
-        reports = {r["node"]: r for r in await self.ops._prefix(model.REPORTS)}
+        instances = await self.store.prefix(model.INSTANCES)
+        reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
         leases = {key.rsplit("/", 1)[1] for key in await self._keys(model.LEASES)}
         now = time.time()
         alive = frozenset(n for n, r in reports.items()
                           if now - r.get("time", 0) <= REPORT_STALE_AFTER_S and n in leases)
-        tracks = {t["name"]: Track.from_dict(t) for t in await self.ops._prefix(model.RESTARTS)}
-        runner = self.ops.role.runner
+        tracks = {t["name"]: Track.from_dict(t) for t in await self.store.prefix(model.RESTARTS)}
+        runner = self.store.role.runner
         busy = frozenset(i["name"] for i in instances
                          if runner is not None and (runner.busy(f"instance/{i['name']}") or unseen(
                              runner.ended_at(f"instance/{i['name']}"), reports.get(i["primary_node"]), now))
@@ -68,7 +68,7 @@ class Restarter:
             node = by_name.get(name, {}).get("primary_node")
             if node:
                 starting_on[node] = starting_on.get(node, 0) + 1
-        cluster = await self.ops._get(model.CLUSTER_KEY) or {}
+        cluster = await self.store.get(model.CLUSTER_KEY) or {}
         policy = Policy(backoff_s=float(cluster.get("restart_backoff_s", Policy.backoff_s)))
         decision = decide(View(tuple(instances), reports, alive, busy, starting_on), tracks, now, policy)
         await self._save(tracks, decision.tracks, [
@@ -89,19 +89,19 @@ class Restarter:
                                                        name=f"restart-{name}")
 
     async def _keys(self, prefix: str) -> list[str]:
-        kvs, _ = await self.ops.role.client.get_prefix(prefix)
+        kvs, _ = await self.store.role.client.get_prefix(prefix)
         return [kv.key for kv in kvs]
 
     async def _save(self, before: dict[str, Track], after: dict[str, Track], events: list[Op]) -> None:
         """Tracks that changed and the events that say why, in one write; old events are pruned."""
         if events:
-            kvs, _ = await self.ops.role.client.get_prefix(model.EVENTS)
+            kvs, _ = await self.store.role.client.get_prefix(model.EVENTS)
             events += [Op.delete(kv.key) for kv in kvs[:max(0, len(kvs) + len(events) - EVENTS_KEPT)]]
         ops = events + [Op.put(model.restart_key(n), model.dumps({"name": n, **t.to_dict()}))
                for n, t in after.items() if before.get(n) != t]
         ops += [Op.delete(model.restart_key(n)) for n in before if n not in after]
         if ops:
-            await self.ops._write(ops)
+            await self.store.write(ops)
 
     async def _keep_console(self, name: str, node: str, seen: list[str]) -> None:
         """The last console lines of an instance given up: they usually say why it did not come up.
@@ -110,20 +110,20 @@ class Restarter:
         tail = seen
         try:
             if not tail:
-                tail = (await self.ops._order(node, "instance.console-tail", {"name": name}, timeout_s=10))["lines"]
+                tail = (await self.store.order(node, "instance.console-tail", {"name": name}, timeout_s=10))["lines"]
         except JobFailed as exc:
             tail = [f"(console of node '{node}' not readable: {exc})"]
-        raw = await self.ops._get(model.restart_key(name))
+        raw = await self.store.get(model.restart_key(name))
         if raw is not None:
             raw["console"] = tail
-            await self.ops._write([Op.put(model.restart_key(name), model.dumps(raw))])
+            await self.store.write([Op.put(model.restart_key(name), model.dumps(raw))])
 
     async def _stop(self, inst: dict[str, Any]) -> None:
         """Hard stop of a QEMU whose guest was given up: it would only hold memory and CPU."""
         name, node = inst["name"], inst["primary_node"]
         try:
-            await self.ops._order(node, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
-                                                          "nic_count": len(inst["nics"])})
+            await self.store.order(node, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                           "nic_count": len(inst["nics"])})
             log.info("instance '%s': stopped its QEMU on node '%s' (given up)", name, node)
         except JobFailed as exc:
             log.warning("instance '%s': could not stop its QEMU on node '%s' after giving it up: %s; "
@@ -135,21 +135,21 @@ class Restarter:
         `dead_qemu`: QEMU is there but its guest is not (panicked, shut down): stop it first."""
         name, node = inst["name"], inst["primary_node"]
         try:
-            hv = self.ops.merged_hv(await self.ops.cluster_hv(), inst)
+            hv = await self.store.hvparams(inst)
             if dead_qemu:
-                await self.ops._order(node, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
-                                                              "nic_count": len(inst["nics"])})
-            result = await self.ops.moves.start_order(node, inst, hv)
+                await self.store.order(node, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                               "nic_count": len(inst["nics"])})
+            result = await self.moves.start_order(node, inst, hv)
             log.info("instance '%s' restarted on node '%s' (pid %s)", name, node, result.get("pid"))
             if inst.get("secondary_node"):
-                await self.ops.moves.protect(None, inst)
+                await self.moves.protect(None, inst)
         except Exception as exc:  # noqa: BLE001 - nobody awaits this task: every failure ends here, in words
             log.warning("instance '%s': start on node '%s' failed: %s", name, node, exc)
             try:
-                raw = await self.ops._get(model.restart_key(name))
+                raw = await self.store.get(model.restart_key(name))
                 if raw is not None:
                     raw["last_error"] = str(exc) or type(exc).__name__
-                    await self.ops._write([Op.put(model.restart_key(name), model.dumps(raw))])
+                    await self.store.write([Op.put(model.restart_key(name), model.dumps(raw))])
             except Exception as record_exc:  # noqa: BLE001 - e.g. this node stopped being master meanwhile
                 log.warning("instance '%s': could not record the failed start (%s); the next master judges it "
                             "from the node's report", name, record_exc)

@@ -229,7 +229,6 @@ class _Ops:
     """The instance jobs an evacuation runs, recorded; `fail` names the step (op, instance) that fails."""
 
     def __init__(self, fail: tuple[str, str] | None = None) -> None:
-        self.role = None
         self.fail = fail
         self.ran: list[tuple[str, str]] = []
 
@@ -245,7 +244,13 @@ class _Ops:
         return {f"instance.{action}": job(f"instance.{action}")
                 for action in ("migrate", "failover", "move", "replace-secondary")}
 
-    async def _prefix(self, prefix: str) -> list[dict[str, Any]]:
+
+class _Store:
+    """A config with no instances left on the node once the steps ran."""
+
+    role = None
+
+    async def prefix(self, prefix: str) -> list[dict[str, Any]]:
         return []
 
 
@@ -256,7 +261,7 @@ EVACUATION = {"node": "n2", "instances": ["f1", "k1", "m1"], "steps": [
 
 async def test_an_evacuation_runs_each_step_as_its_instance_job_and_says_when_the_node_is_empty():
     ops, job = _Ops(), {"id": 3, "log": [], "progress": None}
-    result = await NodeOperations(ops, None)._job_evacuate(JobContext(_Runner(), job), EVACUATION)  # type: ignore
+    result = await NodeOperations(_Store(), None, ops.handlers())._job_evacuate(JobContext(_Runner(), job), EVACUATION)  # type: ignore
     assert ops.ran == [("instance.migrate", "m1"), ("instance.move", "f1"), ("instance.replace-secondary", "k1")]
     lines = [line for _, line in job["log"]]
     assert "step 2 of 3: move stopped instance 'f1' with its disks from node 'n2' to node 'n1'" in lines
@@ -267,7 +272,7 @@ async def test_an_evacuation_runs_each_step_as_its_instance_job_and_says_when_th
 async def test_an_evacuation_stops_at_the_first_failed_step_saying_what_was_done_and_what_remains():
     ops, job = _Ops(fail=("instance.move", "f1")), {"id": 3, "log": [], "progress": None}
     with pytest.raises(JobFailed) as err:
-        await NodeOperations(ops, None)._job_evacuate(JobContext(_Runner(), job), EVACUATION)  # type: ignore
+        await NodeOperations(_Store(), None, ops.handlers())._job_evacuate(JobContext(_Runner(), job), EVACUATION)  # type: ignore
     assert ops.ran == [("instance.migrate", "m1"), ("instance.move", "f1")]
     message = str(err.value)
     assert message.startswith("step 2 of 3 failed (move stopped instance 'f1' with its disks from node 'n2' to "
