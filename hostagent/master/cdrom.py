@@ -20,21 +20,6 @@ from hostagent.master.store import Store
 CHECK_TIMEOUT_S = 10.0
 
 
-def requested(value: Any, problems: list[str]) -> str:
-    """The record's `cdrom` for a requested --cdrom: an absolute path, or "" for none (eject)."""
-    if isinstance(value, str) and value.lower() == "none":
-        return ""
-    if isinstance(value, str) and value.startswith("/") and value.endswith("/"):
-        problems.append(f"cdrom {value!r} names a directory: give the ISO file in it, e.g. {value}debian-12.iso")
-        return ""
-    if not isinstance(value, str) or not value.startswith("/") or posixpath.normpath(value) != value \
-            or value.startswith("//"):
-        problems.append(f"cdrom {value!r} is not a path: give the absolute path of an ISO file on the instance's "
-                        "node(s), e.g. /var/lib/corral/iso/debian-12.iso, or none to eject")
-        return ""
-    return value
-
-
 def nodes_of(inst: dict[str, Any]) -> list[str]:
     return [inst["primary_node"], *([inst["secondary_node"]] if inst.get("secondary_node") else [])]
 

@@ -1,7 +1,7 @@
 """Every order the master sends has a handler in the node's one order table, and an unknown name is refused.
 
-The names the master sends are read from its source: the op of every `_order(node, op, args)` call (its one
-way to send), of the drill's direct `NodeClient.order`, and of repair's `Step(op=...)`; an op that is a
+The names the master sends are read from its source: the op of every `store.order(node, op, args)` call (its
+one way to send), of the drill's direct `NodeClient.order`, and of repair's `Step(op=...)`; an op that is a
 variable must come from a loop over literal (node, op, args) rows. Reading the source, not a list kept by
 hand, is what makes a new order without a handler fail here instead of on a cluster.
 """
@@ -34,12 +34,13 @@ def _looped_rows(tree: ast.AST) -> dict[str, list[ast.expr]]:
 
 
 def _op_argument(call: ast.Call) -> ast.expr | None:
-    """The op of an order call: `ops._order(node, op, ...)` or `NodeClient.order(name, address, port, op, ...)`."""
-    if isinstance(call.func, ast.Attribute) and call.func.attr == "_order" and len(call.args) >= 2:
-        return call.args[1]
-    if isinstance(call.func, ast.Attribute) and call.func.attr == "order" and len(call.args) >= 4:
+    """The op of an order call: `store.order(node, op, args)` or `NodeClient.order(name, address, port, op, args,
+    token)`, told apart by their number of arguments."""
+    if not isinstance(call.func, ast.Attribute) or call.func.attr != "order":
+        return None
+    if len(call.args) >= 5:
         return call.args[3]
-    return None
+    return call.args[1] if len(call.args) >= 2 else None
 
 
 def sent_orders() -> dict[str, str]:
@@ -56,7 +57,7 @@ def sent_orders() -> dict[str, str]:
             if isinstance(op, ast.Name) and op.id in looped:
                 ops.extend(looped[op.id])
             elif isinstance(op, ast.Name) and isinstance(call.func, ast.Attribute) and call.func.attr == "order":
-                pass  # `_order` passing its own op on to NodeClient.order
+                pass  # the store passing its own op on to NodeClient.order
             elif op is not None and not isinstance(op, ast.Attribute):  # an attribute: a Step's op, read above
                 ops.append(op)
             for value in ops:
