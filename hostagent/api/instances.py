@@ -123,7 +123,7 @@ class InstanceRoutes(ApiBase):
         name, body = request.match_info["name"], await self._body(request)
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
-            return await self._accepted(await ops.submit_modify(name, body))
+            return await self._accepted(await ops.modify.submit(name, body))
         return await self._on_master(request, run)
 
     async def instance_action(self, request: web.Request) -> web.Response:

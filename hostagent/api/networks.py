@@ -18,6 +18,7 @@ from hostagent.api.base import ApiBase
 from hostagent.errors import Conflict, NotFound
 from hostagent.master.node_ops import NodeOperations
 from hostagent.master.operations import Operations
+from hostagent.master.submit import used_addresses
 
 
 class NetworkRoutes(ApiBase):
@@ -62,7 +63,7 @@ class NetworkRoutes(ApiBase):
             if using:
                 raise Conflict(f"network '{name}' is used by the NICs of instance(s) {', '.join(using)}: "
                                "remove or change those NICs first (`corral instance modify NAME --net N:remove`)")
-            held = await ops.used_addresses(instances)
+            held = await used_addresses(ops.store, instances)
             if held.get(name):
                 raise Conflict(f"network '{name}' has addresses held by {', '.join(sorted(set(held[name].values())))}; "
                                "try again once that is done")

@@ -11,17 +11,21 @@ end, which makes duplicate submits fail at once instead of half-way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from election.etcd import Compare, EtcdClient, Op
+import election.lease
 from election.lease import FencingToken, MasterLease
+from kvm.hvparams import HvParamError
 
 from hostagent import model
 from hostagent.api import callers
-from hostagent.errors import Conflict, NotFound, Reserved
+from hostagent.errors import BadRequest, Conflict, NotFound, Reserved
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,35 @@ class JobContext:
 
 
 Handler = Callable[[JobContext, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+@contextlib.contextmanager
+def as_job_errors() -> Iterator[None]:
+    """Inside a job, a missing or busy object is the operator's news, not a bug."""
+    try:
+        yield
+    except (NotFound, Conflict, BadRequest, HvParamError) as exc:
+        raise JobFailed(str(exc)) from exc
+    except election.lease.NotMaster as exc:
+        raise JobFailed(f"this node stopped being master during the job ({exc})") from exc
+
+
+def operator_errors(handler: Callable[..., Awaitable[dict[str, Any]]]) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """`as_job_errors` around a handler method."""
+    @functools.wraps(handler)
+    async def wrapped(self: Any, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        with as_job_errors():
+            return await handler(self, ctx, args)
+    return wrapped
+
+
+def job_errors(handler: Handler) -> Handler:
+    """`operator_errors` for a bound handler."""
+    @functools.wraps(handler)
+    async def wrapped(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        with as_job_errors():
+            return await handler(ctx, args) or {}
+    return wrapped
 
 
 class JobRunner:

@@ -2,35 +2,33 @@
 
 Checks that can fail on bad input run before a job exists (hostagent.master.decide.checks),
 so bad input is refused with nothing recorded. The job handlers then order
-the nodes, and undo their own partial work when a step fails.
+the nodes, and undo their own partial work when a step fails. `instance
+modify` (hostagent.master.modify), the moves of replicated instances, the disk
+jobs and the restart duty are built here, all on one store
+(hostagent.master.store); none of them imports this module.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from election.etcd import Compare, Op
-import election.lease
-from kvm.hvparams import HvParamError, hvparams_to_dict, parse_hvparams
+from election.etcd import Op
+from kvm.hvparams import hvparams_to_dict, parse_hvparams
 
 from hostagent import model
-from hostagent.master.decide import nics
-from hostagent.master import cdrom, pending, vncpass
-from hostagent.master.decide.checks import (ClusterView, check_add, check_kernel, check_modify, check_new_name,
-                              check_reinstall, check_resources)
-from hostagent.errors import BadRequest, Conflict, NotFound, Reserved
-from hostagent.master.jobs import Handler, JobContext, JobFailed
+from hostagent.master import cdrom, vncpass
+from hostagent.master.decide.checks import check_add, check_new_name, check_reinstall
+from hostagent.errors import BadRequest, Conflict
+from hostagent.master.jobs import Handler, JobContext, JobFailed, job_errors, operator_errors
 from hostagent.master.role import MasterRole
 from hostagent.master.diskops import DiskOps
+from hostagent.master.modify import InstanceModify
 from hostagent.master.moves import Moves
 from hostagent.master.duties.restarter import Restarter
 from hostagent.master.store import Store
+from hostagent.master.submit import choosing_again, cluster_view
 from hostagent.orders import NodeClient
 from hostagent.status import instance_status
 from hostagent.units import format_mib
@@ -39,49 +37,6 @@ log = logging.getLogger(__name__)
 
 # The master waits longer for an OS install than any node may take for it.
 INSTALL_TIMEOUT_S = 1800.0
-CHOOSE_TRIES = 8  # a request whose chosen pool address (or made-up MAC) a job reserved first chooses again
-MODIFY_TRIES = 3  # an `instance modify` whose instances changed while it checked them is checked again
-
-
-@contextlib.contextmanager
-def _as_job_errors() -> Iterator[None]:
-    """Inside a job, a missing or busy object is the operator's news, not a bug."""
-    try:
-        yield
-    except (NotFound, Conflict, BadRequest, HvParamError) as exc:
-        raise JobFailed(str(exc)) from exc
-    except election.lease.NotMaster as exc:
-        raise JobFailed(f"this node stopped being master during the job ({exc})") from exc
-
-
-def _operator_errors(handler: Callable[..., Awaitable[dict[str, Any]]]) -> Callable[..., Awaitable[dict[str, Any]]]:
-    @functools.wraps(handler)
-    async def wrapped(self: "Operations", ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        with _as_job_errors():
-            return await handler(self, ctx, args)
-    return wrapped
-
-
-def _job_errors(handler: Handler) -> Handler:
-    """`_operator_errors` for a bound handler."""
-    @functools.wraps(handler)
-    async def wrapped(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        with _as_job_errors():
-            return await handler(ctx, args) or {}
-    return wrapped
-
-
-async def _choosing_again(submit: Callable[[], Awaitable[int]]) -> int:
-    """Submit; when a job reserved first a MAC or address this request chose itself (from a pool, or a MAC
-    made up), choose again: the reservation is now seen, so the next choice differs (bounded). One the
-    operator named gets a plain refusal on the next try, saying who holds it."""
-    for _ in range(CHOOSE_TRIES - 1):
-        try:
-            return await submit()
-        except Reserved as exc:
-            if not exc.key.startswith((model.reservation_key("ip", ""), model.reservation_key("mac", ""))):
-                raise
-    return await submit()
 
 
 class Operations:
@@ -93,6 +48,7 @@ class Operations:
         self.moves = Moves(self.store)
         self.disks = DiskOps(self.store, self.moves)
         self.restarter = Restarter(self.store, self.moves)
+        self.modify = InstanceModify(self.store, self._start, self._stop)
 
     async def keep_mirrors(self) -> None:
         """The mirror duty (Moves.keep_mirrors), leaving alone the instances the restart duty is starting."""
@@ -111,10 +67,10 @@ class Operations:
         return await self.role.require().submit("cluster.probe", {}, "probe the master's job runner")
 
     async def submit_add(self, req: dict[str, Any]) -> int:
-        return await _choosing_again(lambda: self._submit_add(req))
+        return await choosing_again(lambda: self._submit_add(req))
 
     async def _submit_add(self, req: dict[str, Any]) -> int:
-        inst = check_add(req, await self._view(), time.time())
+        inst = check_add(req, await cluster_view(self.store), time.time())
         if inst.cdrom:
             await cdrom.check_on(self.store, inst.cdrom, [inst.primary_node, *filter(None, [inst.secondary_node])])
         # Reserving the name and each MAC makes concurrent adds collide at submit,
@@ -126,130 +82,6 @@ class Operations:
             "instance.add", {"instance": inst.to_dict(), "start": bool(req.get("start", True))},
             f"add instance '{inst.name}'", reservations=reservations,
             must_not_exist=[model.instance_key(inst.name)])
-
-    async def submit_modify(self, name: str, body: dict[str, Any]) -> int:
-        return await _choosing_again(lambda: self._submit_modify(name, dict(body)))
-
-    async def _submit_modify(self, name: str, body: dict[str, Any]) -> int:
-        """Checked now, so a refused change leaves no job behind; the job checks it again before writing.
-
-        `restart`: restart the instance once written, so pending changes take effect now;
-        `force`: write a memory increase its nodes cannot promise (N+1), with a warning in the log."""
-        changes = {k: v for k, v in body.items() if k not in ("restart", "force")}
-        restart, force = body.get("restart", False), body.get("force", False)
-        for flag, value in (("restart", restart), ("force", force)):
-            if not isinstance(value, bool):
-                raise BadRequest(f"{flag} must be true or false, not {value!r}")
-        inst = await self.store.instance(name)
-        target = pending.effective(inst)
-        new = check_modify(target, changes, tuple(await self.store.prefix(model.INSTANCES)),
-                           await self.store.cluster_hv())
-        if changes.get("cdrom") and new.get("cdrom"):
-            await cdrom.check_on(self.store, new["cdrom"], cdrom.nodes_of(inst))
-        reservations = []
-        if "nics" in changes:
-            new["nics"], _, changes["nics"] = await self._changed_nics(target, changes["nics"])
-            await self.nic_live_plan(inst, changes["nics"], len(new["nics"]))
-            reservations = [model.reservation_key("mac", mac) for mac in
-                            {n["mac"] for n in new["nics"]} - {n["mac"] for n in target["nics"]}]
-            reservations += [model.reservation_key("ip", key[len(model.ADDRESSES):]) for key in
-                             set(model.held_addresses(new)) - set(model.held_addresses(target))]
-        view = await self._view()
-        check_kernel(target, new, view)
-        short = check_resources(target, new, view, time.time())
-        if short and not force:
-            raise Conflict("; ".join(short) + " (--force writes it anyway, with N+1 no longer certain)")
-        return await self.role.require().submit(
-            "instance.modify", {"name": name, "changes": changes, "restart": restart, "force": force},
-            f"modify instance '{name}'", reservations=reservations, must_exist=[model.instance_key(name)])
-
-    async def nic_live_plan(self, inst: dict[str, Any], changes: list[dict[str, Any]],
-                            after: int) -> nics.LivePlan | None:
-        """How pinned NIC `changes` reach the guest now (hot-plug), or None when it is stopped (the config alone)."""
-        if not await self.store.running(inst):
-            return None
-        return nics.live_plan(inst["name"], len(inst.get("nics") or []), changes, after)
-
-    async def _nics_live(self, ctx: JobContext, inst: dict[str, Any], new: list[dict[str, Any]],
-                         plan: nics.LivePlan, done: list[tuple[str, int]]) -> None:
-        """Unplug, then plug, on the primary before the config says so, each step recorded in `done` (the
-        caller undoes them with `_nics_undo` unless the config is then written)."""
-        name, node = inst["name"], inst["primary_node"]
-        hv = await self.store.hvparams(inst)
-        for index in plan.unplug:
-            await self.store.order(node, "instance.nic-unplug", {"name": name, "index": index})
-            done.append(("unplug", index))
-            await ctx.log(f"nic {index} of '{name}' unplugged from the running guest on node '{node}'")
-        for index in plan.plug:
-            answer = await self.store.order(node, "instance.nic-hotplug",
-                                            {"name": name, "index": index, "nic": new[index], "hvparams": hv})
-            done.append(("plug", index))
-            await ctx.log(f"nic {index} of '{name}' " + ("hot-plugged into the running guest on node "
-                                                          f"'{node}'" if answer.get("plugged") else
-                                                          "added (its QEMU is not running: at its next start)"))
-
-    async def _nics_undo(self, ctx: JobContext, inst: dict[str, Any], done: list[tuple[str, int]]) -> None:
-        """Best effort, last step first: the guest's NICs as the (unchanged) config has them."""
-        name, node, old = inst["name"], inst["primary_node"], inst.get("nics") or []
-        hv = await self.store.hvparams(inst)
-        for step, index in reversed(done):
-            try:
-                if step == "plug":
-                    await self.store.order(node, "instance.nic-unplug", {"name": name, "index": index})
-                else:
-                    await self.store.order(node, "instance.nic-hotplug",
-                                           {"name": name, "index": index, "nic": old[index], "hvparams": hv})
-                await ctx.log(f"nic {index} of '{name}': {step} undone (the config did not change)")
-            except JobFailed as exc:
-                await ctx.log(f"WARNING: could not undo the {step} of nic {index} of '{name}' ({exc}); "
-                              f"`corral instance reboot {name}` makes the guest's NICs the config's again")
-
-    async def _changed_nics(self, inst: dict[str, Any], changes: Any,
-                            job_id: int | None = None) -> tuple[list[dict[str, Any]], list[str], list[dict[str, Any]]]:
-        """hostagent.master.decide.nics.changed against the cluster's networks and what every other instance holds."""
-        if not isinstance(changes, list):
-            raise BadRequest(f"nics: {changes!r} is not a list of NIC changes")
-        instances = await self.store.prefix(model.INSTANCES)
-        taken = nics.taken_by_others(instances, inst["name"], {})
-        taken.ips = await self.used_addresses(instances, job_id, but=inst["name"])
-        nets = {n["name"]: n for n in await self.store.prefix(model.NETWORKS)}
-        return nics.changed(inst.get("nics") or [], changes, nets, taken, random.SystemRandom())
-
-    async def _view(self, job_id: int | None = None) -> ClusterView:
-        """What checks read; `job_id`: a running job checking again, whose own reservations are not others'."""
-        instances = await self.store.prefix(model.INSTANCES)
-        cluster = await self.store.get(model.CLUSTER_KEY) or {}
-        return ClusterView(
-            networks={n["name"]: n for n in await self.store.prefix(model.NETWORKS)},
-            used_ips=await self.used_addresses(instances, job_id),
-            cluster_hv=cluster.get("hvparams", {}),
-            nodes={n["name"]: n for n in await self.store.prefix(model.NODES)},
-            reports={r["node"]: r for r in await self.store.prefix(model.REPORTS)},
-            instances={i["name"] for i in instances}, records=tuple(instances),
-            used_macs={nic["mac"] for i in instances for nic in i["nics"]},
-            defaults={**{k: cluster[f"default_{k}"] for k in ("memory_mib", "vcpus") if f"default_{k}" in cluster},
-                      "require_owner": bool(cluster.get("require_owner")), "policy": cluster.get("policy") or {},
-                      "enabled_disk_templates": cluster.get("enabled_disk_templates") or []})
-
-    async def used_addresses(self, instances: list[dict[str, Any]], job_id: int | None = None,
-                             but: str = "") -> dict[str, dict[str, str]]:
-        """network -> address -> who holds it: the NICs of every instance but `but`, addresses held in etcd
-        (model.address_key), and those jobs reserved for instances they are still adding or changing."""
-        names = {i["uuid"]: i["name"] for i in instances}
-        held = nics.taken_by_others(instances, but, {}).ips
-        kvs, _ = await self.role.client.get_prefix(model.ADDRESSES)
-        for kv in kvs:
-            network, ip = kv.key[len(model.ADDRESSES):].split("/", 1)
-            owner = names.get(model.loads(kv.value).get("instance"), "")
-            if owner != but:
-                held.setdefault(network, {}).setdefault(ip, f"instance '{owner}'" if owner else "an instance")
-        kvs, _ = await self.role.client.get_prefix(model.reservation_key("ip", ""))
-        for kv in kvs:
-            network, ip = kv.key[len(model.reservation_key("ip", "")):].split("/", 1)
-            job = model.loads(kv.value).get("job")
-            if job != job_id:
-                held.setdefault(network, {}).setdefault(ip, f"job {job} (still running)")
-        return held
 
     async def submit_simple(self, op: str, name: str, params: dict[str, Any]) -> int:
         inst = await self.store.instance(name)
@@ -284,11 +116,11 @@ class Operations:
                 "instance.add": self._job_add,
                 "instance.start": self._job_start, "instance.stop": self._job_stop,
                 "instance.reboot": self._job_reboot, "instance.remove": self._job_remove,
-                "instance.modify": self._job_modify, "instance.reinstall": self._job_reinstall,
+                **self.modify.handlers(), "instance.reinstall": self._job_reinstall,
                 "instance.rename": self._job_rename,
-                **{op: _job_errors(h) for op, h in {**self.moves.handlers(), **self.disks.handlers()}.items()}}
+                **{op: job_errors(h) for op, h in {**self.moves.handlers(), **self.disks.handlers()}.items()}}
 
-    @_operator_errors
+    @operator_errors
     async def _job_cluster_init(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         cluster = {"name": args["name"], "created": time.time(), "hvparams": args["hvparams"],
                    "init_node": args["node"]["name"], "candidate_pool_size": args.get("candidate_pool_size", 3),
@@ -302,7 +134,7 @@ class Operations:
         await ctx.log(f"master '{self.role.node}' is running jobs")
         return {"master": self.role.node}
 
-    @_operator_errors
+    @operator_errors
     async def _job_add(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = args["instance"]
         name, node = inst["name"], inst["primary_node"]
@@ -320,7 +152,7 @@ class Operations:
                                        {"name": name, "disks": inst["disks"]})
             result = await self.store.order(node, "instance.create",
                                             {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,
-                                        "networks": await self.store.nic_networks(inst)},
+                                             "networks": await self.store.nic_networks(inst)},
                                             timeout_s=INSTALL_TIMEOUT_S + 60)
             await ctx.log(f"disks of '{name}' created and OS installed in {time.monotonic() - started:.1f} s")
             await ctx.progress(1, steps, "disks ready", started)
@@ -368,7 +200,7 @@ class Operations:
             ops.append(Op.put(model.instance_key(inst["name"]), model.dumps(inst)))
         await self.store.write(ops)
 
-    @_operator_errors
+    @operator_errors
     async def _job_start(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = await self.store.instance(args["name"])
         before = inst["admin_state"]
@@ -389,13 +221,13 @@ class Operations:
         await ctx.log(f"stopping instance '{inst['name']}' on node '{inst['primary_node']}': {how_asked}")
         result = await self.store.order(inst["primary_node"], "instance.stop",
                                         {"name": inst["name"], "timeout_s": timeout, "force": force,
-                                    "nic_count": len(inst["nics"])}, timeout_s=timeout + 60)
+                                         "nic_count": len(inst["nics"])}, timeout_s=timeout + 60)
         words = {"acpi": "shut down cleanly (ACPI)", "hard": "hard-stopped",
                  "not-running": "was not running"}
         await ctx.log(f"instance '{inst['name']}' {words.get(result['how'], result['how'])}")
         return str(result["how"])
 
-    @_operator_errors
+    @operator_errors
     async def _job_stop(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = await self.store.instance(args["name"])
         before = inst["admin_state"]
@@ -409,7 +241,7 @@ class Operations:
             raise
         return {"name": inst["name"], "how": how}
 
-    @_operator_errors
+    @operator_errors
     async def _job_reboot(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = await self.store.instance(args["name"])
         await self._set_admin(inst, "up")
@@ -420,83 +252,6 @@ class Operations:
         await self._stop(ctx, inst, False, None)
         result = await self._start(ctx, inst, await self.store.hvparams(inst))
         return {**result, "type": "soft"}
-
-    @_operator_errors
-    async def _job_modify(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        """Written only if the instance and those its `after` chain reaches are as checked: two modifies
-        at once cannot close a cycle between them."""
-        live: list[tuple[str, int]] = []  # NIC hot-plug steps done: once, undone unless the config says so
-        inst = await self.store.instance(args["name"])
-        try:
-            return await self._modify_tries(ctx, args, live)
-        except BaseException:
-            with contextlib.suppress(Exception):  # best effort: the job's own error is the one to report
-                await self._nics_undo(ctx, inst, live)
-            raise
-
-    async def _modify_tries(self, ctx: JobContext, args: dict[str, Any], live: list[tuple[str, int]]) -> dict[str, Any]:
-        name, changes = args["name"], args["changes"]
-        plugged = False
-        for _ in range(MODIFY_TRIES):
-            kvs, _ = await self.role.client.get_prefix(model.INSTANCES)
-            records = {str(rec["name"]): (kv, rec) for kv in kvs for rec in [model.loads(kv.value)]}
-            if name not in records:
-                raise NotFound(f"instance '{name}' was removed before it could be modified")
-            inst = records[name][1]
-            target = pending.effective(inst)
-            wanted = check_modify(target, changes, tuple(rec for _, rec in records.values()),
-                                  await self.store.cluster_hv())
-            nic_lines: list[str] = []
-            if "nics" in changes:
-                wanted["nics"], nic_lines, _ = await self._changed_nics(target, changes["nics"], ctx.job["id"])
-                plan = await self.nic_live_plan(inst, changes["nics"], len(wanted["nics"]))
-                if plan is not None and not plugged:
-                    await self._nics_live(ctx, inst, wanted["nics"], plan, live)
-                    plugged = True
-            view = await self._view()
-            check_kernel(target, wanted, view)
-            short = check_resources(target, wanted, view, time.time())
-            if short and not args.get("force"):
-                raise JobFailed("; ".join(short))
-            running = await self.store.running(inst)
-            new = pending.split(inst, wanted, running)
-            new["mtime"] = time.time()
-            kept = [records[n][0] for n in _reached(name, new["after"], records)]
-            token = self.role.token
-            if token is None or not self.role.lease_ok():
-                raise JobFailed("this node is no longer certainly master (lease not renewed in time); stopped")
-            addresses, free = self.store.address_writes(inst, new)
-            result = await self.role.lease.guarded_txn(
-                token, [Op.put(model.instance_key(name), model.dumps(new)), *addresses],
-                extra_compares=[*(Compare.mod_revision(kv.key, "=", kv.mod_revision) for kv in kept), *free])
-            if result.succeeded:
-                live.clear()  # written: nothing to undo
-                for line in nic_lines:
-                    await ctx.log(f"instance '{name}': {line}")
-                if nic_lines and not plugged:
-                    await ctx.log(f"the NICs of '{name}' take effect at its next start")
-                for key in (k for k in changes if k != "nics"):
-                    field = {"memory": "memory_mib"}.get(key, key)
-                    await ctx.log(f"instance '{name}': {key} {_change(field, target.get(field), wanted.get(field))}")
-                for line in short:
-                    await ctx.log(f"WARNING (--force): {line}")
-                if {"boot_pattern", "boot_timeout_s"} & set(changes):
-                    await ctx.log("the boot check applies from the next start of the instance")
-                await vncpass.ensure(self.store, new)
-                if "cdrom" in changes:
-                    await cdrom.apply_live(self.store, ctx, new)
-                if new.get("pending"):
-                    await ctx.log(f"pending: {_pending_words(new['pending'])} take(s) effect at the next restart "
-                                  f"of '{name}'" + (" (restarting it now, as asked)" if args.get("restart") else
-                                                    " (`corral instance reboot`, or modify --restart)"))
-                    if args.get("restart"):
-                        await self._stop(ctx, pending.effective(new), False, None)  # its new shutdown timeout too
-                        await self._start(ctx, new, await self.store.hvparams(new))
-                return {"name": name, "pending": new.get("pending") or {},
-                        **{key: wanted.get({"memory": "memory_mib"}.get(key, key)) for key in changes}}
-            await ctx.log("the instances changed while this modify checked them; checking again")
-        raise JobFailed(f"instance '{name}' or the instances it starts after kept changing during "
-                        f"{MODIFY_TRIES} tries; try again")
 
     async def submit_rename(self, name: str, new_name: str) -> int:
         """Checked now: a valid free name, the instance stopped; the new name is reserved with the job."""
@@ -515,7 +270,7 @@ class Operations:
             raise Conflict(f"instance '{inst['name']}' is running (or marked up); it is {what} only stopped: "
                            f"`corral instance stop {inst['name']}` first")
 
-    @_operator_errors
+    @operator_errors
     async def _job_rename(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         """Files on its nodes first (idempotent), then one transaction for every config reference."""
         old, new_name = args["name"], args["new_name"]
@@ -531,7 +286,7 @@ class Operations:
             await ctx.log(f"the copy of '{old}' on node '{inst['secondary_node']}' is now '{new_name}''s")
         result = await self.store.order(inst["primary_node"], "instance.rename",
                                         {"old_name": old, "instance": new, "hvparams": hv, "run_script": True,
-                                    "networks": await self.store.nic_networks(inst)}, timeout_s=3600)
+                                         "networks": await self.store.nic_networks(inst)}, timeout_s=3600)
         if result.get("script_log"):
             await ctx.log(f"the OS rename script ran on node '{inst['primary_node']}' (log {result['script_log']})")
         writes = [Op.put(model.instance_key(new_name), model.dumps(new)), Op.delete(model.instance_key(old)),
@@ -551,13 +306,13 @@ class Operations:
         return {"name": new_name, "old_name": old}
 
     async def _check_reinstall(self, name: str, params: dict[str, Any]) -> None:
-        check_reinstall(await self.store.instance(name), params, await self._view())
+        check_reinstall(await self.store.instance(name), params, await cluster_view(self.store))
 
-    @_operator_errors
+    @operator_errors
     async def _job_reinstall(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         """Stop, make the disks again with the OS installed anew, start again if it ran."""
         inst = await self.store.instance(args["name"])
-        new = check_reinstall(inst, args, await self._view())
+        new = check_reinstall(inst, args, await cluster_view(self.store))
         name, node = inst["name"], inst["primary_node"]
         if await self.store.running(inst):
             await self._stop(ctx, inst, False, None)
@@ -577,7 +332,7 @@ class Operations:
             await self._start(ctx, new, hv)
         return {"name": name, "os": new["os"]}
 
-    @_operator_errors
+    @operator_errors
     async def _job_remove(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = await self.store.instance(args["name"])
         nodes = [inst["primary_node"], *([inst["secondary_node"]] if inst.get("secondary_node") else [])]
@@ -597,43 +352,8 @@ class Operations:
         return {"name": inst["name"]}
 
 
-def _reached(name: str, after: list[str], records: dict[str, tuple[Any, dict[str, Any]]]) -> list[str]:
-    """`name` and every instance its new `after` links reach, directly or through others."""
-    order, todo = [name], list(after)
-    while todo:
-        current = todo.pop()
-        if current in order or current not in records:
-            continue
-        order.append(current)
-        todo += records[current][1].get("after", [])
-    return order
-
-
-def _change(field: str, was: Any, now: Any) -> str:
-    shown = (lambda v: format_mib(int(v or 0))) if field == "memory_mib" else _shown
-    return f"{shown(was)} -> {shown(now)}" + (" (unchanged)" if was == now else "")
-
-
-def _pending_words(changes: dict[str, Any]) -> str:
-    words = {"memory_mib": lambda v: f"memory {format_mib(v)}", "vcpus": lambda v: f"{v} vCPUs",
-             "hvparams": lambda v: "hypervisor parameters " + (",".join(f"{k}={x}" for k, x in sorted(v.items()))
-                                                                or "(cluster defaults)"),
-             "cdrom": lambda v: f"a CD-ROM drive with {v}" if v else "an empty CD-ROM drive"}
-    return ", ".join(words[k](v) for k, v in changes.items() if k in words)
-
-
 def _addresses(inst: dict[str, Any]) -> str:
     return ", ".join(f"{n['ip']} of '{n['network']}'" for n in inst["nics"] if n.get("network") and n.get("ip"))
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "default"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list):
-        return ", ".join(value) or "(none)"
-    return repr(value)
 
 
 def lock_keys(job: dict[str, Any]) -> list[str]:

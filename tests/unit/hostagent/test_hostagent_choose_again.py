@@ -6,7 +6,7 @@ import pytest
 
 from hostagent import model
 from hostagent.errors import Reserved
-from hostagent.master.operations import CHOOSE_TRIES, _choosing_again
+from hostagent.master.submit import CHOOSE_TRIES, choosing_again
 
 
 def submitter(keys: list[str]):
@@ -22,15 +22,15 @@ def submitter(keys: list[str]):
 
 async def test_a_taken_pool_address_or_made_up_mac_is_chosen_again() -> None:
     submit, calls = submitter([model.reservation_key("ip", "lan/10.0.0.2"), model.reservation_key("mac", "x")])
-    assert await _choosing_again(submit) == 42 and len(calls) == 3
+    assert await choosing_again(submit) == 42 and len(calls) == 3
 
 
 async def test_a_taken_name_is_refused_at_once_and_the_tries_are_bounded() -> None:
     submit, calls = submitter([model.reservation_key("instance", "web1")])
     with pytest.raises(Reserved):
-        await _choosing_again(submit)
+        await choosing_again(submit)
     assert len(calls) == 1
     submit, calls = submitter([model.reservation_key("ip", "lan/10.0.0.2")] * 99)
     with pytest.raises(Reserved):
-        await _choosing_again(submit)
+        await choosing_again(submit)
     assert len(calls) == CHOOSE_TRIES
