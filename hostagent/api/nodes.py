@@ -52,8 +52,8 @@ class NodeRoutes(ApiBase):
             ttl = body.get("ttl_s", joining.TOKEN_TTL_S)
             if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
                 raise BadRequest(f"ttl_s {ttl!r} is not a number of seconds")
-            return self._ok(await nodes.issue_token(str(body.get("name", "")), str(body.get("address", "")),
-                                                    float(ttl)))
+            return self._ok(await nodes.tokens.issue_token(str(body.get("name", "")), str(body.get("address", "")),
+                                                           float(ttl)))
         return await self._on_master(request, run)
 
     async def join_token_list(self, request: web.Request) -> web.Response:
@@ -65,7 +65,7 @@ class NodeRoutes(ApiBase):
         node = request.match_info["node"]
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
-            result = await nodes.revoke_tokens(node)
+            result = await nodes.tokens.revoke_tokens(node)
             if self.agent.etcd is not None and self.agent.mirror is not None:  # read-your-writes: gone here too
                 revision = (await self.agent.etcd.status())["revision"]
                 await self.agent.mirror.wait_for_revision(revision, timeout_s=5)
@@ -148,5 +148,5 @@ class NodeRoutes(ApiBase):
         body = await self._body(request)
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
-            return self._ok(await nodes.accept_join(body))
+            return self._ok(await nodes.tokens.accept_join(body))
         return await self._on_master(request, run)
