@@ -48,7 +48,7 @@ class Candidacy:
         self.role.on_elected.append(self._fence_older_masters)
         self.autofailover = AutoFailover(self.ops.store)
         self.role.duties += [self._pool_duty, self._fence_stragglers, JobArchive(self.ops.store).step,
-                             self.ops.keep_mirrors,
+                             self.ops.mirrors.keep_mirrors,
                              self.ops.restarter.step, self.autofailover.step, self.node_ops.tokens.sweep_tokens]
         self._task: asyncio.Task[Any] | None = None
 

@@ -3,8 +3,8 @@
 A `mirror` instance's primary QEMU mirrors each disk into the secondary's
 NBD exports (hostagent.node.replication). The master sets that up after every
 start ("protect"), moves the instance with live migration or failover, and
-its duty `keep_mirrors` restarts a mirror that is not running (secondary
-back after an outage, agent restarted) and records in the config whether
+its duty (hostagent.master.duties.mirrors) restarts a mirror that is not running
+(secondary back after an outage, agent restarted) and records in the config whether
 the secondary's copy is in sync: failover trusts that record, since the
 primary's reports stop when the primary dies. That record lives apart from
 the instance (hostagent.master.decide.replicas): a copy is recorded out of date before
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from election.etcd import Compare, Op
@@ -37,17 +36,13 @@ from hostagent.status import describe_mirrors, eta_words
 log = logging.getLogger(__name__)
 
 MIGRATE_POLL_S = 1.0
-DUTY_EVERY_S = 3.0
-PROTECT_RETRY_S = 5.0  # after a failed attempt to restart a mirror (secondary unreachable, say)
 
 
 class Moves:
-    """Jobs and duty for replicated instances, through the master's store (hostagent.master.store)."""
+    """Jobs and steps for replicated instances, through the master's store (hostagent.master.store)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._last_duty = 0.0
-        self._retry_at: dict[str, float] = {}  # instance -> when the duty may try to protect it again
 
     def handlers(self) -> dict[str, Any]:
         return {"instance.migrate": self._job_migrate, "instance.failover": self._job_failover}
@@ -68,13 +63,13 @@ class Moves:
             raise JobFailed(f"node '{name}' is not in the cluster")
         return node
 
-    async def _alive(self, name: str) -> bool:
+    async def alive(self, name: str) -> bool:
         report = await self.store.get(model.report_key(name))
         return report is not None and time.time() - report.get("time", 0) <= REPORT_STALE_AFTER_S
 
-    async def _secondary_up(self, name: str) -> bool:
+    async def secondary_up(self, name: str) -> bool:
         """Reporting and holding its node lease: a frozen or cut-off secondary hangs the guest's writes."""
-        return await self._alive(name) and await self.store.get(model.lease_key(name)) is not None
+        return await self.alive(name) and await self.store.get(model.lease_key(name)) is not None
 
     def _replicated(self, inst: dict[str, Any], verb: str) -> str:
         if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
@@ -122,9 +117,9 @@ class Moves:
     async def resumed(self, name: str, event: dict[str, Any]) -> None:
         """Keep the primary's account of its last degraded resume (the guest's pause), for `instance info`."""
         record, revision = await self.replica(name)
-        await self._put_if_unchanged(name, {**record, "last_degraded": event}, revision)
+        await self.put_if_unchanged(name, {**record, "last_degraded": event}, revision)
 
-    async def _put_if_unchanged(self, name: str, record: dict[str, Any], revision: int) -> bool:
+    async def put_if_unchanged(self, name: str, record: dict[str, Any], revision: int) -> bool:
         key = model.replica_key(name)
         token = self.store.role.token
         if token is None:
@@ -161,7 +156,7 @@ class Moves:
         try:
             record, revision = await self.replica(name)
             record = replicas.new_copy(record, time.time())
-            if not await self._put_if_unchanged(name, record, revision):
+            if not await self.put_if_unchanged(name, record, revision):
                 raise JobFailed("its replica record changed meanwhile; the master tries again")
             await self.store.order(secondary, "instance.replica-export",
                                    {"name": name, "disks": disks, "port_base": inst["port_base"], "client": primary})
@@ -191,7 +186,7 @@ class Moves:
         if args.get("node") not in (None, "", target):
             raise JobFailed(f"instance '{name}' can only migrate to its secondary node '{target}', not "
                             f"'{args['node']}'; use `corral instance replace-secondary` first")
-        if await self._settle_migration(inst):
+        if await self.settle_migration(inst):
             await ctx.log(f"finished what an interrupted migration of '{name}' left behind")
             inst = await self.store.instance(name)
             source, target = inst["primary_node"], inst["secondary_node"]
@@ -269,13 +264,49 @@ class Moves:
                 await ctx.log(f"cleaning up after the failed migration: {exc}")
         await self.protect(ctx, inst)
 
+    async def settle_migration(self, inst: dict[str, Any]) -> bool:
+        """Finish what an interrupted migration left; True when it changed something.
+
+        After the switchover the guest runs on the secondary (the primary's
+        QEMU is gone or `postmigrate`): the secondary becomes the primary.
+        Before it, a destination QEMU still waiting (`inmigrate`) is stopped,
+        and a guest left paused at the switchover point resumes on the primary.
+        """
+        name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
+        reports = {n: await self.store.get(model.report_key(n)) or {} for n in (primary, secondary)}
+        if any(time.time() - r.get("time", 0) > REPORT_STALE_AFTER_S for r in reports.values()):
+            return False
+        there = reports[secondary].get("instances", {}).get(name)
+        here = reports[primary].get("instances", {}).get(name)
+        if here is not None and here.get("status") == "finish-migrate" and (there or {}).get("status") != "running":
+            log.warning("instance '%s' is paused on node '%s' by a migration nobody finished: resuming it there",
+                        name, primary)
+            await self.store.order(primary, "instance.migrate-cancel", {"name": name})
+            return True
+        if there is None:
+            return False
+        if there.get("status") == "inmigrate":
+            log.warning("stopping the QEMU of '%s' left waiting for a migration on node '%s'", name, secondary)
+            await self.store.order(secondary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                                "nic_count": len(inst["nics"])})
+            return True
+        if there.get("status") == "running" and (here is None or here.get("status") == "postmigrate"):
+            log.warning("instance '%s' runs on its secondary node '%s' (a migration finished there but was "
+                        "not recorded): '%s' is now its primary", name, secondary, secondary)
+            if here is not None:
+                await self.store.order(primary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
+                                                                  "nic_count": len(inst["nics"])})
+            await self._set_nodes(inst, secondary, primary)
+            return True
+        return False
+
     # ---- failover ----------------------------------------------------------------------
     async def _job_failover(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = await self.store.instance(args["name"])
         name, old = inst["name"], inst["primary_node"]
         new = self._replicated(inst, "fail over")
         force = bool(args.get("ignore_consistency"))
-        if not await self._alive(new):
+        if not await self.alive(new):
             raise JobFailed(f"cannot fail over '{name}': its secondary node '{new}' is not reporting")
         record, _ = await self.replica(name)
         ok, why = replicas.trusted(record, await self.store.get(model.report_key(old)), name)
@@ -340,97 +371,3 @@ class Moves:
                 raise JobFailed(f"could not stop '{name}' on its primary node '{old}' ({exc}); if '{old}' is "
                                 "really down, rerun with --ignore-consistency") from exc
             await ctx.log(f"node '{old}' does not answer ({exc}); going on as asked (--ignore-consistency)")
-
-    # ---- duty -------------------------------------------------------------------------------
-    async def keep_mirrors(self, starting: Callable[[str], bool]) -> None:
-        """Restart mirrors that are not running and record whether each secondary copy is in sync.
-
-        `starting`: whether the restart duty is starting an instance (it protects it itself once started)."""
-        now = time.monotonic()
-        if now - self._last_duty < DUTY_EVERY_S:
-            return
-        self._last_duty = now
-        runner = self.store.role.runner
-        for inst in await self.store.prefix(model.INSTANCES):
-            if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
-                continue
-            if runner is None or runner.busy(f"instance/{inst['name']}") or starting(inst["name"]):
-                continue
-            try:
-                await self._keep_one(inst)
-            except JobFailed as exc:
-                log.warning("could not keep the disk mirror of instance '%s' running: %s", inst["name"], exc)
-
-    async def _settle_migration(self, inst: dict[str, Any]) -> bool:
-        """Finish what an interrupted migration left; True when it changed something.
-
-        After the switchover the guest runs on the secondary (the primary's
-        QEMU is gone or `postmigrate`): the secondary becomes the primary.
-        Before it, a destination QEMU still waiting (`inmigrate`) is stopped,
-        and a guest left paused at the switchover point resumes on the primary.
-        """
-        name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
-        reports = {n: await self.store.get(model.report_key(n)) or {} for n in (primary, secondary)}
-        if any(time.time() - r.get("time", 0) > REPORT_STALE_AFTER_S for r in reports.values()):
-            return False
-        there = reports[secondary].get("instances", {}).get(name)
-        here = reports[primary].get("instances", {}).get(name)
-        if here is not None and here.get("status") == "finish-migrate" and (there or {}).get("status") != "running":
-            log.warning("instance '%s' is paused on node '%s' by a migration nobody finished: resuming it there",
-                        name, primary)
-            await self.store.order(primary, "instance.migrate-cancel", {"name": name})
-            return True
-        if there is None:
-            return False
-        if there.get("status") == "inmigrate":
-            log.warning("stopping the QEMU of '%s' left waiting for a migration on node '%s'", name, secondary)
-            await self.store.order(secondary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
-                                                                "nic_count": len(inst["nics"])})
-            return True
-        if there.get("status") == "running" and (here is None or here.get("status") == "postmigrate"):
-            log.warning("instance '%s' runs on its secondary node '%s' (a migration finished there but was "
-                        "not recorded): '%s' is now its primary", name, secondary, secondary)
-            if here is not None:
-                await self.store.order(primary, "instance.stop", {"name": name, "timeout_s": 0, "force": True,
-                                                                  "nic_count": len(inst["nics"])})
-            await self._set_nodes(inst, secondary, primary)
-            return True
-        return False
-
-    async def _keep_one(self, inst: dict[str, Any]) -> None:
-        if await self._settle_migration(inst):
-            return
-        name, primary = inst["name"], inst["primary_node"]
-        report = await self.store.get(model.report_key(primary)) or {}
-        if time.time() - report.get("time", 0) > REPORT_STALE_AFTER_S or name not in report.get("instances", {}):
-            return  # not running, or nothing known: nothing to mirror
-        states = report.get("mirrors", {}).get(name, [])
-        statuses = {s["status"] for s in states}
-        secondary = inst["secondary_node"]
-        record, revision = await self.replica(name)
-        if statuses & set(replicas.JOINED) and not await self._secondary_up(secondary):
-            await self.outdate(name, f"its secondary node '{secondary}' stopped answering")
-            log.warning("the secondary '%s' of instance '%s' is gone: the primary goes on alone", secondary, name)
-            await self.store.order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
-            return
-        new = replicas.judge(record, states, float(report.get("time", 0)), time.time())
-        if new is not None and await self._put_if_unchanged(name, new, revision):
-            (log.info if new["in_sync"] else log.warning)(
-                "the copy of instance '%s' on node '%s' is %s", name, secondary,
-                "in sync" if new["in_sync"] else f"out of date ({new['why']})")
-        if "stalled" in statuses:
-            log.warning("the secondary '%s' of instance '%s' hangs and blocks its disk writes: cutting the mirror",
-                        inst["secondary_node"], name)
-            await self.store.order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
-            return
-        # A disk with no mirror at all (none started yet, or one hot-plugged whose attach failed) lists no state.
-        if (len(states) < len(inst["disks"]) or statuses & {"failed", "stopped"}) \
-                and await self._alive(inst["secondary_node"]):
-            if time.monotonic() < self._retry_at.get(name, 0.0):
-                return
-            log.info("the disk mirror of instance '%s' to node '%s' is not running: starting it",
-                     name, inst["secondary_node"])
-            if await self.protect(None, inst):
-                self._retry_at.pop(name, None)
-            else:
-                self._retry_at[name] = time.monotonic() + PROTECT_RETRY_S

@@ -4,7 +4,7 @@ Checks that can fail on bad input run before a job exists (hostagent.master.deci
 so bad input is refused with nothing recorded. The job handlers then order
 the nodes, and undo their own partial work when a step fails. `instance
 modify` (hostagent.master.modify), the moves of replicated instances, the disk
-jobs and the restart duty are built here, all on one store
+jobs, the mirror and restart duties are built here, all on one store
 (hostagent.master.store); none of them imports this module.
 """
 
@@ -26,6 +26,7 @@ from hostagent.master.role import MasterRole
 from hostagent.master.diskops import DiskOps
 from hostagent.master.modify import InstanceModify
 from hostagent.master.moves import Moves
+from hostagent.master.duties.mirrors import Mirrors
 from hostagent.master.duties.restarter import Restarter
 from hostagent.master.store import Store
 from hostagent.master.submit import choosing_again, cluster_view
@@ -48,11 +49,8 @@ class Operations:
         self.moves = Moves(self.store)
         self.disks = DiskOps(self.store, self.moves)
         self.restarter = Restarter(self.store, self.moves)
+        self.mirrors = Mirrors(self.store, self.moves, self.restarter.starting)
         self.modify = InstanceModify(self.store, self._start, self._stop)
-
-    async def keep_mirrors(self) -> None:
-        """The mirror duty (Moves.keep_mirrors), leaving alone the instances the restart duty is starting."""
-        await self.moves.keep_mirrors(self.restarter.starting)
 
     # ---- submit ---------------------------------------------------------------
     async def submit_cluster_init(self, name: str, node: dict[str, Any], hvparams: dict[str, Any],

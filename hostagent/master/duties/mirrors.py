@@ -1,0 +1,94 @@
+"""The mirror duty: keeps the disk mirror of every running replicated instance going, and its copy's record true.
+
+Every few seconds, for each instance no job or restart is busy with, it
+finishes what an interrupted migration left, cuts a mirror whose secondary
+is gone or hangs (the primary goes on alone, its copy recorded out of date),
+records from the primary's report whether the copy is in sync
+(hostagent.master.decide.replicas), and starts a mirror that is not running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hostagent import model
+from hostagent.master.decide import replicas
+from hostagent.master.jobs import JobFailed
+from hostagent.master.moves import Moves
+from hostagent.master.store import Store
+from hostagent.status import REPORT_STALE_AFTER_S
+
+log = logging.getLogger(__name__)
+
+DUTY_EVERY_S = 3.0
+PROTECT_RETRY_S = 5.0  # after a failed attempt to restart a mirror (secondary unreachable, say)
+
+
+class Mirrors:
+    """The mirror duty (`keep_mirrors`), with when it last ran and when it may retry each mirror it could not start."""
+
+    def __init__(self, store: Store, moves: Moves, starting: Callable[[str], bool]) -> None:
+        """`starting`: whether the restart duty is starting an instance (it protects it itself once started)."""
+        self.store = store
+        self.moves = moves
+        self.starting = starting
+        self._last_duty = 0.0
+        self._retry_at: dict[str, float] = {}  # instance -> when the duty may try to protect it again
+
+    async def keep_mirrors(self) -> None:
+        """Restart mirrors that are not running and record whether each secondary copy is in sync."""
+        now = time.monotonic()
+        if now - self._last_duty < DUTY_EVERY_S:
+            return
+        self._last_duty = now
+        runner = self.store.role.runner
+        for inst in await self.store.prefix(model.INSTANCES):
+            if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
+                continue
+            if runner is None or runner.busy(f"instance/{inst['name']}") or self.starting(inst["name"]):
+                continue
+            try:
+                await self._keep_one(inst)
+            except JobFailed as exc:
+                log.warning("could not keep the disk mirror of instance '%s' running: %s", inst["name"], exc)
+
+    async def _keep_one(self, inst: dict[str, Any]) -> None:
+        if await self.moves.settle_migration(inst):
+            return
+        name, primary = inst["name"], inst["primary_node"]
+        report = await self.store.get(model.report_key(primary)) or {}
+        if time.time() - report.get("time", 0) > REPORT_STALE_AFTER_S or name not in report.get("instances", {}):
+            return  # not running, or nothing known: nothing to mirror
+        states = report.get("mirrors", {}).get(name, [])
+        statuses = {s["status"] for s in states}
+        secondary = inst["secondary_node"]
+        record, revision = await self.moves.replica(name)
+        if statuses & set(replicas.JOINED) and not await self.moves.secondary_up(secondary):
+            await self.moves.outdate(name, f"its secondary node '{secondary}' stopped answering")
+            log.warning("the secondary '%s' of instance '%s' is gone: the primary goes on alone", secondary, name)
+            await self.store.order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+            return
+        new = replicas.judge(record, states, float(report.get("time", 0)), time.time())
+        if new is not None and await self.moves.put_if_unchanged(name, new, revision):
+            (log.info if new["in_sync"] else log.warning)(
+                "the copy of instance '%s' on node '%s' is %s", name, secondary,
+                "in sync" if new["in_sync"] else f"out of date ({new['why']})")
+        if "stalled" in statuses:
+            log.warning("the secondary '%s' of instance '%s' hangs and blocks its disk writes: cutting the mirror",
+                        inst["secondary_node"], name)
+            await self.store.order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
+            return
+        # A disk with no mirror at all (none started yet, or one hot-plugged whose attach failed) lists no state.
+        if (len(states) < len(inst["disks"]) or statuses & {"failed", "stopped"}) \
+                and await self.moves.alive(inst["secondary_node"]):
+            if time.monotonic() < self._retry_at.get(name, 0.0):
+                return
+            log.info("the disk mirror of instance '%s' to node '%s' is not running: starting it",
+                     name, inst["secondary_node"])
+            if await self.moves.protect(None, inst):
+                self._retry_at.pop(name, None)
+            else:
+                self._retry_at[name] = time.monotonic() + PROTECT_RETRY_S
