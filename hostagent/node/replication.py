@@ -23,6 +23,8 @@ Disk i of an instance uses port `port_base + i`; its mirror job is
 Each attach carries the master's generation of the copy (`gen`): reports
 and outdate requests name it, so the master never takes a stale report
 for the copy it asked for.
+
+Over 400 lines: the orders and the guard share each instance's mirror state, which lives here only.
 """
 
 from __future__ import annotations

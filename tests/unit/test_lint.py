@@ -80,6 +80,34 @@ def module_graph() -> dict[str, set[str]]:
     return graph
 
 
+def test_no_module_imports_itself_back_through_others():
+    graph = module_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(name: str) -> None:  # Tarjan's strongly connected components
+        index[name] = low[name] = len(index)
+        stack.append(name)
+        for dep in sorted(graph[name]):
+            if dep not in index:
+                visit(dep)
+                low[name] = min(low[name], low[dep])
+            elif dep in stack:
+                low[name] = min(low[name], index[dep])
+        if low[name] == index[name]:
+            group = stack[stack.index(name):]
+            del stack[stack.index(name):]
+            if len(group) > 1:
+                circles.append(sorted(group))
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(graph)))
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    assert not circles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
 # What the master's pure decisions may reach, at any depth: each other, the config's shapes and the pure helpers.
 DECIDE_MAY_REACH = ("hostagent.master.decide.", "hostagent.model", "hostagent.errors", "hostagent.units",
                     "hostagent.status", "hostagent.node.bootpattern", "kvm.hvparams")
@@ -101,3 +129,15 @@ def test_the_pure_decisions_reach_no_io_module():
         stdlib = {m.split(".")[0] for m in imported_modules(path if path.exists() else path.with_suffix("") / "__init__.py")}
         breaches += [f"{name} imports {m}" for m in sorted(stdlib & IO_MODULES)]
     assert not breaches, "hostagent.master.decide reaches I/O:\n" + "\n".join(breaches)
+
+
+def test_hostagent_has_a_floor_plan_few_files_at_its_top_and_no_long_module_without_its_reason():
+    top = sorted(p.name for p in (ROOT / "hostagent").glob("*.py"))
+    assert len(top) <= 15, f"hostagent/ holds {len(top)} modules at its top (the rest go in api/, master/, node/): {top}"
+    long = []
+    for path in sorted((ROOT / "hostagent").rglob("*.py")):
+        lines = path.read_text().count("\n")
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if lines > 400 and "Over 400 lines:" not in doc:
+            long.append(f"{path.relative_to(ROOT)}: {lines} lines, and its docstring does not say why (Over 400 lines: ...)")
+    assert not long, "\n".join(long)
