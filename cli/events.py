@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from cli.common import Context, Subparsers, command
 from cli.render import table, when
-from hostagent.api.callers import describe as caller_words
+from hostagent.callers import describe as caller_words
 
 
 def register(top: Subparsers) -> None:

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from cli.common import Context, Subparsers, command, group
 from cli.render import table, when
-from hostagent.api.callers import describe as caller_words
+from hostagent.callers import describe as caller_words
 
 
 def register(top: Subparsers) -> None:

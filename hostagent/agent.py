@@ -30,9 +30,9 @@ from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, discover
 
 from hostagent import model, pki
-from hostagent.api import callers
-from hostagent.api.callers import Caller
-from hostagent.api.nodetrust import CrlKeeper, NodeTrust
+from hostagent import callers
+from hostagent.callers import Caller
+from hostagent.node.nodetrust import CrlKeeper, NodeTrust
 from hostagent.api.relay import RelayLimit
 from hostagent.config import AgentConfig
 from hostagent.master import vncpass

@@ -7,6 +7,7 @@ except /corral/reports/<node>, which each node writes about itself.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -183,3 +184,14 @@ class Instance:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def auto_failover(inst: Mapping[str, Any], cluster: Mapping[str, Any]) -> bool:
+    """The instance's own setting, else the cluster-wide default (off unless set)."""
+    own = inst.get("auto_failover")
+    return bool(cluster.get("auto_failover", False)) if own is None else bool(own)
+
+
+def armed(cluster: Mapping[str, Any]) -> bool:
+    """Fencing and automatic failover are on unless an operator disarmed them (`cluster fencing disarm`)."""
+    return cluster.get("fencing", "armed") != "disarmed"

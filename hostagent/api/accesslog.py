@@ -2,7 +2,7 @@
 
     2025-03-01T10:15:02.114Z user:alice:write@n2 POST /v1/instances/web1/stop 202 0.021s
 
-Fields: time (UTC), caller (hostagent.api.callers.Caller.token; "-" when the
+Fields: time (UTC), caller (hostagent.callers.Caller.token; "-" when the
 request was refused before anyone was named), method, the raw path as sent
 (query string and percent-escapes included), status, duration. Refusals are
 logged too: they are what one looks for after an attack. The file is opened
@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp.abc import AbstractAccessLogger
 
 from hostagent.api.auth import CALLER
-from hostagent.api.callers import Caller
+from hostagent.callers import Caller
 
 FILE_NAME = "access.log"
 

@@ -1,14 +1,14 @@
 """Who is calling the TCP API, and what they may do.
 
     node certificate (mutual TLS)  -> a cluster node: everything, incl. orders, while the
-                                      node is a member with that certificate (hostagent.api.nodetrust)
+                                      node is a member with that certificate (hostagent.node.nodetrust)
     Authorization: Bearer NAME.X   -> an API user with role read, write or admin
     nothing                        -> only the join endpoints and the OpenAPI document
 
 What each route needs is its access level in the route table (hostagent.api.app),
 looked up here from the route the request matched, never guessed from the
 path: public < read < write < admin < node, each level allowed what the lower
-ones are. A node may carry the caller it forwards for (hostagent.api.callers);
+ones are. A node may carry the caller it forwards for (hostagent.callers);
 that caller's level is checked again here. The unix socket is root-only by
 file mode and needs none of this: its caller is local root (admin).
 """
@@ -22,9 +22,10 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
 from hostagent import pki
-from hostagent.api import callers, users
-from hostagent.api.callers import Caller
-from hostagent.api.nodetrust import NodeTrust
+from hostagent import callers
+from hostagent.api import users
+from hostagent.callers import Caller
+from hostagent.node.nodetrust import NodeTrust
 
 PUBLIC, NODE = "public", "node"
 LEVELS = (PUBLIC, *users.ROLES, NODE)

@@ -28,7 +28,8 @@ from kvm.hvparams import HvParamError
 from storage.base import StorageError
 
 from hostagent import model
-from hostagent.api import auth, bodycheck, callers
+from hostagent import callers
+from hostagent.api import auth, bodycheck
 from hostagent.master.decide import replicas
 from hostagent.agent import Agent, NotInitialized
 from hostagent.errors import MESSAGE_HEADER, BadRequest, Conflict, NotFound, NotMaster, SenderNotMaster, StaleToken

@@ -23,7 +23,8 @@ from kvm.process import InstanceNotRunning
 from kvm.qmp import QmpError
 
 from hostagent import model, pki
-from hostagent.api import auth, callers, relay
+from hostagent import callers
+from hostagent.api import auth, relay
 from hostagent.master import vncpass
 from hostagent.api.base import ApiBase
 from hostagent.errors import Conflict, NotFound

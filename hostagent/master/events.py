@@ -2,7 +2,7 @@
 
 Kept under /corral/events/ (newest `EVENTS_KEPT`), written in the same
 guarded write as the decision they explain, read by `corral events`. An event
-made for a request (or in its job) names its caller (hostagent.api.callers).
+made for a request (or in its job) names its caller (hostagent.callers).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from election.etcd import EtcdClient, Op
 
 from hostagent import model
-from hostagent.api import callers
+from hostagent import callers
 from hostagent.master.decide.restarts import Event
 
 EVENTS_KEPT = 1000

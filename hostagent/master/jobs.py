@@ -1,7 +1,7 @@
 """Jobs: every change to the cluster is one, recorded in the replicated config.
 
 A job record is {id, op, summary, args, status, created, started, ended, log,
-progress, result, error, master, caller}: caller is who asked (hostagent.api.callers;
+progress, result, error, master, caller}: caller is who asked (hostagent.callers;
 None for the master's own jobs). Only the master writes job records, each
 write guarded by its lease, so a deposed master cannot rewrite history. A job
 holds reservation keys (e.g. an instance name being created) from submit to
@@ -24,7 +24,7 @@ from election.lease import FencingToken, MasterLease
 from kvm.hvparams import HvParamError
 
 from hostagent import model
-from hostagent.api import callers
+from hostagent import callers
 from hostagent.errors import BadRequest, Conflict, NotFound, Reserved
 
 log = logging.getLogger(__name__)

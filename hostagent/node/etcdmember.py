@@ -14,7 +14,7 @@ from election.member import EtcdTls, etcd_argv, wait_healthy
 from election.replica import Replica
 
 from hostagent import model, pki
-from hostagent.api.nodetrust import CrlKeeper
+from hostagent.node.nodetrust import CrlKeeper
 from hostagent.config import AgentConfig
 from hostagent.node.clusterfile import ClusterFile
 from hostagent.node.executor import OrderError

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hostagent import pki
-from hostagent.api.nodetrust import CrlKeeper
+from hostagent.node.nodetrust import CrlKeeper
 from hostagent.node.etcdmember import EtcdMember
 from hostagent.node.executor import Order
 

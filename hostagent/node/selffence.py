@@ -29,7 +29,6 @@ from kvm.process import QemuManager
 
 from hostagent import model
 from hostagent.clock import SYSTEM, Clock
-from hostagent.master.decide.failovers import armed, auto_failover
 from hostagent.node.fencekeeper import (Feed, keeper_argv, keeper_running, kill_victims, process_start,
                                    read_feed, write_feed)
 from hostagent.node.nodelease import NodeLease
@@ -43,11 +42,11 @@ KEEPER_CHECK_S = 5.0
 
 def guarded_names(instances: list[Mapping[str, Any]], node: str, cluster: Mapping[str, Any]) -> list[str]:
     """The instances this node must stop when it loses its lease."""
-    if not armed(cluster):
+    if not model.armed(cluster):
         return []
     return sorted(i["name"] for i in instances
                   if i.get("primary_node") == node and i.get("disk_template") in model.REPLICATED
-                  and i.get("secondary_node") and auto_failover(i, cluster))
+                  and i.get("secondary_node") and model.auto_failover(i, cluster))
 
 
 class SelfFence:
@@ -113,7 +112,7 @@ class SelfFence:
     def step(self) -> None:
         cluster = self._replica.get_json(model.CLUSTER_KEY) or {}
         instances = [i for _, i in self._replica.prefix_json(model.INSTANCES)]
-        self._armed = armed(cluster)
+        self._armed = model.armed(cluster)
         self._armed_since = cluster.get("fencing_since")
         self._guarded = guarded_names(instances, self._node, cluster)
         victims = []

@@ -15,7 +15,7 @@ import pytest
 from conftest import AgentNode, Cluster, wait_for
 from hostagent.api import auth
 from hostagent.api.app import ROUTES, Route
-from hostagent.api.callers import HEADER, Caller
+from hostagent.callers import HEADER, Caller
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("hostagent", "kvm", "storage", "election", "membership", "cli")
 LEAVES = ("membership", "election", "storage", "kvm")
 CLI_MAY_IMPORT = {"hostagent.units",  # sizes parsed and printed the way the agent does
-                  "hostagent.api.callers",  # a job's or event's caller named the way the agent does
+                  "hostagent.callers",  # a job's or event's caller named the way the agent does
                   "hostagent.api.relay"}  # the VNC relay's bounded byte pump (cli/vnc.py), the agent's own
 
 
@@ -141,3 +141,15 @@ def test_hostagent_has_a_floor_plan_few_files_at_its_top_and_no_long_module_with
         if lines > 400 and "Over 400 lines:" not in doc:
             long.append(f"{path.relative_to(ROOT)}: {lines} lines, and its docstring does not say why (Over 400 lines: ...)")
     assert not long, "\n".join(long)
+
+
+# The wings lean one way: the API serves what the master and the nodes do; the master orders nodes over the
+# network, never through their code; a node obeys and reports, knowing neither.
+WING_MAY_NOT_IMPORT = {"hostagent.master": ("hostagent.api",), "hostagent.node": ("hostagent.api", "hostagent.master")}
+
+
+def test_the_wings_lean_one_way():
+    breaches = [f"{name} imports {dep}" for name, deps in sorted(module_graph().items()) for dep in sorted(deps)
+                for wing, banned in WING_MAY_NOT_IMPORT.items()
+                if name.startswith(wing + ".") and dep.startswith(tuple(b + "." for b in banned))]
+    assert not breaches, "\n".join(breaches)

@@ -88,16 +88,6 @@ class Decision:
     short: list[str] = field(default_factory=list)  # instances that would move but for memory on their secondary
 
 
-def auto_failover(inst: Mapping[str, Any], cluster: Mapping[str, Any]) -> bool:
-    """The instance's own setting, else the cluster-wide default (off unless set)."""
-    own = inst.get("auto_failover")
-    return bool(cluster.get("auto_failover", False)) if own is None else bool(own)
-
-
-def armed(cluster: Mapping[str, Any]) -> bool:
-    return cluster.get("fencing", "armed") != "disarmed"
-
-
 def max_lost(nodes: int, cluster: Mapping[str, Any], policy: Policy) -> int:
     configured = cluster.get("max_lost_nodes", policy.max_lost)
     return int(configured) if configured is not None else max(1, nodes // 3)
@@ -140,7 +130,7 @@ def decide(view: View, state: State, now: float, policy: Policy = Policy()) -> D
         alert = {"reason": reason, "since": now, "nodes": recent}
         events.append(Event("", ",".join(recent), "alert", reason))
     blocked = ("the cluster alert stands (see `corral cluster info`)" if alert or view.cluster.get("alert")
-               else "fencing is disarmed (`corral cluster fencing arm`)" if not armed(view.cluster) else "")
+               else "fencing is disarmed (`corral cluster fencing arm`)" if not model.armed(view.cluster) else "")
     failovers: list[tuple[str, str, str]] = []
     short: list[str] = []
     free = _free_memory(view)
@@ -182,7 +172,7 @@ def failbacks(view: View, state: State, now: float) -> list[tuple[str, str, Even
     resync), and no alert or disarm stands.
     """
     after = view.cluster.get("failback_after_s")
-    if not after or view.cluster.get("alert") or not armed(view.cluster):
+    if not after or view.cluster.get("alert") or not model.armed(view.cluster):
         return []
     out = []
     for inst in sorted(view.instances, key=lambda i: (priority_rank(i), i["name"])):
@@ -207,7 +197,7 @@ def _refusal(view: View, inst: Mapping[str, Any], blocked: str, free: Mapping[st
     name, node, target = inst["name"], inst["primary_node"], inst.get("secondary_node")
     if inst.get("disk_template") not in model.REPLICATED or not target:
         return "off", f"its disks are not replicated ({inst.get('disk_template')})"
-    if not auto_failover(inst, view.cluster):
+    if not model.auto_failover(inst, view.cluster):
         return "off", ("auto-failover is off for it; `corral instance failover --ignore-consistency` "
                        "moves it by hand")
     if blocked:

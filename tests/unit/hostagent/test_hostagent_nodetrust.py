@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hostagent.api.nodetrust import refusal
+from hostagent.node.nodetrust import refusal
 
 
 def test_a_member_with_its_recorded_certificate_is_accepted():

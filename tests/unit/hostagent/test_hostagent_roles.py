@@ -9,10 +9,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from hostagent import model
-from hostagent.api import auth, callers, users
+from hostagent import callers
+from hostagent.api import auth, users
 from hostagent.api.accesslog import line
 from hostagent.api.app import ROUTES, build_app
-from hostagent.api.callers import Caller
+from hostagent.callers import Caller
 
 
 def test_every_route_has_an_access_level_and_a_site():
