@@ -26,10 +26,16 @@ class ObservedStatus:
     pid: int | None = None
 
 
-def report_age_s(report: dict[str, Any] | None, now: float) -> float | None:
+def report_age_s(report: Mapping[str, Any] | None, now: float) -> float | None:
     if not report:
         return None
     return max(0.0, now - float(report.get("time", 0.0)))
+
+
+def report_fresh(report: Mapping[str, Any] | None, now: float) -> bool:
+    """The node reported within REPORT_STALE_AFTER_S: what it says may be acted on."""
+    age = report_age_s(report, now)
+    return age is not None and age <= REPORT_STALE_AFTER_S
 
 
 # QEMU run states (and the agent's own "migrating") while a live migration is under way.

@@ -21,7 +21,7 @@ from hostagent.errors import BadRequest
 from hostagent.master.node_ops import NodeOperations
 from hostagent.master.operations import Operations
 from hostagent.master.repair import Repair
-from hostagent.status import REPORT_STALE_AFTER_S, report_age_s
+from hostagent.status import report_fresh
 
 # Cluster-wide numbers `cluster init` takes, and what each must be.
 CLUSTER_SETTINGS = {
@@ -160,7 +160,7 @@ class ClusterRoutes(ApiBase):
         if self.agent.nodes is None:
             return {}
         up = [n for n in nodes if n["name"] != me and not n.get("offline")
-              and (age := report_age_s(reports.get(n["name"]), now)) is not None and age <= REPORT_STALE_AFTER_S]
+              and report_fresh(reports.get(n["name"]), now)]
         return await clocks.measure(self.agent.nodes, me, up)
 
     async def cluster_repair(self, request: web.Request) -> web.Response:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,7 +22,7 @@ from hostagent.master.role import MasterRole
 from hostagent.master.rotation import Rotation
 from hostagent.node.supervisor import Loops
 from hostagent.orders import NodeClient
-from hostagent.status import REPORT_STALE_AFTER_S
+from hostagent.status import report_fresh
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class Candidacy:
     async def _fence_older_masters(self) -> None:
         """Record the new token and tell every node at once, so an older master's orders are refused."""
         assert self.role.token is not None
-        info = {"node": self._node, "token": self.role.token.to_str(), "since": time.time()}
+        info = {"node": self._node, "token": self.role.token.to_str(), "since": self.role.clock.time()}
         await self.ops.store.write([Op.put(model.MASTER_INFO_KEY, model.dumps(info))])
         nodes = await self.ops.store.prefix(model.NODES)
 
@@ -86,9 +85,9 @@ class Candidacy:
     async def _fence_stragglers(self) -> None:
         """Nodes that have not seen this master's token yet (they were away at the election) get it now."""
         assert self.role.token is not None
-        mine, now = self.role.token.to_str(), time.time()
+        mine, now = self.role.token.to_str(), self.role.clock.time()
         behind = [r["node"] for _, r in self._replica.prefix_json(model.REPORTS)
-                  if r.get("fencing_token") != mine and now - r.get("time", 0) < REPORT_STALE_AFTER_S]
+                  if r.get("fencing_token") != mine and report_fresh(r, now)]
 
         async def hello(name: str) -> None:
             try:

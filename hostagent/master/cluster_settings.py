@@ -9,7 +9,6 @@ whether it may move anything. Each change is recorded as an event.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from election.etcd import Op
@@ -130,7 +129,7 @@ def stored(changes: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
 async def _update(store: Store, change: dict[str, Any], message: str) -> dict[str, Any]:
     cluster = await store.get(model.CLUSTER_KEY) or {}
     cluster.update(change)
-    now = time.time()
+    now = store.clock.time()
     writes = [Op.put(model.CLUSTER_KEY, model.dumps(cluster))]
     writes += await store.event_ops([Event("", store.role.node, "operator", message)], now)
     await store.write(writes)
@@ -147,7 +146,7 @@ async def set_fencing(store: Store, arm: bool) -> dict[str, Any]:
                "them over" if arm else
                "fencing DISARMED by the operator: no node stops its instances when cut off, and nothing is "
                "failed over automatically, until `corral cluster fencing arm`")
-    await _update(store, {"fencing": state, "fencing_since": time.time()}, message)
+    await _update(store, {"fencing": state, "fencing_since": store.clock.time()}, message)
     return {"fencing": state, "changed": True}
 
 

@@ -9,7 +9,6 @@ the target's certificate, and the target pulls it with qemu-img.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import Any
 
@@ -46,7 +45,7 @@ class DiskOps:
         reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
         want = Request(inst["memory_mib"], sum(d["size_mib"] for d in inst["disks"]), secondary is not None)
         try:
-            check_manual(inst["name"], want, primary, secondary, nodes, reports, others, time.time())
+            check_manual(inst["name"], want, primary, secondary, nodes, reports, others, self.store.clock.time())
         except PlacementError as exc:
             raise BadRequest(str(exc)) from None
 
@@ -209,7 +208,7 @@ class DiskOps:
             raise JobFailed(f"no disk was added to '{name}': {exc}") from exc
         try:
             await self.store.write([Op.put(model.instance_key(name), model.dumps(
-                {**inst, "disks": [*inst["disks"], disk], "mtime": time.time()}))])
+                {**inst, "disks": [*inst["disks"], disk], "mtime": self.store.clock.time()}))])
         except Exception:
             await self.store.order(node, "instance.disk-unplug", {"name": name, "index": disk["index"]})
             await self.store.order(node, "instance.disk-remove", {"name": name, "index": disk["index"]})
@@ -224,7 +223,7 @@ class DiskOps:
         inst = await self.store.instance(args["name"])
         name, index = inst["name"], int(args["disk"])
         disk = inst["disks"][index]
-        rest = {**inst, "disks": [d for d in inst["disks"] if d["index"] != index], "mtime": time.time()}
+        rest = {**inst, "disks": [d for d in inst["disks"] if d["index"] != index], "mtime": self.store.clock.time()}
         secondary = inst.get("secondary_node")
         mirrored = bool(secondary) and await self._running(inst)
         if mirrored:  # its copy leaves the running mirror, recorded out of date first (the guest still writes)
@@ -263,7 +262,7 @@ class DiskOps:
         await self.store.order(source, "instance.replica-export",
                                {"name": name, "disks": disks, "port_base": base, "client": target})
         total = sum(d["size_mib"] for d in disks)
-        done, started = 0.0, time.monotonic()
+        done, started = 0.0, self.store.clock.monotonic()
         try:
             for disk in disks:
                 fetch = asyncio.create_task(self.store.order(
@@ -284,7 +283,7 @@ class DiskOps:
         finally:
             await self.store.order(source, "instance.replica-unexport", {"name": name, "disks": disks})
         await ctx.log(f"copied {format_mib(total)} of disks of '{name}' from node '{source}' to node '{target}' "
-                      f"in {time.monotonic() - started:.1f} s")
+                      f"in {self.store.clock.monotonic() - started:.1f} s")
 
     async def _job_move(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         await self.check_move(args["name"], args)
@@ -296,7 +295,7 @@ class DiskOps:
         except Exception:
             await self._remove_disks(ctx, target, inst)
             raise
-        inst.update(primary_node=target, mtime=time.time())
+        inst.update(primary_node=target, mtime=self.store.clock.time())
         await self.store.write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
         await self._remove_disks(ctx, source, inst)
         await ctx.log(f"instance '{inst['name']}' now lives on node '{target}'")
@@ -317,7 +316,7 @@ class DiskOps:
         await self.store.order(new, "instance.replica-prepare", {"name": name, "disks": inst["disks"]})
         await self.moves.outdate(name, f"its secondary is being replaced: node '{old}' by node '{new}'")
         await self.store.order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
-        inst.update(secondary_node=new, mtime=time.time())
+        inst.update(secondary_node=new, mtime=self.store.clock.time())
         await self.store.write([Op.put(model.instance_key(name), model.dumps(inst))])
         await self.moves.protect(ctx, inst)
         await self._remove_disks(ctx, old, inst)
@@ -358,7 +357,7 @@ class DiskOps:
             await self.store.order(secondary, "instance.disk-grow", order)
         await self.store.order(inst["primary_node"], "instance.disk-grow", order)
         inst["disks"][index]["size_mib"] = size
-        inst.update(mtime=time.time())
+        inst.update(mtime=self.store.clock.time())
         await self.store.write([Op.put(model.instance_key(name), model.dumps(inst))])
         await ctx.log(f"disk {index} of '{name}' is now {format_mib(size)}")
         report = await self.store.get(model.report_key(inst["primary_node"])) or {}

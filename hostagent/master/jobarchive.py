@@ -9,7 +9,6 @@ runner counts on from the archive too).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -45,13 +44,13 @@ class JobArchive:
 
     async def step(self) -> int:
         """A master duty: archive what is due, drop what expired; how many jobs were moved."""
-        now_mono = time.monotonic()
+        now_mono = self.store.clock.monotonic()
         if now_mono - self._last < EVERY_S:
             return 0
         self._last = now_mono
         cluster = await self.store.get(model.CLUSTER_KEY) or {}
         after = float(cluster.get("job_archive_after_s") or DEFAULT_AFTER_S)
-        now = time.time()
+        now = self.store.clock.time()
         jobs = {int(j["id"]): j for j in await self.store.prefix(model.JOBS)}
         ids = due(jobs.values(), now, after)
         for start in range(0, len(ids), BATCH):

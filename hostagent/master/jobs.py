@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from kvm.hvparams import HvParamError
 
 from hostagent import model
 from hostagent import callers
+from hostagent.clock import SYSTEM, Clock
 from hostagent.errors import BadRequest, Conflict, NotFound, Reserved
 
 log = logging.getLogger(__name__)
@@ -43,17 +43,17 @@ class JobContext:
     def __init__(self, runner: "JobRunner", job: dict[str, Any]) -> None:
         self._runner = runner
         self.job = job
-        self.started = time.monotonic()
+        self.started = self._runner.clock.monotonic()
 
     async def log(self, message: str) -> None:
         log.info("job %d: %s", self.job["id"], message)
-        self.job["log"].append([time.time(), message])
+        self.job["log"].append([self._runner.clock.time(), message])
         await self._runner.save(self.job)
 
     async def progress(self, done: float, total: float, text: str, started: float) -> None:
         """Record percent and an ETA extrapolated from the rate so far."""
         percent = 100.0 * done / total if total else 100.0
-        elapsed = time.monotonic() - started
+        elapsed = self._runner.clock.monotonic() - started
         eta = (elapsed / done * (total - done)) if done > 0 else None
         self.job["progress"] = {"percent": round(percent, 1), "text": text,
                                 "eta_s": None if eta is None else round(eta, 1)}
@@ -96,8 +96,10 @@ class JobRunner:
     """Runs the master's jobs; exists only while this node holds the master lease."""
 
     def __init__(self, node: str, client: EtcdClient, lease: MasterLease, token: FencingToken,
-                 handlers: dict[str, Handler], lock_keys: Callable[[dict[str, Any]], Sequence[str]]) -> None:
+                 handlers: dict[str, Handler], lock_keys: Callable[[dict[str, Any]], Sequence[str]],
+                 clock: Clock = SYSTEM) -> None:
         self._node = node
+        self.clock = clock
         self._client = client
         self._lease = lease
         self._token = token
@@ -119,7 +121,7 @@ class JobRunner:
             job = model.loads(kv.value)
             self._next_id = max(self._next_id, job["id"] + 1)
             if job["status"] == "running":
-                job["log"].append([time.time(), f"the master running this job ({job.get('master')}) "
+                job["log"].append([self.clock.time(), f"the master running this job ({job.get('master')}) "
                                                 "stopped before it finished; ended by the new master "
                                                 f"'{self._node}'. Re-run the command: orders are idempotent."])
                 await self._finish(job, "error", error="interrupted by a master change")
@@ -167,7 +169,7 @@ class JobRunner:
         job_id = self._next_id
         self._next_id += 1
         job = {"id": job_id, "op": op, "summary": summary, "args": args, "status": "queued",
-               "created": time.time(), "started": None, "ended": None, "log": [],
+               "created": self.clock.time(), "started": None, "ended": None, "log": [],
                "progress": None, "result": None, "error": None, "master": self._node,
                "caller": callers.recorded(), "reservations": list(reservations)}
         compares = [Compare.create_revision(k, "=", 0)
@@ -206,7 +208,7 @@ class JobRunner:
 
     def _done(self, job: dict[str, Any]) -> None:
         self._active.pop(job["id"], None)
-        now = time.time()
+        now = self.clock.time()
         for key in self._lock_keys(job):
             self._ended[key] = now
 
@@ -231,25 +233,25 @@ class JobRunner:
                 lock.release()
             if job["id"] in self._cancel_requested:
                 self._cancel_requested.discard(job["id"])
-                job["log"].append([time.time(), "canceled before it started"])
+                job["log"].append([self.clock.time(), "canceled before it started"])
                 await self._finish(job, "canceled", error="canceled by the operator")
                 return
             raise
         try:
             job["status"] = "running"
-            job["started"] = time.time()
+            job["started"] = self.clock.time()
             await self.save(job)
             ctx = JobContext(self, job)
             try:
                 result = await self._handlers[job["op"]](ctx, job["args"])
             except JobFailed as exc:
-                job["log"].append([time.time(), f"failed: {exc}"])
+                job["log"].append([self.clock.time(), f"failed: {exc}"])
                 await self._finish(job, "error", error=str(exc))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one broad catch per job, reported
                 log.exception("job %d (%s) crashed; please report this bug", job["id"], job["op"])
-                job["log"].append([time.time(), f"internal error: {exc!r} (please report this bug)"])
+                job["log"].append([self.clock.time(), f"internal error: {exc!r} (please report this bug)"])
                 await self._finish(job, "error", error=f"internal error: {exc!r}")
             else:
                 await self._finish(job, "success", result=result)
@@ -259,7 +261,7 @@ class JobRunner:
 
     async def _finish(self, job: dict[str, Any], status: str, *, error: str | None = None,
                       result: dict[str, Any] | None = None) -> None:
-        job.update(status=status, ended=time.time(), error=error, result=result)
+        job.update(status=status, ended=self.clock.time(), error=error, result=result)
         if job.get("progress") and status == "success":
             job["progress"] = {**job["progress"], "percent": 100.0, "eta_s": 0}
         ops = [Op.put(model.job_key(job["id"]), model.dumps(job))]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +51,7 @@ class JoinTokens:
         if not 1 <= ttl_s <= 7 * 86400:
             raise BadRequest(f"token lifetime {ttl_s:g} s is out of range (1 s to 7 days)")
         token, digest = joining.make_token(pki.ca_fingerprint(self.pki))
-        now = time.time()
+        now = self.store.clock.time()
         record = {"node": name, "address": address, "created": now, "expires": now + ttl_s,
                   "issued_by": self.role.node}
         stale = [Op.delete(kv.key) for kv in await self._token_kvs() if joining.token_state(kv.record, now) != "valid"]
@@ -67,7 +66,7 @@ class JoinTokens:
         kv = await self.role.client.get(model.join_token_key(digest))
         record = None if kv is None else model.loads(kv.value)
         name, address = str(req.get("name", "")), str(req.get("address", ""))
-        joining.check_token(record, name, address, time.time())
+        joining.check_token(record, name, address, self.store.clock.time())
         assert kv is not None and record is not None
         try:
             public_key = pki.csr_public_key(str(req.get("csr", "")).encode())
@@ -80,7 +79,7 @@ class JoinTokens:
             node = {"name": name, "address": address, "api_port": int(ports["api"]),
                     "gossip_port": int(ports["gossip"]), "etcd_client_port": int(ports["etcd_client"]),
                     "etcd_peer_port": int(ports["etcd_peer"]), "candidate": False, "master_capable": True,
-                    "drained": False, "offline": False, "added": time.time(),
+                    "drained": False, "offline": False, "added": self.store.clock.time(),
                     "cert_serials": [pki.serial_of(cert)]}
         except (AssertionError, KeyError, TypeError, ValueError):
             raise BadRequest("a join request needs ports {api, gossip, etcd_client, etcd_peer}") from None
@@ -124,10 +123,10 @@ class JoinTokens:
 
     async def sweep_tokens(self) -> None:
         """Master duty: delete expired (and used, kept by older agents) token records every TOKEN_SWEEP_S."""
-        if time.monotonic() < self._next_sweep:
+        if self.store.clock.monotonic() < self._next_sweep:
             return
-        self._next_sweep = time.monotonic() + joining.TOKEN_SWEEP_S
-        now = time.time()
+        self._next_sweep = self.store.clock.monotonic() + joining.TOKEN_SWEEP_S
+        now = self.store.clock.time()
         stale = [kv for kv in await self._token_kvs() if joining.token_state(kv.record, now) != "valid"]
         token = self.role.token
         if not stale or token is None or not self.role.lease_ok():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -72,7 +71,7 @@ class InstanceModify:
                              set(model.held_addresses(new)) - set(model.held_addresses(target))]
         view = await cluster_view(self.store)
         check_kernel(target, new, view)
-        short = check_resources(target, new, view, time.time())
+        short = check_resources(target, new, view, self.store.clock.time())
         if short and not force:
             raise Conflict("; ".join(short) + " (--force writes it anyway, with N+1 no longer certain)")
         return await self.store.role.require().submit(
@@ -165,12 +164,12 @@ class InstanceModify:
                     plugged = True
             view = await cluster_view(self.store)
             check_kernel(target, wanted, view)
-            short = check_resources(target, wanted, view, time.time())
+            short = check_resources(target, wanted, view, self.store.clock.time())
             if short and not args.get("force"):
                 raise JobFailed("; ".join(short))
             running = await self.store.running(inst)
             new = pending.split(inst, wanted, running)
-            new["mtime"] = time.time()
+            new["mtime"] = self.store.clock.time()
             kept = [records[n][0] for n in _reached(name, new["after"], records)]
             token = self.store.role.token
             if token is None or not self.store.role.lease_ok():

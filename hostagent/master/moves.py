@@ -30,7 +30,7 @@ from hostagent.master.decide.restarts import Event
 from hostagent.errors import BadRequest
 from hostagent.master.jobs import JobContext, JobFailed
 from hostagent.master.store import Store
-from hostagent.status import REPORT_STALE_AFTER_S
+from hostagent.status import report_fresh
 from hostagent.status import describe_mirrors, eta_words
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Moves:
 
     async def alive(self, name: str) -> bool:
         report = await self.store.get(model.report_key(name))
-        return report is not None and time.time() - report.get("time", 0) <= REPORT_STALE_AFTER_S
+        return report_fresh(report, self.store.clock.time())
 
     async def secondary_up(self, name: str) -> bool:
         """Reporting and holding its node lease: a frozen or cut-off secondary hangs the guest's writes."""
@@ -79,7 +79,7 @@ class Moves:
 
     async def _set_nodes(self, inst: dict[str, Any], primary: str, secondary: str, home: str | None = None) -> None:
         """`home`: the node an automatic failover took it from, for a later failback (else none)."""
-        inst.update(primary_node=primary, secondary_node=secondary, mtime=time.time(), home_node=home)
+        inst.update(primary_node=primary, secondary_node=secondary, mtime=self.store.clock.time(), home_node=home)
         inst.pop("replica_in_sync", None)
         await self.store.write([Op.put(model.instance_key(inst["name"]), model.dumps(inst))])
 
@@ -102,7 +102,7 @@ class Moves:
             log.info("instance '%s': a late request to outdate copy generation %s (now %s) changes nothing",
                      name, gen, record.get("gen"))
             return
-        now = time.time()
+        now = self.store.clock.time()
         ops = [Op.put(model.replica_key(name), model.dumps(replicas.outdated(record, why, now)))]
         message = ""
         if record.get("in_sync"):
@@ -141,7 +141,7 @@ class Moves:
         """Make `inst`'s pending changes current (in the config and in `inst`); its hypervisor parameters."""
         current = await self.store.get(model.instance_key(inst["name"])) or inst
         applied, changed = pending.apply({**current, "pending": inst.get("pending")})
-        applied["mtime"] = time.time()
+        applied["mtime"] = self.store.clock.time()
         await self.store.write([Op.put(model.instance_key(inst["name"]), model.dumps(applied))])
         inst.clear()
         inst.update(applied)
@@ -155,7 +155,7 @@ class Moves:
         disks = inst["disks"]
         try:
             record, revision = await self.replica(name)
-            record = replicas.new_copy(record, time.time())
+            record = replicas.new_copy(record, self.store.clock.time())
             if not await self.put_if_unchanged(name, record, revision):
                 raise JobFailed("its replica record changed meanwhile; the master tries again")
             await self.store.order(secondary, "instance.replica-export",
@@ -234,7 +234,7 @@ class Moves:
             inst["primary_node"], "instance.migrate-to-switchover",
             {"name": inst["name"], "host": host, "port": port, "disks": inst["disks"],
              "max_bandwidth_mib_s": max_bandwidth}))
-        started = time.monotonic()
+        started = self.store.clock.monotonic()
         while not order.done():
             await asyncio.wait({order}, timeout=MIGRATE_POLL_S)
             if order.done():
@@ -274,7 +274,7 @@ class Moves:
         """
         name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
         reports = {n: await self.store.get(model.report_key(n)) or {} for n in (primary, secondary)}
-        if any(time.time() - r.get("time", 0) > REPORT_STALE_AFTER_S for r in reports.values()):
+        if not all(report_fresh(r, self.store.clock.time()) for r in reports.values()):
             return False
         there = reports[secondary].get("instances", {}).get(name)
         here = reports[primary].get("instances", {}).get(name)
@@ -316,7 +316,7 @@ class Moves:
         if not ok:
             since = record.get("since")
             age = f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} " \
-                  f"({(time.time() - since) / 60:.0f} min ago)" if since else "for an unknown time"
+                  f"({(self.store.clock.time() - since) / 60:.0f} min ago)" if since else "for an unknown time"
             await ctx.log(f"WARNING: --ignore-consistency: the copy of '{name}' on node '{new}' is {why}, "
                           f"out of date {age}: every write '{name}' made on '{old}' after that is LOST")
         await ctx.log(f"failing over instance '{name}' from node '{old}' to node '{new}'")

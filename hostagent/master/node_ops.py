@@ -21,7 +21,7 @@ from hostagent.master.join_tokens import JoinTokens
 from hostagent.master.role import MasterRole
 from hostagent.master.store import Store
 from hostagent.master.decide.pool import DEFAULT_POOL_SIZE, PoolChange, next_change
-from hostagent.status import REPORT_STALE_AFTER_S
+from hostagent.status import report_fresh
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class NodeOperations:
                            "or use --force to remove the node anyway (its instances will show as node-down)")
         if node.get("candidate"):
             await self._leave_etcd(node, "node removed")
-        revoked = model.revocations(node, f"node '{name}' removed", time.time())
+        revoked = model.revocations(node, f"node '{name}' removed", self.store.clock.time())
         await self.store.write([Op.delete(model.node_key(name)), Op.delete(model.report_key(name)),
                                 Op.delete(model.lease_key(name))] + [Op.put(k, v) for k, v in revoked])
         log.info("node '%s' removed from the cluster; its certificate is no longer accepted by agents or etcd",
@@ -104,7 +104,7 @@ class NodeOperations:
         await self._node(name)
         reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
         return plan_evacuation(name, {n["name"]: n for n in await self._nodes()}, reports,
-                               await self.store.trusting_instances(reports), time.time())
+                               await self.store.trusting_instances(reports), self.store.clock.time())
 
     async def submit_evacuation(self, name: str) -> int:
         """Drain the node, then run the plan as one job; a plan that does not fit changes nothing."""
@@ -169,7 +169,7 @@ class NodeOperations:
         nodes = await self._nodes()
         reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
         change = next_change(nodes, reports, self.role.node, int(cluster.get("candidate_pool_size",
-                                                                                DEFAULT_POOL_SIZE)), time.time())
+                                                                                DEFAULT_POOL_SIZE)), self.store.clock.time())
         if change is None:
             return None
         members = await self.role.client.member_list()
@@ -240,13 +240,13 @@ class NodeOperations:
                 await asyncio.sleep(0.5)
 
     async def _promote(self, member_id: int, name: str) -> None:
-        deadline = time.monotonic() + ETCD_JOIN_TIMEOUT_S
+        deadline = self.store.clock.monotonic() + ETCD_JOIN_TIMEOUT_S
         while True:
             try:
                 await self.role.client.member_promote(member_id)
                 return
             except EtcdRequestFailed as exc:
-                if time.monotonic() > deadline:
+                if self.store.clock.monotonic() > deadline:
                     raise
                 log.info("etcd member of node '%s' is catching up before promotion (%s)", name, exc.message)
                 await asyncio.sleep(0.5)
@@ -279,13 +279,13 @@ class NodeOperations:
             raise Conflict("there is no other master candidate to hand over to")
         if to is not None:
             report = await self.store.get(model.report_key(to))
-            if report is None or time.time() - report.get("time", 0) > REPORT_STALE_AFTER_S:
+            if not report_fresh(report, self.store.clock.time()):
                 raise Conflict(f"node '{to}' has not reported recently; hand over to a healthy candidate")
         busy = self.role.require().running_jobs()
         if busy:
             raise Conflict(f"job(s) {', '.join(map(str, busy))} are running on this master; wait for them "
                            "(`corral job watch ID`) so that the hand-over interrupts nothing")
-        handover = {"from": self.role.node, "to": to, "until": time.time() + HANDOVER_S}
+        handover = {"from": self.role.node, "to": to, "until": self.store.clock.time() + HANDOVER_S}
         await self.store.write([Op.put(model.HANDOVER_KEY, model.dumps(handover))])
         log.info("handing the master role over to %s", f"node '{to}'" if to else "another candidate")
         await self.role.step_down(HANDOVER_S)

@@ -11,7 +11,6 @@ jobs, the mirror and restart duties are built here, all on one store
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from election.etcd import Op
@@ -68,7 +67,7 @@ class Operations:
         return await choosing_again(lambda: self._submit_add(req))
 
     async def _submit_add(self, req: dict[str, Any]) -> int:
-        inst = check_add(req, await cluster_view(self.store), time.time())
+        inst = check_add(req, await cluster_view(self.store), self.store.clock.time())
         if inst.cdrom:
             await cdrom.check_on(self.store, inst.cdrom, [inst.primary_node, *filter(None, [inst.secondary_node])])
         # Reserving the name and each MAC makes concurrent adds collide at submit,
@@ -89,7 +88,7 @@ class Operations:
         if not runner.busy(f"instance/{name}"):
             # With no job pending on it, the node's report is the truth to check against.
             report = await self.store.get(model.report_key(inst["primary_node"]))
-            observed = instance_status(inst, report, time.time())
+            observed = instance_status(inst, report, self.store.clock.time())
             where = f"on node '{inst['primary_node']}'"
             if op == "instance.start" and observed.pid is not None:
                 raise Conflict(f"instance '{name}' is already running {where} (pid {observed.pid}); "
@@ -120,7 +119,7 @@ class Operations:
 
     @operator_errors
     async def _job_cluster_init(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        cluster = {"name": args["name"], "created": time.time(), "hvparams": args["hvparams"],
+        cluster = {"name": args["name"], "created": self.store.clock.time(), "hvparams": args["hvparams"],
                    "init_node": args["node"]["name"], "candidate_pool_size": args.get("candidate_pool_size", 3),
                    **args.get("settings", {})}
         await self.store.write([Op.put(model.CLUSTER_KEY, model.dumps(cluster)),
@@ -139,7 +138,7 @@ class Operations:
         hv = await self.store.hvparams(inst)
         disks = ", ".join(f"disk {d['index']} {format_mib(d['size_mib'])} {d['format']}" for d in inst["disks"])
         await ctx.log(f"creating instance '{name}' on node '{node}': {disks}, OS '{inst['os']}'")
-        started = time.monotonic()
+        started = self.store.clock.monotonic()
         steps = 2 if args["start"] else 1
         await ctx.progress(0, steps, "creating disks and installing the OS", started)
         await vncpass.ensure(self.store, inst)
@@ -152,7 +151,7 @@ class Operations:
                                             {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,
                                              "networks": await self.store.nic_networks(inst)},
                                             timeout_s=INSTALL_TIMEOUT_S + 60)
-            await ctx.log(f"disks of '{name}' created and OS installed in {time.monotonic() - started:.1f} s")
+            await ctx.log(f"disks of '{name}' created and OS installed in {self.store.clock.monotonic() - started:.1f} s")
             await ctx.progress(1, steps, "disks ready", started)
             inst["admin_state"] = "up" if args["start"] else "down"
             addresses, compares = self.store.address_writes(None, inst)
@@ -194,7 +193,7 @@ class Operations:
         ops = [Op.delete(model.restart_key(inst["name"]))]
         if inst["admin_state"] != state:
             inst["admin_state"] = state
-            inst["mtime"] = time.time()
+            inst["mtime"] = self.store.clock.time()
             ops.append(Op.put(model.instance_key(inst["name"]), model.dumps(inst)))
         await self.store.write(ops)
 
@@ -264,7 +263,7 @@ class Operations:
 
     async def _check_stopped(self, inst: dict[str, Any], what: str) -> None:
         report = await self.store.get(model.report_key(inst["primary_node"]))
-        if inst["admin_state"] == "up" or instance_status(inst, report, time.time()).pid is not None:
+        if inst["admin_state"] == "up" or instance_status(inst, report, self.store.clock.time()).pid is not None:
             raise Conflict(f"instance '{inst['name']}' is running (or marked up); it is {what} only stopped: "
                            f"`corral instance stop {inst['name']}` first")
 
@@ -274,7 +273,7 @@ class Operations:
         old, new_name = args["name"], args["new_name"]
         inst = await self.store.instance(old)
         await self._check_stopped(inst, "renamed")
-        new = {**inst, "name": new_name, "mtime": time.time()}
+        new = {**inst, "name": new_name, "mtime": self.store.clock.time()}
         hv = await self.store.hvparams(inst)
         if inst.get("secondary_node"):
             await self.store.order(inst["secondary_node"], "instance.replica-unexport",
@@ -323,7 +322,7 @@ class Operations:
                                                             "install_id": f"{ctx.job['id']}-{name}",
                                                             "networks": await self.store.nic_networks(new)},
                                timeout_s=3600)
-        new["mtime"] = time.time()
+        new["mtime"] = self.store.clock.time()
         await self.store.write([Op.put(model.instance_key(name), model.dumps(new))])
         await ctx.log(f"instance '{name}' reinstalled with OS '{new['os']}'")
         if new["admin_state"] == "up":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,7 @@ from hostagent import model, views
 from hostagent.master.jobs import JobFailed
 from hostagent.master.decide.restarts import Event
 from hostagent.master.store import Store
-from hostagent.status import REPORT_STALE_AFTER_S
+from hostagent.status import report_fresh
 from hostagent.views import Finding
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ def _stray_copy(f: Finding, inst: Mapping[str, Any] | None, reports: Mapping[str
         return Step(f, manual=f"instance '{f.instance}' is gone now; verify again")
     primary = inst["primary_node"]
     seen = reports.get(primary) or {}
-    if now - float(seen.get("time", 0.0)) <= REPORT_STALE_AFTER_S and f.instance in seen.get("instances", {}):
+    if report_fresh(seen, now) and f.instance in seen.get("instances", {}):
         why = f"its primary '{primary}' runs it too"
     elif _lease_lost_since_start(leases.get(f.node), reports.get(f.node), f.instance):
         why = f"node '{f.node}' lost its node lease after this QEMU started, so that copy counts as fenced"
@@ -168,7 +167,7 @@ class Repair:
                  "jobs": await store.prefix(model.JOBS)}
         findings = views.verify(await store.prefix(model.NODES),
                                 [{**i, "restart": by_track.get(i["name"])} for i in instances],
-                                state["reports"], state["jobs"], store.role.node, time.time(),
+                                state["reports"], state["jobs"], store.role.node, self.store.clock.time(),
                                 cluster=await store.get(model.CLUSTER_KEY) or {}, leases=state["leases"],
                                 tracks=tracks)
         return findings, state
@@ -179,11 +178,11 @@ class Repair:
         busy = views.jobs_in_flight(state["jobs"])
         busy |= {f.instance: "the master is restarting it" for f in findings
                  if f.instance and self.starting(f.instance)}
-        steps = plan(findings, state["instances"], state["reports"], state["leases"], busy, time.time())
+        steps = plan(findings, state["instances"], state["reports"], state["leases"], busy, self.store.clock.time())
         outcomes = await asyncio.gather(*(self._carry_out(s) for s in steps))
         acted = [(s, o) for s, o in zip(steps, outcomes) if s.action]
         if acted:
-            now = time.time()
+            now = self.store.clock.time()
             events = [Event(s.finding.instance, s.node or s.finding.node, "repair",
                             f"cluster repair: {s.action}: {'done' if ok == 'repaired' else 'failed'} ({detail})")
                       for s, (ok, detail) in acted]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import election.lease
 from election.lease import FencingToken, MasterLease
 
 from hostagent import model
+from hostagent.clock import SYSTEM, Clock
 from hostagent.errors import NotMaster
 from hostagent.master.jobs import Handler, JobRunner
 
@@ -32,8 +32,9 @@ class MasterRole:
     def __init__(self, node: str, client: EtcdClient, lease: MasterLease,
                  lock_keys: Callable[[dict[str, Any]], list[str]],
                  on_change: Callable[[str], None] = lambda s: None,
-                 catch_up: Callable[[int, float], Awaitable[bool]] | None = None) -> None:
+                 catch_up: Callable[[int, float], Awaitable[bool]] | None = None, clock: Clock = SYSTEM) -> None:
         self.node = node
+        self.clock = clock  # the master's jobs, store and duties read the time here
         self.client = client
         self.lease = lease
         self.handlers: dict[str, Handler] = {}  # set by the wiring: operations need the role
@@ -67,7 +68,7 @@ class MasterRole:
         that succeeded, minus a margin, so a master that was frozen or cut off
         stops acting before etcd can have given the role to another node.
         """
-        return self.is_master and time.monotonic() < self._lease_deadline
+        return self.is_master and self.clock.monotonic() < self._lease_deadline
 
     def require(self) -> JobRunner:
         if self.runner is None:
@@ -112,7 +113,7 @@ class MasterRole:
             if not self.lease_ok():
                 await self._demote("could not renew the master lease in time")
                 return f"node '{self.node}' stopped acting as master: its lease may have expired"
-            sent = time.monotonic()
+            sent = self.clock.monotonic()
             if not await self.lease.keepalive():
                 await self._demote("master lease expired")
                 return f"lost the master lease; node '{self.node}' is no longer master"
@@ -121,18 +122,18 @@ class MasterRole:
             # the keepalive that keeps this node master.
             self._launch_duties()
             return f"node '{self.node}' is master (token {self.token.to_str()})"  # type: ignore[union-attr]
-        if time.monotonic() < self._hold_until:
+        if self.clock.monotonic() < self._hold_until:
             return f"node '{self.node}' stepped down; not campaigning for a moment"
         handover = await self.client.get(model.HANDOVER_KEY)
         if handover is not None:
             plan = model.loads(handover.value)
             someone_else = plan["to"] is not None and plan["to"] != self.node
-            if plan["until"] > time.time() and (plan["from"] == self.node or someone_else):
+            if plan["until"] > self.clock.time() and (plan["from"] == self.node or someone_else):
                 return f"master hand-over to {plan['to'] or 'another candidate'} in progress; not campaigning"
         held = await self.lease.current()
         if held is not None and held[0] != self.node:
             return f"node '{held[0]}' holds the master lease; following"  # a cheap read, no campaign
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         token = await self.lease.campaign(self.node)
         if token is None:
             current = await self.lease.current()
@@ -143,7 +144,7 @@ class MasterRole:
                 await self.client.lease_revoke(current[1].lease_id)
                 if len(await self.client.member_list()) > 1:
                     # Let a candidate that stayed up take over: this agent has only just started.
-                    self._hold_until = time.monotonic() + TAKEOVER_HOLD_S
+                    self._hold_until = self.clock.monotonic() + TAKEOVER_HOLD_S
                 return (f"revoked the master lease left by this node's previous agent "
                         f"(token {current[1].to_str()})")
             holder = current[0] if current else "nobody"
@@ -155,16 +156,16 @@ class MasterRole:
                 await self.lease.resign()
                 return f"won the election but this node's replica is behind revision {revision}; stepped back"
         self._say(f"acquired the master lease; node '{self.node}' is master (token {token.to_str()})")
-        runner = JobRunner(self.node, self.client, self.lease, token, self.handlers, self._lock_keys)
+        runner = JobRunner(self.node, self.client, self.lease, token, self.handlers, self._lock_keys, self.clock)
         self.token = token
         await runner.start()  # ends or re-queues the old master's jobs before anything new is submitted
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         if not await self.lease.keepalive():
             self.token = None
             await runner.stop()
             return "lost the master lease while taking over; following"
         self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
-        self.master_since = time.time()
+        self.master_since = self.clock.time()
         self.runner = runner
         self._hooks_task = asyncio.create_task(self._run_hooks_then_duties(), name="master-elected")
         self.became_master.set()
@@ -190,7 +191,7 @@ class MasterRole:
 
     async def step_down(self, hold_s: float) -> None:
         """Planned hand-over: stop duties, end the lease, and stay out of the next election."""
-        self._hold_until = time.monotonic() + hold_s
+        self._hold_until = self.clock.monotonic() + hold_s
         await self._demote("stepped down for a planned master hand-over")
         await self.lease.resign()
         self._wake.set()

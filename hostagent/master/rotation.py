@@ -14,7 +14,6 @@ new CA, then trusts the new CA only and the old CA key is deleted.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -97,7 +96,7 @@ class Rotation:
         await self.store.write([Op.put(key, model.dumps({**node, "cert_serials": old + [serial]}))])
         await self.store.order(node["name"], "secrets.cert", {"cert": cert.decode()})
         now = (await self.store.get(key)) or node
-        revoked = model.revocations({**node, "cert_serials": old}, "replaced by rotate-secrets", time.time())
+        revoked = model.revocations({**node, "cert_serials": old}, "replaced by rotate-secrets", self.store.clock.time())
         await self.store.write([Op.put(key, model.dumps({**now, "cert_serials": [serial]}))]
                                + [Op.put(k, v) for k, v in revoked])
 

@@ -9,7 +9,6 @@ of each other: none of them needs another to read, write or order.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +34,7 @@ class Store:
     def __init__(self, role: MasterRole, nodes: NodeClient) -> None:
         self.role = role
         self.nodes = nodes
+        self.clock = role.clock
 
     # ---- reads ------------------------------------------------------------------
     async def get(self, key: str) -> Any:
@@ -77,7 +77,7 @@ class Store:
         if inst.get("admin_state") == "up":
             return True
         report = await self.get(model.report_key(inst["primary_node"]))
-        return instance_status(inst, report, time.time()).pid is not None
+        return instance_status(inst, report, self.clock.time()).pid is not None
 
     async def nic_networks(self, inst: dict[str, Any]) -> dict[str, Any]:
         """The networks an instance's NICs are on, for the OS scripts' NIC_n_NETWORK_* environment."""

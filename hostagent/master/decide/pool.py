@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hostagent.status import REPORT_STALE_AFTER_S, report_age_s
+from hostagent.status import report_fresh
 
 DEFAULT_POOL_SIZE = 3
 MAX_POOL_SIZE = 5
@@ -29,8 +29,7 @@ def wanted_size(target: int, eligible: int) -> int:
 
 
 def _healthy(node: dict[str, Any], reports: dict[str, dict[str, Any]], now: float) -> bool:
-    age = report_age_s(reports.get(node["name"]), now)
-    return age is not None and age <= REPORT_STALE_AFTER_S and not node.get("offline")
+    return report_fresh(reports.get(node["name"]), now) and not node.get("offline")
 
 
 def next_change(nodes: list[dict[str, Any]], reports: dict[str, dict[str, Any]], master: str,

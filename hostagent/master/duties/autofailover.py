@@ -12,7 +12,6 @@ nodes taken away, for `cluster simulate --fail`.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +21,7 @@ from hostagent import model
 from hostagent.errors import Conflict, NotFound
 from hostagent.master.decide.failovers import Decision, Policy, State, View, decide, failbacks
 from hostagent.master.store import Store
-from hostagent.status import REPORT_STALE_AFTER_S
+from hostagent.status import report_fresh
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +38,17 @@ class AutoFailover:
         instances = await self.store.trusting_instances(reports)
         kvs, _ = await self.store.role.client.get_prefix(model.LEASES)
         leases = frozenset(kv.key.rsplit("/", 1)[1] for kv in kvs)
-        alive = frozenset(n for n, r in reports.items() if now - r.get("time", 0) <= REPORT_STALE_AFTER_S and n in leases)
+        alive = frozenset(n for n, r in reports.items() if report_fresh(r, now) and n in leases)
         runner = self.store.role.runner
         busy = frozenset(i["name"] for i in instances if runner is not None and runner.busy(f"instance/{i['name']}"))
         return View(tuple(await self.store.prefix(model.NODES)), leases, reports, tuple(instances),
                     await self.store.get(model.CLUSTER_KEY) or {}, alive, self.store.role.master_since, busy)
 
     async def step(self) -> None:
-        if time.monotonic() - self._last_pass < PASS_EVERY_S:
+        if self.store.clock.monotonic() - self._last_pass < PASS_EVERY_S:
             return
-        self._last_pass = time.monotonic()
-        now = time.time()
+        self._last_pass = self.store.clock.monotonic()
+        now = self.store.clock.time()
         view = await self.view(now)
         state = State.from_dict(await self.store.get(model.FAILOVER_STATE_KEY) or {})
         decision = decide(view, state, now)
@@ -87,7 +86,7 @@ class AutoFailover:
 
     async def simulate(self, fail: list[str]) -> dict[str, Any]:
         """What this master would decide if the nodes in `fail` were lost now (their leases gone)."""
-        now = time.time()
+        now = self.store.clock.time()
         view = await self.view(now)
         known = {n["name"] for n in view.nodes}
         unknown = [n for n in fail if n not in known]

@@ -10,7 +10,6 @@ records from the primary's report whether the copy is in sync
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +18,7 @@ from hostagent.master.decide import replicas
 from hostagent.master.jobs import JobFailed
 from hostagent.master.moves import Moves
 from hostagent.master.store import Store
-from hostagent.status import REPORT_STALE_AFTER_S
+from hostagent.status import report_fresh
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class Mirrors:
 
     async def keep_mirrors(self) -> None:
         """Restart mirrors that are not running and record whether each secondary copy is in sync."""
-        now = time.monotonic()
+        now = self.store.clock.monotonic()
         if now - self._last_duty < DUTY_EVERY_S:
             return
         self._last_duty = now
@@ -60,7 +59,7 @@ class Mirrors:
             return
         name, primary = inst["name"], inst["primary_node"]
         report = await self.store.get(model.report_key(primary)) or {}
-        if time.time() - report.get("time", 0) > REPORT_STALE_AFTER_S or name not in report.get("instances", {}):
+        if not report_fresh(report, self.store.clock.time()) or name not in report.get("instances", {}):
             return  # not running, or nothing known: nothing to mirror
         states = report.get("mirrors", {}).get(name, [])
         statuses = {s["status"] for s in states}
@@ -71,7 +70,7 @@ class Mirrors:
             log.warning("the secondary '%s' of instance '%s' is gone: the primary goes on alone", secondary, name)
             await self.store.order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
             return
-        new = replicas.judge(record, states, float(report.get("time", 0)), time.time())
+        new = replicas.judge(record, states, float(report.get("time", 0)), self.store.clock.time())
         if new is not None and await self.moves.put_if_unchanged(name, new, revision):
             (log.info if new["in_sync"] else log.warning)(
                 "the copy of instance '%s' on node '%s' is %s", name, secondary,
@@ -84,11 +83,11 @@ class Mirrors:
         # A disk with no mirror at all (none started yet, or one hot-plugged whose attach failed) lists no state.
         if (len(states) < len(inst["disks"]) or statuses & {"failed", "stopped"}) \
                 and await self.moves.alive(inst["secondary_node"]):
-            if time.monotonic() < self._retry_at.get(name, 0.0):
+            if self.store.clock.monotonic() < self._retry_at.get(name, 0.0):
                 return
             log.info("the disk mirror of instance '%s' to node '%s' is not running: starting it",
                      name, inst["secondary_node"])
             if await self.moves.protect(None, inst):
                 self._retry_at.pop(name, None)
             else:
-                self._retry_at[name] = time.monotonic() + PROTECT_RETRY_S
+                self._retry_at[name] = self.store.clock.monotonic() + PROTECT_RETRY_S

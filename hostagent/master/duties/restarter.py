@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from election.etcd import Op
@@ -23,7 +22,7 @@ from hostagent.master.jobs import JobFailed
 from hostagent.master.moves import Moves
 from hostagent.master.decide.restarts import Policy, Track, View, decide
 from hostagent.master.store import Store
-from hostagent.status import REPORT_STALE_AFTER_S
+from hostagent.status import report_fresh
 
 log = logging.getLogger(__name__)
 JOB_UNSEEN_MAX_S = 30.0  # how long a restart waits for a node report made after a job on its instance
@@ -46,16 +45,16 @@ class Restarter:
         return task is not None and not task.done()
 
     async def step(self) -> None:
-        if time.monotonic() - self._last_pass < PASS_EVERY_S:
+        if self.store.clock.monotonic() - self._last_pass < PASS_EVERY_S:
             return
-        self._last_pass = time.monotonic()
+        self._last_pass = self.store.clock.monotonic()
         self._starting = {n: t for n, t in self._starting.items() if not t.done()}
         instances = await self.store.prefix(model.INSTANCES)
         reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
         leases = {key.rsplit("/", 1)[1] for key in await self._keys(model.LEASES)}
-        now = time.time()
+        now = self.store.clock.time()
         alive = frozenset(n for n, r in reports.items()
-                          if now - r.get("time", 0) <= REPORT_STALE_AFTER_S and n in leases)
+                          if report_fresh(r, now) and n in leases)
         tracks = {t["name"]: Track.from_dict(t) for t in await self.store.prefix(model.RESTARTS)}
         runner = self.store.role.runner
         busy = frozenset(i["name"] for i in instances

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from hostagent.master.decide.evacuation import Step, plan_evacuation
+from hostagent.clock import SYSTEM
 from hostagent.master.jobs import JobContext, JobFailed
 from hostagent.master.node_ops import NodeOperations, _StepContext
 from hostagent.master.operations import lock_keys
@@ -208,6 +209,7 @@ def test_the_evacuation_job_locks_its_node_and_every_instance_it_moves():
 class _Runner:
     def __init__(self) -> None:
         self.saved: list[dict[str, Any]] = []
+        self.clock = SYSTEM
 
     async def save(self, job: dict[str, Any]) -> None:
         self.saved.append({"progress": job["progress"], "log": list(job["log"])})
