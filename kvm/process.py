@@ -1,11 +1,10 @@
 """Lifecycle of the QEMU processes of one node: start, find, stop, reset.
 
 QEMU runs daemonized with a pidfile, so it survives the agent: a restarted
-(or SIGKILLed) agent finds its instances again with ``discover()``. A pid
-read from a pidfile is trusted only when that live process's command line
-names this very pidfile, so a recycled pid never gets a signal meant for a
-VM. Every wait is bounded; every operation is idempotent so a restarted
-agent or a new master can simply send it again.
+(or SIGKILLed) agent finds its instances again with ``discover()``. The
+launch, the pidfile check and the signals are ``kvm.daemon``'s. Every wait
+is bounded; every operation is idempotent so a restarted agent or a new
+master can simply send it again.
 
 Errors: ``QemuStartError`` (start failed, nothing left behind),
 ``QemuStopError`` (the process survived SIGKILL), ``InstanceNotRunning``
@@ -18,12 +17,14 @@ import dataclasses
 import logging
 import os
 import re
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from kvm import daemon
 from kvm.cmdline import InstanceSpec, RunPaths, SpecError, build_argv, run_paths
 from kvm.hvparams import KERNEL_FILE_PARAMS
 from kvm.media import set_vnc_password
@@ -36,7 +37,6 @@ STATUS_UNKNOWN = "unknown"
 _POLL_INTERVAL_S = 0.05
 _QUIT_WAIT_S = 5.0
 _KILL_WAIT_S = 5.0
-_STDERR_TAIL_LINES = 20
 _ANSI_RE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-~])")  # CSI sequences, 2-byte escapes
 
 
@@ -257,32 +257,17 @@ class QemuManager:
         """Run QEMU until it has daemonized (its parent exits once devices are up)."""
         log.debug("instance %r: exec %s", name, argv)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                preexec_fn=None if self.guest_nice is None else self._set_guest_nice,
-            )
-        except OSError as exc:
-            reason = f"cannot run {argv[0]!r}: {exc}; install qemu-system-x86 or fix qemu_binary"
+            await daemon.launch(argv, self.launch_timeout_s,
+                                None if self.guest_nice is None else self._set_guest_nice)
+        except daemon.LaunchNotStarted as exc:
+            reason = f"cannot run {argv[0]!r}: {exc.error}; install qemu-system-x86 or fix qemu_binary"
             raise QemuStartError(name, reason, "") from exc
-        try:
-            _, stderr = await asyncio.wait_for(proc.communicate(), self.launch_timeout_s)
-        except TimeoutError as exc:
-            try:
-                proc.kill()
-            except ProcessLookupError:
-                pass
-            await asyncio.wait_for(proc.wait(), _KILL_WAIT_S)
+        except daemon.LaunchTimeout as exc:
             raise QemuStartError(
                 name, f"QEMU did not daemonize within {self.launch_timeout_s:g} s", ""
             ) from exc
-        if proc.returncode != 0:
-            raise QemuStartError(
-                name, f"QEMU exited with status {proc.returncode}", _stderr_tail(stderr)
-            )
+        except daemon.LaunchFailed as exc:
+            raise QemuStartError(name, f"QEMU exited with status {exc.rc}", exc.stderr_tail) from exc
 
     async def _wait_qmp_ready(self, name: str, proc: psutil.Process, paths: RunPaths) -> None:
         """Bounded retries until QMP answers query-status."""
@@ -300,7 +285,7 @@ class QemuManager:
                 return
             except QmpError as exc:
                 reason = exc.reason
-            if not _alive(proc):
+            if not daemon.alive(proc):
                 raise QemuStartError(name, "QEMU exited during startup", "")
             await asyncio.sleep(_POLL_INTERVAL_S)
         raise QemuStartError(
@@ -321,7 +306,7 @@ class QemuManager:
         except QmpError as exc:
             log.warning("instance %r: ACPI power-down not sent: %s", name, exc.reason)
             return False
-        if await _wait_gone(proc, timeout_s):
+        if await daemon.wait_gone(proc, timeout_s):
             return True
         log.info("instance %r: guest ignored ACPI power-down for %g s", name, timeout_s)
         return False
@@ -333,14 +318,12 @@ class QemuManager:
                 await qmp.quit()
         except QmpError as exc:
             log.warning("instance %r: QMP quit failed: %s", name, exc.reason)
-        if await _wait_gone(proc, _QUIT_WAIT_S):
+        if await daemon.wait_gone(proc, _QUIT_WAIT_S):
             return
         log.warning("instance %r: sending SIGKILL to QEMU pid %d", name, proc.pid)
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
+        if not daemon.send_signal(proc, signal.SIGKILL):
             return
-        if not await _wait_gone(proc, _KILL_WAIT_S):
+        if not await daemon.wait_gone(proc, _KILL_WAIT_S):
             raise QemuStopError(name, proc.pid, f"still alive {_KILL_WAIT_S:g} s after SIGKILL")
 
     async def _kill_leftover(self, paths: RunPaths) -> None:
@@ -348,11 +331,8 @@ class QemuManager:
         proc = _pidfile_process(paths)
         if proc is None:
             return
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            return
-        await _wait_gone(proc, _KILL_WAIT_S)
+        if daemon.send_signal(proc, signal.SIGKILL):
+            await daemon.wait_gone(proc, _KILL_WAIT_S)
 
 
 def resolved_kernel(spec: InstanceSpec, dirs: Sequence[str]) -> InstanceSpec:
@@ -382,53 +362,12 @@ def resolved_kernel(spec: InstanceSpec, dirs: Sequence[str]) -> InstanceSpec:
 
 def _pidfile_process(paths: RunPaths) -> psutil.Process | None:
     """The live process named by the pidfile, if it is this instance's QEMU."""
-    try:
-        pid = int(Path(paths.pidfile).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        argv = proc.cmdline()
-    except psutil.Error:
-        return None
-    if not any(a == "-pidfile" and b == paths.pidfile for a, b in zip(argv, argv[1:])):
-        return None
-    return proc
-
-
-def _alive(proc: psutil.Process) -> bool:
-    """True while the process exists and is not a zombie waiting to be reaped."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-async def _wait_gone(proc: psutil.Process, timeout_s: float) -> bool:
-    """Poll until ``proc`` has exited, for at most ``timeout_s``; True if it did."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    for _ in range(int(timeout_s / _POLL_INTERVAL_S) + 2):
-        if not _alive(proc):
-            return True
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
-        await asyncio.sleep(min(_POLL_INTERVAL_S, remaining))
-    return not _alive(proc)
+    return daemon.pidfile_process(paths.pidfile, "-pidfile")
 
 
 def _remove_runtime_files(paths: RunPaths) -> None:
     """Pidfile and sockets go; the console log (maybe in the same dir) stays."""
-    for path in (paths.pidfile, paths.qmp_socket, paths.console_socket):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    daemon.remove_files(paths.pidfile, paths.qmp_socket, paths.console_socket)
     try:
         os.rmdir(paths.instance_dir)
     except OSError:
@@ -451,5 +390,3 @@ def _tail(path: str, lines: int) -> list[str]:
     return text.splitlines()[-lines:]
 
 
-def _stderr_tail(stderr: bytes) -> str:
-    return "\n".join(stderr.decode("utf-8", errors="replace").splitlines()[-_STDERR_TAIL_LINES:])
