@@ -2,7 +2,7 @@
 
 No cluster: one TCG QEMU (kvm.process, paused at once by QMP `stop`: no guest
 kernel, and a running firmware would only spin a vCPU) mirrors its disks with
-kvm.blockmirror into storage.nbdexport's exports over TLS; a throwaway CA and one
+kvm.blockmirror into kvm.nbdexport's exports over TLS; a throwaway CA and one
 node certificate (hostagent.pki) serve both ends, as on a Corral node.
 
 a. Write throughput through HMP `qemu-io` on the drive (it enters the block layer
@@ -42,10 +42,10 @@ from hostagent.node.replication import client_identity  # noqa: E402
 from kvm.blockmirror import MirrorState, add_nbd_target, mirror_state, start_mirror, stop_mirror  # noqa: E402
 from kvm.cmdline import DiskSpec, InstanceSpec  # noqa: E402
 from kvm.hvparams import HvParams  # noqa: E402
+from kvm.nbdexport import NbdExportSpec, link_tls_dir, start_export, stop_export  # noqa: E402
 from kvm.process import QemuManager  # noqa: E402
 from kvm.qmp import Qmp  # noqa: E402
 from storage import runner  # noqa: E402
-from storage.nbdexport import NbdExportSpec, link_tls_dir, start_export, stop_export  # noqa: E402
 
 MIB = 1024 * 1024
 NODE = "bench"

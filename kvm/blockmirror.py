@@ -3,7 +3,7 @@
 Each replicated disk is a ``quorum`` node (``disk<i>``, kvm.cmdline) with
 ``vote-threshold=2`` and ``read-pattern=fifo`` over two children: the local
 image and the peer. The peer is the secondary's NBD export
-(``storage.nbdexport``) once that copy is complete, and a ``null-co`` sink
+(``kvm.nbdexport``) once that copy is complete, and a ``null-co`` sink
 until then. The guest's device has ``werror=stop``: a write or flush that
 either child cannot take fails in the quorum, QEMU pauses the guest
 (status ``io-error``) and keeps the request for a retry at ``cont``.

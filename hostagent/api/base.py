@@ -24,7 +24,9 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from election.etcd import EtcdError, EtcdRequestFailed
 import election.lease
+from kvm.daemon import LaunchError
 from kvm.hvparams import HvParamError
+from kvm.nbdexport import ExportError
 from storage.base import StorageError
 
 from hostagent import model
@@ -61,6 +63,8 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (election.lease.NotMaster, 503, "no-master"),  # the leaf's own error, translated here
     (ConnectionError, 503, "master-unreachable"), (TimeoutError, 503, "timeout"),
     (OrderError, 422, "order-failed"), (StorageError, 422, "storage"),
+    # The NBD export's errors, and its daemon's failure to start (QemuManager words its own), as when it was storage's.
+    (ExportError, 422, "storage"), (LaunchError, 422, "storage"),
     (JobFailed, 409, "refused"),  # a master step refused outside a job (its lease lapsed, say): retry
 ]
 

@@ -13,10 +13,10 @@ import os
 import re
 from typing import Any
 
-from kvm import hotplug
+from kvm import hotplug, nbdexport
 from kvm.process import QemuManager
 from kvm.qmp import Qmp
-from storage import nbdexport, runner
+from storage import runner
 from storage.filedisk import FileTemplate
 
 from hostagent import pki

@@ -1,7 +1,7 @@
 """The node side of the `mirror` template and of live migration: orders and the guard.
 
 On the secondary, each disk copy is served by its own qemu-storage-daemon
-(storage.nbdexport) on this node's address, to the primary's certificate
+(kvm.nbdexport) on this node's address, to the primary's certificate
 only. On the primary, each disk is a quorum of the local image and the
 secondary's export (kvm.blockmirror): a mirror job makes the copy, and the
 guard joins it to the quorum once it has converged. Live migration
@@ -38,10 +38,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kvm import blockmirror, migration
+from kvm import blockmirror, migration, nbdexport
 from kvm.process import QemuManager
 from kvm.qmp import Qmp, QmpError
-from storage import nbdexport
 from storage.filedisk import FileTemplate
 
 from hostagent import pki

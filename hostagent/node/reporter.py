@@ -15,8 +15,9 @@ from typing import Any
 
 import psutil
 
+from kvm import nbdexport
 from kvm.process import QemuManager
-from storage import nbdexport, runner
+from storage import runner
 from storage.base import StorageError
 from storage.drbdstatus import ResourceState, parse_status_json
 from storage.filedisk import FileTemplate

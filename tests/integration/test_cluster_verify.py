@@ -1,7 +1,7 @@
 """`cluster verify` and `--repair` against real QEMU and qemu-storage-daemon processes.
 
 The strays are started the way the agent starts its own (kvm.process,
-storage.nbdexport, in the agent's run directory), so the node reports them
+kvm.nbdexport, in the agent's run directory), so the node reports them
 exactly as it would report leftovers of its own.
 """
 
@@ -20,8 +20,8 @@ from conftest import free_port, is_gone, wait_for, wait_until
 
 from kvm.cmdline import InstanceSpec
 from kvm.hvparams import HvParams
+from kvm.nbdexport import NbdExportSpec, link_tls_dir, start_export
 from kvm.process import QemuManager
-from storage.nbdexport import NbdExportSpec, link_tls_dir, start_export
 
 from hostagent.node import clocks, reporter
 from hostagent.node.executor import client_identity

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GUEST_DIR, free_port, is_gone, wait_until
-from test_storage_nbdexport import Pki, export_spec, make_pki
+from test_kvm_nbdexport import Pki, export_spec, make_pki
 
 from kvm.blockmirror import (
     MirrorState,
@@ -38,9 +38,9 @@ from kvm.blockmirror import (
 from kvm.cmdline import DiskSpec, InstanceSpec
 from kvm.console import attach
 from kvm.hvparams import HvParams
+from kvm.nbdexport import NbdExportSpec, export_pid, start_export
 from kvm.process import QemuManager
 from kvm.qmp import Qmp
-from storage.nbdexport import NbdExportSpec, export_pid, start_export
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

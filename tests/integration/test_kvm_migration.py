@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from conftest import free_port, is_gone, wait_until
-from test_storage_nbdexport import make_pki
+from test_kvm_nbdexport import make_pki
 
 from kvm.cmdline import InstanceSpec, build_argv, run_paths
 from kvm.hvparams import HvParams

@@ -16,40 +16,40 @@ guest write into it. Choices that matter:
   refuse the primary's reconnection.
 - The daemon locks the image, so a QEMU on this node cannot open the copy
   while it is exported (stop the export before failing over to it).
-- It daemonizes once it listens and writes a pidfile; like QEMU, a pid read
-  back is trusted only if that live process was started with this pidfile.
+- It daemonizes once it listens and writes a pidfile; like QEMU, it is
+  launched and found again through ``kvm.daemon``, so a pid read back is
+  trusted only if that live process was started with this pidfile.
+
+It lives beside ``kvm.blockmirror``, the primary's side, because both drive
+QEMU binaries; the storage templates only make the files it serves.
 
 The TLS directory holds QEMU's file names: ``link_tls_dir`` makes one from
 the node's own certificate and key (symlinks, so renewals carry over).
 
-Errors (all StorageError): ``InvalidExportSpec`` (every problem listed),
-``storage.errors.CommandError`` from the runner when the daemon does not
-start, ``ExportStartFailed`` when it dies right after starting,
-``ExportStopFailed`` when it survives SIGKILL.
+Errors: ``ExportError`` is the base of ``InvalidExportSpec`` (every
+problem listed, also a ValueError), ``ExportStartFailed`` (it died right after
+starting) and ``ExportStopFailed`` (it survived SIGKILL); a daemon that does
+not start at all raises ``kvm.daemon.LaunchError`` with its stderr.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import os
 import re
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 
-from storage import runner
-from storage.errors import StorageError
+from kvm import daemon
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("raw", "qcow2")
 _EXPORT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _START_TIMEOUT_S = 30.0
-_POLL_INTERVAL_S = 0.05
 # QEMU's file names for an x509 credentials directory, and what each holds.
 TLS_FILES = {
     "ca-cert.pem": "ca",
@@ -60,7 +60,11 @@ TLS_FILES = {
 }
 
 
-class InvalidExportSpec(StorageError, ValueError):
+class ExportError(Exception):
+    """Base of the errors of an NBD export (the hostagent answers them as storage errors)."""
+
+
+class InvalidExportSpec(ExportError, ValueError):
     """An export cannot be described to qemu-storage-daemon; ``problems`` says why."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -68,7 +72,7 @@ class InvalidExportSpec(StorageError, ValueError):
         super().__init__("invalid NBD export: " + "; ".join(self.problems))
 
 
-class ExportStartFailed(StorageError):
+class ExportStartFailed(ExportError):
     """The daemon reported a successful start, yet no live process holds ``pidfile``."""
 
     def __init__(self, export_name: str, pidfile: str) -> None:
@@ -80,7 +84,7 @@ class ExportStartFailed(StorageError):
         )
 
 
-class ExportStopFailed(StorageError):
+class ExportStopFailed(ExportError):
     """The export daemon ``pid`` survived SIGKILL."""
 
     def __init__(self, pidfile: str, pid: int) -> None:
@@ -203,8 +207,8 @@ async def start_export(
 
     The daemon's parent exits only once the server listens, so the export
     is reachable when this returns. A daemon that cannot start (port in
-    use, unreadable image or credentials) raises CommandFailed with its
-    stderr.
+    use, unreadable image or credentials) raises kvm.daemon.LaunchFailed
+    with its stderr.
     """
     argv = build_export_argv(spec, binary)
     running = export_pid(spec.pidfile)
@@ -212,7 +216,7 @@ async def start_export(
         log.debug("NBD export %r: already served by pid %d", spec.export_name, running)
         return running
     os.makedirs(os.path.dirname(spec.pidfile), mode=0o700, exist_ok=True)
-    await runner.run(argv, timeout_s=timeout_s)
+    await daemon.launch(argv, timeout_s)
     pid = export_pid(spec.pidfile)
     if pid is None:
         raise ExportStartFailed(spec.export_name, spec.pidfile)
@@ -231,15 +235,15 @@ async def stop_export(pidfile: str, timeout_s: float = 10.0) -> bool:
     """
     proc = _pidfile_process(pidfile)
     if proc is None:
-        _remove(pidfile)
+        daemon.remove_files(pidfile)
         return False
-    _signal(proc, signal.SIGTERM)
-    if not await _wait_gone(proc, timeout_s):
+    daemon.send_signal(proc, signal.SIGTERM)
+    if not await daemon.wait_gone(proc, timeout_s):
         log.warning("NBD export pid %d ignored SIGTERM for %g s, killing it", proc.pid, timeout_s)
-        _signal(proc, signal.SIGKILL)
-        if not await _wait_gone(proc, 5.0):
+        daemon.send_signal(proc, signal.SIGKILL)
+        if not await daemon.wait_gone(proc, 5.0):
             raise ExportStopFailed(pidfile, proc.pid)
-    _remove(pidfile)
+    daemon.remove_files(pidfile)
     log.info("NBD export daemon pid %d (%s) stopped", proc.pid, pidfile)
     return True
 
@@ -250,54 +254,5 @@ def _opt(value: str) -> str:
 
 
 def _pidfile_process(pidfile: str) -> psutil.Process | None:
-    try:
-        pid = int(Path(pidfile).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        argv = proc.cmdline()
-    except psutil.Error:
-        return None
-    if not any(a == "--pidfile" and b == pidfile for a, b in zip(argv, argv[1:])):
-        return None
-    return proc
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _signal(proc: psutil.Process, signum: int) -> None:
-    try:
-        proc.send_signal(signum)
-    except psutil.NoSuchProcess:
-        pass
-
-
-async def _wait_gone(proc: psutil.Process, timeout_s: float) -> bool:
-    """Poll (bounded) until ``proc`` has exited; True if it did."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    for _ in range(int(timeout_s / _POLL_INTERVAL_S) + 2):
-        if not _alive(proc):
-            return True
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
-        await asyncio.sleep(min(_POLL_INTERVAL_S, remaining))
-    return not _alive(proc)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    """The live daemon started with ``pidfile``, if any."""
+    return daemon.pidfile_process(pidfile, "--pidfile")

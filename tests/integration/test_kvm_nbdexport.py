@@ -26,8 +26,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import free_port, is_gone, wait_until
 
-from storage.errors import CommandFailed
-from storage.nbdexport import (
+from kvm.daemon import LaunchFailed
+from kvm.nbdexport import (
     NbdExportSpec,
     export_pid,
     is_running,
@@ -230,7 +230,7 @@ async def test_start_reports_the_daemon_error_when_the_port_is_taken(spec):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", spec.port))
         taken.listen()
-        with pytest.raises(CommandFailed) as failure:
+        with pytest.raises(LaunchFailed) as failure:
             await start_export(spec)
     assert "Address already in use" in failure.value.stderr_tail
     assert not is_running(spec.pidfile)

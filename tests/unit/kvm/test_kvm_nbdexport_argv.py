@@ -1,15 +1,11 @@
-"""storage.nbdexport's pure parts: the qemu-storage-daemon argv and spec checks.
-
-(Named test_kvm_migration_* only to stay in the files assigned to this
-work; it tests storage/nbdexport.py.)
-"""
+"""kvm.nbdexport's pure parts: the qemu-storage-daemon argv and spec checks."""
 
 import dataclasses
 import os
 
 import pytest
 
-from storage.nbdexport import (
+from kvm.nbdexport import (
     InvalidExportSpec,
     NbdExportSpec,
     build_export_argv,
