@@ -20,7 +20,7 @@ stop_qemus() {
   for pidfile in "$DEMO"/*/run/instances/*/qemu.pid "$DEMO"/*/run/replication/*.pid "$DEMO"/*/run/fence-keeper.pid; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
-    if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$DEMO/"; then
+    if { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "$DEMO/"; then  # a stale pid: no such file
       case $pidfile in
         */replication/*) echo "==> stopping disk export $(basename "$pidfile" .pid) (pid $pid)" ;;
         */fence-keeper.pid) echo "==> stopping the fence keeper of $(basename "$(dirname "$(dirname "$pidfile")")") (pid $pid)" ;;
