@@ -18,7 +18,7 @@ from storage.drbdconf import RESOURCE_PREFIX
 
 from hostagent.master.decide import networks
 from hostagent.node.clocks import ClockReading
-from hostagent.master.decide.placement import Request, _Judge
+from hostagent.master.decide.placement import Request, Judge
 from hostagent.node.looplag import WARN_MS as LOOP_LAG_WARN_MS
 from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
 from hostagent.master.decide.replicas import out_of_date_words
@@ -387,7 +387,7 @@ def _n_plus_1(nodes: list[dict[str, Any]], fresh: Mapping[str, Mapping[str, Any]
     """Placement's own N+1 rule, applied to the cluster as it is (no new instance).
 
     Only nodes whose report says how much memory they have are judged."""
-    judge = _Judge(Request(memory_mib=0, disk_mib=0, replicated=False), {n["name"]: n for n in nodes}, fresh,
+    judge = Judge(Request(memory_mib=0, disk_mib=0, replicated=False), {n["name"]: n for n in nodes}, fresh,
                    instances, now, REPORT_STALE_AFTER_S)
     return [Finding("error", f"node '{node}': {text}", "n-plus-1", node)
             for node in sorted(fresh) if "memory_total_mib" in fresh[node]

@@ -58,7 +58,7 @@ class PlacementError(Exception):
         super().__init__(f"{head} ({request.describe()}): {'; '.join(parts)}")
 
 
-class _Judge:
+class Judge:
     """Answers "why not this node?" for one request; an empty answer means it fits."""
 
     def __init__(self, req: Request, nodes: Nodes, reports: Reports, instances: Iterable[Mapping[str, Any]],
@@ -160,7 +160,7 @@ def _add(shortages: dict[str, list[str]], node: str, reasons: list[str]) -> None
 def place(name: str, req: Request, nodes: Nodes, reports: Reports, instances: Iterable[Mapping[str, Any]],
           now: float, max_report_age_s: float = 60.0) -> Placement:
     """The best (primary, secondary) for a new instance; PlacementError naming every node's shortage."""
-    judge = _Judge(req, nodes, reports, instances, now, max_report_age_s)
+    judge = Judge(req, nodes, reports, instances, now, max_report_age_s)
     shortages: dict[str, list[str]] = {}
     primaries: list[str] = []
     for node in sorted(nodes):
@@ -192,7 +192,7 @@ def place(name: str, req: Request, nodes: Nodes, reports: Reports, instances: It
 def check_manual(name: str, req: Request, primary: str, secondary: str | None, nodes: Nodes, reports: Reports,
                  instances: Iterable[Mapping[str, Any]], now: float, max_report_age_s: float = 60.0) -> Placement:
     """The operator's `--node P[:S]`, checked like an automatic choice; PlacementError with every problem."""
-    judge = _Judge(req, nodes, reports, instances, now, max_report_age_s)
+    judge = Judge(req, nodes, reports, instances, now, max_report_age_s)
     shortages: dict[str, list[str]] = {}
     _add(shortages, primary, judge.as_primary(primary))
     if secondary is None:
