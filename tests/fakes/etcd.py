@@ -10,6 +10,7 @@ while `reachable()` says the caller is cut off, as a partitioned node's would.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,8 +36,10 @@ class FakeEtcd:
         self._leases: dict[int, _Lease] = {}
         self._ids = itertools.count(0x1000)
 
-    def client(self, reachable: Callable[[], bool] = lambda: True) -> FakeEtcdClient:
-        return FakeEtcdClient(self, reachable)
+    def client(self, reachable: Callable[[], bool] = lambda: True, silent_s: float = 0.0) -> FakeEtcdClient:
+        """`silent_s`: how long a call of a cut-off client waits before it fails (a dropped packet waits out
+        the real client's 5 s timeout; a refused connection fails at once)."""
+        return FakeEtcdClient(self, reachable, silent_s)
 
     # ---- time -----------------------------------------------------------------
     def expire(self) -> None:
@@ -144,17 +147,20 @@ class FakeEtcd:
 class FakeEtcdClient:
     """election.etcd.EtcdClient's calls, answered by a FakeEtcd, or refused while the caller is cut off."""
 
-    def __init__(self, etcd: FakeEtcd, reachable: Callable[[], bool]) -> None:
+    def __init__(self, etcd: FakeEtcd, reachable: Callable[[], bool], silent_s: float = 0.0) -> None:
         self._etcd = etcd
         self._reachable = reachable
+        self._silent_s = silent_s
 
-    def _check(self) -> FakeEtcd:
+    async def _check(self) -> FakeEtcd:
         if not self._reachable():
+            if self._silent_s:
+                await asyncio.sleep(self._silent_s)
             raise EtcdUnavailable(["fake://etcd"], "this node is cut off from the etcd members")
         return self._etcd
 
     async def get(self, key: str) -> KV | None:
-        result = self._check().txn([], [Op.get(key)], [])
+        result = (await self._check()).txn([], [Op.get(key)], [])
         kvs = result.responses[0]
         return kvs[0] if isinstance(kvs, list) and kvs else None
 
@@ -163,34 +169,39 @@ class FakeEtcdClient:
         return kvs[-1].key if kvs else None
 
     async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
-        result = self._check().txn([], [Op.get_prefix(prefix)], [])
+        result = (await self._check()).txn([], [Op.get_prefix(prefix)], [])
         kvs = result.responses[0]
         return (kvs if isinstance(kvs, list) else []), result.revision
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        return self._check().txn([], [Op.put(key, value, lease)], []).revision
+        return (await self._check()).txn([], [Op.put(key, value, lease)], []).revision
 
     async def delete(self, key: str) -> int:
-        deleted = self._check().txn([], [Op.delete(key)], []).responses[0]
+        deleted = (await self._check()).txn([], [Op.delete(key)], []).responses[0]
         return int(deleted) if isinstance(deleted, int) else 0
 
     async def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
-        return self._check().txn(compares, success, failure)
+        return (await self._check()).txn(compares, success, failure)
 
     async def lease_grant(self, ttl_s: int) -> int:
-        return self._check().grant(ttl_s)
+        return (await self._check()).grant(ttl_s)
 
     async def lease_keepalive(self, lease_id: int) -> int:
-        return self._check().keepalive(lease_id)
+        return (await self._check()).keepalive(lease_id)
 
     async def lease_time_to_live(self, lease_id: int) -> int:
-        return self._check().time_to_live(lease_id)
+        return (await self._check()).time_to_live(lease_id)
 
     async def lease_revoke(self, lease_id: int) -> None:
-        self._check().revoke(lease_id)
+        (await self._check()).revoke(lease_id)
+
+    async def member_list(self) -> list[Any]:
+        return []  # one etcd for the whole simulated cluster: no members to tell apart
 
     async def status(self, endpoint: str | None = None) -> dict[str, Any]:
-        return {"header": {"revision": str(self._check().revision)}, "leader": "1"}
+        etcd = (await self._check())
+        return {"member_id": 1, "leader": 1, "raft_term": 1, "raft_index": etcd.revision, "db_size": 0,
+                "revision": etcd.revision, "version": "fake"}
 
     async def close(self) -> None:
         return None
