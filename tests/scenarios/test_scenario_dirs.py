@@ -1,0 +1,66 @@
+"""Every scenario directory, replayed on the simulated cluster and compared with its golden events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from fakes.clock import FakeClock
+from fakes.loop import run
+from simcluster import SimCluster
+
+HERE = Path(__file__).parent
+SCENARIOS = sorted(p.parent.name for p in HERE.glob("*/scenario"))
+
+
+def instances(count: int, nodes: list[str]) -> list[dict]:
+    return [{"name": f"vm{i:02d}", "primary_node": nodes[i % len(nodes)], "admin_state": "up", "memory_mib": 256,
+             "priority": "normal", "disk_template": "file", "disks": [{"size_mib": 64}], "nics": [],
+             "hvparams": {}} for i in range(count)]
+
+
+def replay(directory: Path) -> list[str]:
+    """Build the cluster the scenario names, run its commands at their times, return the product's events."""
+    lines = [ln.split("#")[0].split() for ln in (directory / "scenario").read_text().splitlines()]
+    lines = [ln for ln in lines if ln]
+    spec = {ln[0]: ln[1:] for ln in lines if not ln[0].startswith("t=")}
+    timed = sorted((float(ln[0][2:]), ln[1:]) for ln in lines if ln[0].startswith("t="))
+    clock = FakeClock()
+    sim = SimCluster(clock, spec["nodes"])
+    sim.seed(instances(int(spec.get("instances", ["0"])[0]), spec["nodes"]))
+    by_name = {f"vm{i:02d}": spec["nodes"][i % len(spec["nodes"])] for i in range(int(spec.get("instances", ["0"])[0]))}
+    for name in spec.get("broken", []):
+        sim.nodes[by_name[name]].broken.add(name)
+
+    async def main() -> list[str]:
+        t0 = clock.time()
+        for at, (verb, *args) in timed:
+            await asyncio.sleep(max(0.0, t0 + at - clock.time()))
+            targets = list(sim.nodes) if args == ["all"] else args
+            if verb == "power-on":
+                for n in targets:
+                    sim.power_on(n)
+            elif verb == "power-off":
+                for n in targets:
+                    sim.power_off(n)
+            elif verb != "end":
+                raise AssertionError(f"{directory.name}: unknown command {verb!r}")
+        await sim.stop()
+        return sim.events(t0)
+    return run(clock, main())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_a_scenario_writes_its_golden_events(name: str) -> None:
+    events = replay(HERE / name)
+    golden = HERE / name / "events.golden"
+    if os.environ.get("CORRAL_REGEN_GOLDENS"):
+        golden.write_text("\n".join(events) + "\n")
+    assert golden.exists(), f"{name} has no events.golden: run with CORRAL_REGEN_GOLDENS=1 (tests/scenarios/README.md)"
+    assert events == golden.read_text().splitlines(), f"{name}: the events differ from its golden"
+
+
+def test_a_replay_is_the_same_every_time() -> None:
+    assert replay(HERE / SCENARIOS[0]) == replay(HERE / SCENARIOS[0])
