@@ -21,7 +21,7 @@ import asyncio
 import logging
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from election.replica import Replica
@@ -51,9 +51,15 @@ def guarded_names(instances: list[Mapping[str, Any]], node: str, cluster: Mappin
 
 class SelfFence:
     def __init__(self, node: str, lease: NodeLease, qemu: QemuManager, replica: Replica, run_dir: str,
-                 log_dir: str, watchdog: str | None, clock: Clock = SYSTEM) -> None:
+                 log_dir: str, watchdog: str | None, clock: Clock = SYSTEM,
+                 started: Callable[[int], int | None] = process_start,
+                 kill: Callable[[Feed, str], list[str]] = kill_victims) -> None:
+        """`started` and `kill`: how a QEMU's start time is read and the feed's QEMUs are killed (a simulated
+        node has no processes)."""
         self._node = node
         self._clock = clock
+        self._started = started
+        self._kill = kill
         self._lease = lease
         self._qemu = qemu
         self._replica = replica
@@ -118,7 +124,7 @@ class SelfFence:
         victims = []
         for name in self._guarded:
             pid = self._qemu.find(name)
-            start = process_start(pid) if pid is not None else None
+            start = self._started(pid) if pid is not None else None
             if pid is not None and start is not None:
                 victims.append((name, pid, start))
         deadline = self.deadline() if self._armed else None
@@ -131,7 +137,7 @@ class SelfFence:
             why = ("the node lease was last renewed "
                    + (f"{self._clock.boot() - since:.0f} s ago" if since is not None else "before this agent started")
                    + f" and expires within {FENCE_MARGIN_S:.0f} s; the master will start it on its secondary")
-            self._fenced.update(kill_victims(feed, why))
+            self._fenced.update(self._kill(feed, why))
 
     async def ensure_keeper(self) -> None:
         """Start the fence keeper if none serves this node (it outlives the agent on purpose)."""

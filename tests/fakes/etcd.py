@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from election.etcd import KV, Compare, EtcdUnavailable, LeaseExpired, Op, TxnResponse, TxnResult
@@ -141,7 +141,7 @@ class FakeEtcd:
     def snapshot(self) -> tuple[list[KV], int]:
         """Every key and the revision: what a node's replica mirrors."""
         self.expire()
-        return [replace(kv) for _, kv in sorted(self.kvs.items())], self.revision
+        return [kv for _, kv in sorted(self.kvs.items())], self.revision  # KVs are frozen: shared safely
 
 
 class FakeEtcdClient:

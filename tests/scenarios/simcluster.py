@@ -1,10 +1,12 @@
 """A simulated cluster that runs the master as the agent does: its election, job runner, store and duties.
 
 Real: hostagent.master.role.MasterRole (election over election.lease), the Operations and their Store, the
-restart duty, the job runner; the nodes' leases (hostagent.node.nodelease.NodeLease). Simulated: etcd
+job runner and the handlers its jobs run, the duties (restart, automatic failover, mirrors); on each node
+its lease (hostagent.node.nodelease.NodeLease), its config replica (election.replica.Replica, SQLite in
+memory), its self-fencing and start guard (hostagent.node.selffence.SelfFence). Simulated: etcd
 (tests/fakes/etcd.py, held to a real etcd by a contract test), time (virtual, tests/fakes/loop.py), and
-each node's QEMUs and reports, the node side answering the master's orders. The harness never decides:
-it applies the operator's commands and faults at their times, and records the events the product writes.
+each node's QEMUs, disk mirrors and reports. The harness never decides: it applies the commands and faults
+at their times, records the events the product writes, and checks that no instance runs on two nodes.
 """
 
 from __future__ import annotations
@@ -13,16 +15,21 @@ import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from election.lease import MasterLease
+from election.replica import Replica
 from fakes.clock import FakeClock
 from fakes.etcd import FakeEtcd, FakeEtcdClient
 
 from hostagent import model
+from hostagent.master.duties.autofailover import AutoFailover
 from hostagent.master.operations import Operations, lock_keys
 from hostagent.master.role import MasterRole
+from hostagent.node.fencekeeper import Feed
 from hostagent.node.nodelease import NodeLease
+from hostagent.node.selffence import STEP_S, SelfFence
 from hostagent.orders import OrderFailed
 
 REPORT_EVERY_S = 2.0
@@ -30,33 +37,76 @@ MASTER_TTL_S = 10
 NODE_TTL_S = 20
 
 
+SYNC_S = 8.0  # a new copy of a mirror disk is in sync this long after its mirror started
+
+
 @dataclass
 class SimNode:
-    """One node's QEMUs and reports; `broken` instances die as soon as they start (a guest that cannot boot)."""
+    """One node's QEMUs, mirrors and reports. `broken` instances die as soon as they start (a guest that
+    cannot boot); a node `cut_off` runs on but reaches neither etcd nor the master, nor they it."""
 
     name: str
+    clock: FakeClock
     memory_mib: int = 16000
-    powered: bool = True
+    powered: bool = False
+    cut_off: bool = False
     qemus: dict[str, int] = field(default_factory=dict)  # instance -> pid
+    mirrors: dict[str, tuple[int, float, int]] = field(default_factory=dict)  # instance -> (gen, since, disks)
     broken: set[str] = field(default_factory=set)
     pids: Any = field(default_factory=lambda: itertools.count(1000))
+    fence: SelfFence | None = None
+
+    @property
+    def reaches(self) -> bool:
+        return self.powered and not self.cut_off
+
+    def find(self, name: str) -> int | None:
+        """QemuManager.find, as self-fencing asks it."""
+        return self.qemus.get(name)
+
+    def kill(self, feed: Feed, why: str) -> list[str]:
+        """The fence's kill of the QEMUs in its feed."""
+        killed = [name for name, pid, _ in feed.victims if self.qemus.get(name) == pid]
+        for name in killed:
+            del self.qemus[name]
+            self.mirrors.pop(name, None)
+        return killed
 
     def report(self, now: float, instances: dict[str, dict[str, Any]]) -> dict[str, Any]:
         used = sum(int(instances.get(i, {}).get("memory_mib", 0)) for i in self.qemus)
-        return {"node": self.name, "time": now, "cpus": 4, "load_1m": 0.1, "memory_free_mib": self.memory_mib - used,
-                "instances": {i: {"status": "running", "pid": pid} for i, pid in self.qemus.items()}}
+        mirrors = {name: [{"index": i, "gen": gen, "status": "in_sync" if now - since >= SYNC_S else "syncing",
+                           "percent": min(100.0, 100.0 * (now - since) / SYNC_S)} for i in range(disks)]
+                   for name, (gen, since, disks) in self.mirrors.items() if name in self.qemus}
+        report = {"node": self.name, "time": now, "cpus": 4, "load_1m": 0.1,
+                  "memory_free_mib": self.memory_mib - used, "mirrors": mirrors,
+                  "instances": {i: {"status": "running", "pid": pid} for i, pid in self.qemus.items()}}
+        if self.fence is not None:
+            report["fencing"] = self.fence.report()
+        return report
 
     def order(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        if not self.powered:
-            raise OrderFailed(f"node '{self.name}' does not answer (powered off)")
+        if not self.reaches:
+            raise OrderFailed(f"node '{self.name}' does not answer")
         if op == "instance.start":
             name = args["instance"]["name"]
+            refusal = self.fence.start_refusal(name) if self.fence is not None else None
+            if refusal:
+                raise OrderFailed(refusal)  # the node's own start guard
             if name in self.broken:
                 return {"pid": next(self.pids)}  # it starts, then its guest dies before the next report
             self.qemus[name] = next(self.pids)
             return {"pid": self.qemus[name]}
         if op == "instance.stop":
             self.qemus.pop(args["name"], None)
+            self.mirrors.pop(args["name"], None)
+            return {"how": "powered off"}
+        if op == "instance.mirror-attach":
+            self.mirrors[args["name"]] = (int(args["gen"]), self.clock.time(), len(args["disks"]))
+            return {}
+        if op == "instance.mirror-detach":
+            self.mirrors.pop(args["name"], None)
+            return {}
+        if op in ("instance.replica-export", "instance.replica-unexport"):
             return {}
         if op == "instance.console-tail":
             return {"lines": ["Kernel panic - not syncing"] if args["name"] in self.broken else []}
@@ -78,28 +128,38 @@ class SimNodeClient:
 
 
 class SimCluster:
-    def __init__(self, clock: FakeClock, nodes: list[str], candidates: int = 3) -> None:
+    def __init__(self, clock: FakeClock, nodes: list[str], root: Path, candidates: int = 3) -> None:
         self.clock = clock
         self.etcd = FakeEtcd(clock)
-        self.nodes = {n: SimNode(n) for n in nodes}
+        self.nodes = {n: SimNode(n, clock) for n in nodes}
         self.client = SimNodeClient(self.nodes)
         self.roles: dict[str, MasterRole] = {}
         self.leases: dict[str, NodeLease] = {}
+        self.replicas: dict[str, Replica] = {}
         for name in nodes:
             etcd = self._etcd_of(name)
             self.leases[name] = NodeLease(etcd, name, NODE_TTL_S, clock)  # type: ignore[arg-type]
+            node_dir = root / name
+            node_dir.mkdir(parents=True, exist_ok=True)
+            self.replicas[name] = Replica(":memory:")  # the real replica code, its file in memory: fast
+            self.nodes[name].fence = SelfFence(name, self.leases[name], self.nodes[name], self.replicas[name],  # type: ignore[arg-type]
+                                               str(node_dir), str(node_dir), None, clock,
+                                               started=lambda pid: pid, kill=self.nodes[name].kill)
             if len(self.roles) < candidates:
                 role = MasterRole(name, etcd, MasterLease(etcd, key=model.MASTER_KEY, ttl_s=MASTER_TTL_S),  # type: ignore[arg-type]
                                   lock_keys=lock_keys, clock=clock)
                 ops = Operations(role, self.client)  # type: ignore[arg-type]
                 role.handlers = ops.handlers()
-                role.duties += [ops.restarter.step]
+                role.duties += [ops.mirrors.keep_mirrors, ops.restarter.step, AutoFailover(ops.store).step]
                 self.roles[name] = role
         self._stops: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        self.violations: list[str] = []  # what the invariants found, checked every virtual tenth of a second
+        self._t0 = clock.time()
+        self._watching: asyncio.Task[None] | None = None
 
     def _etcd_of(self, name: str) -> FakeEtcdClient:
-        return self.etcd.client(lambda: self.nodes[name].powered)
+        return self.etcd.client(lambda: self.nodes[name].reaches)
 
     def seed(self, instances: list[dict[str, Any]], cluster: dict[str, Any] | None = None) -> None:
         """The config before the story starts: nodes, instances, the cluster record."""
@@ -111,21 +171,39 @@ class SimCluster:
         self.etcd.txn([], ops, [])
 
     # ---- running -----------------------------------------------------------------
+    async def _watch(self) -> None:
+        """The invariant the product must keep whatever happens: an instance runs on at most one node."""
+        while True:
+            for name, where in self.running().items():
+                if len(where) > 1:
+                    self.violations.append(f"t={self.clock.time() - self._t0:.1f}: {name} runs on {', '.join(where)}")
+            await asyncio.sleep(0.1)
+
     def _start_node(self, name: str) -> None:
+        if self._watching is None:
+            self._watching = asyncio.create_task(self._watch())
         stop = self._stops[name] = asyncio.Event()
         self._tasks.append(asyncio.create_task(self.leases[name].run(stop)))
-        self._tasks.append(asyncio.create_task(self._reports(name, stop)))
+        self._tasks.append(asyncio.create_task(self._node_loop(name, stop)))
         if name in self.roles:
             self._tasks.append(asyncio.create_task(self.roles[name].run(stop)))
 
-    async def _reports(self, name: str, stop: asyncio.Event) -> None:
-        etcd = self._etcd_of(name)
+    async def _node_loop(self, name: str, stop: asyncio.Event) -> None:
+        """What the node's agent does beside its lease: mirror the config into its replica, fence itself, report."""
+        node, etcd, fence = self.nodes[name], self._etcd_of(name), self.nodes[name].fence
+        assert fence is not None
+        last_report, mirrored = -REPORT_EVERY_S, 0
         while not stop.is_set():
-            instances = {i["name"]: i for i in (await self._instances(etcd))}
-            report = self.nodes[name].report(self.clock.time(), instances)
-            await etcd.put(model.report_key(name), model.dumps(report))
+            if node.reaches and self.etcd.revision != mirrored:
+                kvs, mirrored = self.etcd.snapshot()
+                self.replicas[name].reset(kvs, mirrored)
+            fence.step()
+            if node.reaches and self.clock.monotonic() - last_report >= REPORT_EVERY_S:
+                last_report = self.clock.monotonic()
+                instances = {i["name"]: i for i in (await self._instances(etcd))}
+                await etcd.put(model.report_key(name), model.dumps(node.report(self.clock.time(), instances)))
             try:
-                await asyncio.wait_for(stop.wait(), REPORT_EVERY_S)
+                await asyncio.wait_for(stop.wait(), STEP_S)
             except TimeoutError:
                 pass
 
@@ -139,7 +217,12 @@ class SimCluster:
         node = self.nodes[name]
         node.powered = False
         node.qemus.clear()
+        node.mirrors.clear()
         self._stops[name].set()
+
+    def cut_off(self, name: str, cut: bool = True) -> None:
+        """A network partition around the node: it runs on, reaching nobody, and nobody reaches it."""
+        self.nodes[name].cut_off = cut
 
     def power_on(self, name: str) -> None:
         """The node boots: its agent starts with no QEMU running (they did not survive the power loss)."""
@@ -149,7 +232,9 @@ class SimCluster:
     async def stop(self) -> None:
         for stop in self._stops.values():
             stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._watching is not None:
+            self._watching.cancel()
+        await asyncio.gather(*self._tasks, *([self._watching] if self._watching else []), return_exceptions=True)
 
     # ---- what happened -------------------------------------------------------------
     def events(self, since: float = 0.0) -> list[str]:
@@ -158,8 +243,13 @@ class SimCluster:
         rows = [model.loads(kv.value) for kv in kvs if kv.key.startswith(model.EVENTS)]
         return [f"t={e['time'] - since:.0f} {e['kind']} {e.get('instance') or e.get('node')}" for e in rows]
 
-    def running(self) -> dict[str, str]:
-        return {i: n.name for n in self.nodes.values() if n.powered for i in n.qemus}
+    def running(self) -> dict[str, list[str]]:
+        """Instance -> the nodes its QEMU runs on (more than one is the outage Corral exists to prevent)."""
+        where: dict[str, list[str]] = {}
+        for n in self.nodes.values():
+            for i in n.qemus:
+                where.setdefault(i, []).append(n.name)
+        return where
 
 
 def wait_until(clock: FakeClock, done: Callable[[], bool], within_s: float) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,15 +22,31 @@ def instances(count: int, nodes: list[str]) -> list[dict]:
              "hvparams": {}} for i in range(count)]
 
 
+def instance(name: str, template: str, nodes: str, *flags: str) -> dict:
+    """`instance db1 mirror n1:n2 auto-failover priority=critical`: one instance record as `instance add` makes."""
+    primary, _, secondary = nodes.partition(":")
+    record = {"name": name, "primary_node": primary, "admin_state": "up", "memory_mib": 512, "priority": "normal",
+              "disk_template": template, "disks": [{"index": 0, "size_mib": 64}], "nics": [], "hvparams": {},
+              "port_base": 11000}
+    if secondary:
+        record["secondary_node"] = secondary
+    for flag in flags:
+        key, _, value = flag.partition("=")
+        record[key.replace("-", "_")] = value or True
+    return record
+
+
 def replay(directory: Path) -> list[str]:
     """Build the cluster the scenario names, run its commands at their times, return the product's events."""
     lines = [ln.split("#")[0].split() for ln in (directory / "scenario").read_text().splitlines()]
     lines = [ln for ln in lines if ln]
     spec = {ln[0]: ln[1:] for ln in lines if not ln[0].startswith("t=")}
+    named = [instance(*ln[1:]) for ln in lines if ln[0] == "instance"]
     timed = sorted((float(ln[0][2:]), ln[1:]) for ln in lines if ln[0].startswith("t="))
     clock = FakeClock()
-    sim = SimCluster(clock, spec["nodes"])
-    sim.seed(instances(int(spec.get("instances", ["0"])[0]), spec["nodes"]))
+    root = tempfile.TemporaryDirectory(prefix="sim-")
+    sim = SimCluster(clock, spec["nodes"], Path(root.name))
+    sim.seed(instances(int(spec.get("instances", ["0"])[0]), spec["nodes"]) + named)
     by_name = {f"vm{i:02d}": spec["nodes"][i % len(spec["nodes"])] for i in range(int(spec.get("instances", ["0"])[0]))}
     for name in spec.get("broken", []):
         sim.nodes[by_name[name]].broken.add(name)
@@ -45,11 +62,18 @@ def replay(directory: Path) -> list[str]:
             elif verb == "power-off":
                 for n in targets:
                     sim.power_off(n)
+            elif verb in ("cut-off", "reconnect"):
+                for n in targets:
+                    sim.cut_off(n, verb == "cut-off")
             elif verb != "end":
                 raise AssertionError(f"{directory.name}: unknown command {verb!r}")
         await sim.stop()
+        assert not sim.violations, f"{directory.name}: " + "; ".join(sim.violations[:5])
         return sim.events(t0)
-    return run(clock, main())  # type: ignore[no-any-return]
+    try:
+        return run(clock, main())  # type: ignore[no-any-return]
+    finally:
+        root.cleanup()
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

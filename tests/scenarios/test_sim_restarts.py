@@ -16,10 +16,10 @@ def instances(count: int, nodes: int) -> list[dict]:
              "hvparams": {}} for i in range(count)]
 
 
-def test_after_a_power_loss_every_instance_runs_again_and_those_that_cannot_boot_are_given_up():
+def test_after_a_power_loss_every_instance_runs_again_and_those_that_cannot_boot_are_given_up(tmp_path):
     """DESIGN.md's outage: 62 instances on 4 nodes come back after a power loss; 3 cannot boot."""
     clock = FakeClock()
-    sim = SimCluster(clock, ["n1", "n2", "n3", "n4"])
+    sim = SimCluster(clock, ["n1", "n2", "n3", "n4"], tmp_path)
     sim.seed(instances(62, 4))
     broken = {"vm07", "vm21", "vm44"}
     for name in broken:
@@ -35,5 +35,6 @@ def test_after_a_power_loss_every_instance_runs_again_and_those_that_cannot_boot
         return ok, sim.events(t0)
     ok, events = run(clock, main())
     assert ok, f"only {len(sim.running())} of 59 run again"
+    assert not sim.violations, sim.violations
     assert sorted(e.split()[2] for e in events if " give-up " in e) == sorted(broken), events
     assert sum(" restart " in e for e in events) == 59 + 3 * 5, events
