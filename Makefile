@@ -15,9 +15,11 @@ guest: deps
 
 # Every Python process the tests start records coverage (packaging/install-deps.sh); the
 # figure is printed at the end, per package (`$(VENV)/bin/coverage report` lists every file).
+# The random failure sequences of tests/scenarios run 200 seeds here, a few in test-fast.
 test: guest
 	@rm -rf .cache/coverage && mkdir -p .cache/coverage
-	@rc=0; COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; CORRAL_SIM_SEEDS=200 COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml \
+	  $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	  VENV=$(VENV) packaging/coverage-figure.sh || true; exit $$rc
 
 # Unit tests, scenarios and lint: seconds, no processes started.

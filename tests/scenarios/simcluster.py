@@ -24,6 +24,7 @@ from fakes.clock import FakeClock
 from fakes.etcd import FakeEtcd, FakeEtcdClient
 
 from hostagent import model
+from hostagent.master import cluster_settings
 from hostagent.master.duties.autofailover import AutoFailover
 from hostagent.master.operations import Operations, lock_keys
 from hostagent.master.role import MasterRole
@@ -136,6 +137,7 @@ class SimCluster:
         self.roles: dict[str, MasterRole] = {}
         self.leases: dict[str, NodeLease] = {}
         self.replicas: dict[str, Replica] = {}
+        self.ops: dict[str, Operations] = {}
         for name in nodes:
             etcd = self._etcd_of(name)
             self.leases[name] = NodeLease(etcd, name, NODE_TTL_S, clock)  # type: ignore[arg-type]
@@ -152,6 +154,7 @@ class SimCluster:
                 role.handlers = ops.handlers()
                 role.duties += [ops.mirrors.keep_mirrors, ops.restarter.step, AutoFailover(ops.store).step]
                 self.roles[name] = role
+                self.ops[name] = ops
         self._stops: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.violations: list[str] = []  # what the invariants found, checked every virtual tenth of a second
@@ -192,11 +195,15 @@ class SimCluster:
         """What the node's agent does beside its lease: mirror the config into its replica, fence itself, report."""
         node, etcd, fence = self.nodes[name], self._etcd_of(name), self.nodes[name].fence
         assert fence is not None
-        last_report, mirrored = -REPORT_EVERY_S, 0
+        last_report, mirrored, config_seen = -REPORT_EVERY_S, 0, (0, 0)
         while not stop.is_set():
             if node.reaches and self.etcd.revision != mirrored:
-                kvs, mirrored = self.etcd.snapshot()
-                self.replicas[name].reset(kvs, mirrored)
+                kvs, revision = self.etcd.snapshot()
+                config = [kv for kv in kvs if not kv.key.startswith((model.REPORTS, model.LEASES, model.EVENTS))]
+                if (changed := (len(config), max((kv.mod_revision for kv in config), default=0))) != config_seen:
+                    self.replicas[name].reset(kvs, revision)  # what self-fencing reads: instances, the cluster
+                    config_seen = changed
+                mirrored = revision
             fence.step()
             if node.reaches and self.clock.monotonic() - last_report >= REPORT_EVERY_S:
                 last_report = self.clock.monotonic()
@@ -242,6 +249,22 @@ class SimCluster:
         kvs, _ = self.etcd.snapshot()
         rows = [model.loads(kv.value) for kv in kvs if kv.key.startswith(model.EVENTS)]
         return [f"t={e['time'] - since:.0f} {e['kind']} {e.get('instance') or e.get('node')}" for e in rows]
+
+    async def clear_alert(self) -> bool:
+        """`corral cluster alert clear`, as the API has the master do it; False while no master answers."""
+        for name, role in self.roles.items():
+            if self.nodes[name].reaches and role.lease_ok():
+                try:
+                    await cluster_settings.clear_alert(self.ops[name].store)
+                    return True
+                except Exception:  # noqa: BLE001 - the operator's command failed (no master now): tried again later
+                    return False
+        return False
+
+    def instances(self) -> list[dict[str, Any]]:
+        """The instance records as etcd holds them now."""
+        kvs, _ = self.etcd.snapshot()
+        return [model.loads(kv.value) for kv in kvs if kv.key.startswith(model.INSTANCES)]
 
     def running(self) -> dict[str, list[str]]:
         """Instance -> the nodes its QEMU runs on (more than one is the outage Corral exists to prevent)."""
