@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from election.etcd import Op
 from election.lease import MasterLease
 from election.replica import Replica
 from fakes.clock import FakeClock
@@ -166,7 +167,6 @@ class SimCluster:
 
     def seed(self, instances: list[dict[str, Any]], cluster: dict[str, Any] | None = None) -> None:
         """The config before the story starts: nodes, instances, the cluster record."""
-        from election.etcd import Op
         ops = [Op.put(model.CLUSTER_KEY, model.dumps({"name": "sim", **(cluster or {})}))]
         ops += [Op.put(model.node_key(n), model.dumps({"name": n, "address": "127.0.0.1", "api_port": 1}))
                 for n in self.nodes]

@@ -8,19 +8,14 @@ import asyncio
 from fakes.clock import FakeClock
 from fakes.loop import run
 from simcluster import SimCluster, wait_until
-
-
-def instances(count: int, nodes: int) -> list[dict]:
-    return [{"name": f"vm{i:02d}", "primary_node": f"n{i % nodes + 1}", "admin_state": "up", "memory_mib": 256,
-             "priority": "normal", "disk_template": "file", "disks": [{"size_mib": 64}], "nics": [],
-             "hvparams": {}} for i in range(count)]
+from test_scenario_dirs import instances
 
 
 def test_after_a_power_loss_every_instance_runs_again_and_those_that_cannot_boot_are_given_up(tmp_path):
     """DESIGN.md's outage: 62 instances on 4 nodes come back after a power loss; 3 cannot boot."""
     clock = FakeClock()
     sim = SimCluster(clock, ["n1", "n2", "n3", "n4"], tmp_path)
-    sim.seed(instances(62, 4))
+    sim.seed(instances(62, list(sim.nodes)))
     broken = {"vm07", "vm21", "vm44"}
     for name in broken:
         sim.nodes[f"n{int(name[2:]) % 4 + 1}"].broken.add(name)
