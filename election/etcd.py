@@ -533,7 +533,7 @@ class EtcdClient:
             # A member that rejects our certificate does so before reading the request.
             raise (_NotSent if _is_tls_failure(e) else _OutcomeUnknown)(_describe(e)) from None
         try:
-            reply = json.loads(raw)
+            reply: dict[str, Any] = json.loads(raw)  # the gateway answers with a JSON object
         except ValueError:
             raise EtcdRequestFailed(endpoint, path, status, raw[:200].decode(errors="replace")) from None
         error = _error_of(reply)

@@ -194,4 +194,4 @@ def auto_failover(inst: Mapping[str, Any], cluster: Mapping[str, Any]) -> bool:
 
 def armed(cluster: Mapping[str, Any]) -> bool:
     """Fencing and automatic failover are on unless an operator disarmed them (`cluster fencing disarm`)."""
-    return cluster.get("fencing", "armed") != "disarmed"
+    return bool(cluster.get("fencing", "armed") != "disarmed")

@@ -100,7 +100,7 @@ def describe_mirrors(states: list[dict[str, Any]]) -> str:
     if not states:
         return "not mirrored"
     worst = min(states, key=lambda s: _SEVERITY.index(s["status"]) if s["status"] in _SEVERITY else 0)
-    status = worst["status"]
+    status: str = worst["status"]
     if status == "syncing":
         return f"syncing {worst['percent']:.1f} %, {eta_words(worst.get('eta_s'))}"
     if status == "blocked":

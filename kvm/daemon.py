@@ -132,7 +132,7 @@ def pidfile_process(pidfile: str, flag: str) -> psutil.Process | None:
 def alive(proc: psutil.Process) -> bool:
     """True while the process exists and is not a zombie waiting to be reaped."""
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)  # psutil has no type hints
     except psutil.Error:
         return False
 

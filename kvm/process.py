@@ -142,7 +142,7 @@ class QemuManager:
                 _remove_runtime_files(paths)
                 raise
             log.info("instance %r: started QEMU pid %d", spec.name, proc.pid)
-            return proc.pid
+            return int(proc.pid)  # psutil has no type hints
 
     def find(self, name: str) -> int | None:
         """Pid of the live QEMU of ``name``, or None (stale pidfiles are not trusted)."""

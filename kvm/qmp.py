@@ -17,7 +17,7 @@ from qemu.qmp import ExecInterruptedError, QMPClient, QMPError
 log = logging.getLogger(__name__)
 
 
-class _DebugOnly(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _DebugOnly(logging.LoggerAdapter[logging.Logger]):
     """Demotes qemu.qmp's own log lines to DEBUG.
 
     It logs each failure at ERROR, but callers get a QmpError and decide
@@ -49,7 +49,7 @@ class Qmp:
     async def connect(cls, socket_path: str, timeout_s: float = 5.0) -> "Qmp":
         """Connect and negotiate capabilities within ``timeout_s``."""
         client = QMPClient(f"qmp:{socket_path}")
-        client.logger = _DebugOnly(log, {})  # type: ignore[assignment]
+        client.logger = _DebugOnly(log, {})  # type: ignore[assignment]  # typed Logger; qemu.qmp only logs through it
         try:
             await asyncio.wait_for(client.connect(socket_path), timeout_s)
         except (QMPError, OSError) as exc:
@@ -104,9 +104,9 @@ class Qmp:
     async def status(self) -> str:
         """QEMU's run state: running, paused, shutdown, guest-panicked, ..."""
         result = await self.execute("query-status")
-        if not isinstance(result, dict) or not isinstance(result.get("status"), str):
+        if not isinstance(result, dict) or not isinstance(status := result.get("status"), str):
             raise QmpError(self._socket_path, f"query-status: unexpected answer {result!r}")
-        return result["status"]
+        return status
 
     async def object_ids(self) -> set[str]:
         """Ids of the user-created objects (-object, object-add), e.g. TLS credentials."""

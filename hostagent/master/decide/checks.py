@@ -394,7 +394,7 @@ def _boot_timeout(value: Any, pattern: str, problems: list[str]) -> float:
     return float(value)
 
 
-def _auto_failover(value: Any, template: str, problems: list[str]) -> bool | None:
+def _auto_failover(value: object, template: str, problems: list[str]) -> bool | None:
     """True, False, or None for the cluster's default."""
     if value is not None and not isinstance(value, bool):
         problems.append(f"auto failover {value!r} is not true, false or null (the cluster's default)")
