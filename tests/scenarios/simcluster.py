@@ -25,6 +25,7 @@ from fakes.clock import FakeClock
 from fakes.etcd import FakeEtcd, FakeEtcdClient
 
 from hostagent import model
+from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
 from hostagent.master import cluster_settings
 from hostagent.master.duties.autofailover import AutoFailover
 from hostagent.master.operations import Operations, lock_keys
@@ -42,6 +43,34 @@ NODE_TTL_S = 20
 SYNC_S = 8.0  # a new copy of a mirror disk is in sync this long after its mirror started
 
 
+# ---- guests: how long each boot takes, hangs, crashes (the scenario's `guest` lines) ----
+CONSOLE = ["[    2.1] EXT4-fs (vda): mounted filesystem", "[    2.3] Run /sbin/init", "waiting for network..."]
+
+
+@dataclass
+class Guest:
+    """What one instance's guest does after each start of its QEMU. `boots`, one per start in turn (the
+    last one repeats): seconds until its console prints the boot line, "hang" (never), or "dies" (QEMU
+    exits at once); `crashes_after_s`: the QEMU exits this long after every start."""
+
+    boots: list[str] = field(default_factory=lambda: ["0"])
+    crashes_after_s: float | None = None
+    started: int = 0  # starts so far: which of `boots` the next one follows
+
+
+@dataclass
+class Boot:
+    """One QEMU's boot as the node's watch judges it (hostagent.node.boothealth): its check comes from the
+    instance record (`boot_pattern`, `boot_timeout_s`); state "" (not judged), waiting, up or timeout."""
+
+    started_at: float
+    plan: str  # seconds until the boot line, or "hang"
+    pattern: str
+    timeout_s: float
+    state: str = ""
+    up_at: float = 0.0
+
+
 @dataclass
 class SimNode:
     """One node's QEMUs, mirrors and reports. `broken` instances die as soon as they start (a guest that
@@ -57,6 +86,11 @@ class SimNode:
     broken: set[str] = field(default_factory=set)
     pids: Any = field(default_factory=lambda: itertools.count(1000))
     fence: SelfFence | None = None
+    load_1m: float = 0.1
+    guests: dict[str, Guest] = field(default_factory=dict)  # shared by all nodes: a guest moves with its instance
+    boots: dict[str, Boot] = field(default_factory=dict)  # instance -> its QEMU's boot
+    starts: list[tuple[float, str]] = field(default_factory=list)  # (time, instance): every start that began
+    most_booting: int = 0  # the most judged boots under way here at once
 
     @property
     def reaches(self) -> bool:
@@ -75,13 +109,15 @@ class SimNode:
         return killed
 
     def report(self, now: float, instances: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        self.look(now)
         used = sum(int(instances.get(i, {}).get("memory_mib", 0)) for i in self.qemus)
         mirrors = {name: [{"index": i, "gen": gen, "status": "in_sync" if now - since >= SYNC_S else "syncing",
                            "percent": min(100.0, 100.0 * (now - since) / SYNC_S)} for i in range(disks)]
                    for name, (gen, since, disks) in self.mirrors.items() if name in self.qemus}
-        report = {"node": self.name, "time": now, "cpus": 4, "load_1m": 0.1,
+        report = {"node": self.name, "time": now, "cpus": 4, "load_1m": self.load_1m,
                   "memory_free_mib": self.memory_mib - used, "mirrors": mirrors,
-                  "instances": {i: {"status": "running", "pid": pid} for i, pid in self.qemus.items()}}
+                  "instances": {i: {"status": "running", "pid": pid, **self.boot_entry(i)}
+                                for i, pid in self.qemus.items()}}
         if self.fence is not None:
             report["fencing"] = self.fence.report()
         return report
@@ -94,7 +130,7 @@ class SimNode:
             refusal = self.fence.start_refusal(name) if self.fence is not None else None
             if refusal:
                 raise OrderFailed(refusal)  # the node's own start guard
-            if name in self.broken:
+            if not self.guest_starts(args["instance"]) or name in self.broken:
                 return {"pid": next(self.pids)}  # it starts, then its guest dies before the next report
             self.qemus[name] = next(self.pids)
             return {"pid": self.qemus[name]}
@@ -116,6 +152,49 @@ class SimNode:
             return {"node": self.name}
         raise OrderFailed(f"the simulated node '{self.name}' has no answer for order {op!r}")
 
+    # ---- guests ----
+    def guest_starts(self, inst: dict[str, Any]) -> bool:
+        """A start of the instance's QEMU: its boot begins, judged if the record has a boot pattern. False:
+        the guest dies at once."""
+        name, now = inst["name"], self.clock.time()
+        guest = self.guests.setdefault(name, Guest())
+        plan = guest.boots[min(guest.started, len(guest.boots) - 1)]
+        guest.started += 1
+        self.starts.append((now, name))
+        pattern = str(inst.get("boot_pattern") or "")
+        boot = self.boots[name] = Boot(now, plan, pattern, float(inst.get("boot_timeout_s") or DEFAULT_BOOT_TIMEOUT_S),
+                                       "waiting" if pattern else "")
+        if plan == "dies":
+            return False
+        if boot.state:
+            under_way = [n for n in self.qemus if n != name and self.boots[n].state == "waiting"]
+            self.most_booting = max(self.most_booting, len(under_way) + 1)
+        return True
+
+    def look(self, now: float) -> None:
+        """What the node sees before each of its reports: guests that crashed are gone, boots judged as
+        boothealth judges them (the boot line first, then the timeout)."""
+        for name in list(self.qemus):
+            boot, guest = self.boots.get(name), self.guests.get(name, Guest())
+            if boot is None:
+                continue
+            if guest.crashes_after_s is not None and now - boot.started_at >= guest.crashes_after_s:
+                del self.qemus[name]
+                self.mirrors.pop(name, None)
+            elif boot.state == "waiting" and boot.plan != "hang" and now - boot.started_at >= float(boot.plan):
+                boot.state, boot.up_at = "up", now
+            elif boot.state == "waiting" and now - boot.started_at >= boot.timeout_s:
+                boot.state = "timeout"
+
+    def boot_entry(self, name: str) -> dict[str, Any]:
+        """The fields hostagent.node.boothealth adds to the report's entry of an instance."""
+        boot = self.boots.get(name)
+        if boot is None or not boot.state:
+            return {}
+        return {"boot": boot.state, "boot_started_at": boot.started_at, "boot_pattern": boot.pattern,
+                "boot_timeout_s": boot.timeout_s, **({"boot_up_at": boot.up_at} if boot.state == "up" else {}),
+                **({"boot_console": CONSOLE} if boot.state == "timeout" else {})}
+
 
 class SimNodeClient:
     """hostagent.orders.NodeClient's one call, delivered to the simulated node."""
@@ -134,6 +213,9 @@ class SimCluster:
         self.clock = clock
         self.etcd = FakeEtcd(clock)
         self.nodes = {n: SimNode(n, clock) for n in nodes}
+        self.guests: dict[str, Guest] = {}  # how each instance's guest behaves, on whichever node it starts
+        for sim_node in self.nodes.values():
+            sim_node.guests = self.guests
         self.client = SimNodeClient(self.nodes)
         self.roles: dict[str, MasterRole] = {}
         self.leases: dict[str, NodeLease] = {}
@@ -273,6 +355,48 @@ class SimCluster:
             for i in n.qemus:
                 where.setdefault(i, []).append(n.name)
         return where
+
+    # ---- the operator's start, guests, node memory and load ----
+    async def start(self, name: str) -> str:
+        """`corral instance start NAME`, as the API has the master do it; "" once the master took the job,
+        else why it was refused (no master answers, the instance runs already)."""
+        for node, role in self.roles.items():
+            if self.nodes[node].reaches and role.lease_ok():
+                try:
+                    await self.ops[node].submit_simple("instance.start", name, {})
+                    return ""
+                except Exception as exc:  # noqa: BLE001 - the operator reads the refusal
+                    return str(exc) or type(exc).__name__
+        return "no master answers"
+
+    def guest(self, name: str, flags: dict[str, str]) -> None:
+        """How the instance's guest behaves from its next start: `boots=30,hang,dies`, `crashes-after=S`,
+        `ok` (boots at once and stays up)."""
+        guest = self.guests.setdefault(name, Guest())
+        if "ok" in flags:
+            guest.boots, guest.crashes_after_s, guest.started = ["0"], None, 0
+        if "boots" in flags:
+            guest.boots, guest.started = flags["boots"].split(","), 0
+        if "crashes-after" in flags:
+            guest.crashes_after_s = float(flags["crashes-after"])
+
+    def node(self, name: str, flags: dict[str, str]) -> None:
+        """The node's memory (MiB, what its QEMUs do not use is free) and load average."""
+        if "memory" in flags:
+            self.nodes[name].memory_mib = int(flags["memory"])
+        if "load" in flags:
+            self.nodes[name].load_1m = float(flags["load"])
+
+    def said(self, name: str) -> list[str]:
+        """The messages of the events the product wrote about the instance (the golden keeps only their kind)."""
+        kvs, _ = self.etcd.snapshot()
+        rows = [model.loads(kv.value) for kv in kvs if kv.key.startswith(model.EVENTS)]
+        return [e.get("message", "") for e in rows if e.get("instance") == name]
+
+    def track(self, name: str) -> dict[str, Any]:
+        """The restart duty's record of the instance (attempts, failed, the console kept), {} if none."""
+        kvs, _ = self.etcd.snapshot()
+        return next((model.loads(kv.value) for kv in kvs if kv.key == model.restart_key(name)), {})
 
 
 def wait_until(clock: FakeClock, done: Callable[[], bool], within_s: float) -> Any:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fakes.clock import FakeClock
 from fakes.loop import run
+from expectations import unmet
 from simcluster import SimCluster
 
 HERE = Path(__file__).parent
@@ -32,8 +33,21 @@ def instance(name: str, template: str, nodes: str, *flags: str) -> dict:
         record["secondary_node"] = secondary
     for flag in flags:
         key, _, value = flag.partition("=")
-        record[key.replace("-", "_")] = value or True
+        record[key.replace("-", "_")] = value.split(",") if key == "after" else _number(value) if value else True
     return record
+
+
+def _number(value: str) -> str | int | float:
+    """`boot-timeout-s=30` is a number in the record, as `instance add` stores it."""
+    try:
+        return float(value) if "." in value else int(value)
+    except ValueError:
+        return value
+
+
+def flags(words: list[str]) -> dict[str, str]:
+    """`boots=30,hang crashes-after=5 ok` -> {"boots": "30,hang", "crashes-after": "5", "ok": ""}."""
+    return {key: value for key, _, value in (w.partition("=") for w in words)}
 
 
 def replay(directory: Path) -> list[str]:
@@ -42,7 +56,7 @@ def replay(directory: Path) -> list[str]:
     lines = [ln for ln in lines if ln]
     spec = {ln[0]: ln[1:] for ln in lines if not ln[0].startswith("t=")}
     named = [instance(*ln[1:]) for ln in lines if ln[0] == "instance"]
-    timed = sorted((float(ln[0][2:]), ln[1:]) for ln in lines if ln[0].startswith("t="))
+    timed = sorted(((float(ln[0][2:]), ln[1:]) for ln in lines if ln[0].startswith("t=")), key=lambda c: c[0])
     clock = FakeClock()
     root = tempfile.TemporaryDirectory(prefix="sim-")
     sim = SimCluster(clock, spec["nodes"], Path(root.name))
@@ -50,6 +64,9 @@ def replay(directory: Path) -> list[str]:
     by_name = {f"vm{i:02d}": spec["nodes"][i % len(spec["nodes"])] for i in range(int(spec.get("instances", ["0"])[0]))}
     for name in spec.get("broken", []):
         sim.nodes[by_name[name]].broken.add(name)
+    for verb, name, *rest in (ln for ln in lines if ln[0] in ("guest", "node")):
+        (sim.guest if verb == "guest" else sim.node)(name, flags(rest))
+    unmet_at: list[str] = []
 
     async def main() -> list[str]:
         t0 = clock.time()
@@ -65,10 +82,19 @@ def replay(directory: Path) -> list[str]:
             elif verb in ("cut-off", "reconnect"):
                 for n in targets:
                     sim.cut_off(n, verb == "cut-off")
+            elif verb in ("guest", "node"):
+                (sim.guest if verb == "guest" else sim.node)(args[0], flags(args[1:]))
+            elif verb == "start":
+                refused = await sim.start(args[0])
+                assert not refused, f"{directory.name}: t={at:.0f} start {args[0]} was refused: {refused}"
+            elif verb == "expect":
+                if miss := unmet(sim, args):
+                    unmet_at.append(f"t={at:.0f} expect {' '.join(args)}: {miss}")
             elif verb != "end":
                 raise AssertionError(f"{directory.name}: unknown command {verb!r}")
         await sim.stop()
         assert not sim.violations, f"{directory.name}: " + "; ".join(sim.violations[:5])
+        assert not unmet_at, f"{directory.name}: " + "; ".join(unmet_at)
         return sim.events(t0)
     try:
         return run(clock, main())  # type: ignore[no-any-return]
