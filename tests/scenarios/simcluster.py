@@ -25,11 +25,11 @@ from fakes.clock import FakeClock
 from fakes.etcd import FakeEtcd, FakeEtcdClient
 
 from hostagent import model
-from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
 from hostagent.master import cluster_settings
 from hostagent.master.duties.autofailover import AutoFailover
 from hostagent.master.operations import Operations, lock_keys
 from hostagent.master.role import MasterRole
+from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
 from hostagent.node.fencekeeper import Feed
 from hostagent.node.nodelease import NodeLease
 from hostagent.node.selffence import STEP_S, SelfFence
@@ -50,8 +50,9 @@ CONSOLE = ["[    2.1] EXT4-fs (vda): mounted filesystem", "[    2.3] Run /sbin/i
 @dataclass
 class Guest:
     """What one instance's guest does after each start of its QEMU. `boots`, one per start in turn (the
-    last one repeats): seconds until its console prints the boot line, "hang" (never), or "dies" (QEMU
-    exits at once); `crashes_after_s`: the QEMU exits this long after every start."""
+    last one repeats): seconds until its console prints the boot line, "hang" (never), "dies" (the start
+    order succeeds, the QEMU exits at once) or "fails" (the start order fails); `crashes_after_s`: the QEMU
+    exits this long after every start."""
 
     boots: list[str] = field(default_factory=lambda: ["0"])
     crashes_after_s: float | None = None
@@ -124,13 +125,16 @@ class SimNode:
 
     def order(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if not self.reaches:
-            raise OrderFailed(f"node '{self.name}' does not answer")
+            raise OrderFailed(self.name, op, "does not answer")
         if op == "instance.start":
             name = args["instance"]["name"]
             refusal = self.fence.start_refusal(name) if self.fence is not None else None
             if refusal:
-                raise OrderFailed(refusal)  # the node's own start guard
-            if not self.guest_starts(args["instance"]) or name in self.broken:
+                raise OrderFailed(self.name, op, refusal)  # the node's own start guard
+            plan = self.guest_starts(args["instance"])
+            if plan == "fails":
+                raise OrderFailed(self.name, op, f"QEMU of instance '{name}' exited at once: could not open disk image")
+            if plan == "dies" or name in self.broken:
                 return {"pid": next(self.pids)}  # it starts, then its guest dies before the next report
             self.qemus[name] = next(self.pids)
             return {"pid": self.qemus[name]}
@@ -150,12 +154,12 @@ class SimNode:
             return {"lines": ["Kernel panic - not syncing"] if args["name"] in self.broken else []}
         if op == "node.hello":
             return {"node": self.name}
-        raise OrderFailed(f"the simulated node '{self.name}' has no answer for order {op!r}")
+        raise OrderFailed(self.name, op, "the simulated node has no answer for this order")
 
     # ---- guests ----
-    def guest_starts(self, inst: dict[str, Any]) -> bool:
-        """A start of the instance's QEMU: its boot begins, judged if the record has a boot pattern. False:
-        the guest dies at once."""
+    def guest_starts(self, inst: dict[str, Any]) -> str:
+        """A start of the instance's QEMU: its boot begins, judged if the record has a boot pattern. The
+        guest's plan for this boot ("dies", "fails": no QEMU stays)."""
         name, now = inst["name"], self.clock.time()
         guest = self.guests.setdefault(name, Guest())
         plan = guest.boots[min(guest.started, len(guest.boots) - 1)]
@@ -164,12 +168,10 @@ class SimNode:
         pattern = str(inst.get("boot_pattern") or "")
         boot = self.boots[name] = Boot(now, plan, pattern, float(inst.get("boot_timeout_s") or DEFAULT_BOOT_TIMEOUT_S),
                                        "waiting" if pattern else "")
-        if plan == "dies":
-            return False
-        if boot.state:
+        if boot.state and plan not in ("dies", "fails"):
             under_way = [n for n in self.qemus if n != name and self.boots[n].state == "waiting"]
             self.most_booting = max(self.most_booting, len(under_way) + 1)
-        return True
+        return plan
 
     def look(self, now: float) -> None:
         """What the node sees before each of its reports: guests that crashed are gone, boots judged as

@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from expectations import unmet
 from fakes.clock import FakeClock
 from fakes.loop import run
-from expectations import unmet
 from simcluster import SimCluster
 
 HERE = Path(__file__).parent
