@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +31,7 @@ from storage.osdef import OsCatalog, discover
 from hostagent import model, pki
 from hostagent import callers
 from hostagent.callers import Caller
+from hostagent.clock import SYSTEM, Clock
 from hostagent.node.nodetrust import CrlKeeper, NodeTrust
 from hostagent.api.relay import RelayLimit
 from hostagent.config import AgentConfig
@@ -95,8 +95,10 @@ def _lock_node(state_dir: str) -> int:
 class Agent:
     """One node's agent: builds the node's seams once, then brings the cluster side up and down."""
 
-    def __init__(self, cfg: AgentConfig, notifier: Notifier | None = None, guest_nice: int | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, notifier: Notifier | None = None, guest_nice: int | None = None,
+                 clock: Clock = SYSTEM) -> None:
         self.cfg = cfg
+        self.clock = clock  # the one clock of this node's loops, handed to each; the API reads it too
         self.notifier = notifier or Notifier()
         self.pki = pki.PkiPaths(cfg.pki_dir)
         for path in (cfg.state_dir, cfg.run_dir, cfg.log_dir, cfg.file_storage):
@@ -108,12 +110,12 @@ class Agent:
         self.qemu = QemuManager(cfg.run_dir, log_dir=os.path.join(cfg.log_dir, "console"),
                                 qemu_binary=cfg.qemu_binary, guest_nice=guest_nice, kernel_dirs=cfg.kernel_dirs)
         self.boot = BootWatcher(os.path.join(cfg.log_dir, "console"), os.path.join(cfg.run_dir, "boot-watch.json"),
-                                lambda name: self.replica.get_json(model.instance_key(name)), time.time())
+                                lambda name: self.replica.get_json(model.instance_key(name)), clock.time())
         self.files = FileTemplate(cfg.file_storage)
         self.lvm = PlainTemplate(cfg.volume_group, lvm_args=cfg.lvm_args) if cfg.volume_group else None
         self._catalog: OsCatalog = discover(cfg.os_search_paths, cfg.image_paths)
         self.replication = NodeReplication(cfg.node_name, cfg.address, self.qemu, self.files, self.pki,
-                                           cfg.run_dir)
+                                           cfg.run_dir, clock)
         self.media = NodeMedia(cfg.node_name, cfg.address, self.qemu, cfg.iso_dirs,
                                lambda uuid: vncpass.password(self.replica, uuid))
         self.relays = RelayLimit()  # consoles and VNC displays this agent bridges (hostagent.api.relay)
@@ -126,7 +128,7 @@ class Agent:
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
         self.crl = CrlKeeper(self.replica, self.pki)
         self.cluster_file = ClusterFile(cfg.state_dir)
-        self.member = EtcdMember(cfg, self.pki, self.crl, self.cluster_file)
+        self.member = EtcdMember(cfg, self.pki, self.crl, self.cluster_file, clock)
         self.looplag = LoopLag()
         self.trust = NodeTrust(self.replica, lambda: self._read_node_now if self.etcd is not None else None)
         self.loops = Loops()  # the cluster side's tasks, new at each activation
@@ -141,14 +143,14 @@ class Agent:
         self.autofailover: AutoFailover | None = None
         self.candidacy: Candidacy | None = None
         self._init_lock = asyncio.Lock()
-        self.isolation = Isolation(cfg.node_name)  # the isolate drill
-        self.gossip = Gossip(cfg, self.pki, self.cluster_file)
+        self.isolation = Isolation(cfg.node_name, clock)  # the isolate drill
+        self.gossip = Gossip(cfg, self.pki, self.cluster_file, clock)
         self.reports = ReportLoop(cfg, self.replica, self.qemu, self.files, self.lvm, self.catalog,
                                   self.refresh_catalog, self.replication, self.boot, self.looplag, self.pki,
-                                  self.tokens, self.isolation, self.member, self._role, self.gossip.connect)
+                                  self.tokens, self.isolation, self.member, self._role, self.gossip.connect, clock)
         self.secrets = NodeSecrets(cfg.node_name, self.pki, self.member, self.crl, self._reload_tls)
         self.orders = self._order_table()
-        self.enrolment = Enrolment(cfg, self.pki, self.cluster_file, self.member, self.replica)
+        self.enrolment = Enrolment(cfg, self.pki, self.cluster_file, self.member, self.replica, clock)
         self.node_site: Callable[[], Awaitable[None]] | None = None
         self.server_ssl: ssl.SSLContext | None = None  # set by the node site; reloaded on rotation
         self.client_ssl: ssl.SSLContext | None = None
@@ -183,12 +185,12 @@ class Agent:
         self.nodes = NodeClient(ssl_client)
         self.candidacy = Candidacy(cfg.node_name, self.etcd, self.nodes, self.mirror, self.replica, self.pki,
                                    cfg.master_lease_ttl_s, self.notifier.status, self.gossip.connect,
-                                   lambda: pki.read_secret(self.pki, "gossip.key"))
+                                   lambda: pki.read_secret(self.pki, "gossip.key"), self.clock)
         self.role, self.ops = self.candidacy.role, self.candidacy.ops
         self.node_ops, self.autofailover = self.candidacy.node_ops, self.candidacy.autofailover
-        self.lease = NodeLease(self.etcd, cfg.node_name, cfg.node_lease_ttl_s)
+        self.lease = NodeLease(self.etcd, cfg.node_name, cfg.node_lease_ttl_s, self.clock)
         self.fence = SelfFence(cfg.node_name, self.lease, self.qemu, self.replica, cfg.run_dir, cfg.log_dir,
-                               cfg.watchdog or None)
+                               cfg.watchdog or None, self.clock)
         self.executor.start_guard = self.fence.start_refusal
         if self.node_site is not None:
             await self.node_site()  # orders, even the master's to itself, arrive here

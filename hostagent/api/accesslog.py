@@ -56,4 +56,4 @@ class AccessLog(AbstractAccessLogger):
 
 
 def _now() -> float:
-    return time.time()
+    return time.time()  # the host's clock, like the agent log's stamps: the two logs line up

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -176,7 +175,7 @@ class ApiBase:
     # ---- helpers -------------------------------------------------------------
     def _replica_info(self) -> dict[str, Any]:
         last = self.agent.replica.last_sync_unix()
-        age = None if not last else max(0.0, time.time() - last)
+        age = None if not last else max(0.0, self.agent.clock.time() - last)
         return {"revision": self.agent.replica.applied_revision(),
                 "age_s": None if age is None else round(age, 1),
                 "stale": age is None or age > REPORT_STALE_AFTER_S}
@@ -230,11 +229,11 @@ class ApiBase:
         """Run a change here if this node is master, else forward it to the master."""
         self._require_cluster()
         role, me = self.agent.role, self.agent.cfg.node_name
-        deadline = time.monotonic() + self.agent.cfg.master_lease_ttl_s + 5
+        deadline = self.agent.clock.monotonic() + self.agent.cfg.master_lease_ttl_s + 5
         # No master recorded, or this node: it may be (re)taking the role. Wait a moment rather
         # than fail, but stop as soon as the replica names another master.
         while (role is not None and not role.is_master and self._master() in (None, me)
-               and time.monotonic() < deadline):
+               and self.agent.clock.monotonic() < deadline):
             try:
                 await asyncio.wait_for(role.became_master.wait(), 0.1)
             except asyncio.TimeoutError:

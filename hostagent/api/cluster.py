@@ -5,7 +5,6 @@ These are what `corral cluster ...` calls; changes go through ApiBase._on_master
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -139,7 +138,7 @@ class ClusterRoutes(ApiBase):
 
     async def cluster_verify(self, request: web.Request) -> web.Response:
         self._require_cluster()
-        nodes, reports, now = self._all(model.NODES), self._reports(), time.time()
+        nodes, reports, now = self._all(model.NODES), self._reports(), self.agent.clock.time()
         findings = views.verify(nodes, self._instances(), reports, self._all(model.JOBS), self._master(), now,
                                 cluster=self.agent.replica.get_json(model.CLUSTER_KEY) or {},
                                 leases={lease["node"]: lease for lease in self._all(model.LEASES)},
@@ -161,7 +160,7 @@ class ClusterRoutes(ApiBase):
             return {}
         up = [n for n in nodes if n["name"] != me and not n.get("offline")
               and report_fresh(reports.get(n["name"]), now)]
-        return await clocks.measure(self.agent.nodes, me, up)
+        return await clocks.measure(self.agent.nodes, me, up, self.agent.clock)
 
     async def cluster_repair(self, request: web.Request) -> web.Response:
         """`cluster verify --repair`: the master fixes what is safe (hostagent.master.repair) and says what it did."""

@@ -6,7 +6,6 @@ These are what `corral instance|job|os|user ...` and `corral events` call.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from aiohttp import web
@@ -90,7 +89,7 @@ class InstanceRoutes(ApiBase):
 
     async def instance_list(self, request: web.Request) -> web.Response:
         """Every instance, or those matching all of ?tag=, ?node= (primary or secondary), ?status=, ?owner=."""
-        reports, now, q = self._reports(), time.time(), request.query
+        reports, now, q = self._reports(), self.agent.clock.time(), request.query
         rows = [views.instance_row(i, reports, now) for i in self._instances()]
         return self._ok([r for r in rows
                          if ("tag" not in q or q["tag"] in r["tags"])
@@ -104,7 +103,7 @@ class InstanceRoutes(ApiBase):
         inst = next((i for i in self._instances() if i["name"] == name), None)
         if inst is None:
             raise NotFound(f"no instance named '{name}'")
-        row = views.instance_row(inst, self._reports(), time.time())
+        row = views.instance_row(inst, self._reports(), self.agent.clock.time())
         if inst["primary_node"] == self.agent.cfg.node_name and not row["console_tail"]:
             lines = self.agent.qemu.console_log_tail(name, 30)
             row["console_tail"] = [line for line in lines if line.strip()][-10:]
@@ -199,7 +198,7 @@ class InstanceRoutes(ApiBase):
 
     async def user_add(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        record, token = users.new_user(str(body.get("name", "")), str(body.get("role", "")))
+        record, token = users.new_user(str(body.get("name", "")), str(body.get("role", "")), self.agent.clock.time())
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
             await ops.store.put_new(model.user_key(record["name"]), record, f"user '{record['name']}' already exists")

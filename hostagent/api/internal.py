@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import os
-import time
 from typing import Any
 
 from aiohttp import web
@@ -73,7 +72,7 @@ class InternalRoutes(ApiBase):
     async def replica_resumed(self, request: web.Request) -> web.Response:
         """Node-to-master: the guest resumed without its copy; how long it was paused, for `instance info`."""
         name, body = await self._from_primary(request)
-        event = {"at": float(body.get("at") or time.time()), "pause_ms": int(body.get("pause_ms") or 0),
+        event = {"at": float(body.get("at") or self.agent.clock.time()), "pause_ms": int(body.get("pause_ms") or 0),
                  "reason": str(body.get("reason") or "")[:200]}
         assert self.agent.ops is not None
         await self.agent.ops.moves.resumed(name, event)
@@ -96,7 +95,7 @@ class InternalRoutes(ApiBase):
 
     async def node_clock(self, request: web.Request) -> web.Response:
         """Node-to-node: this node's wall clock, for the clock skew check of `cluster verify`."""
-        return web.json_response({"node": self.agent.cfg.node_name, "time": time.time()})
+        return web.json_response({"node": self.agent.cfg.node_name, "time": self.agent.clock.time()})
 
     # ---- drills ------------------------------------------------------------------
     async def drill_crash_self(self, request: web.Request) -> web.Response:
@@ -120,7 +119,7 @@ class InternalRoutes(ApiBase):
             self.agent.isolation.begin(float(freeze_s), self.agent.lease, self.agent.child_pids())
         elif mode == "power-off":
             try:
-                drill.power_off(self.agent.cfg.run_dir, float(freeze_s), "a node-loss drill")
+                drill.power_off(self.agent.cfg.run_dir, float(freeze_s), self.agent.clock.time(), "a node-loss drill")
             except OSError as exc:
                 raise Conflict(f"node '{self.agent.cfg.node_name}' cannot hold itself down after the power-off, "
                                f"so nothing was killed: {exc}") from None

@@ -7,7 +7,6 @@ named. Who may: read to look, admin to change (the route table in hostagent.api.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -41,7 +40,7 @@ class NetworkRoutes(ApiBase):
                          "instances": networks.users(name, instances)})
 
     async def network_add(self, request: web.Request) -> web.Response:
-        record = networks.new_network(await self._body(request), time.time())
+        record = networks.new_network(await self._body(request), self.agent.clock.time())
 
         async def run(ops: Operations, __: NodeOperations) -> web.Response:
             clash = networks.overlapping(record["subnet"], await ops.store.prefix(model.NETWORKS))

@@ -6,7 +6,6 @@ uses on the TLS site (the CA certificate, then the join itself).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +25,7 @@ class NodeRoutes(ApiBase):
         gossip = await self.agent.gossip.view()
         reports, instances, master = self._reports(), self._all(model.INSTANCES), self._master()
         leases = {lease["node"] for lease in self._all(model.LEASES)}
-        now = time.time()
+        now = self.agent.clock.time()
         return [views.node_row(n, reports.get(n["name"]), master, gossip, instances, n["name"] in leases, now)
                 for n in self._all(model.NODES)]
 
@@ -59,7 +58,7 @@ class NodeRoutes(ApiBase):
     async def join_token_list(self, request: web.Request) -> web.Response:
         """`node tokens`: the join tokens that can still be used (the secrets are never stored)."""
         records = self._all(model.JOIN_TOKENS)
-        return self._ok(joining.token_rows([r for r in records if isinstance(r, dict)], time.time()))
+        return self._ok(joining.token_rows([r for r in records if isinstance(r, dict)], self.agent.clock.time()))
 
     async def join_token_revoke(self, request: web.Request) -> web.Response:
         node = request.match_info["node"]

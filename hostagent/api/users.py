@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 from typing import Any
 
 from hostagent import model
@@ -20,14 +19,14 @@ ROLES = ("read", "write", "admin")  # each may do what the ones before it may (R
 USER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 
 
-def new_user(name: str, role: str) -> tuple[dict[str, Any], str]:
-    """(record for the config, token to show the operator once)."""
+def new_user(name: str, role: str, now: float) -> tuple[dict[str, Any], str]:
+    """(record for the config, created `now`; token to show the operator once)."""
     if not USER_RE.match(name):
         raise BadRequest(f"user name {name!r} is not valid: a lower-case letter, then letters, digits, '-', '_'")
     if role not in ROLES:
         raise BadRequest(f"role {role!r} is not a role; the roles are {', '.join(ROLES)}")
     secret = secrets.token_hex(24)
-    record = {"name": name, "role": role, "token_sha256": _digest(secret), "created": time.time()}
+    record = {"name": name, "role": role, "token_sha256": _digest(secret), "created": now}
     return record, f"{name}.{secret}"
 
 

@@ -14,6 +14,7 @@ from election.replica import Replica
 from membership.rpc import SerfRpc
 
 from hostagent import model, pki
+from hostagent.clock import SYSTEM, Clock
 from hostagent.master.duties.autofailover import AutoFailover
 from hostagent.master.jobarchive import JobArchive
 from hostagent.master.node_ops import NodeOperations
@@ -33,12 +34,13 @@ class Candidacy:
 
     def __init__(self, node: str, etcd: EtcdClient, nodes: NodeClient, mirror: Mirror, replica: Replica,
                  paths: pki.PkiPaths, lease_ttl_s: int, on_change: Callable[[str], None],
-                 serf: Callable[[], Awaitable[SerfRpc]], gossip_key: Callable[[], str]) -> None:
+                 serf: Callable[[], Awaitable[SerfRpc]], gossip_key: Callable[[], str], clock: Clock = SYSTEM) -> None:
         self._node = node
         self._mirror = mirror
         self._replica = replica
         lease = MasterLease(etcd, key=model.MASTER_KEY, ttl_s=lease_ttl_s)
-        self.role = MasterRole(node, etcd, lease, lock_keys=lock_keys, on_change=on_change, catch_up=self._catch_up)
+        self.role = MasterRole(node, etcd, lease, lock_keys=lock_keys, on_change=on_change, catch_up=self._catch_up,
+                               clock=clock)
         self.ops = Operations(self.role, nodes)
         self.node_ops = NodeOperations(self.ops.store, paths, self.ops.handlers())
         rotation = Rotation(self.ops.store, paths, serf, gossip_key)

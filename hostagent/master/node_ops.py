@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -226,16 +225,15 @@ class NodeOperations:
         await self.store.write([Op.put(model.node_key(node["name"]), model.dumps({**node, "candidate": True}))])
         log.info("node '%s' is now a master candidate", node["name"])
 
-    @staticmethod
-    async def _patiently(change: Callable[[], Awaitable[None]]) -> None:
+    async def _patiently(self, change: Callable[[], Awaitable[None]]) -> None:
         """etcd refuses membership changes for 5 s after a member (re)connects: wait that out."""
-        deadline = time.monotonic() + 20
+        deadline = self.store.clock.monotonic() + 20
         while True:
             try:
                 await change()
                 return
             except EtcdError as exc:
-                if not _settling(exc) or time.monotonic() > deadline:
+                if not _settling(exc) or self.store.clock.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.5)
 

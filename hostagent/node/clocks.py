@@ -12,11 +12,11 @@ An unreachable node gives a reading with the reason, never an exception.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hostagent.clock import SYSTEM, Clock
 from hostagent.orders import NodeClient
 
 CLOCK_PATH = "/v1/node/clock"
@@ -42,19 +42,19 @@ def reading(reference: str, sent_at: float, round_trip_s: float, remote_time: fl
     return ClockReading(reference, remote_time - (sent_at + round_trip_s / 2), round_trip_s / 2)
 
 
-async def measure(client: NodeClient, reference: str,
-                  nodes: Iterable[Mapping[str, Any]]) -> dict[str, ClockReading]:
+async def measure(client: NodeClient, reference: str, nodes: Iterable[Mapping[str, Any]],
+                  clock: Clock = SYSTEM) -> dict[str, ClockReading]:
     """Every node's offset from this node's clock, asked in parallel; bounded by SAMPLES x SAMPLE_TIMEOUT_S."""
     targets = list(nodes)
-    results = await asyncio.gather(*(_one(client, reference, n) for n in targets))
+    results = await asyncio.gather(*(_one(client, reference, n, clock) for n in targets))
     return {n["name"]: r for n, r in zip(targets, results)}
 
 
-async def _one(client: NodeClient, reference: str, node: Mapping[str, Any]) -> ClockReading:
+async def _one(client: NodeClient, reference: str, node: Mapping[str, Any], clock: Clock) -> ClockReading:
     where = f"{node['address']}:{node['api_port']}"
     best: ClockReading | None = None
     for _ in range(SAMPLES):
-        sent_at, started = time.time(), time.monotonic()
+        sent_at, started = clock.time(), clock.monotonic()
         try:
             status, data = await client.forward(node["address"], node["api_port"], "GET", CLOCK_PATH, None,
                                                 timeout_s=SAMPLE_TIMEOUT_S)
@@ -63,7 +63,7 @@ async def _one(client: NodeClient, reference: str, node: Mapping[str, Any]) -> C
             why = f"no answer within {SAMPLE_TIMEOUT_S:.0f} s" if isinstance(cause, TimeoutError) else str(cause)
             return ClockReading(reference, None, error=f"its agent at {where} did not answer "
                                                        f"({why or type(cause).__name__})")
-        round_trip = time.monotonic() - started
+        round_trip = clock.monotonic() - started
         remote = data.get("time")
         if status != 200 or not isinstance(remote, (int, float)):
             return ClockReading(reference, None, error=f"its agent at {where} answered HTTP {status} without "

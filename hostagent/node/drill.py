@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from hostagent.node import holddown
 
@@ -50,12 +49,12 @@ def node_processes(run_dir: str) -> list[int]:
     return pids
 
 
-def power_off(run_dir: str, hold_s: float, why: str) -> None:
+def power_off(run_dir: str, hold_s: float, now: float, why: str) -> None:
     """Shortly after the answer has gone out: SIGKILL every process of this node, the agent last.
 
-    First records that the node stays down for `hold_s` (its next agent waits until then); raises
+    First records that the node stays down for `hold_s` from `now` (its next agent waits until then); raises
     OSError, with nothing killed, if that cannot be recorded."""
-    held = holddown.hold(run_dir, hold_s, time.time(), why)
+    held = holddown.hold(run_dir, hold_s, now, why)
     pids = node_processes(run_dir)
     log.warning("drill: powering this node off for %.0f s (%s): killing QEMUs, disk exports and the fence keeper "
                 "(pids %s), then this agent; its next start waits until the time in %s", hold_s, why, pids, held)

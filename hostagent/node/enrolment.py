@@ -6,13 +6,13 @@ import logging
 import os
 import secrets
 import shutil
-import time
 from typing import Any
 
 from election.replica import Replica
 from membership.agent import new_gossip_key
 
 from hostagent import pki
+from hostagent.clock import SYSTEM, Clock
 from hostagent.config import AgentConfig
 from hostagent.node import joining
 from hostagent.node.clusterfile import ClusterFile
@@ -25,8 +25,9 @@ class Enrolment:
     """The CA or the node certificate, the gossip and Serf RPC secrets, and cluster.json: all or none of them."""
 
     def __init__(self, cfg: AgentConfig, paths: pki.PkiPaths, local: ClusterFile, member: EtcdMember,
-                 replica: Replica) -> None:
+                 replica: Replica, clock: Clock = SYSTEM) -> None:
         self._cfg = cfg
+        self._clock = clock
         self._pki = paths
         self._local = local
         self._member = member
@@ -43,7 +44,7 @@ class Enrolment:
         pki.issue_node_cert(self._pki, self._cfg.node_name, self._cfg.address)
         pki.write_secret(self._pki, "gossip.key", new_gossip_key())
         pki.write_secret(self._pki, "serf-rpc.key", secrets.token_urlsafe(24))
-        self._local.save({"name": name, "joined": time.time(), "etcd_member": True,
+        self._local.save({"name": name, "joined": self._clock.time(), "etcd_member": True,
                           "etcd_initial_cluster": f"{self._cfg.node_name}={self._member.peer_url}",
                           "etcd_cluster_state": "new", "etcd_endpoints": [self._member.client_url], "serf_join": []})
         log.info("initializing cluster '%s' on node '%s' (CA %s)", name, self._cfg.node_name,
@@ -61,7 +62,7 @@ class Enrolment:
         pki.write_pem(self._pki.node_cert, answer["node_cert"].encode())
         pki.write_secret(self._pki, "gossip.key", answer["gossip_key"])
         pki.write_secret(self._pki, "serf-rpc.key", secrets.token_urlsafe(24))
-        self._local.save({"name": answer["cluster"], "joined": time.time(), "etcd_member": False,
+        self._local.save({"name": answer["cluster"], "joined": self._clock.time(), "etcd_member": False,
                           "etcd_endpoints": answer["etcd_endpoints"], "serf_join": answer["serf_join"]})
         log.info("node '%s' joined cluster '%s' (admitted by master '%s')", self._cfg.node_name,
                  answer["cluster"], answer["master"])
@@ -82,4 +83,4 @@ class Enrolment:
         return {"name": self._cfg.node_name, "address": self._cfg.address, "api_port": self._cfg.api_port,
                 "gossip_port": self._cfg.gossip_port, "etcd_client_port": self._cfg.etcd_client_port,
                 "etcd_peer_port": self._cfg.etcd_peer_port, "candidate": True, "master_capable": True,
-                "drained": False, "offline": False, "added": time.time()}
+                "drained": False, "offline": False, "added": self._clock.time()}

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import shutil
-import time
 from typing import Any
 
 from election.etcd import EtcdClient, EtcdError
@@ -14,6 +13,7 @@ from election.member import EtcdTls, etcd_argv, wait_healthy
 from election.replica import Replica
 
 from hostagent import model, pki
+from hostagent.clock import SYSTEM, Clock
 from hostagent.node.nodetrust import CrlKeeper
 from hostagent.config import AgentConfig
 from hostagent.node.clusterfile import ClusterFile
@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 class EtcdMember:
     """The `etcd` child (start, stop, restart for a new CA), this node's etcd endpoints, its revocation list."""
 
-    def __init__(self, cfg: AgentConfig, paths: pki.PkiPaths, crl: CrlKeeper, local: ClusterFile) -> None:
+    def __init__(self, cfg: AgentConfig, paths: pki.PkiPaths, crl: CrlKeeper, local: ClusterFile,
+                 clock: Clock = SYSTEM) -> None:
         self._cfg = cfg
+        self._clock = clock
         self._pki = paths
         self._crl = crl
         self._local = local
@@ -67,7 +69,7 @@ class EtcdMember:
             return etcd_argv(cfg.node_name, self.data_dir, self.client_url, self.peer_url,
                              local["etcd_initial_cluster"], local["etcd_cluster_state"], tls, binary=cfg.etcd_binary)
 
-        self._child = ChildSupervisor("etcd", command, os.path.join(cfg.log_dir, "etcd.log"))
+        self._child = ChildSupervisor("etcd", command, os.path.join(cfg.log_dir, "etcd.log"), clock=self._clock)
         self._child.start()
 
     async def stop(self) -> None:
@@ -110,10 +112,10 @@ class EtcdMember:
         """Until this node's new member knows the leader. (A learner serves no reads, so
         this asks for its status only; the master promotes it once it is in sync.)"""
         client = EtcdClient([self.client_url], ssl=pki.client_context(self._pki))
-        deadline = time.monotonic() + timeout_s
+        deadline = self._clock.monotonic() + timeout_s
         reason = "no answer yet"
         try:
-            while time.monotonic() < deadline:
+            while self._clock.monotonic() < deadline:
                 try:
                     if (await client.status()).get("leader"):
                         return

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from membership.rpc import MemberEvent, SerfError, SerfRpc
 from membership.view import gossip_status, note_alive
 
 from hostagent import pki
+from hostagent.clock import SYSTEM, Clock
 from hostagent.config import AgentConfig
 from hostagent.node.clusterfile import ClusterFile
 from hostagent.node.reporter import AGENT_VERSION
@@ -75,8 +75,9 @@ async def publish_role(connect: Callable[[], Awaitable[SerfRpc]], role: str) -> 
 class Gossip:
     """The `serf` child (started with the cluster side, stopped with it) and the RPC to it."""
 
-    def __init__(self, cfg: AgentConfig, paths: pki.PkiPaths, local: ClusterFile) -> None:
+    def __init__(self, cfg: AgentConfig, paths: pki.PkiPaths, local: ClusterFile, clock: Clock = SYSTEM) -> None:
         self._cfg = cfg
+        self._clock = clock
         self._pki = paths
         self._local = local
         self._child: ChildSupervisor | None = None
@@ -101,7 +102,7 @@ class Gossip:
                              snapshot_path=os.path.join(cfg.state_dir, "serf.snapshot"),
                              serf_binary=cfg.serf_binary)
 
-        self._child = ChildSupervisor("serf", command, os.path.join(cfg.log_dir, "serf.log"))
+        self._child = ChildSupervisor("serf", command, os.path.join(cfg.log_dir, "serf.log"), clock=self._clock)
         self._child.start()
 
     async def stop(self) -> None:
@@ -134,7 +135,7 @@ class Gossip:
             return {}
         finally:
             await rpc.close()
-        now = time.time()
+        now = self._clock.time()
         self._seen = note_alive(members, now, self._seen)
         return {name: {"status": g.status, "reason": g.reason}
                 for name, g in gossip_status(members, now, self._seen).items()}

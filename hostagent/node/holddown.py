@@ -29,6 +29,7 @@ import os
 import time
 from collections.abc import Callable
 
+from hostagent.clock import SYSTEM
 from hostagent.node.notify import Notifier
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def remaining_s(run_dir: str, now: float) -> float:
     return max(0.0, min(until - now, MAX_HOLD_S))
 
 
-def wait_out(run_dir: str, notifier: Notifier, now: Callable[[], float] = time.time,
+def wait_out(run_dir: str, notifier: Notifier, now: Callable[[], float] = SYSTEM.time,
              sleep: Callable[[float], None] = time.sleep) -> float:
     """Block until the hold recorded in `run_dir` has passed (or its file is removed); returns seconds waited.
 

@@ -10,7 +10,6 @@ it against inputs built to stall it.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 
 PERIOD_S = 0.1
@@ -25,10 +24,11 @@ class LoopLag:
         self._samples: deque[tuple[float, float]] = deque()
 
     async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()  # lateness of its timers, on the clock they are set by
         while not stop.is_set():
-            began = time.monotonic()
+            began = loop.time()
             await asyncio.sleep(self._period)
-            now = time.monotonic()
+            now = loop.time()
             self._samples.append((now, max(0.0, now - began - self._period)))
             while self._samples and self._samples[0][0] < now - self._window:
                 self._samples.popleft()

@@ -34,7 +34,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,6 +43,7 @@ from kvm.qmp import Qmp, QmpError
 from storage.filedisk import FileTemplate
 
 from hostagent import pki
+from hostagent.clock import SYSTEM, Clock
 from hostagent.node.executor import Order, OrderError, client_identity, read_small_file
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,9 @@ class NodeReplication:
     """This node's exports, mirrors and migrations."""
 
     def __init__(self, node: str, address: str, qemu: QemuManager, files: FileTemplate,
-                 pki_paths: pki.PkiPaths, run_dir: str) -> None:
+                 pki_paths: pki.PkiPaths, run_dir: str, clock: Clock = SYSTEM) -> None:
         self._node = node
+        self._clock = clock
         self._address = address
         self._qemu = qemu
         self._files = files
@@ -296,7 +297,7 @@ class NodeReplication:
         if progress is None or await qmp.status() != "running":
             self._queues.get(name, {}).pop(index, None)
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         samples = self._queues.setdefault(name, {}).setdefault(index, [])
         samples.append((now, progress))
         del samples[:-30]
@@ -309,7 +310,7 @@ class NodeReplication:
 
     async def _outdate_and_resume(self, qmp: Qmp, name: str, disk_count: int) -> None:
         """The secondary failed a write the guest waits for: outdate its copy, then go on alone."""
-        began, gen, pid = time.monotonic(), self.gen(name), self._qemu.find(name)
+        began, gen, pid = self._clock.monotonic(), self.gen(name), self._qemu.find(name)
         reason = "the secondary's copy did not take a write"
         log.warning("instance '%s' is paused on a write its secondary did not take: asking the master to "
                     "record that copy out of date before the guest goes on", name)
@@ -323,8 +324,8 @@ class NodeReplication:
                             "out of date (cut off? the node fences itself if its lease runs out)", name)
             await asyncio.sleep(OUTDATE_RETRY_S)
         await self._drop_copies(qmp, name, list(range(disk_count)))
-        pause_ms = round((time.monotonic() - began) * 1000)
-        event = {"at": time.time(), "pause_ms": pause_ms, "reason": reason, "gen": gen}
+        pause_ms = round((self._clock.monotonic() - began) * 1000)
+        event = {"at": self._clock.time(), "pause_ms": pause_ms, "reason": reason, "gen": gen}
         self.last_degraded[name] = event
         log.warning("instance '%s' runs degraded on node '%s' (its secondary's copy is out of date); "
                     "guest paused %d ms for the record", name, self._node, pause_ms)

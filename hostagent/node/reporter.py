@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -24,6 +23,7 @@ from storage.filedisk import FileTemplate
 from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, OsDefinition, OsImage
 
+from hostagent.clock import SYSTEM, Clock
 from hostagent.node.boothealth import BootWatcher, qemu_start
 from hostagent.node.executor import read_small_file
 
@@ -34,20 +34,22 @@ DRBD_TIMEOUT_S = 10.0
 
 async def collect(node: str, qemu: QemuManager, files: FileTemplate,
                   catalog: Callable[[], OsCatalog], busy: Mapping[str, str],
-                  boot: BootWatcher | None = None) -> dict[str, Any]:
+                  boot: BootWatcher | None = None, clock: Clock = SYSTEM) -> dict[str, Any]:
     """`busy`: instances whose QMP a long order holds (a migration), with the status to show.
 
     `boot`: judges each QEMU's boot from its console (hostagent.node.boothealth).
 
+    `clock`: the report's time, and the ages of the QEMUs judged above.
+
     The report's time is when the QEMUs were listed, not when the report was done: under load the QMP
     queries below take seconds, and a QEMU started meanwhile must not look absent from a report that
     claims to be newer than its start (the master would judge that start failed and order it again)."""
-    observed = time.time()
+    observed = clock.time()
     running = qemu.discover()
     verdicts: dict[str, dict[str, Any]] = {}
     if boot is not None:
         verdicts = boot.look({name: start for name, pid in running.items()
-                              if (start := qemu_start(pid)) is not None}, time.time())
+                              if (start := qemu_start(pid)) is not None}, clock.time())
     instances: dict[str, Any] = {}
     for name, pid in running.items():
         vnc = qemu.paths(name).vnc_socket  # hvparam vnc=localhost: `corral instance console --vnc` says how
@@ -78,7 +80,7 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
         "os_problems": list(cat.problems),
         **({"kernel_dirs": list(qemu.kernel_dirs)} if qemu.kernel_dirs is not None else {}),
         "volumes": volumes,
-        "stray_qemus": stray_qemus(qemu.run_dir, running, time.time()),
+        "stray_qemus": stray_qemus(qemu.run_dir, running, clock.time()),
         "exports": exports(qemu.run_dir),
         "drbd": await drbd_state(),
     }

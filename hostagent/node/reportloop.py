@@ -17,6 +17,7 @@ from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog
 
 from hostagent import model, pki
+from hostagent.clock import SYSTEM, Clock
 from hostagent.config import AgentConfig
 from hostagent.node import gossip, reporter
 from hostagent.node.boothealth import BootWatcher
@@ -39,8 +40,9 @@ class ReportLoop:
                  lvm: PlainTemplate | None, catalog: Callable[[], OsCatalog], refresh_catalog: Callable[[], OsCatalog],
                  replication: NodeReplication, boot: BootWatcher, looplag: LoopLag, paths: pki.PkiPaths,
                  tokens: TokenGuard, isolation: Isolation, member: EtcdMember,
-                 role: Callable[[], str], serf: Callable[[], Awaitable[SerfRpc]]) -> None:
+                 role: Callable[[], str], serf: Callable[[], Awaitable[SerfRpc]], clock: Clock = SYSTEM) -> None:
         self._cfg = cfg
+        self._clock = clock
         self._replica = replica
         self._qemu = qemu
         self._files = files
@@ -73,7 +75,7 @@ class ReportLoop:
             return
         self._refresh_catalog()
         report = await reporter.collect(self._cfg.node_name, self._qemu, self._files, self._catalog,
-                                        self._replication.busy, self._boot)
+                                        self._replication.busy, self._boot, self._clock)
         report["mirrors"] = await self._mirror_states(report["instances"])
         if self._lvm is not None:
             report["lvm"], lv_volumes = await reporter.lvm_state(self._lvm)

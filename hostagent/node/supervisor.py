@@ -11,9 +11,10 @@ import ctypes
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
+
+from hostagent.clock import SYSTEM, Clock
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ class ChildSupervisor:
     """
 
     def __init__(self, name: str, argv: Callable[[], Sequence[str]], log_path: str,
-                 *, stop_timeout_s: float = 10.0, stable_after_s: float = 30.0) -> None:
+                 *, stop_timeout_s: float = 10.0, stable_after_s: float = 30.0, clock: Clock = SYSTEM) -> None:
         self.name = name
+        self._clock = clock
         self._argv = argv
         self._log_path = log_path
         self._stop_timeout_s = stop_timeout_s
@@ -72,11 +74,11 @@ class ChildSupervisor:
             if self._proc is not None:
                 log.info("started %s (pid %d), output in %s", self.name, self._proc.pid, self._log_path)
                 self.started.set()
-                began = time.monotonic()
+                began = self._clock.monotonic()
                 rc = await self._proc.wait()
                 if self._stopping:
                     return
-                if time.monotonic() - began >= self._stable_after_s:
+                if self._clock.monotonic() - began >= self._stable_after_s:
                     backoff = 0.5
                 log.warning("%s (pid %d) exited with code %s; restarting in %.1f s (see %s)",
                             self.name, self._proc.pid, rc, backoff, self._log_path)

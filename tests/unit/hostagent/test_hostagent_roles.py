@@ -57,7 +57,7 @@ def test_levels_are_ordered_and_unknown_roles_get_nothing():
 
 def test_an_unknown_role_is_refused_naming_the_roles():
     with pytest.raises(Exception, match="the roles are read, write, admin"):
-        users.new_user("bob", "superuser")
+        users.new_user("bob", "superuser", 0.0)
 
 
 class Replica:
@@ -76,8 +76,8 @@ class NoNodes:
 
 
 async def test_the_middleware_checks_the_matched_route_and_refuses_a_forged_caller():
-    reader, reader_token = users.new_user("rita", "read")
-    writer, writer_token = users.new_user("will", "write")
+    reader, reader_token = users.new_user("rita", "read", 0.0)
+    writer, writer_token = users.new_user("will", "write", 0.0)
     roles: dict[Any, str] = {}
     app = web.Application(middlewares=[auth.middleware(Replica([reader, writer]), NoNodes(), roles, "n2")])  # type: ignore[arg-type]
 
