@@ -1,4 +1,4 @@
-"""The tree's own checks, run with the unit tests: ruff's error rules, mypy, and the import contract.
+"""The tree's own checks, run with the unit tests: ruff's error rules, mypy, the import contract and the clock seam.
 
 The contract (shared/STYLE.md): the leaf packages (membership, election,
 storage, kvm) do not import each other, nor hostagent or cli; hostagent
@@ -155,3 +155,33 @@ def test_the_wings_lean_one_way():
                 for wing, banned in WING_MAY_NOT_IMPORT.items()
                 if name.startswith(wing + ".") and dep.startswith(tuple(b + "." for b in banned))]
     assert not breaches, "\n".join(breaches)
+
+
+# hostagent reads the time through hostagent.clock (loops take a Clock, pure code takes `now`), so that a test or a
+# simulation sets it; only these modules read the host's clocks themselves, each for its reason.
+TIME_READS = {"time", "time_ns", "monotonic", "monotonic_ns", "clock_gettime", "clock_gettime_ns"}
+MAY_READ_THE_TIME = {
+    "hostagent/clock.py": "the seam itself: SYSTEM, the host's clocks",
+    "hostagent/api/accesslog.py": "stamps its lines from the host's clock, as logging stamps the agent log's",
+}
+
+
+def time_reads(path: Path) -> list[str]:
+    """Each `time.time`, `time.monotonic`, `time.clock_gettime` (or their _ns) in `path`, called or passed on."""
+    tree = ast.parse(path.read_text(), str(path))
+    aliases = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+               if a.name == "time"}
+    found = [f"line {n.lineno}: time.{n.attr}" for n in ast.walk(tree)
+             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in aliases
+             and n.attr in TIME_READS]
+    found += [f"line {n.lineno}: from time import {a.name}" for n in ast.walk(tree)
+              if isinstance(n, ast.ImportFrom) and n.module == "time" for a in n.names if a.name in TIME_READS]
+    return found
+
+
+def test_hostagent_reads_the_time_only_through_its_clock():
+    reads = {str(p.relative_to(ROOT)): time_reads(p) for p in sorted((ROOT / "hostagent").rglob("*.py"))}
+    breaches = [f"{path} {read}" for path, found in reads.items() if path not in MAY_READ_THE_TIME for read in found]
+    assert not breaches, "read the time through hostagent.clock (take a Clock, or `now`):\n" + "\n".join(breaches)
+    unused = sorted(path for path in MAY_READ_THE_TIME if not reads.get(path))
+    assert not unused, f"allowed to read the time but no longer does (remove them from MAY_READ_THE_TIME): {unused}"
