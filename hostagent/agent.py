@@ -181,7 +181,7 @@ class Agent:
                 await wait_healthy(self.etcd, timeout_s=30)
             except EtcdError as exc:  # keep serving reads from the replica; the loops retry
                 log.warning("etcd has no quorum yet (%s); serving reads from this node's replica meanwhile", exc)
-        self.mirror = Mirror(self.etcd, self.replica, prefix=model.PREFIX)
+        self.mirror = Mirror(self.etcd, self.replica, prefix=model.PREFIX, clock=self.clock.time)  # the API ages it
         self.nodes = NodeClient(ssl_client)
         self.candidacy = Candidacy(cfg.node_name, self.etcd, self.nodes, self.mirror, self.replica, self.pki,
                                    cfg.master_lease_ttl_s, self.notifier.status, self.gossip.connect,

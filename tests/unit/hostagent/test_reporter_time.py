@@ -1,0 +1,50 @@
+"""A node's report is dated when its QEMUs were listed, however long the report then takes."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+from fakes.clock import FakeClock
+from storage.osdef import OsCatalog
+
+from hostagent.node import reporter
+
+
+class SlowQemu:
+    """One QEMU (this test's own process) whose status query takes `query_s` on the clock."""
+
+    def __init__(self, clock: FakeClock, run_dir: str, query_s: float) -> None:
+        self._clock, self.run_dir, self._query_s = clock, run_dir, query_s
+        self.kernel_dirs = None
+
+    def discover(self) -> dict[str, int]:
+        return {"web1": os.getpid()}
+
+    def paths(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(vnc_socket=os.path.join(self.run_dir, name, "vnc.sock"))
+
+    async def status(self, name: str) -> str:
+        self._clock.advance(self._query_s)
+        return "running"
+
+
+class NoDisks:
+    async def list_volumes(self) -> list[object]:
+        return []
+
+    def total_mib(self) -> int:
+        return 1024
+
+    def free_mib(self) -> int:
+        return 512
+
+
+async def test_the_report_time_is_when_the_qemus_were_listed_not_when_the_report_was_done(tmp_path):
+    clock = FakeClock()
+    listed = clock.time()
+    report = await reporter.collect("n1", SlowQemu(clock, str(tmp_path), query_s=4.0), NoDisks(),  # type: ignore[arg-type]
+                                    lambda: OsCatalog({}, []), {}, clock=clock)
+    assert clock.time() == listed + 4.0
+    assert report["time"] == listed  # a QEMU started during those 4 s must not look absent from this report
+    assert report["instances"]["web1"]["status"] == "running"
