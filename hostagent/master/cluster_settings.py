@@ -8,7 +8,6 @@ whether it may move anything. Each change is recorded as an event.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from election.etcd import Op
@@ -22,7 +21,6 @@ from hostagent.master.decide.restarts import Event
 from hostagent.master.store import Store
 from hostagent.units import SizeError, parse_mib
 
-log = logging.getLogger(__name__)
 
 # setting -> what it must be (for errors)
 MODIFIABLE = {
@@ -130,10 +128,8 @@ async def _update(store: Store, change: dict[str, Any], message: str) -> dict[st
     cluster = await store.get(model.CLUSTER_KEY) or {}
     cluster.update(change)
     now = store.clock.time()
-    writes = [Op.put(model.CLUSTER_KEY, model.dumps(cluster))]
-    writes += await store.event_ops([Event("", store.role.node, "operator", message)], now)
-    await store.write(writes)
-    log.warning("%s", message)
+    await store.write([Op.put(model.CLUSTER_KEY, model.dumps(cluster))],
+                      events=[Event("", store.role.node, "operator", message)], now=now)
     return cluster
 
 

@@ -104,15 +104,13 @@ class Moves:
             return
         now = self.store.clock.time()
         ops = [Op.put(model.replica_key(name), model.dumps(replicas.outdated(record, why, now)))]
-        message = ""
+        events: list[Event] = []
         if record.get("in_sync"):
             inst = await self.store.get(model.instance_key(name)) or {}
             secondary = copy_on or inst.get("secondary_node") or "?"
             message = f"the copy of instance '{name}' on node '{secondary}' is out of date: {why}"
-            ops += await self.store.event_ops([Event(name, secondary, "copy-outdated", message)], now)
-        await self.store.write(ops)
-        if message:  # once, when it is recorded (a write that failed is retried, and would say it again)
-            log.warning("%s", message)
+            events = [Event(name, secondary, "copy-outdated", message)]
+        await self.store.write(ops, events=events, now=now)
 
     async def resumed(self, name: str, event: dict[str, Any]) -> None:
         """Keep the primary's account of its last degraded resume (the guest's pause), for `instance info`."""

@@ -186,7 +186,7 @@ class Repair:
             events = [Event(s.finding.instance, s.node or s.finding.node, "repair",
                             f"cluster repair: {s.action}: {'done' if ok == 'repaired' else 'failed'} ({detail})")
                       for s, (ok, detail) in acted]
-            await self.store.write(await self.store.event_ops(events, now))
+            await self.store.write([], events=events, now=now)
             await self._settle([s.finding for s, (ok, _) in acted if ok == "repaired"])
         return [{"severity": s.finding.severity, "message": s.finding.message, "code": s.finding.code,
                  "action": s.action, "outcome": outcome, "detail": detail}
@@ -205,8 +205,7 @@ class Repair:
         except JobFailed as exc:
             log.warning("cluster repair could not %s: %s", step.action, exc)
             return "failed", str(exc)
-        log.info("cluster repair: %s: %s", step.action, detail)
-        return "repaired", detail
+        return "repaired", detail  # logged with its event, once recorded
 
     async def _settle(self, fixed: list[Finding]) -> None:
         """Bounded: until the nodes' new reports (sent after each order) no longer show what was fixed."""

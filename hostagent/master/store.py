@@ -19,7 +19,7 @@ from hostagent import model
 from hostagent.errors import Conflict, NotFound
 from hostagent.master.decide import replicas
 from hostagent.master.decide.restarts import Event
-from hostagent.master.events import event_ops
+from hostagent.master.events import event_ops, log_committed
 from hostagent.master.jobs import JobFailed
 from hostagent.master.role import MasterRole
 from hostagent.orders import NodeClient, OrderFailed
@@ -85,14 +85,20 @@ class Store:
         return {name: net for name in sorted(names) if (net := await self.get(model.network_key(name))) is not None}
 
     # ---- writes -----------------------------------------------------------------
-    async def write(self, ops: list[Op], compares: list[Compare] | None = None, refused: str = "") -> None:
-        """A guarded write; with `compares`, JobFailed(`refused`) when one does not hold."""
+    async def write(self, ops: list[Op], compares: list[Compare] | None = None, refused: str = "",
+                    events: Sequence[Event] = (), now: float | None = None) -> None:
+        """A guarded write; with `compares`, JobFailed(`refused`) when one does not hold.
+
+        `events` explain the write: recorded in it at `now` (default: the clock's time), and logged once
+        it is committed (hostagent.master.events), so an event is written and said only with its cause."""
         token = self.role.token
         if token is None or not self.role.lease_ok():
             raise JobFailed("this node is no longer certainly master (lease not renewed in time); stopped")
-        result = await self.role.lease.guarded_txn(token, ops, extra_compares=compares or [])
+        told = await event_ops(self.role.client, events, self.clock.time() if now is None else now)
+        result = await self.role.lease.guarded_txn(token, [*ops, *told], extra_compares=compares or [])
         if compares and not result.succeeded:
             raise JobFailed(refused)
+        log_committed(events)
 
     async def put_new(self, key: str, record: dict[str, Any], exists_message: str) -> None:
         """Create `key` only if absent, guarded by the master lease."""
@@ -113,10 +119,6 @@ class Store:
                                                    extra_compares=[Compare.create_revision(key, ">", 0)])
         if not result.succeeded:
             raise NotFound(missing_message)
-
-    async def event_ops(self, events: Sequence[Event], now: float) -> list[Op]:
-        """The writes that log `events` (hostagent.master.events), to go in the write of what they explain."""
-        return await event_ops(self.role.client, events, now)
 
     @staticmethod
     def address_writes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[list[Op], list[Compare]]:

@@ -2,10 +2,10 @@
 
 Each pass reads the nodes, leases, reports, instances, the cluster record
 and the previous decision state (/corral/failover-state, so a new master
-goes on where the old one stopped), writes the new state, the events and a
-new cluster alert in one guarded write, then submits one failover job per
-instance to move (a job: visible in `job list`, resumed or ended by the
-next master). `simulate` runs the same decision on the live config with
+goes on where the old one stopped), writes the new state, the events (logged
+by hostagent.master.events) and a new cluster alert in one guarded write,
+then submits one failover job per instance to move (a job: visible in `job
+list`, resumed or ended by the next master). `simulate` runs the same decision on the live config with
 nodes taken away, for `cluster simulate --fail`.
 """
 
@@ -55,8 +55,6 @@ class AutoFailover:
         back = failbacks(view, decision.state, now)
         decision.events.extend(e for _, _, e in back)
         await self._save(state, decision, view.cluster, now)
-        for event in decision.events:
-            (log.warning if event.kind in ("alert", "refuse", "node-lost") else log.info)("%s", event.message)
         for name, _, target in decision.failovers:
             try:
                 job = await self.store.role.require().submit(
@@ -80,9 +78,8 @@ class AutoFailover:
             ops.append(Op.put(model.FAILOVER_STATE_KEY, model.dumps(decision.state.to_dict())))
         if decision.alert is not None:
             ops.append(Op.put(model.CLUSTER_KEY, model.dumps({**cluster, "alert": decision.alert})))
-        ops += await self.store.event_ops(decision.events, now)
-        if ops:
-            await self.store.write(ops)
+        if ops or decision.events:
+            await self.store.write(ops, events=decision.events, now=now)
 
     async def simulate(self, fail: list[str]) -> dict[str, Any]:
         """What this master would decide if the nodes in `fail` were lost now (their leases gone)."""

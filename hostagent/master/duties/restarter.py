@@ -3,10 +3,11 @@
 Each pass reads the instances, the node reports and leases and the restart
 tracks from etcd, asks `decide`, writes the tracks that changed to
 /corral/restarts/<instance> (so a new master carries on where the old one
-stopped, and every node shows "failed" with the reason), logs each event,
-and sends the starts as background tasks so that one slow node never holds
-up the others. An instance given up while its QEMU still runs (a guest that
-did not boot in time) is stopped the same way, after its console is kept.
+stopped, and every node shows "failed" with the reason) with the events that
+say why (hostagent.master.events, which also logs them), and sends the
+starts as background tasks so that one slow node never holds up the others.
+An instance given up while its QEMU still runs (a guest that did not boot in
+time) is stopped the same way, after its console is kept.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from election.etcd import Op
 from hostagent import model
 from hostagent.master.jobs import JobFailed
 from hostagent.master.moves import Moves
-from hostagent.master.decide.restarts import Policy, Track, View, decide
+from hostagent.master.decide.restarts import Event, Policy, Track, View, decide
 from hostagent.master.store import Store
 from hostagent.status import report_fresh
 
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 JOB_UNSEEN_MAX_S = 30.0  # how long a restart waits for a node report made after a job on its instance
 
 PASS_EVERY_S = 1.0
-EVENTS_KEPT = 1000
 
 
 class Restarter:
@@ -70,12 +70,8 @@ class Restarter:
         cluster = await self.store.get(model.CLUSTER_KEY) or {}
         policy = Policy(backoff_s=float(cluster.get("restart_backoff_s", Policy.backoff_s)))
         decision = decide(View(tuple(instances), reports, alive, busy, starting_on), tracks, now, policy)
-        await self._save(tracks, decision.tracks, [
-            Op.put(model.event_key(now, i), model.dumps({"time": now, "kind": e.kind, "instance": e.instance,
-                                                        "node": e.node, "message": e.message}))
-            for i, e in enumerate(decision.events)])
+        await self._save(tracks, decision.tracks, decision.events, now)
         for event in decision.events:
-            log.info("%s", event.message)
             if event.kind == "give-up":
                 await self._keep_console(event.instance, event.node, list(event.console))
         for name, _ in decision.stops:
@@ -91,16 +87,13 @@ class Restarter:
         kvs, _ = await self.store.role.client.get_prefix(prefix)
         return [kv.key for kv in kvs]
 
-    async def _save(self, before: dict[str, Track], after: dict[str, Track], events: list[Op]) -> None:
-        """Tracks that changed and the events that say why, in one write; old events are pruned."""
-        if events:
-            kvs, _ = await self.store.role.client.get_prefix(model.EVENTS)
-            events += [Op.delete(kv.key) for kv in kvs[:max(0, len(kvs) + len(events) - EVENTS_KEPT)]]
-        ops = events + [Op.put(model.restart_key(n), model.dumps({"name": n, **t.to_dict()}))
+    async def _save(self, before: dict[str, Track], after: dict[str, Track], events: list[Event], now: float) -> None:
+        """Tracks that changed and the events that say why, in one write (hostagent.master.events)."""
+        ops = [Op.put(model.restart_key(n), model.dumps({"name": n, **t.to_dict()}))
                for n, t in after.items() if before.get(n) != t]
         ops += [Op.delete(model.restart_key(n)) for n in before if n not in after]
-        if ops:
-            await self.store.write(ops)
+        if ops or events:
+            await self.store.write(ops, events=events, now=now)
 
     async def _keep_console(self, name: str, node: str, seen: list[str]) -> None:
         """The last console lines of an instance given up: they usually say why it did not come up.
