@@ -47,7 +47,7 @@ class Candidacy:
         self.role.handlers = {**self.ops.handlers(), **self.node_ops.handlers(),
                               "cluster.rotate-secrets": rotation.job}
         self.role.on_elected.append(self._fence_older_masters)
-        self.autofailover = AutoFailover(self.ops.store)
+        self.autofailover = AutoFailover(self.ops.store, self.ops.views)
         self.role.duties += [self._pool_duty, self._fence_stragglers, JobArchive(self.ops.store).step,
                              self.ops.mirrors.keep_mirrors,
                              self.ops.restarter.step, self.autofailover.step, self.node_ops.tokens.sweep_tokens]

@@ -67,10 +67,6 @@ class Moves:
         report = await self.store.get(model.report_key(name))
         return report_fresh(report, self.store.clock.time())
 
-    async def secondary_up(self, name: str) -> bool:
-        """Reporting and holding its node lease: a frozen or cut-off secondary hangs the guest's writes."""
-        return await self.alive(name) and await self.store.get(model.lease_key(name)) is not None
-
     def _replicated(self, inst: dict[str, Any], verb: str) -> str:
         if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
             raise JobFailed(f"cannot {verb} instance '{inst['name']}': its disks ({inst.get('disk_template')}) "

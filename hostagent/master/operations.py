@@ -29,6 +29,7 @@ from hostagent.master.duties.mirrors import Mirrors
 from hostagent.master.duties.restarter import Restarter
 from hostagent.master.store import Store
 from hostagent.master.submit import choosing_again, cluster_view
+from hostagent.master.view import Views
 from hostagent.orders import NodeClient
 from hostagent.status import instance_status
 from hostagent.units import format_mib
@@ -47,8 +48,9 @@ class Operations:
         self.store = Store(role, nodes)
         self.moves = Moves(self.store)
         self.disks = DiskOps(self.store, self.moves)
-        self.restarter = Restarter(self.store, self.moves)
-        self.mirrors = Mirrors(self.store, self.moves, self.restarter.starting)
+        self.views = Views(self.store)  # the cluster as this tick's duties see it
+        self.restarter = Restarter(self.store, self.views, self.moves)
+        self.mirrors = Mirrors(self.store, self.views, self.moves, self.restarter.starting)
         self.modify = InstanceModify(self.store, self._start, self._stop)
 
     # ---- submit ---------------------------------------------------------------

@@ -40,6 +40,7 @@ class MasterRole:
         self.handlers: dict[str, Handler] = {}  # set by the wiring: operations need the role
         self.on_elected: list[Duty] = []   # once, after winning and catching up
         self.duties: list[Duty] = []       # every pass while master
+        self.tick = 0  # counts the passes that launched duties: what they read once per pass is keyed by it
         self._lock_keys = lock_keys
         self._on_change = on_change
         self._catch_up = catch_up
@@ -184,6 +185,7 @@ class MasterRole:
         """Start each duty whose previous run has ended (none while the election hooks run)."""
         if self._hooks_task is not None:
             return
+        self.tick += 1
         for i, duty in enumerate(self.duties):
             task = self._duty_tasks.get(i)
             if task is None or task.done():

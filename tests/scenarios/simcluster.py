@@ -237,7 +237,7 @@ class SimCluster:
                                   lock_keys=lock_keys, clock=clock)
                 ops = Operations(role, self.client)  # type: ignore[arg-type]
                 role.handlers = ops.handlers()
-                role.duties += [ops.mirrors.keep_mirrors, ops.restarter.step, AutoFailover(ops.store).step]
+                role.duties += [ops.mirrors.keep_mirrors, ops.restarter.step, AutoFailover(ops.store, ops.views).step]
                 self.roles[name] = role
                 self.ops[name] = ops
         self._stops: dict[str, asyncio.Event] = {}

@@ -1,7 +1,7 @@
 """The master's node-failure duty: runs hostagent.master.decide.failovers.decide on the config and carries it out.
 
-Each pass reads the nodes, leases, reports, instances, the cluster record
-and the previous decision state (/corral/failover-state, so a new master
+Each pass takes this tick's view of the cluster (hostagent.master.view) and
+reads the previous decision state (/corral/failover-state, so a new master
 goes on where the old one stopped), writes the new state, the events (logged
 by hostagent.master.events) and a new cluster alert in one guarded write,
 then submits one failover job per instance to move (a job: visible in `job
@@ -21,7 +21,7 @@ from hostagent import model
 from hostagent.errors import Conflict, NotFound
 from hostagent.master.decide.failovers import Decision, Policy, State, View, decide, failbacks
 from hostagent.master.store import Store
-from hostagent.status import report_fresh
+from hostagent.master.view import Views, for_failovers, read
 
 log = logging.getLogger(__name__)
 
@@ -29,27 +29,17 @@ PASS_EVERY_S = 1.0
 
 
 class AutoFailover:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, views: Views) -> None:
         self.store = store
+        self.views = views
         self._last_pass = 0.0
-
-    async def view(self, now: float) -> View:
-        reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
-        instances = await self.store.trusting_instances(reports)
-        kvs, _ = await self.store.role.client.get_prefix(model.LEASES)
-        leases = frozenset(kv.key.rsplit("/", 1)[1] for kv in kvs)
-        alive = frozenset(n for n, r in reports.items() if report_fresh(r, now) and n in leases)
-        runner = self.store.role.runner
-        busy = frozenset(i["name"] for i in instances if runner is not None and runner.busy(f"instance/{i['name']}"))
-        return View(tuple(await self.store.prefix(model.NODES)), leases, reports, tuple(instances),
-                    await self.store.get(model.CLUSTER_KEY) or {}, alive, self.store.role.master_since, busy)
 
     async def step(self) -> None:
         if self.store.clock.monotonic() - self._last_pass < PASS_EVERY_S:
             return
         self._last_pass = self.store.clock.monotonic()
-        now = self.store.clock.time()
-        view = await self.view(now)
+        seen = await self.views.current()
+        now, view = seen.now, for_failovers(seen)
         state = State.from_dict(await self.store.get(model.FAILOVER_STATE_KEY) or {})
         decision = decide(view, state, now)
         back = failbacks(view, decision.state, now)
@@ -83,8 +73,8 @@ class AutoFailover:
 
     async def simulate(self, fail: list[str]) -> dict[str, Any]:
         """What this master would decide if the nodes in `fail` were lost now (their leases gone)."""
-        now = self.store.clock.time()
-        view = await self.view(now)
+        seen = await read(self.store)
+        now, view = seen.now, for_failovers(seen)
         known = {n["name"] for n in view.nodes}
         unknown = [n for n in fail if n not in known]
         if unknown:

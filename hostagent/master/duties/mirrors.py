@@ -5,6 +5,8 @@ finishes what an interrupted migration left, cuts a mirror whose secondary
 is gone or hangs (the primary goes on alone, its copy recorded out of date),
 records from the primary's report whether the copy is in sync
 (hostagent.master.decide.replicas), and starts a mirror that is not running.
+Reports, liveness and who is busy come from this tick's view of the cluster
+(hostagent.master.view).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from hostagent.master.decide import replicas
 from hostagent.master.jobs import JobFailed
 from hostagent.master.moves import Moves
 from hostagent.master.store import Store
-from hostagent.status import report_fresh
+from hostagent.master.view import ClusterView, Views
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,10 @@ PROTECT_RETRY_S = 5.0  # after a failed attempt to restart a mirror (secondary u
 class Mirrors:
     """The mirror duty (`keep_mirrors`), with when it last ran and when it may retry each mirror it could not start."""
 
-    def __init__(self, store: Store, moves: Moves, starting: Callable[[str], bool]) -> None:
+    def __init__(self, store: Store, views: Views, moves: Moves, starting: Callable[[str], bool]) -> None:
         """`starting`: whether the restart duty is starting an instance (it protects it itself once started)."""
         self.store = store
+        self.views = views
         self.moves = moves
         self.starting = starting
         self._last_duty = 0.0
@@ -43,29 +46,29 @@ class Mirrors:
         if now - self._last_duty < DUTY_EVERY_S:
             return
         self._last_duty = now
-        runner = self.store.role.runner
-        for inst in await self.store.prefix(model.INSTANCES):
+        view = await self.views.current()
+        for inst in view.instances:
             if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
                 continue
-            if runner is None or runner.busy(f"instance/{inst['name']}") or self.starting(inst["name"]):
+            if inst["name"] in view.busy or self.starting(inst["name"]):
                 continue
             try:
-                await self._keep_one(inst)
+                await self._keep_one(view, dict(inst))
             except JobFailed as exc:
                 log.warning("could not keep the disk mirror of instance '%s' running: %s", inst["name"], exc)
 
-    async def _keep_one(self, inst: dict[str, Any]) -> None:
+    async def _keep_one(self, view: ClusterView, inst: dict[str, Any]) -> None:
         if await self.moves.settle_migration(inst):
             return
         name, primary = inst["name"], inst["primary_node"]
-        report = await self.store.get(model.report_key(primary)) or {}
-        if not report_fresh(report, self.store.clock.time()) or name not in report.get("instances", {}):
+        report = view.reports.get(primary) or {}
+        if primary not in view.fresh or name not in report.get("instances", {}):
             return  # not running, or nothing known: nothing to mirror
         states = report.get("mirrors", {}).get(name, [])
         statuses = {s["status"] for s in states}
         secondary = inst["secondary_node"]
         record, revision = await self.moves.replica(name)
-        if statuses & set(replicas.JOINED) and not await self.moves.secondary_up(secondary):
+        if statuses & set(replicas.JOINED) and secondary not in view.alive:
             await self.moves.outdate(name, f"its secondary node '{secondary}' stopped answering")
             log.warning("the secondary '%s' of instance '%s' is gone: the primary goes on alone", secondary, name)
             await self.store.order(primary, "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
@@ -82,7 +85,7 @@ class Mirrors:
             return
         # A disk with no mirror at all (none started yet, or one hot-plugged whose attach failed) lists no state.
         if (len(states) < len(inst["disks"]) or statuses & {"failed", "stopped"}) \
-                and await self.moves.alive(inst["secondary_node"]):
+                and secondary in view.fresh:
             if self.store.clock.monotonic() < self._retry_at.get(name, 0.0):
                 return
             log.info("the disk mirror of instance '%s' to node '%s' is not running: starting it",

@@ -1,7 +1,7 @@
 """The restart duty waits for a node report made after a job on the instance ended (it would otherwise
 "restart" a QEMU the job had just started, because the report before it shows none)."""
 
-from hostagent.master.duties.restarter import JOB_UNSEEN_MAX_S, unseen
+from hostagent.master.view import JOB_UNSEEN_MAX_S, unseen
 
 
 def test_a_report_older_than_the_job_s_end_cannot_show_what_the_job_did() -> None:
