@@ -1,4 +1,19 @@
-"""Fixtures that run real Corral agents (real etcd, Serf, QEMU) on 127.0.0.1."""
+"""Fixtures that run real Corral agents (real etcd, Serf, QEMU) on 127.0.0.1.
+
+Time limits. Every wait here and in the tests is bounded and says what it
+waited for (`wait_for`, subprocess and CLI timeouts, boot and drill waits).
+pytest-timeout times the test body only (`timeout_func_only` in
+pyproject.toml): a fixture's setup, such as forming a module's cluster or
+building the guest, is not counted against the first test that uses it, and
+is bounded by its own waits. A test's limit (300 s, or its `timeout` mark)
+covers the sum of its own bounded waits plus a margin for its quick calls
+(a CLI command or HTTP request counted at what it takes, not at its hang
+guard), so that a slow but healthy run fails on the wait that is slow, with
+its message, and never on the pytest-timeout kill, which stays for hangs.
+
+Order. A test passes when run alone: what it needs it makes, or gets from a
+fixture that makes it, never from an earlier test of its file.
+"""
 
 from __future__ import annotations
 

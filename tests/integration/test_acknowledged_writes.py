@@ -71,6 +71,7 @@ CASES = [("export-killed", 0.0, "kill"), ("yanked", 0.5, "freeze"), ("secondary-
 
 
 @pytest.mark.parametrize("cut,delay_s,loss", CASES, ids=[f"{c}-{d:g}s-{lo}" for c, d, lo in CASES])
+@pytest.mark.timeout(900)  # its bounded waits add up to 800 s
 def test_a_failover_after_a_cut_secondary_never_loses_an_acknowledged_write(
         ack_cluster: Cluster, cut: str, delay_s: float, loss: str) -> None:
     n1 = ack_cluster["n1"]
@@ -119,6 +120,7 @@ def test_a_failover_after_a_cut_secondary_never_loses_an_acknowledged_write(
     wait_in_sync(n1, "a1", timeout_s=120)
 
 
+@pytest.mark.timeout(660)  # its bounded waits add up to 570 s
 def test_a_copy_that_hangs_while_its_node_is_fine_is_cut_outdated_and_the_guest_goes_on(ack_cluster: Cluster) -> None:
     """Only the secondary's export hangs (its node reports and holds its lease): the primary's guard sees
     guest writes waiting, cuts the connection, has the copy outdated and resumes the guest."""

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import GUEST_DIR, formed
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]  # a drill is given 400 s (run_drill)
 
 
 @pytest.fixture(scope="module")

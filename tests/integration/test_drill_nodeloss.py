@@ -46,6 +46,7 @@ def test_a_kill_drill_shorter_than_the_node_lease_is_refused_before_anything_die
     assert n2.agent_pid() == pid and not (n2.root / "run" / holddown.FILE_NAME).exists()
 
 
+@pytest.mark.timeout(630)  # its bounded waits add up to 570 s
 def test_the_kill_drill_keeps_the_node_down_for_its_duration_and_its_instance_recovers_elsewhere_once(
         kd_cluster: Cluster) -> None:
     n1, n2, n3 = (kd_cluster[n] for n in ("n1", "n2", "n3"))

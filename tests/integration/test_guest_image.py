@@ -150,6 +150,7 @@ def run_os_script(name: str, env: dict[str, str], *args: str) -> subprocess.Comp
     )
 
 
+@pytest.mark.timeout(660)  # its bounded waits add up to 600 s
 def test_rebuild_with_unchanged_inputs_is_a_quick_cache_hit(image: Path) -> None:
     started = time.monotonic()
     result = run_build()
@@ -253,6 +254,7 @@ def test_os_definition_declares_api_20_and_its_scripts() -> None:
     assert run_os_script("rename", {"OLD_INSTANCE_NAME": "guest0"}).returncode == 0
 
 
+@pytest.mark.timeout(420)  # its bounded waits add up to 350 s
 async def test_seq_mode_keeps_every_printed_number_on_the_disk_across_a_kill(image: Path, tmp_path: Path) -> None:
     """corral.seq=1 syncs each number before printing it: the disk never lags the console."""
     disk = tmp_path / "disk.raw"
@@ -280,6 +282,7 @@ async def test_seq_mode_keeps_every_printed_number_on_the_disk_across_a_kill(ima
         await guest.power_off()
 
 
+@pytest.mark.timeout(1200)  # its bounded waits add up to 1120 s
 async def test_seq_mode_prints_no_number_the_disk_lacks_across_an_acpi_power_off(image: Path, tmp_path: Path) -> None:
     """The power button unmounts /mnt while the seq loop still runs. The loop once wrote
     /mnt/seq.* after the umount, into the initramfs directory under the mount point, and

@@ -27,7 +27,7 @@ from kvm.process import QemuManager
 
 GUEST_DIR = Path(os.environ.get("CORRAL_GUEST_DIR", "/var/cache/corral/guest"))
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(210)]  # a reboot test waits up to 150 s
 
 
 

@@ -19,7 +19,7 @@ from kvm.hvparams import HvParams
 from kvm.process import QemuManager
 from kvm.qmp import Qmp
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # eight console waits of 60 s, two stops of 30 s
 MACS = ("52:54:00:00:00:01", "52:54:00:00:00:02")
 
 

@@ -244,6 +244,7 @@ async def test_no_vnc_address_without_vnc(manager, started):
     {"disk_bus": "scsi", "nic_model": "e1000", "boot": "cdrom", "disk_cache": "writeback"},
     {"disk_bus": "ide", "nic_model": "rtl8139", "boot": "network", "machine": "pc"},
 ])
+@pytest.mark.timeout(120)  # its bounded waits add up to 61 s
 async def test_device_combinations_are_accepted_by_qemu(manager, started, run_dir, hv_fields):
     disk = f"{run_dir}/disk.qcow2"
     iso = f"{run_dir}/cd.iso"

@@ -70,6 +70,7 @@ def mirror_cluster(tmp_path_factory, guest_dir: Path):
         cluster.stop()
 
 
+@pytest.mark.timeout(780)  # its bounded waits add up to 660 s
 def test_a_mirrored_instance_migrates_live_and_survives_losing_its_primary(mirror_cluster: Cluster) -> None:
     n1, n2, n3 = (mirror_cluster[n] for n in ("n1", "n2", "n3"))
     n1.ok("instance", "add", "m1", "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n2:n3",
@@ -116,6 +117,7 @@ def test_a_mirrored_instance_migrates_live_and_survives_losing_its_primary(mirro
     assert any(re.match(r"(re)?syncing", s) for s in seen), seen
 
 
+@pytest.mark.timeout(600)  # its bounded waits add up to 510 s
 def test_disks_move_between_nodes_grow_and_get_a_new_secondary(mirror_cluster: Cluster) -> None:
     n1, n2, n3 = (mirror_cluster[n] for n in ("n1", "n2", "n3"))
     n1.ok("instance", "add", "f1", "--os", "busybox-guest", "--node", "n1", "--disk", "64M", "--memory", "128M")
@@ -163,6 +165,7 @@ def test_disks_move_between_nodes_grow_and_get_a_new_secondary(mirror_cluster: C
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+@pytest.mark.timeout(2200)  # its bounded waits add up to 2070 s
 def test_every_move_three_times_there_and_back_on_the_same_instances(mirror_cluster: Cluster) -> None:
     """One pass hides faults of the second (a QEMU that came by migration could not leave by one): each
     move runs three times in a row, mixed, on the same instances, and no acknowledged write is lost."""
@@ -230,6 +233,7 @@ def test_every_move_three_times_there_and_back_on_the_same_instances(mirror_clus
         n1.ok("instance", "remove", name)
 
 
+@pytest.mark.timeout(480)  # its bounded waits add up to 390 s
 def test_a_migration_cut_short_by_the_masters_death_is_undone_by_the_next_master(mirror_cluster: Cluster) -> None:
     n1, n2, n3 = (mirror_cluster[n] for n in ("n1", "n2", "n3"))
     assert mirror_cluster.master() == "n1"
@@ -264,6 +268,7 @@ def test_a_console_opened_through_another_node_reaches_the_guest(mirror_cluster:
         n1.corral("instance", "remove", "c1")
 
 
+@pytest.mark.timeout(900)  # its bounded waits add up to 780 s
 def test_a_running_mirror_instance_gets_a_disk_mirrored_migrates_with_it_and_loses_it(mirror_cluster: Cluster) -> None:
     """Hot-plug on a replicated instance: the new disk's copy is made by the running mirror, and the
     replica record says not in sync until it joined (a failover never lands on a copy lacking it)."""

@@ -270,6 +270,7 @@ def test_node_remove_refuses_while_instances_remain_unless_forced(cluster3):
     assert [n["name"] for n in cluster3["n1"].json("node", "list")] == ["n1", "n2"]
 
 
+@pytest.mark.timeout(450)  # its bounded waits add up to 370 s
 def test_five_nodes_survive_losing_two(tmp_path_factory):
     cluster = Cluster(tmp_path_factory.mktemp("c5"), 5)
     try:

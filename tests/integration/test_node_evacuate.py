@@ -57,6 +57,7 @@ def test_drain_and_undrain_say_what_they_did_and_show_in_node_list(cluster: Clus
     assert unknown.returncode == 2 and "no node named 'n9'" in unknown.stderr
 
 
+@pytest.mark.timeout(480)  # its waits (210 s) plus the evacuation's migration, move and two copies
 def test_evacuation_refuses_a_running_file_instance_then_empties_the_node_keeping_the_guest_running(
         cluster: Cluster) -> None:
     n1, n2, n3 = (cluster[n] for n in ("n1", "n2", "n3"))

@@ -105,6 +105,7 @@ def fo_cluster(tmp_path_factory, guest_dir: Path):
         yield cluster
 
 
+@pytest.mark.timeout(560)  # its bounded waits add up to 480 s
 def test_a_killed_node_s_auto_failover_instance_runs_on_its_secondary_with_every_acknowledged_write(
         fo_cluster: Cluster) -> None:
     n1, n2, n3 = (fo_cluster[n] for n in ("n1", "n2", "n3"))
@@ -136,6 +137,7 @@ def test_a_killed_node_s_auto_failover_instance_runs_on_its_secondary_with_every
     assert n1.instance("f1")["secondary_node"] == "n2"
 
 
+@pytest.mark.timeout(360)  # its bounded waits add up to 280 s
 def test_a_frozen_agent_s_fence_keeper_stops_the_instance_which_then_runs_elsewhere_and_not_again_there(
         fo_cluster: Cluster) -> None:
     n1, n2, n3 = (fo_cluster[n] for n in ("n1", "n2", "n3"))
@@ -157,6 +159,7 @@ def test_a_frozen_agent_s_fence_keeper_stops_the_instance_which_then_runs_elsewh
     assert "killed the QEMU of instance 'f1'" in (n3.root / "log" / "fence-keeper.log").read_text()
 
 
+@pytest.mark.timeout(450)  # its bounded waits add up to 370 s
 def test_a_whole_frozen_node_s_qemu_is_stopped_as_soon_as_it_resumes(fo_cluster: Cluster) -> None:
     n1, n2, n3 = (fo_cluster[n] for n in ("n1", "n2", "n3"))
     wait_in_sync(n1, "f1", timeout_s=120)
@@ -180,6 +183,7 @@ def test_a_whole_frozen_node_s_qemu_is_stopped_as_soon_as_it_resumes(fo_cluster:
     wait_for(lambda: numbers(console(n3, "f1"))[-1] > before, 30, "the guest on the new primary to go on writing")
 
 
+@pytest.mark.timeout(510)  # its bounded waits add up to 450 s
 def test_the_node_loss_drill_cuts_a_node_off_and_reports_its_instance_recovered_elsewhere(
         fo_cluster: Cluster) -> None:
     n1 = fo_cluster["n1"]
@@ -197,6 +201,7 @@ def test_the_node_loss_drill_cuts_a_node_off_and_reports_its_instance_recovered_
     assert runs_on(n1, "f1") == secondary
 
 
+@pytest.mark.timeout(330)  # its bounded waits add up to 270 s
 def test_after_every_agent_and_qemu_died_every_instance_marked_up_runs_again(fo_cluster: Cluster) -> None:
     n1 = fo_cluster["n1"]
     for node in fo_cluster.nodes:

@@ -448,6 +448,7 @@ def test_rename_keeps_identity_and_disk_updates_references_and_runs_the_os_scrip
             one_node.corral("instance", "remove", name)
 
 
+@pytest.mark.timeout(360)  # its bounded waits add up to 270 s
 def test_finished_jobs_move_to_the_archive_and_stay_readable_and_ids_go_on(one_node):
     newest = max(j["id"] for j in one_node.json("job", "list"))  # the cluster has jobs by now
     one_node.ok("cluster", "modify", "--job-archive-after", "1")

@@ -110,6 +110,7 @@ class Witness:
             self._thread.join(timeout=30)
 
 
+@pytest.mark.timeout(480)  # its bounded waits add up to 420 s
 def test_a_cut_off_primary_fences_itself_and_its_instance_runs_once_on_the_secondary(
         split: tuple[Switch, Cluster]) -> None:
     switch, cluster = split

@@ -85,6 +85,7 @@ def refused_by_auth(status: int, answer: dict[str, Any]) -> bool:
     return status == 401 or (status == 403 and answer.get("error") == "forbidden")
 
 
+@pytest.mark.timeout(420)  # its rotation wait (180 s) plus some 500 quick requests
 def test_every_route_answers_each_role_exactly_as_the_table_says(pair, tokens):
     n1, n2 = pair["n1"], pair["n2"]
     callers = [("anonymous", "public", None), ("read", "read", tokens["read"]),
