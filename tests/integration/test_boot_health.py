@@ -1,7 +1,8 @@
 """Boot health on a real one-node cluster: the node watches each TCG guest's console for its boot pattern.
 
 The test guest prints "CORRAL-GUEST-BOOTED count=N" once it has booted from
-its disk (packaging/guest/init). The tests run in file order on one cluster.
+its disk (packaging/guest/init). The tests share one cluster and the
+instances `good1` and `mute1`, made by fixtures: each test also passes alone.
 """
 
 from __future__ import annotations
@@ -24,8 +25,22 @@ def refused(node: AgentNode, *args: str) -> str:
     return result.stderr
 
 
-def test_a_guest_that_prints_its_boot_pattern_shows_boot_up(one_node):
+@pytest.fixture(scope="module")
+def good1(one_node) -> str:
+    """An instance whose pattern its guest prints."""
     add(one_node, "good1", "--boot-pattern", BOOTED, "--boot-timeout", "60")
+    return "good1"
+
+
+@pytest.fixture(scope="module")
+def mute1(one_node) -> str:
+    """An instance whose pattern its guest never prints, once the master has given it up."""
+    add(one_node, "mute1", "--boot-pattern", "NEVER-PRINTED", "--boot-timeout", "3")
+    wait_for(lambda: one_node.instance("mute1")["status"] == "failed", 150, "the master to give mute1 up")
+    return "mute1"
+
+
+def test_a_guest_that_prints_its_boot_pattern_shows_boot_up(one_node, good1):
     row = wait_for(lambda: (r := one_node.instance("good1"))["boot"] == "up" and r, 60, "good1 to boot")
     assert (row["status"], row["reason"], row["boot_pattern"], row["boot_timeout_s"]) == \
         ("running", "", BOOTED, 60.0)
@@ -34,9 +49,7 @@ def test_a_guest_that_prints_its_boot_pattern_shows_boot_up(one_node):
     assert "auto failover: default (no)" in info
 
 
-def test_a_guest_that_never_prints_its_pattern_is_restarted_then_failed_with_its_console(one_node):
-    add(one_node, "mute1", "--boot-pattern", "NEVER-PRINTED", "--boot-timeout", "3")
-    wait_for(lambda: one_node.instance("mute1")["status"] == "failed", 150, "the master to give mute1 up")
+def test_a_guest_that_never_prints_its_pattern_is_restarted_then_failed_with_its_console(one_node, mute1):
     reason = "did not boot: no console line matching 'NEVER-PRINTED' within 3 s"
     info = one_node.json("instance", "info", "mute1")
     assert info["reason"] == f"gave up after 5 start attempts on node 'n1': {reason}"
@@ -53,7 +66,7 @@ def test_a_guest_that_never_prints_its_pattern_is_restarted_then_failed_with_its
         in result.stdout
 
 
-def test_modify_fixes_the_pattern_and_refuses_what_would_never_start(one_node):
+def test_modify_fixes_the_pattern_and_refuses_what_would_never_start(one_node, good1, mute1):
     out = one_node.ok("instance", "modify", "mute1", "--boot-pattern", BOOTED, "--boot-timeout", "90",
                       "--priority", "high", "--after", "good1", "--auto-failover", "no")
     assert "instance 'mute1': boot_pattern 'NEVER-PRINTED' -> 'CORRAL-GUEST-BOOTED count=[0-9]+'" in out

@@ -41,6 +41,40 @@ def node(tmp_path_factory, guest_dir):
         yield node
 
 
+@pytest.fixture(scope="module")
+def isos(node) -> tuple[str, str]:
+    """Two CD-ROM images in the node's ISO directory: first, second."""
+    return make_iso(node, "first"), make_iso(node, "second")
+
+
+def running(node: AgentNode, name: str, *args: str) -> str:
+    """Instance `name` added with `args` and running (the tests of this file share them)."""
+    node.ok("instance", "add", name, "--os", "busybox-guest", "--memory", "128M", "--disk", "64M", *args)
+    wait_for(lambda: node.instance(name)["status"] == "running", 90, f"{name} to run")
+    return name
+
+
+@pytest.fixture(scope="module")
+def c1(node, isos) -> str:
+    """An instance started with the first image in its CD-ROM drive."""
+    return running(node, "c1", "--cdrom", isos[0])
+
+
+@pytest.fixture(scope="module")
+def v1(node) -> str:
+    """An instance with a TCP display (so a VNC password), started without a CD-ROM drive."""
+    return running(node, "v1", "--hv", "vnc=tcp")
+
+
+@pytest.fixture(scope="module")
+def u1(node) -> str:
+    """An instance whose display is a unix socket, added stopped and then started."""
+    node.ok("instance", "add", "u1", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M", "--no-start",
+            "--hv", "vnc=localhost")
+    node.ok("instance", "start", "u1")
+    return "u1"
+
+
 def make_iso(node: AgentNode, name: str) -> str:
     src = node.root / f"src-{name}"
     src.mkdir()
@@ -67,11 +101,8 @@ def refused(node: AgentNode, *args: str) -> str:
     return result.stderr
 
 
-def test_an_instance_with_a_cdrom_shows_it_and_its_medium_changes_and_ejects_live(node):
-    first, second = make_iso(node, "first"), make_iso(node, "second")
-    node.ok("instance", "add", "c1", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M",
-            "--cdrom", first)
-    wait_for(lambda: node.instance("c1")["status"] == "running", 90, "c1 to run")
+def test_an_instance_with_a_cdrom_shows_it_and_its_medium_changes_and_ejects_live(node, isos, c1):
+    first, second = isos
     assert node.json("instance", "info", "c1")["cdrom"] == first
     assert f"cdrom:        {first}" in node.ok("instance", "info", "c1")
     assert medium(node, "c1") == first
@@ -89,7 +120,7 @@ def test_an_instance_with_a_cdrom_shows_it_and_its_medium_changes_and_ejects_liv
     assert medium(node, "c1") == first
 
 
-def test_a_bad_cdrom_is_refused_before_any_job_and_changes_nothing(node):
+def test_a_bad_cdrom_is_refused_before_any_job_and_changes_nothing(node, c1):
     jobs = len(node.json("job", "list"))
     missing = str(node.root / "iso" / "missing.iso")
     assert f"'{missing}' does not exist on node 'n1'" in refused(node, "instance", "modify", "c1", "--cdrom", missing)
@@ -104,11 +135,8 @@ def test_a_bad_cdrom_is_refused_before_any_job_and_changes_nothing(node):
     assert medium(node, "c1") == node.json("instance", "info", "c1")["cdrom"] != ""
 
 
-def test_a_running_instance_without_a_drive_gets_its_cdrom_at_the_next_start(node):
-    node.ok("instance", "add", "v1", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M",
-            "--hv", "vnc=tcp")
-    wait_for(lambda: node.instance("v1")["status"] == "running", 90, "v1 to run")
-    iso = str(node.root / "iso" / "first.iso")
+def test_a_running_instance_without_a_drive_gets_its_cdrom_at_the_next_start(node, isos, v1):
+    iso = isos[0]
     out = node.ok("instance", "modify", "v1", "--cdrom", iso)
     assert "runs without a CD-ROM drive: it gets one" in out, out
     info = node.json("instance", "info", "v1")
@@ -135,7 +163,7 @@ def vnc_authenticate(sock: socket.socket, password: str) -> int:
     return int.from_bytes(sock.recv(4), "big")
 
 
-def test_a_tcp_display_needs_its_password_directly_and_through_a_relay_on_a_local_port(node):
+def test_a_tcp_display_needs_its_password_directly_and_through_a_relay_on_a_local_port(node, v1):
     shown = node.json("instance", "console", "v1", "--vnc")
     assert shown["mode"] == "tcp" and len(shown["password"]) == 8 and shown["host"] == node.address
     with socket.create_connection((shown["host"], shown["port"])) as sock:
@@ -164,10 +192,7 @@ def _listening(port: int) -> bool:
     return True
 
 
-def test_a_unix_socket_display_is_relayed_from_the_agent_and_never_has_a_tcp_port(node):
-    node.ok("instance", "add", "u1", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M", "--no-start",
-            "--hv", "vnc=localhost")
-    node.ok("instance", "start", "u1")
+def test_a_unix_socket_display_is_relayed_from_the_agent_and_never_has_a_tcp_port(node, u1):
     shown = node.json("instance", "console", "u1", "--vnc")
     assert shown["mode"] == "unix" and "password" not in shown and shown["socket"].endswith("/u1/vnc.sock")
 
@@ -182,7 +207,7 @@ def test_a_unix_socket_display_is_relayed_from_the_agent_and_never_has_a_tcp_por
     assert data.startswith(RFB) and data[12:] == bytes([1, 1])  # one type: None (only root reaches the socket)
 
 
-def test_one_user_holds_at_most_4_displays_the_agent_20_for_admins_and_then_it_refuses_clearly(node):
+def test_one_user_holds_at_most_4_displays_the_agent_20_for_admins_and_then_it_refuses_clearly(node, u1):
     token = node.json("user", "add", "u-flood", "--role", "write")["token"]
     ctx = ssl.create_default_context(cafile=str(node.root / "state" / "pki" / "ca.crt"))
 
@@ -240,7 +265,7 @@ def https(node: AgentNode, path: str, token: str | None, upgrade: bool = False) 
         return err.code, json.loads(err.read() or b"{}")
 
 
-def test_only_write_users_open_displays_or_see_the_password(node):
+def test_only_write_users_open_displays_or_see_the_password(node, v1):
     tokens = {role: node.json("user", "add", f"u-{role}", "--role", role)["token"] for role in ("read", "write")}
     password = node.json("instance", "console", "v1", "--vnc")["password"]
     for path, upgrade in (("/v1/instances/v1/vnc", False), ("/v1/instances/v1/vnc/stream", True),
@@ -258,8 +283,10 @@ def test_only_write_users_open_displays_or_see_the_password(node):
 
 
 def test_removing_an_instance_removes_its_password(node):
-    uuid = node.json("instance", "info", "v1")["uuid"]
+    node.ok("instance", "add", "r1", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M", "--no-start",
+            "--hv", "vnc=tcp")
+    uuid = node.json("instance", "info", "r1")["uuid"]
     replica = Replica(str(node.root / "state" / "config.db"))
     assert replica.get_json(vncpass.key(uuid))["password"]
-    node.ok("instance", "remove", "v1")
-    wait_for(lambda: replica.get_json(vncpass.key(uuid)) is None, 10, "v1's VNC password to be gone")
+    node.ok("instance", "remove", "r1")
+    wait_for(lambda: replica.get_json(vncpass.key(uuid)) is None, 10, "r1's VNC password to be gone")

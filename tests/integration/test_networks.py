@@ -2,9 +2,11 @@
 
 The cluster has one more OS beside the repository's: 'netenv-guest', the
 corral-guest definition whose create script first writes the NIC environment
-it was given to its log, so the test reads what an OS script sees. The tests
-run in file order, like an operator's session. NICs here are user-mode: this
-host has no bridge to spare (and its kernel no VLAN-aware bridges).
+it was given to its log, so the test reads what an OS script sees. In file
+order the tests read like an operator's session on the network 'lan' and the
+instance 'web1' (made by fixtures), and each also passes alone. NICs here are
+user-mode: this host has no bridge to spare (and its kernel no VLAN-aware
+bridges).
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ def node(tmp_path_factory, guest_dir):
         yield agent
 
 
+@pytest.fixture(scope="module")
+def lan(node) -> str:
+    """The network the tests use; what `network add` said."""
+    return node.ok("network", "add", "lan", "--subnet", "10.10.0.0/29", "--gateway", "10.10.0.1",
+                   "--mac-prefix", "aa:00:00", "--tag", "site:lab")
+
+
+@pytest.fixture(scope="module")
+def web1(node, lan) -> str:
+    """A stopped instance with an address from lan's pool (nic 0) and a user-mode NIC (nic 1)."""
+    node.ok(*ADD[:2], "web1", *ADD[2:], "--net", "network=lan,ip=pool", "--net", "mode=user")
+    return "web1"
+
+
 def refused(node: AgentNode, *args: str) -> str:
     """The error of a command that must fail: non-zero exit, the message on stderr."""
     result = node.corral(*args)
@@ -48,10 +64,8 @@ def os_env(node: AgentNode, instance: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in log.read_text().splitlines() if re.match(r"NIC_\w+=", line))
 
 
-def test_a_network_is_added_listed_and_shown(node):
-    out = node.ok("network", "add", "lan", "--subnet", "10.10.0.0/29", "--gateway", "10.10.0.1",
-                  "--mac-prefix", "aa:00:00", "--tag", "site:lab")
-    assert "network 'lan' added: 10.10.0.0/29, 5 addresses to hand out" in out
+def test_a_network_is_added_listed_and_shown(node, lan):
+    assert "network 'lan' added: 10.10.0.0/29, 5 addresses to hand out" in lan
     [row] = node.json("network", "list")
     assert (row["name"], row["subnet"], row["free_count"], row["used_count"]) == ("lan", "10.10.0.0/29", 5, 0)
     info = node.ok("network", "info", "lan")
@@ -64,13 +78,12 @@ def test_a_network_is_added_listed_and_shown(node):
     (("--subnet", "fd00::/64"), "IPv6; Corral's networks are IPv4 only"),
     (("--subnet", "10.20.0.0/24", "--gateway", "10.30.0.1"), "gateway 10.30.0.1 is not a host address"),
 ])
-def test_a_bad_network_is_refused(node, args, words):
+def test_a_bad_network_is_refused(node, lan, args, words):
     assert words in refused(node, "network", "add", "wan", *args)
     assert [n["name"] for n in node.json("network", "list")] == ["lan"]
 
 
-def test_an_address_from_the_pool_reaches_the_os_scripts_environment(node):
-    node.ok(*ADD[:2], "web1", *ADD[2:], "--net", "network=lan,ip=pool", "--net", "mode=user")
+def test_an_address_from_the_pool_reaches_the_os_scripts_environment(node, web1):
     env = os_env(node, "web1")
     assert (env["NIC_0_IP"], env["NIC_0_NETWORK_NAME"], env["NIC_0_NETWORK_SUBNET"]) == \
         ("10.10.0.2", "lan", "10.10.0.0/29")
@@ -83,7 +96,7 @@ def test_an_address_from_the_pool_reaches_the_os_scripts_environment(node):
     assert used == {"ip": "10.10.0.2", "by": "instance 'web1' nic 0"}
 
 
-def test_bad_nics_are_refused_at_add_and_nothing_is_made(node):
+def test_bad_nics_are_refused_at_add_and_nothing_is_made(node, web1):
     mac = node.json("instance", "info", "web1")["nics"][0]["mac"]
     for net, words in (("network=lan,ip=10.10.1.3", "ip 10.10.1.3 is outside network 'lan' (10.10.0.0/29"),
                        ("network=lan,ip=10.10.0.2", "ip 10.10.0.2 of network 'lan' is already used by "
@@ -97,12 +110,12 @@ def test_bad_nics_are_refused_at_add_and_nothing_is_made(node):
     assert node.json("network", "info", "lan")["used_count"] == 1
 
 
-def test_a_network_in_use_is_not_removed(node):
+def test_a_network_in_use_is_not_removed(node, web1):
     assert "network 'lan' is used by the NICs of instance(s) web1" in refused(node, "network", "remove", "lan")
     assert [n["name"] for n in node.json("network", "list")] == ["lan"]
 
 
-def test_nics_of_a_stopped_instance_change_in_one_job_and_the_guest_boots_with_them(node):
+def test_nics_of_a_stopped_instance_change_in_one_job_and_the_guest_boots_with_them(node, web1):
     out = node.ok("instance", "modify", "web1", "--net", "add:network=lan,ip=10.10.0.5", "--net", "1:remove",
                   "--net", "0:modify,ip=10.10.0.3")
     assert "nic 2 added: user-mode, network 'lan' ip 10.10.0.5" in out
@@ -120,22 +133,28 @@ def test_nics_of_a_stopped_instance_change_in_one_job_and_the_guest_boots_with_t
     assert all(f"mac={n['mac']}" in cmdline for n in nics) and cmdline.count("-netdev") == 2
 
 
-def test_bad_nic_changes_are_refused_and_nothing_changes(node):
-    before = node.json("instance", "info", "web1")["nics"]
-    assert "instance 'web1' is running" in refused(node, "instance", "modify", "web1", "--net", "0:remove")
-    node.ok("instance", "stop", "web1")
-    for change, words in (("0:modify,ip=10.10.0.5", "ip 10.10.0.5 of network 'lan' is already used by nic 1 "
-                                                    "of this instance"),
-                          ("0:modify,ip=10.10.0.7", "ip 10.10.0.7 is the broadcast address"),
-                          ("add:network=lan,ip=10.10.9.9", "is outside network 'lan'"),
-                          (f"add:mac={before[1]['mac']}", "is already used"),
-                          ("5:remove", "there is no nic 5"),
-                          ("1:bogus", "give add:KEY=VALUE")):
-        assert words in refused(node, "instance", "modify", "web1", "--net", change), change
-    assert node.json("instance", "info", "web1")["nics"] == before
+def test_bad_nic_changes_are_refused_and_nothing_changes(node, lan):
+    """On an instance of its own with two addresses of lan (.4 and .6: free whatever web1 holds)."""
+    node.ok(*ADD[:2], "web2", *ADD[2:], "--net", "network=lan,ip=10.10.0.4", "--net", "network=lan,ip=10.10.0.6")
+    try:
+        node.ok("instance", "start", "web2")
+        before = node.json("instance", "info", "web2")["nics"]
+        assert "instance 'web2' is running" in refused(node, "instance", "modify", "web2", "--net", "0:remove")
+        node.ok("instance", "stop", "web2", "--force")  # its guest need not boot for this
+        for change, words in (("0:modify,ip=10.10.0.6", "ip 10.10.0.6 of network 'lan' is already used by nic 1 "
+                                                        "of this instance"),
+                              ("0:modify,ip=10.10.0.7", "ip 10.10.0.7 is the broadcast address"),
+                              ("add:network=lan,ip=10.10.9.9", "is outside network 'lan'"),
+                              (f"add:mac={before[1]['mac']}", "is already used"),
+                              ("5:remove", "there is no nic 5"),
+                              ("1:bogus", "give add:KEY=VALUE")):
+            assert words in refused(node, "instance", "modify", "web2", "--net", change), change
+        assert node.json("instance", "info", "web2")["nics"] == before
+    finally:
+        node.corral("instance", "remove", "web2")
 
 
-def test_removing_the_instance_releases_its_addresses_and_then_the_network_goes(node):
+def test_removing_the_instance_releases_its_addresses_and_then_the_network_goes(node, web1):
     verify = node.corral("cluster", "verify").stdout  # every NIC's address is recorded, every record has its NIC
     assert "address" not in verify and "network" not in verify, verify
     node.ok("instance", "remove", "web1")

@@ -41,6 +41,12 @@ def qemu_pid(node: AgentNode, name: str) -> int | None:
     return None if is_gone(pid) else pid
 
 
+def primary_and_secondary(cluster: Cluster, name: str) -> tuple[AgentNode, AgentNode]:
+    """The nodes of a replicated instance as the cluster records them now."""
+    row = cluster["n1"].instance(name)
+    return cluster[row["primary_node"]], cluster[row["secondary_node"]]
+
+
 def power_off(node: AgentNode) -> None:
     node.kill9()  # etcd and serf follow their parent (parent-death signal)
     node.kill_qemus()
@@ -140,47 +146,48 @@ def test_a_killed_node_s_auto_failover_instance_runs_on_its_secondary_with_every
 @pytest.mark.timeout(360)  # its bounded waits add up to 280 s
 def test_a_frozen_agent_s_fence_keeper_stops_the_instance_which_then_runs_elsewhere_and_not_again_there(
         fo_cluster: Cluster) -> None:
-    n1, n2, n3 = (fo_cluster[n] for n in ("n1", "n2", "n3"))
+    n1 = fo_cluster["n1"]
     wait_in_sync(n1, "f1", timeout_s=120)
-    assert n1.instance("f1")["primary_node"] == "n3"
-    wait_for(lambda: guarded_by(n3, n1, "f1"), 30, "n3 to report that it guards f1")
-    old = qemu_pid(n3, "f1")
+    primary, secondary = primary_and_secondary(fo_cluster, "f1")  # n3 and n2 after the test above
+    wait_for(lambda: guarded_by(primary, n1, "f1"), 30, f"{primary.name} to report that it guards f1")
+    old = qemu_pid(primary, "f1")
     assert old is not None
-    frozen = n3.freeze()  # agent, etcd, serf: not the fence keeper, not QEMU
+    frozen = primary.freeze()  # agent, etcd, serf: not the fence keeper, not QEMU
     try:
         wait_for(lambda: is_gone(old), 30, "the fence keeper to stop f1's QEMU on the frozen node")
-        wait_for(lambda: runs_on(n1, "f1") == "n2", FAILOVER_BOUND_S, "f1 to run on n2")
+        wait_for(lambda: runs_on(n1, "f1") == secondary.name, FAILOVER_BOUND_S, f"f1 to run on {secondary.name}")
     finally:
-        n3.thaw(frozen)
-    n3.wait_fresh_report()
+        primary.thaw(frozen)
+    primary.wait_fresh_report()
     time.sleep(3)  # a few more reports: the woken agent must not start f1 again
-    assert qemu_pid(n3, "f1") is None
-    assert runs_on(n1, "f1") == "n2"
-    assert "killed the QEMU of instance 'f1'" in (n3.root / "log" / "fence-keeper.log").read_text()
+    assert qemu_pid(primary, "f1") is None
+    assert runs_on(n1, "f1") == secondary.name
+    assert "killed the QEMU of instance 'f1'" in (primary.root / "log" / "fence-keeper.log").read_text()
 
 
 @pytest.mark.timeout(450)  # its bounded waits add up to 370 s
 def test_a_whole_frozen_node_s_qemu_is_stopped_as_soon_as_it_resumes(fo_cluster: Cluster) -> None:
-    n1, n2, n3 = (fo_cluster[n] for n in ("n1", "n2", "n3"))
+    n1 = fo_cluster["n1"]
     wait_in_sync(n1, "f1", timeout_s=120)
-    assert n1.instance("f1")["primary_node"] == "n2"
-    wait_for(lambda: guarded_by(n2, n1, "f1"), 30, "n2 to report that it guards f1")
-    old = qemu_pid(n2, "f1")
+    primary, secondary = primary_and_secondary(fo_cluster, "f1")  # n2 and n3 after the tests above
+    wait_for(lambda: guarded_by(primary, n1, "f1"), 30, f"{primary.name} to report that it guards f1")
+    old = qemu_pid(primary, "f1")
     assert old is not None
-    before = boots_seen(n3, "f1")
-    last = last_acknowledged(n2, "f1")
-    frozen = freeze_all(n2)
-    last = max([last] + numbers(console(n2, "f1")))
+    before = boots_seen(secondary, "f1")
+    last = last_acknowledged(primary, "f1")
+    frozen = freeze_all(primary)
+    last = max([last] + numbers(console(primary, "f1")))
     try:
-        wait_for(lambda: runs_on(n1, "f1") == "n3", FAILOVER_BOUND_S, "f1 to run on n3")
-        assert_resumed_from(n3, "f1", last, before)
-        assert not list((n3.root / "run" / "replication").glob("*.pid")), \
-            "n3's copy is still exported: the frozen QEMU could reach the new primary's disk"
+        wait_for(lambda: runs_on(n1, "f1") == secondary.name, FAILOVER_BOUND_S, f"f1 to run on {secondary.name}")
+        assert_resumed_from(secondary, "f1", last, before)
+        assert not list((secondary.root / "run" / "replication").glob("*.pid")), \
+            f"{secondary.name}'s copy is still exported: the frozen QEMU could reach the new primary's disk"
     finally:
-        n2.thaw(frozen)
-    wait_for(lambda: is_gone(old), 5, "the resumed QEMU on n2 to be stopped at once")
-    before = numbers(console(n3, "f1"))[-1]
-    wait_for(lambda: numbers(console(n3, "f1"))[-1] > before, 30, "the guest on the new primary to go on writing")
+        primary.thaw(frozen)
+    wait_for(lambda: is_gone(old), 5, f"the resumed QEMU on {primary.name} to be stopped at once")
+    before = numbers(console(secondary, "f1"))[-1]
+    wait_for(lambda: numbers(console(secondary, "f1"))[-1] > before, 30,
+             "the guest on the new primary to go on writing")
 
 
 @pytest.mark.timeout(510)  # its bounded waits add up to 450 s

@@ -36,6 +36,22 @@ def wait_boot_count(node: AgentNode, name: str, count: int) -> None:
              f"'{name}' to print CORRAL-GUEST-BOOTED count={count} (console so far: {boots(node, name)})")
 
 
+@pytest.fixture(scope="module")
+def g1(one_node) -> str:
+    """The image instance most tests here use, booted once; what `instance add` said."""
+    out = one_node.ok("instance", "add", "g1", "--os", "busybox-guest", "--memory", "256M",
+                      "--disk", "256M,format=qcow2")
+    wait_boot_count(one_node, "g1", 1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def g2(one_node) -> None:
+    """An instance installed by the script OS definition, booted once."""
+    one_node.ok("instance", "add", "g2", "--os", "corral-guest", "--memory", "128M", "--disk", "128M")
+    wait_boot_count(one_node, "g2", 1)
+
+
 def test_cluster_init_makes_this_node_master(one_node):
     info = one_node.json("cluster", "info")
     assert info["name"] == "t1"
@@ -52,11 +68,8 @@ def test_os_list_shows_image_and_script_os(one_node):
     assert oses.get("corral-guest") == "script"
 
 
-def test_instance_from_image_boots_and_prints_marker(one_node):
-    out = one_node.ok("instance", "add", "g1", "--os", "busybox-guest", "--memory", "256M",
-                      "--disk", "256M,format=qcow2")
-    assert "instance 'g1' is running on node 'n1'" in out
-    wait_boot_count(one_node, "g1", 1)
+def test_instance_from_image_boots_and_prints_marker(one_node, g1):
+    assert "instance 'g1' is running on node 'n1'" in g1
     row = one_node.instance("g1")
     assert (row["status"], row["primary_node"], row["disk_template"], row["memory"], row["vcpus"]) == \
         ("running", "n1", "file", 256, 1)
@@ -72,22 +85,24 @@ def nice(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])
 
 
-def test_stop_and_start_keeps_the_disk(one_node):
+def test_stop_and_start_keeps_the_disk(one_node, g1):
+    booted = max(boots(one_node, "g1"))
     out = one_node.ok("instance", "stop", "g1")
     assert "shut down cleanly (ACPI)" in out
     wait_for(lambda: one_node.instance("g1")["status"] == "stopped", 15, "g1 to show stopped")
     one_node.ok("instance", "start", "g1")
-    wait_boot_count(one_node, "g1", 2)
+    wait_boot_count(one_node, "g1", booted + 1)
 
 
-def test_soft_and_hard_reboot_boot_again(one_node):
+def test_soft_and_hard_reboot_boot_again(one_node, g1):
+    booted = max(boots(one_node, "g1"))
     one_node.ok("instance", "reboot", "g1")
-    wait_boot_count(one_node, "g1", 3)
+    wait_boot_count(one_node, "g1", booted + 1)
     one_node.ok("instance", "reboot", "g1", "--type", "hard")
-    wait_boot_count(one_node, "g1", 4)
+    wait_boot_count(one_node, "g1", booted + 2)
 
 
-def test_a_console_get_without_websocket_upgrade_is_told_to_upgrade_and_leaves_the_console_free(one_node):
+def test_a_console_get_without_websocket_upgrade_is_told_to_upgrade_and_leaves_the_console_free(one_node, g1):
     """The guest's console takes one client at a time: a plain GET (a write user's, over TLS) must not open
     it, or the operator's `corral instance console` would wait behind a connection nobody reads."""
     token = one_node.json("user", "add", "plain-get", "--role", "write")["token"]
@@ -102,31 +117,30 @@ def test_a_console_get_without_websocket_upgrade_is_told_to_upgrade_and_leaves_t
     assert b"hi-42" in console_answer(one_node, "g1")
 
 
-def test_console_reaches_the_guest_shell(one_node):
+def test_console_reaches_the_guest_shell(one_node, g1):
     """`corral instance console` relays keystrokes to the guest and its answer back; Ctrl-] detaches."""
     assert b"hi-42" in console_answer(one_node, "g1")
     assert one_node.instance("g1")["status"] == "running"
 
 
-def test_agent_killed_with_sigkill_finds_its_instance_again(one_node):
+def test_agent_killed_with_sigkill_finds_its_instance_again(one_node, g1):
     before = wait_for(lambda: one_node.instance("g1")["pid"], 15, "g1's pid in the node report")
+    booted = max(boots(one_node, "g1"))
     one_node.kill9()
     os.kill(before, 0)  # QEMU survived the agent
     one_node.start()
     one_node.wait_fresh_report()
     assert one_node.instance("g1")["status"] == "running"
     assert one_node.instance("g1")["pid"] == before
-    assert max(boots(one_node, "g1")) == 4  # not restarted
+    assert max(boots(one_node, "g1")) == booted  # not restarted
 
 
-def test_script_os_definition_installs_a_bootable_disk(one_node):
-    one_node.ok("instance", "add", "g2", "--os", "corral-guest", "--memory", "128M", "--disk", "128M")
-    wait_boot_count(one_node, "g2", 1)
+def test_script_os_definition_installs_a_bootable_disk(one_node, g2):
     os_logs = list((one_node.root / "log" / "os").glob("add-corral-guest-g2-*.log"))
     assert os_logs, "the OS create script's log is kept"
 
 
-def test_remove_deletes_disk_pidfile_and_process(one_node):
+def test_remove_deletes_disk_pidfile_and_process(one_node, g2):
     pid = one_node.instance("g2")["pid"]
     disk_dir = one_node.root / "state" / "file-storage" / "g2"
     assert disk_dir.exists()
@@ -170,7 +184,7 @@ def _refused(node: AgentNode, args: list[str], message: str) -> None:
     (["instance", "start", "g1"], "instance 'g1' is already running on node 'n1'"),
     (["instance", "remove", "nosuch"], "no instance named 'nosuch'"),
 ])
-def test_bad_input_is_refused_clearly_and_leaves_nothing(one_node, args, message):
+def test_bad_input_is_refused_clearly_and_leaves_nothing(one_node, g1, args, message):
     _refused(one_node, args, message)
     assert not (one_node.root / "state" / "file-storage" / "g3").exists()
 
@@ -217,7 +231,7 @@ def test_vnc_is_a_unix_socket_only_root_reaches_never_a_tcp_port(one_node):
         one_node.ok("instance", "remove", "v1")
 
 
-def test_mac_addresses_are_unique_in_the_cluster(one_node):
+def test_mac_addresses_are_unique_in_the_cluster(one_node, g1):
     used = one_node.instance("g1")["nics"][0]["mac"]
     _refused(one_node, ["instance", "add", "g3", "--os", "busybox-guest", "--net", f"mode=user,mac={used}"],
              f"MAC address {used} is already used by another instance")
@@ -235,7 +249,7 @@ def test_malformed_agent_config_is_refused_with_every_problem(tmp_path):
     assert "ports.api: expected an integer" in result.stderr
 
 
-def test_a_guest_that_dies_is_restarted_and_one_that_cannot_boot_is_given_up_with_its_console(one_node):
+def test_a_guest_that_dies_is_restarted_and_one_that_cannot_boot_is_given_up_with_its_console(one_node, g1):
     result = one_node.corral("cluster", "verify")
     assert result.returncode == 0, result.stdout + result.stderr
     pid = one_node.instance("g1")["pid"]
@@ -263,7 +277,7 @@ def test_a_guest_that_dies_is_restarted_and_one_that_cannot_boot_is_given_up_wit
     one_node.ok("instance", "remove", "p1")
 
 
-def test_job_info_and_submit(one_node):
+def test_job_info_and_submit(one_node, g1):
     job_id = one_node.ok("instance", "stop", "g1", "--submit").strip()
     assert job_id.isdigit()
     watched = one_node.corral("job", "watch", job_id)
