@@ -175,7 +175,8 @@ class Agent:
         if local.get("etcd_member"):
             self.member.start()
         ssl_client = self.client_ssl = pki.client_context(self.pki)
-        self.etcd = EtcdClient(self.member.endpoints(local), ssl=ssl_client)
+        self.etcd = EtcdClient(self.member.endpoints(local), ssl=ssl_client,
+                               connect_timeout_s=self.cfg.etcd_connect_timeout_s)
         if local.get("etcd_member"):
             try:
                 await wait_healthy(self.etcd, timeout_s=30)

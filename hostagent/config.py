@@ -58,6 +58,7 @@ class AgentConfig:
     qemu_binary: str = "qemu-system-x86_64"
     report_interval_s: float = 5.0
     master_lease_ttl_s: int = 10
+    etcd_connect_timeout_s: float = 1.0  # connect and TLS handshake to one etcd member before trying the next
     os_install_timeout_s: float = 1800.0
     access_log: bool = False  # one line per API request (caller, method, raw path, status) in log_dir/access.log
     drills: bool = False  # accept `corral drill` requests to crash or freeze this agent (demo, test clusters)
@@ -90,7 +91,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
               "iso_dirs": "iso_dirs"},
     "binaries": {"serf": "serf_binary", "etcd": "etcd_binary", "qemu": "qemu_binary"},
     "agent": {"report_interval_s": "report_interval_s",
-              "master_lease_ttl_s": "master_lease_ttl_s",
+              "master_lease_ttl_s": "master_lease_ttl_s", "etcd_connect_timeout_s": "etcd_connect_timeout_s",
               "os_install_timeout_s": "os_install_timeout_s", "drills": "drills", "access_log": "access_log"},
     "storage": {"volume_group": "volume_group", "lvm_args": "lvm_args"},
     "fencing": {"node_lease_ttl_s": "node_lease_ttl_s", "watchdog": "watchdog"},

@@ -9,7 +9,8 @@ VENV=${VENV:-.venv}
 PACKAGES=(
   serf etcd-server etcd-client            # gossip membership; consensus + replicated config
   qemu-system-x86 qemu-utils              # instances; qemu-img for file disks
-  busybox-static cpio kmod e2fsprogs      # the test guest builder
+  busybox-static cpio kmod e2fsprogs      # the test guest and node-VM builders
+  xz-utils                                # the node VMs' uncompressed kernel
   genisoimage                             # CD-ROM images in the console tests
   lvm2 drbd-utils                         # the plain and drbd disk templates
   python3 python3-venv python3-pip        # the agent and CLI

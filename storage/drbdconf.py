@@ -1,4 +1,5 @@
-"""DRBD 9 resource files for the `drbd` template, and a dry run of drbdadm.
+"""DRBD resource files for the `drbd` template (DRBD 9, or 8.4 where the kernel's module is 8.4), and a dry run
+of drbdadm.
 
 A Corral DRBD resource joins one volume on two nodes: the data LV and its
 external metadata LV on each. Everything here is pure except `dry_run`,
@@ -11,6 +12,10 @@ file is checked by the tool that will read it.
   (I, N) because N is the digits after the last '-'.
 - Values are checked before rendering, every problem at once, because
   drbdadm's parse errors name a line of a file, not the field to fix.
+- Versions: Debian's own kernels (and most distributions') carry DRBD 8.4;
+  drbd-utils 9 drives an 8.4 module through its 8.4 tools, which refuse the
+  DRBD 9 keywords (node-id, connection-mesh). `module_version` reads which
+  one a node has from /proc/drbd; `render_resource` writes for it.
 - The shared secret never appears in a repr or an error message.
 - Local node: drbdadm picks the `on <host>` section whose name equals the
   machine's hostname. drbd-utils 9.22 has no option for another name, but
@@ -49,6 +54,8 @@ NODE_ID_MAX = 31  # DRBD 9 has at most 32 nodes per resource
 PORT_LOW = 11000
 PORT_HIGH = 11999
 PROTOCOLS = ("A", "B", "C")
+VERSIONS = ("8.4", "9")  # the resource file dialects: DRBD 8.4's and DRBD 9's
+_MODULE_VERSION_RE = re.compile(r"^version: (\d+)\.(\d+)\.", re.MULTILINE)
 SECRET_LENGTH = 32
 SECRET_MAX = 64  # DRBD's shared-secret limit
 _SECRET_ALPHABET = string.ascii_letters + string.digits
@@ -188,9 +195,12 @@ def resource_problems(res: DrbdResource) -> dict[str, str]:
     return problems
 
 
-def render_resource(res: DrbdResource) -> str:
-    """The DRBD 9 resource file for res; InvalidDrbdResource lists what is wrong."""
+def render_resource(res: DrbdResource, version: str = "9") -> str:
+    """The resource file for res in the dialect of DRBD `version` (VERSIONS); InvalidDrbdResource lists what is
+    wrong."""
     problems = resource_problems(res)
+    if version not in VERSIONS:
+        problems["version"] = f"{version!r} is not one of {', '.join(VERSIONS)}"
     if problems:
         raise InvalidDrbdResource(res.name, problems)
     lines = [
@@ -203,22 +213,32 @@ def render_resource(res: DrbdResource) -> str:
         "    }",
     ]
     for peer in res.peers:
+        lines += [f'    on "{peer.node}" {{']
+        if version == "9":
+            lines += [f"        node-id {peer.node_id};"]
         lines += [
-            f'    on "{peer.node}" {{',
-            f"        node-id {peer.node_id};",
             f"        device minor {res.minor};",
             f'        disk "{peer.disk}";',
             f'        meta-disk "{peer.meta_disk}";',
             f"        address {_address(peer)};",
             "    }",
         ]
-    lines += [
-        "    connection-mesh {",
-        f'        hosts "{res.peers[0].node}" "{res.peers[1].node}";',
-        "    }",
-        "}",
-    ]
+    if version == "9":
+        lines += [
+            "    connection-mesh {",
+            f'        hosts "{res.peers[0].node}" "{res.peers[1].node}";',
+            "    }",
+        ]
+    lines += ["}"]
     return "\n".join(lines) + "\n"
+
+
+def module_version(proc_drbd: str) -> str:
+    """The resource file dialect (VERSIONS) of the DRBD module whose /proc/drbd reads `proc_drbd`."""
+    found = _MODULE_VERSION_RE.search(proc_drbd)
+    if found is None:
+        raise ValueError(f"no 'version: X.Y.Z' line in /proc/drbd: {proc_drbd[:80]!r}")
+    return "8.4" if (int(found[1]), int(found[2])) < (9, 0) else "9"
 
 
 def random_secret() -> str:

@@ -85,7 +85,8 @@ class EtcdMember:
         log.info("restarting this node's etcd member %s", why)
         await self.stop()
         self.start()
-        client = EtcdClient([self.client_url], ssl=pki.client_context(self._pki))
+        client = EtcdClient([self.client_url], ssl=pki.client_context(self._pki),
+                            connect_timeout_s=self._cfg.etcd_connect_timeout_s)
         try:
             await wait_healthy(client, timeout_s=60)
         finally:
@@ -111,7 +112,8 @@ class EtcdMember:
     async def _wait_follows(self, timeout_s: float) -> None:
         """Until this node's new member knows the leader. (A learner serves no reads, so
         this asks for its status only; the master promotes it once it is in sync.)"""
-        client = EtcdClient([self.client_url], ssl=pki.client_context(self._pki))
+        client = EtcdClient([self.client_url], ssl=pki.client_context(self._pki),
+                            connect_timeout_s=self._cfg.etcd_connect_timeout_s)
         deadline = self._clock.monotonic() + timeout_s
         reason = "no answer yet"
         try:

@@ -17,6 +17,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -196,12 +197,13 @@ class NodeVM:
 class NodeVMs:
     """N node VMs on one private Ethernet segment (packaging/nodevm/hub.py)."""
 
-    def __init__(self, root: Path, names: list[str], disks: list[int] | None = None) -> None:
+    def __init__(self, root: Path, names: list[str], disks: list[int] | None = None, memory_mib: int = 384) -> None:
+        """`memory_mib`: 384 is enough for LVM and DRBD; an agent with its etcd needs about 1024."""
         self.root = root
         self.image = build_image()
         self.hub_port = free_udp_port()
-        self.vms = {name: NodeVM(name, i, root / name, self.hub_port, disks=list(disks or [2048]))
-                    for i, name in enumerate(names)}
+        self.vms = {name: NodeVM(name, i, root / name, self.hub_port, disks=list(disks or [2048]),
+                                 memory_mib=memory_mib) for i, name in enumerate(names)}
         self.hub: subprocess.Popen[str] | None = None
 
     def __getitem__(self, name: str) -> NodeVM:
@@ -243,3 +245,83 @@ class NodeVMs:
 
 def quoted(*words: str) -> str:
     return " ".join(shlex.quote(w) for w in words)
+
+
+NODE_PORTS = {"api": 7947, "gossip": 7946, "serf_rpc": 7373, "etcd_client": 2379, "etcd_peer": 2380}
+STATE = "/var/lib/corral-node"  # in the VM's overlay: gone when the VM stops
+PYTHON = Path(os.environ.get("CORRAL_NODEVM_PYTHON", sys.executable))
+
+
+def agent_config(vm: NodeVM) -> str:
+    """The agent's configuration inside a node VM: fixed ports (the VM is its own machine); leases twice the
+    integration tests' (an agent under TCG stalls its event loop for a second at times), and 5 s for a TLS
+    handshake with etcd (about 1 s, emulated)."""
+    ports = "\n".join(f"{k} = {v}" for k, v in NODE_PORTS.items())
+    return f"""[node]
+name = "{vm.name}"
+address = "{vm.address}"
+
+[ports]
+{ports}
+
+[paths]
+state_dir = "{STATE}/state"
+run_dir = "{STATE}/run"
+log_dir = "{STATE}/log"
+os_search_paths = ["{REPO}/packaging/os"]
+image_paths = ["{STATE}/images"]
+
+[agent]
+report_interval_s = 2.0
+master_lease_ttl_s = 10
+etcd_connect_timeout_s = 5.0
+
+[fencing]
+node_lease_ttl_s = 20
+"""
+
+
+def start_agent(vm: NodeVM) -> None:
+    """Start a real corral-agent from this checkout in the VM (`wait_agent` waits until it answers)."""
+    vm.ok(f"mkdir -p {STATE}/images && cat > {STATE}/agent.toml <<'EOF_CONFIG'\n{agent_config(vm)}EOF_CONFIG")
+    vm.ok(f"cd / && PYTHONPATH={REPO} setsid {PYTHON} -m hostagent.main --config {STATE}/agent.toml "
+          f">{STATE}/agent.log 2>&1 </dev/null &")
+
+
+def wait_agent(vm: NodeVM, within_s: float = 180) -> None:
+    """Until the agent's CLI answers (an agent takes 20-40 s to start in an emulated VM)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if corral(vm, "cluster", "info").rc == 0:
+            return
+        time.sleep(1)
+    raise NodeVMError(f"the agent in node VM {vm.name} did not answer within {within_s:.0f} s: "
+                      + vm.run(f"tail -n 20 {STATE}/agent.log").out)
+
+
+def corral(vm: NodeVM, *args: str, timeout: float = 300) -> Result:
+    """The `corral` command line, run in the VM against its own agent."""
+    return vm.run(f"CORRAL_SOCKET={STATE}/run/agent.sock PYTHONPATH={REPO} {PYTHON} -m cli.main {quoted(*args)}",
+                  timeout)
+
+
+def form_cluster(vms: NodeVMs, name: str = "vmc") -> None:
+    """Agents on every VM, the first initializing the cluster and the others joining it with a token."""
+    first, *others = vms.vms.values()
+    for vm in vms.vms.values():
+        start_agent(vm)
+    for vm in vms.vms.values():
+        wait_agent(vm)
+    ok(first, "cluster", "init", "--name", name, "--hv", "accel=tcg")
+    for vm in others:
+        token = json.loads(ok(first, "node", "add", vm.name, "--address", vm.address, "--json"))["token"]
+        ok(vm, "cluster", "join", f"{first.address}:{NODE_PORTS['api']}", "--token", token)
+
+
+def ok(vm: NodeVM, *args: str, timeout: float = 300) -> str:
+    """`corral ARGS` in the VM, which must succeed; its output."""
+    result = corral(vm, *args, timeout=timeout)
+    if result.rc != 0:
+        raise NodeVMError(f"in node VM {vm.name}, corral {' '.join(args)} failed ({result.rc}): "
+                          f"{result.err.strip() or result.out.strip()}")
+    return result.out

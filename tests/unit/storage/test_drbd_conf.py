@@ -17,6 +17,7 @@ from storage.drbdconf import (
     InvalidPortRange,
     allocate_minor,
     allocate_port,
+    module_version,
     random_secret,
     render_resource,
     resource_name,
@@ -234,3 +235,28 @@ def test_allocate_port_says_when_the_range_is_full() -> None:
 def test_allocate_port_refuses_an_invalid_range(low: int, high: int) -> None:
     with pytest.raises(InvalidPortRange):
         allocate_port(set(), low=low, high=high)
+
+
+def test_render_for_drbd_84_leaves_out_what_only_drbd_9_knows() -> None:
+    text = render_resource(RES, version="8.4")
+    assert "node-id" not in text and "connection-mesh" not in text
+    assert 'disk "/dev/vg/corral-web1-disk0";' in text and "address ipv4 127.0.0.2:11000;" in text
+    assert "node-id 0;" in render_resource(RES)
+
+
+def test_render_refuses_a_drbd_version_it_does_not_write() -> None:
+    with pytest.raises(InvalidDrbdResource, match="'8.3' is not one of 8.4, 9"):
+        render_resource(RES, version="8.3")
+
+
+@pytest.mark.parametrize(("proc", "version"), [
+    ("version: 8.4.11 (api:1/proto:86-101)\nsrcversion: F73C670A7EC572DB9CF3E5B\n", "8.4"),
+    ("version: 9.2.8 (api:2/proto:86-122)\nGIT-hash: e163b05a\n", "9"),
+])
+def test_module_version_reads_proc_drbd(proc: str, version: str) -> None:
+    assert module_version(proc) == version
+
+
+def test_module_version_says_what_it_could_not_read() -> None:
+    with pytest.raises(ValueError, match="no 'version: X.Y.Z' line"):
+        module_version("drbd not loaded")
