@@ -430,3 +430,25 @@ def test_summary_rounds_the_eta_to_operator_units(eta_s: float, words: str) -> N
         replication="SyncTarget", peer_disk="UpToDate", percent_in_sync=99.0, eta_s=eta_s,
     )
     assert peer.summary() == f"resyncing from n2: 99.0 %, {words}"
+
+
+# `drbdsetup events2 --now --statistics` from drbd-utils 9.22 on Debian 12's DRBD 8.4.11 module (a node VM, during
+# the initial sync): the same line format as DRBD 9's, the peer named "peer", no progress fields.
+EVENTS2_84 = """\
+exists resource name:corral-t-0 role:Primary suspended:no write-ordering:flush
+exists connection name:corral-t-0 peer-node-id:0 conn-name:peer connection:Connected role:Secondary congested:no
+exists device name:corral-t-0 volume:0 minor:0 disk:UpToDate size:65536 read:540 written:0 al-writes:8 bm-writes:0 \
+upper-pending:0 lower-pending:0 al-suspended:no blocked:no
+exists peer-device name:corral-t-0 peer-node-id:0 conn-name:peer volume:0 replication:SyncSource \
+peer-disk:Inconsistent resync-suspended:no received:0 sent:540 out-of-sync:64996 pending:0 unacked:0
+exists -
+"""
+
+
+def test_events2_of_a_drbd_84_module_parses_as_drbd_9s_without_progress() -> None:
+    [res] = parse_events2(EVENTS2_84.splitlines())
+    assert (res.name, res.role, res.disk, res.minor) == ("corral-t-0", "Primary", "UpToDate", 0)
+    [peer] = res.peers
+    assert (peer.connection, peer.peer_role, peer.replication, peer.peer_disk) == \
+        ("Connected", "Secondary", "SyncSource", "Inconsistent")
+    assert peer.percent_in_sync is None and not res.up_to_date and res.syncing
