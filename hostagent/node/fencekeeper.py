@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -142,22 +142,29 @@ class Watchdog:
         self._fh = None
 
 
+def fence_pass(feed: Feed, now: float, fenced: set[tuple[str, int, int]],
+               kill: Callable[[Feed, str], list[str]] = kill_victims) -> bool:
+    """One look at the feed: once its deadline has passed, kill the victims not killed yet (adding them to
+    `fenced`). True while the node is safe, so the watchdog may be petted. `kill`: a simulated node's."""
+    if feed.deadline is None or now < feed.deadline:
+        return True
+    pending = Feed(feed.deadline, tuple(v for v in feed.victims if v not in fenced), feed.watchdog)
+    if pending.victims:
+        kill(pending, f"the agent has not renewed the node lease in time (deadline passed "
+                      f"{now - feed.deadline:.1f} s ago); the master may start it elsewhere")
+        fenced.update(pending.victims)
+    return False
+
+
 def run(feed_path: str, stop: list[bool]) -> None:
     watchdog = Watchdog()
     feed = Feed(None, (), None)
     fenced: set[tuple[str, int, int]] = set()
     while not stop:
         feed = read_feed(feed_path) or feed
-        now = SYSTEM.boot()
-        if feed.deadline is not None and now >= feed.deadline:
-            pending = Feed(feed.deadline, tuple(v for v in feed.victims if v not in fenced), feed.watchdog)
-            if pending.victims:
-                kill_victims(pending, f"the agent has not renewed the node lease in time (deadline passed "
-                                      f"{now - feed.deadline:.1f} s ago); the master may start it elsewhere")
-                fenced.update(pending.victims)
-            # no petting: a node that must fence is reset by the watchdog if anything survives
-        else:
+        if fence_pass(feed, SYSTEM.boot(), fenced):
             watchdog.pet(feed.watchdog)
+        # else no petting: a node that must fence is reset by the watchdog if anything survives
         time.sleep(INTERVAL_S)
     watchdog.close()
 

@@ -3,34 +3,41 @@
 Real: hostagent.master.role.MasterRole (election over election.lease), the Operations and their Store, the
 job runner and the handlers its jobs run, the duties (restart, automatic failover, mirrors); on each node
 its lease (hostagent.node.nodelease.NodeLease), its config replica (election.replica.Replica, SQLite in
-memory), its self-fencing and start guard (hostagent.node.selffence.SelfFence). Simulated: etcd
-(tests/fakes/etcd.py, held to a real etcd by a contract test), time (virtual, tests/fakes/loop.py), and
-each node's QEMUs, disk mirrors and reports. The harness never decides: it applies the commands and faults
-at their times, records the events the product writes, and checks that no instance runs on two nodes.
+memory), its self-fencing and start guard (hostagent.node.selffence.SelfFence), its fence keeper's pass
+(hostagent.node.fencekeeper.fence_pass) and its check of the orders' tokens (hostagent.node.fencing.TokenGuard).
+Simulated: etcd (tests/fakes/etcd.py, held to a real etcd by a contract test), time (virtual,
+tests/fakes/loop.py), and each node's QEMUs, disk mirrors, live migrations and reports. The harness never
+decides: it applies the commands and faults at their times, records the events the product writes, and
+checks the invariants (tests/scenarios/README.md): no instance on two nodes, no QEMU started without its
+node's lease, no order obeyed from a deposed master, nothing moved under the alert or disarm.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from election.etcd import Op
-from election.lease import MasterLease
+from election.lease import FencingToken, MasterLease
 from election.replica import Replica
 from fakes.clock import FakeClock
 from fakes.etcd import FakeEtcd, FakeEtcdClient
 
 from hostagent import model
+from hostagent.errors import SenderNotMaster
 from hostagent.master import cluster_settings
 from hostagent.master.duties.autofailover import AutoFailover
 from hostagent.master.operations import Operations, lock_keys
 from hostagent.master.role import MasterRole
+from hostagent.master.store import Store
 from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
-from hostagent.node.fencekeeper import Feed
+from hostagent.node.fencekeeper import INTERVAL_S, Feed, fence_pass, read_feed
+from hostagent.node.fencing import TokenGuard
 from hostagent.node.nodelease import NodeLease
 from hostagent.node.selffence import STEP_S, SelfFence
 from hostagent.orders import OrderFailed
@@ -92,6 +99,16 @@ class SimNode:
     boots: dict[str, Boot] = field(default_factory=dict)  # instance -> its QEMU's boot
     starts: list[tuple[float, str]] = field(default_factory=list)  # (time, instance): every start that began
     most_booting: int = 0  # the most judged boots under way here at once
+    # failover and fencing: freezes, live migrations, the orders' tokens, what the invariants are told
+    frozen: bool = False  # the whole node stopped (agent, fence keeper, QEMUs), as by SIGSTOP to all
+    awake: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))  # clear while its agent is frozen
+    incoming: dict[str, tuple[int, str]] = field(default_factory=dict)  # instance -> (pid, source): a migration
+    never_in_sync: set[str] = field(default_factory=set)  # instances whose mirror here never completes
+    peers: dict[str, SimNode] = field(default_factory=dict)  # the other nodes, for a migration's switchover
+    tokens: Any = None  # hostagent.node.fencing.TokenGuard: which master this node obeys
+    verify: Any = None  # the agent's verify_token: who holds the master key with a token, per etcd
+    started: Callable[[str, str, str], None] = lambda node, name, how: None  # each QEMU start, for the invariants
+    obeyed: Callable[[str, str, str, FencingToken], None] = lambda node, sender, op, token: None
 
     @property
     def reaches(self) -> bool:
@@ -99,38 +116,47 @@ class SimNode:
 
     def find(self, name: str) -> int | None:
         """QemuManager.find, as self-fencing asks it."""
-        return self.qemus.get(name)
+        return self.qemus.get(name) if name in self.qemus else self.incoming.get(name, (None, ""))[0]
 
     def kill(self, feed: Feed, why: str) -> list[str]:
         """The fence's kill of the QEMUs in its feed."""
-        killed = [name for name, pid, _ in feed.victims if self.qemus.get(name) == pid]
+        killed = [name for name, pid, _ in feed.victims if self.find(name) == pid]
         for name in killed:
-            del self.qemus[name]
+            self.qemus.pop(name, None)
+            self.incoming.pop(name, None)
             self.mirrors.pop(name, None)
         return killed
 
     def report(self, now: float, instances: dict[str, dict[str, Any]]) -> dict[str, Any]:
         self.look(now)
         used = sum(int(instances.get(i, {}).get("memory_mib", 0)) for i in self.qemus)
-        mirrors = {name: [{"index": i, "gen": gen, "status": "in_sync" if now - since >= SYNC_S else "syncing",
-                           "percent": min(100.0, 100.0 * (now - since) / SYNC_S)} for i in range(disks)]
+        used += sum(int(instances.get(i, {}).get("memory_mib", 0)) for i in self.incoming)
+        synced = {name: now - since >= SYNC_S and name not in self.never_in_sync
+                  for name, (_, since, _) in self.mirrors.items()}
+        mirrors = {name: [{"index": i, "gen": gen, "status": "in_sync" if synced[name] else "syncing",
+                           "percent": 100.0 if synced[name] else min(99.0, 100.0 * (now - since) / SYNC_S)}
+                          for i in range(disks)]
                    for name, (gen, since, disks) in self.mirrors.items() if name in self.qemus}
         report = {"node": self.name, "time": now, "cpus": 4, "load_1m": self.load_1m,
                   "memory_free_mib": self.memory_mib - used, "mirrors": mirrors,
-                  "instances": {i: {"status": "running", "pid": pid, **self.boot_entry(i)}
-                                for i, pid in self.qemus.items()}}
+                  "instances": {i: {"status": "running", "pid": pid, **self.boot_entry(i)} for i, pid in self.qemus.items()}
+                  | {i: {"status": "inmigrate", "pid": pid} for i, (pid, _) in self.incoming.items()}}
         if self.fence is not None:
             report["fencing"] = self.fence.report()
         return report
 
     def order(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if not self.reaches:
-            raise OrderFailed(self.name, op, "does not answer")
+            raise OrderFailed(self.name, op, f"node '{self.name}' does not answer")
         if op == "instance.start":
             name = args["instance"]["name"]
             refusal = self.fence.start_refusal(name) if self.fence is not None else None
             if refusal:
                 raise OrderFailed(self.name, op, refusal)  # the node's own start guard
+            self.started(self.name, name, "incoming" if args.get("incoming") else "start")
+            if args.get("incoming"):
+                self.incoming[name] = (next(self.pids), args["incoming_from"])
+                return {"pid": self.incoming[name][0]}
             plan = self.guest_starts(args["instance"])
             if plan == "fails":
                 raise OrderFailed(self.name, op, f"QEMU of instance '{name}' exited at once: could not open disk image")
@@ -140,8 +166,11 @@ class SimNode:
             return {"pid": self.qemus[name]}
         if op == "instance.stop":
             self.qemus.pop(args["name"], None)
+            self.incoming.pop(args["name"], None)
             self.mirrors.pop(args["name"], None)
             return {"how": "powered off"}
+        if op.startswith("instance.migrate") or op == "instance.placement":
+            return self._migration(op, args["name"])
         if op == "instance.mirror-attach":
             self.mirrors[args["name"]] = (int(args["gen"]), self.clock.time(), len(args["disks"]))
             return {}
@@ -154,7 +183,46 @@ class SimNode:
             return {"lines": ["Kernel panic - not syncing"] if args["name"] in self.broken else []}
         if op == "node.hello":
             return {"node": self.name}
-        raise OrderFailed(self.name, op, "the simulated node has no answer for this order")
+        raise OrderFailed(self.name, op, f"the simulated node '{self.name}' has no answer for order {op!r}")
+
+    def _migration(self, op: str, name: str) -> dict[str, Any]:
+        """The source's side of a live migration (hostagent.node.replication): at the switchover the guest
+        leaves this node's QEMU for the one waiting on the destination (which must still be there)."""
+        if op == "instance.migrate-cancel":
+            return {"status": "cancelled" if name in self.qemus else "not-running"}
+        if name not in self.qemus:
+            raise OrderFailed(self.name, op, f"instance '{name}' is not running on node '{self.name}'")
+        if op == "instance.placement":
+            return {"placement": {}}
+        if op == "instance.migrate-status":
+            return {"status": "active", "transferred_mib": 0.0, "remaining_mib": 0.0, "total_mib": 0.0,
+                    "throughput_mib_s": 0.0, "eta_s": 0.0}
+        target = next((p for p in self.peers.values() if p.incoming.get(name, (0, ""))[1] == self.name
+                       and p.powered and not p.frozen), None)
+        if target is None:
+            raise OrderFailed(self.name, op, f"instance '{name}': the migration's destination does not answer")
+        if op == "instance.migrate-to-switchover":
+            return {"transferred_mib": 512.0, "elapsed_s": 1.0}
+        assert op == "instance.migrate-complete", op
+        self.mirrors.pop(name, None)
+        del self.qemus[name]
+        target.qemus[name] = target.incoming.pop(name)[0]
+        target.started(target.name, name, "migrated")
+        return {"downtime_ms": 40, "total_s": 1.0, "transferred_mib": 512.0, "throughput_mib_s": 512.0}
+
+    async def receive(self, sender: str, op: str, args: dict[str, Any], token: FencingToken) -> dict[str, Any]:
+        """An order as the agent's API takes it: not before a frozen agent thaws, and only from the master
+        whose token it carries (hostagent.node.fencing.TokenGuard, the node's real check)."""
+        await self.awake.wait()
+        if not self.reaches:
+            raise OrderFailed(self.name, op, f"node '{self.name}' does not answer")
+        try:
+            await self.tokens.admit(token, sender, self.verify)
+        except SenderNotMaster as exc:
+            raise OrderFailed(self.name, op, str(exc), "stale-token") from None
+        self.obeyed(self.name, sender, op, token)
+        return self.order(op, args)
+
 
     # ---- guests ----
     def guest_starts(self, inst: dict[str, Any]) -> str:
@@ -199,15 +267,24 @@ class SimNode:
 
 
 class SimNodeClient:
-    """hostagent.orders.NodeClient's one call, delivered to the simulated node."""
+    """hostagent.orders.NodeClient's one call from the master candidate `sender`, delivered to the simulated
+    node with its token: a frozen sender sends nothing until it thaws, a cut-off one reaches only itself."""
 
-    def __init__(self, nodes: dict[str, SimNode]) -> None:
+    def __init__(self, nodes: dict[str, SimNode], sender: str) -> None:
         self._nodes = nodes
+        self._sender = sender
 
-    async def order(self, node: str, address: str, port: int, op: str, args: dict[str, Any], token: Any,
+    async def order(self, node: str, address: str, port: int, op: str, args: dict[str, Any], token: FencingToken,
                     timeout_s: float = 600.0) -> dict[str, Any]:
+        sender = self._nodes[self._sender]
+        await sender.awake.wait()
+        if node != self._sender and not sender.reaches:
+            raise OrderFailed(node, op, f"unreachable from node '{self._sender}'")
         await asyncio.sleep(0.05)
-        return self._nodes[node].order(op, args)
+        try:
+            return await asyncio.wait_for(self._nodes[node].receive(self._sender, op, args, token), timeout_s)
+        except TimeoutError:
+            raise OrderFailed(node, op, f"no answer within {timeout_s:.0f} s") from None
 
 
 class SimCluster:
@@ -218,7 +295,7 @@ class SimCluster:
         self.guests: dict[str, Guest] = {}  # how each instance's guest behaves, on whichever node it starts
         for sim_node in self.nodes.values():
             sim_node.guests = self.guests
-        self.client = SimNodeClient(self.nodes)
+        self._feeds: dict[str, str] = {}
         self.roles: dict[str, MasterRole] = {}
         self.leases: dict[str, NodeLease] = {}
         self.replicas: dict[str, Replica] = {}
@@ -228,14 +305,15 @@ class SimCluster:
             self.leases[name] = NodeLease(etcd, name, NODE_TTL_S, clock)  # type: ignore[arg-type]
             node_dir = root / name
             node_dir.mkdir(parents=True, exist_ok=True)
+            self._wire(name, node_dir)
             self.replicas[name] = Replica(":memory:")  # the real replica code, its file in memory: fast
             self.nodes[name].fence = SelfFence(name, self.leases[name], self.nodes[name], self.replicas[name],  # type: ignore[arg-type]
                                                str(node_dir), str(node_dir), None, clock,
                                                started=lambda pid: pid, kill=self.nodes[name].kill)
             if len(self.roles) < candidates:
                 role = MasterRole(name, etcd, MasterLease(etcd, key=model.MASTER_KEY, ttl_s=MASTER_TTL_S),  # type: ignore[arg-type]
-                                  lock_keys=lock_keys, clock=clock)
-                ops = Operations(role, self.client)  # type: ignore[arg-type]
+                                  lock_keys=lock_keys, clock=MasterClock(clock))
+                ops = Operations(role, SimNodeClient(self.nodes, name))  # type: ignore[arg-type]
                 role.handlers = ops.handlers()
                 role.duties += [ops.mirrors.keep_mirrors, ops.restarter.step, AutoFailover(ops.store, ops.views).step]
                 self.roles[name] = role
@@ -243,11 +321,13 @@ class SimCluster:
         self._stops: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.violations: list[str] = []  # what the invariants found, checked every virtual tenth of a second
+        self.last_ran: dict[str, str] = {}  # instance -> the node its guest last started on
+        self.orders = 0  # orders the nodes obeyed
         self._t0 = clock.time()
         self._watching: asyncio.Task[None] | None = None
 
     def _etcd_of(self, name: str) -> FakeEtcdClient:
-        return self.etcd.client(lambda: self.nodes[name].reaches)
+        return AgentEtcd(self.etcd, self.nodes[name])
 
     def seed(self, instances: list[dict[str, Any]], cluster: dict[str, Any] | None = None) -> None:
         """The config before the story starts: nodes, instances, the cluster record."""
@@ -270,6 +350,8 @@ class SimCluster:
         if self._watching is None:
             self._watching = asyncio.create_task(self._watch())
         stop = self._stops[name] = asyncio.Event()
+        self.nodes[name].awake.set()
+        self._tasks.append(asyncio.create_task(self._keeper(name, stop)))
         self._tasks.append(asyncio.create_task(self.leases[name].run(stop)))
         self._tasks.append(asyncio.create_task(self._node_loop(name, stop)))
         if name in self.roles:
@@ -281,6 +363,7 @@ class SimCluster:
         assert fence is not None
         last_report, mirrored, config_seen = -REPORT_EVERY_S, 0, (0, 0)
         while not stop.is_set():
+            await node.awake.wait()
             if node.reaches and self.etcd.revision != mirrored:
                 kvs, revision = self.etcd.snapshot()
                 config = [kv for kv in kvs if not kv.key.startswith((model.REPORTS, model.LEASES, model.EVENTS))]
@@ -307,9 +390,12 @@ class SimCluster:
         """The node, its agent and its QEMUs are gone at once."""
         node = self.nodes[name]
         node.powered = False
+        node.frozen = False
         node.qemus.clear()
+        node.incoming.clear()
         node.mirrors.clear()
         self._stops[name].set()
+        node.awake.set()  # what waited on the frozen agent finds the node gone
 
     def cut_off(self, name: str, cut: bool = True) -> None:
         """A network partition around the node: it runs on, reaching nobody, and nobody reaches it."""
@@ -323,6 +409,8 @@ class SimCluster:
     async def stop(self) -> None:
         for stop in self._stops.values():
             stop.set()
+        for node in self.nodes.values():
+            node.awake.set()  # a frozen agent's loops end too
         if self._watching is not None:
             self._watching.cancel()
         await asyncio.gather(*self._tasks, *([self._watching] if self._watching else []), return_exceptions=True)
@@ -336,10 +424,15 @@ class SimCluster:
 
     async def clear_alert(self) -> bool:
         """`corral cluster alert clear`, as the API has the master do it; False while no master answers."""
+        return await self.operator(cluster_settings.clear_alert)
+
+    async def operator(self, command: Callable[[Store], Awaitable[Any]]) -> bool:
+        """An operator's command as the API has the master run it (hostagent.master.cluster_settings);
+        False while no master answers, or when it refused."""
         for name, role in self.roles.items():
-            if self.nodes[name].reaches and role.lease_ok():
+            if self.nodes[name].reaches and self.nodes[name].awake.is_set() and role.lease_ok():
                 try:
-                    await cluster_settings.clear_alert(self.ops[name].store)
+                    await command(self.ops[name].store)
                     return True
                 except Exception:  # noqa: BLE001 - the operator's command failed (no master now): tried again later
                     return False
@@ -354,7 +447,7 @@ class SimCluster:
         """Instance -> the nodes its QEMU runs on (more than one is the outage Corral exists to prevent)."""
         where: dict[str, list[str]] = {}
         for n in self.nodes.values():
-            for i in n.qemus:
+            for i in n.qemus if not n.frozen else ():  # a frozen QEMU runs no guest
                 where.setdefault(i, []).append(n.name)
         return where
 
@@ -399,6 +492,118 @@ class SimCluster:
         """The restart duty's record of the instance (attempts, failed, the console kept), {} if none."""
         kvs, _ = self.etcd.snapshot()
         return next((model.loads(kv.value) for kv in kvs if kv.key == model.restart_key(name)), {})
+
+
+    # ---- failover and fencing: the fence keeper, freezes, and the invariants of each start and order --------
+    def _wire(self, name: str, node_dir: Path) -> None:
+        node = self.nodes[name]
+        node.peers = self.nodes
+        node.tokens = TokenGuard(str(node_dir / "fencing-token"))
+        node.verify = functools.partial(self._verify, self._etcd_of(name))
+        node.started = self._qemu_started
+        node.obeyed = self._order_obeyed
+        self._feeds[name] = str(node_dir / "fence-keeper.json")  # where SelfFence writes the keeper's feed
+
+    @staticmethod
+    async def _verify(etcd: FakeEtcdClient, token: FencingToken) -> str | None:
+        """hostagent.agent.Agent.verify_token over the node's own etcd client."""
+        kv = await etcd.get(model.MASTER_KEY)
+        if kv is None or kv.create_revision != token.revision or kv.lease != token.lease_id:
+            return None
+        return str(model.loads(kv.value).get("node"))
+
+    async def _keeper(self, name: str, stop: asyncio.Event) -> None:
+        """The node's fence keeper (hostagent.node.fencekeeper): it runs on while the agent is frozen, not
+        while the whole node is, and kills what the agent's last feed names once that feed's deadline passed.
+        While the agent runs it looks at the agent's pace (the agent's own pass kills the same victims at the
+        same deadline), to keep the simulation fast."""
+        node, feed, fenced = self.nodes[name], Feed(None, (), None), set[tuple[str, int, int]]()
+        while not stop.is_set():
+            if not node.frozen:
+                feed = read_feed(self._feeds[name]) or feed
+                fence_pass(feed, self.clock.boot(), fenced, node.kill)
+            await asyncio.sleep(1.0 if node.awake.is_set() else INTERVAL_S)
+
+    def freeze_agent(self, name: str, frozen: bool = True) -> None:
+        """The agent stops where it is (SIGSTOP): no lease renewal, report, master pass or order taken; its
+        QEMUs and fence keeper run on. Thawed, it goes on from where it stopped."""
+        (self.nodes[name].awake.clear if frozen else self.nodes[name].awake.set)()
+
+    def freeze_node(self, name: str, frozen: bool = True) -> None:
+        """Everything on the node stops, QEMUs too. On thawing, the fence keeper's first look comes before
+        the guests run again (an assumption: the keeper runs every 0.25 s)."""
+        node = self.nodes[name]
+        if frozen:
+            node.frozen = True
+            node.awake.clear()
+            return
+        fence_pass(read_feed(self._feeds[name]) or Feed(None, (), None), self.clock.boot(), set(), node.kill)
+        node.frozen = False
+        node.awake.set()
+
+    def _violation(self, what: str) -> None:
+        self.violations.append(f"t={self.clock.time() - self._t0:.1f}: {what}")
+
+    def _qemu_started(self, node: str, name: str, how: str) -> None:
+        """Each QEMU started (`start`, `incoming`) or guest moved in (`migrated`): the node must hold its
+        lease in etcd, and while the alert or disarm stands no guest may move to another node."""
+        self.etcd.expire()
+        if how != "migrated" and model.lease_key(node) not in self.etcd.kvs:
+            self._violation(f"{name} started on {node}, which does not hold its node lease")
+        if how == "incoming":
+            return
+        cluster = model.loads(self.etcd.kvs[model.CLUSTER_KEY].value)
+        last = self.last_ran.get(name)
+        if last not in (None, node) and (cluster.get("alert") or not model.armed(cluster)):
+            self._violation(f"{name} moved from {last} to {node} while the cluster "
+                            + ("alert stands" if cluster.get("alert") else "is disarmed"))
+        self.last_ran[name] = node
+
+    def _order_obeyed(self, node: str, sender: str, op: str, token: FencingToken) -> None:
+        """An order a node obeyed must carry the token of the master etcd holds now."""
+        self.etcd.expire()
+        kv = self.etcd.kvs.get(model.MASTER_KEY)
+        if kv is None or (kv.create_revision, kv.lease) != (token.revision, token.lease_id):
+            self._violation(f"{node} obeyed {op} from {sender} with token {token.to_str()}, "
+                            "which is not the current master's")
+        self.orders += 1
+
+
+def _set(event: asyncio.Event) -> asyncio.Event:
+    event.set()
+    return event
+
+
+class AgentEtcd(FakeEtcdClient):
+    """A node agent's etcd client: cut off with its node, and making no call while the agent is frozen."""
+
+    def __init__(self, etcd: FakeEtcd, node: SimNode) -> None:
+        super().__init__(etcd, lambda: node.reaches)
+        self._node = node
+
+    async def _check(self) -> FakeEtcd:
+        await self._node.awake.wait()
+        return await super()._check()
+
+
+class MasterClock:
+    """The master's clock: the simulated one, but no two readings of its wall clock are equal, as no two of
+    a real one are (microseconds apart, an etcd call between them): two writes of events (a duty's, a job's)
+    never get the same event key, which virtual time, standing still between timers, would give them."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self._clock = clock
+        self._last = 0.0
+
+    def time(self) -> float:
+        self._last = max(self._clock.time(), self._last + 1e-6)
+        return self._last
+
+    def monotonic(self) -> float:
+        return self._clock.monotonic()
+
+    def boot(self) -> float:
+        return self._clock.boot()
 
 
 def wait_until(clock: FakeClock, done: Callable[[], bool], within_s: float) -> Any:
