@@ -69,7 +69,8 @@ def user_key(name: str) -> str:
 
 
 def event_key(when: float, seq: int) -> str:
-    return f"{EVENTS}{int(when * 1_000_000):020d}-{seq:04d}"
+    """Events sort by time, then by `seq` (numbered by the writing master, hostagent.master.events)."""
+    return f"{EVENTS}{int(when * 1_000_000):020d}-{seq % 10**9:09d}"
 
 
 def restart_key(instance: str) -> str:

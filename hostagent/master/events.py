@@ -10,6 +10,7 @@ write that failed (and is tried again) never says it twice.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 
@@ -22,6 +23,9 @@ from hostagent.master.decide.restarts import Event
 log = logging.getLogger(__name__)
 
 EVENTS_KEPT = 1000
+# Numbers the events this process writes: two writes that share a `now` (the duties of one pass read the time
+# once) must not share a key, or the second would replace the first's events. Keys order by time, then by it.
+_SEQ = itertools.count()
 # Kinds the operator has to look at (a node lost, a failover refused, the alert, a copy that stopped
 # protecting its instance, a setting changed by hand): logged as warnings, the others as information.
 WARNING_KINDS = frozenset({"node-lost", "refuse", "alert", "copy-outdated", "operator"})
@@ -32,9 +36,10 @@ async def event_ops(client: EtcdClient, events: Sequence[Event], now: float) -> 
     if not events:
         return []
     caller = callers.recorded()
-    ops = [Op.put(model.event_key(now, i), model.dumps({"time": now, "kind": e.kind, "instance": e.instance,
-                                                        "node": e.node, "message": e.message, "caller": caller}))
-           for i, e in enumerate(events)]
+    ops = [Op.put(model.event_key(now, next(_SEQ)), model.dumps({"time": now, "kind": e.kind, "instance": e.instance,
+                                                                 "node": e.node, "message": e.message,
+                                                                 "caller": caller}))
+           for e in events]
     kvs, _ = await client.get_prefix(model.EVENTS)
     return ops + [Op.delete(kv.key) for kv in kvs[:max(0, len(kvs) + len(events) - EVENTS_KEPT)]]
 

@@ -312,7 +312,7 @@ class SimCluster:
                                                started=lambda pid: pid, kill=self.nodes[name].kill)
             if len(self.roles) < candidates:
                 role = MasterRole(name, etcd, MasterLease(etcd, key=model.MASTER_KEY, ttl_s=MASTER_TTL_S),  # type: ignore[arg-type]
-                                  lock_keys=lock_keys, clock=MasterClock(clock))
+                                  lock_keys=lock_keys, clock=clock)
                 ops = Operations(role, SimNodeClient(self.nodes, name))  # type: ignore[arg-type]
                 role.handlers = ops.handlers()
                 role.duties += [ops.mirrors.keep_mirrors, ops.restarter.step, AutoFailover(ops.store, ops.views).step]
@@ -586,21 +586,6 @@ class AgentEtcd(FakeEtcdClient):
         return await super()._check()
 
 
-class MasterClock:
-    """The master's clock: the simulated one, but no two readings of its wall clock are equal, as no two of
-    a real one are (microseconds apart, an etcd call between them): two writes of events (a duty's, a job's)
-    never get the same event key, which virtual time, standing still between timers, would give them."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self._clock = clock
-        self._last = 0.0
-
-    def time(self) -> float:
-        self._last = max(self._clock.time(), self._last + 1e-6)
-        return self._last
-
-    def monotonic(self) -> float:
-        return self._clock.monotonic()
 
     def boot(self) -> float:
         return self._clock.boot()

@@ -42,12 +42,27 @@ def test_events_are_written_with_what_they_explain_and_logged_once_by_their_leve
                                  now=1234.5)
         await master.close()
     run(clock, main())
-    assert etcd.kvs[model.FAILOVER_STATE_KEY].mod_revision == etcd.kvs[model.event_key(1234.5, 0)].mod_revision
+    event_revisions = {kv.mod_revision for kv in etcd.snapshot()[0] if kv.key.startswith(model.EVENTS)}
+    assert event_revisions == {etcd.kvs[model.FAILOVER_STATE_KEY].mod_revision}
     assert events_in(etcd) == [
         {"time": 1234.5, "kind": "node-lost", "instance": "", "node": "n2", "message": LOST.message, "caller": None},
         {"time": 1234.5, "kind": "restart", "instance": "web1", "node": "n1", "message": RESTART.message,
          "caller": None}]
     assert logged(caplog) == [("WARNING", LOST.message), ("INFO", RESTART.message)]
+
+
+def test_two_writes_at_the_same_time_keep_both_writes_events_in_order() -> None:
+    """The duties of one pass read the time once: their writes share `now`, and none may replace another's."""
+    clock = FakeClock()
+    etcd = FakeEtcd(clock)
+
+    async def main() -> None:
+        master = await elected(etcd)
+        await master.store.write([], events=[LOST], now=1234.5)
+        await master.store.write([], events=[RESTART], now=1234.5)
+        await master.close()
+    run(clock, main())
+    assert [e["message"] for e in events_in(etcd)] == [LOST.message, RESTART.message]
 
 
 def test_the_oldest_events_beyond_what_is_kept_are_deleted_in_the_same_write() -> None:
