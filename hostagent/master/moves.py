@@ -265,11 +265,18 @@ class Moves:
         QEMU is gone or `postmigrate`): the secondary becomes the primary.
         Before it, a destination QEMU still waiting (`inmigrate`) is stopped,
         and a guest left paused at the switchover point resumes on the primary.
+        Judged only while both nodes hold their node lease: a node that lost it
+        has stopped its guests (or will, before the lease can expire), and its
+        last report, fresh as it may still look, is what it ran before the
+        failover that followed, not a migration to finish.
         """
         name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
         reports = {n: await self.store.get(model.report_key(n)) or {} for n in (primary, secondary)}
         if not all(report_fresh(r, self.store.clock.time()) for r in reports.values()):
             return False
+        for node in (primary, secondary):
+            if await self.store.get(model.lease_key(node)) is None:
+                return False
         there = reports[secondary].get("instances", {}).get(name)
         here = reports[primary].get("instances", {}).get(name)
         if here is not None and here.get("status") == "finish-migrate" and (there or {}).get("status") != "running":

@@ -1,10 +1,13 @@
 """Which master this node obeys: the newest fencing token it has seen, and who holds it.
 
-An order is accepted only from the node that holds the token it carries.
-A token newer than the one on record is checked against etcd first (the
-master key's creation revision, lease and holder), so neither a deposed
-master nor another node with a forged token can be obeyed, and a forged
-token can never be recorded. The record is persisted across restarts.
+An order is accepted only from the node that holds the token it carries,
+asked of etcd for every order (the master key's creation revision, lease and
+holder), so neither a deposed master nor another node with a forged token can
+be obeyed, and a forged token can never be recorded. Even a token seen before
+from the same sender is asked again: an order that waited (in a frozen agent's
+socket, say) while its master was deposed carries exactly that token. The
+newest token is persisted across restarts; one older than it is refused
+without asking.
 """
 
 from __future__ import annotations
@@ -56,8 +59,6 @@ class TokenGuard:
             log.warning("refusing order from node '%s': token %s is older than %s",
                         sender, token.to_str(), newest.to_str())
             raise StaleToken(newest, token)
-        if token == self._seen and sender == self._holder:
-            return
         holder = await verify(token)
         if holder != sender:
             log.warning("refusing order from node '%s' with token %s: %s", sender, token.to_str(),
@@ -65,6 +66,8 @@ class TokenGuard:
             raise SenderNotMaster(holder, f"refused an order from node '{sender}' with token {token.to_str()}: "
                                   + (f"that token is node '{holder}''s" if holder else
                                      "no master holds that token in etcd (deposed, or forged)"))
+        if token == self._seen and sender == self._holder:
+            return
         tmp = self._path + ".tmp"
         with open(tmp, "w") as fh:
             json.dump({"token": token.to_str(), "holder": sender}, fh)

@@ -1,7 +1,7 @@
 """The invariants SimCluster checks against what the product does, shown to fail when it is broken: an
 order from a deposed master obeyed, a QEMU started on a node without its lease, a guest moved while the
 cluster alert stands. Each is made to happen by going around the product; the real node refuses the first.
-The last test is a fault these checks found in the product, kept here (xfail) until it is fixed."""
+The last two are faults these checks found in the product, fixed since."""
 
 from __future__ import annotations
 
@@ -95,9 +95,6 @@ def test_a_start_the_product_should_not_have_made_is_caught(tmp_path, breach: st
     assert [v for v in sim.violations if said in v], sim.violations
 
 
-@pytest.mark.xfail(strict=True, reason="a product fault found here: a thawed agent obeys the orders queued while "
-                                       "it was frozen from a master deposed meanwhile (TokenGuard admits a token "
-                                       "it has seen from the same sender without asking etcd)")
 def test_a_thawed_node_obeys_no_order_queued_by_a_master_deposed_while_it_was_frozen(tmp_path):
     clock = FakeClock()
     sim = SimCluster(clock, NODES, tmp_path)
@@ -123,10 +120,6 @@ def test_a_thawed_node_obeys_no_order_queued_by_a_master_deposed_while_it_was_fr
     assert not sim.violations, sim.violations
 
 
-@pytest.mark.xfail(strict=True, reason="a product fault found here: after an automatic failover the mirrors duty "
-                                       "(Moves.settle_migration) takes the lost node's last report, still fresh "
-                                       "by REPORT_STALE_AFTER_S, for an unrecorded migration and makes that node "
-                                       "the primary again")
 def test_a_failed_over_instance_is_not_given_back_to_the_lost_node_by_its_stale_report(tmp_path):
     """n2 is cut off; db2 fails over to n3, where its guest dies at once. n2's last report, 20 s old, still
     shows db2 running: db2 must stay n3's (restarted there, or given up), never be handed back to n2,
