@@ -29,6 +29,8 @@ die() {
 
 [[ $# -eq 1 ]] || die "usage: $0 OUTDIR"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../initramfs-modules.sh
+source "$here/../initramfs-modules.sh"
 outdir=$(realpath -m "$1")
 parent=$(dirname "$outdir")
 mkdir -p "$parent"
@@ -48,7 +50,7 @@ kernel_dep=$(apt-cache show --no-all-versions "$KERNEL_META" 2>/dev/null \
 kernel_pkg=${kernel_dep%%=*}
 kernel_pkg_version=${kernel_dep#*=}
 
-stamp="$(cat "$here/build-guest.sh" "$here/init" "$here/power-button" | sha256sum | cut -d' ' -f1) $kernel_pkg=$kernel_pkg_version"
+stamp="$(cat "$here/build-guest.sh" "$here/../initramfs-modules.sh" "$here/init" "$here/power-button" | sha256sum | cut -d' ' -f1) $kernel_pkg=$kernel_pkg_version"
 
 image_is_current() {
     [[ -f $outdir/vmlinuz && -f $outdir/initrd.img && -f $outdir/base.qcow2 ]] \
@@ -100,33 +102,7 @@ install -m 0755 "$here/init" "$initramfs/init"
 install -m 0755 "$here/power-button" "$initramfs/etc/acpi/PWRF/00000080"
 
 # Depth-first over modinfo's depends field so each module follows its deps.
-declare -A visited=()
-load_order=()
-add_module() {
-    local name=$1 dep deps file
-    [[ -z ${visited[$name]:-} ]] || return 0
-    visited[$name]=1
-    file=$(modinfo -b "$work/kernel" -k "$kernel_version" -F filename "$name") \
-        || die "module '$name' not found in $kernel_pkg"
-    [[ $file != "(builtin)" ]] || return 0
-    deps=$(modinfo -b "$work/kernel" -k "$kernel_version" -F depends "$name")
-    for dep in ${deps//,/ }; do
-        add_module "$dep"
-    done
-    local ko="$initramfs/lib/modules/$name.ko"
-    case $file in
-        *.ko) cp "$file" "$ko" ;;
-        *.ko.xz) xz -dc "$file" >"$ko" ;;
-        *.ko.zst) zstd -qdc "$file" >"$ko" ;;
-        *.ko.gz) gzip -dc "$file" >"$ko" ;;
-        *) die "module '$name' has an unknown file type: $file" ;;
-    esac
-    load_order+=("$name.ko")
-}
-for module in "${GUEST_MODULES[@]}"; do
-    add_module "$module"
-done
-printf '%s\n' "${load_order[@]}" >"$initramfs/lib/modules/load-order"
+copy_modules "$work/kernel" "$kernel_version" "$initramfs" "${GUEST_MODULES[@]}"
 
 (cd "$initramfs" && find . -print0 | LC_ALL=C sort -z \
     | cpio --null --create --format=newc --owner=0:0 --quiet) | gzip -9n >"$image/initrd.img"
@@ -145,4 +121,4 @@ if [[ -e $outdir ]]; then
     mv -T "$outdir" "$build/old"
 fi
 mv -T "$image" "$outdir"
-echo "guest image built: $outdir (kernel $kernel_version, modules: ${load_order[*]})"
+echo "guest image built: $outdir (kernel $kernel_version, modules: ${copied_modules[*]})"
