@@ -47,6 +47,7 @@ from hostagent.node.clusterfile import ClusterFile
 from hostagent.node.diskcopy import NodeDiskCopy
 from hostagent.node.enrolment import Enrolment
 from hostagent.node.etcdmember import EtcdMember
+from hostagent.node.disks import NodeDisks
 from hostagent.node.executor import NodeExecutor, Order, OrderError
 from hostagent.node.fencing import TokenGuard
 from hostagent.node.gossip import Gossip
@@ -119,10 +120,11 @@ class Agent:
         self.media = NodeMedia(cfg.node_name, cfg.address, self.qemu, cfg.iso_dirs,
                                lambda uuid: vncpass.password(self.replica, uuid))
         self.relays = RelayLimit()  # consoles and VNC displays this agent bridges (hostagent.api.relay)
-        self.executor = NodeExecutor(cfg.node_name, self.qemu, self.files, self.catalog,
+        self.disks = NodeDisks(cfg.node_name, self.files, self.lvm)
+        self.executor = NodeExecutor(cfg.node_name, self.qemu, self.disks, self.catalog,
                                      os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
                                      self.replication.tls_dir)
-        self.diskcopy = NodeDiskCopy(cfg.node_name, self.qemu, self.files, self.pki, cfg.run_dir)
+        self.diskcopy = NodeDiskCopy(cfg.node_name, self.qemu, self.disks, self.pki, cfg.run_dir)
         self.replication.tell_master = self.tell_master
         self.executor.dress = self.media.dress
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))

@@ -35,6 +35,7 @@ NETWORKS = "/corral/networks/"  # networks with an IPv4 pool (hostagent.master.d
 # hostagent.node.replication). DRBD (a later template) is replicated, not quorum-mirrored.
 REPLICATED = ("mirror", "drbd")
 QUORUM_MIRRORED = ("mirror",)
+ON_LVM = ("plain", "drbd")  # disks are logical volumes in the node's volume group (storage.lvm), raw only
 ADDRESSES = "/corral/addresses/"  # <network>/<ip>: held by one instance's NIC, written with the instance
 REVOKED = "/corral/revoked/"  # node certificates no longer accepted (removed nodes, replaced keys), by serial
 DEFAULT_BOOT_TIMEOUT_S = 120.0  # an instance with a boot pattern but no boot timeout of its own

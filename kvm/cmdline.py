@@ -48,6 +48,9 @@ class DiskSpec:
     its children took it (see kvm.blockmirror): the local image and, until
     a copy on another node joins, a sink of ``size_bytes`` (the image's
     virtual size, which the quorum requires its children to share).
+
+    ``protocol``: QEMU's driver under the format, ``file`` for an image
+    file, ``host_device`` for a block device (a logical volume).
     """
 
     path: str
@@ -55,6 +58,7 @@ class DiskSpec:
     media: str = "disk"
     replicated: bool = False
     size_bytes: int = 0
+    protocol: str = "file"
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,8 @@ def check_spec(spec: InstanceSpec, paths: RunPaths) -> list[str]:
             problems.append(
                 f"disk {index}: media {disk.media!r} is not one of {', '.join(DISK_MEDIA)}"
             )
+        if disk.protocol not in ("file", "host_device"):
+            problems.append(f"disk {index}: protocol {disk.protocol!r} is not file or host_device")
         if not disk.path.startswith("/") and not (disk.media == "cdrom" and disk.path == ""):
             problems.append(f"disk {index}: path {disk.path!r} must be absolute")
     ide_devices = _count_ide_devices(spec)
@@ -403,8 +409,9 @@ def _hard_disk(
     if disk.replicated:
         return _replicated_disk(index, disk, hv) + [
             "-device", f"{device},id={disk_device_id(index)},bootindex={bootindex}{_device_cache(hv)},werror=stop,rerror=stop"]
+    protocol = "" if disk.protocol == "file" else f"file.driver={disk.protocol},"
     drive = (
-        f"file={_opt(disk.path)},format={disk.format},if=none,id=disk{index},"
+        f"file={_opt(disk.path)},{protocol}format={disk.format},if=none,id=disk{index},"
         f"cache={hv.disk_cache},discard=unmap"
     )
     return ["-drive", drive, "-device", f"{device},id={disk_device_id(index)},bootindex={bootindex}"]
@@ -455,7 +462,7 @@ def _replicated_disk(index: int, disk: DiskSpec, hv: HvParams) -> list[str]:
     direct, no_flush, _ = _CACHE[hv.disk_cache]
     cache = f"cache.direct={_onoff(direct)},cache.no-flush={_onoff(no_flush)}"
     return [
-        "-blockdev", f"driver=file,filename={_opt(disk.path)},node-name=disk{index}-file,{cache},"
+        "-blockdev", f"driver={disk.protocol},filename={_opt(disk.path)},node-name=disk{index}-file,{cache},"
                      "discard=unmap",
         "-blockdev", f"driver={disk.format},file=disk{index}-file,node-name=disk{index}-local,"
                      f"{cache},discard=unmap",

@@ -64,7 +64,7 @@ def disk_commands(index: int, disk: DiskSpec, hv: HvParams, bus: str | None) -> 
                               "write-cache": "on" if write_cache else "off"}
     if bus:
         device["bus"] = bus
-    image: list[Command] = [("blockdev-add", {"driver": "file", "filename": disk.path, "node-name": file_node,
+    image: list[Command] = [("blockdev-add", {"driver": disk.protocol, "filename": disk.path, "node-name": file_node,
                                               "cache": cache, "discard": "unmap"})]
     if not disk.replicated:
         return image + [("blockdev-add", {"driver": disk.format, "file": file_node, "node-name": fmt_node,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from storage.base import check_disk
 from storage.errors import (
@@ -36,6 +36,23 @@ log = logging.getLogger(__name__)
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
+class Disks(Protocol):
+    """What an install needs of a disk template: storage.filedisk's files or storage.lvm's volumes."""
+
+    def check_format(self, fmt: str) -> None: ...
+
+    async def exists(self, instance: str, index: int) -> bool: ...
+
+    def locate(self, instance: str, index: int) -> tuple[str, str]: ...
+
+    async def create(self, instance: str, index: int, size_mib: int, fmt: str) -> str: ...
+
+    async def clone_image(self, instance: str, index: int, image_path: str, size_mib: int, fmt: str, *,
+                          image_fmt: str = "qcow2") -> str: ...
+
+    async def remove(self, instance: str, index: int) -> None: ...
+
+
 class DiskSpec(NamedTuple):
     """A disk to create; a plain (size_mib, fmt) tuple is accepted too."""
 
@@ -47,7 +64,7 @@ class DiskSpec(NamedTuple):
 
 async def install_os(
     entry: OsEntry,
-    template: FileTemplate,
+    template: Disks,
     *,
     instance_name: str,
     instance_uuid: str,
@@ -68,8 +85,9 @@ async def install_os(
     """Create every disk of a new instance, install the OS, return the paths.
 
     An image is copied into disk 0 (seconds, no installer). A script OS
-    gets raw files (scripts need a raw file or block device); disks wanted
-    as qcow2 are installed into a raw scratch file and converted afterwards.
+    gets raw files or logical volumes (scripts need a raw file or block
+    device); file disks wanted as qcow2 are installed into a raw scratch
+    file and converted afterwards.
     timeout_s bounds the OS `create` script.
     """
     specs = [DiskSpec(*d) for d in disks]
@@ -123,7 +141,7 @@ async def install_os(
 
 async def _from_image(
     image: OsImage,
-    template: FileTemplate,
+    template: Disks,
     instance: str,
     specs: list[DiskSpec],
     created: list[int],
@@ -139,7 +157,7 @@ async def _from_image(
 
 async def _from_script(
     osdef: OsDefinition,
-    template: FileTemplate,
+    template: Disks,
     instance: str,
     specs: list[DiskSpec],
     created: list[int],
@@ -153,6 +171,7 @@ async def _from_script(
         if spec.fmt == "raw":
             script_paths.append(await template.create(instance, index, spec.size_mib, "raw"))
         else:
+            assert isinstance(template, FileTemplate), "only files hold other formats than raw (check_format)"
             script_paths.append(await template.create_scratch(instance, index, spec.size_mib))
         created.append(index)
     disk_env = [
@@ -165,6 +184,7 @@ async def _from_script(
         if spec.fmt == "raw":
             paths.append(scratch)
             continue
+        assert isinstance(template, FileTemplate)
         paths.append(
             await template.clone_image(
                 instance, index, scratch, spec.size_mib, spec.fmt, image_fmt="raw"
@@ -175,7 +195,7 @@ async def _from_script(
 
 
 async def _remove_created(
-    template: FileTemplate, instance: str, created: list[int], error: BaseException
+    template: Disks, instance: str, created: list[int], error: BaseException
 ) -> None:
     """Undo a failed install; a disk we cannot remove is noted on the error."""
     for index in created:

@@ -19,7 +19,7 @@ from hostagent.master.decide import policy
 from hostagent.master.decide.checks import DISK_FORMATS, MAX_DISKS, MAX_MIRROR_DISKS, REPLICATION_PORTS
 from hostagent.errors import BadRequest, Conflict
 from hostagent.master.jobs import JobContext, JobFailed
-from hostagent.master.decide.placement import PlacementError, Request, check_manual
+from hostagent.master.decide.placement import PlacementError, Request, check_manual, lvm_shortage
 from hostagent.master.moves import Moves
 from hostagent.master.store import Store
 from hostagent.units import SizeError, format_mib, parse_mib
@@ -56,6 +56,9 @@ class DiskOps:
             raise BadRequest("instance move needs --node NODE, the node to move the instance to")
         if target == inst["primary_node"]:
             raise BadRequest(f"instance '{name}' is already on node '{target}'")
+        if inst.get("disk_template") in model.ON_LVM:
+            raise BadRequest(f"instance '{name}' keeps its disks on LVM ({inst['disk_template']}); moving those "
+                             "to another node is not supported yet")
         report = await self.store.get(model.report_key(inst["primary_node"])) or {}
         if inst["admin_state"] == "up" or name in report.get("instances", {}):
             raise Conflict(f"instance '{name}' is running; stop it first (`corral instance stop {name}`)"
@@ -119,6 +122,9 @@ class DiskOps:
         fmt = params.get("format") or "raw"
         if fmt not in DISK_FORMATS:
             raise BadRequest(f"disk format {fmt!r} is not one of {', '.join(DISK_FORMATS)}")
+        if inst.get("disk_template") in model.ON_LVM and fmt != "raw":
+            raise BadRequest(f"a {inst['disk_template']} disk is a logical volume, which holds raw data only, "
+                             f"not {fmt}")
         limit = MAX_MIRROR_DISKS if inst.get("disk_template") in model.QUORUM_MIRRORED else MAX_DISKS
         if len(inst["disks"]) >= limit:
             raise BadRequest(f"instance '{name}' has {len(inst['disks'])} disks, the most a "
@@ -130,9 +136,12 @@ class DiskOps:
             raise BadRequest("; ".join(broken))
         # Room for the new disk alone on both nodes (the instance's memory is counted where it is already).
         reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
-        short = [f"node '{node}' has only {format_mib(reports.get(node, {}).get('disk_free_mib', 0))} disk free"
-                 for node in filter(None, (inst["primary_node"], inst.get("secondary_node")))
-                 if reports.get(node, {}).get("disk_free_mib", 0) < size]
+        nodes = list(filter(None, (inst["primary_node"], inst.get("secondary_node"))))
+        if inst.get("disk_template") in model.ON_LVM:
+            short = [f"node '{node}' {why}" for node in nodes for why in lvm_shortage(reports.get(node, {}), size)]
+        else:
+            short = [f"node '{node}' has only {format_mib(reports.get(node, {}).get('disk_free_mib', 0))} disk free"
+                     for node in nodes if reports.get(node, {}).get("disk_free_mib", 0) < size]
         if short:
             raise BadRequest(f"a {format_mib(size)} disk for '{name}' does not fit: {'; '.join(short)}")
         params.update(size_mib=size, format=fmt)
@@ -177,7 +186,8 @@ class DiskOps:
         """A disk that was not added: its copy's file deleted, and the others' copies recorded in sync again
         once the running mirror says so (a new copy generation, nothing to copy)."""
         try:
-            await self.store.order(secondary, "instance.disk-remove", {"name": inst["name"], "index": index})
+            await self.store.order(secondary, "instance.disk-remove", {"name": inst["name"], "index": index,
+                                                                      "disk_template": inst["disk_template"]})
         except JobFailed as exc:
             await ctx.log(f"could not delete the copy of disk {index} on node '{secondary}' ({exc}); "
                           "`corral cluster verify` lists the file as an orphan once the node answers")
@@ -193,6 +203,7 @@ class DiskOps:
         if inst.get("secondary_node"):
             await self.store.order(node, "instance.replica-unexport", {"name": inst["name"], "disks": inst["disks"]})
         await self.store.order(node, "instance.remove", {"name": inst["name"], "disks": inst["disks"],
+                                                         "disk_template": inst["disk_template"],
                                                          "nic_count": len(inst["nics"])})
 
     async def _hot_add(self, ctx: JobContext, inst: dict[str, Any], disk: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +213,7 @@ class DiskOps:
         hv = await self.store.hvparams(inst)
         try:
             done = await self.store.order(node, "instance.disk-hotplug", {
-                "name": name, "disk": disk, "hvparams": hv,
+                "name": name, "disk": disk, "hvparams": hv, "disk_template": inst["disk_template"],
                 "replicated": inst.get("disk_template") in model.QUORUM_MIRRORED})
         except JobFailed as exc:
             raise JobFailed(f"no disk was added to '{name}': {exc}") from exc
@@ -211,7 +222,8 @@ class DiskOps:
                 {**inst, "disks": [*inst["disks"], disk], "mtime": self.store.clock.time()}))])
         except Exception:
             await self.store.order(node, "instance.disk-unplug", {"name": name, "index": disk["index"]})
-            await self.store.order(node, "instance.disk-remove", {"name": name, "index": disk["index"]})
+            await self.store.order(node, "instance.disk-remove", {"name": name, "index": disk["index"],
+                                                                "disk_template": inst["disk_template"]})
             raise
         await ctx.log(f"instance '{name}' has a new disk {disk['index']} of {format_mib(disk['size_mib'])} "
                       f"({disk['format']}) on node '{node}'"
@@ -243,7 +255,8 @@ class DiskOps:
             try:
                 if node == secondary:  # its export holds the copy open
                     await self.store.order(node, "instance.replica-unexport", {"name": name, "disks": [disk]})
-                await self.store.order(node, "instance.disk-remove", {"name": name, "index": index})
+                await self.store.order(node, "instance.disk-remove", {"name": name, "index": index,
+                                                                        "disk_template": inst["disk_template"]})
             except JobFailed as exc:
                 await ctx.log(f"could not delete disk {index} on node '{node}' ({exc}); `corral cluster verify` "
                               "lists the file as an orphan once the node answers")
@@ -339,7 +352,7 @@ class DiskOps:
             if name in report.get("instances", {}):
                 await self.moves.protect(ctx, inst)
         paths = await self.store.order(inst["primary_node"], "instance.disk-paths",
-                                       {"name": name, "disks": inst["disks"]})
+                                       {"name": name, "disks": inst["disks"], "disk_template": inst["disk_template"]})
         for path in paths["paths"]:
             await ctx.log(f"disk of '{name}' on node '{inst['primary_node']}': {path}")
         return {"name": name, "node": inst["primary_node"], "paths": paths["paths"]}
@@ -348,7 +361,7 @@ class DiskOps:
         await self.check_grow(args["name"], args)
         inst = await self.store.instance(args["name"])
         name, index, size = inst["name"], int(args["disk"]), int(args["size_mib"])
-        order = {"name": name, "index": index, "size_mib": size}
+        order = {"name": name, "index": index, "size_mib": size, "disk_template": inst["disk_template"]}
         secondary = inst.get("secondary_node")
         if secondary:  # the copy grows first: the primary's mirror must never outsize its target
             await self.moves.outdate(name, f"disk {index} grows; its copy is made anew")

@@ -17,9 +17,10 @@ from kvm import hotplug, nbdexport
 from kvm.process import QemuManager
 from kvm.qmp import Qmp
 from storage import runner
-from storage.filedisk import FileTemplate
+from storage.lvm import PlainTemplate
 
 from hostagent import pki
+from hostagent.node.disks import NodeDisks
 from hostagent.node.executor import Order, OrderError
 from hostagent.node.replication import export_name
 
@@ -32,11 +33,12 @@ log = logging.getLogger(__name__)
 class NodeDiskCopy:
     """This node's disk copies and resizes."""
 
-    def __init__(self, node: str, qemu: QemuManager, files: FileTemplate, pki_paths: pki.PkiPaths,
+    def __init__(self, node: str, qemu: QemuManager, disks: NodeDisks, pki_paths: pki.PkiPaths,
                  run_dir: str) -> None:
         self._node = node
         self._qemu = qemu
-        self._files = files
+        self._disks = disks
+        self._files = disks.files  # copies between nodes are of files only
         self._pki = pki_paths
         self._dir = os.path.join(run_dir, "diskcopy")
 
@@ -85,10 +87,14 @@ class NodeDiskCopy:
         return {"percent": float(found[-1]) if found else 0.0}
 
     async def _grow(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Grow the disk: through the running QEMU (which holds the image lock), else with qemu-img."""
+        """Grow the disk: a file through the running QEMU (which holds the image lock), else with qemu-img;
+        a logical volume with lvextend, then, if it runs, QEMU told its new size."""
         name, index, size_mib = args["name"], int(args["index"]), int(args["size_mib"])
-        if self._qemu.find(name) is None:
-            await self._files.grow(name, index, size_mib)
+        template = self._disks.for_order(args)
+        running = self._qemu.find(name) is not None
+        if isinstance(template, PlainTemplate) or not running:
+            await template.grow(name, index, size_mib)
+        if not running:
             return {"size_mib": size_mib, "online": False}
         async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 10.0) as qmp:
             await hotplug.resize(qmp, index, size_mib * 2**20)
@@ -101,16 +107,18 @@ class NodeDiskCopy:
         if self._qemu.find(name) is not None:
             async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 10.0) as qmp:
                 open_images = await hotplug.open_images(qmp)
-            if open_images & {self._files.path(name, index, fmt) for fmt in self._files.formats}:
+            template = self._disks.for_order(args)
+            if open_images & {template.path(name, index, fmt) for fmt in template.formats}:
                 raise OrderError(f"instance '{name}' is running on node '{self._node}' with disk {index} still "
                                  "plugged in; it is unplugged first, or removed while the instance is stopped")
-        await self._files.remove(name, index)
+        await self._disks.for_order(args).remove(name, index)
         log.warning("instance '%s': disk %d and its data deleted on node '%s'", name, index, self._node)
         return {"removed": index}
 
     async def _paths(self, args: dict[str, Any]) -> dict[str, Any]:
         """Where the disks are; a missing one is an error the operator must see."""
-        paths = [self._files.path(args["name"], d["index"], d["format"]) for d in args["disks"]]
+        template = self._disks.for_order(args)
+        paths = [template.path(args["name"], d["index"], d["format"]) for d in args["disks"]]
         missing = [p for p in paths if not os.path.exists(p)]
         if missing:
             raise OrderError(f"instance '{args['name']}' misses disk(s) on node '{self._node}': {', '.join(missing)}")

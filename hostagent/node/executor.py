@@ -6,6 +6,7 @@ remove-if-present), so a new master or a retried job can always re-send it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -17,12 +18,12 @@ from kvm.hvparams import parse_hvparams
 from kvm.process import QemuManager
 from kvm.qmp import Qmp, QmpError
 from kvm import hotplug, tap
-from storage.filedisk import FileTemplate
 from storage.install import DiskSpec as InstallDisk, install_os
 from storage.osdef import (DiskEnv, NetworkEnv, NicEnv, OsCatalog, OsDefinition, lookup, os_environment,
                            run_rename, split_os_name)
 
 from hostagent import model, pki
+from hostagent.node.disks import NodeDisks
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,15 @@ Order = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class NodeExecutor:
-    def __init__(self, node: str, qemu: QemuManager, files: FileTemplate,
+    def __init__(self, node: str, qemu: QemuManager, disks: NodeDisks,
                  catalog: Callable[[], OsCatalog], log_dir: str, install_timeout_s: float,
                  tls_dir: Callable[[], str]) -> None:
         """`tls_dir`: the node's credentials in QEMU's layout, for migration streams."""
         self._tls_dir = tls_dir
         self._node = node
         self._qemu = qemu
-        self._files = files
+        self._disks = disks
+        self._files = disks.files  # also where each instance's markers live, whatever its template
         self._catalog = catalog
         self._log_dir = log_dir
         self._install_timeout_s = install_timeout_s
@@ -85,11 +87,13 @@ class NodeExecutor:
     async def spec(self, inst: dict[str, Any], hvparams: dict[str, Any]) -> InstanceSpec:
         hv = parse_hvparams(hvparams)
         replicated = inst.get("disk_template") in model.QUORUM_MIRRORED
+        template = self._disks.of(inst.get("disk_template"))
         disks = []
         for d in inst["disks"]:
-            path = self._files.path(inst["name"], d["index"], d["format"])
+            path = template.path(inst["name"], d["index"], d["format"])
             size = await self._files.virtual_bytes(path, d["format"]) if replicated else 0
-            disks.append(DiskSpec(path, d["format"], replicated=replicated, size_bytes=size))
+            disks.append(DiskSpec(path, d["format"], replicated=replicated, size_bytes=size,
+                                  protocol=self._disks.protocol(inst.get("disk_template"))))
         nics = tuple(NicSpec(mac=n["mac"], mode=n["mode"],
                              tap=tap.tap_name(inst["name"], i) if n["mode"] == "bridged" else "")
                      for i, n in enumerate(inst["nics"]))
@@ -98,19 +102,19 @@ class NodeExecutor:
 
     async def _op_create(self, args: dict[str, Any]) -> dict[str, Any]:
         inst = args["instance"]
+        template = self._disks.of(inst.get("disk_template"))
         marker = self._installed_marker(inst["name"])
-        present = [d for d in inst["disks"]
-                   if os.path.exists(self._files.path(inst["name"], d["index"], d["format"]))]
+        present = [d for d in inst["disks"] if await template.exists(inst["name"], d["index"])]
         if read_small_file(marker) == inst["uuid"] and len(present) == len(inst["disks"]):
             return {"created": False}  # re-sent order: this instance's install completed
         for disk in present:  # an earlier attempt died half-way, or another instance's leftovers
             log.warning("instance '%s': removing disk %d left by an interrupted create",
                         inst["name"], disk["index"])
-            await self._files.remove(inst["name"], disk["index"])
+            await template.remove(inst["name"], disk["index"])
         entry = lookup(self._catalog(), inst["os"])
         _, variant = split_os_name(inst["os"])
         paths = await install_os(
-            entry, self._files, instance_name=inst["name"], instance_uuid=inst["uuid"],
+            entry, template, instance_name=inst["name"], instance_uuid=inst["uuid"],
             disks=[InstallDisk(d["size_mib"], d["format"], d["uuid"], f"disk{d['index']}") for d in inst["disks"]],
             primary_node=self._node, secondary_nodes=[s for s in [inst.get("secondary_node")] if s],
             hvparams={k: str(v) for k, v in args.get("hvparams", {}).items()},
@@ -119,6 +123,7 @@ class NodeExecutor:
             variant=variant, osparams=inst.get("osparams", {}), reinstall=bool(args.get("reinstall")),
             log_dir=self._log_dir,
             timeout_s=min(self._install_timeout_s, float(args.get("timeout_s", self._install_timeout_s))))
+        os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)  # logical volumes make no directory
         with open(marker, "w") as fh:
             fh.write(inst["uuid"])
         return {"created": True, "paths": paths}
@@ -137,7 +142,7 @@ class NodeExecutor:
         if os.path.exists(marker):
             os.unlink(marker)
         for disk in inst["disks"]:
-            await self._files.remove(name, disk["index"])
+            await self._disks.of(inst.get("disk_template")).remove(name, disk["index"])
         log.warning("instance '%s': disks deleted for a reinstall with OS '%s'", name, inst["os"])
         result = await self._op_create({**args, "reinstall": True})
         with open(done, "w") as fh:
@@ -230,7 +235,9 @@ class NodeExecutor:
         if os.path.exists(marker):
             os.unlink(marker)
         for disk in args.get("disks", []):
-            await self._files.remove(name, disk["index"])
+            await self._disks.for_order(args).remove(name, disk["index"])
+        with contextlib.suppress(OSError):  # the markers' directory, of an instance whose disks are not files
+            os.rmdir(self._files.instance_dir(name))
         console_log = self._qemu.paths(name).console_log
         if os.path.exists(console_log):  # a new instance of the same name starts with a clean log
             os.unlink(console_log)
@@ -246,18 +253,20 @@ class NodeExecutor:
         the master records nothing and the config and the guest still agree. Args: name, disk, hvparams,
         replicated (a disk of a replicated template: plugged under its quorum, as a cold start has it)."""
         name, disk, replicated = args["name"], args["disk"], bool(args.get("replicated"))
-        path = self._files.path(name, disk["index"], disk["format"])
-        if not os.path.exists(path):
-            await self._files.create(name, disk["index"], disk["size_mib"], disk["format"])
+        template = self._disks.for_order(args)
+        path = template.path(name, disk["index"], disk["format"])
+        if not await template.exists(name, disk["index"]):
+            await template.create(name, disk["index"], disk["size_mib"], disk["format"])
         if self._qemu.find(name) is None:
             return {"path": path, "plugged": False}
         try:
             size = await self._files.virtual_bytes(path, disk["format"]) if replicated else 0
             async with await Qmp.connect(self._qemu.paths(name).qmp_socket, HOTPLUG_QMP_TIMEOUT_S) as qmp:
-                await hotplug.plug_disk(qmp, disk["index"], DiskSpec(path, disk["format"], replicated=replicated,
-                                                                     size_bytes=size), parse_hvparams(args["hvparams"]))
+                await hotplug.plug_disk(qmp, disk["index"], DiskSpec(
+                    path, disk["format"], replicated=replicated, size_bytes=size,
+                    protocol=self._disks.protocol(args.get("disk_template"))), parse_hvparams(args["hvparams"]))
         except (hotplug.HotplugError, QmpError) as exc:
-            await self._files.remove(name, disk["index"])
+            await template.remove(name, disk["index"])
             raise OrderError(f"instance '{name}': the new disk was not hot-plugged ({exc}); its file is deleted "
                              "again") from exc
         return {"path": path, "plugged": True}

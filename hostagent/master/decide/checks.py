@@ -28,7 +28,7 @@ from hostagent.master.decide.restarts import PRIORITIES
 from hostagent.units import SizeError, parse_mib
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?\Z")
-DISK_TEMPLATES = ("file", "mirror")
+DISK_TEMPLATES = ("file", "mirror", "plain")
 # Ports per replicated instance: disk i uses port_base + i, the live migration the last one.
 PORTS_PER_INSTANCE = 8
 MAX_MIRROR_DISKS = PORTS_PER_INSTANCE - 1
@@ -140,6 +140,9 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
     if placed is not None and not primary:
         problems += _node_problems(placed.primary, os_name, osparams, hv, view)
     problems += policy.violations(memory, vcpus, [d.size_mib for d in disks], view.defaults.get("policy") or {})
+    if template in model.ON_LVM:
+        problems += [f"disk {d.index}: a {template} disk is a logical volume, which holds raw data only, "
+                     f"not {d.format}" for d in disks if d.format != "raw"]
     if template in model.REPLICATED and len(disks) > MAX_MIRROR_DISKS:
         problems.append(f"a {template} instance has at most {MAX_MIRROR_DISKS} disks, not {len(disks)}")
     if problems or placed is None:
@@ -497,7 +500,7 @@ def _os_request(os_name: Any, osparams: Any, problems: list[str]) -> tuple[str, 
 def _place(name: str, req: dict[str, Any], template: str, memory: int, disks: list[model.Disk], primary: str,
            secondary: str, view: ClusterView, now: float, problems: list[str]) -> Placement | None:
     """`--node P[:S]` checked, or the master's choice; None (with the reason) when nothing fits."""
-    want = Request(memory, sum(d.size_mib for d in disks), template in model.REPLICATED)
+    want = Request(memory, sum(d.size_mib for d in disks), template in model.REPLICATED, template in model.ON_LVM)
     try:
         if primary:
             return check_manual(name, want, primary, secondary or None, view.nodes, view.reports, view.records, now)

@@ -23,11 +23,13 @@ Reports = Mapping[str, Mapping[str, Any]]
 
 @dataclass(frozen=True)
 class Request:
-    """What the new instance needs; disk_mib is the sum of its disks."""
+    """What the new instance needs; disk_mib is the sum of its disks, in the node's volume group when on_lvm
+    (the plain and drbd templates), else in its file storage."""
 
     memory_mib: int
     disk_mib: int
     replicated: bool
+    on_lvm: bool = False
 
     def describe(self) -> str:
         kind = "replicated" if self.replicated else "unreplicated"
@@ -133,6 +135,8 @@ class Judge:
                 if secondary == node and need > has]
 
     def _disk(self, node: str) -> list[str]:
+        if self.req.on_lvm:
+            return lvm_shortage(self.reports[node], self.req.disk_mib)
         free = self.reports[node].get("disk_free_mib", 0)
         return [f"only {format_mib(free)} disk free"] if free < self.req.disk_mib else []
 
@@ -144,6 +148,20 @@ class Judge:
         secondary_free = self.free_memory(node) if node else 0
         return (primary, secondary, -self.free_memory(option.primary), -secondary_free,
                 option.primary, option.secondary or "")
+
+
+def lvm_shortage(report: Mapping[str, Any], need_mib: int) -> list[str]:
+    """Why a node's volume group cannot take `need_mib` more, from its report's `lvm` (hostagent.node.reporter);
+    [] when it can. A node without one cannot hold plain or drbd disks at all."""
+    lvm = report.get("lvm")
+    if not lvm:
+        return ["has no LVM volume group: set [storage] volume_group in its agent.toml"]
+    if lvm.get("error"):
+        return [str(lvm["error"])]
+    free = int(lvm.get("free_mib", 0))
+    if free < need_mib:
+        return [f"has {format_mib(free)} free in volume group {lvm['vg']}, the disks need {format_mib(need_mib)}"]
+    return []
 
 
 def _n_plus_1_text(primary: str, node: str, need: int, has: int) -> str:

@@ -199,3 +199,42 @@ def test_a_kernel_outside_the_nodes_kernel_directories_is_refused_at_submit():
            "on node 'n1' (/boot)" in words
     assert "'kernel_path'" not in words  # /boot/vmlinuz is fine
     assert "'/etc/shadow'" in refused({"os": "img"}, cluster_hv={"accel": "tcg", "kernel_path": "/etc/shadow"})
+
+
+def with_vg(report, free_mib):
+    return {**report, "lvm": {"vg": "vg0", "size_mib": 4096, "free_mib": free_mib}}
+
+
+def test_a_plain_instance_goes_to_a_node_with_room_in_its_volume_group():
+    nodes = {"n1": NODE, "n2": {**NODE, "name": "n2"}}
+    reports = {"n1": REPORT, "n2": with_vg({**REPORT, "node": "n2"}, 2048)}
+    inst = check_add({"name": "db1", "os": "img", "disk_template": "plain", "disks": [{"size": "1G"}]},
+                     view(nodes=nodes, reports=reports), now=0)
+    assert (inst.disk_template, inst.primary_node, inst.port_base) == ("plain", "n2", 0)
+
+
+def test_plain_on_a_node_without_a_volume_group_is_refused_saying_what_to_set():
+    with pytest.raises(BadRequest, match=r"n1: has no LVM volume group: set \[storage\] volume_group in its "
+                                         r"agent.toml"):
+        check_add({"name": "db1", "os": "img", "disk_template": "plain", "node": "n1"}, view(), now=0)
+
+
+def test_plain_disks_larger_than_the_free_space_of_the_volume_group_are_refused():
+    reports = {"n1": with_vg(REPORT, 200)}
+    with pytest.raises(BadRequest, match=r"n1: has 200M free in volume group vg0, the disks need 512M"):
+        check_add({"name": "db1", "os": "img", "disk_template": "plain", "node": "n1",
+                   "disks": [{"size": "256M"}, {"size": "256M"}]}, view(reports=reports), now=0)
+
+
+def test_a_volume_group_the_node_cannot_read_is_refused_with_its_reason():
+    reports = {"n1": {**REPORT, "lvm": {"vg": "vg0", "error": "volume group 'vg0' cannot be used: LVM does not "
+                                                              "find it on this node"}}}
+    with pytest.raises(BadRequest, match=r"n1: volume group 'vg0' cannot be used"):
+        check_add({"name": "db1", "os": "img", "disk_template": "plain"}, view(reports=reports), now=0)
+
+
+def test_a_plain_disk_is_raw_only():
+    with pytest.raises(BadRequest, match=r"disk 0: a plain disk is a logical volume, which holds raw data only, "
+                                         r"not qcow2"):
+        check_add({"name": "db1", "os": "img", "disk_template": "plain", "disks": [{"size": "1G", "format": "qcow2"}]},
+                  view(reports={"n1": with_vg(REPORT, 4096)}), now=0)

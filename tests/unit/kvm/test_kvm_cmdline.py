@@ -148,6 +148,15 @@ def test_virtio_disk_uses_cache_and_format_and_boots_first():
     assert "virtio-blk-pci,drive=disk0,id=disk0-dev,bootindex=1" in option(argv, "-device")
 
 
+def test_a_logical_volume_is_opened_as_a_block_device():
+    spec = dataclasses.replace(make_spec(), disks=(DiskSpec("/dev/vg0/corral-web1-disk0", "raw",
+                                                            protocol="host_device"),))
+    assert option(build_argv(spec, PATHS), "-drive") == [
+        "file=/dev/vg0/corral-web1-disk0,file.driver=host_device,format=raw,if=none,id=disk0,"
+        "cache=none,discard=unmap"
+    ]
+
+
 def test_scsi_disks_and_cdrom_share_one_controller():
     spec = dataclasses.replace(
         make_spec(disk_bus="scsi", boot="cdrom"),

@@ -29,6 +29,13 @@ def test_a_disk_is_a_file_node_a_format_node_and_a_virtio_device_named_by_its_in
     ]
 
 
+def test_a_logical_volume_is_plugged_as_a_block_device():
+    lv = DiskSpec("/dev/vg0/corral-web1-disk1", "raw", protocol="host_device")
+    assert disk_commands(1, lv, Q35, "hotplug0")[0] == \
+        ("blockdev-add", {"driver": "host_device", "filename": lv.path, "node-name": "disk1-file",
+                          "cache": {"direct": True, "no-flush": False}, "discard": "unmap"})
+
+
 def test_a_writethrough_disk_has_no_guest_write_cache_and_the_pc_machine_picks_its_own_slot():
     commands = disk_commands(2, DISK, HvParams(machine="pc", disk_cache="writethrough"), None)
     device = commands[-1][1]
