@@ -250,13 +250,16 @@ def quoted(*words: str) -> str:
 NODE_PORTS = {"api": 7947, "gossip": 7946, "serf_rpc": 7373, "etcd_client": 2379, "etcd_peer": 2380}
 STATE = "/var/lib/corral-node"  # in the VM's overlay: gone when the VM stops
 PYTHON = Path(os.environ.get("CORRAL_NODEVM_PYTHON", sys.executable))
+GUEST = Path(os.environ.get("CORRAL_GUEST_DIR", "/var/cache/corral/guest"))  # the test guest, seen through the host root
+IMAGE_OS = "busybox-guest"  # the test guest's disk as an image OS, named as `make demo` names it
 
 
-def agent_config(vm: NodeVM) -> str:
+def agent_config(vm: NodeVM, volume_group: str = "") -> str:
     """The agent's configuration inside a node VM: fixed ports (the VM is its own machine); leases twice the
     integration tests' (an agent under TCG stalls its event loop for a second at times), and 5 s for a TLS
-    handshake with etcd (about 1 s, emulated)."""
+    handshake with etcd (about 1 s, emulated). `volume_group`: for plain and drbd disks (the test makes it)."""
     ports = "\n".join(f"{k} = {v}" for k, v in NODE_PORTS.items())
+    storage = f'\n[storage]\nvolume_group = "{volume_group}"\n' if volume_group else ""
     return f"""[node]
 name = "{vm.name}"
 address = "{vm.address}"
@@ -278,12 +281,15 @@ etcd_connect_timeout_s = 5.0
 
 [fencing]
 node_lease_ttl_s = 20
-"""
+{storage}"""
 
 
-def start_agent(vm: NodeVM) -> None:
-    """Start a real corral-agent from this checkout in the VM (`wait_agent` waits until it answers)."""
-    vm.ok(f"mkdir -p {STATE}/images && cat > {STATE}/agent.toml <<'EOF_CONFIG'\n{agent_config(vm)}EOF_CONFIG")
+def start_agent(vm: NodeVM, volume_group: str = "") -> None:
+    """Start a real corral-agent from this checkout in the VM (`wait_agent` waits until it answers), with the
+    test guest's disk (`make guest`) as image OS IMAGE_OS."""
+    vm.ok(f"mkdir -p {STATE}/images && cat > {STATE}/agent.toml <<'EOF_CONFIG'\n{agent_config(vm, volume_group)}"
+          "EOF_CONFIG")
+    vm.ok(f"ln -sf {GUEST}/base.qcow2 {STATE}/images/{IMAGE_OS}.qcow2")
     vm.ok(f"cd / && PYTHONPATH={REPO} setsid {PYTHON} -m hostagent.main --config {STATE}/agent.toml "
           f">{STATE}/agent.log 2>&1 </dev/null &")
 
@@ -305,11 +311,12 @@ def corral(vm: NodeVM, *args: str, timeout: float = 300) -> Result:
                   timeout)
 
 
-def form_cluster(vms: NodeVMs, name: str = "vmc") -> None:
-    """Agents on every VM, the first initializing the cluster and the others joining it with a token."""
+def form_cluster(vms: NodeVMs, name: str = "vmc", volume_groups: dict[str, str] | None = None) -> None:
+    """Agents on every VM, the first initializing the cluster and the others joining it with a token.
+    `volume_groups`: VM name -> the volume group its agent uses (made beforehand)."""
     first, *others = vms.vms.values()
     for vm in vms.vms.values():
-        start_agent(vm)
+        start_agent(vm, (volume_groups or {}).get(vm.name, ""))
     for vm in vms.vms.values():
         wait_agent(vm)
     ok(first, "cluster", "init", "--name", name, "--hv", "accel=tcg")
