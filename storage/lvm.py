@@ -159,7 +159,7 @@ class PlainTemplate(DiskTemplate):
         return path
 
     def locate(self, instance: str, index: int) -> tuple[str, str]:
-        """(path, format) of the disk, as FileTemplate.locate answers it: an LV is always raw."""
+        """(path, format) where the disk is or would be (an LV is always raw), for messages."""
         return self.path(instance, index, "raw"), "raw"
 
     async def _image_bytes(self, image_path: str, image_fmt: str) -> int:
