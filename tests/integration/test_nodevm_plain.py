@@ -28,7 +28,7 @@ from storage.lvmparse import lv_name
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 VG = "vg0"
-LV = f"/dev/{VG}/{lv_name(VG, 'web1', 0)}"
+LV, LV1 = (f"/dev/{VG}/{lv_name(VG, 'web1', i)}" for i in (0, 1))
 MIB = 2**20
 
 
@@ -51,7 +51,7 @@ def lvs(vm: NodeVM) -> dict[str, tuple[str, float]]:
 
 
 def query_block(vm: NodeVM, name: str) -> dict[str, dict]:
-    """QMP query-block of the instance's QEMU: device -> its inserted medium (file, drv, image)."""
+    """QMP query-block of the instance's QEMU: image file -> its inserted medium (drv, image)."""
     script = ("import asyncio, json, sys\nfrom kvm.qmp import Qmp\n"
               "async def main():\n"
               "    async with await Qmp.connect(sys.argv[1], 30.0) as qmp:\n"
@@ -59,14 +59,14 @@ def query_block(vm: NodeVM, name: str) -> dict[str, dict]:
               "asyncio.run(main())\n")
     out = vm.ok(f"cd {REPO} && PYTHONPATH={REPO} "
                 + quoted(str(PYTHON), "-c", script, f"{STATE}/run/instances/{name}/qmp.sock"))
-    return {b["device"]: b["inserted"] for b in json.loads(out) if b.get("inserted")}
+    return {b["inserted"]["file"]: b["inserted"] for b in json.loads(out) if b.get("inserted")}
 
 
 def status(vm: NodeVM, name: str) -> str:
     return {r["name"]: r["status"] for r in json.loads(ok(vm, "instance", "list", "--json"))}.get(name, "absent")
 
 
-def test_a_plain_instance_runs_on_its_logical_volume_grows_online_and_leaves_nothing_when_removed(vms):
+def test_a_plain_instance_runs_on_its_logical_volume_grows_and_gains_a_disk_online_and_leaves_nothing(vms):
     n1 = vms["n1"]
     ok(n1, "instance", "add", "web1", "--os", IMAGE_OS, "-t", "plain", "--node", "n1", "--disk", "128M",
        "--memory", "64M")
@@ -74,15 +74,19 @@ def test_a_plain_instance_runs_on_its_logical_volume_grows_online_and_leaves_not
     assert (attr[4], attr[5], size) == ("a", "o", 128.0), f"{LV} is not active and held open: {attr}"
     n1.ok(f"qemu-img compare -U -q -f qcow2 -F raw {GUEST}/base.qcow2 {LV}")  # the image is what the LV holds
     assert status(n1, "web1") == "running"
-    disk = query_block(n1, "web1")["disk0"]
-    assert (disk["file"], disk["drv"], disk["image"]["virtual-size"]) == (LV, "raw", 128 * MIB)
+    disk = query_block(n1, "web1")[LV]
+    assert (disk["drv"], disk["image"]["virtual-size"]) == ("raw", 128 * MIB)
 
     ok(n1, "instance", "grow-disk", "web1", "0", "256M")
     assert lvs(n1)[LV][1] == 256.0
-    assert query_block(n1, "web1")["disk0"]["image"]["virtual-size"] == 256 * MIB, "QEMU was not told"
+    assert query_block(n1, "web1")[LV]["image"]["virtual-size"] == 256 * MIB, "QEMU was not told"
+
+    ok(n1, "instance", "add-disk", "web1", "64M")  # hot-plugged: a block device added through QMP
+    assert lvs(n1)[LV1][1] == 64.0
+    assert query_block(n1, "web1")[LV1]["image"]["virtual-size"] == 64 * MIB
 
     ok(n1, "instance", "remove", "web1")
-    assert LV not in lvs(n1)
+    assert not {LV, LV1} & set(lvs(n1))
     assert status(n1, "web1") == "absent"
 
 
