@@ -104,7 +104,7 @@ class NodeExecutor:
         inst = args["instance"]
         template = self._disks.of(inst.get("disk_template"))
         marker = self._installed_marker(inst["name"])
-        present = [d for d in inst["disks"] if await template.exists(inst["name"], d["index"])]
+        present = [d for d in inst["disks"] if os.path.exists(template.path(inst["name"], d["index"], d["format"]))]
         if read_small_file(marker) == inst["uuid"] and len(present) == len(inst["disks"]):
             return {"created": False}  # re-sent order: this instance's install completed
         for disk in present:  # an earlier attempt died half-way, or another instance's leftovers
@@ -255,7 +255,7 @@ class NodeExecutor:
         name, disk, replicated = args["name"], args["disk"], bool(args.get("replicated"))
         template = self._disks.for_order(args)
         path = template.path(name, disk["index"], disk["format"])
-        if not await template.exists(name, disk["index"]):
+        if not os.path.exists(path):
             await template.create(name, disk["index"], disk["size_mib"], disk["format"])
         if self._qemu.find(name) is None:
             return {"path": path, "plugged": False}
