@@ -41,7 +41,7 @@ def main() -> None:
                       f"lvcreate -q -L {mib}M -n data vg0 && lvcreate -q -L 128M -n meta vg0")
             n1.ok(f"dd if=/dev/urandom of=/dev/vg0/copy bs=1M count={mib} 2>/dev/null")
             n2.ok("socat -u TCP-LISTEN:12000,reuseaddr OPEN:/dev/vg0/copy >/tmp/socat.log 2>&1 & echo $! >/tmp/socat.pid")
-            time.sleep(1)
+            n2.ok("for i in $(seq 100); do busybox netstat -ltn | grep -q ':12000 ' && exit 0; sleep 0.1; done; exit 1")
             started = time.monotonic()
             n1.ok("socat -u OPEN:/dev/vg0/copy TCP:10.99.0.2:12000", timeout=600)
             n2.ok("while kill -0 $(cat /tmp/socat.pid) 2>/dev/null; do sleep 0.1; done", timeout=600)

@@ -29,8 +29,8 @@ die() {
 
 [[ $# -eq 1 ]] || die "usage: $0 OUTDIR"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=../initramfs-modules.sh
-source "$here/../initramfs-modules.sh"
+# shellcheck source=../image-build.sh
+source "$here/../image-build.sh"
 outdir=$(realpath -m "$1")
 parent=$(dirname "$outdir")
 mkdir -p "$parent"
@@ -50,75 +50,21 @@ kernel_dep=$(apt-cache show --no-all-versions "$KERNEL_META" 2>/dev/null \
 kernel_pkg=${kernel_dep%%=*}
 kernel_pkg_version=${kernel_dep#*=}
 
-stamp="$(cat "$here/build-guest.sh" "$here/../initramfs-modules.sh" "$here/init" "$here/power-button" | sha256sum | cut -d' ' -f1) $kernel_pkg=$kernel_pkg_version"
+stamp="$(cat "$here/build-guest.sh" "$here/../image-build.sh" "$here/init" "$here/power-button" | sha256sum | cut -d' ' -f1) $kernel_pkg=$kernel_pkg_version"
 
-image_is_current() {
-    [[ -f $outdir/vmlinuz && -f $outdir/initrd.img && -f $outdir/base.qcow2 ]] \
-        && [[ "$(cat "$outdir/STAMP" 2>/dev/null)" == "$stamp" ]]
-}
-
-if image_is_current; then
-    echo "guest image up to date: $outdir"
-    exit 0
-fi
-
-# Serialise concurrent builds of the same OUTDIR; the loser finds it current.
-exec 9>"$parent/.$(basename "$outdir").lock"
-flock -w 600 9 || die "another build of $outdir held the lock for 600 s; remove it if it is stuck"
-if image_is_current; then
-    echo "guest image up to date: $outdir"
-    exit 0
-fi
-
-# Leftovers of builds that were killed before their EXIT trap could run.
-rm -rf "$parent/.$(basename "$outdir").build."*
-
-build=$(mktemp -d "$parent/.$(basename "$outdir").build.XXXXXX")
-trap 'rm -rf "$build"' EXIT
-work="$build/work"
-image="$build/image"
-initramfs="$work/initramfs"
-mkdir -p "$work/deb" "$work/kernel" "$image"
-
-echo "build-guest: downloading $kernel_pkg=$kernel_pkg_version"
-# Sandbox user root: _apt cannot write into this private build directory.
-(cd "$work/deb" && apt-get download -q -o APT::Sandbox::User=root "$kernel_pkg=$kernel_pkg_version" >/dev/null)
-dpkg-deb -x "$work"/deb/*.deb "$work/kernel"
-
-kernel_version=$(basename "$(find "$work/kernel/boot" -name 'vmlinuz-*' | head -n1)")
-kernel_version=${kernel_version#vmlinuz-}
-[[ -n $kernel_version ]] || die "$kernel_pkg contains no /boot/vmlinuz-*"
+begin_build "guest image" "$outdir" "$stamp" vmlinuz initrd.img base.qcow2
+fetch_kernel "$kernel_pkg" "$kernel_pkg_version"
 cp "$work/kernel/boot/vmlinuz-$kernel_version" "$image/vmlinuz"
-# The package ships no modules.dep; modinfo needs it to find modules by name.
-depmod -b "$work/kernel" "$kernel_version"
 
-mkdir -p "$initramfs"/{bin,dev,proc,sys,mnt,run,lib/modules,etc/acpi/PWRF}
-cp /bin/busybox "$initramfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [[ $applet == busybox ]] || ln -s busybox "$initramfs/bin/$applet"
-done
-install -m 0755 "$here/init" "$initramfs/init"
+busybox_initramfs "$here/init" mnt run etc/acpi/PWRF
 # busybox acpid runs /etc/acpi/PWRF/00000080 when the power button is pressed.
 install -m 0755 "$here/power-button" "$initramfs/etc/acpi/PWRF/00000080"
-
-# Depth-first over modinfo's depends field so each module follows its deps.
-copy_modules "$work/kernel" "$kernel_version" "$initramfs" "${GUEST_MODULES[@]}"
-
-(cd "$initramfs" && find . -print0 | LC_ALL=C sort -z \
-    | cpio --null --create --format=newc --owner=0:0 --quiet) | gzip -9n >"$image/initrd.img"
+copy_modules "${GUEST_MODULES[@]}"
+pack_initramfs 9
 
 truncate -s "$DISK_SIZE" "$work/base.raw"
 mkfs.ext4 -F -q -L "$DISK_LABEL" "$work/base.raw"
 qemu-img convert -q -f raw -O qcow2 "$work/base.raw" "$image/base.qcow2"
 
-rm -rf "$work"
-echo "$stamp" >"$image/STAMP"
-sync -f "$image/STAMP"
-
-# Swap the finished image in; OUTDIR is briefly absent, never half-written.
-chmod 0755 "$image"
-if [[ -e $outdir ]]; then
-    mv -T "$outdir" "$build/old"
-fi
-mv -T "$image" "$outdir"
+finish_build
 echo "guest image built: $outdir (kernel $kernel_version, modules: ${copied_modules[*]})"

@@ -28,8 +28,8 @@ die() {
 
 [[ $# -eq 1 ]] || die "usage: $0 OUTDIR"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=../initramfs-modules.sh
-source "$here/../initramfs-modules.sh"
+# shellcheck source=../image-build.sh
+source "$here/../image-build.sh"
 outdir=$(realpath -m "$1")
 parent=$(dirname "$outdir")
 mkdir -p "$parent"
@@ -47,36 +47,10 @@ kernel_dep=$(apt-cache show --no-all-versions "$KERNEL_META" 2>/dev/null \
 kernel_pkg=${kernel_dep%%=*}
 kernel_pkg_version=${kernel_dep#*=}
 
-stamp="$(cat "$here/build-nodevm.sh" "$here/../initramfs-modules.sh" "$here/initramfs-init" | sha256sum | cut -d' ' -f1) $kernel_pkg=$kernel_pkg_version"
+stamp="$(cat "$here/build-nodevm.sh" "$here/../image-build.sh" "$here/initramfs-init" | sha256sum | cut -d' ' -f1) $kernel_pkg=$kernel_pkg_version"
 
-image_is_current() {
-    [[ -f $outdir/vmlinux && -f $outdir/initrd.img ]] && [[ "$(cat "$outdir/STAMP" 2>/dev/null)" == "$stamp" ]]
-}
-
-if image_is_current; then
-    echo "node-VM image up to date: $outdir"
-    exit 0
-fi
-exec 9>"$parent/.$(basename "$outdir").lock"
-flock -w 600 9 || die "another build of $outdir held the lock for 600 s; remove it if it is stuck"
-if image_is_current; then
-    echo "node-VM image up to date: $outdir"
-    exit 0
-fi
-rm -rf "$parent/.$(basename "$outdir").build."*
-build=$(mktemp -d "$parent/.$(basename "$outdir").build.XXXXXX")
-trap 'rm -rf "$build"' EXIT
-work="$build/work"
-image="$build/image"
-initramfs="$work/initramfs"
-mkdir -p "$work/deb" "$work/kernel" "$image"
-
-echo "build-nodevm: downloading $kernel_pkg=$kernel_pkg_version"
-(cd "$work/deb" && apt-get download -q -o APT::Sandbox::User=root "$kernel_pkg=$kernel_pkg_version" >/dev/null)
-dpkg-deb -x "$work"/deb/*.deb "$work/kernel"
-kernel_version=$(basename "$(find "$work/kernel/boot" -name 'vmlinuz-*' | head -n1)")
-kernel_version=${kernel_version#vmlinuz-}
-[[ -n $kernel_version ]] || die "$kernel_pkg contains no /boot/vmlinuz-*"
+begin_build "node-VM image" "$outdir" "$stamp" vmlinux initrd.img
+fetch_kernel "$kernel_pkg" "$kernel_pkg_version"
 
 # The uncompressed kernel: the XZ stream inside the bzImage (QEMU boots the
 # ELF through its PVH entry point). xz complains about the bytes after the
@@ -86,25 +60,10 @@ offset=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$bz" | head -n1 | cut -d: -f1)
 [[ -n $offset ]] || die "no XZ stream in $bz: this kernel is compressed another way"
 tail -c +$((offset + 1)) "$bz" | xz -dcq >"$image/vmlinux" 2>/dev/null || true
 [[ "$(head -c 4 "$image/vmlinux" | od -An -c | tr -d ' ')" == '177ELF' ]] || die "could not extract the kernel from $bz"
-depmod -b "$work/kernel" "$kernel_version"
 
-mkdir -p "$initramfs"/{bin,dev,proc,sys,lower,rw,newroot,lib/modules}
-cp /bin/busybox "$initramfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [[ $applet == busybox ]] || ln -s busybox "$initramfs/bin/$applet"
-done
-install -m 0755 "$here/initramfs-init" "$initramfs/init"
+busybox_initramfs "$here/initramfs-init" lower rw newroot
+copy_modules "${NODE_MODULES[@]}"
+pack_initramfs 1
 
-copy_modules "$work/kernel" "$kernel_version" "$initramfs" "${NODE_MODULES[@]}"
-(cd "$initramfs" && find . -print0 | LC_ALL=C sort -z \
-    | cpio --null --create --format=newc --owner=0:0 --quiet) | gzip -1n >"$image/initrd.img"
-
-rm -rf "$work"
-echo "$stamp" >"$image/STAMP"
-sync -f "$image/STAMP"
-chmod 0755 "$image"
-if [[ -e $outdir ]]; then
-    mv -T "$outdir" "$build/old"
-fi
-mv -T "$image" "$outdir"
+finish_build
 echo "node-VM image built: $outdir (kernel $kernel_version, modules: ${copied_modules[*]})"
