@@ -1,6 +1,8 @@
 # Sourced by the image builders (packaging/guest/build-guest.sh, packaging/nodevm/build-nodevm.sh):
-# the steps they share. Each needs die() from the caller.
+# the steps they share.
 #
+#   outdir_of ARG...                       the one argument OUTDIR, made absolute, its parent created
+#   need_tools TOOL...                     each on the PATH, and /bin/busybox (busybox-static)
 #   begin_build WHAT OUTDIR STAMP FILE...  exits 0 when OUTDIR holds FILE... and STAMP already;
 #       else takes OUTDIR's build lock (concurrent builds: the loser finds it current) and sets
 #       build, work, image and initramfs (a private directory beside OUTDIR, removed at exit)
@@ -11,6 +13,25 @@
 #   pack_initramfs LEVEL                   the tree as $image/initrd.img (gzip LEVEL)
 #   finish_build                           writes STAMP and swaps $image in as OUTDIR: briefly
 #       absent, never half-written
+
+die() {
+    echo "$(basename "$0" .sh): $*" >&2
+    exit 1
+}
+
+outdir_of() {
+    [[ $# -eq 1 ]] || die "usage: $0 OUTDIR"
+    outdir=$(realpath -m "$1")
+    mkdir -p "$(dirname "$outdir")"
+}
+
+need_tools() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || die "'$tool' not found; install the Debian packages listed in packaging/install-deps.sh"
+    done
+    [[ -x /bin/busybox ]] || die "/bin/busybox not found; install the Debian package busybox-static"
+}
 
 begin_build() {
     _what=$1 _outdir=$2 _stamp=$3

@@ -22,23 +22,11 @@ readonly GUEST_MODULES=(virtio_pci virtio_blk virtio_net virtio_console ext4 but
 readonly DISK_SIZE=64M
 readonly DISK_LABEL=corral
 
-die() {
-    echo "build-guest: $*" >&2
-    exit 1
-}
-
-[[ $# -eq 1 ]] || die "usage: $0 OUTDIR"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../image-build.sh
 source "$here/../image-build.sh"
-outdir=$(realpath -m "$1")
-parent=$(dirname "$outdir")
-mkdir -p "$parent"
-
-for tool in apt-cache apt-get dpkg-deb depmod modinfo cpio gzip mkfs.ext4 qemu-img flock sha256sum; do
-    command -v "$tool" >/dev/null || die "'$tool' not found; install the Debian packages listed in the Makefile"
-done
-[[ -x /bin/busybox ]] || die "/bin/busybox not found; install the Debian package busybox-static"
+outdir_of "$@"
+need_tools apt-cache apt-get dpkg-deb depmod modinfo cpio gzip mkfs.ext4 qemu-img flock sha256sum
 
 # The concrete kernel package behind the meta package and its exact version,
 # from the meta package's versioned Depends, e.g.

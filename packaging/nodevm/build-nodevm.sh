@@ -21,23 +21,11 @@ readonly KERNEL_META=linux-image-amd64
 # crc32c is only a soft dependency of libcrc32c (which DRBD needs): named here.
 readonly NODE_MODULES=(virtio_pci virtio_blk virtio_net virtio_console 9pnet_virtio 9p overlay dm_mod dm_snapshot crc32c_generic drbd)
 
-die() {
-    echo "build-nodevm: $*" >&2
-    exit 1
-}
-
-[[ $# -eq 1 ]] || die "usage: $0 OUTDIR"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../image-build.sh
 source "$here/../image-build.sh"
-outdir=$(realpath -m "$1")
-parent=$(dirname "$outdir")
-mkdir -p "$parent"
-
-for tool in apt-cache apt-get dpkg-deb depmod modinfo cpio gzip xz flock sha256sum; do
-    command -v "$tool" >/dev/null || die "'$tool' not found; install the Debian packages listed in packaging/install-deps.sh"
-done
-[[ -x /bin/busybox ]] || die "/bin/busybox not found; install the Debian package busybox-static"
+outdir_of "$@"
+need_tools apt-cache apt-get dpkg-deb depmod modinfo cpio gzip xz flock sha256sum
 
 # The concrete kernel package behind the meta package, from its versioned
 # Depends (the name changes with Debian point releases: never hard-coded).
