@@ -23,8 +23,9 @@ def register(top: Subparsers) -> None:
     s.add_argument("--os", "-o", required=True, help="OS definition or image (`corral os list`)")
     s.add_argument("--node", "-n", help="PRIMARY or PRIMARY:SECONDARY (default: chosen by the master)")
     s.add_argument("--disk-template", "-t", default="file",
-                   help="file (local files), mirror (copied synchronously to a secondary node) or plain "
-                        "(LVM logical volumes in the node's volume group)")
+                   help="file (local files), mirror (copied synchronously to a secondary node), plain "
+                        "(LVM logical volumes in the node's volume group) or drbd (logical volumes replicated to a "
+                        "secondary node by DRBD, protocol C)")
     s.add_argument("--disk", action="append", help="SIZE[,format=raw|qcow2]; repeat for more disks (default 1G)")
     s.add_argument("--memory", "-m", help="e.g. 512M, 2G (default: the cluster's, 512M unless changed)")
     s.add_argument("--vcpus", type=int, help="virtual CPUs (default: the cluster's, 1 unless changed)")

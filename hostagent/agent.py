@@ -48,6 +48,7 @@ from hostagent.node.diskcopy import NodeDiskCopy
 from hostagent.node.enrolment import Enrolment
 from hostagent.node.etcdmember import EtcdMember
 from hostagent.node.disks import NodeDisks
+from hostagent.node.drbdnode import NodeDrbd, drbd_node
 from hostagent.node.executor import NodeExecutor, Order, OrderError
 from hostagent.node.fencing import TokenGuard
 from hostagent.node.gossip import Gossip
@@ -120,12 +121,14 @@ class Agent:
         self.media = NodeMedia(cfg.node_name, cfg.address, self.qemu, cfg.iso_dirs,
                                lambda uuid: vncpass.password(self.replica, uuid))
         self.relays = RelayLimit()  # consoles and VNC displays this agent bridges (hostagent.api.relay)
-        self.disks = NodeDisks(cfg.node_name, self.files, self.lvm)
+        self.disks = NodeDisks(cfg.node_name, self.files, self.lvm, drbd_node(cfg, self.lvm), self._address_of)
+        self.drbd = NodeDrbd(cfg.node_name, self.disks, lambda name: self.replica.get_json(model.instance_key(name)),
+                             cfg.run_dir, clock)
         self.executor = NodeExecutor(cfg.node_name, self.qemu, self.disks, self.catalog,
                                      os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
                                      self.replication.tls_dir)
         self.diskcopy = NodeDiskCopy(cfg.node_name, self.qemu, self.disks, self.pki, cfg.run_dir)
-        self.replication.tell_master = self.tell_master
+        self.replication.tell_master = self.drbd.tell_master = self.tell_master
         self.executor.dress = self.media.dress
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
         self.crl = CrlKeeper(self.replica, self.pki)
@@ -150,6 +153,7 @@ class Agent:
         self.reports = ReportLoop(cfg, self.replica, self.qemu, self.files, self.lvm, self.catalog,
                                   self.refresh_catalog, self.replication, self.boot, self.looplag, self.pki,
                                   self.tokens, self.isolation, self.member, self._role, self.gossip.connect, clock)
+        self.reports.drbd = self.drbd
         self.secrets = NodeSecrets(cfg.node_name, self.pki, self.member, self.crl, self._reload_tls)
         self.orders = self._order_table()
         self.enrolment = Enrolment(cfg, self.pki, self.cluster_file, self.member, self.replica, clock)
@@ -158,6 +162,13 @@ class Agent:
         self.client_ssl: ssl.SSLContext | None = None
 
     # ---- local state --------------------------------------------------------
+    def _address_of(self, node: str) -> str:
+        """A node's address from this node's copy of the config (its own from agent.toml)."""
+        if node == self.cfg.node_name:
+            return self.cfg.address
+        record = self.replica.get_json(model.node_key(node))
+        return str(record.get("address", "")) if isinstance(record, dict) else ""
+
     def catalog(self) -> OsCatalog:
         return self._catalog
 
@@ -202,6 +213,7 @@ class Agent:
         self.loops.spawn(self.gossip.follow(stop), name="gossip", cancel_at_end=True)  # it only logs
         self.loops.spawn(self.lease.run(stop), name="node-lease")
         self.loops.spawn(self.fence.run(stop), name="self-fence")
+        await self.drbd.probe()
         self.reports.start(self.etcd, self.fence, self.loops)
         self.loops.spawn(self.member.revocations(stop), name="revocations")
         self.loops.spawn(self.looplag.run(stop), name="loop-lag")
@@ -295,6 +307,7 @@ class Agent:
         about this node's own roles."""
         return {
             **self.executor.orders(), **self.replication.orders(), **self.media.orders(), **self.diskcopy.orders(),
+            **self.drbd.orders(),
             **self.secrets.orders(),
             "node.hello": self._hello,
             "etcd.join": self._become_member,

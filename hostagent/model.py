@@ -170,6 +170,8 @@ class Instance:
     osparams: dict[str, str] = field(default_factory=dict)
     secondary_node: str | None = None
     port_base: int = 0  # replicated templates: disk i is served on port_base + i (see checks)
+    # drbd: per disk its resource's minor, port and shared secret ({"index", "minor", "port", "secret"})
+    drbd: list[dict[str, Any]] = field(default_factory=list)
     priority: str = "normal"  # restart order after an outage: critical, high, normal, low
     after: list[str] = field(default_factory=list)  # instances that must run before this one is restarted
     boot_pattern: str = ""  # regex a console line of each boot must match (hostagent.node.boothealth); "": no check
@@ -186,6 +188,12 @@ class Instance:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def drbd_meta_mib(size_mib: int) -> int:
+    """The metadata volume of a DRBD disk of size_mib (external, one peer): 36 KiB and a bit per 4 KiB of data,
+    rounded up to MiB, at least 4 MiB, with room for the disk to grow fourfold."""
+    return max(4, -(-(36 * 1024 + size_mib * 4 * 256 // 8) // 2**20) + 1)
 
 
 def auto_failover(inst: Mapping[str, Any], cluster: Mapping[str, Any]) -> bool:

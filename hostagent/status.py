@@ -107,6 +107,8 @@ def describe_mirrors(states: list[dict[str, Any]]) -> str:
         return "writes held: the secondary failed a write, its copy is being recorded out of date"
     if status == "converged":
         return "copied, joining"
+    if status == "disconnected":
+        return f"not connected: {worst.get('error') or 'DRBD has no connection to the secondary'}"
     if status == "resyncing":
         return f"resyncing, {format_mib(worst.get('remaining_mib', 0))} to copy, {eta_words(worst.get('eta_s'))}"
     return status.replace("_", " ")

@@ -42,11 +42,13 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
         record = inst.get("replica") or {}
         replication = {"secondary": inst["secondary_node"], "disks": mirrors,
                        "in_sync": bool(inst.get("replica_in_sync")),
-                       "summary": describe_mirrors(mirrors) if observed.pid else
+                       "summary": describe_mirrors(mirrors) if observed.pid or inst["disk_template"] == "drbd" else
                        ("in sync when last running" if inst.get("replica_in_sync") else "not known to be in sync"),
                        "record": ("in sync" if record.get("in_sync") else out_of_date_words(record)),
                        "record_since": record.get("since"), "generation": record.get("gen"),
-                       "last_degraded": record.get("last_degraded")}
+                       "last_degraded": record.get("last_degraded"),
+                       # DRBD resources without their secrets
+                       "drbd": [{k: s[k] for k in ("index", "minor", "port")} for s in inst.get("drbd") or []]}
     return {"name": inst["name"], "status": status, "reason": reason,
             "pid": observed.pid, "admin_state": inst["admin_state"],
             "primary_node": inst["primary_node"], "secondary_node": inst.get("secondary_node"),
@@ -322,6 +324,11 @@ def _drbd_findings(name: str, drbd: Mapping[str, Any], by_name: Mapping[str, Map
         if why:
             out.append(Finding("warning", f"node '{name}': orphan DRBD resource {res['name']} ({why})",
                                "orphan-drbd", name, inst_name, disk=index, subject=res["name"]))
+        elif inst is not None and res.get("connection") == "StandAlone":
+            out.append(Finding("error", f"instance '{inst_name}' disk {index}: DRBD on node '{name}' refuses to "
+                                        f"connect to its peer ({res.get('summary')}): a split brain (both sides "
+                                        "wrote while apart) or a peer still Primary", "drbd-split-brain", name,
+                               inst_name, disk=index, subject=res["name"]))
         elif inst is not None and inst["primary_node"] == name and not res.get("up_to_date"):
             out.append(Finding("error", f"instance '{inst_name}' disk {index}: DRBD on node '{name}' is not in "
                                         f"sync: {res.get('summary')}", "drbd-degraded", name, inst_name,

@@ -152,11 +152,15 @@ class DrbdResource:
     secret: str
     peers: tuple[DrbdPeer, DrbdPeer]
     protocol: str = "C"
+    # The fence-peer handler's command line: with one, a primary that loses its peer freezes its I/O
+    # (`fencing resource-and-stonith`) until the handler has had the peer's copy recorded out of date.
+    fence_peer: str = ""
+    resync_rate_mib_s: float = 0.0  # a fixed resync rate; 0: DRBD's own dynamic controller
 
     def __repr__(self) -> str:
         return (
             f"DrbdResource(name={self.name!r}, minor={self.minor}, secret='<redacted>', "
-            f"peers={self.peers!r}, protocol={self.protocol!r})"
+            f"peers={self.peers!r}, protocol={self.protocol!r}, fence_peer={self.fence_peer!r})"
         )
 
 
@@ -184,6 +188,10 @@ def resource_problems(res: DrbdResource) -> dict[str, str]:
     if not 0 <= res.minor <= MINOR_MAX:
         problems["minor"] = f"{res.minor} is out of range; use 0..{MINOR_MAX} (allocate_minor)"
     problems.update(_secret_problems(res.secret))
+    if any(c in '"\\' or not c.isprintable() for c in res.fence_peer):
+        problems["fence_peer"] = "may not hold '\"', '\\' or control characters"
+    if res.resync_rate_mib_s < 0:
+        problems["resync_rate_mib_s"] = f"{res.resync_rate_mib_s} is negative; use 0 for DRBD's own controller"
     if res.protocol not in PROTOCOLS:
         problems["protocol"] = f"{res.protocol!r} is not one of {', '.join(PROTOCOLS)}"
     if len(res.peers) != 2:
@@ -203,13 +211,24 @@ def render_resource(res: DrbdResource, version: str = "9") -> str:
         problems["version"] = f"{version!r} is not one of {', '.join(VERSIONS)}"
     if problems:
         raise InvalidDrbdResource(res.name, problems)
+    fencing = ["        fencing resource-and-stonith;"] if res.fence_peer else []
+    disk = fencing if version == "8.4" else []
+    if res.resync_rate_mib_s:
+        disk += ["        c-plan-ahead 0;", f"        resync-rate {max(1, round(res.resync_rate_mib_s * 1024))}k;"]
     lines = [
         "# Written by Corral; it rewrites this file, so edits here do not last.",
         f'resource "{res.name}" {{',
+    ]
+    if disk:
+        lines += ["    disk {", *disk, "    }"]
+    if res.fence_peer:
+        lines += ["    handlers {", f'        fence-peer "{res.fence_peer}";', "    }"]
+    lines += [
         "    net {",
         f"        protocol {res.protocol};",
         "        cram-hmac-alg sha256;",
         f'        shared-secret "{res.secret}";',
+        *(fencing if version == "9" else []),
         "    }",
     ]
     for peer in res.peers:

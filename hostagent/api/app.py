@@ -116,6 +116,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", clocks.CLOCK_PATH, Api.node_clock, NODE, "tls"),
     Route("POST", "/v1/cluster/join", Api.cluster_join, ADMIN, "local"),
     Route("GET", "/v1/cluster/replicas", Api.replicas, ADMIN, "local"),
+    Route("POST", "/v1/drbd/fence-peer", Api.drbd_fence_peer, ADMIN, "local"),
     Route("POST", "/v1/drill/crash", Api.drill_crash, ADMIN, "local"),
     Route("POST", "/v1/drill/stale-order", Api.drill_stale_order, ADMIN, "local"),
     Route("GET", "/v1/drill/qemus", Api.drill_qemus, ADMIN, "local"),

@@ -173,6 +173,19 @@ class InternalRoutes(ApiBase):
 
         return self._ok(await asyncio.gather(*(one(n) for n in self._all(model.NODES))))
 
+    async def drbd_fence_peer(self, request: web.Request) -> web.Response:
+        """Local, from DRBD's fence-peer handler (cli.drbdfence): the peer's copy recorded out of date by the
+        master before this primary writes alone; 409 when the master could not be told."""
+        body = await self._body(request)
+        resource = body.get("resource")
+        if not isinstance(resource, str) or not resource:
+            raise BadRequest("give the DRBD resource name: {\"resource\": \"corral-NAME-N\"}")
+        try:
+            peer = await self.agent.drbd.fence_peer(resource)
+        except OrderError as exc:
+            raise Conflict(str(exc)) from None
+        return self._ok({"resource": resource, "outdated": peer})
+
     async def replicas(self, request: web.Request) -> web.Response:
         """Every node's replica revision and checksum, asked over mutual TLS."""
         async def one(node: dict[str, Any]) -> dict[str, Any]:

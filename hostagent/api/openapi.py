@@ -48,6 +48,9 @@ PATHS: dict[str, dict[str, Any]] = {
                                                 "{\"new_ca\": true} the cluster CA (a job)", "202",
                                                 "RotateSecrets")},
     "/v1/cluster/probe": {"post": _op("Submit a job that changes nothing: is the master running jobs?", "202")},
+    "/v1/drbd/fence-peer": {"post": _op("DRBD's fence-peer handler: have the master record the peer's copy out "
+                                        "of date before this primary writes alone (local socket only)",
+                                        body="DrbdFencePeer")},
     "/v1/drill/crash": {"post": _op("Drill: make another node's agent crash or freeze (local socket only)",
                                     body="DrillCrash")},
     "/v1/drill/stale-order": {"post": _op("Drill: send an order with an old token to every node; "
@@ -162,6 +165,8 @@ SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "message"],
               "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
     "JobAccepted": {"type": "object", "properties": {"data": {"type": "object", "properties": {"job_id": {"type": "integer"}}}}},
+    "DrbdFencePeer": {"type": "object", "required": ["resource"], "additionalProperties": False,
+                      "properties": {"resource": {"type": "string", "minLength": 1, "maxLength": 140}}},
     "ClusterInit": {"type": "object", "required": ["name"], "properties": {
         "name": _NAME, "hvparams": _PARAMS, "candidate_pool_size": {"type": "integer", "enum": [1, 3, 5]},
         "max_lost_nodes": {"type": "number", "minimum": 0}, "failback_after_s": {"type": "number", "minimum": 0}}},

@@ -340,6 +340,8 @@ class DiskOps:
     async def _job_activate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         inst = await self.store.instance(args["name"])
         name = inst["name"]
+        if inst["disk_template"] == "drbd":
+            return await self._activate_drbd(ctx, inst)
         if inst.get("secondary_node"):
             created = await self.store.order(inst["secondary_node"], "instance.replica-prepare",
                                              {"name": name, "disks": inst["disks"]})
@@ -356,6 +358,16 @@ class DiskOps:
         for path in paths["paths"]:
             await ctx.log(f"disk of '{name}' on node '{inst['primary_node']}': {path}")
         return {"name": name, "node": inst["primary_node"], "paths": paths["paths"]}
+
+    async def _activate_drbd(self, ctx: JobContext, inst: dict[str, Any]) -> dict[str, Any]:
+        """Ganeti's activate-disks: both nodes' resources up and connected, the primary's Primary, so its
+        devices can be used for maintenance (they go back to Secondary when the instance next stops)."""
+        name, primary = inst["name"], inst["primary_node"]
+        await self.store.order(inst["secondary_node"], "drbd.prepare", {"instance": inst})
+        devices = (await self.store.order(primary, "drbd.activate", {"instance": inst}))["devices"]
+        for path in devices:
+            await ctx.log(f"disk of '{name}' on node '{primary}': {path} (DRBD, Primary there)")
+        return {"name": name, "node": primary, "paths": devices}
 
     async def _job_grow(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         await self.check_grow(args["name"], args)

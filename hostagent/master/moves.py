@@ -68,7 +68,7 @@ class Moves:
         return report_fresh(report, self.store.clock.time())
 
     def _replicated(self, inst: dict[str, Any], verb: str) -> str:
-        if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
+        if inst.get("disk_template") not in model.REPLICATED or not inst.get("secondary_node"):
             raise JobFailed(f"cannot {verb} instance '{inst['name']}': its disks ({inst.get('disk_template')}) "
                             "are not replicated to a second node; use `corral instance move` while it is stopped")
         return str(inst["secondary_node"])
@@ -146,19 +146,16 @@ class Moves:
     async def protect(self, ctx: JobContext | None, inst: dict[str, Any]) -> bool:
         """Export the secondary's copies and start the primary's mirrors; False (logged) if it could not."""
         name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
-        disks = inst["disks"]
         try:
             record, revision = await self.replica(name)
             record = replicas.new_copy(record, self.store.clock.time())
             if not await self.put_if_unchanged(name, record, revision):
                 raise JobFailed("its replica record changed meanwhile; the master tries again")
-            await self.store.order(secondary, "instance.replica-export",
-                                   {"name": name, "disks": disks, "port_base": inst["port_base"], "client": primary})
-            host = (await self._node(secondary))["address"]
-            cluster = await self.store.get(model.CLUSTER_KEY) or {}
-            await self.store.order(primary, "instance.mirror-attach",
-                                   {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"],
-                                   "rate_limit_mib_s": cluster.get("sync_rate_mib_s", 0.0), "gen": record["gen"]})
+            if inst["disk_template"] == "drbd":
+                await self.store.order(secondary, "drbd.prepare", {"instance": inst})
+                await self.store.order(primary, "drbd.attach", {"instance": inst, "gen": record["gen"]})
+            else:
+                await self._mirror(inst, record["gen"])
         except JobFailed as exc:
             message = (f"instance '{name}' runs on node '{primary}' without a current copy on '{secondary}' "
                        f"(degraded): {exc}; the master retries when '{secondary}' answers")
@@ -166,11 +163,23 @@ class Moves:
             if ctx is not None:
                 await ctx.log(message)
             return False
-        message = f"mirroring the disks of '{name}' from node '{primary}' to node '{secondary}'"
+        how = "DRBD replicates" if inst["disk_template"] == "drbd" else "mirroring"
+        message = f"{how} the disks of '{name}' from node '{primary}' to node '{secondary}'"
         log.info("%s", message)
         if ctx is not None:
-            await ctx.log(message + " (a full copy first; `corral instance info` shows its progress)")
+            await ctx.log(message + " (`corral instance info` shows how far its copy is)")
         return True
+
+    async def _mirror(self, inst: dict[str, Any], gen: int) -> None:
+        """The secondary's exports up, then the primary's mirrors toward them (the mirror template)."""
+        name, primary, secondary, disks = inst["name"], inst["primary_node"], inst["secondary_node"], inst["disks"]
+        await self.store.order(secondary, "instance.replica-export",
+                               {"name": name, "disks": disks, "port_base": inst["port_base"], "client": primary})
+        host = (await self._node(secondary))["address"]
+        cluster = await self.store.get(model.CLUSTER_KEY) or {}
+        await self.store.order(primary, "instance.mirror-attach",
+                               {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"],
+                                "rate_limit_mib_s": cluster.get("sync_rate_mib_s", 0.0), "gen": gen})
 
     # ---- migrate -----------------------------------------------------------------------
     async def _job_migrate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -332,8 +341,12 @@ class Moves:
             await self._stop_on_old(ctx, inst, hv, force)
             if ok and not force:
                 await self._still_trusted(ctx, inst, hv)
-        await self.store.order(new, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
+        if inst["disk_template"] != "drbd":
+            await self.store.order(new, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
         await self._set_nodes(inst, new, old, home=old if args.get("fenced") else None)
+        if inst["disk_template"] == "drbd":  # until it has resynced, the copy left on the old primary is behind
+            await self.outdate(name, f"'{name}' failed over to node '{new}'; the copy on '{old}' is behind until "
+                                     "DRBD has resynced it")
         await ctx.log(f"node '{new}' is now the primary of '{name}'")
         result: dict[str, Any] = {"name": name, "node": new}
         if inst["admin_state"] == "up":

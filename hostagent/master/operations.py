@@ -85,6 +85,9 @@ class Operations:
     async def submit_simple(self, op: str, name: str, params: dict[str, Any]) -> int:
         inst = await self.store.instance(name)
         runner = self.role.require()
+        if inst.get("disk_template") == "drbd" and op in DRBD_NOT_YET:
+            raise BadRequest(f"instance '{name}' has drbd disks: {DRBD_NOT_YET[op]} is not supported for them yet "
+                             "(they are created, started, stopped, rebooted, failed over and removed)")
         if op == "instance.reboot" and params.get("type", "soft") not in ("soft", "hard"):
             raise BadRequest(f"reboot type {params.get('type')!r} is not one of soft, hard")
         if not runner.busy(f"instance/{name}"):
@@ -147,8 +150,11 @@ class Operations:
         try:
             if inst.get("secondary_node"):
                 await ctx.log(f"creating the disk copies of '{name}' on secondary node '{inst['secondary_node']}'")
-                await self.store.order(inst["secondary_node"], "instance.replica-prepare",
-                                       {"name": name, "disks": inst["disks"]})
+                if inst["disk_template"] == "drbd":
+                    await self.store.order(inst["secondary_node"], "drbd.prepare", {"instance": inst})
+                else:
+                    await self.store.order(inst["secondary_node"], "instance.replica-prepare",
+                                           {"name": name, "disks": inst["disks"]})
             result = await self.store.order(node, "instance.create",
                                             {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,
                                              "networks": await self.store.nic_networks(inst)},
@@ -164,6 +170,8 @@ class Operations:
             await self._undo_add(ctx, inst, exc)
             raise
         if not args["start"]:
+            if inst["disk_template"] == "drbd":  # the install made it Primary; nothing runs on it now
+                await self.store.order(node, "drbd.release", {"name": name})
             return {"name": name, "node": node, "created": result.get("created")}
         return await self._start(ctx, inst, hv)
 
@@ -352,6 +360,13 @@ class Operations:
         await ctx.log(f"instance '{inst['name']}' removed" + (f" (addresses released: {_addresses(inst)})"
                                                               if addresses else ""))
         return {"name": inst["name"]}
+
+
+# What drbd instances cannot do yet, in the operator's words.
+DRBD_NOT_YET = {"instance.move": "moving them to another node", "instance.replace-secondary": "replacing the secondary",
+                "instance.grow-disk": "growing a disk", "instance.add-disk": "adding a disk",
+                "instance.remove-disk": "removing a disk", "instance.reinstall": "reinstalling",
+                "instance.migrate": "live migration"}
 
 
 def _addresses(inst: dict[str, Any]) -> str:

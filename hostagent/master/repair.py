@@ -135,6 +135,12 @@ def _by_hand(f: Finding) -> str:
     if f.code == "orphan-drbd":
         return (f"DRBD resources are never taken down automatically; if nothing needs it, on node '{f.node}': "
                 f"drbdsetup down {f.subject}")
+    if f.code == "drbd-split-brain":
+        conf = f"/var/lib/corral/drbd/{f.subject}.res (under the node's state_dir)"
+        return (f"never resolved automatically: decide which node's data to keep (normally the primary's, where "
+                f"the instance ran). On the OTHER node: drbdadm -c {conf} secondary {f.subject}; then "
+                f"drbdadm -c ... disconnect {f.subject}; drbdadm -c ... connect --discard-my-data {f.subject}. "
+                f"On the node kept: drbdadm -c ... connect {f.subject}. DRBD then resyncs the other node from it")
     if f.code == "duplicate-qemu":
         return (f"both QEMUs may write to the same disks and either may be the guest that is wanted: stop the "
                 f"other by hand (on node '{f.node}': kill {f.pid} stops the one its pidfile does not name)")

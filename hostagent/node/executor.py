@@ -18,6 +18,7 @@ from kvm.hvparams import parse_hvparams
 from kvm.process import QemuManager
 from kvm.qmp import Qmp, QmpError
 from kvm import hotplug, tap
+from storage.drbd import DrbdDisks
 from storage.install import DiskSpec as InstallDisk, install_os
 from storage.osdef import (DiskEnv, NetworkEnv, NicEnv, OsCatalog, OsDefinition, lookup, os_environment,
                            run_rename, split_os_name)
@@ -87,7 +88,7 @@ class NodeExecutor:
     async def spec(self, inst: dict[str, Any], hvparams: dict[str, Any]) -> InstanceSpec:
         hv = parse_hvparams(hvparams)
         replicated = inst.get("disk_template") in model.QUORUM_MIRRORED
-        template = self._disks.of(inst.get("disk_template"))
+        template = self._disks.for_instance(inst)
         disks = []
         for d in inst["disks"]:
             path = template.path(inst["name"], d["index"], d["format"])
@@ -102,9 +103,10 @@ class NodeExecutor:
 
     async def _op_create(self, args: dict[str, Any]) -> dict[str, Any]:
         inst = args["instance"]
-        template = self._disks.of(inst.get("disk_template"))
+        template = self._disks.for_instance(inst)
         marker = self._installed_marker(inst["name"])
-        present = [d for d in inst["disks"] if os.path.exists(template.path(inst["name"], d["index"], d["format"]))]
+        present = [d for d in inst["disks"] if os.path.exists(template.path(inst["name"], d["index"], d["format"]))
+                   or (isinstance(template, DrbdDisks) and await template.exists(inst["name"], d["index"]))]
         if read_small_file(marker) == inst["uuid"] and len(present) == len(inst["disks"]):
             return {"created": False}  # re-sent order: this instance's install completed
         for disk in present:  # an earlier attempt died half-way, or another instance's leftovers
@@ -207,14 +209,29 @@ class NodeExecutor:
         for nic, cfg in zip(spec.nics, inst["nics"]):
             if nic.tap:
                 await tap.create_tap(nic.tap, cfg["bridge"], vlan=cfg.get("vlan"))
-        pid = await self._qemu.start(spec)
+        drbd = self._disks.for_instance(inst) if inst.get("disk_template") == "drbd" else None
+        if isinstance(drbd, DrbdDisks) and not args.get("incoming"):
+            await drbd.activate(inst["name"])
+        try:
+            pid = await self._qemu.start(spec)
+        except BaseException:
+            if isinstance(drbd, DrbdDisks) and self._qemu.find(inst["name"]) is None:
+                await drbd.deactivate(inst["name"])
+            raise
         return {"pid": pid}
 
     async def _op_stop(self, args: dict[str, Any]) -> dict[str, Any]:
         how = await self._qemu.stop(args["name"], timeout_s=float(args.get("timeout_s", 120)),
                                     force=bool(args.get("force", False)))
         await self._delete_taps(args["name"], int(args.get("nic_count", 0)))
+        await self.release_drbd(args["name"])
         return {"how": how}
+
+    async def release_drbd(self, name: str) -> None:
+        """A stopped instance's DRBD resources back to Secondary here, so that no node holds them Primary
+        without a QEMU writing through them (and its peer may be promoted)."""
+        if self._disks.drbd is not None and self._qemu.find(name) is None:
+            await self._disks.drbd.demote_instance(self._node, name)
 
     async def _op_console_tail(self, args: dict[str, Any]) -> dict[str, Any]:
         lines = self._qemu.console_log_tail(args["name"], 100)  # a panic's trace: 30-45 lines after its header

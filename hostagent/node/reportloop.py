@@ -25,6 +25,7 @@ from hostagent.node.etcdmember import EtcdMember
 from hostagent.node.fencing import TokenGuard
 from hostagent.node.isolation import Isolation
 from hostagent.node.looplag import LoopLag
+from hostagent.node.drbdnode import NodeDrbd
 from hostagent.node.replication import NodeReplication
 from hostagent.node.selffence import SelfFence
 from hostagent.node.supervisor import Loops
@@ -61,6 +62,7 @@ class ReportLoop:
         self._etcd: EtcdClient | None = None
         self._fence: SelfFence | None = None
         self._loops: Loops | None = None
+        self.drbd: NodeDrbd | None = None  # set by the agent: its DRBD resources join the report
 
     def start(self, etcd: EtcdClient, fence: SelfFence, loops: Loops) -> None:
         self._etcd, self._fence, self._loops = etcd, fence, loops
@@ -80,6 +82,9 @@ class ReportLoop:
         if self._lvm is not None:
             report["lvm"], lv_volumes = await reporter.lvm_state(self._lvm)
             report["volumes"] += lv_volumes
+        if self.drbd is not None:
+            report["drbd"] = await self.drbd.report()
+            report["mirrors"].update(await self._drbd_states(self.drbd))
         report["agent_pid"] = os.getpid()
         report["loop_lag_ms"] = self._looplag.worst_ms()
         report["cert_serial"] = pki.own_serial(self._pki)
@@ -105,6 +110,15 @@ class ReportLoop:
                 states[name] = await self._replication.mirror_states(name, len(inst["disks"]))
             except Exception as exc:  # noqa: BLE001 - one instance's QMP trouble must not stop the report
                 log.warning("could not read the disk mirror state of instance '%s': %s", name, exc)
+        return states
+
+    async def _drbd_states(self, drbd: NodeDrbd) -> dict[str, list[dict[str, Any]]]:
+        """Per drbd instance whose primary is this node, running or not: each disk's copy (its resources stay
+        connected while it is stopped)."""
+        states = {}
+        for _, inst in self._replica.prefix_json(model.INSTANCES):
+            if isinstance(inst, dict) and inst.get("disk_template") == "drbd" and inst.get("primary_node") == self._cfg.node_name:
+                states[inst["name"]] = await drbd.mirror_states(inst)
         return states
 
     async def _run(self, stop: asyncio.Event) -> None:

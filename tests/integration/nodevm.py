@@ -248,6 +248,7 @@ def quoted(*words: str) -> str:
 
 
 NODE_PORTS = {"api": 7947, "gossip": 7946, "serf_rpc": 7373, "etcd_client": 2379, "etcd_peer": 2380}
+JOIN_TRIES = 4
 STATE = "/var/lib/corral-node"  # in the VM's overlay: gone when the VM stops
 PYTHON = Path(os.environ.get("CORRAL_NODEVM_PYTHON", sys.executable))
 GUEST = Path(os.environ.get("CORRAL_GUEST_DIR", "/var/cache/corral/guest"))  # the test guest, seen through the host root
@@ -322,7 +323,14 @@ def form_cluster(vms: NodeVMs, name: str = "vmc", volume_groups: dict[str, str] 
     ok(first, "cluster", "init", "--name", name, "--hv", "accel=tcg")
     for vm in others:
         token = json.loads(ok(first, "node", "add", vm.name, "--address", vm.address, "--json"))["token"]
-        ok(vm, "cluster", "join", f"{first.address}:{NODE_PORTS['api']}", "--token", token)
+        join = ("cluster", "join", f"{first.address}:{NODE_PORTS['api']}", "--token", token)
+        for attempt in range(JOIN_TRIES):  # a new etcd member catching up under emulation can cost the quorum a while
+            result = corral(vm, *join)
+            if result.rc == 0:
+                break
+            if "no quorum" not in result.err + result.out or attempt == JOIN_TRIES - 1:
+                raise NodeVMError(f"node VM {vm.name} did not join: {result.err.strip() or result.out.strip()}")
+            time.sleep(10)
 
 
 def ok(vm: NodeVM, *args: str, timeout: float = 300) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import posixpath
 import random
 import re
+import string
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from hostagent.master.decide.restarts import PRIORITIES
 from hostagent.units import SizeError, parse_mib
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?\Z")
-DISK_TEMPLATES = ("file", "mirror", "plain")
+DISK_TEMPLATES = ("file", "mirror", "plain", "drbd")
 # Ports per replicated instance: disk i uses port_base + i, the live migration the last one.
 PORTS_PER_INSTANCE = 8
 MAX_MIRROR_DISKS = PORTS_PER_INSTANCE - 1
@@ -149,9 +150,11 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
         raise BadRequest("; ".join(problems))
     if clash is not None:
         raise clash
+    port_base = _port_base(template, view)
     return model.Instance(name=name, uuid=str(uuid.uuid4()), os=os_name, disk_template=template,
                           memory_mib=memory, vcpus=vcpus, primary_node=placed.primary,
-                          secondary_node=placed.secondary, port_base=_port_base(template, view),
+                          secondary_node=placed.secondary, port_base=port_base,
+                          drbd=drbd_slots(port_base, [d.size_mib for d in disks], rng) if template == "drbd" else [],
                           disks=disks, nics=[model.Nic(**n) for n in nic_list], priority=priority, after=after,
                           boot_pattern=boot_pattern, boot_timeout_s=boot_timeout, auto_failover=auto_failover,
                           hvparams=dict(req.get("hvparams", {})), osparams=osparams,
@@ -500,7 +503,8 @@ def _os_request(os_name: Any, osparams: Any, problems: list[str]) -> tuple[str, 
 def _place(name: str, req: dict[str, Any], template: str, memory: int, disks: list[model.Disk], primary: str,
            secondary: str, view: ClusterView, now: float, problems: list[str]) -> Placement | None:
     """`--node P[:S]` checked, or the master's choice; None (with the reason) when nothing fits."""
-    want = Request(memory, sum(d.size_mib for d in disks), template in model.REPLICATED, template in model.ON_LVM)
+    need = sum(d.size_mib + (model.drbd_meta_mib(d.size_mib) if template == "drbd" else 0) for d in disks)
+    want = Request(memory, need, template in model.REPLICATED, template in model.ON_LVM, template == "drbd")
     try:
         if primary:
             return check_manual(name, want, primary, secondary or None, view.nodes, view.reports, view.records, now)
@@ -508,6 +512,17 @@ def _place(name: str, req: dict[str, Any], template: str, memory: int, disks: li
     except PlacementError as exc:
         problems.append(str(exc))
         return None
+
+
+def drbd_slots(port_base: int, sizes_mib: list[int], rng: random.Random | None = None) -> list[dict[str, Any]]:
+    """Each disk's DRBD resource: its port from the instance's block (unique in the cluster, so unique on each
+    node), its minor from the same number (unique on every node too), a random shared secret, and the size of
+    its metadata volume."""
+    pick = rng or random.SystemRandom()
+    alphabet = string.ascii_letters + string.digits
+    return [{"index": i, "minor": port_base - REPLICATION_PORTS.start + i, "port": port_base + i,
+             "secret": "".join(pick.choice(alphabet) for _ in range(32)), "meta_mib": model.drbd_meta_mib(size)}
+            for i, size in enumerate(sizes_mib)]
 
 
 def _port_base(template: str, view: ClusterView) -> int:

@@ -30,6 +30,7 @@ class Request:
     disk_mib: int
     replicated: bool
     on_lvm: bool = False
+    drbd: bool = False  # both nodes need the DRBD kernel module
 
     def describe(self) -> str:
         kind = "replicated" if self.replicated else "unreplicated"
@@ -136,7 +137,8 @@ class Judge:
 
     def _disk(self, node: str) -> list[str]:
         if self.req.on_lvm:
-            return lvm_shortage(self.reports[node], self.req.disk_mib)
+            return lvm_shortage(self.reports[node], self.req.disk_mib) + (
+                drbd_shortage(self.reports[node]) if self.req.drbd else [])
         free = self.reports[node].get("disk_free_mib", 0)
         return [f"only {format_mib(free)} disk free"] if free < self.req.disk_mib else []
 
@@ -162,6 +164,13 @@ def lvm_shortage(report: Mapping[str, Any], need_mib: int) -> list[str]:
     if free < need_mib:
         return [f"has {format_mib(free)} free in volume group {lvm['vg']}, the disks need {format_mib(need_mib)}"]
     return []
+
+
+def drbd_shortage(report: Mapping[str, Any]) -> list[str]:
+    """Why a node cannot hold DRBD disks, from its report's `drbd` (hostagent.node.drbdnode); [] when it can."""
+    if (report.get("drbd") or {}).get("version"):
+        return []
+    return ["has no DRBD kernel module (`modprobe drbd` fails there; Debian's kernels carry DRBD 8.4)"]
 
 
 def _n_plus_1_text(primary: str, node: str, need: int, has: int) -> str:

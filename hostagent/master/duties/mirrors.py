@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DUTY_EVERY_S = 3.0
 PROTECT_RETRY_S = 5.0  # after a failed attempt to restart a mirror (secondary unreachable, say)
+DRBD_SETTLE_S = 10.0  # after bringing DRBD up: its next reports carry the new generation
 
 
 class Mirrors:
@@ -48,12 +49,15 @@ class Mirrors:
         self._last_duty = now
         view = await self.views.current()
         for inst in view.instances:
-            if inst.get("disk_template") not in model.QUORUM_MIRRORED or not inst.get("secondary_node"):
+            if inst.get("disk_template") not in model.REPLICATED or not inst.get("secondary_node"):
                 continue
             if inst["name"] in view.busy or self.starting(inst["name"]):
                 continue
             try:
-                await self._keep_one(view, dict(inst))
+                if inst["disk_template"] == "drbd":
+                    await self._keep_drbd(view, dict(inst))
+                else:
+                    await self._keep_one(view, dict(inst))
             except JobFailed as exc:
                 log.warning("could not keep the disk mirror of instance '%s' running: %s", inst["name"], exc)
 
@@ -94,3 +98,32 @@ class Mirrors:
                 self._retry_at.pop(name, None)
             else:
                 self._retry_at[name] = self.store.clock.monotonic() + PROTECT_RETRY_S
+
+    async def _keep_drbd(self, view: ClusterView, inst: dict[str, Any]) -> None:
+        """DRBD keeps its own copy in step; the duty records from the primary's report whether it is, and brings
+        the resources up (again) where a disk is not up, or its state predates the copy the record names:
+        a node back from an outage then reconnects and DRBD resyncs only what changed meanwhile."""
+        name, primary, secondary = inst["name"], inst["primary_node"], inst["secondary_node"]
+        report = view.reports.get(primary) or {}
+        if primary not in view.fresh:
+            return
+        states = report.get("mirrors", {}).get(name, [])
+        record, revision = await self.moves.replica(name)
+        new = replicas.judge(record, states, float(report.get("time", 0)), self.store.clock.time())
+        if new is not None and await self.moves.put_if_unchanged(name, new, revision):
+            (log.info if new["in_sync"] else log.warning)(
+                "the copy of instance '%s' on node '%s' is %s", name, secondary,
+                "in sync" if new["in_sync"] else f"out of date ({new['why']})")
+            record = new
+        stale = len(states) < len(inst["disks"]) or any(s.get("gen") != record.get("gen") for s in states)
+        if not stale or secondary not in view.fresh or self.store.clock.monotonic() < self._retry_at.get(name, 0.0):
+            return
+        if name not in report.get("instances", {}) and inst.get("admin_state") != "up" and \
+                len(states) < len(inst["disks"]):
+            return  # stopped and not up: its resources come up with its next start
+        log.info("DRBD of instance '%s' is not up (or not under the current copy generation) on '%s' and '%s': "
+                 "bringing it up", name, primary, secondary)
+        if await self.moves.protect(None, inst):
+            self._retry_at[name] = self.store.clock.monotonic() + DRBD_SETTLE_S
+        else:
+            self._retry_at[name] = self.store.clock.monotonic() + PROTECT_RETRY_S

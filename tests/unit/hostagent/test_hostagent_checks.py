@@ -238,3 +238,26 @@ def test_a_plain_disk_is_raw_only():
                                          r"not qcow2"):
         check_add({"name": "db1", "os": "img", "disk_template": "plain", "disks": [{"size": "1G", "format": "qcow2"}]},
                   view(reports={"n1": with_vg(REPORT, 4096)}), now=0)
+
+
+def test_a_drbd_instance_gets_per_disk_minors_ports_and_secrets_unique_in_the_cluster():
+    nodes = {n: {**NODE, "name": n} for n in ("n1", "n2")}
+    reports = {n: {**with_vg({**REPORT, "node": n}, 100_000), "drbd": {"version": "8.4"}} for n in nodes}
+    other = {"name": "old", "primary_node": "n1", "secondary_node": "n2", "port_base": 11000, "admin_state": "up",
+             "memory_mib": 128, "disks": [{"size_mib": 64}]}
+    inst = check_add({"name": "db1", "os": "img", "disk_template": "drbd", "node": "n1:n2",
+                      "disks": [{"size": "1G"}, {"size": "64G"}]},
+                     view(nodes=nodes, reports=reports, records=(other,)), now=0, rng=random.Random(2))
+    assert inst.port_base == 11008  # the block after the other replicated instance's
+    assert [(s["index"], s["minor"], s["port"], s["meta_mib"]) for s in inst.drbd] == [(0, 8, 11008, 4),
+                                                                                         (1, 9, 11009, 10)]
+    secrets = [s["secret"] for s in inst.drbd]
+    assert len(set(secrets)) == 2 and all(len(s) == 32 and s.isalnum() for s in secrets)
+
+
+def test_drbd_without_a_secondary_or_with_qcow2_is_refused_before_any_job():
+    reports = {"n1": {**with_vg(REPORT, 4096), "drbd": {"version": "8.4"}}}
+    with pytest.raises(BadRequest, match=r"a replicated template needs a secondary node too") as caught:
+        check_add({"name": "db1", "os": "img", "disk_template": "drbd", "node": "n1",
+                   "disks": [{"size": "1G", "format": "qcow2"}]}, view(reports=reports), now=0)
+    assert "a drbd disk is a logical volume, which holds raw data only" in str(caught.value)

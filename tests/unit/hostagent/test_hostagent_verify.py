@@ -8,6 +8,7 @@ from storage.drbdstatus import parse_status_json
 
 from hostagent.node.clocks import ClockReading, reading
 from hostagent.node.reporter import drbd_resources
+from hostagent.master import repair
 from hostagent.views import Finding, jobs_in_flight, verify
 
 NOW = 1_000_000.0
@@ -211,6 +212,19 @@ def test_drbd_resources_of_no_instance_are_orphans_and_a_disconnected_primary_is
         ("error", "instance 'web1' disk 0: DRBD on node 'n1' is not in sync: disconnected from n2 (Connecting)"),
         ("warning", "node 'n1': orphan DRBD resource corral-gone-1 (no such instance)")]
     assert findings[1].subject == "corral-gone-1"
+
+
+def test_a_drbd_resource_that_refuses_to_connect_is_a_split_brain_with_the_steps_to_resolve_it():
+    standalone = {"name": "corral-web1-0", "up": True, "connection": "StandAlone", "role": "Secondary",
+                  "up_to_date": False, "summary": "StandAlone, Secondary, this disk UpToDate, the peer's DUnknown"}
+    web1 = inst(template="drbd", secondary="n2")
+    reports = {"n1": report(instances={"web1": running()}), "n2": report("n2", drbd={"resources": [standalone]})}
+    findings = [f for f in run([node("n1"), node("n2")], [web1], reports) if "drbd" in f.code]
+    assert [(f.severity, f.code, f.node, f.subject) for f in findings] == [
+        ("error", "drbd-split-brain", "n2", "corral-web1-0")]
+    assert "split brain" in findings[0].message
+    steps = repair.plan(findings, [web1], reports, {}, {}, NOW)
+    assert not steps[0].op and "connect --discard-my-data corral-web1-0" in steps[0].manual
 
 
 def test_unreadable_drbd_state_is_a_warning():

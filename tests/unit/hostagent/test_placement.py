@@ -182,3 +182,14 @@ def test_manual_unreplicated_placement_with_secondary_is_refused():
         check_manual("web1", SMALL, "n1", "n2", nodes, reports, [], NOW)
     assert err.value.shortages == {
         "n2": ["given as secondary, but an unreplicated template has none: use --node PRIMARY"]}
+
+
+def test_drbd_needs_the_kernel_module_on_both_nodes_and_says_which_lacks_it():
+    want = Request(memory_mib=512, disk_mib=1024, replicated=True, on_lvm=True, drbd=True)
+    lvm = {"vg": "vg0", "size_mib": 10_000, "free_mib": 10_000}
+    nodes, reports = cluster("n1", "n2", n1={"lvm": lvm, "drbd": {"version": "8.4"}}, n2={"lvm": lvm, "drbd": {}})
+    with pytest.raises(PlacementError, match=r"n2: has no DRBD kernel module") as caught:
+        check_manual("db1", want, "n1", "n2", nodes, reports, [], NOW)
+    assert "n1" not in caught.value.shortages
+    reports["n2"]["drbd"] = {"version": "8.4"}
+    assert check_manual("db1", want, "n1", "n2", nodes, reports, [], NOW) == Placement("n1", "n2")

@@ -260,3 +260,23 @@ def test_module_version_reads_proc_drbd(proc: str, version: str) -> None:
 def test_module_version_says_what_it_could_not_read() -> None:
     with pytest.raises(ValueError, match="no 'version: X.Y.Z' line"):
         module_version("drbd not loaded")
+
+
+def test_a_fence_peer_handler_freezes_io_until_it_has_outdated_the_peer_in_both_dialects() -> None:
+    res = dataclasses.replace(RES, fence_peer="/usr/bin/env corral-fence --socket /run/corral/agent.sock")
+    old, new = render_resource(res, "8.4"), render_resource(res, "9")
+    assert section(old, "disk") == ["fencing resource-and-stonith;"]  # DRBD 8.4: a disk option
+    assert "fencing resource-and-stonith;" in section(new, "net")  # DRBD 9: a connection option
+    for text in (old, new):
+        assert section(text, "handlers") == [f'fence-peer "{res.fence_peer}";']
+    assert "fencing" not in render_resource(RES, "8.4") and "handlers" not in render_resource(RES, "8.4")
+
+
+def test_a_fixed_resync_rate_turns_off_drbds_own_controller() -> None:
+    text = render_resource(dataclasses.replace(RES, resync_rate_mib_s=60), "8.4")
+    assert section(text, "disk") == ["c-plan-ahead 0;", "resync-rate 61440k;"]
+
+
+def test_render_refuses_a_handler_that_would_break_the_file_and_a_negative_rate() -> None:
+    problems = problems_of(dataclasses.replace(RES, fence_peer='/bin/x "y"', resync_rate_mib_s=-1))
+    assert set(problems) == {"fence_peer", "resync_rate_mib_s"}

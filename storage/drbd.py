@@ -1,0 +1,330 @@
+"""The `drbd` template on one node: each disk a DRBD resource over a data LV and a metadata LV, replicated to a
+second node with protocol C.
+
+- LVs: the data LV is the `plain` template's (same name and tags, so `cluster verify` and the node's report
+  see it as the disk); its metadata LV is `<data LV>-meta`, tagged `corral-drbd-meta=<N>` instead of
+  `corral-disk=<N>` so it never counts as a disk. External metadata keeps the data LV the guest's disk
+  byte for byte (a DRBD disk can be taken back as a plain LV), as Ganeti does.
+- Configuration: one file per resource under `conf_dir`, used with `drbdadm -c`; drbdadm finds this node's
+  `on` section through `__DRBD_NODE__` (storage.drbdconf), so node names need not be host names for the
+  agent's own calls. The kernel runs the fence-peer handler through drbdadm with the machine's host name,
+  so on a real node the host name must be the node name (as Ganeti requires too).
+- Up is idempotent: a minor the kernel already has is `adjust`ed to the file (a new peer address, say),
+  others are brought `up`; metadata is created only when `up` finds none, never over existing metadata
+  (that would throw away the bitmap and the generation identifiers).
+- Roles: a resource is Secondary on both nodes except while QEMU runs on the primary; `promote` retries
+  once when DRBD refused because the fence-peer handler was still outdating the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from storage import runner
+from storage.base import DiskNotFound, UnsupportedFormat, check_disk
+from storage.drbdconf import (
+    RESOURCE_PREFIX,
+    DrbdPeer,
+    DrbdResource,
+    module_version,
+    render_resource,
+    resource_name,
+)
+from storage.drbdproc import MinorState, parse_proc_drbd
+from storage.drbdstatus import ResourceState, parse_status_json
+from storage.errors import CommandFailed, StorageError
+from storage.lvm import PlainTemplate
+from storage.lvmparse import TAG_INSTANCE
+
+TAG_META = "corral-drbd-meta="
+PROMOTE_RETRY_S = 1.0
+NOT_OUTDATED = "peer is not outdated"
+
+
+class DrbdError(StorageError):
+    """A DRBD step failed on this node; the message names the resource and what DRBD said."""
+
+
+@dataclass(frozen=True)
+class DrbdDisk:
+    """One disk of a drbd instance as a node holds it: the master's minor, port and secret, and both ends."""
+
+    instance: str
+    index: int
+    size_mib: int
+    minor: int
+    port: int
+    secret: str
+    node: str
+    address: str
+    peer: str
+    peer_address: str
+    meta_mib: int = 4  # the master's choice (hostagent.model.drbd_meta_mib)
+
+    @property
+    def name(self) -> str:
+        return resource_name(self.instance, self.index)
+
+
+class DrbdNode:
+    """This node's DRBD resources: LVs, configuration files, the kernel's state."""
+
+    def __init__(self, lvm: PlainTemplate, conf_dir: str, *, fence_peer: str = "", resync_rate_mib_s: float = 0.0,
+                 proc_path: str = "/proc/drbd", timeout_s: float = 60.0, copy_timeout_s: float = 3600.0) -> None:
+        """`fence_peer`: the handler's command line (hostagent.node.drbdfence)."""
+        self.lvm = lvm
+        self.conf_dir = conf_dir
+        self.fence_peer = fence_peer
+        self.resync_rate_mib_s = resync_rate_mib_s
+        self.copy_timeout_s = copy_timeout_s
+        self._run = runner.run
+        self._proc_path = proc_path
+        self._timeout_s = timeout_s
+        self._version: str | None = None
+
+    # ---- what the kernel has ----------------------------------------------------------------------------
+    async def version(self) -> str | None:
+        """The module's resource-file dialect ("8.4" or "9"), loading the module once; None without one."""
+        if self._version is None:
+            with contextlib.suppress(StorageError):
+                await self._run(["modprobe", "drbd"], timeout_s=self._timeout_s, check=False)
+            try:
+                self._version = module_version(_read(self._proc_path))
+            except (OSError, ValueError):
+                return None
+        return self._version
+
+    async def states(self) -> dict[int, MinorState]:
+        """Every configured minor ({} without the module): DRBD 8.4's /proc/drbd, DRBD 9's `drbdsetup status`."""
+        if self._version == "9":
+            result = await self._run(["drbdsetup", "status", "--json", "--statistics"], timeout_s=self._timeout_s)
+            return {s.minor: state for s in parse_status_json(result.stdout)
+                    if s.minor is not None and (state := minor_state(s)) is not None}
+        try:
+            return parse_proc_drbd(_read(self._proc_path))
+        except OSError:
+            return {}
+
+    @staticmethod
+    def device(minor: int) -> str:
+        return f"/dev/drbd{minor}"
+
+    # ---- bringing a disk up -----------------------------------------------------------------------------
+    def resource(self, disk: DrbdDisk) -> DrbdResource:
+        """The resource both nodes render alike: peers in node-name order (DRBD 9's node ids)."""
+        data = self.lvm.path(disk.instance, disk.index, "raw")
+        ends = sorted([(disk.node, disk.address), (disk.peer, disk.peer_address)])
+        peers = tuple(DrbdPeer(node, i, address, disk.port, data, data + "-meta")
+                      for i, (node, address) in enumerate(ends))
+        assert len(peers) == 2
+        return DrbdResource(disk.name, disk.minor, disk.secret, (peers[0], peers[1]),
+                            fence_peer=self.fence_peer, resync_rate_mib_s=self.resync_rate_mib_s)
+
+    async def ensure(self, disk: DrbdDisk) -> str:
+        """The disk's LVs, configuration and resource up (connecting to the peer); its device path."""
+        check_disk(disk.instance, disk.index, disk.size_mib)
+        version = await self.version()
+        if version is None:
+            raise DrbdError(f"node '{disk.node}' has no DRBD kernel module (modprobe drbd failed): "
+                            f"disk {disk.index} of '{disk.instance}' cannot be replicated here")
+        if not await self.lvm.exists(disk.instance, disk.index):
+            await self.lvm.create(disk.instance, disk.index, disk.size_mib, "raw")
+        await self._ensure_meta(disk)
+        conf = self.conf_path(disk.name)
+        os.makedirs(self.conf_dir, mode=0o700, exist_ok=True)
+        text = render_resource(self.resource(disk), version)
+        _write_secret_file(conf, text)
+        if disk.minor in await self.states():
+            await self._drbdadm(disk.node, "adjust", disk.name)
+            return self.device(disk.minor)
+        try:
+            await self._drbdadm(disk.node, "up", disk.name)
+        except DrbdError as exc:
+            if "No valid meta data found" not in str(exc) and "no valid meta" not in str(exc).lower():
+                raise
+            await self._drbdadm(disk.node, "create-md", "--force", disk.name)
+            await self._drbdadm(disk.node, "down", disk.name)
+            await self._drbdadm(disk.node, "up", disk.name)
+        return self.device(disk.minor)
+
+    async def _ensure_meta(self, disk: DrbdDisk) -> None:
+        name = self.lvm.lv_name(disk.instance, disk.index) + "-meta"
+        if os.path.exists(f"/dev/{self.lvm.vg}/{name}"):
+            return
+        result = await self._run(["lvs", *self.lvm.lvm_args, "--noheadings", "-o", "lv_name", self.lvm.vg],
+                                 timeout_s=self._timeout_s)
+        if name in result.stdout.split():
+            await self._run(["lvchange", *self.lvm.lvm_args, "-ay", f"{self.lvm.vg}/{name}"], timeout_s=self._timeout_s)
+            return
+        await self._run(["lvcreate", *self.lvm.lvm_args, "--yes", "-W", "y", "-n", name,
+                         "-L", f"{disk.meta_mib}m", "--addtag", f"{TAG_INSTANCE}{disk.instance}",
+                         "--addtag", f"{TAG_META}{disk.index}", self.lvm.vg], timeout_s=self._timeout_s)
+
+    # ---- roles ------------------------------------------------------------------------------------------
+    async def promote(self, node: str, name: str, *, force: bool = False) -> None:
+        """Primary on this node. `force`: from an Inconsistent or unknown disk (a new disk's first sync, or
+        the operator's --ignore-consistency)."""
+        extra = ["--force"] if force else []
+        try:
+            await self._drbdadm(node, "primary", *extra, name)
+        except DrbdError as exc:
+            if NOT_OUTDATED not in str(exc):
+                raise
+            await asyncio.sleep(PROMOTE_RETRY_S)  # the handler has outdated the peer by now, or it never will
+            await self._drbdadm(node, "primary", *extra, name)
+
+    async def demote(self, node: str, name: str) -> None:
+        await self._drbdadm(node, "secondary", name)
+
+    async def demote_instance(self, node: str, instance: str) -> None:
+        """Every resource of `instance` that is Primary here back to Secondary."""
+        states = await self.states()
+        prefix = f"{RESOURCE_PREFIX}{instance}-"
+        for name in self.configured():
+            if not (name.startswith(prefix) and name[len(prefix):].isdigit()):
+                continue
+            minor = self._minor_of(name)
+            if minor is not None and minor in states and states[minor].role == "Primary":
+                await self.demote(node, name)
+
+    def _minor_of(self, name: str) -> int | None:
+        """The minor a resource file names (`device minor N;`)."""
+        try:
+            text = _read(self.conf_path(name))
+        except OSError:
+            return None
+        found = re.search(r"device minor (\d+);", text)
+        return int(found[1]) if found else None
+
+    async def dual_primary(self, node: str, name: str, allow: bool) -> None:
+        """Allow (or forbid again) both nodes Primary: only for a live migration's switchover."""
+        await self._drbdadm(node, "net-options", f"--allow-two-primaries={'yes' if allow else 'no'}", name)
+
+    async def remove(self, node: str, instance: str, index: int) -> None:
+        """The resource down, both LVs and the file gone (idempotent)."""
+        name = resource_name(instance, index)
+        conf = self.conf_path(name)
+        if os.path.exists(conf):
+            with contextlib.suppress(DrbdError):
+                await self._drbdadm(node, "down", name)
+        meta = f"{self.lvm.vg}/{self.lvm.lv_name(instance, index)}-meta"
+        await self._run(["lvremove", *self.lvm.lvm_args, "-f", meta], timeout_s=self._timeout_s, check=False)
+        await self.lvm.remove(instance, index)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(conf)
+
+    def conf_path(self, name: str) -> str:
+        return os.path.join(self.conf_dir, f"{name}.res")
+
+    def configured(self) -> list[str]:
+        """The resources this node has a file for."""
+        try:
+            return sorted(f[:-4] for f in os.listdir(self.conf_dir) if f.endswith(".res"))
+        except FileNotFoundError:
+            return []
+
+    async def _drbdadm(self, node: str, *args: str) -> None:
+        name = args[-1]
+        argv = ["drbdadm", "-c", self.conf_path(name), *args]
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "__DRBD_NODE__": node}
+        try:
+            await self._run(argv, timeout_s=self._timeout_s, env=env)
+        except CommandFailed as exc:
+            said = "; ".join(line for line in exc.stderr_tail.splitlines()
+                             if line.strip() and "__DRBD_NODE__" not in line and "PRETENDING" not in line)
+            raise DrbdError(f"drbdadm {' '.join(args[:-1])} of resource {name} failed on node '{node}': "
+                            f"{said or 'no message'}") from exc
+
+
+def minor_state(res: ResourceState) -> MinorState | None:
+    """A DRBD 9 resource of one volume and one peer in /proc/drbd's (8.4's) terms; None for other shapes."""
+    if res.minor is None or len(res.peers) != 1:
+        return None
+    peer = res.peers[0]
+    connection = (peer.replication if peer.connected and peer.replication != "Established" else peer.connection)
+    return MinorState(res.minor, connection, res.role, peer.peer_role, res.disk, peer.peer_disk, 0,
+                      peer.percent_in_sync if peer.syncing else None, peer.eta_s)
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def _write_secret_file(path: str, text: str) -> None:
+    """Written whole or not at all, readable by root only (it holds the shared secret)."""
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(path + ".tmp", path)
+
+
+class DrbdDisks:
+    """One drbd instance's disks on its primary, as an install sees a disk template (storage.install.Disks):
+    creating a disk brings its resource up and makes this node Primary of a new, not yet synced disk."""
+
+    formats = ("raw",)
+
+    def __init__(self, drbd: DrbdNode, node: str, disks: Sequence[DrbdDisk]) -> None:
+        self.drbd = drbd
+        self.node = node
+        self._disks = {d.index: d for d in disks}
+
+    def _disk(self, instance: str, index: int) -> DrbdDisk:
+        disk = self._disks.get(index)
+        if disk is None or disk.instance != instance:
+            raise DiskNotFound(instance, index, "the instance's DRBD resources")
+        return disk
+
+    def check_format(self, fmt: str) -> None:
+        if fmt != "raw":
+            raise UnsupportedFormat("drbd", fmt, self.formats)
+
+    async def exists(self, instance: str, index: int) -> bool:
+        return await self.drbd.lvm.exists(instance, index)
+
+    def locate(self, instance: str, index: int) -> tuple[str, str]:
+        return self.path(instance, index, "raw"), "raw"
+
+    def path(self, instance: str, index: int, fmt: str) -> str:
+        self.check_format(fmt)
+        return self.drbd.device(self._disk(instance, index).minor)
+
+    async def create(self, instance: str, index: int, size_mib: int, fmt: str) -> str:
+        self.check_format(fmt)
+        disk = self._disk(instance, index)
+        path = await self.drbd.ensure(disk)
+        await self.drbd.promote(disk.node, disk.name, force=True)
+        return path
+
+    async def clone_image(self, instance: str, index: int, image_path: str, size_mib: int, fmt: str, *,
+                          image_fmt: str = "qcow2") -> str:
+        path = await self.create(instance, index, size_mib, fmt)
+        try:
+            await runner.run(["qemu-img", "convert", "-q", "-n", "-f", image_fmt, "-O", "raw", image_path, path],
+                             timeout_s=self.drbd.copy_timeout_s)
+        except BaseException:
+            await self.remove(instance, index)
+            raise
+        return path
+
+    async def remove(self, instance: str, index: int) -> None:
+        await self.drbd.remove(self.node, instance, index)
+
+    async def grow(self, instance: str, index: int, new_size_mib: int) -> None:
+        raise DrbdError(f"disk {index} of '{instance}' is a DRBD resource: growing it is not supported yet")
+
+    async def activate(self, instance: str) -> None:
+        """Every disk up and Primary here, before QEMU opens them: DRBD refuses a disk that is not UpToDate
+        (its copy here missed writes) unless the peer has it, and a peer that is Primary."""
+        for disk in self._disks.values():
+            await self.drbd.ensure(disk)
+            await self.drbd.promote(self.node, disk.name)
+
+    async def deactivate(self, instance: str) -> None:
+        await self.drbd.demote_instance(self.node, instance)
