@@ -66,6 +66,8 @@ from hostagent.orders import NodeClient
 
 log = logging.getLogger(__name__)
 
+JOIN_ETCD_PATIENCE_S = 60.0  # after admission: how long a joining node waits for a busy etcd
+
 
 class NotInitialized(Exception):
     """This node is not part of a cluster yet."""
@@ -279,14 +281,28 @@ class Agent:
             try:
                 answer = await self.enrolment.admit(host, port, token)
                 await self.activate()
-                assert self.mirror is not None and self.etcd is not None
-                revision = (await self.etcd.status())["revision"]
+                revision = await self._cluster_revision(JOIN_ETCD_PATIENCE_S)
+                assert self.mirror is not None
                 await self.mirror.wait_for_revision(revision, timeout_s=15)
                 await self.reports.now()
                 return {"cluster": answer["cluster"], "node": self.cfg.node_name, "master": answer["master"]}
             except BaseException:
                 await self._undo_local("cluster join")
                 raise
+
+    async def _cluster_revision(self, patience_s: float) -> int:
+        """The cluster's etcd revision, asked again while etcd is slow to answer: the master has admitted this
+        node (its join token is spent), so a busy moment must not undo the join."""
+        assert self.etcd is not None
+        deadline = self.clock.monotonic() + patience_s
+        while True:
+            try:
+                return int((await self.etcd.status())["revision"])
+            except EtcdError as exc:
+                if self.clock.monotonic() >= deadline:
+                    raise
+                log.warning("joining: etcd does not answer yet (%s); asking again", exc)
+                await asyncio.sleep(2)
 
     async def _undo_local(self, what: str) -> None:
         log.error("%s failed; removing what it created on node '%s'", what, self.cfg.node_name)

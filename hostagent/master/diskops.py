@@ -20,6 +20,7 @@ from hostagent.master.decide.checks import DISK_FORMATS, MAX_DISKS, MAX_MIRROR_D
 from hostagent.errors import BadRequest, Conflict
 from hostagent.master.jobs import JobContext, JobFailed
 from hostagent.master.decide.placement import PlacementError, Request, check_manual, lvm_shortage
+from hostagent.master import drbdsteps
 from hostagent.master.moves import Moves
 from hostagent.master.store import Store
 from hostagent.units import SizeError, format_mib, parse_mib
@@ -43,7 +44,10 @@ class DiskOps:
         others = [i for i in await self.store.prefix(model.INSTANCES) if i["name"] != inst["name"]]
         nodes = {n["name"]: n for n in await self.store.prefix(model.NODES)}
         reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
-        want = Request(inst["memory_mib"], sum(d["size_mib"] for d in inst["disks"]), secondary is not None)
+        template = inst.get("disk_template")
+        need = sum(d["size_mib"] + (model.drbd_meta_mib(d["size_mib"]) if template == "drbd" else 0)
+                   for d in inst["disks"])
+        want = Request(inst["memory_mib"], need, secondary is not None, template in model.ON_LVM, template == "drbd")
         try:
             check_manual(inst["name"], want, primary, secondary, nodes, reports, others, self.store.clock.time())
         except PlacementError as exc:
@@ -326,6 +330,8 @@ class DiskOps:
         inst = await self.store.instance(args["name"])
         name, old, new = inst["name"], inst["secondary_node"], args["node"]
         await ctx.log(f"replacing the secondary of '{name}': node '{old}' by node '{new}'")
+        if inst["disk_template"] == "drbd":
+            return await drbdsteps.replace_secondary(self.store, self.moves, ctx, inst, new, self._remove_disks)
         await self.store.order(new, "instance.replica-prepare", {"name": name, "disks": inst["disks"]})
         await self.moves.outdate(name, f"its secondary is being replaced: node '{old}' by node '{new}'")
         await self.store.order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
@@ -341,7 +347,7 @@ class DiskOps:
         inst = await self.store.instance(args["name"])
         name = inst["name"]
         if inst["disk_template"] == "drbd":
-            return await self._activate_drbd(ctx, inst)
+            return await drbdsteps.activate(self.store, ctx, inst)
         if inst.get("secondary_node"):
             created = await self.store.order(inst["secondary_node"], "instance.replica-prepare",
                                              {"name": name, "disks": inst["disks"]})
@@ -358,16 +364,6 @@ class DiskOps:
         for path in paths["paths"]:
             await ctx.log(f"disk of '{name}' on node '{inst['primary_node']}': {path}")
         return {"name": name, "node": inst["primary_node"], "paths": paths["paths"]}
-
-    async def _activate_drbd(self, ctx: JobContext, inst: dict[str, Any]) -> dict[str, Any]:
-        """Ganeti's activate-disks: both nodes' resources up and connected, the primary's Primary, so its
-        devices can be used for maintenance (they go back to Secondary when the instance next stops)."""
-        name, primary = inst["name"], inst["primary_node"]
-        await self.store.order(inst["secondary_node"], "drbd.prepare", {"instance": inst})
-        devices = (await self.store.order(primary, "drbd.activate", {"instance": inst}))["devices"]
-        for path in devices:
-            await ctx.log(f"disk of '{name}' on node '{primary}': {path} (DRBD, Primary there)")
-        return {"name": name, "node": primary, "paths": devices}
 
     async def _job_grow(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         await self.check_grow(args["name"], args)

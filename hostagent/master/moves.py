@@ -23,7 +23,7 @@ from election.etcd import Compare, Op
 from kvm.migration import migration_uri
 
 from hostagent import model
-from hostagent.master import cdrom, pending
+from hostagent.master import cdrom, drbdsteps, pending
 from hostagent.master.decide import replicas
 from hostagent.master.decide.checks import PORTS_PER_INSTANCE
 from hostagent.master.decide.restarts import Event
@@ -207,6 +207,9 @@ class Moves:
         target_addr = (await self._node(target))["address"]
         port = int(inst["port_base"]) + PORTS_PER_INSTANCE - 1
         await ctx.log(f"live-migrating instance '{name}' from node '{source}' to node '{target}'")
+        drbd = inst["disk_template"] == "drbd"
+        if drbd:
+            await drbdsteps.dual_primary(self.store, ctx, inst, target)
         placed = (await self.store.order(source, "instance.placement", {"name": name}))["placement"]
         await self.store.order(target, "instance.start",  # only receives: the guest runs there after the outdate
                                {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port),
@@ -214,15 +217,18 @@ class Moves:
         switched = False
         try:
             await self._send_memory(ctx, inst, target_addr, port, float(args.get("max_bandwidth_mib_s", 1024)))
-            await self.store.order(target, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
-            await self.outdate(name, f"the guest moves to node '{target}' by live migration; a new copy follows",
-                               copy_on=source)
+            if not drbd:  # DRBD's copy stays in sync through the switchover: nothing to end, nothing outdated
+                await self.store.order(target, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
+                await self.outdate(name, f"the guest moves to node '{target}' by live migration; a new copy "
+                                         "follows", copy_on=source)
             result = await self.store.order(source, "instance.migrate-complete", {"name": name})
             switched = True
         except Exception as exc:
             if not switched:
                 await self._undo_migrate(ctx, inst, exc)
             raise
+        if drbd:
+            await drbdsteps.single_primary(self.store, ctx, inst, release=source)
         await self._set_nodes(inst, target, source)
         await ctx.log(f"instance '{name}' now runs on node '{target}': guest paused {result['downtime_ms']} ms, "
                       f"{result['transferred_mib']:.0f} MiB sent in {result['total_s']:.1f} s "
@@ -233,9 +239,10 @@ class Moves:
     async def _send_memory(self, ctx: JobContext, inst: dict[str, Any], host: str, port: int,
                            max_bandwidth: float) -> None:
         """Run the migration to its switchover point, logging progress and an ETA as it goes."""
+        mirrored = inst["disks"] if inst["disk_template"] in model.QUORUM_MIRRORED else []  # mirrors to end
         order = asyncio.create_task(self.store.order(
             inst["primary_node"], "instance.migrate-to-switchover",
-            {"name": inst["name"], "host": host, "port": port, "disks": inst["disks"],
+            {"name": inst["name"], "host": host, "port": port, "disks": mirrored,
              "max_bandwidth_mib_s": max_bandwidth}))
         started = self.store.clock.monotonic()
         while not order.done():
@@ -265,6 +272,8 @@ class Moves:
                 await self.store.order(node, op, args)
             except JobFailed as exc:
                 await ctx.log(f"cleaning up after the failed migration: {exc}")
+        if inst["disk_template"] == "drbd":
+            await drbdsteps.single_primary(self.store, ctx, inst, release=target)
         await self.protect(ctx, inst)
 
     async def settle_migration(self, inst: dict[str, Any]) -> bool:

@@ -87,7 +87,7 @@ class Operations:
         runner = self.role.require()
         if inst.get("disk_template") == "drbd" and op in DRBD_NOT_YET:
             raise BadRequest(f"instance '{name}' has drbd disks: {DRBD_NOT_YET[op]} is not supported for them yet "
-                             "(they are created, started, stopped, rebooted, failed over and removed)")
+                             "(they are created, started, stopped, rebooted, live-migrated, failed over, given a new secondary and removed)")
         if op == "instance.reboot" and params.get("type", "soft") not in ("soft", "hard"):
             raise BadRequest(f"reboot type {params.get('type')!r} is not one of soft, hard")
         if not runner.busy(f"instance/{name}"):
@@ -363,10 +363,9 @@ class Operations:
 
 
 # What drbd instances cannot do yet, in the operator's words.
-DRBD_NOT_YET = {"instance.move": "moving them to another node", "instance.replace-secondary": "replacing the secondary",
-                "instance.grow-disk": "growing a disk", "instance.add-disk": "adding a disk",
-                "instance.remove-disk": "removing a disk", "instance.reinstall": "reinstalling",
-                "instance.migrate": "live migration"}
+DRBD_NOT_YET = {"instance.move": "moving them to another node", "instance.grow-disk": "growing a disk",
+                "instance.add-disk": "adding a disk", "instance.remove-disk": "removing a disk",
+                "instance.reinstall": "reinstalling"}
 
 
 def _addresses(inst: dict[str, Any]) -> str:

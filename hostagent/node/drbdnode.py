@@ -74,7 +74,7 @@ class NodeDrbd:
 
     def orders(self) -> dict[str, Order]:
         return {"drbd.prepare": self._prepare, "drbd.attach": self._attach, "drbd.release": self._release,
-                "drbd.activate": self._activate}
+                "drbd.activate": self._activate, "drbd.dual-primary": self._dual_primary}
 
     def gen(self, name: str) -> int:
         raw = read_small_file(os.path.join(self._gen_dir, f"{name}.gen"))
@@ -109,6 +109,16 @@ class NodeDrbd:
             devices.append(await drbd.ensure(disk))
             await drbd.promote(self._node, disk.name)
         return {"devices": devices}
+
+    async def _dual_primary(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Allow (or forbid again) both nodes Primary: a live migration's target opens the disks while the
+        source still runs (Ganeti does the same for the switchover only)."""
+        inst, allow = args["instance"], bool(args["allow"])
+        drbd = self._need()
+        for disk in self._disks.drbd_disks(inst):
+            await drbd.ensure(disk)
+            await drbd.dual_primary(self._node, disk.name, allow)
+        return {"allow": allow}
 
     async def _release(self, args: dict[str, Any]) -> dict[str, Any]:
         """The instance's resources Secondary here (no QEMU may be using them)."""
