@@ -125,7 +125,7 @@ class Agent:
         self.relays = RelayLimit()  # consoles and VNC displays this agent bridges (hostagent.api.relay)
         self.disks = NodeDisks(cfg.node_name, self.files, self.lvm, drbd_node(cfg, self.lvm), self._address_of)
         self.drbd = NodeDrbd(cfg.node_name, self.disks, lambda name: self.replica.get_json(model.instance_key(name)),
-                             cfg.run_dir, clock)
+                             cfg.run_dir, lambda name: self.qemu.stop(name, timeout_s=0, force=True), clock)
         self.executor = NodeExecutor(cfg.node_name, self.qemu, self.disks, self.catalog,
                                      os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
                                      self.replication.tls_dir)

@@ -132,8 +132,12 @@ class DrbdNode:
         if version is None:
             raise DrbdError(f"node '{disk.node}' has no DRBD kernel module (modprobe drbd failed): "
                             f"disk {disk.index} of '{disk.instance}' cannot be replicated here")
+        data = self.lvm.path(disk.instance, disk.index, "raw")
         if not await self.lvm.exists(disk.instance, disk.index):
             await self.lvm.create(disk.instance, disk.index, disk.size_mib, "raw")
+        elif not os.path.exists(data):  # inactive, as after a node's reboot without LVM's udev rules
+            await self._run(["lvchange", *self.lvm.lvm_args, "-ay", data.removeprefix("/dev/")],
+                            timeout_s=self._timeout_s)
         await self._ensure_meta(disk)
         conf = self.conf_path(disk.name)
         os.makedirs(self.conf_dir, mode=0o700, exist_ok=True)
@@ -200,6 +204,18 @@ class DrbdNode:
             return None
         found = re.search(r"device minor (\d+);", text)
         return int(found[1]) if found else None
+
+    async def resume_io(self, node: str, name: str) -> None:
+        """Let a primary frozen by its fencing write again (to this node's disk only, the peer being away)."""
+        await self._drbdadm(node, "resume-io", name)
+
+    async def step_down(self, node: str, name: str, *, discard: bool) -> None:
+        """Primary no more; `discard`: then throw away everything this node has that its peer lacks and resync
+        from the peer (for a primary that was frozen by its fencing: nothing it wrote since was acknowledged)."""
+        await self.demote(node, name)
+        if discard:
+            await self._drbdadm(node, "disconnect", name)
+            await self._drbdadm(node, "connect", "--discard-my-data", name)
 
     async def dual_primary(self, node: str, name: str, allow: bool) -> None:
         """Allow (or forbid again) both nodes Primary: only for a live migration's switchover."""

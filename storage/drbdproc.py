@@ -24,6 +24,7 @@ from storage.errors import StorageError
 _MINOR_RE = re.compile(r"^ *(\d+): cs:(\S+)(.*?)(?=^ *\d+: cs:|\Z)", re.MULTILINE | re.DOTALL)
 _FIELD_RE = re.compile(r"\b(ro|ds|oos):(\S+)")
 _SYNCED_RE = re.compile(r"sync'ed:\s*([\d.]+)%")
+_IO_FLAGS_RE = re.compile(r"\bds:\S+ [ABC] ([rs])")  # after the protocol: r (I/O running) or s (suspended)
 _FINISH_RE = re.compile(r"finish: (\d+):(\d\d):(\d\d) speed: ([\d,]+)")
 SYNC_STATES = frozenset({"SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "StartingSyncS",
                          "StartingSyncT", "WFBitMapS", "WFBitMapT", "WFSyncUUID"})
@@ -47,6 +48,7 @@ class MinorState:
     percent: float | None = None  # a running resync's progress
     eta_s: float | None = None
     speed_kib_s: int | None = None
+    io_suspended: bool = False  # frozen: a primary whose fence-peer handler has not (yet) outdated its peer
 
     @property
     def in_sync(self) -> bool:
@@ -77,6 +79,8 @@ def parse_proc_drbd(text: str) -> dict[int, MinorState]:
         if finish is not None:
             eta = float(int(finish[1]) * 3600 + int(finish[2]) * 60 + int(finish[3]))
             speed = int(finish[4].replace(",", ""))
+        flags = _IO_FLAGS_RE.search(rest)
         minors[minor] = MinorState(minor, connection, role, peer_role, disk, peer_disk, oos,
-                                   float(synced[1]) if synced else None, eta, speed)
+                                   float(synced[1]) if synced else None, eta, speed,
+                                   io_suspended=bool(flags and flags[1] == "s"))
     return minors

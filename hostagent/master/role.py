@@ -219,6 +219,8 @@ class MasterRole:
 async def _run_duty(duty: Duty) -> None:
     try:
         await duty()
+    except EtcdError as exc:  # etcd busy or between leaders: the duty runs again on the next pass
+        log.warning("master duty %s could not reach etcd this time: %s", _name(duty), exc)
     except Exception:  # noqa: BLE001 - one failing duty must not stop the others
         log.exception("master duty %s failed; please report this bug", _name(duty))
 

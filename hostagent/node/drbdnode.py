@@ -58,9 +58,11 @@ class NodeDrbd:
     """This node's DRBD resources as orders, report states and fencing calls."""
 
     def __init__(self, node: str, disks: NodeDisks, instance: Callable[[str], dict[str, Any] | None],
-                 run_dir: str, clock: Clock = SYSTEM) -> None:
-        """`instance`: an instance's record from this node's copy of the config."""
+                 run_dir: str, stop_guest: Callable[[str], Awaitable[Any]], clock: Clock = SYSTEM) -> None:
+        """`instance`: an instance's record from this node's copy of the config; `stop_guest`: its QEMU here
+        stopped at once (a leftover of a node that was fenced)."""
         self._node = node
+        self._stop_guest = stop_guest
         self._disks = disks
         self._instance = instance
         self._gen_dir = os.path.join(run_dir, "replication")  # shared with the mirror template: renames move it
@@ -84,8 +86,27 @@ class NodeDrbd:
         """Every disk of the instance up here (made if missing), Secondary: a new or returning secondary."""
         inst = args["instance"]
         drbd = self._need()
-        devices = [await drbd.ensure(disk) for disk in self._disks.drbd_disks(inst)]
+        states = await drbd.states()
+        devices = []
+        for disk in self._disks.drbd_disks(inst):
+            state = states.get(disk.minor)
+            if state is not None and state.role == "Primary" and inst.get("secondary_node") == self._node:
+                await self._step_down(inst, disk.name, state.io_suspended)
+            devices.append(await drbd.ensure(disk))
         return {"devices": devices}
+
+    async def _step_down(self, inst: dict[str, Any], resource: str, frozen: bool) -> None:
+        """This node is Primary of a resource whose instance the master moved away (it was fenced, or cut off
+        and failed over): its QEMU, if any, goes; a resource frozen by fencing (nothing it wrote since the cut
+        was acknowledged to the guest) resyncs from the new primary, discarding those writes."""
+        name = inst["name"]
+        if frozen:
+            log.warning("instance '%s': node '%s' was cut off while primary; the writes frozen since (never "
+                        "acknowledged to the guest) are discarded and its copy resyncs from node '%s'",
+                        name, self._node, inst["primary_node"])
+            await self._need().resume_io(self._node, resource)
+        await self._stop_guest(name)
+        await self._need().step_down(self._node, resource, discard=frozen)
 
     async def _attach(self, args: dict[str, Any]) -> dict[str, Any]:
         """On the primary: its resources up and connecting, under the master's copy generation `gen`."""

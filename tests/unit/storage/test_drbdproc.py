@@ -16,6 +16,8 @@ SYNCING = HEAD + """ 3: cs:SyncSource ro:Primary/Secondary ds:UpToDate/Inconsist
     ns:65536 nr:0 dw:2048 dr:65536 al:9 bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 wo:f oos:2048
  6: cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate C r-----
     ns:0 nr:67584 dw:67584 dr:0 al:8 bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 wo:f oos:0
+ 7: cs:WFConnection ro:Primary/Unknown ds:UpToDate/DUnknown C s-----
+    ns:0 nr:67584 dw:67584 dr:0 al:8 bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 wo:f oos:0
 """
 
 
@@ -35,7 +37,12 @@ def test_a_primary_whose_peer_is_away_counts_what_the_peer_misses() -> None:
 
 def test_connected_and_both_up_to_date_is_in_sync_and_unconfigured_minors_are_left_out() -> None:
     minors = parse_proc_drbd(SYNCING)
-    assert sorted(minors) == [3, 5, 6] and minors[6].in_sync
+    assert sorted(minors) == [3, 5, 6, 7] and minors[6].in_sync
+
+
+def test_a_primary_frozen_by_its_fencing_says_so() -> None:
+    minors = parse_proc_drbd(SYNCING)
+    assert minors[7].io_suspended and not minors[5].io_suspended and not minors[3].io_suspended
 
 
 def test_no_module_loaded_or_no_resources_is_no_minor() -> None:
