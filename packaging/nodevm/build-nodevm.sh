@@ -17,9 +17,10 @@ set -euo pipefail
 
 readonly KERNEL_META=linux-image-amd64
 # virtio for disks, network, the control port and the 9p root; overlay for the
-# writable root; device-mapper for LVM; DRBD (8.4 in Debian 12's kernel).
+# writable root; ext4 for the state disk (tests/integration/nodevm.py);
+# device-mapper for LVM; DRBD (8.4 in Debian 12's kernel).
 # crc32c is only a soft dependency of libcrc32c (which DRBD needs): named here.
-readonly NODE_MODULES=(virtio_pci virtio_blk virtio_net virtio_console 9pnet_virtio 9p overlay dm_mod dm_snapshot crc32c_generic drbd)
+readonly NODE_MODULES=(virtio_pci virtio_blk virtio_net virtio_console 9pnet_virtio 9p overlay ext4 dm_mod dm_snapshot crc32c_generic drbd)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../image-build.sh

@@ -2,12 +2,25 @@
 
 Each VM boots packaging/nodevm's kernel and initramfs (built by packaging/nodevm/build-nodevm.sh, cached in
 CORRAL_NODEVM_DIR), sees this host's root file system read-only under a writable tmpfs overlay (so the checkout,
-the venv and the Debian tools are all there), has its own empty disks for a volume group, and answers shell commands
-over a virtio-serial control port. The VMs of a `NodeVMs` share one Ethernet segment through packaging/nodevm/hub.py
-on 127.0.0.1 (their 10.99.0.x addresses exist only inside them); `cut`/`join` pull and put back a VM's cable, and
-`power_off` kills its QEMU (a real node death). Every QEMU and the hub are started here and stopped by PID.
-"""
+the venv and the Debian tools are all there), has its own empty disks for a volume group (/dev/vda, ...), and
+answers shell commands and `corral` calls over a virtio-serial control port (packaging/nodevm/control.py). The VMs
+of a `NodeVMs` share one Ethernet segment through packaging/nodevm/hub.py on 127.0.0.1 (their 10.99.0.x addresses
+exist only inside them); `cut`/`join` pull and put back a VM's cable, and `power_off` kills its QEMU (a real node
+death). Every QEMU and the hub are started here and stopped by PID.
 
+A node that comes back: with `NodeVMs(..., state_disk=True)` each VM also has a small ext4 disk mounted at STATE
+(the agent's config, identity, certificates and etcd data), and after `vm.power_off()`, `vm.boot_again()` boots
+the same VM (name, address, disks) and waits until it answers. It comes back as a real node does after a power
+cut: its disks as it last wrote them (volume groups activated again, LVs and DRBD metadata there; writes still
+in the guest's page cache are lost, so `sync` what a test must find), STATE as it was, and everything else
+(/etc, /tmp, /run, STATE/run, loaded DRBD resources) fresh. Start its agent again with `start_agent`:
+
+    vms = NodeVMs(tmp_path, ["n1", "n2"], memory_mib=1024, state_disk=True)
+    ...
+    vms["n2"].power_off()          # the node dies
+    vms["n2"].boot_again()         # and boots again
+    start_agent(vms["n2"], "vg0")  # the same agent.toml; it rejoins with its own identity
+"""
 from __future__ import annotations
 
 import itertools
@@ -28,6 +41,9 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGE_DIR = Path(os.environ.get("CORRAL_NODEVM_DIR", "/var/cache/corral/nodevm"))
 SUBNET = "10.99.0"
 BOOT_S = 90.0  # a node VM is usually ready in 5-12 s; three booting at once on 2 cores take longer
+STATE = "/var/lib/corral-node"  # the agent's files in a VM: in its tmpfs overlay, or on its state disk
+STATE_SERIAL = "corral-state"  # how packaging/nodevm/node-init finds the state disk
+STATE_DISK_MIB = 1024  # sparse; etcd alone preallocates 64 MiB write-ahead log files
 
 
 class NodeVMError(Exception):
@@ -64,6 +80,8 @@ class NodeVM:
     hub_port: int
     disks: list[int] = field(default_factory=lambda: [2048])  # MiB each, sparse
     memory_mib: int = 384
+    state_disk: bool = False  # STATE on a disk of its own, kept across power_off() and boot_again()
+    image: Path | None = None  # the kernel and initramfs it booted
     proc: subprocess.Popen[bytes] | None = None
     _sock: socket.socket | None = None
     _answers: dict[int, Result] = field(default_factory=dict)
@@ -80,12 +98,14 @@ class NodeVM:
         return self.root / "console.log"
 
     def argv(self, image: Path) -> list[str]:
-        append = (f"console=ttyS0 panic=-1 quiet corral.init={REPO}/packaging/nodevm/node-init "
-                  f"corral.name={self.name} corral.ip={self.address}/24")
+        append = (f"console=ttyS0 panic=-1 quiet no_timer_check corral.init={REPO}/packaging/nodevm/node-init "
+                  f"corral.name={self.name} corral.ip={self.address}/24"
+                  + (f" corral.state={STATE}" if self.state_disk else ""))
         argv = ["qemu-system-x86_64", "-name", f"nodevm-{self.name}", "-M", "q35", "-accel", "tcg,tb-size=64",
                 "-smp", "1", "-m", str(self.memory_mib), "-nodefaults", "-no-user-config", "-display", "none",
                 "-no-reboot", "-kernel", str(image / "vmlinux"), "-initrd", str(image / "initrd.img"),
-                "-append", append, "-serial", f"file:{self.console}",
+                "-append", append, "-chardev", f"file,id=console,path={self.console},append=on",
+                "-serial", "chardev:console",
                 "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
                 "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
                 "-chardev", f"socket,id=ctl,path={self.root / 'ctl.sock'},server=on,wait=off",
@@ -93,18 +113,52 @@ class NodeVM:
                 "-netdev", f"dgram,id=net0,local.type=inet,local.host=127.0.0.1,local.port={self.port},"
                            f"remote.type=inet,remote.host=127.0.0.1,remote.port={self.hub_port}",
                 "-device", f"virtio-net-pci,netdev=net0,mac=52:54:00:99:00:{self.index + 1:02x}"]
+        # Raw files: whatever the guest wrote is in the file the moment QEMU acknowledged it (cache=unsafe only
+        # skips the host's fsync), so a VM killed by power_off() finds its disks as it left them.
+        # Disks named in this order in the VM (PCI slots follow the command line): the data disks /dev/vda, ...,
+        # then the state disk.
         for i, _ in enumerate(self.disks):
-            argv += ["-drive", f"file={self.root / f'disk{i}.qcow2'},if=virtio,format=qcow2,cache=unsafe"]
+            argv += ["-drive", f"file={self.root / f'disk{i}.raw'},if=none,id=disk{i},format=raw,cache=unsafe",
+                     "-device", f"virtio-blk-pci,drive=disk{i}"]
+        if self.state_disk:
+            argv += ["-drive", f"file={self.state_file},if=none,id=state,format=raw,cache=unsafe",
+                     "-device", f"virtio-blk-pci,drive=state,serial={STATE_SERIAL}"]
         return argv
 
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.ext4"
+
     def start(self, image: Path) -> None:
+        """Make its empty disks (the state disk formatted, on this host) and boot it; `connect` waits for it."""
         self.root.mkdir(parents=True, exist_ok=True)
         for i, size in enumerate(self.disks):
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.root / f"disk{i}.qcow2"),
-                            f"{size}M"], check=True, timeout=30)
+            with open(self.root / f"disk{i}.raw", "wb") as disk:
+                disk.truncate(size * 2**20)  # sparse
+        if self.state_disk:
+            subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "corral-state", "-E", "lazy_itable_init=0",
+                            str(self.state_file), f"{STATE_DISK_MIB}M"], check=True, capture_output=True, timeout=60)
         self.console.write_bytes(b"")
-        self.proc = subprocess.Popen(self.argv(image), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.root / "qemu.err", "wb"))
+        self.image = image
+        self._launch()
+
+    def _launch(self) -> None:
+        assert self.image is not None
+        with open(self.root / "qemu.err", "ab") as err:
+            self.proc = subprocess.Popen(self.argv(self.image), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=err)
+
+    def boot_again(self) -> None:
+        """Boot the VM again after `power_off()`, with the same disks, name and address; returns once it answers.
+        What it keeps is what a real node keeps over a power cut: its disks (volume groups, activated again
+        at boot, with their LVs and DRBD metadata) and, with `state_disk`, STATE (the agent's identity and
+        config; STATE/run is a fresh tmpfs, as /run is). Its agent is not started: `start_agent` as before."""
+        if self.image is None:
+            raise NodeVMError(f"node VM {self.name} was never started")
+        if self.proc is not None and self.proc.poll() is None:
+            raise NodeVMError(f"node VM {self.name} is still running: power_off() it first")
+        self._launch()
+        self.connect(time.monotonic() + BOOT_S)
 
     def connect(self, deadline: float) -> None:
         """Wait for the control server's READY, then read its answers in a thread."""
@@ -131,11 +185,13 @@ class NodeVM:
         except TimeoutError:
             raise NodeVMError(f"node VM {self.name} did not get ready within {BOOT_S:.0f} s: {self.tail()}") from None
         sock.settimeout(None)
-        self._sock = sock
-        threading.Thread(target=self._read, args=(pending.split(b"READY\n", 1)[1],), daemon=True).start()
+        with self._arrived:
+            self._answers.clear()
+            self._sock = sock
+        threading.Thread(target=self._read, args=(sock, pending.split(b"READY\n", 1)[1]), daemon=True).start()
 
-    def _read(self, pending: bytes) -> None:
-        assert self._sock is not None
+    def _read(self, sock: socket.socket, pending: bytes) -> None:
+        """The answers arriving on this boot's control connection, until it closes."""
         while True:
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
@@ -145,30 +201,35 @@ class NodeVM:
                         self._answers[reply["id"]] = Result(reply["rc"], reply["out"], reply["err"])
                         self._arrived.notify_all()
             try:
-                chunk = self._sock.recv(65536)
+                chunk = sock.recv(65536)
             except OSError:
                 chunk = b""
             if not chunk:
                 with self._arrived:
-                    self._answers[0] = Result(-1, "", "control port closed")
-                    self._arrived.notify_all()
+                    if self._sock is sock:  # not a connection power_off() closed (a later boot may have a new one)
+                        self._answers[0] = Result(-1, "", "control port closed")
+                        self._arrived.notify_all()
                 return
             pending += chunk
 
     def run(self, command: str, timeout: float = 60.0) -> Result:
         """Run a shell command in the VM; a daemon it starts must redirect its output (see control.py)."""
+        return self.request({"sh": command}, timeout, repr(command))
+
+    def request(self, request: dict[str, Any], timeout: float, what: str) -> Result:
+        """One request to the VM's control server (packaging/nodevm/control.py) and its answer."""
         if self._sock is None:
             raise NodeVMError(f"node VM {self.name} is not running")
         ident = next(self._ids)
-        self._sock.sendall((json.dumps({"id": ident, "sh": command, "timeout": timeout}) + "\n").encode())
+        self._sock.sendall((json.dumps({**request, "id": ident, "timeout": timeout}) + "\n").encode())
         deadline = time.monotonic() + timeout + 10
         with self._arrived:
             while ident not in self._answers:
                 if 0 in self._answers:
-                    raise NodeVMError(f"node VM {self.name} went away while running {command!r}")
+                    raise NodeVMError(f"node VM {self.name} went away while running {what}")
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise NodeVMError(f"node VM {self.name} gave no answer to {command!r} within {timeout + 10:.0f} s")
+                    raise NodeVMError(f"node VM {self.name} gave no answer to {what} within {timeout + 10:.0f} s")
                 self._arrived.wait(left)
             return self._answers.pop(ident)
 
@@ -188,22 +249,25 @@ class NodeVM:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self._answers.clear()
+        with self._arrived:
+            sock, self._sock = self._sock, None
+            self._answers.clear()
+        if sock is not None:
+            sock.close()
 
 
 class NodeVMs:
     """N node VMs on one private Ethernet segment (packaging/nodevm/hub.py)."""
 
-    def __init__(self, root: Path, names: list[str], disks: list[int] | None = None, memory_mib: int = 384) -> None:
-        """`memory_mib`: 384 is enough for LVM and DRBD; an agent with its etcd needs about 1024."""
+    def __init__(self, root: Path, names: list[str], disks: list[int] | None = None, memory_mib: int = 384,
+                 state_disk: bool = False) -> None:
+        """`memory_mib`: 384 is enough for LVM and DRBD; an agent with its etcd needs about 1024. `state_disk`:
+        each VM keeps STATE on a disk of its own, for tests that power a node off and boot it again."""
         self.root = root
         self.image = build_image()
         self.hub_port = free_udp_port()
         self.vms = {name: NodeVM(name, i, root / name, self.hub_port, disks=list(disks or [2048]),
-                                 memory_mib=memory_mib) for i, name in enumerate(names)}
+                                 memory_mib=memory_mib, state_disk=state_disk) for i, name in enumerate(names)}
         self.hub: subprocess.Popen[str] | None = None
 
     def __getitem__(self, name: str) -> NodeVM:
@@ -249,7 +313,6 @@ def quoted(*words: str) -> str:
 
 NODE_PORTS = {"api": 7947, "gossip": 7946, "serf_rpc": 7373, "etcd_client": 2379, "etcd_peer": 2380}
 JOIN_TRIES = 4
-STATE = "/var/lib/corral-node"  # in the VM's overlay: gone when the VM stops
 PYTHON = Path(os.environ.get("CORRAL_NODEVM_PYTHON", sys.executable))
 GUEST = Path(os.environ.get("CORRAL_GUEST_DIR", "/var/cache/corral/guest"))  # the test guest, seen through the host root
 IMAGE_OS = "busybox-guest"  # the test guest's disk as an image OS, named as `make demo` names it
@@ -291,7 +354,10 @@ def start_agent(vm: NodeVM, volume_group: str = "") -> None:
     vm.ok(f"mkdir -p {STATE}/images && cat > {STATE}/agent.toml <<'EOF_CONFIG'\n{agent_config(vm, volume_group)}"
           "EOF_CONFIG")
     vm.ok(f"ln -sf {GUEST}/base.qcow2 {STATE}/images/{IMAGE_OS}.qcow2")
-    vm.ok(f"cd / && PYTHONPATH={REPO} setsid {PYTHON} -m hostagent.main --config {STATE}/agent.toml "
+    # Started at nice 10: the agent raises itself (hostagent.node.priority) and starts its QEMUs at 10, so a nested
+    # guest, which boots for minutes under TCG and never matters to a test, leaves the VM's one CPU to the agent
+    # and the test's commands (3-10 times faster once an instance runs).
+    vm.ok(f"cd / && PYTHONPATH={REPO} setsid nice -n 10 {PYTHON} -m hostagent.main --config {STATE}/agent.toml "
           f">{STATE}/agent.log 2>&1 </dev/null &")
 
 
@@ -307,9 +373,10 @@ def wait_agent(vm: NodeVM, within_s: float = 180) -> None:
 
 
 def corral(vm: NodeVM, *args: str, timeout: float = 300) -> Result:
-    """The `corral` command line, run in the VM against its own agent."""
-    return vm.run(f"CORRAL_SOCKET={STATE}/run/agent.sock PYTHONPATH={REPO} {PYTHON} -m cli.main {quoted(*args)}",
-                  timeout)
+    """The `corral` command line, run in the VM against its own agent: forked from a CLI process that imported
+    it once (packaging/nodevm/cli_server.py), as a fresh Python there takes about 5 s to start it."""
+    return vm.request({"corral": list(args), "python": str(PYTHON), "env": {"CORRAL_SOCKET": f"{STATE}/run/agent.sock"}},
+                      timeout, f"corral {' '.join(args)}")
 
 
 def form_cluster(vms: NodeVMs, name: str = "vmc", volume_groups: dict[str, str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """The node-VM test bed (tests/integration/nodevm.py): real LVM and DRBD in QEMU guests running Debian's kernel,
-which has the modules this host's kernel lacks (real agents in node VMs: test_nodevm_plain.py). Each test boots its
-own VMs (10-20 s)."""
+which has the modules this host's kernel lacks (real agents in node VMs: test_nodevm_plain.py), and a node VM that
+is powered off and booted again with what a real node keeps. Each test boots its own VMs (10-20 s)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nodevm import NodeVM, NodeVMs
+from nodevm import STATE, NodeVM, NodeVMs
 
 from storage.drbdconf import DrbdPeer, DrbdResource, module_version, random_secret, render_resource
 
@@ -51,7 +51,7 @@ def test_lvm_and_a_drbd_84_resource_written_by_corral_replicate_and_resync_only_
     assert version == "8.4", "Debian 12's kernel carries DRBD 8.4: the 8.4 dialect is the one to prove here"
     peers = []
     for i, vm in enumerate((n1, n2)):
-        vm.ok("pvcreate -q /dev/vda && vgcreate -q vg0 /dev/vda && lvcreate -q -L 64M -n web1-disk0 vg0 "
+        vm.ok("pvcreate -q /dev/vda && vgcreate -q vg0 /dev/vda && lvcreate -q -L 16M -n web1-disk0 vg0 "
               "&& lvcreate -q -L 128M -n web1-disk0-meta vg0")
         assert "-wi-a-" in vm.ok("lvs --noheadings -o lv_attr vg0/web1-disk0")  # active: a real device
         peers.append(DrbdPeer(vm.name, i, vm.address, 11000, "/dev/vg0/web1-disk0", "/dev/vg0/web1-disk0-meta"))
@@ -82,3 +82,24 @@ def test_lvm_and_a_drbd_84_resource_written_by_corral_replicate_and_resync_only_
     n2.power_off()  # the primary's node dies (its QEMU killed): n1 sees its peer gone, its own copy kept
     state = wait_drbd(n1, 0, {"cs": "WFConnection", "ro": "Secondary/Unknown"}, 60)
     assert state["ds"].startswith("UpToDate/"), state
+
+
+def test_a_node_vm_booted_again_keeps_its_state_directory_and_its_logical_volumes_and_nothing_else(tmp_path):
+    vms = NodeVMs(tmp_path, ["n1"], state_disk=True)
+    n1 = vms["n1"]
+    try:
+        vms.start()
+        assert n1.ok(f"findmnt -n -o SOURCE,FSTYPE {STATE}").split() == ["/dev/vdb", "ext4"], "the data disk is vda"
+        n1.ok("pvcreate -q /dev/vda && vgcreate -q vg0 /dev/vda && lvcreate -q -L 8M -n kept vg0 && "
+              "dd if=/dev/urandom of=/dev/vg0/kept bs=1M count=8 oflag=direct 2>/dev/null")
+        written = n1.ok("md5sum </dev/vg0/kept")
+        n1.ok(f"echo identity-of-n1 >{STATE}/identity && touch {STATE}/run/agent.pid /tmp/scratch && sync")
+
+        n1.power_off()
+        n1.boot_again()
+        assert n1.ok(f"cat {STATE}/identity") == "identity-of-n1\n"
+        assert n1.ok("lvs --noheadings -o lv_attr vg0/kept").strip()[4] == "a", "the volume group is active again"
+        assert n1.ok("md5sum </dev/vg0/kept") == written
+        assert n1.run(f"ls {STATE}/run/agent.pid /tmp/scratch").out == "", "what a boot starts afresh came back"
+    finally:
+        vms.stop()
