@@ -398,6 +398,22 @@ def form_cluster(vms: NodeVMs, name: str = "vmc", volume_groups: dict[str, str] 
             if "no quorum" not in result.err + result.out or attempt == JOIN_TRIES - 1:
                 raise NodeVMError(f"node VM {vm.name} did not join: {result.err.strip() or result.out.strip()}")
             time.sleep(10)
+    wait_settled(first, min(3, len(vms.vms)))
+
+
+def wait_settled(vm: NodeVM, candidates: int, within_s: float = 240) -> None:
+    """Until the master has grown its candidate pool (each new etcd member a moment when the quorum hangs on a
+    member still catching up: emulated, long enough to cost the master its lease) and etcd has a leader."""
+    deadline, info = time.monotonic() + within_s, {}
+    while time.monotonic() < deadline:
+        result = corral(vm, "cluster", "info", "--json")
+        if result.rc == 0:
+            info = json.loads(result.out)
+            if len(info.get("candidates") or []) >= candidates and (info.get("quorum") or {}).get("ok"):
+                return
+        time.sleep(2)
+    raise NodeVMError(f"the cluster did not settle on {candidates} master candidates within {within_s:.0f} s: "
+                      f"{info.get('candidates')}, quorum {info.get('quorum')}")
 
 
 def ok(vm: NodeVM, *args: str, timeout: float = 300) -> str:

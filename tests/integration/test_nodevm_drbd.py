@@ -7,12 +7,13 @@ Nested QEMU starts but its guest does not boot in test time, so data is checked 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from nodevm import IMAGE_OS, STATE, NodeVM, NodeVMError, NodeVMs, corral, form_cluster, ok
+from nodevm import IMAGE_OS, STATE, NodeVM, NodeVMError, NodeVMs, corral, form_cluster, ok, start_agent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -21,7 +22,7 @@ VG = "vg0"
 
 @pytest.fixture(scope="module")
 def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeVMs]:
-    vms = NodeVMs(tmp_path_factory.mktemp("drbd"), ["n1", "n2", "n3"], memory_mib=1024)
+    vms = NodeVMs(tmp_path_factory.mktemp("drbd"), ["n1", "n2", "n3"], memory_mib=1024, state_disk=True)
     try:
         vms.start()
         for vm in vms.vms.values():
@@ -74,6 +75,10 @@ def wait_for(what: str, probe: Any, within_s: float, every_s: float = 2.0) -> An
 
 def md5(vm: NodeVM, device: str, skip_mib: int, count_mib: int) -> str:
     return vm.ok(f"dd if={device} bs=1M skip={skip_mib} count={count_mib} iflag=direct 2>/dev/null | md5sum").split()[0]
+
+
+def out_of_sync_kib(vm: NodeVM) -> int:
+    return int(re.search(r"oos:(\d+)", vm.ok("cat /proc/drbd"))[1])
 
 
 def row(vm: NodeVM, name: str) -> dict[str, Any]:
@@ -140,6 +145,22 @@ def test_a_drbd_instance_syncs_migrates_changes_secondary_and_fails_over_with_it
     assert "ro:Primary/Unknown" in n3.ok("cat /proc/drbd")
     kinds = [e["kind"] for e in json.loads(ok(n3, "events", "--json"))]
     assert "node-lost" in kinds and "fail-over" in kinds, kinds
+
+    # written while n1 is away: the new primary's bitmap counts it, and only that (and the blocks n1 was writing
+    # when it died) goes back to n1 when it returns
+    n3.ok(f"dd if=/dev/urandom of=/tmp/later bs=1M count=4 2>/dev/null && "
+          f"dd if=/tmp/later of={device} bs=1M seek=300 oflag=direct 2>/dev/null")
+    later = n3.ok("md5sum < /tmp/later").split()[0]
+    away_kib = out_of_sync_kib(n3)
+    assert 4096 <= away_kib < 256 * 1024, f"the primary must count what n1 misses, not the whole disk: {away_kib} KiB"
+    n1.boot_again()
+    start_agent(n1, VG)
+    wait_for("n1 back as secondary and in sync", lambda: in_sync(n3, "db1"), 300)
+    received_kib = int(re.search(r"nr:(\d+)", n1.ok("cat /proc/drbd"))[1])
+    assert received_kib < 256 * 1024, f"n1 took {received_kib} KiB: a full copy, not only what changed"
+    assert "ro:Secondary/Primary" in n1.ok("cat /proc/drbd")
+    n1_data = f"/dev/{VG}/corral-db1-disk0"
+    assert md5(n1, n1_data, 300, 4) == later and md5(n1, n1_data, 400, 8) == want
 
 
 def test_drbd_on_a_node_without_the_module_or_a_volume_group_is_refused_up_front(vms):
