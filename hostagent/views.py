@@ -20,7 +20,7 @@ from hostagent.master.decide import networks
 from hostagent.node.clocks import ClockReading
 from hostagent.master.decide.placement import Request, Judge
 from hostagent.node.looplag import WARN_MS as LOOP_LAG_WARN_MS
-from hostagent.model import DEFAULT_BOOT_TIMEOUT_S
+from hostagent.model import DEFAULT_BOOT_TIMEOUT_S, ON_LVM
 from hostagent.master.decide.replicas import out_of_date_words
 from hostagent.status import REPORT_STALE_AFTER_S, describe_mirrors, instance_status, report_age_s
 
@@ -269,11 +269,12 @@ def _node_findings(name: str, report: Mapping[str, Any], by_name: Mapping[str, M
                                         "one its pidfile names, so the agent neither sees nor stops it",
                                "untracked-qemu", name, inst_name, pid))
     for vol in report.get("volumes", []):
-        inst = by_name.get(vol["instance"])
-        if inst is None or name not in (inst["primary_node"], inst.get("secondary_node")):
-            out.append(Finding("warning", f"node '{name}': orphan disk {vol['path']} (no instance "
-                                          f"'{vol['instance']}' here)" + _while(busy.get(vol["instance"])),
+        why = _volume_orphaned(name, vol, by_name.get(vol["instance"]))
+        if why:
+            out.append(Finding("warning", f"node '{name}': orphan disk {vol['path']} ({why})"
+                               + _while(busy.get(vol["instance"])),
                                "orphan-disk", name, vol["instance"], disk=vol.get("index"), subject=vol["path"]))
+    out += _missing_lvs(name, report, by_name.values(), busy)
     for export in report.get("exports", []):
         why = _export_orphaned(name, export, by_name.get(export["instance"]))
         if why:
@@ -282,6 +283,42 @@ def _node_findings(name: str, report: Mapping[str, Any], by_name: Mapping[str, M
                                + _while(busy.get(export["instance"])), "orphan-export", name,
                                export["instance"], export["pid"], export["disk"]))
     out += _drbd_findings(name, report.get("drbd") or {}, by_name)
+    return out
+
+
+def _volume_orphaned(node: str, vol: Mapping[str, Any], inst: Mapping[str, Any] | None) -> str:
+    """Why no instance needs this disk here; '' when one does. A logical volume (its path under /dev) serves
+    only an instance whose disks are LVs, a file only one whose disks are files."""
+    if inst is None or node not in (inst["primary_node"], inst.get("secondary_node")):
+        return f"no instance '{vol['instance']}' here"
+    if vol.get("index") not in {d["index"] for d in inst["disks"]}:
+        return f"instance '{vol['instance']}' has no disk {vol.get('index')}"
+    if str(vol["path"]).startswith("/dev/") != (inst["disk_template"] in ON_LVM):
+        kind = "logical volumes" if inst["disk_template"] in ON_LVM else "files"
+        return f"instance '{vol['instance']}' keeps its disks in {kind} ({inst['disk_template']})"
+    return ""
+
+
+def _missing_lvs(node: str, report: Mapping[str, Any], instances: Iterable[Mapping[str, Any]],
+                 busy: Mapping[str, str]) -> list[Finding]:
+    """The disks of `plain` instances whose primary is `node` and whose LV its volume group lacks. Judged only
+    when the node could read its volume group (the report's `lvm` has no error): its LV list is then complete."""
+    lvm = report.get("lvm") or {}
+    if not lvm.get("vg") or lvm.get("error"):
+        return []
+    present = {(v["instance"], v.get("index")) for v in report.get("volumes", []) if str(v["path"]).startswith("/dev/")}
+    out: list[Finding] = []
+    for inst in instances:
+        if inst["disk_template"] != "plain" or inst["primary_node"] != node:
+            continue
+        for disk in inst["disks"]:
+            if (inst["name"], disk["index"]) in present:
+                continue
+            job = busy.get(inst["name"])
+            out.append(Finding("warning" if job else "error",
+                               f"instance '{inst['name']}': disk {disk['index']} is missing: no logical volume "
+                               f"for it in volume group {lvm['vg']} on its primary node '{node}'" + _while(job),
+                               "missing-disk", node, inst["name"], disk=disk["index"]))
     return out
 
 

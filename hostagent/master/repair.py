@@ -13,8 +13,8 @@ means that no guest and no data can be lost:
   only running copy otherwise;
 - an orphan NBD export (no mirror writes to it) is stopped;
 - the restart track of a deleted instance is cleared;
-- disks, LVs and DRBD resources are never removed: the step gives the
-  command to do it by hand.
+- disks, LVs and DRBD resources are never removed, and a missing disk is
+  never made anew: the step gives what to do by hand.
 
 `Repair.run()` reads the config from etcd (the master does not act on a
 lagging replica), carries out every step at once with bounded orders (the
@@ -132,6 +132,12 @@ def _by_hand(f: Finding) -> str:
         command = f"lvremove {f.subject.removeprefix('/dev/')}" if f.subject.startswith("/dev/") \
             else f"rm -- {f.subject}"
         return f"disks are never deleted automatically; if nothing needs it, on node '{f.node}': {command}"
+    if f.code == "missing-disk":
+        return (f"its data is not on node '{f.node}': if the LV was renamed, give it back its name "
+                f"(lvs -o lv_name,lv_tags shows the corral-instance= and corral-disk= tags of Corral's volumes) "
+                f"or restore it from a backup; if it is lost for good, `corral instance remove-disk {f.instance} "
+                f"{f.disk} --destroy-data` drops it from the config, or `corral instance reinstall {f.instance}` "
+                "makes every disk anew")
     if f.code == "orphan-drbd":
         return (f"DRBD resources are never taken down automatically; if nothing needs it, on node '{f.node}': "
                 f"drbdsetup down {f.subject}")

@@ -108,6 +108,14 @@ def test_disks_are_never_deleted_but_the_command_is_given():
     assert found[1].manual.endswith("on node 'n1': lvremove vg0/corral-gone-disk1")
 
 
+def test_a_missing_lv_is_never_made_anew_but_the_ways_out_are_given():
+    (step,) = plan([Finding("error", "instance 'web1': disk 1 is missing", "missing-disk", "n1", "web1", disk=1)],
+                   [], {}, {}, {}, NOW)
+    assert (step.action, step.op) == ("", "")
+    assert "corral-instance= and corral-disk= tags" in step.manual
+    assert "`corral instance remove-disk web1 1 --destroy-data`" in step.manual
+
+
 def test_two_qemus_on_one_node_are_left_to_the_operator():
     r = report(instances={"web1": running()}, stray_qemus=[{"instance": "web1", "pid": 8, "started": NOW}])
     step = only(steps([inst()], {"n1": r, "n2": report("n2")}), "duplicate-qemu")

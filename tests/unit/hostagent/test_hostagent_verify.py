@@ -183,6 +183,42 @@ def test_an_orphan_disk_carries_its_path_and_the_job_creating_it():
     assert findings[0].subject == "/srv/new1/disk0.raw"
 
 
+def lv(name="web1", index=0, vg="vg0"):
+    return {"instance": name, "index": index, "path": f"/dev/{vg}/corral-{name}-disk{index}", "size_mib": 64,
+            "format": "raw"}
+
+
+def test_an_lv_no_disk_of_the_config_names_is_an_orphan_and_says_why():
+    instances = [inst("web1", template="plain"), inst("db1")]  # db1's disks are files
+    vols = [lv("web1", 0), lv("web1", 3), lv("db1", 0), lv("gone", 0)]
+    findings = run(instances=instances, reports={"n1": report(volumes=vols, lvm={"vg": "vg0", "free_mib": 9})})
+    assert said([f for f in findings if f.code == "orphan-disk"]) == [
+        ("warning", "node 'n1': orphan disk /dev/vg0/corral-web1-disk3 (instance 'web1' has no disk 3)"),
+        ("warning", "node 'n1': orphan disk /dev/vg0/corral-db1-disk0 (instance 'db1' keeps its disks in files "
+                    "(file))"),
+        ("warning", "node 'n1': orphan disk /dev/vg0/corral-gone-disk0 (no instance 'gone' here)")]
+
+
+def test_a_plain_disk_without_its_lv_on_the_primary_is_missing():
+    instances = [inst("web1", template="plain", disks=2), inst("db1", template="plain", admin="down")]
+    findings = run(instances=instances, reports={"n1": report(volumes=[lv("web1", 0)], lvm={"vg": "vg0"})},
+                   jobs=[job(op="instance.reinstall", name="db1")])
+    missing = [f for f in findings if f.code == "missing-disk"]
+    assert said(missing) == [
+        ("error", "instance 'web1': disk 1 is missing: no logical volume for it in volume group vg0 on its "
+                  "primary node 'n1'"),
+        ("warning", "instance 'db1': disk 0 is missing: no logical volume for it in volume group vg0 on its "
+                    "primary node 'n1'; job 3 (reinstall instance 'db1') is running")]
+    assert (missing[0].node, missing[0].instance, missing[0].disk) == ("n1", "web1", 1)
+
+
+def test_missing_lvs_are_not_judged_from_a_volume_group_the_node_could_not_read():
+    instances = [inst("web1", template="plain")]
+    for lvm in (None, {"vg": "vg0", "error": "volume group 'vg0' cannot be used"}):
+        findings = run(instances=instances, reports={"n1": report(lvm=lvm)})
+        assert not [f for f in findings if f.code == "missing-disk"]
+
+
 # `drbdsetup status --json` on n1 (in the shape of drbd-utils 9.22's output, as in test_drbd_status):
 # a resource of web1 whose peer is gone, one of a deleted instance, and one Corral did not make.
 DRBD_STATUS = json.dumps([

@@ -6,7 +6,8 @@ NOW = 1_000_000.0
 
 def inst(name="web1", node="n1", admin="up"):
     return {"name": name, "uuid": "u", "os": "img", "disk_template": "file", "memory_mib": 256, "vcpus": 1,
-            "primary_node": node, "secondary_node": None, "admin_state": admin, "disks": [], "nics": [],
+            "primary_node": node, "secondary_node": None, "admin_state": admin,
+            "disks": [{"index": 0, "size_mib": 64, "format": "raw", "uuid": "d0"}], "nics": [],
             "hvparams": {}, "ctime": 0, "mtime": 0}
 
 
