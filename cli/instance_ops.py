@@ -54,7 +54,7 @@ def add_commands(i: Subparsers) -> None:
     s.add_argument("--os-param", action="append", metavar="NAME=VALUE",
                    help="OS parameters (replace the instance's when given)")
     s.add_argument("--yes", action="store_true", help="confirm: the content of the disks is destroyed")
-    s = command(i, "remove", remove, "stop an instance and delete it with its disks", job=True)
+    s = command(i, "remove", remove, "stop an instance and delete it with its disks (adopted LVs too, as in Ganeti)", job=True)
     s.add_argument("name")
     s = command(i, "migrate", _one(lambda a: {"node": a.node, "max_bandwidth_mib_s": a.max_bandwidth}),
                 "live-migrate a replicated instance to its secondary node", job=True)

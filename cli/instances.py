@@ -26,7 +26,11 @@ def register(top: Subparsers) -> None:
                    help="file (local files), mirror (copied synchronously to a secondary node), plain "
                         "(LVM logical volumes in the node's volume group) or drbd (logical volumes replicated to a "
                         "secondary node by DRBD, protocol C)")
-    s.add_argument("--disk", action="append", help="SIZE[,format=raw|qcow2]; repeat for more disks (default 1G)")
+    s.add_argument("--disk", action="append",
+                   help="SIZE[,format=raw|qcow2]; repeat for more disks (default 1G). With -t plain, adopt=LV "
+                        "takes the existing logical volume LV of the node's volume group as the disk, data and "
+                        "size as they are, with no OS install (Ganeti's adoption; every disk adopts, --node "
+                        "names the node); `instance remove` then deletes it like any other disk")
     s.add_argument("--memory", "-m", help="e.g. 512M, 2G (default: the cluster's, 512M unless changed)")
     s.add_argument("--vcpus", type=int, help="virtual CPUs (default: the cluster's, 1 unless changed)")
     s.add_argument("--net", action="append", help=networks.NET_HELP + "; repeat for more NICs")
@@ -151,20 +155,27 @@ def _memory(value: str) -> str:
 
 
 def _disk(spec: str) -> dict[str, str]:
-    """'10G' or '10G,format=qcow2' or 'size=10G,format=qcow2'."""
+    """'10G' or '10G,format=qcow2' or 'size=10G,format=qcow2', or 'adopt=LV' (an existing LV, plain only)."""
     disk: dict[str, str] = {}
     for i, part in enumerate(spec.split(",")):
         if "=" in part:
             key, val = part.split("=", 1)
-            if key not in ("size", "format"):
-                raise UsageError(f"--disk: unknown option {key!r} (size, format)")
+            if key.split(":")[-1] == "adopt" and ":" in key:
+                raise UsageError(f"--disk: {part!r}: disks are numbered by the order of --disk here; give "
+                                 f"adopt={val} (Ganeti's N:adopt=)")
+            if key not in ("size", "format", "adopt"):
+                raise UsageError(f"--disk: unknown option {key!r} (size, format, adopt)")
             disk[key] = val
         elif i == 0:
             disk["size"] = part
         else:
             raise UsageError(f"--disk: {part!r} is not NAME=VALUE")
+    if "adopt" in disk:
+        if "size" in disk:
+            raise UsageError(f"--disk {spec}: an adopted disk takes its LV's size; give adopt={disk['adopt']} alone")
+        return disk
     if "size" not in disk:
-        raise UsageError("--disk needs a size, e.g. --disk 10G or --disk 10G,format=qcow2")
+        raise UsageError("--disk needs a size, e.g. --disk 10G or --disk 10G,format=qcow2 (or adopt=LV)")
     try:
         parse_mib(disk["size"], "disk size")
     except SizeError as exc:

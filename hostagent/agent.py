@@ -44,6 +44,7 @@ from hostagent.master.role import MasterRole
 from hostagent.node import joining
 from hostagent.node.boothealth import BootWatcher
 from hostagent.node.clusterfile import ClusterFile
+from hostagent.node.adoption import NodeAdoption
 from hostagent.node.diskcopy import NodeDiskCopy
 from hostagent.node.enrolment import Enrolment
 from hostagent.node.etcdmember import EtcdMember
@@ -130,6 +131,7 @@ class Agent:
                                      os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s,
                                      self.replication.tls_dir)
         self.diskcopy = NodeDiskCopy(cfg.node_name, self.qemu, self.disks, self.pki, cfg.run_dir)
+        self.adoption = NodeAdoption(cfg.node_name, self.qemu, self.disks)
         self.replication.tell_master = self.drbd.tell_master = self.tell_master
         self.executor.dress = self.media.dress
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
@@ -323,8 +325,7 @@ class Agent:
         about this node's own roles."""
         return {
             **self.executor.orders(), **self.replication.orders(), **self.media.orders(), **self.diskcopy.orders(),
-            **self.drbd.orders(),
-            **self.secrets.orders(),
+            **self.drbd.orders(), **self.adoption.orders(), **self.secrets.orders(),
             "node.hello": self._hello,
             "etcd.join": self._become_member,
             "etcd.leave": self._stop_being_member,

@@ -34,8 +34,10 @@ from storage.errors import (
 from storage.lvmparse import (
     LVS_FIELDS,
     VGS_FIELDS,
+    TAG_ADOPTED,
     LvReport,
     VgReport,
+    adoption_problem,
     disk_identity,
     disk_tags,
     lv_name,
@@ -226,6 +228,55 @@ class PlainTemplate(DiskTemplate):
                     )
                 )
         return sorted(volumes, key=lambda v: (v.instance, v.index, v.path))
+
+    async def adoptable(self, names: Sequence[str]) -> dict[str, tuple[int, str | None]]:
+        """For each LV name: (its size in MiB, why it cannot be adopted or None); size 0 when it is missing."""
+        lvs = {lv.name: lv for lv in await self._lvs()}
+        return {name: (math.ceil(lvs[name].size_bytes / MIB) if name in lvs else 0,
+                       adoption_problem(name, lvs.get(name), self.vg)) for name in names}
+
+    async def adopt(self, lv: str, instance: str, index: int) -> str:
+        """The LV `lv` becomes disk `index` of `instance`, data untouched: renamed to lv_name (every other
+        operation finds a disk by that name) and tagged, with its old name kept in a tag for `release`.
+        Idempotent: an LV already adopted from `lv` for this disk is left as it is."""
+        check_disk(instance, index)
+        name = self.lv_name(instance, index)
+        lvs = {found.name: found for found in await self._lvs()}
+        mine = lvs.get(name)
+        if mine is not None and f"{TAG_ADOPTED}{lv}" in mine.tags and disk_identity(mine) == (instance, index):
+            return self._lv_path(name)
+        problem = adoption_problem(lv, lvs.get(lv), self.vg)
+        if problem:
+            raise StorageError(f"cannot adopt LV {self.vg}/{lv} as disk {index} of '{instance}': {problem}")
+        if mine is not None:
+            raise DiskExists(self._lv_path(name))
+        tags = [arg for tag in (*disk_tags(instance, index), f"{TAG_ADOPTED}{lv}") for arg in ("--addtag", tag)]
+        await self._lvm("lvchange", [*tags, f"{self.vg}/{lv}"])
+        try:
+            await self._lvm("lvrename", [self.vg, lv, name])
+        except BaseException:
+            await self._untag(lv, instance, index)
+            raise
+        return self._lv_path(name)
+
+    async def release(self, instance: str, index: int) -> str | None:
+        """Undo `adopt`: the LV gets back its old name, without Corral's tags (an add that failed after the
+        adoption must not delete the operator's data). The old name, or None when there is no adopted LV."""
+        check_disk(instance, index)
+        name = self.lv_name(instance, index)
+        lv = await self._find(name)
+        old = next((t[len(TAG_ADOPTED):] for t in lv.tags if t.startswith(TAG_ADOPTED)), None) if lv else None
+        if old is None:
+            return None
+        await self._lvm("lvrename", [self.vg, name, old])
+        await self._untag(old, instance, index)
+        return old
+
+    async def _untag(self, lv: str, instance: str, index: int) -> None:
+        found = await self._find(lv)
+        ours = [t for t in found.tags if t in disk_tags(instance, index) or t.startswith(TAG_ADOPTED)] if found else []
+        if ours:
+            await self._lvm("lvchange", [arg for tag in ours for arg in ("--deltag", tag)] + [f"{self.vg}/{lv}"])
 
     async def vg_info(self) -> tuple[int, int]:
         """(size_mib, free_mib) of the volume group, for the node's report."""

@@ -32,13 +32,14 @@ from storage.errors import InvalidName, StorageError
 LV_PREFIX = "corral-"
 TAG_INSTANCE = "corral-instance="
 TAG_DISK = "corral-disk="
+TAG_ADOPTED = "corral-adopted="  # the name an adopted LV had (`instance add --disk adopt=NAME`)
 
 _DISK_SEPARATOR = "-disk"
 _INDEX_RE = re.compile(r"0|[1-9][0-9]*")
 _VG_RE = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
 _DM_NAME_MAX = 125
 
-LVS_FIELDS = "lv_name,lv_size,lv_tags,vg_name"
+LVS_FIELDS = "lv_name,lv_size,lv_tags,vg_name,lv_attr"
 VGS_FIELDS = "vg_name,vg_size,vg_free,vg_extent_size"
 
 
@@ -50,6 +51,7 @@ class LvReport:
     vg: str
     size_bytes: int
     tags: tuple[str, ...]
+    attr: str = ""  # lv_attr, e.g. "-wi-ao----": [0] the kind ('-' plain), [4] 'a' active, [5] 'o' open
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,24 @@ def disk_identity(lv: LvReport) -> tuple[str, int] | None:
     return parse_tags(lv.tags) or parse_lv_name(lv.name)
 
 
+def adoption_problem(name: str, lv: LvReport | None, vg: str) -> str | None:
+    """Why the LV `name` (None: not in the volume group) cannot become a Corral disk; None when it can.
+
+    Only a plain LV that nothing holds open and that is no Corral disk already: an open one is in use (a
+    mounted file system, a running VM), and a thin pool, snapshot or RAID part is not a disk by itself."""
+    if lv is None:
+        return f"no logical volume {name!r} in volume group {vg} (`lvs {vg}` lists them)"
+    owner = disk_identity(lv)
+    if owner is not None:
+        return f"LV {vg}/{name} is already disk {owner[1]} of instance '{owner[0]}'"
+    if lv.attr[:1] not in ("-", ""):
+        return f"LV {vg}/{name} is not a plain logical volume (lv_attr {lv.attr}); only those are adopted"
+    if lv.attr[5:6] == "o":
+        return (f"LV {vg}/{name} is open (in use by a mounted file system or a running process, lv_attr "
+                f"{lv.attr}): stop what uses it first")
+    return None
+
+
 def parse_lvs(stdout: str) -> list[LvReport]:
     """Rows of `lvs --reportformat json -o LVS_FIELDS --units b --nosuffix`."""
     rows = _report_rows(stdout, "lv")
@@ -156,6 +176,7 @@ def parse_lvs(stdout: str) -> list[LvReport]:
                 vg=row["vg_name"],
                 size_bytes=int(row["lv_size"]),
                 tags=tuple(t for t in row["lv_tags"].split(",") if t),
+                attr=row.get("lv_attr", ""),
             )
             for row in rows
         ]

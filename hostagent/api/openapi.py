@@ -191,7 +191,9 @@ SCHEMAS: dict[str, Any] = {
         "disk_template": {"type": "string", "enum": ["file", "mirror", "plain", "drbd"]},
         "memory": _SIZE, "vcpus": {"type": "integer", "minimum": 1},
         "disks": {"type": "array", "maxItems": 16, "items": {"type": "object", "properties": {
-            "size": _SIZE, "format": {"type": "string", "enum": ["raw", "qcow2"]}}}},
+            "size": _SIZE, "format": {"type": "string", "enum": ["raw", "qcow2"]},
+            "adopt": {"type": "string", "maxLength": 127, "description": "plain only: an LV in the node's volume "
+                      "group that becomes this disk as it is (no size; removed with the instance)"}}}},
         "nics": {"type": "array", "maxItems": 8, "items": {"$ref": "#/components/schemas/Nic"}},
         "hvparams": _PARAMS, "osparams": {"type": "object", "maxProperties": 32, "additionalProperties": {
             "type": "string", "maxLength": 1024}}, "start": {"type": "boolean"},

@@ -11,6 +11,7 @@ jobs, the mirror and restart duties are built here, all on one store
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from election.etcd import Op
@@ -18,7 +19,7 @@ from kvm.hvparams import hvparams_to_dict, parse_hvparams
 
 from hostagent import model
 from hostagent.master import cdrom, vncpass
-from hostagent.master.decide.checks import check_add, check_new_name, check_reinstall
+from hostagent.master.decide.checks import adopted, check_add, check_new_name, check_reinstall
 from hostagent.errors import BadRequest, Conflict
 from hostagent.master.jobs import Handler, JobContext, JobFailed, job_errors, operator_errors
 from hostagent.master.role import MasterRole
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # The master waits longer for an OS install than any node may take for it.
 INSTALL_TIMEOUT_S = 1800.0
+ADOPT_CHECK_TIMEOUT_S = 15.0  # an `lvs` on the node, before a job exists
 
 
 class Operations:
@@ -69,7 +71,11 @@ class Operations:
         return await choosing_again(lambda: self._submit_add(req))
 
     async def _submit_add(self, req: dict[str, Any]) -> int:
-        inst = check_add(req, await cluster_view(self.store), self.store.clock.time())
+        view = await cluster_view(self.store)
+        adopt = adopted(req)
+        if adopt:
+            view = replace(view, adoptable=await self._adoptable(req, list(adopt.values()), view.nodes))
+        inst = check_add(req, view, self.store.clock.time())
         if inst.cdrom:
             await cdrom.check_on(self.store, inst.cdrom, [inst.primary_node, *filter(None, [inst.secondary_node])])
         # Reserving the name and each MAC makes concurrent adds collide at submit,
@@ -78,9 +84,23 @@ class Operations:
         reservations += [model.reservation_key("mac", nic.mac) for nic in inst.nics]
         reservations += [model.reservation_key("ip", f"{nic.network}/{nic.ip}") for nic in inst.nics if nic.ip]
         return await self.role.require().submit(
-            "instance.add", {"instance": inst.to_dict(), "start": bool(req.get("start", True))},
+            "instance.add", {"instance": inst.to_dict(), "start": bool(req.get("start", True)),
+                             **({"adopt": {str(i): lv for i, lv in adopt.items()}} if adopt else {})},
             f"add instance '{inst.name}'", reservations=reservations,
             must_not_exist=[model.instance_key(inst.name)])
+
+    async def _adoptable(self, req: dict[str, Any], names: list[str], nodes: dict[str, Any]) -> dict[str, Any]:
+        """What the named primary says of the LVs to adopt (checks.ClusterView.adoptable); {} when there is no
+        single known node to ask (check_add says so)."""
+        node = str(req.get("node") or "")
+        if node not in nodes or req.get("disk_template") != "plain":
+            return {}
+        try:
+            answer = await self.store.order(node, "instance.adopt-check", {"names": names},
+                                            timeout_s=ADOPT_CHECK_TIMEOUT_S)
+        except JobFailed as exc:
+            raise Conflict(f"cannot check the LVs to adopt on node '{node}': {exc}") from None
+        return dict(answer["lvs"])
 
     async def submit_simple(self, op: str, name: str, params: dict[str, Any]) -> int:
         inst = await self.store.instance(name)
@@ -155,11 +175,18 @@ class Operations:
                 else:
                     await self.store.order(inst["secondary_node"], "instance.replica-prepare",
                                            {"name": name, "disks": inst["disks"]})
-            result = await self.store.order(node, "instance.create",
-                                            {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,
-                                             "networks": await self.store.nic_networks(inst)},
-                                            timeout_s=INSTALL_TIMEOUT_S + 60)
-            await ctx.log(f"disks of '{name}' created and OS installed in {self.store.clock.monotonic() - started:.1f} s")
+            if args.get("adopt"):
+                await ctx.log(f"adopting LV(s) {', '.join(f'{lv} as disk {i}' for i, lv in args['adopt'].items())} "
+                              f"on node '{node}': their data is kept, no OS is installed")
+                result = await self.store.order(node, "instance.adopt", {"instance": inst, "adopt": args["adopt"]})
+                await ctx.log(f"disks of '{name}' adopted")
+            else:
+                result = await self.store.order(node, "instance.create",
+                                                {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,
+                                                 "networks": await self.store.nic_networks(inst)},
+                                                timeout_s=INSTALL_TIMEOUT_S + 60)
+                await ctx.log(f"disks of '{name}' created and OS installed in "
+                              f"{self.store.clock.monotonic() - started:.1f} s")
             await ctx.progress(1, steps, "disks ready", started)
             inst["admin_state"] = "up" if args["start"] else "down"
             addresses, compares = self.store.address_writes(None, inst)
@@ -167,7 +194,7 @@ class Operations:
                                    f"a network of '{name}' was removed, or one of its addresses taken, while it was "
                                    "created; `corral network info` shows what is free")
         except Exception as exc:
-            await self._undo_add(ctx, inst, exc)
+            await self._undo_add(ctx, inst, exc, bool(args.get("adopt")))
             raise
         if not args["start"]:
             if inst["disk_template"] == "drbd":  # the install made it Primary; nothing runs on it now
@@ -175,13 +202,18 @@ class Operations:
             return {"name": name, "node": node, "created": result.get("created")}
         return await self._start(ctx, inst, hv)
 
-    async def _undo_add(self, ctx: JobContext, inst: dict[str, Any], cause: Exception) -> None:
-        """Best effort: remove what a failed add created; the original error stays the job's error."""
+    async def _undo_add(self, ctx: JobContext, inst: dict[str, Any], cause: Exception, adoption: bool) -> None:
+        """Best effort: remove what a failed add created; the original error stays the job's error. Adopted LVs
+        are given back under their old names first, and never deleted."""
         name = inst["name"]
         for node in [inst["primary_node"], *([inst["secondary_node"]] if inst.get("secondary_node") else [])]:
             try:
                 await ctx.log(f"removing what was created for '{name}' on node '{node}'")
-                await self.disks.remove_on(node, inst)
+                if adoption:
+                    back = await self.store.order(node, "instance.adopt-release",
+                                                  {"name": name, "disks": inst["disks"]})
+                    await ctx.log(f"adopted LVs given back on node '{node}': {back['released'] or 'none'}")
+                await self.disks.remove_on(node, {**inst, "disks": []} if adoption else inst)
             except Exception as exc:  # noqa: BLE001 - reported; the cause is re-raised by the caller
                 log.warning("could not clean up after the failed add of '%s' on node '%s' (%s): %s; "
                             "`corral cluster verify` will list the leftovers", name, node, cause, exc)

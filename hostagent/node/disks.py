@@ -32,6 +32,10 @@ class NodeDisks:
         that can remove disks but not make them (that takes the record: `for_instance`)."""
         if template not in model.ON_LVM:
             return self.files
+        return self.volumes(template)
+
+    def volumes(self, template: str = "plain") -> PlainTemplate:
+        """The node's volume group; StorageError saying what to set when it has none."""
         if self.lvm is None:
             raise StorageError(f"node '{self._node}' has no LVM volume group: set [storage] volume_group in its "
                                f"agent.toml ({template} disks are logical volumes)")

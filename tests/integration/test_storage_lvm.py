@@ -185,3 +185,26 @@ async def test_missing_volume_group_is_reported_as_such(vg: str) -> None:
         await template.create("web1", 0, 8, "raw")
     with pytest.raises(VolumeGroupNotFound):
         await template.list_volumes()
+
+
+async def test_adopt_renames_and_tags_an_lv_made_by_hand_and_release_gives_it_back(
+    template: PlainTemplate, vg: str
+) -> None:
+    lvm("lvcreate", "--yes", "-n", "ganeti-root", "-L", "12m", vg)
+    lvm("lvcreate", "--yes", "-n", "taken", "-L", "4m", "--addtag", "corral-instance=db1",
+        "--addtag", "corral-disk=0", vg)
+    answers = await template.adoptable(["ganeti-root", "taken", "nothere"])
+    assert answers["ganeti-root"] == (12, None)
+    assert answers["taken"][1] == f"LV {vg}/taken is already disk 0 of instance 'db1'"
+    assert answers["nothere"] == (0, f"no logical volume 'nothere' in volume group {vg} (`lvs {vg}` lists them)")
+
+    path = await template.adopt("ganeti-root", "web1", 0)
+    assert path == f"/dev/{vg}/corral-web1-disk0"
+    assert await template.adopt("ganeti-root", "web1", 0) == path  # a re-sent order changes nothing
+    row = lvs(vg)["corral-web1-disk0"]
+    assert set(row["lv_tags"].split(",")) == {"corral-instance=web1", "corral-disk=0", "corral-adopted=ganeti-root"}
+    assert "ganeti-root" not in lvs(vg) and await template.size_mib("web1", 0) == 12
+
+    assert await template.release("web1", 0) == "ganeti-root"
+    assert lvs(vg)["ganeti-root"]["lv_tags"] == "" and "corral-web1-disk0" not in lvs(vg)
+    assert await template.release("web1", 0) is None

@@ -45,6 +45,7 @@ OS_PARAM_MAX_CHARS = 1024
 MAX_OS_PARAMS = 32
 REPLICATION_PORTS = range(11000, 13000, PORTS_PER_INSTANCE)
 DISK_FORMATS = ("raw", "qcow2")
+LV_NAME_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}\Z")  # LVM's rule for an LV name (to adopt)
 BOOT_TIMEOUT_MAX_S = 3600.0
 BOOT_PATTERN_MAX_CHARS = 500
 # What `instance modify` may change (placement and disks have their own commands). Memory, vcpus and
@@ -69,6 +70,8 @@ class ClusterView:
     defaults: Mapping[str, Any] = field(default_factory=dict)  # memory_mib, vcpus new instances inherit
     networks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # hostagent.master.decide.networks records
     used_ips: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # network -> address -> who holds it
+    # LVs to adopt, as the primary node judged them (hostagent.node.adoption): name -> size_mib, problem
+    adoptable: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def taken(self) -> nics.Taken:
         """MACs and addresses held by every instance (and by jobs still adding one)."""
@@ -97,7 +100,10 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
     if priority not in PRIORITIES:
         problems.append(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
     after = _after(name, req.get("after") or [], view.instances, {r["name"]: r for r in view.records}, problems)
-    disks = _disks(req.get("disks") or [{"size": "1G"}], problems)
+    adopt = adopted(req)
+    if adopt:
+        problems += _adoption_problems(req, template, view.adoptable)
+    disks = _disks(req.get("disks") or [{"size": "1G"}], problems, view.adoptable)
     clash: Conflict | None = None
     nic_list: list[dict[str, Any]] = []
     try:
@@ -137,7 +143,8 @@ def check_add(req: dict[str, Any], view: ClusterView, now: float,
         problems += _node_problems(primary, os_name, osparams, hv, view)
     placed = None
     if not primary or primary in view.nodes:  # an unknown node is already reported
-        placed = _place(name, req, template, memory, disks, primary, secondary, view, now, problems)
+        placed = _place(name, req, template, memory, [d for d in disks if d.index not in adopt], primary,
+                        secondary, view, now, problems)
     if placed is not None and not primary:
         problems += _node_problems(placed.primary, os_name, osparams, hv, view)
     problems += policy.violations(memory, vcpus, [d.size_mib for d in disks], view.defaults.get("policy") or {})
@@ -419,7 +426,9 @@ def _size(value: Any, what: str, problems: list[str]) -> int:
         return 0
 
 
-def _disks(specs: list[dict[str, Any]], problems: list[str]) -> list[model.Disk]:
+def _disks(specs: list[dict[str, Any]], problems: list[str],
+           adoptable: Mapping[str, Mapping[str, Any]]) -> list[model.Disk]:
+    """The disks asked for; an adopted one is as big as its LV (`adoptable`, the node's answer)."""
     disks: list[model.Disk] = []
     if len(specs) > MAX_DISKS:
         problems.append(f"an instance has at most {MAX_DISKS} disks, not {len(specs)}")
@@ -428,8 +437,50 @@ def _disks(specs: list[dict[str, Any]], problems: list[str]) -> list[model.Disk]
         fmt = disk.get("format", "raw")
         if fmt not in DISK_FORMATS:
             problems.append(f"disk {i}: format {fmt!r} is not one of {', '.join(DISK_FORMATS)}")
-        disks.append(model.Disk(i, _size(disk.get("size", ""), f"disk {i} size", problems), fmt, str(uuid.uuid4())))
+        if disk.get("adopt"):
+            size = int((adoptable.get(str(disk["adopt"])) or {}).get("size_mib") or 0)
+        else:
+            size = _size(disk.get("size", ""), f"disk {i} size", problems)
+        disks.append(model.Disk(i, size, fmt, str(uuid.uuid4())))
     return disks
+
+
+def adopted(req: Mapping[str, Any]) -> dict[int, str]:
+    """Disk index -> the LV it adopts, of an `instance add` request (`--disk adopt=NAME`)."""
+    specs = req.get("disks") or []
+    return {i: str(d["adopt"]) for i, d in enumerate(specs) if isinstance(d, Mapping) and d.get("adopt")}
+
+
+def _adoption_problems(req: Mapping[str, Any], template: str, adoptable: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Ganeti's rules for adopting LVs: the plain template, a primary node named (the LVs are there), every disk
+    adopted (an instance is either made or taken over, not both), no size (the LV's is taken), each LV once;
+    then what the node said of each LV (missing, a Corral disk already, open)."""
+    specs = [d if isinstance(d, Mapping) else {} for d in req.get("disks") or []]
+    adopt = adopted(req)
+    problems = []
+    if template != "plain":
+        problems.append(f"adopt: only plain disks adopt existing logical volumes, not {template} (-t plain)")
+    node = str(req.get("node") or "")
+    if not node or ":" in node:
+        problems.append("adopt: name the node whose volume group holds the LVs (--node NODE)")
+    if len(adopt) != len(specs):
+        problems.append("adopt: either every disk adopts an LV or none does (give --disk adopt=NAME for each)")
+    for i, lv in sorted(adopt.items()):
+        if "size" in specs[i]:
+            problems.append(f"disk {i}: an adopted disk takes its LV's size; give adopt={lv} without a size")
+        if "/" in lv:
+            problems.append(f"disk {i}: adopt={lv!r}: give the LV's name in the node's volume group, without the "
+                            "group (e.g. adopt=web-root)")
+        elif lv in (".", "..") or not LV_NAME_RE.match(lv):
+            problems.append(f"disk {i}: adopt={lv!r}: an LV name is 1-127 letters, digits, '+', '_', '.' and '-', "
+                            "not starting with '-'")
+        elif list(adopt.values()).count(lv) > 1:
+            problems.append(f"disk {i}: LV {lv!r} is adopted by more than one disk")
+        elif not problems and lv not in adoptable:
+            problems.append(f"disk {i}: LV {lv!r} was not checked on the node")
+        elif (adoptable.get(lv) or {}).get("problem"):
+            problems.append(f"disk {i}: {adoptable[lv]['problem']}")
+    return list(dict.fromkeys(problems))
 
 
 def _node_problems(node: str, os_name: str, osparams: dict[str, str], hv: HvParams | None,

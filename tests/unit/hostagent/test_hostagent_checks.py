@@ -261,3 +261,46 @@ def test_drbd_without_a_secondary_or_with_qcow2_is_refused_before_any_job():
         check_add({"name": "db1", "os": "img", "disk_template": "drbd", "node": "n1",
                    "disks": [{"size": "1G", "format": "qcow2"}]}, view(reports=reports), now=0)
     assert "a drbd disk is a logical volume, which holds raw data only" in str(caught.value)
+
+
+def test_an_adopted_lv_becomes_a_disk_of_its_own_size_taking_no_free_space():
+    adoptable = {"ganeti-root": {"size_mib": 10240, "problem": ""}, "ganeti-swap": {"size_mib": 512, "problem": ""}}
+    inst = check_add({"name": "db1", "os": "img", "disk_template": "plain", "node": "n1",
+                      "disks": [{"adopt": "ganeti-root"}, {"adopt": "ganeti-swap"}]},
+                     view(reports={"n1": with_vg(REPORT, 0)}, adoptable=adoptable), now=0)
+    assert [(d.index, d.size_mib, d.format) for d in inst.disks] == [(0, 10240, "raw"), (1, 512, "raw")]
+
+
+def test_adoption_is_refused_with_every_reason_at_once():
+    adoptable = {"gone": {"size_mib": 0, "problem": "node 'n1': no logical volume 'gone' in volume group vg0"}}
+    with pytest.raises(BadRequest) as err:
+        check_add({"name": "db1", "os": "img", "disk_template": "file",
+                   "disks": [{"adopt": "gone"}, {"adopt": "vg0/x", "size": "1G"}, {"size": "1G"}]},
+                  view(reports={"n1": with_vg(REPORT, 4096)}, adoptable=adoptable), now=0)
+    text = str(err.value)
+    for part in ("adopt: only plain disks adopt existing logical volumes, not file (-t plain)",
+                 "adopt: name the node whose volume group holds the LVs (--node NODE)",
+                 "adopt: either every disk adopts an LV or none does",
+                 "disk 0: node 'n1': no logical volume 'gone' in volume group vg0",
+                 "disk 1: an adopted disk takes its LV's size; give adopt=vg0/x without a size",
+                 "disk 1: adopt='vg0/x': give the LV's name in the node's volume group, without the group"):
+        assert part in text
+
+
+def test_one_lv_cannot_be_adopted_twice_nor_what_the_node_refused():
+    adoptable = {"a": {"size_mib": 8, "problem": ""},
+                 "busy": {"size_mib": 8, "problem": "node 'n1': LV vg0/busy is open (in use by a mounted file "
+                                                    "system or a running process, lv_attr -wi-ao----)"}}
+    with pytest.raises(BadRequest) as err:
+        check_add({"name": "db1", "os": "img", "disk_template": "plain", "node": "n1",
+                   "disks": [{"adopt": "a"}, {"adopt": "a"}, {"adopt": "busy"}]},
+                  view(reports={"n1": with_vg(REPORT, 4096)}, adoptable=adoptable), now=0)
+    assert "disk 1: LV 'a' is adopted by more than one disk" in str(err.value)
+    assert "disk 2: node 'n1': LV vg0/busy is open" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["-x", "a b", "..", "x" * 128])
+def test_a_name_that_cannot_be_an_lv_is_refused_before_the_node_is_asked(name):
+    with pytest.raises(BadRequest, match=r"disk 0: adopt=.*: an LV name is 1-127 letters"):
+        check_add({"name": "db1", "os": "img", "disk_template": "plain", "node": "n1", "disks": [{"adopt": name}]},
+                  view(reports={"n1": with_vg(REPORT, 4096)}), now=0)

@@ -17,6 +17,7 @@ from storage.lvm import PlainTemplate, VolumeGroupError
 from storage.lvmparse import (
     LvReport,
     VgReport,
+    adoption_problem,
     disk_identity,
     disk_tags,
     dm_name,
@@ -209,3 +210,17 @@ def test_unusable_volume_group_names_are_refused_up_front(name: str) -> None:
 def test_negative_index_is_refused_before_naming() -> None:
     with pytest.raises(InvalidDiskSpec):
         lv_name("xenvg", "web1", -1)
+
+
+def test_only_a_plain_closed_lv_that_is_no_corral_disk_is_adopted():
+    def lv(name="root", attr="-wi-a-----", tags=()):
+        return LvReport(name, "vg0", 8 * 2**20, tuple(tags), attr)
+    assert adoption_problem("root", lv(), "vg0") is None
+    assert adoption_problem("root", None, "vg0") == "no logical volume 'root' in volume group vg0 (`lvs vg0` lists them)"
+    assert adoption_problem("root", lv(attr="-wi-ao----"), "vg0").startswith("LV vg0/root is open")
+    assert adoption_problem("pool", lv(attr="twi-a-tz--"), "vg0").startswith("LV vg0/pool is not a plain logical")
+    tagged = lv(tags=("corral-instance=web1", "corral-disk=2"))
+    assert adoption_problem("root", tagged, "vg0") == "LV vg0/root is already disk 2 of instance 'web1'"
+    assert adoption_problem("corral-web1-disk0", lv("corral-web1-disk0"), "vg0") == (
+        "LV vg0/corral-web1-disk0 is already disk 0 of instance 'web1'")
+
