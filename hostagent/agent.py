@@ -119,12 +119,12 @@ class Agent:
         self.files = FileTemplate(cfg.file_storage)
         self.lvm = PlainTemplate(cfg.volume_group, lvm_args=cfg.lvm_args) if cfg.volume_group else None
         self._catalog: OsCatalog = discover(cfg.os_search_paths, cfg.image_paths)
-        self.replication = NodeReplication(cfg.node_name, cfg.address, self.qemu, self.files, self.pki,
+        self.disks = NodeDisks(cfg.node_name, self.files, self.lvm, drbd_node(cfg, self.lvm), self._address_of)
+        self.replication = NodeReplication(cfg.node_name, cfg.address, self.qemu, self.disks, self.pki,
                                            cfg.run_dir, clock)
         self.media = NodeMedia(cfg.node_name, cfg.address, self.qemu, cfg.iso_dirs,
                                lambda uuid: vncpass.password(self.replica, uuid))
         self.relays = RelayLimit()  # consoles and VNC displays this agent bridges (hostagent.api.relay)
-        self.disks = NodeDisks(cfg.node_name, self.files, self.lvm, drbd_node(cfg, self.lvm), self._address_of)
         self.drbd = NodeDrbd(cfg.node_name, self.disks, lambda name: self.replica.get_json(model.instance_key(name)),
                              cfg.run_dir, lambda name: self.qemu.stop(name, timeout_s=0, force=True), clock)
         self.executor = NodeExecutor(cfg.node_name, self.qemu, self.disks, self.catalog,

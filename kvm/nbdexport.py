@@ -48,6 +48,7 @@ from kvm import daemon
 log = logging.getLogger(__name__)
 
 FORMATS = ("raw", "qcow2")
+PROTOCOLS = ("file", "host_device")  # QEMU refuses a block device opened with the file driver
 _EXPORT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _START_TIMEOUT_S = 30.0
 # QEMU's file names for an x509 credentials directory, and what each holds.
@@ -115,6 +116,7 @@ class NbdExportSpec:
     tls_dir: str
     client_identity: str
     writethrough: bool = True
+    protocol: str = "file"  # "host_device" for a block device (a logical volume)
 
 
 def check_export_spec(spec: NbdExportSpec) -> list[str]:
@@ -122,6 +124,8 @@ def check_export_spec(spec: NbdExportSpec) -> list[str]:
     problems = []
     if spec.fmt not in FORMATS:
         problems.append(f"format {spec.fmt!r} is not one of {', '.join(FORMATS)}")
+    if spec.protocol not in PROTOCOLS:
+        problems.append(f"protocol {spec.protocol!r} is not one of {', '.join(PROTOCOLS)}")
     for label, path in (
         ("image_path", spec.image_path), ("pidfile", spec.pidfile), ("tls_dir", spec.tls_dir)
     ):
@@ -155,7 +159,7 @@ def build_export_argv(spec: NbdExportSpec, binary: str = "qemu-storage-daemon") 
         f"tls-creds-x509,id=tls0,dir={_opt(spec.tls_dir)},endpoint=server,verify-peer=on",
         "--object", f"authz-simple,id=authz0,identity={_opt(spec.client_identity)}",
         "--blockdev",
-        f"driver=file,node-name=file0,filename={_opt(spec.image_path)},discard=unmap",
+        f"driver={spec.protocol},node-name=file0,filename={_opt(spec.image_path)},discard=unmap",
         "--blockdev", f"driver={spec.fmt},node-name=disk0,file=file0,discard=unmap",
         "--nbd-server",
         f"addr.type=inet,addr.host={spec.host},addr.port={spec.port},"

@@ -60,9 +60,9 @@ class DiskOps:
             raise BadRequest("instance move needs --node NODE, the node to move the instance to")
         if target == inst["primary_node"]:
             raise BadRequest(f"instance '{name}' is already on node '{target}'")
-        if inst.get("disk_template") in model.ON_LVM:
-            raise BadRequest(f"instance '{name}' keeps its disks on LVM ({inst['disk_template']}); moving those "
-                             "to another node is not supported yet")
+        if inst.get("disk_template") == "drbd":
+            raise BadRequest(f"instance '{name}' keeps its disks on DRBD; moving those to another node is not "
+                             "supported yet")
         report = await self.store.get(model.report_key(inst["primary_node"])) or {}
         if inst["admin_state"] == "up" or name in report.get("instances", {}):
             raise Conflict(f"instance '{name}' is running; stop it first (`corral instance stop {name}`)"
@@ -276,15 +276,18 @@ class DiskOps:
         used = {int(i.get("port_base") or 0) for i in await self.store.prefix(model.INSTANCES)}
         base = inst.get("port_base") or next(b for b in REPLICATION_PORTS if b not in used)
         host = (await self.store.get(model.node_key(source)))["address"]
+        template = inst.get("disk_template")
         await self.store.order(source, "instance.replica-export",
-                               {"name": name, "disks": disks, "port_base": base, "client": target})
+                               {"name": name, "disks": disks, "port_base": base, "client": target,
+                                "disk_template": template})
         total = sum(d["size_mib"] for d in disks)
         done, started = 0.0, self.store.clock.monotonic()
         try:
             for disk in disks:
                 fetch = asyncio.create_task(self.store.order(
                     target, "instance.disk-fetch", {"name": name, "disk": disk, "host": host,
-                                                    "port": base + disk["index"]}, timeout_s=6 * 3600))
+                                                    "port": base + disk["index"], "disk_template": template},
+                    timeout_s=6 * 3600))
                 while not fetch.done():
                     await asyncio.wait({fetch}, timeout=COPY_POLL_S)
                     try:

@@ -38,7 +38,6 @@ class NodeDiskCopy:
         self._node = node
         self._qemu = qemu
         self._disks = disks
-        self._files = disks.files  # copies between nodes are of files only
         self._pki = pki_paths
         self._dir = os.path.join(run_dir, "diskcopy")
 
@@ -51,31 +50,55 @@ class NodeDiskCopy:
         return os.path.join(self._dir, f"{name}-disk{index}.progress")
 
     async def _fetch(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Copy one disk from the source node's export into place here (atomically)."""
+        """Copy one disk from the source node's export into place here: a file atomically (written beside, then
+        renamed), a logical volume (args `disk_template` plain) made anew at the disk's size and written in
+        place. A failed copy leaves nothing; a leftover of an interrupted one is replaced."""
         name, disk, host, port = args["name"], args["disk"], args["host"], int(args["port"])
         if self._qemu.find(name) is not None:
             raise OrderError(f"instance '{name}' is running on node '{self._node}': its disks are in use")
         tls = os.path.join(self._dir, "tls")
         nbdexport.link_tls_dir(tls, self._pki.ca_cert, self._pki.node_cert, self._pki.node_key)
-        dest = self._files.path(name, disk["index"], disk["format"])
-        os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
         os.makedirs(self._dir, mode=0o700, exist_ok=True)
-        tmp, progress = f"{dest}.incoming", self._progress_file(name, disk["index"])
-        for path in (tmp, progress):
-            if os.path.exists(path):
-                os.unlink(path)
+        progress = self._progress_file(name, disk["index"])
+        if os.path.exists(progress):
+            os.unlink(progress)
         source = (f"driver=nbd,server.type=inet,server.host={host},server.port={port},"
                   f"export={export_name(name, disk['index'])},tls-creds=tls0")
+        convert = ["qemu-img", "convert", "-p", "-O", disk["format"],
+                   "--object", f"tls-creds-x509,id=tls0,dir={tls},endpoint=client", "--image-opts", source]
+        template = self._disks.for_order(args)
+        if isinstance(template, PlainTemplate):
+            return {"path": await self._fetch_lv(template, name, disk, convert, progress)}
+        dest = template.path(name, disk["index"], disk["format"])
+        os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+        tmp = f"{dest}.incoming"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         try:
-            await runner.run(["qemu-img", "convert", "-p", "-O", disk["format"],
-                              "--object", f"tls-creds-x509,id=tls0,dir={tls},endpoint=client",
-                              "--image-opts", source, tmp], timeout_s=COPY_TIMEOUT_S, log_path=progress)
+            await runner.run([*convert, tmp], timeout_s=COPY_TIMEOUT_S, log_path=progress)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
         os.replace(tmp, dest)
         return {"path": dest}
+
+    async def _fetch_lv(self, plain: PlainTemplate, name: str, disk: dict[str, Any], convert: list[str],
+                        progress: str) -> str:
+        """The copy onto a new LV (-n: qemu-img writes into the device, makes nothing). An LV of this disk
+        here is a leftover of an interrupted move (this node is not the instance's primary), so it goes."""
+        index = disk["index"]
+        if await plain.exists(name, index):
+            log.warning("instance '%s': replacing disk %d left on node '%s' by an interrupted copy",
+                        name, index, self._node)
+            await plain.remove(name, index)
+        path = await plain.create(name, index, disk["size_mib"], "raw")
+        try:
+            await runner.run([*convert[:2], "-n", *convert[2:], path], timeout_s=COPY_TIMEOUT_S, log_path=progress)
+        except BaseException:
+            await plain.remove(name, index)
+            raise
+        return path
 
     async def _fetch_status(self, args: dict[str, Any]) -> dict[str, Any]:
         """Percent done of the copy of one disk (0 before its first progress line)."""

@@ -40,10 +40,9 @@ from typing import Any
 from kvm import blockmirror, migration, nbdexport
 from kvm.process import QemuManager
 from kvm.qmp import Qmp, QmpError
-from storage.filedisk import FileTemplate
-
 from hostagent import pki
 from hostagent.clock import SYSTEM, Clock
+from hostagent.node.disks import NodeDisks
 from hostagent.node.executor import Order, OrderError, client_identity, read_small_file
 
 log = logging.getLogger(__name__)
@@ -79,13 +78,15 @@ def export_name(instance: str, index: int) -> str:
 class NodeReplication:
     """This node's exports, mirrors and migrations."""
 
-    def __init__(self, node: str, address: str, qemu: QemuManager, files: FileTemplate,
+    def __init__(self, node: str, address: str, qemu: QemuManager, disks: NodeDisks,
                  pki_paths: pki.PkiPaths, run_dir: str, clock: Clock = SYSTEM) -> None:
+        """`disks`: the mirror's copies are files; an instance move also exports logical volumes."""
         self._node = node
         self._clock = clock
         self._address = address
         self._qemu = qemu
-        self._files = files
+        self._disks = disks
+        self._files = disks.files
         self._pki = pki_paths
         self._run_dir = os.path.join(run_dir, "replication")
         self._tls_dir = os.path.join(self._run_dir, "tls")
@@ -158,8 +159,10 @@ class NodeReplication:
         return {"created": created}
 
     async def _export(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Serve each disk to `client` only; an export left serving another client is restarted."""
+        """Serve each disk to `client` only; an export left serving another client is restarted. Args also
+        `disk_template` (an instance move's: its disks may be logical volumes; else files)."""
         name, tls, client = args["name"], self._tls(), args["client"]
+        template = self._disks.of(args.get("disk_template"))
         # An export reads its CAs once, at start: one started before `rotate-secrets --new-ca`
         # changed them would refuse the primary's new certificate, or keep trusting a retired CA.
         served = f"{client} {self._trust_digest()}"
@@ -173,7 +176,8 @@ class NodeReplication:
                          disk["index"], name, was, "" if was != client else " with other cluster CAs", client)
                 await nbdexport.stop_export(pidfile)
             spec = nbdexport.NbdExportSpec(
-                image_path=self._files.path(name, disk["index"], disk["format"]), fmt=disk["format"],
+                image_path=template.path(name, disk["index"], disk["format"]), fmt=disk["format"],
+                protocol=self._disks.protocol(args.get("disk_template")),
                 host=self._address, port=int(args["port_base"]) + disk["index"],
                 export_name=export_name(name, disk["index"]), pidfile=pidfile,
                 tls_dir=tls, client_identity=client_identity(client))

@@ -1,11 +1,12 @@
 """`plain` instances on real LVM, in node VMs (tests/integration/nodevm.py): n1 has volume group vg0 on its
-own disk, n2 has none. Nested QEMU starts but its guest does not boot in test time, so the instance is
+own disk; n2's agent is told to use vg0 too, which it has not until the move test makes it. Nested QEMU starts but its guest does not boot in test time, so the instance is
 checked where the node sees it: the logical volume (`lvs`), its content, and the block device QEMU holds
 (QMP `query-block`)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -29,6 +30,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 VG = "vg0"
 LV, LV1 = (f"/dev/{VG}/{lv_name(VG, 'web1', i)}" for i in (0, 1))
+ADOPTED = f"/dev/{VG}/{lv_name(VG, 'web2', 0)}"
+NO_VG = (f"n2: volume group '{VG}' cannot be used: LVM does not find it on this node; create it with vgcreate, "
+         "or set the node's volume group to one that `vgs` lists")
 MIB = 2**20
 
 
@@ -38,7 +42,7 @@ def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeVMs]:
     try:
         vms.start()
         vms["n1"].ok(f"pvcreate -q /dev/vda && vgcreate -q {VG} /dev/vda")
-        form_cluster(vms, volume_groups={"n1": VG})
+        form_cluster(vms, volume_groups={"n1": VG, "n2": VG})
         yield vms
     finally:
         vms.stop()
@@ -64,6 +68,20 @@ def query_block(vm: NodeVM, name: str) -> dict[str, dict]:
 
 def status(vm: NodeVM, name: str) -> str:
     return {r["name"]: r["status"] for r in json.loads(ok(vm, "instance", "list", "--json"))}.get(name, "absent")
+
+
+def sha256(vm: NodeVM, path: str) -> str:
+    return vm.ok(f"sha256sum {path}").split()[0]
+
+
+def verify_until(vm: NodeVM, *wanted: str, within_s: float = 30) -> str:
+    """`cluster verify`'s output once it says every `wanted` text (the nodes report every 2 s)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        out = corral(vm, "cluster", "verify").out
+        if all(w in out for w in wanted) or time.monotonic() > deadline:
+            return out
+        time.sleep(2)
 
 
 def test_a_plain_instance_runs_on_its_logical_volume_grows_and_gains_a_disk_online_and_leaves_nothing(vms):
@@ -96,6 +114,53 @@ def test_plain_on_a_node_without_a_volume_group_is_refused_before_any_job(vms):
     refused = corral(n1, "instance", "add", "db1", "--os", IMAGE_OS, "-t", "plain", "--node", "n2",
                      "--memory", "64M")
     assert refused.rc != 0
-    assert "n2: has no LVM volume group: set [storage] volume_group in its agent.toml" in refused.err + refused.out
+    assert NO_VG in refused.err + refused.out
     assert len(json.loads(ok(n1, "job", "list", "--json"))) == jobs
     assert status(n1, "db1") == "absent"
+
+
+def test_an_adopted_lv_runs_as_it_is_verify_finds_orphan_and_missing_lvs_and_a_move_carries_the_data(vms):
+    n1, n2 = vms["n1"], vms["n2"]
+    n1.ok(f"lvcreate -q --yes -n handmade -L 64m {VG} && head -c 8M /dev/urandom | dd of=/dev/{VG}/handmade "
+          "conv=fsync status=none")
+    content = sha256(n1, f"/dev/{VG}/handmade")
+    refused = corral(n1, "instance", "add", "web3", "--os", IMAGE_OS, "-t", "plain", "--node", "n1",
+                     "--disk", "adopt=nosuch", "--disk", "1G")
+    assert refused.rc != 0
+    for reason in (f"disk 0: node 'n1': no logical volume 'nosuch' in volume group {VG}",
+                   "adopt: either every disk adopts an LV or none does"):
+        assert reason in refused.err + refused.out
+
+    ok(n1, "instance", "add", "web2", "--os", IMAGE_OS, "-t", "plain", "--node", "n1", "--disk", "adopt=handmade",
+       "--memory", "64M")
+    volumes = lvs(n1)
+    assert f"/dev/{VG}/handmade" not in volumes and volumes[ADOPTED][1] == 64.0  # renamed, its size kept
+    assert query_block(n1, "web2")[ADOPTED]["image"]["virtual-size"] == 64 * MIB
+    assert sha256(n1, ADOPTED) == content, "the adopted LV's data changed"
+
+    # An LV tagged as a disk web2 does not have; web2's own LV renamed and untagged by hand (stopped first:
+    # it moves next).
+    ok(n1, "instance", "stop", "web2")
+    n1.ok(f"lvcreate -q --yes -n stray -L 8m --addtag corral-instance=web2 --addtag corral-disk=5 {VG} && "
+          f"lvchange -q --deltag corral-instance=web2 --deltag corral-disk=0 {ADOPTED} && "
+          f"lvrename -q {VG} {lv_name(VG, 'web2', 0)} hidden")
+    orphan = f"node 'n1': orphan disk /dev/{VG}/stray (instance 'web2' has no disk 5)"
+    missing = (f"instance 'web2': disk 0 is missing: no logical volume for it in volume group {VG} on its "
+               "primary node 'n1'")
+    found = verify_until(n1, orphan, missing)
+    assert orphan in found and missing in found, found
+    n1.ok(f"lvremove -q -f {VG}/stray && lvrename -q {VG} hidden {lv_name(VG, 'web2', 0)} && "
+          f"lvchange -q --addtag corral-instance=web2 --addtag corral-disk=0 {ADOPTED}")
+
+    refused = corral(n1, "instance", "move", "web2", "--node", "n2")
+    assert refused.rc != 0 and NO_VG in refused.err + refused.out
+    n2.ok(f"pvcreate -q /dev/vda && vgcreate -q {VG} /dev/vda")
+    deadline = time.monotonic() + 30
+    while not (json.loads(ok(n1, "node", "info", "n2", "--json")).get("lvm") or {}).get("free_mib"):
+        assert time.monotonic() < deadline, "n2's report never showed its new volume group"
+        time.sleep(2)
+    ok(n1, "instance", "move", "web2", "--node", "n2")
+    assert sha256(n2, ADOPTED) == content, "the data did not arrive intact"
+    assert lvs(n2)[ADOPTED][1] == 64.0 and ADOPTED not in lvs(n1)
+    ok(n1, "instance", "remove", "web2")
+    assert ADOPTED not in lvs(n2)

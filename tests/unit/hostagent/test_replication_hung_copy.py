@@ -6,6 +6,9 @@ from typing import Any
 
 from fakes.clock import FakeClock
 
+from storage.filedisk import FileTemplate
+
+from hostagent.node.disks import NodeDisks
 from hostagent.node.replication import HUNG_AFTER_S, NodeReplication, target_node
 
 DISK0 = "/machine/peripheral/disk0-dev/virtio-backend"
@@ -32,7 +35,8 @@ class StuckCopy:
 
 async def test_a_write_stuck_on_the_copy_cuts_it_after_hung_after_s(tmp_path):
     clock, qmp = FakeClock(), StuckCopy()
-    replication = NodeReplication("n1", "127.0.0.1", None, None, None, str(tmp_path), clock)  # type: ignore[arg-type]
+    disks = NodeDisks("n1", FileTemplate(str(tmp_path / "disks")), None)
+    replication = NodeReplication("n1", "127.0.0.1", None, disks, None, str(tmp_path), clock)  # type: ignore[arg-type]
     await replication._watch_queues(qmp, "web1", 0)  # type: ignore[arg-type]
     clock.advance(HUNG_AFTER_S - 0.5)
     await replication._watch_queues(qmp, "web1", 0)  # type: ignore[arg-type]

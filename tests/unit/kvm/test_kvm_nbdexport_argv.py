@@ -48,11 +48,16 @@ def test_commas_in_paths_are_escaped_for_qemu_option_lists():
     assert "driver=qcow2,node-name=disk0,file=file0,discard=unmap" in argv
 
 
+def test_a_logical_volume_is_exported_as_the_block_device_it_is():
+    argv = build_export_argv(dataclasses.replace(SPEC, image_path="/dev/vg0/corral-vm1-disk0", protocol="host_device"))
+    assert "driver=host_device,node-name=file0,filename=/dev/vg0/corral-vm1-disk0,discard=unmap" in argv
+
+
 def test_every_problem_of_a_bad_spec_is_reported_at_once():
     bad = dataclasses.replace(SPEC, fmt="vmdk", host="node2", port=0, export_name="a,b",
-                              tls_dir="pki", client_identity=" ")
+                              tls_dir="pki", client_identity=" ", protocol="nbd")
     problems = check_export_spec(bad)
-    assert len(problems) == 6
+    assert len(problems) == 7
     with pytest.raises(InvalidExportSpec) as error:
         build_export_argv(bad)
     assert error.value.problems == problems
