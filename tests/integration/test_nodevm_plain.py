@@ -62,7 +62,8 @@ def query_block(vm: NodeVM, name: str) -> dict[str, dict]:
               "        print(json.dumps(await qmp.execute('query-block')))\n"
               "asyncio.run(main())\n")
     out = vm.ok(f"cd {REPO} && PYTHONPATH={REPO} "
-                + quoted(str(PYTHON), "-c", script, f"{STATE}/run/instances/{name}/qmp.sock"))
+                + quoted(str(PYTHON), "-c", script, f"{STATE}/run/instances/{name}/qmp.sock"),
+                timeout=180)  # the import alone takes 5-15 s in a loaded VM, and the agent's reports share QMP
     return {b["inserted"]["file"]: b["inserted"] for b in json.loads(out) if b.get("inserted")}
 
 
@@ -140,7 +141,7 @@ def test_an_adopted_lv_runs_as_it_is_verify_finds_orphan_and_missing_lvs_and_a_m
 
     # An LV tagged as a disk web2 does not have; web2's own LV renamed and untagged by hand (stopped first:
     # it moves next).
-    ok(n1, "instance", "stop", "web2")
+    ok(n1, "instance", "stop", "web2", "--force")  # its guest does not boot here, so would not power down
     n1.ok(f"lvcreate -q --yes -n stray -L 8m --addtag corral-instance=web2 --addtag corral-disk=5 {VG} && "
           f"lvchange -q --deltag corral-instance=web2 --deltag corral-disk=0 {ADOPTED} && "
           f"lvrename -q {VG} {lv_name(VG, 'web2', 0)} hidden")
