@@ -122,7 +122,7 @@ def test_plain_on_a_node_without_a_volume_group_is_refused_before_any_job(vms):
 
 def test_an_adopted_lv_runs_as_it_is_verify_finds_orphan_and_missing_lvs_and_a_move_carries_the_data(vms):
     n1, n2 = vms["n1"], vms["n2"]
-    n1.ok(f"lvcreate -q --yes -n handmade -L 64m {VG} && head -c 8M /dev/urandom | dd of=/dev/{VG}/handmade "
+    n1.ok(f"lvcreate -q --yes -n handmade -L 16m {VG} && head -c 4M /dev/urandom | dd of=/dev/{VG}/handmade "
           "conv=fsync status=none")
     content = sha256(n1, f"/dev/{VG}/handmade")
     refused = corral(n1, "instance", "add", "web3", "--os", IMAGE_OS, "-t", "plain", "--node", "n1",
@@ -135,8 +135,8 @@ def test_an_adopted_lv_runs_as_it_is_verify_finds_orphan_and_missing_lvs_and_a_m
     ok(n1, "instance", "add", "web2", "--os", IMAGE_OS, "-t", "plain", "--node", "n1", "--disk", "adopt=handmade",
        "--memory", "64M")
     volumes = lvs(n1)
-    assert f"/dev/{VG}/handmade" not in volumes and volumes[ADOPTED][1] == 64.0  # renamed, its size kept
-    assert query_block(n1, "web2")[ADOPTED]["image"]["virtual-size"] == 64 * MIB
+    assert f"/dev/{VG}/handmade" not in volumes and volumes[ADOPTED][1] == 16.0  # renamed, its size kept
+    assert query_block(n1, "web2")[ADOPTED]["image"]["virtual-size"] == 16 * MIB
     assert sha256(n1, ADOPTED) == content, "the adopted LV's data changed"
 
     # An LV tagged as a disk web2 does not have; web2's own LV renamed and untagged by hand (stopped first:
@@ -160,8 +160,15 @@ def test_an_adopted_lv_runs_as_it_is_verify_finds_orphan_and_missing_lvs_and_a_m
     while not (json.loads(ok(n1, "node", "info", "n2", "--json")).get("lvm") or {}).get("free_mib"):
         assert time.monotonic() < deadline, "n2's report never showed its new volume group"
         time.sleep(2)
-    ok(n1, "instance", "move", "web2", "--node", "n2")
+    # A master change under load (the VMs' leases are short) interrupts the job: the next run replaces what the
+    # copy left on n2, or finds the move done.
+    for _ in range(3):
+        moved = corral(n1, "instance", "move", "web2", "--node", "n2")
+        if "interrupted by a master change" not in moved.err:
+            break
+    assert moved.rc == 0 or "is already on node 'n2'" in moved.err, \
+        moved.err + "".join(vm.run(f"tail -n 30 {STATE}/agent.log").out for vm in (n1, n2))
     assert sha256(n2, ADOPTED) == content, "the data did not arrive intact"
-    assert lvs(n2)[ADOPTED][1] == 64.0 and ADOPTED not in lvs(n1)
+    assert lvs(n2)[ADOPTED][1] == 16.0 and ADOPTED not in lvs(n1)
     ok(n1, "instance", "remove", "web2")
     assert ADOPTED not in lvs(n2)
