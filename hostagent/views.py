@@ -301,7 +301,8 @@ def _volume_orphaned(node: str, vol: Mapping[str, Any], inst: Mapping[str, Any] 
 
 def _missing_lvs(node: str, report: Mapping[str, Any], instances: Iterable[Mapping[str, Any]],
                  busy: Mapping[str, str]) -> list[Finding]:
-    """The disks of `plain` instances whose primary is `node` and whose LV its volume group lacks. Judged only
+    """The disks of `plain` instances whose primary is `node` (and `drbd` ones it holds a copy of) and whose LV its
+    volume group lacks. Judged only
     when the node could read its volume group (the report's `lvm` has no error): its LV list is then complete."""
     lvm = report.get("lvm") or {}
     if not lvm.get("vg") or lvm.get("error"):
@@ -309,7 +310,8 @@ def _missing_lvs(node: str, report: Mapping[str, Any], instances: Iterable[Mappi
     present = {(v["instance"], v.get("index")) for v in report.get("volumes", []) if str(v["path"]).startswith("/dev/")}
     out: list[Finding] = []
     for inst in instances:
-        if inst["disk_template"] != "plain" or inst["primary_node"] != node:
+        holders = {"plain": (inst["primary_node"],), "drbd": (inst["primary_node"], inst.get("secondary_node"))}
+        if node not in holders.get(inst["disk_template"], ()):
             continue
         for disk in inst["disks"]:
             if (inst["name"], disk["index"]) in present:
@@ -317,7 +319,9 @@ def _missing_lvs(node: str, report: Mapping[str, Any], instances: Iterable[Mappi
             job = busy.get(inst["name"])
             out.append(Finding("warning" if job else "error",
                                f"instance '{inst['name']}': disk {disk['index']} is missing: no logical volume "
-                               f"for it in volume group {lvm['vg']} on its primary node '{node}'" + _while(job),
+                               f"for it in volume group {lvm['vg']} on its "
+                               f"{'primary' if node == inst['primary_node'] else 'secondary'} node '{node}'"
+                               + _while(job),
                                "missing-disk", node, inst["name"], disk=disk["index"]))
     return out
 

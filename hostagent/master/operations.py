@@ -19,12 +19,13 @@ from kvm.hvparams import hvparams_to_dict, parse_hvparams
 
 from hostagent import model
 from hostagent.master import cdrom, vncpass
-from hostagent.master.decide.checks import adopted, check_add, check_new_name, check_reinstall
+from hostagent.master.decide.checks import adopted, check_add, check_reinstall
 from hostagent.errors import BadRequest, Conflict
 from hostagent.master.jobs import Handler, JobContext, JobFailed, job_errors, operator_errors
 from hostagent.master.role import MasterRole
 from hostagent.master.diskops import DiskOps
 from hostagent.master.modify import InstanceModify
+from hostagent.master.renames import Renames
 from hostagent.master.moves import Moves
 from hostagent.master.duties.mirrors import Mirrors
 from hostagent.master.duties.restarter import Restarter
@@ -54,6 +55,8 @@ class Operations:
         self.restarter = Restarter(self.store, self.views, self.moves)
         self.mirrors = Mirrors(self.store, self.views, self.moves, self.restarter.starting)
         self.modify = InstanceModify(self.store, self._start, self._stop)
+        self.renames = Renames(self.store)
+        self.submit_rename = self.renames.submit
 
     # ---- submit ---------------------------------------------------------------
     async def submit_cluster_init(self, name: str, node: dict[str, Any], hvparams: dict[str, Any],
@@ -107,7 +110,8 @@ class Operations:
         runner = self.role.require()
         if inst.get("disk_template") == "drbd" and op in DRBD_NOT_YET:
             raise BadRequest(f"instance '{name}' has drbd disks: {DRBD_NOT_YET[op]} is not supported for them yet "
-                             "(they are created, started, stopped, rebooted, live-migrated, failed over, given a new secondary and removed)")
+                             "(they are created, started, stopped, rebooted, live-migrated, failed over, given a "
+                             "new secondary and removed)")
         if op == "instance.reboot" and params.get("type", "soft") not in ("soft", "hard"):
             raise BadRequest(f"reboot type {params.get('type')!r} is not one of soft, hard")
         if not runner.busy(f"instance/{name}"):
@@ -139,7 +143,7 @@ class Operations:
                 "instance.start": self._job_start, "instance.stop": self._job_stop,
                 "instance.reboot": self._job_reboot, "instance.remove": self._job_remove,
                 **self.modify.handlers(), "instance.reinstall": self._job_reinstall,
-                "instance.rename": self._job_rename,
+                "instance.rename": self.renames.job,
                 **{op: job_errors(h) for op, h in {**self.moves.handlers(), **self.disks.handlers()}.items()}}
 
     @operator_errors
@@ -291,61 +295,6 @@ class Operations:
         await self._stop(ctx, inst, False, None)
         result = await self._start(ctx, inst, await self.store.hvparams(inst))
         return {**result, "type": "soft"}
-
-    async def submit_rename(self, name: str, new_name: str) -> int:
-        """Checked now: a valid free name, the instance stopped; the new name is reserved with the job."""
-        inst = await self.store.instance(name)
-        if inst.get("disk_template") in model.ON_LVM:
-            raise BadRequest(f"instance '{name}' keeps its disks on LVM ({inst['disk_template']}); renaming its "
-                             "logical volumes is not supported yet")
-        await self._check_stopped(inst, "renamed")
-        instances = {i["name"] for i in await self.store.prefix(model.INSTANCES)}
-        check_new_name(new_name, instances)
-        return await self.role.require().submit(
-            "instance.rename", {"name": name, "new_name": new_name}, f"rename instance '{name}' to '{new_name}'",
-            reservations=[model.reservation_key("instance", new_name)],
-            must_exist=[model.instance_key(name)], must_not_exist=[model.instance_key(new_name)])
-
-    async def _check_stopped(self, inst: dict[str, Any], what: str) -> None:
-        report = await self.store.get(model.report_key(inst["primary_node"]))
-        if inst["admin_state"] == "up" or instance_status(inst, report, self.store.clock.time()).pid is not None:
-            raise Conflict(f"instance '{inst['name']}' is running (or marked up); it is {what} only stopped: "
-                           f"`corral instance stop {inst['name']}` first")
-
-    @operator_errors
-    async def _job_rename(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
-        """Files on its nodes first (idempotent), then one transaction for every config reference."""
-        old, new_name = args["name"], args["new_name"]
-        inst = await self.store.instance(old)
-        await self._check_stopped(inst, "renamed")
-        new = {**inst, "name": new_name, "mtime": self.store.clock.time()}
-        hv = await self.store.hvparams(inst)
-        if inst.get("secondary_node"):
-            await self.store.order(inst["secondary_node"], "instance.replica-unexport",
-                                   {"name": old, "disks": inst["disks"]})
-            await self.store.order(inst["secondary_node"], "instance.rename",
-                                   {"old_name": old, "instance": new, "hvparams": hv, "run_script": False})
-            await ctx.log(f"the copy of '{old}' on node '{inst['secondary_node']}' is now '{new_name}''s")
-        result = await self.store.order(inst["primary_node"], "instance.rename",
-                                        {"old_name": old, "instance": new, "hvparams": hv, "run_script": True,
-                                         "networks": await self.store.nic_networks(inst)}, timeout_s=3600)
-        if result.get("script_log"):
-            await ctx.log(f"the OS rename script ran on node '{inst['primary_node']}' (log {result['script_log']})")
-        writes = [Op.put(model.instance_key(new_name), model.dumps(new)), Op.delete(model.instance_key(old)),
-                  Op.delete(model.restart_key(old))]
-        replica = await self.store.get(model.replica_key(old))
-        if replica is not None:
-            writes += [Op.put(model.replica_key(new_name), model.dumps({**replica, "name": new_name})),
-                       Op.delete(model.replica_key(old))]
-        for other in await self.store.prefix(model.INSTANCES):
-            if old in (other.get("after") or []):
-                other["after"] = [new_name if a == old else a for a in other["after"]]
-                writes.append(Op.put(model.instance_key(other["name"]), model.dumps(other)))
-                await ctx.log(f"instance '{other['name']}' now starts after '{new_name}'")
-        await self.store.write(writes)
-        await ctx.log(f"instance '{old}' is now '{new_name}' (same UUID, MACs and disks; past events keep "
-                      f"the name '{old}')")
-        return {"name": new_name, "old_name": old}
 
     async def _check_reinstall(self, name: str, params: dict[str, Any]) -> None:
         check_reinstall(await self.store.instance(name), params, await cluster_view(self.store))

@@ -32,15 +32,14 @@ class NodeDisks:
         that can remove disks but not make them (that takes the record: `for_instance`)."""
         if template not in model.ON_LVM:
             return self.files
-        return self.volumes(template)
+        lvm = self.volumes(str(template))
+        return DrbdDisks(self._need_drbd(), self._node, []) if template == "drbd" else lvm
 
     def volumes(self, template: str = "plain") -> PlainTemplate:
         """The node's volume group; StorageError saying what to set when it has none."""
         if self.lvm is None:
             raise StorageError(f"node '{self._node}' has no LVM volume group: set [storage] volume_group in its "
                                f"agent.toml ({template} disks are logical volumes)")
-        if template == "drbd":
-            return DrbdDisks(self._need_drbd(), self._node, [])
         return self.lvm
 
     def _need_drbd(self) -> DrbdNode:
