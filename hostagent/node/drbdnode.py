@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 OUTDATED_PATH = "/v1/node/replica-outdated"
 FENCE_RETRY_S = 1.0
-FENCE_PATIENCE_S = 60.0
+FENCE_PATIENCE_S = 60.0  # a master failover takes ~10 s; longer than this, self-fencing decides instead
 RESYNC_RATE_MIB_S = 60.0  # Ganeti's default: a fixed rate, as DRBD 8.4's own controller starts at 250 KiB/s
 CODE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -51,7 +51,7 @@ def drbd_node(cfg: AgentConfig, lvm: PlainTemplate | None) -> DrbdNode | None:
     handler = shlex.join(["env", f"PYTHONPATH={CODE_ROOT}", sys.executable, "-m", "cli.drbdfence",
                           "--socket", cfg.socket])
     return DrbdNode(lvm, os.path.join(cfg.state_dir, "drbd"), fence_peer=handler,
-                    resync_rate_mib_s=RESYNC_RATE_MIB_S)  # a master failover takes ~10 s; longer than this, self-fencing decides instead
+                    resync_rate_mib_s=RESYNC_RATE_MIB_S)
 
 
 class NodeDrbd:
