@@ -37,6 +37,7 @@ STATUS_UNKNOWN = "unknown"
 _POLL_INTERVAL_S = 0.05
 _QUIT_WAIT_S = 5.0
 _KILL_WAIT_S = 5.0
+ACPI_REPRESS_S = 3.0  # the power button again after this long: a guest still booting drops a press
 _ANSI_RE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-~])")  # CSI sequences, 2-byte escapes
 
 
@@ -295,19 +296,37 @@ class QemuManager:
     async def _acpi_stop(
         self, name: str, proc: psutil.Process, paths: RunPaths, timeout_s: float
     ) -> bool:
-        """Press the power button and wait; False if the guest cannot or did not obey."""
-        try:
-            async with await Qmp.connect(paths.qmp_socket, self.qmp_timeout_s) as qmp:
-                state = await qmp.status()
-                if state != "running":
-                    log.info("instance %r: guest is %s, skipping ACPI power-down", name, state)
+        """Press the power button and wait; False if the guest cannot or did not obey.
+
+        The button is pressed again every ACPI_REPRESS_S: a guest still booting (its kernel has not
+        enabled ACPI yet, or no daemon listens) drops a press, and one press only would then wait out
+        the whole timeout and hard-stop a guest that would have powered off.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        pressed = False
+        while True:
+            try:
+                async with await Qmp.connect(paths.qmp_socket, self.qmp_timeout_s) as qmp:
+                    state = await qmp.status()
+                    if state == "running":
+                        await qmp.powerdown()
+            except QmpError as exc:
+                if not pressed:
+                    log.warning("instance %r: ACPI power-down not sent: %s", name, exc.reason)
                     return False
-                await qmp.powerdown()
-        except QmpError as exc:
-            log.warning("instance %r: ACPI power-down not sent: %s", name, exc.reason)
-            return False
-        if await daemon.wait_gone(proc, timeout_s):
-            return True
+                state = "no answer"  # QEMU may be exiting after the last press: wait for it as for one press
+            if state != "running":
+                if pressed:
+                    return await daemon.wait_gone(proc, max(deadline - loop.time(), 0.0))
+                log.info("instance %r: guest is %s, skipping ACPI power-down", name, state)
+                return False
+            pressed = True
+            remaining = deadline - loop.time()
+            if await daemon.wait_gone(proc, min(ACPI_REPRESS_S, max(remaining, 0.0))):
+                return True
+            if remaining <= ACPI_REPRESS_S:
+                break
         log.info("instance %r: guest ignored ACPI power-down for %g s", name, timeout_s)
         return False
 

@@ -88,6 +88,17 @@ async def test_guest_boots_from_its_disk_and_obeys_acpi_power_off(manager, run_d
     assert manager.discover() == {}
 
 
+async def test_a_guest_stopped_while_it_boots_still_powers_off_by_acpi_without_waiting_out_the_timeout(manager,
+                                                                                                   run_dir):
+    """The first power-button press comes before the guest's kernel listens; a later press is obeyed."""
+    pid = await manager.start(guest_spec(run_dir, "console=ttyS0"))
+    began = time.monotonic()
+    assert await manager.stop("guest1", timeout_s=90) == "acpi"
+    assert time.monotonic() - began < 60, "not the whole timeout of a missed press"
+    assert is_gone(pid)
+    assert console_has(manager, "CORRAL-GUEST-BOOTED count=1") and console_has(manager, "CORRAL-GUEST-POWEROFF")
+
+
 async def test_reset_reboots_the_guest_which_keeps_its_disk(manager, run_dir):
     await manager.start(guest_spec(run_dir, "console=ttyS0"))
     assert wait_until(lambda: console_has(manager, "CORRAL-GUEST-BOOTED count=1"), 60)
