@@ -76,7 +76,7 @@ class DrbdNode:
 
     def __init__(self, lvm: PlainTemplate, conf_dir: str, *, fence_peer: str = "", resync_rate_mib_s: float = 0.0,
                  proc_path: str = "/proc/drbd", timeout_s: float = 60.0, copy_timeout_s: float = 3600.0) -> None:
-        """`fence_peer`: the handler's command line (hostagent.node.drbdfence)."""
+        """`fence_peer`: the handler's command line (cli.drbdfence)."""
         self.lvm = lvm
         self.conf_dir = conf_dir
         self.fence_peer = fence_peer
