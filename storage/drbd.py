@@ -43,6 +43,8 @@ from storage.lvmparse import TAG_INSTANCE
 
 TAG_META = "corral-drbd-meta="
 PROMOTE_RETRY_S = 1.0
+CONNECT_WAIT_S = 30.0  # a new resource's peer: DRBD connects within seconds of both being up
+CONNECT_POLL_S = 0.5
 NOT_OUTDATED = "peer is not outdated"
 
 
@@ -205,6 +207,15 @@ class DrbdNode:
         found = re.search(r"device minor (\d+);", text)
         return int(found[1]) if found else None
 
+    async def wait_connected(self, minor: int, within_s: float) -> bool:
+        """Until the resource talks to its peer (bounded); whether it does."""
+        for _ in range(max(1, int(within_s / CONNECT_POLL_S))):
+            state = (await self.states()).get(minor)
+            if state is not None and state.peer_disk != "DUnknown":
+                return True
+            await asyncio.sleep(CONNECT_POLL_S)
+        return False
+
     async def resume_io(self, node: str, name: str) -> None:
         """Let a primary frozen by its fencing write again (to this node's disk only, the peer being away)."""
         await self._drbdadm(node, "resume-io", name)
@@ -315,6 +326,9 @@ class DrbdDisks:
         self.check_format(fmt)
         disk = self._disk(instance, index)
         path = await self.drbd.ensure(disk)
+        # Connected first: a new disk promoted while its peer is still unknown would have fencing ask the master
+        # to outdate a copy of an instance it does not know yet.
+        await self.drbd.wait_connected(disk.minor, CONNECT_WAIT_S)
         await self.drbd.promote(disk.node, disk.name, force=True)
         return path
 

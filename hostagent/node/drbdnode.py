@@ -199,8 +199,9 @@ class NodeDrbd:
         Raises OrderError when the master could not be told within FENCE_PATIENCE_S (DRBD keeps I/O frozen)."""
         name, index = drbd_owner(resource) or ("", -1)
         inst = self._instance(name) if name else None
-        if inst is None:
-            raise OrderError(f"DRBD resource {resource} belongs to no instance this node knows")
+        if inst is None:  # an instance being created: no guest has written to it, nothing to lose
+            log.info("DRBD resource %s lost its peer before its instance was created: nothing to outdate", resource)
+            return "none yet"
         peer = inst.get("secondary_node") if inst.get("primary_node") == self._node else inst.get("primary_node")
         body = {"name": name, "gen": self.gen(name),
                 "reason": f"node '{self._node}' lost its DRBD connection to node '{peer}' (disk {index})"}
