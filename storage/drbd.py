@@ -140,36 +140,42 @@ class DrbdNode:
         elif not os.path.exists(data):  # inactive, as after a node's reboot without LVM's udev rules
             await self._run(["lvchange", *self.lvm.lvm_args, "-ay", data.removeprefix("/dev/")],
                             timeout_s=self._timeout_s)
-        await self._ensure_meta(disk)
+        fresh = await self._ensure_meta(disk)
         conf = self.conf_path(disk.name)
         os.makedirs(self.conf_dir, mode=0o700, exist_ok=True)
         text = render_resource(self.resource(disk), version)
         _write_secret_file(conf, text)
+        if fresh:  # made just now: nothing on it to keep
+            await self._drbdadm(disk.node, "create-md", "--force", disk.name)
         if disk.minor in await self.states():
             await self._drbdadm(disk.node, "adjust", disk.name)
             return self.device(disk.minor)
         try:
             await self._drbdadm(disk.node, "up", disk.name)
         except DrbdError as exc:
-            if "No valid meta data found" not in str(exc) and "no valid meta" not in str(exc).lower():
+            if "no valid meta" not in str(exc).lower():
                 raise
-            await self._drbdadm(disk.node, "create-md", "--force", disk.name)
+            # A metadata LV an interrupted run made but never initialized: the minor `up` left configured
+            # (diskless) goes first, or create-md refuses it.
             await self._drbdadm(disk.node, "down", disk.name)
+            await self._drbdadm(disk.node, "create-md", "--force", disk.name)
             await self._drbdadm(disk.node, "up", disk.name)
         return self.device(disk.minor)
 
-    async def _ensure_meta(self, disk: DrbdDisk) -> None:
+    async def _ensure_meta(self, disk: DrbdDisk) -> bool:
+        """The metadata LV there and active; True when it was made just now."""
         name = self.lvm.lv_name(disk.instance, disk.index) + "-meta"
         if os.path.exists(f"/dev/{self.lvm.vg}/{name}"):
-            return
+            return False
         result = await self._run(["lvs", *self.lvm.lvm_args, "--noheadings", "-o", "lv_name", self.lvm.vg],
                                  timeout_s=self._timeout_s)
         if name in result.stdout.split():
             await self._run(["lvchange", *self.lvm.lvm_args, "-ay", f"{self.lvm.vg}/{name}"], timeout_s=self._timeout_s)
-            return
+            return False
         await self._run(["lvcreate", *self.lvm.lvm_args, "--yes", "-W", "y", "-n", name,
                          "-L", f"{disk.meta_mib}m", "--addtag", f"{TAG_INSTANCE}{disk.instance}",
                          "--addtag", f"{TAG_META}{disk.index}", self.lvm.vg], timeout_s=self._timeout_s)
+        return True
 
     # ---- roles ------------------------------------------------------------------------------------------
     async def promote(self, node: str, name: str, *, force: bool = False) -> None:
