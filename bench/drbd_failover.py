@@ -62,7 +62,7 @@ def main() -> None:
             took = until("db1 running on n2", lambda: (listing(n3).get("db1") or {}).get("primary_node") == "n2"
                          and listing(n3)["db1"]["status"] == "running", 300)
             print(f"drbd failover from power-off to QEMU running on the secondary: {took:.1f} s, to within one poll "
-                  f"of `instance list` (about 5 s in a node VM) "
+                  f"of `instance list` (about 0.5 s in a node VM) "
                   f"({took - LEASE_S:.1f} s beyond the {LEASE_S:.0f} s node lease it must wait out; "
                   f"{took / LEASE_S:.2f} x the lease)")
         finally:

@@ -35,7 +35,8 @@ class NodeAdoption:
         try:
             found = await self._disks.volumes().adoptable(names)
         except StorageError as exc:
-            return {"lvs": {name: {"size_mib": 0, "problem": f"node '{self._node}': {exc}"} for name in names}}
+            said = str(exc) if f"node '{self._node}'" in str(exc) else f"node '{self._node}': {exc}"
+            return {"lvs": {name: {"size_mib": 0, "problem": said} for name in names}}
         return {"lvs": {name: {"size_mib": size, "problem": f"node '{self._node}': {problem}" if problem else ""}
                         for name, (size, problem) in found.items()}}
 
