@@ -49,8 +49,12 @@ def etcd_argv(
     tls: EtcdTls | None,
     cluster_token: str = "corral",
     binary: str = ETCD_BINARY,
+    heartbeat_ms: int = HEARTBEAT_MS,
+    election_timeout_ms: int = ELECTION_TIMEOUT_MS,
 ) -> list[str]:
-    """argv for one member; `initial_cluster` is "name=peer_url,..." including this member."""
+    """argv for one member; `initial_cluster` is "name=peer_url,..." including this member.
+    `heartbeat_ms`/`election_timeout_ms`: Raft's timing (etcd's tuning guide: heartbeat about the round trip
+    between members, election timeout at least 5 times it); slow or emulated machines need longer."""
     if cluster_state not in ("new", "existing"):
         raise ValueError(f"cluster_state must be 'new' or 'existing', not {cluster_state!r}")
     scheme = "https" if tls else "http"
@@ -73,8 +77,8 @@ def etcd_argv(
         f"--initial-cluster={initial_cluster}",
         f"--initial-cluster-state={cluster_state}",
         f"--initial-cluster-token={cluster_token}",
-        f"--heartbeat-interval={HEARTBEAT_MS}",
-        f"--election-timeout={ELECTION_TIMEOUT_MS}",
+        f"--heartbeat-interval={heartbeat_ms}",
+        f"--election-timeout={election_timeout_ms}",
         # A member cut off from the others keeps calling elections it cannot win; without pre-vote each
         # raises its term, and when the network heals that term deposes the majority's leader: every
         # node loses etcd for seconds and the master steps down (seen in test_partitions.py). With

@@ -113,13 +113,15 @@ class Agent:
         self._lock_fd = _lock_node(cfg.state_dir)
         self.replica = Replica(os.path.join(cfg.state_dir, "config.db"))
         self.qemu = QemuManager(cfg.run_dir, log_dir=os.path.join(cfg.log_dir, "console"),
-                                qemu_binary=cfg.qemu_binary, guest_nice=guest_nice, kernel_dirs=cfg.kernel_dirs)
+                                qemu_binary=cfg.qemu_binary, guest_nice=guest_nice, kernel_dirs=cfg.kernel_dirs,
+                                qmp_timeout_s=cfg.qmp_timeout_s)
         self.boot = BootWatcher(os.path.join(cfg.log_dir, "console"), os.path.join(cfg.run_dir, "boot-watch.json"),
                                 lambda name: self.replica.get_json(model.instance_key(name)), clock.time())
         self.files = FileTemplate(cfg.file_storage)
         self.lvm = PlainTemplate(cfg.volume_group, lvm_args=cfg.lvm_args) if cfg.volume_group else None
         self._catalog: OsCatalog = discover(cfg.os_search_paths, cfg.image_paths)
-        self.disks = NodeDisks(cfg.node_name, self.files, self.lvm, drbd_node(cfg, self.lvm), self._address_of)
+        self.disks = NodeDisks(cfg.node_name, self.files, self.lvm, drbd_node(cfg, self.lvm, lambda: self.replica.get_json(model.CLUSTER_KEY)),
+                               self._address_of)
         self.replication = NodeReplication(cfg.node_name, cfg.address, self.qemu, self.disks, self.pki,
                                            cfg.run_dir, clock)
         self.media = NodeMedia(cfg.node_name, cfg.address, self.qemu, cfg.iso_dirs,
@@ -208,7 +210,7 @@ class Agent:
         self.node_ops, self.autofailover = self.candidacy.node_ops, self.candidacy.autofailover
         self.lease = NodeLease(self.etcd, cfg.node_name, cfg.node_lease_ttl_s, self.clock)
         self.fence = SelfFence(cfg.node_name, self.lease, self.qemu, self.replica, cfg.run_dir, cfg.log_dir,
-                               cfg.watchdog or None, self.clock)
+                               cfg.watchdog or None, self.clock, demotes=self.drbd.demote_commands)
         self.executor.start_guard = self.fence.start_refusal
         if self.node_site is not None:
             await self.node_site()  # orders, even the master's to itself, arrive here
@@ -336,7 +338,10 @@ class Agent:
         handler = self.orders.get(op)
         if handler is None:
             raise OrderError(f"unknown order {op!r}")
-        return await handler(args)
+        try:
+            return await handler(args)
+        finally:  # orders make, grow and remove volumes: the next report reads the volume group again
+            self.reports.storage_changed()
 
     async def _hello(self, args: dict[str, Any]) -> dict[str, Any]:
         """The master's check that this node takes orders (no arguments)."""

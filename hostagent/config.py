@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from typing import Any
 
+from election.member import ELECTION_TIMEOUT_MS, HEARTBEAT_MS
 from kvm.hvparams import DEFAULT_KERNEL_DIRS
 from storage.lvmparse import vg_name_problem
 
@@ -59,7 +60,10 @@ class AgentConfig:
     report_interval_s: float = 5.0
     master_lease_ttl_s: int = 10
     etcd_connect_timeout_s: float = 1.0  # connect and TLS handshake to one etcd member before trying the next
+    etcd_heartbeat_ms: int = HEARTBEAT_MS  # Raft timing of this node's etcd member (election.member)
+    etcd_election_timeout_ms: int = ELECTION_TIMEOUT_MS
     os_install_timeout_s: float = 1800.0
+    qmp_timeout_s: float = 5.0  # a QMP query of a QEMU; commands that change a guest (migration, resize) get twice it
     access_log: bool = False  # one line per API request (caller, method, raw path, status) in log_dir/access.log
     drills: bool = False  # accept `corral drill` requests to crash or freeze this agent (demo, test clusters)
     volume_group: str = ""  # LVM volume group of the plain/drbd templates; empty: this node has none
@@ -92,7 +96,9 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "binaries": {"serf": "serf_binary", "etcd": "etcd_binary", "qemu": "qemu_binary"},
     "agent": {"report_interval_s": "report_interval_s",
               "master_lease_ttl_s": "master_lease_ttl_s", "etcd_connect_timeout_s": "etcd_connect_timeout_s",
-              "os_install_timeout_s": "os_install_timeout_s", "drills": "drills", "access_log": "access_log"},
+              "etcd_heartbeat_ms": "etcd_heartbeat_ms", "etcd_election_timeout_ms": "etcd_election_timeout_ms",
+              "os_install_timeout_s": "os_install_timeout_s", "drills": "drills", "access_log": "access_log",
+              "qmp_timeout_s": "qmp_timeout_s"},
     "storage": {"volume_group": "volume_group", "lvm_args": "lvm_args"},
     "fencing": {"node_lease_ttl_s": "node_lease_ttl_s", "watchdog": "watchdog"},
 }
@@ -152,9 +158,10 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> AgentConfig:
         if port in seen:
             problems.append(f"ports: {key.removesuffix('_port')} and {seen[port]} both use port {port}")
         seen[port] = key.removesuffix("_port")
-    for key in ("report_interval_s", "master_lease_ttl_s", "os_install_timeout_s"):
+    for key in ("report_interval_s", "master_lease_ttl_s", "os_install_timeout_s", "qmp_timeout_s"):
         if key in values and values[key] <= 0:
             problems.append(f"agent.{key} must be positive, got {values[key]}")
+    problems += _etcd_timing_problems(values)
     if "node_lease_ttl_s" in values and not 8 <= values["node_lease_ttl_s"] <= 300:
         problems.append(f"fencing.node_lease_ttl_s must be 8-300 s (self-fencing happens 5 s before it "
                         f"expires), got {values['node_lease_ttl_s']}")
@@ -202,3 +209,19 @@ def _convert(name: str, typ: Any, value: Any, problems: list[str]) -> Any:
             return value
         problems.append(f"{name}: expected a non-empty string, got {value!r}")
     return None
+
+
+def _etcd_timing_problems(values: dict[str, Any]) -> list[str]:
+    """etcd's own limits (it refuses to start otherwise), and the master lease outliving an etcd election."""
+    beat = values.get("etcd_heartbeat_ms", HEARTBEAT_MS)
+    election = values.get("etcd_election_timeout_ms", ELECTION_TIMEOUT_MS)
+    lease_ms = values.get("master_lease_ttl_s", AgentConfig.master_lease_ttl_s) * 1000
+    if not 10 <= beat <= 5000:
+        return [f"agent.etcd_heartbeat_ms must be 10-5000 ms, got {beat}"]
+    if not 5 * beat <= election <= 50000:
+        return [f"agent.etcd_election_timeout_ms must be at least 5 times etcd_heartbeat_ms ({5 * beat}) and at "
+                f"most 50000 ms, got {election}"]
+    if election * 2 > lease_ms:
+        return [f"agent.etcd_election_timeout_ms ({election}) must be at most half of master_lease_ttl_s "
+                f"({lease_ms // 1000} s): the master must not lose its lease while etcd elects a leader"]
+    return []

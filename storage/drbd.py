@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import Sequence
+import shlex
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from storage import runner
@@ -43,7 +44,7 @@ from storage.lvmparse import TAG_INSTANCE
 
 TAG_META = "corral-drbd-meta="
 PROMOTE_RETRY_S = 1.0
-CONNECT_WAIT_S = 30.0  # a new resource's peer: DRBD connects within seconds of both being up
+CONNECT_WAIT_S = 60.0  # a new resource's peer, made at the same time: DRBD connects within seconds of both being up
 CONNECT_POLL_S = 0.5
 NOT_OUTDATED = "peer is not outdated"
 
@@ -76,9 +77,11 @@ class DrbdDisk:
 class DrbdNode:
     """This node's DRBD resources: LVs, configuration files, the kernel's state."""
 
-    def __init__(self, lvm: PlainTemplate, conf_dir: str, *, fence_peer: str = "", resync_rate_mib_s: float = 0.0,
-                 proc_path: str = "/proc/drbd", timeout_s: float = 60.0, copy_timeout_s: float = 3600.0) -> None:
-        """`fence_peer`: the handler's command line (cli.drbdfence)."""
+    def __init__(self, lvm: PlainTemplate, conf_dir: str, *, fence_peer: str = "",
+                 resync_rate_mib_s: Callable[[], float] = lambda: 0.0, proc_path: str = "/proc/drbd",
+                 timeout_s: float = 60.0, copy_timeout_s: float = 3600.0) -> None:
+        """`fence_peer`: the handler's command line (cli.drbdfence). `resync_rate_mib_s`: the fixed resync rate
+        each resource gets when it is next brought up or adjusted (0: DRBD's own controller)."""
         self.lvm = lvm
         self.conf_dir = conf_dir
         self.fence_peer = fence_peer
@@ -88,6 +91,7 @@ class DrbdNode:
         self._proc_path = proc_path
         self._timeout_s = timeout_s
         self._version: str | None = None
+        self._two_primaries: set[str] = set()  # resources in a switchover: their files say so, or `adjust` undoes it
 
     # ---- what the kernel has ----------------------------------------------------------------------------
     async def version(self) -> str | None:
@@ -125,7 +129,8 @@ class DrbdNode:
                       for i, (node, address) in enumerate(ends))
         assert len(peers) == 2
         return DrbdResource(disk.name, disk.minor, disk.secret, (peers[0], peers[1]),
-                            fence_peer=self.fence_peer, resync_rate_mib_s=self.resync_rate_mib_s)
+                            fence_peer=self.fence_peer, resync_rate_mib_s=self.resync_rate_mib_s(),
+                            two_primaries=disk.name in self._two_primaries)
 
     async def ensure(self, disk: DrbdDisk) -> str:
         """The disk's LVs, configuration and resource up (connecting to the peer); its device path."""
@@ -144,11 +149,14 @@ class DrbdNode:
         conf = self.conf_path(disk.name)
         os.makedirs(self.conf_dir, mode=0o700, exist_ok=True)
         text = render_resource(self.resource(disk), version)
-        _write_secret_file(conf, text)
+        changed = _read_or_empty(conf) != text
+        if changed:
+            _write_secret_file(conf, text)
         if fresh:  # made just now: nothing on it to keep
             await self._drbdadm(disk.node, "create-md", "--force", disk.name)
         if disk.minor in await self.states():
-            await self._drbdadm(disk.node, "adjust", disk.name)
+            if changed:  # a new peer, rate or switchover: the kernel takes the file's settings
+                await self._drbdadm(disk.node, "adjust", disk.name)
             return self.device(disk.minor)
         try:
             await self._drbdadm(disk.node, "up", disk.name)
@@ -226,16 +234,18 @@ class DrbdNode:
         """Let a primary frozen by its fencing write again (to this node's disk only, the peer being away)."""
         await self._drbdadm(node, "resume-io", name)
 
-    async def step_down(self, node: str, name: str, *, discard: bool) -> None:
-        """Primary no more; `discard`: then throw away everything this node has that its peer lacks and resync
-        from the peer (for a primary that was frozen by its fencing: nothing it wrote since was acknowledged)."""
+    async def step_down(self, node: str, name: str) -> None:
+        """Primary no more, then throw away everything this node has that its peer lacks and resync from the
+        peer (for a node the instance was failed over away from: nothing it wrote since was acknowledged)."""
         await self.demote(node, name)
-        if discard:
+        with contextlib.suppress(DrbdError):  # already StandAlone after a refused reconnection: nothing to end
             await self._drbdadm(node, "disconnect", name)
-            await self._drbdadm(node, "connect", "--discard-my-data", name)
+        await self._drbdadm(node, "connect", "--discard-my-data", name)
 
     async def dual_primary(self, node: str, name: str, allow: bool) -> None:
-        """Allow (or forbid again) both nodes Primary: only for a live migration's switchover."""
+        """Allow (or forbid again) both nodes Primary: only for a live migration's switchover. Remembered, so the
+        file that `ensure` writes says the same (its `adjust` would otherwise forbid it again)."""
+        (self._two_primaries.add if allow else self._two_primaries.discard)(name)
         await self._drbdadm(node, "net-options", f"--allow-two-primaries={'yes' if allow else 'no'}", name)
 
     async def remove(self, node: str, instance: str, index: int) -> None:
@@ -261,10 +271,21 @@ class DrbdNode:
         except FileNotFoundError:
             return []
 
+    def demote_argv(self, node: str, instance: str, index: int) -> list[str]:
+        """The command that makes a disk's device Secondary here, for a process other than this one to run (the
+        fence keeper, after it has killed the instance's QEMU). Only while connected to its peer: a node fenced
+        with its agent hung but its network fine must let the peer be promoted; one cut off stays Primary with
+        its I/O frozen, so that when it is back it discards what it never acknowledged (drbd.prepare), where a
+        demoted one would meet its peer's new data as a split brain."""
+        name = resource_name(instance, index)
+        adm = shlex.join(["drbdadm", "-c", self.conf_path(name)])
+        return ["env", f"PATH={_path()}", f"__DRBD_NODE__={node}", "sh", "-c",
+                f'[ "$({adm} cstate {name})" = Connected ] && {adm} secondary {name}']
+
     async def _drbdadm(self, node: str, *args: str) -> None:
         name = args[-1]
         argv = ["drbdadm", "-c", self.conf_path(name), *args]
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "__DRBD_NODE__": node}
+        env = {"PATH": _path(), "__DRBD_NODE__": node}
         try:
             await self._run(argv, timeout_s=self._timeout_s, env=env)
         except CommandFailed as exc:
@@ -282,6 +303,17 @@ def minor_state(res: ResourceState) -> MinorState | None:
     connection = (peer.replication if peer.connected and peer.replication != "Established" else peer.connection)
     return MinorState(res.minor, connection, res.role, peer.peer_role, res.disk, peer.peer_disk, 0,
                       peer.percent_in_sync if peer.syncing else None, peer.eta_s)
+
+
+def _path() -> str:
+    return os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+
+
+def _read_or_empty(path: str) -> str:
+    try:
+        return _read(path)
+    except OSError:
+        return ""
 
 
 def _read(path: str) -> str:

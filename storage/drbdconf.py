@@ -156,6 +156,7 @@ class DrbdResource:
     # (`fencing resource-and-stonith`) until the handler has had the peer's copy recorded out of date.
     fence_peer: str = ""
     resync_rate_mib_s: float = 0.0  # a fixed resync rate; 0: DRBD's own dynamic controller
+    two_primaries: bool = False  # both nodes may be Primary: a live migration's switchover only
 
     def __repr__(self) -> str:
         return (
@@ -228,6 +229,7 @@ def render_resource(res: DrbdResource, version: str = "9") -> str:
         f"        protocol {res.protocol};",
         "        cram-hmac-alg sha256;",
         f'        shared-secret "{res.secret}";',
+        *(["        allow-two-primaries yes;"] if res.two_primaries else []),
         *(fencing if version == "9" else []),
         "    }",
     ]

@@ -24,7 +24,7 @@ from hostagent.status import report_fresh
 
 # Cluster-wide numbers `cluster init` takes, and what each must be.
 CLUSTER_SETTINGS = {
-    "sync_rate_mib_s": "a number of MiB/s for background disk copies (0: no cap)",
+    "sync_rate_mib_s": "a number of MiB/s for background disk copies and each DRBD resync (0: no cap; DRBD at 60)",
     "restart_backoff_s": "a number of seconds before the second restart attempt (it doubles after)",
 }
 

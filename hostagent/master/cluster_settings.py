@@ -37,7 +37,7 @@ MODIFIABLE = {
                            "1 or more (default 21600: 6 hours)",
     "hvparams": "an object of hypervisor parameters every instance inherits (null puts one back to its default)",
     "candidate_pool_size": "1, 3 or 5: the master candidates (etcd members) the master keeps",
-    "sync_rate_mib_s": "a number of MiB/s for background disk copies (0: no cap)",
+    "sync_rate_mib_s": "a number of MiB/s for background disk copies and each DRBD resync (0: no cap; DRBD at 60)",
     "restart_backoff_s": "seconds (above 0, at most 3600) before the second restart attempt (it doubles after)",
     "enabled_disk_templates": f"a list of the templates new instances may use, from {', '.join(DISK_TEMPLATES)}",
     "policy": f"bounds every instance must keep: {policy.WORDS}",

@@ -208,14 +208,14 @@ class Moves:
         port = int(inst["port_base"]) + PORTS_PER_INSTANCE - 1
         await ctx.log(f"live-migrating instance '{name}' from node '{source}' to node '{target}'")
         drbd = inst["disk_template"] == "drbd"
-        if drbd:
-            await drbdsteps.dual_primary(self.store, ctx, inst, target)
-        placed = (await self.store.order(source, "instance.placement", {"name": name}))["placement"]
-        await self.store.order(target, "instance.start",  # only receives: the guest runs there after the outdate
-                               {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port),
-                               "incoming_from": source, "placement": placed})
         switched = False
         try:
+            if drbd:
+                await drbdsteps.dual_primary(self.store, ctx, inst, target)
+            placed = (await self.store.order(source, "instance.placement", {"name": name}))["placement"]
+            await self.store.order(target, "instance.start",  # only receives: the guest runs there after the outdate
+                                   {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port),
+                                    "incoming_from": source, "placement": placed})
             await self._send_memory(ctx, inst, target_addr, port, float(args.get("max_bandwidth_mib_s", 1024)))
             if not drbd:  # DRBD's copy stays in sync through the switchover: nothing to end, nothing outdated
                 await self.store.order(target, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})

@@ -10,7 +10,9 @@ jobs, the mirror and restart duties are built here, all on one store
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
 
@@ -172,23 +174,27 @@ class Operations:
         await ctx.progress(0, steps, "creating disks and installing the OS", started)
         await vncpass.ensure(self.store, inst)
         try:
+            secondary: Awaitable[Any] | None = None
             if inst.get("secondary_node"):
                 await ctx.log(f"creating the disk copies of '{name}' on secondary node '{inst['secondary_node']}'")
-                if inst["disk_template"] == "drbd":
-                    await self.store.order(inst["secondary_node"], "drbd.prepare", {"instance": inst})
+                if inst["disk_template"] == "drbd":  # alongside the primary's, which waits for it to connect
+                    secondary = self.store.order(inst["secondary_node"], "drbd.prepare", {"instance": inst})
                 else:
                     await self.store.order(inst["secondary_node"], "instance.replica-prepare",
                                            {"name": name, "disks": inst["disks"]})
             if args.get("adopt"):
                 await ctx.log(f"adopting LV(s) {', '.join(f'{lv} as disk {i}' for i, lv in args['adopt'].items())} "
                               f"on node '{node}': their data is kept, no OS is installed")
+                if secondary is not None:
+                    await secondary
                 result = await self.store.order(node, "instance.adopt", {"instance": inst, "adopt": args["adopt"]})
                 await ctx.log(f"disks of '{name}' adopted")
             else:
-                result = await self.store.order(node, "instance.create",
-                                                {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,
-                                                 "networks": await self.store.nic_networks(inst)},
-                                                timeout_s=INSTALL_TIMEOUT_S + 60)
+                create = self.store.order(node, "instance.create",
+                                          {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,
+                                           "networks": await self.store.nic_networks(inst)},
+                                          timeout_s=INSTALL_TIMEOUT_S + 60)
+                result = await both(secondary, create) if secondary is not None else await create
                 await ctx.log(f"disks of '{name}' created and OS installed in "
                               f"{self.store.clock.monotonic() - started:.1f} s")
             await ctx.progress(1, steps, "disks ready", started)
@@ -361,3 +367,13 @@ def lock_keys(job: dict[str, Any]) -> list[str]:
     if job["op"] == "node.evacuate":  # the node, and every instance the evacuation moves, until it ends
         return [f"node/{args['node']}", *(f"instance/{name}" for name in args["instances"])]
     return [f"instance/{args.get('name') or args['instance']['name']}"]
+
+
+async def both(first: Awaitable[Any], second: Awaitable[Any]) -> Any:
+    """Run two orders at once and wait for both; the second's result. `first`'s error wins: the primary of a
+    drbd disk fails only for want of the peer that `first` was bringing up."""
+    done = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return done[1]

@@ -119,7 +119,7 @@ class NodeDiskCopy:
             await template.grow(name, index, size_mib)
         if not running:
             return {"size_mib": size_mib, "online": False}
-        async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 10.0) as qmp:
+        async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s) as qmp:
             await hotplug.resize(qmp, index, size_mib * 2**20)
         return {"size_mib": size_mib, "online": True}
 
@@ -128,7 +128,7 @@ class NodeDiskCopy:
         (hot-removal unplugs it first: instance.disk-unplug)."""
         name, index = args["name"], int(args["index"])
         if self._qemu.find(name) is not None:
-            async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 10.0) as qmp:
+            async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s) as qmp:
                 open_images = await hotplug.open_images(qmp)
             template = self._disks.for_order(args)
             if open_images & {template.path(name, index, fmt) for fmt in template.formats}:

@@ -21,7 +21,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from storage.base import StorageError
@@ -44,14 +44,19 @@ RESYNC_RATE_MIB_S = 60.0  # Ganeti's default: a fixed rate, as DRBD 8.4's own co
 CODE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def drbd_node(cfg: AgentConfig, lvm: PlainTemplate | None) -> DrbdNode | None:
-    """DRBD over the node's volume group, with this agent's fence-peer handler; None without a volume group."""
+def drbd_node(cfg: AgentConfig, lvm: PlainTemplate | None,
+              cluster: Callable[[], dict[str, Any] | None]) -> DrbdNode | None:
+    """DRBD over the node's volume group, with this agent's fence-peer handler; None without a volume group.
+    `cluster`: the cluster's settings in this node's copy of the config, whose `sync_rate_mib_s` (the cap on
+    background copies) is also each DRBD resource's resync rate."""
     if lvm is None:
         return None
     handler = shlex.join(["env", f"PYTHONPATH={CODE_ROOT}", sys.executable, "-m", "cli.drbdfence",
                           "--socket", cfg.socket])
-    return DrbdNode(lvm, os.path.join(cfg.state_dir, "drbd"), fence_peer=handler,
-                    resync_rate_mib_s=RESYNC_RATE_MIB_S)
+
+    def rate() -> float:
+        return float((cluster() or {}).get("sync_rate_mib_s") or RESYNC_RATE_MIB_S)
+    return DrbdNode(lvm, os.path.join(cfg.state_dir, "drbd"), fence_peer=handler, resync_rate_mib_s=rate)
 
 
 class NodeDrbd:
@@ -97,16 +102,18 @@ class NodeDrbd:
 
     async def _step_down(self, inst: dict[str, Any], resource: str, frozen: bool) -> None:
         """This node is Primary of a resource whose instance the master moved away (it was fenced, or cut off
-        and failed over): its QEMU, if any, goes; a resource frozen by fencing (nothing it wrote since the cut
-        was acknowledged to the guest) resyncs from the new primary, discarding those writes."""
+        and failed over): its QEMU, if any, goes, and its copy resyncs from the new primary, discarding what it
+        has that the new primary lacks. Those writes were never acknowledged to the guest: fencing froze them
+        until the failover (a frozen resource resumes first, so its killed QEMU can let go of the device), or
+        the operator failed over with --ignore-consistency, accepting their loss."""
         name = inst["name"]
+        log.warning("instance '%s': node '%s' is Primary of %s but no longer the instance's primary; what it "
+                    "wrote since it was cut off (never acknowledged to the guest) is discarded and its copy "
+                    "resyncs from node '%s'", name, self._node, resource, inst["primary_node"])
         if frozen:
-            log.warning("instance '%s': node '%s' was cut off while primary; the writes frozen since (never "
-                        "acknowledged to the guest) are discarded and its copy resyncs from node '%s'",
-                        name, self._node, inst["primary_node"])
             await self._need().resume_io(self._node, resource)
         await self._stop_guest(name)
-        await self._need().step_down(self._node, resource, discard=frozen)
+        await self._need().step_down(self._node, resource)
 
     async def _attach(self, args: dict[str, Any]) -> dict[str, Any]:
         """On the primary: its resources up and connecting, under the master's copy generation `gen`."""
@@ -151,6 +158,12 @@ class NodeDrbd:
             raise OrderError(f"node '{self._node}' has no volume group, so no DRBD disks: set [storage] "
                              "volume_group in its agent.toml")
         return self.drbd
+
+    def demote_commands(self, inst: Mapping[str, Any]) -> list[list[str]]:
+        """For the fence keeper: the commands that make a drbd instance's devices Secondary here."""
+        if self.drbd is None or inst.get("disk_template") != "drbd":
+            return []
+        return [self.drbd.demote_argv(self._node, inst["name"], int(d["index"])) for d in inst["disks"]]
 
     # ---- the report --------------------------------------------------------------------------------------
     async def report(self) -> dict[str, Any]:

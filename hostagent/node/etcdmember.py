@@ -67,7 +67,8 @@ class EtcdMember:
             local = self._local.read() or {}
             self._crl.sync()  # etcd refuses to start without the file, and must start refusing revoked nodes
             return etcd_argv(cfg.node_name, self.data_dir, self.client_url, self.peer_url,
-                             local["etcd_initial_cluster"], local["etcd_cluster_state"], tls, binary=cfg.etcd_binary)
+                             local["etcd_initial_cluster"], local["etcd_cluster_state"], tls, binary=cfg.etcd_binary,
+                             heartbeat_ms=cfg.etcd_heartbeat_ms, election_timeout_ms=cfg.etcd_election_timeout_ms)
 
         self._child = ChildSupervisor("etcd", command, os.path.join(cfg.log_dir, "etcd.log"), clock=self._clock)
         self._child.start()

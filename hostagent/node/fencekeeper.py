@@ -21,11 +21,13 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from hostagent.clock import SYSTEM
@@ -34,6 +36,8 @@ log = logging.getLogger("corral-fence-keeper")
 
 INTERVAL_S = 0.25
 MODULE = "hostagent.node.fencekeeper"
+# A killed QEMU's disks close within moments; its DRBD devices are demoted once they have (tries x pause).
+DEMOTE_TRIES, DEMOTE_PAUSE_S = 50, 0.2
 
 
 def process_start(pid: int) -> int | None:
@@ -51,13 +55,18 @@ class Feed:
     deadline: float | None  # boot-time seconds; None: nothing to fence (disarmed, or nothing guarded)
     victims: tuple[tuple[str, int, int], ...]  # (instance, pid, start time)
     watchdog: str | None
+    # instance -> the commands that make its DRBD devices Secondary once its QEMU is gone, so that its peer can
+    # be promoted by the failover even when this node is still connected to it (its agent hung, not its network)
+    demote: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
 
     @staticmethod
     def parse(raw: dict[str, Any]) -> Feed:
         deadline = raw.get("deadline")
         return Feed(None if deadline is None else float(deadline),
                     tuple((str(v["instance"]), int(v["pid"]), int(v["start"])) for v in raw.get("victims", [])),
-                    raw.get("watchdog") or None)
+                    raw.get("watchdog") or None,
+                    {str(name): tuple(tuple(str(word) for word in argv) for argv in commands)
+                     for name, commands in (raw.get("demote") or {}).items()})
 
 
 def write_feed(path: str, feed: Feed) -> None:
@@ -65,7 +74,8 @@ def write_feed(path: str, feed: Feed) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as fh:
         json.dump({"deadline": feed.deadline, "watchdog": feed.watchdog,
-                   "victims": [{"instance": i, "pid": p, "start": s} for i, p, s in feed.victims]}, fh)
+                   "victims": [{"instance": i, "pid": p, "start": s} for i, p, s in feed.victims],
+                   "demote": {name: [list(argv) for argv in commands] for name, commands in feed.demote.items()}}, fh)
     os.replace(tmp, path)
 
 
@@ -89,7 +99,24 @@ def kill_victims(feed: Feed, why: str) -> list[str]:
             continue
         log.warning("killed the QEMU of instance '%s' (pid %d): %s", name, pid, why)
         killed.append(name)
+        for argv in feed.demote.get(name, ()):
+            demote_soon(name, argv)
     return killed
+
+
+def demote_soon(instance: str, argv: Sequence[str]) -> None:
+    """Run `argv` (a DRBD demote) in the background until it succeeds, as the killed QEMU lets go of the device:
+    the caller (the keeper's loop, or the agent's) never waits on it."""
+    retry = (f"for i in $(seq {DEMOTE_TRIES}); do {shlex.join(argv)} >/dev/null 2>&1 && exit 0; "
+             f"sleep {DEMOTE_PAUSE_S}; done; exit 1")
+    try:
+        subprocess.Popen(["sh", "-c", retry], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # noqa: S603
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        log.error("could not demote the DRBD devices of instance '%s': %s", instance, exc)
+        return
+    log.warning("demoting the DRBD devices of instance '%s' (%s) so its secondary can take over",
+                instance, shlex.join(argv))
 
 
 def keeper_running(pidfile: str, feed_path: str) -> int | None:
@@ -148,7 +175,7 @@ def fence_pass(feed: Feed, now: float, fenced: set[tuple[str, int, int]],
     `fenced`). True while the node is safe, so the watchdog may be petted. `kill`: a simulated node's."""
     if feed.deadline is None or now < feed.deadline:
         return True
-    pending = Feed(feed.deadline, tuple(v for v in feed.victims if v not in fenced), feed.watchdog)
+    pending = Feed(feed.deadline, tuple(v for v in feed.victims if v not in fenced), feed.watchdog, feed.demote)
     if pending.victims:
         kill(pending, f"the agent has not renewed the node lease in time (deadline passed "
                       f"{now - feed.deadline:.1f} s ago); the master may start it elsewhere")

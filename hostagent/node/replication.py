@@ -145,7 +145,7 @@ class NodeReplication:
     def _qmp(self, name: str) -> Awaitable[Qmp]:
         if self._qemu.find(name) is None:
             raise ReplicationError(f"instance '{name}' is not running on node '{self._node}'")
-        return Qmp.connect(self._qemu.paths(name).qmp_socket, 10.0)
+        return Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s)
 
     # ---- secondary -------------------------------------------------------------
     async def _prepare(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -8,17 +8,14 @@ replica on any node.
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psutil
 
 from kvm import nbdexport
 from kvm.process import QemuManager
-from storage import runner
 from storage.base import StorageError
-from storage.drbdstatus import ResourceState, parse_status_json
 from storage.filedisk import FileTemplate
 from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, OsDefinition, OsImage
@@ -28,8 +25,11 @@ from hostagent.node.boothealth import BootWatcher, qemu_start
 from hostagent.node.executor import read_small_file
 
 AGENT_VERSION = "0.1.0"
+# The volume group is read (two LVM commands, which scan the disks and take LVM's lock: about a CPU second each
+# in an emulated node VM) at most this often, and after every order: in between, only what an operator changes
+# by hand goes unseen.
+LVM_REFRESH_S = 15.0
 STRAY_MIN_AGE_S = 10.0  # younger QEMUs may still be daemonizing: the parent has the same command line
-DRBD_TIMEOUT_S = 10.0
 
 
 async def collect(node: str, qemu: QemuManager, files: FileTemplate,
@@ -82,7 +82,6 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
         "volumes": volumes,
         "stray_qemus": stray_qemus(qemu.run_dir, running, clock.time()),
         "exports": exports(qemu.run_dir),
-        "drbd": await drbd_state(),
     }
 
 
@@ -139,24 +138,6 @@ def exports(run_dir: str) -> list[dict[str, Any]]:
     return found
 
 
-async def drbd_state() -> dict[str, Any] | None:
-    """This node's DRBD resources, or {"error": why}; None where DRBD is not in use
-    (no drbdsetup, or no kernel module: drbdsetup would try to load it on every report)."""
-    if shutil.which("drbdsetup") is None or not os.path.exists("/proc/drbd"):
-        return None
-    try:
-        result = await runner.run(["drbdsetup", "status", "--json"], timeout_s=DRBD_TIMEOUT_S)
-        return {"resources": drbd_resources(parse_status_json(result.stdout))}
-    except StorageError as exc:
-        return {"error": str(exc)}
-
-
-def drbd_resources(states: Iterable[ResourceState]) -> list[dict[str, Any]]:
-    """Each resource as the report carries it (hostagent.views.verify reads it)."""
-    return [{"name": s.name, "role": s.role, "disk": s.disk, "up_to_date": s.up_to_date, "summary": s.summary()}
-            for s in states]
-
-
 def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as fh:
@@ -178,3 +159,20 @@ async def lvm_state(lvm: PlainTemplate) -> tuple[dict[str, Any], list[dict[str, 
     except StorageError as exc:
         return {"vg": lvm.vg, "error": str(exc)}, []
     return {"vg": lvm.vg, "size_mib": size, "free_mib": free}, volumes
+
+
+class LvmSeen:
+    """`lvm_state` as last read: read again once LVM_REFRESH_S have passed or after `changed()`."""
+
+    def __init__(self, lvm: PlainTemplate, clock: Clock = SYSTEM) -> None:
+        self._lvm, self._clock = lvm, clock
+        self._seen: tuple[float, dict[str, Any], list[dict[str, Any]]] | None = None
+
+    async def state(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        now = self._clock.monotonic()
+        if self._seen is None or now - self._seen[0] >= LVM_REFRESH_S:
+            self._seen = (now, *await lvm_state(self._lvm))
+        return dict(self._seen[1]), [dict(v) for v in self._seen[2]]
+
+    def changed(self) -> None:
+        self._seen = None

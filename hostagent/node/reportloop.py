@@ -47,7 +47,6 @@ class ReportLoop:
         self._replica = replica
         self._qemu = qemu
         self._files = files
-        self._lvm = lvm
         self._catalog = catalog
         self._refresh_catalog = refresh_catalog
         self._replication = replication
@@ -63,6 +62,7 @@ class ReportLoop:
         self._fence: SelfFence | None = None
         self._loops: Loops | None = None
         self.drbd: NodeDrbd | None = None  # set by the agent: its DRBD resources join the report
+        self._lvm_seen = reporter.LvmSeen(lvm, clock) if lvm is not None else None
 
     def start(self, etcd: EtcdClient, fence: SelfFence, loops: Loops) -> None:
         self._etcd, self._fence, self._loops = etcd, fence, loops
@@ -79,8 +79,8 @@ class ReportLoop:
         report = await reporter.collect(self._cfg.node_name, self._qemu, self._files, self._catalog,
                                         self._replication.busy, self._boot, self._clock)
         report["mirrors"] = await self._mirror_states(report["instances"])
-        if self._lvm is not None:
-            report["lvm"], lv_volumes = await reporter.lvm_state(self._lvm)
+        if self._lvm_seen is not None:
+            report["lvm"], lv_volumes = await self._lvm_seen.state()
             report["volumes"] += lv_volumes
         if self.drbd is not None:
             report["drbd"] = await self.drbd.report()
@@ -93,6 +93,11 @@ class ReportLoop:
         report["etcd"] = await self._member.health(self._etcd)
         report["fencing_token"] = self._tokens.seen.to_str() if self._tokens.seen else None
         await self._etcd.put(model.report_key(self._cfg.node_name), model.dumps(report))
+
+    def storage_changed(self) -> None:
+        """An order ran: the next report reads the volume group again."""
+        if self._lvm_seen is not None:
+            self._lvm_seen.changed()
 
     def soon(self) -> None:
         """Publish a report soon (after an order) without making the caller wait."""

@@ -53,9 +53,10 @@ class SelfFence:
     def __init__(self, node: str, lease: NodeLease, qemu: QemuManager, replica: Replica, run_dir: str,
                  log_dir: str, watchdog: str | None, clock: Clock = SYSTEM,
                  started: Callable[[int], int | None] = process_start,
-                 kill: Callable[[Feed, str], list[str]] = kill_victims) -> None:
+                 kill: Callable[[Feed, str], list[str]] = kill_victims,
+                 demotes: Callable[[Mapping[str, Any]], list[list[str]]] = lambda inst: []) -> None:
         """`started` and `kill`: how a QEMU's start time is read and the feed's QEMUs are killed (a simulated
-        node has no processes)."""
+        node has no processes). `demotes`: the commands that make a drbd instance's devices Secondary here."""
         self._node = node
         self._clock = clock
         self._started = started
@@ -73,6 +74,7 @@ class SelfFence:
         self._armed = True
         self._armed_since: float | None = None  # the cluster's fencing_since this node last saw
         self._fenced: set[str] = set()
+        self._demotes = demotes
 
     def deadline(self) -> float | None:
         """When this node must have stopped its guarded instances (boot-time clock)."""
@@ -121,14 +123,17 @@ class SelfFence:
         self._armed = model.armed(cluster)
         self._armed_since = cluster.get("fencing_since")
         self._guarded = guarded_names(instances, self._node, cluster)
-        victims = []
+        victims, demote = [], {}
+        by_name = {i.get("name"): i for i in instances}
         for name in self._guarded:
             pid = self._qemu.find(name)
             start = self._started(pid) if pid is not None else None
             if pid is not None and start is not None:
                 victims.append((name, pid, start))
+                if commands := self._demotes(by_name[name]):
+                    demote[name] = tuple(tuple(argv) for argv in commands)
         deadline = self.deadline() if self._armed else None
-        feed = Feed(deadline, tuple(victims), self._watchdog)
+        feed = Feed(deadline, tuple(victims), self._watchdog, demote)
         write_feed(self._feed, feed)
         if self._lease.renewed_at is not None and self.lease_current():
             self._fenced.clear()

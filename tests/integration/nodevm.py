@@ -319,9 +319,12 @@ IMAGE_OS = "busybox-guest"  # the test guest's disk as an image OS, named as `ma
 
 
 def agent_config(vm: NodeVM, volume_group: str = "") -> str:
-    """The agent's configuration inside a node VM: fixed ports (the VM is its own machine); leases twice the
-    integration tests' (an agent under TCG stalls its event loop for a second at times), and 5 s for a TLS
-    handshake with etcd (about 1 s, emulated). `volume_group`: for plain and drbd disks (the test makes it)."""
+    """The agent's configuration inside a node VM: fixed ports (the VM is its own machine). Everything an
+    emulated CPU makes slow is given room: the master lease 15 s (a VM busy with a resync in its kernel can
+    leave its agent without the CPU for seconds), a report every 3 s, 5 s for a TLS handshake with etcd (about
+    1 s, emulated), etcd's Raft heartbeat 4 times slower than production's, and QMP 4 times more patient (a
+    QEMU nested in an emulated VM took over 10 s to load TLS credentials for a migration). `volume_group`: for plain and
+    drbd disks (the test makes it)."""
     ports = "\n".join(f"{k} = {v}" for k, v in NODE_PORTS.items())
     storage = f'\n[storage]\nvolume_group = "{volume_group}"\n' if volume_group else ""
     return f"""[node]
@@ -339,9 +342,12 @@ os_search_paths = ["{REPO}/packaging/os"]
 image_paths = ["{STATE}/images"]
 
 [agent]
-report_interval_s = 2.0
-master_lease_ttl_s = 10
+report_interval_s = 3.0
+master_lease_ttl_s = 15
 etcd_connect_timeout_s = 5.0
+etcd_heartbeat_ms = 400
+etcd_election_timeout_ms = 4000
+qmp_timeout_s = 20.0
 
 [fencing]
 node_lease_ttl_s = 20
@@ -358,7 +364,7 @@ def start_agent(vm: NodeVM, volume_group: str = "") -> None:
     # guest, which boots for minutes under TCG and never matters to a test, leaves the VM's one CPU to the agent
     # and the test's commands (3-10 times faster once an instance runs).
     vm.ok(f"cd / && PYTHONPATH={REPO} setsid nice -n 10 {PYTHON} -m hostagent.main --config {STATE}/agent.toml "
-          f">{STATE}/agent.log 2>&1 </dev/null &")
+          f">>{STATE}/agent.log 2>&1 </dev/null &")
 
 
 def wait_agent(vm: NodeVM, within_s: float = 180) -> None:

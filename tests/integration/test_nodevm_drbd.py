@@ -17,13 +17,13 @@ import pytest
 from nodevm import IMAGE_OS, STATE, NodeVM, NodeVMError, NodeVMs, corral, form_cluster, ok, start_agent
 
 pytestmark = [
-    pytest.mark.integration, pytest.mark.timeout(900),
-    # Not in `make test` yet: in three emulated node VMs the master, which is also the new instance's primary,
-    # loses its lease while the first disk is synced and written (its VM starved, by DRBD's kernel threads it
-    # seems); the job is then interrupted. Run it with CORRAL_NODEVM_DRBD=1 (see the README) until that is fixed.
+    pytest.mark.integration, pytest.mark.timeout(1800),
+    # Not in `make test` yet: the story takes about 16 minutes in emulation (23 with the partition test), which
+    # would take CI past its 40-minute budget; it passed by hand, the partition test's rejoin not yet. Run it with
+    # CORRAL_NODEVM_DRBD=1 (see the README).
     pytest.mark.skipif(not os.environ.get("CORRAL_NODEVM_DRBD"),
-                       reason="drbd node-VM story: run with CORRAL_NODEVM_DRBD=1 (the README says why it is not "
-                              "in make test yet)"),
+                       reason="drbd node-VM story (about 23 minutes): run with CORRAL_NODEVM_DRBD=1 (the README "
+                              "says why it is not in make test yet)"),
 ]
 
 VG = "vg0"
@@ -106,7 +106,9 @@ def in_sync(vm: NodeVM, name: str) -> bool:
 
 def test_a_drbd_instance_syncs_migrates_changes_secondary_and_fails_over_with_its_data(vms):
     n1, n2, n3 = vms["n1"], vms["n2"], vms["n3"]
-    steady(n1, "cluster", "modify", "--auto-failover", "yes")
+    # resyncs capped (a faster one leaves an emulated node VM's agent without CPU for seconds), at first so low
+    # that the initial sync outlasts `instance add`
+    steady(n1, "cluster", "modify", "--auto-failover", "yes", "--sync-rate", "2")
     ok(n1, "instance", "add", "db1", "--os", IMAGE_OS, "-t", "drbd", "--node", "n1:n2", "--disk", "128M",
        "--memory", "64M", "--no-start")
     seen = [row(n3, "db1")]  # the initial sync, as `instance info` shows it, from the kernel's own counters
@@ -117,6 +119,7 @@ def test_a_drbd_instance_syncs_migrates_changes_secondary_and_fails_over_with_it
     assert syncing, [r["summary"] for r in seen]
     for summary in syncing:
         assert "%" in summary and "ETA unknown" not in summary, summary
+    steady(n1, "cluster", "modify", "--sync-rate", "5")  # DRBD takes it when the resources are next adjusted
     for vm in (n1, n2):  # both nodes hold the data LV and its metadata LV
         assert {"corral-db1-disk0", "corral-db1-disk0-meta"} <= set(vm.ok(f"lvs --noheadings -o lv_name {VG}").split())
 
@@ -128,48 +131,78 @@ def test_a_drbd_instance_syncs_migrates_changes_secondary_and_fails_over_with_it
     ok(n1, "instance", "start", "db1")
     wait_for("db1 running and in sync", lambda: in_sync(n3, "db1") and primary_running(n3, "db1", "n1"), 120)
 
-    # live migration there and back: both Primary for the switchover only, the copy never outdated
-    for source, target in ((n1, n2), (n2, n1)):
-        ok(n3, "instance", "migrate", "db1")
-        assert primary_running(n3, "db1", target.name), info(n3, "db1")
-        state = target.ok("cat /proc/drbd")
-        assert "ro:Primary/Secondary" in state, f"after the switchover {target.name} must be the only Primary: {state}"
-        assert md5(target, device, 96, 8) == want
-        wait_for("db1 in sync after the migration", lambda: in_sync(n3, "db1"), 120)
+    # live migration: both Primary for the switchover only, the copy never outdated (the memory copy throttled: at
+    # full speed, a QEMU nested in an emulated VM stops answering QMP while it encrypts; it takes minutes anyway)
+    ok(n3, "instance", "migrate", "db1", "--max-bandwidth", "8", timeout=900)
+    assert primary_running(n3, "db1", "n2"), info(n3, "db1")
+    state = n2.ok("cat /proc/drbd")
+    assert "ro:Primary/Secondary" in state, f"after the switchover n2 must be the only Primary: {state}"
+    assert md5(n2, device, 96, 8) == want
+    wait_for("db1 in sync after the migration", lambda: in_sync(n3, "db1"), 120)
 
-    # a new secondary: n3 gets every block, n2 loses its volumes
+    # a new secondary: n3 gets every block, n1 loses its volumes
     ok(n3, "instance", "replace-secondary", "db1", "--node", "n3")
     wait_for("the new copy on n3 in sync", lambda: in_sync(n3, "db1"), 300)
-    assert "corral-db1-disk0" not in n2.ok(f"lvs --noheadings -o lv_name {VG}")
+    assert "corral-db1-disk0" not in n1.ok(f"lvs --noheadings -o lv_name {VG}")
     assert "UpToDate/UpToDate" in n3.ok("cat /proc/drbd")
 
     # the primary's node dies: the master waits for its lease, then promotes n3's UpToDate copy
     died = time.monotonic()
-    n1.power_off()
+    n2.power_off()
     moved = wait_for("db1 failed over to n3", lambda: primary_running(n3, "db1", "n3"), 240)
     took = time.monotonic() - died
-    assert took >= 15, f"failed over {took:.0f} s after the power-off: before n1's node lease (20 s) could expire"
-    assert moved["secondary_node"] == "n1"
-    assert md5(n3, device, 96, 8) == want, "the copy promoted on n3 lacks what was written on n1"
+    assert took >= 15, f"failed over {took:.0f} s after the power-off: before n2's node lease (20 s) could expire"
+    assert moved["secondary_node"] == "n2"
+    assert md5(n3, device, 96, 8) == want, "the copy promoted on n3 lacks what was written before"
     assert "ro:Primary/Unknown" in n3.ok("cat /proc/drbd")
     kinds = [e["kind"] for e in json.loads(ok(n3, "events", "--json"))]
     assert "node-lost" in kinds and "fail-over" in kinds, kinds
 
-    # written while n1 is away: the new primary's bitmap counts it, and only that (and the blocks n1 was writing
-    # when it died) goes back to n1 when it returns
+    # written while n2 is away: the new primary's bitmap counts it, and only that (and the blocks n2 was writing
+    # when it died) goes back to n2 when it returns
     n3.ok(f"dd if=/dev/urandom of=/tmp/later bs=1M count=4 2>/dev/null && "
           f"dd if=/tmp/later of={device} bs=1M seek=80 oflag=direct 2>/dev/null")
     later = n3.ok("md5sum < /tmp/later").split()[0]
     away_kib = out_of_sync_kib(n3)
-    assert 4096 <= away_kib < 96 * 1024, f"the primary must count what n1 misses, not the whole disk: {away_kib} KiB"
-    n1.boot_again()
-    start_agent(n1, VG)
-    wait_for("n1 back as secondary and in sync", lambda: in_sync(n3, "db1"), 300)
-    received_kib = int(re.search(r"nr:(\d+)", n1.ok("cat /proc/drbd"))[1])
-    assert received_kib < 96 * 1024, f"n1 took {received_kib} KiB: a full copy, not only what changed"
-    assert "ro:Secondary/Primary" in n1.ok("cat /proc/drbd")
-    n1_data = f"/dev/{VG}/corral-db1-disk0"
-    assert md5(n1, n1_data, 80, 4) == later and md5(n1, n1_data, 96, 8) == want
+    assert 4096 <= away_kib < 96 * 1024, f"the primary must count what n2 misses, not the whole disk: {away_kib} KiB"
+    n2.boot_again()
+    start_agent(n2, VG)
+    wait_for("n2 back as secondary and in sync", lambda: in_sync(n3, "db1"), 300)
+    received_kib = int(re.search(r"nr:(\d+)", n2.ok("cat /proc/drbd"))[1])
+    assert received_kib < 96 * 1024, f"n2 took {received_kib} KiB: a full copy, not only what changed"
+    assert "ro:Secondary/Primary" in n2.ok("cat /proc/drbd")
+    n2_data = f"/dev/{VG}/corral-db1-disk0"
+    assert md5(n2, n2_data, 80, 4) == later and md5(n2, n2_data, 96, 8) == want
+
+
+def test_a_cut_off_primary_stays_frozen_while_its_secondary_takes_over_then_resyncs_from_it(vms):
+    """Follows the story above (db1 running on n3, its copy on n2). n3 loses its network: DRBD freezes its writes
+    (the fence-peer handler cannot reach the master), so when the master fails db1 over to n2, n3 is a Primary
+    whose writer never completes; when the cable is back, n3 discards what it never acknowledged and resyncs."""
+    n2, n3 = vms["n2"], vms["n3"]
+    assert primary_running(n2, "db1", "n3") and in_sync(n2, "db1"), info(n2, "db1")
+    device = f"/dev/drbd{row(n2, 'db1')['drbd'][0]['minor']}"
+    vms.cut("n3")
+    # the guest's write, as one request (QEMU's own would end with it: its node kills it when fencing)
+    n3.ok(f"dd if=/dev/urandom of=/tmp/cut bs=4M count=1 2>/dev/null && "
+          f"(setsid sh -c 'dd if=/tmp/cut of={device} bs=4M count=1 seek=10 oflag=direct 2>/dev/null; "
+          "touch /tmp/cut.done' </dev/null >/dev/null 2>&1 &)")
+    moved = wait_for("db1 failed over to n2", lambda: primary_running(n2, "db1", "n2"), 240)
+    assert moved["secondary_node"] == "n3"
+    frozen = n3.ok("cat /proc/drbd")
+    assert n3.run("test -e /tmp/cut.done").rc != 0, f"a write on the cut-off primary completed: {frozen}"
+    assert re.search(r"ro:Primary/Unknown .* s-", frozen), f"n3 must still be a Primary with its I/O frozen: {frozen}"
+    assert md5(n2, device, 40, 4) != n3.ok("md5sum < /tmp/cut").split()[0]
+    n2.ok(f"dd if=/dev/urandom of=/tmp/after bs=1M count=4 2>/dev/null && "
+          f"dd if=/tmp/after of={device} bs=1M seek=40 oflag=direct 2>/dev/null")
+    after = n2.ok("md5sum < /tmp/after").split()[0]
+
+    vms.join("n3")
+    wait_for("n3 back as secondary and in sync", lambda: in_sync(n2, "db1"), 300)
+    assert "ro:Secondary/Primary" in n3.ok("cat /proc/drbd")
+    assert md5(n3, f"/dev/{VG}/corral-db1-disk0", 40, 4) == after, "n3 kept a write it never acknowledged"
+    kinds = [e["kind"] for e in json.loads(ok(n2, "events", "--json"))]
+    assert kinds.count("fail-over") >= 2, kinds
 
 
 def test_drbd_on_a_node_without_the_module_or_a_volume_group_is_refused_up_front(vms):

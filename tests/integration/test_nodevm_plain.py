@@ -75,8 +75,8 @@ def sha256(vm: NodeVM, path: str) -> str:
     return vm.ok(f"sha256sum {path}").split()[0]
 
 
-def verify_until(vm: NodeVM, *wanted: str, within_s: float = 30) -> str:
-    """`cluster verify`'s output once it says every `wanted` text (the nodes report every 2 s)."""
+def verify_until(vm: NodeVM, *wanted: str, within_s: float = 45) -> str:
+    """`cluster verify`'s output once it says every `wanted` text (the nodes report every 3 s, and read their volume group every 15 s)."""
     deadline = time.monotonic() + within_s
     while True:
         out = corral(vm, "cluster", "verify").out

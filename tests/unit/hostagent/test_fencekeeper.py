@@ -74,6 +74,19 @@ def test_keeper_kills_the_fed_processes_only_after_the_deadline(keeper, victims)
     assert not gone(victims[1]), "a process it was not fed was killed"
 
 
+def test_after_the_kill_the_keeper_demotes_the_drbd_devices_once_they_can_be(keeper, victims, tmp_path: Path):
+    """The demote command (drbdadm secondary in production) is retried until it succeeds: here it fails while
+    the killed process still exists, as DRBD refuses while QEMU holds the device open."""
+    feed, _ = keeper
+    done = tmp_path / "demoted"
+    demote = ("sh", "-c", f"! kill -0 {victims[0].pid} 2>/dev/null || exit 1; echo {victims[0].pid} > {done}")
+    write_feed(feed, Feed(SYSTEM.boot() - 1, (entry("db1", victims[0]),), None, {"db1": (demote,)}))
+    assert wait_until(lambda: gone(victims[0]), 5)
+    assert wait_until(done.exists, 10), "the DRBD devices of the killed instance were not demoted"
+    assert done.read_text().strip() == str(victims[0].pid)
+    assert not gone(victims[1])
+
+
 def test_keeper_spares_a_recycled_pid_whose_start_time_does_not_match(keeper, victims):
     feed, _ = keeper
     name, pid, start = entry("db1", victims[0])

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 
-from storage.drbdstatus import parse_status_json
 
 from hostagent.node.clocks import ClockReading, reading
-from hostagent.node.reporter import drbd_resources
 from hostagent.master import repair
 from hostagent.views import Finding, jobs_in_flight, verify
 
@@ -219,33 +216,20 @@ def test_missing_lvs_are_not_judged_from_a_volume_group_the_node_could_not_read(
         assert not [f for f in findings if f.code == "missing-disk"]
 
 
-# `drbdsetup status --json` on n1 (in the shape of drbd-utils 9.22's output, as in test_drbd_status):
-# a resource of web1 whose peer is gone, one of a deleted instance, and one Corral did not make.
-DRBD_STATUS = json.dumps([
-    {"name": "corral-web1-0", "node-id": 0, "role": "Primary", "suspended": False,
-     "devices": [{"volume": 0, "minor": 3, "disk-state": "UpToDate", "client": False, "quorum": True}],
-     "connections": [{"peer-node-id": 1, "name": "n2", "connection-state": "Connecting", "congested": False,
-                      "peer-role": "Unknown",
-                      "peer_devices": [{"volume": 0, "replication-state": "Off", "peer-disk-state": "DUnknown",
-                                        "peer-client": False, "resync-suspended": "no",
-                                        "has-sync-details": False, "percent-in-sync": 100.0}]}]},
-    {"name": "corral-gone-1", "node-id": 0, "role": "Secondary", "suspended": False,
-     "devices": [{"volume": 0, "minor": 4, "disk-state": "UpToDate", "client": False, "quorum": True}],
-     "connections": []},
-    {"name": "r0", "node-id": 0, "role": "Secondary", "suspended": False,
-     "devices": [{"volume": 0, "minor": 9, "disk-state": "UpToDate", "client": False, "quorum": True}],
-     "connections": []},
-], indent=2)
-
-
+# n1's resource files: one of web1 whose peer is gone, one of a deleted instance, and one Corral did not make.
 def test_drbd_resources_of_no_instance_are_orphans_and_a_disconnected_primary_is_an_error():
-    drbd = {"resources": drbd_resources(parse_status_json(DRBD_STATUS))}
+    drbd = {"version": "8.4", "resources": [  # as hostagent.node.drbdnode reports the node's resource files
+        {"name": "corral-web1-0", "up": True, "connection": "WFConnection", "role": "Primary", "up_to_date": False,
+         "summary": "WFConnection, Primary, this disk UpToDate, the peer's DUnknown"},
+        {"name": "corral-gone-1", "up": False, "up_to_date": False, "summary": "not up on this node"},
+        {"name": "r0", "up": True, "connection": "StandAlone", "up_to_date": True, "summary": "not Corral's"}]}
     web1 = inst(template="drbd", secondary="n2")
     reports = {"n1": report(instances={"web1": running()}, drbd=drbd), "n2": report("n2")}
     findings = [f for f in run([node("n1"), node("n2")], [web1], reports) if f.code.endswith("drbd")
                 or f.code == "drbd-degraded"]
     assert said(findings) == [
-        ("error", "instance 'web1' disk 0: DRBD on node 'n1' is not in sync: disconnected from n2 (Connecting)"),
+        ("error", "instance 'web1' disk 0: DRBD on node 'n1' is not in sync: WFConnection, Primary, this disk UpToDate, "
+                  "the peer's DUnknown"),
         ("warning", "node 'n1': orphan DRBD resource corral-gone-1 (no such instance)")]
     assert findings[1].subject == "corral-gone-1"
 

@@ -48,3 +48,32 @@ async def test_the_report_time_is_when_the_qemus_were_listed_not_when_the_report
     assert clock.time() == listed + 4.0
     assert report["time"] == listed  # a QEMU started during those 4 s must not look absent from this report
     assert report["instances"]["web1"]["status"] == "running"
+
+
+class CountingLvm:
+    """A volume group that counts how often it is read (each read is two LVM commands on a real node)."""
+
+    vg = "vg0"
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def vg_info(self) -> tuple[int, int]:
+        self.reads += 1
+        return 1024, 1024 - 8 * self.reads
+
+    async def list_volumes(self) -> list[object]:
+        return []
+
+
+async def test_the_volume_group_is_read_again_only_after_an_order_or_once_its_reading_is_old():
+    clock, lvm = FakeClock(), CountingLvm()
+    seen = reporter.LvmSeen(lvm, clock)  # type: ignore[arg-type]
+    first, _ = await seen.state()
+    clock.advance(reporter.LVM_REFRESH_S - 1)
+    assert (await seen.state())[0] == first and lvm.reads == 1  # reports in between reuse the reading
+    seen.changed()  # an order ran: it may have made or removed a volume
+    assert (await seen.state())[0]["free_mib"] == 1024 - 16 and lvm.reads == 2
+    clock.advance(reporter.LVM_REFRESH_S)
+    await seen.state()
+    assert lvm.reads == 3  # an LV made by hand shows within LVM_REFRESH_S

@@ -280,3 +280,10 @@ def test_a_fixed_resync_rate_turns_off_drbds_own_controller() -> None:
 def test_render_refuses_a_handler_that_would_break_the_file_and_a_negative_rate() -> None:
     problems = problems_of(dataclasses.replace(RES, fence_peer='/bin/x "y"', resync_rate_mib_s=-1))
     assert set(problems) == {"fence_peer", "resync_rate_mib_s"}
+
+
+def test_a_resource_in_a_switchover_says_both_nodes_may_be_primary_so_adjust_keeps_it() -> None:
+    for version in ("8.4", "9"):
+        assert "allow-two-primaries yes;" in section(render_resource(dataclasses.replace(RES, two_primaries=True),
+                                                                     version), "net")
+        assert "allow-two-primaries" not in render_resource(RES, version)
