@@ -8,6 +8,7 @@ status order reads, so the master can show progress and an ETA.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ from typing import Any
 
 from kvm import hotplug, nbdexport
 from kvm.process import QemuManager
-from kvm.qmp import Qmp
+from kvm.qmp import Qmp, QmpError
 from storage import runner
 from storage.lvm import PlainTemplate
 
@@ -25,6 +26,7 @@ from hostagent.node.executor import Order, OrderError
 from hostagent.node.replication import export_name
 
 COPY_TIMEOUT_S = 6 * 3600.0
+QMP_TRIES, QMP_RETRY_S = 4, 0.5
 _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -128,8 +130,7 @@ class NodeDiskCopy:
         (hot-removal unplugs it first: instance.disk-unplug)."""
         name, index = args["name"], int(args["index"])
         if self._qemu.find(name) is not None:
-            async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s) as qmp:
-                open_images = await hotplug.open_images(qmp)
+            open_images = await self._open_images(name)
             template = self._disks.for_order(args)
             if open_images & {template.path(name, index, fmt) for fmt in template.formats}:
                 raise OrderError(f"instance '{name}' is running on node '{self._node}' with disk {index} still "
@@ -137,6 +138,20 @@ class NodeDiskCopy:
         await self._disks.for_order(args).remove(name, index)
         log.warning("instance '%s': disk %d and its data deleted on node '%s'", name, index, self._node)
         return {"removed": index}
+
+    async def _open_images(self, name: str) -> set[str]:
+        """The images the instance's QEMU has open. Asked again a few times (bounded): right after a hot-unplug
+        the monitor was seen refusing a new session for a moment."""
+        for attempt in range(QMP_TRIES):
+            try:
+                async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s) as qmp:
+                    return set(await hotplug.open_images(qmp))
+            except QmpError as exc:
+                if attempt == QMP_TRIES - 1 or self._qemu.find(name) is None:
+                    raise
+                log.info("instance '%s': QMP did not answer (%s); asking again", name, exc)
+                await asyncio.sleep(QMP_RETRY_S)
+        raise AssertionError("unreachable")
 
     async def _paths(self, args: dict[str, Any]) -> dict[str, Any]:
         """Where the disks are; a missing one is an error the operator must see."""
