@@ -255,6 +255,7 @@ class DiskOps:
         if unplugged["unplugged"]:
             await ctx.log(f"disk {index} of '{name}' unplugged: the guest let it go")
         await self.store.write([Op.put(model.instance_key(name), model.dumps(rest))])  # first: no dangling disk
+        kept = []
         for node in filter(None, (inst["primary_node"], secondary)):
             try:
                 if node == secondary:  # its export holds the copy open
@@ -262,9 +263,11 @@ class DiskOps:
                 await self.store.order(node, "instance.disk-remove", {"name": name, "index": index,
                                                                         "disk_template": inst["disk_template"]})
             except JobFailed as exc:
+                kept.append(node)
                 await ctx.log(f"could not delete disk {index} on node '{node}' ({exc}); `corral cluster verify` "
                               "lists the file as an orphan once the node answers")
-        await ctx.log(f"disk {index} of '{name}' removed and its data deleted")
+        await ctx.log(f"disk {index} of '{name}' removed and its data deleted" if not kept else
+                      f"disk {index} of '{name}' removed; its data is left on node(s) {', '.join(kept)} (above)")
         if mirrored:  # the other disks' copies, still joined, are recorded in sync again
             await self.moves.protect(ctx, rest)
         return {"name": name, "disk": index}
