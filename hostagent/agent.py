@@ -114,7 +114,7 @@ class Agent:
         self.replica = Replica(os.path.join(cfg.state_dir, "config.db"))
         self.qemu = QemuManager(cfg.run_dir, log_dir=os.path.join(cfg.log_dir, "console"),
                                 qemu_binary=cfg.qemu_binary, guest_nice=guest_nice, kernel_dirs=cfg.kernel_dirs,
-                                qmp_timeout_s=cfg.qmp_timeout_s)
+                                qmp_timeout_s=cfg.qmp_timeout_s, launch_timeout_s=cfg.qemu_start_timeout_s)
         self.boot = BootWatcher(os.path.join(cfg.log_dir, "console"), os.path.join(cfg.run_dir, "boot-watch.json"),
                                 lambda name: self.replica.get_json(model.instance_key(name)), clock.time())
         self.files = FileTemplate(cfg.file_storage)

@@ -64,6 +64,7 @@ class AgentConfig:
     etcd_election_timeout_ms: int = ELECTION_TIMEOUT_MS
     os_install_timeout_s: float = 1800.0
     qmp_timeout_s: float = 5.0  # a QMP query of a QEMU; commands that change a guest (migration, resize) get twice it
+    qemu_start_timeout_s: float = 30.0  # a QEMU that has not daemonized (its disks open, QMP up) by then failed to start
     access_log: bool = False  # one line per API request (caller, method, raw path, status) in log_dir/access.log
     drills: bool = False  # accept `corral drill` requests to crash or freeze this agent (demo, test clusters)
     volume_group: str = ""  # LVM volume group of the plain/drbd templates; empty: this node has none
@@ -98,7 +99,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
               "master_lease_ttl_s": "master_lease_ttl_s", "etcd_connect_timeout_s": "etcd_connect_timeout_s",
               "etcd_heartbeat_ms": "etcd_heartbeat_ms", "etcd_election_timeout_ms": "etcd_election_timeout_ms",
               "os_install_timeout_s": "os_install_timeout_s", "drills": "drills", "access_log": "access_log",
-              "qmp_timeout_s": "qmp_timeout_s"},
+              "qmp_timeout_s": "qmp_timeout_s", "qemu_start_timeout_s": "qemu_start_timeout_s"},
     "storage": {"volume_group": "volume_group", "lvm_args": "lvm_args"},
     "fencing": {"node_lease_ttl_s": "node_lease_ttl_s", "watchdog": "watchdog"},
 }
@@ -158,7 +159,8 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> AgentConfig:
         if port in seen:
             problems.append(f"ports: {key.removesuffix('_port')} and {seen[port]} both use port {port}")
         seen[port] = key.removesuffix("_port")
-    for key in ("report_interval_s", "master_lease_ttl_s", "os_install_timeout_s", "qmp_timeout_s"):
+    for key in ("report_interval_s", "master_lease_ttl_s", "os_install_timeout_s", "qmp_timeout_s",
+                "qemu_start_timeout_s"):
         if key in values and values[key] <= 0:
             problems.append(f"agent.{key} must be positive, got {values[key]}")
     problems += _etcd_timing_problems(values)

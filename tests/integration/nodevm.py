@@ -322,8 +322,9 @@ def agent_config(vm: NodeVM, volume_group: str = "") -> str:
     """The agent's configuration inside a node VM: fixed ports (the VM is its own machine). Everything an
     emulated CPU makes slow is given room: the master lease 15 s (a VM busy with a resync in its kernel can
     leave its agent without the CPU for seconds), a report every 3 s, 5 s for a TLS handshake with etcd (about
-    1 s, emulated), etcd's Raft heartbeat 4 times slower than production's, and QMP 4 times more patient (a
-    QEMU nested in an emulated VM took over 10 s to load TLS credentials for a migration). `volume_group`: for plain and
+    1 s, emulated), etcd's Raft heartbeat 4 times slower than production's, and QMP 4 times more patient and
+    a QEMU start 4 times (a QEMU nested in an emulated VM took over 10 s to load TLS credentials for a
+    migration, and over 30 s to start while its VM resynced). `volume_group`: for plain and
     drbd disks (the test makes it)."""
     ports = "\n".join(f"{k} = {v}" for k, v in NODE_PORTS.items())
     storage = f'\n[storage]\nvolume_group = "{volume_group}"\n' if volume_group else ""
@@ -348,6 +349,7 @@ etcd_connect_timeout_s = 5.0
 etcd_heartbeat_ms = 400
 etcd_election_timeout_ms = 4000
 qmp_timeout_s = 20.0
+qemu_start_timeout_s = 120.0
 
 [fencing]
 node_lease_ttl_s = 20
