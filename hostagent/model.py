@@ -196,6 +196,12 @@ def drbd_meta_mib(size_mib: int) -> int:
     return max(4, -(-(36 * 1024 + size_mib * 4 * 256 // 8) // 2**20) + 1)
 
 
+def drbd_max_mib(meta_mib: int) -> int:
+    """The largest disk a metadata volume of meta_mib holds (external: 36 KiB and a 4 KiB margin, then one bitmap
+    bit per 4 KiB of data): 4 MiB of metadata holds about 127 GiB."""
+    return (meta_mib * 2**20 - 40 * 1024) * 8 * 4096 // 2**20
+
+
 def auto_failover(inst: Mapping[str, Any], cluster: Mapping[str, Any]) -> bool:
     """The instance's own setting, else the cluster-wide default (off unless set)."""
     own = inst.get("auto_failover")

@@ -46,6 +46,7 @@ TAG_META = "corral-drbd-meta="
 PROMOTE_RETRY_S = 1.0
 CONNECT_WAIT_S = 60.0  # a new resource's peer, made at the same time: DRBD connects within seconds of both being up
 CONNECT_POLL_S = 0.5
+RESIZE_POLLS = 40  # of CONNECT_POLL_S: `drbdadm resize` returns once both nodes agreed, so this is a safety net
 NOT_OUTDATED = "peer is not outdated"
 
 
@@ -154,9 +155,15 @@ class DrbdNode:
             _write_secret_file(conf, text)
         if fresh:  # made just now: nothing on it to keep
             await self._drbdadm(disk.node, "create-md", "--force", disk.name)
-        if disk.minor in await self.states():
+        state = (await self.states()).get(disk.minor)
+        if state is not None:
             if changed:  # a new peer, rate or switchover: the kernel takes the file's settings
                 await self._drbdadm(disk.node, "adjust", disk.name)
+            elif state.connection == "StandAlone":
+                # It refused its peer (a split brain found when they met again, as when a cut-off primary came
+                # back still Primary). Connecting again discards nothing here (no after-split-brain policy is
+                # set): only a peer told --discard-my-data gives its data up, and a real split brain stays.
+                await self._drbdadm(disk.node, "connect", disk.name)
             return self.device(disk.minor)
         try:
             await self._drbdadm(disk.node, "up", disk.name)
@@ -238,15 +245,34 @@ class DrbdNode:
         """Primary no more, then throw away everything this node has that its peer lacks and resync from the
         peer (for a node the instance was failed over away from: nothing it wrote since was acknowledged)."""
         await self.demote(node, name)
-        with contextlib.suppress(DrbdError):  # already StandAlone after a refused reconnection: nothing to end
-            await self._drbdadm(node, "disconnect", name)
+        await self.disconnect(node, name)
         await self._drbdadm(node, "connect", "--discard-my-data", name)
+
+    async def disconnect(self, node: str, name: str) -> None:
+        """StandAlone: no connection, and no attempt to make one, until `connect`."""
+        with contextlib.suppress(DrbdError):  # already StandAlone (a refused reconnection): nothing to end
+            await self._drbdadm(node, "disconnect", name)
 
     async def dual_primary(self, node: str, name: str, allow: bool) -> None:
         """Allow (or forbid again) both nodes Primary: only for a live migration's switchover. Remembered, so the
         file that `ensure` writes says the same (its `adjust` would otherwise forbid it again)."""
         (self._two_primaries.add if allow else self._two_primaries.discard)(name)
         await self._drbdadm(node, "net-options", f"--allow-two-primaries={'yes' if allow else 'no'}", name)
+
+    async def grow(self, disk: DrbdDisk, new_size_mib: int, *, resize: bool) -> None:
+        """This node's data LV to the new size; with `resize` (on the primary, once the peer's LV has grown too)
+        DRBD told to use it, which resyncs the new part to the peer. Idempotent: a grown LV stays as it is."""
+        await self.lvm.grow(disk.instance, disk.index, new_size_mib)
+        if not resize:
+            return
+        await self._drbdadm(disk.node, "resize", disk.name)
+        want = new_size_mib * 2048
+        for _ in range(RESIZE_POLLS):  # the kernel takes the new size once the peer has agreed to it
+            if _sectors(disk.minor) >= want:
+                return
+            await asyncio.sleep(CONNECT_POLL_S)
+        raise DrbdError(f"DRBD resource {disk.name} on node '{disk.node}' still has {_sectors(disk.minor) // 2048} "
+                        f"MiB after `drbdadm resize` (wanted {new_size_mib} MiB): is its peer connected?")
 
     async def remove(self, node: str, instance: str, index: int) -> None:
         """The resource down, both LVs and the file gone (idempotent)."""
@@ -303,6 +329,14 @@ def minor_state(res: ResourceState) -> MinorState | None:
     connection = (peer.replication if peer.connected and peer.replication != "Established" else peer.connection)
     return MinorState(res.minor, connection, res.role, peer.peer_role, res.disk, peer.peer_disk, 0,
                       peer.percent_in_sync if peer.syncing else None, peer.eta_s)
+
+
+def _sectors(minor: int) -> int:
+    """The size the kernel gives the device, in 512-byte sectors (0 when it has none)."""
+    try:
+        return int(_read(f"/sys/block/drbd{minor}/size"))
+    except (OSError, ValueError):
+        return 0
 
 
 def _path() -> str:
@@ -385,7 +419,8 @@ class DrbdDisks:
         await self.drbd.remove(self.node, instance, index)
 
     async def grow(self, instance: str, index: int, new_size_mib: int) -> None:
-        raise DrbdError(f"disk {index} of '{instance}' is a DRBD resource: growing it is not supported yet")
+        """On the primary, after the secondary's data LV has grown (hostagent.master.diskops)."""
+        await self.drbd.grow(self._disk(instance, index), new_size_mib, resize=True)
 
     async def activate(self, instance: str) -> None:
         """Every disk up and Primary here, before QEMU opens them: DRBD refuses a disk that is not UpToDate

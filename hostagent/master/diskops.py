@@ -94,6 +94,8 @@ class DiskOps:
         if size <= current:
             raise BadRequest(f"disk {index} of '{name}' is {format_mib(current)}; the new size must be larger "
                              "(disks only grow)")
+        if inst.get("disk_template") == "drbd":
+            await drbdsteps.check_grow(self.store, inst, index, size)
         if inst.get("disk_template") in model.QUORUM_MIRRORED:
             report = await self.store.get(model.report_key(inst["primary_node"])) or {}
             if name in report.get("instances", {}):
@@ -377,7 +379,10 @@ class DiskOps:
         name, index, size = inst["name"], int(args["disk"]), int(args["size_mib"])
         order = {"name": name, "index": index, "size_mib": size, "disk_template": inst["disk_template"]}
         secondary = inst.get("secondary_node")
-        if secondary:  # the copy grows first: the primary's mirror must never outsize its target
+        if inst["disk_template"] == "drbd":  # the secondary's LV first: DRBD's resize on the primary needs both
+            await drbdsteps.grow_copy(self.store, inst, index, size)
+            order["instance"] = inst
+        elif secondary:  # the copy grows first: the primary's mirror must never outsize its target
             await self.moves.outdate(name, f"disk {index} grows; its copy is made anew")
             await self.store.order(inst["primary_node"], "instance.mirror-detach", {"name": name, "disks": inst["disks"]})
             await self.store.order(secondary, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
@@ -388,6 +393,6 @@ class DiskOps:
         await self.store.write([Op.put(model.instance_key(name), model.dumps(inst))])
         await ctx.log(f"disk {index} of '{name}' is now {format_mib(size)}")
         report = await self.store.get(model.report_key(inst["primary_node"])) or {}
-        if secondary and name in report.get("instances", {}):
+        if secondary and inst["disk_template"] != "drbd" and name in report.get("instances", {}):
             await self.moves.protect(ctx, inst)
         return {"name": name, "disk": index, "size_mib": size}

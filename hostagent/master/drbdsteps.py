@@ -1,5 +1,5 @@
 """The master's steps that only the `drbd` template takes: dual-primary around a live migration's switchover,
-a new secondary, activate-disks. Everything else about drbd instances goes through the same jobs as
+a new secondary, activate-disks, a disk grown on both nodes. Everything else about drbd instances goes through the same jobs as
 `mirror` (hostagent.master.moves, hostagent.master.diskops): one replica record, one failover decision."""
 
 from __future__ import annotations
@@ -8,7 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from hostagent import model
+from hostagent.errors import BadRequest, Conflict
 from hostagent.master.jobs import JobContext, JobFailed
+from hostagent.status import describe_mirrors
+from hostagent.units import format_mib
 from election.etcd import Op
 
 from hostagent.master.store import Store
@@ -70,3 +73,26 @@ async def activate(store: Store, ctx: JobContext, inst: dict[str, Any]) -> dict[
     for path in devices:
         await ctx.log(f"disk of '{name}' on node '{primary}': {path} (DRBD, Primary there)")
     return {"name": name, "node": primary, "paths": devices}
+
+
+async def check_grow(store: Store, inst: dict[str, Any], index: int, size: int) -> None:
+    """DRBD grows both copies at once: its metadata must hold the new size, and both nodes must be connected
+    and in sync (what `drbdadm resize` needs; the new part then resyncs like any other)."""
+    name = inst["name"]
+    slot: dict[str, Any] = next((s for s in inst.get("drbd") or [] if int(s["index"]) == index), {})
+    most = model.drbd_max_mib(int(slot.get("meta_mib") or 4))
+    if size > most:
+        raise BadRequest(f"disk {index} of '{name}' can grow to at most {format_mib(most)}: its DRBD metadata "
+                         "volume was sized for that")
+    report = await store.get(model.report_key(inst["primary_node"])) or {}
+    states = report.get("mirrors", {}).get(name, [])
+    if not states or any(s.get("status") != "in_sync" for s in states):
+        raise Conflict(f"the disks of '{name}' are not in sync between nodes '{inst['primary_node']}' and "
+                       f"'{inst['secondary_node']}' ({describe_mirrors(states)}); a DRBD disk grows on both "
+                       "at once: wait until `corral instance info` says in sync")
+
+
+async def grow_copy(store: Store, inst: dict[str, Any], index: int, size: int) -> None:
+    """The secondary's data LV first: DRBD's resize on the primary needs room on both nodes."""
+    await store.order(str(inst["secondary_node"]), "drbd.grow-copy",
+                      {"instance": inst, "index": index, "size_mib": size})

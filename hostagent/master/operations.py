@@ -112,8 +112,8 @@ class Operations:
         runner = self.role.require()
         if inst.get("disk_template") == "drbd" and op in DRBD_NOT_YET:
             raise BadRequest(f"instance '{name}' has drbd disks: {DRBD_NOT_YET[op]} is not supported for them yet "
-                             "(they are created, started, stopped, rebooted, live-migrated, failed over, given a "
-                             "new secondary and removed)")
+                             "(they are created, started, stopped, rebooted, reinstalled, live-migrated, failed "
+                             "over, grown, given a new secondary and removed)")
         if op == "instance.reboot" and params.get("type", "soft") not in ("soft", "hard"):
             raise BadRequest(f"reboot type {params.get('type')!r} is not one of soft, hard")
         if not runner.busy(f"instance/{name}"):
@@ -318,15 +318,23 @@ class Operations:
         hv = await self.store.hvparams(new)
         await ctx.log(f"reinstalling instance '{name}' on node '{node}' with OS '{new['os']}': "
                       "the content of its disks is destroyed")
-        await self.store.order(node, "instance.reinstall", {"instance": new, "hvparams": hv,
-                                                            "install_id": f"{ctx.job['id']}-{name}",
-                                                            "networks": await self.store.nic_networks(new)},
-                               timeout_s=3600)
+        order = {"instance": new, "hvparams": hv, "install_id": f"{ctx.job['id']}-{name}",
+                 "networks": await self.store.nic_networks(new)}
+        drbd = inst["disk_template"] == "drbd"
+        if drbd:  # new metadata on both nodes (DRBD connects no disks of unrelated histories); a full resync
+            await ctx.log(f"the DRBD copies of '{name}' on node '{inst['secondary_node']}' are made anew")
+            await self.disks.remove_on(inst["secondary_node"], inst)
+            await both(self.store.order(inst["secondary_node"], "drbd.prepare", {"instance": new}),
+                       self.store.order(node, "instance.reinstall", order, timeout_s=3600))
+        else:
+            await self.store.order(node, "instance.reinstall", order, timeout_s=3600)
         new["mtime"] = self.store.clock.time()
         await self.store.write([Op.put(model.instance_key(name), model.dumps(new))])
         await ctx.log(f"instance '{name}' reinstalled with OS '{new['os']}'")
         if new["admin_state"] == "up":
             await self._start(ctx, new, hv)
+        elif drbd:  # the install made it Primary; nothing runs on it now
+            await self.store.order(node, "drbd.release", {"name": name})
         return {"name": name, "os": new["os"]}
 
     @operator_errors
@@ -350,9 +358,8 @@ class Operations:
 
 
 # What drbd instances cannot do yet, in the operator's words.
-DRBD_NOT_YET = {"instance.move": "moving them to another node", "instance.grow-disk": "growing a disk",
-                "instance.add-disk": "adding a disk", "instance.remove-disk": "removing a disk",
-                "instance.reinstall": "reinstalling"}
+DRBD_NOT_YET = {"instance.move": "moving them to another node", "instance.add-disk": "adding a disk",
+                "instance.remove-disk": "removing a disk"}
 
 
 def _addresses(inst: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from kvm import hotplug, nbdexport
 from kvm.process import QemuManager
 from kvm.qmp import Qmp, QmpError
 from storage import runner
+from storage.filedisk import FileTemplate
 from storage.lvm import PlainTemplate
 
 from hostagent import pki
@@ -113,11 +114,12 @@ class NodeDiskCopy:
 
     async def _grow(self, args: dict[str, Any]) -> dict[str, Any]:
         """Grow the disk: a file through the running QEMU (which holds the image lock), else with qemu-img;
-        a logical volume with lvextend, then, if it runs, QEMU told its new size."""
+        a logical volume with lvextend (and a DRBD resource with `drbdadm resize` after it), then, if it runs,
+        QEMU told its new size."""
         name, index, size_mib = args["name"], int(args["index"]), int(args["size_mib"])
         template = self._disks.for_order(args)
         running = self._qemu.find(name) is not None
-        if isinstance(template, PlainTemplate) or not running:
+        if not isinstance(template, FileTemplate) or not running:
             await template.grow(name, index, size_mib)
         if not running:
             return {"size_mib": size_mib, "online": False}

@@ -81,7 +81,8 @@ class NodeDrbd:
 
     def orders(self) -> dict[str, Order]:
         return {"drbd.prepare": self._prepare, "drbd.attach": self._attach, "drbd.release": self._release,
-                "drbd.activate": self._activate, "drbd.dual-primary": self._dual_primary}
+                "drbd.activate": self._activate, "drbd.dual-primary": self._dual_primary,
+                "drbd.grow-copy": self._grow_copy}
 
     def gen(self, name: str) -> int:
         raw = read_small_file(os.path.join(self._gen_dir, f"{name}.gen"))
@@ -110,6 +111,7 @@ class NodeDrbd:
         log.warning("instance '%s': node '%s' is Primary of %s but no longer the instance's primary; what it "
                     "wrote since it was cut off (never acknowledged to the guest) is discarded and its copy "
                     "resyncs from node '%s'", name, self._node, resource, inst["primary_node"])
+        await self._need().disconnect(self._node, resource)  # no reconnection of its own while still Primary
         if frozen:
             await self._need().resume_io(self._node, resource)
         await self._stop_guest(name)
@@ -147,6 +149,16 @@ class NodeDrbd:
             await drbd.ensure(disk)
             await drbd.dual_primary(self._node, disk.name, allow)
         return {"allow": allow}
+
+    async def _grow_copy(self, args: dict[str, Any]) -> dict[str, Any]:
+        """On the secondary, before the primary grows: the data LV of disk `index` grown, so that DRBD's resize
+        on the primary finds room on both nodes."""
+        inst, index, size_mib = args["instance"], int(args["index"]), int(args["size_mib"])
+        disk = next((d for d in self._disks.drbd_disks(inst) if d.index == index), None)
+        if disk is None:
+            raise OrderError(f"instance '{inst['name']}' has no disk {index}")
+        await self._need().grow(disk, size_mib, resize=False)
+        return {"size_mib": size_mib}
 
     async def _release(self, args: dict[str, Any]) -> dict[str, Any]:
         """The instance's resources Secondary here (no QEMU may be using them)."""
@@ -215,7 +227,13 @@ class NodeDrbd:
         if inst is None:  # an instance being created: no guest has written to it, nothing to lose
             log.info("DRBD resource %s lost its peer before its instance was created: nothing to outdate", resource)
             return "none yet"
-        peer = inst.get("secondary_node") if inst.get("primary_node") == self._node else inst.get("primary_node")
+        if inst.get("primary_node") != self._node:  # the master would refuse it: only the primary outdates a copy
+            log.warning("instance '%s': DRBD on node '%s' lost its peer while Primary of %s, but the instance's "
+                        "primary is '%s': its I/O stays frozen until the master brings this node back as the "
+                        "secondary", name, self._node, resource, inst.get("primary_node"))
+            raise OrderError(f"instance '{name}': node '{self._node}' is not its primary; the I/O of {resource} "
+                             "stays frozen")
+        peer = inst.get("secondary_node")
         body = {"name": name, "gen": self.gen(name),
                 "reason": f"node '{self._node}' lost its DRBD connection to node '{peer}' (disk {index})"}
         log.warning("instance '%s': DRBD lost node '%s' on disk %s; its writes wait until the master records "

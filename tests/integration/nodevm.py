@@ -432,3 +432,16 @@ def ok(vm: NodeVM, *args: str, timeout: float = 300) -> str:
         raise NodeVMError(f"in node VM {vm.name}, corral {' '.join(args)} failed ({result.rc}): "
                           f"{result.err.strip() or result.out.strip()}")
     return result.out
+
+
+def query_block(vm: NodeVM, name: str) -> dict[str, dict]:
+    """QMP query-block of the instance's QEMU: image file -> its inserted medium (drv, image)."""
+    script = ("import asyncio, json, sys\nfrom kvm.qmp import Qmp\n"
+              "async def main():\n"
+              "    async with await Qmp.connect(sys.argv[1], 30.0) as qmp:\n"
+              "        print(json.dumps(await qmp.execute('query-block')))\n"
+              "asyncio.run(main())\n")
+    out = vm.ok(f"cd {REPO} && PYTHONPATH={REPO} "
+                + quoted(str(PYTHON), "-c", script, f"{STATE}/run/instances/{name}/qmp.sock"),
+                timeout=180)  # the import alone takes 5-15 s in a loaded VM, and the agent's reports share QMP
+    return {b["inserted"]["file"]: b["inserted"] for b in json.loads(out) if b.get("inserted")}

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from nodevm import IMAGE_OS, STATE, NodeVM, NodeVMError, NodeVMs, corral, form_cluster, ok, start_agent
+from nodevm import GUEST, IMAGE_OS, STATE, NodeVM, NodeVMError, NodeVMs, corral, form_cluster, ok, query_block, start_agent
 
 pytestmark = [
     pytest.mark.integration, pytest.mark.timeout(1800),
@@ -90,6 +90,10 @@ def out_of_sync_kib(vm: NodeVM) -> int:
     return int(re.search(r"oos:(\d+)", vm.ok("cat /proc/drbd"))[1])
 
 
+def lv_mib(vm: NodeVM, lv: str) -> float:
+    return float(vm.ok(f"lvs --noheadings --units m --nosuffix -o lv_size {VG}/{lv}"))
+
+
 def row(vm: NodeVM, name: str) -> dict[str, Any]:
     return info(vm, name)["replication"]
 
@@ -114,6 +118,8 @@ def test_a_drbd_instance_syncs_migrates_changes_secondary_and_fails_over_with_it
     seen = [row(n3, "db1")]  # the initial sync, as `instance info` shows it, from the kernel's own counters
     device = f"/dev/drbd{seen[0]['drbd'][0]['minor']}"
     assert "secret" not in json.dumps(info(n3, "db1")), "the DRBD shared secret must not leave the config"
+    syncing_now = corral(n3, "instance", "grow-disk", "db1", "0", "160M")  # DRBD grows both copies at once
+    assert syncing_now.rc != 0 and "not in sync" in syncing_now.err, syncing_now
     wait_for("the initial sync", lambda: (seen.append(row(n3, "db1")) or in_sync(n3, "db1")), 300, every_s=0.5)
     syncing = [r["summary"] for r in seen if r["summary"].startswith("syncing")]
     assert syncing, [r["summary"] for r in seen]
@@ -130,6 +136,16 @@ def test_a_drbd_instance_syncs_migrates_changes_secondary_and_fails_over_with_it
     want = n1.ok("md5sum < /tmp/pattern").split()[0]
     ok(n1, "instance", "start", "db1")
     wait_for("db1 running and in sync", lambda: in_sync(n3, "db1") and primary_running(n3, "db1", "n1"), 120)
+
+    # grown while it runs: both data LVs, then DRBD (which resyncs the new part), then QEMU told
+    too_big = corral(n3, "instance", "grow-disk", "db1", "0", "200G")
+    assert too_big.rc != 0 and "at most" in too_big.err, too_big
+    ok(n3, "instance", "grow-disk", "db1", "0", "160M")
+    for vm in (n1, n2):
+        assert lv_mib(vm, "corral-db1-disk0") == 160.0, vm.name
+    assert int(n1.ok(f"cat /sys/block/{device.removeprefix('/dev/')}/size")) == 160 * 2048
+    assert query_block(n1, "db1")[device]["image"]["virtual-size"] == 160 * 2**20, "QEMU was not told"
+    wait_for("db1 in sync after the grow", lambda: in_sync(n3, "db1"), 120)
 
     # live migration: both Primary for the switchover only, the copy never outdated (the memory copy throttled: at
     # full speed, a QEMU nested in an emulated VM stops answering QMP while it encrypts; it takes minutes anyway)
@@ -203,6 +219,23 @@ def test_a_cut_off_primary_stays_frozen_while_its_secondary_takes_over_then_resy
     assert md5(n3, f"/dev/{VG}/corral-db1-disk0", 40, 4) == after, "n3 kept a write it never acknowledged"
     kinds = [e["kind"] for e in json.loads(ok(n2, "events", "--json"))]
     assert kinds.count("fail-over") >= 2, kinds
+
+
+def test_a_reinstalled_drbd_instance_gets_new_copies_on_both_nodes_holding_the_image(vms):
+    """Follows the partition test (db1 running on n2, its copy on n3): stopped (no guest writes while the copies
+    are compared), the OS installed anew on the primary's new resource while the secondary's is made anew too
+    (fresh metadata on both: a full resync); both nodes Secondary afterwards."""
+    n2, n3 = vms["n2"], vms["n3"]
+    wait_for("db1 running on n2 and in sync", lambda: in_sync(n2, "db1") and primary_running(n2, "db1", "n2"), 300)
+    ok(n2, "instance", "stop", "db1")
+    ok(n2, "instance", "reinstall", "db1", "--yes")
+    wait_for("the new copies in sync", lambda: in_sync(n2, "db1"), 300)
+    assert "ro:Secondary/Secondary" in n2.ok("cat /proc/drbd")
+    n2.ok(f"qemu-img convert -O raw {GUEST}/base.qcow2 /tmp/base.raw")
+    image = n2.ok("md5sum < /tmp/base.raw").split()[0]
+    data = f"/dev/{VG}/corral-db1-disk0"  # external metadata: the data LV is the disk, byte for byte
+    assert md5(n2, data, 0, 64) == image, "the primary's disk does not hold the OS image"
+    assert md5(n3, data, 0, 64) == image, "the secondary's copy differs from the primary's"
 
 
 def test_drbd_on_a_node_without_the_module_or_a_volume_group_is_refused_up_front(vms):

@@ -10,19 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from nodevm import (
-    GUEST,
-    IMAGE_OS,
-    PYTHON,
-    REPO,
-    STATE,
-    NodeVM,
-    NodeVMs,
-    corral,
-    form_cluster,
-    ok,
-    quoted,
-)
+from nodevm import GUEST, IMAGE_OS, STATE, NodeVM, NodeVMs, corral, form_cluster, ok, query_block
 
 from storage.lvmparse import lv_name
 
@@ -52,19 +40,6 @@ def lvs(vm: NodeVM) -> dict[str, tuple[str, float]]:
     """LV path -> (attributes, size in MiB) of every LV in the volume group."""
     out = vm.ok(f"lvs --noheadings --units m --nosuffix -o lv_path,lv_attr,lv_size {VG}")
     return {path: (attr, float(size)) for path, attr, size in (line.split() for line in out.splitlines() if line)}
-
-
-def query_block(vm: NodeVM, name: str) -> dict[str, dict]:
-    """QMP query-block of the instance's QEMU: image file -> its inserted medium (drv, image)."""
-    script = ("import asyncio, json, sys\nfrom kvm.qmp import Qmp\n"
-              "async def main():\n"
-              "    async with await Qmp.connect(sys.argv[1], 30.0) as qmp:\n"
-              "        print(json.dumps(await qmp.execute('query-block')))\n"
-              "asyncio.run(main())\n")
-    out = vm.ok(f"cd {REPO} && PYTHONPATH={REPO} "
-                + quoted(str(PYTHON), "-c", script, f"{STATE}/run/instances/{name}/qmp.sock"),
-                timeout=180)  # the import alone takes 5-15 s in a loaded VM, and the agent's reports share QMP
-    return {b["inserted"]["file"]: b["inserted"] for b in json.loads(out) if b.get("inserted")}
 
 
 def status(vm: NodeVM, name: str) -> str:

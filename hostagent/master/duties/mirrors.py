@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DUTY_EVERY_S = 3.0
 PROTECT_RETRY_S = 5.0  # after a failed attempt to restart a mirror (secondary unreachable, say)
 DRBD_SETTLE_S = 10.0  # after bringing DRBD up: its next reports carry the new generation
+SPLIT_BRAIN_RETRY_S = 60.0  # between attempts to reconnect a resource that refused its peer
 
 
 class Mirrors:
@@ -115,15 +116,22 @@ class Mirrors:
                 "the copy of instance '%s' on node '%s' is %s", name, secondary,
                 "in sync" if new["in_sync"] else f"out of date ({new['why']})")
             record = new
-        stale = len(states) < len(inst["disks"]) or any(s.get("gen") != record.get("gen") for s in states)
+        refused = any(s.get("drbd") == "StandAlone" for s in states)  # a split brain, or one the peer resolves
+        stale = refused or len(states) < len(inst["disks"]) or any(s.get("gen") != record.get("gen") for s in states)
         if not stale or secondary not in view.fresh or self.store.clock.monotonic() < self._retry_at.get(name, 0.0):
             return
         if name not in report.get("instances", {}) and inst.get("admin_state") != "up" and \
                 len(states) < len(inst["disks"]):
             return  # stopped and not up: its resources come up with its next start
-        log.info("DRBD of instance '%s' is not up (or not under the current copy generation) on '%s' and '%s': "
-                 "bringing it up", name, primary, secondary)
+        if refused:
+            log.warning("DRBD of instance '%s' on node '%s' refuses to connect to node '%s' (StandAlone): both are "
+                        "asked to connect again; a copy left Primary on '%s' by a failover gives up what it never "
+                        "acknowledged, a real split brain stays (`corral cluster verify` says how to resolve it)",
+                        name, primary, secondary, secondary)
+        else:
+            log.info("DRBD of instance '%s' is not up (or not under the current copy generation) on '%s' and '%s': "
+                     "bringing it up", name, primary, secondary)
         if await self.moves.protect(None, inst):
-            self._retry_at[name] = self.store.clock.monotonic() + DRBD_SETTLE_S
+            self._retry_at[name] = self.store.clock.monotonic() + (SPLIT_BRAIN_RETRY_S if refused else DRBD_SETTLE_S)
         else:
             self._retry_at[name] = self.store.clock.monotonic() + PROTECT_RETRY_S

@@ -7,6 +7,7 @@ from storage.drbd import minor_state
 from storage.drbdproc import MinorState
 from storage.drbdstatus import PeerState, ResourceState
 
+from hostagent import model
 from hostagent.master.decide import replicas
 from hostagent.node.drbdnode import disk_state
 
@@ -49,3 +50,10 @@ def test_drbd_9s_status_reads_as_the_same_minor_state() -> None:
     synced = minor_state(ResourceState("corral-db1-0", "Primary", "UpToDate", (established,), minor=7))
     assert synced is not None and synced.in_sync
     assert minor_state(ResourceState("corral-db1-0", "Primary", "UpToDate", (), minor=7)) is None
+
+
+def test_a_metadata_volume_is_made_with_room_and_holds_at_most_what_its_bitmap_covers() -> None:
+    for size_mib in (64, 1024, 100 * 1024, 2 * 2**20):
+        assert model.drbd_max_mib(model.drbd_meta_mib(size_mib)) >= 4 * size_mib, size_mib
+    # 4 MiB: 36 KiB of superblock and activity log, the rest a bit per 4 KiB of data
+    assert 126 * 1024 < model.drbd_max_mib(4) < (4 * 2**20 - 36 * 1024) * 8 * 4096 // 2**20
