@@ -38,7 +38,7 @@ from storage.drbdconf import (
 )
 from storage.drbdproc import MinorState, parse_proc_drbd
 from storage.drbdstatus import ResourceState, parse_status_json
-from storage.errors import CommandFailed, StorageError
+from storage.errors import CommandFailed, DiskSmallerThanImage, StorageError
 from storage.lvm import PlainTemplate
 from storage.lvmparse import TAG_INSTANCE
 
@@ -265,14 +265,23 @@ class DrbdNode:
         await self.lvm.grow(disk.instance, disk.index, new_size_mib)
         if not resize:
             return
-        await self._drbdadm(disk.node, "resize", disk.name)
-        want = new_size_mib * 2048
-        for _ in range(RESIZE_POLLS):  # the kernel takes the new size once the peer has agreed to it
-            if _sectors(disk.minor) >= want:
-                return
-            await asyncio.sleep(CONNECT_POLL_S)
-        raise DrbdError(f"DRBD resource {disk.name} on node '{disk.node}' still has {_sectors(disk.minor) // 2048} "
-                        f"MiB after `drbdadm resize` (wanted {new_size_mib} MiB): is its peer connected?")
+        state = (await self.states()).get(disk.minor)
+        promoted = state is not None and state.role != "Primary"
+        if promoted:  # DRBD resizes only with a Primary (a stopped instance's disks are Secondary on both nodes)
+            await self.promote(disk.node, disk.name)
+        try:
+            await self._drbdadm(disk.node, "resize", disk.name)
+            want = new_size_mib * 2048
+            for _ in range(RESIZE_POLLS):  # the kernel takes the new size once the peer has agreed to it
+                if _sectors(disk.minor) >= want:
+                    return
+                await asyncio.sleep(CONNECT_POLL_S)
+            raise DrbdError(f"DRBD resource {disk.name} on node '{disk.node}' still has "
+                            f"{_sectors(disk.minor) // 2048} MiB after `drbdadm resize` (wanted {new_size_mib} MiB): "
+                            "is its peer connected?")
+        finally:
+            if promoted:
+                await self.demote(disk.node, disk.name)
 
     async def remove(self, node: str, instance: str, index: int) -> None:
         """The resource down, both LVs and the file gone (idempotent)."""
@@ -406,6 +415,9 @@ class DrbdDisks:
 
     async def clone_image(self, instance: str, index: int, image_path: str, size_mib: int, fmt: str, *,
                           image_fmt: str = "qcow2") -> str:
+        image_bytes = await self.drbd.lvm.image_bytes(image_path, image_fmt)
+        if size_mib * 2**20 < image_bytes:  # before anything is made, on either node
+            raise DiskSmallerThanImage(image_path, -(-image_bytes // 2**20), size_mib)
         path = await self.create(instance, index, size_mib, fmt)
         try:
             await runner.run(["qemu-img", "convert", "-q", "-n", "-f", image_fmt, "-O", "raw", image_path, path],

@@ -148,7 +148,7 @@ class PlainTemplate(DiskTemplate):
         files). DiskSmallerThanImage before anything is made; a failed copy removes the LV again."""
         check_disk(instance, index, size_mib)
         self.check_format(fmt)
-        image_bytes = await self._image_bytes(image_path, image_fmt)
+        image_bytes = await self.image_bytes(image_path, image_fmt)
         if size_mib * MIB < image_bytes:
             raise DiskSmallerThanImage(image_path, math.ceil(image_bytes / MIB), size_mib)
         path = await self.create(instance, index, size_mib, fmt)
@@ -164,7 +164,8 @@ class PlainTemplate(DiskTemplate):
         """(path, format) where the disk is or would be (an LV is always raw), for messages."""
         return self.path(instance, index, "raw"), "raw"
 
-    async def _image_bytes(self, image_path: str, image_fmt: str) -> int:
+    async def image_bytes(self, image_path: str, image_fmt: str) -> int:
+        """The image's virtual size: what a disk cloned from it must hold at least."""
         result = await self._run(["qemu-img", "info", "--output=json", "-f", image_fmt, image_path],
                                  timeout_s=self.timeout_s)
         try:

@@ -7,7 +7,6 @@ Nested QEMU starts but its guest does not boot in test time, so data is checked 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -16,15 +15,8 @@ from typing import Any
 import pytest
 from nodevm import GUEST, IMAGE_OS, STATE, NodeVM, NodeVMError, NodeVMs, corral, form_cluster, ok, query_block, start_agent
 
-pytestmark = [
-    pytest.mark.integration, pytest.mark.timeout(1800),
-    # Not in `make test` yet: the story takes about 16 minutes in emulation (23 with the partition test), which
-    # would take CI past its 40-minute budget, and it is not steady yet: of its last two runs one passed, one
-    # failed when the migration target's nested QEMU took over 30 s to start. Run it with CORRAL_NODEVM_DRBD=1.
-    pytest.mark.skipif(not os.environ.get("CORRAL_NODEVM_DRBD"),
-                       reason="drbd node-VM story (about 23 minutes): run with CORRAL_NODEVM_DRBD=1 (the README "
-                              "says why it is not in make test yet)"),
-]
+# About 25 minutes in emulation, the longest part of `make test` (the README says why it is worth it).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 VG = "vg0"
 
@@ -236,6 +228,11 @@ def test_a_reinstalled_drbd_instance_gets_new_copies_on_both_nodes_holding_the_i
     data = f"/dev/{VG}/corral-db1-disk0"  # external metadata: the data LV is the disk, byte for byte
     assert md5(n2, data, 0, 64) == image, "the primary's disk does not hold the OS image"
     assert md5(n3, data, 0, 64) == image, "the secondary's copy differs from the primary's"
+
+    ok(n2, "instance", "grow-disk", "db1", "0", "192M")  # stopped: DRBD resizes with the primary promoted a moment
+    assert (lv_mib(n2, "corral-db1-disk0"), lv_mib(n3, "corral-db1-disk0")) == (192.0, 192.0)
+    wait_for("the grown copies in sync", lambda: in_sync(n2, "db1"), 120)
+    assert "ro:Secondary/Secondary" in n2.ok("cat /proc/drbd")
 
 
 def test_drbd_on_a_node_without_the_module_or_a_volume_group_is_refused_up_front(vms):
