@@ -260,6 +260,24 @@ class PlainTemplate(DiskTemplate):
             raise
         return self._lv_path(name)
 
+    async def rename_disk(self, old: str, new: str, index: int) -> bool:
+        """Disk `index` of instance `old` becomes instance `new`'s (`instance rename`): the LV renamed and its
+        instance tag changed, data untouched. Idempotent: False when there is nothing left to rename."""
+        check_disk(new, index)
+        source, target = self.lv_name(old, index), self.lv_name(new, index)
+        lvs = {found.name: found for found in await self._lvs()}
+        if source not in lvs:
+            return False  # renamed by an earlier attempt (or never made: `cluster verify` says so)
+        if target in lvs:
+            raise DiskExists(self._lv_path(target))
+        tags, want = set(lvs[source].tags), set(disk_tags(new, index))
+        swap = [arg for tag in sorted(tags & (set(disk_tags(old, index)) - want)) for arg in ("--deltag", tag)]
+        swap += [arg for tag in sorted(want - tags) for arg in ("--addtag", tag)]
+        if swap:
+            await self._lvm("lvchange", [*swap, f"{self.vg}/{source}"])
+        await self._lvm("lvrename", [self.vg, source, target])
+        return True
+
     async def release(self, instance: str, index: int) -> str | None:
         """Undo `adopt`: the LV gets back its old name, without Corral's tags (an add that failed after the
         adoption must not delete the operator's data). The old name, or None when there is no adopted LV."""

@@ -24,9 +24,9 @@ class Renames:
     async def submit(self, name: str, new_name: str) -> int:
         """Checked now: a valid free name, the instance stopped; the new name is reserved with the job."""
         inst = await self.store.instance(name)
-        if inst.get("disk_template") in model.ON_LVM:
-            raise BadRequest(f"instance '{name}' keeps its disks on LVM ({inst['disk_template']}); renaming its "
-                             "logical volumes is not supported yet")
+        if inst.get("disk_template") == "drbd":
+            raise BadRequest(f"instance '{name}' keeps its disks on DRBD; renaming its resources is not supported "
+                             "yet")
         await self._check_stopped(inst, "renamed")
         instances = {i["name"] for i in await self.store.prefix(model.INSTANCES)}
         check_new_name(new_name, instances)

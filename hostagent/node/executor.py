@@ -19,6 +19,7 @@ from kvm.process import QemuManager
 from kvm.qmp import Qmp, QmpError
 from kvm import hotplug, tap
 from storage.drbd import DrbdDisks
+from storage.errors import StorageError
 from storage.install import DiskSpec as InstallDisk, install_os
 from storage.osdef import (DiskEnv, NetworkEnv, NicEnv, OsCatalog, OsDefinition, lookup, os_environment,
                            run_rename, split_os_name)
@@ -161,7 +162,10 @@ class NodeExecutor:
                 raise OrderError(f"instance '{name}' is running on node '{self._node}'; it is renamed only stopped")
         try:
             moved = await self._files.rename(old, new)
-        except FileExistsError as exc:
+            if inst.get("disk_template") == "plain":  # the instance directory holds no disk: each LV is renamed
+                for d in inst["disks"]:
+                    moved = await self._disks.volumes().rename_disk(old, new, d["index"]) or moved
+        except (FileExistsError, StorageError) as exc:
             raise OrderError(f"cannot rename '{old}' to '{new}' on node '{self._node}': {exc}") from None
         self._qemu.cleanup(old)
         for source, target in ((self._qemu.paths(old).console_log, self._qemu.paths(new).console_log),
@@ -172,7 +176,8 @@ class NodeExecutor:
         entry = lookup(self._catalog(), inst["os"]) if args.get("run_script") else None
         if isinstance(entry, OsDefinition) and moved:
             _, variant = split_os_name(inst["os"])
-            disks = [DiskEnv(self._files.path(new, d["index"], d["format"]), d["size_mib"], d["uuid"],
+            template = self._disks.for_instance(inst)
+            disks = [DiskEnv(template.path(new, d["index"], d["format"]), d["size_mib"], d["uuid"],
                              f"disk{d['index']}") for d in inst["disks"]]
             env = os_environment(entry, instance_name=new, instance_uuid=inst["uuid"], primary_node=self._node,
                                  secondary_nodes=[s for s in [inst.get("secondary_node")] if s],

@@ -60,7 +60,7 @@ def verify_until(vm: NodeVM, *wanted: str, within_s: float = 45) -> str:
         time.sleep(2)
 
 
-def test_a_plain_instance_runs_on_its_logical_volume_grows_and_gains_a_disk_online_and_leaves_nothing(vms):
+def test_a_plain_instance_runs_on_its_logical_volume_grows_gains_a_disk_is_renamed_and_leaves_nothing(vms):
     n1 = vms["n1"]
     ok(n1, "instance", "add", "web1", "--os", IMAGE_OS, "-t", "plain", "--node", "n1", "--disk", "128M",
        "--memory", "64M")
@@ -79,9 +79,16 @@ def test_a_plain_instance_runs_on_its_logical_volume_grows_and_gains_a_disk_onli
     assert lvs(n1)[LV1][1] == 64.0
     assert query_block(n1, "web1")[LV1]["image"]["virtual-size"] == 64 * MIB
 
-    ok(n1, "instance", "remove", "web1")
-    assert not {LV, LV1} & set(lvs(n1))
-    assert status(n1, "web1") == "absent"
+    ok(n1, "instance", "stop", "web1")  # renamed stopped: its LVs take the new name, data and tags with them
+    ok(n1, "instance", "rename", "web1", "web3")
+    renamed = {f"/dev/{VG}/{lv_name(VG, 'web3', i)}" for i in (0, 1)}
+    assert renamed <= set(lvs(n1)) and not {LV, LV1} & set(lvs(n1))
+    ok(n1, "instance", "start", "web3")
+    assert renamed <= set(query_block(n1, "web3")), "QEMU does not run on the renamed LVs"
+
+    ok(n1, "instance", "remove", "web3")
+    assert not renamed & set(lvs(n1))
+    assert status(n1, "web3") == "absent"
 
 
 def test_plain_on_a_node_without_a_volume_group_is_refused_before_any_job(vms):

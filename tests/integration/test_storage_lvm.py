@@ -208,3 +208,21 @@ async def test_adopt_renames_and_tags_an_lv_made_by_hand_and_release_gives_it_ba
     assert await template.release("web1", 0) == "ganeti-root"
     assert lvs(vg)["ganeti-root"]["lv_tags"] == "" and "corral-web1-disk0" not in lvs(vg)
     assert await template.release("web1", 0) is None
+
+
+async def test_rename_moves_a_disk_to_the_new_name_with_its_tags_once_and_never_over_another(
+    template: PlainTemplate, vg: str
+) -> None:
+    await template.create("web1", 0, 8, "raw")
+    await template.create("web1", 1, 8, "raw")
+    await template.create("db9", 0, 8, "raw")
+    for index in (0, 1):
+        assert await template.rename_disk("web1", "web2", index)
+    assert not await template.rename_disk("web1", "web2", 0)  # a re-sent order finds it done
+    rows = lvs(vg)
+    assert {"corral-web2-disk0", "corral-web2-disk1"} <= set(rows) and "corral-web1-disk0" not in rows
+    assert set(rows["corral-web2-disk1"]["lv_tags"].split(",")) == {"corral-instance=web2", "corral-disk=1"}
+    assert {(v.instance, v.index) for v in await template.list_volumes()} == {("web2", 0), ("web2", 1), ("db9", 0)}
+    with pytest.raises(DiskExists):
+        await template.rename_disk("web2", "db9", 0)
+    assert set(lvs(vg)) >= {"corral-web2-disk0", "corral-db9-disk0"}
