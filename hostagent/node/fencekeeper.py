@@ -115,8 +115,8 @@ def demote_soon(instance: str, argv: Sequence[str]) -> None:
     except OSError as exc:
         log.error("could not demote the DRBD devices of instance '%s': %s", instance, exc)
         return
-    log.warning("demoting the DRBD devices of instance '%s' (%s) so its secondary can take over",
-                instance, shlex.join(argv))
+    log.warning("demoting the DRBD devices of instance '%s' (if still connected to the peer) so its secondary "
+                "can take over", instance)
 
 
 def keeper_running(pidfile: str, feed_path: str) -> int | None:
