@@ -23,6 +23,7 @@ in the guest's page cache are lost, so `sync` what a test must find), STATE as i
 """
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import os
@@ -274,6 +275,7 @@ class NodeVMs:
         return self.vms[name]
 
     def start(self) -> None:
+        atexit.register(self.stop)  # a teardown that never ran must not leave VMs eating the CPU of later runs
         ports = [str(vm.port) for vm in self.vms.values()]
         self.hub = subprocess.Popen(["python3", str(REPO / "packaging/nodevm/hub.py"), str(self.hub_port), *ports],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -38,16 +38,23 @@ def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeVMs]:
         form_cluster(vms, volume_groups={name: VG for name in vms.vms})
         yield vms
     finally:
-        for vm in vms.vms.values():  # what each agent and DRBD said, for a failure's post-mortem
-            if vm.proc is None or vm.proc.poll() is not None:
-                continue
-            for what, command in (("agent.log", f"tail -n 400 {STATE}/agent.log"),
-                                  ("dmesg", "dmesg | grep -i drbd | tail -n 200")):
-                try:
-                    (vms.root / f"{vm.name}-{what}").write_text(vm.run(command).out)
-                except NodeVMError as exc:  # a VM that no longer answers: the others' logs still count
-                    (vms.root / f"{vm.name}-{what}").write_text(f"no answer: {exc}\n")
-        vms.stop()
+        try:
+            post_mortem(vms)
+        finally:
+            vms.stop()  # always: VMs left running would eat the CPU of every test after this one
+
+
+def post_mortem(vms: NodeVMs) -> None:
+    """What each agent and DRBD said, for a failure's post-mortem (a VM that no longer answers costs only its own)."""
+    for vm in vms.vms.values():
+        if vm.proc is None or vm.proc.poll() is not None:
+            continue
+        for what, command in (("agent.log", f"tail -n 400 {STATE}/agent.log"),
+                              ("dmesg", "dmesg | grep -i drbd | tail -n 200")):
+            try:
+                (vms.root / f"{vm.name}-{what}").write_text(vm.run(command).out)
+            except NodeVMError as exc:
+                (vms.root / f"{vm.name}-{what}").write_text(f"no answer: {exc}\n")
 
 
 TRANSIENT = ("does not answer", "no quorum", "is not the master", "no master")
