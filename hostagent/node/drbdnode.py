@@ -111,7 +111,6 @@ class NodeDrbd:
         log.warning("instance '%s': node '%s' is Primary of %s but no longer the instance's primary; what it "
                     "wrote since it was cut off (never acknowledged to the guest) is discarded and its copy "
                     "resyncs from node '%s'", name, self._node, resource, inst["primary_node"])
-        await self._need().disconnect(self._node, resource)  # no reconnection of its own while still Primary
         if frozen:
             await self._need().resume_io(self._node, resource)
         await self._stop_guest(name)
