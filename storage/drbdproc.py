@@ -24,7 +24,8 @@ from storage.errors import StorageError
 _MINOR_RE = re.compile(r"^ *(\d+): cs:(\S+)(.*?)(?=^ *\d+: cs:|\Z)", re.MULTILINE | re.DOTALL)
 _FIELD_RE = re.compile(r"\b(ro|ds|oos):(\S+)")
 _SYNCED_RE = re.compile(r"sync'ed:\s*([\d.]+)%")
-_IO_FLAGS_RE = re.compile(r"\bds:\S+ [ABC] ([rs])")  # after the protocol: r (I/O running) or s (suspended)
+# After the protocol, r (I/O running) or s (suspended); a StandAlone minor has a blank where its protocol goes.
+_IO_FLAGS_RE = re.compile(r"\bds:\S+ [ABC ] ([rs])")
 _FINISH_RE = re.compile(r"finish: (\d+):(\d\d):(\d\d) speed: ([\d,]+)")
 SYNC_STATES = frozenset({"SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "StartingSyncS",
                          "StartingSyncT", "WFBitMapS", "WFBitMapT", "WFSyncUUID"})

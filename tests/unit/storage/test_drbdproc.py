@@ -18,6 +18,10 @@ SYNCING = HEAD + """ 3: cs:SyncSource ro:Primary/Secondary ds:UpToDate/Inconsist
     ns:0 nr:67584 dw:67584 dr:0 al:8 bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 wo:f oos:0
  7: cs:WFConnection ro:Primary/Unknown ds:UpToDate/DUnknown C s-----
     ns:0 nr:67584 dw:67584 dr:0 al:8 bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 wo:f oos:0
+ 8: cs:StandAlone ro:Primary/Unknown ds:UpToDate/DUnknown   s-----
+    ns:2960 nr:0 dw:69632 dr:2201 al:20 bm:0 lo:0 pe:9 ua:0 ap:9 ep:1 wo:f oos:0
+ 9: cs:StandAlone ro:Primary/Unknown ds:UpToDate/Outdated   r-----
+    ns:0 nr:0 dw:4096 dr:0 al:8 bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 wo:f oos:4096
 """
 
 
@@ -37,12 +41,19 @@ def test_a_primary_whose_peer_is_away_counts_what_the_peer_misses() -> None:
 
 def test_connected_and_both_up_to_date_is_in_sync_and_unconfigured_minors_are_left_out() -> None:
     minors = parse_proc_drbd(SYNCING)
-    assert sorted(minors) == [3, 5, 6, 7] and minors[6].in_sync
+    assert sorted(minors) == [3, 5, 6, 7, 8, 9] and minors[6].in_sync
 
 
 def test_a_primary_frozen_by_its_fencing_says_so() -> None:
     minors = parse_proc_drbd(SYNCING)
     assert minors[7].io_suspended and not minors[5].io_suspended and not minors[3].io_suspended
+
+
+def test_a_standalone_minor_has_no_protocol_but_its_frozen_io_still_shows() -> None:
+    """A cut-off primary back after a refused (split-brain) reconnection: StandAlone leaves the protocol blank."""
+    minors = parse_proc_drbd(SYNCING)
+    assert minors[8].io_suspended and minors[8].connection == "StandAlone"
+    assert not minors[9].io_suspended and minors[9].out_of_sync_kib == 4096
 
 
 def test_no_module_loaded_or_no_resources_is_no_minor() -> None:
