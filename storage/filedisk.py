@@ -260,12 +260,12 @@ class FileTemplate(DiskTemplate):
             try:
                 await make(tmp)
                 os.chmod(tmp, 0o600)
-                await asyncio.to_thread(_fsync, tmp)
+                await asyncio.to_thread(fsync_path, tmp)
                 if replace:
                     os.replace(tmp, target)
                 else:
                     _link_new(tmp, target)
-                await asyncio.to_thread(_fsync, directory)
+                await asyncio.to_thread(fsync_path, directory)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
@@ -306,7 +306,8 @@ def _link_new(tmp: str, target: str) -> None:
     os.unlink(tmp)
 
 
-def _fsync(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """A file's (or a directory's entries') data on disk before it counts as written."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
