@@ -122,6 +122,18 @@ def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.1) -> b
     return bool(predicate())
 
 
+def read_image_mib(image: str, fmt: str, offset_mib: int) -> bytes:
+    """One MiB of a disk image as the guest sees it (qemu-img, -U: QEMU may hold the image open)."""
+    raw = image + ".read"
+    subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", image, raw], check=True, timeout=60)
+    try:
+        with open(raw, "rb") as f:
+            f.seek(offset_mib * 2**20)
+            return f.read(2**20)
+    finally:
+        os.unlink(raw)
+
+
 def is_gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -4,13 +4,13 @@ Writes go through HMP ``qemu-io`` on the guest's drives, as in test_kvm_blockmir
 back with qemu-img once QEMU has closed them.
 """
 
-import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from conftest import read_image_mib
 
 from kvm.blockbackup import BackupError, BackupTarget, backup_disks
 from kvm.cmdline import DiskSpec, InstanceSpec
@@ -47,16 +47,6 @@ def make_target(path: str, mib: int) -> None:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, f"{mib}M"], check=True, timeout=30)
 
 
-def read_mib(image: str, fmt: str, offset_mib: int) -> bytes:
-    raw = image + ".read"
-    subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", image, raw], check=True, timeout=60)
-    with open(raw, "rb") as f:
-        f.seek(offset_mib * MIB)
-        data = f.read(MIB)
-    os.unlink(raw)
-    return data
-
-
 @pytest.fixture
 async def guest(root: str, started: list[int]) -> AsyncIterator[Guest]:
     disks = [f"{root}/disk{i}.raw" for i in range(2)]
@@ -90,10 +80,10 @@ async def test_every_disk_is_copied_as_it_was_when_the_copy_began_while_the_gues
     assert not {t.node for t in targets} & await guest.nodes(), "the targets stay open in QEMU"
     assert await guest.qmp.execute("query-jobs") == []
     assert await guest.qmp.execute("query-status") == {"status": "running", "singlestep": False, "running": True}
-    assert read_mib(targets[0].path, "qcow2", 40) == bytes([0x11]) * MIB
-    assert read_mib(targets[1].path, "qcow2", 44) == bytes([0x33]) * MIB
-    assert read_mib(guest.disks[0], "raw", 40) == bytes([0x22]) * MIB, "the guest's own write was lost"
-    assert read_mib(guest.disks[1], "raw", 44) == bytes([0x44]) * MIB, "the guest's own write was lost"
+    assert read_image_mib(targets[0].path, "qcow2", 40) == bytes([0x11]) * MIB
+    assert read_image_mib(targets[1].path, "qcow2", 44) == bytes([0x33]) * MIB
+    assert read_image_mib(guest.disks[0], "raw", 40) == bytes([0x22]) * MIB, "the guest's own write was lost"
+    assert read_image_mib(guest.disks[1], "raw", 44) == bytes([0x44]) * MIB, "the guest's own write was lost"
 
 
 async def test_a_target_that_cannot_be_opened_fails_naming_the_disk_and_leaves_nothing_open(guest, root):

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import read_image_mib
 
 from storage.base import MIB
 from storage.filedisk import FileTemplate
@@ -18,16 +19,6 @@ pytestmark = pytest.mark.integration
 def write(path: str, fmt: str, offset_mib: int, byte: int) -> None:
     subprocess.run(["qemu-io", "-f", fmt, "-c", f"write -P {byte} {offset_mib}M 1M", path], check=True,
                    capture_output=True, timeout=30)
-
-
-def read(path: str, fmt: str, offset_mib: int) -> bytes:
-    raw = path + ".read"
-    subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", path, raw], check=True, timeout=60)
-    with open(raw, "rb") as f:
-        f.seek(offset_mib * MIB)
-        data = f.read(MIB)
-    os.unlink(raw)
-    return data
 
 
 @pytest.fixture
@@ -49,7 +40,7 @@ async def test_a_stopped_instance_s_disks_go_back_to_the_snapshot_in_their_own_f
     write(raw, "raw", 3, 0x33)
     write(qcow, "qcow2", 7, 0x44)
     await snaps.revert("web1", "before")
-    assert (read(raw, "raw", 3), read(qcow, "qcow2", 7)) == (bytes([0x11]) * MIB, bytes([0x22]) * MIB)
+    assert (read_image_mib(raw, "raw", 3), read_image_mib(qcow, "qcow2", 7)) == (bytes([0x11]) * MIB, bytes([0x22]) * MIB)
     assert template.locate("web1", 0) == (raw, "raw") and template.locate("web1", 1) == (qcow, "qcow2")
     assert [s.name for s in snaps.snapshots("web1")] == ["before"], "a revert keeps the snapshot"
     assert [v.index for v in await template.list_volumes()] == [0, 1], "snapshots are not volumes"
@@ -63,7 +54,7 @@ async def test_a_disk_grown_since_keeps_its_size_and_gets_the_snapshot_s_data(ma
     write(raw, "raw", 30, 0x66)
     await snaps.revert("web1", "small")
     assert os.path.getsize(raw) == 48 * MIB
-    assert read(raw, "raw", 30) == bytes([0x55]) * MIB
+    assert read_image_mib(raw, "raw", 30) == bytes([0x55]) * MIB
 
 
 async def test_names_leftovers_and_removal(made):
