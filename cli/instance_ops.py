@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from cli import many
 from cli.common import Context, Handler, Subparsers, UsageError, command, kv_list
+from cli.render import mib, table, when
 
 Body = Callable[[argparse.Namespace], dict[str, Any]]
 
@@ -77,6 +78,12 @@ def add_commands(i: Subparsers) -> None:
     s.add_argument("name")
     s.add_argument("disk", type=int, help="disk index (0 is the first)")
     s.add_argument("size", help="the new size, e.g. 20G")
+    s = command(i, "snapshot", snapshot, "create, list, revert or remove snapshots of an instance's disks "
+                "(file and mirror; a running guest is copied as of one instant)", job=True)
+    s.add_argument("name")
+    s.add_argument("action", choices=("create", "list", "revert", "remove"))
+    s.add_argument("snapshot", nargs="?", help="the snapshot's name (not for list)")
+    s.add_argument("--yes", action="store_true", help="revert: confirm that what the disks hold now is lost")
     s = command(i, "failover", _one(lambda a: {"ignore_consistency": a.ignore_consistency}),
                 "restart a replicated instance on its secondary node", job=True)
     s.add_argument("name")
@@ -118,6 +125,22 @@ def _add_disk_body(a: argparse.Namespace) -> dict[str, Any]:
 
 def _reinstall_body(a: argparse.Namespace) -> dict[str, Any]:
     return {"yes": a.yes, "os": a.os, "osparams": kv_list(a.os_param, "--os-param") if a.os_param else None}
+
+
+def snapshot(ctx: Context) -> int:
+    a = ctx.args
+    if a.action == "list":
+        def human(r: dict[str, Any]) -> None:
+            print(table(["SNAPSHOT", "CREATED", "CONSISTENCY", "ON DISK", "NODE"],
+                        [[s["name"], when(s["created"]), s["consistency"], mib(int(s["used_bytes"]) // 2**20),
+                          s["node"]] for s in r["snapshots"]]) if r["snapshots"] else
+                  f"instance '{r['name']}' has no snapshots")
+        answer = ctx.client.get(f"/v1/instances/{quote(a.name)}")
+        return ctx.out({**answer, "data": answer["data"]["snapshots"]}, lambda _: human(answer["data"]))
+    if not a.snapshot:
+        raise UsageError(f"which snapshot? `corral instance snapshot {a.name} {a.action} SNAPSHOT`")
+    body: dict[str, Any] = {"snapshot": a.snapshot, **({"yes": a.yes} if a.action == "revert" else {})}
+    return ctx.job(ctx.client.post(f"/v1/instances/{quote(a.name)}/snapshot-{a.action}", body))
 
 
 def remove(ctx: Context) -> int:

@@ -98,6 +98,10 @@ def info(ctx: Context) -> int:
                 if state["status"] == "syncing":
                     extra += f" {state['percent']:.1f} %" + (f", ETA {state['eta_s']:.0f} s" if state["eta_s"] else "")
             print(f"disk {d['index']}:       {r['disk_template']} {mib(d['size_mib'])} {d['format']}{where}{extra}")
+        if r.get("snapshots"):
+            print(f"snapshots:    {len(r['snapshots'])}, {mib(r['snapshot_bytes'] // 2**20)} on disk: "
+                  + ", ".join(s["name"] + ("" if s["node"] == r["primary_node"] else f" (on {s['node']})")
+                              for s in r["snapshots"]))
         for i, n in enumerate(r["nics"]):
             print(f"nic {i}:        {n['mode']} {n['mac']}" + (f" bridge {n['bridge']}" if n["bridge"] else "")
                   + (f" vlan {n['vlan']}" if n.get("vlan") else "")

@@ -72,7 +72,8 @@ def info(ctx: Context) -> int:
                     "version", "report_age_s"):
             print(f"{key + ':':14}{r[key]}")
         print(f"{'memory:':14}{mib(r['memory_free'])} free of {mib(r['memory_total'])}")
-        print(f"{'disk:':14}{mib(r['disk_free'])} free of {mib(r['disk_total'])}")
+        print(f"{'disk:':14}{mib(r['disk_free'])} free of {mib(r['disk_total'])}"
+              + (f" ({mib(r['snapshot_bytes'] // 2**20)} held by snapshots)" if r.get("snapshot_bytes") else ""))
         if r.get("loop_lag_ms") is not None:
             print(f"{'loop lag:':14}{r['loop_lag_ms']:g} ms at worst in the last minute (agent's event loop)")
         lvm = r.get("lvm")

@@ -46,6 +46,7 @@ from hostagent.node.boothealth import BootWatcher
 from hostagent.node.clusterfile import ClusterFile
 from hostagent.node.adoption import NodeAdoption
 from hostagent.node.diskcopy import NodeDiskCopy
+from hostagent.node.snapshots import NodeSnapshots
 from hostagent.node.enrolment import Enrolment
 from hostagent.node.etcdmember import EtcdMember
 from hostagent.node.disks import NodeDisks
@@ -134,6 +135,7 @@ class Agent:
                                      self.replication.tls_dir)
         self.diskcopy = NodeDiskCopy(cfg.node_name, self.qemu, self.disks, self.pki, cfg.run_dir)
         self.adoption = NodeAdoption(cfg.node_name, self.qemu, self.disks)
+        self.snapshots = NodeSnapshots(cfg.node_name, self.qemu, self.disks, clock)
         self.replication.tell_master = self.drbd.tell_master = self.tell_master
         self.executor.dress = self.media.dress
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
@@ -327,7 +329,7 @@ class Agent:
         about this node's own roles."""
         return {
             **self.executor.orders(), **self.replication.orders(), **self.media.orders(), **self.diskcopy.orders(),
-            **self.drbd.orders(), **self.adoption.orders(), **self.secrets.orders(),
+            **self.drbd.orders(), **self.adoption.orders(), **self.snapshots.orders(), **self.secrets.orders(),
             "node.hello": self._hello,
             "etcd.join": self._become_member,
             "etcd.leave": self._stop_being_member,

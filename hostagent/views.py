@@ -37,6 +37,9 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
         reason += f"; restarting (attempt {restart['attempts']})"
     mirrors = (reports.get(inst["primary_node"]) or {}).get("mirrors", {}).get(inst["name"], [])
     seen = ((reports.get(inst["primary_node"]) or {}).get("instances") or {}).get(inst["name"]) or {}
+    # Snapshots stay on the node that made them: a migrated instance's are on its secondary until it is back.
+    snapshots = [{**s, "node": node} for node in filter(None, (inst["primary_node"], inst.get("secondary_node")))
+                 for s in ((reports.get(node) or {}).get("snapshots") or {}).get(inst["name"]) or []]
     replication = None
     if inst.get("secondary_node"):
         record = inst.get("replica") or {}
@@ -60,7 +63,8 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
             "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"], "replication": replication,
             "priority": inst.get("priority", "normal"), "after": inst.get("after", []),
             "boot_pattern": inst.get("boot_pattern", ""), "auto_failover": inst.get("auto_failover"),
-            "cdrom": inst.get("cdrom"),
+            "cdrom": inst.get("cdrom"), "snapshots": snapshots,
+            "snapshot_bytes": sum(int(s.get("used_bytes", 0)) for s in snapshots),
             "boot_timeout_s": (inst.get("boot_timeout_s") or DEFAULT_BOOT_TIMEOUT_S) if inst.get("boot_pattern")
             else 0.0, "boot": seen.get("boot"), "vnc_socket": seen.get("vnc_socket") if observed.pid else None,
             "console_tail": restart.get("console", []) if status == "failed" else
@@ -107,6 +111,8 @@ def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | 
             "memory_total": report.get("memory_total_mib"), "memory_free": report.get("memory_free_mib"),
             "cpus": report.get("cpus"), "load_1m": report.get("load_1m"),
             "disk_total": report.get("disk_total_mib"), "disk_free": report.get("disk_free_mib"),
+            "snapshot_bytes": sum(int(s.get("used_bytes", 0)) for snaps in (report.get("snapshots") or {}).values()
+                                  for s in snaps),
             "primary_instances": sum(1 for i in instances if i["primary_node"] == node["name"]),
             "secondary_instances": sum(1 for i in instances if i.get("secondary_node") == node["name"]),
             "report_age_s": None if age is None else round(age, 1), "version": report.get("version"),
@@ -275,6 +281,17 @@ def _node_findings(name: str, report: Mapping[str, Any], by_name: Mapping[str, M
                                + _while(busy.get(vol["instance"])),
                                "orphan-disk", name, vol["instance"], disk=vol.get("index"), subject=vol["path"]))
     out += _missing_lvs(name, report, by_name.values(), busy)
+    for inst_name, snaps in (report.get("snapshots") or {}).items():
+        inst = by_name.get(inst_name)
+        if inst is None or name not in (inst["primary_node"], inst.get("secondary_node")):
+            out.append(Finding("warning", f"node '{name}': orphan snapshot(s) {', '.join(s['name'] for s in snaps)} "
+                               f"of '{inst_name}', " + ("not an instance of the cluster" if inst is None else
+                                                        "whose disks are no longer on this node")
+                               + f" ({sum(int(s.get('used_bytes', 0)) for s in snaps) >> 20} MiB; in the snapshots "
+                               f"directory of '{inst_name}' in the node's file storage)" + _while(busy.get(inst_name)),
+                               "orphan-snapshot", name, inst_name))
+    out += [Finding("warning", f"node '{name}': {p}", "snapshot-problem", name)
+            for p in report.get("snapshot_problems", [])]
     for export in report.get("exports", []):
         why = _export_orphaned(name, export, by_name.get(export["instance"]))
         if why:

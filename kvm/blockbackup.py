@@ -66,8 +66,8 @@ async def backup_disks(qmp: Qmp, targets: Sequence[BackupTarget], timeout_s: flo
     opened: list[BackupTarget] = []
     try:
         for t in targets:
-            await _qmp(qmp, "blockdev-add", {"driver": t.fmt, "node-name": t.node,
-                                             "file": {"driver": "file", "filename": t.path}}, t)
+            await _qmp(qmp, "blockdev-add",
+                       {"driver": t.fmt, "node-name": t.node, "file": {"driver": "file", "filename": t.path}}, t)
             opened.append(t)
         try:
             await qmp.execute("transaction", {"actions": [

@@ -180,6 +180,26 @@ class FileSnapshots:
         """Every snapshot and leftover of the instance (its removal)."""
         shutil.rmtree(self.directory(instance), ignore_errors=True)
 
+    def everything(self) -> tuple[dict[str, list[SnapshotInfo]], list[str]]:
+        """Every instance's snapshots on this node (for its report), and what could not be read."""
+        found: dict[str, list[SnapshotInfo]] = {}
+        problems: list[str] = []
+        try:
+            instances = sorted(os.listdir(self.template.base_dir))
+        except FileNotFoundError:
+            return found, problems
+        except OSError as exc:
+            return found, [f"cannot list {self.template.base_dir}: {exc}"]
+        for instance in instances:
+            if not os.path.isdir(os.path.join(self.template.base_dir, instance, "snapshots")):
+                continue
+            try:
+                if snaps := self.snapshots(instance):
+                    found[instance] = snaps
+            except (StorageError, OSError) as exc:  # one unreadable snapshot must not cost the node its report
+                problems.append(str(exc))
+        return found, problems
+
     def used_bytes(self, instance: str) -> int:
         return sum(s.used_bytes for s in self.snapshots(instance))
 

@@ -27,7 +27,8 @@ def _job_id(raw: str) -> int:
 
 
 ACTIONS = ("start", "stop", "reboot", "migrate", "failover", "move", "replace-secondary", "activate-disks",
-           "grow-disk", "reinstall", "rename", "add-disk", "remove-disk")
+           "grow-disk", "reinstall", "rename", "add-disk", "remove-disk", "snapshot-create", "snapshot-revert",
+           "snapshot-remove")
 
 
 def action_params(action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +80,8 @@ def action_params(action: str, body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, str) or not value:
             raise BadRequest(f"new_name must be the instance's new name, not {value!r}")
         return {"new_name": value}
+    if action.startswith("snapshot-"):  # the name is checked with the instance (hostagent.master.snapshots)
+        return {"snapshot": body.get("snapshot"), **({"yes": flag("yes")} if action == "snapshot-revert" else {})}
     if action == "reinstall":  # the OS and its parameters are checked against the node at submit
         return {"yes": flag("yes"), "os": body.get("os"), "osparams": body.get("osparams")}
     return {}

@@ -95,7 +95,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                                 "priority, after, boot check, auto failover (a job)",
                                                 "202", "InstanceModify", ("name",))},
     "/v1/instances/{name}/{action}": {"post": _op("start, stop, reboot, migrate, fail over, move, replace-secondary, activate-disks, grow-disk, add-disk, "
-                                                  "remove-disk, reinstall or rename an instance (a job)", "202",
+                                                  "remove-disk, reinstall, rename an instance, or create, revert or remove one of its snapshots (a job)", "202",
                                                   "InstanceAction", ("name", "action"))},
     "/v1/instances/{name}/console": {"get": _op("Serial console as a websocket (binary frames)", "101",
                                                 params=("name",), ok_desc="websocket upgrade")},
@@ -221,7 +221,9 @@ SCHEMAS: dict[str, Any] = {
                                                                        "nullable": True},
         "max_bandwidth_mib_s": {"type": "number", "minimum": 1, "maximum": 100000, "nullable": True},
         "ignore_consistency": {"type": "boolean"}, "disk": {"type": "integer", "minimum": 0}, "size": _SIZE,
-        "yes": {"type": "boolean", "description": "reinstall: confirms that the disks' content is destroyed"},
+        "yes": {"type": "boolean", "description": "reinstall, snapshot-revert: confirms that the disks' content "
+                                                  "is destroyed"},
+        "snapshot": {"type": "string", "maxLength": 63, "description": "snapshot-*: the snapshot's name"},
         "new_name": {"type": "string", "maxLength": 253, "description": "rename: the instance's new name"},
         "format": {"type": "string", "enum": ["raw", "qcow2"], "description": "add-disk: the new disk's format"},
         "destroy_data": {"type": "boolean", "description": "remove-disk: confirms the disk's data is deleted"},

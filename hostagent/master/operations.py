@@ -11,8 +11,9 @@ jobs, the mirror and restart duties are built here, all on one store
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +29,7 @@ from hostagent.master.role import MasterRole
 from hostagent.master.diskops import DiskOps
 from hostagent.master.modify import InstanceModify
 from hostagent.master.renames import Renames
+from hostagent.master.snapshots import SNAPSHOT_OPS, Snapshots
 from hostagent.master.moves import Moves
 from hostagent.master.duties.mirrors import Mirrors
 from hostagent.master.duties.restarter import Restarter
@@ -58,6 +60,7 @@ class Operations:
         self.mirrors = Mirrors(self.store, self.views, self.moves, self.restarter.starting)
         self.modify = InstanceModify(self.store, self._start, self._stop)
         self.renames = Renames(self.store)
+        self.snapshots = Snapshots(self.store, self.moves)
         self.submit_rename = self.renames.submit
 
     # ---- submit ---------------------------------------------------------------
@@ -126,12 +129,14 @@ class Operations:
                                "use `corral instance reboot` to restart it")
             if op == "instance.reboot" and observed.pid is None:
                 raise Conflict(f"instance '{name}' is not running {where}; use `corral instance start`")
-        checks = {"instance.move": self.disks.check_move, "instance.replace-secondary":
+        checks: dict[str, Callable[[str, dict[str, Any]], Awaitable[Any]]] = {
+                  "instance.move": self.disks.check_move, "instance.replace-secondary":
                   self.disks.check_replace_secondary, "instance.grow-disk": self.disks.check_grow,
                   "instance.migrate": lambda n, _: self.moves.check(n, "live-migrate"),
                   "instance.failover": lambda n, _: self.moves.check(n, "fail over"),
                   "instance.reinstall": self._check_reinstall, "instance.add-disk": self.disks.check_add_disk,
-                  "instance.remove-disk": self.disks.check_remove_disk}
+                  "instance.remove-disk": self.disks.check_remove_disk,
+                  **{op: functools.partial(self.snapshots.check, op) for op in SNAPSHOT_OPS}}
         if op in checks:
             await checks[op](name, params)
         verb = op.split(".", 1)[1].replace("-", " ")
@@ -145,7 +150,7 @@ class Operations:
                 "instance.start": self._job_start, "instance.stop": self._job_stop,
                 "instance.reboot": self._job_reboot, "instance.remove": self._job_remove,
                 **self.modify.handlers(), "instance.reinstall": self._job_reinstall,
-                "instance.rename": self.renames.job,
+                "instance.rename": self.renames.job, **self.snapshots.handlers(),
                 **{op: job_errors(h) for op, h in {**self.moves.handlers(), **self.disks.handlers()}.items()}}
 
     @operator_errors

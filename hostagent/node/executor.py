@@ -20,6 +20,7 @@ from kvm.qmp import Qmp, QmpError
 from kvm import hotplug, tap
 from storage.drbd import DrbdDisks
 from storage.errors import StorageError
+from storage.filesnap import FileSnapshots
 from storage.install import DiskSpec as InstallDisk, install_os
 from storage.osdef import (DiskEnv, NetworkEnv, NicEnv, OsCatalog, OsDefinition, lookup, os_environment,
                            run_rename, split_os_name)
@@ -258,6 +259,7 @@ class NodeExecutor:
             os.unlink(marker)
         for disk in args.get("disks", []):
             await self._disks.for_order(args).remove(name, disk["index"])
+        FileSnapshots(self._files).remove_all(name)  # they go with the disks (a move leaves none behind)
         with contextlib.suppress(OSError):  # the markers' directory, of an instance whose disks are not files
             os.rmdir(self._files.instance_dir(name))
         console_log = self._qemu.paths(name).console_log

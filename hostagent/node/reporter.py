@@ -17,6 +17,7 @@ from kvm import nbdexport
 from kvm.process import QemuManager
 from storage.base import StorageError
 from storage.filedisk import FileTemplate
+from storage.filesnap import FileSnapshots
 from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, OsDefinition, OsImage
 
@@ -61,6 +62,7 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
     cat = catalog()
     volumes = [{"instance": v.instance, "index": v.index, "path": v.path, "size_mib": v.size_mib,
                 "format": v.fmt} for v in await files.list_volumes()]
+    snapshots, snapshot_problems = FileSnapshots(files).everything()
     return {
         "node": node,
         "time": observed,
@@ -80,6 +82,10 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
         "os_problems": list(cat.problems),
         **({"kernel_dirs": list(qemu.kernel_dirs)} if qemu.kernel_dirs is not None else {}),
         "volumes": volumes,
+        "snapshots": {name: [{"name": s.name, "created": s.created, "consistency": s.consistency,
+                              "used_bytes": s.used_bytes, "disks": {str(i): b for i, b in s.disks.items()}}
+                             for s in snaps] for name, snaps in snapshots.items()},
+        "snapshot_problems": snapshot_problems,
         "stray_qemus": stray_qemus(qemu.run_dir, running, clock.time()),
         "exports": exports(qemu.run_dir),
     }

@@ -286,8 +286,8 @@ node_lease_ttl_s = 12
         return next(i for i in self.json("instance", "list") if i["name"] == name)
 
     def console_log(self, instance: str) -> str:
-        logs = list((self.root / "log").rglob(f"*{instance}*console*")) + \
-            list((self.root / "log").rglob(f"{instance}*.log"))
+        logs = sorted({*(self.root / "log").rglob(f"*{instance}*console*"),  # one file may match both: once
+                       *(self.root / "log").rglob(f"{instance}*.log")})
         return "".join(p.read_text(errors="replace") for p in logs if p.is_file())
 
     def qemu_pids(self) -> list[int]:

@@ -328,3 +328,37 @@ def test_a_running_mirror_instance_gets_a_disk_mirrored_migrates_with_it_and_los
         assert [d["status"] for d in replication(n1, "hp1")["disks"]] == ["in_sync", "in_sync"]
     finally:
         n1.corral("instance", "remove", "hp1")
+
+
+def test_a_mirror_snapshot_reverts_the_primary_and_its_copy_is_made_anew_and_a_migrated_one_waits(mirror_cluster):
+    """A snapshot is held by the primary that made it; after a revert the secondary's copy no longer matches,
+    so it is recorded out of date and synced again at the start; once migrated away, the snapshot waits on its
+    node (a revert there is refused, saying where it is)."""
+    n1, n2 = mirror_cluster["n1"], mirror_cluster["n2"]
+    n1.ok("instance", "add", "ms1", "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n2:n3",
+          "--disk", "64M", "--memory", "128M")
+    try:
+        wait_in_sync(n1, "ms1")
+        wait_for(lambda: "CORRAL-GUEST-BOOTED count=1" in console(n2, "ms1"), 90,
+                 "ms1 to boot on n2")
+        assert "as of one instant" in n1.ok("instance", "snapshot", "ms1", "create", "s1")
+        wait_for(lambda: n1.json("instance", "info", "ms1")["snapshots"], 30, "the snapshot in `instance info`")
+        n1.ok("instance", "reboot", "ms1")
+        wait_for(lambda: "CORRAL-GUEST-BOOTED count=2" in console(n2, "ms1"), 90, "ms1's second boot")
+        wait_in_sync(n1, "ms1")
+        n1.ok("instance", "stop", "ms1")
+        n1.ok("instance", "snapshot", "ms1", "revert", "s1", "--yes")
+        assert replication(n1, "ms1")["record"] != "in sync", "the copy holds what the primary no longer has"
+        n1.ok("instance", "start", "ms1")
+        wait_for(lambda: console(n2, "ms1").count("CORRAL-GUEST-BOOTED count=2") == 2, 90,
+                 "ms1 to count 2 again (its disk as after the first boot)")
+        wait_in_sync(n1, "ms1")
+
+        n1.ok("instance", "migrate", "ms1")
+        assert [(s["name"], s["node"]) for s in n1.json("instance", "info", "ms1")["snapshots"]] == [("s1", "n2")]
+        n1.ok("instance", "stop", "ms1")
+        assert "held by node 'n2'" in refused(n1, "instance", "snapshot", "ms1", "revert", "s1", "--yes")
+    finally:
+        n1.corral("instance", "remove", "ms1")
+    for node in ("n2", "n3"):
+        assert not (mirror_cluster[node].root / "state" / "file-storage" / "ms1").exists()

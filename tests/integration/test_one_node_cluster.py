@@ -549,3 +549,47 @@ def test_disks_are_added_and_the_last_one_removed_while_stopped(one_node):
         assert not (files / "disk1.qcow2").exists() and (files / "disk0.raw").exists()
     finally:
         one_node.corral("instance", "remove", "dsk1")
+
+
+def test_a_snapshot_of_a_running_guest_brings_its_disk_back_to_that_instant(one_node):
+    """The boot counter the test guest keeps on its disk: a snapshot after boot 1, reverted after boot 2, makes
+    the next boot count 2 again. The copy is taken while the guest runs (QEMU's backup job)."""
+    one_node.ok("instance", "add", "sn1", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M")
+    snapdir = one_node.root / "state" / "file-storage" / "sn1" / "snapshots"
+    try:
+        wait_boot_count(one_node, "sn1", 1)
+        made = one_node.ok("instance", "snapshot", "sn1", "create", "first")
+        assert "copied while the guest ran, as of one instant (crash-consistent)" in made, made
+        assert (snapdir / "first" / "disk0.qcow2").is_file()
+        info = wait_for(lambda: (i := one_node.json("instance", "info", "sn1"))["snapshots"] and i, 30,
+                        "the snapshot in `instance info`")
+        assert [s["name"] for s in info["snapshots"]] == ["first"] and info["snapshot_bytes"] > 0
+        assert one_node.json("node", "info", "n1")["snapshot_bytes"] >= info["snapshot_bytes"]
+        assert [s["name"] for s in one_node.json("instance", "snapshot", "sn1", "list")] == ["first"]
+        jobs = len(one_node.json("job", "list"))
+        again = one_node.corral("instance", "snapshot", "sn1", "create", "first")
+        assert again.returncode != 0 and "already has a snapshot named 'first'" in again.stderr, again
+        bad = one_node.corral("instance", "snapshot", "sn1", "create", "../x")
+        assert bad.returncode != 0 and "is not valid" in bad.stderr, bad
+        unknown = one_node.corral("instance", "snapshot", "sn1", "revert", "nope", "--yes")
+        assert unknown.returncode != 0 and "no snapshot named 'nope'" in unknown.stderr, unknown
+        running = one_node.corral("instance", "snapshot", "sn1", "revert", "first", "--yes")
+        assert running.returncode != 0 and "is reverted only while it is stopped" in running.stderr, running
+        assert len(one_node.json("job", "list")) == jobs, "refused at submit: no job"
+
+        one_node.ok("instance", "reboot", "sn1")
+        wait_boot_count(one_node, "sn1", 2)
+        one_node.ok("instance", "stop", "sn1")
+        unsure = one_node.corral("instance", "snapshot", "sn1", "revert", "first")
+        assert unsure.returncode != 0 and "confirm with --yes" in unsure.stderr, unsure
+        one_node.ok("instance", "snapshot", "sn1", "revert", "first", "--yes")
+        one_node.ok("instance", "start", "sn1")
+        wait_for(lambda: len(boots(one_node, "sn1")) >= 3, BOOT_TIMEOUT_S, "sn1's third boot")
+        assert boots(one_node, "sn1") == [1, 2, 2]
+
+        one_node.ok("instance", "snapshot", "sn1", "remove", "first")
+        assert not (snapdir / "first").exists()
+        one_node.ok("instance", "snapshot", "sn1", "create", "second")  # kept until the instance goes
+    finally:
+        one_node.corral("instance", "remove", "sn1")
+    assert not snapdir.exists(), "an instance's snapshots go with it"

@@ -180,6 +180,22 @@ def test_an_orphan_disk_carries_its_path_and_the_job_creating_it():
     assert findings[0].subject == "/srv/new1/disk0.raw"
 
 
+def test_snapshots_of_an_instance_gone_or_moved_away_are_orphans_and_a_secondary_s_are_not():
+    snap = {"name": "before", "created": NOW - 60, "consistency": "crash", "used_bytes": 5 * 2**20, "disks": {}}
+    reports = {"n1": report(snapshots={"gone1": [snap], "web1": [snap]}, snapshot_problems=["snapshot directory "
+                                                                                            "/x is not readable"]),
+               "n2": report("n2", snapshots={"web1": [snap], "web2": [snap]})}
+    findings = run(nodes=[node(), node("n2")], reports=reports,
+                   instances=[inst("web1", "n1", admin="down", template="mirror", secondary="n2"),
+                              inst("web2", "n1", admin="down")])
+    assert said(findings) == [
+        ("warning", "node 'n1': orphan snapshot(s) before of 'gone1', not an instance of the cluster (5 MiB; in the "
+                    "snapshots directory of 'gone1' in the node's file storage)"),
+        ("warning", "node 'n1': snapshot directory /x is not readable"),
+        ("warning", "node 'n2': orphan snapshot(s) before of 'web2', whose disks are no longer on this node (5 MiB; "
+                    "in the snapshots directory of 'web2' in the node's file storage)")]
+
+
 def lv(name="web1", index=0, vg="vg0"):
     return {"instance": name, "index": index, "path": f"/dev/{vg}/corral-{name}-disk{index}", "size_mib": 64,
             "format": "raw"}

@@ -30,6 +30,8 @@ class SlowQemu:
 
 
 class NoDisks:
+    base_dir = "/nonexistent/file-storage"  # no snapshots either
+
     async def list_volumes(self) -> list[object]:
         return []
 
