@@ -66,8 +66,11 @@ async def backup_disks(qmp: Qmp, targets: Sequence[BackupTarget], timeout_s: flo
     opened: list[BackupTarget] = []
     try:
         for t in targets:
+            # Zeros written become holes: a quorum source (a `mirror` disk) reports no holes, so the job
+            # copies every block, and without this a sparse disk's copy would take its whole size.
             await _qmp(qmp, "blockdev-add",
-                       {"driver": t.fmt, "node-name": t.node, "file": {"driver": "file", "filename": t.path}}, t)
+                       {"driver": t.fmt, "node-name": t.node, "discard": "unmap", "detect-zeroes": "unmap",
+                        "file": {"driver": "file", "filename": t.path}}, t)
             opened.append(t)
         try:
             await qmp.execute("transaction", {"actions": [

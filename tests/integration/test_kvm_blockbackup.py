@@ -4,6 +4,7 @@ Writes go through HMP ``qemu-io`` on the guest's drives, as in test_kvm_blockmir
 back with qemu-img once QEMU has closed them.
 """
 
+import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -103,3 +104,25 @@ async def test_a_target_of_another_size_is_refused_before_any_copy(guest, root):
         await backup_disks(guest.qmp, [small], 30)
     assert small.node not in await guest.nodes()
     assert await guest.qmp.execute("query-jobs") == []
+
+
+async def test_a_mirror_disk_s_copy_stays_sparse_though_its_quorum_reports_no_holes(root, started):
+    """A `mirror` disk is a quorum (kvm.cmdline), which reports every block as data: the zeros the job copies
+    must still not take space in the target."""
+    source = f"{root}/mirror.raw"
+    make_raw(source, DISK_MIB)
+    spec = InstanceSpec(name="vm2", uuid=str(uuid.uuid4()), memory_mib=64, vcpus=1,
+                        hv=HvParams(accel="tcg", disk_bus="ide"),
+                        disks=(DiskSpec(source, "raw", replicated=True, size_bytes=DISK_MIB * MIB),), nics=())
+    manager = QemuManager(f"{root}/run", qmp_timeout_s=5.0)
+    started.append(await manager.start(spec))
+    async with await Qmp.connect(manager.paths(spec.name).qmp_socket, 10.0) as qmp:
+        out = await qmp.execute("human-monitor-command",
+                                {"command-line": 'qemu-io -d disk0-dev "write -P 0x5a 8M 1M"'})
+        assert "error" not in str(out).lower(), out
+        target = BackupTarget(0, f"{root}/mirror-copy.qcow2")
+        make_target(target.path, DISK_MIB)
+        await backup_disks(qmp, [target], 60)
+    assert read_image_mib(target.path, "qcow2", 8) == bytes([0x5a]) * MIB
+    used = os.stat(target.path).st_blocks * 512
+    assert used < 8 * MIB, f"the copy of a 48 MiB disk holding 1 MiB takes {used >> 20} MiB"
