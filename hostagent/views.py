@@ -292,6 +292,10 @@ def _node_findings(name: str, report: Mapping[str, Any], by_name: Mapping[str, M
                                "orphan-snapshot", name, inst_name))
     out += [Finding("warning", f"node '{name}': {p}", "snapshot-problem", name)
             for p in report.get("snapshot_problems", [])]
+    out += [Finding("warning", f"node '{name}': {path} was left by a snapshot (or its removal) of "
+                    f"'{inst_name}' cut short and takes space; delete it" + _while(busy.get(inst_name)),
+                    "snapshot-leftover", name, inst_name, subject=path)
+            for inst_name, paths in (report.get("snapshot_leftovers") or {}).items() for path in paths]
     for export in report.get("exports", []):
         why = _export_orphaned(name, export, by_name.get(export["instance"]))
         if why:

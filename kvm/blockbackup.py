@@ -20,6 +20,7 @@ Errors: ``BackupError`` (what failed, for which disk), QMP failures included.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,16 +114,12 @@ async def _cancel_and_close(qmp: Qmp, opened: Sequence[BackupTarget]) -> None:
     for t in opened:
         state = running.get(t.job)
         if state is not None and state["status"] not in ("concluded", "null"):
-            try:
+            with contextlib.suppress(QmpError):  # it may have concluded meanwhile
                 await qmp.execute("block-job-cancel", {"device": t.job, "force": True})
-            except QmpError:
-                pass
             await _until_concluded(qmp, t.job)
         if state is not None:
-            try:
+            with contextlib.suppress(QmpError):
                 await qmp.execute("job-dismiss", {"id": t.job})
-            except QmpError:
-                pass
         await _qmp(qmp, "blockdev-del", {"node-name": t.node}, t)
 
 

@@ -180,25 +180,30 @@ class FileSnapshots:
         """Every snapshot and leftover of the instance (its removal)."""
         shutil.rmtree(self.directory(instance), ignore_errors=True)
 
-    def everything(self) -> tuple[dict[str, list[SnapshotInfo]], list[str]]:
-        """Every instance's snapshots on this node (for its report), and what could not be read."""
+    def everything(self) -> tuple[dict[str, list[SnapshotInfo]], list[str], dict[str, list[str]]]:
+        """Every instance's snapshots on this node (for its report), what could not be read, and per instance
+        the hidden directories a snapshot or a removal cut short left behind (taking space until deleted)."""
         found: dict[str, list[SnapshotInfo]] = {}
         problems: list[str] = []
+        leftovers: dict[str, list[str]] = {}
         try:
             instances = sorted(os.listdir(self.template.base_dir))
         except FileNotFoundError:
-            return found, problems
+            return found, problems, leftovers
         except OSError as exc:
-            return found, [f"cannot list {self.template.base_dir}: {exc}"]
+            return found, [f"cannot list {self.template.base_dir}: {exc}"], leftovers
         for instance in instances:
-            if not os.path.isdir(os.path.join(self.template.base_dir, instance, "snapshots")):
+            directory = os.path.join(self.template.base_dir, instance, "snapshots")
+            if not os.path.isdir(directory):
                 continue
             try:
+                if hidden := sorted(os.path.join(directory, n) for n in os.listdir(directory) if n.startswith(".")):
+                    leftovers[instance] = hidden
                 if snaps := self.snapshots(instance):
                     found[instance] = snaps
             except (StorageError, OSError) as exc:  # one unreadable snapshot must not cost the node its report
                 problems.append(str(exc))
-        return found, problems
+        return found, problems, leftovers
 
     def used_bytes(self, instance: str) -> int:
         return sum(s.used_bytes for s in self.snapshots(instance))

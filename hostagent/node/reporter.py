@@ -62,7 +62,7 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
     cat = catalog()
     volumes = [{"instance": v.instance, "index": v.index, "path": v.path, "size_mib": v.size_mib,
                 "format": v.fmt} for v in await files.list_volumes()]
-    snapshots, snapshot_problems = FileSnapshots(files).everything()
+    snapshots, snapshot_problems, snapshot_leftovers = FileSnapshots(files).everything()
     return {
         "node": node,
         "time": observed,
@@ -86,6 +86,7 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
                               "used_bytes": s.used_bytes, "disks": {str(i): b for i, b in s.disks.items()}}
                              for s in snaps] for name, snaps in snapshots.items()},
         "snapshot_problems": snapshot_problems,
+        "snapshot_leftovers": snapshot_leftovers,
         "stray_qemus": stray_qemus(qemu.run_dir, running, clock.time()),
         "exports": exports(qemu.run_dir),
     }

@@ -67,6 +67,9 @@ async def test_names_leftovers_and_removal(made):
         await snaps.copy_stopped("web1", "one", [0])
     await snaps.prepare("web1", "cut", {0: 32 * MIB})  # a copy cut short: never listed, swept by the next try
     assert [s.name for s in snaps.snapshots("web1")] == ["one"]
+    found, problems, leftovers = snaps.everything()
+    assert ([s.name for s in found["web1"]], problems) == (["one"], [])
+    assert leftovers == {"web1": [os.path.join(snaps.directory("web1"), ".cut.partial")]}
     await snaps.commit("web1", "cut", await snaps.copy_stopped("web1", "cut", [0]), 2.0, "crash")
     assert [s.name for s in snaps.snapshots("web1")] == ["one", "cut"]
     with pytest.raises(SnapshotError, match="no snapshot named 'nope'"):

@@ -196,6 +196,16 @@ def test_snapshots_of_an_instance_gone_or_moved_away_are_orphans_and_a_secondary
                     "in the snapshots directory of 'web2' in the node's file storage)")]
 
 
+def test_a_snapshot_cut_short_is_a_leftover_and_says_when_its_job_still_runs():
+    left = "/srv/web1/snapshots/.s1.partial"
+    findings = run(reports={"n1": report(snapshot_leftovers={"web1": [left]})}, instances=[inst(admin="down")],
+                   jobs=[job(op="instance.snapshot-create")])
+    assert said(findings) == [("warning", f"node 'n1': {left} was left by a snapshot (or its removal) of 'web1' cut "
+                                          "short and takes space; delete it; job 3 (snapshot-create instance "
+                                          "'web1') is running")]
+    assert findings[0].subject == left
+
+
 def lv(name="web1", index=0, vg="vg0"):
     return {"instance": name, "index": index, "path": f"/dev/{vg}/corral-{name}-disk{index}", "size_mib": 64,
             "format": "raw"}
