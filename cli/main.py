@@ -15,11 +15,11 @@ import argparse
 import os
 import sys
 
-from cli import cluster, drill, events, instances, jobs, networks, nodes, osdefs, tags, users
+from cli import backups, cluster, drill, events, instances, jobs, networks, nodes, osdefs, tags, users
 from cli.client import EXIT_UNREACHABLE, AgentClient, AgentUnreachable, ApiError, socket_path
 from cli.common import COMMON, EXIT_BAD_INPUT, Context, UsageError
 
-GROUPS = (cluster, nodes, instances, events, jobs, drill, users, osdefs, networks, tags)
+GROUPS = (cluster, nodes, instances, events, jobs, drill, users, osdefs, networks, tags, backups)
 
 
 def parser() -> argparse.ArgumentParser:

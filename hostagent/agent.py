@@ -24,6 +24,7 @@ from election.member import wait_healthy
 from election.mirror import Mirror
 from election.replica import Replica
 from kvm.process import QemuManager
+from storage.backupdir import BackupDirs
 from storage.filedisk import FileTemplate
 from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, discover
@@ -47,6 +48,7 @@ from hostagent.node.clusterfile import ClusterFile
 from hostagent.node.adoption import NodeAdoption
 from hostagent.node.diskcopy import NodeDiskCopy
 from hostagent.node.snapshots import NodeSnapshots
+from hostagent.node.backups import NodeBackups
 from hostagent.node.enrolment import Enrolment
 from hostagent.node.etcdmember import EtcdMember
 from hostagent.node.disks import NodeDisks
@@ -136,6 +138,7 @@ class Agent:
         self.diskcopy = NodeDiskCopy(cfg.node_name, self.qemu, self.disks, self.pki, cfg.run_dir)
         self.adoption = NodeAdoption(cfg.node_name, self.qemu, self.disks)
         self.snapshots = NodeSnapshots(cfg.node_name, self.qemu, self.disks, clock)
+        self.backups = NodeBackups(cfg.node_name, self.qemu, self.disks, BackupDirs(cfg.exports), cfg.run_dir, clock)
         self.replication.tell_master = self.drbd.tell_master = self.tell_master
         self.executor.dress = self.media.dress
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
@@ -162,6 +165,7 @@ class Agent:
                                   self.refresh_catalog, self.replication, self.boot, self.looplag, self.pki,
                                   self.tokens, self.isolation, self.member, self._role, self.gossip.connect, clock)
         self.reports.drbd = self.drbd
+        self.reports.backups = self.backups.dirs
         self.secrets = NodeSecrets(cfg.node_name, self.pki, self.member, self.crl, self._reload_tls)
         self.orders = self._order_table()
         self.enrolment = Enrolment(cfg, self.pki, self.cluster_file, self.member, self.replica, clock)
@@ -329,7 +333,7 @@ class Agent:
         about this node's own roles."""
         return {
             **self.executor.orders(), **self.replication.orders(), **self.media.orders(), **self.diskcopy.orders(),
-            **self.drbd.orders(), **self.adoption.orders(), **self.snapshots.orders(), **self.secrets.orders(),
+            **self.drbd.orders(), **self.adoption.orders(), **self.snapshots.orders(), **self.backups.orders(), **self.secrets.orders(),
             "node.hello": self._hello,
             "etcd.join": self._become_member,
             "etcd.leave": self._stop_being_member,

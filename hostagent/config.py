@@ -54,6 +54,7 @@ class AgentConfig:
     image_paths: tuple[str, ...] = ("/var/lib/corral/images",)
     kernel_dirs: tuple[str, ...] = DEFAULT_KERNEL_DIRS  # the only places kernel_path/initrd_path may point into
     iso_dirs: tuple[str, ...] = ("/var/lib/corral/iso",)  # the only places a CD-ROM image may come from
+    export_dirs: tuple[str, ...] = ()  # the only places backups are written to and read from; () is <state_dir>/export
     serf_binary: str = "serf"
     etcd_binary: str = "etcd"
     qemu_binary: str = "qemu-system-x86_64"
@@ -81,6 +82,10 @@ class AgentConfig:
         return self.file_storage_dir or os.path.join(self.state_dir, "file-storage")
 
     @property
+    def exports(self) -> tuple[str, ...]:
+        return self.export_dirs or (os.path.join(self.state_dir, "export"),)
+
+    @property
     def pki_dir(self) -> str:
         return os.path.join(self.state_dir, "pki")
 
@@ -93,7 +98,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "paths": {"state_dir": "state_dir", "run_dir": "run_dir", "log_dir": "log_dir",
               "socket": "socket_path", "file_storage_dir": "file_storage_dir",
               "os_search_paths": "os_search_paths", "image_paths": "image_paths", "kernel_dirs": "kernel_dirs",
-              "iso_dirs": "iso_dirs"},
+              "iso_dirs": "iso_dirs", "export_dirs": "export_dirs"},
     "binaries": {"serf": "serf_binary", "etcd": "etcd_binary", "qemu": "qemu_binary"},
     "agent": {"report_interval_s": "report_interval_s",
               "master_lease_ttl_s": "master_lease_ttl_s", "etcd_connect_timeout_s": "etcd_connect_timeout_s",
@@ -181,6 +186,10 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> AgentConfig:
         if not os.path.isabs(path) or os.path.normpath(path) in ("/", "//"):
             problems.append(f"paths.iso_dirs: {path!r} must be an absolute directory other than / "
                             "(guests read CD-ROM images from there, e.g. /var/lib/corral/iso)")
+    for path in values.get("export_dirs", ()):
+        if not os.path.isabs(path) or os.path.normpath(path) in ("/", "//"):
+            problems.append(f"paths.export_dirs: {path!r} must be an absolute directory other than / "
+                            "(backups are written there, e.g. /var/lib/corral/export)")
     if values.get("volume_group") and vg_name_problem(values["volume_group"]):
         problems.append(f"storage.volume_group: {vg_name_problem(values['volume_group'])}")
     if problems:

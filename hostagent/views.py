@@ -296,6 +296,12 @@ def _node_findings(name: str, report: Mapping[str, Any], by_name: Mapping[str, M
                     f"'{inst_name}' cut short and takes space; delete it" + _while(busy.get(inst_name)),
                     "snapshot-leftover", name, inst_name, subject=path)
             for inst_name, paths in (report.get("snapshot_leftovers") or {}).items() for path in paths]
+    out += [Finding("warning", f"node '{name}': {p}", "backup-problem", name)
+            for p in report.get("backup_problems", [])]
+    out += [Finding("warning", f"node '{name}': {path} was left by an export (or a backup's removal) of "
+                    f"'{owner}' cut short and takes space; delete it" + _while(busy.get(owner)),
+                    "backup-leftover", name, owner, subject=path)
+            for path in report.get("backup_leftovers", []) for owner in [path.rsplit("/", 2)[-2]]]
     for export in report.get("exports", []):
         why = _export_orphaned(name, export, by_name.get(export["instance"]))
         if why:

@@ -57,10 +57,11 @@ Progress = Callable[[int, int], None]  # bytes copied, bytes in all (every disk)
 
 async def backup_disks(qmp: Qmp, targets: Sequence[BackupTarget], timeout_s: float,
                        progress: Progress | None = None, at_start: Callable[[], Any] | None = None,
-                       speed_bytes_s: int = 0) -> None:
+                       speed_bytes_s: int = 0, compress: bool = False) -> None:
     """Copy every target's disk as of one instant; returns once every copy is complete (bounded by
     ``timeout_s``). ``at_start`` runs right after the jobs started (the guest's file systems thawed there);
-    ``speed_bytes_s`` caps each job (0: as fast as the disks go), so a copy leaves the guest's I/O room."""
+    ``speed_bytes_s`` caps each job (0: as fast as the disks go), so a copy leaves the guest's I/O room;
+    ``compress`` writes compressed clusters (qcow2 targets: an export to keep, not a disk to run)."""
     for t in targets:
         if t.fmt not in FORMATS:
             raise BackupError(f"disk {t.index}: target format {t.fmt!r} is not one of {', '.join(FORMATS)}")
@@ -76,7 +77,8 @@ async def backup_disks(qmp: Qmp, targets: Sequence[BackupTarget], timeout_s: flo
         try:
             await qmp.execute("transaction", {"actions": [
                 {"type": "blockdev-backup", "data": {"job-id": t.job, "device": f"disk{t.index}", "target": t.node,
-                                                     "sync": "full", "auto-dismiss": False, "speed": max(0, speed_bytes_s)}}
+                                                     "sync": "full", "auto-dismiss": False, "speed": max(0, speed_bytes_s),
+                                                     **({"compress": True} if compress else {})}}
                 for t in targets]})
         except QmpError as exc:
             raise BackupError(f"the copy of disk(s) {', '.join(str(t.index) for t in targets)} did not start: "

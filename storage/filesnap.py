@@ -115,7 +115,7 @@ class FileSnapshots:
                 "disks": {str(i): size for i, size in disks.items()}}
         with open(os.path.join(partial, _META), "w") as fh:
             json.dump(meta, fh)
-        await asyncio.to_thread(_sync_tree, partial)
+        await asyncio.to_thread(sync_tree, partial)
         os.rename(partial, self._final(instance, snap))
         await asyncio.to_thread(fsync_path, self.directory(instance))
         return self._info(self._final(instance, snap))
@@ -147,24 +147,8 @@ class FileSnapshots:
         for index, size in info.disks.items():
             if current[index][2] < size:
                 raise SnapshotError(f"disk {index} of '{instance}' is smaller than in snapshot '{snap}'")
-        directory = self.template.instance_dir(instance)
-        for index, (path, fmt, size) in current.items():
-            tmp = os.path.join(directory, f".disk{index}.{uuid.uuid4().hex}.tmp")
-            source = os.path.join(self._final(instance, snap), f"disk{index}.qcow2")
-            try:
-                await runner.run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", fmt, source, tmp],
-                                 timeout_s=self.template.copy_timeout_s)
-                if size > info.disks[index]:  # grown since: the snapshot's data, the disk's current size
-                    await runner.run(["qemu-img", "resize", "-q", "-f", fmt, tmp, str(size)],
-                                     timeout_s=self.template.timeout_s)
-                os.chmod(tmp, 0o600)
-                await asyncio.to_thread(fsync_path, tmp)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-        await asyncio.to_thread(fsync_path, directory)
+        folder = self._final(instance, snap)
+        await replace_disks(self.template, instance, {i: os.path.join(folder, f"disk{i}.qcow2") for i in info.disks})
 
     def remove(self, instance: str, snap: str) -> bool:
         """The snapshot gone; False if it was not there (idempotent)."""
@@ -214,26 +198,50 @@ class FileSnapshots:
                 meta: dict[str, Any] = json.load(fh)
             disks = {int(i): int(size) for i, size in meta["disks"].items()}
             return SnapshotInfo(str(meta["name"]), float(meta["created"]), str(meta["consistency"]), disks,
-                                _used(path))
+                                used_tree_bytes(path))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise SnapshotError(f"snapshot directory {path} is not readable: {exc}") from exc
 
     def _check_space(self, instance: str, indices: list[int]) -> None:
-        needed = sum(_used_file(self.template.locate(instance, i)[0]) for i in indices)
+        needed = sum(used_file_bytes(self.template.locate(instance, i)[0]) for i in indices)
         free = self.template.free_mib()
         if math.ceil(needed / MIB) > free:
             raise NoSpace(self.directory(instance), math.ceil(needed / MIB), free)
 
 
-def _used_file(path: str) -> int:
+async def replace_disks(template: FileTemplate, instance: str, sources: dict[int, str]) -> None:
+    """Each listed disk of a stopped instance replaced by the qcow2 copy given (index -> path), in the disk's
+    own format and at its current size when it grew since the copy; each written beside and renamed over
+    the disk, so a cut leaves the disk as it was or as the copy. The caller checked that no copy is larger."""
+    directory = template.instance_dir(instance)
+    for index, source in sorted(sources.items()):
+        path, fmt = template.locate(instance, index)
+        size = await template.virtual_bytes(path, fmt)
+        tmp = os.path.join(directory, f".disk{index}.{uuid.uuid4().hex}.tmp")
+        try:
+            await runner.run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", fmt, source, tmp],
+                             timeout_s=template.copy_timeout_s)
+            if size > await template.virtual_bytes(tmp, fmt):  # grown since: the copy's data, today's size
+                await runner.run(["qemu-img", "resize", "-q", "-f", fmt, tmp, str(size)], timeout_s=template.timeout_s)
+            os.chmod(tmp, 0o600)
+            await asyncio.to_thread(fsync_path, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    await asyncio.to_thread(fsync_path, directory)
+
+
+def used_file_bytes(path: str) -> int:
     return os.stat(path).st_blocks * 512
 
 
-def _used(path: str) -> int:
-    return sum(_used_file(os.path.join(path, n)) for n in os.listdir(path))
+def used_tree_bytes(path: str) -> int:
+    return sum(used_file_bytes(os.path.join(path, n)) for n in os.listdir(path))
 
 
-def _sync_tree(path: str) -> None:
+def sync_tree(path: str) -> None:
     for name in os.listdir(path):
         fsync_path(os.path.join(path, name))
     fsync_path(path)

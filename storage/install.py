@@ -139,6 +139,26 @@ async def install_os(
         raise
 
 
+async def install_from_images(template: Disks, instance: str, disks: Sequence[tuple[str, DiskSpec]]) -> list[str]:
+    """Every disk of a new instance copied from a qcow2 image (a backup's), at the size asked (at least the
+    image's): no OS installed. All or nothing, like install_os."""
+    for index, (_, spec) in enumerate(disks):
+        check_disk(instance, index, spec.size_mib)
+        template.check_format(spec.fmt)
+        if await template.exists(instance, index):
+            raise DiskExists(template.locate(instance, index)[0])
+    created: list[int] = []
+    paths = []
+    try:
+        for index, (image, spec) in enumerate(disks):
+            paths.append(await template.clone_image(instance, index, image, spec.size_mib, spec.fmt))
+            created.append(index)
+    except BaseException as exc:
+        await _remove_created(template, instance, created, exc)
+        raise
+    return paths
+
+
 async def _from_image(
     image: OsImage,
     template: Disks,

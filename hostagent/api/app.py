@@ -18,6 +18,7 @@ from hostagent.api import auth
 from hostagent.node import clocks
 from hostagent.agent import Agent
 from hostagent.api.base import body_middleware, error_middleware
+from hostagent.api.backups import BackupRoutes
 from hostagent.api.cluster import ClusterRoutes
 from hostagent.api.consoles import ConsoleRoutes
 from hostagent.api.instances import InstanceRoutes
@@ -28,7 +29,8 @@ from hostagent.api.tags import TagRoutes
 from hostagent.api.openapi import SCHEMAS, body_schema, openapi_document
 
 
-class Api(ClusterRoutes, NodeRoutes, InstanceRoutes, ConsoleRoutes, InternalRoutes, TagRoutes, NetworkRoutes):
+class Api(ClusterRoutes, NodeRoutes, InstanceRoutes, ConsoleRoutes, InternalRoutes, TagRoutes, NetworkRoutes,
+          BackupRoutes):
     """Every handler on one object, so the route table binds them all from one instance.
 
     The groups share only ApiBase's state (the agent) and helpers, so their
@@ -96,6 +98,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/networks", Api.network_add, ADMIN),
     Route("GET", "/v1/networks/{name}", Api.network_info, READ),
     Route("DELETE", "/v1/networks/{name}", Api.network_remove, ADMIN),
+    Route("GET", "/v1/backups", Api.backup_list, READ),
+    Route("POST", "/v1/backups", Api.backup_export, WRITE),
+    Route("POST", "/v1/backups/import", Api.backup_import, WRITE),
+    Route("POST", "/v1/backups/remove", Api.backup_remove, WRITE),
     Route("GET", "/v1/events", Api.event_list, READ),
     Route("GET", "/v1/jobs", Api.job_list, READ),
     Route("GET", "/v1/jobs/{id}", Api.job_info, READ),

@@ -28,7 +28,7 @@ def _job_id(raw: str) -> int:
 
 ACTIONS = ("start", "stop", "reboot", "migrate", "failover", "move", "replace-secondary", "activate-disks",
            "grow-disk", "reinstall", "rename", "add-disk", "remove-disk", "snapshot-create", "snapshot-revert",
-           "snapshot-remove")
+           "snapshot-remove", "restore")
 
 
 def action_params(action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +82,8 @@ def action_params(action: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"new_name": value}
     if action.startswith("snapshot-"):  # the name is checked with the instance (hostagent.master.snapshots)
         return {"snapshot": body.get("snapshot"), **({"yes": flag("yes")} if action == "snapshot-revert" else {})}
+    if action == "restore":  # the backup is checked with the instance (hostagent.master.backups)
+        return {"backup": body.get("backup"), "yes": flag("yes")}
     if action == "reinstall":  # the OS and its parameters are checked against the node at submit
         return {"yes": flag("yes"), "os": body.get("os"), "osparams": body.get("osparams")}
     return {}

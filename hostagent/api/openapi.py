@@ -95,7 +95,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                                 "priority, after, boot check, auto failover (a job)",
                                                 "202", "InstanceModify", ("name",))},
     "/v1/instances/{name}/{action}": {"post": _op("start, stop, reboot, migrate, fail over, move, replace-secondary, activate-disks, grow-disk, add-disk, "
-                                                  "remove-disk, reinstall, rename an instance, or create, revert or remove one of its snapshots (a job)", "202",
+                                                  "remove-disk, reinstall, rename an instance, create, revert or remove one of its snapshots, or restore it from a backup (a job)", "202",
                                                   "InstanceAction", ("name", "action"))},
     "/v1/instances/{name}/console": {"get": _op("Serial console as a websocket (binary frames)", "101",
                                                 params=("name",), ok_desc="websocket upgrade")},
@@ -116,6 +116,10 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/networks/{name}": {"get": _op("One network: its free address ranges, each used address and the NIC "
                                        "holding it", params=("name",)),
                             "delete": _op("Remove a network no NIC is on", params=("name",))},
+    "/v1/backups": {"get": _op("Backups in the nodes' export directories, oldest first (?instance=, ?node=)"),
+                    "post": _op("Export an instance into a backup (a job)", "202", "BackupExport")},
+    "/v1/backups/import": {"post": _op("Create a new instance from a backup (a job)", "202", "BackupImport")},
+    "/v1/backups/remove": {"post": _op("Delete a backup (a job)", "202", "BackupRemove")},
     "/v1/events": {"get": _op("The master's automatic decisions with their reasons (?instance=, ?node=, ?limit=)")},
     "/v1/jobs": {"get": _op("Jobs not yet archived, or ?archived=1 the archived ones; ?status=STATUS")},
     "/v1/jobs/{id}": {"get": _op("One job with its log and progress", params=("id",))},
@@ -158,6 +162,9 @@ _NIC: dict[str, Any] = {
                                                               "free one, '' or 'none' for none"},
     "vlan": {"type": "integer", "minimum": 1, "maximum": 4094, "nullable": True,
              "description": "bridged NICs: the tap's VLAN (default: the network's)"}}
+
+_BACKUP_REF = {"type": "string", "maxLength": 1300, "description": "a backup: NODE:PATH or INSTANCE/ID "
+                                                                  "(`corral backup list`)"}
 
 # Request bodies. hostagent.api.bodycheck checks every request against these same schemas before
 # its handler runs, so the document cannot promise what the agent refuses, or the reverse.
@@ -221,9 +228,10 @@ SCHEMAS: dict[str, Any] = {
                                                                        "nullable": True},
         "max_bandwidth_mib_s": {"type": "number", "minimum": 1, "maximum": 100000, "nullable": True},
         "ignore_consistency": {"type": "boolean"}, "disk": {"type": "integer", "minimum": 0}, "size": _SIZE,
-        "yes": {"type": "boolean", "description": "reinstall, snapshot-revert: confirms that the disks' content "
+        "yes": {"type": "boolean", "description": "reinstall, snapshot-revert, restore: confirms that the disks' content "
                                                   "is destroyed"},
         "snapshot": {"type": "string", "maxLength": 63, "description": "snapshot-*: the snapshot's name"},
+        "backup": _BACKUP_REF,
         "new_name": {"type": "string", "maxLength": 253, "description": "rename: the instance's new name"},
         "format": {"type": "string", "enum": ["raw", "qcow2"], "description": "add-disk: the new disk's format"},
         "destroy_data": {"type": "boolean", "description": "remove-disk: confirms the disk's data is deleted"},
@@ -231,6 +239,19 @@ SCHEMAS: dict[str, Any] = {
             "type": "object", "maxProperties": 32, "nullable": True,
             "additionalProperties": {"type": "string", "maxLength": 1024}}}},
     "Nic": {"type": "object", "additionalProperties": False, "properties": _NIC},
+    "BackupExport": {"type": "object", "required": ["instance"], "additionalProperties": False, "properties": {
+        "instance": _NAME, "to": {"type": "string", "maxLength": 1024, "nullable": True,
+                                  "description": "NODE:DIR or DIR (on the instance's node), an export directory "
+                                                 "of that node; default: its first"},
+        "live": {"type": "boolean", "description": "copy a running guest as of one instant while it runs"},
+        "compress": {"type": "boolean", "description": "compressed qcow2 images"}}},
+    "BackupImport": {"type": "object", "required": ["backup", "name"], "additionalProperties": False,
+                     "properties": {
+        "backup": _BACKUP_REF, "name": _NAME, "node": {"type": "string", "maxLength": 512, "nullable": True},
+        "disk_template": {"type": "string", "enum": ["file", "mirror"], "nullable": True},
+        "start": {"type": "boolean"}}},
+    "BackupRemove": {"type": "object", "required": ["backup"], "additionalProperties": False,
+                     "properties": {"backup": _BACKUP_REF}},
     "NicChange": {"type": "object", "required": ["action"], "additionalProperties": False, "properties": {
         "action": {"type": "string", "enum": ["add", "remove", "modify"]},
         "index": {"type": "integer", "minimum": 0, "description": "remove, modify: which NIC (0 is the first)"},

@@ -18,7 +18,8 @@ from hostagent.clock import SYSTEM, Clock
 from hostagent.master.duties.autofailover import AutoFailover
 from hostagent.master.jobarchive import JobArchive
 from hostagent.master.node_ops import NodeOperations
-from hostagent.master.operations import Operations, lock_keys
+from hostagent.master.jobs import lock_keys
+from hostagent.master.operations import Operations
 from hostagent.master.role import MasterRole
 from hostagent.master.rotation import Rotation
 from hostagent.node.supervisor import Loops

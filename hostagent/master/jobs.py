@@ -270,3 +270,15 @@ class JobRunner:
         level = logging.INFO if status == "success" else logging.WARNING
         log.log(level, "job %d (%s) ended: %s%s", job["id"], job["summary"], status,
                 f" ({error})" if error else "")
+
+
+def lock_keys(job: dict[str, Any]) -> list[str]:
+    """Jobs on the same instance run one at a time; cluster-wide jobs take the cluster lock."""
+    if job["op"].startswith("cluster."):
+        return ["cluster"]
+    args = job["args"]
+    if job["op"] == "backup.remove":
+        return [f"backup/{args['node']}:{args['path']}"]  # the backup, not its instance (which may be gone)
+    if job["op"] == "node.evacuate":  # the node, and every instance the evacuation moves, until it ends
+        return [f"node/{args['node']}", *(f"instance/{name}" for name in args["instances"])]
+    return [f"instance/{args.get('name') or args['instance']['name']}"]

@@ -30,6 +30,7 @@ from hostagent.master.diskops import DiskOps
 from hostagent.master.modify import InstanceModify
 from hostagent.master.renames import Renames
 from hostagent.master.snapshots import SNAPSHOT_OPS, Snapshots
+from hostagent.master.backups import Backups
 from hostagent.master.moves import Moves
 from hostagent.master.duties.mirrors import Mirrors
 from hostagent.master.duties.restarter import Restarter
@@ -61,6 +62,7 @@ class Operations:
         self.modify = InstanceModify(self.store, self._start, self._stop)
         self.renames = Renames(self.store)
         self.snapshots = Snapshots(self.store, self.moves)
+        self.backups = Backups(self.store, self.moves, self._start, self._stop)
         self.submit_rename = self.renames.submit
 
     # ---- submit ---------------------------------------------------------------
@@ -78,7 +80,12 @@ class Operations:
     async def submit_add(self, req: dict[str, Any]) -> int:
         return await choosing_again(lambda: self._submit_add(req))
 
-    async def _submit_add(self, req: dict[str, Any]) -> int:
+    async def submit_import(self, params: dict[str, Any]) -> int:
+        """`backup import`: an instance add whose disks come from a backup."""
+        req, extra = await self.backups.import_add(params)
+        return await choosing_again(lambda: self._submit_add(req, extra))
+
+    async def _submit_add(self, req: dict[str, Any], extra: dict[str, Any] | None = None) -> int:
         view = await cluster_view(self.store)
         adopt = adopted(req)
         if adopt:
@@ -93,7 +100,7 @@ class Operations:
         reservations += [model.reservation_key("ip", f"{nic.network}/{nic.ip}") for nic in inst.nics if nic.ip]
         return await self.role.require().submit(
             "instance.add", {"instance": inst.to_dict(), "start": bool(req.get("start", True)),
-                             **({"adopt": {str(i): lv for i, lv in adopt.items()}} if adopt else {})},
+                             **({"adopt": {str(i): lv for i, lv in adopt.items()}} if adopt else {}), **(extra or {})},
             f"add instance '{inst.name}'", reservations=reservations,
             must_not_exist=[model.instance_key(inst.name)])
 
@@ -135,7 +142,7 @@ class Operations:
                   "instance.migrate": lambda n, _: self.moves.check(n, "live-migrate"),
                   "instance.failover": lambda n, _: self.moves.check(n, "fail over"),
                   "instance.reinstall": self._check_reinstall, "instance.add-disk": self.disks.check_add_disk,
-                  "instance.remove-disk": self.disks.check_remove_disk,
+                  "instance.remove-disk": self.disks.check_remove_disk, "instance.restore": self.backups.check_restore,
                   **{op: functools.partial(self.snapshots.check, op) for op in SNAPSHOT_OPS}}
         if op in checks:
             await checks[op](name, params)
@@ -150,7 +157,7 @@ class Operations:
                 "instance.start": self._job_start, "instance.stop": self._job_stop,
                 "instance.reboot": self._job_reboot, "instance.remove": self._job_remove,
                 **self.modify.handlers(), "instance.reinstall": self._job_reinstall,
-                "instance.rename": self.renames.job, **self.snapshots.handlers(),
+                "instance.rename": self.renames.job, **self.snapshots.handlers(), **self.backups.handlers(),
                 **{op: job_errors(h) for op, h in {**self.moves.handlers(), **self.disks.handlers()}.items()}}
 
     @operator_errors
@@ -194,6 +201,8 @@ class Operations:
                     await secondary
                 result = await self.store.order(node, "instance.adopt", {"instance": inst, "adopt": args["adopt"]})
                 await ctx.log(f"disks of '{name}' adopted")
+            elif args.get("from_backup"):
+                result = await self.backups.import_disks(ctx, inst, args["from_backup"])
             else:
                 create = self.store.order(node, "instance.create",
                                           {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,
@@ -369,16 +378,6 @@ DRBD_NOT_YET = {"instance.move": "moving them to another node", "instance.add-di
 
 def _addresses(inst: dict[str, Any]) -> str:
     return ", ".join(f"{n['ip']} of '{n['network']}'" for n in inst["nics"] if n.get("network") and n.get("ip"))
-
-
-def lock_keys(job: dict[str, Any]) -> list[str]:
-    """Jobs on the same instance run one at a time; cluster-wide jobs take the cluster lock."""
-    if job["op"].startswith("cluster."):
-        return ["cluster"]
-    args = job["args"]
-    if job["op"] == "node.evacuate":  # the node, and every instance the evacuation moves, until it ends
-        return [f"node/{args['node']}", *(f"instance/{name}" for name in args["instances"])]
-    return [f"instance/{args.get('name') or args['instance']['name']}"]
 
 
 async def both(first: Awaitable[Any], second: Awaitable[Any]) -> Any:

@@ -9,21 +9,20 @@ secondary then no longer matches, so it is recorded out of date and made anew at
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from storage.filesnap import SNAPSHOT_NAME_RE, SNAPSHOT_NAME_RULE
 
 from hostagent import model
 from hostagent.errors import BadRequest, Conflict, NotFound
-from hostagent.master.jobs import Handler, JobContext, JobFailed, job_errors
+from hostagent.master.following import follow
+from hostagent.master.jobs import Handler, JobContext, job_errors
 from hostagent.master.moves import Moves
 from hostagent.master.store import Store
 from hostagent.units import format_mib
 
 SNAPSHOT_OPS = ("instance.snapshot-create", "instance.snapshot-revert", "instance.snapshot-remove")
 TEMPLATES = ("file", "mirror")
-POLL_S = 2.0
 SNAPSHOT_TIMEOUT_S = 6 * 3600.0
 
 
@@ -80,22 +79,9 @@ class Snapshots:
         inst = await self.store.instance(args["name"])
         name, snap, node = inst["name"], args["snapshot"], inst["primary_node"]
         started = self.store.clock.monotonic()
-        making = asyncio.create_task(self.store.order(node, "instance.snapshot-create", self._order(inst, snap),
-                                                      timeout_s=SNAPSHOT_TIMEOUT_S))
-        while not making.done():
-            await asyncio.wait({making}, timeout=POLL_S)
-            if making.done():
-                break
-            try:
-                status = await self.store.order(node, "instance.snapshot-status", {"name": name}, timeout_s=5)
-            except JobFailed:
-                continue
-            done, total = status["done"] / 2**20, status["total"] / 2**20
-            if total:
-                rate = done / max(self.store.clock.monotonic() - started, 1e-3)
-                await ctx.progress(done, total, f"copying {format_mib(int(done))} of {format_mib(int(total))} of "
-                                   f"disks of '{name}' at {rate:.0f} MiB/s", started)
-        made = await making
+        made = await follow(self.store, ctx, node, "instance.snapshot-status", name, self.store.order(
+            node, "instance.snapshot-create", self._order(inst, snap), timeout_s=SNAPSHOT_TIMEOUT_S),
+            f"copying the disks of '{name}'")
         await ctx.log(f"snapshot '{snap}' of '{name}' made on node '{node}' in "
                       f"{self.store.clock.monotonic() - started:.1f} s: "
                       + ("copied while the guest ran, as of one instant (crash-consistent)"

@@ -20,6 +20,7 @@ from kvm.qmp import Qmp, QmpError
 from kvm import hotplug, tap
 from storage.drbd import DrbdDisks
 from storage.errors import StorageError
+from storage.filedisk import FileTemplate
 from storage.filesnap import FileSnapshots
 from storage.install import DiskSpec as InstallDisk, install_os
 from storage.osdef import (DiskEnv, NetworkEnv, NicEnv, OsCatalog, OsDefinition, lookup, os_environment,
@@ -195,8 +196,7 @@ class NodeExecutor:
         return os.path.join(self._qemu.run_dir, "replication", f"{name}.gen")
 
     def _installed_marker(self, name: str) -> str:
-        """Written after a complete install; only then may a re-sent create adopt the disks."""
-        return os.path.join(self._files.instance_dir(name), ".installed")
+        return installed_marker(self._files, name)
 
     async def _op_start(self, args: dict[str, Any]) -> dict[str, Any]:
         inst = args["instance"]
@@ -362,3 +362,8 @@ def nic_envs(inst: dict[str, Any], networks: dict[str, Any]) -> list[NicEnv]:
 def client_identity(node: str) -> str:
     """The DN QEMU sees in a Corral node certificate (subject order: CN, then OU)."""
     return f"CN={node},OU={pki.NODE_OU}"
+
+
+def installed_marker(files: FileTemplate, name: str) -> str:
+    """Written after a complete install (or import); only then may a re-sent create adopt the disks."""
+    return os.path.join(files.instance_dir(name), ".installed")

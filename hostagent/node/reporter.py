@@ -15,6 +15,7 @@ import psutil
 
 from kvm import nbdexport
 from kvm.process import QemuManager
+from storage.backupdir import BackupDirs
 from storage.base import StorageError
 from storage.filedisk import FileTemplate
 from storage.filesnap import FileSnapshots
@@ -90,6 +91,15 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
         "stray_qemus": stray_qemus(qemu.run_dir, running, clock.time()),
         "exports": exports(qemu.run_dir),
     }
+
+
+def backups(dirs: BackupDirs) -> dict[str, Any]:
+    """The backups in this node's export directories (`backup list`, `cluster verify`), without the
+    configuration each holds (read when one is imported or restored)."""
+    found, problems, leftovers = dirs.everything()
+    return {"export_dirs": list(dirs.dirs),
+            "backups": [{k: v for k, v in b.row().items() if k != "config"} for b in found],
+            "backup_problems": problems, "backup_leftovers": leftovers}
 
 
 def _started_at(pid: int) -> float | None:

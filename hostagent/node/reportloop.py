@@ -12,6 +12,7 @@ from election.etcd import EtcdClient, EtcdError
 from election.replica import Replica
 from kvm.process import QemuManager
 from membership.rpc import SerfError, SerfRpc
+from storage.backupdir import BackupDirs
 from storage.filedisk import FileTemplate
 from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog
@@ -62,6 +63,7 @@ class ReportLoop:
         self._fence: SelfFence | None = None
         self._loops: Loops | None = None
         self.drbd: NodeDrbd | None = None  # set by the agent: its DRBD resources join the report
+        self.backups: BackupDirs | None = None  # set by the agent: its export directories' backups join the report
         self._lvm_seen = reporter.LvmSeen(lvm, clock) if lvm is not None else None
 
     def start(self, etcd: EtcdClient, fence: SelfFence, loops: Loops) -> None:
@@ -85,6 +87,8 @@ class ReportLoop:
         if self.drbd is not None:
             report["drbd"] = await self.drbd.report()
             report["mirrors"].update(await self._drbd_states(self.drbd))
+        if self.backups is not None:
+            report.update(reporter.backups(self.backups))
         report["agent_pid"] = os.getpid()
         report["loop_lag_ms"] = self._looplag.worst_ms()
         report["cert_serial"] = pki.own_serial(self._pki)

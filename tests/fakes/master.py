@@ -13,7 +13,7 @@ from election.lease import MasterLease
 from fakes.etcd import FakeEtcd
 from hostagent import model
 from hostagent.master.jobs import Handler
-from hostagent.master.operations import lock_keys
+from hostagent.master.jobs import lock_keys
 from hostagent.master.role import MasterRole
 from hostagent.master.store import Store
 

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import secrets
+import re
 import select
 import shutil
 import signal
@@ -386,6 +387,16 @@ def guest_dir() -> Path:
         if not (GUEST_DIR / name).exists():
             raise AssertionError(f"test guest missing: {GUEST_DIR / name}; run `make guest`")
     return GUEST_DIR
+
+
+def boots(node: AgentNode, name: str) -> list[int]:
+    """The count the test guest printed at each boot (it keeps one on its disk)."""
+    return [int(n) for n in re.findall(r"CORRAL-GUEST-BOOTED count=(\d+)", node.console_log(name))]
+
+
+def wait_boot_count(node: AgentNode, name: str, count: int, timeout_s: float = 90) -> None:
+    wait_for(lambda: count in boots(node, name), timeout_s,
+             f"'{name}' to print CORRAL-GUEST-BOOTED count={count} (console so far: {boots(node, name)})")
 
 
 @contextlib.contextmanager

@@ -19,21 +19,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import GUEST_DIR, AgentNode, console_answer, wait_for
+from conftest import GUEST_DIR, AgentNode, boots, console_answer, wait_boot_count, wait_for
 
 from hostagent.node.priority import CONTROL_NICE
 
 pytestmark = pytest.mark.integration
 BOOT_TIMEOUT_S = 90
-
-
-def boots(node: AgentNode, name: str) -> list[int]:
-    return [int(n) for n in re.findall(r"CORRAL-GUEST-BOOTED count=(\d+)", node.console_log(name))]
-
-
-def wait_boot_count(node: AgentNode, name: str, count: int) -> None:
-    wait_for(lambda: count in boots(node, name), BOOT_TIMEOUT_S,
-             f"'{name}' to print CORRAL-GUEST-BOOTED count={count} (console so far: {boots(node, name)})")
 
 
 @pytest.fixture(scope="module")

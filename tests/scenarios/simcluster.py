@@ -32,7 +32,8 @@ from hostagent import model
 from hostagent.errors import SenderNotMaster
 from hostagent.master import cluster_settings
 from hostagent.master.duties.autofailover import AutoFailover
-from hostagent.master.operations import Operations, lock_keys
+from hostagent.master.jobs import lock_keys
+from hostagent.master.operations import Operations
 from hostagent.master.role import MasterRole
 from hostagent.master.store import Store
 from hostagent.model import DEFAULT_BOOT_TIMEOUT_S

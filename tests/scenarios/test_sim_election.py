@@ -17,7 +17,7 @@ from fakes.etcd import FakeEtcd
 from fakes.loop import run
 
 from hostagent import model
-from hostagent.master.operations import lock_keys
+from hostagent.master.jobs import lock_keys
 from hostagent.master.role import MasterRole
 
 TTL = 10

@@ -10,7 +10,7 @@ from hostagent.master.decide.evacuation import Step, plan_evacuation
 from hostagent.clock import SYSTEM
 from hostagent.master.jobs import JobContext, JobFailed
 from hostagent.master.node_ops import NodeOperations, _StepContext
-from hostagent.master.operations import lock_keys
+from hostagent.master.jobs import lock_keys
 
 NOW = 1000.0
 

@@ -5,7 +5,7 @@ import pytest
 from hostagent.master.decide.checks import ClusterView, check_add
 from hostagent.master.decide.nics import new_mac
 from hostagent.errors import BadRequest, Conflict
-from hostagent.master.operations import lock_keys
+from hostagent.master.jobs import lock_keys
 
 NODE = {"name": "n1", "address": "127.0.0.1"}
 REPORT = {"node": "n1", "time": 0.0, "memory_total_mib": 4096, "memory_free_mib": 3000, "disk_free_mib": 100_000,

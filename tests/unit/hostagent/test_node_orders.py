@@ -90,7 +90,7 @@ def test_every_order_the_master_sends_has_a_handler_on_the_node(agent: Agent) ->
 
 def test_no_node_module_takes_an_order_name_another_already_has(agent: Agent) -> None:
     parts = [agent.executor.orders(), agent.replication.orders(), agent.media.orders(), agent.diskcopy.orders(),
-             agent.drbd.orders(), agent.adoption.orders(), agent.snapshots.orders()]
+             agent.drbd.orders(), agent.adoption.orders(), agent.snapshots.orders(), agent.backups.orders()]
     assert len(agent.orders) == sum(len(p) for p in parts) + 8  # + the agent's own: node.*, etcd.*, secrets.*
 
 

@@ -1,0 +1,201 @@
+"""This node's side of backups (`corral backup ...`): exports made, read, removed, and disks made from them.
+
+An export of a running guest is copied by QEMU's backup job (kvm.blockbackup) as of one instant while it
+goes on, straight into the backup's files; a stopped one with `qemu-img convert`, which holds a read lock on
+the disks, so a start that races the copy fails rather than changing the disks under it. Backups are kept
+under the node's export directories only (storage.backupdir). Progress is kept per instance for the master's
+status order, which turns it into the job's progress line with throughput and ETA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+from kvm.blockbackup import BackupError as CopyError, BackupTarget, backup_disks
+from kvm.process import QemuManager
+from kvm.qmp import Qmp, QmpError
+from storage.backupdir import BackupDirs, BackupInfo, needed_bytes
+from storage.errors import StorageError
+from storage.filesnap import FileSnapshots, replace_disks
+from storage.install import DiskSpec, install_from_images
+
+from hostagent.clock import SYSTEM, Clock
+from hostagent.node.disks import NodeDisks
+from hostagent.node.executor import Order, OrderError, installed_marker
+
+log = logging.getLogger(__name__)
+
+BACKUP_TIMEOUT_S = 6 * 3600.0
+TEMPLATES = ("file", "mirror")
+_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+class NodeBackups:
+    """Orders backup.{export,status,read,remove,restore,import-disks}."""
+
+    def __init__(self, node: str, qemu: QemuManager, disks: NodeDisks, dirs: BackupDirs, run_dir: str,
+                 clock: Clock = SYSTEM) -> None:
+        self._node, self._qemu, self._disks, self._clock = node, qemu, disks, clock
+        self.dirs = dirs
+        self._files = FileSnapshots(disks.files)
+        self._progress_dir = os.path.join(run_dir, "backups")
+        # instance -> bytes done before the current copy, bytes in all, the current copy's bytes, its log
+        self._progress: dict[str, tuple[int, int, int, str]] = {}
+
+    def orders(self) -> dict[str, Order]:
+        return {"backup.export": self._export, "backup.status": self._status, "backup.read": self._read,
+                "backup.remove": self._remove, "backup.restore": self._restore,
+                "backup.import-disks": self._import_disks}
+
+    def _template(self, name: str, template: Any) -> None:
+        if template not in TEMPLATES:
+            raise OrderError(f"instance '{name}': backups are made of {' and '.join(TEMPLATES)} disks on this "
+                             f"node so far, not {template!r}")
+
+    def _log_path(self, name: str) -> str:
+        os.makedirs(self._progress_dir, mode=0o700, exist_ok=True)
+        return os.path.join(self._progress_dir, f"{name}.progress")
+
+    async def _export(self, args: dict[str, Any]) -> dict[str, Any]:
+        inst = args["instance"]
+        name, backup_id, compress = str(inst["name"]), str(args["backup_id"]), bool(args.get("compress"))
+        self._template(name, inst.get("disk_template"))
+        running = self._qemu.find(name) is not None
+        if running and not args.get("live"):
+            raise OrderError(f"instance '{name}' is running on node '{self._node}': export it with --live (a copy "
+                             "as of one instant while it runs), or stop it first")
+        partial = ""
+        try:
+            sizes = await self._files.disk_sizes(name, [int(d["index"]) for d in inst["disks"]])
+            total = sum(s[2] for s in sizes.values())
+            partial = self.dirs.begin(args["directory"], name, backup_id, needed_bytes([s[0] for s in sizes.values()]))
+            if running:
+                await self._copy_running(name, partial, {i: s[2] for i, s in sizes.items()}, total, compress)
+            else:
+                await self._copy_stopped(name, partial, {i: (s[0], s[1], s[2]) for i, s in sizes.items()}, total,
+                                         compress)
+            info = await self.dirs.commit(partial, {
+                "created": self._clock.time(), "consistency": "crash" if running else "stopped",
+                "compressed": compress, "source_node": self._node,
+                "disks": {str(i): s[2] for i, s in sizes.items()}, "instance": inst})
+        except (CopyError, QmpError, StorageError, OSError) as exc:
+            if partial:
+                self.dirs.abort(partial)
+            raise OrderError(f"export of instance '{name}' on node '{self._node}' failed: {exc}") from exc
+        finally:
+            self._progress.pop(name, None)
+        log.info("instance '%s': exported to %s (%s, %d MiB on disk)", name, info.path, info.consistency,
+                 info.used_bytes >> 20)
+        return info.row()
+
+    async def _copy_running(self, name: str, partial: str, disks: dict[int, int], total: int,
+                            compress: bool) -> None:
+        self._progress[name] = (0, total, 0, "")
+        targets = await self.dirs.make_targets(partial, disks)
+        log.info("instance '%s': exported from the running guest as of now (crash-consistent: the guest's file "
+                 "systems are not frozen)", name)
+        async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s) as qmp:
+            await backup_disks(qmp, [BackupTarget(i, p) for i, p in targets.items()], BACKUP_TIMEOUT_S,
+                               progress=lambda done, all_: self._progress.__setitem__(name, (done, all_, 0, "")),
+                               compress=compress)
+
+    async def _copy_stopped(self, name: str, partial: str, disks: dict[int, tuple[str, str, int]], total: int,
+                            compress: bool) -> None:
+        done, progress_log = 0, self._log_path(name)
+        for index, (path, fmt, size) in sorted(disks.items()):
+            if os.path.exists(progress_log):
+                os.unlink(progress_log)
+            self._progress[name] = (done, total, size, progress_log)
+            await self.dirs.copy_in(partial, {index: (path, fmt)}, compress, progress_log)
+            done += size
+
+    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Bytes copied so far and in all of the instance's running export or import (0, 0: none)."""
+        before, total, current, progress_log = self._progress.get(str(args["name"]), (0, 0, 0, ""))
+        if progress_log:
+            try:
+                with open(progress_log, "rb") as fh:
+                    found = _PERCENT.findall(fh.read()[-4096:])
+                before += int(current * float(found[-1]) / 100) if found else 0
+            except FileNotFoundError:
+                pass
+        return {"done": before, "total": total}
+
+    def _info(self, path: Any) -> BackupInfo:
+        try:
+            return self.dirs.read(str(path))
+        except StorageError as exc:
+            raise OrderError(str(exc)) from exc
+
+    async def _read(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._info(args["path"]).row()
+
+    async def _remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            removed = self.dirs.remove(str(args["path"]))
+        except StorageError as exc:
+            raise OrderError(str(exc)) from exc
+        if removed:
+            log.warning("backup %s deleted on node '%s'", args["path"], self._node)
+        return {"removed": removed}
+
+    async def _restore(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The instance's disks replaced by the backup's (it is stopped); refused before anything changes if
+        the backup's disks are not the instance's or are larger than them."""
+        name = str(args["name"])
+        self._template(name, args.get("disk_template"))
+        if self._qemu.find(name) is not None:
+            raise OrderError(f"instance '{name}' is running on node '{self._node}': it is restored only while "
+                             "stopped")
+        info = self._info(args["path"])
+        try:
+            current = await self._files.disk_sizes(name, sorted(info.disks))
+            for index, size in info.disks.items():
+                if current[index][2] < size:
+                    raise OrderError(f"disk {index} of '{name}' ({current[index][2] >> 20} MiB) is smaller than "
+                                     f"in backup {info.path} ({size >> 20} MiB)")
+            self._progress[name] = (0, sum(info.disks.values()), 0, "")
+            await replace_disks(self._disks.files, name, {i: self.dirs.disk_file(info, i) for i in info.disks})
+        except StorageError as exc:
+            raise OrderError(f"restore of '{name}' from {info.path} failed: {exc}") from exc
+        finally:
+            self._progress.pop(name, None)
+        log.warning("instance '%s': disks restored from backup %s on node '%s'", name, info.path, self._node)
+        return {"restored": info.path}
+
+    async def _import_disks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A new instance's disks made from a backup here (no OS installed): all or none. A re-sent order
+        after a complete import does nothing."""
+        inst = args["instance"]
+        name = str(inst["name"])
+        self._template(name, inst.get("disk_template"))
+        info = self._info(args["path"])
+        marker = installed_marker(self._disks.files, name)
+        try:
+            with open(marker) as fh:
+                if fh.read() == inst["uuid"]:
+                    return {"created": False}
+        except FileNotFoundError:
+            pass
+        missing = [str(d["index"]) for d in inst["disks"] if int(d["index"]) not in info.disks]
+        if missing:
+            raise OrderError(f"backup {info.path} has no disk {', '.join(missing)} for instance '{name}'")
+        specs = [(self.dirs.disk_file(info, int(d["index"])),
+                  DiskSpec(int(d["size_mib"]), d["format"], d.get("uuid", ""), f"disk{d['index']}"))
+                 for d in sorted(inst["disks"], key=lambda d: int(d["index"]))]
+        self._progress[name] = (0, sum(info.disks.values()), 0, "")
+        try:
+            paths = await install_from_images(self._disks.files, name, specs)
+        except StorageError as exc:
+            raise OrderError(f"instance '{name}': disks not made from backup {info.path}: {exc}") from exc
+        finally:
+            self._progress.pop(name, None)
+        os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
+        with open(marker, "w") as fh:
+            fh.write(inst["uuid"])
+        log.info("instance '%s': disks made from backup %s on node '%s'", name, info.path, self._node)
+        return {"created": True, "paths": paths}
+
