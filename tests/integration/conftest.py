@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import re
+import secrets
 import select
 import shutil
 import signal
