@@ -30,7 +30,8 @@ def register(top: Subparsers) -> None:
     s = command(sub, "import", import_, "create a new instance from a backup (its disks copied, no OS installed)", job=True)
     s.add_argument("backup", help=REF_HELP)
     s.add_argument("--name", required=True, help="the new instance's name")
-    s.add_argument("--node", help="the backup's node (the default) or, for mirror, PRIMARY:SECONDARY")
+    s.add_argument("--node", help="where it runs (default: the backup's node; another one receives the images over "
+                   "TLS); for mirror PRIMARY:SECONDARY")
     s.add_argument("-t", "--disk-template", choices=("file", "mirror"), help="default: the backed-up instance's")
     s.add_argument("--no-start", action="store_true", help="leave it stopped")
     s = command(sub, "restore", restore, "replace an instance's disks with a backup's (stopped first and started "

@@ -25,9 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kvm.blockmirror import nbd_target_args, tls_client_object_args
 from kvm.qmp import Qmp, QmpError
 
 POLL_S = 0.5
+TLS_CREDS_ID = "tls-backup"  # client credentials of NBD targets, read anew by each copy (certificates renew)
 FORMATS = ("raw", "qcow2")
 
 
@@ -36,12 +38,25 @@ class BackupError(Exception):
 
 
 @dataclass(frozen=True)
+class NbdTarget:
+    """Another node's NBD export to copy into (an image of the disk's size there), over TLS with the client
+    credentials in ``tls_dir`` (this node's certificate, which the export accepts)."""
+
+    host: str
+    port: int
+    export: str
+    tls_dir: str
+
+
+@dataclass(frozen=True)
 class BackupTarget:
-    """Disk ``index`` of the guest copied into the image at ``path`` (already made, of the disk's size)."""
+    """Disk ``index`` of the guest copied into the image at ``path`` (already made, of the disk's size), or
+    into ``nbd`` on another node."""
 
     index: int
     path: str
     fmt: str = "qcow2"
+    nbd: NbdTarget | None = None
 
     @property
     def job(self) -> str:
@@ -68,11 +83,7 @@ async def backup_disks(qmp: Qmp, targets: Sequence[BackupTarget], timeout_s: flo
     opened: list[BackupTarget] = []
     try:
         for t in targets:
-            # Zeros written become holes: a quorum source (a `mirror` disk) reports no holes, so the job
-            # copies every block, and without this a sparse disk's copy would take its whole size.
-            await _qmp(qmp, "blockdev-add",
-                       {"driver": t.fmt, "node-name": t.node, "discard": "unmap", "detect-zeroes": "unmap",
-                        "file": {"driver": "file", "filename": t.path}}, t)
+            await _qmp(qmp, "blockdev-add", await _target_args(qmp, t), t)
             opened.append(t)
         try:
             await qmp.execute("transaction", {"actions": [
@@ -89,6 +100,18 @@ async def backup_disks(qmp: Qmp, targets: Sequence[BackupTarget], timeout_s: flo
         await _wait(qmp, targets, timeout_s, progress)
     finally:
         await _cancel_and_close(qmp, opened)
+
+
+async def _target_args(qmp: Qmp, t: BackupTarget) -> dict[str, Any]:
+    """The target's block node. Zeros written become holes: a quorum source (a `mirror` disk) reports no
+    holes, so the job copies every block, and without this a sparse disk's copy would take its whole size."""
+    if t.nbd is None:
+        return {"driver": t.fmt, "node-name": t.node, "discard": "unmap", "detect-zeroes": "unmap",
+                "file": {"driver": "file", "filename": t.path}}
+    if TLS_CREDS_ID not in await qmp.object_ids():
+        await _qmp(qmp, "object-add", tls_client_object_args(TLS_CREDS_ID, t.nbd.tls_dir), t)
+    return {**nbd_target_args(t.node, t.nbd.host, t.nbd.port, t.nbd.export, TLS_CREDS_ID),
+            "discard": "unmap", "detect-zeroes": "unmap"}
 
 
 async def _wait(qmp: Qmp, targets: Sequence[BackupTarget], timeout_s: float, progress: Progress | None) -> None:
@@ -123,6 +146,9 @@ async def _cancel_and_close(qmp: Qmp, opened: Sequence[BackupTarget]) -> None:
             with contextlib.suppress(QmpError):
                 await qmp.execute("job-dismiss", {"id": t.job})
         await _qmp(qmp, "blockdev-del", {"node-name": t.node}, t)
+    if any(t.nbd is not None for t in opened):
+        with contextlib.suppress(QmpError):
+            await qmp.execute("object-del", {"id": TLS_CREDS_ID})
 
 
 async def _until_concluded(qmp: Qmp, job: str, tries: int = 40) -> None:

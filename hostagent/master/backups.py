@@ -9,6 +9,7 @@ restore and import jobs show progress with throughput and an ETA from the node's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -18,6 +19,7 @@ from typing import Any
 from hostagent import model
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.master.decide.backup_import import import_request
+from hostagent.master.decide.checks import REPLICATION_PORTS
 from hostagent.master.following import follow
 from hostagent.master.jobs import Handler, JobContext, JobFailed, job_errors
 from hostagent.master.moves import Moves
@@ -53,6 +55,7 @@ class Backups:
 
     def __init__(self, store: Store, moves: Moves, start: Start, stop: Stop) -> None:
         self.store, self.moves, self._start, self._stop = store, moves, start, stop
+        self._bases: set[int] = set()  # port bases of the transfers running now
 
     def handlers(self) -> dict[str, Handler]:
         return {"backup.export": job_errors(self._job_export), "backup.remove": job_errors(self._job_remove),
@@ -92,15 +95,15 @@ class Backups:
                              f"{' and '.join(TEMPLATES)} instances so far")
         primary = inst["primary_node"]
         node, directory = self._target(params.get("to"), primary)
-        report = await self.store.get(model.report_key(node)) or {}
-        if node != primary:
-            raise BadRequest(f"an export is written on the instance's node ('{primary}') so far, not on '{node}'")
+        report = await self.store.get(model.report_key(node))
+        if report is None:
+            raise NotFound(f"no node named '{node}' reports to the cluster")
         dirs = report.get("export_dirs") or []
         directory = directory or (dirs[0] if dirs else "")
         if not directory or not under(directory, dirs):
             raise BadRequest(f"{directory or 'no directory'} is not an export directory of node '{node}' (it has: "
                              f"{', '.join(dirs) or 'none'}; export_dirs in [paths] of its agent.toml)")
-        running = name in (report.get("instances") or {})
+        running = name in ((await self.store.get(model.report_key(primary)) or {}).get("instances") or {})
         if running and not params.get("live"):
             raise Conflict(f"instance '{name}' is running: export it with --live (copied as of one instant while it "
                            f"runs, crash-consistent) or stop it first (`corral instance stop {name}`)")
@@ -158,16 +161,77 @@ class Backups:
         started = self.store.clock.monotonic()
         await ctx.log(f"exporting '{name}' on node '{node}' into {args['directory']}/{name}/{args['backup_id']}"
                       + (" from the running guest" if args["live"] else "") + (", compressed" if args["compress"] else ""))
-        made = await follow(self.store, ctx, node, "backup.status", name, self.store.order(
-            node, "backup.export", {"instance": inst, "directory": args["directory"], "backup_id": args["backup_id"],
-                                    "live": args["live"], "compress": args["compress"]},
-            timeout_s=BACKUP_TIMEOUT_S), f"exporting the disks of '{name}'")
+        if node != inst["primary_node"]:
+            made = await self._export_to(ctx, inst, args)
+        else:
+            made = await follow(self.store, ctx, node, "backup.status", name, self.store.order(
+                node, "backup.export", {"instance": inst, "directory": args["directory"],
+                                        "backup_id": args["backup_id"], "live": args["live"],
+                                        "compress": args["compress"]},
+                timeout_s=BACKUP_TIMEOUT_S), f"exporting the disks of '{name}'")
         await ctx.log(f"'{name}' exported to {node}:{made['path']} in {self.store.clock.monotonic() - started:.1f} s: "
                       + ("copied while the guest ran, as of one instant (crash-consistent)"
                          if made["consistency"] == "crash" else "copied while the instance was stopped")
                       + f"; {format_mib(int(made['used_bytes']) >> 20)} on disk")
         return {"name": name, "node": node, "path": made["path"], "ref": f"{node}:{made['path']}",
                 "used_bytes": made["used_bytes"]}
+
+    async def _export_to(self, ctx: JobContext, inst: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+        """The export written on another node than the instance's: that node serves empty images over TLS to
+        the instance's node, which copies into them (hostagent.node.backupxfer); kept only once complete."""
+        name, source, target = inst["name"], inst["primary_node"], args["node"]
+        sizes = await self.store.order(source, "backup.sizes", {"instance": inst})
+        where = {"name": name, "directory": args["directory"], "backup_id": args["backup_id"],
+                 "disks": sizes["disks"]}
+        base = await self._port_base()
+        try:
+            served = await self.store.order(target, "backup.receive", {**where, "needed_bytes": sizes["needed_bytes"],
+                                                                      "client": source, "port_base": base})
+            await ctx.log(f"node '{target}' receives the disks of '{name}' from node '{source}' over TLS")
+            sent = await follow(self.store, ctx, source, "backup.status", name, self.store.order(
+                source, "backup.send", {"instance": inst, "live": args["live"], **served},
+                timeout_s=BACKUP_TIMEOUT_S), f"sending the disks of '{name}' to node '{target}'")
+            if args["compress"]:
+                await ctx.log(f"compressing the images on node '{target}'")
+            return await self.store.order(target, "backup.receive-end", {**where, "commit": True, "meta": {
+                "created": sent["created"], "consistency": sent["consistency"], "compressed": args["compress"],
+                "source_node": source, "disks": sent["disks"], "instance": inst}}, timeout_s=BACKUP_TIMEOUT_S)
+        except BaseException:
+            with contextlib.suppress(JobFailed):  # the partial backup goes; a node that cannot be told keeps
+                await self.store.order(target, "backup.receive-end", {**where, "commit": False})  # a leftover
+            raise
+        finally:
+            self._bases.discard(base)
+
+    async def _import_from(self, ctx: JobContext, inst: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+        """The new instance's disks, on another node than the backup: made empty there and served over TLS to
+        the backup's node, which writes the backup's images into them (hostagent.node.backupxfer)."""
+        name, holder, node = inst["name"], source["node"], inst["primary_node"]
+        base = await self._port_base()
+        try:
+            served = await self.store.order(node, "backup.receive-disks",
+                                            {"instance": inst, "client": holder, "port_base": base})
+            await ctx.log(f"node '{holder}' sends the backup's images to node '{node}' over TLS")
+            await follow(self.store, ctx, holder, "backup.status", name, self.store.order(
+                holder, "backup.send-backup", {"name": name, "path": source["path"], **served},
+                timeout_s=BACKUP_TIMEOUT_S), f"copying the disks of '{name}' from node '{holder}'")
+            return await self.store.order(node, "backup.receive-disks-end",
+                                          {"instance": inst, "commit": True, "path": source["ref"]})
+        except BaseException:
+            with contextlib.suppress(JobFailed):  # the add's undo removes what is left of the disks anyway
+                await self.store.order(node, "backup.receive-disks-end", {"instance": inst, "commit": False})
+            raise
+        finally:
+            self._bases.discard(base)
+
+    async def _port_base(self) -> int:
+        """Ports no instance and no other transfer of this master uses (one per disk from there)."""
+        used = {int(i.get("port_base") or 0) for i in await self.store.instances()} | self._bases
+        base = next((b for b in REPLICATION_PORTS if b not in used), None)
+        if base is None:
+            raise JobFailed("every port of the replication range is taken; try again when a transfer ends")
+        self._bases.add(base)
+        return base
 
     async def submit_remove(self, runner_submit: Callable[..., Awaitable[int]], params: dict[str, Any]) -> int:
         backup = await self.find(params.get("backup"))
@@ -210,9 +274,6 @@ class Backups:
                                     node=str(params.get("node") or backup["node"]),
                                     template=params.get("disk_template"), macs_in_use=macs,
                                     start=bool(params.get("start", True)))
-        if req["node"].partition(":")[0] != backup["node"]:
-            raise BadRequest(f"backup {backup['ref']} is imported on its own node '{backup['node']}' so far; move "
-                             "the instance afterwards (`corral instance move`)")
         return req, {"from_backup": {"ref": backup["ref"], "node": backup["node"], "path": backup["path"],
                                      "notes": notes}}
 
@@ -223,9 +284,12 @@ class Backups:
             await ctx.log(f"not carried over from the backup: {note}")
         await ctx.log(f"making the disks of '{inst['name']}' on node '{node}' from backup {source['ref']} "
                       "(no OS is installed)")
-        made = await follow(self.store, ctx, node, "backup.status", inst["name"], self.store.order(
-            node, "backup.import-disks", {"instance": inst, "path": source["path"]}, timeout_s=BACKUP_TIMEOUT_S),
-            f"copying the disks of '{inst['name']}' from the backup")
+        if source["node"] != node:
+            made = await self._import_from(ctx, inst, source)
+        else:
+            made = await follow(self.store, ctx, node, "backup.status", inst["name"], self.store.order(
+                node, "backup.import-disks", {"instance": inst, "path": source["path"]}, timeout_s=BACKUP_TIMEOUT_S),
+                f"copying the disks of '{inst['name']}' from the backup")
         await ctx.log(f"disks of '{inst['name']}' made from backup {source['ref']}")
         return made
 

@@ -12,17 +12,20 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
-from kvm.blockbackup import BackupError as CopyError, BackupTarget, backup_disks
+from kvm.blockbackup import BackupError as CopyError, BackupTarget, NbdTarget, backup_disks
 from kvm.process import QemuManager
 from kvm.qmp import Qmp, QmpError
+from storage import runner
 from storage.backupdir import BackupDirs, BackupInfo, needed_bytes
 from storage.errors import StorageError
 from storage.filesnap import FileSnapshots, replace_disks
 from storage.install import DiskSpec, install_from_images
 
 from hostagent.clock import SYSTEM, Clock
+from hostagent.node.backupxfer import BackupReceiver, receive_name
 from hostagent.node.disks import NodeDisks
 from hostagent.node.executor import Order, OrderError, installed_marker
 
@@ -34,21 +37,24 @@ _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
 class NodeBackups:
-    """Orders backup.{export,status,read,remove,restore,import-disks}."""
+    """Orders backup.{export,send,sizes,status,read,remove,restore,import-disks}, and backup.receive[-end]."""
 
-    def __init__(self, node: str, qemu: QemuManager, disks: NodeDisks, dirs: BackupDirs, run_dir: str,
-                 clock: Clock = SYSTEM) -> None:
-        self._node, self._qemu, self._disks, self._clock = node, qemu, disks, clock
+    def __init__(self, node: str, address: str, qemu: QemuManager, disks: NodeDisks, dirs: BackupDirs,
+                 run_dir: str, tls_dir: Callable[[], str], clock: Clock = SYSTEM) -> None:
+        self._node, self._qemu, self._disks, self._clock, self._tls_dir = node, qemu, disks, clock, tls_dir
         self.dirs = dirs
+        self._receiver = BackupReceiver(node, address, dirs, disks.files, run_dir, tls_dir)  # this node's end of others' exports
         self._files = FileSnapshots(disks.files)
         self._progress_dir = os.path.join(run_dir, "backups")
         # instance -> bytes done before the current copy, bytes in all, the current copy's bytes, its log
         self._progress: dict[str, tuple[int, int, int, str]] = {}
 
     def orders(self) -> dict[str, Order]:
-        return {"backup.export": self._export, "backup.status": self._status, "backup.read": self._read,
+        return {"backup.export": self._export, "backup.send": self._send, "backup.sizes": self._sizes,
+                "backup.send-backup": self._send_backup,
+                "backup.status": self._status, "backup.read": self._read,
                 "backup.remove": self._remove, "backup.restore": self._restore,
-                "backup.import-disks": self._import_disks}
+                "backup.import-disks": self._import_disks, **self._receiver.orders()}
 
     def _template(self, name: str, template: Any) -> None:
         if template not in TEMPLATES:
@@ -67,18 +73,19 @@ class NodeBackups:
         if running and not args.get("live"):
             raise OrderError(f"instance '{name}' is running on node '{self._node}': export it with --live (a copy "
                              "as of one instant while it runs), or stop it first")
-        partial = ""
+        partial, started = "", self._clock.time()  # a running guest's copy is of this instant
         try:
             sizes = await self._files.disk_sizes(name, [int(d["index"]) for d in inst["disks"]])
             total = sum(s[2] for s in sizes.values())
             partial = self.dirs.begin(args["directory"], name, backup_id, needed_bytes([s[0] for s in sizes.values()]))
             if running:
-                await self._copy_running(name, partial, {i: s[2] for i, s in sizes.items()}, total, compress)
+                targets = await self.dirs.make_targets(partial, {i: s[2] for i, s in sizes.items()})
+                await self._copy_running(name, [BackupTarget(i, p) for i, p in targets.items()], total, compress)
             else:
                 await self._copy_stopped(name, partial, {i: (s[0], s[1], s[2]) for i, s in sizes.items()}, total,
                                          compress)
             info = await self.dirs.commit(partial, {
-                "created": self._clock.time(), "consistency": "crash" if running else "stopped",
+                "created": started, "consistency": "crash" if running else "stopped",
                 "compressed": compress, "source_node": self._node,
                 "disks": {str(i): s[2] for i, s in sizes.items()}, "instance": inst})
         except (CopyError, QmpError, StorageError, OSError) as exc:
@@ -91,16 +98,82 @@ class NodeBackups:
                  info.used_bytes >> 20)
         return info.row()
 
-    async def _copy_running(self, name: str, partial: str, disks: dict[int, int], total: int,
-                            compress: bool) -> None:
+    async def _copy_running(self, name: str, targets: list[BackupTarget], total: int, compress: bool) -> None:
         self._progress[name] = (0, total, 0, "")
-        targets = await self.dirs.make_targets(partial, disks)
         log.info("instance '%s': exported from the running guest as of now (crash-consistent: the guest's file "
                  "systems are not frozen)", name)
         async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s) as qmp:
-            await backup_disks(qmp, [BackupTarget(i, p) for i, p in targets.items()], BACKUP_TIMEOUT_S,
+            await backup_disks(qmp, targets, BACKUP_TIMEOUT_S,
                                progress=lambda done, all_: self._progress.__setitem__(name, (done, all_, 0, "")),
                                compress=compress)
+
+    async def _sizes(self, args: dict[str, Any]) -> dict[str, Any]:
+        """What an export of the instance copies: each disk's bytes, and the blocks they hold (its space)."""
+        inst = args["instance"]
+        self._template(inst["name"], inst.get("disk_template"))
+        try:
+            sizes = await self._files.disk_sizes(inst["name"], [int(d["index"]) for d in inst["disks"]])
+        except StorageError as exc:
+            raise OrderError(str(exc)) from exc
+        return {"disks": {str(i): s[2] for i, s in sizes.items()}, "needed_bytes": needed_bytes(
+            [s[0] for s in sizes.values()])}
+
+    async def _send(self, args: dict[str, Any]) -> dict[str, Any]:
+        """An export into another node's images (hostagent.node.backupxfer): a running guest as of one
+        instant by QEMU's backup job, a stopped one's disks by qemu-img; nothing is kept here."""
+        inst, host, ports = args["instance"], str(args["host"]), {int(i): int(p) for i, p in args["ports"].items()}
+        name = str(inst["name"])
+        self._template(name, inst.get("disk_template"))
+        running = self._qemu.find(name) is not None
+        if running and not args.get("live"):
+            raise OrderError(f"instance '{name}' is running on node '{self._node}': export it with --live")
+        started = self._clock.time()
+        try:
+            sizes = await self._files.disk_sizes(name, sorted(ports))
+            total = sum(s[2] for s in sizes.values())
+            if running:
+                await self._copy_running(name, [BackupTarget(i, f"{host}:{port}", nbd=NbdTarget(
+                    host, port, receive_name(name, i), self._tls_dir())) for i, port in ports.items()], total, False)
+            else:
+                await self._send_stopped(name, host, ports, sizes, total)
+        except (CopyError, QmpError, StorageError, OSError) as exc:
+            raise OrderError(f"export of instance '{name}' from node '{self._node}' to {host} failed: {exc}") from exc
+        finally:
+            self._progress.pop(name, None)
+        return {"created": started, "consistency": "crash" if running else "stopped",
+                "disks": {str(i): s[2] for i, s in sizes.items()}}
+
+    async def _send_backup(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A backup's images written into another node's new disks (an import there)."""
+        info, name = self._info(args["path"]), str(args["name"])
+        ports = {int(i): int(p) for i, p in args["ports"].items()}
+        missing = sorted(set(ports) - set(info.disks))
+        if missing:
+            raise OrderError(f"backup {info.path} has no disk {', '.join(map(str, missing))} for instance '{name}'")
+        try:
+            await self._send_stopped(name, str(args["host"]), ports, {i: (self.dirs.disk_file(info, i), "qcow2",
+                                                                         info.disks[i]) for i in ports},
+                                     sum(info.disks[i] for i in ports))
+        except (StorageError, OSError) as exc:
+            raise OrderError(f"backup {info.path} not sent to {args['host']}: {exc}") from exc
+        finally:
+            self._progress.pop(name, None)
+        return {"sent": info.path}
+
+    async def _send_stopped(self, name: str, host: str, ports: dict[int, int],
+                            sizes: dict[int, tuple[str, str, int]], total: int) -> None:
+        done, progress_log = 0, self._log_path(name)
+        for index, port in sorted(ports.items()):
+            path, fmt, size = sizes[index]
+            if os.path.exists(progress_log):
+                os.unlink(progress_log)
+            self._progress[name] = (done, total, size, progress_log)
+            target = (f"driver=nbd,server.type=inet,server.host={host},server.port={port},"
+                      f"export={receive_name(name, index)},tls-creds=tls0")
+            await runner.run(["qemu-img", "convert", "-p", "-n", "-f", fmt, "--object",
+                              f"tls-creds-x509,id=tls0,dir={self._tls_dir()},endpoint=client",
+                              "--target-image-opts", path, target], timeout_s=BACKUP_TIMEOUT_S, log_path=progress_log)
+            done += size
 
     async def _copy_stopped(self, name: str, partial: str, disks: dict[int, tuple[str, str, int]], total: int,
                             compress: bool) -> None:

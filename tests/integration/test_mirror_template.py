@@ -362,3 +362,37 @@ def test_a_mirror_snapshot_reverts_the_primary_and_its_copy_is_made_anew_and_a_m
         n1.corral("instance", "remove", "ms1")
     for node in ("n2", "n3"):
         assert not (mirror_cluster[node].root / "state" / "file-storage" / "ms1").exists()
+
+
+def test_a_live_export_to_another_node_streams_there_over_tls_and_comes_back_there(mirror_cluster):
+    """The export is written on n1 while the guest runs on n2: n2's QEMU copies into images n1 serves (nothing
+    is kept on n2), compressed on n1; imported there as a file instance, and on n3 (n1 writing into the disks
+    n3 serves), each boots with the disk of that instant."""
+    n1, n2 = mirror_cluster["n1"], mirror_cluster["n2"]
+    exports = n1.root / "state" / "export"
+    n1.ok("instance", "add", "mb1", "--os", "busybox-guest", "--disk-template", "mirror", "--node", "n2:n3",
+          "--disk", "64M", "--memory", "128M")
+    try:
+        wait_for(lambda: "CORRAL-GUEST-BOOTED count=1" in console(n2, "mb1"), 90, "mb1 to boot on n2")
+        wait_in_sync(n1, "mb1")
+        made = n1.ok("backup", "export", "mb1", "--live", "--compress", "--to", f"n1:{exports}")
+        assert "node 'n1' receives the disks of 'mb1' from node 'n2' over TLS" in made, made
+        backup = wait_for(lambda: n1.json("backup", "list", "mb1"), 30, "the export in `backup list`")[0]
+        assert (backup["node"], backup["compressed"], backup["consistency"]) == ("n1", True, "crash"), backup
+        assert sorted(p.name for p in (exports / "mb1" / backup["backup_id"]).iterdir()) == ["backup.json",
+                                                                                               "disk0.qcow2"]
+        assert not (n2.root / "state" / "export" / "mb1").exists(), "the sending node keeps nothing"
+        n1.ok("instance", "reboot", "mb1")
+        wait_for(lambda: "CORRAL-GUEST-BOOTED count=2" in console(n2, "mb1"), 90, "mb1's second boot")
+        n1.ok("backup", "import", backup["ref"], "--name", "mb2", "--disk-template", "file")
+        wait_for(lambda: "CORRAL-GUEST-BOOTED count=" in console(n1, "mb2"), 90, "mb2 to boot on n1")
+        assert re.findall(r"CORRAL-GUEST-BOOTED count=(\d+)", console(n1, "mb2")) == ["2"], "the disk of the export"
+        sent = n1.ok("backup", "import", backup["ref"], "--name", "mb3", "--disk-template", "file", "--node", "n3")
+        assert "node 'n1' sends the backup's images to node 'n3' over TLS" in sent, sent
+        n3 = mirror_cluster["n3"]
+        wait_for(lambda: "CORRAL-GUEST-BOOTED count=" in console(n3, "mb3"), 90, "mb3 to boot on n3")
+        assert re.findall(r"CORRAL-GUEST-BOOTED count=(\d+)", console(n3, "mb3")) == ["2"], "the disk of the export"
+    finally:
+        n1.corral("instance", "remove", "mb3")
+        n1.corral("instance", "remove", "mb2")
+        n1.corral("instance", "remove", "mb1")
