@@ -28,11 +28,14 @@ def register(top: Subparsers) -> None:
     s.add_argument("instance", nargs="?", help="only this instance's")
     s.add_argument("--node", help="only those on this node")
     s = command(sub, "import", import_, "create a new instance from a backup (its disks copied, no OS installed)", job=True)
-    s.add_argument("backup", help=REF_HELP)
-    s.add_argument("--name", required=True, help="the new instance's name")
+    s.add_argument("backup", help=REF_HELP + "; with --ganeti, NODE:DIR of an export Ganeti wrote")
+    s.add_argument("--name", help="the new instance's name (required, except with --ganeti: the exported one's)")
+    s.add_argument("--ganeti", action="store_true", help="DIR holds what `gnt-backup export` wrote (config.ini and "
+                   "the disk dumps, which go through the OS's import script)")
     s.add_argument("--node", help="where it runs (default: the backup's node; another one receives the images over "
                    "TLS); for mirror PRIMARY:SECONDARY")
-    s.add_argument("-t", "--disk-template", choices=("file", "mirror"), help="default: the backed-up instance's")
+    s.add_argument("-t", "--disk-template", choices=("file", "mirror", "plain"),
+                   help="default: the backed-up instance's")
     s.add_argument("--no-start", action="store_true", help="leave it stopped")
     s = command(sub, "restore", restore, "replace an instance's disks with a backup's (stopped first and started "
                 "again if it runs)", job=True)
@@ -66,7 +69,8 @@ def show_list(ctx: Context) -> int:
 
 def import_(ctx: Context) -> int:
     a = ctx.args
-    body: dict[str, Any] = {"backup": a.backup, "name": a.name, "start": not a.no_start}
+    body: dict[str, Any] = {"backup": a.backup, "start": not a.no_start, **({"name": a.name} if a.name else {}),
+                            **({"ganeti": True} if a.ganeti else {})}
     if a.node:
         body["node"] = a.node
     if a.disk_template:

@@ -24,7 +24,6 @@ from election.member import wait_healthy
 from election.mirror import Mirror
 from election.replica import Replica
 from kvm.process import QemuManager
-from storage.backupdir import BackupDirs
 from storage.filedisk import FileTemplate
 from storage.lvm import PlainTemplate
 from storage.osdef import OsCatalog, discover
@@ -138,8 +137,7 @@ class Agent:
         self.diskcopy = NodeDiskCopy(cfg.node_name, self.qemu, self.disks, self.pki, cfg.run_dir)
         self.adoption = NodeAdoption(cfg.node_name, self.qemu, self.disks)
         self.snapshots = NodeSnapshots(cfg.node_name, self.qemu, self.disks, clock)
-        self.backups = NodeBackups(cfg.node_name, cfg.address, self.qemu, self.disks, BackupDirs(cfg.exports),
-                                   cfg.run_dir, self.replication.tls_dir, clock)
+        self.backups = NodeBackups(cfg, self.qemu, self.disks, self.replication.tls_dir, self.catalog, clock)
         self.replication.tell_master = self.drbd.tell_master = self.tell_master
         self.executor.dress = self.media.dress
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))

@@ -185,8 +185,12 @@ class BackupDirs:
                 folder = os.path.join(directory, instance)
                 if not os.path.isdir(folder):
                     continue
+                if os.path.exists(os.path.join(folder, "config.ini")):
+                    continue  # a Ganeti export (`backup import --ganeti`), not backups of an instance
                 for name in sorted(os.listdir(folder)):
                     path = os.path.join(folder, name)
+                    if not os.path.isdir(path):
+                        continue
                     if name.startswith("."):
                         leftovers.append(path)
                         continue

@@ -12,7 +12,7 @@ import os
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
 from storage import runner
 from storage.base import check_instance_name
@@ -292,8 +292,18 @@ async def run_rename(
                              f"rename-{osdef.name}-{old_name}-{env['INSTANCE_NAME']}", log_dir, timeout_s)
 
 
+async def run_import(osdef: OsDefinition, env: Mapping[str, str], index: int, device: str, dump_path: str,
+                     log_dir: str, timeout_s: float) -> str:
+    """Run the OS `import` script for disk `index` (Ganeti OS API: IMPORT_DEVICE, IMPORT_INDEX), the dump an
+    export script wrote on its stdin; return its log path. A non-zero exit raises OsScriptFailed."""
+    with open(dump_path, "rb") as dump:
+        return await _run_script(osdef, "import", {**env, "IMPORT_DEVICE": device, "IMPORT_INDEX": str(index)},
+                                 f"import-{osdef.name}-{env['INSTANCE_NAME']}-disk{index}", log_dir, timeout_s,
+                                 stdin=dump)
+
+
 async def _run_script(osdef: OsDefinition, script: str, env: dict[str, str], log_name: str, log_dir: str,
-                      timeout_s: float) -> str:
+                      timeout_s: float, stdin: BinaryIO | None = None) -> str:
     """One OS script, its output in `<log_dir>/<log_name>-<timestamp>.log`; OsScriptFailed/Timeout."""
     check_instance_name(env["INSTANCE_NAME"])
     os.makedirs(log_dir, exist_ok=True)
@@ -301,7 +311,7 @@ async def _run_script(osdef: OsDefinition, script: str, env: dict[str, str], log
     log_path = os.path.join(log_dir, f"{log_name}-{stamp}.log")
     try:
         result = await runner.run([osdef.script(script)], timeout_s=timeout_s, env=env, cwd=osdef.path,
-                                  log_path=log_path, check=False)
+                                  log_path=log_path, check=False, stdin=stdin)
     except CommandTimeout:
         raise OsScriptTimeout(osdef.name, script, timeout_s, log_path,
                               runner.tail_lines(log_path, LOG_TAIL_LINES)) from None

@@ -41,13 +41,14 @@ async def run(
     timeout_s: float,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
-    stdin: bytes | None = None,
+    stdin: bytes | BinaryIO | None = None,
     log_path: str | None = None,
     check: bool = True,
 ) -> CommandResult:
     """Run argv to completion within timeout_s.
 
     env, when given, is the child's whole environment (nothing inherited).
+    stdin is bytes to write, or an open file the child reads itself (a dump of gigabytes).
     With log_path, stdout and stderr are appended to that file instead of
     being captured. Raises CommandFailed on non-zero exit when check is true,
     CommandTimeout after killing the process group, CommandNotStarted when
@@ -59,7 +60,7 @@ async def run(
         try:
             proc = await asyncio.create_subprocess_exec(
                 *args,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE if isinstance(stdin, bytes) else stdin or asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT if log_path else asyncio.subprocess.PIPE,
                 env=env,
@@ -69,7 +70,8 @@ async def run(
         except OSError as exc:
             raise CommandNotStarted(args, exc.strerror or str(exc)) from exc
         try:
-            raw_out, raw_err = await asyncio.wait_for(proc.communicate(stdin), timeout_s)
+            raw_out, raw_err = await asyncio.wait_for(
+                proc.communicate(stdin if isinstance(stdin, bytes) else None), timeout_s)
         except asyncio.TimeoutError:
             await _kill(proc)
             raise CommandTimeout(args, timeout_s) from None

@@ -245,10 +245,14 @@ SCHEMAS: dict[str, Any] = {
                                                  "of that node; default: its first"},
         "live": {"type": "boolean", "description": "copy a running guest as of one instant while it runs"},
         "compress": {"type": "boolean", "description": "compressed qcow2 images"}}},
-    "BackupImport": {"type": "object", "required": ["backup", "name"], "additionalProperties": False,
+    "BackupImport": {"type": "object", "required": ["backup"], "additionalProperties": False,
                      "properties": {
-        "backup": _BACKUP_REF, "name": _NAME, "node": {"type": "string", "maxLength": 512, "nullable": True},
-        "disk_template": {"type": "string", "enum": ["file", "mirror"], "nullable": True},
+        "backup": {**_BACKUP_REF, "description": "a backup (NODE:PATH or INSTANCE/ID), or with ganeti the NODE:DIR "
+                   "`gnt-backup export` wrote"},
+        "name": {**_NAME, "description": "the new instance (default with ganeti: the exported instance's name)"},
+        "node": {"type": "string", "maxLength": 512, "nullable": True},
+        "disk_template": {"type": "string", "enum": ["file", "mirror", "plain"], "nullable": True},
+        "ganeti": {"type": "boolean", "description": "an export written by Ganeti's gnt-backup export"},
         "start": {"type": "boolean"}}},
     "BackupRemove": {"type": "object", "required": ["backup"], "additionalProperties": False,
                      "properties": {"backup": _BACKUP_REF}},

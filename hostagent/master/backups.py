@@ -18,6 +18,7 @@ from typing import Any
 
 from hostagent import model
 from hostagent.errors import BadRequest, Conflict, NotFound
+from hostagent.master.decide import ganeti_export
 from hostagent.master.decide.backup_import import import_request
 from hostagent.master.decide.checks import REPLICATION_PORTS
 from hostagent.master.following import follow
@@ -203,6 +204,18 @@ class Backups:
         finally:
             self._bases.discard(base)
 
+    async def _ganeti_disks(self, ctx: JobContext, inst: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+        for note in source["notes"]:
+            await ctx.log(f"not carried over from the Ganeti export: {note}")
+        await ctx.log(f"making the disks of '{inst['name']}' on node '{source['node']}' from the Ganeti export "
+                      f"{source['ref']} through OS '{inst['os']}' (its import script, or the dump as a raw image)")
+        made = await self.store.order(source["node"], "backup.import-ganeti", {
+            "instance": inst, "path": source["path"], "dumps": source["dumps"],
+            "hvparams": await self.store.hvparams(inst), "networks": await self.store.nic_networks(inst)},
+            timeout_s=BACKUP_TIMEOUT_S)
+        await ctx.log(f"disks of '{inst['name']}' made from the Ganeti export {source['ref']}")
+        return made
+
     async def _import_from(self, ctx: JobContext, inst: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
         """The new instance's disks, on another node than the backup: made empty there and served over TLS to
         the backup's node, which writes the backup's images into them (hostagent.node.backupxfer)."""
@@ -264,6 +277,10 @@ class Backups:
     async def import_add(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The add request that recreates a backup's instance (checked as any add is), and what the add job
         needs to make the disks from the backup. The configuration is read from the backup on its node."""
+        if params.get("ganeti"):
+            return await self._ganeti_add(params)
+        if not params.get("name"):
+            raise BadRequest("name the new instance (--name NEW): the backed-up one may still exist")
         backup = await self.find(params.get("backup"))
         try:
             read = await self.store.order(backup["node"], "backup.read", {"path": backup["path"]}, timeout_s=30)
@@ -274,11 +291,42 @@ class Backups:
                                     node=str(params.get("node") or backup["node"]),
                                     template=params.get("disk_template"), macs_in_use=macs,
                                     start=bool(params.get("start", True)))
+        if req["disk_template"] not in TEMPLATES:
+            raise BadRequest(f"a backup is imported as a {' or '.join(TEMPLATES)} instance so far, not "
+                             f"{req['disk_template']} (--disk-template)")
         return req, {"from_backup": {"ref": backup["ref"], "node": backup["node"], "path": backup["path"],
                                      "notes": notes}}
 
-    async def import_disks(self, ctx: JobContext, inst: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
-        """The new instance's disks made from the backup on its node (instance add's step)."""
+    async def _ganeti_add(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The add request of an export Ganeti wrote (hostagent.master.decide.ganeti_export), read on its node."""
+        node, _, path = str(params.get("backup") or "").partition(":")
+        if not path.startswith("/") or await self.store.get(model.node_key(node)) is None:
+            raise BadRequest(f"{params.get('backup')!r}: give the directory `gnt-backup export` wrote as NODE:DIR, "
+                             "DIR in an export directory of a node of this cluster")
+        try:
+            read = await self.store.order(node, "backup.read-ganeti", {"path": path}, timeout_s=30)
+        except JobFailed as exc:
+            raise BadRequest(str(exc)) from None
+        export = ganeti_export.read_config(read["config"])
+        missing = [f"disk{d.index}_dump {d.dump}" for d in export.disks if d.dump not in read["files"]]
+        if missing:
+            raise BadRequest(f"the Ganeti export {node}:{read['path']} is incomplete: {', '.join(missing)} is not "
+                             "there")
+        req, notes = ganeti_export.to_add_request(export, name=params.get("name") or None,
+                                                  node=params.get("node") or node,
+                                                  template=params.get("disk_template"))
+        req["start"] = bool(params.get("start", True))
+        if str(req.get("node")).partition(":")[0] != node:
+            raise BadRequest(f"a Ganeti export is imported on the node holding it ('{node}'); move the instance "
+                             "afterwards (`corral instance move`)")
+        return req, {"from_ganeti": {"ref": f"{node}:{read['path']}", "node": node, "path": read["path"],
+                                     "dumps": {str(d.index): d.dump for d in export.disks}, "notes": notes}}
+
+    async def import_disks(self, ctx: JobContext, inst: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+        """The new instance's disks made from a backup, or from a Ganeti export (instance add's step)."""
+        if args.get("from_ganeti"):
+            return await self._ganeti_disks(ctx, inst, args["from_ganeti"])
+        source = args["from_backup"]
         node = inst["primary_node"]
         for note in source["notes"]:
             await ctx.log(f"not carried over from the backup: {note}")

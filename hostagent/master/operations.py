@@ -201,8 +201,8 @@ class Operations:
                     await secondary
                 result = await self.store.order(node, "instance.adopt", {"instance": inst, "adopt": args["adopt"]})
                 await ctx.log(f"disks of '{name}' adopted")
-            elif args.get("from_backup"):
-                result = await self.backups.import_disks(ctx, inst, args["from_backup"])
+            elif args.get("from_backup") or args.get("from_ganeti"):
+                result = await self.backups.import_disks(ctx, inst, args)
             else:
                 create = self.store.order(node, "instance.create",
                                           {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,

@@ -22,12 +22,15 @@ from storage import runner
 from storage.backupdir import BackupDirs, BackupInfo, needed_bytes
 from storage.errors import StorageError
 from storage.filesnap import FileSnapshots, replace_disks
+from storage.osdef import OsCatalog
 from storage.install import DiskSpec, install_from_images
 
 from hostagent.clock import SYSTEM, Clock
+from hostagent.config import AgentConfig
 from hostagent.node.backupxfer import BackupReceiver, receive_name
 from hostagent.node.disks import NodeDisks
 from hostagent.node.executor import Order, OrderError, installed_marker
+from hostagent.node.ganetiimport import NodeGanetiImport
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +42,15 @@ _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 class NodeBackups:
     """Orders backup.{export,send,sizes,status,read,remove,restore,import-disks}, and backup.receive[-end]."""
 
-    def __init__(self, node: str, address: str, qemu: QemuManager, disks: NodeDisks, dirs: BackupDirs,
-                 run_dir: str, tls_dir: Callable[[], str], clock: Clock = SYSTEM) -> None:
-        self._node, self._qemu, self._disks, self._clock, self._tls_dir = node, qemu, disks, clock, tls_dir
-        self.dirs = dirs
-        self._receiver = BackupReceiver(node, address, dirs, disks.files, run_dir, tls_dir)  # this node's end of others' exports
+    def __init__(self, cfg: AgentConfig, qemu: QemuManager, disks: NodeDisks, tls_dir: Callable[[], str],
+                 catalog: Callable[[], OsCatalog], clock: Clock = SYSTEM) -> None:
+        self._node, self._qemu, self._disks, self._clock, self._tls_dir = cfg.node_name, qemu, disks, clock, tls_dir
+        self.dirs = dirs = BackupDirs(cfg.exports)
+        self._receiver = BackupReceiver(cfg.node_name, cfg.address, dirs, disks.files, cfg.run_dir, tls_dir)
+        self._ganeti = NodeGanetiImport(cfg.node_name, disks, dirs, catalog, os.path.join(cfg.log_dir, "os"),
+                                        cfg.os_install_timeout_s)
         self._files = FileSnapshots(disks.files)
-        self._progress_dir = os.path.join(run_dir, "backups")
+        self._progress_dir = os.path.join(cfg.run_dir, "backups")
         # instance -> bytes done before the current copy, bytes in all, the current copy's bytes, its log
         self._progress: dict[str, tuple[int, int, int, str]] = {}
 
@@ -54,7 +59,7 @@ class NodeBackups:
                 "backup.send-backup": self._send_backup,
                 "backup.status": self._status, "backup.read": self._read,
                 "backup.remove": self._remove, "backup.restore": self._restore,
-                "backup.import-disks": self._import_disks, **self._receiver.orders()}
+                "backup.import-disks": self._import_disks, **self._receiver.orders(), **self._ganeti.orders()}
 
     def _template(self, name: str, template: Any) -> None:
         if template not in TEMPLATES:

@@ -7,6 +7,7 @@ held at the moment of an export is read back as the count the next boot prints.
 from __future__ import annotations
 
 import json
+import subprocess
 
 from conftest import AgentNode, boots, wait_boot_count, wait_for
 
@@ -85,3 +86,100 @@ def test_a_live_export_brings_back_the_disk_of_that_instant_as_a_new_instance_an
     finally:
         node.corral("instance", "remove", "bk1")
         node.corral("instance", "remove", "bk2")
+
+
+# What Ganeti 3.0's FinalizeExport (lib/backend.py) writes into <export dir>/<instance>/config.ini through
+# configparser ("key = value", absent values as "None"), for a KVM instance of the corral-guest OS (Ganeti OS
+# API 20; its export script writes the disk with dd, so a dump is the raw disk) exported while stopped from a
+# file disk. disk0_dump names the dump beside config.ini (Ganeti names it after the disk's snapshot volume).
+GANETI_CONFIG = """\
+[export]
+version = 0
+timestamp = 1733400000
+source = node1.example.com
+os = corral-guest+default
+compression = none
+
+[instance]
+name = gnt1.example.com
+maxmem = 128
+minmem = 128
+memory = 128
+vcpus = 1
+disk_template = file
+hypervisor = {hypervisor}
+tags = from-ganeti
+nic_count = 0
+disk0_ivname = disk/0
+disk0_dump = 5b2f0c1e-3a4d-4e5f-8a9b-0c1d2e3f4a5b.disk0_data.snap
+disk0_size = 64
+disk0_name = None
+disk_count = 1
+
+[hypervisor]
+kernel_path = {guest}/vmlinuz
+initrd_path = {guest}/initrd.img
+kernel_args = quiet
+root_path = /dev/vda1
+serial_console = True
+disk_type = paravirtual
+nic_type = paravirtual
+kvm_path = /usr/bin/kvm
+migration_downtime = 30
+spice_bind = 
+
+[backend]
+maxmem = 128
+minmem = 128
+vcpus = 1
+always_failover = False
+auto_balance = True
+spindle_use = 1
+
+[os]
+filesystem = ext4
+
+[os_private]
+"""
+
+
+def test_an_export_ganeti_wrote_imports_through_the_os_import_script_and_boots_its_disk(one_node, guest_dir):
+    """The dump is a disk that booted twice (a Corral instance's, as Ganeti's corral-guest export script would
+    write it): imported with `backup import --ganeti`, it boots a third time under the exported name."""
+    node = one_node
+    node.ok("instance", "add", "gsrc", "--os", "busybox-guest", "--memory", "128M", "--disk", "64M")
+    export = node.root / "state" / "export" / "gnt1.example.com"
+    try:
+        wait_boot_count(node, "gsrc", 1)
+        node.ok("instance", "reboot", "gsrc")
+        wait_boot_count(node, "gsrc", 2)
+        node.ok("instance", "stop", "gsrc")
+        disk = next((node.root / "state" / "file-storage" / "gsrc").glob("disk0.*"))
+        export.mkdir(parents=True)
+        dump = export / "5b2f0c1e-3a4d-4e5f-8a9b-0c1d2e3f4a5b.disk0_data.snap"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk), str(dump)], check=True, timeout=60)
+
+        (export / "config.ini").write_text(GANETI_CONFIG.format(hypervisor="xen-pvm", guest=guest_dir))
+        xen = node.corral("backup", "import", "--ganeti", f"n1:{export}")
+        assert xen.returncode != 0 and "uses the xen-pvm hypervisor; Corral runs only kvm" in xen.stderr, xen
+        (export / "config.ini").write_text(GANETI_CONFIG.format(hypervisor="kvm", guest=guest_dir))
+        dump.rename(export / "elsewhere")
+        partial = node.corral("backup", "import", "--ganeti", f"n1:{export}")
+        assert partial.returncode != 0 and "is incomplete: disk0_dump" in partial.stderr, partial
+        (export / "elsewhere").rename(dump)
+        lost = node.corral("backup", "import", "--ganeti", f"n1:{export.parent}")
+        assert lost.returncode != 0 and "is not a Ganeti export: it has no config.ini" in lost.stderr, lost
+        assert "gnt1.example.com" not in [i["name"] for i in node.json("instance", "list")]
+
+        made = node.ok("backup", "import", "--ganeti", f"n1:{export}")
+        assert "through OS 'corral-guest+default'" in made, made
+        wait_boot_count(node, "gnt1.example.com", 3)  # its disk had booted twice
+        info = node.json("instance", "info", "gnt1.example.com")
+        assert (info["memory"], info["vcpus"], info["os"], info["tags"]) == (128, 1, "corral-guest+default",
+                                                                              ["from-ganeti"])
+        assert list((node.root / "log" / "os").glob("import-corral-guest-gnt1.example.com-disk0-*.log"))
+        again = node.corral("backup", "import", "--ganeti", f"n1:{export}")
+        assert again.returncode != 0 and "already exists" in again.stderr, again
+    finally:
+        node.corral("instance", "remove", "gnt1.example.com")
+        node.corral("instance", "remove", "gsrc")
