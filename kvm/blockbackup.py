@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,11 +70,14 @@ class BackupTarget:
 Progress = Callable[[int, int], None]  # bytes copied, bytes in all (every disk)
 
 
-async def backup_disks(qmp: Qmp, targets: Sequence[BackupTarget], timeout_s: float,
+async def backup_disks(connect: Callable[[], Awaitable[Qmp]], targets: Sequence[BackupTarget], timeout_s: float,
                        progress: Progress | None = None, at_start: Callable[[], Any] | None = None,
                        speed_bytes_s: int = 0, compress: bool = False) -> None:
     """Copy every target's disk as of one instant; returns once every copy is complete (bounded by
-    ``timeout_s``). ``at_start`` runs right after the jobs started (the guest's file systems thawed there);
+    ``timeout_s``). ``connect`` opens a QMP session: one starts the jobs, then each look at them is a
+    session of its own, so the monitor (QEMU serves one client at a time) stays free for everything else
+    a node asks of the guest during a copy of hours (its status, a shutdown, a migration).
+    ``at_start`` runs right after the jobs started (the guest's file systems thawed there);
     ``speed_bytes_s`` caps each job (0: as fast as the disks go), so a copy leaves the guest's I/O room;
     ``compress`` writes compressed clusters (qcow2 targets: an export to keep, not a disk to run)."""
     for t in targets:
@@ -82,24 +85,41 @@ async def backup_disks(qmp: Qmp, targets: Sequence[BackupTarget], timeout_s: flo
             raise BackupError(f"disk {t.index}: target format {t.fmt!r} is not one of {', '.join(FORMATS)}")
     opened: list[BackupTarget] = []
     try:
-        for t in targets:
-            await _qmp(qmp, "blockdev-add", await _target_args(qmp, t), t)
-            opened.append(t)
         try:
-            await qmp.execute("transaction", {"actions": [
-                {"type": "blockdev-backup", "data": {"job-id": t.job, "device": f"disk{t.index}", "target": t.node,
-                                                     "sync": "full", "auto-dismiss": False, "speed": max(0, speed_bytes_s),
-                                                     **({"compress": True} if compress else {})}}
-                for t in targets]})
-        except QmpError as exc:
-            raise BackupError(f"the copy of disk(s) {', '.join(str(t.index) for t in targets)} did not start: "
-                              f"{exc.reason}") from exc
+            async with await _session(connect) as qmp:
+                try:
+                    for t in targets:
+                        await _qmp(qmp, "blockdev-add", await _target_args(qmp, t), t)
+                        opened.append(t)
+                    await qmp.execute("transaction", {"actions": [
+                        {"type": "blockdev-backup", "data": {
+                            "job-id": t.job, "device": f"disk{t.index}", "target": t.node, "sync": "full",
+                            "auto-dismiss": False, "speed": max(0, speed_bytes_s),
+                            **({"compress": True} if compress else {})}}
+                        for t in targets]})
+                except QmpError as exc:
+                    raise BackupError(f"the copy of disk(s) {', '.join(str(t.index) for t in targets)} did not "
+                                      f"start: {exc.reason}") from exc
         finally:
-            if at_start is not None:
+            if at_start is not None:  # whatever happened: a frozen guest is thawed
                 await _maybe_await(at_start())
-        await _wait(qmp, targets, timeout_s, progress)
+        await _wait(connect, targets, timeout_s, progress)
     finally:
-        await _cancel_and_close(qmp, opened)
+        if opened:
+            try:
+                closing: Qmp | None = await _session(connect)
+            except BackupError:
+                closing = None  # the QEMU is gone, and its jobs and targets with it
+            if closing is not None:
+                async with closing:
+                    await _cancel_and_close(closing, opened)
+
+
+async def _session(connect: Callable[[], Awaitable[Qmp]]) -> Qmp:
+    try:
+        return await connect()
+    except QmpError as exc:
+        raise BackupError(f"the guest's monitor did not answer: {exc}") from exc
 
 
 async def _target_args(qmp: Qmp, t: BackupTarget) -> dict[str, Any]:
@@ -114,10 +134,12 @@ async def _target_args(qmp: Qmp, t: BackupTarget) -> dict[str, Any]:
             "discard": "unmap", "detect-zeroes": "unmap"}
 
 
-async def _wait(qmp: Qmp, targets: Sequence[BackupTarget], timeout_s: float, progress: Progress | None) -> None:
+async def _wait(connect: Callable[[], Awaitable[Qmp]], targets: Sequence[BackupTarget], timeout_s: float,
+                progress: Progress | None) -> None:
     jobs = {t.job: t for t in targets}
-    for _ in range(int(timeout_s / POLL_S) + 1):  # bounded by count: each round is a QMP call and a sleep
-        states = {j["id"]: j for j in await _jobs(qmp) if j["id"] in jobs}
+    for _ in range(int(timeout_s / POLL_S) + 1):  # bounded by count: each round is a QMP session and a sleep
+        async with await _session(connect) as qmp:
+            states = {j["id"]: j for j in await _jobs(qmp) if j["id"] in jobs}
         if progress is not None:
             progress(sum(int(j.get("current-progress", 0)) for j in states.values()),
                      sum(int(j.get("total-progress", 0)) for j in states.values()))

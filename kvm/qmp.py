@@ -15,6 +15,8 @@ from typing import Any, Self
 from qemu.qmp import ExecInterruptedError, QMPClient, QMPError
 
 log = logging.getLogger(__name__)
+CONNECT_TRIES = 100  # bounded by count as well as by the caller's timeout
+CONNECT_RETRY_S = 0.05
 
 
 class _DebugOnly(logging.LoggerAdapter[logging.Logger]):
@@ -47,19 +49,32 @@ class Qmp:
 
     @classmethod
     async def connect(cls, socket_path: str, timeout_s: float = 5.0) -> "Qmp":
-        """Connect and negotiate capabilities within ``timeout_s``."""
-        client = QMPClient(f"qmp:{socket_path}")
-        client.logger = _DebugOnly(log, {})  # type: ignore[assignment]  # typed Logger; qemu.qmp only logs through it
-        try:
-            await asyncio.wait_for(client.connect(socket_path), timeout_s)
-        except (QMPError, OSError) as exc:
-            raise QmpError(socket_path, f"cannot connect: {_describe(exc)}") from exc
-        except TimeoutError as exc:
-            await _disconnect_quietly(client)
-            raise QmpError(
-                socket_path, f"no QMP greeting within {timeout_s:g} s (QEMU hung or busy)"
-            ) from exc
-        return cls(client, socket_path, timeout_s)
+        """Connect and negotiate capabilities within ``timeout_s``.
+
+        While another client holds the monitor, a new one waits in the socket's backlog; when several wait,
+        some are seen dropped at the handshake ("Failed to establish session: Invalid argument", measured
+        with three clients taking turns on QEMU 7.2): those try again, within the same ``timeout_s``. A
+        socket that is gone or refuses (no QEMU) fails at once."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        for attempt in range(CONNECT_TRIES):
+            client = QMPClient(f"qmp:{socket_path}")
+            client.logger = _DebugOnly(log, {})  # type: ignore[assignment]  # typed Logger; qemu.qmp only logs through it
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(client.connect(socket_path), max(left, 0.01))
+            except (QMPError, OSError) as exc:
+                await _disconnect_quietly(client)
+                if _no_qemu(exc) or left <= CONNECT_RETRY_S or attempt == CONNECT_TRIES - 1:
+                    raise QmpError(socket_path, f"cannot connect: {_describe(exc)}") from exc
+                await asyncio.sleep(CONNECT_RETRY_S)
+                continue
+            except TimeoutError as exc:
+                await _disconnect_quietly(client)
+                raise QmpError(
+                    socket_path, f"no QMP greeting within {timeout_s:g} s (QEMU hung or busy)"
+                ) from exc
+            return cls(client, socket_path, timeout_s)
+        raise AssertionError("unreachable: the last try raises")
 
     async def __aenter__(self) -> Self:
         return self
@@ -142,6 +157,12 @@ class Qmp:
         if not host or not port:
             return None
         return f"{host}:{port}"
+
+
+def _no_qemu(exc: BaseException) -> bool:
+    """The socket is missing or nobody listens: no QEMU to wait for."""
+    causes = [exc, getattr(exc, "exc", None), exc.__cause__]
+    return any(isinstance(c, (FileNotFoundError, ConnectionRefusedError)) for c in causes)
 
 
 def _describe(exc: BaseException) -> str:

@@ -107,10 +107,10 @@ class NodeBackups:
         self._progress[name] = (0, total, 0, "")
         log.info("instance '%s': exported from the running guest as of now (crash-consistent: the guest's file "
                  "systems are not frozen)", name)
-        async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s) as qmp:
-            await backup_disks(qmp, targets, BACKUP_TIMEOUT_S,
-                               progress=lambda done, all_: self._progress.__setitem__(name, (done, all_, 0, "")),
-                               compress=compress)
+        await backup_disks(lambda: Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s),
+                           targets, BACKUP_TIMEOUT_S,
+                           progress=lambda done, all_: self._progress.__setitem__(name, (done, all_, 0, "")),
+                           compress=compress)
 
     async def _sizes(self, args: dict[str, Any]) -> dict[str, Any]:
         """What an export of the instance copies: each disk's bytes, and the blocks they hold (its space)."""

@@ -64,9 +64,10 @@ class NodeSnapshots:
                 targets = await self._snaps.prepare(name, snap, {i: s[2] for i, s in sizes.items()})
                 log.info("instance '%s': snapshot '%s' copied from the running guest as of now (crash-consistent: "
                          "the guest's file systems are not frozen)", name, snap)
-                async with await Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s) as qmp:
-                    await backup_disks(qmp, [BackupTarget(i, p) for i, p in targets.items()], SNAPSHOT_TIMEOUT_S,
-                                       progress=lambda done, all_: self._progress.__setitem__(name, (done, all_)))
+                await backup_disks(
+                    lambda: Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s),
+                    [BackupTarget(i, p) for i, p in targets.items()], SNAPSHOT_TIMEOUT_S,
+                    progress=lambda done, all_: self._progress.__setitem__(name, (done, all_)))
                 disks, consistency = {i: s[2] for i, s in sizes.items()}, "crash"
             else:
                 disks, consistency = await self._snaps.copy_stopped(name, snap, indices), "stopped"

@@ -7,7 +7,7 @@ back with qemu-img once QEMU has closed them.
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import pytest
@@ -27,16 +27,23 @@ DISK_MIB = 48
 
 @dataclass
 class Guest:
-    qmp: Qmp
+    socket: str  # its QMP: one session per command, as the copy's (QEMU serves one client at a time)
     disks: list[str]
 
+    def connect(self) -> Awaitable[Qmp]:
+        return Qmp.connect(self.socket, 10.0)
+
+    async def execute(self, command: str, args: dict | None = None):
+        async with await self.connect() as qmp:
+            return await qmp.execute(command, args or {})
+
     async def write(self, index: int, pattern: int, offset_mib: int, mib: int = 1) -> None:
-        out = await self.qmp.execute("human-monitor-command", {
+        out = await self.execute("human-monitor-command", {
             "command-line": f'qemu-io disk{index} "write -P {pattern} {offset_mib}M {mib}M"'})
         assert "failed" not in str(out).lower() and "error" not in str(out).lower(), out
 
     async def nodes(self) -> set[str]:
-        return {n["node-name"] for n in await self.qmp.execute("query-named-block-nodes", {"flat": True})}
+        return {n["node-name"] for n in await self.execute("query-named-block-nodes", {"flat": True})}
 
 
 def make_raw(path: str, mib: int) -> None:
@@ -58,8 +65,7 @@ async def guest(root: str, started: list[int]) -> AsyncIterator[Guest]:
                         disks=tuple(DiskSpec(p, "raw") for p in disks), nics=())
     manager = QemuManager(f"{root}/run", qmp_timeout_s=5.0)
     started.append(await manager.start(spec))
-    async with await Qmp.connect(manager.paths(spec.name).qmp_socket, 10.0) as qmp:
-        yield Guest(qmp, disks)
+    yield Guest(manager.paths(spec.name).qmp_socket, disks)
 
 
 async def test_every_disk_is_copied_as_it_was_when_the_copy_began_while_the_guest_goes_on_writing(guest, root):
@@ -71,16 +77,17 @@ async def test_every_disk_is_copied_as_it_was_when_the_copy_began_while_the_gues
     seen: list[tuple[int, int]] = []
 
     async def guest_writes_on() -> None:  # right after the jobs started: must not reach the copies
+        assert (await guest.execute("query-status"))["status"] == "running", "the monitor is free during a copy"
         await guest.write(0, 0x22, 40)
         await guest.write(1, 0x44, 44)
 
-    await backup_disks(guest.qmp, targets, 60, progress=lambda done, total: seen.append((done, total)),
+    await backup_disks(guest.connect, targets, 60, progress=lambda done, total: seen.append((done, total)),
                        at_start=guest_writes_on, speed_bytes_s=16 * MIB)
     assert len(seen) >= 3 and seen[0][0] < seen[0][1], f"a paced copy shows its progress on the way: {seen}"
     assert seen and seen[-1] == (2 * DISK_MIB * MIB, 2 * DISK_MIB * MIB), seen[-3:]
     assert not {t.node for t in targets} & await guest.nodes(), "the targets stay open in QEMU"
-    assert await guest.qmp.execute("query-jobs") == []
-    assert await guest.qmp.execute("query-status") == {"status": "running", "singlestep": False, "running": True}
+    assert await guest.execute("query-jobs") == []
+    assert await guest.execute("query-status") == {"status": "running", "singlestep": False, "running": True}
     assert read_image_mib(targets[0].path, "qcow2", 40) == bytes([0x11]) * MIB
     assert read_image_mib(targets[1].path, "qcow2", 44) == bytes([0x33]) * MIB
     assert read_image_mib(guest.disks[0], "raw", 40) == bytes([0x22]) * MIB, "the guest's own write was lost"
@@ -92,18 +99,18 @@ async def test_a_target_that_cannot_be_opened_fails_naming_the_disk_and_leaves_n
     make_target(good.path, DISK_MIB)
     missing = BackupTarget(1, f"{root}/no/such/dir/copy1.qcow2")
     with pytest.raises(BackupError, match="disk 1: blockdev-add"):
-        await backup_disks(guest.qmp, [good, missing], 30)
+        await backup_disks(guest.connect, [good, missing], 30)
     assert good.node not in await guest.nodes()
-    assert await guest.qmp.execute("query-jobs") == []
+    assert await guest.execute("query-jobs") == []
 
 
 async def test_a_target_of_another_size_is_refused_before_any_copy(guest, root):
     small = BackupTarget(0, f"{root}/small.qcow2")
     make_target(small.path, DISK_MIB // 2)
     with pytest.raises(BackupError, match="did not start"):
-        await backup_disks(guest.qmp, [small], 30)
+        await backup_disks(guest.connect, [small], 30)
     assert small.node not in await guest.nodes()
-    assert await guest.qmp.execute("query-jobs") == []
+    assert await guest.execute("query-jobs") == []
 
 
 async def test_a_mirror_disk_s_copy_stays_sparse_though_its_quorum_reports_no_holes(root, started):
@@ -122,7 +129,7 @@ async def test_a_mirror_disk_s_copy_stays_sparse_though_its_quorum_reports_no_ho
         assert "error" not in str(out).lower(), out
         target = BackupTarget(0, f"{root}/mirror-copy.qcow2")
         make_target(target.path, DISK_MIB)
-        await backup_disks(qmp, [target], 60)
+    await backup_disks(lambda: Qmp.connect(manager.paths(spec.name).qmp_socket, 10.0), [target], 60)
     assert read_image_mib(target.path, "qcow2", 8) == bytes([0x5a]) * MIB
     used = os.stat(target.path).st_blocks * 512
     assert used < 8 * MIB, f"the copy of a 48 MiB disk holding 1 MiB takes {used >> 20} MiB"

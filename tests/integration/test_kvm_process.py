@@ -301,3 +301,22 @@ async def test_qmp_quit_ends_qemu_without_error(manager, started):
         await qmp.quit()
     assert wait_until(lambda: is_gone(pid), timeout_s=5)
     assert await manager.status("vm1") == "stopped"
+
+
+async def test_clients_taking_turns_on_the_monitor_all_get_through_and_no_qemu_fails_at_once(manager, started):
+    """QEMU serves one monitor client at a time; the agent's reports, a copy's looks at its job and an order
+    may ask at once. Each waits its turn (some were seen dropped at the handshake, and try again)."""
+    await start(manager, started, bare_spec("vm1"))
+    socket = manager.paths("vm1").qmp_socket
+
+    async def turns(count: int) -> int:
+        for _ in range(count):
+            async with await Qmp.connect(socket, 10.0) as qmp:
+                assert (await qmp.execute("query-status"))["status"] in ("running", "prelaunch")
+        return count
+
+    assert await asyncio.gather(*(turns(30) for _ in range(3))) == [30, 30, 30]
+    began = time.monotonic()
+    with pytest.raises(QmpError, match="No such file"):
+        await Qmp.connect(f"{manager.paths('vm1').qmp_socket}.gone", 10.0)
+    assert time.monotonic() - began < 1.0, "nothing to wait for when no QEMU listens"
