@@ -75,6 +75,13 @@ def register(top: Subparsers) -> None:
                    help="finished jobs move to the archive S seconds after they ended (default 21600: 6 h)")
     s.add_argument("--require-owner", choices=("yes", "no"),
                    help="every new instance must name its owner; verify lists those without one")
+    s.add_argument("--backup-keep", type=int, metavar="N",
+                   help="scheduled backups an instance keeps unless it sets its own (default 7)")
+    s.add_argument("--backup-to", metavar="NODE:DIR|DIR|default",
+                   help="export directory of scheduled backups unless an instance sets its own (default: the "
+                        "node's first)")
+    s.add_argument("--backup-max-per-node", type=int, metavar="N",
+                   help="scheduled exports run at once per node, counting every export there (default 1)")
     s = command(c, "simulate", simulate, "what the master would do if a node died now (nothing is changed)")
     s.add_argument("--fail", action="append", required=True, metavar="NODE", help="a node to take away (repeat)")
     tags.add_commands(c, "cluster")
@@ -115,6 +122,9 @@ def info(ctx: Context) -> int:
         print(f"failover:     auto-failover default {'on' if d.get('auto_failover') else 'off'}; more than "
               f"{d.get('max_lost_nodes') or 'max(1, nodes/3)'} node(s) lost at once raise the alert; failback "
               + (f"after {d['failback_after_s']:.0f} s back" if d.get("failback_after_s") else "only on request"))
+        print(f"backups:      scheduled ones keep {d.get('backup_keep', 7)} per instance unless it says, go to "
+              f"{d.get('backup_to') or 'the first export directory of the node'}; at most "
+              f"{d.get('backup_max_per_node', 1)} export(s) at once per node")
         if d.get("fencing") == "disarmed":
             print(f"FENCING:      DISARMED{_since_words(d.get('fencing_since'))}: nodes cut off keep running "
                   "their instances and NOTHING fails over automatically; `corral cluster fencing arm`")
@@ -214,6 +224,12 @@ def modify(ctx: Context) -> int:
         body["restart_backoff_s"] = ctx.args.restart_backoff
     if ctx.args.disk_templates:
         body["enabled_disk_templates"] = [t.strip() for t in ctx.args.disk_templates.split(",") if t.strip()]
+    if ctx.args.backup_keep is not None:
+        body["backup_keep"] = ctx.args.backup_keep
+    if ctx.args.backup_to is not None:
+        body["backup_to"] = "" if ctx.args.backup_to == "default" else ctx.args.backup_to
+    if ctx.args.backup_max_per_node is not None:
+        body["backup_max_per_node"] = ctx.args.backup_max_per_node
     if ctx.args.policy:  # NAME= lifts that bound
         body["policy"] = {k: (_policy_value(v) if v else None)
                           for k, v in kv_list(ctx.args.policy, "--policy").items()}

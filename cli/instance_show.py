@@ -6,6 +6,7 @@ cli.instances registers them in the group's order.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -102,6 +103,7 @@ def info(ctx: Context) -> int:
             print(f"snapshots:    {len(r['snapshots'])}, {mib(r['snapshot_bytes'] // 2**20)} on disk: "
                   + ", ".join(s["name"] + ("" if s["node"] == r["primary_node"] else f" (on {s['node']})")
                               for s in r["snapshots"]))
+        _backups(r.get("backup") or {})
         for i, n in enumerate(r["nics"]):
             print(f"nic {i}:        {n['mode']} {n['mac']}" + (f" bridge {n['bridge']}" if n["bridge"] else "")
                   + (f" vlan {n['vlan']}" if n.get("vlan") else "")
@@ -114,6 +116,23 @@ def info(ctx: Context) -> int:
             for line in r["console_tail"]:
                 print(f"  | {line}")
     return ctx.out(ctx.client.get(f"/v1/instances/{quote(ctx.args.name)}"), human)
+
+
+def _backups(b: dict[str, Any]) -> None:
+    """The backup schedule, keep count and target, the newest backup and when the next is due."""
+    made = f"{b.get('count') or 0} backup(s) in `corral backup list`"
+    if not b.get("schedule"):
+        print("backups:      none scheduled" + (f"; {made}" if b.get("count") else ""))
+        return
+    print(f"backups:      {b['words']}, keep {b['keep']}" + (" (the cluster's)" if b.get("keep_own") is None else "")
+          + f", into {b.get('to') or 'the first export directory of its node'}"
+          + (" (the cluster's)" if b.get("to") and not b.get("to_own") else ""))
+    due = b.get("next_due") or 0.0
+    print(f"              last backup {when(b['last']) if b.get('last') else 'none yet'} ({made}); next "
+          + (f"under way (job {b['job']})" if b.get("job") is not None else
+             "due now" if due <= time.time() else f"due {when(due)}"))
+    if b.get("last_error"):
+        print(f"              last scheduled attempt failed at {when(b.get('failed_at'))}: {b['last_error']}")
 
 
 def _cell(value: Any) -> str:

@@ -75,6 +75,14 @@ def register(top: Subparsers) -> None:
     s.add_argument("--description", help="one line saying what it is for ('' clears it)")
     s.add_argument("--cdrom", metavar="PATH|none", help="insert an ISO file (live if the running instance has a "
                                                         "CD-ROM drive, else at its next start); none ejects")
+    s.add_argument("--backup", metavar="SCHEDULE",
+                   help="the master backs the instance up by itself (live while it runs): hourly, daily, weekly, or "
+                        "every N s/m/h such as 6h (at least 20s); none stops it")
+    s.add_argument("--backup-keep", metavar="N|default",
+                   help="scheduled backups kept in the export directory, oldest removed first (default: the "
+                        "cluster's, 7 unless changed)")
+    s.add_argument("--backup-to", metavar="NODE:DIR|DIR|default",
+                   help="export directory of scheduled backups (default: the cluster's, else the node's first)")
     s.add_argument("--restart", action="store_true", help="restart the instance now if changes are pending")
     s.add_argument("--force", action="store_true",
                    help="write a memory increase even if its nodes cannot promise it (N+1), with a warning")
@@ -137,12 +145,30 @@ def modify(ctx: Context) -> int:
         body["nics"] = [networks.nic_change(n) for n in a.net]
     if a.cdrom is not None:
         body["cdrom"] = a.cdrom
+    body.update(_backup_options(a))
     if not body:
         raise UsageError("nothing to change: give --cdrom, --memory, --vcpus, --hv, --os-param, --net, --owner, "
-                         "--description, --priority, --after/--no-after, --boot-pattern, --boot-timeout or "
-                         "--auto-failover")
+                         "--description, --priority, --after/--no-after, --boot-pattern, --boot-timeout, "
+                         "--auto-failover, --backup, --backup-keep or --backup-to")
     body.update({"restart": a.restart, "force": a.force})
     return ctx.job(ctx.client.post(f"/v1/instances/{quote(a.name)}/modify", body))
+
+
+def _backup_options(a: argparse.Namespace) -> dict[str, Any]:
+    """--backup, --backup-keep, --backup-to as the agent takes them (it checks the schedule and the target)."""
+    body: dict[str, Any] = {}
+    if a.backup is not None:
+        body["backup_schedule"] = a.backup
+    if a.backup_keep is not None:
+        if a.backup_keep == "default":
+            body["backup_keep"] = None
+        elif a.backup_keep.isdigit():
+            body["backup_keep"] = int(a.backup_keep)
+        else:
+            raise UsageError(f"--backup-keep: {a.backup_keep!r} is not a whole number of backups (or default)")
+    if a.backup_to is not None:
+        body["backup_to"] = "" if a.backup_to == "default" else a.backup_to
+    return body
 
 
 def _memory(value: str) -> str:

@@ -30,6 +30,7 @@ FAILOVER_STATE_KEY = "/corral/failover-state"  # the master's node-failure decis
 RESTARTS = "/corral/restarts/"  # the master's restart tracks (hostagent.master.decide.restarts), one per instance
 REPLICAS = "/corral/replicas/"  # per replicated instance: is the secondary's copy in sync (hostagent.master.decide.replicas)
 NETWORKS = "/corral/networks/"  # networks with an IPv4 pool (hostagent.master.decide.networks)
+BACKUP_RUNS = "/corral/backup-runs/"  # per instance with a backup schedule: its scheduled export in flight, last outcome
 # Disk templates. REPLICATED: a second copy on another node (a secondary, failover, evacuation onto it);
 # QUORUM_MIRRORED: that copy is kept by the primary's QEMU (a quorum over the local image and an NBD target,
 # hostagent.node.replication). DRBD (a later template) is replicated, not quorum-mirrored.
@@ -84,6 +85,11 @@ def replica_key(instance: str) -> str:
 
 def network_key(name: str) -> str:
     return NETWORKS + name
+
+
+def backup_run_key(instance: str) -> str:
+    """The scheduled backups' record of an instance (hostagent.master.decide.backup_schedule.Run)."""
+    return BACKUP_RUNS + instance
 
 
 def address_key(network: str, ip: str) -> str:
@@ -182,6 +188,12 @@ class Instance:
     description: str = ""
     tags: list[str] = field(default_factory=list)
     cdrom: str | None = None  # None: no CD-ROM drive; "": a drive, empty; else the ISO in it (hostagent.master.cdrom)
+    # Scheduled backups (hostagent.master.decide.backup_schedule): "" none, else hourly, daily, weekly or a
+    # duration such as 90s, 30m, 6h; keep None and to "" follow the cluster's backup_keep and backup_to.
+    backup_schedule: str = ""
+    backup_keep: int | None = None
+    backup_to: str = ""  # NODE:DIR or DIR; "" (and no cluster default): the node's first export directory
+    backup_since: float = 0.0  # when the schedule was set or changed (cluster verify: overdue with no backup yet)
     admin_state: str = "down"
     ctime: float = 0.0
     mtime: float = 0.0

@@ -16,7 +16,7 @@ from typing import Any
 
 from storage.drbdconf import RESOURCE_PREFIX
 
-from hostagent.master.decide import networks
+from hostagent.master.decide import backup_schedule, networks
 from hostagent.node.clocks import ClockReading
 from hostagent.master.decide.placement import Request, Judge
 from hostagent.node.looplag import WARN_MS as LOOP_LAG_WARN_MS
@@ -63,7 +63,7 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
             "uuid": inst["uuid"], "ctime": inst["ctime"], "mtime": inst["mtime"], "replication": replication,
             "priority": inst.get("priority", "normal"), "after": inst.get("after", []),
             "boot_pattern": inst.get("boot_pattern", ""), "auto_failover": inst.get("auto_failover"),
-            "cdrom": inst.get("cdrom"), "snapshots": snapshots,
+            "cdrom": inst.get("cdrom"), "snapshots": snapshots, "backup_schedule": inst.get("backup_schedule") or "",
             "snapshot_bytes": sum(int(s.get("used_bytes", 0)) for s in snapshots),
             "boot_timeout_s": (inst.get("boot_timeout_s") or DEFAULT_BOOT_TIMEOUT_S) if inst.get("boot_pattern")
             else 0.0, "boot": seen.get("boot"), "vnc_socket": seen.get("vnc_socket") if observed.pid else None,
@@ -210,6 +210,8 @@ def verify(nodes: list[dict[str, Any]], instances: list[dict[str, Any]],
         out += _node_findings(name, report, by_name, busy)
     for inst in instances:
         out += _instance_findings(inst, reports, running_on.get(inst["name"], []), now)
+    out += [Finding("warning", message, "backup-overdue", by_name[name]["primary_node"], name)
+            for name, message in backup_schedule.overdue(instances, reports, now)]
     out += _n_plus_1(nodes, fresh, instances, now)
     out += _clock_findings(clocks or {})
     if addresses is not None:

@@ -14,6 +14,7 @@ from kvm.hvparams import kernel_path_problems, parse_hvparams
 from hostagent import model, views
 from hostagent.api import auth
 from hostagent.master import cluster_settings
+from hostagent.master.decide import backup_schedule
 from hostagent.node import clocks, joining
 from hostagent.api.base import ApiBase
 from hostagent.errors import BadRequest
@@ -65,6 +66,9 @@ class ClusterRoutes(ApiBase):
             "sync_rate_mib_s": cluster.get("sync_rate_mib_s", 0.0), "restart_backoff_s": cluster.get("restart_backoff_s"),
             "candidate_pool_size": cluster.get("candidate_pool_size", 3),
             "default_memory_mib": cluster.get("default_memory_mib", 512), "default_vcpus": cluster.get("default_vcpus", 1),
+            "backup_keep": cluster.get("backup_keep") or backup_schedule.DEFAULT_KEEP,
+            "backup_to": cluster.get("backup_to") or "",
+            "backup_max_per_node": cluster.get("backup_max_per_node") or backup_schedule.DEFAULT_MAX_PER_NODE,
         })
 
     async def cluster_fencing(self, request: web.Request) -> web.Response:

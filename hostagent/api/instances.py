@@ -16,6 +16,7 @@ from hostagent import model, views
 from hostagent.api import users
 from hostagent.api.base import ApiBase
 from hostagent.errors import BadRequest, NotFound
+from hostagent.master.decide import backup_schedule
 from hostagent.master.node_ops import NodeOperations
 from hostagent.master.operations import Operations
 
@@ -112,8 +113,11 @@ class InstanceRoutes(ApiBase):
         if inst["primary_node"] == self.agent.cfg.node_name and not row["console_tail"]:
             lines = self.agent.qemu.console_log_tail(name, 30)
             row["console_tail"] = [line for line in lines if line.strip()][-10:]
-        row["auto_failover_default"] = bool((self.agent.replica.get_json(model.CLUSTER_KEY) or {})
-                                            .get("auto_failover", False))
+        cluster = self.agent.replica.get_json(model.CLUSTER_KEY) or {}
+        row["auto_failover_default"] = bool(cluster.get("auto_failover", False))
+        row["backup"] = backup_schedule.describe(inst, self._reports(), cluster,
+                                                 self.agent.replica.get_json(model.backup_run_key(name)),
+                                                 self.agent.clock.time())
         return self._ok(row)
 
     async def instance_add(self, request: web.Request) -> web.Response:

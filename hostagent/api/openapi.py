@@ -92,7 +92,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/instances/{name}": {"get": _op("One instance", params=("name",)),
                              "delete": _op("Remove an instance and its disks (a job)", "202", params=("name",))},
     "/v1/instances/{name}/modify": {"post": _op("Change memory, vCPUs, hypervisor and OS parameters, restart "
-                                                "priority, after, boot check, auto failover (a job)",
+                                                "priority, after, boot check, auto failover, backup schedule (a job)",
                                                 "202", "InstanceModify", ("name",))},
     "/v1/instances/{name}/{action}": {"post": _op("start, stop, reboot, migrate, fail over, move, replace-secondary, activate-disks, grow-disk, add-disk, "
                                                   "remove-disk, reinstall, rename an instance, create, revert or remove one of its snapshots, or restore it from a backup (a job)", "202",
@@ -163,6 +163,8 @@ _NIC: dict[str, Any] = {
     "vlan": {"type": "integer", "minimum": 1, "maximum": 4094, "nullable": True,
              "description": "bridged NICs: the tap's VLAN (default: the network's)"}}
 
+_BACKUP_TO = {"type": "string", "maxLength": 4096, "example": "/var/lib/corral/export",
+              "description": "NODE:DIR or DIR, an export directory of the node"}
 _BACKUP_REF = {"type": "string", "maxLength": 1300, "description": "a backup: NODE:PATH or INSTANCE/ID "
                                                                   "(`corral backup list`)"}
 
@@ -190,7 +192,13 @@ SCHEMAS: dict[str, Any] = {
         "enabled_disk_templates": {"type": "array", "minItems": 1, "maxItems": 8,
                                    "items": {"type": "string", "maxLength": 16}},
         "policy": {"type": "object", "maxProperties": 8, "additionalProperties": {
-            "anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}], "nullable": True}}}},
+            "anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}], "nullable": True}},
+        "backup_keep": {"type": "integer", "minimum": 1, "maximum": 1000,
+                        "description": "scheduled backups an instance keeps unless it sets its own (default 7)"},
+        "backup_to": {**_BACKUP_TO, "description": "where scheduled backups go unless an instance sets its own; "
+                                                   "'' for the node's first export directory"},
+        "backup_max_per_node": {"type": "integer", "minimum": 1, "maximum": 64,
+                                "description": "export jobs the master's schedule runs at once per node (default 1)"}}},
     "RotateSecrets": {"type": "object", "properties": {"new_ca": {"type": "boolean"}}},
     "InstanceAdd": {"type": "object", "required": ["name", "os"], "properties": {
         "name": _NAME, "os": {"type": "string", "maxLength": 253}, "node": {"type": "string", "maxLength": 512,
@@ -218,6 +226,12 @@ SCHEMAS: dict[str, Any] = {
         "owner": {"type": "string", "maxLength": 128}, "description": {"type": "string", "maxLength": 1024},
         "nics": {"type": "array", "maxItems": 16, "items": {"$ref": "#/components/schemas/NicChange"},
                  "description": "NIC changes in order (a stopped instance only, for now)"},
+        "backup_schedule": {"type": "string", "maxLength": 16, "example": "daily",
+                            "description": "the master backs the instance up by itself: hourly, daily, weekly, or "
+                                           "a duration of at least 20 s such as 90s, 30m, 6h; none (or '') stops it"},
+        "backup_keep": {"type": "integer", "minimum": 1, "maximum": 1000, "nullable": True,
+                        "description": "scheduled backups kept in its export directory; null: the cluster's"},
+        "backup_to": {**_BACKUP_TO, "description": "where its scheduled backups go; '': the cluster's default"},
         "restart": {"type": "boolean", "description": "restart now if changes are pending"},
         "force": {"type": "boolean", "description": "write a memory increase N+1 cannot promise"}}},
     "InstanceAction": {"type": "object", "description": "the fields each action takes (others are ignored)",

@@ -16,6 +16,7 @@ from membership.rpc import SerfRpc
 from hostagent import model, pki
 from hostagent.clock import SYSTEM, Clock
 from hostagent.master.duties.autofailover import AutoFailover
+from hostagent.master.duties.scheduled_backups import ScheduledBackups
 from hostagent.master.jobarchive import JobArchive
 from hostagent.master.node_ops import NodeOperations
 from hostagent.master.jobs import lock_keys
@@ -49,9 +50,11 @@ class Candidacy:
                               "cluster.rotate-secrets": rotation.job}
         self.role.on_elected.append(self._fence_older_masters)
         self.autofailover = AutoFailover(self.ops.store, self.ops.views)
+        self.scheduled_backups = ScheduledBackups(self.ops.store, self.ops.views, self.ops.backups)
         self.role.duties += [self._pool_duty, self._fence_stragglers, JobArchive(self.ops.store).step,
                              self.ops.mirrors.keep_mirrors,
-                             self.ops.restarter.step, self.autofailover.step, self.node_ops.tokens.sweep_tokens]
+                             self.ops.restarter.step, self.autofailover.step, self.node_ops.tokens.sweep_tokens,
+                             self.scheduled_backups.step]
         self._task: asyncio.Task[Any] | None = None
 
     def start(self, loops: Loops) -> None:

@@ -14,7 +14,7 @@ from election.etcd import Op
 from kvm.hvparams import HvParamError, parse_hvparams
 
 from hostagent import model
-from hostagent.master.decide import policy
+from hostagent.master.decide import backup_schedule, policy
 from hostagent.master.decide.checks import DISK_TEMPLATES
 from hostagent.errors import BadRequest, Conflict
 from hostagent.master.decide.restarts import Event
@@ -41,6 +41,12 @@ MODIFIABLE = {
     "restart_backoff_s": "seconds (above 0, at most 3600) before the second restart attempt (it doubles after)",
     "enabled_disk_templates": f"a list of the templates new instances may use, from {', '.join(DISK_TEMPLATES)}",
     "policy": f"bounds every instance must keep: {policy.WORDS}",
+    "backup_keep": f"a whole number from 1 to {backup_schedule.MAX_KEEP}: the backups a scheduled instance keeps "
+                   f"in its export directory unless it sets its own (default {backup_schedule.DEFAULT_KEEP})",
+    "backup_to": "where scheduled backups go unless an instance sets its own: NODE:DIR or an absolute DIR (an "
+                 "export directory of each instance's node), or '' for the node's first export directory",
+    "backup_max_per_node": "a whole number from 1 to 64: scheduled exports the master runs at once per node, "
+                           f"counting every export job there (default {backup_schedule.DEFAULT_MAX_PER_NODE})",
 }
 
 
@@ -102,6 +108,24 @@ def _more_problems(changes: dict[str, Any]) -> list[str]:
                             f"got {wanted!r}")
     if "policy" in changes:
         policy.parse(changes["policy"], problems)
+    return problems + _backup_problems(changes)
+
+
+def _backup_problems(changes: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    if "backup_keep" in changes:
+        keep = changes["backup_keep"]
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= backup_schedule.MAX_KEEP:
+            problems.append(f"backup_keep must be {MODIFIABLE['backup_keep']}, got {keep!r}")
+    if "backup_to" in changes:
+        try:
+            backup_schedule.parse_target(changes["backup_to"])
+        except ValueError as exc:
+            problems.append(f"backup_to: {exc}")
+    if "backup_max_per_node" in changes:
+        most = changes["backup_max_per_node"]
+        if isinstance(most, bool) or not isinstance(most, int) or not 1 <= most <= 64:
+            problems.append(f"backup_max_per_node must be {MODIFIABLE['backup_max_per_node']}, got {most!r}")
     return problems
 
 
@@ -115,6 +139,8 @@ def stored(changes: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
         elif key == "hvparams":
             merged = {**(cluster.get("hvparams") or {}), **value}
             out["hvparams"] = {k: v for k, v in merged.items() if v is not None}
+        elif key == "backup_to":
+            out[key] = backup_schedule.parse_target(value)
         elif key == "policy":
             bounds = policy.parse(value, [])
             lifted = {policy.FIELDS[k][0] for k, v in value.items() if k in policy.FIELDS and v in (None, "")}

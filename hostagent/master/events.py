@@ -27,8 +27,9 @@ EVENTS_KEPT = 1000
 # once) must not share a key, or the second would replace the first's events. Keys order by time, then by it.
 _SEQ = itertools.count()
 # Kinds the operator has to look at (a node lost, a failover refused, the alert, a copy that stopped
-# protecting its instance, a setting changed by hand): logged as warnings, the others as information.
-WARNING_KINDS = frozenset({"node-lost", "refuse", "alert", "copy-outdated", "operator"})
+# protecting its instance, a setting changed by hand, a scheduled backup that failed): logged as warnings, the
+# others as information.
+WARNING_KINDS = frozenset({"node-lost", "refuse", "alert", "copy-outdated", "operator", "backup-failed"})
 
 
 async def event_ops(client: EtcdClient, events: Sequence[Event], now: float) -> list[Op]:

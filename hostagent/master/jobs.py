@@ -138,6 +138,10 @@ class JobRunner:
     def running_jobs(self) -> list[int]:
         return sorted(i for i, (_, job) in self._active.items() if job["status"] == "running")
 
+    def active(self, op: str) -> list[dict[str, Any]]:
+        """The queued and running jobs of `op` (their records as this runner holds them; do not change them)."""
+        return [job for _, job in self._active.values() if job["op"] == op and job["status"] in ("queued", "running")]
+
     def busy(self, lock_key: str) -> bool:
         """Whether a queued or running job holds or waits for `lock_key`."""
         return any(lock_key in self._lock_keys(job) for _, job in self._active.values())

@@ -17,7 +17,8 @@ from election.etcd import Compare, Op
 from hostagent import model
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.master import cdrom, pending, vncpass
-from hostagent.master.decide import nics
+from hostagent.master.backups import TEMPLATES as BACKUP_TEMPLATES
+from hostagent.master.decide import backup_schedule, nics
 from hostagent.master.decide.checks import check_kernel, check_modify, check_resources
 from hostagent.master.jobs import Handler, JobContext, JobFailed, operator_errors
 from hostagent.master.store import Store
@@ -61,6 +62,8 @@ class InstanceModify:
                            await self.store.cluster_hv())
         if changes.get("cdrom") and new.get("cdrom"):
             await cdrom.check_on(self.store, new["cdrom"], cdrom.nodes_of(inst))
+        if {"backup_schedule", "backup_keep", "backup_to"} & set(changes):
+            await self._check_backups(new)
         reservations = []
         if "nics" in changes:
             new["nics"], _, changes["nics"] = await self._changed_nics(target, changes["nics"])
@@ -77,6 +80,16 @@ class InstanceModify:
         return await self.store.role.require().submit(
             "instance.modify", {"name": name, "changes": changes, "restart": restart, "force": force},
             f"modify instance '{name}'", reservations=reservations, must_exist=[model.instance_key(name)])
+
+    async def _check_backups(self, new: dict[str, Any]) -> None:
+        """A schedule that could never run is refused now, not found out at its first export."""
+        reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
+        problem = backup_schedule.target_problem(
+            new, await self.store.get(model.CLUSTER_KEY) or {},
+            {n: (list(r["export_dirs"]) if "export_dirs" in r else None) for n, r in reports.items()},
+            BACKUP_TEMPLATES)
+        if problem:
+            raise BadRequest(problem)
 
     async def nic_live_plan(self, inst: dict[str, Any], changes: list[dict[str, Any]],
                             after: int) -> nics.LivePlan | None:
@@ -170,6 +183,8 @@ class InstanceModify:
             running = await self.store.running(inst)
             new = pending.split(inst, wanted, running)
             new["mtime"] = self.store.clock.time()
+            if new.get("backup_schedule", "") != inst.get("backup_schedule", ""):  # for cluster verify's overdue
+                new["backup_since"] = new["mtime"] if new.get("backup_schedule") else 0.0
             kept = [records[n][0] for n in _reached(name, new["after"], records)]
             token = self.store.role.token
             if token is None or not self.store.role.lease_ok():
@@ -191,6 +206,8 @@ class InstanceModify:
                     await ctx.log(f"WARNING (--force): {line}")
                 if {"boot_pattern", "boot_timeout_s"} & set(changes):
                     await ctx.log("the boot check applies from the next start of the instance")
+                if {"backup_schedule", "backup_keep", "backup_to"} & set(changes):
+                    await ctx.log(_backup_words(new, await self.store.get(model.CLUSTER_KEY) or {}))
                 await vncpass.ensure(self.store, new)
                 if "cdrom" in changes:
                     await cdrom.apply_live(self.store, ctx, new)
@@ -223,6 +240,16 @@ def _reached(name: str, after: list[str], records: dict[str, tuple[Any, dict[str
 def _change(field: str, was: Any, now: Any) -> str:
     shown = (lambda v: format_mib(int(v or 0))) if field == "memory_mib" else _shown
     return f"{shown(was)} -> {shown(now)}" + (" (unchanged)" if was == now else "")
+
+
+def _backup_words(inst: dict[str, Any], cluster: dict[str, Any]) -> str:
+    schedule = inst.get("backup_schedule") or ""
+    if not schedule:
+        return f"instance '{inst['name']}' has no backup schedule: the master makes no backups of it by itself"
+    target = backup_schedule.target_of(inst, cluster)
+    return (f"the master backs up '{inst['name']}' {backup_schedule.schedule_words(schedule)} (live while it runs), "
+            f"into {target or 'the first export directory of its node'}, keeping the newest "
+            f"{backup_schedule.keep_of(inst, cluster)} there")
 
 
 def _pending_words(changes: dict[str, Any]) -> str:

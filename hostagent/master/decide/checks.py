@@ -21,7 +21,7 @@ from typing import Any
 from kvm.hvparams import HvParamError, HvParams, kernel_path_problems, parse_hvparams
 
 from hostagent import model
-from hostagent.master.decide import nics, policy, tags
+from hostagent.master.decide import backup_schedule, nics, policy, tags
 from hostagent.node.bootpattern import BootPattern, BootPatternError
 from hostagent.errors import BadRequest, Conflict
 from hostagent.master.decide.placement import Placement, PlacementError, Request, check_manual, place
@@ -52,7 +52,8 @@ BOOT_PATTERN_MAX_CHARS = 500
 # hvparams of a running instance wait for its next start (hostagent.master.pending); osparams serve its next install;
 # nics (a list of changes) are checked against the networks and what others hold by hostagent.master.decide.nics.changed.
 MODIFIABLE = ("priority", "after", "boot_pattern", "boot_timeout_s", "auto_failover", "memory", "vcpus",
-              "hvparams", "osparams", "owner", "description", "nics", "cdrom")
+              "hvparams", "osparams", "owner", "description", "nics", "cdrom", "backup_schedule", "backup_keep",
+              "backup_to")
 OWNER_MAX_CHARS = 128
 DESCRIPTION_MAX_CHARS = 1024
 
@@ -175,7 +176,8 @@ def check_modify(inst: Mapping[str, Any], req: Mapping[str, Any], records: tuple
 
     `req` holds only what changes: priority, after (a list; [] for none),
     boot_pattern ("" clears the check, and its timeout), boot_timeout_s,
-    auto_failover (true, false, or null for the cluster's default)."""
+    auto_failover (true, false, or null for the cluster's default), the
+    backup schedule, keep count and target (hostagent.master.decide.backup_schedule)."""
     name = str(inst["name"])
     unknown = sorted(set(req) - set(MODIFIABLE))
     if unknown:
@@ -229,6 +231,7 @@ def check_modify(inst: Mapping[str, Any], req: Mapping[str, Any], records: tuple
     if "osparams" in req:
         merged = _merged("osparams", inst.get("osparams") or {}, req["osparams"], problems)
         new["osparams"] = _os_request(str(inst.get("os", "")), merged, problems)[1]
+    new.update(backup_schedule.check_modify(req, problems))  # backup_schedule, backup_keep, backup_to
     if problems:
         raise BadRequest("; ".join(problems))
     return new

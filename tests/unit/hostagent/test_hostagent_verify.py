@@ -337,3 +337,16 @@ def test_jobs_in_flight_name_their_instance_and_ended_ones_do_not_count():
     assert jobs_in_flight(jobs) == {"db1": "job 2 (migrate instance 'db1') is queued",
                                     "new1": "job 3 (add instance 'x') is running",
                                     "a": "job 4 (evacuate instance 'n2') is running"}
+
+
+def test_an_instance_whose_scheduled_backups_stopped_is_named_with_the_age_and_schedule():
+    backups = [{"instance": "web1", "created": NOW - 5000, "path": "/srv/export/web1/a"},
+               {"instance": "web2", "created": NOW - 100, "path": "/srv/export/web2/a"}]
+    found = [f for f in run(instances=[inst("web1", backup_schedule="30m"), inst("web2", backup_schedule="30m"),
+                                       inst("web3", backup_schedule="hourly", backup_since=NOW - 7300)],
+                            reports={"n1": report(instances={n: running() for n in ("web1", "web2", "web3")},
+                                                  backups=backups)})
+             if f.code == "backup-overdue"]
+    assert [(f.severity, f.instance, f.node) for f in found] == [("warning", "web1", "n1"), ("warning", "web3", "n1")]
+    assert "its newest backup is 83 min old, more than two periods of its schedule (every 30 min)" in found[0].message
+    assert "no backup at all, although its schedule (hourly) was set 2.0 h ago" in found[1].message
