@@ -13,6 +13,11 @@ that matter operationally:
   SeaBIOS print its messages ("No bootable device.") on the serial console.
 - A pvpanic device plus ``-action panic=pause`` keeps a panicked guest in
   QMP status ``guest-panicked`` instead of exiting, so it is seen and reported.
+- With hvparam ``guest_agent``, the guest agent's channel (a virtio-serial port
+  named ``org.qemu.guest_agent.0`` whose host end is ``RunPaths.ga_socket``),
+  so a qemu-ga in the guest can freeze its file systems around a snapshot or
+  backup (kvm.guestagent). It is the last device on the PCI root bus: the
+  devices before it keep the slots (and guest names) they had without it.
 """
 
 import ipaddress
@@ -121,6 +126,11 @@ class RunPaths:
         held open for events, so it never waits for (or blocks) the main one."""
         return str(PurePosixPath(self.pidfile).parent / "guard.sock")
 
+    @property
+    def ga_socket(self) -> str:
+        """The host end of the guest agent's virtio-serial port (kvm.guestagent speaks to qemu-ga there)."""
+        return str(PurePosixPath(self.pidfile).parent / "qga.sock")
+
 
 class SpecError(ValueError):
     """An instance cannot be described to QEMU; ``problems`` lists every reason."""
@@ -196,7 +206,7 @@ def check_spec(spec: InstanceSpec, paths: RunPaths) -> list[str]:
     if spec.hv.vnc == "tcp" and not _is_ip(spec.vnc_host):
         problems.append(f"vnc=tcp needs the node's IP address to listen on, got {spec.vnc_host!r}")
     for label, path in (("QMP socket", paths.qmp_socket), ("console socket", paths.console_socket),
-                        ("VNC socket", paths.vnc_socket)):
+                        ("VNC socket", paths.vnc_socket), ("guest agent socket", paths.ga_socket)):
         if len(path.encode()) > MAX_UNIX_SOCKET_PATH:
             problems.append(
                 f"{label} path {path!r} is longer than {MAX_UNIX_SOCKET_PATH} bytes; "
@@ -238,6 +248,7 @@ def build_argv(
     argv += _vnc(hv, paths, spec.vnc_host)
     argv += _kernel(hv)
     argv += _devices(spec)
+    argv += _guest_agent(hv, paths) if hv.guest_agent else []
     if spec.incoming:
         argv += _incoming(spec)
     return argv
@@ -477,6 +488,29 @@ def _guard_monitor(spec: InstanceSpec, paths: RunPaths) -> list[str]:
         return []
     return ["-chardev", f"socket,id=guard,path={_opt(paths.guard_socket)},server=on,wait=off",
             "-mon", "chardev=guard,mode=control"]
+
+
+GA_PORT_NAME = "org.qemu.guest_agent.0"  # the name qemu-ga looks for (/dev/virtio-ports/<name> in the guest)
+_GA_PC_SLOT = "0x1f"
+
+
+def _guest_agent(hv: HvParams, paths: RunPaths) -> list[str]:
+    """The guest agent's channel: a virtio-serial controller with one port, its host end a unix socket that
+    kvm.guestagent connects to when it needs the agent (QEMU keeps listening: ``wait=off``).
+
+    It comes after every other device, the spare root ports included, so adding it moved no device the
+    instance already had, and a migration source and target (same argv) put it in the same slot. On q35
+    nothing is hot-plugged onto the root bus, so the next free slot is right. The PC machine hot-plugs
+    onto its bus, into the first free slot, where a cold start later puts the device in index order: the
+    controller takes the bus's last slot there, out of the way of both."""
+    controller = "virtio-serial-pci,id=ga-serial"
+    if "q35" not in hv.machine:
+        controller += f",addr={_GA_PC_SLOT}"
+    return [
+        "-device", controller,
+        "-chardev", f"socket,id=qga0,path={_opt(paths.ga_socket)},server=on,wait=off",
+        "-device", f"virtserialport,bus=ga-serial.0,chardev=qga0,name={GA_PORT_NAME}",
+    ]
 
 
 def sink_node(index: int) -> str:

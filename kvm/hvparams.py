@@ -58,6 +58,10 @@ class HvParams:
     disk_cache: str = "none"
     nic_model: str = "virtio"
     shutdown_timeout_s: int = 120
+    # A channel to the QEMU guest agent (qemu-ga in the guest): snapshots and live exports freeze the guest's
+    # file systems around their instant. Off by default, as Ganeti's use_guest_agent and Proxmox's agent: a
+    # running instance migrates only to a QEMU with the same devices, so it changes at the next start.
+    guest_agent: bool = False
     # Spare PCIe root ports of a q35 machine: at most this many disks and NICs hot-plugged at once.
     hotplug_slots: int = 4
 

@@ -386,7 +386,7 @@ def _pidfile_process(paths: RunPaths) -> psutil.Process | None:
 
 def _remove_runtime_files(paths: RunPaths) -> None:
     """Pidfile and sockets go; the console log (maybe in the same dir) stays."""
-    daemon.remove_files(paths.pidfile, paths.qmp_socket, paths.console_socket)
+    daemon.remove_files(paths.pidfile, paths.qmp_socket, paths.console_socket, paths.ga_socket)
     try:
         os.rmdir(paths.instance_dir)
     except OSError:

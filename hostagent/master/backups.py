@@ -21,7 +21,7 @@ from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.master.decide import ganeti_export
 from hostagent.master.decide.backup_import import import_request
 from hostagent.master.decide.checks import REPLICATION_PORTS
-from hostagent.master.following import follow
+from hostagent.master.following import CONSISTENCY_WORDS, follow
 from hostagent.master.jobs import Handler, JobContext, JobFailed, job_errors
 from hostagent.master.moves import Moves
 from hostagent.master.store import Store
@@ -171,8 +171,7 @@ class Backups:
                                         "compress": args["compress"]},
                 timeout_s=BACKUP_TIMEOUT_S), f"exporting the disks of '{name}'")
         await ctx.log(f"'{name}' exported to {node}:{made['path']} in {self.store.clock.monotonic() - started:.1f} s: "
-                      + ("copied while the guest ran, as of one instant (crash-consistent)"
-                         if made["consistency"] == "crash" else "copied while the instance was stopped")
+                      + CONSISTENCY_WORDS.get(made["consistency"], made["consistency"])
                       + f"; {format_mib(int(made['used_bytes']) >> 20)} on disk")
         return {"name": name, "node": node, "path": made["path"], "ref": f"{node}:{made['path']}",
                 "used_bytes": made["used_bytes"]}

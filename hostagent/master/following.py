@@ -16,6 +16,11 @@ from hostagent.master.store import Store
 from hostagent.units import format_mib
 
 POLL_S = 2.0
+# How a copy's consistency reads in a job's log (the node's words: hostagent.node.livecopy).
+CONSISTENCY_WORDS = {
+    "filesystems": "copied while the guest ran, as of one instant, its file systems frozen by the guest agent",
+    "crash": "copied while the guest ran, as of one instant (crash-consistent: its file systems were not frozen)",
+    "stopped": "copied while the instance was stopped"}
 
 
 async def follow(store: Store, ctx: JobContext, node: str, status_op: str, name: str,

@@ -15,7 +15,7 @@ from storage.filesnap import SNAPSHOT_NAME_RE, SNAPSHOT_NAME_RULE
 
 from hostagent import model
 from hostagent.errors import BadRequest, Conflict, NotFound
-from hostagent.master.following import follow
+from hostagent.master.following import CONSISTENCY_WORDS, follow
 from hostagent.master.jobs import Handler, JobContext, job_errors
 from hostagent.master.moves import Moves
 from hostagent.master.store import Store
@@ -84,8 +84,7 @@ class Snapshots:
             f"copying the disks of '{name}'")
         await ctx.log(f"snapshot '{snap}' of '{name}' made on node '{node}' in "
                       f"{self.store.clock.monotonic() - started:.1f} s: "
-                      + ("copied while the guest ran, as of one instant (crash-consistent)"
-                         if made["consistency"] == "crash" else "copied while the instance was stopped")
+                      + CONSISTENCY_WORDS.get(made["consistency"], made["consistency"])
                       + f"; {format_mib(int(made['used_bytes']) >> 20)} on disk")
         return {"name": name, "snapshot": made}
 

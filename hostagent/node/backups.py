@@ -15,9 +15,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from kvm.blockbackup import BackupError as CopyError, BackupTarget, NbdTarget, backup_disks
+from kvm.blockbackup import BackupError as CopyError, BackupTarget, NbdTarget
 from kvm.process import QemuManager
-from kvm.qmp import Qmp, QmpError
+from kvm.qmp import QmpError
 from storage import runner
 from storage.backupdir import BackupDirs, BackupInfo, needed_bytes
 from storage.errors import StorageError
@@ -31,6 +31,7 @@ from hostagent.node.backupxfer import BackupReceiver, receive_name
 from hostagent.node.disks import NodeDisks
 from hostagent.node.executor import Order, OrderError, installed_marker
 from hostagent.node.ganetiimport import NodeGanetiImport
+from hostagent.node.livecopy import copy_running
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,16 @@ class NodeBackups:
             sizes = await self._files.disk_sizes(name, [int(d["index"]) for d in inst["disks"]])
             total = sum(s[2] for s in sizes.values())
             partial = self.dirs.begin(args["directory"], name, backup_id, needed_bytes([s[0] for s in sizes.values()]))
+            consistency = "stopped"
             if running:
                 targets = await self.dirs.make_targets(partial, {i: s[2] for i, s in sizes.items()})
-                await self._copy_running(name, [BackupTarget(i, p) for i, p in targets.items()], total, compress)
+                consistency = await self._copy_running(name, [BackupTarget(i, p) for i, p in targets.items()], total,
+                                                       compress)
             else:
                 await self._copy_stopped(name, partial, {i: (s[0], s[1], s[2]) for i, s in sizes.items()}, total,
                                          compress)
             info = await self.dirs.commit(partial, {
-                "created": started, "consistency": "crash" if running else "stopped",
+                "created": started, "consistency": consistency,
                 "compressed": compress, "source_node": self._node,
                 "disks": {str(i): s[2] for i, s in sizes.items()}, "instance": inst})
         except (CopyError, QmpError, StorageError, OSError) as exc:
@@ -103,14 +106,12 @@ class NodeBackups:
                  info.used_bytes >> 20)
         return info.row()
 
-    async def _copy_running(self, name: str, targets: list[BackupTarget], total: int, compress: bool) -> None:
+    async def _copy_running(self, name: str, targets: list[BackupTarget], total: int, compress: bool) -> str:
+        """The running guest's copy (hostagent.node.livecopy); its consistency."""
         self._progress[name] = (0, total, 0, "")
-        log.info("instance '%s': exported from the running guest as of now (crash-consistent: the guest's file "
-                 "systems are not frozen)", name)
-        await backup_disks(lambda: Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s),
-                           targets, BACKUP_TIMEOUT_S,
-                           progress=lambda done, all_: self._progress.__setitem__(name, (done, all_, 0, "")),
-                           compress=compress)
+        log.info("instance '%s': exported from the running guest as of now", name)
+        return await copy_running(self._qemu, name, targets, BACKUP_TIMEOUT_S, compress=compress,
+                                  progress=lambda done, all_: self._progress.__setitem__(name, (done, all_, 0, "")))
 
     async def _sizes(self, args: dict[str, Any]) -> dict[str, Any]:
         """What an export of the instance copies: each disk's bytes, and the blocks they hold (its space)."""
@@ -132,12 +133,12 @@ class NodeBackups:
         running = self._qemu.find(name) is not None
         if running and not args.get("live"):
             raise OrderError(f"instance '{name}' is running on node '{self._node}': export it with --live")
-        started = self._clock.time()
+        started, consistency = self._clock.time(), "stopped"
         try:
             sizes = await self._files.disk_sizes(name, sorted(ports))
             total = sum(s[2] for s in sizes.values())
             if running:
-                await self._copy_running(name, [BackupTarget(i, f"{host}:{port}", nbd=NbdTarget(
+                consistency = await self._copy_running(name, [BackupTarget(i, f"{host}:{port}", nbd=NbdTarget(
                     host, port, receive_name(name, i), self._tls_dir())) for i, port in ports.items()], total, False)
             else:
                 await self._send_stopped(name, host, ports, sizes, total)
@@ -145,8 +146,7 @@ class NodeBackups:
             raise OrderError(f"export of instance '{name}' from node '{self._node}' to {host} failed: {exc}") from exc
         finally:
             self._progress.pop(name, None)
-        return {"created": started, "consistency": "crash" if running else "stopped",
-                "disks": {str(i): s[2] for i, s in sizes.items()}}
+        return {"created": started, "consistency": consistency, "disks": {str(i): s[2] for i, s in sizes.items()}}
 
     async def _send_backup(self, args: dict[str, Any]) -> dict[str, Any]:
         """A backup's images written into another node's new disks (an import there)."""

@@ -13,15 +13,16 @@ import dataclasses
 import logging
 from typing import Any
 
-from kvm.blockbackup import BackupError, BackupTarget, backup_disks
+from kvm.blockbackup import BackupError, BackupTarget
 from kvm.process import QemuManager
-from kvm.qmp import Qmp, QmpError
+from kvm.qmp import QmpError
 from storage.errors import StorageError
 from storage.filesnap import FileSnapshots, SnapshotInfo
 
 from hostagent.clock import SYSTEM, Clock
 from hostagent.node.disks import NodeDisks
 from hostagent.node.executor import Order, OrderError
+from hostagent.node.livecopy import copy_running
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,11 @@ class NodeSnapshots:
                 total = sum(s[2] for s in sizes.values())
                 self._progress[name] = (0, total)
                 targets = await self._snaps.prepare(name, snap, {i: s[2] for i, s in sizes.items()})
-                log.info("instance '%s': snapshot '%s' copied from the running guest as of now (crash-consistent: "
-                         "the guest's file systems are not frozen)", name, snap)
-                await backup_disks(
-                    lambda: Qmp.connect(self._qemu.paths(name).qmp_socket, 2 * self._qemu.qmp_timeout_s),
-                    [BackupTarget(i, p) for i, p in targets.items()], SNAPSHOT_TIMEOUT_S,
+                log.info("instance '%s': snapshot '%s' copied from the running guest as of now", name, snap)
+                consistency = await copy_running(
+                    self._qemu, name, [BackupTarget(i, p) for i, p in targets.items()], SNAPSHOT_TIMEOUT_S,
                     progress=lambda done, all_: self._progress.__setitem__(name, (done, all_)))
-                disks, consistency = {i: s[2] for i, s in sizes.items()}, "crash"
+                disks = {i: s[2] for i, s in sizes.items()}
             else:
                 disks, consistency = await self._snaps.copy_stopped(name, snap, indices), "stopped"
             info = await self._snaps.commit(name, snap, disks, self._clock.time(), consistency)

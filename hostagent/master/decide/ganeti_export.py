@@ -50,7 +50,8 @@ _DISK_BUS = {"paravirtual": "virtio", "ide": "ide", "scsi": "scsi"}
 _NIC_MODEL = {"paravirtual": "virtio", "e1000": "e1000", "rtl8139": "rtl8139"}
 _CACHE = {"none": "none", "writeback": "writeback", "writethrough": "writethrough"}
 _MAPPED = ("kernel_path", "initrd_path", "kernel_args", "root_path", "serial_console", "serial_speed", "boot_order",
-           "disk_type", "nic_type", "disk_cache", "vnc_bind_address", "cpu_type", "machine_version", "kvm_flag")
+           "disk_type", "nic_type", "disk_cache", "vnc_bind_address", "cpu_type", "machine_version", "kvm_flag",
+           "use_guest_agent")
 # No bearing on the guest once Corral runs its own QEMU: Ganeti's binary, migration tuning, I/O threads, the
 # user QEMU ran as, and SPICE options that matter only with spice_bind (which is reported).
 _IGNORED = ("kvm_path", "migration_downtime", "migration_caps", "vhost_net", "vnet_hdr", "disk_aio", "use_chroot",
@@ -59,7 +60,7 @@ _IGNORED = ("kvm_path", "migration_downtime", "migration_caps", "vhost_net", "vn
 _UNMAPPED_DEFAULTS: dict[str, tuple[str, ...]] = {
     "acpi": ("true",), "keymap": ("",), "usb_mouse": ("",), "usb_devices": ("",), "soundhw": ("",), "vga": ("",),
     "kvm_extra": ("",), "mem_path": ("",), "cpu_mask": ("all",), "cpu_cores": ("0",), "cpu_threads": ("0",),
-    "cpu_sockets": ("0",), "use_localtime": ("false",), "use_guest_agent": ("false",), "user_shutdown": ("false",),
+    "cpu_sockets": ("0",), "use_localtime": ("false",), "user_shutdown": ("false",),
     "reboot_behavior": ("reboot",), "disk_discard": ("ignore", "default"), "floppy_image_path": ("",),
     "cdrom_image_path": ("",), "cdrom2_image_path": ("",), "cdrom_disk_type": ("",), "scsi_controller_type": ("lsi",),
     "virtio_net_queues": ("1",), "vnc_tls": ("false",), "vnc_x509_path": ("",), "vnc_x509_verify": ("false",),
@@ -270,9 +271,11 @@ def _hvparams(hv: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
             return lost(key, f"not imported ({'; '.join(exc.problems)})")
         out[corral] = value
 
-    flag = {k: hv[k].strip().lower() for k in ("serial_console", "kvm_flag") if k in hv}
+    flag = {k: hv[k].strip().lower() for k in ("serial_console", "kvm_flag", "use_guest_agent") if k in hv}
     if "serial_console" in flag:
         out["serial_console"] = flag["serial_console"] == "true"
+    if flag.get("use_guest_agent") == "true":  # off is Corral's default too
+        out["guest_agent"] = True
     if flag.get("kvm_flag") in ("enabled", "disabled"):
         out["accel"] = "kvm" if flag["kvm_flag"] == "enabled" else "tcg"
     # Ganeti boots a kernel_path with root=, its arguments and the serial console's speed; without one it

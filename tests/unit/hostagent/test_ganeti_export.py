@@ -344,6 +344,11 @@ def test_a_directly_booted_kernel_keeps_its_root_arguments_and_console_speed():
         "e1000, rtl8139; not imported"]
 
 
+def test_the_guest_agent_ganeti_used_is_asked_for_again():
+    request, notes = to_add_request(read_config(one_disk(hypervisor_section="use_guest_agent = True\n")))
+    assert request["hvparams"] == {"guest_agent": True} and notes == []
+
+
 def test_a_nic_on_a_ganeti_network_maps_only_to_a_named_corral_network():
     text = one_disk(nic0_ip="10.0.0.7").replace("nic0_network = None", "nic0_network = 5f1d2c3b-aaaa-bbbb-cccc-1")
     export = read_config(text)

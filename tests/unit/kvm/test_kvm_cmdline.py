@@ -40,6 +40,7 @@ def test_run_paths_live_under_instances_dir_with_log_beside_by_default():
     assert paths.qmp_socket == "/run/corral/instances/web1/qmp.sock"
     assert paths.console_socket == "/run/corral/instances/web1/console.sock"
     assert paths.console_log == "/run/corral/instances/web1/console.log"
+    assert paths.ga_socket == "/run/corral/instances/web1/qga.sock"
     assert paths.instance_dir == "/run/corral/instances/web1"
 
 
@@ -82,6 +83,38 @@ def test_qmp_is_a_unix_socket_server_that_does_not_wait():
     chardevs = option(argv, "-chardev")
     assert f"socket,id=qmp,path={PATHS.qmp_socket},server=on,wait=off" in chardevs
     assert option(argv, "-mon") == ["chardev=qmp,mode=control"]
+
+
+AGENT_DEVICES = ["virtio-serial-pci,id=ga-serial",
+                 "virtserialport,bus=ga-serial.0,chardev=qga0,name=org.qemu.guest_agent.0"]
+
+
+def test_guest_agent_on_adds_its_channel_as_the_last_device_and_off_none():
+    argv = build_argv(make_spec(guest_agent=True), PATHS)
+    assert f"socket,id=qga0,path={PATHS.ga_socket},server=on,wait=off" in option(argv, "-chardev")
+    assert option(argv, "-device")[-2:] == AGENT_DEVICES  # after the root ports: no device before it moved
+    plain = build_argv(make_spec(), PATHS)
+    assert not any("qga0" in a or "ga-serial" in a for a in plain), "off (the default): no channel"
+
+
+def test_the_guest_agent_channel_keeps_out_of_the_pc_machine_s_hot_plug_slots():
+    """The PC machine hot-plugs into its first free slot: the controller takes the last one."""
+    devices = option(build_argv(make_spec(machine="pc", guest_agent=True), PATHS), "-device")
+    assert devices[-2:] == ["virtio-serial-pci,id=ga-serial,addr=0x1f", AGENT_DEVICES[1]]
+
+
+def test_a_migration_target_gets_the_same_guest_agent_channel():
+    incoming = dataclasses.replace(make_spec(guest_agent=True), incoming="tcp:10.1.2.3:49152")
+    argv = build_argv(incoming, PATHS)
+    assert argv[-2:] == ["-incoming", "tcp:10.1.2.3:49152"]
+    assert option(argv, "-device")[-2:] == AGENT_DEVICES
+
+
+def test_a_guest_agent_socket_path_too_long_for_a_unix_socket_is_refused():
+    paths = run_paths("/" + "r" * 83, "web1")
+    with pytest.raises(SpecError) as err:
+        build_argv(make_spec(guest_agent=True), paths)
+    assert any(p.startswith(f"guest agent socket path {paths.ga_socket!r} is longer") for p in err.value.problems)
 
 
 def test_serial_console_is_a_logged_unix_socket():
@@ -303,7 +336,7 @@ def test_socket_path_too_long_for_unix_sockets_is_rejected():
 
 
 def test_incoming_uri_makes_qemu_wait_for_a_migration_and_is_absent_otherwise():
-    incoming = dataclasses.replace(make_spec(), incoming="tcp:10.1.2.3:49152")
+    incoming = dataclasses.replace(make_spec(guest_agent=True), incoming="tcp:10.1.2.3:49152")
     assert build_argv(incoming, PATHS)[-2:] == ["-incoming", "tcp:10.1.2.3:49152"]
     assert "-incoming" not in build_argv(make_spec(), PATHS)
 
