@@ -174,7 +174,7 @@ class Backups:
                       + CONSISTENCY_WORDS.get(made["consistency"], made["consistency"])
                       + f"; {format_mib(int(made['used_bytes']) >> 20)} on disk")
         return {"name": name, "node": node, "path": made["path"], "ref": f"{node}:{made['path']}",
-                "used_bytes": made["used_bytes"]}
+                "used_bytes": made["used_bytes"], "consistency": made["consistency"]}
 
     async def _export_to(self, ctx: JobContext, inst: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
         """The export written on another node than the instance's: that node serves empty images over TLS to

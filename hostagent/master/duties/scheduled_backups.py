@@ -31,6 +31,7 @@ from hostagent.master.backups import Backups, backup_rows
 from hostagent.master.decide.backup_schedule import (RETRY_MAX_S, Export, Run, View, age_words, keep_of, period_s,
                                                      plan, recovering, to_prune)
 from hostagent.master.decide.restarts import Event
+from hostagent.master.following import CONSISTENCY_WORDS
 from hostagent.master.jobs import FINAL
 from hostagent.master.store import Store
 from hostagent.master.view import ClusterView, Views
@@ -120,7 +121,8 @@ class ScheduledBackups:
         node = str(args.get("node") or "")
         if job is not None and job["status"] == "success":
             run = dataclasses.replace(run, job=None, made=float(job.get("started") or now), failed_at=0.0, error="")
-            how = "copied while it ran, crash-consistent" if args.get("live") else "copied while it was stopped"
+            how = CONSISTENCY_WORDS.get(str(result.get("consistency")), "copied while it ran" if args.get("live")
+                                        else "copied while it was stopped")
             event = Event(name, node, "backup-made", f"scheduled backup of instance '{name}' made: {result.get('ref')} "
                           f"({format_mib(int(result.get('used_bytes') or 0) >> 20)} on disk, {how}; job {job_id})")
         else:

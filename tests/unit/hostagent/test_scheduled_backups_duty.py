@@ -50,7 +50,8 @@ def handlers(fail: list[str]) -> dict[str, Any]:
         if fail:
             raise JobFailed(fail[0])
         path = f"{EXPORTS}/{args['name']}/{args['backup_id']}"
-        return {"name": args["name"], "node": "n1", "path": path, "ref": f"n1:{path}", "used_bytes": 3 * 2**20}
+        return {"name": args["name"], "node": "n1", "path": path, "ref": f"n1:{path}", "used_bytes": 3 * 2**20,
+                "consistency": "filesystems"}
 
     async def remove(ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         return {"removed": f"{args['node']}:{args['path']}"}
@@ -99,7 +100,8 @@ def test_a_due_export_is_submitted_live_then_recorded_and_the_oldest_beyond_keep
     assert stand_in.removed == [f"n1:{EXPORTS}/web1/old90", f"n1:{EXPORTS}/web1/old60"], "keep 2: the new one and old25"
     said = events(etcd)
     assert said[0] == ("backup-made", f"scheduled backup of instance 'web1' made: n1:{EXPORTS}/web1/new1 (3M on disk, "
-                                      "copied while it ran, crash-consistent; job 1)")
+                                      "copied while the guest ran, as of one instant, its file systems frozen by the "
+                                      "guest agent; job 1)")
     assert [k for k, _ in said[1:]] == ["backup-pruned", "backup-pruned"]
     assert said[1][1].startswith("scheduled backups of instance 'web1': removing n1:/srv/export/web1/old90, made ")
     assert "only the newest 2 are kept in its export directory (job 2)" in said[1][1]
