@@ -185,3 +185,12 @@ def test_hostagent_reads_the_time_only_through_its_clock():
     assert not breaches, "read the time through hostagent.clock (take a Clock, or `now`):\n" + "\n".join(breaches)
     unused = sorted(path for path in MAY_READ_THE_TIME if not reads.get(path))
     assert not unused, f"allowed to read the time but no longer does (remove them from MAY_READ_THE_TIME): {unused}"
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test modules by their base name (the test folders are no packages): two with one name in
+    different folders stop the whole run at collection, which the fast tier alone would not show."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert not {name: paths for name, paths in seen.items() if len(paths) > 1}
