@@ -24,6 +24,8 @@ def register(top: Subparsers) -> None:
     s.add_argument("--live", action="store_true", help="copy a running guest as of one instant while it runs "
                    "(crash-consistent); without it, a running instance is refused")
     s.add_argument("--compress", action="store_true", help="compressed images (smaller, slower)")
+    s.add_argument("--rate", type=float, metavar="MIB_S", help="at most this many MiB/s a disk, so the guest's "
+                   "disk keeps room for its own I/O (default: as fast as it goes)")
     s = command(sub, "list", show_list, "backups in the nodes' export directories, oldest first")
     s.add_argument("instance", nargs="?", help="only this instance's")
     s.add_argument("--node", help="only those on this node")
@@ -49,7 +51,7 @@ def register(top: Subparsers) -> None:
 def export(ctx: Context) -> int:
     a = ctx.args
     return ctx.job(ctx.client.post("/v1/backups", {"instance": a.name, "to": a.to, "live": a.live,
-                                                   "compress": a.compress}))
+                                                   "compress": a.compress, "rate_mib_s": a.rate}))
 
 
 def show_list(ctx: Context) -> int:

@@ -116,10 +116,12 @@ class BackupDirs:
         return targets
 
     async def copy_in(self, partial: str, sources: dict[int, tuple[str, str]], compress: bool,
-                      progress_path: str | None = None) -> None:
-        """Each (path, format) source copied into the partial backup as qcow2 (`-c`: compressed)."""
+                      progress_path: str | None = None, rate: int = 0) -> None:
+        """Each (path, format) source copied into the partial backup as qcow2 (`-c`: compressed), at most
+        `rate` bytes/s (0: as fast as it goes)."""
         for index, (path, fmt) in sorted(sources.items()):
-            await runner.run(["qemu-img", "convert", "-p", *(["-c"] if compress else []), "-f", fmt, "-O", "qcow2",
+            await runner.run(["qemu-img", "convert", "-p", *(["-c"] if compress else []),
+                              *(["-r", str(rate)] if rate else []), "-f", fmt, "-O", "qcow2",
                               path, os.path.join(partial, f"disk{index}.qcow2")],
                              timeout_s=self.copy_timeout_s, log_path=progress_path)
 

@@ -258,7 +258,10 @@ SCHEMAS: dict[str, Any] = {
                                   "description": "NODE:DIR or DIR (on the instance's node), an export directory "
                                                  "of that node; default: its first"},
         "live": {"type": "boolean", "description": "copy a running guest as of one instant while it runs"},
-        "compress": {"type": "boolean", "description": "compressed qcow2 images"}}},
+        "compress": {"type": "boolean", "description": "compressed qcow2 images"},
+        "rate_mib_s": {"type": "number", "minimum": 1, "maximum": 100000, "nullable": True,
+                       "description": "at most this many MiB/s a disk, so the guest's disk keeps room; "
+                                      "default: as fast as it goes"}}},
     "BackupImport": {"type": "object", "required": ["backup"], "additionalProperties": False,
                      "properties": {
         "backup": {**_BACKUP_REF, "description": "a backup (NODE:PATH or INSTANCE/ID), or with ganeti the NODE:DIR "

@@ -113,7 +113,8 @@ class Backups:
         bid = next(f"{backup_id(now)}{suffix}" for suffix in ["", *(f"-{n}" for n in range(2, 100))]
                    if f"{backup_id(now)}{suffix}" not in ids)
         args = {"name": name, "node": node, "directory": directory, "backup_id": bid,
-                "live": bool(params.get("live")), "compress": bool(params.get("compress"))}
+                "live": bool(params.get("live")), "compress": bool(params.get("compress")),
+                "rate_mib_s": float(params.get("rate_mib_s") or 0)}
         return await runner_submit("backup.export", args, f"export instance '{name}' to {node}:{directory}",
                                    must_exist=[model.instance_key(name)])
 
@@ -161,14 +162,15 @@ class Backups:
         name, node = inst["name"], args["node"]
         started = self.store.clock.monotonic()
         await ctx.log(f"exporting '{name}' on node '{node}' into {args['directory']}/{name}/{args['backup_id']}"
-                      + (" from the running guest" if args["live"] else "") + (", compressed" if args["compress"] else ""))
+                      + (" from the running guest" if args["live"] else "") + (", compressed" if args["compress"] else "")
+                      + (f", at most {args['rate_mib_s']:g} MiB/s a disk" if args.get("rate_mib_s") else ""))
         if node != inst["primary_node"]:
             made = await self._export_to(ctx, inst, args)
         else:
             made = await follow(self.store, ctx, node, "backup.status", name, self.store.order(
                 node, "backup.export", {"instance": inst, "directory": args["directory"],
                                         "backup_id": args["backup_id"], "live": args["live"],
-                                        "compress": args["compress"]},
+                                        "compress": args["compress"], "rate_mib_s": args.get("rate_mib_s", 0)},
                 timeout_s=BACKUP_TIMEOUT_S), f"exporting the disks of '{name}'")
         await ctx.log(f"'{name}' exported to {node}:{made['path']} in {self.store.clock.monotonic() - started:.1f} s: "
                       + CONSISTENCY_WORDS.get(made["consistency"], made["consistency"])
@@ -189,7 +191,8 @@ class Backups:
                                                                       "client": source, "port_base": base})
             await ctx.log(f"node '{target}' receives the disks of '{name}' from node '{source}' over TLS")
             sent = await follow(self.store, ctx, source, "backup.status", name, self.store.order(
-                source, "backup.send", {"instance": inst, "live": args["live"], **served},
+                source, "backup.send", {"instance": inst, "live": args["live"],
+                                        "rate_mib_s": args.get("rate_mib_s", 0), **served},
                 timeout_s=BACKUP_TIMEOUT_S), f"sending the disks of '{name}' to node '{target}'")
             if args["compress"]:
                 await ctx.log(f"compressing the images on node '{target}'")

@@ -80,6 +80,7 @@ class NodeBackups:
             raise OrderError(f"instance '{name}' is running on node '{self._node}': export it with --live (a copy "
                              "as of one instant while it runs), or stop it first")
         partial, started = "", self._clock.time()  # a running guest's copy is of this instant
+        rate = int(float(args.get("rate_mib_s") or 0) * 2**20)  # bytes/s a copy may take (0: all it can)
         try:
             sizes = await self._files.disk_sizes(name, [int(d["index"]) for d in inst["disks"]])
             total = sum(s[2] for s in sizes.values())
@@ -88,10 +89,10 @@ class NodeBackups:
             if running:
                 targets = await self.dirs.make_targets(partial, {i: s[2] for i, s in sizes.items()})
                 consistency = await self._copy_running(name, [BackupTarget(i, p) for i, p in targets.items()], total,
-                                                       compress)
+                                                       compress, rate)
             else:
                 await self._copy_stopped(name, partial, {i: (s[0], s[1], s[2]) for i, s in sizes.items()}, total,
-                                         compress)
+                                         compress, rate)
             info = await self.dirs.commit(partial, {
                 "created": started, "consistency": consistency,
                 "compressed": compress, "source_node": self._node,
@@ -106,11 +107,14 @@ class NodeBackups:
                  info.used_bytes >> 20)
         return info.row()
 
-    async def _copy_running(self, name: str, targets: list[BackupTarget], total: int, compress: bool) -> str:
-        """The running guest's copy (hostagent.node.livecopy); its consistency."""
+    async def _copy_running(self, name: str, targets: list[BackupTarget], total: int, compress: bool,
+                            rate: int) -> str:
+        """The running guest's copy (hostagent.node.livecopy), each disk's at most `rate` bytes/s; its
+        consistency."""
         self._progress[name] = (0, total, 0, "")
-        log.info("instance '%s': exported from the running guest as of now", name)
-        return await copy_running(self._qemu, name, targets, BACKUP_TIMEOUT_S, compress=compress,
+        log.info("instance '%s': exported from the running guest as of now%s", name,
+                 f", at most {rate >> 20} MiB/s a disk" if rate else "")
+        return await copy_running(self._qemu, name, targets, BACKUP_TIMEOUT_S, compress=compress, speed_bytes_s=rate,
                                   progress=lambda done, all_: self._progress.__setitem__(name, (done, all_, 0, "")))
 
     async def _sizes(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -134,14 +138,16 @@ class NodeBackups:
         if running and not args.get("live"):
             raise OrderError(f"instance '{name}' is running on node '{self._node}': export it with --live")
         started, consistency = self._clock.time(), "stopped"
+        rate = int(float(args.get("rate_mib_s") or 0) * 2**20)
         try:
             sizes = await self._files.disk_sizes(name, sorted(ports))
             total = sum(s[2] for s in sizes.values())
             if running:
                 consistency = await self._copy_running(name, [BackupTarget(i, f"{host}:{port}", nbd=NbdTarget(
-                    host, port, receive_name(name, i), self._tls_dir())) for i, port in ports.items()], total, False)
+                    host, port, receive_name(name, i), self._tls_dir())) for i, port in ports.items()], total, False,
+                    rate)
             else:
-                await self._send_stopped(name, host, ports, sizes, total)
+                await self._send_stopped(name, host, ports, sizes, total, rate)
         except (CopyError, QmpError, StorageError, OSError) as exc:
             raise OrderError(f"export of instance '{name}' from node '{self._node}' to {host} failed: {exc}") from exc
         finally:
@@ -166,7 +172,7 @@ class NodeBackups:
         return {"sent": info.path}
 
     async def _send_stopped(self, name: str, host: str, ports: dict[int, int],
-                            sizes: dict[int, tuple[str, str, int]], total: int) -> None:
+                            sizes: dict[int, tuple[str, str, int]], total: int, rate: int = 0) -> None:
         done, progress_log = 0, self._log_path(name)
         for index, port in sorted(ports.items()):
             path, fmt, size = sizes[index]
@@ -175,19 +181,20 @@ class NodeBackups:
             self._progress[name] = (done, total, size, progress_log)
             target = (f"driver=nbd,server.type=inet,server.host={host},server.port={port},"
                       f"export={receive_name(name, index)},tls-creds=tls0")
-            await runner.run(["qemu-img", "convert", "-p", "-n", "-f", fmt, "--object",
+            await runner.run(["qemu-img", "convert", "-p", "-n", *(["-r", str(rate)] if rate else []), "-f", fmt,
+                              "--object",
                               f"tls-creds-x509,id=tls0,dir={self._tls_dir()},endpoint=client",
                               "--target-image-opts", path, target], timeout_s=BACKUP_TIMEOUT_S, log_path=progress_log)
             done += size
 
     async def _copy_stopped(self, name: str, partial: str, disks: dict[int, tuple[str, str, int]], total: int,
-                            compress: bool) -> None:
+                            compress: bool, rate: int) -> None:
         done, progress_log = 0, self._log_path(name)
         for index, (path, fmt, size) in sorted(disks.items()):
             if os.path.exists(progress_log):
                 os.unlink(progress_log)
             self._progress[name] = (done, total, size, progress_log)
-            await self.dirs.copy_in(partial, {index: (path, fmt)}, compress, progress_log)
+            await self.dirs.copy_in(partial, {index: (path, fmt)}, compress, progress_log, rate)
             done += size
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ FREEZE_TIMEOUT_S = 10.0  # qemu-ga syncs the file systems before it freezes them
 
 
 async def copy_running(qemu: QemuManager, name: str, targets: Sequence[BackupTarget], timeout_s: float,
-                       progress: Progress | None = None, compress: bool = False) -> str:
+                       progress: Progress | None = None, compress: bool = False, speed_bytes_s: int = 0) -> str:
     """Copy the guest's disks into `targets`; the copy's consistency: "filesystems" or "crash"."""
     paths = qemu.paths(name)
 
@@ -34,7 +34,8 @@ async def copy_running(qemu: QemuManager, name: str, targets: Sequence[BackupTar
     if not os.path.exists(paths.ga_socket):
         log.info("instance '%s': copied as of now, crash-consistent (no guest agent channel: hvparam guest_agent "
                  "is off, or was when it started)", name)
-        await backup_disks(connect, targets, timeout_s, progress=progress, compress=compress)
+        await backup_disks(connect, targets, timeout_s, progress=progress, compress=compress,
+                           speed_bytes_s=speed_bytes_s)
         return "crash"
     async with guestagent.frozen(paths.ga_socket, FREEZE_TIMEOUT_S) as hold:
         if hold.count:
@@ -43,7 +44,8 @@ async def copy_running(qemu: QemuManager, name: str, targets: Sequence[BackupTar
         else:
             log.warning("instance '%s': copied crash-consistent: the guest agent did not freeze its file systems "
                         "(%s)", name, hold.problem)
-        await backup_disks(connect, targets, timeout_s, progress=progress, compress=compress, at_start=hold.thaw)
+        await backup_disks(connect, targets, timeout_s, progress=progress, compress=compress, at_start=hold.thaw,
+                           speed_bytes_s=speed_bytes_s)
     if hold.thaw_problem:
         log.error("instance '%s': the guest agent did not thaw its file systems (%s): its writes wait until "
                   "they are thawed", name, hold.thaw_problem)

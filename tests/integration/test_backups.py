@@ -68,8 +68,8 @@ def test_a_live_export_brings_back_the_disk_of_that_instant_as_a_new_instance_an
         assert boots(node, "bk1") == [1, 2, 2]
 
         node.ok("instance", "stop", "bk1")
-        packed = node.ok("backup", "export", "bk1", "--compress")
-        assert "copied while the instance was stopped" in packed, packed
+        packed = node.ok("backup", "export", "bk1", "--compress", "--rate", "100")
+        assert "copied while the instance was stopped" in packed and "at most 100 MiB/s a disk" in packed, packed
         wait_for(lambda: len(listed(node, "bk1")) == 2, 30, "the second export in `backup list`")
         assert [b["compressed"] for b in listed(node, "bk1")] == [False, True]
 
@@ -205,7 +205,7 @@ def test_a_guest_running_the_guest_agent_is_copied_with_its_file_systems_frozen(
             except guestagent.GuestAgentError:
                 return False
         wait_for(answers, 30, "qemu-ga in ga1 to answer")
-        made = node.ok("backup", "export", "ga1", "--live")
+        made = node.ok("backup", "export", "ga1", "--live", "--rate", "50")
         assert "its file systems frozen by the guest agent" in made, made
         backup = wait_for(lambda: listed(node, "ga1"), 30, "the export in `backup list`")[0]
         assert backup["consistency"] == "filesystems", backup
