@@ -209,18 +209,20 @@ class FileSnapshots:
             raise NoSpace(self.directory(instance), math.ceil(needed / MIB), free)
 
 
-async def replace_disks(template: FileTemplate, instance: str, sources: dict[int, str]) -> None:
+async def replace_disks(template: FileTemplate, instance: str, sources: dict[int, str],
+                        progress_log: str | None = None) -> None:
     """Each listed disk of a stopped instance replaced by the qcow2 copy given (index -> path), in the disk's
     own format and at its current size when it grew since the copy; each written beside and renamed over
-    the disk, so a cut leaves the disk as it was or as the copy. The caller checked that no copy is larger."""
+    the disk, so a cut leaves the disk as it was or as the copy. The caller checked that no copy is larger.
+    `progress_log`: qemu-img's progress lines go there (a status order reads them)."""
     directory = template.instance_dir(instance)
     for index, source in sorted(sources.items()):
         path, fmt = template.locate(instance, index)
         size = await template.virtual_bytes(path, fmt)
         tmp = os.path.join(directory, f".disk{index}.{uuid.uuid4().hex}.tmp")
         try:
-            await runner.run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", fmt, source, tmp],
-                             timeout_s=template.copy_timeout_s)
+            await runner.run(["qemu-img", "convert", "-p" if progress_log else "-q", "-f", "qcow2", "-O", fmt, source,
+                              tmp], timeout_s=template.copy_timeout_s, log_path=progress_log)
             if size > await template.virtual_bytes(tmp, fmt):  # grown since: the copy's data, today's size
                 await runner.run(["qemu-img", "resize", "-q", "-f", fmt, tmp, str(size)], timeout_s=template.timeout_s)
             os.chmod(tmp, 0o600)

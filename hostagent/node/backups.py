@@ -29,7 +29,7 @@ from hostagent.clock import SYSTEM, Clock
 from hostagent.config import AgentConfig
 from hostagent.node.backupxfer import BackupReceiver, receive_name
 from hostagent.node.disks import NodeDisks
-from hostagent.node.executor import Order, OrderError, installed_marker
+from hostagent.node.executor import Order, OrderError, installed_marker, read_small_file
 from hostagent.node.ganetiimport import NodeGanetiImport
 from hostagent.node.livecopy import copy_running
 
@@ -242,8 +242,13 @@ class NodeBackups:
                 if current[index][2] < size:
                     raise OrderError(f"disk {index} of '{name}' ({current[index][2] >> 20} MiB) is smaller than "
                                      f"in backup {info.path} ({size >> 20} MiB)")
-            self._progress[name] = (0, sum(info.disks.values()), 0, "")
-            await replace_disks(self._disks.files, name, {i: self.dirs.disk_file(info, i) for i in info.disks})
+            done, total, progress_log = 0, sum(info.disks.values()), self._log_path(name)
+            for index, size in sorted(info.disks.items()):
+                if os.path.exists(progress_log):
+                    os.unlink(progress_log)
+                self._progress[name] = (done, total, size, progress_log)
+                await replace_disks(self._disks.files, name, {index: self.dirs.disk_file(info, index)}, progress_log)
+                done += size
         except StorageError as exc:
             raise OrderError(f"restore of '{name}' from {info.path} failed: {exc}") from exc
         finally:
@@ -259,25 +264,18 @@ class NodeBackups:
         self._template(name, inst.get("disk_template"))
         info = self._info(args["path"])
         marker = installed_marker(self._disks.files, name)
-        try:
-            with open(marker) as fh:
-                if fh.read() == inst["uuid"]:
-                    return {"created": False}
-        except FileNotFoundError:
-            pass
+        if read_small_file(marker) == inst["uuid"]:
+            return {"created": False}
         missing = [str(d["index"]) for d in inst["disks"] if int(d["index"]) not in info.disks]
         if missing:
             raise OrderError(f"backup {info.path} has no disk {', '.join(missing)} for instance '{name}'")
         specs = [(self.dirs.disk_file(info, int(d["index"])),
                   DiskSpec(int(d["size_mib"]), d["format"], d.get("uuid", ""), f"disk{d['index']}"))
                  for d in sorted(inst["disks"], key=lambda d: int(d["index"]))]
-        self._progress[name] = (0, sum(info.disks.values()), 0, "")
-        try:
+        try:  # no byte counts: the status order answers none, so the job shows steps, not a made-up rate
             paths = await install_from_images(self._disks.files, name, specs)
         except StorageError as exc:
             raise OrderError(f"instance '{name}': disks not made from backup {info.path}: {exc}") from exc
-        finally:
-            self._progress.pop(name, None)
         os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
         with open(marker, "w") as fh:
             fh.write(inst["uuid"])

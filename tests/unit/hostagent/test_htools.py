@@ -1,9 +1,9 @@
 """htools' text format read and written (hostagent.master.decide.htools), on Debian's data sets and its real tools.
 
 Debian 12's ganeti-testsuite 3.0.2 data sets are read from the installed
-package (`make test` installs it; the tests that need them say so and skip
-without it), beside the files in tests/data/htools written for Corral, and
-Debian's hinfo and hbal check what the writer writes.
+package (`make test` does not install it yet: it pulls in all of Ganeti; the
+tests that need it or Debian's hinfo and hbal say so and skip without them),
+beside the files in tests/data/htools written for Corral, which always run.
 """
 
 import re
