@@ -35,8 +35,8 @@ def register(top: Subparsers) -> None:
     s.add_argument("--ganeti", action="store_true", help="DIR holds what `gnt-backup export` wrote (config.ini and "
                    "the disk dumps, which go through the OS's import script)")
     s.add_argument("--node", help="where it runs (default: the backup's node; another one receives the images over "
-                   "TLS); for mirror PRIMARY:SECONDARY")
-    s.add_argument("-t", "--disk-template", choices=("file", "mirror", "plain"),
+                   "TLS; plain and drbd only there); for mirror and drbd PRIMARY:SECONDARY")
+    s.add_argument("-t", "--disk-template", choices=("file", "mirror", "plain", "drbd"),
                    help="default: the backed-up instance's")
     s.add_argument("--no-start", action="store_true", help="leave it stopped")
     s = command(sub, "restore", restore, "replace an instance's disks with a backup's (stopped first and started "

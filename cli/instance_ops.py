@@ -79,7 +79,8 @@ def add_commands(i: Subparsers) -> None:
     s.add_argument("disk", type=int, help="disk index (0 is the first)")
     s.add_argument("size", help="the new size, e.g. 20G")
     s = command(i, "snapshot", snapshot, "create, list, revert or remove snapshots of an instance's disks "
-                "(file and mirror; a running guest is copied as of one instant)", job=True)
+                "(file and mirror: copies; plain and drbd: LVM snapshots; a running guest's as of one instant)",
+                job=True)
     s.add_argument("name")
     s.add_argument("action", choices=("create", "list", "revert", "remove"))
     s.add_argument("snapshot", nargs="?", help="the snapshot's name (not for list)")

@@ -51,12 +51,13 @@ class BackupInfo:
     disks: dict[int, int]  # index -> virtual bytes
     used_bytes: int
     config: dict[str, Any]  # the instance as the cluster had it
+    dumps: str = ""  # the script OS whose `export` wrote disk<i>.dump (its `import` reads them); "": qcow2 images
 
     def row(self) -> dict[str, Any]:
         return {"path": self.path, "instance": self.instance, "backup_id": self.backup_id, "created": self.created,
                 "consistency": self.consistency, "compressed": self.compressed, "source_node": self.source_node,
                 "disks": {str(i): size for i, size in self.disks.items()}, "used_bytes": self.used_bytes,
-                "config": self.config}
+                "config": self.config, "dumps": self.dumps}
 
 
 def within(path: str, dirs: tuple[str, ...]) -> bool:
@@ -158,16 +159,18 @@ class BackupDirs:
             config = dict(meta["instance"])
             info = BackupInfo(path, str(config["name"]), os.path.basename(path), float(meta["created"]),
                               str(meta["consistency"]), bool(meta.get("compressed")), str(meta.get("source_node", "")),
-                              disks, used_tree_bytes(path), config)
+                              disks, used_tree_bytes(path), config, str(meta.get("dumps") or ""))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BackupError(f"{meta_path} is not readable: {exc}") from exc
-        missing = [f"disk{i}.qcow2" for i in disks if not os.path.isfile(os.path.join(path, f"disk{i}.qcow2"))]
+        missing = [os.path.basename(self.disk_file(info, i)) for i in disks
+                   if not os.path.isfile(self.disk_file(info, i))]
         if missing:
             raise BackupError(f"backup {path} is incomplete: it lacks {', '.join(missing)}")
         return info
 
-    def disk_file(self, info: BackupInfo, index: int) -> str:
-        return os.path.join(info.path, f"disk{index}.qcow2")
+    @staticmethod
+    def disk_file(info: BackupInfo, index: int) -> str:
+        return os.path.join(info.path, f"disk{index}.dump" if info.dumps else f"disk{index}.qcow2")
 
     def everything(self) -> tuple[list[BackupInfo], list[str], list[str]]:
         """Every complete backup on this node (oldest first), what could not be read, and the hidden

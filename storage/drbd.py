@@ -23,7 +23,7 @@ import contextlib
 import os
 import re
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from storage import runner
@@ -247,6 +247,32 @@ class DrbdNode:
         await self.demote(node, name)
         await self.disconnect(node, name)
         await self._drbdadm(node, "connect", "--discard-my-data", name)
+
+    async def down(self, node: str, name: str) -> None:
+        """The resource gone from the kernel here (not Primary, no connection, its LVs let go); `ensure` brings
+        it back. Idempotent."""
+        await self._drbdadm(node, "down", name)
+
+    @contextlib.asynccontextmanager
+    async def taken_down(self, node: str, disks: Sequence[DrbdDisk]) -> AsyncIterator[None]:
+        """The resources down while the body rewrites their data LVs underneath DRBD (a snapshot's revert, a
+        backup's restore), up again after, however it ended. A device something holds open stops it before
+        anything changed."""
+        for disk in disks:
+            await self.down(node, disk.name)
+        try:
+            yield
+        finally:
+            for disk in disks:
+                await self.ensure(disk)
+
+    async def forget_copy(self, disk: DrbdDisk) -> None:
+        """This node's copy claims nothing any more: the resource down and its metadata made anew, so that when
+        it is up again its peer copies every block to it (DRBD's rule for a peer with fresh metadata). For a
+        secondary whose primary's disks are about to be rewritten underneath DRBD (a snapshot's revert)."""
+        await self.ensure(disk)  # its files and LVs there, whatever state it was in
+        await self.down(disk.node, disk.name)
+        await self._drbdadm(disk.node, "create-md", "--force", disk.name)
 
     async def disconnect(self, node: str, name: str) -> None:
         """StandAlone: no connection, and no attempt to make one, until `connect`."""

@@ -302,6 +302,15 @@ class PlainTemplate(DiskTemplate):
         vg = await self._vg_report()
         return vg.size_mib, vg.free_mib
 
+    async def logical_volumes(self) -> list[LvReport]:
+        """Every LV of the volume group as `lvs` reports it (storage.lvmsnap finds snapshots in it)."""
+        return await self._lvs()
+
+    async def run_lvm(self, program: str, args: Sequence[str], *, check: bool = True,
+                      timeout_s: float | None = None) -> runner.CommandResult:
+        """An LVM command on this volume group's terms (its lvm_args, its timeout unless given)."""
+        return await self._run([program, *self.lvm_args, *args], timeout_s=timeout_s or self.timeout_s, check=check)
+
     def _lv_path(self, name: str) -> str:
         return f"/dev/{self.vg}/{name}"
 

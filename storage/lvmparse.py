@@ -39,7 +39,7 @@ _INDEX_RE = re.compile(r"0|[1-9][0-9]*")
 _VG_RE = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
 _DM_NAME_MAX = 125
 
-LVS_FIELDS = "lv_name,lv_size,lv_tags,vg_name,lv_attr"
+LVS_FIELDS = "lv_name,lv_size,lv_tags,vg_name,lv_attr,origin"
 VGS_FIELDS = "vg_name,vg_size,vg_free,vg_extent_size"
 
 
@@ -51,7 +51,9 @@ class LvReport:
     vg: str
     size_bytes: int
     tags: tuple[str, ...]
-    attr: str = ""  # lv_attr, e.g. "-wi-ao----": [0] the kind ('-' plain), [4] 'a' active, [5] 'o' open
+    attr: str = ""  # lv_attr, e.g. "-wi-ao----": [0] the kind ('-' plain, 's' snapshot), [4] 'a' active ('I':
+    # an invalid snapshot), [5] 'o' open
+    origin: str = ""  # the LV a snapshot is of
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def parse_lvs(stdout: str) -> list[LvReport]:
                 size_bytes=int(row["lv_size"]),
                 tags=tuple(t for t in row["lv_tags"].split(",") if t),
                 attr=row.get("lv_attr", ""),
+                origin=row.get("origin", ""),
             )
             for row in rows
         ]

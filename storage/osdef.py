@@ -302,8 +302,18 @@ async def run_import(osdef: OsDefinition, env: Mapping[str, str], index: int, de
                                  stdin=dump)
 
 
+async def run_export(osdef: OsDefinition, env: Mapping[str, str], index: int, device: str, dump_path: str,
+                     log_dir: str, timeout_s: float) -> str:
+    """Run the OS `export` script for disk `index` (Ganeti OS API: EXPORT_DEVICE, EXPORT_INDEX), its stdout
+    written to dump_path (what the `import` script reads back); return its log path (stderr)."""
+    with open(dump_path, "wb") as dump:
+        return await _run_script(osdef, "export", {**env, "EXPORT_DEVICE": device, "EXPORT_INDEX": str(index)},
+                                 f"export-{osdef.name}-{env['INSTANCE_NAME']}-disk{index}", log_dir, timeout_s,
+                                 stdout=dump)
+
+
 async def _run_script(osdef: OsDefinition, script: str, env: dict[str, str], log_name: str, log_dir: str,
-                      timeout_s: float, stdin: BinaryIO | None = None) -> str:
+                      timeout_s: float, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> str:
     """One OS script, its output in `<log_dir>/<log_name>-<timestamp>.log`; OsScriptFailed/Timeout."""
     check_instance_name(env["INSTANCE_NAME"])
     os.makedirs(log_dir, exist_ok=True)
@@ -311,7 +321,7 @@ async def _run_script(osdef: OsDefinition, script: str, env: dict[str, str], log
     log_path = os.path.join(log_dir, f"{log_name}-{stamp}.log")
     try:
         result = await runner.run([osdef.script(script)], timeout_s=timeout_s, env=env, cwd=osdef.path,
-                                  log_path=log_path, check=False, stdin=stdin)
+                                  log_path=log_path, check=False, stdin=stdin, stdout=stdout)
     except CommandTimeout:
         raise OsScriptTimeout(osdef.name, script, timeout_s, log_path,
                               runner.tail_lines(log_path, LOG_TAIL_LINES)) from None

@@ -42,15 +42,16 @@ async def run(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     stdin: bytes | BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
     log_path: str | None = None,
     check: bool = True,
 ) -> CommandResult:
     """Run argv to completion within timeout_s.
 
     env, when given, is the child's whole environment (nothing inherited).
-    stdin is bytes to write, or an open file the child reads itself (a dump of gigabytes).
-    With log_path, stdout and stderr are appended to that file instead of
-    being captured. Raises CommandFailed on non-zero exit when check is true,
+    stdin is bytes to write, or an open file the child reads itself (a dump of gigabytes); stdout, an open
+    file the child writes itself (an OS export script's dump). With log_path, stdout (unless given) and
+    stderr are appended to that file instead of being captured. Raises CommandFailed on non-zero exit when check is true,
     CommandTimeout after killing the process group, CommandNotStarted when
     the program cannot be executed.
     """
@@ -61,8 +62,9 @@ async def run(
             proc = await asyncio.create_subprocess_exec(
                 *args,
                 stdin=asyncio.subprocess.PIPE if isinstance(stdin, bytes) else stdin or asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT if log_path else asyncio.subprocess.PIPE,
+                stdout=stdout or out,
+                stderr=(out if stdout is not None and log_path else
+                        asyncio.subprocess.STDOUT if log_path else asyncio.subprocess.PIPE),
                 env=env,
                 cwd=cwd,
                 start_new_session=True,

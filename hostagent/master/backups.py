@@ -18,6 +18,7 @@ from typing import Any
 
 from hostagent import model
 from hostagent.errors import BadRequest, Conflict, NotFound
+from hostagent.master import drbdsteps
 from hostagent.master.decide import ganeti_export
 from hostagent.master.decide.backup_import import import_request
 from hostagent.master.decide.checks import REPLICATION_PORTS
@@ -27,7 +28,6 @@ from hostagent.master.moves import Moves
 from hostagent.master.store import Store
 from hostagent.units import format_mib
 
-TEMPLATES = ("file", "mirror")
 BACKUP_TIMEOUT_S = 6 * 3600.0
 Stop = Callable[[JobContext, dict[str, Any], bool, float | None], Awaitable[str]]
 Start = Callable[[JobContext, dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -91,9 +91,6 @@ class Backups:
         if not isinstance(name, str) or not name:
             raise BadRequest(f"instance {name!r}: name the instance to export")
         inst = await self.store.instance(name)
-        if inst["disk_template"] not in TEMPLATES:
-            raise BadRequest(f"instance '{name}' has {inst['disk_template']} disks: backups are made of "
-                             f"{' and '.join(TEMPLATES)} instances so far")
         primary = inst["primary_node"]
         node, directory = self._target(params.get("to"), primary)
         report = await self.store.get(model.report_key(node))
@@ -134,9 +131,6 @@ class Backups:
 
     async def check_restore(self, name: str, params: dict[str, Any]) -> None:
         inst = await self.store.instance(name)
-        if inst["disk_template"] not in TEMPLATES:
-            raise BadRequest(f"instance '{name}' has {inst['disk_template']} disks: restores are made onto "
-                             f"{' and '.join(TEMPLATES)} instances so far")
         backup = await self.find(params.get("backup"))
         if backup["instance"] != name:
             raise Conflict(f"backup {backup['ref']} is of instance '{backup['instance']}', not '{name}': make a new "
@@ -155,6 +149,10 @@ class Backups:
             raise BadRequest(f"restoring '{name}' from {backup['ref']} replaces what its disks hold now"
                              + (" (it is stopped first, and started again after)" if inst["admin_state"] == "up" else "")
                              + ": confirm with --yes")
+        if inst["disk_template"] == "drbd" and not await self.moves.alive(str(inst["secondary_node"])):
+            raise Conflict(f"node '{inst['secondary_node']}', the secondary of '{name}', does not report: a restore "
+                           "makes its copy start afresh, which needs it up (or replace it: `corral instance "
+                           f"replace-secondary {name}`)")
         params["path"], params["node"] = backup["path"], backup["node"]
 
     async def _job_export(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +172,8 @@ class Backups:
                 timeout_s=BACKUP_TIMEOUT_S), f"exporting the disks of '{name}'")
         await ctx.log(f"'{name}' exported to {node}:{made['path']} in {self.store.clock.monotonic() - started:.1f} s: "
                       + CONSISTENCY_WORDS.get(made["consistency"], made["consistency"])
-                      + f"; {format_mib(int(made['used_bytes']) >> 20)} on disk")
+                      + f"; {format_mib(int(made['used_bytes']) >> 20)} on disk"
+                      + (f"; each disk as OS '{made['dumps']}''s export script wrote it" if made.get("dumps") else ""))
         return {"name": name, "node": node, "path": made["path"], "ref": f"{node}:{made['path']}",
                 "used_bytes": made["used_bytes"], "consistency": made["consistency"]}
 
@@ -266,11 +265,14 @@ class Backups:
         was_running = name in (report.get("instances") or {})
         if was_running:
             await self._stop(ctx, inst, False, None)
-        if inst.get("secondary_node"):  # before the disks change: the copy never counts as in sync with them
-            await self.moves.outdate(name, f"disks restored from backup {args['backup']}; the copy is made anew")
-        await follow(self.store, ctx, node, "backup.status", name, self.store.order(
-            node, "backup.restore", {"name": name, "path": args["path"], "disk_template": inst["disk_template"]},
-            timeout_s=BACKUP_TIMEOUT_S), f"restoring the disks of '{name}'")
+        def restore() -> Awaitable[Any]:
+            return follow(self.store, ctx, node, "backup.status", name, self.store.order(
+                node, "backup.restore", {"name": name, "path": args["path"], "disk_template": inst["disk_template"],
+                                         "instance": inst}, timeout_s=BACKUP_TIMEOUT_S),
+                f"restoring the disks of '{name}'")
+
+        await drbdsteps.rewrite_disks(self.store, self.moves, ctx, inst, f"disks restored from backup {args['backup']}",
+                                      restore)
         await ctx.log(f"the disks of '{name}' on node '{node}' hold backup {args['node']}:{args['path']}")
         if was_running:
             await self._start(ctx, inst, await self.store.hvparams(inst))
@@ -293,9 +295,16 @@ class Backups:
                                     node=str(params.get("node") or backup["node"]),
                                     template=params.get("disk_template"), macs_in_use=macs,
                                     start=bool(params.get("start", True)))
-        if req["disk_template"] not in TEMPLATES:
-            raise BadRequest(f"a backup is imported as a {' or '.join(TEMPLATES)} instance so far, not "
-                             f"{req['disk_template']} (--disk-template)")
+        elsewhere = str(req.get("node")).partition(":")[0] != backup["node"]
+        if elsewhere and req["disk_template"] in model.ON_LVM:
+            raise BadRequest(f"a backup is imported as a {req['disk_template']} instance on the node holding it "
+                             f"('{backup['node']}', --node {backup['node']}"
+                             + (":SECONDARY" if req["disk_template"] == "drbd" else "")
+                             + "); or import it as a file instance elsewhere")
+        if elsewhere and read.get("dumps"):
+            raise BadRequest(f"backup {backup['ref']} holds what OS '{read['dumps']}''s export script wrote: it is "
+                             f"imported through that OS's import script on the node holding it ('{backup['node']}'), "
+                             "then moved (`corral instance move`)")
         return req, {"from_backup": {"ref": backup["ref"], "node": backup["node"], "path": backup["path"],
                                      "notes": notes}}
 

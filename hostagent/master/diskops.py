@@ -22,11 +22,11 @@ from hostagent.master.jobs import JobContext, JobFailed
 from hostagent.master.decide.placement import PlacementError, Request, check_manual, lvm_shortage
 from hostagent.master import drbdsteps
 from hostagent.master.moves import Moves
+from hostagent.master.snapshots import refuse_with_lvm_snapshots
 from hostagent.master.store import Store
 from hostagent.units import SizeError, format_mib, parse_mib
 
 COPY_POLL_S = 1.0
-
 
 class DiskOps:
     def __init__(self, store: Store, moves: Moves) -> None:
@@ -94,6 +94,7 @@ class DiskOps:
         if size <= current:
             raise BadRequest(f"disk {index} of '{name}' is {format_mib(current)}; the new size must be larger "
                              "(disks only grow)")
+        await refuse_with_lvm_snapshots(self.store, inst, "a disk grows")
         if inst.get("disk_template") == "drbd":
             await drbdsteps.check_grow(self.store, inst, index, size)
         if inst.get("disk_template") in model.QUORUM_MIRRORED:
@@ -162,6 +163,7 @@ class DiskOps:
         if params.get("destroy_data") is not True:
             raise BadRequest(f"removing disk {last} of '{name}' deletes its data on every node: confirm with "
                              "--destroy-data")
+        await refuse_with_lvm_snapshots(self.store, inst, "a disk is removed")
         await self._hotpluggable(inst, "a disk is removed")
 
     async def _job_add_disk(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -64,6 +64,27 @@ async def replace_secondary(store: Store, moves: Copies, ctx: JobContext, inst: 
     return {"name": name, "secondary": new}
 
 
+async def rewrite_disks(store: Store, moves: Copies, ctx: JobContext, inst: dict[str, Any], why: str,
+                        rewrite: Callable[[], Awaitable[Any]]) -> None:
+    """Around `rewrite` (the primary's order that writes its disks anew: a snapshot's revert, a backup's restore):
+    a replicated instance's copy is recorded out of date first, so it never counts as in sync with the new disks
+    wherever the job is cut short. A mirror's copy is made anew at its next start; a drbd secondary forgets its
+    copy (fresh DRBD metadata) before the primary's data LVs are written underneath DRBD, so that when both are
+    up again DRBD copies every block to it."""
+    name, secondary = inst["name"], inst.get("secondary_node")
+    if secondary:
+        await moves.outdate(name, f"{why}; the copy is made anew")
+    if inst["disk_template"] != "drbd":
+        await rewrite()
+        return
+    await store.order(str(secondary), "drbd.forget", {"instance": inst})
+    await ctx.log(f"the copy of '{name}' on node '{secondary}' is discarded; DRBD copies every block to it again")
+    await rewrite()
+    if not await moves.protect(ctx, inst):
+        await ctx.log(f"DRBD of '{name}' is not up on both nodes yet: the master brings it up and the copy follows "
+                      f"(`corral instance info {name}` shows the sync)")
+
+
 async def activate(store: Store, ctx: JobContext, inst: dict[str, Any]) -> dict[str, Any]:
     """Ganeti's activate-disks: both nodes' resources up and connected, the primary's Primary, so its
     devices can be used for maintenance (they go back to Secondary when the instance next stops)."""

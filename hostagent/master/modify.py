@@ -17,7 +17,6 @@ from election.etcd import Compare, Op
 from hostagent import model
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.master import cdrom, pending, vncpass
-from hostagent.master.backups import TEMPLATES as BACKUP_TEMPLATES
 from hostagent.master.decide import backup_schedule, nics
 from hostagent.master.decide.checks import check_kernel, check_modify, check_resources
 from hostagent.master.jobs import Handler, JobContext, JobFailed, operator_errors
@@ -86,8 +85,7 @@ class InstanceModify:
         reports = {r["node"]: r for r in await self.store.prefix(model.REPORTS)}
         problem = backup_schedule.target_problem(
             new, await self.store.get(model.CLUSTER_KEY) or {},
-            {n: (list(r["export_dirs"]) if "export_dirs" in r else None) for n, r in reports.items()},
-            BACKUP_TEMPLATES)
+            {n: (list(r["export_dirs"]) if "export_dirs" in r else None) for n, r in reports.items()})
         if problem:
             raise BadRequest(problem)
 

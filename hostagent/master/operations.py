@@ -201,8 +201,9 @@ class Operations:
                     await secondary
                 result = await self.store.order(node, "instance.adopt", {"instance": inst, "adopt": args["adopt"]})
                 await ctx.log(f"disks of '{name}' adopted")
-            elif args.get("from_backup") or args.get("from_ganeti"):
-                result = await self.backups.import_disks(ctx, inst, args)
+            elif args.get("from_backup") or args.get("from_ganeti"):  # drbd: the secondary comes up alongside
+                made = self.backups.import_disks(ctx, inst, args)
+                result = await both(secondary, made) if secondary is not None else await made
             else:
                 create = self.store.order(node, "instance.create",
                                           {"instance": inst, "hvparams": hv, "timeout_s": INSTALL_TIMEOUT_S,

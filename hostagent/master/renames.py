@@ -11,6 +11,7 @@ from hostagent import model
 from hostagent.errors import BadRequest, Conflict
 from hostagent.master.decide.checks import check_new_name
 from hostagent.master.jobs import JobContext, operator_errors
+from hostagent.master.snapshots import refuse_with_lvm_snapshots
 from hostagent.master.store import Store
 from hostagent.status import instance_status
 
@@ -28,6 +29,7 @@ class Renames:
             raise BadRequest(f"instance '{name}' keeps its disks on DRBD; renaming its resources is not supported "
                              "yet")
         await self._check_stopped(inst, "renamed")
+        await refuse_with_lvm_snapshots(self.store, inst, "it is renamed")
         instances = {i["name"] for i in await self.store.prefix(model.INSTANCES)}
         check_new_name(new_name, instances)
         return await self.store.role.require().submit(

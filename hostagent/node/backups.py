@@ -9,6 +9,7 @@ status order, which turns it into the job's progress line with throughput and ET
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ from storage import runner
 from storage.backupdir import BackupDirs, BackupInfo, needed_bytes
 from storage.errors import StorageError
 from storage.filesnap import FileSnapshots, replace_disks
-from storage.osdef import OsCatalog
+from storage.osdef import OsCatalog, OsDefinition
 from storage.install import DiskSpec, install_from_images
 
 from hostagent.clock import SYSTEM, Clock
@@ -32,11 +33,13 @@ from hostagent.node.disks import NodeDisks
 from hostagent.node.executor import Order, OrderError, installed_marker, read_small_file
 from hostagent.node.ganetiimport import NodeGanetiImport
 from hostagent.node.livecopy import copy_running
+from hostagent.node.osdumps import OsDumps
 
 log = logging.getLogger(__name__)
 
 BACKUP_TIMEOUT_S = 6 * 3600.0
-TEMPLATES = ("file", "mirror")
+TEMPLATES = ("file", "mirror", "plain", "drbd")
+ON_LVM = ("plain", "drbd")
 _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -51,6 +54,7 @@ class NodeBackups:
         self._ganeti = NodeGanetiImport(cfg.node_name, disks, dirs, catalog, os.path.join(cfg.log_dir, "os"),
                                         cfg.os_install_timeout_s)
         self._files = FileSnapshots(disks.files)
+        self._dumps = OsDumps(cfg.node_name, catalog, os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s)
         self._progress_dir = os.path.join(cfg.run_dir, "backups")
         # instance -> bytes done before the current copy, bytes in all, the current copy's bytes, its log
         self._progress: dict[str, tuple[int, int, int, str]] = {}
@@ -64,8 +68,23 @@ class NodeBackups:
 
     def _template(self, name: str, template: Any) -> None:
         if template not in TEMPLATES:
-            raise OrderError(f"instance '{name}': backups are made of {' and '.join(TEMPLATES)} disks on this "
-                             f"node so far, not {template!r}")
+            raise OrderError(f"instance '{name}': backups are made of {', '.join(TEMPLATES)} disks, not "
+                             f"{template!r}")
+
+    async def _sources(self, name: str, template: Any, indices: list[int]) -> dict[int, tuple[str, str, int]]:
+        """index -> (path, format, bytes) of the instance's disks here: files, or LVs (a drbd disk's data LV
+        is the disk byte for byte: its metadata is external)."""
+        if template not in ON_LVM:
+            return await self._files.disk_sizes(name, indices)
+        lvm = self._disks.volumes(str(template))
+        return {i: (lvm.path(name, i, "raw"), "raw", await lvm.size_mib(name, i) * 2**20) for i in indices}
+
+    @staticmethod
+    def _needed(template: Any, sizes: dict[int, tuple[str, str, int]]) -> int:
+        """The most a backup of these disks takes: a file's blocks, an LV's whole size (its blocks are not known)."""
+        if template in ON_LVM:
+            return sum(s[2] for s in sizes.values())
+        return needed_bytes([s[0] for s in sizes.values()])
 
     def _log_path(self, name: str) -> str:
         os.makedirs(self._progress_dir, mode=0o700, exist_ok=True)
@@ -82,11 +101,13 @@ class NodeBackups:
         partial, started = "", self._clock.time()  # a running guest's copy is of this instant
         rate = int(float(args.get("rate_mib_s") or 0) * 2**20)  # bytes/s a copy may take (0: all it can)
         try:
-            sizes = await self._files.disk_sizes(name, [int(d["index"]) for d in inst["disks"]])
+            sizes = await self._sources(name, inst["disk_template"], [int(d["index"]) for d in inst["disks"]])
             total = sum(s[2] for s in sizes.values())
-            partial = self.dirs.begin(args["directory"], name, backup_id, needed_bytes([s[0] for s in sizes.values()]))
-            consistency = "stopped"
-            if running:
+            partial = self.dirs.begin(args["directory"], name, backup_id, self._needed(inst["disk_template"], sizes))
+            consistency, entry = "stopped", self._dumps.script_os(inst)
+            if entry is not None:
+                consistency = await self._export_dumps(entry, inst, partial, sizes, running, rate)
+            elif running:
                 targets = await self.dirs.make_targets(partial, {i: s[2] for i, s in sizes.items()})
                 consistency = await self._copy_running(name, [BackupTarget(i, p) for i, p in targets.items()], total,
                                                        compress, rate)
@@ -95,7 +116,8 @@ class NodeBackups:
                                          compress, rate)
             info = await self.dirs.commit(partial, {
                 "created": started, "consistency": consistency,
-                "compressed": compress, "source_node": self._node,
+                "compressed": compress and entry is None, "source_node": self._node,
+                "dumps": entry.name if entry is not None else "",
                 "disks": {str(i): s[2] for i, s in sizes.items()}, "instance": inst})
         except (CopyError, QmpError, StorageError, OSError) as exc:
             if partial:
@@ -106,6 +128,30 @@ class NodeBackups:
         log.info("instance '%s': exported to %s (%s, %d MiB on disk)", name, info.path, info.consistency,
                  info.used_bytes >> 20)
         return info.row()
+
+    async def _export_dumps(self, entry: OsDefinition, inst: dict[str, Any], partial: str,
+                            sizes: dict[int, tuple[str, str, int]], running: bool, rate: int) -> str:
+        """Each disk through the OS's export script into disk<i>.dump (hostagent.node.osdumps): a running
+        guest's from a copy of one instant made first beside it; the consistency."""
+        name, total = str(inst["name"]), sum(s[2] for s in sizes.values())
+        disks = {i: s[0] for i, s in sizes.items()}
+        sources, consistency = dict(disks), "stopped"
+        if running:
+            sources = {i: os.path.join(partial, f".disk{i}.raw") for i in sizes}
+            for index, path in sources.items():
+                await runner.run(["qemu-img", "create", "-q", "-f", "raw", path, str(sizes[index][2])], timeout_s=60)
+            consistency = await self._copy_running(name, [BackupTarget(i, p, fmt="raw") for i, p in sources.items()],
+                                                   total, False, rate)
+        log.info("instance '%s': each disk exported through OS '%s''s export script", name, entry.name)
+        done = 0
+        for index in sorted(sources):
+            dump = os.path.join(partial, f"disk{index}.dump")
+            self._progress[name] = (done, total, sizes[index][2], dump)  # the status reads the dump's growth
+            await self._dumps.export(entry, inst, index, sources[index], dump, disks)
+            if running:
+                os.unlink(sources[index])
+            done += sizes[index][2]
+        return consistency
 
     async def _copy_running(self, name: str, targets: list[BackupTarget], total: int, compress: bool,
                             rate: int) -> str:
@@ -122,11 +168,11 @@ class NodeBackups:
         inst = args["instance"]
         self._template(inst["name"], inst.get("disk_template"))
         try:
-            sizes = await self._files.disk_sizes(inst["name"], [int(d["index"]) for d in inst["disks"]])
+            sizes = await self._sources(inst["name"], inst["disk_template"], [int(d["index"]) for d in inst["disks"]])
         except StorageError as exc:
             raise OrderError(str(exc)) from exc
-        return {"disks": {str(i): s[2] for i, s in sizes.items()}, "needed_bytes": needed_bytes(
-            [s[0] for s in sizes.values()])}
+        return {"disks": {str(i): s[2] for i, s in sizes.items()}, "needed_bytes": self._needed(inst["disk_template"],
+                                                                                                 sizes)}
 
     async def _send(self, args: dict[str, Any]) -> dict[str, Any]:
         """An export into another node's images (hostagent.node.backupxfer): a running guest as of one
@@ -140,7 +186,7 @@ class NodeBackups:
         started, consistency = self._clock.time(), "stopped"
         rate = int(float(args.get("rate_mib_s") or 0) * 2**20)
         try:
-            sizes = await self._files.disk_sizes(name, sorted(ports))
+            sizes = await self._sources(name, inst["disk_template"], sorted(ports))
             total = sum(s[2] for s in sizes.values())
             if running:
                 consistency = await self._copy_running(name, [BackupTarget(i, f"{host}:{port}", nbd=NbdTarget(
@@ -200,7 +246,10 @@ class NodeBackups:
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         """Bytes copied so far and in all of the instance's running export or import (0, 0: none)."""
         before, total, current, progress_log = self._progress.get(str(args["name"]), (0, 0, 0, ""))
-        if progress_log:
+        if progress_log.endswith(".dump"):  # an OS export script's output, as it grows
+            with contextlib.suppress(FileNotFoundError):
+                before += min(current, os.path.getsize(progress_log))
+        elif progress_log:
             try:
                 with open(progress_log, "rb") as fh:
                     found = _PERCENT.findall(fh.read()[-4096:])
@@ -236,25 +285,57 @@ class NodeBackups:
             raise OrderError(f"instance '{name}' is running on node '{self._node}': it is restored only while "
                              "stopped")
         info = self._info(args["path"])
+        template = args.get("disk_template")
         try:
-            current = await self._files.disk_sizes(name, sorted(info.disks))
+            current = await self._sources(name, template, sorted(info.disks))
             for index, size in info.disks.items():
                 if current[index][2] < size:
                     raise OrderError(f"disk {index} of '{name}' ({current[index][2] >> 20} MiB) is smaller than "
                                      f"in backup {info.path} ({size >> 20} MiB)")
-            done, total, progress_log = 0, sum(info.disks.values()), self._log_path(name)
-            for index, size in sorted(info.disks.items()):
-                if os.path.exists(progress_log):
-                    os.unlink(progress_log)
-                self._progress[name] = (done, total, size, progress_log)
-                await replace_disks(self._disks.files, name, {index: self.dirs.disk_file(info, index)}, progress_log)
-                done += size
+            if template == "drbd":
+                drbd = self._disks.drbd
+                if drbd is None:
+                    raise OrderError(f"node '{self._node}' has no DRBD: set [storage] volume_group in its agent.toml")
+                async with drbd.taken_down(self._node, self._disks.drbd_disks(args["instance"])):
+                    await self._write_back(args["instance"], info, current)
+            else:
+                await self._write_back(args["instance"], info, current)
         except StorageError as exc:
             raise OrderError(f"restore of '{name}' from {info.path} failed: {exc}") from exc
         finally:
             self._progress.pop(name, None)
         log.warning("instance '%s': disks restored from backup %s on node '%s'", name, info.path, self._node)
         return {"restored": info.path}
+
+    async def _write_back(self, inst: dict[str, Any], info: BackupInfo,
+                          current: dict[int, tuple[str, str, int]]) -> None:
+        """Each disk of the backup written over the instance's (files: beside and renamed over; LVs: in place,
+        through a qcow2 view at the LV's size, so what the disk grew by since reads as zeros as in a file; dumps:
+        through the OS's import script)."""
+        name = str(inst["name"])
+        done, total, progress_log = 0, sum(info.disks.values()), self._log_path(name)
+        entry = self._dumps.definition(info.dumps) if info.dumps else None
+        for index, size in sorted(info.disks.items()):
+            if os.path.exists(progress_log):
+                os.unlink(progress_log)
+            self._progress[name] = (done, total, size, progress_log)
+            source = self.dirs.disk_file(info, index)
+            path, fmt, now = current[index]
+            if entry is not None:
+                await self._dumps.write_disk(entry, inst, index, path, source, now, {i: c[0] for i, c in current.items()})
+            elif fmt == "raw" and path.startswith("/dev/"):
+                view = os.path.join(self._progress_dir, f"{name}.disk{index}.view.qcow2")
+                try:
+                    await runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", source, "-F", "qcow2", view,
+                                      str(now)], timeout_s=60)
+                    await runner.run(["qemu-img", "convert", "-p", "-n", "-f", "qcow2", "-O", "raw", view, path],
+                                     timeout_s=BACKUP_TIMEOUT_S, log_path=progress_log)
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(view)
+            else:
+                await replace_disks(self._disks.files, name, {index: source}, progress_log)
+            done += size
 
     async def _import_disks(self, args: dict[str, Any]) -> dict[str, Any]:
         """A new instance's disks made from a backup here (no OS installed): all or none. A re-sent order
@@ -273,7 +354,11 @@ class NodeBackups:
                   DiskSpec(int(d["size_mib"]), d["format"], d.get("uuid", ""), f"disk{d['index']}"))
                  for d in sorted(inst["disks"], key=lambda d: int(d["index"]))]
         try:  # no byte counts: the status order answers none, so the job shows steps, not a made-up rate
-            paths = await install_from_images(self._disks.files, name, specs)
+            if info.dumps:
+                paths = await self._dumps.make_disks(self._disks.for_instance(inst), inst, self._dumps.definition(
+                    info.dumps), {int(d["index"]): self.dirs.disk_file(info, int(d["index"])) for d in inst["disks"]})
+            else:
+                paths = await install_from_images(self._disks.for_instance(inst), name, specs)
         except StorageError as exc:
             raise OrderError(f"instance '{name}': disks not made from backup {info.path}: {exc}") from exc
         os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
@@ -281,4 +366,3 @@ class NodeBackups:
             fh.write(inst["uuid"])
         log.info("instance '%s': disks made from backup %s on node '%s'", name, info.path, self._node)
         return {"created": True, "paths": paths}
-

@@ -82,7 +82,7 @@ class NodeDrbd:
     def orders(self) -> dict[str, Order]:
         return {"drbd.prepare": self._prepare, "drbd.attach": self._attach, "drbd.release": self._release,
                 "drbd.activate": self._activate, "drbd.dual-primary": self._dual_primary,
-                "drbd.grow-copy": self._grow_copy}
+                "drbd.grow-copy": self._grow_copy, "drbd.forget": self._forget}
 
     def gen(self, name: str) -> int:
         raw = read_small_file(os.path.join(self._gen_dir, f"{name}.gen"))
@@ -158,6 +158,18 @@ class NodeDrbd:
             raise OrderError(f"instance '{inst['name']}' has no disk {index}")
         await self._need().grow(disk, size_mib, resize=False)
         return {"size_mib": size_mib}
+
+    async def _forget(self, args: dict[str, Any]) -> dict[str, Any]:
+        """On the secondary, before its primary's disks are rewritten under DRBD (a snapshot's revert): its
+        copy's metadata made anew and left down, so it takes every block when it is next up."""
+        inst = args["instance"]
+        if inst.get("secondary_node") != self._node:
+            raise OrderError(f"node '{self._node}' is not the secondary of '{inst['name']}'")
+        for disk in self._disks.drbd_disks(inst):
+            await self._need().forget_copy(disk)
+        log.warning("instance '%s': the copy on node '%s' is discarded; DRBD copies every block to it again",
+                    inst["name"], self._node)
+        return {}
 
     async def _release(self, args: dict[str, Any]) -> dict[str, Any]:
         """The instance's resources Secondary here (no QEMU may be using them)."""

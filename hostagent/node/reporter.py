@@ -7,6 +7,7 @@ replica on any node.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,8 +19,9 @@ from kvm.process import QemuManager
 from storage.backupdir import BackupDirs
 from storage.base import StorageError
 from storage.filedisk import FileTemplate
-from storage.filesnap import FileSnapshots
+from storage.filesnap import FileSnapshots, SnapshotInfo
 from storage.lvm import PlainTemplate
+from storage.lvmsnap import LvmSnapshots
 from storage.osdef import OsCatalog, OsDefinition, OsImage
 
 from hostagent.clock import SYSTEM, Clock
@@ -83,9 +85,7 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
         "os_problems": list(cat.problems),
         **({"kernel_dirs": list(qemu.kernel_dirs)} if qemu.kernel_dirs is not None else {}),
         "volumes": volumes,
-        "snapshots": {name: [{"name": s.name, "created": s.created, "consistency": s.consistency,
-                              "used_bytes": s.used_bytes, "disks": {str(i): b for i, b in s.disks.items()}}
-                             for s in snaps] for name, snaps in snapshots.items()},
+        "snapshots": snapshot_rows(snapshots),
         "snapshot_problems": snapshot_problems,
         "snapshot_leftovers": snapshot_leftovers,
         "stray_qemus": stray_qemus(qemu.run_dir, running, clock.time()),
@@ -163,8 +163,9 @@ def _boot_id() -> str:
         return ""
 
 
-async def lvm_state(lvm: PlainTemplate) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The volume group's size and free space, and every LV that claims to be a Corral disk.
+async def lvm_state(lvm: PlainTemplate) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """The volume group's size and free space, every LV that claims to be a Corral disk, and the LVM
+    snapshots of disks (as the report's snapshots, snapshot_problems and snapshot_leftovers).
 
     A volume group that cannot be read is reported with the reason, not raised:
     the rest of the report still matters.
@@ -173,9 +174,16 @@ async def lvm_state(lvm: PlainTemplate) -> tuple[dict[str, Any], list[dict[str, 
         size, free = await lvm.vg_info()
         volumes = [{"instance": v.instance, "index": v.index, "path": v.path, "size_mib": v.size_mib,
                     "format": v.fmt} for v in await lvm.list_volumes()]
+        snaps, problems, leftovers = await LvmSnapshots(lvm).everything()
     except StorageError as exc:
-        return {"vg": lvm.vg, "error": str(exc)}, []
-    return {"vg": lvm.vg, "size_mib": size, "free_mib": free}, volumes
+        return {"vg": lvm.vg, "error": str(exc)}, [], {}
+    return ({"vg": lvm.vg, "size_mib": size, "free_mib": free}, volumes,
+            {"snapshots": snapshot_rows(snaps), "snapshot_problems": problems, "snapshot_leftovers": leftovers})
+
+
+def snapshot_rows(found: dict[str, list[SnapshotInfo]]) -> dict[str, list[dict[str, Any]]]:
+    return {name: [{"name": s.name, "created": s.created, "consistency": s.consistency, "used_bytes": s.used_bytes,
+                    "disks": {str(i): b for i, b in s.disks.items()}} for s in snaps] for name, snaps in found.items()}
 
 
 class LvmSeen:
@@ -183,13 +191,13 @@ class LvmSeen:
 
     def __init__(self, lvm: PlainTemplate, clock: Clock = SYSTEM) -> None:
         self._lvm, self._clock = lvm, clock
-        self._seen: tuple[float, dict[str, Any], list[dict[str, Any]]] | None = None
+        self._seen: tuple[float, dict[str, Any], list[dict[str, Any]], dict[str, Any]] | None = None
 
-    async def state(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def state(self) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
         now = self._clock.monotonic()
         if self._seen is None or now - self._seen[0] >= LVM_REFRESH_S:
             self._seen = (now, *await lvm_state(self._lvm))
-        return dict(self._seen[1]), [dict(v) for v in self._seen[2]]
+        return dict(self._seen[1]), [dict(v) for v in self._seen[2]], copy.deepcopy(self._seen[3])
 
     def changed(self) -> None:
         self._seen = None

@@ -82,8 +82,11 @@ class ReportLoop:
                                         self._replication.busy, self._boot, self._clock)
         report["mirrors"] = await self._mirror_states(report["instances"])
         if self._lvm_seen is not None:
-            report["lvm"], lv_volumes = await self._lvm_seen.state()
+            report["lvm"], lv_volumes, lv_snaps = await self._lvm_seen.state()
             report["volumes"] += lv_volumes
+            report["snapshots"].update(lv_snaps.get("snapshots", {}))  # an instance's disks are in one place
+            report["snapshot_problems"] += lv_snaps.get("snapshot_problems", [])
+            report["snapshot_leftovers"].update(lv_snaps.get("snapshot_leftovers", {}))
         if self.drbd is not None:
             report["drbd"] = await self.drbd.report()
             report["mirrors"].update(await self._drbd_states(self.drbd))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from pathlib import Path
 
 from conftest import AgentNode, boots, wait_boot_count, wait_for
 
@@ -89,6 +90,34 @@ def test_a_live_export_brings_back_the_disk_of_that_instant_as_a_new_instance_an
     finally:
         node.corral("instance", "remove", "bk1")
         node.corral("instance", "remove", "bk2")
+
+
+def test_a_script_os_instance_is_backed_up_through_its_os_export_and_import_scripts(one_node):
+    """corral-guest is a script OS: its export script writes each disk to the backup's disk0.dump, and its import
+    script writes it back, for an import and for a restore (the disk that booted once: its next boot counts 2)."""
+    node = one_node
+    node.ok("instance", "add", "sc1", "--os", "corral-guest", "--memory", "128M", "--disk", "64M")
+    try:
+        wait_boot_count(node, "sc1", 1)
+        made = node.ok("backup", "export", "sc1", "--live")
+        assert "as OS 'corral-guest''s export script wrote it" in made, made
+        backup = wait_for(lambda: listed(node, "sc1"), 30, "the export in `backup list`")[0]
+        assert (backup["dumps"], backup["consistency"]) == ("corral-guest", "crash")
+        assert sorted(p.name for p in Path(backup["path"]).iterdir()) == ["backup.json", "disk0.dump"]
+        assert list((node.root / "log" / "os").glob("export-corral-guest-sc1-disk0-*.log"))
+
+        node.ok("instance", "reboot", "sc1")
+        wait_boot_count(node, "sc1", 2)
+        node.ok("backup", "import", backup["ref"], "--name", "sc2")
+        wait_boot_count(node, "sc2", 2)
+        assert list((node.root / "log" / "os").glob("import-corral-guest-sc2-disk0-*.log"))
+        node.ok("backup", "restore", "sc1", "--from", backup["ref"], "--yes")
+        wait_for(lambda: len(boots(node, "sc1")) >= 3, BOOT_TIMEOUT_S, "sc1's boot after the restore")
+        assert boots(node, "sc1") == [1, 2, 2]
+        assert json.loads((Path(backup["path"]) / "backup.json").read_text())["dumps"] == "corral-guest"
+    finally:
+        node.corral("instance", "remove", "sc1")
+        node.corral("instance", "remove", "sc2")
 
 
 # What Ganeti 3.0's FinalizeExport (lib/backend.py) writes into <export dir>/<instance>/config.ini through

@@ -247,6 +247,58 @@ def test_a_reinstalled_drbd_instance_gets_new_copies_on_both_nodes_holding_the_i
     assert "ro:Secondary/Secondary" in n2.ok("cat /proc/drbd")
 
 
+def test_a_drbd_snapshot_or_backup_rewrites_the_primarys_disk_and_the_secondary_takes_every_block_again(vms):
+    """snapdb, stopped on n1 with its copy on n2: the snapshot is an LVM snapshot of the primary's data LV; what is
+    written after it goes through DRBD to both copies; the revert merges it back on the primary and makes the
+    secondary's copy start afresh, so both end holding the snapshot's data."""
+    n1, n2 = vms["n1"], vms["n2"]
+    steady(n1, "cluster", "modify", "--sync-rate", "5")  # as the story test leaves it (this one also runs alone)
+    ok(n1, "instance", "add", "snapdb", "--os", IMAGE_OS, "-t", "drbd", "--node", "n1:n2", "--disk", "96M",
+       "--memory", "64M", "--no-start")
+    wait_for("snapdb's initial sync", lambda: in_sync(n1, "snapdb"), 300)
+    data, snap = f"/dev/{VG}/corral-snapdb-disk0", f"/dev/{VG}/snap-corral-snapdb-disk0-before"
+    ok(n1, "instance", "snapshot", "snapdb", "create", "before")
+    held = n1.ok(f"sha256sum {snap}").split()[0]
+    assert "snap-corral-snapdb" not in n2.ok(f"lvs --noheadings -o lv_name {VG}"), "only the primary holds it"
+    refused = corral(n1, "instance", "grow-disk", "snapdb", "0", "128M")
+    assert refused.rc != 0 and "has LVM snapshots (before)" in refused.err + refused.out, refused
+
+    device = f"/dev/drbd{row(n1, 'snapdb')['drbd'][0]['minor']}"
+    assert device in steady(n1, "instance", "activate-disks", "snapdb", "--json")
+    n1.ok(f"head -c 16M /dev/urandom | dd of={device} bs=1M seek=32 oflag=direct status=none")
+    wait_for("the write on both copies", lambda: in_sync(n1, "snapdb"), 120)
+    assert n2.ok(f"sha256sum {data}").split()[0] != held
+
+    ok(n1, "instance", "snapshot", "snapdb", "revert", "before", "--yes", timeout=600)
+    wait_for("the secondary's new copy in sync", lambda: in_sync(n1, "snapdb"), 300)
+    assert n1.ok(f"sha256sum {data}").split()[0] == held, "the primary's disk does not hold the snapshot"
+    assert n2.ok(f"sha256sum {data}").split()[0] == held, "the secondary's copy differs from the reverted disk"
+    minor = row(n1, "snapdb")["drbd"][0]["minor"]
+    received_kib = int(re.search(rf"(?m)^ ?{minor}:.*\n.*nr:(\d+)", n2.ok("cat /proc/drbd"))[1])
+    assert received_kib >= 96 * 1024, f"n2 took {received_kib} KiB: the whole disk must go to it again"
+    assert n1.ok(f"sha256sum {snap}").split()[0] == held, "the snapshot must still be there after a revert"
+
+    # a backup of the stopped instance (its data LV), restored in place the same way, then imported as a new drbd
+    # instance on the same two nodes
+    ok(n1, "backup", "export", "snapdb")
+    backup = wait_for("the backup listed", lambda: json.loads(ok(n1, "backup", "list", "snapdb", "--json")), 30)[0]
+    steady(n1, "instance", "activate-disks", "snapdb", "--json")
+    n1.ok(f"head -c 16M /dev/urandom | dd of={device} bs=1M seek=8 oflag=direct status=none")
+    wait_for("the write on both copies", lambda: in_sync(n1, "snapdb"), 120)
+    ok(n1, "backup", "restore", "snapdb", "--from", backup["ref"], "--yes", timeout=600)
+    wait_for("the secondary's copy in sync after the restore", lambda: in_sync(n1, "snapdb"), 300)
+    assert [vm.ok(f"sha256sum {data}").split()[0] for vm in (n1, n2)] == [held, held]
+    ok(n1, "backup", "import", backup["ref"], "--name", "snapdb2", "--node", "n1:n2", "--no-start", timeout=600)
+    wait_for("the imported instance in sync", lambda: in_sync(n1, "snapdb2"), 300)
+    copy = f"/dev/{VG}/corral-snapdb2-disk0"
+    assert [vm.ok(f"sha256sum {copy}").split()[0] for vm in (n1, n2)] == [held, held]
+
+    for name in ("snapdb", "snapdb2"):
+        ok(n1, "instance", "remove", name)
+    assert "snapdb" not in n1.ok(f"lvs --noheadings -o lv_name {VG}"), "the instance's snapshot must go with it"
+    ok(n1, "backup", "remove", backup["ref"])
+
+
 def test_drbd_on_a_node_without_the_module_or_a_volume_group_is_refused_up_front(vms):
     n3 = vms["n3"]
     jobs = len(json.loads(ok(n3, "job", "list", "--json")))

@@ -50,6 +50,16 @@ def sha256(vm: NodeVM, path: str) -> str:
     return vm.ok(f"sha256sum {path}").split()[0]
 
 
+def backups(vm: NodeVM, name: str, count: int, within_s: float = 30) -> list[dict]:
+    """`backup list NAME` once it lists `count` backups (it reads the nodes' reports, sent after each order)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        found = json.loads(ok(vm, "backup", "list", name, "--json"))
+        if len(found) == count or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
+
+
 def verify_until(vm: NodeVM, *wanted: str, within_s: float = 45) -> str:
     """`cluster verify`'s output once it says every `wanted` text (the nodes report every 3 s, and read their volume group every 15 s)."""
     deadline = time.monotonic() + within_s
@@ -154,3 +164,87 @@ def test_an_adopted_lv_runs_as_it_is_verify_finds_orphan_and_missing_lvs_and_a_m
     assert lvs(n2)[ADOPTED][1] == 16.0 and ADOPTED not in lvs(n1)
     ok(n1, "instance", "remove", "web2")
     assert ADOPTED not in lvs(n2)
+
+
+def test_lvm_snapshots_of_a_plain_instance_revert_there_and_back_and_go_with_it(vms):
+    """Two disks snapshotted while QEMU runs (paused for that instant, so both hold the same one), then written
+    over while stopped and reverted twice: each revert gives back what the snapshot LVs held, and keeps them."""
+    n1 = vms["n1"]
+    ok(n1, "instance", "add", "snapped", "--os", IMAGE_OS, "-t", "plain", "--node", "n1", "--disk", "64M",
+       "--disk", "32M", "--memory", "64M", "--no-start")
+    disks = [f"/dev/{VG}/{lv_name(VG, 'snapped', i)}" for i in (0, 1)]
+    snaps = [f"/dev/{VG}/snap-corral-snapped-disk{i}-s1" for i in (0, 1)]
+    n1.ok(f"head -c 8M /dev/urandom | dd of={disks[1]} bs=1M seek=4 oflag=direct status=none")
+    ok(n1, "instance", "start", "snapped")
+    jobs = len(json.loads(ok(n1, "job", "list", "--json")))
+    for bad, why in ((("create", "../x"), "is not valid"), (("revert", "s1", "--yes"), "no snapshot named 's1'")):
+        refused = corral(n1, "instance", "snapshot", "snapped", *bad)
+        assert refused.rc != 0 and why in refused.err + refused.out, refused
+    assert len(json.loads(ok(n1, "job", "list", "--json"))) == jobs, "a refused snapshot must not make a job"
+
+    ok(n1, "instance", "snapshot", "snapped", "create", "s1")
+    assert status(n1, "snapped") == "running", "a snapshot must not stop the instance"
+    volumes = lvs(n1)
+    assert all(volumes[s][0][0] == "s" for s in snaps), volumes  # LVM snapshots, of the disks' size or more
+    assert volumes[snaps[0]][1] >= 64 and volumes[snaps[1]][1] >= 32
+    held = [sha256(n1, s) for s in snaps]
+    refused = corral(n1, "instance", "grow-disk", "snapped", "0", "128M")
+    assert refused.rc != 0 and "has LVM snapshots (s1)" in refused.err + refused.out, refused
+    row = json.loads(ok(n1, "instance", "info", "snapped", "--json"))
+    assert [(s["name"], s["consistency"], s["node"]) for s in row["snapshots"]] == [("s1", "crash", "n1")]
+    assert row["snapshot_bytes"] >= 96 * MIB
+
+    ok(n1, "instance", "stop", "snapped", "--force")
+    refused = corral(n1, "instance", "snapshot", "snapped", "revert", "s1")
+    assert refused.rc != 0 and "--yes" in refused.err + refused.out
+    for _ in range(2):  # there and back, twice
+        for disk in disks:
+            n1.ok(f"head -c 16M /dev/urandom | dd of={disk} bs=1M oflag=direct status=none")
+        assert sha256(n1, disks[1]) != held[1]
+        ok(n1, "instance", "snapshot", "snapped", "revert", "s1", "--yes")
+        assert [sha256(n1, d) for d in disks] == held, "the disks do not hold the snapshot after its revert"
+        assert [sha256(n1, s) for s in snaps] == held, "the snapshot must still be there after a revert"
+
+    ok(n1, "instance", "snapshot", "snapped", "create", "s2")
+    listed = json.loads(ok(n1, "instance", "snapshot", "snapped", "list", "--json"))
+    assert [(s["name"], s["consistency"]) for s in listed] == [("s1", "crash"), ("s2", "stopped")]
+    ok(n1, "instance", "snapshot", "snapped", "remove", "s1")
+    assert not set(snaps) & set(lvs(n1))
+    ok(n1, "instance", "remove", "snapped")
+    assert not [path for path in lvs(n1) if "snapped" in path], lvs(n1)
+
+
+def test_a_plain_instance_is_backed_up_stopped_and_live_restored_in_place_and_imported_as_a_new_one(vms):
+    """Backups of LVs: the stopped export holds the LV's bytes, a restore writes them back over the LV, an import
+    makes a new plain instance's LV of them; a live export is taken while QEMU runs."""
+    n1 = vms["n1"]
+    ok(n1, "instance", "add", "bk", "--os", IMAGE_OS, "-t", "plain", "--node", "n1", "--disk", "64M",
+       "--memory", "64M", "--no-start")
+    disk, copy = (f"/dev/{VG}/{lv_name(VG, name, 0)}" for name in ("bk", "bk2"))
+    n1.ok(f"head -c 16M /dev/urandom | dd of={disk} bs=1M seek=8 oflag=direct status=none")
+    held = sha256(n1, disk)
+    ok(n1, "backup", "export", "bk")
+    stopped = backups(n1, "bk", 1)[0]
+    image = f"{stopped['path']}/disk0.qcow2"
+    assert stopped["consistency"] == "stopped" and stopped["node"] == "n1"
+    n1.ok(f"qemu-img compare -q -f qcow2 -F raw {image} {disk}")  # the LV's bytes, every one
+
+    ok(n1, "instance", "start", "bk")
+    assert "as of one instant" in ok(n1, "backup", "export", "bk", "--live")
+    assert {b["consistency"] for b in backups(n1, "bk", 2)} == {"stopped", "crash"}
+    ok(n1, "instance", "stop", "bk", "--force")
+
+    n1.ok(f"head -c 64M /dev/urandom | dd of={disk} bs=1M oflag=direct status=none")
+    ok(n1, "backup", "restore", "bk", "--from", stopped["ref"], "--yes")
+    assert sha256(n1, disk) == held, "the restore did not write the backup's bytes back over the LV"
+    assert status(n1, "bk") == "stopped"
+
+    refused = corral(n1, "backup", "import", stopped["ref"], "--name", "bk2", "--node", "n2")
+    assert refused.rc != 0 and "on the node holding it ('n1'" in refused.err + refused.out, refused
+    ok(n1, "backup", "import", stopped["ref"], "--name", "bk2", "--no-start")
+    assert json.loads(ok(n1, "instance", "info", "bk2", "--json"))["disk_template"] == "plain"
+    assert sha256(n1, copy) == held, "the imported instance's LV does not hold the backup"
+    for name in ("bk", "bk2"):
+        ok(n1, "instance", "remove", name)
+    for backup in json.loads(ok(n1, "backup", "list", "bk", "--json")):
+        ok(n1, "backup", "remove", backup["ref"])

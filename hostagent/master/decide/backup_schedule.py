@@ -350,18 +350,13 @@ def _within(path: str, dirs: Iterable[str]) -> bool:
 
 
 def target_problem(inst: Mapping[str, Any], cluster: Mapping[str, Any],
-                   export_dirs: Mapping[str, list[str] | None], templates: Iterable[str]) -> str:
+                   export_dirs: Mapping[str, list[str] | None]) -> str:
     """Why an instance's scheduled exports could not run as set (checked at `instance modify`); "" when they
     can, as far as the nodes' reports tell (each export is judged again when it is submitted).
-    `export_dirs`: node -> the export directories its report lists (None: its report does not say);
-    `templates`: those backups are made of."""
-    name, primary = str(inst["name"]), str(inst["primary_node"])
+    `export_dirs`: node -> the export directories its report lists (None: its report does not say)."""
+    primary = str(inst["primary_node"])
     if not inst.get("backup_schedule"):
         return ""
-    kinds = list(templates)
-    if inst.get("disk_template") not in kinds:
-        return (f"instance '{name}' has {inst.get('disk_template')} disks: backups are made of "
-                f"{' and '.join(kinds)} instances so far, so it cannot have a backup schedule")
     node, directory = split_target(target_of(inst, cluster))
     node = node or primary
     if node not in export_dirs:

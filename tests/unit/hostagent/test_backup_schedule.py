@@ -69,18 +69,16 @@ def test_instance_modify_checks_the_schedule_keep_and_target_and_names_what_is_a
 def test_a_schedule_that_could_never_run_is_refused_with_the_reason():
     dirs = {"n1": ["/srv/export"], "n2": ["/backups"], "n3": None}
     ok = inst("web1", backup_to="/srv/export/sub")
-    assert bs.target_problem(ok, {}, dirs, ("file", "mirror")) == ""
-    assert bs.target_problem(inst("web1", backup_to="n2:/backups"), {}, dirs, ("file", "mirror")) == ""
-    assert bs.target_problem(inst("web1", backup_to="n3:/x"), {}, dirs, ("file", "mirror")) == "", \
+    assert bs.target_problem(ok, {}, dirs) == ""
+    assert bs.target_problem(inst("web1", backup_to="n2:/backups"), {}, dirs) == ""
+    assert bs.target_problem(inst("web1", backup_to="n3:/x"), {}, dirs) == "", \
         "a node that does not say its directories is judged at each export"
     assert "/tmp is not an export directory of node 'n1' (it has: /srv/export" in \
-        bs.target_problem(inst("web1", backup_to="/tmp"), {}, dirs, ("file", "mirror"))
+        bs.target_problem(inst("web1", backup_to="/tmp"), {}, dirs)
     assert "/tmp is not an export directory of node 'n1'" in \
-        bs.target_problem(inst("web1"), {"backup_to": "/tmp"}, dirs, ("file", "mirror")), "the cluster's default"
-    assert "no node named 'n9'" in bs.target_problem(inst("web1", backup_to="n9:/x"), {}, dirs, ("file", "mirror"))
-    assert "has plain disks: backups are made of file and mirror instances so far" in \
-        bs.target_problem(inst("web1", disk_template="plain"), {}, dirs, ("file", "mirror"))
-    assert bs.target_problem(inst("web1", schedule="", disk_template="plain"), {}, dirs, ("file",)) == ""
+        bs.target_problem(inst("web1"), {"backup_to": "/tmp"}, dirs), "the cluster's default"
+    assert "no node named 'n9'" in bs.target_problem(inst("web1", backup_to="n9:/x"), {}, dirs)
+    assert bs.target_problem(inst("web1", schedule="", backup_to="/tmp"), {}, dirs) == "", "no schedule: no target"
 
 
 def test_cluster_defaults_of_scheduled_backups_are_checked_and_stored():

@@ -35,6 +35,9 @@ class NoDisks:
     async def list_volumes(self) -> list[object]:
         return []
 
+    async def logical_volumes(self) -> list[object]:
+        return []
+
     def total_mib(self) -> int:
         return 1024
 
@@ -67,11 +70,14 @@ class CountingLvm:
     async def list_volumes(self) -> list[object]:
         return []
 
+    async def logical_volumes(self) -> list[object]:
+        return []
+
 
 async def test_the_volume_group_is_read_again_only_after_an_order_or_once_its_reading_is_old():
     clock, lvm = FakeClock(), CountingLvm()
     seen = reporter.LvmSeen(lvm, clock)  # type: ignore[arg-type]
-    first, _ = await seen.state()
+    first, _, _ = await seen.state()
     clock.advance(reporter.LVM_REFRESH_S - 1)
     assert (await seen.state())[0] == first and lvm.reads == 1  # reports in between reuse the reading
     seen.changed()  # an order ran: it may have made or removed a volume
