@@ -440,14 +440,14 @@ class DrbdDisks:
         return path
 
     async def clone_image(self, instance: str, index: int, image_path: str, size_mib: int, fmt: str, *,
-                          image_fmt: str = "qcow2") -> str:
+                          image_fmt: str = "qcow2", progress_log: str | None = None) -> str:
         image_bytes = await self.drbd.lvm.image_bytes(image_path, image_fmt)
         if size_mib * 2**20 < image_bytes:  # before anything is made, on either node
             raise DiskSmallerThanImage(image_path, -(-image_bytes // 2**20), size_mib)
         path = await self.create(instance, index, size_mib, fmt)
         try:
-            await runner.run(["qemu-img", "convert", "-q", "-n", "-f", image_fmt, "-O", "raw", image_path, path],
-                             timeout_s=self.drbd.copy_timeout_s)
+            await runner.run(["qemu-img", "convert", "-p" if progress_log else "-q", "-n", "-f", image_fmt, "-O", "raw",
+                              image_path, path], timeout_s=self.drbd.copy_timeout_s, log_path=progress_log)
         except BaseException:
             await self.remove(instance, index)
             raise

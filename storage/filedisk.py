@@ -108,8 +108,10 @@ class FileTemplate(DiskTemplate):
         fmt: str,
         *,
         image_fmt: str = "qcow2",
+        progress_log: str | None = None,
     ) -> str:
-        """Make an independent disk with the image's content, grown to size_mib.
+        """Make an independent disk with the image's content, grown to size_mib (qemu-img's progress lines into
+        progress_log when given).
 
         A full copy rather than a backing chain, so deleting or replacing
         the image never affects the instance. size_mib None keeps the
@@ -126,10 +128,8 @@ class FileTemplate(DiskTemplate):
             raise DiskSmallerThanImage(image, image_mib, target_mib)
 
         async def make(tmp: str) -> None:
-            await self._qemu_img(
-                ["convert", "-q", "-f", image_fmt, "-O", fmt, image, tmp],
-                timeout_s=self.copy_timeout_s,
-            )
+            await runner.run(["qemu-img", "convert", "-p" if progress_log else "-q", "-f", image_fmt, "-O", fmt, image,
+                              tmp], timeout_s=self.copy_timeout_s, log_path=progress_log)
             if target_mib * MIB > image_bytes:
                 await self._qemu_img(["resize", "-q", "-f", fmt, tmp, f"{target_mib}M"])
 

@@ -48,7 +48,7 @@ class Disks(Protocol):
     async def create(self, instance: str, index: int, size_mib: int, fmt: str) -> str: ...
 
     async def clone_image(self, instance: str, index: int, image_path: str, size_mib: int, fmt: str, *,
-                          image_fmt: str = "qcow2") -> str: ...
+                          image_fmt: str = "qcow2", progress_log: str | None = None) -> str: ...
 
     async def remove(self, instance: str, index: int) -> None: ...
 
@@ -139,9 +139,12 @@ async def install_os(
         raise
 
 
-async def install_from_images(template: Disks, instance: str, disks: Sequence[tuple[str, DiskSpec]]) -> list[str]:
+async def install_from_images(template: Disks, instance: str, disks: Sequence[tuple[str, DiskSpec]],
+                              progress_log: str | None = None,
+                              on_disk: Callable[[int], None] | None = None) -> list[str]:
     """Every disk of a new instance copied from a qcow2 image (a backup's), at the size asked (at least the
-    image's): no OS installed. All or nothing, like install_os."""
+    image's): no OS installed. All or nothing, like install_os. `on_disk(index)` before each copy, whose
+    qemu-img progress lines go to progress_log."""
     for index, (_, spec) in enumerate(disks):
         check_disk(instance, index, spec.size_mib)
         template.check_format(spec.fmt)
@@ -151,7 +154,10 @@ async def install_from_images(template: Disks, instance: str, disks: Sequence[tu
     paths = []
     try:
         for index, (image, spec) in enumerate(disks):
-            paths.append(await template.clone_image(instance, index, image, spec.size_mib, spec.fmt))
+            if on_disk is not None:
+                on_disk(index)
+            paths.append(await template.clone_image(instance, index, image, spec.size_mib, spec.fmt,
+                                                    progress_log=progress_log))
             created.append(index)
     except BaseException as exc:
         await _remove_created(template, instance, created, exc)

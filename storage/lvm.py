@@ -70,7 +70,7 @@ class Run(Protocol):
     """The part of storage.runner.run this template uses (a seam for tests)."""
 
     async def __call__(
-        self, argv: Sequence[str], *, timeout_s: float, check: bool = True
+        self, argv: Sequence[str], *, timeout_s: float, check: bool = True, log_path: str | None = None
     ) -> runner.CommandResult: ...
 
 
@@ -143,9 +143,11 @@ class PlainTemplate(DiskTemplate):
         fmt: str,
         *,
         image_fmt: str = "qcow2",
+        progress_log: str | None = None,
     ) -> str:
         """A new LV of size_mib with the image's content, copied onto the device (no backing chain, as for
-        files). DiskSmallerThanImage before anything is made; a failed copy removes the LV again."""
+        files; qemu-img's progress into progress_log when given). DiskSmallerThanImage before anything is made;
+        a failed copy removes the LV again."""
         check_disk(instance, index, size_mib)
         self.check_format(fmt)
         image_bytes = await self.image_bytes(image_path, image_fmt)
@@ -153,8 +155,8 @@ class PlainTemplate(DiskTemplate):
             raise DiskSmallerThanImage(image_path, math.ceil(image_bytes / MIB), size_mib)
         path = await self.create(instance, index, size_mib, fmt)
         try:
-            await self._run(["qemu-img", "convert", "-q", "-n", "-f", image_fmt, "-O", "raw", image_path, path],
-                            timeout_s=self.copy_timeout_s)
+            await self._run(["qemu-img", "convert", "-p" if progress_log else "-q", "-n", "-f", image_fmt, "-O", "raw",
+                             image_path, path], timeout_s=self.copy_timeout_s, log_path=progress_log)
         except BaseException:
             await self._discard(self.lv_name(instance, index))
             raise

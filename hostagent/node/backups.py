@@ -353,14 +353,24 @@ class NodeBackups:
         specs = [(self.dirs.disk_file(info, int(d["index"])),
                   DiskSpec(int(d["size_mib"]), d["format"], d.get("uuid", ""), f"disk{d['index']}"))
                  for d in sorted(inst["disks"], key=lambda d: int(d["index"]))]
-        try:  # no byte counts: the status order answers none, so the job shows steps, not a made-up rate
+        try:  # images: qemu-img's progress, disk by disk; dumps: no byte count (the script reads stdin at its pace)
             if info.dumps:
                 paths = await self._dumps.make_disks(self._disks.for_instance(inst), inst, self._dumps.definition(
                     info.dumps), {int(d["index"]): self.dirs.disk_file(info, int(d["index"])) for d in inst["disks"]})
             else:
-                paths = await install_from_images(self._disks.for_instance(inst), name, specs)
+                progress_log = self._log_path(name)
+                sizes = [info.disks[int(d["index"])] for d in sorted(inst["disks"], key=lambda d: int(d["index"]))]
+
+                def on_disk(index: int) -> None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(progress_log)
+                    self._progress[name] = (sum(sizes[:index]), sum(sizes), sizes[index], progress_log)
+
+                paths = await install_from_images(self._disks.for_instance(inst), name, specs, progress_log, on_disk)
         except StorageError as exc:
             raise OrderError(f"instance '{name}': disks not made from backup {info.path}: {exc}") from exc
+        finally:
+            self._progress.pop(name, None)
         os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
         with open(marker, "w") as fh:
             fh.write(inst["uuid"])

@@ -24,7 +24,8 @@ class FakeTools:
         self.convert_fails = convert_fails
         self.calls: list[list[str]] = []
 
-    async def __call__(self, argv: Sequence[str], *, timeout_s: float, check: bool = True) -> CommandResult:
+    async def __call__(self, argv: Sequence[str], *, timeout_s: float, check: bool = True,
+                       log_path: str | None = None) -> CommandResult:
         self.calls.append(list(argv))
         if argv[:2] == ["qemu-img", "convert"] and self.convert_fails:
             raise CommandFailed(list(argv), 1, "qemu-img: error while writing at byte 0: No space left on device")
