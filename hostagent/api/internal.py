@@ -45,8 +45,8 @@ class InternalRoutes(ApiBase):
         if self.agent.isolation.active():
             raise OrderError(f"node '{self.agent.cfg.node_name}' is cut off from the cluster by a drill")
         result = await self.agent.node_order(op, args)
-        if op.startswith("instance."):  # the master sees the order's effect in a report now, not at the next one
-            self.agent.reports.soon()
+        if op.startswith(("instance.", "backup.")) and not op.endswith("status"):
+            self.agent.reports.soon()  # the master sees the order's effect (a backup listed) now, not in 5 s
         return web.json_response(result)
 
     def _known_master_token(self) -> FencingToken | None:

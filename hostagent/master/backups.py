@@ -173,7 +173,7 @@ class Backups:
         await ctx.log(f"'{name}' exported to {node}:{made['path']} in {self.store.clock.monotonic() - started:.1f} s: "
                       + CONSISTENCY_WORDS.get(made["consistency"], made["consistency"])
                       + f"; {format_mib(int(made['used_bytes']) >> 20)} on disk"
-                      + (f"; each disk as OS '{made['dumps']}''s export script wrote it" if made.get("dumps") else ""))
+                      + (f"; each disk as the export script of OS '{made['dumps']}' wrote it" if made.get("dumps") else ""))
         return {"name": name, "node": node, "path": made["path"], "ref": f"{node}:{made['path']}",
                 "used_bytes": made["used_bytes"], "consistency": made["consistency"]}
 
@@ -302,11 +302,11 @@ class Backups:
                              + (":SECONDARY" if req["disk_template"] == "drbd" else "")
                              + "); or import it as a file instance elsewhere")
         if elsewhere and read.get("dumps"):
-            raise BadRequest(f"backup {backup['ref']} holds what OS '{read['dumps']}''s export script wrote: it is "
+            raise BadRequest(f"backup {backup['ref']} holds what the export script of OS '{read['dumps']}' wrote: it is "
                              f"imported through that OS's import script on the node holding it ('{backup['node']}'), "
                              "then moved (`corral instance move`)")
         return req, {"from_backup": {"ref": backup["ref"], "node": backup["node"], "path": backup["path"],
-                                     "notes": notes}}
+                                     "notes": notes, "dumps": read.get("dumps") or ""}}
 
     async def _ganeti_add(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The add request of an export Ganeti wrote (hostagent.master.decide.ganeti_export), read on its node."""
@@ -342,7 +342,8 @@ class Backups:
         for note in source["notes"]:
             await ctx.log(f"not carried over from the backup: {note}")
         await ctx.log(f"making the disks of '{inst['name']}' on node '{node}' from backup {source['ref']} "
-                      "(no OS is installed)")
+                      + (f"through the import script of OS '{source['dumps']}'" if source.get("dumps") else
+                         "(no OS is installed)"))
         if source["node"] != node:
             made = await self._import_from(ctx, inst, source)
         else:

@@ -142,7 +142,7 @@ class NodeBackups:
                 await runner.run(["qemu-img", "create", "-q", "-f", "raw", path, str(sizes[index][2])], timeout_s=60)
             consistency = await self._copy_running(name, [BackupTarget(i, p, fmt="raw") for i, p in sources.items()],
                                                    total, False, rate)
-        log.info("instance '%s': each disk exported through OS '%s''s export script", name, entry.name)
+        log.info("instance '%s': each disk exported through the export script of OS '%s'", name, entry.name)
         done = 0
         for index in sorted(sources):
             dump = os.path.join(partial, f"disk{index}.dump")

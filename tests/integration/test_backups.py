@@ -100,7 +100,7 @@ def test_a_script_os_instance_is_backed_up_through_its_os_export_and_import_scri
     try:
         wait_boot_count(node, "sc1", 1)
         made = node.ok("backup", "export", "sc1", "--live")
-        assert "as OS 'corral-guest''s export script wrote it" in made, made
+        assert "as the export script of OS 'corral-guest' wrote it" in made, made
         backup = wait_for(lambda: listed(node, "sc1"), 30, "the export in `backup list`")[0]
         assert (backup["dumps"], backup["consistency"]) == ("corral-guest", "crash")
         assert sorted(p.name for p in Path(backup["path"]).iterdir()) == ["backup.json", "disk0.dump"]
