@@ -38,6 +38,7 @@ class AgentConfig:
     node_name: str
     address: str
     api_port: int = 7947
+    rapi_port: int = 5080  # Ganeti's Remote API (hostagent.rapi); 0: not served
     gossip_port: int = 7946
     serf_rpc_port: int = 7373
     etcd_client_port: int = 2379
@@ -93,7 +94,7 @@ class AgentConfig:
 # TOML section -> {toml key: dataclass field}
 _SECTIONS: dict[str, dict[str, str]] = {
     "node": {"name": "node_name", "address": "address"},
-    "ports": {"api": "api_port", "gossip": "gossip_port", "serf_rpc": "serf_rpc_port",
+    "ports": {"api": "api_port", "rapi": "rapi_port", "gossip": "gossip_port", "serf_rpc": "serf_rpc_port",
               "etcd_client": "etcd_client_port", "etcd_peer": "etcd_peer_port"},
     "paths": {"state_dir": "state_dir", "run_dir": "run_dir", "log_dir": "log_dir",
               "socket": "socket_path", "file_storage_dir": "file_storage_dir",
@@ -157,11 +158,12 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> AgentConfig:
     defaults = {f.name: f.default for f in fields(AgentConfig) if f.name.endswith("_port")}
     ports = sorted({**defaults, **{k: v for k, v in values.items() if k.endswith("_port")}}.items())
     for key, port in ports:
-        if not 1 <= port <= 65535:
-            problems.append(f"ports: {key.removesuffix('_port')} = {port} is not a TCP port (1-65535)")
+        if not 1 <= port <= 65535 and not (key == "rapi_port" and port == 0):
+            problems.append(f"ports: {key.removesuffix('_port')} = {port} is not a TCP port (1-65535"
+                            + (", or 0: not served)" if key == "rapi_port" else ")"))
     seen: dict[int, str] = {}
     for key, port in ports:
-        if port in seen:
+        if port in seen and port:
             problems.append(f"ports: {key.removesuffix('_port')} and {seen[port]} both use port {port}")
         seen[port] = key.removesuffix("_port")
     for key in ("report_interval_s", "master_lease_ttl_s", "os_install_timeout_s", "qmp_timeout_s",

@@ -17,6 +17,7 @@ from hostagent.api import accesslog
 from hostagent.node import holddown, priority
 from hostagent.agent import Agent, AlreadyRunning
 from hostagent.api.app import build_app
+from hostagent.rapi.server import build_rapi
 from hostagent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 from hostagent.node.notify import Notifier
 
@@ -65,6 +66,22 @@ async def _serve(cfg: AgentConfig, guest_nice: int | None) -> None:
                                 f"{exc.strerror or exc}") from None
         runners.append(remote)
         log.info("node '%s': node API on https://%s:%d (mutual TLS)", cfg.node_name, cfg.address, cfg.api_port)
+        if cfg.rapi_port:
+            await start_rapi()
+
+    async def start_rapi() -> None:
+        """Ganeti's Remote API on its own port, same certificate; a port taken costs only the RAPI, said in the log."""
+        rapi = web.AppRunner(build_rapi(agent), access_log=access, access_log_class=accesslog.AccessLog)
+        await rapi.setup()
+        try:
+            await web.TCPSite(rapi, cfg.address, cfg.rapi_port, ssl_context=agent.server_ssl).start()
+        except OSError as exc:
+            await rapi.cleanup()
+            log.error("node '%s': Ganeti's Remote API is not served: cannot listen on %s:%d: %s", cfg.node_name,
+                      cfg.address, cfg.rapi_port, exc.strerror or exc)
+            return
+        runners.append(rapi)
+        log.info("node '%s': Ganeti Remote API v2 on https://%s:%d", cfg.node_name, cfg.address, cfg.rapi_port)
 
     agent.node_site = start_node_site
     try:

@@ -59,6 +59,7 @@ write_config() {  # node index
     cat <<'TOML'
 [ports]
 api = 17947
+rapi = 15080
 gossip = 17946
 serf_rpc = 17373
 etcd_client = 12379

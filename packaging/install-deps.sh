@@ -17,6 +17,9 @@ PACKAGES=(
   iproute2 socat                          # bridged NICs (ip netns in tests); console checks
   systemd                                 # systemd-analyze verify of the unit
 )
+# The tests' real Ganeti clients (not for a node: packaging/install.sh passes PIP_TARGET="."):
+# Debian's RAPI client library, which tests/integration/test_rapi.py drives against an agent.
+[ "${PIP_TARGET:-}" = "." ] || PACKAGES+=(python3-ganeti-rapi)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

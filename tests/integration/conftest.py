@@ -159,7 +159,7 @@ class AgentNode:
 
     def __post_init__(self) -> None:
         self.ports = dict(NODE_PORTS) if self.netns else \
-            {k: free_port(self.address) for k in ("api", "gossip", "serf_rpc", "etcd_client", "etcd_peer")}
+            {k: free_port(self.address) for k in ("api", "rapi", "gossip", "serf_rpc", "etcd_client", "etcd_peer")}
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         image = self.root / "images" / "busybox-guest.qcow2"
         if not image.exists():

@@ -1,0 +1,100 @@
+"""Ganeti's Remote API v2 on a Corral agent, read by Debian's own client (`python3-ganeti-rapi`, run with the
+system's Python, where Debian installs it) over HTTPS with the cluster's CA, and compared field by field (names
+and JSON types) with what a real Ganeti 3.0.2 answered (tests/data/ganeti-rapi-3.0.2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AgentNode, wait_for
+
+CLIENT = Path("/usr/lib/python3/dist-packages/ganeti/rapi/client.py")
+GANETI = Path(__file__).resolve().parents[1] / "data" / "ganeti-rapi-3.0.2"
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not CLIENT.exists(), reason="python3-ganeti-rapi is not installed "
+                                 "(packaging/install-deps.sh installs it for `make test`)")]
+
+READ = """
+import json, sys
+from ganeti.rapi import client
+host, port, user, password, ca = sys.argv[1:6]
+c = client.GanetiRapiClient(host, int(port), user or None, password or None,
+                            curl_config_fn=client.GenericCurlConfig(cafile=ca))
+out = {}
+try:
+    out["version"] = c.GetVersion()
+except client.GanetiApiError as exc:
+    print(json.dumps({"refused": exc.code, "message": str(exc)}))
+    sys.exit(0)
+out.update(features=c.GetFeatures(), info=c.GetInfo(), os=c.GetOperatingSystems(), nodes=c.GetNodes(),
+           nodes_bulk=c.GetNodes(bulk=True), instances=c.GetInstances(), instances_bulk=c.GetInstances(bulk=True),
+           groups=c.GetGroups(bulk=True), instance=c.GetInstance("rp1"), node=c.GetNode("n1"),
+           jobs=c.GetJobs(), job=c.GetJobStatus(c.GetJobs()[-1]))
+for what, call in (("missing", lambda: c.GetInstance("nonexistent")),
+                   ("shutdown", lambda: c.ShutdownInstance("rp1"))):
+    try:
+        call()
+        out[what] = "answered"
+    except client.GanetiApiError as exc:
+        out[what] = exc.code
+print(json.dumps(out))
+"""
+
+
+def rapi(node: AgentNode, user: str, password: str) -> dict[str, Any]:
+    done = subprocess.run(["/usr/bin/python3", "-c", READ, node.address, str(node.ports["rapi"]), user, password,
+                           str(node.root / "state" / "pki" / "ca.crt")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def same_shape(ours: dict[str, Any], theirs: dict[str, Any], what: str) -> None:
+    """The same field names, and where both have a value, the same JSON type (Ganeti's ints may be our floats
+    only where it has floats)."""
+    assert sorted(ours) == sorted(theirs), f"{what}: fields differ: only ours {sorted(set(ours) - set(theirs))}, " \
+                                           f"only Ganeti's {sorted(set(theirs) - set(ours))}"
+    for key, value in theirs.items():
+        if value is not None and ours[key] is not None:
+            assert type(ours[key]) is type(value), f"{what}.{key}: {ours[key]!r} is not a {type(value).__name__}"
+
+
+def test_ganetis_own_client_reads_a_corral_cluster_in_ganetis_shapes(one_node):
+    node = one_node
+    node.ok("instance", "add", "rp1", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M")
+    reader = node.json("user", "add", "rapi-reader", "--role", "read")["token"]
+    try:
+        got = wait_for(lambda: (r := rapi(node, "rapi-reader", reader.partition(".")[2]))["instance"]["status"]
+                       == "running" and r, 60, "rp1 running as the RAPI shows it")
+        assert got["version"] == 2
+        assert "instance-create-reqv1" in got["features"]
+        assert got["instances"] == ["rp1"] and got["nodes"] == ["n1"]  # the client reads the ids of [{id, uri}]
+        assert "busybox-guest" in got["os"]
+        assert got["info"]["master"] == "n1" and got["info"]["name"] == "t1"
+        same_shape(got["info"], json.loads((GANETI / "info.json").read_text()), "/2/info")
+        instance = got["instance"]
+        same_shape(instance, json.loads((GANETI / "instances-bulk.json").read_text())[0], "/2/instances/rp1")
+        assert (instance["pnode"], instance["admin_state"], instance["oper_state"]) == ("n1", "up", True)
+        assert instance["disk.sizes"] == [64] and instance["beparams"]["memory"] == 64
+        assert [i["name"] for i in got["instances_bulk"]] == ["rp1"]
+        same_shape(got["node"], json.loads((GANETI / "nodes-bulk.json").read_text())[0], "/2/nodes/n1")
+        assert got["node"]["pinst_list"] == ["rp1"] and got["node"]["role"] == "M"
+        same_shape(got["groups"][0], json.loads((GANETI / "groups-bulk.json").read_text())[0], "/2/groups")
+        assert got["groups"][0]["node_list"] == ["n1"]
+        same_shape(got["job"], json.loads((GANETI / "job.json").read_text()), "/2/jobs/J")
+        assert got["job"]["status"] == "success"
+        assert got["missing"] == 404
+        assert got["shutdown"] == 403, "a read user must not change anything"
+
+        assert rapi(node, "", "")["refused"] == 401
+        assert rapi(node, "rapi-reader", "not-the-secret")["refused"] == 401
+        assert rapi(node, "rapi-reader", reader)["version"] == 2, "the whole token is accepted as the password"
+        node.ok("instance", "stop", "rp1")
+        stopped = rapi(node, "rapi-reader", reader)["instance"]
+        assert (stopped["status"], stopped["oper_state"], stopped["oper_ram"]) == ("ADMIN_down", False, None)
+    finally:
+        node.corral("instance", "remove", "rp1")
+        node.corral("user", "remove", "rapi-reader")
