@@ -225,8 +225,10 @@ class ApiBase:
         return self._ok({"job_id": job_id}, status=202)
 
     async def _on_master(self, request: web.Request,
-                         run: Callable[[Operations, NodeOperations], Awaitable[web.Response]]) -> web.Response:
-        """Run a change here if this node is master, else forward it to the master."""
+                         run: Callable[[Operations, NodeOperations], Awaitable[web.Response]],
+                         forward: tuple[str, str, bytes] | None = None) -> web.Response:
+        """Run a change here if this node is master, else forward it to the master: the request itself, or
+        `forward`'s (method, /v1 path, body) for a change asked in another API's terms (Ganeti's RAPI)."""
         self._require_cluster()
         role, me = self.agent.role, self.agent.cfg.node_name
         deadline = self.agent.clock.monotonic() + self.agent.cfg.master_lease_ttl_s + 5
@@ -257,8 +259,9 @@ class ApiBase:
             raise NotMaster(None, "no master is elected right now, so changes are refused; "
                                  "`corral cluster info` shows the quorum state")
         try:
+            method, path, body = forward or (request.method, request.raw_path, await request.read())
             status, data = await self.agent.nodes.forward(
-                node["address"], node["api_port"], request.method, request.raw_path, await request.read(),
+                node["address"], node["api_port"], method, path, body,
                 headers={callers.HEADER: caller.to_header()} if caller is not None else None)
         except ConnectionError:
             quorum = await self._quorum()  # a master that does not answer: is it the quorum?

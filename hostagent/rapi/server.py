@@ -13,20 +13,28 @@ from Ganeti: provisioning scripts on `python3-ganeti-rapi`, monitoring checks, h
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
 from hostagent import model, views
-from hostagent.api import users
+from hostagent.api import auth, users
+from hostagent.api.base import error_middleware, parse_body
+from hostagent.api.instances import action_params
 from hostagent.api.nodes import NodeRoutes
-from hostagent.errors import NotFound
+from hostagent.callers import Caller
+from hostagent.errors import BadRequest, NotFound
+from hostagent.master.node_ops import NodeOperations
+from hostagent.master.operations import Operations
 from hostagent.rapi import shapes
 from hostagent.status import REPORT_STALE_AFTER_S, report_age_s
 
@@ -34,6 +42,8 @@ log = logging.getLogger(__name__)
 
 REALM = 'Basic realm="Ganeti Remote API"'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+WAIT_S = 10.0  # a job wait answers at the latest after this (Ganeti's client then asks again)
+WAIT_POLL_S = 0.2
 
 
 def ganeti_error(code: int, message: str, explain: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -66,6 +76,12 @@ class Rapi(NodeRoutes):
                ("/2/jobs", self.jobs), ("/2/jobs/{id}", self.job)]
         for path, handler in get:
             app.router.add_get(path, handler)
+        app.router.add_get("/2/jobs/{id}/wait", self.job_wait)
+        changes = [("PUT", "startup", "start"), ("PUT", "shutdown", "stop"), ("POST", "reboot", "reboot"),
+                   ("PUT", "migrate", "migrate"), ("PUT", "failover", "failover")]
+        for method, ganeti, corral in changes:
+            app.router.add_route(method, f"/2/instances/{{name}}/{ganeti}", self._action(corral))
+        app.router.add_delete("/2/instances/{name}", self.instance_remove)
         app.router.add_route("*", "/{tail:.*}", self.unknown)
         return app
 
@@ -78,15 +94,9 @@ class Rapi(NodeRoutes):
         if request.method not in ("GET", "HEAD") and users.ROLES.index(user["role"]) < users.ROLES.index("write"):
             return ganeti_error(403, "Forbidden", f"user '{user['name']}' has the {user['role']} role: only write "
                                 "and admin users change the cluster")
-        try:
-            return await handler(request)
-        except NotFound as exc:
-            return ganeti_error(404, "Not Found", str(exc))
-        except web.HTTPException:
-            raise
-        except Exception:  # the RAPI answers in Ganeti's shape, never with a traceback
-            log.exception("RAPI %s %s failed", request.method, request.path)
-            return ganeti_error(500, "Internal Server Error", "the agent's log says what failed")
+        request[auth.CALLER] = Caller.user(user["name"], user["role"], self.agent.cfg.node_name)  # jobs name them
+        answer = await error_middleware(request, handler)  # /v1's translation of every refusal, then Ganeti's shape
+        return answer if answer.status < 400 or not isinstance(answer, web.Response) else _ganeti_shaped(answer)
 
     # ---- helpers ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -193,11 +203,91 @@ class Rapi(NodeRoutes):
             raise NotFound(f"job {raw} is unknown")
         return self._json(shapes.job(record))
 
+    # ---- changes: Corral jobs, answered with the bare job id as Ganeti does ----------------------------------------
+    async def _change(self, request: web.Request, method: str, v1_path: str, v1_body: dict[str, Any],
+                      run: Callable[[Operations, NodeOperations], Awaitable[int]]) -> web.Response:
+        """Submit on the master (here, or forwarded as the /v1 request it amounts to); the bare job id."""
+        async def local(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await run(ops, nodes))
+        answer = await self._on_master(request, local, (method, v1_path, json.dumps(v1_body).encode()))
+        data = json.loads(answer.body) if isinstance(answer.body, bytes) else {}
+        if answer.status >= 400:
+            return web.json_response(data, status=answer.status)  # shaped as Ganeti's by the middleware
+        return self._json(int(data["data"]["job_id"]))
+
+    def _action(self, corral: str) -> Handler:
+        """An instance action in Ganeti's terms, as the /v1 action of the same meaning."""
+        async def handler(request: web.Request) -> web.Response:
+            name, body = request.match_info["name"], await self._ganeti_body(request)
+            v1: dict[str, Any] = {}
+            if corral == "reboot":
+                kind = request.query.get("type", "soft")
+                if kind not in ("soft", "hard", "full"):
+                    raise BadRequest(f"reboot type {kind!r} is not one of soft, hard, full")
+                v1["type"] = "soft" if kind == "soft" else "hard"
+            elif corral == "stop" and body.get("timeout") is not None:
+                v1["timeout_s"] = body["timeout"]
+            elif corral == "failover" and body.get("ignore_consistency"):
+                v1["ignore_consistency"] = True
+            elif corral == "migrate":
+                if body.get("mode") == "non-live":
+                    raise BadRequest("migration mode 'non-live' is a failover in Corral: PUT /2/instances/"
+                                     f"{name}/failover")
+                if body.get("target_node"):
+                    v1["node"] = body["target_node"]
+            params = action_params(corral, v1)  # checked as /v1 checks it, before any job
+
+            async def run(ops: Operations, nodes: NodeOperations) -> int:
+                return await ops.submit_simple(f"instance.{corral}", name, params)
+            return await self._change(request, "POST", f"/v1/instances/{quote(name, safe='')}/{corral}", v1, run)
+        return handler
+
+    async def instance_remove(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+
+        async def run(ops: Operations, nodes: NodeOperations) -> int:
+            return await ops.submit_simple("instance.remove", name, {})
+        return await self._change(request, "DELETE", f"/v1/instances/{quote(name, safe='')}", {}, run)
+
+    async def _ganeti_body(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        return parse_body(raw) if raw.strip() else {}
+
+    async def job_wait(self, request: web.Request) -> web.Response:
+        """Ganeti's long poll: the job's asked fields once they differ from what the client last saw, or null
+        after WAIT_S (the client asks again)."""
+        raw, body = request.match_info["id"], await self._ganeti_body(request)
+        fields = body.get("fields") or ["status"]
+        if not raw.isdigit() or not isinstance(fields, list):
+            raise BadRequest("GET /2/jobs/ID/wait: ID is a number and the body's fields a list")
+        previous = body.get("previous_job_info")
+        for _ in range(int(WAIT_S / WAIT_POLL_S)):
+            record = self.agent.replica.get_json(model.job_key(int(raw))) or \
+                self.agent.replica.get_json(model.archived_job_key(int(raw)))
+            if record is None:
+                raise NotFound(f"job {raw} is unknown")
+            shaped = shapes.job(record)
+            info = [shaped.get(f) for f in fields]
+            if info != previous or shaped["status"] in ("success", "error", "canceled"):
+                return self._json({"job_info": info, "log_entries": []})
+            await asyncio.sleep(WAIT_POLL_S)
+        return self._json(None)
+
     async def unknown(self, request: web.Request) -> web.Response:
         if request.path.startswith("/2/"):
             return ganeti_error(501, "Not Implemented", f"{request.method} {request.path} is not served by Corral "
                                 "yet")
         return ganeti_error(404, "Not Found", "Nothing matches the given URI")
+
+
+def _ganeti_shaped(answer: web.Response) -> web.Response:
+    """A /v1 refusal ({error, message}) as Ganeti's {code, message, explain}, same status."""
+    try:
+        said = json.loads(answer.body) if isinstance(answer.body, bytes) else {}
+    except ValueError:
+        said = {}
+    phrase = HTTPStatus(answer.status).phrase if answer.status in HTTPStatus._value2member_map_ else "Error"
+    return ganeti_error(answer.status, phrase, str(said.get("message") or said.get("explain") or phrase))
 
 
 def build_rapi(agent: Any) -> web.Application:

@@ -98,3 +98,44 @@ def test_ganetis_own_client_reads_a_corral_cluster_in_ganetis_shapes(one_node):
     finally:
         node.corral("instance", "remove", "rp1")
         node.corral("user", "remove", "rapi-reader")
+
+
+WRITE = """
+import json, sys
+from ganeti.rapi import client
+host, port, user, password, ca, name = sys.argv[1:7]
+c = client.GanetiRapiClient(host, int(port), user, password, curl_config_fn=client.GenericCurlConfig(cafile=ca))
+out = []
+for step, call in (("shutdown", lambda: c.ShutdownInstance(name)), ("startup", lambda: c.StartupInstance(name)),
+                   ("reboot", lambda: c.RebootInstance(name, reboot_type="hard")),
+                   ("remove", lambda: c.DeleteInstance(name))):
+    job = call()
+    out.append([step, isinstance(job, int), c.WaitForJobCompletion(job, period=1, retries=60),
+                c.GetJobStatus(job)["status"], c.GetInstances()])
+try:
+    c.ShutdownInstance("nonexistent")
+except client.GanetiApiError as exc:
+    out.append(["unknown", exc.code])
+print(json.dumps(out))
+"""
+
+
+def test_ganetis_own_client_stops_starts_reboots_and_removes_an_instance_through_corral_jobs(one_node):
+    node = one_node
+    node.ok("instance", "add", "rp2", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M")
+    writer = node.json("user", "add", "rapi-writer", "--role", "write")["token"]
+    try:
+        done = subprocess.run(["/usr/bin/python3", "-c", WRITE, node.address, str(node.ports["rapi"]), "rapi-writer",
+                               writer.partition(".")[2], str(node.root / "state" / "pki" / "ca.crt"), "rp2"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        steps = json.loads(done.stdout)
+        assert [s[:4] for s in steps[:4]] == [[step, True, True, "success"] for step in
+                                              ("shutdown", "startup", "reboot", "remove")], steps
+        assert steps[3][4] == [], "the removed instance must be gone from /2/instances"
+        assert steps[4] == ["unknown", 404], steps
+        jobs = node.json("job", "list")
+        assert {"instance.stop", "instance.start", "instance.reboot", "instance.remove"} <= {j["op"] for j in jobs}
+    finally:
+        node.corral("instance", "remove", "rp2")
+        node.corral("user", "remove", "rapi-writer")
