@@ -36,6 +36,7 @@ from hostagent.errors import BadRequest, NotFound
 from hostagent.master.node_ops import NodeOperations
 from hostagent.master.operations import Operations
 from hostagent.rapi import shapes
+from hostagent.rapi.create import create_request
 from hostagent.status import REPORT_STALE_AFTER_S, report_age_s
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Rapi(NodeRoutes):
         for method, ganeti, corral in changes:
             app.router.add_route(method, f"/2/instances/{{name}}/{ganeti}", self._action(corral))
         app.router.add_delete("/2/instances/{name}", self.instance_remove)
+        app.router.add_post("/2/instances", self.instance_create)
         app.router.add_route("*", "/{tail:.*}", self.unknown)
         return app
 
@@ -248,6 +250,17 @@ class Rapi(NodeRoutes):
         async def run(ops: Operations, nodes: NodeOperations) -> int:
             return await ops.submit_simple("instance.remove", name, {})
         return await self._change(request, "DELETE", f"/v1/instances/{quote(name, safe='')}", {}, run)
+
+    async def instance_create(self, request: web.Request) -> web.Response:
+        """Ganeti's create request (hostagent.rapi.create), as `corral instance add`."""
+        if request.query.get("dry-run") not in (None, "0"):
+            raise BadRequest("dry-run is not supported: Corral checks a create request before any job exists, so "
+                             "a refused one changes nothing")
+        add = create_request(await self._ganeti_body(request))
+
+        async def run(ops: Operations, nodes: NodeOperations) -> int:
+            return await ops.submit_add(dict(add))
+        return await self._change(request, "POST", "/v1/instances", add, run)
 
     async def _ganeti_body(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()

@@ -106,23 +106,32 @@ from ganeti.rapi import client
 host, port, user, password, ca, name = sys.argv[1:7]
 c = client.GanetiRapiClient(host, int(port), user, password, curl_config_fn=client.GenericCurlConfig(cafile=ca))
 out = []
-for step, call in (("shutdown", lambda: c.ShutdownInstance(name)), ("startup", lambda: c.StartupInstance(name)),
+for step, call in (("create", lambda: c.CreateInstance("create", name, "file", [{"size": 64}], [], os_type="busybox-guest",
+                                                       pnode="n1", beparams={"memory": 64, "vcpus": 1})),
+                   ("shutdown", lambda: c.ShutdownInstance(name)), ("startup", lambda: c.StartupInstance(name)),
                    ("reboot", lambda: c.RebootInstance(name, reboot_type="hard")),
                    ("remove", lambda: c.DeleteInstance(name))):
     job = call()
     out.append([step, isinstance(job, int), c.WaitForJobCompletion(job, period=1, retries=60),
                 c.GetJobStatus(job)["status"], c.GetInstances()])
-try:
-    c.ShutdownInstance("nonexistent")
-except client.GanetiApiError as exc:
-    out.append(["unknown", exc.code])
+for what, call in (("unknown", lambda: c.ShutdownInstance("nonexistent")),
+                   ("taken", lambda: c.CreateInstance("create", "rp-taken", "file", [{"size": 64}], [],
+                                                      os_type="busybox-guest", pnode="n1")),
+                   ("routed", lambda: c.CreateInstance("create", "rp4", "file", [{"size": 64}],
+                                                       [{"mode": "routed", "link": "100"}], os_type="busybox-guest"))):
+    try:
+        call()
+        out.append([what, "answered"])
+    except client.GanetiApiError as exc:
+        out.append([what, exc.code, str(exc)])
 print(json.dumps(out))
 """
 
 
-def test_ganetis_own_client_stops_starts_reboots_and_removes_an_instance_through_corral_jobs(one_node):
+def test_ganetis_own_client_creates_stops_starts_reboots_and_removes_an_instance_through_corral_jobs(one_node):
     node = one_node
-    node.ok("instance", "add", "rp2", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M")
+    node.ok("instance", "add", "rp-taken", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M", "--no-start")
+    jobs_before = len(node.json("job", "list"))
     writer = node.json("user", "add", "rapi-writer", "--role", "write")["token"]
     try:
         done = subprocess.run(["/usr/bin/python3", "-c", WRITE, node.address, str(node.ports["rapi"]), "rapi-writer",
@@ -130,12 +139,18 @@ def test_ganetis_own_client_stops_starts_reboots_and_removes_an_instance_through
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         steps = json.loads(done.stdout)
-        assert [s[:4] for s in steps[:4]] == [[step, True, True, "success"] for step in
-                                              ("shutdown", "startup", "reboot", "remove")], steps
-        assert steps[3][4] == [], "the removed instance must be gone from /2/instances"
-        assert steps[4] == ["unknown", 404], steps
+        assert [s[:4] for s in steps[:5]] == [[step, True, True, "success"] for step in
+                                              ("create", "shutdown", "startup", "reboot", "remove")], steps
+        assert steps[0][4] == ["rp-taken", "rp2"] and steps[4][4] == ["rp-taken"], steps
+        refused = {s[0]: s[1:] for s in steps[5:]}
+        assert refused["unknown"][0] == 404, refused
+        assert refused["taken"][0] == 409 and "already exists" in refused["taken"][1], refused
+        assert refused["routed"][0] == 400 and "has no Corral equivalent" in refused["routed"][1], refused
         jobs = node.json("job", "list")
-        assert {"instance.stop", "instance.start", "instance.reboot", "instance.remove"} <= {j["op"] for j in jobs}
+        assert len(jobs) == jobs_before + 5, "refused requests must not make jobs"
+        assert {"instance.add", "instance.stop", "instance.start", "instance.reboot", "instance.remove"} <= \
+            {j["op"] for j in jobs}
     finally:
         node.corral("instance", "remove", "rp2")
+        node.corral("instance", "remove", "rp-taken")
         node.corral("user", "remove", "rapi-writer")

@@ -208,8 +208,8 @@ def to_add_request(export: GanetiExport, *, name: str | None = None, node: str |
         "memory": export.memory_mib,
         "vcpus": export.vcpus,
         "disks": [{"size": d.size_mib, "format": "raw"} for d in export.disks],
-        "nics": [_nic(n, networks or {}, notes) for n in export.nics],
-        "hvparams": _hvparams(export.hvparams, notes),
+        "nics": [map_nic(n, networks or {}, notes) for n in export.nics],
+        "hvparams": map_hvparams(export.hvparams, notes),
         "tags": [t for t in export.tags if t not in bad_tags],
     }
     notes += [f"disk {d.index}: its name {d.name!r} is not kept (Corral's disks have no names)"
@@ -219,7 +219,7 @@ def to_add_request(export: GanetiExport, *, name: str | None = None, node: str |
     return request, notes
 
 
-def _nic(nic: GanetiNic, networks: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
+def map_nic(nic: GanetiNic, networks: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
     """One NIC of the request, keeping its MAC (the guest's interface names follow it)."""
     where = f"nic {nic.index} (mac {nic.mac})"
     out: dict[str, Any] = {"mac": nic.mac}
@@ -254,7 +254,7 @@ def _nic(nic: GanetiNic, networks: Mapping[str, str], notes: list[str]) -> dict[
     return out
 
 
-def _hvparams(hv: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
+def map_hvparams(hv: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
     """Corral hvparams with the same effect as Ganeti's KVM ones; each one without an equivalent in `notes`."""
     out: dict[str, Any] = {}
 
