@@ -290,7 +290,8 @@ def _node_findings(name: str, report: Mapping[str, Any], by_name: Mapping[str, M
                                f"of '{inst_name}', " + ("not an instance of the cluster" if inst is None else
                                                         "whose disks are no longer on this node")
                                + f" ({sum(int(s.get('used_bytes', 0)) for s in snaps) >> 20} MiB; in the snapshots "
-                               f"directory of '{inst_name}' in the node's file storage)" + _while(busy.get(inst_name)),
+                               f"directory of '{inst_name}' in the node's file storage, or LVs tagged "
+                               f"corral-snapshot={inst_name}/...)" + _while(busy.get(inst_name)),
                                "orphan-snapshot", name, inst_name))
     out += [Finding("warning", f"node '{name}': {p}", "snapshot-problem", name)
             for p in report.get("snapshot_problems", [])]

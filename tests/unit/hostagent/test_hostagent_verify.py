@@ -190,10 +190,11 @@ def test_snapshots_of_an_instance_gone_or_moved_away_are_orphans_and_a_secondary
                               inst("web2", "n1", admin="down")])
     assert said(findings) == [
         ("warning", "node 'n1': orphan snapshot(s) before of 'gone1', not an instance of the cluster (5 MiB; in the "
-                    "snapshots directory of 'gone1' in the node's file storage)"),
+                    "snapshots directory of 'gone1' in the node's file storage, or LVs tagged corral-snapshot=gone1/...)"),
         ("warning", "node 'n1': snapshot directory /x is not readable"),
         ("warning", "node 'n2': orphan snapshot(s) before of 'web2', whose disks are no longer on this node (5 MiB; "
-                    "in the snapshots directory of 'web2' in the node's file storage)")]
+                    "in the snapshots directory of 'web2' in the node's file storage, or LVs tagged "
+                    "corral-snapshot=web2/...)")]
 
 
 def test_a_snapshot_cut_short_is_a_leftover_and_says_when_its_job_still_runs():
