@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, ClassVar
 
@@ -293,10 +293,13 @@ async def run_rename(
 
 
 async def run_import(osdef: OsDefinition, env: Mapping[str, str], index: int, device: str, dump_path: str,
-                     log_dir: str, timeout_s: float) -> str:
+                     log_dir: str, timeout_s: float, on_open: Callable[[BinaryIO], None] | None = None) -> str:
     """Run the OS `import` script for disk `index` (Ganeti OS API: IMPORT_DEVICE, IMPORT_INDEX), the dump an
-    export script wrote on its stdin; return its log path. A non-zero exit raises OsScriptFailed."""
+    export script wrote on its stdin; return its log path. A non-zero exit raises OsScriptFailed. `on_open`
+    gets the dump's file, whose position the script shares: how far it has read (for progress)."""
     with open(dump_path, "rb") as dump:
+        if on_open is not None:
+            on_open(dump)
         return await _run_script(osdef, "import", {**env, "IMPORT_DEVICE": device, "IMPORT_INDEX": str(index)},
                                  f"import-{osdef.name}-{env['INSTANCE_NAME']}-disk{index}", log_dir, timeout_s,
                                  stdin=dump)

@@ -210,10 +210,11 @@ class Backups:
             await ctx.log(f"not carried over from the Ganeti export: {note}")
         await ctx.log(f"making the disks of '{inst['name']}' on node '{source['node']}' from the Ganeti export "
                       f"{source['ref']} through OS '{inst['os']}' (its import script, or the dump as a raw image)")
-        made = await self.store.order(source["node"], "backup.import-ganeti", {
-            "instance": inst, "path": source["path"], "dumps": source["dumps"],
-            "hvparams": await self.store.hvparams(inst), "networks": await self.store.nic_networks(inst)},
-            timeout_s=BACKUP_TIMEOUT_S)
+        made = await follow(self.store, ctx, source["node"], "backup.status", inst["name"], self.store.order(
+            source["node"], "backup.import-ganeti", {
+                "instance": inst, "path": source["path"], "dumps": source["dumps"],
+                "hvparams": await self.store.hvparams(inst), "networks": await self.store.nic_networks(inst)},
+            timeout_s=BACKUP_TIMEOUT_S), f"writing the disks of '{inst['name']}' from the Ganeti export")
         await ctx.log(f"disks of '{inst['name']}' made from the Ganeti export {source['ref']}")
         return made
 

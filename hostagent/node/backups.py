@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from kvm.blockbackup import BackupError as CopyError, BackupTarget, NbdTarget
 from kvm.process import QemuManager
@@ -52,12 +52,13 @@ class NodeBackups:
         self.dirs = dirs = BackupDirs(cfg.exports)
         self._receiver = BackupReceiver(cfg.node_name, cfg.address, dirs, disks.files, cfg.run_dir, tls_dir)
         self._ganeti = NodeGanetiImport(cfg.node_name, disks, dirs, catalog, os.path.join(cfg.log_dir, "os"),
-                                        cfg.os_install_timeout_s)
+                                        cfg.os_install_timeout_s, self.reading, self.finished)
         self._files = FileSnapshots(disks.files)
         self._dumps = OsDumps(cfg.node_name, catalog, os.path.join(cfg.log_dir, "os"), cfg.os_install_timeout_s)
         self._progress_dir = os.path.join(cfg.run_dir, "backups")
         # instance -> bytes done before the current copy, bytes in all, the current copy's bytes, its log
         self._progress: dict[str, tuple[int, int, int, str]] = {}
+        self._reads: dict[str, BinaryIO] = {}  # instance -> the dump an OS import script reads (its position)
 
     def orders(self) -> dict[str, Order]:
         return {"backup.export": self._export, "backup.send": self._send, "backup.sizes": self._sizes,
@@ -124,7 +125,7 @@ class NodeBackups:
                 self.dirs.abort(partial)
             raise OrderError(f"export of instance '{name}' on node '{self._node}' failed: {exc}") from exc
         finally:
-            self._progress.pop(name, None)
+            self.finished(name)
         log.info("instance '%s': exported to %s (%s, %d MiB on disk)", name, info.path, info.consistency,
                  info.used_bytes >> 20)
         return info.row()
@@ -197,7 +198,7 @@ class NodeBackups:
         except (CopyError, QmpError, StorageError, OSError) as exc:
             raise OrderError(f"export of instance '{name}' from node '{self._node}' to {host} failed: {exc}") from exc
         finally:
-            self._progress.pop(name, None)
+            self.finished(name)
         return {"created": started, "consistency": consistency, "disks": {str(i): s[2] for i, s in sizes.items()}}
 
     async def _send_backup(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -214,7 +215,7 @@ class NodeBackups:
         except (StorageError, OSError) as exc:
             raise OrderError(f"backup {info.path} not sent to {args['host']}: {exc}") from exc
         finally:
-            self._progress.pop(name, None)
+            self.finished(name)
         return {"sent": info.path}
 
     async def _send_stopped(self, name: str, host: str, ports: dict[int, int],
@@ -243,10 +244,25 @@ class NodeBackups:
             await self.dirs.copy_in(partial, {index: (path, fmt)}, compress, progress_log, rate)
             done += size
 
+    def reading(self, name: str, before: int, total: int, size: int) -> Callable[[BinaryIO], None]:
+        """Progress of an OS import script reading a dump of `size` bytes (after `before` of `total`): the
+        dump's file, whose position the script shares, once it is open."""
+        self._progress[name] = (before, total, size, "")
+        return lambda dump: self._reads.__setitem__(name, dump)
+
+    def finished(self, name: str) -> None:
+        self._progress.pop(name, None)
+        self._reads.pop(name, None)
+
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         """Bytes copied so far and in all of the instance's running export or import (0, 0: none)."""
-        before, total, current, progress_log = self._progress.get(str(args["name"]), (0, 0, 0, ""))
-        if progress_log.endswith(".dump"):  # an OS export script's output, as it grows
+        name = str(args["name"])
+        before, total, current, progress_log = self._progress.get(name, (0, 0, 0, ""))
+        dump = self._reads.get(name)
+        if dump is not None and not dump.closed:
+            with contextlib.suppress(OSError, ValueError):
+                before += min(current, os.lseek(dump.fileno(), 0, os.SEEK_CUR))
+        elif progress_log.endswith(".dump"):  # an OS export script's output, as it grows
             with contextlib.suppress(FileNotFoundError):
                 before += min(current, os.path.getsize(progress_log))
         elif progress_log:
@@ -303,7 +319,7 @@ class NodeBackups:
         except StorageError as exc:
             raise OrderError(f"restore of '{name}' from {info.path} failed: {exc}") from exc
         finally:
-            self._progress.pop(name, None)
+            self.finished(name)
         log.warning("instance '%s': disks restored from backup %s on node '%s'", name, info.path, self._node)
         return {"restored": info.path}
 
@@ -313,16 +329,18 @@ class NodeBackups:
         through a qcow2 view at the LV's size, so what the disk grew by since reads as zeros as in a file; dumps:
         through the OS's import script)."""
         name = str(inst["name"])
-        done, total, progress_log = 0, sum(info.disks.values()), self._log_path(name)
         entry = self._dumps.definition(info.dumps) if info.dumps else None
-        for index, size in sorted(info.disks.items()):
+        sizes = {i: os.path.getsize(self.dirs.disk_file(info, i)) if entry else size for i, size in info.disks.items()}
+        done, total, progress_log = 0, sum(sizes.values()), self._log_path(name)
+        for index, size in sorted(sizes.items()):
             if os.path.exists(progress_log):
                 os.unlink(progress_log)
             self._progress[name] = (done, total, size, progress_log)
             source = self.dirs.disk_file(info, index)
             path, fmt, now = current[index]
             if entry is not None:
-                await self._dumps.write_disk(entry, inst, index, path, source, now, {i: c[0] for i, c in current.items()})
+                await self._dumps.write_disk(entry, inst, index, path, source, now, {i: c[0] for i, c in current.items()},
+                                             self.reading(name, done, total, size))
             elif fmt == "raw" and path.startswith("/dev/"):
                 view = os.path.join(self._progress_dir, f"{name}.disk{index}.view.qcow2")
                 try:
@@ -353,10 +371,12 @@ class NodeBackups:
         specs = [(self.dirs.disk_file(info, int(d["index"])),
                   DiskSpec(int(d["size_mib"]), d["format"], d.get("uuid", ""), f"disk{d['index']}"))
                  for d in sorted(inst["disks"], key=lambda d: int(d["index"]))]
-        try:  # images: qemu-img's progress, disk by disk; dumps: no byte count (the script reads stdin at its pace)
+        try:  # images: qemu-img's progress, disk by disk; dumps: how far the import script has read each
             if info.dumps:
+                dumps = {int(d["index"]): self.dirs.disk_file(info, int(d["index"])) for d in inst["disks"]}
+                read = [os.path.getsize(dumps[i]) for i in sorted(dumps)]
                 paths = await self._dumps.make_disks(self._disks.for_instance(inst), inst, self._dumps.definition(
-                    info.dumps), {int(d["index"]): self.dirs.disk_file(info, int(d["index"])) for d in inst["disks"]})
+                    info.dumps), dumps, lambda i: self.reading(name, sum(read[:i]), sum(read), read[i]))
             else:
                 progress_log = self._log_path(name)
                 sizes = [info.disks[int(d["index"])] for d in sorted(inst["disks"], key=lambda d: int(d["index"]))]
@@ -370,7 +390,7 @@ class NodeBackups:
         except StorageError as exc:
             raise OrderError(f"instance '{name}': disks not made from backup {info.path}: {exc}") from exc
         finally:
-            self._progress.pop(name, None)
+            self.finished(name)
         os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
         with open(marker, "w") as fh:
             fh.write(inst["uuid"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from storage.backupdir import BackupDirs
 from storage.errors import StorageError
@@ -31,9 +31,12 @@ class NodeGanetiImport:
     """Orders backup.read-ganeti and backup.import-ganeti."""
 
     def __init__(self, node: str, disks: NodeDisks, dirs: BackupDirs, catalog: Callable[[], OsCatalog],
-                 log_dir: str, timeout_s: float) -> None:
+                 log_dir: str, timeout_s: float, reading: Callable[[str, int, int, int], Callable[[BinaryIO], None]],
+                 finished: Callable[[str], None]) -> None:
+        """`reading(instance, before, total, size)` follows an import script through a dump (the node's
+        backup.status answers with it); `finished(instance)` ends that."""
         self._node, self._disks, self._dirs, self._catalog = node, disks, dirs, catalog
-        self._log_dir, self._timeout_s = log_dir, timeout_s
+        self._log_dir, self._timeout_s, self._reading, self._finished = log_dir, timeout_s, reading, finished
 
     def orders(self) -> dict[str, Order]:
         return {"backup.read-ganeti": self._read, "backup.import-ganeti": self._import}
@@ -101,9 +104,11 @@ class NodeGanetiImport:
                     beparams={"memory": str(inst["memory_mib"]), "vcpus": str(inst["vcpus"])},
                     disks=disk_envs, nics=nic_envs(inst, args.get("networks") or {}), variant=variant,
                     osparams=inst.get("osparams", {}))
+                read = {i: os.path.getsize(dumps[i]) for i in made}
                 for index in made:
+                    before = sum(read[i] for i in made if i < index)
                     await run_import(entry, env, index, disk_envs[index].path, dumps[index], self._log_dir,
-                                     self._timeout_s)
+                                     self._timeout_s, self._reading(name, before, sum(read.values()), read[index]))
         except (StorageError, OSError) as exc:
             for index in made:
                 await template.remove(name, index)
@@ -112,6 +117,8 @@ class NodeGanetiImport:
             for index in made:
                 await template.remove(name, index)
             raise
+        finally:
+            self._finished(name)
         os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
         with open(marker, "w") as fh:
             fh.write(inst["uuid"])

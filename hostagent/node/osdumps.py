@@ -16,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from storage.errors import StorageError
 from storage.install import Disks
 from storage.osdef import DiskEnv, OsCatalog, OsDefinition, lookup, os_environment, run_export, run_import, split_os_name
 
 from hostagent.node.executor import nic_envs
+
+Opened = Callable[[BinaryIO], None]
 
 
 class OsDumps:
@@ -64,24 +66,26 @@ class OsDumps:
         await run_export(entry, self._env(entry, inst, paths), index, device, dump, self._log_dir, self._timeout_s)
 
     async def restore(self, entry: OsDefinition, inst: Mapping[str, Any], index: int, device: str, dump: str,
-                      size_bytes: int, paths: Mapping[int, str]) -> None:
-        """The dump through the import script onto `device`; a file keeps (or gets back) `size_bytes`."""
-        await run_import(entry, self._env(entry, inst, paths), index, device, dump, self._log_dir, self._timeout_s)
+                      size_bytes: int, paths: Mapping[int, str], on_open: Opened | None = None) -> None:
+        """The dump through the import script onto `device`; a file keeps (or gets back) `size_bytes`.
+        `on_open`: the dump's file as the script reads it (storage.osdef.run_import)."""
+        await run_import(entry, self._env(entry, inst, paths), index, device, dump, self._log_dir, self._timeout_s,
+                         on_open)
         if not device.startswith("/dev/") and os.path.getsize(device) < size_bytes:
             os.truncate(device, size_bytes)
 
     async def write_disk(self, entry: OsDefinition, inst: Mapping[str, Any], index: int, path: str, dump: str,
-                         size: int, paths: Mapping[int, str]) -> None:
+                         size: int, paths: Mapping[int, str], on_open: Opened | None = None) -> None:
         """A dump through the import script onto an existing disk: an LV or DRBD device in place, a file beside
         it and renamed over it (a cut leaves the disk as it was)."""
         if path.startswith("/dev/"):
-            await self.restore(entry, inst, index, path, dump, size, paths)
+            await self.restore(entry, inst, index, path, dump, size, paths, on_open)
             return
         tmp = os.path.join(os.path.dirname(path), f".disk{index}.{os.getpid()}.import")
         try:
             with open(tmp, "wb") as fh:
                 fh.truncate(size)
-            await self.restore(entry, inst, index, tmp, dump, size, paths)
+            await self.restore(entry, inst, index, tmp, dump, size, paths, on_open)
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
         finally:
@@ -89,9 +93,9 @@ class OsDumps:
                 os.unlink(tmp)
 
     async def make_disks(self, template: Disks, inst: Mapping[str, Any], entry: OsDefinition,
-                         dumps: Mapping[int, str]) -> list[str]:
+                         dumps: Mapping[int, str], on_disk: Callable[[int], Opened] | None = None) -> list[str]:
         """A new instance's disks made empty (raw) and filled by the OS's import script from the dumps (index
-        -> file): all or none."""
+        -> file): all or none. `on_disk(index)`: what follows that disk's dump as it is read."""
         name, made = str(inst["name"]), []
         disks = sorted(inst["disks"], key=lambda d: int(d["index"]))
         try:
@@ -101,7 +105,8 @@ class OsDumps:
             paths = {int(d["index"]): template.locate(name, int(d["index"]))[0] for d in disks}
             for disk in disks:
                 index = int(disk["index"])
-                await self.restore(entry, inst, index, paths[index], dumps[index], int(disk["size_mib"]) << 20, paths)
+                await self.restore(entry, inst, index, paths[index], dumps[index], int(disk["size_mib"]) << 20, paths,
+                                   on_disk(index) if on_disk is not None else None)
         except BaseException:
             for index in made:
                 await template.remove(name, index)

@@ -16,6 +16,8 @@ from storage.osdef import (
     discover,
     lookup,
     os_environment,
+    run_export,
+    run_import,
     split_os_name,
 )
 
@@ -352,3 +354,22 @@ def test_environment_holds_only_strings() -> None:
     env = _env(_osdef(), disks=[DiskEnv("/d", 1, "u")], nics=[NicEnv("m", "bridged", "br0")])
 
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+
+
+async def test_export_and_import_scripts_move_a_disk_through_a_dump_whose_reading_can_be_followed(tmp_path: Path) -> None:
+    """run_export writes the script's stdout to the dump; run_import feeds it back on stdin, and the dump's file
+    position (shared with the script) says how far it has read."""
+    os_dir = make_os(tmp_path / "os", "dd-os")
+    (os_dir / "export").write_text('#!/bin/sh\nexec dd if="$EXPORT_DEVICE" bs=64k status=none\n')
+    (os_dir / "import").write_text('#!/bin/sh\nexec dd of="$IMPORT_DEVICE" bs=64k status=none\n')
+    entry = lookup(discover([str(tmp_path / "os")], []), "dd-os")
+    assert isinstance(entry, OsDefinition)
+    disk, dump, back = tmp_path / "disk", tmp_path / "disk0.dump", tmp_path / "back"
+    disk.write_bytes(bytes(range(256)) * 4096)
+    env = _env(entry)
+    await run_export(entry, env, 0, str(disk), str(dump), str(tmp_path / "log"), 30)
+    assert dump.read_bytes() == disk.read_bytes()
+    seen = []
+    await run_import(entry, env, 0, str(back), str(dump), str(tmp_path / "log"), 30, seen.append)
+    assert back.read_bytes() == disk.read_bytes()
+    assert len(seen) == 1 and seen[0].name == str(dump) and seen[0].closed, "the dump handed over, closed after"
