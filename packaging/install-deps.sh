@@ -17,9 +17,10 @@ PACKAGES=(
   iproute2 socat                          # bridged NICs (ip netns in tests); console checks
   systemd                                 # systemd-analyze verify of the unit
 )
-# The tests' real Ganeti clients (not for a node: packaging/install.sh passes PIP_TARGET="."):
-# Debian's RAPI client library, which tests/integration/test_rapi.py drives against an agent.
-[ "${PIP_TARGET:-}" = "." ] || PACKAGES+=(python3-ganeti-rapi)
+# The tests' real Ganeti clients (not for a node: packaging/install.sh passes PIP_TARGET="."): Debian's
+# RAPI client library and htools (hinfo, hscan, hbal, hspace: no Ganeti daemons come with them), which
+# tests/integration/test_rapi.py points at an agent's RAPI.
+[ "${PIP_TARGET:-}" = "." ] || PACKAGES+=(python3-ganeti-rapi ganeti-htools-3.0)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

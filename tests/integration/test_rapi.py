@@ -154,3 +154,35 @@ def test_ganetis_own_client_creates_stops_starts_reboots_and_removes_an_instance
         node.corral("instance", "remove", "rp2")
         node.corral("instance", "remove", "rp-taken")
         node.corral("user", "remove", "rapi-writer")
+
+
+HTOOLS = Path("/usr/lib/ganeti/3.0/usr/bin")
+
+
+@pytest.mark.skipif(not (HTOOLS / "hinfo").exists(), reason="ganeti-htools-3.0 is not installed "
+                    "(packaging/install-deps.sh installs it for `make test`)")
+def test_ganetis_htools_read_a_live_corral_cluster_through_the_rapi(one_node):
+    """hinfo, hscan, hbal and hspace of Debian's ganeti-htools-3.0, pointed at the agent's RAPI (`-m URL`, the
+    user's credentials in the URL as curl takes them), load the cluster without an error."""
+    node = one_node
+    node.ok("instance", "add", "rp5", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M")
+    reader = node.json("user", "add", "htools", "--role", "read")["token"].partition(".")[2]
+    url = f"https://htools:{reader}@{node.address}:{node.ports['rapi']}"
+    try:
+        said = {}
+        for tool, args in (("hinfo", ["-m", url, "-v"]), ("hscan", ["-p", "-d", str(node.root), url]),
+                           ("hbal", ["-m", url, "-C"]),
+                           ("hspace", ["-m", url, "--standard-alloc=64,64,1"])):
+            done = subprocess.run([str(HTOOLS / tool), *args], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, f"{tool}: {done.stderr}{done.stdout}"
+            said[tool] = done.stdout + done.stderr
+        assert "Loaded 1 node, 1 instance, 1 node group" in said["hinfo"] and "Cluster score:" in said["hinfo"]
+        assert " n1 " in said["hscan"] and "t_mem" in said["hscan"], said["hscan"]  # -p: the node list
+        assert "Loaded 1 nodes, 1 instances" in said["hbal"] and "Initial score:" in said["hbal"], said["hbal"]
+        assert "The cluster has 1 nodes" in said["hspace"] and "There are 1 initial instances" in said["hspace"]
+        refused = subprocess.run([str(HTOOLS / "hinfo"), "-m", f"https://{node.address}:{node.ports['rapi']}"],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0, "without credentials the RAPI must not answer htools"
+    finally:
+        node.corral("instance", "remove", "rp5")
+        node.corral("user", "remove", "htools")
