@@ -36,6 +36,7 @@ from hostagent.errors import BadRequest, NotFound
 from hostagent.master.node_ops import NodeOperations
 from hostagent.master.operations import Operations
 from hostagent.rapi import shapes
+from hostagent.rapi.actions import ACTIONS, v1_body
 from hostagent.rapi.create import create_request
 from hostagent.status import REPORT_STALE_AFTER_S, report_age_s
 
@@ -78,10 +79,12 @@ class Rapi(NodeRoutes):
         for path, handler in get:
             app.router.add_get(path, handler)
         app.router.add_get("/2/jobs/{id}/wait", self.job_wait)
-        changes = [("PUT", "startup", "start"), ("PUT", "shutdown", "stop"), ("POST", "reboot", "reboot"),
-                   ("PUT", "migrate", "migrate"), ("PUT", "failover", "failover")]
-        for method, ganeti, corral in changes:
+        for (method, ganeti), corral in ACTIONS.items():
             app.router.add_route(method, f"/2/instances/{{name}}/{ganeti}", self._action(corral))
+        app.router.add_get("/2/instances/{name}/console", self.console)
+        app.router.add_get("/2/instances/{name}/tags", self.instance_tags)
+        app.router.add_get("/2/nodes/{name}/tags", self.node_tags)
+        app.router.add_get("/2/nodes/{name}/role", self.node_role)
         app.router.add_delete("/2/instances/{name}", self.instance_remove)
         app.router.add_post("/2/instances", self.instance_create)
         app.router.add_route("*", "/{tail:.*}", self.unknown)
@@ -218,31 +221,52 @@ class Rapi(NodeRoutes):
         return self._json(int(data["data"]["job_id"]))
 
     def _action(self, corral: str) -> Handler:
-        """An instance action in Ganeti's terms, as the /v1 action of the same meaning."""
+        """An instance action in Ganeti's terms (hostagent.rapi.actions), as the /v1 action of the same meaning,
+        checked as /v1 checks it before any job exists."""
         async def handler(request: web.Request) -> web.Response:
-            name, body = request.match_info["name"], await self._ganeti_body(request)
-            v1: dict[str, Any] = {}
-            if corral == "reboot":
-                kind = request.query.get("type", "soft")
-                if kind not in ("soft", "hard", "full"):
-                    raise BadRequest(f"reboot type {kind!r} is not one of soft, hard, full")
-                v1["type"] = "soft" if kind == "soft" else "hard"
-            elif corral == "stop" and body.get("timeout") is not None:
-                v1["timeout_s"] = body["timeout"]
-            elif corral == "failover" and body.get("ignore_consistency"):
-                v1["ignore_consistency"] = True
-            elif corral == "migrate":
-                if body.get("mode") == "non-live":
-                    raise BadRequest("migration mode 'non-live' is a failover in Corral: PUT /2/instances/"
-                                     f"{name}/failover")
-                if body.get("target_node"):
-                    v1["node"] = body["target_node"]
-            params = action_params(corral, v1)  # checked as /v1 checks it, before any job
+            name = request.match_info["name"]
+            v1 = v1_body(corral, request.query, await self._ganeti_body(request), self._record(name),
+                         request.match_info.get("disk", ""))
+            params = action_params(corral, v1)
 
             async def run(ops: Operations, nodes: NodeOperations) -> int:
+                if corral == "rename":
+                    return await ops.submit_rename(name, params["new_name"])
                 return await ops.submit_simple(f"instance.{corral}", name, params)
             return await self._change(request, "POST", f"/v1/instances/{quote(name, safe='')}/{corral}", v1, run)
         return handler
+
+    def _record(self, name: str) -> dict[str, Any]:
+        found = next((i for i in self._all(model.INSTANCES) if i["name"] == name), None)
+        if found is None:
+            raise NotFound(f"instance '{name}' is unknown")
+        return dict(found)
+
+    async def console(self, request: web.Request) -> web.Response:
+        """Ganeti's console answer of kind `message`: Corral's console goes through its own CLI (over TLS)."""
+        name = self._record(request.match_info["name"])["name"]
+        return self._json({"instance": name, "kind": "message",
+                           "message": f"connect with `corral instance console {name}` (serial) or "
+                                      f"`corral instance console {name} --vnc`, from any machine with the CLI"})
+
+    async def instance_tags(self, request: web.Request) -> web.Response:
+        return self._json(list(self._record(request.match_info["name"]).get("tags") or []))
+
+    def _node_record(self, name: str) -> dict[str, Any]:
+        found = next((n for n in self._all(model.NODES) if n["name"] == name), None)
+        if found is None:
+            raise NotFound(f"node '{name}' is unknown")
+        return dict(found)
+
+    async def node_tags(self, request: web.Request) -> web.Response:
+        return self._json(list(self._node_record(request.match_info["name"]).get("tags") or []))
+
+    async def node_role(self, request: web.Request) -> web.Response:
+        """Ganeti's node role word: master, master-candidate, regular, drained or offline."""
+        node = self._node_record(request.match_info["name"])
+        role = ("master" if node["name"] == self._master() else "offline" if node.get("offline") else
+                "drained" if node.get("drained") else "master-candidate" if node.get("candidate") else "regular")
+        return self._json(role)
 
     async def instance_remove(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

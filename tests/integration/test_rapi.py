@@ -33,6 +33,7 @@ except client.GanetiApiError as exc:
 out.update(features=c.GetFeatures(), info=c.GetInfo(), os=c.GetOperatingSystems(), nodes=c.GetNodes(),
            nodes_bulk=c.GetNodes(bulk=True), instances=c.GetInstances(), instances_bulk=c.GetInstances(bulk=True),
            groups=c.GetGroups(bulk=True), instance=c.GetInstance("rp1"), node=c.GetNode("n1"),
+           console=c.GetInstanceConsole("rp1"), tags=c.GetInstanceTags("rp1"), role=c.GetNodeRole("n1"),
            jobs=c.GetJobs(), job=c.GetJobStatus(c.GetJobs()[-1]))
 for what, call in (("missing", lambda: c.GetInstance("nonexistent")),
                    ("shutdown", lambda: c.ShutdownInstance("rp1"))):
@@ -64,7 +65,7 @@ def same_shape(ours: dict[str, Any], theirs: dict[str, Any], what: str) -> None:
 
 def test_ganetis_own_client_reads_a_corral_cluster_in_ganetis_shapes(one_node):
     node = one_node
-    node.ok("instance", "add", "rp1", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M")
+    node.ok("instance", "add", "rp1", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M", "--tag", "rapi")
     reader = node.json("user", "add", "rapi-reader", "--role", "read")["token"]
     try:
         got = wait_for(lambda: (r := rapi(node, "rapi-reader", reader.partition(".")[2]))["instance"]["status"]
@@ -86,6 +87,8 @@ def test_ganetis_own_client_reads_a_corral_cluster_in_ganetis_shapes(one_node):
         assert got["groups"][0]["node_list"] == ["n1"]
         same_shape(got["job"], json.loads((GANETI / "job.json").read_text()), "/2/jobs/J")
         assert got["job"]["status"] == "success"
+        assert got["console"]["kind"] == "message" and "corral instance console rp1" in got["console"]["message"]
+        assert (got["tags"], got["role"]) == (["rapi"], "master")
         assert got["missing"] == 404
         assert got["shutdown"] == 403, "a read user must not change anything"
 
@@ -110,7 +113,10 @@ for step, call in (("create", lambda: c.CreateInstance("create", name, "file", [
                                                        pnode="n1", beparams={"memory": 64, "vcpus": 1})),
                    ("shutdown", lambda: c.ShutdownInstance(name)), ("startup", lambda: c.StartupInstance(name)),
                    ("reboot", lambda: c.RebootInstance(name, reboot_type="hard")),
-                   ("remove", lambda: c.DeleteInstance(name))):
+                   ("grow", lambda: c.GrowInstanceDisk(name, 0, 32)),
+                   ("stop", lambda: c.ShutdownInstance(name)),
+                   ("rename", lambda: c.RenameInstance(name, name + "-renamed")),
+                   ("remove", lambda: c.DeleteInstance(name + "-renamed"))):
     job = call()
     out.append([step, isinstance(job, int), c.WaitForJobCompletion(job, period=1, retries=60),
                 c.GetJobStatus(job)["status"], c.GetInstances()])
@@ -139,20 +145,21 @@ def test_ganetis_own_client_creates_stops_starts_reboots_and_removes_an_instance
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         steps = json.loads(done.stdout)
-        assert [s[:4] for s in steps[:5]] == [[step, True, True, "success"] for step in
-                                              ("create", "shutdown", "startup", "reboot", "remove")], steps
-        assert steps[0][4] == ["rp-taken", "rp2"] and steps[4][4] == ["rp-taken"], steps
-        refused = {s[0]: s[1:] for s in steps[5:]}
+        done_steps = ("create", "shutdown", "startup", "reboot", "grow", "stop", "rename", "remove")
+        assert [s[:4] for s in steps[:8]] == [[step, True, True, "success"] for step in done_steps], steps
+        assert steps[0][4] == ["rp-taken", "rp2"] and steps[6][4] == ["rp-taken", "rp2-renamed"], steps
+        assert steps[7][4] == ["rp-taken"], steps
+        refused = {s[0]: s[1:] for s in steps[8:]}
         assert refused["unknown"][0] == 404, refused
         assert refused["taken"][0] == 409 and "already exists" in refused["taken"][1], refused
         assert refused["routed"][0] == 400 and "has no Corral equivalent" in refused["routed"][1], refused
         jobs = node.json("job", "list")
-        assert len(jobs) == jobs_before + 5, "refused requests must not make jobs"
-        assert {"instance.add", "instance.stop", "instance.start", "instance.reboot", "instance.remove"} <= \
-            {j["op"] for j in jobs}
+        assert len(jobs) == jobs_before + 8, "refused requests must not make jobs"
+        assert {"instance.add", "instance.stop", "instance.start", "instance.reboot", "instance.grow-disk",
+                "instance.rename", "instance.remove"} <= {j["op"] for j in jobs}
     finally:
-        node.corral("instance", "remove", "rp2")
-        node.corral("instance", "remove", "rp-taken")
+        for name in ("rp2", "rp2-renamed", "rp-taken"):
+            node.corral("instance", "remove", name)
         node.corral("user", "remove", "rapi-writer")
 
 
