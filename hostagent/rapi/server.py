@@ -236,10 +236,10 @@ class Rapi(NodeRoutes):
             return await self._change(request, "POST", f"/v1/instances/{quote(name, safe='')}/{corral}", v1, run)
         return handler
 
-    def _record(self, name: str) -> dict[str, Any]:
-        found = next((i for i in self._all(model.INSTANCES) if i["name"] == name), None)
+    def _record(self, name: str, prefix: str = model.INSTANCES, what: str = "instance") -> dict[str, Any]:
+        found = next((r for r in self._all(prefix) if r["name"] == name), None)
         if found is None:
-            raise NotFound(f"instance '{name}' is unknown")
+            raise NotFound(f"{what} '{name}' is unknown")
         return dict(found)
 
     async def console(self, request: web.Request) -> web.Response:
@@ -252,18 +252,12 @@ class Rapi(NodeRoutes):
     async def instance_tags(self, request: web.Request) -> web.Response:
         return self._json(list(self._record(request.match_info["name"]).get("tags") or []))
 
-    def _node_record(self, name: str) -> dict[str, Any]:
-        found = next((n for n in self._all(model.NODES) if n["name"] == name), None)
-        if found is None:
-            raise NotFound(f"node '{name}' is unknown")
-        return dict(found)
-
     async def node_tags(self, request: web.Request) -> web.Response:
-        return self._json(list(self._node_record(request.match_info["name"]).get("tags") or []))
+        return self._json(list(self._record(request.match_info["name"], model.NODES, "node").get("tags") or []))
 
     async def node_role(self, request: web.Request) -> web.Response:
         """Ganeti's node role word: master, master-candidate, regular, drained or offline."""
-        node = self._node_record(request.match_info["name"])
+        node = self._record(request.match_info["name"], model.NODES, "node")
         role = ("master" if node["name"] == self._master() else "offline" if node.get("offline") else
                 "drained" if node.get("drained") else "master-candidate" if node.get("candidate") else "regular")
         return self._json(role)
