@@ -85,6 +85,8 @@ class Rapi(NodeRoutes):
         app.router.add_get("/2/instances/{name}/tags", self.instance_tags)
         app.router.add_get("/2/nodes/{name}/tags", self.node_tags)
         app.router.add_get("/2/nodes/{name}/role", self.node_role)
+        app.router.add_post("/2/nodes/{name}/evacuate", self.node_evacuate)
+        app.router.add_delete("/2/jobs/{id}", self.job_cancel)
         app.router.add_delete("/2/instances/{name}", self.instance_remove)
         app.router.add_post("/2/instances", self.instance_create)
         app.router.add_route("*", "/{tail:.*}", self.unknown)
@@ -261,6 +263,33 @@ class Rapi(NodeRoutes):
         role = ("master" if node["name"] == self._master() else "offline" if node.get("offline") else
                 "drained" if node.get("drained") else "master-candidate" if node.get("candidate") else "regular")
         return self._json(role)
+
+    async def node_evacuate(self, request: web.Request) -> web.Response:
+        """Ganeti's node evacuation, mode all: Corral's `node evacuate` (one job that empties the node)."""
+        name, body = request.match_info["name"], await self._ganeti_body(request)
+        self._record(name, model.NODES, "node")
+        if body.get("mode", "all") != "all" or body.get("remote_node"):
+            raise BadRequest(f"evacuation mode {body.get('mode')!r}" + (" to a chosen node" if body.get("remote_node")
+                                                                          else "") + ": Corral empties a node as a "
+                             "whole, choosing where each instance goes (mode all, no remote_node)")
+
+        async def run(ops: Operations, nodes: NodeOperations) -> int:
+            return await nodes.submit_evacuation(name)
+        return await self._change(request, "POST", f"/v1/nodes/{quote(name, safe='')}/evacuate", {}, run)
+
+    async def job_cancel(self, request: web.Request) -> web.Response:
+        """Ganeti's job cancel: [true, message] once asked (a job already ended stays as it ended)."""
+        raw = request.match_info["id"]
+        if not raw.isdigit():
+            raise NotFound(f"job id {raw!r} is not a number")
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            await ops.role.require().cancel(int(raw))
+            return self._ok({"job_id": int(raw), "status": "canceled"})
+        answer = await self._on_master(request, run, ("POST", f"/v1/jobs/{raw}/cancel", b"{}"))
+        if answer.status >= 400:
+            return answer
+        return self._json([True, f"job {raw} canceled"])
 
     async def instance_remove(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -124,7 +124,9 @@ for what, call in (("unknown", lambda: c.ShutdownInstance("nonexistent")),
                    ("taken", lambda: c.CreateInstance("create", "rp-taken", "file", [{"size": 64}], [],
                                                       os_type="busybox-guest", pnode="n1")),
                    ("routed", lambda: c.CreateInstance("create", "rp4", "file", [{"size": 64}],
-                                                       [{"mode": "routed", "link": "100"}], os_type="busybox-guest"))):
+                                                       [{"mode": "routed", "link": "100"}], os_type="busybox-guest")),
+                   ("evacuate-primaries", lambda: c.EvacuateNode("n1", mode="primary-only")),
+                   ("cancel-ended", lambda: c.CancelJob(c.GetJobs()[0]))):
     try:
         call()
         out.append([what, "answered"])
@@ -153,6 +155,8 @@ def test_ganetis_own_client_creates_stops_starts_reboots_and_removes_an_instance
         assert refused["unknown"][0] == 404, refused
         assert refused["taken"][0] == 409 and "already exists" in refused["taken"][1], refused
         assert refused["routed"][0] == 400 and "has no Corral equivalent" in refused["routed"][1], refused
+        assert refused["evacuate-primaries"][0] == 400 and "empties a node as a whole" in refused["evacuate-primaries"][1]
+        assert refused["cancel-ended"][0] == 409 and "has already ended" in refused["cancel-ended"][1], refused
         jobs = node.json("job", "list")
         assert len(jobs) == jobs_before + 8, "refused requests must not make jobs"
         assert {"instance.add", "instance.stop", "instance.start", "instance.reboot", "instance.grow-disk",
