@@ -21,6 +21,7 @@ PACKAGES=(
 # RAPI client library and htools (hinfo, hscan, hbal, hspace: no Ganeti daemons come with them), which
 # tests/integration/test_rapi.py points at an agent's RAPI.
 [ "${PIP_TARGET:-}" = "." ] || PACKAGES+=(python3-ganeti-rapi ganeti-htools-3.0)
+GANETI_TESTSUITE=${CORRAL_GANETI_TESTSUITE:-/var/cache/corral/ganeti-testsuite}
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -30,6 +31,17 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# htools' data sets, from Debian's ganeti-testsuite (tests/unit/hostagent/test_htools*.py, bench/): the package
+# depends on all of Ganeti, so only its files are unpacked, and no Ganeti daemon is installed.
+if [ "${PIP_TARGET:-}" != "." ] && [ ! -d "$GANETI_TESTSUITE/test/data/htools" ]; then
+  echo "==> unpacking Debian's ganeti-testsuite data sets into $GANETI_TESTSUITE"
+  unpack=$(mktemp -d)
+  (cd "$unpack" && { apt-get download -qq ganeti-testsuite 2>/dev/null || { apt-get update -qq && apt-get download -qq ganeti-testsuite; }; })
+  dpkg -x "$unpack"/ganeti-testsuite_*.deb "$unpack/files"
+  mkdir -p "$GANETI_TESTSUITE"
+  cp -r "$unpack/files/usr/share/ganeti/testsuite/test" "$GANETI_TESTSUITE/"
+  rm -rf "$unpack"
 fi
 # Debian's etcd-server enables a system-wide etcd on localhost:2379/2380, Corral's
 # default ports. Corral runs its own members and never uses it: switch it off.

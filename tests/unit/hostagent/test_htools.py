@@ -7,12 +7,12 @@ beside the files in tests/data/htools written for Corral, which always run.
 """
 
 import re
-import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from ganeti_data import HTOOLS_DATA, htool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +21,7 @@ from hostagent.master.decide.htools import HtoolsCluster, Instance, Node, read_t
 from hostagent.master.decide.htools_score import format_score, score
 
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "data" / "htools"
-DEBIAN_DIR = Path("/usr/share/ganeti/testsuite/test/data/htools")
+DEBIAN_DIR = HTOOLS_DATA
 
 
 def debian(name: str) -> Path:
@@ -199,7 +199,7 @@ def test_any_cluster_reads_back_from_what_the_writer_writes(cluster):
 
 
 def needs_tools() -> None:
-    missing = [t for t in ("hbal", "hinfo") if not shutil.which(t)]
+    missing = [t for t in ("hbal", "hinfo") if not htool(t)]
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed: apt-get install ganeti-htools-3.0")
 
@@ -210,11 +210,11 @@ def test_the_real_tools_load_what_the_writer_writes_and_score_it_the_same(tmp_pa
         cluster = read_text(path.read_text())
         written = tmp_path / path.name
         written.write_text(write_text(cluster))
-        info = subprocess.run(["hinfo", "-t", str(written)], check=False, capture_output=True, text=True, timeout=60)
+        info = subprocess.run([htool("hinfo"), "-t", str(written)], check=False, capture_output=True, text=True, timeout=60)
         found = re.search(r"Cluster score: (\S+)", info.stdout)
         assert found, f"hinfo refused the written {path.name}: {info.stdout[-300:]}{info.stderr[-500:]}"
         assert found.group(1) == format_score(score(cluster)), path.name
-        balance = subprocess.run(["hbal", "-t", str(written), "-G", cluster.groups[0].name, "-l", "0"],
+        balance = subprocess.run([htool("hbal"), "-t", str(written), "-G", cluster.groups[0].name, "-l", "0"],
                                  check=False, capture_output=True, text=True, timeout=60)
         assert balance.returncode == 0, f"hbal refused the written {path.name}: {balance.stderr[-500:]}"
 
@@ -228,7 +228,7 @@ def test_what_hbal_itself_writes_reads_as_the_file_it_read(tmp_path):
             continue  # hbal stops before saving
         # not checked: hbal 3.0.2 saves the original, then crashes saving the "balanced" state of a group one of
         # whose instances has its secondary in another group (corral-n1-offline-group: "IntMap.!: key 4")
-        subprocess.run(["hbal", "-t", str(path), "-G", cluster.groups[0].name, "-l", "0", "-S",
+        subprocess.run([htool("hbal"), "-t", str(path), "-G", cluster.groups[0].name, "-l", "0", "-S",
                         str(tmp_path / path.stem)], check=False, capture_output=True, text=True, timeout=60)
         saved = read_text((tmp_path / f"{path.stem}.original").read_text())
         assert saved.groups == cluster.groups and saved.instances == cluster.instances, path.name

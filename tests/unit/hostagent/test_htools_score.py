@@ -8,18 +8,18 @@ live tests run the same commands again when the tools are installed.
 """
 
 import re
-import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from ganeti_data import HTOOLS_DATA, htool
 
 from hostagent.master.decide import htools
 from hostagent.master.decide.htools_score import TERMS, format_score, score, score_terms
 
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "data" / "htools"
-DEBIAN_DIR = Path("/usr/share/ganeti/testsuite/test/data/htools")  # Debian's ganeti-testsuite
+DEBIAN_DIR = HTOOLS_DATA  # Debian's ganeti-testsuite
 
 # hbal's "Initial score" per (file, group with nodes) of the Debian data sets; hbal loads but does not score
 # a cluster without instances ("Cluster is empty, exiting"), nor invalid-node.data (an unknown node).
@@ -147,7 +147,7 @@ def needs_debian_data() -> None:
 
 
 def needs_tools() -> None:
-    missing = [t for t in ("hbal", "hinfo") if not shutil.which(t)]
+    missing = [t for t in ("hbal", "hinfo") if not htool(t)]
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed: apt-get install ganeti-htools-3.0")
 
@@ -196,7 +196,7 @@ def test_the_recorded_scores_cover_every_debian_data_set_the_tools_load():
 
 
 def hbal_terms(path: Path, group: str) -> tuple[str, list[str]]:
-    result = subprocess.run(["hbal", "-t", str(path), "-G", group, "-l", "0", "-v", "-v", "-v"],
+    result = subprocess.run([htool("hbal"), "-t", str(path), "-G", group, "-l", "0", "-v", "-v", "-v"],
                             check=False, capture_output=True, text=True, timeout=60)
     found = re.search(r"Initial coefficients: overall (\S+)\n   Field\s+Value\s+Weight\n((?:   \S+ +\S+ +x\S+\n)*)",
                       result.stdout)
@@ -205,7 +205,7 @@ def hbal_terms(path: Path, group: str) -> tuple[str, list[str]]:
 
 
 def hinfo_score(path: Path) -> str:
-    result = subprocess.run(["hinfo", "-t", str(path)], check=False, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([htool("hinfo"), "-t", str(path)], check=False, capture_output=True, text=True, timeout=60)
     found = re.search(r"Cluster score: (\S+)", result.stdout)
     assert found, f"hinfo printed no cluster score for {path.name}: {result.stdout[-500:]}{result.stderr}"
     return found.group(1)

@@ -1,0 +1,17 @@
+"""Where Debian's ganeti-testsuite data sets are: unpacked by packaging/install-deps.sh for `make test` (the
+package itself depends on all of Ganeti), or the installed package."""
+
+import os
+import shutil
+from pathlib import Path
+
+INSTALLED = Path("/usr/share/ganeti/testsuite/test/data/htools")
+UNPACKED = Path(os.environ.get("CORRAL_GANETI_TESTSUITE", "/var/cache/corral/ganeti-testsuite")) / "test/data/htools"
+HTOOLS_DATA = UNPACKED if UNPACKED.is_dir() else INSTALLED
+
+
+def htool(name: str) -> str:
+    """The path of one of Debian's htools (hbal, hinfo, ...): on PATH, or where ganeti-htools-3.0 puts them
+    (its /usr/bin links come with Ganeti itself); "" when not installed."""
+    versioned = Path("/usr/lib/ganeti/3.0/usr/bin") / name
+    return shutil.which(name) or (str(versioned) if versioned.exists() else "")
