@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from cli import tags
+from cli import planning, tags
 from cli.common import Context, Subparsers, UsageError, command, group, kv_list
 from cli.render import mib, when
 
@@ -82,6 +82,7 @@ def register(top: Subparsers) -> None:
                         "node's first)")
     s.add_argument("--backup-max-per-node", type=int, metavar="N",
                    help="scheduled exports run at once per node, counting every export there (default 1)")
+    planning.register(c)
     s = command(c, "simulate", simulate, "what the master would do if a node died now (nothing is changed)")
     s.add_argument("--fail", action="append", required=True, metavar="NODE", help="a node to take away (repeat)")
     tags.add_commands(c, "cluster")

@@ -17,7 +17,10 @@ PACKAGES = ("hostagent", "kvm", "storage", "election", "membership", "cli")
 LEAVES = ("membership", "election", "storage", "kvm")
 CLI_MAY_IMPORT = {"hostagent.units",  # sizes parsed and printed the way the agent does
                   "hostagent.callers",  # a job's or event's caller named the way the agent does
-                  "hostagent.api.relay"}  # the VNC relay's bounded byte pump (cli/vnc.py), the agent's own
+                  "hostagent.api.relay",  # the VNC relay's bounded byte pump (cli/vnc.py), the agent's own
+                  # the pure planners, run on an htools file with no cluster (cli/planning.py)
+                  "hostagent.master.decide.htools", "hostagent.master.decide.balance",
+                  "hostagent.master.decide.htools_score"}
 
 
 def tool(name: str) -> str:

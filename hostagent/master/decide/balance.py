@@ -44,6 +44,7 @@ class Move:
     target: str  # the node a copy moves to ("" for a failover)
     primary: str
     secondary: str
+    was: tuple[str, str] = ("", "")  # primary and secondary before the move
 
     def steps(self) -> list[tuple[str, str]]:
         """Corral's operations, in order: ("switchover", "") or ("replace-secondary", NODE)."""
@@ -223,7 +224,8 @@ def plan(cluster: HtoolsCluster, group: str | None = None, max_moves: int = 1000
                     continue
                 value = score(after, chosen.uuid)
                 if not math.isnan(value) and (best is None or value < best[0]):
-                    best = (value, Move(inst.name, kind, target, primary, secondary), after)
+                    best = (value, Move(inst.name, kind, target, primary, secondary, (inst.primary, inst.secondary)),
+                            after)
         if best is None or current - best[0] <= MIN_GAIN:
             break
         current, cluster = best[0], best[2]

@@ -97,6 +97,7 @@ HINFO = {
 BUNDLED = {
     "corral-edge-cases.data": {None: "56.65159701", "default": "54.19032051", "other": "0.26171875"},
     "corral-n1-offline-group.data": {None: "35.15377978", "main": "7.15377978", "dark": "0.00000000"},
+    "corral-unbalanced.data": {None: "10.21626848", "default": "10.21626848"},
     "corral-zero-cpus.data": {None: "NaN", "g": "NaN"},
 }
 # hbal -v -v -v's 20 terms for those groups and some of Debian's, in the order of htools_score.TERMS.
