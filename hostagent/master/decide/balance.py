@@ -24,7 +24,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
-from hostagent.master.decide.htools import HtoolsCluster, Instance, Node
+from hostagent.master.decide.htools import Group, HtoolsCluster, Instance, Node
 from hostagent.master.decide.htools_score import EXCLUSION_PREFIX, LOCAL_STORAGE, NOT_USING_MEMORY, score
 
 MIGRATION_PREFIX = "htools:migration:"
@@ -82,7 +82,7 @@ class _Load:
 def _loads(cluster: HtoolsCluster, exclusion: list[str]) -> dict[str, _Load]:
     loads = {n.name: _Load(vcpus=n.node_cpus, peers={}, tags={}) for n in cluster.nodes}
     for inst in cluster.instances:
-        if inst.forthcoming:
+        if inst.forthcoming or not inst.primary:  # no primary: a new instance not placed yet
             continue
         p = loads[inst.primary]
         p.vcpus += inst.vcpus if inst.status != "ADMIN_offline" else 0
@@ -121,7 +121,7 @@ def _apply(cluster: HtoolsCluster, inst: Instance, primary: str, secondary: str)
 
 
 @dataclass(frozen=True)
-class _Rules:
+class Rules:
     vcpu_ratio: float
     spindle_ratio: float
     exclusion: list[str]
@@ -129,33 +129,44 @@ class _Rules:
     allowed: list[tuple[str, str]]  # (from, to) migration tags allowed all the same (htools:allowmigration:A::B)
 
 
-def _fits(before: HtoolsCluster, after: HtoolsCluster, inst: Instance, rules: _Rules) -> bool:
-    """hbal's checks (Node.addPri, addSec) on the nodes the move gives the instance to."""
+def refusal(before: HtoolsCluster, after: HtoolsCluster, inst: Instance, rules: Rules) -> str:
+    """Why hbal's checks (Node.addPri, addSec) refuse what the nodes gain when `inst` (as it was in `before`;
+    a new one has no nodes) is placed as in `after`: "memory", "disk", "cpu", "N+1" or "tags"; "" when it fits."""
     old_nodes, new_nodes = {n.name: n for n in before.nodes}, {n.name: n for n in after.nodes}
     old, new = _loads(before, rules.exclusion), _loads(after, rules.exclusion)
     moved = next(i for i in after.instances if i.name == inst.name)
     local = inst.disk_template in LOCAL_STORAGE
     gains = {n for n, was_role in ((moved.primary, inst.primary), (moved.secondary, inst.secondary)) if n and n != was_role}
-    for name in gains:  # a node taking the instance in a new role, as hbal adds it there (a switchover too)
+    for name in sorted(gains):  # a node taking the instance in a new role, as hbal adds it there (a switchover too)
         node, load, was = new_nodes[name], new[name], old_nodes[name]
         failed_n1 = was.free_mem_mib <= old[name].reserved()
+        if name == moved.primary and _uses_memory(inst) and node.free_mem_mib <= 0:
+            return "memory"
         if local and (node.free_disk_mib <= 0 or load.spindles > rules.spindle_ratio * node.spindles):
-            return False
+            return "disk"
+        if name != moved.primary and inst.auto_balance and inst.mem_mib >= node.free_mem_mib:
+            return "memory"
         if not failed_n1 and node.free_mem_mib <= load.reserved():
-            return False
+            return "N+1"
         if name == moved.primary:
-            if _uses_memory(inst) and node.free_mem_mib <= 0:
-                return False
             if load.vcpus / node.cpus > rules.vcpu_ratio:
-                return False
+                return "cpu"
             if any(count > 1 and count > (old[name].tags or {}).get(tag, 0) for tag, count in (load.tags or {}).items()):
-                return False
-        elif inst.auto_balance and inst.mem_mib >= node.free_mem_mib:
-            return False
-    return True
+                return "tags"
+    return ""
 
 
-def _migrates(move: tuple[str, str, str, str], inst: Instance, nodes: dict[str, Node], rules: _Rules) -> bool:
+def rules_of(cluster: HtoolsCluster, group: Group) -> Rules:
+    """The group's policy and the cluster's tags, as hbal's checks read them."""
+    policy = cluster.policy_of(group)
+    return Rules(policy.vcpu_ratio if policy else 64.0, policy.spindle_ratio if policy else 32.0,
+                 [t[len(EXCLUSION_PREFIX):] for t in cluster.tags if t.startswith(EXCLUSION_PREFIX)],
+                 [t[len(MIGRATION_PREFIX):] for t in cluster.tags if t.startswith(MIGRATION_PREFIX)],
+                 [(a, b) for t in cluster.tags if t.startswith(ALLOW_PREFIX)
+                  for a, _, b in [t[len(ALLOW_PREFIX):].partition("::")] if a and b])
+
+
+def _migrates(move: tuple[str, str, str, str], inst: Instance, nodes: dict[str, Node], rules: Rules) -> bool:
     """Whether each switchover of the move is between nodes whose migration tags allow it (the target has
     every migration tag of the source)."""
     def tags(node: str) -> set[str]:
@@ -196,12 +207,7 @@ def plan(cluster: HtoolsCluster, group: str | None = None, max_moves: int = 1000
     if not groups or (group is None and len(groups) > 1):
         raise ValueError("name the node group to balance" if groups else f"no node group {group!r} with nodes")
     chosen = groups[0]
-    policy = cluster.policy_of(chosen)
-    rules = _Rules(policy.vcpu_ratio if policy else 64.0, policy.spindle_ratio if policy else 32.0,
-                   [t[len(EXCLUSION_PREFIX):] for t in cluster.tags if t.startswith(EXCLUSION_PREFIX)],
-                   [t[len(MIGRATION_PREFIX):] for t in cluster.tags if t.startswith(MIGRATION_PREFIX)],
-                   [(a, b) for t in cluster.tags if t.startswith(ALLOW_PREFIX)
-                    for a, _, b in [t[len(ALLOW_PREFIX):].partition("::")] if a and b])
+    rules = rules_of(cluster, chosen)
     members = {n.name for n in cluster.nodes if n.group_uuid == chosen.uuid}
     usable = [n.name for n in cluster.nodes if n.name in members and not n.offline]  # in file order, as hbal
     initial = current = score(cluster, chosen.uuid)
@@ -220,7 +226,7 @@ def plan(cluster: HtoolsCluster, group: str | None = None, max_moves: int = 1000
                 if not _migrates(candidate, inst, nodes, rules):
                     continue
                 after = _apply(cluster, inst, primary, secondary)
-                if not _fits(cluster, after, inst, rules):
+                if refusal(cluster, after, inst, rules):
                     continue
                 value = score(after, chosen.uuid)
                 if not math.isnan(value) and (best is None or value < best[0]):
