@@ -1,0 +1,110 @@
+"""Benchmark: Corral's balancer (hostagent.master.decide.balance) against Debian's hbal on the same htools files.
+
+Per file and node group: the final score each reaches (the same cluster score, hbal's), the moves each needs,
+and the planning time of each (hbal's whole run, loading included; Corral's planner alone). Files: the data
+sets of Debian's ganeti-testsuite (unpacked by packaging/install-deps.sh) and generated unbalanced clusters
+(every replicated instance piled on the first nodes; `--nodes` and `--instances` choose their sizes).
+
+The goal (issue 15): a final score no worse than hbal's, with no more moves, on every file. Prints figures only.
+Usage: .venv/bin/python bench/balance.py [--nodes 4,8] [--instances 60,200] [--max-seconds 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from ganeti_data import HTOOLS_DATA, htool  # noqa: E402
+
+from hostagent.master.decide import htools  # noqa: E402
+from hostagent.master.decide.balance import plan  # noqa: E402
+from hostagent.master.decide.htools_score import format_score  # noqa: E402
+
+
+def generated(nodes: int, instances: int, seed: int) -> str:
+    """An unbalanced cluster in htools' text format: equal nodes, replicated instances on the first few."""
+    rng = random.Random(seed)
+    uuid = "00000000-0000-0000-0000-000000000001"
+    lines = [f"default|{uuid}|preferred||", ""]
+    mem, disk = 262144, 4 * 1024 * 1024
+    used_mem: dict[int, int] = {}
+    used_disk: dict[int, int] = {}
+    insts = []
+    crowded = max(2, nodes // 4)
+    for i in range(instances):
+        p = rng.randrange(crowded)
+        s = (p + 1 + rng.randrange(crowded - 1)) % crowded
+        m, d = rng.choice((512, 1024, 2048, 4096)), rng.choice((10240, 20480, 51200))
+        used_mem[p] = used_mem.get(p, 0) + m
+        used_disk[p] = used_disk.get(p, 0) + d
+        used_disk[s] = used_disk.get(s, 0) + d
+        insts.append(f"inst{i}|{m}|{d}|{rng.choice((1, 2, 4))}|running|Y|node{p}|node{s}|drbd||1")
+    for n in range(nodes):
+        lines.append(f"node{n}|{mem}|4096|{mem - 4096 - used_mem.get(n, 0)}|{disk}|{disk - used_disk.get(n, 0)}|32|N|"
+                     f"{uuid}|1")
+    lines += ["", *insts, "", "",
+              "|128,1,1024,1,1,1|128,1,1024,1,1,1;262144,32,4194304,16,8,12|drbd,plain,file|8.0|32.0",
+              "default|128,1,1024,1,1,1|128,1,1024,1,1,1;262144,32,4194304,16,8,12|drbd,plain,file|8.0|32.0", ""]
+    return "\n".join(lines)
+
+
+def hbal(path: Path, group: str) -> tuple[str, int, float]:
+    started = time.monotonic()
+    out = subprocess.run([htool("hbal"), "-t", str(path), "-G", group, "--max-length=100000"], capture_output=True,
+                         text=True, timeout=3600).stdout
+    took = time.monotonic() - started
+    improved = re.search(r"Cluster score improved from \S+ to (\S+)", out)
+    initial = re.search(r"Initial score: (\S+)", out)
+    return ((improved or initial)[1] if (improved or initial) else "?"), len(re.findall(r"^\s+\d+\. ", out, re.M)), took
+
+
+def compare(path: Path, label: str) -> None:
+    cluster = htools.read_text(path.read_text())
+    for group in [g for g in cluster.groups if any(n.group_uuid == g.uuid for n in cluster.nodes)]:
+        if not cluster.instances:
+            continue
+        theirs, their_moves, their_s = hbal(path, group.name)
+        started = time.monotonic()
+        made = plan(cluster, group.uuid)
+        ours_s = time.monotonic() - started
+        ours = format_score(made.final)
+        verdict = ("same" if ours == theirs else "better" if theirs != "?" and float(ours) < float(theirs)
+                   else "WORSE")
+        moves = "fewer" if len(made.moves) < their_moves else "same" if len(made.moves) == their_moves else "MORE"
+        print(f"{label:44s} {group.name:9s} score corral {ours:>12s} hbal {theirs:>12s} ({verdict}); moves "
+              f"{len(made.moves):4d} vs {their_moves:4d} ({moves}); planning {ours_s:7.2f} s vs {their_s:6.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="4,8", help="generated clusters' node counts (comma separated)")
+    parser.add_argument("--instances", default="60,200", help="generated clusters' instance counts")
+    args = parser.parse_args()
+    if not htool("hbal"):
+        sys.exit("hbal is not installed: packaging/install-deps.sh installs ganeti-htools-3.0")
+    print(f"Debian's data sets ({HTOOLS_DATA}):")
+    for path in sorted(HTOOLS_DATA.glob("*.data")):
+        try:
+            compare(path, path.name)
+        except ValueError:
+            continue
+    print("Generated unbalanced clusters:")
+    with tempfile.TemporaryDirectory() as tmp:
+        for nodes in (int(n) for n in args.nodes.split(",")):
+            for count in (int(i) for i in args.instances.split(",")):
+                path = Path(tmp) / f"gen-{nodes}-{count}.data"
+                path.write_text(generated(nodes, count, seed=nodes * 1000 + count))
+                compare(path, f"{nodes} nodes, {count} instances")
+
+
+if __name__ == "__main__":
+    main()
