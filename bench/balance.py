@@ -50,7 +50,7 @@ def generated(nodes: int, instances: int, seed: int) -> str:
         insts.append(f"inst{i}|{m}|{d}|{rng.choice((1, 2, 4))}|running|Y|node{p}|node{s}|drbd||1")
     for n in range(nodes):
         lines.append(f"node{n}|{mem}|4096|{mem - 4096 - used_mem.get(n, 0)}|{disk}|{disk - used_disk.get(n, 0)}|32|N|"
-                     f"{uuid}|1")
+                     f"{uuid}|24")  # 24 spindles: within the policy (a node over it makes hbal restrict its moves)
     lines += ["", *insts, "", "",
               "|128,1,1024,1,1,1|128,1,1024,1,1,1;262144,32,4194304,16,8,12|drbd,plain,file|8.0|32.0",
               "default|128,1,1024,1,1,1|128,1,1024,1,1,1;262144,32,4194304,16,8,12|drbd,plain,file|8.0|32.0", ""]
