@@ -23,7 +23,6 @@ def register(c: Subparsers) -> None:
                    help="plan on a cluster in htools' text format (hscan's) instead of this one")
     s.add_argument("--group", help="the node group to balance (default: the only one with nodes)")
     s.add_argument("--max-moves", type=int, default=1000, metavar="N", help="at most N moves (default 1000)")
-    s.add_argument("--dry-run", action="store_true", help="only the plan (with --from-htools, always)")
 
 
 def _load(path: str) -> HtoolsCluster:
