@@ -23,6 +23,22 @@ def register(c: Subparsers) -> None:
                    help="plan on a cluster in htools' text format (hscan's) instead of this one")
     s.add_argument("--group", help="the node group to balance (default: the only one with nodes)")
     s.add_argument("--max-moves", type=int, default=1000, metavar="N", help="at most N moves (default 1000)")
+    s = command(c, "export-htools", export_htools, "this cluster in htools' text format (hbal -t, hspace -t)")
+    s.add_argument("-o", "--output", metavar="FILE", help="write it there (default: print it)")
+
+
+def export_htools(ctx: Context) -> int:
+    text = ctx.client.get("/v1/cluster/htools")["data"]["text"]
+    if ctx.args.output:
+        try:
+            Path(ctx.args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {ctx.args.output}: {exc.strerror or exc}") from None
+        print(f"the cluster in htools' text format is in {ctx.args.output} (hbal -t, hspace -t, corral cluster balance "
+              "--from-htools)")
+    else:
+        print(text, end="")
+    return 0
 
 
 def _load(path: str) -> HtoolsCluster:

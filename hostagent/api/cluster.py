@@ -95,6 +95,12 @@ class ClusterRoutes(ApiBase):
             return self._ok(await cluster_settings.modify(ops.store, body))
         return await self._on_master(request, run)
 
+    async def cluster_htools(self, request: web.Request) -> web.Response:
+        """`corral cluster export-htools`: the cluster in htools' text format, as hbal -m reads it live."""
+        from hostagent.rapi.server import Rapi  # the RAPI's shapes: a file that hbal -t reads as hbal -m does
+        self._require_cluster()
+        return self._ok({"text": await Rapi(self.agent).htools_text()})
+
     async def cluster_simulate(self, request: web.Request) -> web.Response:
         fail = [n for n in request.query.get("fail", "").split(",") if n]
         if not fail:

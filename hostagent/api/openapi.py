@@ -38,6 +38,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/cluster/modify": {"post": _op("Set auto_failover (the instances' default), max_lost_nodes and "
                                        "failback_after_s", body="ClusterModify")},
     "/v1/cluster/simulate": {"get": _op("What the master would do if the nodes in ?fail=N1,N2 were lost now")},
+    "/v1/cluster/htools": {"get": _op("The cluster in htools' text format (as hbal -m reads it through the RAPI)")},
     "/v1/cluster/join": {"post": _op("Join this (new) node to a cluster with a join token (local socket only)",
                                      body="ClusterJoin")},
     "/v1/cluster/master-failover": {"post": _op("Hand the master role to another candidate",

@@ -38,6 +38,8 @@ from hostagent.master.operations import Operations
 from hostagent.rapi import shapes
 from hostagent.rapi.actions import ACTIONS, v1_body
 from hostagent.rapi.create import create_request
+from hostagent.rapi.htoolsview import to_htools
+from hostagent.master.decide.htools import write_text
 from hostagent.status import REPORT_STALE_AFTER_S, report_age_s
 
 log = logging.getLogger(__name__)
@@ -332,6 +334,12 @@ class Rapi(NodeRoutes):
                 return self._json({"job_info": info, "log_entries": []})
             await asyncio.sleep(WAIT_POLL_S)
         return self._json(None)
+
+    async def htools_text(self) -> str:
+        """The cluster in htools' text format (hostagent.rapi.htoolsview), from the same shapes `-m` reads."""
+        cluster = self._cluster()
+        info = shapes.info(cluster, self._master(), cluster.get("hvparams") or {}, self._templates())
+        return write_text(to_htools(info, [self._group()], await self._node_shapes(), self._instance_shapes()))
 
     async def unknown(self, request: web.Request) -> web.Response:
         if request.path.startswith("/2/"):

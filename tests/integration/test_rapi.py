@@ -5,6 +5,7 @@ and JSON types) with what a real Ganeti 3.0.2 answered (tests/data/ganeti-rapi-3
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,16 @@ def test_ganetis_htools_read_a_live_corral_cluster_through_the_rapi(one_node):
         assert " n1 " in said["hscan"] and "t_mem" in said["hscan"], said["hscan"]  # -p: the node list
         assert "Loaded 1 nodes, 1 instances" in said["hbal"] and "Initial score:" in said["hbal"], said["hbal"]
         assert "The cluster has 1 nodes" in said["hspace"] and "There are 1 initial instances" in said["hspace"]
+        # the same cluster written to a file by `corral cluster export-htools`: hinfo reads the same score from it
+        exported = node.root / "cluster.data"
+        node.ok("cluster", "export-htools", "-o", str(exported))
+        from_file = subprocess.run([str(HTOOLS / "hinfo"), "-t", str(exported)], capture_output=True, text=True,
+                                   timeout=60)
+        assert from_file.returncode == 0, from_file.stderr
+        score = re.compile(r"Cluster score: (\S+)")
+        assert score.search(from_file.stdout)[1] == score.search(said["hinfo"])[1], (from_file.stdout, said["hinfo"])
+        assert "Final score" in node.ok("cluster", "balance", "--from-htools", str(exported)) or \
+            "No move lowers the score" in node.ok("cluster", "balance", "--from-htools", str(exported))
         refused = subprocess.run([str(HTOOLS / "hinfo"), "-m", f"https://{node.address}:{node.ports['rapi']}"],
                                  capture_output=True, text=True, timeout=60)
         assert refused.returncode != 0, "without credentials the RAPI must not answer htools"
