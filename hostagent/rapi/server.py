@@ -153,7 +153,8 @@ class Rapi(NodeRoutes):
 
     async def info(self, request: web.Request) -> web.Response:
         cluster = self._cluster()
-        return self._json(shapes.info(cluster, self._master(), cluster.get("hvparams") or {}, self._templates()))
+        return self._json(shapes.info(cluster, self._master(), cluster.get("hvparams") or {}, self._templates(),
+                                      self._largest(await self._node_shapes())))
 
     async def features(self, request: web.Request) -> web.Response:
         return self._json(shapes.FEATURES)
@@ -175,18 +176,25 @@ class Rapi(NodeRoutes):
             raise NotFound(f"node '{name}' is unknown")
         return self._json(found)
 
-    def _group(self) -> dict[str, Any]:
+    @staticmethod
+    def _largest(nodes: list[dict[str, Any]]) -> tuple[int, int, int] | None:
+        """The largest node's memory, disk (MiB) and cores, as reported; None before any report."""
+        sizes = [(int(n["mtotal"]), int(n["dtotal"] or 0), int(n["ctotal"])) for n in nodes if n["mtotal"] and n["ctotal"]]
+        return (max(s[0] for s in sizes), max(s[1] for s in sizes), max(s[2] for s in sizes)) if sizes else None
+
+    def _group(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
         cluster = self._cluster()
         return shapes.group([n["name"] for n in self._all(model.NODES)], str(cluster.get("uuid", "")),
-                            shapes.ipolicy(self._templates()))
+                            shapes.ipolicy(self._templates(), self._largest(nodes)))
 
     async def groups(self, request: web.Request) -> web.Response:
-        return self._listing(request, [self._group()], "groups", "name")
+        return self._listing(request, [self._group(await self._node_shapes())], "groups", "name")
 
     async def group(self, request: web.Request) -> web.Response:
-        if request.match_info["name"] not in (shapes.GROUP, self._group()["uuid"]):
+        found = self._group(await self._node_shapes())
+        if request.match_info["name"] not in (shapes.GROUP, found["uuid"]):
             raise NotFound(f"node group '{request.match_info['name']}' is unknown (Corral has one: default)")
-        return self._json(self._group())
+        return self._json(found)
 
     async def instances(self, request: web.Request) -> web.Response:
         return self._listing(request, self._instance_shapes(), "instances", "name")
@@ -338,8 +346,10 @@ class Rapi(NodeRoutes):
     async def htools_text(self) -> str:
         """The cluster in htools' text format (hostagent.rapi.htoolsview), from the same shapes `-m` reads."""
         cluster = self._cluster()
-        info = shapes.info(cluster, self._master(), cluster.get("hvparams") or {}, self._templates())
-        return write_text(to_htools(info, [self._group()], await self._node_shapes(), self._instance_shapes()))
+        nodes = await self._node_shapes()
+        info = shapes.info(cluster, self._master(), cluster.get("hvparams") or {}, self._templates(),
+                           self._largest(nodes))
+        return write_text(to_htools(info, [self._group(nodes)], nodes, self._instance_shapes()))
 
     async def unknown(self, request: web.Request) -> web.Response:
         if request.path.startswith("/2/"):

@@ -104,19 +104,22 @@ def group(nodes: Iterable[str], cluster_uuid: str, ipolicy: Mapping[str, Any]) -
             "uuid": group_uuid(cluster_uuid), "serial_no": 1, "tags": []}
 
 
-def ipolicy(templates: Iterable[str]) -> dict[str, Any]:
-    """Ganeti's instance policy, with Corral's limits (what htools plan against)."""
+def ipolicy(templates: Iterable[str], largest: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """Ganeti's instance policy, with Corral's limits (what htools plan against): at most what the largest node
+    holds (`largest`: its memory and disk in MiB, its cores), so hspace's tiered spec starts from a size that
+    can fit."""
+    memory, disk, cpus = largest or (1048576, 16777216, 64)
     return {"minmax": [{"min": {"memory-size": 16, "disk-size": 1, "disk-count": 1, "cpu-count": 1, "nic-count": 0,
                                 "spindle-use": 1},
-                        "max": {"memory-size": 1048576, "disk-size": 16777216, "disk-count": 16, "cpu-count": 64,
-                                "nic-count": 8, "spindle-use": 12}}],
+                        "max": {"memory-size": max(128, memory), "disk-size": max(1024, disk), "disk-count": 16,
+                                "cpu-count": max(1, cpus), "nic-count": 8, "spindle-use": 12}}],
             "std": {"memory-size": 128, "disk-size": 1024, "disk-count": 1, "cpu-count": 1, "nic-count": 1,
                     "spindle-use": 1},
             "spindle-ratio": 32, "vcpu-ratio": 4, "disk-templates": sorted({TEMPLATES[t] for t in templates})}
 
 
 def info(cluster: Mapping[str, Any], master: str | None, hvparams: Mapping[str, Any],
-         templates: Iterable[str]) -> dict[str, Any]:
+         templates: Iterable[str], largest: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """/2/info."""
     return {"software_version": SOFTWARE_VERSION, "protocol_version": PROTOCOL_VERSION,
             "config_version": PROTOCOL_VERSION, "os_api_version": 20, "export_version": 0,
@@ -125,7 +128,7 @@ def info(cluster: Mapping[str, Any], master: str | None, hvparams: Mapping[str, 
             "enabled_hypervisors": ["kvm"], "hvparams": {"kvm": dict(hvparams)}, "os_hvp": {},
             "beparams": {"default": {"minmem": 128, "maxmem": 128, "vcpus": 1, "auto_balance": True,
                                      "always_failover": False, "spindle_use": 1}},
-            "osparams": {}, "ipolicy": ipolicy(templates), "nicparams": {"default": {"mode": "bridged", "link": "",
+            "osparams": {}, "ipolicy": ipolicy(templates, largest), "nicparams": {"default": {"mode": "bridged", "link": "",
                                                                                     "vlan": ""}},
             "ndparams": {}, "diskparams": {}, "candidate_pool_size": 3, "max_running_jobs": 20,
             "max_tracked_jobs": 25, "mac_prefix": "aa:00:00", "master_netdev": "", "master_netmask": 32,
