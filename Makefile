@@ -23,7 +23,7 @@ nodevm: deps
 # The random failure sequences of tests/scenarios run 200 seeds here, a few in test-fast.
 test: guest nodevm
 	@rm -rf .cache/coverage && mkdir -p .cache/coverage
-	@rc=0; CORRAL_SIM_SEEDS=200 COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml \
+	@rc=0; CORRAL_SIM_SEEDS=200 CORRAL_GANETI_REQUIRED=1 COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml \
 	  $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	  VENV=$(VENV) packaging/coverage-figure.sh || true; exit $$rc
 

@@ -12,12 +12,17 @@ from typing import Any
 
 import pytest
 from conftest import AgentNode, wait_for
+from ganeti_data import unavailable
 
 CLIENT = Path("/usr/lib/python3/dist-packages/ganeti/rapi/client.py")
 GANETI = Path(__file__).resolve().parents[1] / "data" / "ganeti-rapi-3.0.2"
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not CLIENT.exists(), reason="python3-ganeti-rapi is not installed "
-                                 "(packaging/install-deps.sh installs it for `make test`)")]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def ganeti_client() -> None:
+    if not CLIENT.exists():
+        unavailable("python3-ganeti-rapi is not installed")
 
 READ = """
 import json, sys
@@ -171,11 +176,11 @@ def test_ganetis_own_client_creates_stops_starts_reboots_and_removes_an_instance
 HTOOLS = Path("/usr/lib/ganeti/3.0/usr/bin")
 
 
-@pytest.mark.skipif(not (HTOOLS / "hinfo").exists(), reason="ganeti-htools-3.0 is not installed "
-                    "(packaging/install-deps.sh installs it for `make test`)")
 def test_ganetis_htools_read_a_live_corral_cluster_through_the_rapi(one_node):
     """hinfo, hscan, hbal and hspace of Debian's ganeti-htools-3.0, pointed at the agent's RAPI (`-m URL`, the
     user's credentials in the URL as curl takes them), load the cluster without an error."""
+    if not (HTOOLS / "hinfo").exists():
+        unavailable("ganeti-htools-3.0 is not installed")
     node = one_node
     node.ok("instance", "add", "rp5", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M")
     reader = node.json("user", "add", "htools", "--role", "read")["token"].partition(".")[2]

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ganeti_data import HTOOLS_DATA, htool
+from ganeti_data import HTOOLS_DATA, htool, unavailable
 
 from hostagent.master.decide import htools
 from hostagent.master.decide.balance import Move, plan
@@ -45,7 +45,7 @@ BETTER = {("n1-failure.data", "group-01"): "22.37526844"}
 def load(name: str) -> htools.HtoolsCluster:
     path = HTOOLS_DATA / name
     if not path.exists():
-        pytest.skip(f"Debian's ganeti-testsuite data sets are not there (no {path}): packaging/install-deps.sh")
+        unavailable(f"Debian's ganeti-testsuite data sets are not there (no {path})")
     return htools.read_text(path.read_text())
 
 
@@ -85,7 +85,7 @@ def _hbal(path: Path, group: str) -> tuple[str, int]:
 
 def test_on_every_data_set_the_plan_is_no_worse_than_hbal_run_now():
     if not htool("hbal") or not HTOOLS_DATA.is_dir():
-        pytest.skip("hbal or the data sets are not installed (packaging/install-deps.sh installs both)")
+        unavailable("hbal or the data sets are not installed")
     compared = 0
     for path in sorted(HTOOLS_DATA.glob("*.data")):
         try:

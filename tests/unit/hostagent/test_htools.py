@@ -1,9 +1,10 @@
 """htools' text format read and written (hostagent.master.decide.htools), on Debian's data sets and its real tools.
 
-Debian 12's ganeti-testsuite 3.0.2 data sets are read from the installed
-package (`make test` does not install it yet: it pulls in all of Ganeti; the
-tests that need it or Debian's hinfo and hbal say so and skip without them),
-beside the files in tests/data/htools written for Corral, which always run.
+Debian 12's ganeti-testsuite 3.0.2 data sets are read where `make test` unpacks
+them (tests/ganeti_data.py; the package itself pulls in all of Ganeti), beside
+the files in tests/data/htools written for Corral. Without them, or Debian's
+hinfo and hbal, the tests that need them skip, except under `make test`, where
+they fail: it installs all three.
 """
 
 import re
@@ -12,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from ganeti_data import HTOOLS_DATA, htool
+from ganeti_data import HTOOLS_DATA, htool, unavailable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,10 +26,10 @@ DEBIAN_DIR = HTOOLS_DATA
 
 
 def debian(name: str) -> Path:
-    """One of Debian's data sets; the test is skipped when the package is not installed."""
+    """One of Debian's data sets (tests/ganeti_data.unavailable when they are not there)."""
     path = DEBIAN_DIR / name
     if not path.exists():
-        pytest.skip(f"Debian's ganeti-testsuite is not installed (no {path}): apt-get install ganeti-testsuite")
+        unavailable(f"Debian's ganeti-testsuite data sets are not there (no {path})")
     return path
 
 
@@ -138,7 +139,7 @@ def test_bad_input_is_refused_naming_the_line_and_the_field(text, message):
 def test_debian_s_invalid_data_set_is_refused_as_hbal_refuses_it():
     path = DEBIAN_DIR / "invalid-node.data"
     if not path.exists():
-        pytest.skip(f"Debian's ganeti-testsuite is not installed (no {path})")
+        unavailable(f"Debian's ganeti-testsuite data sets are not there (no {path})")
     with pytest.raises(ValueError, match=re.escape("line 6 (instance 'new-0'), field 7 (primary): no node is named"
                                                    " 'no-such-node'")):
         read_text(path.read_text())
@@ -201,7 +202,7 @@ def test_any_cluster_reads_back_from_what_the_writer_writes(cluster):
 def needs_tools() -> None:
     missing = [t for t in ("hbal", "hinfo") if not htool(t)]
     if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed: apt-get install ganeti-htools-3.0")
+        unavailable(f"{' and '.join(missing)} not installed (ganeti-htools-3.0)")
 
 
 def test_the_real_tools_load_what_the_writer_writes_and_score_it_the_same(tmp_path):

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from ganeti_data import HTOOLS_DATA, htool
+from ganeti_data import HTOOLS_DATA, htool, unavailable
 
 from hostagent.master.decide import htools
 from hostagent.master.decide.htools_score import TERMS, format_score, score, score_terms
@@ -144,13 +144,13 @@ def load(path: Path) -> htools.HtoolsCluster:
 
 def needs_debian_data() -> None:
     if not DEBIAN_DIR.is_dir():
-        pytest.skip(f"Debian's ganeti-testsuite is not installed (no {DEBIAN_DIR}): apt-get install ganeti-testsuite")
+        unavailable(f"Debian's ganeti-testsuite data sets are not there (no {DEBIAN_DIR})")
 
 
 def needs_tools() -> None:
     missing = [t for t in ("hbal", "hinfo") if not htool(t)]
     if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed: apt-get install ganeti-htools-3.0")
+        unavailable(f"{' and '.join(missing)} not installed (ganeti-htools-3.0)")
 
 
 def check_terms(name: str, group: str, path: Path) -> None:
