@@ -37,7 +37,7 @@ TAG_ADOPTED = "corral-adopted="  # the name an adopted LV had (`instance add --d
 _DISK_SEPARATOR = "-disk"
 _INDEX_RE = re.compile(r"0|[1-9][0-9]*")
 _VG_RE = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
-_DM_NAME_MAX = 125
+DM_NAME_MAX = 125
 
 LVS_FIELDS = "lv_name,lv_size,lv_tags,vg_name,lv_attr,origin"
 VGS_FIELDS = "vg_name,vg_size,vg_free,vg_extent_size"
@@ -99,11 +99,11 @@ def lv_name(vg: str, instance: str, index: int) -> str:
     check_disk(instance, index)
     name = f"{LV_PREFIX}{instance.replace('_', '+')}{_DISK_SEPARATOR}{index}"
     length = len(dm_name(vg, name))
-    if length > _DM_NAME_MAX:
+    if length > DM_NAME_MAX:
         raise InvalidName(
             instance,
             f"with volume group {vg!r} its LVM device name would be {length} characters, "
-            f"at most {_DM_NAME_MAX} fit; use a shorter name (each '-' counts twice)",
+            f"at most {DM_NAME_MAX} fit; use a shorter name (each '-' counts twice)",
         )
     return name
 

@@ -26,13 +26,12 @@ from storage.base import MIB
 from storage.errors import InvalidName, NoSpace, StorageError
 from storage.filesnap import SnapshotError, SnapshotInfo, check_snapshot_name
 from storage.lvm import PlainTemplate
-from storage.lvmparse import LV_PREFIX, LvReport, dm_name
+from storage.lvmparse import DM_NAME_MAX, LV_PREFIX, LvReport, dm_name
 
 TAG_SNAPSHOT = "corral-snapshot="
 TAG_MADE = "corral-snap-made="
 TAG_CONSISTENCY = "corral-snap-consistency="
 SNAP_PREFIX = "snap-"
-_DM_NAME_MAX = 125  # storage.lvmparse: what an active LV's device-mapper name may take
 
 
 def snapshot_lv_name(vg: str, instance: str, index: int, snap: str) -> str:
@@ -40,9 +39,9 @@ def snapshot_lv_name(vg: str, instance: str, index: int, snap: str) -> str:
     check_snapshot_name(snap)
     name = f"{SNAP_PREFIX}{LV_PREFIX}{instance.replace('_', '+')}-disk{index}-{snap.replace('_', '+')}"
     length = len(dm_name(vg, name))
-    if length > _DM_NAME_MAX:
+    if length > DM_NAME_MAX:
         raise InvalidName(snap, f"for instance '{instance}' in volume group {vg!r} its LVM device name would be "
-                                f"{length} characters, at most {_DM_NAME_MAX} fit; use a shorter snapshot name "
+                                f"{length} characters, at most {DM_NAME_MAX} fit; use a shorter snapshot name "
                                 "(each '-' counts twice)")
     return name
 
