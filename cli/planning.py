@@ -1,6 +1,7 @@
-"""`corral cluster balance|capacity --from-htools FILE`: Corral's planners on a cluster in htools' text format
-(what Ganeti's `hscan` writes), run here with no cluster, so their plans compare with hbal's and hspace's on
-the same file. They are the pure planners the master runs (hostagent.master.decide)."""
+"""`corral cluster balance` (planned and carried out by the master as one job) and, with `--from-htools FILE`,
+Corral's planners on a cluster in htools' text format (what Ganeti's `hscan` writes), run here with no cluster,
+so their plans compare with hbal's and hspace's on the same file. They are the pure planners the master runs
+(hostagent.master.decide)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hostagent.master.decide.htools import HtoolsCluster, read_text
-from hostagent.master.decide.balance import plan
-from hostagent.master.decide.htools_score import format_score
+from hostagent.master.decide.balance import plan, summary
 
 from cli.common import Context, Subparsers, UsageError, command
 
@@ -18,7 +18,9 @@ MAX_FILE_BYTES = 64 << 20
 
 
 def register(c: Subparsers) -> None:
-    s = command(c, "balance", balance, "a plan of moves that evens out the nodes (hbal's score, before and after)")
+    s = command(c, "balance", balance, "even out the nodes with migrations, failovers and new secondaries, as one "
+                "job (hbal's score, before and after)", job=True)
+    s.add_argument("--dry-run", action="store_true", help="show the plan only")
     s.add_argument("--from-htools", metavar="FILE", dest="from_htools",
                    help="plan on a cluster in htools' text format (hscan's) instead of this one")
     s.add_argument("--group", help="the node group to balance (default: the only one with nodes)")
@@ -55,30 +57,47 @@ def _load(path: str) -> HtoolsCluster:
 
 def balance(ctx: Context) -> int:
     a = ctx.args
-    if not a.from_htools:
-        raise UsageError("balancing this cluster's nodes is planned from a file so far: write it with "
-                         "`hscan -d DIR URL` (or any htools data file) and give --from-htools FILE")
     if a.max_moves < 0:
         raise UsageError(f"--max-moves {a.max_moves}: a number of moves, 0 or more")
-    cluster = _load(a.from_htools)
-    try:
-        made = plan(cluster, a.group, a.max_moves)
-    except ValueError as exc:
-        groups = ", ".join(g.name for g in cluster.groups if any(n.group_uuid == g.uuid for n in cluster.nodes))
-        raise UsageError(f"{exc} (groups with nodes: {groups or 'none'})") from None
-    rows: list[dict[str, Any]] = []
-    for index, move in enumerate(made.moves, start=1):
-        rows.append({"step": index, "instance": move.instance, "kind": move.kind, "target": move.target,
-                     "primary": move.primary, "secondary": move.secondary, "was": "{}:{}".format(*move.was),
-                     "operations": [f"{op} {node}".strip() for op, node in move.steps()]})
-    answer = {"initial_score": format_score(made.initial), "final_score": format_score(made.final), "moves": rows}
-    if a.json:
-        print(json.dumps(answer, indent=2, sort_keys=True))
+    if a.from_htools:
+        cluster = _load(a.from_htools)
+        try:
+            answer = summary(plan(cluster, a.group, a.max_moves))
+        except ValueError as exc:
+            groups = ", ".join(g.name for g in cluster.groups if any(n.group_uuid == g.uuid for n in cluster.nodes))
+            raise UsageError(f"{exc} (groups with nodes: {groups or 'none'})") from None
+        if a.json:
+            print(json.dumps(answer, indent=2, sort_keys=True))
+        else:
+            _show(answer)
         return 0
+    if a.group not in (None, "default"):
+        raise UsageError(f"--group {a.group}: this cluster has one node group, default")
+    reply = ctx.client.post("/v1/cluster/balance", {"dry_run": a.dry_run, "max_moves": a.max_moves})
+    if "job_id" in reply["data"]:
+        if not a.json:
+            _show(reply["data"], planned=True)
+        return ctx.job(reply)
+    if a.json:
+        print(json.dumps(reply["data"], indent=2, sort_keys=True))
+        return 0
+    _show(reply["data"], planned=True)
+    if reply["data"]["moves"]:
+        print("dry run: nothing was changed")
+    return 0
+
+
+def _show(answer: dict[str, Any], planned: bool = False) -> None:
+    """The plan as hbal prints its own: the score, each move, the score it ends at."""
     print(f"Initial score: {answer['initial_score']}")
-    for row in rows:
+    for row in answer["moves"]:
         print(f"  {row['step']:3d}. {row['instance']}  {row['was']} => {row['primary']}:{row['secondary'] or '-'}  "
               f"({', '.join(row['operations'])})")
-    print(f"Final score: {answer['final_score']} after {len(rows)} move(s)" if rows else
-          "No move lowers the score: the nodes are as balanced as these moves make them")
-    return 0
+    if not answer["moves"]:
+        print("No move lowers the score: the nodes are as balanced as these moves make them")
+        return
+    print(f"Final score: {answer['final_score']} after {len(answer['moves'])} move(s)")
+    if planned:
+        print(f"as {len(answer['steps'])} step(s):")
+        for index, step in enumerate(answer["steps"], 1):
+            print(f"  {index}. {step['description']}")

@@ -5,6 +5,7 @@ These are what `corral cluster ...` calls; changes go through ApiBase._on_master
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +15,7 @@ from kvm.hvparams import kernel_path_problems, parse_hvparams
 from hostagent import model, views
 from hostagent.api import auth
 from hostagent.master import cluster_settings
-from hostagent.master.decide import backup_schedule
+from hostagent.master.decide import backup_schedule, balance
 from hostagent.node import clocks, joining
 from hostagent.api.base import ApiBase
 from hostagent.errors import BadRequest
@@ -28,6 +29,7 @@ CLUSTER_SETTINGS = {
     "sync_rate_mib_s": "a number of MiB/s for background disk copies and each DRBD resync (0: no cap; DRBD at 60)",
     "restart_backoff_s": "a number of seconds before the second restart attempt (it doubles after)",
 }
+DEFAULT_MAX_MOVES = 1000  # hbal's --max-length default is unbounded; this ends any plan
 
 
 class ClusterRoutes(ApiBase):
@@ -100,6 +102,27 @@ class ClusterRoutes(ApiBase):
         from hostagent.rapi.server import Rapi  # the RAPI's shapes: a file that hbal -t reads as hbal -m does
         self._require_cluster()
         return self._ok({"text": await Rapi(self.agent).htools_text()})
+
+    async def cluster_balance(self, request: web.Request) -> web.Response:
+        """`corral cluster balance`: hbal's moves planned on the live cluster, carried out as one job, or with
+        {"dry_run": true} only the plan (with its scores, before and after)."""
+        body = await self._body(request)
+        max_moves, dry_run = int(body.get("max_moves", DEFAULT_MAX_MOVES)), bool(body.get("dry_run"))
+
+        async def run(_: Operations, nodes: NodeOperations) -> web.Response:
+            from hostagent.rapi.server import Rapi  # htools' view of the cluster, as hbal -m reads it
+            cluster = await Rapi(self.agent).htools_cluster()
+            # The search is CPU-bound: a thread keeps this agent answering while it runs.
+            made = await asyncio.to_thread(balance.plan, cluster, None, max_moves)
+            running = frozenset(i.name for i in cluster.instances if i.status == "running")
+            steps = balance.steps_of(made.moves, running)
+            answer = {**balance.summary(made), "steps": [{**s.to_dict(), "description": s.describe()} for s in steps]}
+            if dry_run or not steps:
+                return self._ok(answer)
+            job_id = await nodes.balancing.submit(steps, answer)
+            await self._wait_replica(model.job_key(job_id))
+            return self._ok({"job_id": job_id, **answer}, status=202)
+        return await self._on_master(request, run)
 
     async def cluster_simulate(self, request: web.Request) -> web.Response:
         fail = [n for n in request.query.get("fail", "").split(",") if n]

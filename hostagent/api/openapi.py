@@ -39,6 +39,9 @@ PATHS: dict[str, dict[str, Any]] = {
                                        "failback_after_s", body="ClusterModify")},
     "/v1/cluster/simulate": {"get": _op("What the master would do if the nodes in ?fail=N1,N2 were lost now")},
     "/v1/cluster/htools": {"get": _op("The cluster in htools' text format (as hbal -m reads it through the RAPI)")},
+    "/v1/cluster/balance": {"post": _op("Even out the nodes with hbal's moves (migrate, failover, replace-secondary) in "
+                                        "one job; dry_run answers the plan and its scores only", "202",
+                                        "ClusterBalance")},
     "/v1/cluster/join": {"post": _op("Join this (new) node to a cluster with a join token (local socket only)",
                                      body="ClusterJoin")},
     "/v1/cluster/master-failover": {"post": _op("Hand the master role to another candidate",
@@ -300,6 +303,8 @@ SCHEMAS: dict[str, Any] = {
         "name": _NAME, "address": {"type": "string", "maxLength": 64}, "ttl_s": {"type": "number"}}},
     "NodeModify": {"type": "object", "additionalProperties": False, "properties": {
         "candidate": {"type": "boolean"}, "drained": {"type": "boolean"}, "offline": {"type": "boolean"}}},
+    "ClusterBalance": {"type": "object", "additionalProperties": False, "properties": {
+        "dry_run": {"type": "boolean"}, "max_moves": {"type": "integer", "minimum": 0, "maximum": 100000}}},
     "NodeEvacuate": {"type": "object", "properties": {"dry_run": {"type": "boolean"}}},
     "NodeMoveAll": {"type": "object", "properties": {"ignore_consistency": {"type": "boolean"}}},
     "UserAdd": {"type": "object", "required": ["name", "role"], "properties": {

@@ -14,9 +14,11 @@ from election.etcd import EtcdError, EtcdRequestFailed, Op
 
 from hostagent import model, pki
 from hostagent.errors import BadRequest, Conflict, NotFound
+from hostagent.master.balancing import Balancing, run_steps
 from hostagent.master.decide.evacuation import Plan, Step, plan_evacuation
-from hostagent.master.jobs import Handler, JobContext, JobFailed
+from hostagent.master.jobs import Handler, JobContext
 from hostagent.master.join_tokens import JoinTokens
+from hostagent.master.moves import Moves
 from hostagent.master.role import MasterRole
 from hostagent.master.store import Store
 from hostagent.master.decide.pool import DEFAULT_POOL_SIZE, PoolChange, next_change
@@ -34,13 +36,15 @@ def _settling(exc: EtcdError) -> bool:
 
 
 class NodeOperations:
-    def __init__(self, store: Store, pki_paths: pki.PkiPaths, instance_jobs: Mapping[str, Handler]) -> None:
+    def __init__(self, store: Store, pki_paths: pki.PkiPaths, instance_jobs: Mapping[str, Handler],
+                 moves: Moves) -> None:
         """`instance_jobs`: the instance job handlers by op, which an evacuation runs as its steps."""
         self.store = store
         self.role: MasterRole = store.role
         self.instance_jobs = instance_jobs
         self.pki = pki_paths
         self.tokens = JoinTokens(store, pki_paths)
+        self.balancing = Balancing(store, moves, instance_jobs)
 
     async def _nodes(self) -> list[dict[str, Any]]:
         return await self.store.prefix(model.NODES)
@@ -117,23 +121,13 @@ class NodeOperations:
             f"evacuate node '{name}'", reservations=[model.reservation_key("evacuation", name)])
 
     def handlers(self) -> dict[str, Handler]:
-        return {"node.evacuate": self._job_evacuate}
+        return {"node.evacuate": self._job_evacuate, **self.balancing.handlers()}
 
     async def _job_evacuate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         """Each step is the instance job itself (its checks included); the first failure stops the rest."""
         name, steps = args["node"], [Step.from_dict(s) for s in args["steps"]]
         await ctx.log(f"evacuating node '{name}' (drained: nothing new is placed there) in {len(steps)} step(s)")
-        for index, step in enumerate(steps, 1):
-            where = f"step {index} of {len(steps)}"
-            await ctx.log(f"{where}: {step.describe()}")
-            await ctx.progress(index - 1, len(steps), f"{where}: {step.describe()}", ctx.started)
-            try:
-                await self.instance_jobs[step.op](_StepContext(ctx, index, len(steps)), step.job_args())
-            except JobFailed as exc:
-                raise JobFailed(f"{where} failed ({step.describe()}): {exc}. {_so_far(name, steps, index)}") from exc
-            except Exception:
-                await ctx.log(f"{where} failed. {_so_far(name, steps, index)}")
-                raise
+        await run_steps(ctx, self.instance_jobs, steps, lambda index: _so_far(name, steps, index))
         left = sorted(i["name"] for i in await self.store.prefix(model.INSTANCES)
                       if name in (i["primary_node"], i.get("secondary_node")))
         if left:
@@ -288,28 +282,6 @@ class NodeOperations:
         log.info("handing the master role over to %s", f"node '{to}'" if to else "another candidate")
         await self.role.step_down(HANDOVER_S)
         return {"from": handover["from"], "to": to}
-
-
-class _StepContext(JobContext):
-    """An instance job run as one step of an evacuation: same log, its progress a slice of the whole.
-
-    It has no runner of its own: everything it records goes through the evacuation's context.
-    """
-
-    def __init__(self, parent: JobContext, index: int, count: int) -> None:
-        self.job = parent.job
-        self.started = parent.started
-        self._parent = parent
-        self._index = index
-        self._count = count
-
-    async def log(self, message: str) -> None:
-        await self._parent.log(message)
-
-    async def progress(self, done: float, total: float, text: str, started: float) -> None:
-        fraction = min(1.0, done / total) if total else 1.0
-        await self._parent.progress(self._index - 1 + fraction, self._count,
-                                    f"step {self._index} of {self._count}: {text}", self._parent.started)
 
 
 def _so_far(node: str, steps: list[Step], failed: int) -> str:

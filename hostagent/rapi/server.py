@@ -39,7 +39,7 @@ from hostagent.rapi import shapes
 from hostagent.rapi.actions import ACTIONS, v1_body
 from hostagent.rapi.create import create_request
 from hostagent.rapi.htoolsview import to_htools
-from hostagent.master.decide.htools import write_text
+from hostagent.master.decide.htools import HtoolsCluster, write_text
 from hostagent.status import REPORT_STALE_AFTER_S, report_age_s
 
 log = logging.getLogger(__name__)
@@ -343,13 +343,17 @@ class Rapi(NodeRoutes):
             await asyncio.sleep(WAIT_POLL_S)
         return self._json(None)
 
-    async def htools_text(self) -> str:
-        """The cluster in htools' text format (hostagent.rapi.htoolsview), from the same shapes `-m` reads."""
+    async def htools_cluster(self) -> HtoolsCluster:
+        """The cluster in htools' model (hostagent.rapi.htoolsview), from the same shapes `-m` reads."""
         cluster = self._cluster()
         nodes = await self._node_shapes()
         info = shapes.info(cluster, self._master(), cluster.get("hvparams") or {}, self._templates(),
                            self._largest(nodes))
-        return write_text(to_htools(info, [self._group(nodes)], nodes, self._instance_shapes()))
+        return to_htools(info, [self._group(nodes)], nodes, self._instance_shapes())
+
+    async def htools_text(self) -> str:
+        """The cluster in htools' text format: what `hscan` would write for it."""
+        return write_text(await self.htools_cluster())
 
     async def unknown(self, request: web.Request) -> web.Response:
         if request.path.startswith("/2/"):

@@ -23,9 +23,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from typing import Any
 
+from hostagent.master.decide.evacuation import Step
 from hostagent.master.decide.htools import Group, HtoolsCluster, Instance, Node
-from hostagent.master.decide.htools_score import EXCLUSION_PREFIX, LOCAL_STORAGE, NOT_USING_MEMORY, score
+from hostagent.master.decide.htools_score import EXCLUSION_PREFIX, LOCAL_STORAGE, NOT_USING_MEMORY, format_score, score
 
 MIGRATION_PREFIX = "htools:migration:"
 ALLOW_PREFIX = "htools:allowmigration:"
@@ -237,3 +239,32 @@ def plan(cluster: HtoolsCluster, group: str | None = None, max_moves: int = 1000
         current, cluster = best[0], best[2]
         moves.append(best[1])
     return Plan(tuple(moves), initial, current, cluster)
+
+
+def steps_of(moves: tuple[Move, ...], running: frozenset[str]) -> list[Step]:
+    """The plan's moves as the instance jobs that make them, in order (the evacuation's steps): a switchover is a
+    live migration of a running instance and a failover of a stopped one, a copy move a replace-secondary."""
+    steps: list[Step] = []
+    for move in moves:
+        primary, secondary = move.was
+        for op, node in move.steps():
+            if op == "switchover" and node:
+                raise ValueError(f"instance '{move.instance}' is on shared storage, which Corral does not have")
+            if op == "switchover":
+                steps.append(Step("migrate" if move.instance in running else "failover", move.instance, primary,
+                                  secondary))
+                primary, secondary = secondary, primary
+            else:
+                steps.append(Step("replace-secondary", move.instance, secondary, node))
+                secondary = node
+    return steps
+
+
+def summary(made: Plan) -> dict[str, Any]:
+    """The plan as `corral cluster balance` shows it: the scores as hbal prints them, and each move with the
+    Corral operations that make it."""
+    moves = [{"step": index, "instance": m.instance, "kind": m.kind, "target": m.target, "primary": m.primary,
+              "secondary": m.secondary, "was": "{}:{}".format(*m.was),
+              "operations": [f"{op} {node}".strip() for op, node in m.steps()]}
+             for index, m in enumerate(made.moves, start=1)]
+    return {"initial_score": format_score(made.initial), "final_score": format_score(made.final), "moves": moves}

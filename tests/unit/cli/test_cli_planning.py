@@ -31,7 +31,8 @@ def test_a_plan_on_an_htools_file_prints_the_moves_and_the_scores():
 @pytest.mark.parametrize("args, said", [
     (("--from-htools", "/nonexistent/x.data"), "cannot read /nonexistent/x.data"),
     (("--from-htools", __file__), "is not an htools cluster file"),
-    ((), "give --from-htools FILE"),
+    (("--group", "other"), "this cluster has one node group, default"),
+    (("--max-moves", "-1"), "a number of moves, 0 or more"),
 ])
 def test_bad_input_is_refused_with_the_reason(args, said):
     done = corral("cluster", "balance", *args)

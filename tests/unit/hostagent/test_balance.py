@@ -14,7 +14,7 @@ import pytest
 from ganeti_data import HTOOLS_DATA, htool, unavailable
 
 from hostagent.master.decide import htools
-from hostagent.master.decide.balance import Move, plan
+from hostagent.master.decide.balance import Move, plan, steps_of
 from hostagent.master.decide.htools_score import format_score
 
 # (file, group) -> hbal's final score and moves
@@ -66,6 +66,18 @@ def test_every_move_says_corral_s_operations_in_order():
     assert Move("i", "replace-and-failover", "n3", "n3", "n1").steps() == [("replace-secondary", "n3"),
                                                                            ("switchover", "")]
     assert Move("i", "failover", "", "n2", "n1").steps() == [("switchover", "")]
+
+
+def test_the_moves_become_instance_jobs_that_follow_where_each_instance_is_after_the_last():
+    moves = (Move("web1", "replace-primary", "n3", "n3", "n2", ("n1", "n2")),
+             Move("db1", "failover-and-replace", "n3", "n2", "n3", ("n1", "n2")))
+    steps = steps_of(moves, running=frozenset({"web1"}))
+    assert [(s.action, s.instance, s.source, s.target) for s in steps] == [
+        ("migrate", "web1", "n1", "n2"), ("replace-secondary", "web1", "n1", "n3"), ("migrate", "web1", "n2", "n3"),
+        ("failover", "db1", "n1", "n2"), ("replace-secondary", "db1", "n1", "n3")]
+    assert steps[2].describe() == "live-migrate instance 'web1' from node 'n2' to its secondary node 'n3'"
+    with pytest.raises(ValueError, match="shared storage"):
+        steps_of((Move("s", "failover-to-any", "n2", "n2", "", ("n1", "")),), frozenset())
 
 
 def test_max_moves_and_a_group_without_nodes():

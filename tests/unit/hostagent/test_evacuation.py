@@ -9,7 +9,8 @@ import pytest
 from hostagent.master.decide.evacuation import Step, plan_evacuation
 from hostagent.clock import SYSTEM
 from hostagent.master.jobs import JobContext, JobFailed
-from hostagent.master.node_ops import NodeOperations, _StepContext
+from hostagent.master.balancing import StepContext
+from hostagent.master.node_ops import NodeOperations
 from hostagent.master.jobs import lock_keys
 
 NOW = 1000.0
@@ -219,7 +220,7 @@ async def test_a_steps_progress_is_its_slice_of_the_evacuations_progress():
     runner = _Runner()
     job = {"id": 7, "log": [], "progress": None}
     parent = JobContext(runner, job)  # type: ignore[arg-type]
-    step = _StepContext(parent, 3, 4)
+    step = StepContext(parent, 3, 4)
     await step.progress(50, 100, "copying disk 0 to node 'n1'", 0.0)
     await step.log("copied")
     assert job["progress"]["percent"] == 62.5
@@ -263,7 +264,7 @@ EVACUATION = {"node": "n2", "instances": ["f1", "k1", "m1"], "steps": [
 
 async def test_an_evacuation_runs_each_step_as_its_instance_job_and_says_when_the_node_is_empty():
     ops, job = _Ops(), {"id": 3, "log": [], "progress": None}
-    result = await NodeOperations(_Store(), None, ops.handlers())._job_evacuate(JobContext(_Runner(), job), EVACUATION)  # type: ignore
+    result = await NodeOperations(_Store(), None, ops.handlers(), None)._job_evacuate(JobContext(_Runner(), job), EVACUATION)  # type: ignore
     assert ops.ran == [("instance.migrate", "m1"), ("instance.move", "f1"), ("instance.replace-secondary", "k1")]
     lines = [line for _, line in job["log"]]
     assert "step 2 of 3: move stopped instance 'f1' with its disks from node 'n2' to node 'n1'" in lines
@@ -274,7 +275,7 @@ async def test_an_evacuation_runs_each_step_as_its_instance_job_and_says_when_th
 async def test_an_evacuation_stops_at_the_first_failed_step_saying_what_was_done_and_what_remains():
     ops, job = _Ops(fail=("instance.move", "f1")), {"id": 3, "log": [], "progress": None}
     with pytest.raises(JobFailed) as err:
-        await NodeOperations(_Store(), None, ops.handlers())._job_evacuate(JobContext(_Runner(), job), EVACUATION)  # type: ignore
+        await NodeOperations(_Store(), None, ops.handlers(), None)._job_evacuate(JobContext(_Runner(), job), EVACUATION)  # type: ignore
     assert ops.ran == [("instance.migrate", "m1"), ("instance.move", "f1")]
     message = str(err.value)
     assert message.startswith("step 2 of 3 failed (move stopped instance 'f1' with its disks from node 'n2' to "
