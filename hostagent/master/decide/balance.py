@@ -21,13 +21,13 @@ Instances on one node only (file, plain) do not move, nor any on an offline or d
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from hostagent.master.decide.evacuation import Step
 from hostagent.master.decide.htools import Group, HtoolsCluster, Instance, Node
-from hostagent.master.decide.htools_score import EXCLUSION_PREFIX, LOCAL_STORAGE, NOT_USING_MEMORY, format_score, score
+from hostagent.master.decide.htools_score import EXCLUSION_PREFIX, LOCAL_STORAGE, format_score
+from hostagent.master.decide.htools_search import EXACT_WITHIN, Search, Trial, uses_memory
 
 MIGRATION_PREFIX = "htools:migration:"
 ALLOW_PREFIX = "htools:allowmigration:"
@@ -64,64 +64,6 @@ class Plan:
     cluster: HtoolsCluster  # as it is once the moves are made
 
 
-def _uses_memory(inst: Instance) -> bool:
-    return inst.status not in NOT_USING_MEMORY
-
-
-@dataclass
-class _Load:
-    """What a node holds, as hbal's Node tracks it for its checks."""
-
-    vcpus: int = 0
-    spindles: float = 0.0
-    peers: dict[str, int] | None = None
-    tags: dict[str, int] | None = None
-
-    def reserved(self) -> int:
-        return max((self.peers or {}).values(), default=0)
-
-
-def _loads(cluster: HtoolsCluster, exclusion: list[str]) -> dict[str, _Load]:
-    loads = {n.name: _Load(vcpus=n.node_cpus, peers={}, tags={}) for n in cluster.nodes}
-    for inst in cluster.instances:
-        if inst.forthcoming or not inst.primary:  # no primary: a new instance not placed yet
-            continue
-        p = loads[inst.primary]
-        p.vcpus += inst.vcpus if inst.status != "ADMIN_offline" else 0
-        local = inst.disk_template in LOCAL_STORAGE
-        p.spindles += inst.spindle_use if local else 0
-        for tag in inst.tags:
-            if any(tag.startswith(prefix) for prefix in exclusion):
-                assert p.tags is not None
-                p.tags[tag] = p.tags.get(tag, 0) + 1
-        if inst.secondary:
-            s = loads[inst.secondary]
-            s.spindles += inst.spindle_use if local else 0
-            if inst.auto_balance and inst.status != "ADMIN_offline":
-                assert s.peers is not None
-                s.peers[inst.primary] = s.peers.get(inst.primary, 0) + inst.mem_mib
-    return loads
-
-
-def _apply(cluster: HtoolsCluster, inst: Instance, primary: str, secondary: str) -> HtoolsCluster:
-    """The cluster with `inst` on `primary`/`secondary`: the nodes' free memory and disk follow it."""
-    delta: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # node -> [memory, disk] freed
-    mem = inst.mem_mib if _uses_memory(inst) and not inst.forthcoming else 0
-    disk = inst.disk_mib if inst.disk_template in LOCAL_STORAGE and not inst.forthcoming else 0
-    delta[inst.primary][0] += mem
-    delta[primary][0] -= mem
-    for old in filter(None, (inst.primary, inst.secondary)):
-        delta[old][1] += disk
-    for new in filter(None, (primary, secondary)):
-        delta[new][1] -= disk
-    nodes = tuple(replace(n, free_mem_mib=n.free_mem_mib + delta[n.name][0],
-                          free_disk_mib=n.free_disk_mib + delta[n.name][1]) if n.name in delta else n
-                  for n in cluster.nodes)
-    moved = replace(inst, primary=primary, secondary=secondary)
-    return replace(cluster, nodes=nodes, instances=tuple(moved if i.name == inst.name else i
-                                                         for i in cluster.instances))
-
-
 @dataclass(frozen=True)
 class Rules:
     vcpu_ratio: float
@@ -131,29 +73,29 @@ class Rules:
     allowed: list[tuple[str, str]]  # (from, to) migration tags allowed all the same (htools:allowmigration:A::B)
 
 
-def refusal(before: HtoolsCluster, after: HtoolsCluster, inst: Instance, rules: Rules) -> str:
-    """Why hbal's checks (Node.addPri, addSec) refuse what the nodes gain when `inst` (as it was in `before`;
-    a new one has no nodes) is placed as in `after`: "memory", "disk", "cpu", "N+1" or "tags"; "" when it fits."""
-    old_nodes, new_nodes = {n.name: n for n in before.nodes}, {n.name: n for n in after.nodes}
-    old, new = _loads(before, rules.exclusion), _loads(after, rules.exclusion)
-    moved = next(i for i in after.instances if i.name == inst.name)
+def refusal(state: Search, trial: Trial, rules: Rules) -> str:
+    """Why hbal's checks (Node.addPri, addSec) refuse what the nodes gain in `trial`: "memory", "disk", "cpu",
+    "N+1" or "tags"; "" when it fits."""
+    inst, (primary, secondary) = trial.inst, trial.placed
     local = inst.disk_template in LOCAL_STORAGE
-    gains = {n for n, was_role in ((moved.primary, inst.primary), (moved.secondary, inst.secondary)) if n and n != was_role}
+    gains = {n for n, was_role in ((primary, inst.primary), (secondary, inst.secondary)) if n and n != was_role}
     for name in sorted(gains):  # a node taking the instance in a new role, as hbal adds it there (a switchover too)
-        node, load, was = new_nodes[name], new[name], old_nodes[name]
-        failed_n1 = was.free_mem_mib <= old[name].reserved()
-        if name == moved.primary and _uses_memory(inst) and node.free_mem_mib <= 0:
+        node, tally, old = state.nodes[name], trial.tallies[name], state.tallies[name]
+        free_mem, free_disk = trial.free[name]
+        reserved = max(tally.peers.values(), default=0)
+        failed_n1 = node.free_mem_mib <= max(old.peers.values(), default=0)
+        if name == primary and uses_memory(inst) and free_mem <= 0:
             return "memory"
-        if local and (node.free_disk_mib <= 0 or load.spindles > rules.spindle_ratio * node.spindles):
+        if local and (free_disk <= 0 or tally.spindle_load > rules.spindle_ratio * node.spindles):
             return "disk"
-        if name != moved.primary and inst.auto_balance and inst.mem_mib >= node.free_mem_mib:
+        if name != primary and inst.auto_balance and inst.mem_mib >= free_mem:
             return "memory"
-        if not failed_n1 and node.free_mem_mib <= load.reserved():
+        if not failed_n1 and free_mem <= reserved:
             return "N+1"
-        if name == moved.primary:
-            if load.vcpus / node.cpus > rules.vcpu_ratio:
+        if name == primary:
+            if (node.node_cpus + tally.vcpus) / node.cpus > rules.vcpu_ratio:
                 return "cpu"
-            if any(count > 1 and count > (old[name].tags or {}).get(tag, 0) for tag, count in (load.tags or {}).items()):
+            if any(count > 1 and count > old.real_tags.get(tag, 0) for tag, count in tally.real_tags.items()):
                 return "tags"
     return ""
 
@@ -210,35 +152,40 @@ def plan(cluster: HtoolsCluster, group: str | None = None, max_moves: int = 1000
         raise ValueError("name the node group to balance" if groups else f"no node group {group!r} with nodes")
     chosen = groups[0]
     rules = rules_of(cluster, chosen)
-    members = {n.name for n in cluster.nodes if n.group_uuid == chosen.uuid}
-    usable = [n.name for n in cluster.nodes if n.name in members and not n.offline]  # in file order, as hbal
-    initial = current = score(cluster, chosen.uuid)
+    state = Search(cluster, chosen.uuid)
+    members = set(state.members)
+    usable = [n for n in state.members if not state.nodes[n].offline]  # in file order, as hbal
+    initial = current = state.score
     moves: list[Move] = []
     while len(moves) < max_moves:
-        best: tuple[float, Move, HtoolsCluster] | None = None
-        nodes = {n.name: n for n in cluster.nodes}
-        for inst in cluster.instances:
+        best: tuple[float, Move, Trial] | None = None
+        for name in state.order:
+            inst = state.instances[name]
             movable = (inst.disk_template in REPLICATED and inst.secondary) or inst.disk_template in SHARED
             if not movable or inst.primary not in members:
                 continue
             for candidate in _candidates(inst, usable):
                 kind, target, primary, secondary = candidate
-                if nodes[primary].offline or (secondary and nodes[secondary].offline and secondary != inst.secondary):
+                if state.nodes[primary].offline or (secondary and state.nodes[secondary].offline
+                                                    and secondary != inst.secondary):
                     continue
-                if not _migrates(candidate, inst, nodes, rules):
+                if not _migrates(candidate, inst, state.nodes, rules):
                     continue
-                after = _apply(cluster, inst, primary, secondary)
-                if refusal(cluster, after, inst, rules):
+                trial = state.trial(inst, primary, secondary)
+                if refusal(state, trial, rules):
                     continue
-                value = score(after, chosen.uuid)
+                if best is not None and not trial.approx < best[0] + EXACT_WITHIN:
+                    continue
+                value = state.exact(trial)
                 if not math.isnan(value) and (best is None or value < best[0]):
                     best = (value, Move(inst.name, kind, target, primary, secondary, (inst.primary, inst.secondary)),
-                            after)
+                            trial)
         if best is None or current - best[0] <= MIN_GAIN:
             break
-        current, cluster = best[0], best[2]
+        state.commit(best[2])
+        current = state.score
         moves.append(best[1])
-    return Plan(tuple(moves), initial, current, cluster)
+    return Plan(tuple(moves), initial, current, state.cluster())
 
 
 def steps_of(moves: tuple[Move, ...], running: frozenset[str]) -> list[Step]:

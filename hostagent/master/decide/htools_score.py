@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 from hostagent.master.decide.htools import DEFAULT_SPINDLE_RATIO, HtoolsCluster, Instance, Node
@@ -75,8 +76,9 @@ TERMS = (("free_mem_cv", 0.5, "stddev", True), ("free_disk_cv", 0.5, "stddev", T
 
 
 @dataclass
-class _Tally:
-    """What a node's instances add up to, as the tools count them while loading."""
+class Tally:
+    """What a node's instances add up to, as the tools count them while loading; one instance's share is added
+    or taken away by `contribute`, so the balancer rescores only the nodes a move touches."""
 
     primaries: int = 0
     secondaries: int = 0
@@ -88,10 +90,34 @@ class _Tally:
     free_spindles_forth: int | None = None  # None: untouched by forthcoming instances
     spindle_use: float = 0.0
     spindle_use_forth: float = 0.0
+    spindle_load: float = 0.0  # drbd and plain primaries and secondaries, exclusive storage or not (hbal's checks)
     peers: Counter[str] = field(default_factory=Counter)  # primary node -> memory to take over from it
-    tags: Counter[str] = field(default_factory=Counter)  # exclusion tags of primaries
+    tags: Counter[str] = field(default_factory=Counter)  # exclusion tags of primaries, forthcoming included
+    real_tags: Counter[str] = field(default_factory=Counter)  # ... of the primaries that are not forthcoming
     location: int = 0
     pairs: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def copy(self) -> Tally:
+        """A copy to change: `contribute` replaces the tag counters it changes, so only the peers are copied."""
+        made = Tally.__new__(Tally)
+        made.__dict__.update(self.__dict__)
+        made.peers = Counter(self.peers)
+        return made
+
+
+@dataclass(frozen=True)
+class Facts:
+    """The cluster-wide facts an instance's share depends on: its nodes, their locations, the tag prefixes."""
+
+    nodes: dict[str, Node]
+    locations: dict[str, set[str]]
+    exclusion: list[str]
+    desired: list[str]
+
+
+def facts(cluster: HtoolsCluster) -> Facts:
+    return Facts({n.name: n for n in cluster.nodes}, {n.name: _locations(cluster, n) for n in cluster.nodes},
+                 _prefixed(cluster.tags, EXCLUSION_PREFIX), _prefixed(cluster.tags, DESIRED_LOCATION_PREFIX))
 
 
 def _div(a: float, b: float) -> float:
@@ -110,51 +136,76 @@ def _locations(cluster: HtoolsCluster, node: Node) -> set[str]:
     return {t for t in node.tags if any(t.startswith(p) for p in prefixes)}
 
 
-def _tallies(cluster: HtoolsCluster) -> dict[str, _Tally]:
-    exclusion = _prefixed(cluster.tags, EXCLUSION_PREFIX)
-    desired = _prefixed(cluster.tags, DESIRED_LOCATION_PREFIX)
-    nodes = {n.name: n for n in cluster.nodes}
-    locations = {n.name: _locations(cluster, n) for n in cluster.nodes}
-    tallies = {n.name: _Tally() for n in cluster.nodes}
+def tallies_of(cluster: HtoolsCluster) -> dict[str, Tally]:
+    known = facts(cluster)
+    tallies = {n.name: Tally() for n in cluster.nodes}
     for inst in cluster.instances:
-        if inst.primary not in nodes or (inst.secondary and inst.secondary not in nodes):
+        if inst.primary not in known.nodes or (inst.secondary and inst.secondary not in known.nodes):
             raise ValueError(f"instance '{inst.name}' is on a node the cluster does not have")
     for inst in cluster.instances:  # in file order, as the tools add them
-        excl = [t for t in inst.tags if any(t.startswith(p) for p in exclusion)]
-        local = inst.disk_template in LOCAL_STORAGE
-        not_offline = inst.status != "ADMIN_offline"
-        p = tallies[inst.primary]
-        p.tags.update(excl)
-        p.vcpus_forth += inst.vcpus if not_offline else 0
-        p.mem_not_running_forth += inst.mem_mib if inst.forthcoming or inst.status in NOT_USING_MEMORY else 0
-        p.spindle_use_forth += inst.spindle_use if local and not nodes[inst.primary].exclusive_storage else 0
-        if inst.forthcoming:
-            _forthcoming_disk(p, nodes[inst.primary], inst)
-        else:
-            p.primaries += 1
-            p.running_mem += 0 if inst.status in NOT_USING_MEMORY else inst.mem_mib
-            p.vcpus += inst.vcpus if not_offline else 0
-            p.spindle_use += inst.spindle_use if local and not nodes[inst.primary].exclusive_storage else 0
-            shared = locations[inst.primary] & locations[inst.secondary] if inst.secondary else set()
-            wanted = {t for t in inst.tags if any(t.startswith(d) for d in desired)}
-            p.location += len(shared) + len(wanted) - len(wanted & locations[inst.primary])
-            p.pairs.update((loc, tag) for loc in sorted(locations[inst.primary]) for tag in excl)
-        if not inst.secondary:
-            continue
-        s, snode = tallies[inst.secondary], nodes[inst.secondary]
-        s.spindle_use_forth += inst.spindle_use if local and not snode.exclusive_storage else 0
-        if inst.forthcoming:
-            _forthcoming_disk(s, snode, inst)
-        else:
-            s.secondaries += 1
-            s.spindle_use += inst.spindle_use if local and not snode.exclusive_storage else 0
-            s.peers[inst.primary] += inst.mem_mib if not_offline and inst.auto_balance else 0
+        contribute(tallies, inst, known)
     return tallies
 
 
-def _forthcoming_disk(tally: _Tally, node: Node, inst: Instance) -> None:
+def _count(counter: Counter[Any], keys: list[Any], sign: int) -> Counter[Any]:
+    """`counter` with each key counted once more (`sign` 1) or once less, as a new counter when it changes."""
+    if not keys:
+        return counter
+    counter = Counter(counter)
+    for key in keys:
+        counter[key] += sign
+        if counter[key] <= 0:
+            del counter[key]
+    return counter
+
+
+def contribute(tallies: dict[str, Tally], inst: Instance, known: Facts, sign: int = 1,
+               placed: tuple[str, str] | None = None) -> None:
+    """Add `inst`'s share to the tallies, on its primary and secondary or those `placed` names, or with `sign` -1
+    take it away. A forthcoming instance on exclusive storage cannot be taken away (its spindles count in file
+    order): ValueError."""
+    nodes = known.nodes
+    primary, secondary = placed or (inst.primary, inst.secondary)
+    if sign < 0 and inst.forthcoming and any(nodes[n].exclusive_storage for n in (primary, secondary) if n):
+        raise ValueError(f"forthcoming instance '{inst.name}' on exclusive storage counts in file order")
+    excl = [t for t in inst.tags if any(t.startswith(p) for p in known.exclusion)]
+    local = inst.disk_template in LOCAL_STORAGE
+    not_offline = inst.status != "ADMIN_offline"
+    p, pnode = tallies[primary], nodes[primary]
+    p.tags = _count(p.tags, excl, sign)
+    p.vcpus_forth += sign * (inst.vcpus if not_offline else 0)
+    p.mem_not_running_forth += sign * (inst.mem_mib if inst.forthcoming or inst.status in NOT_USING_MEMORY else 0)
+    p.spindle_use_forth += sign * (inst.spindle_use if local and not pnode.exclusive_storage else 0)
+    if inst.forthcoming:
+        _forthcoming_disk(p, pnode, inst, sign)
+    else:
+        p.real_tags = _count(p.real_tags, excl, sign)
+        p.primaries += sign
+        p.running_mem += sign * (0 if inst.status in NOT_USING_MEMORY else inst.mem_mib)
+        p.vcpus += sign * (inst.vcpus if not_offline else 0)
+        p.spindle_use += sign * (inst.spindle_use if local and not pnode.exclusive_storage else 0)
+        p.spindle_load += sign * (inst.spindle_use if local else 0)
+        here = known.locations[primary]
+        shared = here & known.locations[secondary] if secondary else set()
+        wanted = {t for t in inst.tags if any(t.startswith(d) for d in known.desired)}
+        p.location += sign * (len(shared) + len(wanted) - len(wanted & here))
+        p.pairs = _count(p.pairs, [(loc, tag) for loc in sorted(here) for tag in excl], sign)
+    if not secondary:
+        return
+    s, snode = tallies[secondary], nodes[secondary]
+    s.spindle_use_forth += sign * (inst.spindle_use if local and not snode.exclusive_storage else 0)
+    if inst.forthcoming:
+        _forthcoming_disk(s, snode, inst, sign)
+    else:
+        s.secondaries += sign
+        s.spindle_use += sign * (inst.spindle_use if local and not snode.exclusive_storage else 0)
+        s.spindle_load += sign * (inst.spindle_use if local else 0)
+        s.peers[primary] += sign * (inst.mem_mib if not_offline and inst.auto_balance else 0)
+
+
+def _forthcoming_disk(tally: Tally, node: Node, inst: Instance, sign: int = 1) -> None:
     if inst.disk_template in LOCAL_STORAGE:
-        tally.disk_forth += inst.disk_mib
+        tally.disk_forth += sign * inst.disk_mib
     if node.exclusive_storage:  # an instance of unknown spindles leaves the node at -1, to refuse the next one
         before = node.free_spindles if tally.free_spindles_forth is None else tally.free_spindles_forth
         tally.free_spindles_forth = -1 if inst.disk_spindles is None else before - inst.disk_spindles
@@ -166,46 +217,57 @@ def _free_disk_ratio(node: Node, free_disk: int, free_spindles: int) -> float:
     return _div(free_disk, node.total_disk_mib) if node.total_disk_mib else 1.0
 
 
-def node_values(cluster: HtoolsCluster) -> dict[str, tuple[float | Counter[tuple[str, str]], ...]]:
-    """Each node's 20 values, in the order of TERMS (hbal's Metrics.compDetailedCVNode)."""
-    tallies = _tallies(cluster)
-    spindle_ratio = {g.uuid: p.spindle_ratio if (p := cluster.policy_of(g)) else DEFAULT_SPINDLE_RATIO
-                     for g in cluster.groups}
-    if lost := [n.name for n in cluster.nodes if n.group_uuid not in spindle_ratio]:
+Values = tuple[float | Counter[tuple[str, str]], ...]
+
+
+def spindle_ratios(cluster: HtoolsCluster) -> dict[str, float]:
+    """Each group's spindle ratio (by UUID), as its policy or the tools' default says."""
+    ratios = {g.uuid: p.spindle_ratio if (p := cluster.policy_of(g)) else DEFAULT_SPINDLE_RATIO for g in cluster.groups}
+    if lost := [n.name for n in cluster.nodes if n.group_uuid not in ratios]:
         raise ValueError(f"node '{lost[0]}' is in a group the cluster does not have")
-    values: dict[str, tuple[float | Counter[tuple[str, str]], ...]] = {}
-    for node in cluster.nodes:
-        t = tallies[node.name]
-        recorded_free = math.trunc(node.total_mem_mib) - node.node_mem_mib - t.running_mem
-        unallocated = recorded_free - max(0, recorded_free - node.free_mem_mib)
-        reserved = max(t.peers.values(), default=0)
-        reserved_ratio = _div(reserved, node.total_mem_mib)
-        hi_spindles = spindle_ratio[node.group_uuid] * node.spindles
-        free_spindles_forth = node.free_spindles if t.free_spindles_forth is None else t.free_spindles_forth
-        instances = t.primaries + t.secondaries
-        values[node.name] = (
-            _div(unallocated, node.total_mem_mib),
-            _free_disk_ratio(node, node.free_disk_mib, node.free_spindles),
-            float(instances if node.free_mem_mib < reserved else 0),
-            reserved_ratio,
-            float(instances),
-            float(t.primaries),
-            _div(_div(node.node_cpus + t.vcpus, node.cpus), node.cpu_speed),
-            float(t.primaries), float(t.primaries), float(instances), float(t.primaries),
-            float(sum(t.tags.values()) - len(t.tags)),
-            _div(t.spindle_use, hi_spindles),
-            _div(node.free_mem_mib - t.mem_not_running_forth, node.total_mem_mib),
-            _free_disk_ratio(node, node.free_disk_mib - t.disk_forth, free_spindles_forth),
-            _div(_div(node.node_cpus + t.vcpus_forth, node.cpus), node.cpu_speed),
-            _div(t.spindle_use_forth, hi_spindles),
-            float(t.location),
-            t.pairs,
-            reserved_ratio,
-        )
-    return values
+    return ratios
 
 
-def _aggregate(kind: str, column: list[float | Counter[tuple[str, str]]]) -> float:
+def node_value(node: Node, t: Tally, spindle_ratio: float, free: tuple[int, int] | None = None) -> Values:
+    """One node's 20 values, in the order of TERMS (hbal's Metrics.compDetailedCVNode); `free`: its free memory
+    and disk, when not the node's own (a move tried)."""
+    free_mem, free_disk = free or (node.free_mem_mib, node.free_disk_mib)
+    recorded_free = math.trunc(node.total_mem_mib) - node.node_mem_mib - t.running_mem
+    unallocated = recorded_free - max(0, recorded_free - free_mem)
+    reserved = max(t.peers.values(), default=0)
+    reserved_ratio = _div(reserved, node.total_mem_mib)
+    hi_spindles = spindle_ratio * node.spindles
+    free_spindles_forth = node.free_spindles if t.free_spindles_forth is None else t.free_spindles_forth
+    instances = t.primaries + t.secondaries
+    return (
+        _div(unallocated, node.total_mem_mib),
+        _free_disk_ratio(node, free_disk, node.free_spindles),
+        float(instances if free_mem < reserved else 0),
+        reserved_ratio,
+        float(instances),
+        float(t.primaries),
+        _div(_div(node.node_cpus + t.vcpus, node.cpus), node.cpu_speed),
+        float(t.primaries), float(t.primaries), float(instances), float(t.primaries),
+        float(sum(t.tags.values()) - len(t.tags)),
+        _div(t.spindle_use, hi_spindles),
+        _div(free_mem - t.mem_not_running_forth, node.total_mem_mib),
+        _free_disk_ratio(node, free_disk - t.disk_forth, free_spindles_forth),
+        _div(_div(node.node_cpus + t.vcpus_forth, node.cpus), node.cpu_speed),
+        _div(t.spindle_use_forth, hi_spindles),
+        float(t.location),
+        t.pairs,
+        reserved_ratio,
+    )
+
+
+def node_values(cluster: HtoolsCluster) -> dict[str, Values]:
+    """Each node's 20 values, in the order of TERMS."""
+    tallies = tallies_of(cluster)
+    ratios = spindle_ratios(cluster)
+    return {node.name: node_value(node, tallies[node.name], ratios[node.group_uuid]) for node in cluster.nodes}
+
+
+def aggregate(kind: str, column: list[float | Counter[tuple[str, str]]]) -> float:
     if kind == "pairs":
         merged: Counter[tuple[str, str]] = Counter()
         for pairs in column:
@@ -238,7 +300,7 @@ def score_terms(cluster: HtoolsCluster, group: str | None = None) -> list[tuple[
     terms = []
     for index, (name, weight, kind, over_online) in enumerate(TERMS):
         column = [values[n.name][index] for n in nodes if n.offline != over_online]
-        terms.append((name, weight, _aggregate(kind, column)))
+        terms.append((name, weight, aggregate(kind, column)))
     return terms
 
 
