@@ -82,7 +82,7 @@ class Balancing:
             "cluster.balance", {"steps": [s.to_dict() for s in steps], "instances": names,
                                 "initial_score": plan["initial_score"], "final_score": plan["final_score"]},
             f"balance the cluster: {len(plan['moves'])} move(s), score {plan['initial_score']} -> "
-            f"{plan['final_score']}", reservations=[model.reservation_key("balance", "cluster")])
+            f"{plan['final_score']}", reservations=[model.reservation_key("balance", "cluster-balance")])
 
     def handlers(self) -> dict[str, Handler]:
         return {"cluster.balance": self._job}
