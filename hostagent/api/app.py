@@ -72,6 +72,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/cluster/simulate", Api.cluster_simulate, READ),
     Route("GET", "/v1/cluster/htools", Api.cluster_htools, READ),
     Route("POST", "/v1/cluster/balance", Api.cluster_balance, WRITE),
+    Route("GET", "/v1/cluster/capacity", Api.cluster_capacity, READ),
     Route("POST", "/v1/cluster/master-failover", Api.master_failover, ADMIN),
     Route("GET", "/v1/cluster/replica", Api.replica_checksum, READ),
     Route("GET", "/v1/nodes", Api.node_list, READ),

@@ -6,6 +6,7 @@ These are what `corral cluster ...` calls; changes go through ApiBase._on_master
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +16,7 @@ from kvm.hvparams import kernel_path_problems, parse_hvparams
 from hostagent import model, views
 from hostagent.api import auth
 from hostagent.master import cluster_settings
-from hostagent.master.decide import backup_schedule, balance
+from hostagent.master.decide import backup_schedule, balance, capacity
 from hostagent.node import clocks, joining
 from hostagent.api.base import ApiBase
 from hostagent.errors import BadRequest
@@ -30,6 +31,9 @@ CLUSTER_SETTINGS = {
     "restart_backoff_s": "a number of seconds before the second restart attempt (it doubles after)",
 }
 DEFAULT_MAX_MOVES = 1000  # hbal's --max-length default is unbounded; this ends any plan
+MAX_SPEC = {"memory": 1 << 24, "disk": 1 << 30, "vcpus": 4096}
+MAX_NEW_INSTANCES = 10000  # a count past any cluster Corral is for; it bounds the planning time
+CAPACITY_TEMPLATES = {"drbd": "drbd", "mirror": "drbd", "plain": "plain", "file": "file"}
 
 
 class ClusterRoutes(ApiBase):
@@ -123,6 +127,35 @@ class ClusterRoutes(ApiBase):
             await self._wait_replica(model.job_key(job_id))
             return self._ok({"job_id": job_id, **answer}, status=202)
         return await self._on_master(request, run)
+
+    async def cluster_capacity(self, request: web.Request) -> web.Response:
+        """`corral cluster capacity`: how many more instances of one size fit (hspace's standard allocation) on
+        the cluster as hbal and hspace read it live."""
+        from hostagent.rapi.server import Rapi  # htools' view of the cluster, as hspace -m reads it
+        self._require_cluster()
+        wanted: dict[str, int] = {}
+        for key in ("memory", "disk", "vcpus"):
+            raw = request.query.get(key)
+            if raw is None:
+                continue
+            if not raw.isdigit() or not 0 < int(raw) <= MAX_SPEC[key]:
+                raise BadRequest(f"{key} must be a whole number from 1 to {MAX_SPEC[key]} ({'MiB' if key != 'vcpus' else 'vCPUs'}), "
+                                 f"not {raw!r}")
+            wanted[key] = int(raw)
+        template = CAPACITY_TEMPLATES.get(request.query.get("disk_template", "drbd"))
+        if template is None:
+            raise BadRequest(f"disk_template {request.query.get('disk_template')!r}: one of "
+                             f"{', '.join(CAPACITY_TEMPLATES)}")
+        cluster = await Rapi(self.agent).htools_cluster()
+        # Corral can make an instance of any of its templates: the RAPI's policy lists those in use.
+        cluster = replace(cluster, ipolicies=tuple(replace(p, disk_templates=(*p.disk_templates, template))
+                                                   if template not in p.disk_templates else p
+                                                   for p in cluster.ipolicies))
+        std = capacity.standard_spec(cluster)
+        spec = replace(std, memory_mib=wanted.get("memory", std.memory_mib), disk_mib=wanted.get("disk", std.disk_mib),
+                       cpus=wanted.get("vcpus", std.cpus))
+        found = await asyncio.to_thread(capacity.capacity, cluster, spec, template, MAX_NEW_INSTANCES)
+        return self._ok(capacity.summary(found, spec))
 
     async def cluster_simulate(self, request: web.Request) -> web.Response:
         fail = [n for n in request.query.get("fail", "").split(",") if n]

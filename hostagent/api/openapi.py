@@ -39,6 +39,8 @@ PATHS: dict[str, dict[str, Any]] = {
                                        "failback_after_s", body="ClusterModify")},
     "/v1/cluster/simulate": {"get": _op("What the master would do if the nodes in ?fail=N1,N2 were lost now")},
     "/v1/cluster/htools": {"get": _op("The cluster in htools' text format (as hbal -m reads it through the RAPI)")},
+    "/v1/cluster/capacity": {"get": _op("How many more instances of one size fit (?memory=MiB&disk=MiB&vcpus=N&"
+                                        "disk_template=drbd|plain|file), N+1 kept, and what runs out first")},
     "/v1/cluster/balance": {"post": _op("Even out the nodes with hbal's moves (migrate, failover, replace-secondary) in "
                                         "one job; dry_run answers the plan and its scores only", "202",
                                         "ClusterBalance")},

@@ -99,3 +99,23 @@ def test_ganetis_client_migrates_there_and_back_and_the_balancer_evens_out_a_pil
                              timeout=60)
     assert checked.returncode == 0 and "Initial check done: 0 bad nodes, 0 bad instances" in checked.stdout, \
         checked.stdout + checked.stderr  # hbal's own N+1 and policy check of the balanced cluster
+
+
+def test_capacity_is_hspaces_answer_on_the_same_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    """Debian's hspace and `corral cluster capacity` on the same exported cluster give the same count and reason;
+    asked live, Corral answers for the cluster as it is now."""
+    n1 = cluster["n1"]
+    path = tmp_path / "now.data"
+    n1.ok("cluster", "export-htools", "-o", str(path))
+    ours = json.loads(n1.ok("cluster", "capacity", "--from-htools", str(path), "--spec", "memory=4G,disk=1G,vcpus=1",
+                            "--disk-template", "drbd", "--json"))
+    out = subprocess.run([htool("hspace"), "-t", str(path), "--standard-alloc=1024,4096,1", "--disk-template=drbd",
+                          "--machine-readable"], capture_output=True, text=True, timeout=120).stdout
+    count, reason = re.search(r"HTS_ALLOC_INSTANCES=(\d+)", out), re.search(r"HTS_ALLOC_FAIL_REASON=(\S+)", out)
+    assert count and reason, out
+    assert (ours["instances"], ours["reason"].upper()) == (int(count[1]), reason[1]), (ours, out)
+    live = n1.json("cluster", "capacity", "--spec", "memory=4G,disk=1G,vcpus=1")
+    assert live["disk_template"] == "drbd" and live["instances"] > 0 and live["runs_out"], live
+    assert set(live["primaries"]) <= {"n1", "n2", "n3"}
+    refused = n1.corral("cluster", "capacity", "--spec", "memory=4G,disk=1G,vcpus=1", "--disk-template", "lvm")
+    assert refused.returncode == 2 and "disk_template 'lvm'" in refused.stderr, refused

@@ -20,7 +20,7 @@ CLI_MAY_IMPORT = {"hostagent.units",  # sizes parsed and printed the way the age
                   "hostagent.api.relay",  # the VNC relay's bounded byte pump (cli/vnc.py), the agent's own
                   # the pure planners, run on an htools file with no cluster (cli/planning.py)
                   "hostagent.master.decide.htools", "hostagent.master.decide.balance",
-                  "hostagent.master.decide.htools_score"}
+                  "hostagent.master.decide.htools_score", "hostagent.master.decide.capacity"}
 
 
 def tool(name: str) -> str:

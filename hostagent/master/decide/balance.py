@@ -83,7 +83,7 @@ def refusal(state: Search, trial: Trial, rules: Rules) -> str:
         node, tally, old = state.nodes[name], trial.tallies[name], state.tallies[name]
         free_mem, free_disk = trial.free[name]
         reserved = max(tally.peers.values(), default=0)
-        failed_n1 = node.free_mem_mib <= max(old.peers.values(), default=0)
+        failed_n1 = state.fails_n1(name)
         if name == primary and uses_memory(inst) and free_mem <= 0:
             return "memory"
         if local and (free_disk <= 0 or tally.spindle_load > rules.spindle_ratio * node.spindles):

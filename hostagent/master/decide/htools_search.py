@@ -12,6 +12,7 @@ of every move would make.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -60,18 +61,26 @@ PAIRS_WEIGHT = TERMS[PAIRS][1]
 class Search:
     """The cluster as the moves taken so far leave it, scored over one group's nodes."""
 
-    def __init__(self, cluster: HtoolsCluster, group_uuid: str) -> None:
+    def __init__(self, cluster: HtoolsCluster, group_uuid: str | None) -> None:
+        """Scored over the nodes of `group_uuid`, or of the whole cluster (None, as hspace scores)."""
         self.base = cluster
         self.known = facts(cluster)
         self.nodes = dict(self.known.nodes)
         self.tallies = tallies_of(cluster)
         self.ratios = spindle_ratios(cluster)
-        self.members = [n.name for n in cluster.nodes if n.group_uuid == group_uuid]  # hbal's order
+        self.members = [n.name for n in cluster.nodes if group_uuid in (None, n.group_uuid)]  # hbal's order
         self.order = [i.name for i in cluster.instances]
         self.instances = {i.name: i for i in cluster.instances}
         self.values = {n: node_value(self.nodes[n], self.tallies[n], self.ratios[self.nodes[n].group_uuid])
                        for n in self.members}
+        self.changed: set[str] = set()  # nodes a move changed since loading
         self._restat()
+
+    def fails_n1(self, node: str) -> bool:
+        """Whether the node cannot take over what it is secondary for, as the tools flag it: at loading, with less
+        free memory than that; once changed, with no more (Node.buildPeers, and Node.addPri/addSec)."""
+        free, reserved = self.nodes[node].free_mem_mib, max(self.tallies[node].peers.values(), default=0)
+        return free <= reserved if node in self.changed else free < reserved
 
     def _total(self, values: dict[str, Values]) -> float:
         """The exact score: every term over every node in order (hbal's compCV), as htools_score.score."""
@@ -122,6 +131,19 @@ class Search:
                   for n in touched if n in self.values}
         return Trial(inst, (primary, secondary), free, tallies, values, self._estimate(values))
 
+    def trial_new(self, inst: Instance, primary: str, secondary: str) -> Trial:
+        """A new instance (no nodes yet) placed on `primary`/`secondary`."""
+        touched = [n for n in (primary, secondary) if n]
+        mem = inst.mem_mib if uses_memory(inst) else 0
+        disk = inst.disk_mib if inst.disk_template in LOCAL_STORAGE else 0
+        free = {n: (self.nodes[n].free_mem_mib - (mem if n == primary else 0), self.nodes[n].free_disk_mib - disk)
+                for n in touched}
+        tallies = {n: self.tallies[n].copy() for n in touched}
+        contribute(tallies, inst, self.known, 1, (primary, secondary))
+        values = {n: node_value(self.nodes[n], tallies[n], self.ratios[self.nodes[n].group_uuid], free[n])
+                  for n in touched if n in self.values}
+        return Trial(inst, (primary, secondary), free, tallies, values, self._estimate(values))
+
     def _estimate(self, values: dict[str, Values]) -> float:
         """The score with the touched nodes' `values`, each term updated from its statistics (Ganeti's
         updateStatistics: count, sum and variance; the variance never below 0)."""
@@ -163,6 +185,7 @@ class Search:
         return self._total({**self.values, **trial.values})
 
     def commit(self, trial: Trial) -> None:
+        self.changed.update(trial.free)
         for name, (free_mem, free_disk) in trial.free.items():
             self.nodes[name] = replace(self.nodes[name], free_mem_mib=free_mem, free_disk_mib=free_disk)
         self.tallies.update(trial.tallies)
@@ -170,6 +193,14 @@ class Search:
         primary, secondary = trial.placed
         self.instances[trial.inst.name] = replace(trial.inst, primary=primary, secondary=secondary)
         self._restat()
+
+    def clone(self) -> Search:
+        """An independent copy to try a sequence of moves on."""
+        made = copy.copy(self)
+        made.nodes, made.values, made.instances = dict(self.nodes), dict(self.values), dict(self.instances)
+        made.tallies = {n: t.copy() for n, t in self.tallies.items()}
+        made.order, made.changed = list(self.order), set(self.changed)
+        return made
 
     def cluster(self) -> HtoolsCluster:
         """The cluster as the moves taken leave it."""

@@ -37,3 +37,29 @@ def test_a_plan_on_an_htools_file_prints_the_moves_and_the_scores():
 def test_bad_input_is_refused_with_the_reason(args, said):
     done = corral("cluster", "balance", *args)
     assert done.returncode == 2 and said in done.stderr, done
+
+
+def test_capacity_on_an_htools_file_says_how_many_fit_where_and_what_runs_out():
+    """hspace 3.0.2 on this file (--standard-alloc=10240,1024,1): 23 drbd instances, then memory (FailMem)."""
+    file = str(BUNDLED / "corral-unbalanced.data")
+    done = corral("cluster", "capacity", "--from-htools", file, "--spec", "memory=1G,disk=10G,vcpus=1",
+                  "--disk-template", "drbd", "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert (answer["instances"], answer["reason"], answer["runs_out"]) == (23, "FailMem", "memory")
+    assert sum(answer["primaries"].values()) == 23 and set(answer["primaries"]) == {"n1", "n2", "n3"}
+    human = corral("cluster", "capacity", "--from-htools", file, "--spec", "memory=1G,disk=10G,vcpus=1",
+                   "--disk-template", "plain")
+    assert "23 more instance(s) of 1G memory, 10G disk, 1 vCPU(s) fit (plain, N+1 kept)" in human.stdout, human
+    assert "runs out first: N+1 redundancy" in human.stdout, human
+
+
+@pytest.mark.parametrize("spec, said", [
+    ("memory=1G,cpus=2", "give memory=SIZE,disk=SIZE,vcpus=N"),
+    ("memory=lots", "--spec memory=lots:"),
+    ("vcpus=0", "more than 0"),
+    ("memory=1G,memory=2G", "each once"),
+])
+def test_capacity_refuses_a_bad_spec_with_the_reason(spec, said):
+    done = corral("cluster", "capacity", "--from-htools", str(BUNDLED / "corral-unbalanced.data"), "--spec", spec)
+    assert done.returncode == 2 and said in done.stderr, done
