@@ -1,11 +1,13 @@
 """Benchmark: Corral's balancer (hostagent.master.decide.balance) against Debian's hbal on the same htools files.
 
 Per file and node group: the final score each reaches (the same cluster score, hbal's), the moves each needs,
-and the planning time of each (hbal's whole run, loading included; Corral's planner alone). Files: the data
+and the planning time of each (hbal's whole run, loading included; Corral's planner alone); then the
+instances of the policy's standard spec that fit, Corral's capacity against hspace's standard allocation. Files: the data
 sets of Debian's ganeti-testsuite (unpacked by packaging/install-deps.sh) and generated unbalanced clusters
 (every replicated instance piled on the first nodes; `--nodes` and `--instances` choose their sizes).
 
-The goal (issue 15): a final score no worse than hbal's, with no more moves, on every file. Prints figures only.
+The goal (issue 15): a final score no worse than hbal's, with no more moves, and at least hspace's instance
+count, on every file. Prints figures only.
 Usage: .venv/bin/python bench/balance.py [--nodes 4,8] [--instances 60,200] [--max-seconds 600]
 """
 
@@ -27,6 +29,7 @@ from ganeti_data import HTOOLS_DATA, htool  # noqa: E402
 
 from hostagent.master.decide import htools  # noqa: E402
 from hostagent.master.decide.balance import plan  # noqa: E402
+from hostagent.master.decide.capacity import capacity, standard_spec  # noqa: E402
 from hostagent.master.decide.htools_score import format_score  # noqa: E402
 
 
@@ -82,6 +85,31 @@ def compare(path: Path, label: str) -> None:
         moves = "fewer" if len(made.moves) < their_moves else "same" if len(made.moves) == their_moves else "MORE"
         print(f"{label:44s} {group.name:9s} score corral {ours:>12s} hbal {theirs:>12s} ({verdict}); moves "
               f"{len(made.moves):4d} vs {their_moves:4d} ({moves}); planning {ours_s:7.2f} s vs {their_s:6.2f} s")
+    fits(path, cluster, label)
+
+
+def fits(path: Path, cluster: htools.HtoolsCluster, label: str) -> None:
+    """Instances of the policy's standard spec that fit (drbd): Corral's capacity against hspace's standard
+    allocation (hspace's own run includes its tiered allocation, so its time is not comparable)."""
+    spec = standard_spec(cluster)
+    try:
+        out = subprocess.run([htool("hspace"), "-t", str(path), "--machine-readable", "--disk-template=drbd",
+                              f"--standard-alloc={spec.disk_mib},{spec.memory_mib},{spec.cpus}"],
+                             capture_output=True, text=True, timeout=300).stdout
+    except subprocess.TimeoutExpired:
+        print(f"{label:44s} capacity: hspace took over 300 s")
+        return
+    theirs = re.search(r"HTS_ALLOC_INSTANCES=(\d+)", out)
+    reason = re.search(r"HTS_ALLOC_FAIL_REASON=(\S+)", out)
+    started = time.monotonic()
+    found = capacity(cluster, spec, "drbd")
+    took = time.monotonic() - started
+    if not theirs:
+        print(f"{label:44s} capacity: hspace gave no answer")
+        return
+    verdict = "same" if found.count == int(theirs[1]) else "more" if found.count > int(theirs[1]) else "FEWER"
+    print(f"{label:44s} capacity (drbd, std spec) corral {found.count:5d} {found.reason or '-':9s} hspace "
+          f"{theirs[1]:>5s} {reason[1] if reason else '-':9s} ({verdict}); corral {took:6.2f} s")
 
 
 def main() -> None:
