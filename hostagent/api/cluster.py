@@ -6,8 +6,9 @@ These are what `corral cluster ...` calls; changes go through ApiBase._on_master
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -19,7 +20,7 @@ from hostagent.master import cluster_settings
 from hostagent.master.decide import backup_schedule, balance, capacity
 from hostagent.node import clocks, joining
 from hostagent.api.base import ApiBase
-from hostagent.errors import BadRequest
+from hostagent.errors import BadRequest, Conflict
 from hostagent.master.node_ops import NodeOperations
 from hostagent.master.operations import Operations
 from hostagent.master.repair import Repair
@@ -30,6 +31,7 @@ CLUSTER_SETTINGS = {
     "sync_rate_mib_s": "a number of MiB/s for background disk copies and each DRBD resync (0: no cap; DRBD at 60)",
     "restart_backoff_s": "a number of seconds before the second restart attempt (it doubles after)",
 }
+T = TypeVar("T")
 DEFAULT_MAX_MOVES = 1000  # hbal's --max-length default is unbounded; this ends any plan
 MAX_SPEC = {"memory": 1 << 24, "disk": 1 << 30, "vcpus": 4096}
 MAX_NEW_INSTANCES = 10000  # a count past any cluster Corral is for; it bounds the planning time
@@ -38,6 +40,19 @@ CAPACITY_TEMPLATES = {"drbd": "drbd", "mirror": "drbd", "plain": "plain", "file"
 
 class ClusterRoutes(ApiBase):
     """Handlers for /v1/cluster/...: the cluster as a whole."""
+
+    _planning: asyncio.Lock | None = None
+
+    async def _plan(self, planner: Callable[..., T], *args: Any) -> T:
+        """Run a CPU-bound planner (balance, capacity) in a thread, so this agent keeps answering, and one at a
+        time: a second is refused rather than queued, so such requests cannot pile up on an agent."""
+        if self._planning is None:
+            self._planning = asyncio.Lock()
+        if self._planning.locked():
+            raise Conflict("a balance or capacity plan is already being computed on this node; ask again once it "
+                           "has answered")
+        async with self._planning:
+            return await asyncio.to_thread(planner, *args)
 
     async def cluster_info(self, request: web.Request) -> web.Response:
         local = self.agent.cluster_file.read()
@@ -116,8 +131,7 @@ class ClusterRoutes(ApiBase):
         async def run(_: Operations, nodes: NodeOperations) -> web.Response:
             from hostagent.rapi.server import Rapi  # htools' view of the cluster, as hbal -m reads it
             cluster = await Rapi(self.agent).htools_cluster()
-            # The search is CPU-bound: a thread keeps this agent answering while it runs.
-            made = await asyncio.to_thread(balance.plan, cluster, None, max_moves)
+            made = await self._plan(balance.plan, cluster, None, max_moves)
             running = frozenset(i.name for i in cluster.instances if i.status == "running")
             steps = balance.steps_of(made.moves, running)
             answer = {**balance.summary(made), "steps": [{**s.to_dict(), "description": s.describe()} for s in steps]}
@@ -154,7 +168,7 @@ class ClusterRoutes(ApiBase):
         std = capacity.standard_spec(cluster)
         spec = replace(std, memory_mib=wanted.get("memory", std.memory_mib), disk_mib=wanted.get("disk", std.disk_mib),
                        cpus=wanted.get("vcpus", std.cpus))
-        found = await asyncio.to_thread(capacity.capacity, cluster, spec, template, MAX_NEW_INSTANCES)
+        found = await self._plan(capacity.capacity, cluster, spec, template, MAX_NEW_INSTANCES)
         return self._ok(capacity.summary(found, spec))
 
     async def cluster_simulate(self, request: web.Request) -> web.Response:

@@ -491,6 +491,19 @@ def formed(root: Path, size: int, **options: Any) -> Iterator[Cluster]:
         cluster.stop()
 
 
+@contextlib.contextmanager
+def guest_cluster(root: Path, size: int, guest_dir: Path, kernel_args: str = "quiet") -> Iterator[Cluster]:
+    """`size` agents (one candidate) whose instances boot the test guest under TCG, stopped afterwards whatever
+    happens."""
+    cluster = Cluster(root, size)
+    try:
+        cluster.form(f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
+                     f"kernel_args={kernel_args},shutdown_timeout_s=5", 1)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def cluster3(tmp_path_factory):
     with formed(tmp_path_factory.mktemp("c3"), 3) as cluster:

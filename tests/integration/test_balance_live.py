@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import AgentNode, Cluster, wait_for
+from conftest import AgentNode, Cluster, guest_cluster, wait_for
 from ganeti_data import htool, unavailable
 
 from hostagent.master.decide import htools
@@ -37,13 +37,8 @@ print(json.dumps([isinstance(job, int), ok, c.GetJobStatus(job)["status"], c.Get
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, guest_dir: Path):
-    cluster = Cluster(tmp_path_factory.mktemp("balance"), 3)
-    try:
-        cluster.form(f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
-                     "kernel_args=quiet,shutdown_timeout_s=5", 1)
+    with guest_cluster(tmp_path_factory.mktemp("balance"), 3, guest_dir, "quiet") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def in_sync(node: AgentNode, names: list[str]) -> bool:

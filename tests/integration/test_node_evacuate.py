@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import AgentNode, Cluster, wait_for
+from conftest import AgentNode, Cluster, guest_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,8 @@ def flags(node: AgentNode, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, guest_dir: Path):
-    cluster = Cluster(tmp_path_factory.mktemp("evacuate"), 3)
-    try:
-        cluster.form(f"accel=tcg,kernel_path={guest_dir}/vmlinuz,initrd_path={guest_dir}/initrd.img,"
-                     "kernel_args=quiet corral.seq=1,shutdown_timeout_s=5", 1)
+    with guest_cluster(tmp_path_factory.mktemp("evacuate"), 3, guest_dir, "quiet corral.seq=1") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_drain_and_undrain_say_what_they_did_and_show_in_node_list(cluster: Cluster) -> None:
