@@ -73,6 +73,9 @@ def add_commands(i: Subparsers) -> None:
     s = command(i, "activate-disks", _one(lambda a: {}), "check the disks (re-create missing copies, restart the "
                 "mirror) and print their paths", job=True)
     s.add_argument("name")
+    s = command(i, "deactivate-disks", _one(lambda a: {}), "close what activate-disks opened (DRBD back to "
+                "Secondary); the instance must be stopped", job=True)
+    s.add_argument("name")
     s = command(i, "grow-disk", _one(lambda a: {"disk": a.disk, "size": a.size}),
                 "grow one disk (also while running)", job=True)
     s.add_argument("name")

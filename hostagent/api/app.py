@@ -86,6 +86,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/nodes/{name}/undrain", Api.node_undrain, WRITE),
     Route("POST", "/v1/nodes/{name}/evacuate", Api.evacuate_node, WRITE),
     Route("POST", "/v1/nodes/{name}/tags", Api.node_tags, ADMIN),
+    Route("POST", "/v1/nodes/{name}/query-storage", Api.node_query_storage, WRITE),
     Route("POST", "/v1/nodes/{name}/{action}", Api.node_evacuate, WRITE),
     Route("GET", "/v1/instances", Api.instance_list, READ),
     Route("POST", "/v1/instances", Api.instance_add, WRITE),
@@ -93,6 +94,7 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/instances/{name}", Api.instance_remove, WRITE),
     Route("POST", "/v1/instances/{name}/modify", Api.instance_modify, WRITE),
     Route("POST", "/v1/instances/{name}/tags", Api.instance_tags, WRITE),
+    Route("POST", "/v1/instances/{name}/query-data", Api.instance_query_data, WRITE),
     Route("POST", "/v1/instances/{name}/{action}", Api.instance_action, WRITE),
     Route("GET", "/v1/instances/{name}/console", Api.instance_console, WRITE),  # typing into it changes the guest
     Route("GET", "/v1/instances/{name}/vnc", Api.instance_vnc, WRITE),  # its password, for vnc=tcp

@@ -108,6 +108,10 @@ class ClusterRoutes(ApiBase):
 
     async def cluster_modify(self, request: web.Request) -> web.Response:
         body = await self._body(request)
+        if request.query.get("job") == "1":  # the same change as a job (Ganeti's RAPI answers a job id)
+            async def as_job(ops: Operations, nodes: NodeOperations) -> web.Response:
+                return await self._accepted(await nodes.config.submit_cluster_modify(body))
+            return await self._on_master(request, as_job)
         problems = cluster_settings.check_changes(body)
         if problems:
             raise BadRequest("; ".join(problems))

@@ -28,6 +28,7 @@ def _job_id(raw: str) -> int:
 
 
 ACTIONS = ("start", "stop", "reboot", "migrate", "failover", "move", "replace-secondary", "activate-disks",
+           "deactivate-disks",
            "grow-disk", "reinstall", "rename", "add-disk", "remove-disk", "snapshot-create", "snapshot-revert",
            "snapshot-remove", "restore")
 
@@ -132,6 +133,14 @@ class InstanceRoutes(ApiBase):
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
             return await self._accepted(await ops.modify.submit(name, body))
+        return await self._on_master(request, run)
+
+    async def instance_query_data(self, request: web.Request) -> web.Response:
+        """A job whose result is the instance's details (Ganeti's RAPI asks for them so: /info)."""
+        name = request.match_info["name"]
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await nodes.config.submit_query_data(name))
         return await self._on_master(request, run)
 
     async def instance_action(self, request: web.Request) -> web.Response:

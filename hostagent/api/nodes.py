@@ -80,6 +80,10 @@ class NodeRoutes(ApiBase):
 
     async def node_modify(self, request: web.Request) -> web.Response:
         name, body = request.match_info["name"], await self._body(request)
+        if request.query.get("job") == "1":  # the same change as a job (Ganeti's RAPI answers a job id)
+            async def as_job(ops: Operations, nodes: NodeOperations) -> web.Response:
+                return await self._accepted(await nodes.config.submit_node_modify(name, body))
+            return await self._on_master(request, as_job)
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
             result = await nodes.modify(name, body)
@@ -115,6 +119,15 @@ class NodeRoutes(ApiBase):
             return await self._accepted(await nodes.submit_evacuation(name))
         return await self._on_master(request, run)
 
+    async def node_query_storage(self, request: web.Request) -> web.Response:
+        """A job whose result is the node's storage, row by row (Ganeti's RAPI asks for it so)."""
+        name, body = request.match_info["name"], await self._body(request)
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await nodes.config.submit_query_storage(name, body.get("storage_type"),
+                                                                                body.get("fields")))
+        return await self._on_master(request, run)
+
     async def node_evacuate(self, request: web.Request) -> web.Response:
         """`node migrate|failover N`: one job per replicated primary instance of N."""
         name, action = request.match_info["name"], request.match_info["action"]
@@ -122,6 +135,15 @@ class NodeRoutes(ApiBase):
             raise NotFound(f"unknown node action '{action}' (migrate, failover)")
         body = await self._body(request)
         params = {"ignore_consistency": bool(body.get("ignore_consistency"))} if action == "failover" else {}
+        if request.query.get("job") == "1":  # one job that submits them (Ganeti's RAPI answers one job id)
+            target = body.get("node")
+            if target is not None and (not isinstance(target, str) or not target):
+                raise BadRequest(f"node must be a node name, not {target!r}")
+
+            async def as_job(ops: Operations, nodes: NodeOperations) -> web.Response:
+                return await self._accepted(await nodes.config.submit_node_migrate(name, action == "failover",
+                                                                                  target))
+            return await self._on_master(request, as_job)
 
         async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
             if await ops.store.get(model.node_key(name)) is None:

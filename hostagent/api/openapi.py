@@ -36,7 +36,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/cluster/fencing": {"post": _op("Arm or disarm fencing: {\"armed\": true|false}", body="ClusterFencing")},
     "/v1/cluster/alert/clear": {"post": _op("Clear the cluster alert (automatic failovers resume)")},
     "/v1/cluster/modify": {"post": _op("Set auto_failover (the instances' default), max_lost_nodes and "
-                                       "failback_after_s", body="ClusterModify")},
+                                       "failback_after_s (?job=1: as a job)", body="ClusterModify")},
     "/v1/cluster/simulate": {"get": _op("What the master would do if the nodes in ?fail=N1,N2 were lost now")},
     "/v1/cluster/htools": {"get": _op("The cluster in htools' text format (as hbal -m reads it through the RAPI)")},
     "/v1/cluster/capacity": {"get": _op("How many more instances of one size fit (?memory=MiB&disk=MiB&vcpus=N&"
@@ -81,7 +81,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/join-tokens/{node}": {"delete": _op("Revoke every join token for a node", params=("node",))},
     "/v1/nodes/{name}": {"get": _op("One node", params=("name",)),
                          "delete": _op("Remove a node (?force=1 even with instances)", params=("name",))},
-    "/v1/nodes/{name}/modify": {"post": _op("Set candidate, drained, offline", body="NodeModify",
+    "/v1/nodes/{name}/modify": {"post": _op("Set candidate, drained, offline (?job=1: as a job)", body="NodeModify",
                                             params=("name",))},
     "/v1/nodes/{name}/drain": {"post": _op("Drain a node: no new instances are placed there (idempotent)",
                                            params=("name",))},
@@ -90,8 +90,12 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/nodes/{name}/evacuate": {"post": _op("Drain the node and empty it in one job (migrate, fail over, move, "
                                               "replace-secondary); dry_run answers the plan only", "202",
                                               "NodeEvacuate", ("name",))},
+    "/v1/nodes/{name}/query-storage": {"post": _op("A job whose result is the node's storage of one type (file, "
+                                                   "lvm-vg), the asked fields row by row (Ganeti's RAPI)", "202",
+                                                   "StorageQuery", ("name",))},
     "/v1/nodes/{name}/{action}": {"post": _op("migrate or failover: move every replicated primary instance "
-                                              "off the node (one job each)", body="NodeMoveAll",
+                                              "off the node (one job each; ?job=1: one job that submits them)",
+                                              body="NodeMoveAll",
                                               params=("name", "action"))},
     "/v1/instances": {"get": _op("All instances with their observed status"),
                       "post": _op("Add an instance (a job)", "202", "InstanceAdd")},
@@ -100,7 +104,10 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/instances/{name}/modify": {"post": _op("Change memory, vCPUs, hypervisor and OS parameters, restart "
                                                 "priority, after, boot check, auto failover, backup schedule (a job)",
                                                 "202", "InstanceModify", ("name",))},
-    "/v1/instances/{name}/{action}": {"post": _op("start, stop, reboot, migrate, fail over, move, replace-secondary, activate-disks, grow-disk, add-disk, "
+    "/v1/instances/{name}/query-data": {"post": _op("A job whose result is the instance's record, observed state "
+                                                    "and hypervisor defaults (Ganeti's RAPI /info)", "202",
+                                                    params=("name",))},
+    "/v1/instances/{name}/{action}": {"post": _op("start, stop, reboot, migrate, fail over, move, replace-secondary, activate-disks, deactivate-disks, grow-disk, add-disk, "
                                                   "remove-disk, reinstall, rename an instance, create, revert or remove one of its snapshots, or restore it from a backup (a job)", "202",
                                                   "InstanceAction", ("name", "action"))},
     "/v1/instances/{name}/console": {"get": _op("Serial console as a websocket (binary frames)", "101",
@@ -109,11 +116,11 @@ PATHS: dict[str, dict[str, Any]] = {
                                             "node's address, port and password (vnc=tcp)", params=("name",))},
     "/v1/instances/{name}/vnc/stream": {"get": _op("VNC display (RFB) as a websocket (binary frames)", "101",
                                                    params=("name",), ok_desc="websocket upgrade")},
-    "/v1/instances/{name}/tags": {"post": _op("Add and remove tags of an instance; answers its tags",
+    "/v1/instances/{name}/tags": {"post": _op("Add and remove tags of an instance; answers its tags (?job=1: a job)",
                                               body="TagChange", params=("name",))},
-    "/v1/nodes/{name}/tags": {"post": _op("Add and remove tags of a node; answers its tags", body="TagChange",
+    "/v1/nodes/{name}/tags": {"post": _op("Add and remove tags of a node; answers its tags (?job=1: a job)", body="TagChange",
                                           params=("name",))},
-    "/v1/cluster/tags": {"post": _op("Add and remove tags of the cluster; answers its tags", body="TagChange")},
+    "/v1/cluster/tags": {"post": _op("Add and remove tags of the cluster; answers its tags (?job=1: a job)", body="TagChange")},
     "/v1/tags": {"get": _op("Every tag of the cluster, its nodes and instances matching ?pattern=RE2 "
                             "(kind, name, tag)")},
     "/v1/networks": {"get": _op("Networks with their IPv4 pools: subnet, gateway, bridge, VLAN, free and used "
@@ -308,7 +315,12 @@ SCHEMAS: dict[str, Any] = {
     "ClusterBalance": {"type": "object", "additionalProperties": False, "properties": {
         "dry_run": {"type": "boolean"}, "max_moves": {"type": "integer", "minimum": 0, "maximum": 100000}}},
     "NodeEvacuate": {"type": "object", "properties": {"dry_run": {"type": "boolean"}}},
-    "NodeMoveAll": {"type": "object", "properties": {"ignore_consistency": {"type": "boolean"}}},
+    "StorageQuery": {"type": "object", "required": ["storage_type", "fields"], "properties": {
+        "storage_type": {"type": "string", "maxLength": 32, "description": "file or lvm-vg"},
+        "fields": {"type": "array", "maxItems": 16, "items": {"type": "string", "maxLength": 32}}}},
+    "NodeMoveAll": {"type": "object", "properties": {"ignore_consistency": {"type": "boolean"},
+                                                     "node": {"type": "string", "maxLength": 253,
+                                                              "description": "with ?job=1, migrate: the target"}}},
     "UserAdd": {"type": "object", "required": ["name", "role"], "properties": {
         "name": _NAME, "role": {"type": "string", "maxLength": 32, "example": "read",
                                 "description": "read, write or admin"}}},

@@ -117,7 +117,8 @@ class Backups:
 
     @staticmethod
     def _target(to: Any, primary: str) -> tuple[str, str]:
-        """(node, directory) of --to NODE:DIR, --to DIR (the instance's node) or nothing (its first)."""
+        """(node, directory) of --to NODE:DIR, NODE: (its first), DIR (the instance's node) or nothing (its
+        first)."""
         if to in (None, ""):
             return primary, ""
         if not isinstance(to, str):
@@ -125,6 +126,8 @@ class Backups:
         node, sep, directory = to.partition(":")
         if not sep:
             node, directory = primary, to
+        elif not directory:
+            return node or primary, ""
         if not os.path.isabs(directory):
             raise BadRequest(f"export directory {directory!r} must be absolute (NODE:DIR or /DIR)")
         return node or primary, os.path.normpath(directory)

@@ -44,7 +44,8 @@ class Candidacy:
         self.role = MasterRole(node, etcd, lease, lock_keys=lock_keys, on_change=on_change, catch_up=self._catch_up,
                                clock=clock)
         self.ops = Operations(self.role, nodes)
-        self.node_ops = NodeOperations(self.ops.store, paths, self.ops.handlers(), self.ops.moves)
+        self.node_ops = NodeOperations(self.ops.store, paths, self.ops.handlers(), self.ops.moves,
+                                       self.ops.submit_simple)
         rotation = Rotation(self.ops.store, paths, serf, gossip_key)
         self.role.handlers = {**self.ops.handlers(), **self.node_ops.handlers(),
                               "cluster.rotate-secrets": rotation.job}

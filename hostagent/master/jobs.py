@@ -285,6 +285,12 @@ def lock_keys(job: dict[str, Any]) -> list[str]:
     args = job["args"]
     if job["op"] == "backup.remove":
         return [f"backup/{args['node']}:{args['path']}"]  # the backup, not its instance (which may be gone)
+    if job["op"] in ("node.modify", "node.migrate"):
+        return [f"node/{args['node']}"]
+    if job["op"] == "tags.change":
+        return [f"tags/{args['kind']}/{args['target']}"]
+    if job["op"] in ("instance.query-data", "node.query-storage"):  # reads: they wait for no change in progress
+        return [f"query/{job['id']}"]
     if job["op"] == "node.evacuate":  # the node, and every instance the evacuation moves, until it ends
         return [f"node/{args['node']}", *(f"instance/{name}" for name in args["instances"])]
     return [f"instance/{args.get('name') or args['instance']['name']}"]

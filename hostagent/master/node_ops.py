@@ -15,6 +15,7 @@ from election.etcd import EtcdError, EtcdRequestFailed, Op
 from hostagent import model, pki
 from hostagent.errors import BadRequest, Conflict, NotFound
 from hostagent.master.balancing import Balancing, run_steps
+from hostagent.master.config_jobs import ConfigJobs, SubmitInstance
 from hostagent.master.decide.evacuation import Plan, Step, plan_evacuation
 from hostagent.master.jobs import Handler, JobContext
 from hostagent.master.join_tokens import JoinTokens
@@ -37,14 +38,16 @@ def _settling(exc: EtcdError) -> bool:
 
 class NodeOperations:
     def __init__(self, store: Store, pki_paths: pki.PkiPaths, instance_jobs: Mapping[str, Handler],
-                 moves: Moves) -> None:
-        """`instance_jobs`: the instance job handlers by op, which an evacuation runs as its steps."""
+                 moves: Moves, submit_instance: SubmitInstance | None = None) -> None:
+        """`instance_jobs`: the instance job handlers by op, which an evacuation runs as its steps;
+        `submit_instance`: the submit of one instance job (op, name, params), for jobs that make jobs."""
         self.store = store
         self.role: MasterRole = store.role
         self.instance_jobs = instance_jobs
         self.pki = pki_paths
         self.tokens = JoinTokens(store, pki_paths)
         self.balancing = Balancing(store, moves, instance_jobs)
+        self.config = ConfigJobs(store, self.modify, submit_instance)  # settings, flags and tags as jobs, for Ganeti's RAPI
 
     async def _nodes(self) -> list[dict[str, Any]]:
         return await self.store.prefix(model.NODES)
@@ -121,7 +124,7 @@ class NodeOperations:
             f"evacuate node '{name}'", reservations=[model.reservation_key("evacuation", name)])
 
     def handlers(self) -> dict[str, Handler]:
-        return {"node.evacuate": self._job_evacuate, **self.balancing.handlers()}
+        return {"node.evacuate": self._job_evacuate, **self.balancing.handlers(), **self.config.handlers()}
 
     async def _job_evacuate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         """Each step is the instance job itself (its checks included); the first failure stops the rest."""

@@ -141,6 +141,7 @@ class Operations:
                   self.disks.check_replace_secondary, "instance.grow-disk": self.disks.check_grow,
                   "instance.migrate": lambda n, _: self.moves.check(n, "live-migrate"),
                   "instance.failover": lambda n, _: self.moves.check(n, "fail over"),
+                  "instance.deactivate-disks": self.disks.check_deactivate,
                   "instance.reinstall": self._check_reinstall, "instance.add-disk": self.disks.check_add_disk,
                   "instance.remove-disk": self.disks.check_remove_disk, "instance.restore": self.backups.check_restore,
                   **{op: functools.partial(self.snapshots.check, op) for op in SNAPSHOT_OPS}}

@@ -78,6 +78,7 @@ async def collect(node: str, qemu: QemuManager, files: FileTemplate,
         "load_1m": os.getloadavg()[0],
         "disk_total_mib": files.total_mib(),
         "disk_free_mib": files.free_mib(),
+        "file_storage_dir": files.base_dir,
         "os": {name: ("image" if isinstance(e, OsImage) else "script") for name, e in cat.entries.items()},
         # what `instance add` may ask of each script OS here, checked by the master at submit
         "os_details": {name: {"variants": list(e.variants), "parameters": list(e.parameter_names)}

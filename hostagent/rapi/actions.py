@@ -13,7 +13,8 @@ from hostagent.errors import BadRequest
 # Ganeti's action (HTTP method, path under /2/instances/NAME/) -> Corral's /v1 action
 ACTIONS = {("PUT", "startup"): "start", ("PUT", "shutdown"): "stop", ("POST", "reboot"): "reboot",
            ("PUT", "migrate"): "migrate", ("PUT", "failover"): "failover",
-           ("PUT", "activate-disks"): "activate-disks", ("POST", "reinstall"): "reinstall",
+           ("PUT", "activate-disks"): "activate-disks", ("PUT", "deactivate-disks"): "deactivate-disks",
+           ("POST", "reinstall"): "reinstall",
            ("PUT", "rename"): "rename", ("POST", "replace-disks"): "replace-secondary",
            ("POST", "disk/{disk}/grow"): "grow-disk"}
 

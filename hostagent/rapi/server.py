@@ -6,6 +6,8 @@ from Ganeti: provisioning scripts on `python3-ganeti-rapi`, monitoring checks, h
   its token (`NAME.SECRET`; the whole token is accepted as the password too). Role read may read, write and
   admin may also change, as Ganeti's `write` option. No credentials: 401 with Ganeti's challenge; a read user
   changing something: 403. Every resource needs a user: Corral does not serve its state anonymously.
+- Changes are Corral jobs, answered with the bare job id (those Corral's own API makes at once:
+  hostagent.rapi.edits).
 - Answers in Ganeti's shapes (hostagent.rapi.shapes), read from this node's replica of the config; errors as
   Ganeti's JSON {code, message, explain}; a resource Ganeti has and Corral does not serve answers 501 (Ganeti's
   answer for what it does not implement), anything else 404.
@@ -35,8 +37,9 @@ from hostagent.callers import Caller
 from hostagent.errors import BadRequest, NotFound
 from hostagent.master.node_ops import NodeOperations
 from hostagent.master.operations import Operations
-from hostagent.rapi import shapes
+from hostagent.rapi import edits, shapes
 from hostagent.rapi.actions import ACTIONS, v1_body
+from hostagent.rapi.changes import instance_info
 from hostagent.rapi.create import create_request
 from hostagent.rapi.htoolsview import to_htools
 from hostagent.master.decide.htools import HtoolsCluster, write_text
@@ -91,6 +94,7 @@ class Rapi(NodeRoutes):
         app.router.add_delete("/2/jobs/{id}", self.job_cancel)
         app.router.add_delete("/2/instances/{name}", self.instance_remove)
         app.router.add_post("/2/instances", self.instance_create)
+        edits.add_routes(app, self)
         app.router.add_route("*", "/{tail:.*}", self.unknown)
         return app
 
@@ -151,10 +155,13 @@ class Rapi(NodeRoutes):
     async def root(self, request: web.Request) -> web.Response:
         return self._json(None)
 
-    async def info(self, request: web.Request) -> web.Response:
+    async def _info(self) -> dict[str, Any]:
         cluster = self._cluster()
-        return self._json(shapes.info(cluster, self._master(), cluster.get("hvparams") or {}, self._templates(),
-                                      self._largest(await self._node_shapes())))
+        return shapes.info(cluster, self._master(), cluster.get("hvparams") or {}, self._templates(),
+                           self._largest(await self._node_shapes()))
+
+    async def info(self, request: web.Request) -> web.Response:
+        return self._json(await self._info())
 
     async def features(self, request: web.Request) -> web.Response:
         return self._json(shapes.FEATURES)
@@ -208,7 +215,7 @@ class Rapi(NodeRoutes):
 
     async def jobs(self, request: web.Request) -> web.Response:
         found = sorted(self._all(model.JOBS) + self._all(model.JOBS_ARCHIVE), key=lambda j: int(j["id"]))
-        return self._listing(request, [shapes.job(j) for j in found], "jobs")
+        return self._listing(request, [_job(j) for j in found], "jobs")
 
     async def job(self, request: web.Request) -> web.Response:
         raw = request.match_info["id"]
@@ -218,7 +225,7 @@ class Rapi(NodeRoutes):
             self.agent.replica.get_json(model.archived_job_key(int(raw)))
         if record is None:
             raise NotFound(f"job {raw} is unknown")
-        return self._json(shapes.job(record))
+        return self._json(_job(record))
 
     # ---- changes: Corral jobs, answered with the bare job id as Ganeti does ----------------------------------------
     async def _change(self, request: web.Request, method: str, v1_path: str, v1_body: dict[str, Any],
@@ -336,7 +343,7 @@ class Rapi(NodeRoutes):
                 self.agent.replica.get_json(model.archived_job_key(int(raw)))
             if record is None:
                 raise NotFound(f"job {raw} is unknown")
-            shaped = shapes.job(record)
+            shaped = _job(record)
             info = [shaped.get(f) for f in fields]
             if info != previous or shaped["status"] in ("success", "error", "canceled"):
                 return self._json({"job_info": info, "log_entries": []})
@@ -360,6 +367,16 @@ class Rapi(NodeRoutes):
             return ganeti_error(501, "Not Implemented", f"{request.method} {request.path} is not served by Corral "
                                 "yet")
         return ganeti_error(404, "Not Found", "Nothing matches the given URI")
+
+
+def _job(record: dict[str, Any]) -> dict[str, Any]:
+    """A job in Ganeti's shape; an instance-details job's result as Ganeti's OP_INSTANCE_QUERY_DATA gives it."""
+    shaped = shapes.job(record)
+    if record.get("op") == "instance.query-data" and shaped["status"] == "success":
+        shaped["opresult"] = [instance_info(record["result"], True)]
+    if record.get("op") == "node.query-storage" and shaped["status"] == "success":
+        shaped["opresult"] = [record["result"]["rows"]]
+    return shaped
 
 
 def _ganeti_shaped(answer: web.Response) -> web.Response:

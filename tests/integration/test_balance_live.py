@@ -27,11 +27,14 @@ GUEST = ("--os", "busybox-guest", "--disk", "64M", "--memory", "128M", "--disk-t
 MIGRATE = """
 import json, sys
 from ganeti.rapi import client
-host, port, user, password, ca, name = sys.argv[1:7]
+host, port, user, password, ca, name, node = sys.argv[1:8]
 c = client.GanetiRapiClient(host, int(port), user, password, curl_config_fn=client.GenericCurlConfig(cafile=ca))
-job = c.MigrateInstance(name)
+job = c.MigrateNode(node) if node else c.MigrateInstance(name)  # a node's: one job that submits one per instance
 ok = c.WaitForJobCompletion(job, period=1, retries=120)
-print(json.dumps([isinstance(job, int), ok, c.GetJobStatus(job)["status"], c.GetInstance(name)["pnode"]]))
+status = c.GetJobStatus(job)
+for accepted, sub in (status["opresult"][0]["jobs"] if node else []):
+    ok = ok and accepted and c.WaitForJobCompletion(sub, period=1, retries=120)
+print(json.dumps([isinstance(job, int), ok, status["status"], c.GetInstance(name)["pnode"]]))
 """
 
 
@@ -63,9 +66,9 @@ def test_ganetis_client_migrates_there_and_back_and_the_balancer_evens_out_a_pil
     wait_for(lambda: in_sync(n1, names), 120, "the three copies to be in sync")
 
     writer = n1.json("user", "add", "balancer", "--role", "write")["token"].partition(".")[2]
-    for where in ("n2", "n1"):  # there and back: each once the copy it needs is in sync
+    for where, node in (("n2", ""), ("n1", "n2")):  # there (the instance), back (its node's primaries)
         done = subprocess.run(["/usr/bin/python3", "-c", MIGRATE, n2.address, str(n2.ports["rapi"]), "balancer",
-                               writer, str(n2.root / "state" / "pki" / "ca.crt"), "b1"], capture_output=True,
+                               writer, str(n2.root / "state" / "pki" / "ca.crt"), "b1", node], capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == [True, True, "success", where], done.stdout

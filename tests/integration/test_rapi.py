@@ -213,3 +213,106 @@ def test_ganetis_htools_read_a_live_corral_cluster_through_the_rapi(one_node):
     finally:
         node.corral("instance", "remove", "rp5")
         node.corral("user", "remove", "htools")
+
+
+CHANGES = """
+import json, sys
+from ganeti.rapi import client
+host, port, ca, writer, admin, reader = sys.argv[1:7]
+def as_user(token):
+    user, _, secret = token.partition(".")
+    return client.GanetiRapiClient(host, int(port), user, secret, curl_config_fn=client.GenericCurlConfig(cafile=ca))
+w, a, r = as_user(writer), as_user(admin), as_user(reader)
+out = {}
+for step, c, call in (("modify", w, lambda: w.ModifyInstance("rp6", beparams={"maxmem": 96, "minmem": 96, "vcpus": 2})),
+                      ("tag", w, lambda: w.AddInstanceTags("rp6", ["web", "team:lab"])),
+                      ("untag", w, lambda: w.DeleteInstanceTags("rp6", ["web"])),
+                      ("info", w, lambda: w.GetInstanceInfo("rp6")),
+                      ("deactivate", w, lambda: w.DeactivateInstanceDisks("rp6")),
+                      ("export", w, lambda: w.ExportInstance("rp6", "local", "n1")),
+                      ("storage", w, lambda: w.GetNodeStorageUnits("n1", "file", "name,size,used,free,type")),
+                      ("drain", a, lambda: a.SetNodeRole("n1", "drained")),
+                      ("undrain", a, lambda: a.SetNodeRole("n1", "regular")),
+                      ("node-tag", a, lambda: a.AddNodeTags("n1", ["rack:1"])),
+                      ("cluster-tag", a, lambda: a.AddClusterTags(["site:lab"])),
+                      ("cluster-modify", a, lambda: a.ModifyCluster(beparams={"default": {"vcpus": 2}}))):
+    job = call()
+    c.WaitForJobCompletion(job, period=1, retries=60)
+    status = c.GetJobStatus(job)
+    out[step] = [isinstance(job, int), status["status"], status["opresult"][0]]
+    if step == "drain":
+        out["drained"] = a.GetNode("n1")["drained"]
+out["tags"], out["node-tags"], out["cluster-tags"] = w.GetInstanceTags("rp6"), a.GetNodeTags("n1"), a.GetClusterTags()
+out["undrained"], out["instance"] = a.GetNode("n1")["drained"], w.GetInstance("rp6")
+for what, call in (("read-modify", lambda: r.ModifyInstance("rp6", beparams={"vcpus": 1})),
+                   ("read-info", lambda: r.GetInstanceInfo("rp6")),
+                   ("write-role", lambda: w.SetNodeRole("n1", "drained")),
+                   ("write-cluster", lambda: w.ModifyCluster(candidate_pool_size=1)),
+                   ("nics", lambda: w.ModifyInstance("rp6", nics=[["add", -1, {}]])),
+                   ("minmem", lambda: w.ModifyInstance("rp6", beparams={"minmem": 64})),
+                   ("master", lambda: a.SetNodeRole("n1", "master")),
+                   ("bad-tag", lambda: w.AddInstanceTags("rp6", ["a b"])),
+                   ("missing-tag", lambda: w.DeleteInstanceTags("rp6", ["nope"])),
+                   ("dry-run", lambda: w.AddInstanceTags("rp6", ["x"], dry_run=True)),
+                   ("cluster-unknown", lambda: a.ModifyCluster(vg_name="xenvg")),
+                   ("storage-type", lambda: w.GetNodeStorageUnits("n1", "rados", "name")),
+                   ("export-remote", lambda: w.ExportInstance("rp6", "remote", "n1")),
+                   ("storage-field", lambda: w.GetNodeStorageUnits("n1", "file", "name,colour"))):
+    try:
+        call()
+        out[what] = ["answered"]
+    except client.GanetiApiError as exc:
+        out[what] = [exc.code, str(exc)]
+print(json.dumps(out))
+"""
+
+
+def test_ganetis_own_client_changes_instances_nodes_tags_and_the_cluster_through_corral_jobs(one_node):
+    """Modify, tags, node role, instance details, deactivate-disks, export, storage and cluster modify: each a job id, as Ganeti's, whose change
+    Corral's own CLI then shows; Corral's roles hold (node and cluster changes are admin's), and refused
+    requests make no job."""
+    node = one_node
+    node.ok("instance", "add", "rp6", "--os", "busybox-guest", "--memory", "64M", "--disk", "64M", "--no-start")
+    tokens = {role: node.json("user", "add", f"rapi-{role}", "--role", role)["token"]
+              for role in ("write", "admin", "read")}
+    try:
+        done = subprocess.run(["/usr/bin/python3", "-c", CHANGES, node.address, str(node.ports["rapi"]),
+                               str(node.root / "state" / "pki" / "ca.crt"), tokens["write"], tokens["admin"],
+                               tokens["read"]], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout)
+        for step in ("modify", "tag", "untag", "info", "deactivate", "export", "storage", "drain", "undrain", "node-tag", "cluster-tag",
+                     "cluster-modify"):
+            assert out[step][:2] == [True, "success"], (step, out[step])
+        assert out["drained"] is True and out["undrained"] is False, out
+        assert out["tags"] == ["team:lab"] and out["node-tags"] == ["rack:1"] and out["cluster-tags"] == ["site:lab"]
+        assert out["instance"]["beparams"]["maxmem"] == 96 and out["instance"]["beparams"]["vcpus"] == 2
+        info = out["info"][2]["rp6"]
+        expected = json.loads((GANETI / "job-instance-info.json").read_text())
+        theirs = next(iter(expected["opresult"][0].values()))
+        same_shape(info, theirs, "instance info")
+        same_shape(info["disks"][0], theirs["disks"][0], "instance info disk")
+        assert info["name"] == "rp6" and info["pnode"] == "n1" and info["run_state"] == "down"
+        assert info["be_actual"]["maxmem"] == 96 and info["disks"][0]["size"] == 64
+        assert out["cluster-modify"][2]["default_vcpus"] == 2
+        [[path, size, used, free, kind]] = out["storage"][2]
+        assert path.endswith("file-storage") and size > 0 and used + free == size and kind == "file", out["storage"]
+        shown = node.json("instance", "info", "rp6")
+        assert shown["memory"] == 96 and shown["vcpus"] == 2 and shown["tags"] == ["team:lab"], shown
+        assert not node.json("node", "info", "n1").get("drained")
+        assert [b["instance"] for b in node.json("backup", "list")] == ["rp6"]
+        for what in ("read-modify", "read-info", "write-role", "write-cluster"):
+            assert out[what][0] == 403, (what, out[what])
+        for what, said in (("nics", "--nic"), ("minmem", "one memory size"), ("master", "master-failover"),
+                           ("bad-tag", "is not a tag"), ("missing-tag", "not tagged"), ("dry-run", "dry-run"),
+                           ("cluster-unknown", "no such cluster setting"), ("storage-type", "file and lvm-vg"),
+                           ("export-remote", "mode local"),
+                           ("storage-field", "unknown storage field")):
+            assert out[what][0] == 400 and said in out[what][1], (what, out[what])
+        ops = [j["op"] for j in node.json("job", "list")]
+        assert ops.count("tags.change") == 4 and ops.count("node.modify") == 2, ops
+    finally:
+        node.corral("instance", "remove", "rp6")
+        node.ok("node", "modify", "n1", "--drained", "no")
+        for role in ("write", "admin", "read"):
+            node.corral("user", "remove", f"rapi-{role}")
