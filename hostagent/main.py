@@ -18,6 +18,7 @@ from hostagent.node import holddown, priority
 from hostagent.agent import Agent, AlreadyRunning
 from hostagent.api.app import build_app
 from hostagent.rapi.server import build_rapi
+from hostagent.luxi.server import LuxiServer
 from hostagent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 from hostagent.node.notify import Notifier
 
@@ -50,6 +51,13 @@ async def _serve(cfg: AgentConfig, guest_nice: int | None) -> None:
         os.umask(old_umask)
     runners.append(local)
     log.info("node '%s': local API on %s", cfg.node_name, cfg.socket)
+    luxi = LuxiServer(agent)  # Ganeti's LUXI for htools (hbal -L -X), root's like agent.sock
+    try:
+        await luxi.start()
+        log.info("node '%s': Ganeti LUXI on %s", cfg.node_name, luxi.path)
+    except OSError as exc:
+        log.error("node '%s': Ganeti's LUXI is not served: cannot listen on %s: %s", cfg.node_name, luxi.path,
+                  exc.strerror or exc)
 
     async def start_node_site() -> None:
         if len(runners) > 1:
@@ -108,6 +116,7 @@ async def _serve(cfg: AgentConfig, guest_nice: int | None) -> None:
         log.info("stopping agent (instances keep running)")
     finally:
         notifier.stopping()
+        await luxi.close()
         await agent.shutdown()
         for runner in runners:
             await runner.cleanup()

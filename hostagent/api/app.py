@@ -95,6 +95,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/instances/{name}/modify", Api.instance_modify, WRITE),
     Route("POST", "/v1/instances/{name}/tags", Api.instance_tags, WRITE),
     Route("POST", "/v1/instances/{name}/query-data", Api.instance_query_data, WRITE),
+    Route("POST", "/v1/instances/{name}/moves", Api.instance_moves, WRITE),
     Route("POST", "/v1/instances/{name}/{action}", Api.instance_action, WRITE),
     Route("GET", "/v1/instances/{name}/console", Api.instance_console, WRITE),  # typing into it changes the guest
     Route("GET", "/v1/instances/{name}/vnc", Api.instance_vnc, WRITE),  # its password, for vnc=tcp

@@ -77,7 +77,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     def refuse(constant: str) -> None:
         raise BadRequest(f"the request body holds {constant}, which is not a JSON number; send a finite number")
 
-    if _nesting(raw) > MAX_BODY_DEPTH:
+    if nesting(raw) > MAX_BODY_DEPTH:
         raise BadRequest(f"the request body nests deeper than {MAX_BODY_DEPTH} levels")
     try:
         body = json.loads(raw, parse_constant=refuse)
@@ -112,7 +112,7 @@ def body_middleware(bodies: Mapping[AbstractRoute, Mapping[str, Any]],
     return check
 
 
-def _nesting(raw: bytes) -> int:
+def nesting(raw: bytes) -> int:
     """How deep arrays and objects nest in a JSON text (brackets inside strings do not count)."""
     depth = deepest = 0
     in_string = escaped = False

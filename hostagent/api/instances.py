@@ -135,6 +135,15 @@ class InstanceRoutes(ApiBase):
             return await self._accepted(await ops.modify.submit(name, body))
         return await self._on_master(request, run)
 
+    async def instance_moves(self, request: web.Request) -> web.Response:
+        """Several moves of one instance as one job: {"steps": [{"action": "migrate"|"failover"|
+        "replace-secondary", "node": NODE}]} (hbal -X's jobs, through LUXI)."""
+        name, body = request.match_info["name"], await self._body(request)
+
+        async def run(ops: Operations, nodes: NodeOperations) -> web.Response:
+            return await self._accepted(await nodes.balancing.submit_moves(name, body.get("steps")))
+        return await self._on_master(request, run)
+
     async def instance_query_data(self, request: web.Request) -> web.Response:
         """A job whose result is the instance's details (Ganeti's RAPI asks for them so: /info)."""
         name = request.match_info["name"]

@@ -104,6 +104,9 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/instances/{name}/modify": {"post": _op("Change memory, vCPUs, hypervisor and OS parameters, restart "
                                                 "priority, after, boot check, auto failover, backup schedule (a job)",
                                                 "202", "InstanceModify", ("name",))},
+    "/v1/instances/{name}/moves": {"post": _op("Moves of one instance (migrate, failover, replace-secondary) one "
+                                               "after the other as one job, each switchover once its copy is in "
+                                               "sync", "202", "InstanceMoves", ("name",))},
     "/v1/instances/{name}/query-data": {"post": _op("A job whose result is the instance's record, observed state "
                                                     "and hypervisor defaults (Ganeti's RAPI /info)", "202",
                                                     params=("name",))},
@@ -315,6 +318,11 @@ SCHEMAS: dict[str, Any] = {
     "ClusterBalance": {"type": "object", "additionalProperties": False, "properties": {
         "dry_run": {"type": "boolean"}, "max_moves": {"type": "integer", "minimum": 0, "maximum": 100000}}},
     "NodeEvacuate": {"type": "object", "properties": {"dry_run": {"type": "boolean"}}},
+    "InstanceMoves": {"type": "object", "required": ["steps"], "properties": {
+        "steps": {"type": "array", "minItems": 1, "maxItems": 8, "items": {
+            "type": "object", "required": ["action"], "additionalProperties": False, "properties": {
+                "action": {"type": "string", "enum": ["migrate", "failover", "replace-secondary"]},
+                "node": {"type": "string", "maxLength": 253}}}}}},
     "StorageQuery": {"type": "object", "required": ["storage_type", "fields"], "properties": {
         "storage_type": {"type": "string", "maxLength": 32, "description": "file or lvm-vg"},
         "fields": {"type": "array", "maxItems": 16, "items": {"type": "string", "maxLength": 32}}}},

@@ -1,4 +1,5 @@
-"""`corral cluster balance`: the balancer's plan (hostagent.master.decide.balance) carried out as one job.
+"""`corral cluster balance`: the balancer's plan (hostagent.master.decide.balance) carried out as one job; and
+the moves of one instance asked as one job (`instance.moves`: a job of hbal -X through LUXI, hostagent.luxi).
 
 Each step is an instance job itself (migrate, failover, replace-secondary), checks included, run through the
 same step context as an evacuation, so the job's log and progress cover them all and the first failure stops
@@ -16,6 +17,7 @@ from typing import Any
 from hostagent import model
 from hostagent.master.decide import replicas
 from hostagent.master.decide.evacuation import Step
+from hostagent.errors import BadRequest
 from hostagent.master.jobs import Handler, JobContext, JobFailed
 from hostagent.master.moves import Moves
 from hostagent.master.store import Store
@@ -84,8 +86,30 @@ class Balancing:
             f"balance the cluster: {len(plan['moves'])} move(s), score {plan['initial_score']} -> "
             f"{plan['final_score']}", reservations=[model.reservation_key("balance", "cluster-balance")])
 
+    async def submit_moves(self, name: str, asked: Any) -> int:
+        """The moves of one instance (migrate, failover, replace-secondary to a node), one after the other as
+        one job, each switchover once the copy it needs is in sync; checked as far as the first step can be."""
+        inst = await self.store.instance(name)
+        steps = planned_moves(inst, asked, {n["name"] for n in await self.store.prefix(model.NODES)})
+        first = steps[0]
+        if first.action in ("migrate", "failover"):
+            await self.moves.check(name, "live-migrate" if first.action == "migrate" else "fail over")
+        return await self.store.role.require().submit(
+            "instance.moves", {"steps": [s.to_dict() for s in steps], "instances": [name]},
+            f"move instance '{name}': " + ", then ".join(s.action for s in steps),
+            must_exist=[model.instance_key(name)])
+
     def handlers(self) -> dict[str, Handler]:
-        return {"cluster.balance": self._job}
+        return {"cluster.balance": self._job, "instance.moves": self._job_moves}
+
+    async def _job_moves(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
+        steps = [Step.from_dict(s) for s in args["steps"]]
+
+        async def before(step: Step, where: str) -> None:
+            if step.action in ("migrate", "failover"):
+                await self._wait_in_sync(ctx, step.instance, where)
+        await run_steps(ctx, self.instance_jobs, steps, lambda index: _moved_so_far(steps, index), before)
+        return {"name": steps[0].instance, "steps": len(steps)}
 
     async def _job(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
         steps = [Step.from_dict(s) for s in args["steps"]]
@@ -131,6 +155,45 @@ class Balancing:
                               "nodes (`corral instance info` shows the progress)")
                 said = True
             await asyncio.sleep(SYNC_POLL_S)
+
+
+MAX_MOVES = 8
+MOVE_ACTIONS = ("migrate", "failover", "replace-secondary")
+
+
+def planned_moves(inst: Mapping[str, Any], asked: Any, nodes: set[str]) -> list[Step]:
+    """Steps for asked moves [{action, node}] of one instance, each from where the previous one leaves it;
+    BadRequest names what is wrong. A migrate or failover goes to the secondary (`node`, if given, must be it);
+    a replace-secondary to `node`, a node other than both of the instance's."""
+    if not isinstance(asked, list) or not 1 <= len(asked) <= MAX_MOVES:
+        raise BadRequest(f"steps must be a list of 1 to {MAX_MOVES} moves, not {str(asked)[:100]}")
+    name, primary, secondary = str(inst["name"]), str(inst["primary_node"]), inst.get("secondary_node")
+    steps = []
+    for n, move in enumerate(asked, 1):
+        action, node = (move.get("action"), move.get("node")) if isinstance(move, dict) else (None, None)
+        if action not in MOVE_ACTIONS:
+            raise BadRequest(f"step {n}: action {action!r} is not one of {', '.join(MOVE_ACTIONS)}")
+        if node is not None and (not isinstance(node, str) or node not in nodes):
+            raise BadRequest(f"step {n}: node {node!r} is not a node of the cluster")
+        if not secondary:
+            raise BadRequest(f"instance '{name}' has no secondary node: it has no moves of this kind")
+        if action == "replace-secondary":
+            if node is None or node in (primary, secondary):
+                raise BadRequest(f"step {n}: replace-secondary of '{name}' needs a node other than '{primary}' and "
+                                 f"'{secondary}'")
+            steps.append(Step(action, name, str(secondary), node))
+            secondary = node
+        else:
+            if node is not None and node != secondary:
+                raise BadRequest(f"step {n}: '{name}' can {action} to its secondary '{secondary}' only, not '{node}'")
+            steps.append(Step(action, name, primary, str(secondary)))
+            primary, secondary = str(secondary), primary
+    return steps
+
+
+def _moved_so_far(steps: list[Step], failed: int) -> str:
+    done = ", ".join(s.describe() for s in steps[:failed - 1]) or "nothing"
+    return f"Done: {done}. The instance is whole where it is; nothing after this step was done"
 
 
 def _so_far(steps: list[Step], failed: int) -> str:

@@ -280,6 +280,8 @@ def lock_keys(job: dict[str, Any]) -> list[str]:
     """Jobs on the same instance run one at a time; cluster-wide jobs take the cluster lock."""
     if job["op"] == "cluster.balance":  # every instance the balance moves, until it ends
         return ["cluster", *(f"instance/{name}" for name in job["args"]["instances"])]
+    if job["op"] == "instance.moves":
+        return [f"instance/{name}" for name in job["args"]["instances"]]
     if job["op"].startswith("cluster."):
         return ["cluster"]
     args = job["args"]

@@ -491,6 +491,22 @@ def formed(root: Path, size: int, **options: Any) -> Iterator[Cluster]:
         cluster.stop()
 
 
+def in_sync(node: AgentNode, names: list[str]) -> bool:
+    """Every named instance runs and its copy is in sync."""
+    rows = {r["name"]: r for r in node.json("instance", "list")}
+    return all(rows[n]["status"] == "running" and node.json("instance", "info", n)["replication"]["in_sync"]
+               for n in names)
+
+
+def pile_up(node: AgentNode, names: list[str], *guest: str) -> None:
+    """`mirror` instances all on n1:n2 (n3 holds nothing), running with their copies in sync: a cluster for a
+    balancer to even out."""
+    for job in [node.ok("instance", "add", name, *guest, "--disk-template", "mirror", "--node", "n1:n2",
+                        "--submit").strip() for name in names]:
+        node.ok("job", "watch", job)
+    wait_for(lambda: in_sync(node, names), 120, "the copies to be in sync")
+
+
 @contextlib.contextmanager
 def guest_cluster(root: Path, size: int, guest_dir: Path, kernel_args: str = "quiet") -> Iterator[Cluster]:
     """`size` agents (one candidate) whose instances boot the test guest under TCG, stopped afterwards whatever

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import AgentNode, Cluster, guest_cluster, wait_for
+from conftest import AgentNode, Cluster, guest_cluster, in_sync, pile_up, wait_for
 from ganeti_data import htool, unavailable
 
 from hostagent.master.decide import htools
@@ -23,7 +23,7 @@ from hostagent.master.decide.htools_score import score_terms
 pytestmark = pytest.mark.integration
 
 CLIENT = Path("/usr/lib/python3/dist-packages/ganeti/rapi/client.py")
-GUEST = ("--os", "busybox-guest", "--disk", "64M", "--memory", "128M", "--disk-template", "mirror")
+GUEST = ("--os", "busybox-guest", "--disk", "64M", "--memory", "128M")
 MIGRATE = """
 import json, sys
 from ganeti.rapi import client
@@ -44,12 +44,6 @@ def cluster(tmp_path_factory, guest_dir: Path):
         yield cluster
 
 
-def in_sync(node: AgentNode, names: list[str]) -> bool:
-    rows = {r["name"]: r for r in node.json("instance", "list")}
-    return all(rows[n]["status"] == "running" and node.json("instance", "info", n)["replication"]["in_sync"]
-               for n in names)
-
-
 def exported(node: AgentNode, path: Path) -> htools.HtoolsCluster:
     node.ok("cluster", "export-htools", "-o", str(path))
     return htools.read_text(path.read_text())
@@ -61,9 +55,7 @@ def test_ganetis_client_migrates_there_and_back_and_the_balancer_evens_out_a_pil
         unavailable("python3-ganeti-rapi is not installed")
     n1, n2 = cluster["n1"], cluster["n2"]
     names = ["b1", "b2", "b3"]
-    for job in [n1.ok("instance", "add", name, *GUEST, "--node", "n1:n2", "--submit").strip() for name in names]:
-        n1.ok("job", "watch", job)
-    wait_for(lambda: in_sync(n1, names), 120, "the three copies to be in sync")
+    pile_up(n1, names, *GUEST)
 
     writer = n1.json("user", "add", "balancer", "--role", "write")["token"].partition(".")[2]
     for where, node in (("n2", ""), ("n1", "n2")):  # there (the instance), back (its node's primaries)
