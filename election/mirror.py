@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from election.etcd import Compacted, EtcdClient, EtcdError, EtcdUnavailable
+from election.etcd import Compacted, EtcdClient, EtcdError, EtcdUnavailable, WatchEvent
 from election.replica import Replica
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class Mirror:
         self._resync_needed = self._applied == 0
         self._progressed = False
         self._in_outage = False
+        self.listeners: list[Callable[[Sequence[WatchEvent]], None]] = []  # each batch's events, once applied
 
     @property
     def applied_revision(self) -> int:
@@ -124,6 +125,11 @@ class Mirror:
         async for batch in self._client.watch(self.prefix, self._applied + 1):
             self._replica.apply(batch.events, batch.revision)
             self._heard_from_etcd(batch.revision)
+            for listener in self.listeners:
+                try:
+                    listener(batch.events)
+                except Exception:  # noqa: BLE001 - a listener's bug must not stop the mirror
+                    log.exception("config mirror: a listener failed on revision %d", batch.revision)
 
     def _heard_from_etcd(self, revision: int) -> None:
         self._replica.mark_synced(self._clock())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from election.etcd import EtcdClient, Op
+from election.etcd import EtcdClient, Op, WatchEvent
 from election.lease import MasterLease
 from election.mirror import Mirror
 from election.replica import Replica
@@ -28,6 +29,24 @@ from hostagent.orders import NodeClient
 from hostagent.status import report_fresh
 
 log = logging.getLogger(__name__)
+
+
+def vanished(running: dict[str, frozenset[str]], events: Sequence[WatchEvent]) -> bool:
+    """Whether a node's new report no longer lists an instance its previous one did; `running` (node -> the
+    instances its last report listed) is brought up to date."""
+    gone = False
+    for event in events:
+        if not event.kv.key.startswith(model.REPORTS):
+            continue
+        node = event.kv.key[len(model.REPORTS):]
+        try:
+            report = json.loads(event.kv.value) if event.type == "put" else {}
+        except ValueError:
+            report = {}
+        now = frozenset(report.get("instances") or {}) if isinstance(report, dict) else frozenset()
+        gone = gone or bool(running.get(node, frozenset()) - now)
+        running[node] = now
+    return gone
 
 
 class Candidacy:
@@ -57,6 +76,17 @@ class Candidacy:
                              self.ops.restarter.step, self.autofailover.step, self.node_ops.tokens.sweep_tokens,
                              self.scheduled_backups.step]
         self._task: asyncio.Task[Any] | None = None
+        self._running: dict[str, frozenset[str]] = {}  # node -> the instances its last report listed
+        mirror.listeners.append(self._reports_changed)
+
+    def _reports_changed(self, events: Sequence[WatchEvent]) -> None:
+        """A report that no longer lists an instance (its QEMU died, or it was stopped) wakes the master at once,
+        so a restart does not wait for the next pass of the duties. Read on the master only."""
+        if not self.role.is_master:
+            self._running.clear()
+            return
+        if vanished(self._running, events):
+            self.role.wake()
 
     def start(self, loops: Loops) -> None:
         """Take part in the election (again a no-op while already in it)."""

@@ -191,6 +191,10 @@ class MasterRole:
             if task is None or task.done():
                 self._duty_tasks[i] = asyncio.create_task(_run_duty(duty), name=f"duty-{_name(duty)}")
 
+    def wake(self) -> None:
+        """Run a pass now (renew, launch the duties) rather than at the next interval: something to act on."""
+        self._wake.set()
+
     async def step_down(self, hold_s: float) -> None:
         """Planned hand-over: stop duties, end the lease, and stay out of the next election."""
         self._hold_until = self.clock.monotonic() + hold_s

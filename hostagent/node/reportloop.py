@@ -26,6 +26,7 @@ from hostagent.node.etcdmember import EtcdMember
 from hostagent.node.fencing import TokenGuard
 from hostagent.node.isolation import Isolation
 from hostagent.node.looplag import LoopLag
+from hostagent.node.qemuwatch import QemuWatch
 from hostagent.node.drbdnode import NodeDrbd
 from hostagent.node.replication import NodeReplication
 from hostagent.node.selffence import SelfFence
@@ -65,6 +66,7 @@ class ReportLoop:
         self.drbd: NodeDrbd | None = None  # set by the agent: its DRBD resources join the report
         self.backups: BackupDirs | None = None  # set by the agent: its export directories' backups join the report
         self._lvm_seen = reporter.LvmSeen(lvm, clock) if lvm is not None else None
+        self._qemus = QemuWatch(self._qemu_exited)
 
     def start(self, etcd: EtcdClient, fence: SelfFence, loops: Loops) -> None:
         self._etcd, self._fence, self._loops = etcd, fence, loops
@@ -73,6 +75,12 @@ class ReportLoop:
     def stop(self) -> None:
         """After the loops have ended: no report goes out until the next start."""
         self._etcd = self._fence = self._loops = None
+        self._qemus.close()
+
+    def _qemu_exited(self, name: str, pid: int) -> None:
+        log.info("instance '%s': its QEMU (pid %d) exited on node '%s'; reporting at once", name, pid,
+                 self._cfg.node_name)
+        self.soon()
 
     async def now(self) -> None:
         if self._etcd is None or self._isolation.active():
@@ -80,6 +88,7 @@ class ReportLoop:
         self._refresh_catalog()
         report = await reporter.collect(self._cfg.node_name, self._qemu, self._files, self._catalog,
                                         self._replication.busy, self._boot, self._clock)
+        self._qemus.follow({name: row.get("pid") for name, row in report["instances"].items()})
         report["mirrors"] = await self._mirror_states(report["instances"])
         if self._lvm_seen is not None:
             report["lvm"], lv_volumes, lv_snaps = await self._lvm_seen.state()

@@ -27,7 +27,7 @@ from hostagent.master.view import Views, for_restarts
 
 log = logging.getLogger(__name__)
 
-PASS_EVERY_S = 1.0
+PASS_EVERY_S = 0.2  # at most this often, however often the master is woken (hostagent.master.candidacy)
 
 
 class Restarter:
