@@ -60,44 +60,48 @@ def generated(nodes: int, instances: int, seed: int) -> str:
     return "\n".join(lines)
 
 
-def hbal(path: Path, group: str) -> tuple[str, int, float]:
+def hbal(path: Path, group: str, limit: float) -> tuple[str, int, float]:
+    """hbal's final score, moves and time; a run over `limit` seconds is stopped (score "?", its time the limit)."""
     started = time.monotonic()
-    out = subprocess.run([htool("hbal"), "-t", str(path), "-G", group, "--max-length=100000"], capture_output=True,
-                         text=True, timeout=3600).stdout
+    try:
+        out = subprocess.run([htool("hbal"), "-t", str(path), "-G", group, "--max-length=100000"],
+                             capture_output=True, text=True, timeout=limit).stdout
+    except subprocess.TimeoutExpired:
+        return "?", 0, limit
     took = time.monotonic() - started
     improved = re.search(r"Cluster score improved from \S+ to (\S+)", out)
     initial = re.search(r"Initial score: (\S+)", out)
     return ((improved or initial)[1] if (improved or initial) else "?"), len(re.findall(r"^\s+\d+\. ", out, re.M)), took
 
 
-def compare(path: Path, label: str) -> None:
+def compare(path: Path, label: str, limit: float) -> None:
     cluster = htools.read_text(path.read_text())
     for group in [g for g in cluster.groups if any(n.group_uuid == g.uuid for n in cluster.nodes)]:
         if not cluster.instances:
             continue
-        theirs, their_moves, their_s = hbal(path, group.name)
+        theirs, their_moves, their_s = hbal(path, group.name, limit)
         started = time.monotonic()
         made = plan(cluster, group.uuid)
         ours_s = time.monotonic() - started
         ours = format_score(made.final)
-        verdict = ("same" if ours == theirs else "better" if theirs != "?" and float(ours) < float(theirs)
-                   else "WORSE")
+        verdict = ("same" if ours == theirs else "hbal stopped" if theirs == "?"
+                   else "better" if float(ours) < float(theirs) else "WORSE")
         moves = "fewer" if len(made.moves) < their_moves else "same" if len(made.moves) == their_moves else "MORE"
         print(f"{label:44s} {group.name:9s} score corral {ours:>12s} hbal {theirs:>12s} ({verdict}); moves "
               f"{len(made.moves):4d} vs {their_moves:4d} ({moves}); planning {ours_s:7.2f} s vs {their_s:6.2f} s")
-    fits(path, cluster, label)
+    fits(path, cluster, label, limit)
 
 
-def fits(path: Path, cluster: htools.HtoolsCluster, label: str) -> None:
+def fits(path: Path, cluster: htools.HtoolsCluster, label: str, limit: float) -> None:
     """Instances of the policy's standard spec that fit (drbd): Corral's capacity against hspace's standard
     allocation (hspace's own run includes its tiered allocation, so its time is not comparable)."""
     spec = standard_spec(cluster)
     try:
         out = subprocess.run([htool("hspace"), "-t", str(path), "--machine-readable", "--disk-template=drbd",
                               f"--standard-alloc={spec.disk_mib},{spec.memory_mib},{spec.cpus}"],
-                             capture_output=True, text=True, timeout=300).stdout
+                             capture_output=True, text=True, timeout=limit).stdout
     except subprocess.TimeoutExpired:
-        print(f"{label:44s} capacity: hspace took over 300 s")
+        print(f"{label:44s} capacity: hspace took over {limit:.0f} s")
         return
     theirs = re.search(r"HTS_ALLOC_INSTANCES=(\d+)", out)
     reason = re.search(r"HTS_ALLOC_FAIL_REASON=(\S+)", out)
@@ -116,13 +120,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="4,8", help="generated clusters' node counts (comma separated)")
     parser.add_argument("--instances", default="60,200", help="generated clusters' instance counts")
+    parser.add_argument("--max-seconds", type=float, default=600,
+                        help="stop hbal and hspace after this long (hbal takes hours on 100 nodes, 2,000 instances)")
     args = parser.parse_args()
     if not htool("hbal"):
         sys.exit("hbal is not installed: packaging/install-deps.sh installs ganeti-htools-3.0")
     print(f"Debian's data sets ({HTOOLS_DATA}):")
     for path in sorted(HTOOLS_DATA.glob("*.data")):
         try:
-            compare(path, path.name)
+            compare(path, path.name, args.max_seconds)
         except ValueError:
             continue
     print("Generated unbalanced clusters:")
@@ -131,7 +137,7 @@ def main() -> None:
             for count in (int(i) for i in args.instances.split(",")):
                 path = Path(tmp) / f"gen-{nodes}-{count}.data"
                 path.write_text(generated(nodes, count, seed=nodes * 1000 + count))
-                compare(path, f"{nodes} nodes, {count} instances")
+                compare(path, f"{nodes} nodes, {count} instances", args.max_seconds)
 
 
 if __name__ == "__main__":

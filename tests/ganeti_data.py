@@ -4,13 +4,30 @@ package itself depends on all of Ganeti), or the installed package."""
 import os
 import shutil
 from pathlib import Path
+from collections.abc import Iterator
 from typing import NoReturn
 
 import pytest
 
+from hostagent.master.decide import htools
+from hostagent.master.decide.htools import Group, HtoolsCluster
+
 INSTALLED = Path("/usr/share/ganeti/testsuite/test/data/htools")
 UNPACKED = Path(os.environ.get("CORRAL_GANETI_TESTSUITE", "/var/cache/corral/ganeti-testsuite")) / "test/data/htools"
 HTOOLS_DATA = UNPACKED if UNPACKED.is_dir() else INSTALLED
+
+
+def data_set_groups() -> Iterator[tuple[Path, HtoolsCluster, Group]]:
+    """Each node group with nodes of each data set the htools reader takes (one file of the suite is not a
+    cluster it reads), with its file and cluster."""
+    for path in sorted(HTOOLS_DATA.glob("*.data")):
+        try:
+            cluster = htools.read_text(path.read_text())
+        except ValueError:
+            continue
+        for group in cluster.groups:
+            if any(n.group_uuid == group.uuid for n in cluster.nodes):
+                yield path, cluster, group
 
 
 def htool(name: str) -> str:

@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from hostagent.master.decide.evacuation import Step
 from hostagent.master.decide.htools import Group, HtoolsCluster, Instance, Node
 from hostagent.master.decide.htools_score import EXCLUSION_PREFIX, LOCAL_STORAGE, format_score
+from hostagent.master.decide.htools_estimate import Estimator, estimator as estimator_of
 from hostagent.master.decide.htools_search import EXACT_WITHIN, Search, Trial, uses_memory
 
 MIGRATION_PREFIX = "htools:migration:"
 ALLOW_PREFIX = "htools:allowmigration:"
 
 MIN_GAIN = 1e-9  # hbal's minimum score improvement (its "minimum score 1.000000e-9")
+# Nodes from which moves are estimated from shared parts (htools_estimate): with fewer, a move changes most nodes,
+# so what the estimator keeps is rebuilt every step and costs more than the trials it saves (4 nodes: twice slower).
+ESTIMATE_FROM = 8
 REPLICATED = ("drbd",)  # htools' word for a template whose disks are on two nodes (Corral: mirror, drbd)
 SHARED = ("blockdev", "ext", "rbd", "sharedfile", "gluster")  # htools' shared storage: any node runs it
 
@@ -128,18 +132,23 @@ def _migrates(move: tuple[str, str, str, str], inst: Instance, nodes: dict[str, 
     return all(tags(a) <= receives(b) for a, b in hops)
 
 
-def _candidates(inst: Instance, targets: list[str]) -> list[tuple[str, str, str, str]]:
+def _candidates(inst: Instance, targets: list[str], estimator: Estimator | None = None,
+                bar: float = math.inf) -> list[tuple[str, str, str, str]]:
     """(kind, target, primary, secondary) of every move of a replicated instance (on shared storage: to any
-    node)."""
+    node), in hbal's order; with an `estimator`, without the moves it shows cannot come below `bar`."""
     p, s = inst.primary, inst.secondary
-    if inst.disk_template in SHARED:
-        return [("failover-to-any", n, n, "") for n in targets if n != p]
-    found = [("failover", "", s, p)]
-    for n in targets:
-        if n in (p, s):
-            continue
-        found += [("replace-secondary", n, p, n), ("replace-and-failover", n, n, p),
-                  ("replace-primary", n, n, s), ("failover-and-replace", n, s, n)]
+    shared = inst.disk_template in SHARED
+    places: dict[str, Callable[[str], tuple[str, str]]] = (
+        {"failover-to-any": lambda n: (n, "")} if shared else
+        {"replace-secondary": lambda n: (p, n), "replace-and-failover": lambda n: (n, p),
+         "replace-primary": lambda n: (n, s), "failover-and-replace": lambda n: (s, n)})
+    others = [n for n in targets if n != p and (shared or n != s)]
+    found = [] if shared else [("failover", "", s, p)]
+    if estimator is None or math.isinf(bar):
+        return found + [(kind, n, *place(n)) for n in others for kind, place in places.items()]
+    kept = {kind: set(estimator.narrowed(place, others, bar)) for kind, place in places.items()}
+    wanted = set().union(*kept.values())
+    found += [(kind, n, *place(n)) for n in others if n in wanted for kind, place in places.items() if n in kept[kind]]
     return found
 
 
@@ -164,13 +173,18 @@ def plan(cluster: HtoolsCluster, group: str | None = None, max_moves: int = 1000
             movable = (inst.disk_template in REPLICATED and inst.secondary) or inst.disk_template in SHARED
             if not movable or inst.primary not in members:
                 continue
-            for candidate in _candidates(inst, usable):
+            estimator = estimator_of(state, inst) if len(usable) >= ESTIMATE_FROM else None
+            for candidate in _candidates(inst, usable, estimator, math.inf if best is None else best[0] + EXACT_WITHIN):
                 kind, target, primary, secondary = candidate
                 if state.nodes[primary].offline or (secondary and state.nodes[secondary].offline
                                                     and secondary != inst.secondary):
                     continue
-                if not _migrates(candidate, inst, state.nodes, rules):
+                if rules.migration and not _migrates(candidate, inst, state.nodes, rules):
                     continue
+                if best is not None and estimator is not None:  # a move far from the best needs no trial
+                    approx = estimator.estimate(primary, secondary, best[0] + EXACT_WITHIN)
+                    if approx is not None and not approx < best[0] + EXACT_WITHIN:
+                        continue
                 trial = state.trial(inst, primary, secondary)
                 if refusal(state, trial, rules):
                     continue

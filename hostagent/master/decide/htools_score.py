@@ -51,7 +51,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from functools import reduce
+from operator import add
+from typing import Any, Sequence, cast
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 from hostagent.master.decide.htools import DEFAULT_SPINDLE_RATIO, HtoolsCluster, Instance, Node
@@ -267,23 +269,19 @@ def node_values(cluster: HtoolsCluster) -> dict[str, Values]:
     return {node.name: node_value(node, tallies[node.name], ratios[node.group_uuid]) for node in cluster.nodes}
 
 
-def aggregate(kind: str, column: list[float | Counter[tuple[str, str]]]) -> float:
+def aggregate(kind: str, column: Sequence[float | Counter[tuple[str, str]]]) -> float:
     if kind == "pairs":
         merged: Counter[tuple[str, str]] = Counter()
         for pairs in column:
             assert isinstance(pairs, Counter)
             merged.update(pairs)
         return float(sum(merged.values()) - len(merged))
-    numbers = [float(v) for v in column if not isinstance(v, Counter)]
-    total = 0.0
-    for x in numbers:
-        total += x
+    numbers = list(map(float, cast(Sequence[float], column)))  # only the pairs term holds counters
+    total = reduce(add, numbers, 0.0)  # one by one, in order, as the tools add (not fsum's exact sum)
     if kind == "sum":
         return total
     mean = _div(total, len(numbers))
-    spread = 0.0
-    for x in numbers:
-        spread += (x - mean) * (x - mean)
+    spread = reduce(add, [(x - mean) * (x - mean) for x in numbers], 0.0)
     return math.sqrt(_div(spread, len(numbers)))
 
 
