@@ -26,7 +26,6 @@ import re
 import signal
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from benchcluster import AgentNode, Cluster, ask, guest_hv, running_cluster, summary, wait_for
@@ -61,15 +60,6 @@ def boots(node: AgentNode, name: str) -> int:
     return len(BOOTED.findall(path.read_text(errors="replace"))) if path.exists() else 0
 
 
-def until(check: Callable[[], bool], what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < WAIT_S:
-        if check():
-            return time.monotonic()
-        time.sleep(POLL_S)
-    raise SystemExit(f"FAILED: {what} not within {WAIT_S:.0f} s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=10)
@@ -91,14 +81,18 @@ def main() -> None:
         running, booted = [], []
         for kill in range(1, args.kills + 1):
             name = names[(kill - 1) % len(names)]
-            time.sleep(max(1.0, started[name] + STABLE_S - time.monotonic()))
+            time.sleep(max(1.0, started[name] + STABLE_S - time.monotonic()))  # a duration to let pass
             pid, seen = qemu_pid(node, name), boots(node, name)
             assert pid is not None, f"{name} has no QEMU"
             t0 = time.monotonic()
             os.kill(pid, signal.SIGKILL)
-            t_run = until(lambda: qemu_pid(node, name) not in (None, pid), f"kill {kill}: a new QEMU of {name}")
+            wait_for(lambda: qemu_pid(node, name) not in (None, pid), WAIT_S, f"kill {kill}: a new QEMU of {name}",
+                     interval_s=POLL_S)
+            t_run = time.monotonic()
             started[name] = t_run
-            t_boot = until(lambda: boots(node, name) > seen, f"kill {kill}: {name}'s guest to boot again")
+            wait_for(lambda: boots(node, name) > seen, WAIT_S, f"kill {kill}: {name}'s guest to boot again",
+                     interval_s=POLL_S)
+            t_boot = time.monotonic()
             running.append(t_run - t0)
             booted.append(t_boot - t0)
             print(f"kill {kill:2d} ({name}): running again {running[-1]:5.2f} s, booted {booted[-1]:5.2f} s "
