@@ -140,6 +140,7 @@ class Agent:
         self.backups = NodeBackups(cfg, self.qemu, self.disks, self.replication.tls_dir, self.catalog, clock)
         self.replication.tell_master = self.drbd.tell_master = self.tell_master
         self.executor.dress = self.media.dress
+        self.executor.started = self.replication.started
         self.tokens = TokenGuard(os.path.join(cfg.state_dir, "fencing-token"))
         self.crl = CrlKeeper(self.replica, self.pki)
         self.cluster_file = ClusterFile(cfg.state_dir)

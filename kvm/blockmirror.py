@@ -426,8 +426,7 @@ async def join_peer(qmp: Qmp, index: int, job_id: str, target: str) -> float | N
                     await _wait_ended(qmp, job_id, JOIN_TIMEOUT_S)
                 return None
             await qmp.execute("job-dismiss", {"id": job_id})
-            await qmp.execute("x-blockdev-change", {"parent": f"disk{index}", "node": target})
-            await _remove_child(qmp, index, sink_node(index))
+            await swap_in_peer(qmp, index, target)
         finally:
             if running:
                 await qmp.execute("cont")
@@ -436,6 +435,13 @@ async def join_peer(qmp: Qmp, index: int, job_id: str, target: str) -> float | N
     pause = loop.time() - began
     log.info("disk mirror: the copy of disk%d joined its quorum (guest paused %.0f ms)", index, pause * 1000)
     return pause
+
+
+async def swap_in_peer(qmp: Qmp, index: int, target: str) -> None:
+    """Put ``target`` in the quorum of disk ``index`` in the sink's place: only once it equals the
+    local copy, with the guest paused (QmpError otherwise passed on)."""
+    await qmp.execute("x-blockdev-change", {"parent": f"disk{index}", "node": target})
+    await _remove_child(qmp, index, sink_node(index))
 
 
 async def leave_peer(qmp: Qmp, index: int, target: str, *, gentle: bool = False) -> bool:
@@ -592,6 +598,14 @@ def _eta(remaining: int, offset: int, previous: MirrorState | None, now_s: float
     if elapsed <= 0 or copied <= 0:
         return None
     return remaining / (copied / elapsed)
+
+
+def rate_mib_s(previous: MirrorState | None, state: MirrorState) -> float | None:
+    """MiB/s copied between two samples of the same job; None when they cannot tell."""
+    if previous is None or previous.status in ("absent", "stopped", "failed") \
+            or state.sampled_at_s <= previous.sampled_at_s or state.offset_bytes < previous.offset_bytes:
+        return None
+    return round((state.offset_bytes - previous.offset_bytes) / (state.sampled_at_s - previous.sampled_at_s) / MIB, 1)
 
 
 def _check_name(operation: str, label: str, value: str) -> None:

@@ -10,12 +10,15 @@ primary's reports stop when the primary dies. That record lives apart from
 the instance (hostagent.master.decide.replicas): a copy is recorded out of date before
 anything lets the guest write without it (a start, a switchover, a detach),
 and in sync only from a primary's report that shows it joined.
+
+Over 400 lines: protect, migrate and fail over share the replica record and its ordering rules, kept together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -151,11 +154,12 @@ class Moves:
             record = replicas.new_copy(record, self.store.clock.time())
             if not await self.put_if_unchanged(name, record, revision):
                 raise JobFailed("its replica record changed meanwhile; the master tries again")
+            how = ""
             if inst["disk_template"] == "drbd":
                 await self.store.order(secondary, "drbd.prepare", {"instance": inst})
                 await self.store.order(primary, "drbd.attach", {"instance": inst, "gen": record["gen"]})
             else:
-                await self._mirror(inst, record["gen"])
+                how = await self._mirror(inst, record["gen"])
         except JobFailed as exc:
             message = (f"instance '{name}' runs on node '{primary}' without a current copy on '{secondary}' "
                        f"(degraded): {exc}; the master retries when '{secondary}' answers")
@@ -163,23 +167,28 @@ class Moves:
             if ctx is not None:
                 await ctx.log(message)
             return False
-        how = "DRBD replicates" if inst["disk_template"] == "drbd" else "mirroring"
-        message = f"{how} the disks of '{name}' from node '{primary}' to node '{secondary}'"
+        verb = "DRBD replicates" if inst["disk_template"] == "drbd" else "mirroring"
+        message = f"{verb} the disks of '{name}' from node '{primary}' to node '{secondary}'" + \
+            (f" ({how})" if how else "")
         log.info("%s", message)
         if ctx is not None:
             await ctx.log(message + " (`corral instance info` shows how far its copy is)")
         return True
 
-    async def _mirror(self, inst: dict[str, Any], gen: int) -> None:
-        """The secondary's exports up, then the primary's mirrors toward them (the mirror template)."""
+    async def _mirror(self, inst: dict[str, Any], gen: int) -> str:
+        """The secondary's exports up, then the primary's mirrors toward them (the mirror template): a copy
+        back from an outage or a migration gets only what it missed. Says how each disk is copied."""
         name, primary, secondary, disks = inst["name"], inst["primary_node"], inst["secondary_node"], inst["disks"]
-        await self.store.order(secondary, "instance.replica-export",
-                               {"name": name, "disks": disks, "port_base": inst["port_base"], "client": primary})
+        exported = await self.store.order(secondary, "instance.replica-export",
+                                          {"name": name, "disks": disks, "port_base": inst["port_base"],
+                                           "client": primary})
         host = (await self._node(secondary))["address"]
         cluster = await self.store.get(model.CLUSTER_KEY) or {}
-        await self.store.order(primary, "instance.mirror-attach",
-                               {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"],
-                                "rate_limit_mib_s": cluster.get("sync_rate_mib_s", 0.0), "gen": gen})
+        attached = await self.store.order(primary, "instance.mirror-attach",
+                                          {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"],
+                                           "rate_limit_mib_s": cluster.get("sync_rate_mib_s", 0.0), "gen": gen,
+                                           "copies": exported.get("copies", {})})
+        return ", ".join(f"disk {i}: {how}" for i, how in sorted((attached.get("modes") or {}).items()))
 
     # ---- migrate -----------------------------------------------------------------------
     async def _job_migrate(self, ctx: JobContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -213,16 +222,27 @@ class Moves:
             if drbd:
                 await drbdsteps.dual_primary(self.store, ctx, inst, target)
             placed = (await self.store.order(source, "instance.placement", {"name": name}))["placement"]
+            # The source's images become the new secondary's copy: the destination records what they miss.
+            copy = "" if drbd else secrets.token_hex(8)
             await self.store.order(target, "instance.start",  # only receives: the guest runs there after the outdate
                                    {"instance": inst, "hvparams": hv, "incoming": migration_uri(target_addr, port),
-                                    "incoming_from": source, "placement": placed})
-            await self._send_memory(ctx, inst, target_addr, port, float(args.get("max_bandwidth_mib_s", 1024)))
+                                    "incoming_from": source, "placement": placed, "track_copy": copy})
+            sent = await self._send_memory(ctx, inst, target_addr, port,
+                                           float(args.get("max_bandwidth_mib_s", 1024)))
+            paused = self.store.clock.monotonic()  # the source is paused from here to the switchover
             if not drbd:  # DRBD's copy stays in sync through the switchover: nothing to end, nothing outdated
-                await self.store.order(target, "instance.replica-unexport", {"name": name, "disks": inst["disks"]})
-                await self.outdate(name, f"the guest moves to node '{target}' by live migration; a new copy "
-                                         "follows", copy_on=source)
-            result = await self.store.order(source, "instance.migrate-complete", {"name": name})
+                # Both before the destination runs: its image lock free, and the copy left behind recorded.
+                await asyncio.gather(
+                    self.store.order(target, "instance.replica-unexport", {"name": name, "disks": inst["disks"]}),
+                    self.outdate(name, f"the guest moves to node '{target}' by live migration; a new copy "
+                                       "follows", copy_on=source))
+            handed = self.store.clock.monotonic()
+            result = await self.store.order(source, "instance.migrate-complete",
+                                            {"name": name, "copy": copy, "disks": inst["disks"]})
             switched = True
+            await ctx.log(f"switchover of '{name}': mirrors ended in {sent.get('mirrors_ended_ms', 0)} ms on "
+                          f"'{source}', export stopped and copy recorded in {(handed - paused) * 1000:.0f} ms, "
+                          f"destination took over in {(self.store.clock.monotonic() - handed) * 1000:.0f} ms")
         except Exception as exc:
             if not switched:
                 await self._undo_migrate(ctx, inst, exc)
@@ -237,8 +257,9 @@ class Moves:
         return {"name": name, "node": target, **result}
 
     async def _send_memory(self, ctx: JobContext, inst: dict[str, Any], host: str, port: int,
-                           max_bandwidth: float) -> None:
-        """Run the migration to its switchover point, logging progress and an ETA as it goes."""
+                           max_bandwidth: float) -> dict[str, Any]:
+        """Run the migration to its switchover point, logging progress and an ETA as it goes; the source's
+        answer (with how long ending the mirrors took, the guest paused)."""
         mirrored = inst["disks"] if inst["disk_template"] in model.QUORUM_MIRRORED else []  # mirrors to end
         order = asyncio.create_task(self.store.order(
             inst["primary_node"], "instance.migrate-to-switchover",
@@ -259,7 +280,7 @@ class Moves:
                 sent = total - p.get("remaining_mib", total)
                 await ctx.progress(sent, total, f"memory: {p['transferred_mib']:.0f} MiB sent at "
                                    f"{p['throughput_mib_s']:.0f} MiB/s, {eta_words(p.get('eta_s'))}", started)
-        await order
+        return await order
 
     async def _undo_migrate(self, ctx: JobContext, inst: dict[str, Any], cause: Exception) -> None:
         """A failed migration: the guest resumes on the source, the destination QEMU goes, mirrors restart."""

@@ -69,6 +69,8 @@ class NodeExecutor:
         self.start_guard: Callable[[str], str | None] | None = None
         # (spec, instance record) -> the spec with its CD-ROM drive and VNC settings (hostagent.node.media)
         self.dress: Callable[[InstanceSpec, dict[str, Any]], InstanceSpec] | None = None
+        # (instance record, start order's args) once a `mirror` instance's QEMU runs (hostagent.node.replication)
+        self.started: Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]] | None = None
 
     def orders(self) -> dict[str, Order]:
         """The orders this module carries out, by the name the master sends (hostagent.agent merges the tables)."""
@@ -224,6 +226,8 @@ class NodeExecutor:
             if isinstance(drbd, DrbdDisks) and self._qemu.find(inst["name"]) is None:
                 await drbd.deactivate(inst["name"])
             raise
+        if self.started is not None and inst.get("disk_template") in model.QUORUM_MIRRORED:
+            await self.started(inst, args)
         return {"pid": pid}
 
     async def _op_stop(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -37,13 +37,14 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kvm import blockmirror, migration, nbdexport
+from kvm import blockmirror, blockresync, migration, nbdexport
 from kvm.process import QemuManager
 from kvm.qmp import Qmp, QmpError
 from hostagent import pki
 from hostagent.clock import SYSTEM, Clock
 from hostagent.node.disks import NodeDisks
 from hostagent.node.executor import Order, OrderError, client_identity, read_small_file
+from hostagent.node.resync import Resyncs
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class NodeReplication:
         self.last_degraded: dict[str, dict[str, Any]] = {}
         # instance -> disk -> recent (time, virtqueue progress) samples, for hung copies
         self._queues: dict[str, dict[int, list[tuple[float, tuple[tuple[int, int], ...]]]]] = {}
+        self.resyncs = Resyncs(self._run_dir, clock)
 
     def _gen_path(self, name: str) -> str:
         return os.path.join(self._run_dir, f"{name}.gen")
@@ -154,6 +156,7 @@ class NodeReplication:
         for disk in args["disks"]:
             path = self._files.path(name, disk["index"], disk["format"])
             if not os.path.exists(path):
+                self.resyncs.disown(path)
                 await self._files.create(name, disk["index"], disk["size_mib"], disk["format"])
                 created.append(disk["index"])
         return {"created": created}
@@ -166,8 +169,11 @@ class NodeReplication:
         # An export reads its CAs once, at start: one started before `rotate-secrets --new-ca`
         # changed them would refuse the primary's new certificate, or keep trusting a retired CA.
         served = f"{client} {self._trust_digest()}"
-        pids = []
+        pids, copies = [], {}
         for disk in args["disks"]:
+            image = template.path(name, disk["index"], disk["format"])
+            if args.get("disk_template") is None:  # the mirror's own copy, not a move's
+                copies[str(disk["index"])] = self.resyncs.copy_id(image)
             pidfile = self._pidfile(name, disk["index"])
             served_to = pidfile + ".client"
             if nbdexport.is_running(pidfile) and read_small_file(served_to) != served:
@@ -176,7 +182,7 @@ class NodeReplication:
                          disk["index"], name, was, "" if was != client else " with other cluster CAs", client)
                 await nbdexport.stop_export(pidfile)
             spec = nbdexport.NbdExportSpec(
-                image_path=template.path(name, disk["index"], disk["format"]), fmt=disk["format"],
+                image_path=image, fmt=disk["format"],
                 protocol=self._disks.protocol(args.get("disk_template")),
                 host=self._address, port=int(args["port_base"]) + disk["index"],
                 export_name=export_name(name, disk["index"]), pidfile=pidfile,
@@ -184,7 +190,7 @@ class NodeReplication:
             pids.append(await nbdexport.start_export(spec))
             with open(served_to, "w") as fh:
                 fh.write(served)
-        return {"pids": pids}
+        return {"pids": pids, "copies": copies}
 
     async def _unexport(self, args: dict[str, Any]) -> dict[str, Any]:
         stopped = []
@@ -197,10 +203,15 @@ class NodeReplication:
 
     # ---- primary ------------------------------------------------------------------
     async def _attach(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Mirror every disk not joined yet to the secondary's exports (a full copy). The copy's generation is
-        recorded only once each of those has a mirror: a report naming it while a disk (one just hot-plugged)
-        had none yet would show every disk it lists joined, and the master would judge the copy in sync."""
+        """Mirror every disk not joined yet to the secondary's exports: only the writes this QEMU recorded
+        since that very copy left (`copies`: the id of the copy each export holds, hostagent.node.resync),
+        else a full copy. The copy's generation is recorded only once each of those has a mirror: a report
+        naming it while a disk (one just hot-plugged) had none yet would show every disk it lists joined,
+        and the master would judge the copy in sync. Returns how each disk is being copied."""
         name, host, base = args["name"], args["host"], int(args["port_base"])
+        copies = {int(k): str(v) for k, v in (args.get("copies") or {}).items()}
+        rate = float(args.get("rate_limit_mib_s", 0))
+        modes: dict[str, str] = {}
         os.makedirs(self._run_dir, exist_ok=True)
         self.ensure_guard(name, len(args["disks"]))
         async with self._lock(name), await self._qmp(name) as qmp:
@@ -218,11 +229,16 @@ class NodeReplication:
                     await blockmirror.remove_nbd_target(qmp, target_node(i), TLS_CREDS_ID)
                 await blockmirror.add_nbd_target(qmp, target_node(i), host, base + i, export_name(name, i),
                                                  TLS_CREDS_ID, tls)
-                await blockmirror.start_mirror(qmp, f"disk{i}", target_node(i), job_id(i),
-                                               rate_limit_mib_s=float(args.get("rate_limit_mib_s", 0)))
+                if job.status in ("absent", "failed", "stopped"):
+                    only = await self.resyncs.begin(qmp, name, i, copies.get(i), target_node(i), rate)
+                    if only is not None:
+                        modes[str(i)] = f"only the changes ({only})" if only else "catching up"
+                        continue
+                await blockmirror.start_mirror(qmp, f"disk{i}", target_node(i), job_id(i), rate_limit_mib_s=rate)
+                modes[str(i)] = "full copy"
             with open(self._gen_path(name), "w") as fh:
                 fh.write(str(int(args.get("gen", 0))))
-        return {}
+        return {"modes": modes}
 
     async def _detach(self, args: dict[str, Any]) -> dict[str, Any]:
         """Drop the secondary's copy (the master recorded it out of date first) and resume
@@ -237,8 +253,13 @@ class NodeReplication:
     async def _drop_copies(self, qmp: Qmp, name: str, indexes: list[int]) -> bool:
         complete = True
         for i in indexes:
+            if self.resyncs.active(name, i):  # a copy being caught up: its record keeps what it lacks
+                await blockmirror.break_target(qmp, target_node(i))
+                await self.resyncs.stop(qmp, name, i)
             if (await blockmirror.mirror_state(qmp, job_id(i))).status != "absent":
                 await blockmirror.stop_mirror(qmp, job_id(i), target_node(i))  # a copy still being made
+            if (await blockmirror.peer_state(qmp, i, target_node(i))).joined:
+                await self.resyncs.before_leave(qmp, name, i)
             complete &= await blockmirror.leave_peer(qmp, i, target_node(i))
             await blockmirror.remove_nbd_target(qmp, target_node(i), TLS_CREDS_ID)
         if await qmp.status() == "io-error":
@@ -287,6 +308,11 @@ class NodeReplication:
                 await self._watch_queues(qmp, name, i)
                 continue
             self._queues.get(name, {}).pop(i, None)
+            if self.resyncs.active(name, i):
+                poll = min(poll, await self.resyncs.step(qmp, name, i, target_node(i)))
+                if not self.resyncs.active(name, i) and not (await blockmirror.peer_state(qmp, i, target_node(i))).joined:
+                    await blockmirror.remove_nbd_target(qmp, target_node(i), TLS_CREDS_ID)  # failed: attach anew
+                continue
             job = await blockmirror.mirror_state(qmp, job_id(i))
             if job.status == "converged":
                 await blockmirror.join_peer(qmp, i, job_id(i), target_node(i))
@@ -356,15 +382,40 @@ class NodeReplication:
                 peer = await blockmirror.peer_state(qmp, i, target_node(i))
                 if peer.joined:
                     states.append({"index": i, "status": "blocked" if peer.blocked else "in_sync", "percent": 100.0,
-                                   "eta_s": 0.0, "remaining_mib": 0, "error": "", "gen": gen})
+                                   "eta_s": 0.0, "remaining_mib": 0, "error": "", "gen": gen,
+                                   "last_sync": self.resyncs.last.get((name, i))})
                     continue
-                state = await blockmirror.mirror_state(qmp, job_id(i), self._previous.get((name, i)))
+                catching_up = self.resyncs.state(name, i)
+                if catching_up is not None:
+                    states.append({"index": i, **catching_up, "gen": gen})
+                    continue
+                previous = self._previous.get((name, i))
+                state = await blockmirror.mirror_state(qmp, job_id(i), previous)
                 self._previous[(name, i)] = state
                 if state.status != "absent":
                     states.append({"index": i, "status": state.status, "percent": round(state.percent, 1),
                                    "eta_s": state.eta_s, "remaining_mib": state.remaining_bytes // 2**20,
+                                   "rate_mib_s": blockmirror.rate_mib_s(previous, state),
                                    "error": state.error, "gen": gen})
         return states
+
+    async def started(self, inst: dict[str, Any], args: dict[str, Any]) -> None:
+        """A QEMU of this replicated instance started here: its images are a guest's now, not a secondary's
+        copy. One waiting for a migration writes nothing unless it switches over (a cancelled migration
+        leaves the copy as it was); it records its writes from the start for the copy `track_copy` (the
+        source's images once it switched over)."""
+        name = inst["name"]
+        self.resyncs.forget_instance(name)
+        for disk in inst["disks"] if not args.get("incoming") else []:
+            self.resyncs.disown(self._files.path(name, disk["index"], disk["format"]))
+        if args.get("track_copy"):
+            try:
+                async with self._lock(name), await self._qmp(name) as qmp:
+                    for disk in inst["disks"]:
+                        await blockresync.track(qmp, disk["index"], str(args["track_copy"]))
+            except (QmpError, blockmirror.MirrorError) as exc:  # no record: the copy made later is a full one
+                log.warning("instance '%s': cannot record its writes for the copy it leaves behind (%s); "
+                            "a full copy follows the migration", name, exc)
 
     # ---- migration --------------------------------------------------------------------
     async def _migrate_to_switchover(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -382,18 +433,23 @@ class NodeReplication:
                     lambda p: self._progress.__setitem__(name, p),
                     float(args.get("timeout_s", MIGRATION_TIMEOUT_S)))
                 self._progress[name] = progress
+                paused_at = self._clock.monotonic()
                 complete = True
                 for disk in args["disks"]:  # the guest is paused and drained: a joined copy is whole
                     i = disk["index"]
+                    if (await blockmirror.peer_state(qmp, i, target_node(i))).joined:
+                        await self.resyncs.before_leave(qmp, name, i)  # resumed here if the migration fails
                     if not await blockmirror.leave_peer(qmp, i, target_node(i), gentle=True):
                         complete &= await blockmirror.stop_mirror(qmp, job_id(i), target_node(i))
                     await blockmirror.remove_nbd_target(qmp, target_node(i), TLS_CREDS_ID)
+                ended_ms = round((self._clock.monotonic() - paused_at) * 1000)
         finally:
             self.busy.pop(name, None)
         if not complete:
             raise ReplicationError(f"instance '{name}': the secondary's disk copy was not in sync at the "
                                    "switchover; cancel the migration")
-        return {"transferred_mib": progress.transferred_mib, "elapsed_s": progress.elapsed_s}
+        return {"transferred_mib": progress.transferred_mib, "elapsed_s": progress.elapsed_s,
+                "mirrors_ended_ms": ended_ms}
 
     async def _migrate_status(self, args: dict[str, Any]) -> dict[str, Any]:
         """The last sample the running migration took (QMP is busy with it)."""
@@ -404,12 +460,18 @@ class NodeReplication:
                 "total_mib": p.total_mib, "throughput_mib_s": p.throughput_mib_s, "eta_s": p.eta_s}
 
     async def _migrate_complete(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Switch over, then quit the paused source QEMU (the guest now runs on the destination)."""
+        """Switch over, then quit the paused source QEMU (the guest now runs on the destination). With
+        `copy`: the images left here equal the destination's at the switchover, and are that copy, whose
+        writes the destination records since (hostagent.node.resync)."""
         name = args["name"]
         async with await self._qmp(name) as qmp:
             result = await migration.complete_switchover(qmp)
         await self._qemu.stop(name, timeout_s=0, force=True)
         self._qemu.cleanup(name)
+        self.resyncs.forget_instance(name)
+        if args.get("copy"):
+            for disk in args.get("disks", []):
+                self.resyncs.claim(self._files.path(name, disk["index"], disk["format"]), str(args["copy"]))
         return {"downtime_ms": result.downtime_ms, "total_s": result.total_s,
                 "transferred_mib": result.transferred_mib, "throughput_mib_s": result.throughput_mib_s}
 

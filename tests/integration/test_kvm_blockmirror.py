@@ -23,7 +23,9 @@ import pytest
 from conftest import GUEST_DIR, free_port, is_gone, wait_until
 from test_kvm_nbdexport import Pki, export_spec, make_pki
 
+from kvm import blockresync
 from kvm.blockmirror import (
+    MIB,
     MirrorState,
     add_nbd_target,
     break_target,
@@ -48,6 +50,7 @@ DISK_MIB = 32
 JOB = "mirror-disk1"
 TARGET = "mirror-target1"
 CREDS = "mirror-tls1"
+RESYNC_JOB = "resync-disk1"
 
 
 @dataclass
@@ -340,3 +343,71 @@ async def test_a_joined_copy_that_hangs_holds_writes_and_a_yank_turns_it_into_a_
         assert await console.wait_for("DD-0", 10), console.output[-300:]
     finally:
         rig.export_signal(signal.SIGCONT)
+
+
+async def one_round(rig: Rig, copy_id: str) -> blockresync.Round:
+    """Copy what is recorded for `copy_id` once; the round's end (bounded wait)."""
+    await blockresync.start_round(rig.qmp, 0, copy_id, TARGET, RESYNC_JOB)
+    state = await blockresync.round_state(rig.qmp, RESYNC_JOB)
+    for _ in range(200):
+        if state.status != "running":
+            break
+        await asyncio.sleep(0.05)
+        state = await blockresync.round_state(rig.qmp, RESYNC_JOB)
+    return state
+
+
+async def resync(rig: Rig, copy_id: str, rounds: int = 20) -> tuple[int, float | None]:
+    """Incremental rounds until little is left, then the paused last one; (bytes copied, pause)."""
+    copied = 0
+    for _ in range(rounds):
+        left = (await blockresync.tracked(rig.qmp, 0))[copy_id]
+        if left <= 1024 * 1024:
+            break
+        state = await one_round(rig, copy_id)
+        assert state.status == "done", state
+        copied += state.length_bytes
+    copied += (await blockresync.tracked(rig.qmp, 0))[copy_id]
+    return copied, await blockresync.finish(rig.qmp, 0, copy_id, TARGET, RESYNC_JOB, timeout_s=10)
+
+
+async def test_a_copy_back_from_an_outage_gets_only_the_blocks_written_meanwhile(rig):
+    await rig.join()
+    assert await blockresync.track(rig.qmp, 0, "c1") is True
+    assert await blockresync.track(rig.qmp, 0, "c1") is False, "idempotent"
+    assert await leave_peer(rig.qmp, 0, TARGET) is True
+    await remove_nbd_target(rig.qmp, TARGET, CREDS)
+    rig.export_signal(signal.SIGKILL)
+    await rig.write(0x51, 3, 2)
+    await rig.write(0x52, 20, 1)
+    assert (await blockresync.tracked(rig.qmp, 0)) == {"c1": 3 * MIB}
+    assert not rig.copies_identical()
+
+    await rig.restart_export()
+    await add_nbd_target(rig.qmp, TARGET, "127.0.0.1", rig.export.port, rig.export.export_name, CREDS,
+                         rig.pki.client_dirs["n1"])
+    copied, pause = await resync(rig, "c1")
+    assert copied == 3 * MIB, "only what was written while the copy was away"
+    assert pause is not None and pause < 1.0
+    assert (await peer_state(rig.qmp, 0, TARGET)).joined
+    assert await blockresync.tracked(rig.qmp, 0) == {}, "the record goes once the copy is back"
+    await rig.write(0x53, 7)
+    assert rig.copies_identical()
+
+
+async def test_a_resync_round_that_fails_keeps_every_block_for_the_next(rig):
+    await rig.join()
+    await blockresync.track(rig.qmp, 0, "c2")
+    await leave_peer(rig.qmp, 0, TARGET)
+    await remove_nbd_target(rig.qmp, TARGET, CREDS)
+    await rig.write(0x61, 2, 8)
+    await add_nbd_target(rig.qmp, TARGET, "127.0.0.1", rig.export.port, rig.export.export_name, CREDS,
+                         rig.pki.client_dirs["n1"])
+    rig.export_signal(signal.SIGKILL)
+    state = await one_round(rig, "c2")
+    assert state.status == "failed" and state.error, state
+    assert (await blockresync.tracked(rig.qmp, 0))["c2"] >= 8 * MIB
+    assert await blockresync.finish(rig.qmp, 0, "c2", TARGET, RESYNC_JOB, timeout_s=5) is None
+    assert await rig.qmp.status() == "running", "a failed last round resumes the guest"
+    assert not (await peer_state(rig.qmp, 0, TARGET)).joined
+    assert (await blockresync.tracked(rig.qmp, 0))["c2"] >= 8 * MIB
