@@ -13,7 +13,7 @@ from typing import Any
 
 from cli import planning, tags
 from cli.common import Context, Subparsers, UsageError, command, group, kv_list
-from cli.render import mib, when
+from cli.render import clock, mib, when
 
 
 def register(top: Subparsers) -> None:
@@ -126,6 +126,8 @@ def info(ctx: Context) -> int:
         print(f"backups:      scheduled ones keep {d.get('backup_keep', 7)} per instance unless it says, go to "
               f"{d.get('backup_to') or 'the first export directory of the node'}; at most "
               f"{d.get('backup_max_per_node', 1)} export(s) at once per node")
+        for line in redundancy_lines(d.get("redundancy")):
+            print(line)
         if d.get("fencing") == "disarmed":
             print(f"FENCING:      DISARMED{_since_words(d.get('fencing_since'))}: nodes cut off keep running "
                   "their instances and NOTHING fails over automatically; `corral cluster fencing arm`")
@@ -248,6 +250,36 @@ def simulate(ctx: Context) -> int:
         print("everything that should move would fit" if d["fits"] else
               f"NOT everything would fit: no memory for {', '.join(d['short'])} (see above)")
     return ctx.out(ctx.client.get("/v1/cluster/simulate?fail=" + ",".join(ctx.args.fail)), human)
+
+
+def redundancy_lines(r: dict[str, Any] | None) -> list[str]:
+    """`cluster info`: the replicated instances without a second copy in sync right now, and when the last of
+    them should have one again; [] from an agent that does not say (or a cluster with none replicated)."""
+    if not r or not r.get("replicated"):
+        return []
+    count, behind = r["replicated"], r.get("not_redundant") or []
+    if not behind:
+        return [f"redundancy:   all {count} replicated instance(s) have their second copy in sync"]
+    lines = [f"redundancy:   {len(behind)} of {count} replicated instance(s) without a second copy in sync now: "
+             + ", ".join(behind)]
+    copying, measuring = r.get("copying") or {}, r.get("measuring") or []
+    if copying:
+        lines.append("              being copied: " + "; ".join(f"{name} ({why})" for name, why in copying.items()))
+    if r.get("eta_s") is not None:
+        lines.append(f"              the last of them in sync again {_in_words(r['eta_s'])}"
+                     + (f" (by {clock(r['eta_at'])})" if r.get("eta_at") else "")
+                     + (f"; the ETA of {', '.join(measuring)} is being measured" if measuring else ""))
+    elif measuring:
+        lines.append(f"              the ETA of {', '.join(measuring)} is being measured (the copy just began)")
+    lines += [f"              not being copied: {name} ({why}): when it is in sync again is unknown"
+              for name, why in (r.get("unknown") or {}).items()]
+    return lines
+
+
+def _in_words(seconds: float) -> str:
+    if seconds < 1:
+        return "any moment now"
+    return f"in about {seconds:.0f} s" if seconds < 120 else f"in about {seconds / 60:.0f} min"
 
 
 def _since_words(ts: float | None) -> str:

@@ -122,8 +122,7 @@ def watch(client: AgentClient, job_id: int, timeout_s: float, quiet: bool = Fals
                 shown = len(job["log"])
                 progress = job.get("progress")
                 if tty and progress and job["status"] == "running":
-                    text = (f"  {progress['percent']:5.1f}% {progress['text']} "
-                            f"ETA {duration(progress.get('eta_s'))}")
+                    text = progress_line(progress)
                     sys.stderr.write("\r" + text.ljust(progress_len))
                     sys.stderr.flush()
                     progress_len = len(text)
@@ -139,6 +138,14 @@ def watch(client: AgentClient, job_id: int, timeout_s: float, quiet: bool = Fals
     except KeyboardInterrupt:
         print(f"\nstopped watching; job {job_id} goes on: `corral job watch {job_id}`", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def progress_line(progress: dict[str, Any]) -> str:
+    """A running job's progress as `watch` shows it; no ETA yet only while nothing is done (the master
+    extrapolates one from the first progress on)."""
+    eta = progress.get("eta_s")
+    return (f"  {progress['percent']:5.1f}% {progress['text']} "
+            + (f"ETA {duration(eta)}" if eta is not None else "ETA being measured"))
 
 
 def finish(job: dict[str, Any]) -> int:

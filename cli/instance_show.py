@@ -41,10 +41,10 @@ def show_list(ctx: Context) -> int:
         return ctx.out(ctx.client.get(url), chosen)
 
     def human(rows: list[dict[str, Any]]) -> None:
-        print(table(["INSTANCE", "STATUS", "NODE", "TEMPLATE", "MEMORY", "VCPUS", "OS", "REASON"],
+        print(table(["INSTANCE", "STATUS", "NODE", "TEMPLATE", "COPY", "MEMORY", "VCPUS", "OS", "REASON"],
                     [[r["name"], r["status"],
                       r["primary_node"] + (f":{r['secondary_node']}" if r["secondary_node"] else ""),
-                      r["disk_template"] + (f" ({r['replication']['summary']})" if r.get("replication") else ""),
+                      r["disk_template"], copy_cell(r.get("replication")),
                       mib(r["memory"]) + ("*" if "memory_mib" in r.get("pending", {}) else ""),
                       f"{r['vcpus']}" + ("*" if "vcpus" in r.get("pending", {}) else ""), r["os"],
                       "; ".join(filter(None, [r["reason"], "pending: restart to apply" if r.get("pending")
@@ -82,6 +82,8 @@ def info(ctx: Context) -> int:
         rep = r.get("replication")
         if rep:
             print(f"replication:  to {rep['secondary']}: {rep['summary']}")
+            if rep.get("redundant") is False and rep.get("why") and rep["why"] != rep["summary"]:
+                print(f"              no second copy in sync now: {rep['why']}")
             since = rep.get("record_since")
             print(f"failover:     the copy is recorded {rep.get('record', 'unknown')}"
                   + (f" since {when(since)}" if since else ""))
@@ -93,12 +95,10 @@ def info(ctx: Context) -> int:
         for d in r["disks"]:
             where = f" on {r['primary_node']}" + (f" + {rep['secondary']}" if rep else "")
             state = states.get(d["index"])
-            extra = ""
-            if state:
-                extra = f", {state['status'].replace('_', ' ')}"
-                if state["status"] == "syncing":
-                    extra += f" {state['percent']:.1f} %" + (f", ETA {state['eta_s']:.0f} s" if state["eta_s"] else "")
-            print(f"disk {d['index']}:       {r['disk_template']} {mib(d['size_mib'])} {d['format']}{where}{extra}")
+            print(f"disk {d['index']}:       {r['disk_template']} {mib(d['size_mib'])} {d['format']}{where}"
+                  + (f", {disk_state_words(state)}" if state else ""))
+            if state and state.get("last_sync_words"):
+                print(f"              {state['last_sync_words']}")
         if r.get("snapshots"):
             print(f"snapshots:    {len(r['snapshots'])}, {mib(r['snapshot_bytes'] // 2**20)} on disk: "
                   + ", ".join(s["name"] + ("" if s["node"] == r["primary_node"] else f" (on {s['node']})")
@@ -116,6 +116,20 @@ def info(ctx: Context) -> int:
             for line in r["console_tail"]:
                 print(f"  | {line}")
     return ctx.out(ctx.client.get(f"/v1/instances/{quote(ctx.args.name)}"), human)
+
+
+def copy_cell(rep: dict[str, Any] | None) -> str:
+    """The `instance list` COPY column: '-' for an instance without a secondary, else a word or three."""
+    if not rep:
+        return "-"
+    return str(rep.get("short") or rep["summary"])  # an agent before `short` gives only the long summary
+
+
+def disk_state_words(state: dict[str, Any]) -> str:
+    """One disk's copy as its `instance info` line ends: the agent's words (percent, left, rate, ETA)."""
+    if state.get("words"):
+        return str(state["words"])
+    return str(state["status"]).replace("_", " ")  # an agent before `words`
 
 
 def _backups(b: dict[str, Any]) -> None:

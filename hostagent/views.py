@@ -3,8 +3,8 @@
 Pure functions of (config records, node reports, now), so every node answers
 the same way and `cluster verify` findings are testable without processes.
 
-Over 400 lines: `instance list`, `node list` and `cluster verify` read a record and a report the same
-way here, so a status never differs between them.
+Over 400 lines: `instance list`, `node list`, `cluster info` and `cluster verify` read a record and a report
+the same way here, so a status never differs between them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from hostagent.master.decide.placement import Request, Judge
 from hostagent.node.looplag import WARN_MS as LOOP_LAG_WARN_MS
 from hostagent.model import DEFAULT_BOOT_TIMEOUT_S, ON_LVM
 from hostagent.master.decide.replicas import out_of_date_words
-from hostagent.status import REPORT_STALE_AFTER_S, describe_mirrors, instance_status, report_age_s
+from hostagent.status import (COPYING, NO_PROGRESS, REPORT_STALE_AFTER_S, copy_eta_of, describe_mirrors,
+                              disk_copy_words, instance_status, last_sync_words, report_age_s, report_fresh,
+                              short_copy_words)
 
 JOB_STUCK_AFTER_S = 3600.0
 
@@ -43,7 +45,13 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
     replication = None
     if inst.get("secondary_node"):
         record = inst.get("replica") or {}
-        replication = {"secondary": inst["secondary_node"], "disks": mirrors,
+        standing = copy_standing(inst, reports, now) or {}
+        replication = {"secondary": inst["secondary_node"],
+                       "disks": [{**s, "words": disk_copy_words(s),
+                                  "last_sync_words": last_sync_words(s.get("last_sync"))} for s in mirrors],
+                       # right now, from both nodes' reports: the `instance list` column, and when it is in sync again
+                       "redundant": standing.get("redundant"), "short": standing.get("short"),
+                       "eta_s": standing.get("eta_s"), "why": standing.get("why"),
                        "in_sync": bool(inst.get("replica_in_sync")),
                        "summary": describe_mirrors(mirrors) if observed.pid or inst["disk_template"] == "drbd" else
                        ("in sync when last running" if inst.get("replica_in_sync") else "not known to be in sync"),
@@ -69,6 +77,71 @@ def instance_row(inst: dict[str, Any], reports: dict[str, dict[str, Any]], now: 
             else 0.0, "boot": seen.get("boot"), "vnc_socket": seen.get("vnc_socket") if observed.pid else None,
             "console_tail": restart.get("console", []) if status == "failed" else
             seen.get("boot_console", []) if status == "error" else []}
+
+
+def copy_standing(inst: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]],
+                  now: float) -> dict[str, Any] | None:
+    """Whether a replicated instance has its second copy in sync right now (its replica record says so and
+    every disk the primary reports is in sync), and if not, whether it is being copied and when it should be
+    in sync again; None for an instance without a secondary.
+
+    `verdict`: "in_sync", "eta" (`eta_s` says when), "measuring" (a copy in its first seconds), "stalled",
+    "paused" (DRBD waits for another resync), "not copying" (`why` says why).
+    """
+    secondary = inst.get("secondary_node")
+    if not secondary:
+        return None
+    name, primary = inst["name"], inst["primary_node"]
+    for role, node in (("primary", primary), ("secondary", secondary)):
+        report = reports.get(node)
+        if not report_fresh(report, now):
+            age = report_age_s(report, now)
+            return _standing("not copying", None, f"{role} node '{node}' down: "
+                             + ("it never reported" if age is None else f"no report for {age:.0f} s"), f"{node} down")
+    report = reports[primary]
+    states: list[dict[str, Any]] = ((report.get("mirrors") or {}).get(name)) or []
+    record = inst.get("replica") or {}
+    if record.get("in_sync") and all(s.get("status") == "in_sync" for s in states):
+        return {**_standing("in_sync", 0.0, "", "in sync"), "redundant": True}
+    if not states:
+        if inst.get("disk_template") == "drbd":
+            return _standing("not copying", None, "its DRBD devices are not up on the primary", "not up")
+        if name not in (report.get("instances") or {}):
+            return _standing("not copying", None, f"stopped, its copy {out_of_date_words(record)}: it is brought "
+                             "up to date once the instance runs", "out of date")
+        return _standing("not copying", None, "no copy under way", "no copy")
+    verdict, eta = copy_eta_of(states)
+    if verdict == "in_sync":
+        return _standing("eta", 0.0, "copied: the master is recording it in sync", "joining")
+    short = short_copy_words(states)
+    if verdict in ("eta", "measuring"):
+        return _standing(verdict, eta, describe_mirrors(states), short)
+    worst = next((s for s in states if s.get("status") not in COPYING + NO_PROGRESS + ("in_sync",)), None) \
+        or next(s for s in states if s.get("status") != "in_sync" and copy_eta_of([s])[0] == verdict)
+    return _standing(verdict, None, f"disk {worst.get('index')} {disk_copy_words(worst)}", short)
+
+
+def _standing(verdict: str, eta_s: float | None, why: str, short: str) -> dict[str, Any]:
+    return {"redundant": False, "verdict": verdict, "copying": verdict in ("eta", "measuring"),
+            "eta_s": None if eta_s is None else round(eta_s, 1), "why": why, "short": short}
+
+
+def redundancy(instances: Iterable[Mapping[str, Any]], reports: Mapping[str, Mapping[str, Any]],
+               now: float) -> dict[str, Any]:
+    """`cluster info`: how many replicated instances have no second copy in sync right now, which, and when the
+    last of those being copied should be in sync again (`eta_s`, `eta_at`: the latest of their ETAs, those in
+    `measuring` left out until their copy has a rate); those not being copied at all are in `unknown`, each with
+    why."""
+    standings = {i["name"]: s for i in instances for s in [copy_standing(i, reports, now)] if s is not None}
+    behind = {name: s for name, s in sorted(standings.items()) if not s["redundant"]}
+    copying = {name: s for name, s in behind.items() if s["copying"]}
+    measuring = [name for name, s in copying.items() if s["eta_s"] is None]
+    timed = [s["eta_s"] for s in copying.values() if s["eta_s"] is not None]
+    eta = max(timed) if timed else None
+    return {"replicated": len(standings), "not_redundant": list(behind),
+            "copying": {name: s["why"] for name, s in copying.items()},
+            "measuring": measuring, "eta_s": eta, "eta_at": None if eta is None else round(now + eta, 1),
+            "unknown": {name: s["why"] for name, s in behind.items() if not s["copying"]}}
 
 
 def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | None,

@@ -90,6 +90,7 @@ class ClusterRoutes(ApiBase):
             "backup_keep": cluster.get("backup_keep") or backup_schedule.DEFAULT_KEEP,
             "backup_to": cluster.get("backup_to") or "",
             "backup_max_per_node": cluster.get("backup_max_per_node") or backup_schedule.DEFAULT_MAX_PER_NODE,
+            "redundancy": views.redundancy(self._instances(), self._reports(), self.agent.clock.time()),
         })
 
     async def cluster_fencing(self, request: web.Request) -> web.Response:
