@@ -165,6 +165,7 @@ class Agent:
                                   self.refresh_catalog, self.replication, self.boot, self.looplag, self.pki,
                                   self.tokens, self.isolation, self.member, self._role, self.gossip.connect, clock)
         self.reports.drbd = self.drbd
+        self.replication.joined = self.reports.soon
         self.reports.backups = self.backups.dirs
         self.secrets = NodeSecrets(cfg.node_name, self.pki, self.member, self.crl, self._reload_tls)
         self.orders = self._order_table()

@@ -97,6 +97,7 @@ class NodeReplication:
         self.busy: dict[str, str] = {}
         self._progress: dict[str, migration.MigrationProgress] = {}
         self.tell_master: TellMaster | None = None
+        self.joined: Callable[[], None] = lambda: None  # a copy joined its quorum: report now, not at the next tick
         self._guards: dict[str, asyncio.Task[None]] = {}
         self._disk_counts: dict[str, int] = {}  # instance -> how many disks its guard watches
         self._locks: dict[str, asyncio.Lock] = {}
@@ -232,7 +233,7 @@ class NodeReplication:
                 if job.status in ("absent", "failed", "stopped"):
                     only = await self.resyncs.begin(qmp, name, i, copies.get(i), target_node(i), rate)
                     if only is not None:
-                        modes[str(i)] = f"only the changes ({only})" if only else "catching up"
+                        modes[str(i)] = f"only the {only} written since it left" if only else "catching up"
                         continue
                 await blockmirror.start_mirror(qmp, f"disk{i}", target_node(i), job_id(i), rate_limit_mib_s=rate)
                 modes[str(i)] = "full copy"
@@ -310,12 +311,16 @@ class NodeReplication:
             self._queues.get(name, {}).pop(i, None)
             if self.resyncs.active(name, i):
                 poll = min(poll, await self.resyncs.step(qmp, name, i, target_node(i)))
-                if not self.resyncs.active(name, i) and not (await blockmirror.peer_state(qmp, i, target_node(i))).joined:
+                if self.resyncs.active(name, i):
+                    continue
+                if (await blockmirror.peer_state(qmp, i, target_node(i))).joined:
+                    self.joined()
+                else:
                     await blockmirror.remove_nbd_target(qmp, target_node(i), TLS_CREDS_ID)  # failed: attach anew
                 continue
             job = await blockmirror.mirror_state(qmp, job_id(i))
-            if job.status == "converged":
-                await blockmirror.join_peer(qmp, i, job_id(i), target_node(i))
+            if job.status == "converged" and await blockmirror.join_peer(qmp, i, job_id(i), target_node(i)) is not None:
+                self.joined()
             if job.status in ("syncing", "resyncing", "converged"):
                 poll = min(poll, GUARD_SYNC_POLL_S)
         return poll
