@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mirror import CREDS, MIB, NODE, VM, Rig, identical, random_file  # noqa: E402  (bench/mirror.py's rig)
 from conftest import free_port  # noqa: E402  (the test suite's helper, on the path mirror.py sets)
 from hostagent.node.executor import client_identity  # noqa: E402
+from hostagent.node.resync import FINISH_UNDER_BYTES, MAX_ROUNDS  # noqa: E402  (the agent's own thresholds)
 from kvm import blockresync  # noqa: E402
 from kvm.blockmirror import add_nbd_target, join_peer, leave_peer, mirror_state, remove_nbd_target, \
     start_mirror  # noqa: E402
@@ -52,8 +53,6 @@ TARGET, JOB, RESYNC = "target0", "job0", "resync0"
 WRITE_KIB = 64
 TIMEOUT_S = 300.0
 POLL_S = 0.05
-FINISH_UNDER = 4 * MIB
-MAX_ROUNDS = 12
 
 
 class Writer:
@@ -115,7 +114,7 @@ async def catch_up(qmp: Qmp, writer: Writer, copy_id: str) -> tuple[int, float, 
     copied, rounds = 0, 0
     while True:
         left = (await blockresync.tracked(qmp, 0))[copy_id]
-        if left <= FINISH_UNDER or rounds >= MAX_ROUNDS:
+        if left <= FINISH_UNDER_BYTES or rounds >= MAX_ROUNDS:
             break
         rounds += 1
         await blockresync.start_round(qmp, 0, copy_id, TARGET, RESYNC)
