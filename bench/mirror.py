@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
@@ -141,11 +142,12 @@ async def write_pass(qmp: Qmp, drive: str, pattern: int, total_mib: int, chunk_k
 
 
 async def wait_in_sync(qmp: Qmp, job: str) -> None:
-    """Poll (bounded) until the mirror is in sync."""
+    """Poll (bounded) until the copy is whole and the job only forwards writes ("converged": the mirror
+    job's own in-sync; joining a quorum is the agent's business, not this rig's)."""
     state: MirrorState | None = None
     for _ in range(int(TIMEOUT_S / POLL_S) + 1):
         state = await mirror_state(qmp, job, state)
-        if state.status == "in_sync":
+        if state.status == "converged":
             return
         if state.status in ("failed", "stalled", "absent", "stopped"):
             break
@@ -251,10 +253,15 @@ def main() -> int:
     parser.add_argument("--chunk-kib", type=int, default=1024, help="size of each write request in (a)")
     parser.add_argument("--rounds", type=int, default=3, help="measured passes per case in (a)")
     parser.add_argument("--sync-mib", type=int, default=1024, help="disk size for (b), a multiple of 16")
-    args = parser.parse_args()
-    root = tempfile.mkdtemp(prefix="cbm-", dir="/tmp")  # short: QMP's unix socket path
+    return run_in_scratch("cbm-", bench, parser.parse_args())
+
+
+def run_in_scratch(prefix: str, body: Callable[[str, argparse.Namespace], Awaitable[list[str]]],
+                   args: argparse.Namespace) -> int:
+    """Run `body` in a scratch directory under /tmp (short: QMP's unix socket path), removed after; print its lines."""
+    root = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     try:
-        lines = asyncio.run(bench(root, args))
+        lines = asyncio.run(body(root, args))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print("\n".join(lines))

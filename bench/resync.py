@@ -28,16 +28,14 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mirror import CREDS, MIB, NODE, VM, Rig, identical, random_file  # noqa: E402  (bench/mirror.py's rig)
+from mirror import CREDS, MIB, NODE, VM, Rig, identical, random_file, run_in_scratch  # noqa: E402  (its rig)
 from conftest import free_port  # noqa: E402  (the test suite's helper, on the path mirror.py sets)
 from hostagent.node.executor import client_identity  # noqa: E402
 from hostagent.node.resync import FINISH_UNDER_BYTES, MAX_ROUNDS  # noqa: E402  (the agent's own thresholds)
@@ -203,14 +201,7 @@ def main() -> int:
     parser.add_argument("--outages", type=lambda v: [float(x) for x in v.split(",")], default=[10.0, 60.0],
                         help="comma-separated outage lengths in seconds")
     parser.add_argument("--write-kib-s", type=int, default=2048, help="the writer's steady rate")
-    args = parser.parse_args()
-    root = tempfile.mkdtemp(prefix="crs-", dir="/tmp")  # short: QMP's unix socket path
-    try:
-        lines = asyncio.run(bench(root, args))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    print("\n".join(lines))
-    return 0
+    return run_in_scratch("crs-", bench, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ every write the quorum saw done before the leave.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvm import blockresync
+from kvm.blockmirror import MirrorError
 from kvm.qmp import Qmp
 from hostagent.clock import SYSTEM, Clock
 from hostagent.node.executor import read_small_file
@@ -108,10 +110,8 @@ class Resyncs:
     @staticmethod
     def disown(image: str) -> None:
         """`image` was made anew or a guest writes it: no recorded copy describes it any more."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(image + ".copy")
-        except FileNotFoundError:
-            pass
 
     # ---- primary: which copy each disk's peer holds --------------------------------
     def _copies_path(self, name: str) -> str:
@@ -133,15 +133,20 @@ class Resyncs:
         """Its QEMU is gone: so are its records and rounds."""
         for key in [k for k in self._active if k[0] == name]:
             del self._active[key]
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._copies_path(name))
-        except FileNotFoundError:
-            pass
 
     async def before_leave(self, qmp: Qmp, name: str, index: int) -> None:
-        """The joined copy of disk `index` is about to leave: record what it misses from now on."""
+        """The joined copy of disk `index` is about to leave: record what it misses from now on. Never in the
+        way of the leave itself (the guest may be paused on it): without a record, the next copy is a full one."""
         copy_id = self.peer_copies(name).get(index)
-        if copy_id and await blockresync.track(qmp, index, copy_id):
+        try:
+            tracking = bool(copy_id) and await blockresync.track(qmp, index, str(copy_id))
+        except MirrorError as exc:
+            log.warning("disk %d of '%s': cannot record what its leaving copy misses (%s); it gets a full copy "
+                        "when back", index, name, exc)
+            return
+        if tracking:
             log.info("disk %d of '%s': its secondary's copy leaves; the writes it misses are recorded from now on, "
                      "so that only those are copied when it is back", index, name)
 
@@ -157,6 +162,10 @@ class Resyncs:
         None when a full copy is needed (the reason logged), else how much there is to copy."""
         if (name, index) in self._active:
             return ""
+        if copy_id is not None and not _valid(copy_id):
+            log.warning("disk %d of '%s': the secondary names its copy %r, not a copy id: full copy", index, name,
+                        copy_id[:60])
+            copy_id = None
         recorded = await blockresync.tracked(qmp, index)
         if copy_id:
             self._set_peer_copy(name, index, copy_id)
@@ -241,6 +250,14 @@ class Resyncs:
         log.warning("disk %d of '%s': catching its secondary's copy up failed (%s)%s", index, name, why,
                     "; the next attempt copies everything" if count >= MAX_FAILURES else "")
         return ROUND_POLL_S
+
+
+def _valid(copy_id: str) -> bool:
+    try:
+        blockresync.bitmap_name(copy_id)
+    except MirrorError:
+        return False
+    return True
 
 
 def _write(path: str, text: str) -> None:

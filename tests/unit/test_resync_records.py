@@ -64,3 +64,19 @@ def test_the_rate_comes_from_the_recent_window_only() -> None:
     job.copied = 41 * MIB  # ...then 10 MiB/s
     job.sample(14.0)
     assert job.rate() == pytest.approx(10 * MIB)
+
+
+class NoBitmaps:
+    """A QEMU with no dirty bitmaps, for the decisions taken before any is made."""
+
+    async def execute(self, command: str, args: dict | None = None) -> list:
+        assert command == "query-named-block-nodes", command
+        return []
+
+
+async def test_a_bad_copy_id_from_the_secondary_means_a_full_copy_and_never_blocks_a_leave(tmp_path: Path) -> None:
+    resyncs = Resyncs(str(tmp_path))
+    assert await resyncs.begin(NoBitmaps(), "db1", 0, "../../x y", "mirror-target0", 0.0) is None  # type: ignore[arg-type]
+    assert resyncs.peer_copies("db1") == {}, "an id that cannot name a bitmap is not kept"
+    (tmp_path / "db1.copies").write_text('{"0": "bad id!"}')  # written by an older or damaged agent
+    await resyncs.before_leave(NoBitmaps(), "db1", 0)  # type: ignore[arg-type]
