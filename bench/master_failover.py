@@ -1,7 +1,10 @@
 """Benchmark: SIGKILL the master's agent, then time detection, election and resumed writes on a survivor.
 
 Forms a cluster of --nodes nodes on 127.0.0.1..N, every node a master candidate
-(etcd member), with the harness's master_lease_ttl_s = 5 and report_interval_s = 1.
+(etcd member), with report_interval_s = 1 from the harness but the production
+defaults of the master lease TTL and etcd's Raft timing (hostagent.config): the
+harness shortens the lease to 5 s for the tests, which is not what a cluster runs,
+so its line is taken out of every node's agent.toml (the timing used is printed).
 Then, --kills times: ask who the master is, SIGKILL its agent (its etcd and
 Serf get SIGTERM through their parent-death signal), and watch from one
 surviving node, the observer. All times count from the SIGKILL:
@@ -9,10 +12,10 @@ surviving node, the observer. All times count from the SIGKILL:
   detection  first `corral cluster info --json` on the observer whose "master"
              is no longer the killed node (null, or another node). The observer
              reads the master from its replica of /corral/master, which etcd
-             deletes when the dead master's lease expires (5 s TTL, less the
+             deletes when the dead master's lease expires (its TTL less the
              time since its last renewal; etcd re-grants every lease a full TTL
-             when its own Raft leader changes, so killing the etcd leader's node
-             can make this longer, not shorter).
+             plus one election timeout when its own Raft leader changes, so
+             killing the etcd leader's node too makes this longer).
   election   first such answer naming a surviving node as master.
   resume     first `corral user add benchK --role read` on the observer that
              exits 0. The first attempt starts as soon as detection is seen
@@ -24,17 +27,27 @@ bounds with a resolution of one `cluster info` call (printed as "poll").
 "replica" columns give the same two events read directly from the observer's
 SQLite replica every 10 ms, which separates etcd/mirror time from CLI time.
 
+The summary splits each figure by whether the killed node also held the etcd
+leader (asked with etcdctl just before the kill). A candidate on the etcd
+leader's node leaves a free master lease to the others for a moment
+(hostagent.master.role.DEFER_S), so left alone the two rarely share a node;
+every --leader-on-master'th kill (default 2nd) therefore first moves the etcd
+leader onto the master's node (`etcdctl move-leader`, then 1.5 s for the
+master's renewals to end the lease extension etcd grants on a leader change),
+so that both cases are measured. The overall figures mix them accordingly.
+
 After each kill the node is restarted and the next kill waits until it is back
 (fresh report, leases held, every candidate's etcd healthy, quorum).
 A full run (20 kills, 3 nodes) takes about 20 x 15-25 s.
 
-Usage: .venv/bin/python bench/master_failover.py [--kills 20] [--nodes 3] [--keep]
+Usage: .venv/bin/python bench/master_failover.py [--kills 20] [--nodes 3] [--leader-on-master 2] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -43,12 +56,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from benchcluster import AgentNode, Cluster, ChildLedger, etcd_endpoints, etcd_leader_endpoint, is_gone, \
-    running_cluster, summary, wait_settled
+from benchcluster import AgentNode, Cluster, ChildLedger, etcd_endpoints, etcd_leader_endpoint, etcdctl, is_gone, \
+    running_cluster, summary, wait_for, wait_settled
+from hostagent.config import load_config
 
 WATCH_DEADLINE_S = 60
 REPLICA_POLL_S = 0.01
 CHILD_EXIT_WAIT_S = 10
+LEADER_MOVE_WAIT_S = 10
+LEASE_SETTLE_S = 1.5  # a few renewals of the master lease after an etcd leader change
+HARNESS_LEASE_LINE = re.compile(r"^master_lease_ttl_s = .*\n", re.MULTILINE)
 
 
 class Failure(Exception):
@@ -140,6 +157,46 @@ class Writer(threading.Thread):
             time.sleep(0.05)
 
 
+def production_timing(cluster: Cluster) -> None:
+    """Drop the harness's short master lease from every node's config, so the defaults apply."""
+    for node in cluster.nodes:
+        text, found = HARNESS_LEASE_LINE.subn("", node.config.read_text())
+        if not found:
+            raise Failure(f"{node.config} has no master_lease_ttl_s line to drop: has the harness changed?")
+        node.config.write_text(text)
+
+
+def timing(node: AgentNode) -> str:
+    cfg = load_config(str(node.config))
+    return (f"master lease TTL {cfg.master_lease_ttl_s} s, etcd heartbeat {cfg.etcd_heartbeat_ms} ms, "
+            f"election timeout {cfg.etcd_election_timeout_ms} ms")
+
+
+def endpoint_of(node: AgentNode) -> str:
+    return f"https://{node.address}:{node.ports['etcd_client']}"
+
+
+def put_etcd_leader_on(cluster: Cluster, node: AgentNode) -> None:
+    """Move etcd's Raft leadership to `node`'s member (no-op if it has it), and let the master lease settle."""
+    endpoints = etcd_endpoints(cluster)
+    target = endpoint_of(node)
+    leader = etcd_leader_endpoint(node, endpoints)
+    if leader == target:
+        return
+    status = etcdctl(node, endpoints, "endpoint", "status", "-w", "json")
+    rows = json.loads(status.stdout) if status.returncode == 0 else []
+    member = next((r["Status"]["header"]["member_id"] for r in rows if r["Endpoint"] == target), None)
+    if leader is None or member is None:
+        raise Failure(f"cannot move the etcd leader to {node.name}: leader {leader}, member {member}; "
+                      f"{status.stderr.strip()[-300:]}")
+    moved = etcdctl(node, [leader], "move-leader", f"{member:x}")
+    if moved.returncode != 0:
+        raise Failure(f"etcdctl move-leader to {node.name} failed: {moved.stderr.strip()[-300:]}")
+    wait_for(lambda: etcd_leader_endpoint(node, endpoints) == target, LEADER_MOVE_WAIT_S,
+             f"etcd leader on {node.name}", interval_s=0.2)
+    time.sleep(LEASE_SETTLE_S)
+
+
 def current_master(cluster: Cluster) -> AgentNode:
     name = cluster.master()
     if name is None:
@@ -147,14 +204,16 @@ def current_master(cluster: Cluster) -> AgentNode:
     return cluster[name]
 
 
-def measure_kill(cluster: Cluster, ledger: ChildLedger, index: int) -> Kill:
+def measure_kill(cluster: Cluster, ledger: ChildLedger, index: int, colocate: bool) -> Kill:
     old = current_master(cluster)
+    if colocate:
+        put_etcd_leader_on(cluster, old)
+        old = current_master(cluster)  # moving the leader must not have moved the master
     survivors = [n for n in cluster.alive() if n is not old]
     observer = survivors[index % len(survivors)]
     endpoints = etcd_endpoints(cluster)
     leader = etcd_leader_endpoint(observer, endpoints)
-    old_endpoint = f"https://{old.address}:{old.ports['etcd_client']}"
-    kill = Kill(index, old.name, None if leader is None else leader == old_endpoint, observer.name)
+    kill = Kill(index, old.name, None if leader is None else leader == endpoint_of(old), observer.name)
     ledger.note(cluster)
     children = old.child_pids()
 
@@ -241,21 +300,28 @@ def report(kills: list[Kill]) -> None:
         values = [getattr(k, attr) for k in kills if getattr(k, attr) is not None]
         missing = len(kills) - len(values)
         print(f"{label:22s} {summary(values)}" + (f"  MISSING in {missing}" if missing else ""))
-    leader = [k.detection for k in kills if k.was_etcd_leader and k.detection is not None]
-    other = [k.detection for k in kills if k.was_etcd_leader is False and k.detection is not None]
-    print(f"detection when the killed node held the etcd leader: {summary(leader)}")
-    print(f"detection when it did not:                           {summary(other)}")
+    print(f"\nmaster failover over {len(kills)} kills, split by whether the etcd leader died too:")
+    for label, group in [("etcd leader died too", [k for k in kills if k.was_etcd_leader]),
+                         ("etcd leader survived", [k for k in kills if k.was_etcd_leader is False]),
+                         ("etcd leader unknown", [k for k in kills if k.was_etcd_leader is None])]:
+        if not group and label == "etcd leader unknown":
+            continue
+        print(f"  {label} ({len(group)} kills):")
+        for attr in ("detection", "election", "resume"):
+            values = [getattr(k, attr) for k in group if getattr(k, attr) is not None]
+            print(f"    {attr:10s} {summary(values)}")
     polls = [p for k in kills for p in k.polls]
     print(f"`cluster info` call during the gap: {summary(polls)}")
     failed_writes = sum(1 for k in kills for a in k.attempts if a.rc != 0)
     print(f"failed writes before resume: {failed_writes} over {len(kills)} kills")
 
 
-def run_kills(cluster: Cluster, ledger: ChildLedger, kills: list[Kill], count: int, candidates: int) -> None:
+def run_kills(cluster: Cluster, ledger: ChildLedger, kills: list[Kill], count: int, candidates: int,
+              leader_every: int) -> None:
     """Kill, measure, bring back, `count` times; raises Failure when Corral does not recover."""
     for i in range(count):
         try:
-            kill = measure_kill(cluster, ledger, i)
+            kill = measure_kill(cluster, ledger, i, colocate=leader_every > 0 and (i + 1) % leader_every == 0)
         except (AssertionError, subprocess.TimeoutExpired) as exc:
             raise Failure(f"kill {i + 1}: {type(exc).__name__}: {exc}") from None
         kills.append(kill)
@@ -275,13 +341,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--nodes", type=int, default=3, choices=(3, 5))
+    parser.add_argument("--leader-on-master", type=int, default=2, metavar="N",
+                        help="every Nth kill, first move the etcd leader to the master's node (0: never)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster's files (agent logs) afterwards")
     args = parser.parse_args()
     kills: list[Kill] = []
     failure: str | None = None
     try:
-        with running_cluster(args.nodes, args.nodes, keep=args.keep) as (cluster, ledger):
-            run_kills(cluster, ledger, kills, args.kills, args.nodes)
+        with running_cluster(args.nodes, args.nodes, keep=args.keep, before_form=production_timing) as (cluster,
+                                                                                                      ledger):
+            print(f"timing: {timing(cluster.nodes[0])}", flush=True)
+            run_kills(cluster, ledger, kills, args.kills, args.nodes, args.leader_on_master)
     except (Failure, AssertionError) as exc:  # AssertionError: the harness could not form the cluster
         failure = str(exc)
     if kills:

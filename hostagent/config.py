@@ -19,6 +19,10 @@ from kvm.hvparams import DEFAULT_KERNEL_DIRS
 from storage.lvmparse import vg_name_problem
 
 DEFAULT_CONFIG_PATH = "/etc/corral/agent.toml"
+# Tuned with etcd's LAN timing (election.member): when the master's node also held the etcd leader, the
+# key goes ~0.5 s (etcd election) + 0.5 s (the new leader's extension) + this TTL after the death.
+MASTER_LEASE_TTL_S = 2
+MIN_MASTER_LEASE_TTL_S = 2  # the master renews 4 times a TTL and stops acting a quarter TTL before expiry
 _NODE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
@@ -60,7 +64,7 @@ class AgentConfig:
     etcd_binary: str = "etcd"
     qemu_binary: str = "qemu-system-x86_64"
     report_interval_s: float = 5.0
-    master_lease_ttl_s: int = 10
+    master_lease_ttl_s: int = MASTER_LEASE_TTL_S  # a dead master is replaced about this long after it died
     etcd_connect_timeout_s: float = 1.0  # connect and TLS handshake to one etcd member before trying the next
     etcd_heartbeat_ms: int = HEARTBEAT_MS  # Raft timing of this node's etcd member (election.member)
     etcd_election_timeout_ms: int = ELECTION_TIMEOUT_MS
@@ -166,7 +170,7 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> AgentConfig:
         if port in seen and port:
             problems.append(f"ports: {key.removesuffix('_port')} and {seen[port]} both use port {port}")
         seen[port] = key.removesuffix("_port")
-    for key in ("report_interval_s", "master_lease_ttl_s", "os_install_timeout_s", "qmp_timeout_s",
+    for key in ("report_interval_s", "os_install_timeout_s", "qmp_timeout_s",
                 "qemu_start_timeout_s"):
         if key in values and values[key] <= 0:
             problems.append(f"agent.{key} must be positive, got {values[key]}")
@@ -225,10 +229,18 @@ def _convert(name: str, typ: Any, value: Any, problems: list[str]) -> Any:
 
 
 def _etcd_timing_problems(values: dict[str, Any]) -> list[str]:
-    """etcd's own limits (it refuses to start otherwise), and the master lease outliving an etcd election."""
+    """etcd's own limits (it refuses to start otherwise), and the master lease outliving an etcd election.
+
+    Twice the election timeout also keeps the lease above etcd's minimum TTL (1.5 election timeouts, rounded
+    up to a second), below which etcd would silently grant a longer lease than the agent counts on.
+    """
     beat = values.get("etcd_heartbeat_ms", HEARTBEAT_MS)
     election = values.get("etcd_election_timeout_ms", ELECTION_TIMEOUT_MS)
-    lease_ms = values.get("master_lease_ttl_s", AgentConfig.master_lease_ttl_s) * 1000
+    lease_s = values.get("master_lease_ttl_s", MASTER_LEASE_TTL_S)
+    lease_ms = lease_s * 1000
+    if lease_s < MIN_MASTER_LEASE_TTL_S:
+        return [f"agent.master_lease_ttl_s must be at least {MIN_MASTER_LEASE_TTL_S} s (the master renews it "
+                f"4 times a TTL and stops acting a quarter TTL before it could expire), got {lease_s}"]
     if not 10 <= beat <= 5000:
         return [f"agent.etcd_heartbeat_ms must be 10-5000 ms, got {beat}"]
     if not 5 * beat <= election <= 50000:
@@ -236,5 +248,6 @@ def _etcd_timing_problems(values: dict[str, Any]) -> list[str]:
                 f"most 50000 ms, got {election}"]
     if election * 2 > lease_ms:
         return [f"agent.etcd_election_timeout_ms ({election}) must be at most half of master_lease_ttl_s "
-                f"({lease_ms // 1000} s): the master must not lose its lease while etcd elects a leader"]
+                f"({lease_s} s): the master must not lose its lease while etcd elects a leader; raise "
+                f"master_lease_ttl_s to at least {-(-election * 2 // 1000)} s or lower the election timeout"]
     return []

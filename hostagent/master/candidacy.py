@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from election.etcd import EtcdClient, Op, WatchEvent
+from election.etcd import EtcdClient, EtcdError, Op, WatchEvent
 from election.lease import MasterLease
 from election.mirror import Mirror
 from election.replica import Replica
@@ -49,6 +49,11 @@ def vanished(running: dict[str, frozenset[str]], events: Sequence[WatchEvent]) -
     return gone
 
 
+def master_lost(events: Sequence[WatchEvent]) -> bool:
+    """Whether the master key was deleted (its lease expired or was revoked): time to campaign."""
+    return any(e.type == "delete" and e.kv.key == model.MASTER_KEY for e in events)
+
+
 class Candidacy:
     """Built with the cluster side on every node (the API asks `role` who is master); start() enters the
     election, on candidates only, until stop() (the node left the etcd members) or the loops end."""
@@ -59,9 +64,10 @@ class Candidacy:
         self._node = node
         self._mirror = mirror
         self._replica = replica
+        self._etcd = etcd
         lease = MasterLease(etcd, key=model.MASTER_KEY, ttl_s=lease_ttl_s)
         self.role = MasterRole(node, etcd, lease, lock_keys=lock_keys, on_change=on_change, catch_up=self._catch_up,
-                               clock=clock)
+                               clock=clock, defer=self._holds_etcd_leader)
         self.ops = Operations(self.role, nodes)
         self.node_ops = NodeOperations(self.ops.store, paths, self.ops.handlers(), self.ops.moves,
                                        self.ops.submit_simple)
@@ -78,6 +84,26 @@ class Candidacy:
         self._task: asyncio.Task[Any] | None = None
         self._running: dict[str, frozenset[str]] = {}  # node -> the instances its last report listed
         mirror.listeners.append(self._reports_changed)
+        mirror.listeners.append(self._master_changed)
+
+    def _master_changed(self, events: Sequence[WatchEvent]) -> None:
+        """The master key deleted: campaign now rather than at the next look at it."""
+        if master_lost(events) and not self.role.is_master:
+            self.role.wake()
+
+    async def _holds_etcd_leader(self) -> bool:
+        """Whether this node's etcd member is the Raft leader while other candidates exist: the master
+        is better elsewhere, so that one node's death never costs an etcd election on top of the lease."""
+        nodes = dict(self._replica.prefix_json(model.NODES))
+        mine = next((n for n in nodes.values() if n.get("name") == self._node), None)
+        others = [n for n in nodes.values() if n.get("candidate") and n.get("name") != self._node]
+        if mine is None or not others:
+            return False
+        try:
+            status = await self._etcd.status(model.etcd_client_url(mine))
+        except EtcdError:
+            return False  # no answer from our own member: nothing to leave to the others
+        return bool(status["leader"]) and status["leader"] == status["member_id"]
 
     def _reports_changed(self, events: Sequence[WatchEvent]) -> None:
         """A report that no longer lists an instance (its QEMU died, or it was stopped) wakes the master at once,

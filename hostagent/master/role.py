@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from election.etcd import EtcdClient, EtcdError
+from election.etcd import EtcdClient, EtcdError, EtcdUnavailable
 import election.lease
 from election.lease import FencingToken, MasterLease
 
@@ -24,15 +24,35 @@ log = logging.getLogger(__name__)
 
 Duty = Callable[[], Awaitable[Any]]
 TAKEOVER_HOLD_S = 3.0
+# How often a follower looks at the master key itself; the mirror's watch wakes it at once
+# when the key is deleted (Candidacy), so this only covers a watch that is behind.
 FOLLOW_POLL_S = 0.3
-LEASE_MARGIN_S = 2.0  # stop acting this long before the lease could expire in etcd  # how soon a candidate notices that the master key is gone
+# A candidate on the etcd leader's node leaves a free master lease this long to the others:
+# were the master on that node, its death would cost an etcd election and a full lease TTL more.
+DEFER_S = 0.5
+RETRY_S = 0.2  # after a failed renewal, while the lease surely still holds
+LEASE_MARGIN_S = 2.0  # at most this long before its lease could expire in etcd, the master stops acting
+
+
+def renew_interval_s(ttl_s: float) -> float:
+    """How often the master renews its lease (and runs its duties): three times a TTL."""
+    return max(0.5, ttl_s / 3)
+
+
+def lease_margin_s(ttl_s: float) -> float:
+    """How long before its lease could expire in etcd the master stops acting, so that orders in flight land
+    first: LEASE_MARGIN_S, or a quarter of a lease too short for that (a 2 s lease still survives one late
+    renewal)."""
+    return min(LEASE_MARGIN_S, ttl_s / 4)
 
 
 class MasterRole:
     def __init__(self, node: str, client: EtcdClient, lease: MasterLease,
                  lock_keys: Callable[[dict[str, Any]], list[str]],
                  on_change: Callable[[str], None] = lambda s: None,
-                 catch_up: Callable[[int, float], Awaitable[bool]] | None = None, clock: Clock = SYSTEM) -> None:
+                 catch_up: Callable[[int, float], Awaitable[bool]] | None = None, clock: Clock = SYSTEM,
+                 defer: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """`defer`: whether a free master lease is better left a moment to the other candidates (DEFER_S)."""
         self.node = node
         self.clock = clock  # the master's jobs, store and duties read the time here
         self.client = client
@@ -44,6 +64,8 @@ class MasterRole:
         self._lock_keys = lock_keys
         self._on_change = on_change
         self._catch_up = catch_up
+        self._defer = defer
+        self._free_since: float | None = None  # when this node last found the master lease free
         self.token: FencingToken | None = None
         self.runner: JobRunner | None = None
         self.became_master = asyncio.Event()
@@ -83,20 +105,30 @@ class MasterRole:
             self._on_change(sentence)
 
     async def run(self, stop: asyncio.Event) -> None:
-        interval = max(0.5, self.lease.ttl_s / 3)
+        interval = renew_interval_s(self.lease.ttl_s)
         while not stop.is_set():
+            retry = False
             try:
                 sentence = await self._step()
                 self._say(sentence)
                 if sentence.startswith("revoked"):
                     continue  # campaign again at once
+            except EtcdUnavailable as exc:
+                if self.lease_ok():
+                    # etcd between leaders, or one member gone: the lease outlives that; try again soon.
+                    self._say(f"node '{self.node}' could not renew the master lease ({exc}); "
+                              f"retrying while it surely holds")
+                    retry = True
+                else:
+                    await self._demote(f"lost contact with etcd ({exc}); stopped master duties")
             except (EtcdError, election.lease.NotMaster) as exc:
                 await self._demote(f"lost contact with etcd ({exc}); stopped master duties")
             except Exception:  # noqa: BLE001 - the loop must survive; reported
                 log.exception("master loop iteration failed; please report this bug")
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wait_either(stop), interval if self.is_master else FOLLOW_POLL_S)
+                pause = RETRY_S if retry else interval if self.is_master else FOLLOW_POLL_S
+                await asyncio.wait_for(self._wait_either(stop), pause)
             except asyncio.TimeoutError:
                 pass
         await self._demote("agent stopping")
@@ -118,7 +150,7 @@ class MasterRole:
             if not await self.lease.keepalive():
                 await self._demote("master lease expired")
                 return f"lost the master lease; node '{self.node}' is no longer master"
-            self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
+            self._lease_deadline = self._deadline(sent)
             # In the background: a long duty (adding an etcd member) must never delay
             # the keepalive that keeps this node master.
             self._launch_duties()
@@ -133,7 +165,12 @@ class MasterRole:
                 return f"master hand-over to {plan['to'] or 'another candidate'} in progress; not campaigning"
         held = await self.lease.current()
         if held is not None and held[0] != self.node:
+            self._free_since = None
             return f"node '{held[0]}' holds the master lease; following"  # a cheap read, no campaign
+        if held is None and await self._deferring():
+            return f"the master lease is free; node '{self.node}' holds the etcd leader, so it lets another " \
+                   f"candidate try first"
+        self._free_since = None
         sent = self.clock.monotonic()
         token = await self.lease.campaign(self.node)
         if token is None:
@@ -150,12 +187,16 @@ class MasterRole:
                         f"(token {current[1].to_str()})")
             holder = current[0] if current else "nobody"
             return f"node '{holder}' holds the master lease; following"
-        self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
+        self._lease_deadline = self._deadline(sent)
         if self._catch_up is not None:
             revision = (await self.client.status())["revision"]
             if not await self._catch_up(revision, self.lease.ttl_s / 3):
                 await self.lease.resign()
                 return f"won the election but this node's replica is behind revision {revision}; stepped back"
+            sent = self.clock.monotonic()
+            if not await self.lease.keepalive():  # a short lease must not run out while the old jobs are read
+                return "lost the master lease while catching up; following"
+            self._lease_deadline = self._deadline(sent)
         self._say(f"acquired the master lease; node '{self.node}' is master (token {token.to_str()})")
         runner = JobRunner(self.node, self.client, self.lease, token, self.handlers, self._lock_keys, self.clock)
         self.token = token
@@ -165,12 +206,25 @@ class MasterRole:
             self.token = None
             await runner.stop()
             return "lost the master lease while taking over; following"
-        self._lease_deadline = sent + self.lease.ttl_s - LEASE_MARGIN_S
+        self._lease_deadline = self._deadline(sent)
         self.master_since = self.clock.time()
         self.runner = runner
         self._hooks_task = asyncio.create_task(self._run_hooks_then_duties(), name="master-elected")
         self.became_master.set()
         return f"node '{self.node}' is master (token {token.to_str()})"
+
+    def _deadline(self, sent: float) -> float:
+        """Until when a renewal sent at `sent` (our monotonic clock) lets this node act as master."""
+        return sent + self.lease.ttl_s - lease_margin_s(self.lease.ttl_s)
+
+    async def _deferring(self) -> bool:
+        """Whether to leave the free master lease to the other candidates for now (at most DEFER_S)."""
+        now = self.clock.monotonic()
+        if self._free_since is None:
+            self._free_since = now
+        if self._defer is None or now >= self._free_since + DEFER_S:
+            return False
+        return await self._defer()
 
     async def _run_hooks_then_duties(self) -> None:
         for hook in self.on_elected:

@@ -59,3 +59,30 @@ def test_kernel_dirs_default_to_boot_and_the_guest_cache_and_must_be_absolute_di
     assert err.value.problems == [
         f"paths.kernel_dirs: {p!r} must be an absolute directory other than / (kernels and initrds are read from "
         "there, e.g. /boot)" for p in ("/", "boot")]
+
+
+def test_master_lease_and_etcd_timing_default_to_a_lan_cluster():
+    cfg = parse_config({"node": {"name": "n1", "address": "127.0.0.1"}})
+    assert (cfg.master_lease_ttl_s, cfg.etcd_heartbeat_ms, cfg.etcd_election_timeout_ms) == (2, 50, 500)
+
+
+@pytest.mark.parametrize("agent, problem", [
+    ({"master_lease_ttl_s": 1}, "agent.master_lease_ttl_s must be at least 2 s"),
+    ({"master_lease_ttl_s": 0}, "agent.master_lease_ttl_s must be at least 2 s"),
+    ({"etcd_heartbeat_ms": 5}, "agent.etcd_heartbeat_ms must be 10-5000 ms, got 5"),
+    ({"etcd_heartbeat_ms": 200}, "must be at least 5 times etcd_heartbeat_ms (1000)"),
+    ({"etcd_election_timeout_ms": 1500},
+     "agent.etcd_election_timeout_ms (1500) must be at most half of master_lease_ttl_s (2 s): the master must not "
+     "lose its lease while etcd elects a leader; raise master_lease_ttl_s to at least 3 s"),
+])
+def test_bad_master_lease_or_etcd_timing_is_refused_with_what_to_change(agent, problem):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"node": {"name": "n1", "address": "127.0.0.1"}, "agent": agent})
+    assert len(err.value.problems) == 1 and problem in err.value.problems[0], err.value.problems
+
+
+def test_slower_etcd_timing_is_accepted_with_a_longer_master_lease():
+    cfg = parse_config({"node": {"name": "n1", "address": "127.0.0.1"},
+                        "agent": {"etcd_heartbeat_ms": 400, "etcd_election_timeout_ms": 4000,
+                                  "master_lease_ttl_s": 15}})
+    assert (cfg.master_lease_ttl_s, cfg.etcd_election_timeout_ms) == (15, 4000)
