@@ -12,7 +12,9 @@ The flow, driven by the agent (hostagent.node.replication):
    ``max-bandwidth`` is always set from the operator's limit, because
    QEMU's default cap (128 MiB/s) dominates migration time on fast links;
    progress is polled with ``query-migrate`` and handed to a callback
-   (transferred/remaining MiB, throughput, ETA).
+   (transferred/remaining MiB, throughput, ETA); QEMU's MIGRATION events
+   wake the poll, so the pause (the guest stopped) is seen the moment
+   it starts.
 3. The caller hands over what the destination needs (the mirror
    template ends its disk mirror and the secondary's export, which holds
    the image lock).
@@ -24,8 +26,8 @@ A failed or timed-out migration is cancelled and raises
 ``MigrationFailed``: the source keeps running where it was. A migration
 that reaches the pause while the timeout fires counts as arrived.
 
-After completion the source sits in run state ``postmigrate`` (paused,
-holding its disks open); the caller quits it once the destination reports
+After completion the source sits paused (run state ``finish-migrate``,
+then ``postmigrate``), holding its disks open; the caller quits it once the destination reports
 ``running``. After a failure the caller stops the destination QEMU, which
 either exited by itself (broken stream) or still waits for a connection.
 
@@ -48,6 +50,7 @@ MIB = 1024 * 1024
 _MEGABIT = 1_000_000 / 8  # QEMU's "mbps" is decimal megabits per second
 _TERMINAL = ("completed", "failed", "cancelled")
 _CANCEL_WAIT_S = 10.0
+_FIGURES_WAIT_S = 0.005
 # Where migrate_to_switchover stops: the pause, or "completed" if another QMP
 # client let it continue; the guest then runs on the destination and must never
 # be reported as still running on the source.
@@ -201,11 +204,14 @@ async def complete_switchover(qmp_source: Qmp, timeout_s: float = 30.0,
         for _ in range(int(timeout_s / poll_interval_s) + 1):
             info = await _query(qmp_source, "destination")
             status = str(info.get("status", "none"))
-            if status == "completed":
+            if status == "completed" and info.get("total-time"):
                 return _completed("destination", info)
+            if status == "completed":  # QEMU sets the status a moment before its figures: ask again
+                await asyncio.sleep(_FIGURES_WAIT_S)
+                continue
             if status in ("failed", "cancelled"):
                 raise MigrationFailed("destination", str(info.get("error-desc") or status), status)
-            await asyncio.sleep(poll_interval_s)
+            await _next_change(qmp_source, poll_interval_s)
     except QmpError as exc:
         raise MigrationFailed("destination", f"switchover: {exc.reason}") from exc
     raise MigrationFailed("destination", f"switchover not done within {timeout_s:g} s", "device")
@@ -250,7 +256,8 @@ async def _drive(
                 "cancel it", status
             )
         await qmp_source.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": "pause-before-switchover", "state": True}]})
+            {"capability": "pause-before-switchover", "state": True},
+            {"capability": "events", "state": True}]})
         await qmp_source.execute("migrate-set-parameters", params)
         await qmp_source.execute("migrate", {"uri": dest_uri})
         log.info("migration to %s started (max %g MiB/s)", dest_uri, max_bandwidth_mib_s)
@@ -267,7 +274,7 @@ async def _drive(
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            await asyncio.sleep(min(poll_interval_s, remaining))
+            await _next_change(qmp_source, min(poll_interval_s, remaining))
     except MigrationFailed:
         raise
     except QmpError as exc:
@@ -316,6 +323,13 @@ def _completed(dest_uri: str, info: Mapping[str, object]) -> MigrationResult:
         result.throughput_mib_s,
     )
     return result
+
+
+async def _next_change(qmp: Qmp, timeout_s: float) -> None:
+    """Until QEMU sends an event (a MIGRATION status change, with the ``events`` capability on) or
+    ``timeout_s`` passes: the guest is paused from the moment QEMU reaches the pause before switchover,
+    so that moment must be seen at once, not at the next poll."""
+    await qmp.next_event(timeout_s)
 
 
 async def _query(qmp: Qmp, dest_uri: str) -> Mapping[str, object]:

@@ -11,6 +11,7 @@ end, which makes duplicate submits fail at once instead of half-way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -29,6 +30,9 @@ from hostagent.errors import BadRequest, Conflict, NotFound, Reserved
 
 log = logging.getLogger(__name__)
 
+RATE_WINDOW_S = 30.0  # an ETA follows the rate of the last half minute
+RATE_MIN_SPAN_S = 3.0  # below this span of samples, the rate since the start counts
+RATE_SAMPLES = 64
 STATUSES = ("queued", "running", "success", "error", "canceled")
 FINAL = ("success", "error", "canceled")
 
@@ -44,6 +48,7 @@ class JobContext:
         self._runner = runner
         self.job = job
         self.started = self._runner.clock.monotonic()
+        self._samples: dict[float, collections.deque[tuple[float, float]]] = {}  # per `started`: (time, done)
 
     async def log(self, message: str) -> None:
         log.info("job %d: %s", self.job["id"], message)
@@ -51,13 +56,29 @@ class JobContext:
         await self._runner.save(self.job)
 
     async def progress(self, done: float, total: float, text: str, started: float) -> None:
-        """Record percent and an ETA extrapolated from the rate so far."""
+        """Record percent and an ETA from the recent rate (`started` names the piece of work and when it began:
+        a copy that slows down, or speeds up once another ends, gets an ETA that follows)."""
+        now = self._runner.clock.monotonic()
+        samples = self._samples.setdefault(started, collections.deque(maxlen=RATE_SAMPLES))
+        samples.append((now, done))
         percent = 100.0 * done / total if total else 100.0
-        elapsed = self._runner.clock.monotonic() - started
-        eta = (elapsed / done * (total - done)) if done > 0 else None
+        eta = recent_eta(list(samples), total, started, now)
         self.job["progress"] = {"percent": round(percent, 1), "text": text,
                                 "eta_s": None if eta is None else round(eta, 1)}
         await self._runner.save(self.job)
+
+
+def recent_eta(samples: list[tuple[float, float]], total: float, started: float, now: float) -> float | None:
+    """Seconds left at the rate of the last RATE_WINDOW_S of (time, done) samples; the rate since `started`
+    while the window is too short to say; None while nothing is done."""
+    t, done = samples[-1]
+    window = [(st, sd) for st, sd in samples if now - st <= RATE_WINDOW_S]
+    t0, d0 = window[0]
+    if t - t0 >= RATE_MIN_SPAN_S and done > d0:
+        return (total - done) * (t - t0) / (done - d0)
+    if done <= 0:
+        return None
+    return (now - started) / done * (total - done)
 
 
 Handler = Callable[[JobContext, dict[str, Any]], Awaitable[dict[str, Any] | None]]

@@ -167,3 +167,22 @@ def test_cluster_redundancy_when_all_are_in_sync():
     reports = {"n1": report("n1", {"a": [IN_SYNC]}, ["a"]), "n2": report("n2")}
     got = redundancy([inst("a")], reports, NOW)
     assert (got["not_redundant"], got["eta_s"], got["unknown"]) == ([], None, {})
+
+
+def test_a_jobs_eta_follows_the_recent_rate_not_the_average_since_the_start():
+    from hostagent.master.jobs import recent_eta
+    # 100 MiB in the first 10 s, then 10 MiB/s from t=40: the last 30 s say 10 MiB/s, the average says less
+    samples = [(0.0, 0.0), (10.0, 100.0), (40.0, 100.0)] + [(40.0 + i, 100.0 + 10 * i) for i in range(1, 11)]
+    eta = recent_eta(samples, 1000.0, 0.0, 50.0)
+    assert eta is not None
+    # the window holds 20..50 s: from 100 at t=40 (the 10 s sample is older than 30 s) to 200 at t=50
+    assert 75 <= eta <= 95, eta
+    average = 50.0 / 200.0 * 800.0
+    assert eta < average
+
+
+def test_a_jobs_eta_before_a_rate_can_be_measured():
+    from hostagent.master.jobs import recent_eta
+    assert recent_eta([(5.0, 0.0)], 100.0, 0.0, 5.0) is None, "nothing done: no ETA yet"
+    # a second of samples only: the rate since the start (10 done in 2 s → 18 s for the 90 left)
+    assert recent_eta([(1.0, 5.0), (2.0, 10.0)], 100.0, 0.0, 2.0) == 18.0
