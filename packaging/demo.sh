@@ -83,7 +83,7 @@ start_agent() {  # node index
   setsid "$TOP/packaging/supervise-agent.sh" "$VENV/bin/corral-agent" --config "$dir/agent.toml" \
     >"$dir/agent.log" 2>&1 < /dev/null &
   echo $! > "$dir/supervisor.pid"
-  for _ in $(seq 1 100); do [ -S "$dir/run/agent.sock" ] && break; sleep 0.1; done
+  for _ in $(seq 1 300); do [ -S "$dir/run/agent.sock" ] && break; sleep 0.1; done  # 30 s: a loaded host starts Python slowly
   [ -S "$dir/run/agent.sock" ] || { echo "the agent of n$1 did not start; see .demo/n$1/agent.log"; exit 1; }
 }
 

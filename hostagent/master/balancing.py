@@ -21,7 +21,7 @@ from hostagent.errors import BadRequest
 from hostagent.master.jobs import Handler, JobContext, JobFailed
 from hostagent.master.moves import Moves
 from hostagent.master.store import Store
-from hostagent.status import report_fresh
+from hostagent.status import copy_eta_of, disk_copy_words, report_fresh
 
 SYNC_WAIT_BASE_S = 600.0
 SYNC_FLOOR_MIB_S = 10.0  # a copy slower than this over a LAN means something is wrong: stop waiting
@@ -41,11 +41,17 @@ class StepContext(JobContext):
         self._parent = parent
         self._index = index
         self._count = count
+        self._samples = {}
+        self.clock = parent.clock
 
     async def log(self, message: str) -> None:
         await self._parent.log(message)
 
-    async def progress(self, done: float, total: float, text: str, started: float) -> None:
+    async def waiting(self, text: str, eta_s: float | None) -> None:
+        await self._parent.waiting(f"step {self._index} of {self._count}: {text}", eta_s)
+
+    async def progress(self, done: float, total: float, text: str, started: float, mib: bool = False) -> None:
+        text, _ = self.measure(done, total, text, started, mib, self.clock.monotonic())
         fraction = min(1.0, done / total) if total else 1.0
         await self._parent.progress(self._index - 1 + fraction, self._count,
                                     f"step {self._index} of {self._count}: {text}", self._parent.started)
@@ -154,6 +160,12 @@ class Balancing:
                 await ctx.log(f"{where}: waiting for the copy of '{name}' to be in sync before it switches "
                               "nodes (`corral instance info` shows the progress)")
                 said = True
+            states = report.get("mirrors", {}).get(name, []) if report_fresh(report, clock.time()) else []
+            if states:  # the copy's own figures: percent, what is left, its rate and ETA
+                verdict, eta = copy_eta_of(states)
+                words = "; ".join(f"disk {s.get('index', '?')} {disk_copy_words(s)}" for s in states)
+                await ctx.waiting(f"{where}: copy of '{name}': {words}" + (f" ({verdict})" if eta is None else ""),
+                                  eta)
             await asyncio.sleep(SYNC_POLL_S)
 
 

@@ -315,7 +315,7 @@ class DiskOps:
                     except JobFailed:
                         continue
                     await ctx.progress(done + disk["size_mib"] * status["percent"] / 100, total,
-                                       f"copying disk {disk['index']} to node '{target}'", started)
+                                       f"copying disk {disk['index']} to node '{target}'", started, mib=True)
                 await fetch
                 done += disk["size_mib"]
                 await ctx.progress(done, total, f"disk {disk['index']} copied", started)

@@ -38,7 +38,6 @@ async def follow(store: Store, ctx: JobContext, node: str, status_op: str, name:
             continue
         done, total = status["done"] / 2**20, status["total"] / 2**20
         if total:
-            rate = done / max(store.clock.monotonic() - started, 1e-3)
-            await ctx.progress(done, total, f"{what}: {format_mib(int(done))} of {format_mib(int(total))} "
-                               f"at {rate:.0f} MiB/s", started)
+            await ctx.progress(done, total, f"{what}: {format_mib(int(done))} of {format_mib(int(total))}", started,
+                               mib=True)
     return await task

@@ -27,6 +27,7 @@ from hostagent import model
 from hostagent import callers
 from hostagent.clock import SYSTEM, Clock
 from hostagent.errors import BadRequest, Conflict, NotFound, Reserved
+from hostagent.units import format_mib
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class JobContext:
     def __init__(self, runner: "JobRunner", job: dict[str, Any]) -> None:
         self._runner = runner
         self.job = job
-        self.started = self._runner.clock.monotonic()
+        self.clock = runner.clock
+        self.started = self.clock.monotonic()
         self._samples: dict[float, collections.deque[tuple[float, float]]] = {}  # per `started`: (time, done)
 
     async def log(self, message: str) -> None:
@@ -55,27 +57,48 @@ class JobContext:
         self.job["log"].append([self._runner.clock.time(), message])
         await self._runner.save(self.job)
 
-    async def progress(self, done: float, total: float, text: str, started: float) -> None:
+    async def progress(self, done: float, total: float, text: str, started: float, mib: bool = False) -> None:
         """Record percent and an ETA from the recent rate (`started` names the piece of work and when it began:
-        a copy that slows down, or speeds up once another ends, gets an ETA that follows)."""
-        now = self._runner.clock.monotonic()
-        samples = self._samples.setdefault(started, collections.deque(maxlen=RATE_SAMPLES))
-        samples.append((now, done))
+        a copy that slows down, or speeds up once another ends, gets an ETA that follows). `mib`: done and
+        total are MiB copied, and the text says what is left and the current rate."""
+        text, eta = self.measure(done, total, text, started, mib, self.clock.monotonic())
         percent = 100.0 * done / total if total else 100.0
-        eta = recent_eta(list(samples), total, started, now)
         self.job["progress"] = {"percent": round(percent, 1), "text": text,
                                 "eta_s": None if eta is None else round(eta, 1)}
         await self._runner.save(self.job)
+
+    def measure(self, done: float, total: float, text: str, started: float, mib: bool,
+                now: float) -> tuple[str, float | None]:
+        """The text (with what is left and the current rate, for MiB) and the ETA of one more sample."""
+        samples = self._samples.setdefault(started, collections.deque(maxlen=RATE_SAMPLES))
+        samples.append((now, done))
+        if mib:
+            rate = recent_rate(list(samples), now)
+            text += f": {format_mib(int(max(total - done, 0)))} left" + (f" at {rate:.0f} MiB/s" if rate else "")
+        return text, recent_eta(list(samples), total, started, now)
+
+    async def waiting(self, text: str, eta_s: float | None) -> None:
+        """While the job waits for work that measures its own ETA (a copy to be in sync): that text and ETA,
+        the percent where it was."""
+        progress = self.job.get("progress") or {"percent": 0.0}
+        self.job["progress"] = {**progress, "text": text, "eta_s": None if eta_s is None else round(eta_s, 1)}
+        await self._runner.save(self.job)
+
+
+def recent_rate(samples: list[tuple[float, float]], now: float) -> float | None:
+    """Units per second over the last RATE_WINDOW_S of (time, done) samples; None below RATE_MIN_SPAN_S."""
+    window = [(st, sd) for st, sd in samples if now - st <= RATE_WINDOW_S]
+    (t0, d0), (t, done) = window[0], window[-1]
+    return (done - d0) / (t - t0) if t - t0 >= RATE_MIN_SPAN_S else None
 
 
 def recent_eta(samples: list[tuple[float, float]], total: float, started: float, now: float) -> float | None:
     """Seconds left at the rate of the last RATE_WINDOW_S of (time, done) samples; the rate since `started`
     while the window is too short to say; None while nothing is done."""
-    t, done = samples[-1]
-    window = [(st, sd) for st, sd in samples if now - st <= RATE_WINDOW_S]
-    t0, d0 = window[0]
-    if t - t0 >= RATE_MIN_SPAN_S and done > d0:
-        return (total - done) * (t - t0) / (done - d0)
+    done = samples[-1][1]
+    rate = recent_rate(samples, now)
+    if rate:
+        return (total - done) / rate
     if done <= 0:
         return None
     return (now - started) / done * (total - done)

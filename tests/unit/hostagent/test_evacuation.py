@@ -282,3 +282,21 @@ async def test_an_evacuation_stops_at_the_first_failed_step_saying_what_was_done
                               "node 'n1'): node 'n3' does not answer.")
     assert "Done: migrate 'm1'. Not done: move 'f1', replace-secondary 'k1'." in message
     assert "`corral node evacuate n2` again" in message
+
+
+async def test_a_copys_progress_says_what_is_left_and_its_current_rate_and_a_wait_shows_the_copys_own_eta():
+    from fakes.clock import FakeClock
+    runner = _Runner()
+    runner.clock = FakeClock()  # type: ignore[assignment]
+    job = {"id": 8, "log": [], "progress": None}
+    parent = JobContext(runner, job)  # type: ignore[arg-type]
+    step = StepContext(parent, 1, 2)
+    for second in range(6):  # 20 MiB/s
+        await step.progress(20.0 * second, 1000.0, "copying disk 0 to node 'n1'", 0.0, mib=True)
+        runner.clock.advance(1.0)  # type: ignore[attr-defined]
+    assert job["progress"]["text"].startswith("step 1 of 2: copying disk 0 to node 'n1': ")
+    assert "left at 20 MiB/s" in job["progress"]["text"], job["progress"]["text"]
+    await step.waiting("copy of 'db1': syncing 40 %", 12.0)
+    assert job["progress"]["text"] == "step 1 of 2: copy of 'db1': syncing 40 %"
+    assert job["progress"]["eta_s"] == 12.0
+    assert job["progress"]["percent"] == pytest.approx(100.0 * 0.5 * 100 / 1000, abs=0.1)
