@@ -22,6 +22,7 @@ from hostagent.master.decide.placement import Request, Judge
 from hostagent.node.looplag import WARN_MS as LOOP_LAG_WARN_MS
 from hostagent.model import DEFAULT_BOOT_TIMEOUT_S, ON_LVM
 from hostagent.master.decide.replicas import out_of_date_words
+from hostagent.master.decide.syncpace import queued_words
 from hostagent.status import (COPYING, NO_PROGRESS, REPORT_STALE_AFTER_S, copy_eta_of, describe_mirrors,
                               disk_copy_words, instance_status, last_sync_words, report_age_s, report_fresh,
                               short_copy_words)
@@ -86,7 +87,8 @@ def copy_standing(inst: Mapping[str, Any], reports: Mapping[str, Mapping[str, An
     in sync again; None for an instance without a secondary.
 
     `verdict`: "in_sync", "eta" (`eta_s` says when), "measuring" (a copy in its first seconds), "stalled",
-    "paused" (DRBD waits for another resync), "not copying" (`why` says why).
+    "paused" (DRBD waits for another resync), "queued" (the copy waits its turn,
+    hostagent.master.decide.syncpace), "not copying" (`why` says why).
     """
     secondary = inst.get("secondary_node")
     if not secondary:
@@ -103,6 +105,11 @@ def copy_standing(inst: Mapping[str, Any], reports: Mapping[str, Mapping[str, An
     record = inst.get("replica") or {}
     if record.get("in_sync") and all(s.get("status") == "in_sync" for s in states):
         return {**_standing("in_sync", 0.0, "", "in sync"), "redundant": True}
+    queued = record.get("queued")
+    if queued and not any(s.get("status") in COPYING for s in states):
+        place, of = queued
+        return _standing("queued", None, f"{queued_words(place, of)}: the master copies a few at a time per node, "
+                         "critical first", f"queued {place}/{of}")
     if not states:
         if inst.get("disk_template") == "drbd":
             return _standing("not copying", None, "its DRBD devices are not up on the primary", "not up")

@@ -321,6 +321,24 @@ async def break_target(qmp: Qmp, target_node: str) -> bool:
     return True
 
 
+async def set_speed(qmp: Qmp, job_id: str, rate_limit_mib_s: float) -> bool:
+    """Change how fast the block job ``job_id`` (a mirror, or a resync round) copies in the background
+    (0: no limit); False when no such job is running. Guest writes are never throttled."""
+    if rate_limit_mib_s < 0:
+        raise MirrorError(f"set the speed of {job_id!r}", f"rate limit {rate_limit_mib_s:g} MiB/s is negative")
+    try:
+        job = await _find_job(qmp, job_id)
+        if job is None or _ended(job):
+            return False
+        # A positive limit below one byte/s would read as 0, "no limit": at least 1.
+        speed = max(1, int(rate_limit_mib_s * MIB)) if rate_limit_mib_s > 0 else 0
+        await qmp.execute("block-job-set-speed", {"device": job_id, "speed": speed})
+    except QmpError as exc:
+        raise MirrorError(f"set the speed of {job_id!r}", exc.reason) from exc
+    log.debug("block job %r: speed %s", job_id, f"{rate_limit_mib_s:g} MiB/s" if rate_limit_mib_s else "unlimited")
+    return True
+
+
 async def stop_mirror(qmp: Qmp, job_id: str, target_node: str, timeout_s: float = 30.0) -> bool:
     """End the mirror job (idempotent); True if the target holds a complete copy.
 

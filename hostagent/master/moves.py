@@ -20,6 +20,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from election.etcd import Compare, Op
@@ -46,6 +47,9 @@ class Moves:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        # MiB/s for a new copy of an instance (all its disks), given the cluster's cap: the mirror duty's
+        # pacing (hostagent.master.duties.mirrors) shares the cap among the copies through the same nodes.
+        self.copy_rate: Callable[[Mapping[str, Any], float], float] = lambda inst, cap: cap
 
     def handlers(self) -> dict[str, Any]:
         return {"instance.migrate": self._job_migrate, "instance.failover": self._job_failover}
@@ -184,9 +188,10 @@ class Moves:
                                            "client": primary})
         host = (await self._node(secondary))["address"]
         cluster = await self.store.get(model.CLUSTER_KEY) or {}
+        rate = self.copy_rate(inst, float(cluster.get("sync_rate_mib_s") or 0.0)) / max(1, len(disks))  # each disk's
         attached = await self.store.order(primary, "instance.mirror-attach",
                                           {"name": name, "disks": disks, "host": host, "port_base": inst["port_base"],
-                                           "rate_limit_mib_s": cluster.get("sync_rate_mib_s", 0.0), "gen": gen,
+                                           "rate_limit_mib_s": rate, "gen": gen,
                                            "copies": exported.get("copies", {})})
         return ", ".join(f"disk {i}: {how}" for i, how in sorted((attached.get("modes") or {}).items()))
 

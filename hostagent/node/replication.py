@@ -124,6 +124,7 @@ class NodeReplication:
             "instance.replica-unexport": self._unexport,
             "instance.mirror-attach": self._attach,
             "instance.mirror-detach": self._detach,
+            "instance.mirror-rate": self._set_rate,
             "instance.migrate-to-switchover": self._migrate_to_switchover,
             "instance.migrate-status": self._migrate_status,
             "instance.migrate-complete": self._migrate_complete,
@@ -240,6 +241,21 @@ class NodeReplication:
             with open(self._gen_path(name), "w") as fh:
                 fh.write(str(int(args.get("gen", 0))))
         return {"modes": modes}
+
+    async def _set_rate(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The master shares the cluster's copy rate anew (hostagent.master.decide.syncpace): each disk's copy
+        under way here, a mirror job or an incremental resync, goes on at `rate_mib_s` (0: no limit).
+        Returns the disks it changed; none while the instance is not running here or a migration holds QMP."""
+        name, rate = args["name"], float(args["rate_mib_s"])
+        changed: list[int] = []
+        if self._qemu.find(name) is None or name in self.busy:
+            return {"changed": changed}
+        async with self._lock(name), await self._qmp(name) as qmp:
+            for disk in args["disks"]:
+                i = disk["index"]
+                if await self.resyncs.set_rate(qmp, name, i, rate) or await blockmirror.set_speed(qmp, job_id(i), rate):
+                    changed.append(i)
+        return {"changed": changed}
 
     async def _detach(self, args: dict[str, Any]) -> dict[str, Any]:
         """Drop the secondary's copy (the master recorded it out of date first) and resume

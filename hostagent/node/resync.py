@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvm import blockresync
-from kvm.blockmirror import MirrorError
+from kvm.blockmirror import MirrorError, set_speed
 from kvm.qmp import Qmp
 from hostagent.clock import SYSTEM, Clock
 from hostagent.node.executor import read_small_file
@@ -187,6 +187,16 @@ class Resyncs:
                  recorded[copy_id] / MIB)
         await self._next_round(qmp, index, job, target)
         return f"{recorded[copy_id] / MIB:.1f} MiB"
+
+    async def set_rate(self, qmp: Qmp, name: str, index: int, rate_limit_mib_s: float) -> bool:
+        """The master shares the cluster's copy rate anew: the running round and the next ones of disk `index`
+        go at `rate_limit_mib_s` (0: no limit); False when it is not being caught up."""
+        job = self._active.get((name, index))
+        if job is None:
+            return False
+        job.rate_limit_mib_s = rate_limit_mib_s
+        await set_speed(qmp, resync_job(index), rate_limit_mib_s)
+        return True
 
     def active(self, name: str, index: int) -> bool:
         return (name, index) in self._active
