@@ -1,8 +1,9 @@
 """Benchmark: a whole-cluster power loss under N running instances; time until every one runs again.
 
 Forms a harness cluster of --nodes nodes on 127.0.4.x (tests/integration/conftest.py
-via bench/benchcluster.py: reports every 1 s, master lease 5 s, node lease 12 s)
-and adds --instances tiny `file` instances, round-robin over the nodes: the
+via bench/benchcluster.py: reports every 1 s, node lease 12 s; the master lease is
+the agent's own default, 2 s with etcd's heartbeat 50 ms and election 500 ms, unless
+--timing harness keeps the harness's 5 s) and adds --instances tiny `file` instances, round-robin over the nodes: the
 test guest (kernel and busybox initramfs as hypervisor parameters) under TCG
 with one 64 MiB qcow2 disk cloned from the image (Corral has no diskless
 template; 64 MiB is the image's own size) and --memory 96M. Smaller boots
@@ -43,14 +44,39 @@ is past it, no node starts anything. All nodes share this machine, so each one
 reports the whole host's load. The figure to beat is Ganeti's watcher (30
 minutes in the seeds' outage); the aim is under one minute.
 
+Master changes: every "acquired the master lease" line in the agents' logs after
+t=0 but the first is a change of master during the recovery (the aim is none),
+printed with what would show a starved control plane: etcd's Raft term before
+the cut and at the end (each election raises it), each agent's worst event-loop
+delay (its reports, polled every 10 s), etcd's own warnings (late heartbeats,
+slow applies) and the niceness of agents, etcd/Serf and QEMUs.
+
+The floor (unless --no-floor): Corral's recovery is compared with the same guests
+started by a plain script on the same machine in the same run. Before the power cut
+each QEMU's command line is read from /proc; after the recovery the power goes
+again, and the same command lines (same binary, accel, machine, memory, kernel,
+initrd and disk files; only the pidfile, sockets and console log moved to a fresh
+directory) are started with no agent, etcd or Serf running: (a) all at once, (b)
+paced per node as the restart policy paces them (at most max_starts_per_node boots
+under way per node, a boot under way until its marker, at most boot_slot_max_s;
+one at a time while the load is past the gate). Each floor waits for the host
+load to come back to what it was at Corral's power cut (at most --settle s) and
+times from its first launch until every console shows the boot marker (bounded
+like Corral's: --deadline, or BOOT_STALL_S without a new marker). Corral's
+"booted" time, from the agents' start, is printed as a ratio to each floor and
+to the better one (aim: at most 1.2x).
+
 Experiments (what-if runs for a proposed fix; Corral's code is not changed):
 --policy KEY=VALUE,... gives the restarted agents other hostagent.master.decide.restarts.Policy
 defaults (through a sitecustomize module in a temp dir on their PYTHONPATH);
 --nice-qemu N renices every thread of every QEMU to N as soon as its pidfile
-appears, as if QEMUs ran at a lower CPU priority than the control plane.
+appears, as if QEMUs ran at a lower CPU priority than the control plane (where
+the kernel has autogroups, a thread's nice counts only inside its session's
+group, and every QEMU leads a session of its own: see hostagent/node/priority.py).
+The restarted agents each lead a session of their own, as under systemd.
 
 Usage: .venv/bin/python bench/outage_recovery.py [--instances 60] [--nodes 3] [--keep]
-       [--policy max_load_per_cpu=1000] [--nice-qemu 10]
+       [--timing production|harness] [--no-floor] [--policy max_load_per_cpu=1000] [--nice-qemu 10]
 """
 
 from __future__ import annotations
@@ -75,9 +101,10 @@ from pathlib import Path
 
 import psutil
 
-from benchcluster import AgentNode, Cluster, ChildLedger, ask, guest_hv, is_gone, pidfile_pids, power_off, \
-    running_cluster, wait_for, wait_gone
+from benchcluster import AgentNode, Cluster, ChildLedger, ask, etcd_endpoints, etcdctl, guest_hv, is_gone, \
+    pidfile_pids, power_off, running_cluster, wait_for, wait_gone
 
+from hostagent.config import load_config
 from hostagent.master.decide.restarts import Policy
 
 SUBNET = "127.0.4"
@@ -86,7 +113,7 @@ MEMORY = "96M"
 DISK = "64M,format=qcow2"
 POLL_S = 1.0
 BOOT_TIMEOUT_S = 600  # all N guests booted after they were added
-GONE_TIMEOUT_S = 20
+GONE_TIMEOUT_S = 60  # a SIGKILLed TCG QEMU has taken over 20 s to be gone at a host load of 14 on 2 CPUs
 TIMELINE_EVERY_S = 10.0
 RENICE_EVERY_S = 0.1
 IDLE_SAMPLE_S = 20.0
@@ -101,10 +128,20 @@ LOG_SIGNS = {
     "start failed": re.compile(r"start on node '[^']+' failed"),
     "wait (load/memory)": re.compile(r" waits: node "),
     "master lease acquired": re.compile(r"acquired the master lease"),
+    "master stopped acting": re.compile(r"could not renew the master lease in time|master lease expired"
+                                        r"|lost contact with etcd|lost the master lease|stepped back"),
     "master lease not renewed in time": re.compile(r"could not renew the master lease in time"),
+    "master renewal failed, retried": re.compile(r"could not renew the master lease \("),
     "QMP failed on a live QEMU": re.compile(r"QEMU is alive but QMP failed"),
     "task exception never retrieved": re.compile(r"Task exception was never retrieved"),
 }
+ACQUIRED = re.compile(r"acquired the master lease; node '([^']+)' is master")
+HARNESS_LEASE_LINE = re.compile(r"^master_lease_ttl_s = .*\n", re.MULTILINE)
+LOOP_LAG_EVERY_S = 10.0  # `node list` (each node's worst event-loop delay over the last minute) this often
+FLOOR_POLL_S = 0.1
+FLOOR_LAUNCH_TIMEOUT_S = 30.0  # a floor QEMU's parent exits once it has daemonized (Corral's qemu_start_timeout_s)
+ETCD_SIGNS = 8  # the most frequent etcd warnings printed
+ETCD_NOISE = ("ignoring common name in gRPC-gateway proxy request", "simple token is not cryptographically signed")
 RESTARTED = re.compile(r"instance '([^']+)' restarted on node '[^']+' \(pid (\d+)\)")
 REDUNDANT_START = "  start that found its QEMU running"
 SITECUSTOMIZE = '''"""Written by bench/outage_recovery.py --policy: other restart Policy defaults, for a what-if run."""
@@ -151,6 +188,38 @@ class Recovery:
     signs: dict[str, list[float]] = field(default_factory=dict)  # LOG_SIGNS name -> t of each line
     statuses: Counter[str] = field(default_factory=Counter)
     idle_cpu: dict[str, float] = field(default_factory=dict)  # after the recovery: % of one CPU, by process kind
+    masters: list[tuple[float, str]] = field(default_factory=list)  # (t, node) of each "acquired the master lease"
+    loop_lag_ms: dict[str, float] = field(default_factory=dict)  # node -> worst event-loop delay its reports gave
+    etcd_warnings: Counter[str] = field(default_factory=Counter)  # etcd.log warnings since t=0, by message
+    raft_terms: tuple[int | None, int | None] = (None, None)  # etcd's Raft term before the power cut, after it
+    nice: dict[str, set[str]] = field(default_factory=dict)  # process kind -> niceness seen after the recovery
+    timing: str = ""
+    idle_load: float = 0.0
+
+    def end(self) -> float:
+        return self.samples[-1].t if self.samples else 0.0
+
+    def master_changes(self) -> int:
+        """Master lease acquisitions after the first one (the election that follows the power cut)."""
+        return max(0, len(self.masters) - 1)
+
+
+@dataclass
+class Floor:
+    """The same guests started by a plain script: no agents, no etcd, the same QEMU command lines."""
+
+    label: str
+    instances: int
+    load_at_start: float
+    booted: float | None = None
+    first: float | None = None
+    booted_count: int = 0
+    launch_failures: list[str] = field(default_factory=list)
+    max_under_way: int = 0  # most guests launched and not yet booted at one time (all nodes)
+    last_marker: float | None = None  # the last marker seen, whether or not every guest booted
+    panicked: int = 0  # guests whose console shows a kernel panic and no marker at the end
+    relaunched: int = 0  # QEMUs killed and started again after a kernel panic
+    peak_load: float = 0.0
 
 
 # ---- the guests --------------------------------------------------------------------
@@ -289,8 +358,10 @@ class Renicer(threading.Thread):
 # ---- the recovery ------------------------------------------------------------------
 
 def start_agents(cluster: Cluster, policy: dict[str, float | int], scratch: Path) -> None:
+    """Every agent at once, each in a session of its own as its node's systemd would start it (so that each has
+    its own scheduler autogroup, not the benchmark's)."""
     with agent_env(policy, scratch), ThreadPoolExecutor(len(cluster.nodes)) as pool:
-        for future in [pool.submit(node.start) for node in cluster.nodes]:
+        for future in [pool.submit(node.start, False, True) for node in cluster.nodes]:
             future.result()  # AssertionError if an agent did not answer within 30 s
 
 
@@ -300,7 +371,9 @@ def recover(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], de
     n1 = cluster["n1"]
     before = boot_counts(cluster, placement)
     offsets = {node.name: (node.root / "agent.log").stat().st_size for node in cluster.nodes}
+    etcd_at = etcd_offsets(cluster)
     rec = Recovery(len(placement), len(cluster.nodes), load_at_cut)
+    next_lag = 0.0
     wall0, t0 = time.time(), time.monotonic()
     start_agents(cluster, policy, scratch)
     rec.agents = time.monotonic() - t0
@@ -333,6 +406,12 @@ def recover(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], de
             rec.last = now
         if rec.booted is None and booted == len(placement):
             rec.booted = now
+        if now >= next_lag:
+            next_lag = now + LOOP_LAG_EVERY_S
+            for row in ask(n1, "node", "list", timeout_s=10) or []:
+                lag = row.get("loop_lag_ms")
+                if isinstance(lag, (int, float)):
+                    rec.loop_lag_ms[row["name"]] = max(rec.loop_lag_ms.get(row["name"], 0.0), float(lag))
         ledger.note(cluster)
         if rec.last is not None and (rec.booted is not None or booting_stalled(rec.samples)):
             break
@@ -341,7 +420,8 @@ def recover(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], de
     recent = [e for e in events if e["time"] >= wall0]
     rec.events = Counter(e["kind"] for e in recent)
     rec.events_truncated = len(recent) == len(events) and len(events) >= 1000
-    rec.signs = log_signs(cluster, offsets, wall0)
+    rec.signs = log_signs(cluster, offsets, wall0, rec.masters)
+    rec.etcd_warnings = etcd_warnings(cluster, etcd_at)
     return rec
 
 
@@ -372,10 +452,10 @@ def idle_cpu(cluster: Cluster, seconds: float) -> dict[str, float]:
     before, t0 = total(), time.monotonic()
     time.sleep(seconds)
     after, elapsed = total(), time.monotonic() - t0
-    used: Counter[str] = Counter()
+    used: dict[str, float] = {}
     for pid, cpu in after.items():
-        used[kinds[pid]] += (cpu - before.get(pid, cpu)) / elapsed * 100
-    return dict(used)
+        used[kinds[pid]] = used.get(kinds[pid], 0.0) + (cpu - before.get(pid, cpu)) / elapsed * 100
+    return used
 
 
 def booting_stalled(samples: list[Sample]) -> bool:
@@ -386,9 +466,11 @@ def booting_stalled(samples: list[Sample]) -> bool:
     return recent[0] == recent[-1]
 
 
-def log_signs(cluster: Cluster, offsets: dict[str, int], wall0: float) -> dict[str, list[float]]:
+def log_signs(cluster: Cluster, offsets: dict[str, int], wall0: float,
+              masters: list[tuple[float, str]] | None = None) -> dict[str, list[float]]:
     """When each LOG_SIGNS line appeared in any agent's log since the restart, in s from t=0; also
-    REDUNDANT_START: start orders that found the QEMU of the instance's previous start still running."""
+    REDUNDANT_START: start orders that found the QEMU of the instance's previous start still running.
+    `masters` gets (t, node) of each master lease acquisition."""
     found: dict[str, list[float]] = {name: [] for name in LOG_SIGNS}
     started: list[tuple[float, str, str]] = []  # (t, instance, pid) of each "restarted on node" line
     for node in cluster.nodes:
@@ -403,6 +485,9 @@ def log_signs(cluster: Cluster, offsets: dict[str, int], wall0: float) -> dict[s
             for name, pattern in LOG_SIGNS.items():
                 if pattern.search(m.group(3)):
                     found[name].append(t)
+            acquired = ACQUIRED.search(m.group(3))
+            if acquired and masters is not None:
+                masters.append((t, acquired.group(1)))
             restarted = RESTARTED.search(m.group(3))
             if restarted:
                 started.append((t, restarted.group(1), restarted.group(2)))
@@ -413,7 +498,274 @@ def log_signs(cluster: Cluster, offsets: dict[str, int], wall0: float) -> dict[s
             found[REDUNDANT_START].append(t)
         last_pid[name] = pid
     order = [*list(LOG_SIGNS)[:3], REDUNDANT_START, *list(LOG_SIGNS)[3:]]
+    if masters is not None:
+        masters.sort()
     return {name: sorted(found[name]) for name in order}
+
+
+def etcd_offsets(cluster: Cluster) -> dict[str, int]:
+    out = {}
+    for node in cluster.nodes:
+        try:
+            out[node.name] = (node.root / "log" / "etcd.log").stat().st_size
+        except FileNotFoundError:
+            out[node.name] = 0
+    return out
+
+
+def etcd_warnings(cluster: Cluster, offsets: dict[str, int]) -> Counter[str]:
+    """etcd's warnings (it logs at warn level) since the offsets, by message: late heartbeats, slow applies."""
+    out: Counter[str] = Counter()
+    for node in cluster.nodes:
+        try:
+            with open(node.root / "log" / "etcd.log", "rb") as f:
+                f.seek(offsets.get(node.name, 0))
+                text = f.read().decode(errors="replace")
+        except FileNotFoundError:
+            continue
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("warn", "error") \
+                    and entry.get("msg") not in ETCD_NOISE:
+                out[f"{entry.get('level')}: {entry.get('msg')}"] += 1
+    return out
+
+
+def raft_term(n1: AgentNode, endpoints: list[str]) -> int | None:
+    """The highest Raft term among the candidates' etcd members (it rises by one or more per election)."""
+    try:
+        result = etcdctl(n1, endpoints, "endpoint", "status", "-w", "json", timeout_s=20)
+    except subprocess.TimeoutExpired:
+        return None
+    if result.returncode != 0 and not result.stdout.strip():
+        return None
+    try:
+        return max(int(row["Status"]["raft_term"]) for row in json.loads(result.stdout))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def niceness(cluster: Cluster) -> dict[str, set[str]]:
+    """Niceness of the agents, their etcd/Serf children and the QEMUs (what priority.py arranged), and of
+    their scheduler autogroups (one per session where the kernel has them: across groups only the group's
+    nice counts, not the threads')."""
+    out: dict[str, set[str]] = {}
+    for node in cluster.alive():
+        qemus = [int(p.read_text().strip()) for p in (node.root / "run" / "instances").glob("*/qemu.pid")
+                 if p.read_text().strip().isdigit()]
+        kinds = [("agents", [node.agent_pid()]), ("etcd+serf", node.child_pids()), ("QEMUs", qemus)]
+        for kind, pids in kinds:
+            for pid in pids:
+                try:
+                    nice = psutil.Process(pid).nice()
+                except psutil.Error:
+                    continue
+                try:
+                    group, _, group_nice = Path(f"/proc/{pid}/autogroup").read_text().split()
+                    seen = f"{nice} (autogroup {group_nice}{'' if kind == 'QEMUs' else ' ' + group})"
+                except (OSError, ValueError):
+                    seen = str(nice)
+                out.setdefault(kind, set()).add(seen)
+    return out
+
+
+# ---- the floor: the same guests, a plain script, no cluster manager ----------------
+
+def qemu_argvs(cluster: Cluster, placement: dict[str, str]) -> dict[str, list[str]]:
+    """Each instance's QEMU command line as Corral launched it, from /proc (before the power cut)."""
+    out = {}
+    for name, node_name in placement.items():
+        pidfile = cluster[node_name].root / "run" / "instances" / name / "qemu.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+            argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")]
+        except (OSError, ValueError) as exc:
+            raise Failure(f"cannot read the QEMU command line of {name}: {exc}") from None
+        if not any(str(pidfile) in a for a in argv):
+            raise Failure(f"pid {pid} in {pidfile} is not {name}'s QEMU: {' '.join(argv)[:200]}")
+        out[name] = argv
+    return out
+
+
+@dataclass
+class FloorGuest:
+    name: str
+    node: str
+    argv: list[str]
+    pidfile: Path
+    console: Path
+    launched: float | None = None
+    booted: float | None = None
+    parent: subprocess.Popen[bytes] | None = None
+    console_from: int = 0  # where this launch's console output begins (after a relaunch)
+    parent_at: float = 0.0  # monotonic time of the latest launch
+
+
+def relaunch(g: FloorGuest, ledger: ChildLedger, console_size: int) -> None:
+    """A guest whose kernel panicked (pvpanic pauses it) is killed and started again."""
+    pid = floor_pid(g)
+    if pid is not None:
+        ledger.pids.add(pid)
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+        wait_gone([pid], GONE_TIMEOUT_S, f"floor QEMU of {g.name} after its kernel panic")
+    g.console_from, g.parent_at = console_size, time.monotonic()
+    g.parent = subprocess.Popen(g.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+
+def floor_guests(cluster: Cluster, placement: dict[str, str], argvs: dict[str, list[str]],
+                 root: Path) -> list[FloorGuest]:
+    """Corral's command lines with only the node's run and log directories moved under `root` (pidfile, QMP
+    and console sockets, console log): same binary, accel, machine, memory, kernel, initrd and disk files."""
+    guests = []
+    for name, node_name in placement.items():
+        node = cluster[node_name]
+        moves = {str(node.root / "run"): str(root / node_name / "run"),
+                 str(node.root / "log"): str(root / node_name / "log")}
+        argv = []
+        for arg in argvs[name]:
+            for old, new in moves.items():
+                arg = arg.replace(old + "/", new + "/")
+            argv.append(arg)
+        pidfile = root / node_name / "run" / "instances" / name / "qemu.pid"
+        console = root / node_name / "log" / "console" / f"{name}.console.log"
+        for path in (pidfile, console):
+            if not any(str(path) in a for a in argv):
+                raise Failure(f"{name}'s QEMU command line names no {path.name} under the node's run/log dirs: "
+                              f"{' '.join(argvs[name])[:300]}")
+        pidfile.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        console.parent.mkdir(parents=True, exist_ok=True)
+        guests.append(FloorGuest(name, node_name, argv, pidfile, console))
+    return guests
+
+
+def floor_pid(guest: FloorGuest) -> int | None:
+    """The floor guest's live QEMU, by its pidfile, checked against its command line (pids recycle)."""
+    try:
+        pid = int(guest.pidfile.read_text().strip())
+        return pid if str(guest.pidfile).encode() in Path(f"/proc/{pid}/cmdline").read_bytes() else None
+    except (OSError, ValueError):
+        return None
+
+
+def run_floor(label: str, guests: list[FloorGuest], ledger: ChildLedger, deadline_s: float,
+              per_node: int | None, gate: float | None) -> Floor:
+    """Start every guest and wait until each printed its boot marker (bounded: `deadline_s`, or BOOT_STALL_S
+    without a new marker once all were launched); then SIGKILL them all and wait until they are gone.
+
+    per_node=None: all at once. Otherwise the restart policy's pacing, per node: at most `per_node` boots
+    under way (launched, marker not yet seen, for at most boot_slot_max_s), and only one while the host's
+    load_1m is past `gate`. Time runs from the first launch to each marker."""
+    floor = Floor(label, len(guests), os.getloadavg()[0])
+    slot_max_s = Policy().boot_slot_max_s
+    queue = {node: [g for g in guests if g.node == node] for node in sorted({g.node for g in guests})}
+    t0 = time.monotonic()
+    last_marker = t0
+    try:
+        while True:
+            now = time.monotonic()
+            for g in guests:
+                if g.launched is not None and g.booted is None and g.console.exists():
+                    text = g.console.read_text(errors="replace")
+                    if BOOTED.search(text[g.console_from:]):
+                        g.booted, last_marker = now - t0, now
+                    elif "Kernel panic" in text[g.console_from:] and g.parent is None:
+                        relaunch(g, ledger, len(text))  # what the plainest supervisor would do too
+                        floor.relaunched += 1
+                        last_marker = now
+                if g.parent is not None and g.parent.poll() is not None:
+                    if g.parent.returncode != 0 or floor_pid(g) is None:
+                        floor.launch_failures.append(f"{g.name}: QEMU exited with {g.parent.returncode}")
+                        g.booted = g.booted if g.booted is not None else float("nan")
+                    pid = floor_pid(g)
+                    if pid is not None:
+                        ledger.pids.add(pid)
+                    g.parent = None
+                elif g.parent is not None and now - g.parent_at > FLOOR_LAUNCH_TIMEOUT_S:
+                    floor.launch_failures.append(f"{g.name}: QEMU did not daemonize in {FLOOR_LAUNCH_TIMEOUT_S:.0f} s")
+                    g.parent.kill()
+                    g.parent.wait(timeout=10)
+                    g.parent, g.booted = None, float("nan")
+            load = os.getloadavg()[0]
+            floor.peak_load = max(floor.peak_load, load)
+            for node, waiting in queue.items():
+                while waiting:
+                    under_way = sum(1 for g in guests if g.node == node and g.launched is not None
+                                    and g.booted is None and now - t0 - g.launched < slot_max_s)
+                    if per_node is not None and (under_way >= per_node or (gate is not None and load > gate
+                                                                          and under_way)):
+                        break
+                    g = waiting.pop(0)
+                    g.parent_at = time.monotonic()
+                    g.launched = g.parent_at - t0
+                    g.parent = subprocess.Popen(g.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)
+            floor.max_under_way = max(floor.max_under_way, sum(1 for g in guests if g.launched is not None
+                                                               and g.booted is None))
+            done = [g.booted for g in guests if g.booted is not None]
+            if len(done) == len(guests):
+                break
+            all_launched = not any(queue.values())
+            if now - t0 > deadline_s or (all_launched and now - last_marker > BOOT_STALL_S):
+                break
+            time.sleep(FLOOR_POLL_S)
+    finally:
+        stop_floor(guests, ledger)
+    times = [g.booted for g in guests if g.booted is not None and g.booted == g.booted]  # nan: failed
+    floor.booted_count = len(times)
+    floor.first = min(times, default=None)
+    floor.booted = max(times) if len(times) == len(guests) else None
+    floor.last_marker = max(times, default=None)
+    floor.panicked = sum(1 for g in guests if g.booted is None and g.console.exists()
+                         and "Kernel panic" in g.console.read_text(errors="replace")[g.console_from:])
+    return floor
+
+
+def stop_floor(guests: list[FloorGuest], ledger: ChildLedger) -> None:
+    for g in guests:
+        if g.parent is not None:
+            g.parent.kill()
+            g.parent.wait(timeout=10)
+    pids = []
+    for g in guests:
+        pid = floor_pid(g)
+        if pid is not None:
+            ledger.pids.add(pid)
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                continue
+            pids.append(pid)
+    wait_gone(pids, GONE_TIMEOUT_S, "every floor QEMU after the floor run")
+
+
+def floors(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], argvs: dict[str, list[str]],
+           deadline_s: float, load_limit: float, settle_s: float, cpus: int) -> list[Floor]:
+    """Both floors, each after the host's load had up to `settle_s` to come under `load_limit` (what it was
+    when Corral's power went, or the restart gate if lower), each in fresh run/log directories."""
+    policy = Policy()
+    out: list[Floor] = []
+    paced = f"paced: {policy.max_starts_per_node} per node, 1 past load {policy.max_load_per_cpu * cpus:g}"
+    # paced first: the all-at-once run leaves a load that takes minutes to come down
+    runs: list[tuple[str, int | None, float | None]] = [
+        (paced, policy.max_starts_per_node, policy.max_load_per_cpu * cpus), ("all at once", None, None)]
+    for label, per_node, gate in runs:
+        load = settle(load_limit, settle_s)
+        root = cluster.nodes[0].root.parent / f"floor-{len(out) + 1}"
+        guests = floor_guests(cluster, placement, argvs, root)
+        print(f"floor ({label}): starting {len(guests)} QEMUs, load_1m {load:.1f}", flush=True)
+        floor = run_floor(label, guests, ledger, deadline_s, per_node, gate)
+        print(f"  {floor.booted_count}/{floor.instances} booted, the last of them at "
+              f"{'-' if floor.last_marker is None else f'{floor.last_marker:.1f} s'}"
+              + (f"; {floor.panicked} kernel panics" if floor.panicked else ""), flush=True)
+        out.append(floor)
+    return out
 
 
 # ---- the report --------------------------------------------------------------------
@@ -426,6 +778,7 @@ def report(rec: Recovery, cpus: int, policy: Policy, memory: str, experiment: st
     gate = policy.max_load_per_cpu * cpus
     print(f"\n== whole-cluster power loss: {rec.instances} instances ({memory}, TCG) on {rec.nodes} nodes sharing "
           f"{cpus} CPUs; host load_1m {rec.load_at_cut:.1f} at the power cut ==")
+    print(f"agents' timing: {rec.timing}")
     print(f"restart policy: {policy.max_starts_per_node} starts or boots under way per node (a boot without a "
           f"pattern: {policy.boot_window_s:g} s), one at a time past load_1m {gate:g} "
           f"({policy.max_load_per_cpu:g} per CPU); {experiment}")
@@ -453,7 +806,60 @@ def report(rec: Recovery, cpus: int, policy: Policy, memory: str, experiment: st
     if rec.idle_cpu:
         print(f"afterwards, nothing booting, over {IDLE_SAMPLE_S:.0f} s: "
               + ", ".join(f"{k} {v:.0f}%" for k, v in sorted(rec.idle_cpu.items()))
-              + f" of one CPU; host load_1m {os.getloadavg()[0]:.1f}")
+              + f" of one CPU; host load_1m {rec.idle_load:.1f}")
+    control_plane(rec)
+
+
+def control_plane(rec: Recovery) -> None:
+    """Was the control plane starved while the guests booted: master changes, loop lag, etcd's complaints."""
+    print(f"master changes during the recovery (t=0..{rec.end():.0f} s): {rec.master_changes()}  (lease "
+          "acquisitions: " + (", ".join(f"{node} at {t:.1f} s" for t, node in rec.masters) or "none") + ")")
+    before, after = rec.raft_terms
+    if before is not None and after is not None:
+        print(f"etcd Raft term {before} before the power cut, {after} at the end: {after - before} election "
+              "round(s) (the first after the restart is expected)")
+    if rec.loop_lag_ms:
+        print("agents' worst event-loop delay (reports, every ~10 s, each over the last minute): "
+              + ", ".join(f"{n} {ms:.0f} ms" for n, ms in sorted(rec.loop_lag_ms.items())))
+    total = sum(rec.etcd_warnings.values())
+    print(f"etcd warnings since t=0 (not counting {' / '.join(ETCD_NOISE)}): {total}" + ("" if not total else ":"))
+    for msg, count in rec.etcd_warnings.most_common(ETCD_SIGNS):
+        print(f"    {count:5d}  {msg}")
+    if rec.nice:
+        print("niceness: " + ", ".join(f"{k} {sorted(v)}" for k, v in sorted(rec.nice.items())))
+
+
+def floor_report(rec: Recovery | None, floors_: list[Floor]) -> None:
+    if not floors_:
+        return
+    n = floors_[0].instances
+    corral = rec.booted if rec is not None else None
+    print(f"\n== Corral against its floor: the same {n} QEMU command lines started by a plain script (no agents, "
+          "no etcd), same machine, same run; time until every guest printed its boot marker ==")
+    print(f"  {'':46s} {'all booted':>10s} {'first':>7s} {'booted':>8s}  {'Corral / it':>11s}")
+    print(f"  {'Corral (from the agents start, after the cut)':46s} {fmt(corral):>10s} "
+          f"{'':>7s} {'':>8s}")
+    for f in floors_:
+        ratio = f"{corral / f.booted:10.2f}x" if corral is not None and f.booted else "-"
+        first = f"{f.first:5.1f} s" if f.first is not None else "-"
+        print(f"  {'floor, ' + f.label:46s} {fmt(f.booted):>10s} {first:>7s} {f.booted_count:4d}/{n:<3d}  {ratio:>11s}"
+              f"   (load_1m {f.load_at_start:.1f} at its start, peak {f.peak_load:.1f}; at most "
+              f"{f.max_under_way} booting at once)")
+        if f.booted is None and f.last_marker is not None:
+            print(f"      not every guest booted: {f.booted_count} did, the last of them at {f.last_marker:.1f} s; "
+                  f"{f.panicked} consoles end in a kernel panic")
+        if f.relaunched:
+            print(f"      {f.relaunched} QEMUs killed and started again after a kernel panic (IO-APIC timer check "
+                  "under overload), as Corral restarts a guest whose boot failed")
+        for problem in f.launch_failures[:5]:
+            print(f"      launch failure: {problem}")
+    done = [f.booted for f in floors_ if f.booted]
+    if corral is not None and done:
+        best = min(done)
+        print(f"  Corral / the better floor: {corral / best:.2f}x (aim: at most 1.2x); Corral's overhead "
+              f"{corral - best:.1f} s")
+    if rec is not None:
+        print(f"  master changes during Corral's recovery: {rec.master_changes()} (aim: 0)")
 
 
 def timeline(rec: Recovery, gate: float) -> None:
@@ -522,6 +928,11 @@ def main() -> int:
     parser.add_argument("--no-judge-boots", dest="judge_boots", action="store_false",
                         help="add the instances without a boot pattern (the pacing then counts a boot as under "
                              "way for the policy's boot_window_s after its start)")
+    parser.add_argument("--timing", choices=("production", "harness"), default="production",
+                        help="the agents' master lease: production (the agent's default, 2 s, etcd heartbeat 50 ms / "
+                             "election 500 ms; default) or harness (the test harness's 5 s)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the floor (the same guests started by a plain script after Corral's recovery)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster's files (agent logs) afterwards")
     args = parser.parse_args()
     if args.instances < 1:
@@ -532,12 +943,16 @@ def main() -> int:
                                          f"EXPERIMENT --nice-qemu {args.nice_qemu}"
                                          if args.nice_qemu is not None else ""])) or "Corral's defaults"
     rec: Recovery | None = None
+    floor_runs: list[Floor] = []
     failure: str | None = None
     renicer: Renicer | None = None
     try:
         with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}site-") as scratch, \
-                running_cluster(args.nodes, candidates, keep=args.keep, subnet=SUBNET,
-                                prefix=TMP_PREFIX) as (cluster, ledger):
+                running_cluster(args.nodes, candidates, keep=args.keep, subnet=SUBNET, prefix=TMP_PREFIX,
+                                before_form=production_timing if args.timing == "production" else None) \
+                as (cluster, ledger):
+            timing = agent_timing(cluster["n1"])
+            print(f"agents' timing: {timing}", flush=True)
             t0 = time.monotonic()
             placement = add_instances(cluster, args.instances, args.memory, args.judge_boots)
             ledger.note(cluster)
@@ -545,8 +960,12 @@ def main() -> int:
             ledger.note(cluster)
             print(f"{args.instances} instances added, running and booted in {time.monotonic() - t0:.0f} s",
                   flush=True)
-            load = settle(Policy().max_load_per_cpu * cpus, args.settle)
+            settle_limit = Policy().max_load_per_cpu * cpus
+            load = settle(settle_limit, args.settle)
             old_pids = qemu_pids(cluster["n1"], set(placement))
+            argvs = qemu_argvs(cluster, placement) if args.floor else {}
+            endpoints = etcd_endpoints(cluster)
+            term_before = raft_term(cluster["n1"], endpoints)
             killed = outage(cluster, ledger)
             print(f"power cut: {killed} processes SIGKILLed and gone (load_1m {load:.1f}); starting every agent",
                   flush=True)
@@ -554,8 +973,20 @@ def main() -> int:
                 renicer = Renicer(cluster, args.nice_qemu)
                 renicer.start()
             rec = recover(cluster, ledger, placement, args.deadline, load, old_pids, args.policy, Path(scratch))
+            rec.timing = timing
+            rec.raft_terms = (term_before, raft_term(cluster["n1"], endpoints))
+            rec.nice = niceness(cluster)
             if rec.last is not None:
                 rec.idle_cpu = idle_cpu(cluster, IDLE_SAMPLE_S)
+                rec.idle_load = os.getloadavg()[0]
+            if args.floor:
+                if renicer is not None:
+                    renicer.stop_now.set()
+                gone = outage(cluster, ledger)
+                print(f"Corral's recovery measured; power cut again ({gone} processes gone) for the floor",
+                      flush=True)
+                floor_runs = floors(cluster, ledger, placement, argvs, args.deadline, min(load, settle_limit),
+                                    args.settle, cpus)
             if rec.last is None:
                 print(n1_diagnostics(cluster["n1"]))
                 raise Failure(f"only {rec.samples[-1].running if rec.samples else 0} of {args.instances} "
@@ -572,10 +1003,28 @@ def main() -> int:
                   f"{len({pid for pid, _ in renicer.done})} QEMUs")
     if rec is not None:
         report(rec, cpus, policy, args.memory, experiment)
+    floor_report(rec, floor_runs)
     if failure:
         print(f"\nFAILED: {failure}")
         return 1
     return 0
+
+
+def production_timing(cluster: Cluster) -> None:
+    """Drop the harness's short master lease from every node's config, so the agent's defaults apply
+    (as bench/master_failover.py does)."""
+    for node in cluster.nodes:
+        text, found = HARNESS_LEASE_LINE.subn("", node.config.read_text())
+        if not found:
+            raise Failure(f"{node.config} has no master_lease_ttl_s line to drop: has the harness changed?")
+        node.config.write_text(text)
+
+
+def agent_timing(node: AgentNode) -> str:
+    cfg = load_config(str(node.config))
+    return (f"master lease TTL {cfg.master_lease_ttl_s} s, etcd heartbeat {cfg.etcd_heartbeat_ms} ms, "
+            f"election timeout {cfg.etcd_election_timeout_ms} ms, reports every {cfg.report_interval_s:g} s, "
+            f"node lease {cfg.node_lease_ttl_s} s")
 
 
 def n1_diagnostics(n1: AgentNode) -> str:

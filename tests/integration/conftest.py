@@ -198,15 +198,18 @@ node_lease_ttl_s = 12
     def socket(self) -> str:
         return str(self.root / "run" / "agent.sock")
 
-    def start(self, supervised: bool = False) -> None:
-        """Start the agent; `supervised` runs it under packaging/supervise-agent.sh (restart on death)."""
+    def start(self, supervised: bool = False, new_session: bool = False) -> None:
+        """Start the agent; `supervised` runs it under packaging/supervise-agent.sh (restart on death);
+        `new_session`: in a session of its own, as under systemd (then its session's scheduler group is its own,
+        hostagent/node/priority.py), instead of the caller's."""
         log = open(self.root / "agent.log", "ab")
         argv = [str(BIN / "corral-agent"), "--config", str(self.config)]
         if supervised:
             argv = [str(REPO / "packaging" / "supervise-agent.sh"), *argv]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]  # ip execs the agent: proc.pid is still its pid
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     start_new_session=new_session)
         wait_for(lambda: self._answers(), 30, f"agent {self.name} to answer on its socket")
 
     def agent_pid(self) -> int:

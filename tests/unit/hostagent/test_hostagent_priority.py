@@ -27,3 +27,27 @@ def test_an_agent_started_at_the_usual_priority_runs_above_it_and_remembers_it()
 
 def test_an_agent_already_above_the_control_priority_is_left_there() -> None:
     assert run_probe(-10) == [-10, -10]
+
+
+GROUP_PROBE = ("import os, sys; from hostagent.node.priority import raise_session; "
+               "print(raise_session(-5, sys.argv[1]))")
+
+
+@pytest.mark.parametrize("own_session", [True, False])
+def test_the_session_group_is_raised_only_by_an_agent_that_leads_its_session(tmp_path, own_session) -> None:
+    """Under systemd the agent leads its session and its group is its own; started from a shell, it is not."""
+    group = tmp_path / "autogroup"
+    group.write_text("")
+    out = subprocess.run([sys.executable, "-c", GROUP_PROBE, str(group)], capture_output=True, text=True,
+                         check=True, start_new_session=own_session)
+    assert out.stdout.split() == [str(own_session)]
+    assert group.read_text() == ("-5" if own_session else "")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no autogroups in this kernel")
+def test_an_agent_leading_its_session_raises_its_autogroup_with_its_nice() -> None:
+    probe = ("from hostagent.node.priority import raise_control_plane; raise_control_plane(); "
+             "print(open('/proc/self/autogroup').read())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         start_new_session=True)
+    assert out.stdout.split()[-1] == str(CONTROL_NICE)
