@@ -8,7 +8,8 @@ sets of Debian's ganeti-testsuite (unpacked by packaging/install-deps.sh) and ge
 
 The goal (issue 15): a final score no worse than hbal's, with no more moves, and at least hspace's instance
 count, on every file. Prints figures only.
-Usage: .venv/bin/python bench/balance.py [--nodes 4,8] [--instances 60,200] [--max-seconds 600]
+Usage: .venv/bin/python bench/balance.py [--files 'hbal-*.data'] [--nodes 4,8 | --nodes ''] [--instances 60,200]
+       [--max-seconds 600] [--ignore-soft-errors]
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def generated(nodes: int, instances: int, seed: int) -> str:
     rng = random.Random(seed)
     uuid = "00000000-0000-0000-0000-000000000001"
     lines = [f"default|{uuid}|preferred||", ""]
-    mem, disk = 262144, 4 * 1024 * 1024
+    mem, disk = 262144, 16 * 1024 * 1024  # room for every copy on the crowded nodes (one short of disk: no move)
     used_mem: dict[int, int] = {}
     used_disk: dict[int, int] = {}
     insts = []
@@ -60,11 +61,13 @@ def generated(nodes: int, instances: int, seed: int) -> str:
     return "\n".join(lines)
 
 
-def hbal(path: Path, group: str, limit: float) -> tuple[str, int, float]:
-    """hbal's final score, moves and time; a run over `limit` seconds is stopped (score "?", its time the limit)."""
+def hbal(path: Path, group: str, limit: float, soft: bool) -> tuple[str, int, float]:
+    """hbal's final score, moves and time (`soft`: with --ignore-soft-errors); a run over `limit` seconds is
+    stopped (score "?", its time the limit)."""
     started = time.monotonic()
     try:
-        out = subprocess.run([htool("hbal"), "-t", str(path), "-G", group, "--max-length=100000"],
+        out = subprocess.run([htool("hbal"), "-t", str(path), "-G", group, "--max-length=100000",
+                              *(["--ignore-soft-errors"] if soft else [])],
                              capture_output=True, text=True, timeout=limit).stdout
     except subprocess.TimeoutExpired:
         return "?", 0, limit
@@ -74,14 +77,14 @@ def hbal(path: Path, group: str, limit: float) -> tuple[str, int, float]:
     return ((improved or initial)[1] if (improved or initial) else "?"), len(re.findall(r"^\s+\d+\. ", out, re.M)), took
 
 
-def compare(path: Path, label: str, limit: float) -> None:
+def compare(path: Path, label: str, limit: float, soft: bool) -> None:
     cluster = htools.read_text(path.read_text())
     for group in [g for g in cluster.groups if any(n.group_uuid == g.uuid for n in cluster.nodes)]:
         if not cluster.instances:
             continue
-        theirs, their_moves, their_s = hbal(path, group.name, limit)
+        theirs, their_moves, their_s = hbal(path, group.name, limit, soft)
         started = time.monotonic()
-        made = plan(cluster, group.uuid)
+        made = plan(cluster, group.uuid, ignore_soft_errors=soft)
         ours_s = time.monotonic() - started
         ours = format_score(made.final)
         verdict = ("same" if ours == theirs else "hbal stopped" if theirs == "?"
@@ -98,7 +101,7 @@ def fits(path: Path, cluster: htools.HtoolsCluster, label: str, limit: float) ->
     spec = standard_spec(cluster)
     try:
         out = subprocess.run([htool("hspace"), "-t", str(path), "--machine-readable", "--disk-template=drbd",
-                              f"--standard-alloc={spec.disk_mib},{spec.memory_mib},{spec.cpus}"],
+                              f"--standard-alloc={spec.disk_mib},{spec.memory_mib},{spec.cpus},{spec.spindle_use}"],
                              capture_output=True, text=True, timeout=limit).stdout
     except subprocess.TimeoutExpired:
         print(f"{label:44s} capacity: hspace took over {limit:.0f} s")
@@ -118,26 +121,31 @@ def fits(path: Path, cluster: htools.HtoolsCluster, label: str, limit: float) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", default="4,8", help="generated clusters' node counts (comma separated)")
+    parser.add_argument("--nodes", default="4,8", help="generated clusters' node counts (comma separated; '' for none)")
     parser.add_argument("--instances", default="60,200", help="generated clusters' instance counts")
     parser.add_argument("--max-seconds", type=float, default=600,
                         help="stop hbal and hspace after this long (hbal takes hours on 100 nodes, 2,000 instances)")
+    parser.add_argument("--files", default="*.data",
+                        help="which data sets (comma separated patterns, default every *.data; '' for none)")
+    parser.add_argument("--ignore-soft-errors", action="store_true",
+                        help="balance with hbal's --ignore-soft-errors, on both sides")
     args = parser.parse_args()
     if not htool("hbal"):
         sys.exit("hbal is not installed: packaging/install-deps.sh installs ganeti-htools-3.0")
     print(f"Debian's data sets ({HTOOLS_DATA}):")
-    for path in sorted(HTOOLS_DATA.glob("*.data")):
+    paths = sorted({path for pattern in args.files.split(",") if pattern for path in HTOOLS_DATA.glob(pattern)})
+    for path in paths:
         try:
-            compare(path, path.name, args.max_seconds)
+            compare(path, path.name, args.max_seconds, args.ignore_soft_errors)
         except ValueError:
             continue
     print("Generated unbalanced clusters:")
     with tempfile.TemporaryDirectory() as tmp:
-        for nodes in (int(n) for n in args.nodes.split(",")):
+        for nodes in (int(n) for n in args.nodes.split(",") if n):
             for count in (int(i) for i in args.instances.split(",")):
                 path = Path(tmp) / f"gen-{nodes}-{count}.data"
                 path.write_text(generated(nodes, count, seed=nodes * 1000 + count))
-                compare(path, f"{nodes} nodes, {count} instances", args.max_seconds)
+                compare(path, f"{nodes} nodes, {count} instances", args.max_seconds, args.ignore_soft_errors)
 
 
 if __name__ == "__main__":

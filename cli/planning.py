@@ -31,6 +31,9 @@ def register(c: Subparsers) -> None:
                    help="plan on a cluster in htools' text format (hscan's) instead of this one")
     s.add_argument("--group", help="the node group to balance (default: the only one with nodes)")
     s.add_argument("--max-moves", type=int, default=1000, metavar="N", help="at most N moves (default 1000)")
+    s.add_argument("--ignore-soft-errors", action="store_true", dest="ignore_soft_errors",
+                   help="check only memory and disk, not the policy's vCPU and spindle ratios, N+1 or exclusion tags "
+                        "(hbal's option: nodes already over their policy otherwise take nothing more)")
     s = command(c, "capacity", capacity_cmd, "how many more instances of one size fit, on which nodes, N+1 kept, and "
                 "what runs out first (hspace's answer)")
     s.add_argument("--spec", metavar="memory=M,disk=D,vcpus=C",
@@ -77,7 +80,7 @@ def balance(ctx: Context) -> int:
     if a.from_htools:
         cluster = _load(a.from_htools)
         try:
-            answer = summary(plan(cluster, a.group, a.max_moves))
+            answer = summary(plan(cluster, a.group, a.max_moves, a.ignore_soft_errors))
         except ValueError as exc:
             groups = ", ".join(g.name for g in cluster.groups if any(n.group_uuid == g.uuid for n in cluster.nodes))
             raise UsageError(f"{exc} (groups with nodes: {groups or 'none'})") from None
@@ -88,7 +91,8 @@ def balance(ctx: Context) -> int:
         return 0
     if a.group not in (None, "default"):
         raise UsageError(f"--group {a.group}: this cluster has one node group, default")
-    reply = ctx.client.post("/v1/cluster/balance", {"dry_run": a.dry_run, "max_moves": a.max_moves})
+    reply = ctx.client.post("/v1/cluster/balance", {"dry_run": a.dry_run, "max_moves": a.max_moves,
+                                                     **({"ignore_soft_errors": True} if a.ignore_soft_errors else {})})
     if "job_id" in reply["data"]:
         if not a.json:
             _show(reply["data"], planned=True)

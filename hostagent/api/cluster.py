@@ -132,11 +132,12 @@ class ClusterRoutes(ApiBase):
         {"dry_run": true} only the plan (with its scores, before and after)."""
         body = await self._body(request)
         max_moves, dry_run = int(body.get("max_moves", DEFAULT_MAX_MOVES)), bool(body.get("dry_run"))
+        ignore_soft_errors = bool(body.get("ignore_soft_errors"))  # hbal's --ignore-soft-errors
 
         async def run(_: Operations, nodes: NodeOperations) -> web.Response:
             from hostagent.rapi.server import Rapi  # htools' view of the cluster, as hbal -m reads it
             cluster = await Rapi(self.agent).htools_cluster()
-            made = await self._plan(balance.plan, cluster, None, max_moves)
+            made = await self._plan(balance.plan, cluster, None, max_moves, ignore_soft_errors)
             running = frozenset(i.name for i in cluster.instances if i.status == "running")
             steps = balance.steps_of(made.moves, running)
             answer = {**balance.summary(made), "steps": [{**s.to_dict(), "description": s.describe()} for s in steps]}

@@ -316,7 +316,8 @@ SCHEMAS: dict[str, Any] = {
     "NodeModify": {"type": "object", "additionalProperties": False, "properties": {
         "candidate": {"type": "boolean"}, "drained": {"type": "boolean"}, "offline": {"type": "boolean"}}},
     "ClusterBalance": {"type": "object", "additionalProperties": False, "properties": {
-        "dry_run": {"type": "boolean"}, "max_moves": {"type": "integer", "minimum": 0, "maximum": 100000}}},
+        "dry_run": {"type": "boolean"}, "max_moves": {"type": "integer", "minimum": 0, "maximum": 100000},
+        "ignore_soft_errors": {"type": "boolean"}}},
     "NodeEvacuate": {"type": "object", "properties": {"dry_run": {"type": "boolean"}}},
     "InstanceMoves": {"type": "object", "required": ["steps"], "properties": {
         "steps": {"type": "array", "minItems": 1, "maxItems": 8, "items": {

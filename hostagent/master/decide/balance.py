@@ -8,14 +8,16 @@ operations (a replicated instance's disks are on its primary and its secondary):
 
 - failover: primary and secondary swap (Corral: `instance migrate` live, or failover when stopped);
 - replace-secondary N: the copy moves to N (`instance replace-secondary --node N`);
-- replace-primary N: the copy moves to N, then a switchover (N primary, the old secondary keeps its copy);
+- replace-primary N: a switchover, the copy moves to N, a switchover (N primary, the old secondary keeps its
+  copy);
 - replace-and-failover N: the copy moves to N, then a switchover (N primary, the old primary the copy);
 - failover-and-replace N: a switchover, then the copy moves to N (the old secondary primary).
 
-A move is refused, as hbal refuses it, when a node it adds to would lack the memory (primaries that run),
-the disk (both nodes of local storage), or the vCPUs the group's policy allows, or would newly fail N+1:
-hold less free memory than it must keep for the instances it is secondary for, should one primary fail.
-Instances on one node only (file, plain) do not move, nor any on an offline or drained node.
+A move is refused where hbal refuses it (hostagent.master.decide.htools_checks, step by step): a node it adds
+to would lack the memory or the disk, or, unless soft errors are ignored (hbal's --ignore-soft-errors), would
+go over the group policy's vCPU or spindle ratio, newly fail N+1, or take a second instance of an exclusion
+tag. A node already over its policy takes nothing more by default, as in hbal. Only instances with
+auto_balance move; instances on one node only (file, plain) do not, nor any to an offline node.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from hostagent.master.decide.evacuation import Step
-from hostagent.master.decide.htools import Group, HtoolsCluster, Instance, Node
-from hostagent.master.decide.htools_score import EXCLUSION_PREFIX, LOCAL_STORAGE, format_score
+from hostagent.master.decide.htools import (DEFAULT_SPINDLE_RATIO, DEFAULT_VCPU_RATIO, Group, HtoolsCluster, Instance,
+                                            Node)
+from hostagent.master.decide.htools_checks import MoveChecks, Rules
+from hostagent.master.decide.htools_score import EXCLUSION_PREFIX, format_score
 from hostagent.master.decide.htools_estimate import Estimator, estimator as estimator_of
-from hostagent.master.decide.htools_search import EXACT_WITHIN, Search, Trial, uses_memory
+from hostagent.master.decide.htools_search import EXACT_WITHIN, Search, Trial
 
 MIGRATION_PREFIX = "htools:migration:"
 ALLOW_PREFIX = "htools:allowmigration:"
@@ -68,46 +72,11 @@ class Plan:
     cluster: HtoolsCluster  # as it is once the moves are made
 
 
-@dataclass(frozen=True)
-class Rules:
-    vcpu_ratio: float
-    spindle_ratio: float
-    exclusion: list[str]
-    migration: list[str]  # the cluster's migration tag prefixes (htools:migration:PREFIX)
-    allowed: list[tuple[str, str]]  # (from, to) migration tags allowed all the same (htools:allowmigration:A::B)
-
-
-def refusal(state: Search, trial: Trial, rules: Rules) -> str:
-    """Why hbal's checks (Node.addPri, addSec) refuse what the nodes gain in `trial`: "memory", "disk", "cpu",
-    "N+1" or "tags"; "" when it fits."""
-    inst, (primary, secondary) = trial.inst, trial.placed
-    local = inst.disk_template in LOCAL_STORAGE
-    gains = {n for n, was_role in ((primary, inst.primary), (secondary, inst.secondary)) if n and n != was_role}
-    for name in sorted(gains):  # a node taking the instance in a new role, as hbal adds it there (a switchover too)
-        node, tally, old = state.nodes[name], trial.tallies[name], state.tallies[name]
-        free_mem, free_disk = trial.free[name]
-        reserved = max(tally.peers.values(), default=0)
-        failed_n1 = state.fails_n1(name)
-        if name == primary and uses_memory(inst) and free_mem <= 0:
-            return "memory"
-        if local and (free_disk <= 0 or tally.spindle_load > rules.spindle_ratio * node.spindles):
-            return "disk"
-        if name != primary and inst.auto_balance and inst.mem_mib >= free_mem:
-            return "memory"
-        if not failed_n1 and free_mem <= reserved:
-            return "N+1"
-        if name == primary:
-            if (node.node_cpus + tally.vcpus) / node.cpus > rules.vcpu_ratio:
-                return "cpu"
-            if any(count > 1 and count > old.real_tags.get(tag, 0) for tag, count in tally.real_tags.items()):
-                return "tags"
-    return ""
-
-
 def rules_of(cluster: HtoolsCluster, group: Group) -> Rules:
     """The group's policy and the cluster's tags, as hbal's checks read them."""
     policy = cluster.policy_of(group)
-    return Rules(policy.vcpu_ratio if policy else 64.0, policy.spindle_ratio if policy else 32.0,
+    return Rules(policy.vcpu_ratio if policy else DEFAULT_VCPU_RATIO,
+                 policy.spindle_ratio if policy else DEFAULT_SPINDLE_RATIO,
                  [t[len(EXCLUSION_PREFIX):] for t in cluster.tags if t.startswith(EXCLUSION_PREFIX)],
                  [t[len(MIGRATION_PREFIX):] for t in cluster.tags if t.startswith(MIGRATION_PREFIX)],
                  [(a, b) for t in cluster.tags if t.startswith(ALLOW_PREFIX)
@@ -152,9 +121,11 @@ def _candidates(inst: Instance, targets: list[str], estimator: Estimator | None 
     return found
 
 
-def plan(cluster: HtoolsCluster, group: str | None = None, max_moves: int = 1000) -> Plan:
+def plan(cluster: HtoolsCluster, group: str | None = None, max_moves: int = 1000,
+         ignore_soft_errors: bool = False) -> Plan:
     """The moves, best first, that bring the score of `group` (None: the cluster's only group with nodes)
-    lowest, greedily, as hbal does."""
+    lowest, greedily, as hbal does; `ignore_soft_errors`: only the hard checks (memory, disk), as hbal's
+    --ignore-soft-errors, which lets a cluster whose nodes are over their policy's ratios move at all."""
     groups = [g for g in cluster.groups if group in (None, g.name, g.uuid)
               and any(n.group_uuid == g.uuid for n in cluster.nodes)]
     if not groups or (group is None and len(groups) > 1):
@@ -171,8 +142,9 @@ def plan(cluster: HtoolsCluster, group: str | None = None, max_moves: int = 1000
         for name in state.order:
             inst = state.instances[name]
             movable = (inst.disk_template in REPLICATED and inst.secondary) or inst.disk_template in SHARED
-            if not movable or inst.primary not in members:
+            if not movable or not inst.auto_balance or inst.primary not in members:
                 continue
+            checks = MoveChecks(state, inst, rules, ignore_soft_errors)
             estimator = estimator_of(state, inst) if len(usable) >= ESTIMATE_FROM else None
             for candidate in _candidates(inst, usable, estimator, math.inf if best is None else best[0] + EXACT_WITHIN):
                 kind, target, primary, secondary = candidate
@@ -185,9 +157,9 @@ def plan(cluster: HtoolsCluster, group: str | None = None, max_moves: int = 1000
                     approx = estimator.estimate(primary, secondary, best[0] + EXACT_WITHIN)
                     if approx is not None and not approx < best[0] + EXACT_WITHIN:
                         continue
-                trial = state.trial(inst, primary, secondary)
-                if refusal(state, trial, rules):
+                if checks.refusal(kind, target):
                     continue
+                trial = state.trial(inst, primary, secondary)
                 if best is not None and not trial.approx < best[0] + EXACT_WITHIN:
                     continue
                 value = state.exact(trial)

@@ -6,7 +6,8 @@ the two can be compared file by file. Facts from Ganeti 3.0.2 (src/Ganeti/HTools
 Cluster.hs tryAlloc and iterateAlloc, Cluster/AllocatePrimitives.hs, Cluster/AllocationSolution.hs,
 GlobalN1.hs), checked against Debian's hspace:
 
-- The new instances are of one spec (memory, disk, vCPUs, the std spec's spindle use), running, auto_balance,
+- The new instances are of one spec (memory, disk, vCPUs, the std spec's spindle use, also their disks' spindles
+  under exclusive storage, as hspace's instFromSpec), running, auto_balance,
   on the disk template asked (default: the first the cluster's policy allows).
 - Nothing fits while an online node fails N+1 already ("FailN1").
 - Each is placed where the cluster's score (hbal's, over every node) ends lowest: on a pair of online nodes of
@@ -29,14 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hostagent.master.decide.balance import Rules, _migrates, refusal, rules_of
+from hostagent.master.decide.balance import _migrates, rules_of
+from hostagent.master.decide.htools_checks import MoveChecks, Rules, add_primary, add_secondary, fresh
 from hostagent.master.decide.htools import HtoolsCluster, Instance, IPolicy, ISpec
-from hostagent.master.decide.htools_score import LOCAL_STORAGE
-from hostagent.master.decide.htools_search import Search, Trial, uses_memory
+from hostagent.master.decide.htools_search import Search, Trial
 
 # hspace's failure modes, in its order (which breaks ties between equally frequent ones).
 FAILURES = ("FailMem", "FailDisk", "FailCPU", "FailN1", "FailTags", "FailMig", "FailDiskCount", "FailSpindles")
-REFUSALS = {"memory": "FailMem", "N+1": "FailMem", "disk": "FailDisk", "cpu": "FailCPU", "tags": "FailTags"}
+REFUSALS = {"memory": "FailMem", "N+1": "FailMem", "disk": "FailDisk", "cpu": "FailCPU", "tags": "FailTags",
+            "spindles": "FailSpindles"}
 MOVABLE = ("ext", "rbd", "sharedfile", "gluster")  # shared storage: moved, not started again elsewhere
 SMALL_STEP = 10
 
@@ -119,7 +121,7 @@ class _Plan:
         placed = 0
         while limit is None or placed < limit:
             new = Instance(f"new-{found.count}", self.spec.memory_mib, self.spec.disk_mib, self.spec.cpus, "running",
-                           True, "", "", self.template, (), self.spec.spindle_use, 1)
+                           True, "", "", self.template, (), self.spec.spindle_use, self.spec.spindle_use)
             best, failures = self._place(state, new, redundant_after(state, self.rules) if check else None)
             found.failures = failures
             if best is None:
@@ -143,11 +145,13 @@ class _Plan:
             if misfit:
                 failures[misfit] += 1
                 continue
-            trial = state.trial_new(new, primary, secondary)
-            why = refusal(state, trial, self.rules[group])
+            rules = self.rules[group]
+            why = add_primary(fresh(state, primary), new, rules, False) or \
+                (add_secondary(fresh(state, secondary), new, primary, rules, False) if secondary else "")
             if why:
                 failures[REFUSALS[why]] += 1
                 continue
+            trial = state.trial_new(new, primary, secondary)
             value = state.exact(trial)
             if not math.isnan(value):
                 scored.append((value, index, trial))
@@ -174,13 +178,6 @@ def _policy_misfit(spec: ISpec, template: str, policy: IPolicy) -> str:
     return reason
 
 
-def _lacks(trial: Trial, node: str, primary: bool) -> bool:
-    """Ganeti's hard checks, which no forcing skips: the node's memory (a primary) and disk run out."""
-    free_mem, free_disk = trial.free[node]
-    return (primary and uses_memory(trial.inst) and free_mem <= 0) or \
-        (trial.inst.disk_template in LOCAL_STORAGE and free_disk <= 0)
-
-
 def redundant_after(state: Search, rules: dict[str, Rules]) -> Callable[[Trial], bool]:
     def passes(trial: Trial) -> bool:
         after = state.clone()
@@ -196,8 +193,8 @@ def redundant(state: Search, rules: dict[str, Rules]) -> bool:
 
 def _evacuable(state: Search, name: str, rules: dict[str, Rules]) -> bool:
     """Node `name` fails: its drbd primaries fail over (migration tags allowing), its other primaries start
-    again on another node of its group, largest memory first; only the hard checks apply (Ganeti's `move`
-    ignores soft errors: N+1, vCPU ratio, tags)."""
+    again on another node of its group, largest memory first; only the hard checks apply (GlobalN1.hs ignores
+    soft errors: N+1, vCPU ratio, tags)."""
     sim = state.clone()
     node = sim.nodes[name]
     group_rules = rules[node.group_uuid]
@@ -206,10 +203,9 @@ def _evacuable(state: Search, name: str, rules: dict[str, Rules]) -> bool:
     for inst in [i for i in primaries if i.disk_template == "drbd" and i.secondary]:
         if not _migrates(("failover", "", inst.secondary, inst.primary), inst, sim.nodes, group_rules):
             return False
-        trial = sim.trial(inst, inst.secondary, inst.primary)
-        if _lacks(trial, inst.secondary, primary=True) or (not node.offline and _lacks(trial, name, primary=False)):
+        if MoveChecks(sim, inst, group_rules, force=True).refusal("failover", ""):
             return False
-        sim.commit(trial)
+        sim.commit(sim.trial(inst, inst.secondary, inst.primary))
     others = sorted((i for i in primaries if i.disk_template != "drbd"), key=lambda i: -i.mem_mib)
     escape = [n for n in sim.members if n != name and sim.nodes[n].group_uuid == node.group_uuid]
     for inst in others:
@@ -218,9 +214,9 @@ def _evacuable(state: Search, name: str, rules: dict[str, Rules]) -> bool:
                          inst.disk_spindles)
         best: tuple[float, Trial] | None = None
         for target in escape:
-            trial = sim.trial_new(again, target, "")
-            if _lacks(trial, target, primary=True):
+            if add_primary(fresh(sim, target), again, group_rules, force=True):
                 continue
+            trial = sim.trial_new(again, target, "")
             value = sim.exact(trial)
             if best is None or value <= best[0]:
                 best = (value, trial)

@@ -20,7 +20,8 @@ forthcoming) instances unless the name ends in _forth:
   when its free memory (as read) is below the largest sum, over the primary nodes it is
   secondary for, of the memory of those of their instances it is secondary for that
   are not ADMIN_offline and have auto_balance: the memory it would have to give
-  should that primary fail;
+  should that primary fail (once a move changed the node: when its unallocated memory
+  is not above that sum, the flag Node.addPri and its kin set);
 - reserved_mem_cv (x1) and reserved_mem_rtotal (x0.25, a sum): that largest sum / total memory;
 - offline_all_cnt (x4) and offline_pri_cnt (x16): instances on offline nodes (primary or
   secondary, and primary only);
@@ -92,7 +93,6 @@ class Tally:
     free_spindles_forth: int | None = None  # None: untouched by forthcoming instances
     spindle_use: float = 0.0
     spindle_use_forth: float = 0.0
-    spindle_load: float = 0.0  # drbd and plain primaries and secondaries, exclusive storage or not (hbal's checks)
     peers: Counter[str] = field(default_factory=Counter)  # primary node -> memory to take over from it
     tags: Counter[str] = field(default_factory=Counter)  # exclusion tags of primaries, forthcoming included
     real_tags: Counter[str] = field(default_factory=Counter)  # ... of the primaries that are not forthcoming
@@ -186,7 +186,6 @@ def contribute(tallies: dict[str, Tally], inst: Instance, known: Facts, sign: in
         p.running_mem += sign * (0 if inst.status in NOT_USING_MEMORY else inst.mem_mib)
         p.vcpus += sign * (inst.vcpus if not_offline else 0)
         p.spindle_use += sign * (inst.spindle_use if local and not pnode.exclusive_storage else 0)
-        p.spindle_load += sign * (inst.spindle_use if local else 0)
         here = known.locations[primary]
         shared = here & known.locations[secondary] if secondary else set()
         wanted = {t for t in inst.tags if any(t.startswith(d) for d in known.desired)}
@@ -201,7 +200,6 @@ def contribute(tallies: dict[str, Tally], inst: Instance, known: Facts, sign: in
     else:
         s.secondaries += sign
         s.spindle_use += sign * (inst.spindle_use if local and not snode.exclusive_storage else 0)
-        s.spindle_load += sign * (inst.spindle_use if local else 0)
         s.peers[primary] += sign * (inst.mem_mib if not_offline and inst.auto_balance else 0)
 
 
@@ -211,6 +209,23 @@ def _forthcoming_disk(tally: Tally, node: Node, inst: Instance, sign: int = 1) -
     if node.exclusive_storage:  # an instance of unknown spindles leaves the node at -1, to refuse the next one
         before = node.free_spindles if tally.free_spindles_forth is None else tally.free_spindles_forth
         tally.free_spindles_forth = -1 if inst.disk_spindles is None else before - inst.disk_spindles
+
+
+def spindles_after(node: Node, free_spindles: int, inst: Instance, sign: int) -> int:
+    """A node's free spindles once `inst` is added to it (`sign` 1, as primary or secondary) or taken away (-1)
+    (Ganeti's calcNewFreeSpindles): counted under exclusive storage only, and for real instances; one of
+    unknown spindles leaves -1 when added (the tools' way to refuse it) and nothing when taken away."""
+    if not node.exclusive_storage or inst.forthcoming:
+        return free_spindles
+    if inst.disk_spindles is None:
+        return -1 if sign > 0 else free_spindles
+    return free_spindles - sign * inst.disk_spindles
+
+
+def unallocated(node: Node, t: Tally, free_mem: int) -> int:
+    """Ganeti's unallocatedMem, the free memory its checks and score use: as reported (`free_mem`, followed
+    through the moves), but no more than the record leaves (total - node - running primaries)."""
+    return min(free_mem, math.trunc(node.total_mem_mib) - node.node_mem_mib - t.running_mem)
 
 
 def _free_disk_ratio(node: Node, free_disk: int, free_spindles: int) -> float:
@@ -230,21 +245,22 @@ def spindle_ratios(cluster: HtoolsCluster) -> dict[str, float]:
     return ratios
 
 
-def node_value(node: Node, t: Tally, spindle_ratio: float, free: tuple[int, int] | None = None) -> Values:
-    """One node's 20 values, in the order of TERMS (hbal's Metrics.compDetailedCVNode); `free`: its free memory
-    and disk, when not the node's own (a move tried)."""
-    free_mem, free_disk = free or (node.free_mem_mib, node.free_disk_mib)
-    recorded_free = math.trunc(node.total_mem_mib) - node.node_mem_mib - t.running_mem
-    unallocated = recorded_free - max(0, recorded_free - free_mem)
+def node_value(node: Node, t: Tally, spindle_ratio: float, free: tuple[int, int, int] | None = None) -> Values:
+    """One node's 20 values, in the order of TERMS (hbal's Metrics.compDetailedCVNode); `free`: its free memory,
+    disk and spindles, when not the node's own (a move tried). Its N+1 flag is the tools': as loaded, less free memory
+    than it reserves (Node.buildPeers); once a move changed it, no more unallocated memory than that (the
+    flag addPri, addSec, removePri and removeSec set)."""
+    free_mem, free_disk, free_spindles = free or (node.free_mem_mib, node.free_disk_mib, node.free_spindles)
     reserved = max(t.peers.values(), default=0)
     reserved_ratio = _div(reserved, node.total_mem_mib)
     hi_spindles = spindle_ratio * node.spindles
-    free_spindles_forth = node.free_spindles if t.free_spindles_forth is None else t.free_spindles_forth
+    # forthcoming instances on exclusive storage keep the spindles they took at loading (not followed through moves)
+    free_spindles_forth = free_spindles if t.free_spindles_forth is None else t.free_spindles_forth
     instances = t.primaries + t.secondaries
     return (
-        _div(unallocated, node.total_mem_mib),
-        _free_disk_ratio(node, free_disk, node.free_spindles),
-        float(instances if free_mem < reserved else 0),
+        _div(unallocated(node, t, free_mem), node.total_mem_mib),
+        _free_disk_ratio(node, free_disk, free_spindles),
+        float(instances if (unallocated(node, t, free_mem) <= reserved if free else free_mem < reserved) else 0),
         reserved_ratio,
         float(instances),
         float(t.primaries),

@@ -21,7 +21,8 @@ from typing import Any
 
 from hostagent.master.decide.htools import HtoolsCluster, Instance
 from hostagent.master.decide.htools_score import (LOCAL_STORAGE, NOT_USING_MEMORY, TERMS, Tally, Values, aggregate,
-                                                  tallies_of, contribute, facts, node_value, spindle_ratios)
+                                                  tallies_of, contribute, facts, node_value, spindle_ratios,
+                                                  spindles_after, unallocated)
 
 EXACT_WITHIN = 1e-6  # far above the update's rounding error, far below any gain worth a move
 Change = list[tuple[int, float, bool, float, float]]  # Search.change_of
@@ -33,12 +34,12 @@ def uses_memory(inst: Instance) -> bool:
 
 @dataclass
 class Trial:
-    """One move tried: the instance, where it would be, and the nodes it touches as they would be (free memory
-    and disk, tallies, values)."""
+    """One move tried: the instance, where it would be, and the nodes it touches as they would be (free memory,
+    disk and spindles, tallies, values)."""
 
     inst: Instance
     placed: tuple[str, str]
-    free: dict[str, tuple[int, int]]
+    free: dict[str, tuple[int, int, int]]
     tallies: dict[str, Tally]
     values: dict[str, Values]
     approx: float
@@ -86,9 +87,13 @@ class Search:
 
     def fails_n1(self, node: str) -> bool:
         """Whether the node cannot take over what it is secondary for, as the tools flag it: at loading, with less
-        free memory than that; once changed, with no more (Node.buildPeers, and Node.addPri/addSec)."""
-        free, reserved = self.nodes[node].free_mem_mib, max(self.tallies[node].peers.values(), default=0)
-        return free <= reserved if node in self.changed else free < reserved
+        free memory (as reported) than that; once changed, with no more unallocated memory (Node.buildPeers, and
+        Node.addPri/addSec/removePri/removeSec)."""
+        here, tally = self.nodes[node], self.tallies[node]
+        reserved = max(tally.peers.values(), default=0)
+        if node in self.changed:
+            return unallocated(here, tally, here.free_mem_mib) <= reserved
+        return here.free_mem_mib < reserved
 
     def _total(self, values: dict[str, Values]) -> float:
         """The exact score: every term over every node in order (hbal's compCV), as htools_score.score."""
@@ -188,7 +193,8 @@ class Search:
         mem = inst.mem_mib if uses_memory(inst) and not inst.forthcoming else 0
         disk = inst.disk_mib if inst.disk_template in LOCAL_STORAGE and not inst.forthcoming else 0
         here = self.nodes[node]
-        free = (here.free_mem_mib - (mem if role == "p" else 0), here.free_disk_mib - disk)
+        free = (here.free_mem_mib - (mem if role == "p" else 0), here.free_disk_mib - disk,
+                spindles_after(here, here.free_spindles, inst, 1))
         found = []
         for partner in partners:
             tallies = {n: self.tallies[n].copy() for n in (node, partner) if n}
@@ -228,7 +234,7 @@ class Search:
         free, tallies = self._moved(inst, primary, secondary)
         return node_value(self.nodes[node], tallies[node], self.ratios[self.nodes[node].group_uuid], free[node])
 
-    def _moved(self, inst: Instance, primary: str, secondary: str) -> tuple[dict[str, tuple[int, int]],
+    def _moved(self, inst: Instance, primary: str, secondary: str) -> tuple[dict[str, tuple[int, int, int]],
                                                                             dict[str, Tally]]:
         touched = [n for n in dict.fromkeys((inst.primary, inst.secondary, primary, secondary)) if n]
         mem = inst.mem_mib if uses_memory(inst) and not inst.forthcoming else 0
@@ -238,7 +244,12 @@ class Search:
             node = self.nodes[name]
             freed_mem = (mem if name == inst.primary else 0) - (mem if name == primary else 0)
             freed_disk = disk * ((name in (inst.primary, inst.secondary)) - (name in (primary, secondary)))
-            free[name] = (node.free_mem_mib + freed_mem, node.free_disk_mib + freed_disk)
+            spindles = node.free_spindles
+            if name in (inst.primary, inst.secondary):
+                spindles = spindles_after(node, spindles, inst, -1)
+            if name in (primary, secondary):
+                spindles = spindles_after(node, spindles, inst, 1)
+            free[name] = (node.free_mem_mib + freed_mem, node.free_disk_mib + freed_disk, spindles)
         if inst.forthcoming and any(self.nodes[n].exclusive_storage for n in touched):
             tallies = self._recounted(replace(inst, primary=primary, secondary=secondary), touched)
         else:
@@ -252,8 +263,8 @@ class Search:
         touched = [n for n in (primary, secondary) if n]
         mem = inst.mem_mib if uses_memory(inst) else 0
         disk = inst.disk_mib if inst.disk_template in LOCAL_STORAGE else 0
-        free = {n: (self.nodes[n].free_mem_mib - (mem if n == primary else 0), self.nodes[n].free_disk_mib - disk)
-                for n in touched}
+        free = {n: (self.nodes[n].free_mem_mib - (mem if n == primary else 0), self.nodes[n].free_disk_mib - disk,
+                    spindles_after(self.nodes[n], self.nodes[n].free_spindles, inst, 1)) for n in touched}
         tallies = {n: self.tallies[n].copy() for n in touched}
         contribute(tallies, inst, self.known, 1, (primary, secondary))
         values = {n: node_value(self.nodes[n], tallies[n], self.ratios[self.nodes[n].group_uuid], free[n])
@@ -305,8 +316,9 @@ class Search:
         for name in trial.free:
             self.gains.pop(name, None)
             self.spans.pop(name, None)
-        for name, (free_mem, free_disk) in trial.free.items():
-            self.nodes[name] = replace(self.nodes[name], free_mem_mib=free_mem, free_disk_mib=free_disk)
+        for name, (free_mem, free_disk, free_spindles) in trial.free.items():
+            self.nodes[name] = replace(self.nodes[name], free_mem_mib=free_mem, free_disk_mib=free_disk,
+                                       free_spindles=free_spindles)
         self.tallies.update(trial.tallies)
         self.values.update(trial.values)
         primary, secondary = trial.placed
