@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -212,10 +213,8 @@ def floor_downtimes(memory: str, rounds: int, max_bandwidth: float) -> list[floa
             return downtimes
         finally:
             for pid in pids:  # only what this function started
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
 
 
 def main() -> int:
