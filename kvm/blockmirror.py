@@ -56,6 +56,7 @@ Errors: ``MirrorError`` (operation, reason), QMP failures included.
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,6 +68,9 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 STALL_AFTER_S = 3.0
+# The rate behind an ETA is smoothed over about this long: a throttled copy moves in bursts, so the
+# rate between two samples jumps between nothing and twice the limit (an ETA of 6 s, then 47 min).
+RATE_TAU_S = 5.0
 # A ready write-blocking job counts a guest write before it completes on both sides, so a
 # sample may show a little left to copy; stopping waits this long for those writes.
 IN_FLIGHT_WAIT_S = 5.0
@@ -108,6 +112,7 @@ class MirrorState:
     error: str = ""
     sampled_at_s: float = 0.0
     progressed_at_s: float = 0.0
+    rate_bps: float | None = None  # copy rate smoothed over about RATE_TAU_S; None until it moved
 
     @property
     def remaining_bytes(self) -> int:
@@ -198,7 +203,8 @@ def mirror_state_from(
         or (ready and remaining == 0)
     )
     progressed_at = now_s if healthy or previous is None else previous.progressed_at_s
-    eta = _eta(remaining, offset, previous, now_s)
+    rate = _smoothed_rate(offset, previous, now_s)
+    eta = remaining / rate if rate else None
     if qemu_status in _ENDED:
         status, eta = ("failed" if error and error != _CANCELED else "stopped"), None
     elif qemu_status in _STOPPING:
@@ -211,7 +217,7 @@ def mirror_state_from(
     else:
         status = "resyncing" if ready else "syncing"
     return MirrorState(
-        status, percent, eta, ready, offset, length, busy, error, now_s, progressed_at
+        status, percent, eta, ready, offset, length, busy, error, now_s, progressed_at, rate
     )
 
 
@@ -607,23 +613,24 @@ def _in_sync(job: Mapping[str, object]) -> bool:
     return bool(job.get("ready")) and _int(job.get("offset")) >= _int(job.get("len"))
 
 
-def _eta(remaining: int, offset: int, previous: MirrorState | None, now_s: float) -> float | None:
-    """Remaining bytes over the rate since the previous sample; None without progress."""
+def _smoothed_rate(offset: int, previous: MirrorState | None, now_s: float) -> float | None:
+    """Bytes/s copied, an exponential average over about RATE_TAU_S; None before the job first moved."""
     if previous is None or previous.status in ("absent", "stopped", "failed"):
         return None
     elapsed = now_s - previous.sampled_at_s
     copied = offset - previous.offset_bytes
-    if elapsed <= 0 or copied <= 0:
-        return None
-    return remaining / (copied / elapsed)
+    if elapsed <= 0 or copied < 0:  # the same instant, or a new job under the same id
+        return previous.rate_bps if copied >= 0 else None
+    recent = copied / elapsed
+    if previous.rate_bps is None:
+        return recent if recent > 0 else None
+    weight = 1.0 - math.exp(-elapsed / RATE_TAU_S)
+    return previous.rate_bps + weight * (recent - previous.rate_bps)
 
 
-def rate_mib_s(previous: MirrorState | None, state: MirrorState) -> float | None:
-    """MiB/s copied between two samples of the same job; None when they cannot tell."""
-    if previous is None or previous.status in ("absent", "stopped", "failed") \
-            or state.sampled_at_s <= previous.sampled_at_s or state.offset_bytes < previous.offset_bytes:
-        return None
-    return round((state.offset_bytes - previous.offset_bytes) / (state.sampled_at_s - previous.sampled_at_s) / MIB, 1)
+def rate_mib_s(state: MirrorState) -> float | None:
+    """The smoothed MiB/s of a job's copy; None when it cannot tell yet."""
+    return None if state.rate_bps is None else round(state.rate_bps / MIB, 1)
 
 
 def _check_name(operation: str, label: str, value: str) -> None:

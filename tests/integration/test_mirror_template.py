@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -424,17 +425,22 @@ def test_a_copy_back_from_an_outage_or_a_migration_gets_only_what_it_missed(mirr
           "--node", f"{primary}:{secondary}", "--disk", "256M", "--memory", "128M")
     try:
         # The first copy is a full one, throttled (256 MiB at 16 MiB/s): an ETA from the first seconds on, falling.
-        samples: list[tuple[str, float | None]] = []
+        samples: list[tuple[float, str, float | None]] = []
 
         def sampled() -> bool:
             rep = replication(n1, "r1")
-            samples.extend((d["status"], d.get("eta_s")) for d in rep["disks"][:1])
+            samples.extend((time.monotonic(), d["status"], d.get("eta_s")) for d in rep["disks"][:1])
             return rep["summary"] == "in sync" and rep["in_sync"]
         wait_for(sampled, 120, "the first copy of r1")
-        etas = [eta for status, eta in samples if status == "syncing"]
-        assert len(etas) >= 4, samples
-        assert None not in etas[2:], f"no ETA after the first seconds of the copy: {samples}"
-        assert etas[-1] < etas[2], f"the ETA did not fall: {samples}"
+        syncing = [(at, eta) for at, status, eta in samples if status == "syncing"]
+        timed = [(at, eta) for at, eta in syncing if eta is not None]
+        assert len(timed) >= 3, f"the copy's first report is measuring, every later one has an ETA: {samples}"
+        assert timed[0][0] - syncing[0][0] < 15, f"no ETA in the first seconds of the copy: {samples}"
+        after = [eta for at, eta in syncing if at >= timed[0][0]]
+        assert None not in after, f"the ETA vanished during the copy: {samples}"
+        # 256 MiB at 16 MiB/s is 16 s: an ETA of minutes would be a lie (a throttled copy's bursts once gave 47 min).
+        assert max(eta for _, eta in timed) < 90, f"an ETA far off the copy's real pace: {samples}"
+        assert timed[-1][1] < timed[0][1], f"the ETA did not fall: {samples}"
         assert last_sync(n1, "r1") == {}, "the first copy is a full one"
         wait_for(lambda: len(numbers(console(p, "r1"))) >= 5, 60, "the guest to count")
 

@@ -183,3 +183,28 @@ def test_requests_waiting_with_none_completing_count_as_stuck_from_the_first_suc
     moved = ((1, 41), (0, 12))
     assert stuck_since([(1.0, waiting), (2.0, moved)]) == 2.0, "a completion restarts the clock"
     assert stuck_since([(1.0, waiting), (2.0, moved), (3.0, ((0, 41), (0, 12)))]) is None
+
+
+def test_a_throttled_copy_that_moves_in_bursts_keeps_a_steady_eta():
+    """QEMU's rate limit lets a copy move in bursts: between two samples it may copy nothing, then twice
+    the limit. The ETA follows the smoothed rate, so it neither vanishes nor leaps to hours."""
+    mib, limit = 1 << 20, 16
+    length, offset, at = 256 * mib, 0, 100.0
+    state = sample({**SYNCING, "len": length, "offset": offset}, at)
+    etas = []
+    for step in range(24):  # samples 1 s apart: 32 MiB every other second, nothing in between
+        at += 1.0
+        offset += 2 * limit * mib if step % 2 == 0 else mib // 16
+        state = sample({**SYNCING, "len": length, "offset": offset}, at, state)
+        if offset < length:
+            etas.append((state.eta_s, (length - offset) / (limit * mib)))
+    assert all(eta is not None for eta, _ in etas)
+    for eta, truth in etas[4:]:
+        assert eta is not None and 0.5 * truth <= eta <= 2.0 * truth + 1.0, etas
+
+
+def test_a_job_started_anew_under_the_same_id_measures_its_rate_anew():
+    copying = sample({**SYNCING, "offset": 40 << 20}, 101.0, sample({**SYNCING, "offset": 30 << 20}, 100.0))
+    assert copying.rate_bps == pytest.approx(10 << 20)
+    restarted = sample({**SYNCING, "offset": 1 << 20}, 102.0, copying)
+    assert restarted.rate_bps is None and restarted.eta_s is None
