@@ -185,15 +185,22 @@ def _boot(view: View, inst: Mapping[str, Any]) -> str | None:
 
 def _booting(view: View, tracks: Mapping[str, Track], boots: Mapping[str, str | None], now: float,
              policy: Policy) -> dict[str, int]:
-    """Node -> boots under way there: judged and still waiting (for at most boot_slot_max_s), or unjudged
-    and started by the master within boot_window_s."""
+    """Node -> boots under way there: judged and still waiting (for at most boot_slot_max_s), unjudged
+    and started by the master within boot_window_s, or started by the master after the node's last report
+    (its start order answered, the report that shows its QEMU not made yet; counted in `starting_on`
+    while the order is in flight). Without the last, a node whose report lags got twice its starts."""
     out: dict[str, int] = {}
     for inst in view.instances:
         name, node = inst["name"], inst["primary_node"]
-        seen = view.reports.get(node, {}).get("instances", {}).get(name, {})
+        report = view.reports.get(node, {})
+        seen = report.get("instances", {}).get(name, {})
         track = tracks.get(name)
         if boots[name] == "waiting":
             under_way = now - float(seen.get("boot_started_at", now)) < policy.boot_slot_max_s
+        elif (track is not None and track.attempts > 0 and name not in view.busy
+              and float(report.get("time", 0.0)) <= track.last_start_at
+              and now - track.last_start_at < policy.boot_slot_max_s):
+            under_way = True
         else:
             under_way = (boots[name] is None and seen.get("status") in ALIVE and track is not None
                          and track.attempts > 0 and now - track.last_start_at < policy.boot_window_s)
