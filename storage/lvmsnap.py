@@ -177,7 +177,9 @@ class LvmSnapshots:
         for index in sorted(info.disks):
             name = snapshot_lv_name(self.lvm.vg, instance, index, snap)
             snap_lv = lvs[name]
-            await self.lvm.run_lvm("lvconvert", ["--merge", f"{self.lvm.vg}/{name}"], timeout_s=self.lvm.copy_timeout_s)
+            # --interval 1: without lvmpolld, lvconvert looks once at the merge, then every 15 s by default.
+            await self.lvm.run_lvm("lvconvert", ["--merge", "--interval", "1", f"{self.lvm.vg}/{name}"],
+                                   timeout_s=self.lvm.copy_timeout_s)
             tags = [a for t in snap_lv.tags for a in ("--addtag", t)]
             await self.lvm.run_lvm("lvcreate", ["--yes", "-s", "-n", name, "-L", f"{snap_lv.size_bytes // MIB}m",
                                                 *tags, f"{self.lvm.vg}/{self.lvm.lv_name(instance, index)}"])

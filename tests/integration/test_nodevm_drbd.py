@@ -231,7 +231,7 @@ def test_a_reinstalled_drbd_instance_gets_new_copies_on_both_nodes_holding_the_i
     (fresh metadata on both: a full resync); both nodes Secondary afterwards."""
     n2, n3 = vms["n2"], vms["n3"]
     wait_for("db1 running on n2 and in sync", lambda: in_sync(n2, "db1") and primary_running(n2, "db1", "n2"), 300)
-    ok(n2, "instance", "stop", "db1")
+    ok(n2, "instance", "stop", "db1", "--force")  # its guest does not boot here, so would not power down
     ok(n2, "instance", "reinstall", "db1", "--yes")
     wait_for("the new copies in sync", lambda: in_sync(n2, "db1"), 300)
     assert "ro:Secondary/Secondary" in n2.ok("cat /proc/drbd")
