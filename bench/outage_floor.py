@@ -16,6 +16,7 @@ from pathlib import Path
 from benchcluster import ChildLedger, Cluster, wait_gone
 
 from hostagent.master.decide.restarts import Policy
+from hostagent.node.loadgauge import LoadGauge
 
 BOOTED = re.compile(r"CORRAL-GUEST-BOOTED count=(\d+)")
 BOOT_STALL_S = 90.0
@@ -140,12 +141,14 @@ def run_floor(label: str, guests: list[FloorGuest], ledger: ChildLedger, deadlin
 
     per_node=None: all at once. Otherwise the restart policy's pacing, per node: at most `per_node` boots
     under way (launched, marker not yet seen, for at most boot_slot_max_s), and only one while the host's
-    load_1m is past `gate`. Time runs from the first launch to each marker."""
+    load over 10 s (the agents' own gauge, hostagent.node.loadgauge) is past `gate`. Time runs from the
+    first launch to each marker."""
     floor = Floor(label, len(guests), os.getloadavg()[0])
     slot_max_s = Policy().boot_slot_max_s
     queue = {node: [g for g in guests if g.node == node] for node in sorted({g.node for g in guests})}
     t0 = time.monotonic()
     last_marker = t0
+    gauge = LoadGauge()
     try:
         while True:
             now = time.monotonic()
@@ -171,7 +174,8 @@ def run_floor(label: str, guests: list[FloorGuest], ledger: ChildLedger, deadlin
                     g.parent.kill()
                     g.parent.wait(timeout=10)
                     g.parent, g.booted = None, float("nan")
-            load = os.getloadavg()[0]
+            gauge.sample()
+            load = gauge.value() or 0.0
             floor.peak_load = max(floor.peak_load, load)
             for node, waiting in queue.items():
                 while waiting:
@@ -239,7 +243,7 @@ def floor_report(corral: float | None, master_changes: int | None, floors_: list
         ratio = f"{corral / f.booted:10.2f}x" if corral is not None and f.booted else "-"
         first = f"{f.first:5.1f} s" if f.first is not None else "-"
         print(f"  {'floor, ' + f.label:46s} {fmt(f.booted):>10s} {first:>7s} {f.booted_count:4d}/{n:<3d}  {ratio:>11s}"
-              f"   (load_1m {f.load_at_start:.1f} at its start, peak {f.peak_load:.1f}; at most "
+              f"   (load_1m {f.load_at_start:.1f} at its start, 10 s load peak {f.peak_load:.1f}; at most "
               f"{f.max_under_way} booting at once)")
         if f.booted is None and f.last_marker is not None:
             print(f"      not every guest booted: {f.booted_count} did, the last of them at {f.last_marker:.1f} s; "

@@ -109,6 +109,7 @@ from outage_floor import BOOT_STALL_S, BOOTED, GONE_TIMEOUT_S, Failure, Floor, f
 
 from hostagent.config import load_config
 from hostagent.master.decide.restarts import Policy
+from hostagent.node.loadgauge import LoadGauge
 
 SUBNET = "127.0.4"
 TMP_PREFIX = "outage-"  # the cluster's files: /tmp/outage-XXXX
@@ -160,6 +161,7 @@ class Sample:
     running: int
     booted: int
     load_1m: float
+    load_10s: float  # what the agents' restart gate reads (hostagent.node.loadgauge), sampled by this bench
 
 
 @dataclass
@@ -353,7 +355,9 @@ def recover(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], de
     rec.agents = time.monotonic() - t0
     ledger.note(cluster)
     deadline = t0 + deadline_s
+    gauge = LoadGauge()
     for _ in range(int(deadline_s / POLL_S) + 1):
+        gauge.sample()
         began = time.monotonic()
         if began > deadline:
             break
@@ -373,7 +377,8 @@ def recover(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], de
         if rows is not None:
             rec.statuses = Counter(r["status"] for r in rows if r["name"] in placement)
         booted = sum(1 for name, n in boot_counts(cluster, placement).items() if n > before[name])
-        rec.samples.append(Sample(now, running, booted, os.getloadavg()[0]))
+        gauge.sample()
+        rec.samples.append(Sample(now, running, booted, os.getloadavg()[0], gauge.value() or 0.0))
         if rec.first is None and running:
             rec.first = now
         if rec.last is None and running == len(placement):
@@ -554,7 +559,7 @@ def floors(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], arg
     when Corral's power went, or the restart gate if lower), each in fresh run/log directories."""
     policy = Policy()
     out: list[Floor] = []
-    paced = f"paced: {policy.max_starts_per_node} per node, 1 past load {policy.max_load_per_cpu * cpus:g}"
+    paced = f"paced: {policy.max_starts_per_node} per node, 1 past 10 s load {policy.max_load_per_cpu * cpus:g}"
     # paced first: the all-at-once run leaves a load that takes minutes to come down
     runs: list[tuple[str, int | None, float | None]] = [
         (paced, policy.max_starts_per_node, policy.max_load_per_cpu * cpus), ("all at once", None, None)]
@@ -580,7 +585,7 @@ def report(rec: Recovery, cpus: int, policy: Policy, memory: str, experiment: st
           f"{cpus} CPUs; host load_1m {rec.load_at_cut:.1f} at the power cut ==")
     print(f"agents' timing: {rec.timing}")
     print(f"restart policy: {policy.max_starts_per_node} starts or boots under way per node (a boot without a "
-          f"pattern: {policy.boot_window_s:g} s), one at a time past load_1m {gate:g} "
+          f"pattern: {policy.boot_window_s:g} s), one at a time past a 10 s load of {gate:g} "
           f"({policy.max_load_per_cpu:g} per CPU); {experiment}")
     print(f"agents answering          {fmt(rec.agents)}")
     print(f"quorum                    {fmt(rec.quorum)}")
@@ -630,7 +635,7 @@ def control_plane(rec: Recovery) -> None:
 
 
 def timeline(rec: Recovery, gate: float) -> None:
-    print(f"timeline (t from the agents' start; load = host load_1m, * past the gate {gate:g}):")
+    print(f"timeline (t from the agents' start; load = host load_1m / over 10 s, * past the gate {gate:g}):")
     starts = rec.signs.get("start ordered", [])
     next_at = 0.0
     for s in rec.samples:
@@ -639,7 +644,7 @@ def timeline(rec: Recovery, gate: float) -> None:
         next_at = s.t + TIMELINE_EVERY_S
         ordered = sum(1 for t in starts if t <= s.t)
         print(f"  t={s.t:6.1f}  starts ordered {ordered:3d}  running {s.running:3d}/{rec.instances}  "
-              f"booted {s.booted:3d}  load {s.load_1m:5.1f}{' *' if s.load_1m > gate else ''}")
+              f"booted {s.booted:3d}  load {s.load_1m:5.1f} / {s.load_10s:5.1f}{' *' if s.load_10s > gate else ''}")
 
 
 def analysis(rec: Recovery, gate: float) -> None:
@@ -652,7 +657,7 @@ def analysis(rec: Recovery, gate: float) -> None:
             break
         if any(prev.t < t <= cur.t for t in starts):
             continue
-        if prev.load_1m > gate:
+        if prev.load_10s > gate:
             gated += cur.t - prev.t
         else:
             other += cur.t - prev.t

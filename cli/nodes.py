@@ -74,6 +74,8 @@ def info(ctx: Context) -> int:
         print(f"{'memory:':14}{mib(r['memory_free'])} free of {mib(r['memory_total'])}")
         print(f"{'disk:':14}{mib(r['disk_free'])} free of {mib(r['disk_total'])}"
               + (f" ({mib(r['snapshot_bytes'] // 2**20)} held by snapshots)" if r.get("snapshot_bytes") else ""))
+        if r.get("load_10s") is not None:
+            print(f"{'load 10 s:':14}{r['load_10s']:g} (tasks running or waiting on I/O, the restart gate's figure)")
         if r.get("loop_lag_ms") is not None:
             print(f"{'loop lag:':14}{r['loop_lag_ms']:g} ms at worst in the last minute (agent's event loop)")
         lvm = r.get("lvm")

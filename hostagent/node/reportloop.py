@@ -25,6 +25,7 @@ from hostagent.node.boothealth import BootWatcher
 from hostagent.node.etcdmember import EtcdMember
 from hostagent.node.fencing import TokenGuard
 from hostagent.node.isolation import Isolation
+from hostagent.node.loadgauge import LoadGauge
 from hostagent.node.looplag import LoopLag
 from hostagent.node.qemuwatch import QemuWatch
 from hostagent.node.drbdnode import NodeDrbd
@@ -67,10 +68,12 @@ class ReportLoop:
         self.backups: BackupDirs | None = None  # set by the agent: its export directories' backups join the report
         self._lvm_seen = reporter.LvmSeen(lvm, clock) if lvm is not None else None
         self._qemus = QemuWatch(self._qemu_exited)
+        self._load = LoadGauge(clock)
 
     def start(self, etcd: EtcdClient, fence: SelfFence, loops: Loops) -> None:
         self._etcd, self._fence, self._loops = etcd, fence, loops
         loops.spawn(self._run(loops.stop), name="reporter")
+        loops.spawn(self._load.run(loops.stop), name="load-gauge")
 
     def stop(self) -> None:
         """After the loops have ended: no report goes out until the next start."""
@@ -103,6 +106,7 @@ class ReportLoop:
             report.update(reporter.backups(self.backups))
         report["agent_pid"] = os.getpid()
         report["loop_lag_ms"] = self._looplag.worst_ms()
+        report["load_10s"] = self._load.value()
         report["cert_serial"] = pki.own_serial(self._pki)
         if self._fence is not None:
             report["fencing"] = self._fence.report()

@@ -21,7 +21,7 @@ instances it names in `after` to run (and to have booted, if they are
 judged). A node takes at most `max_starts_per_node` starts at once,
 counting the boots still under way: a judged boot until its pattern
 matched (at most `boot_slot_max_s`), an unjudged one for `boot_window_s`
-after the start. While its load per CPU is past the limit a node boots
+after the start. While its load per CPU (over the last 10 s, hostagent.node.loadgauge) is past the limit a node boots
 one guest at a time (never none: a node kept busy by the guests it already
 runs must still bring the rest back), and nothing while its free memory
 is short.
@@ -79,7 +79,7 @@ class View:
     """The cluster as the master sees it for this decision."""
 
     instances: tuple[Mapping[str, Any], ...]
-    reports: Mapping[str, Mapping[str, Any]]  # node -> its report (time, instances, memory_free_mib, load_1m, cpus)
+    reports: Mapping[str, Mapping[str, Any]]  # node -> its report (time, instances, memory_free_mib, load_10s, cpus)
     alive_nodes: frozenset[str]  # fresh report and node lease held
     busy: frozenset[str] = frozenset()  # instances with a job, or a start order in flight
     starting_on: Mapping[str, int] = field(default_factory=dict)  # node -> start orders in flight
@@ -212,7 +212,9 @@ def _booting(view: View, tracks: Mapping[str, Track], boots: Mapping[str, str | 
 def _node_short(node: str, report: Mapping[str, Any], inst: Mapping[str, Any], policy: Policy,
                 under_way: int) -> str:
     """Why the node is too loaded or too short of memory to start this instance now ("" if it is not)."""
-    load = float(report.get("load_1m", 0.0)) / max(int(report.get("cpus", 1)), 1)
+    measured = report.get("load_10s")  # None from an older agent, or before its first sample
+    load = float(report.get("load_1m", 0.0) if measured is None else measured)
+    load /= max(int(report.get("cpus", 1)), 1)
     free = int(report.get("memory_free_mib", 0))
     need = int(inst.get("memory_mib", 0)) + policy.memory_reserve_mib
     if load > policy.max_load_per_cpu and under_way:

@@ -37,3 +37,17 @@ def test_a_start_the_node_never_reports_frees_its_slot_after_the_boot_slot_time(
     stale = {name: Track(1, 0.0, 101.0) for name in ("vm00", "vm01", "vm02", "vm03")}
     later = decide(cluster(10, report_time=100.0), {**first.tracks, **stale}, 101.0 + policy.boot_slot_max_s, policy)
     assert len(later.starts) == 4
+
+
+def test_the_load_gate_reads_the_last_10_s_and_the_1_minute_load_only_from_an_older_agent() -> None:
+    """A boot storm that ended leaves the 1-minute load high for a minute: the gate goes by the 10 s figure."""
+    booting = cluster(10, report_time=100.0, running=("vm00",))
+    report = {**booting.reports["n1"], "load_1m": 40.0, "load_10s": 2.0}
+    tracks = {"vm00": Track(1, 0.0, 99.0)}
+    fresh = decide(View(booting.instances, {"n1": report}, booting.alive_nodes), tracks, 101.0)
+    assert len(fresh.starts) == 3
+    older = {k: v for k, v in report.items() if k != "load_10s"}
+    gated = decide(View(booting.instances, {"n1": older}, booting.alive_nodes), tracks, 101.0)
+    assert gated.starts == [] and any("is loaded (10.0 per CPU" in e.message for e in gated.events)
+    busy = decide(View(booting.instances, {"n1": {**report, "load_10s": 20.0}}, booting.alive_nodes), tracks, 101.0)
+    assert busy.starts == []
