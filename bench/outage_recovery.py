@@ -1,9 +1,9 @@
 """Benchmark: a whole-cluster power loss under N running instances; time until every one runs again.
 
 Forms a harness cluster of --nodes nodes on 127.0.4.x (tests/integration/conftest.py
-via bench/benchcluster.py: reports every 1 s, node lease 12 s; the master lease is
-the agent's own default, 2 s with etcd's heartbeat 50 ms and election 500 ms, unless
---timing harness keeps the harness's 5 s) and adds --instances tiny `file` instances, round-robin over the nodes: the
+via bench/benchcluster.py: node lease 12 s; the master lease and the reports are
+the agent's own defaults, 2 s with etcd's heartbeat 50 ms and election 500 ms, reports every 5 s, unless
+--timing harness keeps the harness's 5 s lease and 1 s reports) and adds --instances tiny `file` instances, round-robin over the nodes: the
 test guest (kernel and busybox initramfs as hypervisor parameters) under TCG
 with one 64 MiB qcow2 disk cloned from the image (Corral has no diskless
 template; 64 MiB is the image's own size) and --memory 96M. Smaller boots
@@ -138,6 +138,7 @@ LOG_SIGNS = {
 }
 ACQUIRED = re.compile(r"acquired the master lease; node '([^']+)' is master")
 HARNESS_LEASE_LINE = re.compile(r"^master_lease_ttl_s = .*\n", re.MULTILINE)
+HARNESS_REPORT_LINE = re.compile(r"^report_interval_s = .*\n", re.MULTILINE)
 LOOP_LAG_EVERY_S = 10.0  # `node list` (each node's worst event-loop delay over the last minute) this often
 ETCD_SIGNS = 8  # the most frequent etcd warnings printed
 ETCD_NOISE = ("ignoring common name in gRPC-gateway proxy request", "simple token is not cryptographically signed")
@@ -783,12 +784,15 @@ def main() -> int:
 
 
 def production_timing(cluster: Cluster) -> None:
-    """Drop the harness's short master lease from every node's config, so the agent's defaults apply
-    (as bench/master_failover.py does)."""
+    """Drop the harness's short master lease and its 1 s reports from every node's config, so the agent's
+    defaults apply (as bench/master_failover.py does for the lease): reports every 5 s, a boot's end
+    reported at once (hostagent/node/reportloop.py)."""
     for node in cluster.nodes:
-        text, found = HARNESS_LEASE_LINE.subn("", node.config.read_text())
-        if not found:
-            raise Failure(f"{node.config} has no master_lease_ttl_s line to drop: has the harness changed?")
+        text = node.config.read_text()
+        for line in (HARNESS_LEASE_LINE, HARNESS_REPORT_LINE):
+            text, found = line.subn("", text)
+            if not found:
+                raise Failure(f"{node.config} has no {line.pattern!r} line to drop: has the harness changed?")
         node.config.write_text(text)
 
 

@@ -35,6 +35,8 @@ from hostagent.node.supervisor import Loops
 
 log = logging.getLogger(__name__)
 
+BOOT_POLL_S = 0.5  # the consoles of boots under way are read this often between reports
+
 
 class ReportLoop:
     """Publishes the report while started (it needs the etcd client and the self-fence of the running
@@ -74,6 +76,7 @@ class ReportLoop:
         self._etcd, self._fence, self._loops = etcd, fence, loops
         loops.spawn(self._run(loops.stop), name="reporter")
         loops.spawn(self._load.run(loops.stop), name="load-gauge")
+        loops.spawn(self._watch_boots(loops.stop), name="boot-watch")
 
     def stop(self) -> None:
         """After the loops have ended: no report goes out until the next start."""
@@ -145,6 +148,19 @@ class ReportLoop:
             if isinstance(inst, dict) and inst.get("disk_template") == "drbd" and inst.get("primary_node") == self._cfg.node_name:
                 states[inst["name"]] = await drbd.mirror_states(inst)
         return states
+
+    async def _watch_boots(self, stop: asyncio.Event) -> None:
+        """Report at once when a guest under way boots (or times out), not at the next report."""
+        while not stop.is_set():
+            try:
+                if self._boot.poll(self._clock.time()):
+                    self.soon()
+            except OSError as exc:
+                log.warning("could not read a booting guest's console: %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), BOOT_POLL_S)
+            except asyncio.TimeoutError:
+                pass
 
     async def _run(self, stop: asyncio.Event) -> None:
         published = None

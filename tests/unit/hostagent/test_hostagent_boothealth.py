@@ -33,6 +33,29 @@ def test_a_boot_is_waiting_until_a_console_line_matches_then_up(tmp_path):
     assert (seen["boot"], seen["boot_started_at"], seen["boot_up_at"]) == ("up", T0 + 1, T0 + 5)
 
 
+def test_between_reports_a_poll_sees_the_boot_end_and_the_next_report_shows_it_up(tmp_path):
+    """The agent polls twice a second and reports at once on True: the start slot frees in under a second."""
+    w = watcher(tmp_path)
+    qemu = {"web1": QemuStart(100, T0 + 1)}
+    write(tmp_path, "web1", "[    1.2] Run /init\n")
+    assert w.look(qemu, T0 + 2)["web1"]["boot"] == "waiting"
+    assert w.poll(T0 + 2.5) is False
+    write(tmp_path, "web1", "web1 login: ")
+    assert w.poll(T0 + 3) is True
+    assert w.poll(T0 + 3.5) is False, "said once"
+    seen = w.look(qemu, T0 + 5)["web1"]
+    assert (seen["boot"], seen["boot_up_at"]) == ("up", T0 + 3)
+
+
+def test_a_poll_sees_a_boot_time_out_too(tmp_path):
+    w = watcher(tmp_path)
+    qemu = {"web1": QemuStart(100, T0 + 1)}
+    w.look(qemu, T0 + 2)
+    assert w.poll(T0 + 20) is False
+    assert w.poll(T0 + 31) is True
+    assert w.look(qemu, T0 + 32)["web1"]["boot"] == "timeout"
+
+
 def test_output_of_an_earlier_boot_does_not_count(tmp_path):
     (tmp_path / "console").mkdir()
     write(tmp_path, "web1", "web1 login: \nreboot: Power down\n")  # the previous QEMU's life
