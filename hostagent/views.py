@@ -189,7 +189,9 @@ def node_row(node: dict[str, Any], report: dict[str, Any] | None, master: str | 
             "drained": node.get("drained", False), "offline": node.get("offline", False),
             "master_capable": node.get("master_capable", True),
             "memory_total": report.get("memory_total_mib"), "memory_free": report.get("memory_free_mib"),
-            "cpus": report.get("cpus"), "load_1m": report.get("load_1m"), "load_10s": report.get("load_10s"),
+            "cpus": report.get("cpus"),
+            "load_1m": None if report.get("load_1m") is None else round(float(report["load_1m"]), 2),
+            "load_10s": report.get("load_10s"),
             "disk_total": report.get("disk_total_mib"), "disk_free": report.get("disk_free_mib"),
             "snapshot_bytes": sum(int(s.get("used_bytes", 0)) for snaps in (report.get("snapshots") or {}).values()
                                   for s in snaps),
