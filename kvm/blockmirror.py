@@ -70,6 +70,8 @@ MIB = 1024 * 1024
 STALL_AFTER_S = 3.0
 # The rate behind an ETA is smoothed over about this long: a throttled copy moves in bursts, so the
 # rate between two samples jumps between nothing and twice the limit (an ETA of 6 s, then 47 min).
+# A job's first interval is left out: a full copy begins by zeroing its target, unthrottled, which QEMU
+# counts as progress, and an average that began there would over-read for three time constants.
 RATE_TAU_S = 5.0
 # A ready write-blocking job counts a guest write before it completes on both sides, so a
 # sample may show a little left to copy; stopping waits this long for those writes.
@@ -113,6 +115,7 @@ class MirrorState:
     sampled_at_s: float = 0.0
     progressed_at_s: float = 0.0
     rate_bps: float | None = None  # copy rate smoothed over about RATE_TAU_S; None until it moved
+    intervals: int = 0  # sample intervals of this job so far
 
     @property
     def remaining_bytes(self) -> int:
@@ -203,7 +206,9 @@ def mirror_state_from(
         or (ready and remaining == 0)
     )
     progressed_at = now_s if healthy or previous is None else previous.progressed_at_s
-    rate = _smoothed_rate(offset, previous, now_s)
+    fresh = previous is None or previous.status in ("absent", "stopped", "failed") or offset < previous.offset_bytes
+    intervals = 0 if fresh or previous is None else previous.intervals + 1
+    rate = _smoothed_rate(offset, previous, now_s) if intervals >= 2 else None
     eta = remaining / rate if rate else None
     if qemu_status in _ENDED:
         status, eta = ("failed" if error and error != _CANCELED else "stopped"), None
@@ -217,7 +222,7 @@ def mirror_state_from(
     else:
         status = "resyncing" if ready else "syncing"
     return MirrorState(
-        status, percent, eta, ready, offset, length, busy, error, now_s, progressed_at, rate
+        status, percent, eta, ready, offset, length, busy, error, now_s, progressed_at, rate, intervals
     )
 
 
@@ -628,9 +633,13 @@ def _smoothed_rate(offset: int, previous: MirrorState | None, now_s: float) -> f
     return previous.rate_bps + weight * (recent - previous.rate_bps)
 
 
-def rate_mib_s(state: MirrorState) -> float | None:
-    """The smoothed MiB/s of a job's copy; None when it cannot tell yet."""
-    return None if state.rate_bps is None else round(state.rate_bps / MIB, 1)
+def rate_mib_s(previous: MirrorState | None, state: MirrorState) -> float | None:
+    """MiB/s copied between two samples of the same job (what went through the link then, as the master's
+    pacing counts it); None when they cannot tell. The ETA uses the smoothed rate instead."""
+    if previous is None or previous.status in ("absent", "stopped", "failed") \
+            or state.sampled_at_s <= previous.sampled_at_s or state.offset_bytes < previous.offset_bytes:
+        return None
+    return round((state.offset_bytes - previous.offset_bytes) / (state.sampled_at_s - previous.sampled_at_s) / MIB, 1)
 
 
 def _check_name(operation: str, label: str, value: str) -> None:
