@@ -73,6 +73,9 @@ STALL_AFTER_S = 3.0
 # A job's first interval is left out: a full copy begins by zeroing its target, unthrottled, which QEMU
 # counts as progress, and an average that began there would over-read for three time constants.
 RATE_TAU_S = 5.0
+# The rate a report shows is the bytes over the samples of about this long: between two samples only, a
+# report sent early (after an order) turned one 16 MiB burst into a rate of twice the limit, held until the next.
+RATE_WINDOW_S = 3.0
 # A ready write-blocking job counts a guest write before it completes on both sides, so a
 # sample may show a little left to copy; stopping waits this long for those writes.
 IN_FLIGHT_WAIT_S = 5.0
@@ -116,6 +119,7 @@ class MirrorState:
     progressed_at_s: float = 0.0
     rate_bps: float | None = None  # copy rate smoothed over about RATE_TAU_S; None until it moved
     intervals: int = 0  # sample intervals of this job so far
+    recent: tuple[tuple[float, int], ...] = ()  # (time, offset) of this job's samples of the last RATE_WINDOW_S
 
     @property
     def remaining_bytes(self) -> int:
@@ -209,6 +213,8 @@ def mirror_state_from(
     fresh = previous is None or previous.status in ("absent", "stopped", "failed") or offset < previous.offset_bytes
     intervals = 0 if fresh or previous is None else previous.intervals + 1
     rate = _smoothed_rate(offset, previous, now_s) if intervals >= 2 else None
+    kept = () if fresh or previous is None else previous.recent
+    recent = (*[(t, o) for t, o in kept if now_s - t <= RATE_WINDOW_S or (t, o) == kept[-1]], (now_s, offset))
     eta = remaining / rate if rate else None
     if qemu_status in _ENDED:
         status, eta = ("failed" if error and error != _CANCELED else "stopped"), None
@@ -222,7 +228,7 @@ def mirror_state_from(
     else:
         status = "resyncing" if ready else "syncing"
     return MirrorState(
-        status, percent, eta, ready, offset, length, busy, error, now_s, progressed_at, rate, intervals
+        status, percent, eta, ready, offset, length, busy, error, now_s, progressed_at, rate, intervals, recent
     )
 
 
@@ -633,13 +639,13 @@ def _smoothed_rate(offset: int, previous: MirrorState | None, now_s: float) -> f
     return previous.rate_bps + weight * (recent - previous.rate_bps)
 
 
-def rate_mib_s(previous: MirrorState | None, state: MirrorState) -> float | None:
-    """MiB/s copied between two samples of the same job (what went through the link then, as the master's
-    pacing counts it); None when they cannot tell. The ETA uses the smoothed rate instead."""
-    if previous is None or previous.status in ("absent", "stopped", "failed") \
-            or state.sampled_at_s <= previous.sampled_at_s or state.offset_bytes < previous.offset_bytes:
+def rate_mib_s(state: MirrorState) -> float | None:
+    """MiB/s copied over the job's samples of the last RATE_WINDOW_S (at least two samples): what went through
+    the link, as the master's pacing counts it; None when it cannot tell. The ETA uses the smoothed rate."""
+    if len(state.recent) < 2:
         return None
-    return round((state.offset_bytes - previous.offset_bytes) / (state.sampled_at_s - previous.sampled_at_s) / MIB, 1)
+    (t0, o0), (t1, o1) = state.recent[0], state.recent[-1]
+    return round((o1 - o0) / (t1 - t0) / MIB, 1) if t1 > t0 else None
 
 
 def _check_name(operation: str, label: str, value: str) -> None:

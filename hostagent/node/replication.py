@@ -416,7 +416,7 @@ class NodeReplication:
                 if state.status != "absent":
                     states.append({"index": i, "status": state.status, "percent": round(state.percent, 1),
                                    "eta_s": state.eta_s, "remaining_mib": state.remaining_bytes // 2**20,
-                                   "rate_mib_s": blockmirror.rate_mib_s(previous, state),
+                                   "rate_mib_s": blockmirror.rate_mib_s(state),
                                    "error": state.error, "gen": gen})
         return states
 

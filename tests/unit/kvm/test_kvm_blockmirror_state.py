@@ -13,6 +13,7 @@ from kvm.blockmirror import (
     MirrorError,
     MirrorState,
     mirror_args,
+    rate_mib_s,
     mirror_state_from,
     quorum_children,
     stuck_since,
@@ -211,3 +212,13 @@ def test_a_job_started_anew_under_the_same_id_measures_its_rate_anew():
     assert copying.rate_bps == pytest.approx(10 << 20)
     restarted = sample({**SYNCING, "offset": 1 << 20}, 102.0, copying)
     assert restarted.rate_bps is None and restarted.eta_s is None
+
+
+def test_the_reported_rate_spans_the_last_seconds_not_an_early_report_after_a_burst():
+    """A report sent right after an order must not turn one 16 MiB burst into twice the limit."""
+    mib = 1 << 20
+    state = sample({**SYNCING, "len": 512 * mib, "offset": 0}, 100.0)
+    for at, offset in ((101.0, 8), (102.0, 16), (103.0, 32), (103.2, 48)):  # 8 MiB/s, then a burst
+        state = sample({**SYNCING, "len": 512 * mib, "offset": offset * mib}, at, state)
+    assert rate_mib_s(state) == pytest.approx((48 - 8) / 2.2, abs=0.1)  # between two reports only: 80 MiB/s
+    assert rate_mib_s(sample({**SYNCING, "offset": 1 << 20}, 104.0, state)) is None, "a new job measures anew"
