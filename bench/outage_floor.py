@@ -84,15 +84,23 @@ class FloorGuest:
     parent_at: float = 0.0  # monotonic time of the latest launch
 
 
+def kill_floor_qemu(g: FloorGuest, ledger: ChildLedger) -> int | None:
+    """SIGKILL the guest's floor QEMU (its pid from its pidfile, noted in the ledger); the pid if it was there."""
+    pid = floor_pid(g)
+    if pid is None:
+        return None
+    ledger.pids.add(pid)
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
 def relaunch(g: FloorGuest, ledger: ChildLedger, console_size: int) -> None:
     """A guest whose kernel panicked (pvpanic pauses it) is killed and started again."""
-    pid = floor_pid(g)
+    pid = kill_floor_qemu(g, ledger)
     if pid is not None:
-        ledger.pids.add(pid)
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
         wait_gone([pid], GONE_TIMEOUT_S, f"floor QEMU of {g.name} after its kernel panic")
     g.console_from, g.parent_at = console_size, time.monotonic()
     g.parent = subprocess.Popen(g.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -215,16 +223,7 @@ def stop_floor(guests: list[FloorGuest], ledger: ChildLedger) -> None:
         if g.parent is not None:
             g.parent.kill()
             g.parent.wait(timeout=10)
-    pids = []
-    for g in guests:
-        pid = floor_pid(g)
-        if pid is not None:
-            ledger.pids.add(pid)
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                continue
-            pids.append(pid)
+    pids = [pid for g in guests if (pid := kill_floor_qemu(g, ledger)) is not None]
     wait_gone(pids, GONE_TIMEOUT_S, "every floor QEMU after the floor run")
 
 
