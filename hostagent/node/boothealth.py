@@ -159,7 +159,7 @@ class BootWatcher:
     def poll(self, now: float) -> bool:
         """Read on the consoles of the boots under way; True if one just booted or timed out.
 
-        Between reports (every 5 s in production) the agent calls this twice a second and reports at once on
+        Between reports (every 5 s in production) the agent calls this four times a second and reports at once on
         True: the master frees the node's start slot for the next guest without waiting for the next report."""
         changed = ended = False
         for name, boot in list(self._boots.items()):

@@ -35,7 +35,7 @@ from hostagent.node.supervisor import Loops
 
 log = logging.getLogger(__name__)
 
-BOOT_POLL_S = 0.5  # the consoles of boots under way are read this often between reports
+BOOT_POLL_S = 0.25  # the consoles of boots under way are read this often between reports
 
 
 class ReportLoop:

@@ -63,15 +63,17 @@ class Track:
     last_start_at: float = 0.0
     last_error: str = ""
     failed: str = ""  # non-empty: given up, with this reason, until the operator starts it
+    waits_for: str = ""  # what holds its start now (a load, memory or `after` cause), "" when nothing does
 
     def to_dict(self) -> dict[str, Any]:
         return {"attempts": self.attempts, "next_try_at": self.next_try_at, "last_start_at": self.last_start_at,
-                "last_error": self.last_error, "failed": self.failed}
+                "last_error": self.last_error, "failed": self.failed, "waits_for": self.waits_for}
 
     @staticmethod
     def from_dict(raw: Mapping[str, Any]) -> Track:
         return Track(int(raw.get("attempts", 0)), float(raw.get("next_try_at", 0.0)),
-                     float(raw.get("last_start_at", 0.0)), str(raw.get("last_error", "")), str(raw.get("failed", "")))
+                     float(raw.get("last_start_at", 0.0)), str(raw.get("last_error", "")), str(raw.get("failed", "")),
+                     str(raw.get("waits_for", "")))
 
 
 @dataclass(frozen=True)
@@ -152,11 +154,12 @@ def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy =
             continue
         waiting = [a for a in inst.get("after", []) if a in by_name and by_name[a].get("admin_state") == "up"
                    and (a not in running or boots[a] in ("waiting", "timeout"))]
-        short = _node_short(node, view.reports.get(node, {}), inst, policy, under_way.get(node, 0))
+        cause, short = _node_short(node, view.reports.get(node, {}), inst, policy, under_way.get(node, 0))
         if waiting or short or under_way.get(node, 0) >= policy.max_starts_per_node:
             why = f"waits for {', '.join(waiting)} to run first" if waiting else f"waits: {short}" if short else ""
-            if why and track.last_error != why:  # said once per cause, not every pass
-                new[name] = replace(track, last_error=why)
+            cause = f"after {','.join(waiting)}" if waiting else cause
+            if why and track.waits_for != cause:  # said once per cause, not again as its figures change
+                new[name] = replace(track, last_error=why, waits_for=cause)
                 events.append(Event(name, node, "wait", f"instance '{name}' {why} before it starts"))
             continue
         under_way[node] = under_way.get(node, 0) + 1
@@ -164,7 +167,7 @@ def decide(view: View, tracks: Mapping[str, Track], now: float, policy: Policy =
         delay = min(policy.backoff_s * 2 ** (attempt - 1), policy.max_backoff_s)
         failure = "" if track.last_error.startswith("waits") else track.last_error  # a wait is not a failure
         new[name] = replace(track, attempts=attempt, next_try_at=now + delay, last_start_at=now,
-                            last_error=boot_failure or failure)
+                            last_error=boot_failure or failure, waits_for="")
         starts.append((name, node))
         why = boot_failure or ("its QEMU is not running" + (f" (last attempt: {failure})" if failure else ""))
         events.append(Event(name, node, "restart", f"instance '{name}' is marked up but {why}: starting it on "
@@ -210,16 +213,17 @@ def _booting(view: View, tracks: Mapping[str, Track], boots: Mapping[str, str | 
 
 
 def _node_short(node: str, report: Mapping[str, Any], inst: Mapping[str, Any], policy: Policy,
-                under_way: int) -> str:
-    """Why the node is too loaded or too short of memory to start this instance now ("" if it is not)."""
+                under_way: int) -> tuple[str, str]:
+    """(cause, why) the node is too loaded or too short of memory to start this instance now (("", "") if it is
+    not). The cause stays the same while only the figures change, so that a wait is told once."""
     measured = report.get("load_10s")  # None from an older agent, or before its first sample
     load = float(report.get("load_1m", 0.0) if measured is None else measured)
     load /= max(int(report.get("cpus", 1)), 1)
     free = int(report.get("memory_free_mib", 0))
     need = int(inst.get("memory_mib", 0)) + policy.memory_reserve_mib
     if load > policy.max_load_per_cpu and under_way:
-        return (f"node '{node}' is loaded ({load:.1f} per CPU, past {policy.max_load_per_cpu:.1f}): "
+        return (f"load {node}", f"node '{node}' is loaded ({load:.1f} per CPU, past {policy.max_load_per_cpu:.1f}): "
                 "it boots one guest at a time")
     if free < need:
-        return f"node '{node}' has {free} MiB free, it needs {need} MiB"
-    return ""
+        return f"memory {node}", f"node '{node}' has {free} MiB free, it needs {need} MiB"
+    return "", ""

@@ -51,3 +51,24 @@ def test_the_load_gate_reads_the_last_10_s_and_the_1_minute_load_only_from_an_ol
     assert gated.starts == [] and any("is loaded (10.0 per CPU" in e.message for e in gated.events)
     busy = decide(View(booting.instances, {"n1": {**report, "load_10s": 20.0}}, booting.alive_nodes), tracks, 101.0)
     assert busy.starts == []
+
+
+def test_a_wait_is_told_once_while_only_its_figures_change_and_again_for_a_new_cause() -> None:
+    """The 60-guest benchmark wrote 780 wait events in 110 s: each new load figure was a new message, an etcd
+    write and a log line for every waiting instance, on a host already short of CPU."""
+    booting = cluster(6, report_time=100.0, running=("vm00",))
+    tracks = {"vm00": Track(1, 0.0, 99.0)}
+
+    def loaded(load: float, free: int = 100000) -> View:
+        report = {**booting.reports["n1"], "load_10s": load, "memory_free_mib": free}
+        return View(booting.instances, {"n1": report}, booting.alive_nodes)
+    first = decide(loaded(20.0), tracks, 101.0)
+    told = [e.instance for e in first.events if e.kind == "wait"]
+    assert first.starts == [] and told == ["vm01", "vm02", "vm03", "vm04", "vm05"]
+    again = decide(loaded(24.0), first.tracks, 102.0)
+    assert again.starts == [] and again.events == [] and again.tracks == first.tracks
+    short = decide(loaded(1.0, free=100), again.tracks, 103.0)
+    assert short.starts == [] and [e.instance for e in short.events] == told
+    assert all("has 100 MiB free" in e.message for e in short.events)
+    started = decide(loaded(1.0), short.tracks, 104.0)
+    assert len(started.starts) == 3 and all(started.tracks[n].waits_for == "" for n, _ in started.starts)
