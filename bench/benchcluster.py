@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integrat
 from conftest import GUEST_DIR, AgentNode, Cluster, is_gone, wait_for, wait_until  # noqa: E402,F401  (the harness)
 from netns_support import Switch  # noqa: E402
 
+from cli.client import AgentClient, AgentUnreachable, ApiError  # noqa: E402
+
 ETCDCTL_TIMEOUT_S = 30
 ASK_TIMEOUT_S = 30
 
@@ -209,6 +211,16 @@ def ask(node: AgentNode, *args: str, timeout_s: float = ASK_TIMEOUT_S) -> Any:
     try:
         return json.loads(result.stdout)
     except json.JSONDecodeError:
+        return None
+
+
+def api(node: AgentNode, url: str, timeout_s: float = ASK_TIMEOUT_S) -> Any:
+    """GET `url` on the node's local socket from this process: the data `corral ... --json` prints, or None if
+    the agent did not answer. A poll once a second through the CLI would start a Python process each time,
+    and on a machine short of CPU that is taken from what is measured."""
+    try:
+        return AgentClient(node.socket, timeout_s).get(url)["data"]
+    except (AgentUnreachable, ApiError, KeyError, TypeError):
         return None
 
 

@@ -17,9 +17,10 @@ Once every guest has booted (its console shows the boot marker) and the host's
 power goes: every agent is SIGKILLed (etcd and Serf follow), then every QEMU,
 disk export and fence keeper (by pidfile), and the benchmark checks that all
 are gone. Then every agent is started again at once, as the nodes' init
-systems would, and from that moment (t=0) it polls `instance list` on n1 once a
-second (`cluster info` until it shows quorum and a master), and reads each
-console log:
+systems would, and from that moment (t=0) it reads n1's instance list once a
+second (the cluster's until it shows quorum and a master) through n1's local
+socket from this process (a `corral` command a second would take CPU from the
+guests being measured), and reads each console log:
 
   agents      every agent answers on its socket again
   quorum      `cluster info` shows etcd quorum
@@ -32,8 +33,10 @@ console log:
               run and no marker came for 90 s: under this load a guest now
               and then hangs in early boot, in its timer check)
 
-Afterwards the CPU the agents, etcd/Serf and QEMUs use with nothing booting is
-sampled for 20 s. The restart decisions are counted from the agents' logs (the
+The CPU seconds the agents, etcd/Serf, the QEMUs and this benchmark's polling
+used from t=0 to the end are printed against the CPU seconds there were (what
+neither the guests nor Corral used was idle). Afterwards the CPU the agents,
+etcd/Serf and QEMUs use with nothing booting is sampled for 20 s. The restart decisions are counted from the agents' logs (the
 master logs each one), because `corral events` keeps only the newest 1000
 events; the events' own counts are printed too. "start that found its QEMU
 running" counts start orders whose QEMU pid was the one the instance's previous
@@ -86,6 +89,7 @@ import dataclasses
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -96,16 +100,17 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
-import psutil
 
-from benchcluster import AgentNode, Cluster, ChildLedger, ask, etcd_endpoints, etcdctl, guest_hv, is_gone, \
+from benchcluster import AgentNode, Cluster, ChildLedger, api, ask, etcd_endpoints, guest_hv, is_gone, \
     pidfile_pids, power_off, running_cluster, wait_for, wait_gone
 
 from outage_floor import BOOT_STALL_S, BOOTED, GONE_TIMEOUT_S, Failure, Floor, floor_guests, floor_report, fmt, \
     qemu_argvs, run_floor
+
+from outage_signs import ETCD_NOISE, ETCD_SIGNS, cpu_by_kind, cpu_seconds, etcd_offsets, \
+    etcd_warnings, idle_cpu, log_signs, niceness, raft_term
 
 from hostagent.config import load_config
 from hostagent.master.decide.restarts import Policy
@@ -121,29 +126,9 @@ TIMELINE_EVERY_S = 10.0
 RENICE_EVERY_S = 0.1
 IDLE_SAMPLE_S = 20.0
 BOOT_PATTERN_TIMEOUT_S = 300  # --judge-boots: a boot slower than this under the storm counts as failed
-LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) corral-agent\[\d+\] (\w+) (.*)$")
-# What the agents' logs say, by what it means for the recovery (hostagent.master.duties.restarter, election, executor).
-LOG_SIGNS = {
-    "start ordered": re.compile(r"is marked up but .*: starting it on node"),
-    "  of which a retry": re.compile(r"starting it on node '[^']+' \(attempt [2-9]"),
-    "start failed": re.compile(r"start on node '[^']+' failed"),
-    "wait (load/memory)": re.compile(r" waits: node "),
-    "master lease acquired": re.compile(r"acquired the master lease"),
-    "master stopped acting": re.compile(r"could not renew the master lease in time|master lease expired"
-                                        r"|lost contact with etcd|lost the master lease|stepped back"),
-    "master lease not renewed in time": re.compile(r"could not renew the master lease in time"),
-    "master renewal failed, retried": re.compile(r"could not renew the master lease \("),
-    "QMP failed on a live QEMU": re.compile(r"QEMU is alive but QMP failed"),
-    "task exception never retrieved": re.compile(r"Task exception was never retrieved"),
-}
-ACQUIRED = re.compile(r"acquired the master lease; node '([^']+)' is master")
 HARNESS_LEASE_LINE = re.compile(r"^master_lease_ttl_s = .*\n", re.MULTILINE)
 HARNESS_REPORT_LINE = re.compile(r"^report_interval_s = .*\n", re.MULTILINE)
 LOOP_LAG_EVERY_S = 10.0  # `node list` (each node's worst event-loop delay over the last minute) this often
-ETCD_SIGNS = 8  # the most frequent etcd warnings printed
-ETCD_NOISE = ("ignoring common name in gRPC-gateway proxy request", "simple token is not cryptographically signed")
-RESTARTED = re.compile(r"instance '([^']+)' restarted on node '[^']+' \(pid (\d+)\)")
-REDUNDANT_START = "  start that found its QEMU running"
 SITECUSTOMIZE = '''"""Written by bench/outage_recovery.py --policy: other restart Policy defaults, for a what-if run."""
 import dataclasses, json, os
 _overrides = json.loads(os.environ.get("CORRAL_BENCH_POLICY") or "{}")
@@ -185,6 +170,8 @@ class Recovery:
     signs: dict[str, list[float]] = field(default_factory=dict)  # LOG_SIGNS name -> t of each line
     statuses: Counter[str] = field(default_factory=Counter)
     idle_cpu: dict[str, float] = field(default_factory=dict)  # after the recovery: % of one CPU, by process kind
+    recovery_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds from t=0 to the end, by process kind
+    own_cpu: float = 0.0  # CPU seconds this benchmark (and the commands it ran) used meanwhile, polling
     masters: list[tuple[float, str]] = field(default_factory=list)  # (t, node) of each "acquired the master lease"
     loop_lag_ms: dict[str, float] = field(default_factory=dict)  # node -> worst event-loop delay its reports gave
     etcd_warnings: Counter[str] = field(default_factory=Counter)  # etcd.log warnings since t=0, by message
@@ -351,7 +338,7 @@ def recover(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], de
     etcd_at = etcd_offsets(cluster)
     rec = Recovery(len(placement), len(cluster.nodes), load_at_cut)
     next_lag = 0.0
-    wall0, t0 = time.time(), time.monotonic()
+    wall0, t0, own0 = time.time(), time.monotonic(), own_cpu()
     start_agents(cluster, policy, scratch)
     rec.agents = time.monotonic() - t0
     ledger.note(cluster)
@@ -363,13 +350,13 @@ def recover(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], de
         if began > deadline:
             break
         if rec.master is None:
-            info = ask(n1, "cluster", "info", timeout_s=max(1.0, deadline - time.monotonic())) or {}
+            info = api(n1, "/v1/cluster", timeout_s=max(1.0, deadline - time.monotonic())) or {}
             now = time.monotonic() - t0
             if rec.quorum is None and (info.get("quorum") or {}).get("ok"):
                 rec.quorum = now
             if info.get("master"):
                 rec.master, rec.master_name = now, info["master"]
-        rows = ask(n1, "instance", "list", timeout_s=max(1.0, deadline - time.monotonic()))
+        rows = api(n1, "/v1/instances", timeout_s=max(1.0, deadline - time.monotonic()))
         now = time.monotonic() - t0
         shown = [r for r in rows or [] if r["name"] in placement and r["status"] == "running"]
         running = sum(1 for r in shown if r.get("pid") not in (None, old_pids.get(r["name"])))
@@ -388,7 +375,7 @@ def recover(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], de
             rec.booted = now
         if now >= next_lag:
             next_lag = now + LOOP_LAG_EVERY_S
-            for row in ask(n1, "node", "list", timeout_s=10) or []:
+            for row in api(n1, "/v1/nodes", timeout_s=10) or []:
                 lag = row.get("loop_lag_ms")
                 if isinstance(lag, (int, float)):
                     rec.loop_lag_ms[row["name"]] = max(rec.loop_lag_ms.get(row["name"], 0.0), float(lag))
@@ -396,6 +383,8 @@ def recover(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], de
         if rec.last is not None and (rec.booted is not None or booting_stalled(rec.samples)):
             break
         time.sleep(max(0.0, POLL_S - (time.monotonic() - began)))
+    rec.recovery_cpu = cpu_by_kind({}, cpu_seconds(cluster))  # every process there was born after t=0
+    rec.own_cpu = own_cpu() - own0
     events = ask(n1, "events", "--limit", "0") or []
     recent = [e for e in events if e["time"] >= wall0]
     rec.events = Counter(e["kind"] for e in recent)
@@ -405,37 +394,10 @@ def recover(cluster: Cluster, ledger: ChildLedger, placement: dict[str, str], de
     return rec
 
 
-def idle_cpu(cluster: Cluster, seconds: float) -> dict[str, float]:
-    """CPU the cluster uses once every instance runs, in % of one CPU over `seconds`, by process kind
-    (what keeps the host's load up when nothing is booting)."""
-    kinds: dict[int, str] = {}
-    for node in cluster.alive():
-        kinds[node.agent_pid()] = "agents"
-        kinds.update({pid: "etcd+serf" for pid in node.child_pids()})
-        kinds.update({pid: "QEMUs" for pid in pidfile_pids(node)})
-    procs = {}
-    for pid in kinds:
-        try:
-            procs[pid] = psutil.Process(pid)
-        except psutil.Error:
-            continue
-
-    def total() -> dict[int, float]:
-        out = {}
-        for pid, proc in procs.items():
-            try:
-                cpu = proc.cpu_times()
-            except psutil.Error:
-                continue
-            out[pid] = cpu.user + cpu.system
-        return out
-    before, t0 = total(), time.monotonic()
-    time.sleep(seconds)
-    after, elapsed = total(), time.monotonic() - t0
-    used: dict[str, float] = {}
-    for pid, cpu in after.items():
-        used[kinds[pid]] = used.get(kinds[pid], 0.0) + (cpu - before.get(pid, cpu)) / elapsed * 100
-    return used
+def own_cpu() -> float:
+    """CPU seconds this process and its ended children (CLI calls) have used."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def booting_stalled(samples: list[Sample]) -> bool:
@@ -444,112 +406,6 @@ def booting_stalled(samples: list[Sample]) -> bool:
         return False
     recent = [s.booted for s in samples if s.t >= samples[-1].t - BOOT_STALL_S]
     return recent[0] == recent[-1]
-
-
-def log_signs(cluster: Cluster, offsets: dict[str, int], wall0: float,
-              masters: list[tuple[float, str]] | None = None) -> dict[str, list[float]]:
-    """When each LOG_SIGNS line appeared in any agent's log since the restart, in s from t=0; also
-    REDUNDANT_START: start orders that found the QEMU of the instance's previous start still running.
-    `masters` gets (t, node) of each master lease acquisition."""
-    found: dict[str, list[float]] = {name: [] for name in LOG_SIGNS}
-    started: list[tuple[float, str, str]] = []  # (t, instance, pid) of each "restarted on node" line
-    for node in cluster.nodes:
-        with open(node.root / "agent.log", "rb") as f:
-            f.seek(offsets[node.name])
-            text = f.read().decode(errors="replace")
-        for line in text.splitlines():
-            m = LOG_LINE.match(line)
-            if not m:
-                continue
-            t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall0
-            for name, pattern in LOG_SIGNS.items():
-                if pattern.search(m.group(3)):
-                    found[name].append(t)
-            acquired = ACQUIRED.search(m.group(3))
-            if acquired and masters is not None:
-                masters.append((t, acquired.group(1)))
-            restarted = RESTARTED.search(m.group(3))
-            if restarted:
-                started.append((t, restarted.group(1), restarted.group(2)))
-    last_pid: dict[str, str] = {}
-    found[REDUNDANT_START] = []
-    for t, name, pid in sorted(started):
-        if last_pid.get(name) == pid:
-            found[REDUNDANT_START].append(t)
-        last_pid[name] = pid
-    order = [*list(LOG_SIGNS)[:3], REDUNDANT_START, *list(LOG_SIGNS)[3:]]
-    if masters is not None:
-        masters.sort()
-    return {name: sorted(found[name]) for name in order}
-
-
-def etcd_offsets(cluster: Cluster) -> dict[str, int]:
-    out = {}
-    for node in cluster.nodes:
-        try:
-            out[node.name] = (node.root / "log" / "etcd.log").stat().st_size
-        except FileNotFoundError:
-            out[node.name] = 0
-    return out
-
-
-def etcd_warnings(cluster: Cluster, offsets: dict[str, int]) -> Counter[str]:
-    """etcd's warnings (it logs at warn level) since the offsets, by message: late heartbeats, slow applies."""
-    out: Counter[str] = Counter()
-    for node in cluster.nodes:
-        try:
-            with open(node.root / "log" / "etcd.log", "rb") as f:
-                f.seek(offsets.get(node.name, 0))
-                text = f.read().decode(errors="replace")
-        except FileNotFoundError:
-            continue
-        for line in text.splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(entry, dict) and entry.get("level") in ("warn", "error") \
-                    and entry.get("msg") not in ETCD_NOISE:
-                out[f"{entry.get('level')}: {entry.get('msg')}"] += 1
-    return out
-
-
-def raft_term(n1: AgentNode, endpoints: list[str]) -> int | None:
-    """The highest Raft term among the candidates' etcd members (it rises by one or more per election)."""
-    try:
-        result = etcdctl(n1, endpoints, "endpoint", "status", "-w", "json", timeout_s=20)
-    except subprocess.TimeoutExpired:
-        return None
-    if result.returncode != 0 and not result.stdout.strip():
-        return None
-    try:
-        return max(int(row["Status"]["raft_term"]) for row in json.loads(result.stdout))
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def niceness(cluster: Cluster) -> dict[str, set[str]]:
-    """Niceness of the agents, their etcd/Serf children and the QEMUs (what priority.py arranged), and of
-    their scheduler autogroups (one per session where the kernel has them: across groups only the group's
-    nice counts, not the threads')."""
-    out: dict[str, set[str]] = {}
-    for node in cluster.alive():
-        qemus = [int(p.read_text().strip()) for p in (node.root / "run" / "instances").glob("*/qemu.pid")
-                 if p.read_text().strip().isdigit()]
-        kinds = [("agents", [node.agent_pid()]), ("etcd+serf", node.child_pids()), ("QEMUs", qemus)]
-        for kind, pids in kinds:
-            for pid in pids:
-                try:
-                    nice = psutil.Process(pid).nice()
-                except psutil.Error:
-                    continue
-                try:
-                    group, _, group_nice = Path(f"/proc/{pid}/autogroup").read_text().split()
-                    seen = f"{nice} (autogroup {group_nice}{'' if kind == 'QEMUs' else ' ' + group})"
-                except (OSError, ValueError):
-                    seen = str(nice)
-                out.setdefault(kind, set()).add(seen)
-    return out
 
 
 # ---- the floor: the same guests, a plain script, no cluster manager ----------------
@@ -609,6 +465,10 @@ def report(rec: Recovery, cpus: int, policy: Policy, memory: str, experiment: st
           + ("  TRUNCATED: older events were pruned (1000 kept)" if rec.events_truncated else ""))
     timeline(rec, gate)
     analysis(rec, gate)
+    if rec.recovery_cpu:
+        print(f"CPU used from t=0 to {rec.end():.0f} s ({rec.end() * cpus:.0f} CPU seconds there were): "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(rec.recovery_cpu.items()))
+              + f", this benchmark's polling {rec.own_cpu:.1f} s")
     if rec.idle_cpu:
         print(f"afterwards, nothing booting, over {IDLE_SAMPLE_S:.0f} s: "
               + ", ".join(f"{k} {v:.0f}%" for k, v in sorted(rec.idle_cpu.items()))
