@@ -22,6 +22,7 @@ from hostagent.clock import SYSTEM, Clock
 from hostagent.config import AgentConfig
 from hostagent.node import gossip, reporter
 from hostagent.node.boothealth import BootWatcher
+from hostagent.node.coalesce import Coalesced
 from hostagent.node.etcdmember import EtcdMember
 from hostagent.node.fencing import TokenGuard
 from hostagent.node.isolation import Isolation
@@ -71,6 +72,7 @@ class ReportLoop:
         self._lvm_seen = reporter.LvmSeen(lvm, clock) if lvm is not None else None
         self._qemus = QemuWatch(self._qemu_exited)
         self._load = LoadGauge(clock)
+        self._soon = Coalesced(self._report_soon)
 
     def start(self, etcd: EtcdClient, fence: SelfFence, loops: Loops) -> None:
         self._etcd, self._fence, self._loops = etcd, fence, loops
@@ -123,9 +125,17 @@ class ReportLoop:
             self._lvm_seen.changed()
 
     def soon(self) -> None:
-        """Publish a report soon (after an order) without making the caller wait."""
+        """Publish a report soon (after an order) without making the caller wait; asked again while one is
+        under way, one more follows it (hostagent.node.coalesce)."""
         if self._loops is not None:
-            self._loops.spawn(self.now())
+            loops = self._loops
+            self._soon.ask(lambda work: loops.spawn(work, name="report-soon"))
+
+    async def _report_soon(self) -> None:
+        try:
+            await self.now()
+        except EtcdError as exc:
+            log.warning("could not publish this node's report: %s", exc)
 
     async def _mirror_states(self, running: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         """Per running `mirror` instance whose primary is this node: each disk's mirror state."""
