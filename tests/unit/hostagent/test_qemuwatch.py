@@ -1,5 +1,6 @@
 """A QEMU's death seen at once (hostagent.node.qemuwatch, with a real process and its pidfd), and the master
-woken by a report that no longer lists an instance (hostagent.master.candidacy.vanished)."""
+woken by a report that no longer lists an instance or whose guest booted
+(hostagent.master.candidacy.slot_or_instance_freed)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 from election.etcd import KV, WatchEvent
 
 from hostagent import model
-from hostagent.master.candidacy import vanished
+from hostagent.master.candidacy import slot_or_instance_freed
 from hostagent.node.qemuwatch import QemuWatch
 
 
@@ -40,15 +41,26 @@ def test_a_watched_process_that_dies_is_said_at_once_and_once() -> None:
     assert exits == [("web1", killed), ("gone", reaped)]
 
 
-def test_only_a_report_that_drops_an_instance_wakes_the_master() -> None:
-    def put(node: str, names: list[str]) -> WatchEvent:
-        value = json.dumps({"instances": {n: {"pid": 1} for n in names}}).encode()
-        return WatchEvent("put", KV(model.report_key(node), value, 1, 1, 1, 0))
-    running: dict[str, frozenset[str]] = {}
-    assert not vanished(running, [put("n1", ["web1", "web2"]), put("n2", ["db1"])])
-    assert not vanished(running, [put("n1", ["web1", "web2", "web3"])])  # a start: nothing to restart
-    assert vanished(running, [put("n1", ["web1", "web3"])])  # web2's QEMU is gone
-    assert running["n1"] == frozenset({"web1", "web3"})
+def put(node: str, names: list[str], booting: tuple[str, ...] = ()) -> WatchEvent:
+    rows = {n: {"pid": 1, **({"boot": "waiting"} if n in booting else {"boot": "up"})} for n in names}
+    return WatchEvent("put", KV(model.report_key(node), json.dumps({"instances": rows}).encode(), 1, 1, 1, 0))
+
+
+def test_only_a_report_that_drops_an_instance_or_ends_a_boot_wakes_the_master() -> None:
+    seen: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+    assert not slot_or_instance_freed(seen, [put("n1", ["web1", "web2"]), put("n2", ["db1"])])
+    assert not slot_or_instance_freed(seen, [put("n1", ["web1", "web2", "web3"])])  # a start: nothing to restart
+    assert slot_or_instance_freed(seen, [put("n1", ["web1", "web3"])])  # web2's QEMU is gone
+    assert seen["n1"] == (frozenset({"web1", "web3"}), frozenset())
     other = WatchEvent("put", KV(model.job_key(3), b"{}", 1, 1, 1, 0))
     broken = WatchEvent("put", KV(model.report_key("n2"), b"not json", 1, 1, 1, 0))
-    assert vanished(running, [other, broken])  # a broken report lists nothing: db1 is not seen running
+    assert slot_or_instance_freed(seen, [other, broken])  # a broken report lists nothing: db1 is not seen running
+
+
+def test_a_report_whose_guest_booted_wakes_the_master_to_use_the_free_start_slot() -> None:
+    """Else the next restart of a boot storm waited for the master's next pass (up to 0.67 s), once per boot."""
+    seen: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+    assert not slot_or_instance_freed(seen, [put("n1", ["vm1", "vm2"], booting=("vm1", "vm2"))])
+    assert not slot_or_instance_freed(seen, [put("n1", ["vm1", "vm2", "vm3"], booting=("vm1", "vm2", "vm3"))])  # one more
+    assert slot_or_instance_freed(seen, [put("n1", ["vm1", "vm2", "vm3"], booting=("vm2", "vm3"))])  # vm1 booted
+    assert not slot_or_instance_freed(seen, [put("n1", ["vm1", "vm2", "vm3"], booting=("vm2", "vm3"))])  # the same again
